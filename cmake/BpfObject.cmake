@@ -1,0 +1,41 @@
+# bpf_object(NAME SOURCE): compiles bpf/NAME.bpf.c with clang for the BPF target
+# and generates NAME.skel.h with bpftool, exposed through the interface target
+# NAME_skel. vmlinux.h comes from the build machine's BTF so programs are
+# CO-RE relocatable onto other kernels (the netkit VM runs 6.12).
+find_program(BPF_CLANG NAMES clang REQUIRED)
+find_program(BPFTOOL NAMES bpftool PATHS /usr/sbin /sbin REQUIRED)
+
+set(BPF_GEN_DIR ${CMAKE_BINARY_DIR}/bpfgen)
+file(MAKE_DIRECTORY ${BPF_GEN_DIR})
+
+set(SHUNT_VMLINUX_BTF /sys/kernel/btf/vmlinux CACHE FILEPATH "BTF used to generate vmlinux.h")
+add_custom_command(
+  OUTPUT ${BPF_GEN_DIR}/vmlinux.h
+  COMMAND ${BPFTOOL} btf dump file ${SHUNT_VMLINUX_BTF} format c > ${BPF_GEN_DIR}/vmlinux.h
+  COMMENT "Generating vmlinux.h from ${SHUNT_VMLINUX_BTF}"
+  VERBATIM)
+add_custom_target(vmlinux_h DEPENDS ${BPF_GEN_DIR}/vmlinux.h)
+
+function(bpf_object name source)
+  set(obj ${BPF_GEN_DIR}/${name}.bpf.o)
+  set(skel ${BPF_GEN_DIR}/${name}.skel.h)
+  file(GLOB bpf_headers ${CMAKE_SOURCE_DIR}/bpf/*.h)
+  add_custom_command(
+    OUTPUT ${obj}
+    COMMAND ${BPF_CLANG} -g -O2 -Wall -Werror -target bpf -D__TARGET_ARCH_x86
+            -I${BPF_GEN_DIR} -I${CMAKE_SOURCE_DIR}/bpf
+            -c ${CMAKE_CURRENT_SOURCE_DIR}/${source} -o ${obj}
+    DEPENDS ${CMAKE_CURRENT_SOURCE_DIR}/${source} ${BPF_GEN_DIR}/vmlinux.h ${bpf_headers}
+    COMMENT "BPF ${source}"
+    VERBATIM)
+  add_custom_command(
+    OUTPUT ${skel}
+    COMMAND ${BPFTOOL} gen skeleton ${obj} name ${name} > ${skel}
+    DEPENDS ${obj}
+    COMMENT "Skeleton ${name}.skel.h"
+    VERBATIM)
+  add_custom_target(${name}_skel_gen DEPENDS ${skel})
+  add_library(${name}_skel INTERFACE)
+  add_dependencies(${name}_skel ${name}_skel_gen)
+  target_include_directories(${name}_skel INTERFACE ${BPF_GEN_DIR})
+endfunction()

@@ -1,0 +1,166 @@
+// The typed form of shunt's YAML config (SPEC.md "Config"). A Config is built
+// once by load_config() and never mutated afterwards; the proxy holds it
+// through a shared_ptr<const Config> snapshot (see policy/policy.h).
+#pragma once
+
+#include <boost/asio/ip/address.hpp>
+#include <boost/asio/ip/tcp.hpp>
+
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace shunt::config {
+
+using Millis = std::chrono::milliseconds;
+using Endpoint = boost::asio::ip::tcp::endpoint;
+using IpAddress = boost::asio::ip::address;
+
+struct Cidr {
+  IpAddress network;  // host bits cleared
+  unsigned prefix = 0;
+  [[nodiscard]] bool contains(const IpAddress& addr) const;
+  [[nodiscard]] std::string to_string() const;
+};
+
+enum class Datapath { sockmap, splice, copy };
+enum class UpstreamSource { client, node };
+enum class OnProxyDown { fail_closed, fail_open };
+enum class DefaultAction { deny, allow };
+enum class Action { allow, deny };
+
+std::string_view to_string(Datapath);
+std::string_view to_string(UpstreamSource);
+std::string_view to_string(OnProxyDown);
+std::string_view to_string(Action);
+
+struct Listener {
+  std::string name;
+  Endpoint listen;
+  bool transparent = false;         // original destination = getsockname()
+  std::optional<Endpoint> forward;  // static upstream (exactly one of the two)
+};
+
+struct Timeouts {
+  Millis connect{5'000};
+  Millis header{10'000};
+  Millis idle{3'600'000};
+  Millis drain{30'000};
+};
+
+struct Limits {
+  std::uint32_t max_connections = 100'000;
+  std::uint32_t max_header_bytes = 65'536;
+};
+
+struct ProxySettings {
+  std::vector<Listener> listeners;
+  Datapath datapath = Datapath::sockmap;
+  UpstreamSource upstream_source = UpstreamSource::client;
+  Timeouts timeouts;
+  Limits limits;
+};
+
+struct Steering {
+  bool all_ports = true;             // intercept_ports: all
+  std::vector<std::uint16_t> ports;  // when !all_ports
+  OnProxyDown on_proxy_down = OnProxyDown::fail_closed;
+};
+
+struct Admin {
+  Endpoint listen{boost::asio::ip::make_address("127.0.0.1"), 15000};
+  bool allow_remote = false;  // admin.allow_remote: must be true for a non-loopback listen
+};
+
+struct Log {
+  std::string level = "info";    // trace|debug|info|warn|error|off
+  std::string access = "stdout"; // stdout | off | FILE path
+};
+
+struct Pod {
+  std::string name;
+  IpAddress ip;
+  std::map<std::string, std::string> labels;
+  std::string dev;  // host-side device steered by BPF; empty = not steered
+};
+
+// Where a rule's endpoint is: exactly one selector is set.
+struct Selector {
+  std::optional<std::string> pod;
+  std::map<std::string, std::string> labels;  // non-empty = select by labels
+  std::optional<Cidr> cidr;
+  std::vector<std::uint16_t> ports;  // only meaningful on `to`; empty = any
+};
+
+struct HttpMatch {
+  std::optional<std::string> method;      // exact, case-sensitive (HTTP methods are)
+  std::optional<std::string> path;        // prefix
+  std::optional<std::string> path_exact;
+  std::optional<std::string> path_regex;  // RE2, validated at load
+  std::optional<std::string> host;        // case-insensitive, port ignored
+  std::map<std::string, std::string> headers;  // name lower-cased at load; exact value
+};
+
+struct TlsMatch {
+  std::vector<std::string> sni;  // exact or "*.suffix", lower-cased at load
+};
+
+struct Rule {
+  std::string name;
+  Selector from;
+  Selector to;
+  Action action = Action::allow;
+  std::vector<HttpMatch> http;  // non-empty = decided per HTTP request
+  std::optional<TlsMatch> tls;  // set = decided on ClientHello SNI
+  int line = 0;                 // where the rule starts in the file, for explain
+};
+
+struct PolicySpec {
+  DefaultAction default_action = DefaultAction::deny;
+  std::vector<Rule> rules;
+};
+
+struct Config {
+  ProxySettings proxy;
+  Steering steering;
+  Admin admin;
+  Log log;
+  std::vector<Pod> pods;
+  PolicySpec policy;
+
+  std::string source;  // file path, or "<built-in default>"
+};
+
+// One problem found while loading, reported as FILE:LINE:COL: message.
+struct Diagnostic {
+  std::string file;
+  int line = 0;    // 1-based; 0 when unknown
+  int column = 0;  // 1-based
+  std::string message;
+  [[nodiscard]] std::string to_string() const;
+};
+
+struct LoadResult {
+  std::shared_ptr<const Config> config;  // null when diagnostics is non-empty
+  std::vector<Diagnostic> diagnostics;   // every error found, not just the first
+};
+
+// Parses and validates YAML text; `source_name` is used in diagnostics.
+LoadResult parse_config(std::string_view yaml_text, const std::string& source_name);
+// Reads the file then parse_config(); unreadable file = one diagnostic.
+LoadResult load_config_file(const std::string& path);
+// The compiled-in config/examples/default.yaml.
+std::string_view builtin_default_yaml();
+
+// Parses "5s", "250ms", "1h", "2m"; nullopt when malformed.
+std::optional<Millis> parse_duration(std::string_view text);
+// Parses "127.0.0.1:15001" or "[::1]:15001".
+std::optional<Endpoint> parse_endpoint(std::string_view text);
+std::string to_string(const Endpoint&);
+
+}  // namespace shunt::config

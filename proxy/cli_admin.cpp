@@ -1,0 +1,8 @@
+// Placeholder until this command lands; replaced by its owner.
+#include "proxy/cli.h"
+
+#include <CLI/CLI.hpp>
+
+namespace shunt::cli {
+void add_admin_commands(CLI::App&, int&) {}
+}  // namespace shunt::cli
