@@ -38,6 +38,7 @@ std::string_view to_string(Datapath);
 std::string_view to_string(UpstreamSource);
 std::string_view to_string(OnProxyDown);
 std::string_view to_string(Action);
+std::string_view to_string(DefaultAction);
 
 struct Listener {
   std::string name;
@@ -162,5 +163,12 @@ std::optional<Millis> parse_duration(std::string_view text);
 // Parses "127.0.0.1:15001" or "[::1]:15001".
 std::optional<Endpoint> parse_endpoint(std::string_view text);
 std::string to_string(const Endpoint&);
+// Parses a literal IPv4 or IPv6 address (no host names); nullopt when malformed.
+std::optional<IpAddress> parse_ip(std::string_view text);
+// Parses "10.0.0.0/8" or "fd00::/64". Host bits must be clear (a typo such as
+// 10.0.0.5/24 is more likely than intent), so those are rejected as well.
+std::optional<Cidr> parse_cidr(std::string_view text);
+// `addr` with every bit after the first `prefix` bits cleared.
+IpAddress masked(const IpAddress& addr, unsigned prefix);
 
 }  // namespace shunt::config

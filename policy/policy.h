@@ -32,6 +32,7 @@ enum class Inspect {
   http,  // parse requests; decide each with decide_http()
   tls,   // read the ClientHello; decide with decide_tls()
 };
+std::string_view to_string(Inspect);
 
 struct Flow {
   IpAddress src;
@@ -55,7 +56,10 @@ struct Decision {
 
 struct ConnectionDecision {
   Inspect inspect = Inspect::none;
-  Decision decision;  // final when inspect == none
+  // Final when inspect == none. Otherwise provisional: verdict allow (the
+  // connection is admitted for inspection) and `rule` names the first HTTP or
+  // TLS rule that made inspection necessary.
+  Decision decision;
   // True when, for this flow, every HTTP request is allowed whatever it is
   // (no http deny rule applies and an unconstrained allow does), so the
   // connection may be handed to the kernel after the first request head.

@@ -1,0 +1,504 @@
+// Policy: compiling a Config into the index of index.h and deciding
+// connections, HTTP requests and TLS SNIs against it. Decisions run on the
+// data path: they never throw and allocate only for the returned strings.
+#include "policy/policy.h"
+
+#include "policy/index.h"
+
+#include <map>
+#include <set>
+
+namespace shunt::policy {
+
+std::string_view to_string(Verdict v) { return v == Verdict::allow ? "allow" : "deny"; }
+
+std::string_view to_string(Inspect i) {
+  switch (i) {
+    case Inspect::none: return "none";
+    case Inspect::http: return "http";
+    case Inspect::tls: return "tls";
+  }
+  return "?";
+}
+
+namespace detail {
+
+Addr to_addr(const IpAddress& raw) {
+  Addr a;
+  if (raw.is_v4()) {
+    a.lo = raw.to_v4().to_uint();
+    return a;
+  }
+  const auto v6 = raw.to_v6();
+  if (v6.is_v4_mapped()) {
+    // A dual-stack socket reports IPv4 peers as ::ffff:a.b.c.d; rules
+    // written in IPv4 must still see them.
+    a.lo = boost::asio::ip::make_address_v4(boost::asio::ip::v4_mapped, v6).to_uint();
+    return a;
+  }
+  const auto bytes = v6.to_bytes();
+  for (int i = 0; i < 8; ++i) a.hi = (a.hi << 8) | bytes[static_cast<std::size_t>(i)];
+  for (int i = 8; i < 16; ++i) a.lo = (a.lo << 8) | bytes[static_cast<std::size_t>(i)];
+  a.v6 = true;
+  return a;
+}
+
+unsigned full_prefix(const Addr& a) { return a.v6 ? 128 : 32; }
+
+Addr mask(Addr a, unsigned prefix) {
+  if (!a.v6) {
+    a.lo &= prefix == 0 ? 0 : (0xffffffffull << (32 - prefix)) & 0xffffffffull;
+    return a;
+  }
+  if (prefix == 0) {
+    a.hi = a.lo = 0;
+  } else if (prefix <= 64) {
+    a.hi &= ~std::uint64_t{0} << (64 - prefix);
+    a.lo = 0;
+  } else if (prefix < 128) {
+    a.lo &= ~std::uint64_t{0} << (128 - prefix);
+  }
+  return a;
+}
+
+namespace {
+
+bool iequals(std::string_view a, std::string_view b) {
+  if (a.size() != b.size()) return false;
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    char x = a[i];
+    char y = b[i];
+    if (x >= 'A' && x <= 'Z') x = static_cast<char>(x - 'A' + 'a');
+    if (y >= 'A' && y <= 'Z') y = static_cast<char>(y - 'A' + 'a');
+    if (x != y) return false;
+  }
+  return true;
+}
+
+// "api.local:8080" -> "api.local", "[::1]:80" -> "[::1]".
+std::string_view strip_port(std::string_view host) {
+  if (!host.empty() && host.front() == '[') {
+    const auto close = host.find(']');
+    return close == std::string_view::npos ? host : host.substr(0, close + 1);
+  }
+  const auto colon = host.find(':');
+  if (colon != std::string_view::npos && host.find(':', colon + 1) == std::string_view::npos) {
+    return host.substr(0, colon);
+  }
+  return host;
+}
+
+// Resolves "." and ".." segments and collapses "//", so that /api/../admin
+// is matched as /admin and /api//admin as /api/admin: otherwise a deny on
+// a prefix could be walked around by spelling the path differently.
+std::string_view normalise_path(std::string_view path, std::string& storage) {
+  const bool clean = path.find("//") == std::string_view::npos &&
+                     path.find("/.") == std::string_view::npos;
+  if (clean) return path;
+  std::vector<std::string_view> segments;
+  std::size_t pos = 1;
+  bool trailing_slash = false;
+  while (pos <= path.size()) {
+    const auto next = std::min(path.find('/', pos), path.size());
+    const std::string_view seg = path.substr(pos, next - pos);
+    trailing_slash = next == path.size() ? (seg.empty() || seg == "." || seg == "..") : false;
+    if (seg == "..") {
+      if (!segments.empty()) segments.pop_back();
+    } else if (!seg.empty() && seg != ".") {
+      segments.push_back(seg);
+    }
+    pos = next + 1;
+  }
+  storage.clear();
+  for (const auto seg : segments) {
+    storage += '/';
+    storage += seg;
+  }
+  if (storage.empty() || trailing_slash) storage += '/';
+  return storage;
+}
+
+}  // namespace
+
+void prepare(const HttpRequest& request, PreparedRequest& out) {
+  out.raw = &request;
+  out.method = request.method;
+  std::string_view path = request.path;
+  // Absolute-form (a forward-proxy client): match on the path part only.
+  if (const auto scheme = path.find("://");
+      scheme != std::string_view::npos && !path.empty() && path.front() != '/') {
+    const auto slash = path.find('/', scheme + 3);
+    path = slash == std::string_view::npos ? std::string_view("/") : path.substr(slash);
+  }
+  path = path.substr(0, path.find_first_of("?#"));
+  if (path.empty() || path.front() != '/') {
+    out.path = path;  // "*" (OPTIONS) or garbage: matched as written
+  } else {
+    out.path = normalise_path(path, out.storage);
+  }
+  out.host = strip_port(request.host);
+  if (!out.host.empty() && out.host.back() == '.') out.host.remove_suffix(1);
+}
+
+bool http_entry_matches(const CompiledHttp& entry, const PreparedRequest& request,
+                        std::string* why) {
+  const config::HttpMatch& m = *entry.spec;
+  const auto miss = [&](auto&&... parts) {
+    if (why != nullptr) {
+      why->clear();
+      ((*why += parts), ...);
+    }
+    return false;
+  };
+  if (m.method && request.method != *m.method) {
+    return miss("method ", request.method, " is not ", *m.method);
+  }
+  if (m.path && request.path.substr(0, m.path->size()) != *m.path) {
+    return miss("path ", request.path, " does not start with ", *m.path);
+  }
+  if (m.path_exact && request.path != *m.path_exact) {
+    return miss("path ", request.path, " is not ", *m.path_exact);
+  }
+  if (m.path_regex) {
+    // An uncompilable pattern (only possible in a Config built by hand,
+    // since the loader checks them) matches nothing rather than everything.
+    const bool ok = entry.regex && entry.regex->ok() &&
+                    RE2::PartialMatch(re2::StringPiece(request.path.data(), request.path.size()),
+                                      *entry.regex);
+    if (!ok) return miss("path ", request.path, " does not match /", *m.path_regex, "/");
+  }
+  if (m.host && !iequals(request.host, *m.host)) {
+    return miss("host '", request.host, "' is not ", *m.host);
+  }
+  for (const auto& [name, value] : m.headers) {
+    bool found = false;
+    for (const auto& [have_name, have_value] : request.raw->headers) {
+      if (have_value == value && iequals(have_name, name)) {
+        found = true;
+        break;
+      }
+    }
+    if (!found) return miss("header ", name, " is not '", value, "'");
+  }
+  return true;
+}
+
+int sni_match(const config::TlsMatch& tls, std::string_view sni) {
+  if (!sni.empty() && sni.back() == '.') sni.remove_suffix(1);
+  if (sni.empty()) return -1;
+  for (std::size_t i = 0; i < tls.sni.size(); ++i) {
+    const std::string& pattern = tls.sni[i];
+    if (pattern.size() > 2 && pattern[0] == '*' && pattern[1] == '.') {
+      // "*.example.com" covers a.example.com and a.b.example.com, never
+      // example.com itself: the suffix must be preceded by a label.
+      const std::string_view suffix = std::string_view(pattern).substr(1);  // ".example.com"
+      if (sni.size() > suffix.size() &&
+          iequals(sni.substr(sni.size() - suffix.size()), suffix)) {
+        return static_cast<int>(i);
+      }
+    } else if (iequals(sni, pattern)) {
+      return static_cast<int>(i);
+    }
+  }
+  return -1;
+}
+
+}  // namespace detail
+
+using detail::Addr;
+using detail::CompiledRule;
+using detail::RuleKind;
+
+namespace {
+
+constexpr std::uint32_t kNone = std::numeric_limits<std::uint32_t>::max();
+
+void keep_first(std::uint32_t& slot, std::uint32_t index) {
+  if (index < slot) slot = index;
+}
+
+}  // namespace
+
+Policy::Index::Index(const config::Config& config) {
+  for (std::uint32_t i = 0; i < config.pods.size(); ++i) {
+    pod_by_ip.emplace(detail::to_addr(config.pods[i].ip), i);  // first pod wins on a clash
+  }
+  // Pods by (label, value), so a label selector costs its rarest label, not
+  // a scan of every pod, when thousands of rules use labels.
+  std::map<std::pair<std::string, std::string>, std::vector<std::uint32_t>> pods_by_label;
+  for (std::uint32_t i = 0; i < config.pods.size(); ++i) {
+    for (const auto& label : config.pods[i].labels) pods_by_label[label].push_back(i);
+  }
+
+  const auto resolve = [&](const config::Selector& s) {
+    detail::Endpoints e;
+    if (s.cidr) {
+      e.is_cidr = true;
+      e.net = detail::to_addr(s.cidr->network);
+      // An IPv4-mapped IPv6 CIDR is folded into IPv4 like addresses are.
+      e.prefix = s.cidr->prefix;
+      if (s.cidr->network.is_v6() && !e.net.v6) e.prefix = e.prefix >= 96 ? e.prefix - 96 : 0;
+      e.net = detail::mask(e.net, e.prefix);
+      return e;
+    }
+    if (s.pod) {
+      for (const auto& pod : config.pods) {
+        if (pod.name == *s.pod) e.ips.push_back(detail::to_addr(pod.ip));
+      }
+    } else if (!s.labels.empty()) {
+      const std::vector<std::uint32_t>* rarest = nullptr;
+      for (const auto& label : s.labels) {
+        const auto it = pods_by_label.find(label);
+        if (it == pods_by_label.end()) return e;  // no pod has this label
+        if (rarest == nullptr || it->second.size() < rarest->size()) rarest = &it->second;
+      }
+      for (const std::uint32_t p : *rarest) {
+        const auto& labels = config.pods[p].labels;
+        const bool all = std::all_of(s.labels.begin(), s.labels.end(), [&](const auto& want) {
+          const auto have = labels.find(want.first);
+          return have != labels.end() && have->second == want.second;
+        });
+        if (all) e.ips.push_back(detail::to_addr(config.pods[p].ip));
+      }
+    }
+    std::sort(e.ips.begin(), e.ips.end());
+    e.ips.erase(std::unique(e.ips.begin(), e.ips.end()), e.ips.end());
+    return e;
+  };
+
+  std::set<unsigned> v4;
+  std::set<unsigned> v6;
+  rules.reserve(config.policy.rules.size());
+  for (std::uint32_t i = 0; i < config.policy.rules.size(); ++i) {
+    const config::Rule& spec = config.policy.rules[i];
+    CompiledRule rule;
+    rule.spec = &spec;
+    rule.deny = spec.action == config::Action::deny;
+    rule.kind = !spec.http.empty() ? RuleKind::http : spec.tls ? RuleKind::tls : RuleKind::l4;
+    rule.from = resolve(spec.from);
+    rule.to = resolve(spec.to);
+    for (const auto& m : spec.http) {
+      detail::CompiledHttp entry;
+      entry.spec = &m;
+      if (m.path_regex) {
+        RE2::Options options;
+        options.set_log_errors(false);
+        entry.regex = std::make_unique<RE2>(*m.path_regex, options);
+      }
+      rule.http.push_back(std::move(entry));
+    }
+
+    const auto file = [&](const Addr& net, unsigned prefix) {
+      (net.v6 ? v6 : v4).insert(prefix);
+      if (spec.to.ports.empty()) {
+        buckets[{net, prefix, 0}].push_back(i);
+        return;
+      }
+      for (const std::uint16_t port : spec.to.ports) {
+        if (port != 0) buckets[{net, prefix, port}].push_back(i);
+      }
+    };
+    if (rule.to.is_cidr) {
+      file(rule.to.net, rule.to.prefix);
+    } else {
+      for (const Addr& ip : rule.to.ips) file(ip, detail::full_prefix(ip));
+    }
+    rules.push_back(std::move(rule));
+  }
+  // Longest first is not needed for correctness (every match is visited),
+  // but a stable order keeps the visit order reproducible.
+  v4_prefixes.assign(v4.rbegin(), v4.rend());
+  v6_prefixes.assign(v6.rbegin(), v6.rend());
+}
+
+Policy::Policy(std::shared_ptr<const config::Config> config, std::uint64_t generation)
+    : config_(config ? std::move(config) : std::make_shared<const config::Config>()),
+      generation_(generation),
+      index_(std::make_unique<Index>(*config_)) {}
+
+Policy::~Policy() = default;
+
+std::shared_ptr<const Policy> Policy::build(std::shared_ptr<const config::Config> config,
+                                            std::uint64_t generation) {
+  return std::shared_ptr<const Policy>(new Policy(std::move(config), generation));
+}
+
+std::string_view Policy::pod_name(const IpAddress& addr) const {
+  const auto it = index_->pod_by_ip.find(detail::to_addr(addr));
+  if (it == index_->pod_by_ip.end()) return {};
+  return config_->pods[it->second].name;
+}
+
+namespace {
+
+Decision decided(Verdict verdict, std::string rule, std::string reason) {
+  return Decision{verdict, std::move(rule), std::move(reason)};
+}
+
+Decision by_default(const config::Config& config, std::string_view what) {
+  const bool allow = config.policy.default_action == config::DefaultAction::allow;
+  return decided(allow ? Verdict::allow : Verdict::deny, "default",
+                 "no rule " + std::string(allow ? "denies" : "allows") + " " + std::string(what) +
+                     ", so policy.default (" + (allow ? "allow" : "deny") + ") applies");
+}
+
+}  // namespace
+
+ConnectionDecision Policy::decide_connection(const Flow& flow) const {
+  ConnectionDecision out;
+  try {
+    const Addr src = detail::to_addr(flow.src);
+    const Addr dst = detail::to_addr(flow.dst);
+    out.src_pod = pod_name(flow.src);
+    out.dst_pod = pod_name(flow.dst);
+
+    std::uint32_t l4_deny = kNone;
+    std::uint32_t l4_allow = kNone;
+    std::uint32_t http = kNone;
+    std::uint32_t tls = kNone;
+    bool http_deny = false;
+    index_->for_each_match(src, dst, flow.dst_port, [&](std::uint32_t i) {
+      const CompiledRule& r = index_->rules[i];
+      switch (r.kind) {
+        case RuleKind::l4: keep_first(r.deny ? l4_deny : l4_allow, i); break;
+        case RuleKind::http:
+          keep_first(http, i);
+          http_deny = http_deny || r.deny;
+          break;
+        case RuleKind::tls: keep_first(tls, i); break;
+      }
+    });
+
+    const auto name = [&](std::uint32_t i) { return index_->rules[i].spec->name; };
+    if (l4_deny != kNone) {
+      out.decision = decided(Verdict::deny, name(l4_deny),
+                             "rule '" + name(l4_deny) + "' denies this connection (deny wins)");
+    } else if (http != kNone) {
+      out.inspect = Inspect::http;
+      out.all_requests_allowed = !http_deny && l4_allow != kNone;
+      out.decision = decided(
+          Verdict::allow, name(http),
+          out.all_requests_allowed
+              ? "rule '" + name(http) + "' has http entries, but rule '" + name(l4_allow) +
+                    "' allows every request on this connection"
+              : "rule '" + name(http) + "' has http entries: each request is decided");
+    } else if (tls != kNone) {
+      out.inspect = Inspect::tls;
+      out.decision = decided(Verdict::allow, name(tls),
+                             "rule '" + name(tls) + "' has tls sni: decided on the ClientHello");
+    } else if (l4_allow != kNone) {
+      out.decision = decided(Verdict::allow, name(l4_allow),
+                             "rule '" + name(l4_allow) + "' allows this connection");
+    } else {
+      out.decision = by_default(*config_, "this connection");
+    }
+  } catch (...) {
+    // Only allocation can fail here; fail closed rather than unwind into
+    // the proxy's accept loop.
+    out = ConnectionDecision{};
+    out.decision.rule = "default";
+    out.decision.reason = "internal error while deciding";
+  }
+  return out;
+}
+
+Decision Policy::decide_http(const Flow& flow, const HttpRequest& request) const {
+  try {
+    detail::PreparedRequest req;
+    detail::prepare(request, req);
+    const Addr src = detail::to_addr(flow.src);
+    const Addr dst = detail::to_addr(flow.dst);
+
+    std::uint32_t deny = kNone;
+    std::uint32_t allow = kNone;
+    std::size_t deny_entry = 0;  // 1-based; 0 = the rule is L4
+    std::size_t allow_entry = 0;
+    index_->for_each_match(src, dst, flow.dst_port, [&](std::uint32_t i) {
+      const CompiledRule& r = index_->rules[i];
+      std::uint32_t& slot = r.deny ? deny : allow;
+      std::size_t& entry = r.deny ? deny_entry : allow_entry;
+      if (r.kind == RuleKind::l4) {
+        if (i < slot) {
+          slot = i;
+          entry = 0;
+        }
+      } else if (r.kind == RuleKind::http && i < slot) {
+        for (std::size_t e = 0; e < r.http.size(); ++e) {
+          if (detail::http_entry_matches(r.http[e], req, nullptr)) {
+            slot = i;
+            entry = e + 1;
+            break;
+          }
+        }
+      }
+    });
+
+    const auto explain = [&](std::uint32_t i, std::size_t entry, std::string_view verb) {
+      const std::string& name = index_->rules[i].spec->name;
+      std::string reason = "rule '" + name + "' " + std::string(verb) + " ";
+      reason += entry == 0 ? std::string("every request on this connection (L4 rule)")
+                           : std::string(req.method) + " " + std::string(req.path) +
+                                 " (http entry " + std::to_string(entry) + " matches)";
+      return reason;
+    };
+    if (deny != kNone) {
+      return decided(Verdict::deny, index_->rules[deny].spec->name, explain(deny, deny_entry, "denies"));
+    }
+    if (allow != kNone) {
+      return decided(Verdict::allow, index_->rules[allow].spec->name,
+                     explain(allow, allow_entry, "allows"));
+    }
+    return by_default(*config_, std::string(req.method) + " " + std::string(req.path));
+  } catch (...) {
+    return decided(Verdict::deny, "default", "internal error while deciding");
+  }
+}
+
+Decision Policy::decide_tls(const Flow& flow, std::string_view sni) const {
+  try {
+    const Addr src = detail::to_addr(flow.src);
+    const Addr dst = detail::to_addr(flow.dst);
+    std::uint32_t deny = kNone;
+    std::uint32_t allow = kNone;
+    int deny_pattern = -1;  // -1 = the rule is L4
+    int allow_pattern = -1;
+    index_->for_each_match(src, dst, flow.dst_port, [&](std::uint32_t i) {
+      const CompiledRule& r = index_->rules[i];
+      std::uint32_t& slot = r.deny ? deny : allow;
+      int& pattern = r.deny ? deny_pattern : allow_pattern;
+      if (i >= slot) return;
+      if (r.kind == RuleKind::l4) {
+        slot = i;
+        pattern = -1;
+      } else if (r.kind == RuleKind::tls) {
+        if (const int p = detail::sni_match(*r.spec->tls, sni); p >= 0) {
+          slot = i;
+          pattern = p;
+        }
+      }
+    });
+
+    const std::string shown = sni.empty() ? std::string("(no SNI)") : "'" + std::string(sni) + "'";
+    const auto explain = [&](std::uint32_t i, int pattern, std::string_view verb) {
+      const CompiledRule& r = index_->rules[i];
+      if (pattern < 0) {
+        return "rule '" + r.spec->name + "' " + std::string(verb) +
+               " this connection whatever its SNI (L4 rule)";
+      }
+      return "rule '" + r.spec->name + "' " + std::string(verb) + " sni " + shown + " (matches " +
+             r.spec->tls->sni[static_cast<std::size_t>(pattern)] + ")";
+    };
+    if (deny != kNone) {
+      return decided(Verdict::deny, index_->rules[deny].spec->name, explain(deny, deny_pattern, "denies"));
+    }
+    if (allow != kNone) {
+      return decided(Verdict::allow, index_->rules[allow].spec->name,
+                     explain(allow, allow_pattern, "allows"));
+    }
+    return by_default(*config_, "sni " + shown);
+  } catch (...) {
+    return decided(Verdict::deny, "default", "internal error while deciding");
+  }
+}
+
+}  // namespace shunt::policy
