@@ -9,12 +9,19 @@ set(BPF_GEN_DIR ${CMAKE_BINARY_DIR}/bpfgen)
 file(MAKE_DIRECTORY ${BPF_GEN_DIR})
 
 set(SHUNT_VMLINUX_BTF /sys/kernel/btf/vmlinux CACHE FILEPATH "BTF used to generate vmlinux.h")
-add_custom_command(
-  OUTPUT ${BPF_GEN_DIR}/vmlinux.h
-  COMMAND ${BPFTOOL} btf dump file ${SHUNT_VMLINUX_BTF} format c > ${BPF_GEN_DIR}/vmlinux.h
-  COMMENT "Generating vmlinux.h from ${SHUNT_VMLINUX_BTF}"
-  VERBATIM)
-add_custom_target(vmlinux_h DEPENDS ${BPF_GEN_DIR}/vmlinux.h)
+
+# Call once in the directory that calls bpf_object() (custom command outputs
+# are visible only within their directory).
+macro(bpf_vmlinux_header)
+  add_custom_command(
+    OUTPUT ${BPF_GEN_DIR}/vmlinux.h
+    COMMAND ${BPFTOOL} btf dump file ${SHUNT_VMLINUX_BTF} format c > ${BPF_GEN_DIR}/vmlinux.h
+    COMMENT "Generating vmlinux.h from ${SHUNT_VMLINUX_BTF}"
+    VERBATIM)
+  # One target owns the header so parallel skeleton builds never write it
+  # twice at once; bpf objects order after it instead of listing the file.
+  add_custom_target(vmlinux_h DEPENDS ${BPF_GEN_DIR}/vmlinux.h)
+endmacro()
 
 function(bpf_object name source)
   set(obj ${BPF_GEN_DIR}/${name}.bpf.o)
@@ -25,7 +32,7 @@ function(bpf_object name source)
     COMMAND ${BPF_CLANG} -g -O2 -Wall -Werror -target bpf -D__TARGET_ARCH_x86
             -I${BPF_GEN_DIR} -I${CMAKE_SOURCE_DIR}/bpf
             -c ${CMAKE_CURRENT_SOURCE_DIR}/${source} -o ${obj}
-    DEPENDS ${CMAKE_CURRENT_SOURCE_DIR}/${source} ${BPF_GEN_DIR}/vmlinux.h ${bpf_headers}
+    DEPENDS ${CMAKE_CURRENT_SOURCE_DIR}/${source} ${bpf_headers}
     COMMENT "BPF ${source}"
     VERBATIM)
   add_custom_command(
@@ -35,6 +42,7 @@ function(bpf_object name source)
     COMMENT "Skeleton ${name}.skel.h"
     VERBATIM)
   add_custom_target(${name}_skel_gen DEPENDS ${skel})
+  add_dependencies(${name}_skel_gen vmlinux_h)
   add_library(${name}_skel INTERFACE)
   add_dependencies(${name}_skel ${name}_skel_gen)
   target_include_directories(${name}_skel INTERFACE ${BPF_GEN_DIR})
