@@ -1,0 +1,93 @@
+#!/usr/bin/python3
+"""Smoke run of the side-by-side benchmark (bench/run --smoke): every system
+runs every workload it takes part in, for about a second each, and the JSON
+must hold a sane number for each. The real benchmark is not part of the
+test suite (it takes minutes); this only proves every path of it works.
+
+Needs root (HAProxy/nginx/shunt on loopback ports, shunt's BPF data path).
+Env (set by ctest): SHUNT_BIN, SHUNT_SOURCE_DIR, SHUNT_BUILD_DIR.
+"""
+
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+
+SOURCE = os.environ.get("SHUNT_SOURCE_DIR", os.path.join(os.path.dirname(__file__), "..", ".."))
+SHUNT = os.environ.get("SHUNT_BIN", "")
+
+# figure -> (systems that must have it, lowest sane, highest sane)
+TCP = ["direct", "shunt-copy", "shunt-splice", "shunt-sockmap", "haproxy", "nginx"]
+HTTP = ["direct-http", "shunt-http", "haproxy-http"]
+EXPECT = {
+    "bulk_1": (TCP, 0.01, 2000),         # Gbit/s
+    "bulk_4": (TCP, 0.01, 2000),
+    "cpu_gb_1": (TCP, 0, 100),          # CPU-s/GB; 0 possible after subtracting others' load
+    "cpu_gb_4": (TCP, 0, 100),
+    "cpu_gb_paced": (TCP, 0, 1000),
+    "rr_p50": (TCP, 1, 1e6),             # µs
+    "rr_p99": (TCP, 1, 1e6),
+    "conn_rate": (TCP, 10, 1e7),         # conn/s
+    "http_rps": (HTTP, 10, 1e8),         # req/s
+}
+# The shunt HTTP path may legitimately be unfinished: bench/run then reports
+# it as n/a with the reason, which is what this test checks for it.
+MAY_BE_NA = {("http_rps", "shunt-http")}
+
+
+def main():
+    failures = []
+    with tempfile.TemporaryDirectory(prefix="bench-smoke-") as out:
+        cmd = [os.path.join(SOURCE, "bench", "run"), "--smoke", "--out", out, "--base-port", "26000"]
+        if SHUNT:
+            cmd += ["--shunt", SHUNT]
+        print("+", " ".join(cmd), flush=True)
+        r = subprocess.run(cmd, timeout=600)
+        if r.returncode != 0:
+            print(f"FAIL: bench/run exited {r.returncode}")
+            return 1
+        with open(os.path.join(out, "latest.json")) as f:
+            doc = json.load(f)
+        for name in ("latest.md", "latest.png"):
+            if not os.path.getsize(os.path.join(out, name)):
+                failures.append(f"{name} is empty")
+
+    for key in ("date", "kernel", "cpu", "topology"):
+        if not doc["meta"].get(key):
+            failures.append(f"meta.{key} missing")
+    for fig, (systems, lo, hi) in EXPECT.items():
+        results = doc["figures"].get(fig, {}).get("results")
+        if results is None:
+            failures.append(f"{fig}: missing from the JSON")
+            continue
+        for s in systems:
+            row = results.get(s)
+            if row is None:
+                failures.append(f"{fig}/{s}: missing")
+            elif row["value"] is None:
+                if (fig, s) in MAY_BE_NA and row.get("na"):
+                    print(f"note: {fig}/{s} n/a: {row['na']}")
+                else:
+                    failures.append(f"{fig}/{s}: n/a: {row.get('na')}")
+            elif not (isinstance(row["value"], (int, float)) and math.isfinite(row["value"])
+                      and lo <= row["value"] <= hi):
+                failures.append(f"{fig}/{s}: {row['value']} outside [{lo}, {hi}]")
+            elif results[doc["figures"][fig]["baseline"]].get("value") and "ratio" not in row:
+                failures.append(f"{fig}/{s}: no ratio to direct")
+
+    # `shunt bench` is the same command: it must reach bench/run.
+    if SHUNT:
+        h = subprocess.run([SHUNT, "bench", "--help"], capture_output=True, text=True, timeout=30)
+        if h.returncode != 0 or "--quick" not in h.stdout:
+            failures.append(f"shunt bench --help: exit {h.returncode}: {h.stdout[-200:]}{h.stderr[-200:]}")
+
+    for f in failures:
+        print("FAIL:", f)
+    print("ok" if not failures else f"{len(failures)} failures")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
