@@ -1,0 +1,469 @@
+#include "bpf/steering.h"
+
+#include "bpf/steering_link.h"
+#include "bpf/steering_shared.h"
+#include "pods/netlink.h"
+#include "pods/routing.h"
+#include "pods/rtnl.h"
+#include "steer_netkit.skel.h"
+#include "steer_tcx.skel.h"
+
+#include <arpa/inet.h>
+#include <bpf/bpf.h>
+#include <bpf/libbpf.h>
+#include <dirent.h>
+#include <linux/magic.h>
+#include <netinet/in.h>
+#include <sys/mount.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/statfs.h>
+#include <unistd.h>
+
+#include <spdlog/spdlog.h>
+
+#include <array>
+#include <bitset>
+#include <cstring>
+#include <map>
+#include <optional>
+#include <set>
+
+namespace shunt::bpf {
+namespace {
+
+constexpr std::array<const char*, SHUNT_STAT_MAX> kStatNames = {
+    "assign_socket", "assign_listener", "to_local_stack", "assign_failed",
+    "deny_drop",     "proxy_down_drop", "proxy_down_pass", "netkit_marked",
+};
+
+struct TcxSkelDeleter {
+  void operator()(steer_tcx* s) const { steer_tcx__destroy(s); }
+};
+struct NetkitSkelDeleter {
+  void operator()(steer_netkit* s) const { steer_netkit__destroy(s); }
+};
+
+std::string device_pin_dir(const std::string& dev) { return std::string(kSteeringPinRoot) + "/" + dev; }
+
+Status mkdir_p(const std::string& path) {
+  for (std::size_t pos = 1;; ++pos) {
+    pos = path.find('/', pos);
+    const std::string part = path.substr(0, pos);
+    if (::mkdir(part.c_str(), 0700) < 0 && errno != EEXIST) return SysError::from_errno("mkdir " + part);
+    if (pos == std::string::npos) return ok_status();
+  }
+}
+
+// Pins need bpffs at /sys/fs/bpf; hosts that do not mount it at boot get it
+// mounted here (the same thing systemd does).
+Status ensure_bpffs() {
+  struct statfs st {};
+  if (::statfs("/sys/fs/bpf", &st) == 0 && st.f_type == BPF_FS_MAGIC) return ok_status();
+  if (::mount("bpf", "/sys/fs/bpf", "bpf", 0, nullptr) < 0)
+    return SysError::from_errno("mount bpffs at /sys/fs/bpf (needed to pin fail_closed steering)");
+  return ok_status();
+}
+
+void fill_addr(const config::IpAddress& addr, unsigned prefix, __u32 net[4], __u32 mask[4]) {
+  std::array<unsigned char, 16> a{};
+  std::array<unsigned char, 16> m{};
+  std::size_t len = 4;
+  if (addr.is_v4()) {
+    auto b = addr.to_v4().to_bytes();
+    std::memcpy(a.data(), b.data(), 4);
+  } else {
+    auto b = addr.to_v6().to_bytes();
+    std::memcpy(a.data(), b.data(), 16);
+    len = 16;
+  }
+  for (std::size_t i = 0; i < len; ++i) {
+    const unsigned bits = prefix >= (i + 1) * 8 ? 8 : (prefix > i * 8 ? prefix - i * 8 : 0);
+    m[i] = static_cast<unsigned char>(bits == 0 ? 0 : (0xff << (8 - bits)) & 0xff);
+    a[i] &= m[i];
+  }
+  // Network byte order, as packets carry them: byte copies keep it.
+  std::memcpy(net, a.data(), 16);
+  std::memcpy(mask, m.data(), 16);
+}
+
+struct Prefix {
+  config::IpAddress addr;
+  unsigned len;
+};
+
+bool labels_match(const std::map<std::string, std::string>& want, const std::map<std::string, std::string>& have) {
+  for (const auto& [k, v] : want) {
+    auto it = have.find(k);
+    if (it == have.end() || it->second != v) return false;
+  }
+  return true;
+}
+
+// What a selector covers, as prefixes. An empty selector covers everything.
+std::vector<Prefix> resolve(const config::Selector& sel, const std::vector<config::Pod>& pods) {
+  std::vector<Prefix> out;
+  auto host = [](const config::IpAddress& ip) { return Prefix{ip, ip.is_v4() ? 32u : 128u}; };
+  if (sel.pod) {
+    for (const auto& p : pods)
+      if (p.name == *sel.pod) out.push_back(host(p.ip));
+  } else if (!sel.labels.empty()) {
+    for (const auto& p : pods)
+      if (labels_match(sel.labels, p.labels)) out.push_back(host(p.ip));
+  } else if (sel.cidr) {
+    out.push_back({sel.cidr->network, sel.cidr->prefix});
+  } else {
+    out.push_back({boost::asio::ip::address_v4::any(), 0});
+    out.push_back({boost::asio::ip::address_v6::any(), 0});
+  }
+  return out;
+}
+
+// The policy's deny rules that need no L7 inspection, flattened into
+// (source, destination, port) entries. Deny wins over allow in the policy,
+// so dropping these in BPF can never block something the proxy would allow.
+Result<std::vector<shunt_deny_rule>> build_deny_table(const config::Config& cfg) {
+  std::vector<shunt_deny_rule> out;
+  for (const auto& rule : cfg.policy.rules) {
+    if (rule.action != config::Action::deny || !rule.http.empty() || rule.tls) continue;
+    const auto srcs = resolve(rule.from, cfg.pods);
+    const auto dsts = resolve(rule.to, cfg.pods);
+    std::vector<std::uint16_t> ports = rule.to.ports;
+    if (ports.empty()) ports.push_back(0);
+    for (const auto& s : srcs) {
+      for (const auto& d : dsts) {
+        if (s.addr.is_v4() != d.addr.is_v4()) continue;
+        for (std::uint16_t port : ports) {
+          shunt_deny_rule e{};
+          fill_addr(s.addr, s.len, e.src_net, e.src_mask);
+          fill_addr(d.addr, d.len, e.dst_net, e.dst_mask);
+          e.family = s.addr.is_v4() ? 4 : 6;
+          // With ports the rule is about TCP connections (all the proxy
+          // handles); without, it is an L3 deny of every protocol.
+          e.proto = port ? IPPROTO_TCP : 0;
+          e.dport = htons(port);
+          out.push_back(e);
+        }
+      }
+    }
+  }
+  if (out.size() > SHUNT_DENY_MAX)
+    return SysError{E2BIG, "policy has " + std::to_string(out.size()) +
+                               " L3/L4 deny entries after expanding pods and ports; the BPF deny table holds " +
+                               std::to_string(SHUNT_DENY_MAX)};
+  return out;
+}
+
+struct Listener {
+  std::uint32_t slot;
+  int fd;
+};
+
+Result<std::vector<Listener>> check_listeners(const std::vector<int>& fds) {
+  std::vector<Listener> out;
+  bool seen[SHUNT_LISTENER_SLOTS] = {};
+  for (int fd : fds) {
+    sockaddr_storage ss{};
+    socklen_t len = sizeof(ss);
+    if (::getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len) < 0)
+      return SysError::from_errno("inspect steering listener fd " + std::to_string(fd));
+    int transparent = 0;
+    socklen_t olen = sizeof(transparent);
+    const bool v6 = ss.ss_family == AF_INET6;
+    if (ss.ss_family != AF_INET && !v6)
+      return SysError{EAFNOSUPPORT, "steering listener fd " + std::to_string(fd) + " is not an IP socket"};
+    if (::getsockopt(fd, v6 ? SOL_IPV6 : SOL_IP, v6 ? IPV6_TRANSPARENT : IP_TRANSPARENT, &transparent, &olen) < 0)
+      return SysError::from_errno("inspect steering listener fd " + std::to_string(fd));
+    if (!transparent)
+      return SysError{EINVAL, "steering listener fd " + std::to_string(fd) +
+                                  " lacks IP_TRANSPARENT: it could not accept connections for pod addresses"};
+    const std::uint32_t slot = v6 ? SHUNT_LISTENER_V6 : SHUNT_LISTENER_V4;
+    if (seen[slot])
+      return SysError{EINVAL, std::string("two steering listeners for ") + (v6 ? "IPv6" : "IPv4") +
+                                  "; pod traffic goes to one transparent listener per family"};
+    seen[slot] = true;
+    out.push_back({slot, fd});
+  }
+  if (out.empty()) return SysError{EINVAL, "no transparent listener to steer pod traffic to"};
+  return out;
+}
+
+}  // namespace
+
+struct PodSteering::Impl {
+  std::unique_ptr<steer_tcx, TcxSkelDeleter> tcx;
+  std::unique_ptr<steer_netkit, NetkitSkelDeleter> netkit;
+  std::optional<pods::PolicyRouting> routing;
+
+  struct Device {
+    std::string name;
+    bool is_netkit = false;
+    std::optional<DeviceLink> netkit_link;
+    std::optional<DeviceLink> tcx_link;
+  };
+  std::map<std::string, Device> devices;
+
+  bool fail_closed = true;
+  std::bitset<65536> ports;  // what steer_ports holds now
+  bool all_ports = false;
+  std::uint32_t deny_count = 0;
+
+  Status load();
+  Status set_listeners(const std::vector<Listener>& listeners);
+  Status apply_maps(const config::Config& cfg);
+  Status sync_devices(const config::Config& cfg);
+  Result<Device> attach(const std::string& dev);
+  Status apply_pinning(Device& d);
+};
+
+Status PodSteering::Impl::load() {
+  tcx.reset(steer_tcx__open());
+  if (!tcx) return SysError::from_errno("open BPF object steer_tcx");
+  if (int err = steer_tcx__load(tcx.get()); err < 0) return SysError{-err, "load BPF program steer_tcx"};
+  netkit.reset(steer_netkit__open());
+  if (!netkit) return SysError::from_errno("open BPF object steer_netkit");
+  // One set of maps for both programs: the netkit object adopts the tcx
+  // object's maps before loading, so its relocations point at them.
+  std::pair<bpf_map*, const bpf_map*> shared[] = {
+      {netkit->maps.steer_cfg, tcx->maps.steer_cfg},       {netkit->maps.steer_ports, tcx->maps.steer_ports},
+      {netkit->maps.steer_deny, tcx->maps.steer_deny},     {netkit->maps.steer_listen, tcx->maps.steer_listen},
+      {netkit->maps.steer_stats, tcx->maps.steer_stats},
+  };
+  for (auto [mine, theirs] : shared) {
+    if (int err = bpf_map__reuse_fd(mine, bpf_map__fd(theirs)); err < 0)
+      return SysError{-err, std::string("share steering map ") + bpf_map__name(mine)};
+  }
+  if (int err = steer_netkit__load(netkit.get()); err < 0) return SysError{-err, "load BPF program steer_netkit"};
+  return ok_status();
+}
+
+Status PodSteering::Impl::set_listeners(const std::vector<Listener>& listeners) {
+  const int map_fd = bpf_map__fd(tcx->maps.steer_listen);
+  for (const auto& l : listeners) {
+    const std::uint64_t value = static_cast<std::uint64_t>(l.fd);
+    if (bpf_map_update_elem(map_fd, &l.slot, &value, BPF_ANY) < 0)
+      return SysError::from_errno("add transparent listener fd " + std::to_string(l.fd) + " to the steering sockmap");
+  }
+  return ok_status();
+}
+
+// Ordered so that no packet sees a state looser than either the old or the
+// new config: new deny entries and ports first, the flags that widen or
+// narrow interception last.
+Status PodSteering::Impl::apply_maps(const config::Config& cfg) {
+  auto deny = build_deny_table(cfg);
+  if (!deny) return deny.error();
+
+  const int cfg_fd = bpf_map__fd(tcx->maps.steer_cfg);
+  const int ports_fd = bpf_map__fd(tcx->maps.steer_ports);
+  const int deny_fd = bpf_map__fd(tcx->maps.steer_deny);
+  const std::uint32_t zero = 0;
+
+  shunt_steer_config current{};
+  if (bpf_map_lookup_elem(cfg_fd, &zero, &current) < 0) return SysError::from_errno("read steering config map");
+
+  // Shrinking the deny table: publish the smaller count before entries move.
+  const std::uint32_t new_count = static_cast<std::uint32_t>(deny->size());
+  if (new_count < current.deny_count) {
+    current.deny_count = new_count;
+    if (bpf_map_update_elem(cfg_fd, &zero, &current, BPF_ANY) < 0)
+      return SysError::from_errno("update steering config map");
+  }
+  for (std::uint32_t i = 0; i < new_count; ++i) {
+    if (bpf_map_update_elem(deny_fd, &i, &(*deny)[i], BPF_ANY) < 0)
+      return SysError::from_errno("update steering deny table");
+  }
+
+  std::bitset<65536> want;
+  for (std::uint16_t p : cfg.steering.ports) want.set(p);
+  for (std::uint32_t p = 0; p < 65536; ++p) {
+    if (want[p] == ports[p]) continue;
+    const std::uint8_t v = want[p] ? 1 : 0;
+    if (bpf_map_update_elem(ports_fd, &p, &v, BPF_ANY) < 0)
+      return SysError::from_errno("update steering port " + std::to_string(p));
+    ports[p] = want[p];
+  }
+
+  shunt_steer_config next{};
+  next.flags = (cfg.steering.all_ports ? SHUNT_STEER_F_ALL_PORTS : 0u) |
+               (cfg.steering.on_proxy_down == config::OnProxyDown::fail_open ? SHUNT_STEER_F_FAIL_OPEN : 0u);
+  next.deny_count = new_count;
+  if (bpf_map_update_elem(cfg_fd, &zero, &next, BPF_ANY) < 0) return SysError::from_errno("update steering config map");
+  all_ports = cfg.steering.all_ports;
+  deny_count = new_count;
+  return ok_status();
+}
+
+Result<PodSteering::Impl::Device> PodSteering::Impl::attach(const std::string& dev) {
+  auto nl = pods::NetlinkSocket::open();
+  if (!nl) return nl.error();
+  auto link = pods::get_link(*nl, dev);
+  if (!link) return link.error();
+  if (!*link) return SysError{ENODEV, "steering device " + dev + " does not exist (create the pod first)"};
+  const auto& info = **link;
+  Device d;
+  d.name = dev;
+  d.is_netkit = info.kind == "netkit";
+  if (d.is_netkit && !info.netkit_primary)
+    return SysError{EINVAL, "device " + dev + " is a netkit peer; steering attaches to the host-side primary"};
+
+  const std::string dir = device_pin_dir(dev);
+  // tcx first: once the netkit program marks packets, something must be
+  // there to assign them.
+  auto tcx_link = DeviceLink::attach(bpf_program__fd(tcx->progs.shunt_steer_tcx), info.ifindex, dev,
+                                     SteeringHook::tcx_ingress, dir + "/tcx");
+  if (!tcx_link) return tcx_link.error();
+  d.tcx_link.emplace(std::move(*tcx_link));
+  if (d.is_netkit) {
+    auto nk_link = DeviceLink::attach(bpf_program__fd(netkit->progs.shunt_steer_netkit), info.ifindex, dev,
+                                      SteeringHook::netkit_peer, dir + "/netkit_peer");
+    if (!nk_link) return nk_link.error();
+    d.netkit_link.emplace(std::move(*nk_link));
+  }
+  if (Status st = apply_pinning(d); !st) return st.error();
+  return d;
+}
+
+// fail_closed: pin, so the programs stay attached and keep dropping
+// intercepted traffic after the proxy exits (its listeners leave the
+// sockmap when closed). fail_open: no pins, so exit or crash detaches and
+// pod traffic flows directly.
+Status PodSteering::Impl::apply_pinning(Device& d) {
+  const std::string dir = device_pin_dir(d.name);
+  if (fail_closed) {
+    if (Status st = mkdir_p(dir); !st) return st;
+    for (auto* l : {&d.tcx_link, &d.netkit_link})
+      if (*l)
+        if (Status st = (*l)->pin(); !st) return st;
+    return ok_status();
+  }
+  for (auto* l : {&d.tcx_link, &d.netkit_link})
+    if (*l)
+      if (Status st = (*l)->unpin(); !st) return st;
+  ::rmdir(dir.c_str());
+  return ok_status();
+}
+
+Status PodSteering::Impl::sync_devices(const config::Config& cfg) {
+  std::set<std::string> wanted;
+  for (const auto& p : cfg.pods)
+    if (!p.dev.empty()) wanted.insert(p.dev);
+
+  for (auto it = devices.begin(); it != devices.end();) {
+    if (wanted.count(it->first)) {
+      ++it;
+      continue;
+    }
+    // Detach by dropping our fds, after removing the pins that would keep
+    // the links alive.
+    for (auto* l : {&it->second.tcx_link, &it->second.netkit_link})
+      if (*l) (void)(*l)->unpin();
+    ::rmdir(device_pin_dir(it->first).c_str());
+    it = devices.erase(it);
+  }
+  for (auto& [name, d] : devices)
+    if (Status st = apply_pinning(d); !st) return st;
+  for (const auto& dev : wanted) {
+    if (devices.count(dev)) continue;
+    auto d = attach(dev);
+    if (!d) return d.error();
+    devices.emplace(dev, std::move(*d));
+  }
+  return ok_status();
+}
+
+PodSteering::PodSteering(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+PodSteering::PodSteering(PodSteering&&) noexcept = default;
+PodSteering& PodSteering::operator=(PodSteering&&) noexcept = default;
+
+PodSteering::~PodSteering() {
+  if (!impl_) return;
+  // Links first (unpinned ones detach here), then the routing they relied on.
+  impl_->devices.clear();
+  impl_->routing.reset();
+}
+
+Result<std::unique_ptr<PodSteering>> PodSteering::start(const config::Config& config, std::vector<int> listener_fds) {
+  auto impl = std::make_unique<Impl>();
+  impl->fail_closed = config.steering.on_proxy_down == config::OnProxyDown::fail_closed;
+
+  auto listeners = check_listeners(listener_fds);
+  if (!listeners) return listeners.error();
+  if (Status st = ensure_bpffs(); !st) {
+    if (impl->fail_closed) return st.error();
+    spdlog::warn("{}; steering state will not be pinned", st.error().message());
+  }
+  if (Status st = impl->load(); !st) return st.error();
+  if (Status st = impl->apply_maps(config); !st) return st.error();
+  if (Status st = impl->set_listeners(*listeners); !st) return st.error();
+
+  auto routing = pods::PolicyRouting::install({SHUNT_STEER_MARK, kSteeringTable, kSteeringRulePriority});
+  if (!routing) return routing.error();
+  impl->routing.emplace(std::move(*routing));
+
+  // Pins of devices this config no longer steers are leftovers of an earlier
+  // run: release them so those devices stop being steered.
+  std::set<std::string> wanted;
+  for (const auto& p : config.pods)
+    if (!p.dev.empty()) wanted.insert(p.dev);
+  if (DIR* dir = ::opendir(kSteeringPinRoot)) {
+    std::vector<std::string> stale;
+    while (const dirent* e = ::readdir(dir))
+      if (e->d_name[0] != '.' && !wanted.count(e->d_name)) stale.emplace_back(e->d_name);
+    ::closedir(dir);
+    for (const auto& dev : stale) (void)remove_pinned_steering(dev);
+  }
+
+  if (Status st = impl->sync_devices(config); !st) return st.error();
+  auto steering = std::unique_ptr<PodSteering>(new PodSteering(std::move(impl)));
+  for (const auto& line : steering->describe()) spdlog::info("steering {}", line);
+  return steering;
+}
+
+Status PodSteering::update(const config::Config& config) {
+  impl_->fail_closed = config.steering.on_proxy_down == config::OnProxyDown::fail_closed;
+  if (impl_->fail_closed) {
+    if (Status st = ensure_bpffs(); !st) return st;
+  }
+  if (Status st = impl_->apply_maps(config); !st) return st;
+  return impl_->sync_devices(config);
+}
+
+std::vector<std::pair<std::string, std::uint64_t>> PodSteering::counters() const {
+  std::vector<std::pair<std::string, std::uint64_t>> out;
+  if (!impl_ || !impl_->tcx) return out;
+  const int ncpu = libbpf_num_possible_cpus();
+  if (ncpu <= 0) return out;
+  std::vector<std::uint64_t> per_cpu(static_cast<std::size_t>(ncpu));
+  const int fd = bpf_map__fd(impl_->tcx->maps.steer_stats);
+  for (std::uint32_t i = 0; i < SHUNT_STAT_MAX; ++i) {
+    std::uint64_t sum = 0;
+    if (bpf_map_lookup_elem(fd, &i, per_cpu.data()) == 0)
+      for (auto v : per_cpu) sum += v;
+    out.emplace_back(kStatNames[i], sum);
+  }
+  return out;
+}
+
+std::vector<std::string> PodSteering::describe() const {
+  std::vector<std::string> out;
+  if (!impl_) return out;
+  for (const auto& [name, d] : impl_->devices) {
+    std::string s = name + (d.is_netkit ? " (netkit: peer program + tcx ingress" : " (tcx ingress");
+    s += impl_->fail_closed ? ", pinned: fail_closed)" : ", not pinned: fail_open)";
+    out.push_back(std::move(s));
+  }
+  return out;
+}
+
+Status remove_pinned_steering(const std::string& dev) {
+  const std::string dir = device_pin_dir(dev);
+  for (const char* leaf : {"/netkit_peer", "/tcx"}) {
+    const std::string path = dir + leaf;
+    if (::unlink(path.c_str()) < 0 && errno != ENOENT) return SysError::from_errno("unpin " + path);
+  }
+  if (::rmdir(dir.c_str()) < 0 && errno != ENOENT) return SysError::from_errno("remove " + dir);
+  return ok_status();
+}
+
+}  // namespace shunt::bpf

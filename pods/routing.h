@@ -1,0 +1,45 @@
+// Policy routing for transparent interception, as TPROXY setups do it:
+//   ip rule add fwmark MARK/MARK lookup TABLE priority PRIO
+//   ip route add local 0.0.0.0/0 dev lo table TABLE    (and the IPv6 pair)
+// A packet carrying MARK is delivered to the local stack even though its
+// destination is a pod address, so the socket BPF assigned can receive it.
+#pragma once
+
+#include "common/error.h"
+#include "pods/netlink.h"
+#include "pods/rtnl.h"
+
+#include <cstdint>
+#include <vector>
+
+namespace shunt::pods {
+
+struct PolicyRoutingSpec {
+  std::uint32_t mark = 0;  // also used as the mask: one bit of skb->mark
+  std::uint32_t table = 0;
+  std::uint32_t priority = 0;
+};
+
+// Move-only owner of the rule and route pairs; the destructor removes them.
+// Installing over leftovers of a crashed run adopts them instead of failing.
+class PolicyRouting {
+ public:
+  static Result<PolicyRouting> install(const PolicyRoutingSpec& spec);
+
+  PolicyRouting(PolicyRouting&& other) noexcept;
+  PolicyRouting& operator=(PolicyRouting&& other) noexcept;
+  PolicyRouting(const PolicyRouting&) = delete;
+  PolicyRouting& operator=(const PolicyRouting&) = delete;
+  ~PolicyRouting();
+
+  // Removes everything now; returns the first error (the rest is still tried).
+  Status remove();
+  [[nodiscard]] bool has_ipv6() const;
+
+ private:
+  PolicyRouting() = default;
+  std::vector<RuleSpec> rules_;
+  std::vector<RouteSpec> routes_;
+};
+
+}  // namespace shunt::pods
