@@ -145,11 +145,13 @@ class Ports:
 class Endpoints:
     """Where clients run, where servers run and which address each side uses."""
 
-    def __init__(self, server_ip="127.0.0.1", proxy_ip="127.0.0.1", client_ns=None, server_ns=None):
+    def __init__(self, server_ip="127.0.0.1", proxy_ip="127.0.0.1", client_ns=None, server_ns=None,
+                 proxy_ns=None):
         self.server_ip = server_ip   # backends bind here
-        self.proxy_ip = proxy_ip     # proxies listen here (host netns)
+        self.proxy_ip = proxy_ip     # proxies listen here
         self.client_ns = client_ns   # netns clients run in (None: host)
         self.server_ns = server_ns   # netns backends run in (None: host)
+        self.proxy_ns = proxy_ns     # netns proxies run in (None: host)
 
 
 # ---------------------------------------------------------------- systems
@@ -218,7 +220,7 @@ class Shunt(System):
             raise BenchError("shunt binary not found (set SHUNT_BIN or --shunt)")
         cfg = render(self.template, os.path.join(rundir, f"{self.name}.yaml"),
                      datapath=self.datapath, **_values(self))
-        self.proc = procs.start(self.name, [self.shunt_bin, "run", "-c", cfg])
+        self.proc = procs.start(self.name, [self.shunt_bin, "run", "-c", cfg], netns=self.ep.proxy_ns)
         wait_listening(procs, self.proc, self.listen_ports())
 
 
@@ -250,7 +252,7 @@ class Socat(System):
             ip, port = t[kind]
             p = procs.start(f"{self.name}-{kind}", [
                 "socat", f"TCP-LISTEN:{port},bind={ip},reuseaddr,fork,backlog=4096",
-                f"TCP:{self.ep.server_ip}:{backends[kind]},nodelay"])
+                f"TCP:{self.ep.server_ip}:{backends[kind]},nodelay"], netns=self.ep.proxy_ns)
             self.procs_started.append(p)
             wait_listening(procs, p, [port])
 
@@ -270,7 +272,7 @@ class Haproxy(System):
     def start(self, procs, rundir):
         cfg = render(self.template, os.path.join(rundir, f"{self.name}.cfg"), **_values(self))
         # -db: stay in the foreground so the process group is ours to kill.
-        self.proc = procs.start(self.name, ["haproxy", "-db", "-f", cfg])
+        self.proc = procs.start(self.name, ["haproxy", "-db", "-f", cfg], netns=self.ep.proxy_ns)
         wait_listening(procs, self.proc, self.listen_ports())
 
 
@@ -291,7 +293,7 @@ class Nginx(System):
 
     def __init__(self, name, index, ports, ep, template="nginx-stream.conf", netns=None):
         super().__init__(name, index, ports, ep)
-        self.template, self.netns = template, netns
+        self.template, self.netns = template, netns or ep.proxy_ns
 
     def start(self, procs, rundir):
         prefix = os.path.join(rundir, self.name)
