@@ -226,6 +226,9 @@ int pingpong(int argc, char** argv) {
   const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) die("socket");
   set_nodelay(fd);
+  // A proxy that accepts but never forwards must fail the run, not hang it.
+  timeval timeout{5, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
   if (connect(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof addr) < 0) die("connect");
 
   std::vector<char> out(size, 'x'), in(size);
