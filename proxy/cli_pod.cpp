@@ -1,8 +1,120 @@
-// Placeholder until this command lands; replaced by its owner.
+// `shunt pod add|del|list`: lab pods (pods/pod.h). Exit codes per SPEC.md:
+// 1 for bad input (name, address, existing or unknown pod), 2 for the
+// environment (privileges, kernel features, kernel refusals).
+#include "pods/pod.h"
 #include "proxy/cli.h"
 
 #include <CLI/CLI.hpp>
 
+#include <boost/asio/ip/address.hpp>
+
+#include <cstdio>
+#include <iostream>
+#include <optional>
+#include <string>
+
 namespace shunt::cli {
-void add_pod_commands(CLI::App&, int&) {}
+namespace {
+
+int exit_code_for(const SysError& e) {
+  switch (e.code) {
+    case EINVAL:
+    case EEXIST:
+    case ENOENT:
+      return kExitBadInput;
+    default:
+      return kExitEnvironment;
+  }
+}
+
+int fail(const SysError& e) {
+  std::cerr << "shunt pod: " << e.message() << "\n";
+  if (e.code == EPERM || e.code == EACCES) std::cerr << "shunt pod: run as root (needs CAP_NET_ADMIN and CAP_SYS_ADMIN)\n";
+  return exit_code_for(e);
+}
+
+// "10.200.0.2/24" → address and prefix; the prefix is required so the pod's
+// subnet is explicit.
+std::optional<std::pair<boost::asio::ip::address, unsigned>> parse_cidr(const std::string& text) {
+  const auto slash = text.find('/');
+  if (slash == std::string::npos) return std::nullopt;
+  boost::system::error_code ec;
+  auto addr = boost::asio::ip::make_address(text.substr(0, slash), ec);
+  if (ec || !addr.is_v4()) return std::nullopt;
+  const std::string len = text.substr(slash + 1);
+  if (len.empty() || len.size() > 2 || len.find_first_not_of("0123456789") != std::string::npos) return std::nullopt;
+  const unsigned prefix = static_cast<unsigned>(std::stoul(len));
+  if (prefix < 1 || prefix > 32) return std::nullopt;
+  return std::make_pair(addr, prefix);
+}
+
+}  // namespace
+
+void add_pod_commands(CLI::App& app, int& exit_code) {
+  CLI::App* pod = app.add_subcommand("pod", "Create, remove and list lab pods (netns + netkit or veth pair)");
+  pod->require_subcommand(1);
+
+  struct AddArgs {
+    std::string name;
+    std::string ip;
+    std::string type;
+  };
+  auto add_args = std::make_shared<AddArgs>();
+  CLI::App* add = pod->add_subcommand("add", "Create pod NAME: netns NAME, host device sh-NAME, address, routes");
+  add->add_option("name", add_args->name, "Pod name (1-12 characters)")->required();
+  add->add_option("--ip", add_args->ip, "Pod address A.B.C.D/NN")->required();
+  add->add_option("--type", add_args->type, "Device type (default: netkit when the kernel has it, else veth)")
+      ->check(CLI::IsMember({"netkit", "veth"}));
+  add->callback([add_args, &exit_code] {
+    auto cidr = parse_cidr(add_args->ip);
+    if (!cidr) {
+      std::cerr << "shunt pod add: --ip '" << add_args->ip << "' is not an IPv4 address with prefix (A.B.C.D/NN)\n";
+      exit_code = kExitBadInput;
+      return;
+    }
+    pods::PodSpec spec;
+    spec.name = add_args->name;
+    spec.ip = cidr->first;
+    spec.prefix = cidr->second;
+    if (add_args->type == "netkit") spec.type = pods::DeviceType::netkit;
+    if (add_args->type == "veth") spec.type = pods::DeviceType::veth;
+    auto added = pods::add_pod(spec);
+    if (!added) {
+      exit_code = fail(added.error());
+      return;
+    }
+    const auto& info = added->info;
+    std::printf("pod %s: %s, address %s/%u, host device %s (%s)\n", info.name.c_str(), info.type.c_str(),
+                info.ip->to_string().c_str(), info.prefix, info.host_device.c_str(), added->why.c_str());
+    exit_code = kExitOk;
+  });
+
+  auto del_name = std::make_shared<std::string>();
+  CLI::App* del = pod->add_subcommand("del", "Remove pod NAME and everything created for it");
+  del->add_option("name", *del_name, "Pod name")->required();
+  del->callback([del_name, &exit_code] {
+    if (Status st = pods::del_pod(*del_name); !st) {
+      exit_code = fail(st.error());
+      return;
+    }
+    std::printf("pod %s removed\n", del_name->c_str());
+    exit_code = kExitOk;
+  });
+
+  CLI::App* list = pod->add_subcommand("list", "List lab pods");
+  list->callback([&exit_code] {
+    auto pods_list = pods::list_pods();
+    if (!pods_list) {
+      exit_code = fail(pods_list.error());
+      return;
+    }
+    std::printf("%-12s  %-6s  %-18s  %s\n", "NAME", "TYPE", "ADDRESS", "HOST-DEVICE");
+    for (const auto& p : *pods_list) {
+      const std::string addr = p.ip ? p.ip->to_string() + "/" + std::to_string(p.prefix) : "-";
+      std::printf("%-12s  %-6s  %-18s  %s\n", p.name.c_str(), p.type.c_str(), addr.c_str(), p.host_device.c_str());
+    }
+    exit_code = kExitOk;
+  });
+}
+
 }  // namespace shunt::cli

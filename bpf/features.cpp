@@ -1,0 +1,86 @@
+#include "bpf/features.h"
+
+#include "common/unique_fd.h"
+
+#include <bpf/bpf.h>
+#include <bpf/libbpf.h>
+#include <linux/bpf.h>
+#include <net/if.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+
+namespace shunt::bpf {
+
+namespace {
+
+// Attach types newer than bookworm's headers (include/uapi/linux/bpf.h).
+constexpr int kTcxIngress = 46;
+constexpr int kNetkitPrimary = 54;
+
+std::string errno_text(int err) { return std::strerror(err); }
+
+Feature probe_sockmap() {
+  UniqueFd fd(bpf_map_create(BPF_MAP_TYPE_SOCKHASH, "probe", sizeof(__u64), sizeof(__u64), 1, nullptr));
+  if (!fd) return {"sockmap", false, "creating a SOCKHASH failed: " + errno_text(errno)};
+  return {"sockmap", true, "SOCKHASH map created"};
+}
+
+Feature probe_sk_skb() {
+  const int rc = libbpf_probe_bpf_prog_type(BPF_PROG_TYPE_SK_SKB, nullptr);
+  if (rc == 1) return {"sk_skb verdict", true, "BPF_PROG_TYPE_SK_SKB loads"};
+  return {"sk_skb verdict", false, rc < 0 ? errno_text(-rc) : "program type not supported"};
+}
+
+// Loads `return TC_ACT_OK` as a sched_cls program.
+UniqueFd load_pass_program() {
+  const bpf_insn insns[] = {
+      {BPF_ALU64 | BPF_MOV | BPF_K, BPF_REG_0, 0, 0, 0},
+      {BPF_JMP | BPF_EXIT, 0, 0, 0, 0},
+  };
+  return UniqueFd(bpf_prog_load(BPF_PROG_TYPE_SCHED_CLS, "probe", "GPL", insns, 2, nullptr));
+}
+
+Feature probe_link(const char* name, int attach_type, const char* ifname, int missing_errno) {
+  UniqueFd prog = load_pass_program();
+  if (!prog) return {name, false, "cannot load a probe program: " + errno_text(errno)};
+  const unsigned ifindex = if_nametoindex(ifname);
+  UniqueFd link(bpf_link_create(prog.get(), static_cast<int>(ifindex), static_cast<bpf_attach_type>(attach_type),
+                                nullptr));
+  if (link) return {name, true, std::string("bpf_link attached to ") + ifname};
+  const int err = errno;
+  // For netkit on a non-netkit device the kernel says "wrong device" rather
+  // than "unknown attach type": that still proves the attach type exists.
+  if (missing_errno && err == missing_errno)
+    return {name, true, "attach type known (probe device is not netkit)"};
+  return {name, false, "bpf_link_create: " + errno_text(err)};
+}
+
+Feature probe_ktls() {
+  std::ifstream ulp("/proc/sys/net/ipv4/tcp_available_ulp");
+  std::stringstream ss;
+  ss << ulp.rdbuf();
+  if (ss.str().find("tls") != std::string::npos) return {"kTLS", true, "tls ULP available"};
+  return {"kTLS", false, "no tls ULP in tcp_available_ulp (module tls not loaded or not built)"};
+}
+
+}  // namespace
+
+std::vector<Feature> probe_features() {
+  std::vector<Feature> out;
+  out.push_back(probe_sockmap());
+  out.push_back(probe_sk_skb());
+  out.push_back(probe_link("tcx", kTcxIngress, "lo", 0));
+  // netkit_prog_attach answers ENXIO for a device that is not netkit; a
+  // kernel without netkit rejects the attach type with EINVAL.
+  out.push_back(probe_link("netkit", kNetkitPrimary, "lo", ENXIO));
+  out.push_back(probe_ktls());
+  return out;
+}
+
+}  // namespace shunt::bpf

@@ -1,0 +1,92 @@
+// SockmapBridge: the user-space half of the sockmap data path. It owns the
+// loaded sockmap_redirect skeleton and performs the handover of an
+// established socket pair to the kernel. Thread-safe: map operations are
+// single syscalls and the kernel serialises them.
+#pragma once
+
+#include "common/error.h"
+#include "common/unique_fd.h"
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+
+struct sockmap_redirect;  // generated skeleton
+struct ring_buffer;
+
+namespace shunt::bpf {
+
+struct SocketCookies {
+  std::uint64_t a = 0;
+  std::uint64_t b = 0;
+};
+
+// Why a handover failed, for shunt_datapath_fallbacks_total{reason}.
+enum class HandoverFailure {
+  none,
+  socket_state,  // kernel refused a socket (not ESTABLISHED: closing already)
+  map_full,      // E2BIG/ENOMEM/ENOSPC from a map update
+  other,
+};
+std::string_view to_string(HandoverFailure);
+
+struct HandoverResult {
+  HandoverFailure failure = HandoverFailure::none;
+  // When true, one socket already redirects to the other and the pair can
+  // neither be spliced nor left half-handed: the caller must reset both.
+  bool partial = false;
+  SysError error;
+  SocketCookies cookies;
+};
+
+class SockmapBridge {
+ public:
+  // Loads and attaches the verdict program; sized for max_connections pairs.
+  static Result<std::unique_ptr<SockmapBridge>> load(std::uint32_t max_connections,
+                                                     std::uint64_t bulk_threshold_bytes);
+  ~SockmapBridge();
+  SockmapBridge(const SockmapBridge&) = delete;
+  SockmapBridge& operator=(const SockmapBridge&) = delete;
+
+  // Moves the bytes of two established sockets kernel-side, in this order:
+  //  1. peer entries (cookie -> peer cookie) so the verdict program knows
+  //     where each socket's bytes go;
+  //  2. both sockets into redirect_targets (no program), so neither can be
+  //     redirected to before it is a valid target;
+  //  3. a, then b, into verdict_sockets, which starts redirecting;
+  //  4. SO_RCVLOWAT on both, which runs the socket's data_ready and so the
+  //     verdict program over bytes that arrived before step 3.
+  // The caller must have written every byte it read from either socket
+  // before calling, or the kernel path overtakes them.
+  HandoverResult handover(int fd_a, int fd_b);
+
+  // Payload the verdict program redirected from this socket to its peer.
+  [[nodiscard]] std::uint64_t redirected_bytes(std::uint64_t cookie) const;
+
+  // Drops the peer entries once both sockets are closed (closing a socket
+  // removes it from the sockhashes by itself).
+  void forget(const SocketCookies& cookies);
+
+  // Bulk-transfer events (a socket crossed bulk_threshold). poll_bulk_events
+  // invokes `on_bulk(cookie)` for each pending event; call it when
+  // bulk_events_fd() is readable.
+  [[nodiscard]] int bulk_events_fd() const;
+  void poll_bulk_events(const std::function<void(std::uint64_t cookie)>& on_bulk);
+
+ private:
+  SockmapBridge() = default;
+  void erase_peer(std::uint64_t cookie);
+
+  sockmap_redirect* skel_ = nullptr;
+  ring_buffer* bulk_ring_ = nullptr;
+  std::function<void(std::uint64_t)> const* on_bulk_ = nullptr;
+  int peers_fd_ = -1;
+  int targets_fd_ = -1;
+  int verdict_fd_ = -1;
+};
+
+// Socket cookie (SO_COOKIE), stable for the socket's lifetime.
+Result<std::uint64_t> socket_cookie(int fd);
+
+}  // namespace shunt::bpf

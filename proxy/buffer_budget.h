@@ -1,0 +1,40 @@
+// Bounds the kernel memory that kernel-spliced connections may pin.
+//
+// A sockmap redirect whose target send buffer is full is retried by the
+// kernel's backlog worker about a jiffy later, so bulk transfers need large
+// send buffers to run at splice speed. Large buffers on every connection
+// would let tens of thousands of slow receivers pin gigabytes, so only
+// connections the verdict program reports as bulk (see bulk_threshold in
+// bpf/sockmap_redirect.bpf.c) are boosted, and only while the process-wide
+// budget lasts. Budget accounting is by the buffer size granted, which is
+// the most the boosted sockets can queue beyond the default.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+
+namespace shunt::proxy {
+
+class BufferBudget {
+ public:
+  static constexpr std::uint64_t kBoostedBufferBytes = 64ull << 20;
+  static constexpr std::uint64_t kDefaultBudgetBytes = 1ull << 30;
+
+  explicit BufferBudget(std::uint64_t budget_bytes = kDefaultBudgetBytes) : available_(budget_bytes) {}
+
+  // Reserves `bytes`; false when the budget is spent.
+  bool try_acquire(std::uint64_t bytes) {
+    std::uint64_t have = available_.load(std::memory_order_relaxed);
+    while (have >= bytes) {
+      if (available_.compare_exchange_weak(have, have - bytes, std::memory_order_acq_rel)) return true;
+    }
+    return false;
+  }
+  void release(std::uint64_t bytes) { available_.fetch_add(bytes, std::memory_order_acq_rel); }
+  [[nodiscard]] std::uint64_t available() const { return available_.load(std::memory_order_relaxed); }
+
+ private:
+  std::atomic<std::uint64_t> available_;
+};
+
+}  // namespace shunt::proxy

@@ -1,0 +1,255 @@
+#include "proxy/connection.h"
+
+#include "proxy/datapath.h"
+#include "proxy/hangup_watcher.h"
+#include "proxy/metrics.h"
+#include "proxy/proxy_context.h"
+
+#include <boost/asio/post.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <spdlog/spdlog.h>
+
+#include <cstring>
+
+namespace shunt::proxy {
+
+namespace asio = boost::asio;
+using asio::use_awaitable;
+
+void reset_socket(asio::ip::tcp::socket& socket) {
+  if (!socket.is_open()) return;
+  boost::system::error_code ec;
+  socket.set_option(asio::socket_base::linger(true, 0), ec);
+  socket.close(ec);
+}
+
+void reset_fd(int fd) {
+  const linger abortive{1, 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_LINGER, &abortive, sizeof(abortive));
+}
+
+Connection::Connection(ProxyContext& proxy, WorkerContext& worker, const config::Listener& listener,
+                       tcp::socket client)
+    : proxy_(proxy),
+      worker_(worker),
+      listener_(listener),
+      client_(std::move(client)),
+      upstream_(worker.io),
+      idle_timer_(worker.io) {}
+
+asio::awaitable<void> Connection::run() {
+  auto self = shared_from_this();
+  try {
+    co_await serve();
+  } catch (const std::exception& e) {
+    spdlog::warn("connection {}: {}", info_ ? info_->id : 0, e.what());
+    reset_socket(client_);
+    reset_socket(upstream_);
+  }
+  finish();
+}
+
+void Connection::set_rule(const policy::Decision& decision) {
+  allowed_ = decision.verdict == policy::Verdict::allow;
+  {
+    std::lock_guard lock(info_->mu);
+    info_->rule = decision.rule;
+  }
+  metrics().count_decision(decision.rule, allowed_);
+}
+
+void Connection::abort() {
+  if (aborted_) return;
+  aborted_ = true;
+  allowed_ = false;
+  reset_socket(client_);
+  reset_socket(upstream_);
+  if (abort_hook_) abort_hook_();
+}
+
+asio::awaitable<void> Connection::serve() {
+  policy_ = proxy_.policy.current();
+  info_ = std::make_shared<ConnectionInfo>();
+  info_->id = proxy_.registry.next_id();
+  info_->listener = listener_.name;
+
+  boost::system::error_code ec;
+  info_->src = client_.remote_endpoint(ec);
+  if (ec) co_return;  // the client is already gone
+  if (listener_.forward) {
+    info_->dst = *listener_.forward;
+  } else {
+    // Transparent listener: the socket was assigned (TPROXY / bpf_sk_assign)
+    // with its original destination as local address.
+    info_->dst = client_.local_endpoint(ec);
+    if (ec || info_->dst == listener_.listen) {
+      // Connected to the listener itself: proxying would loop back to us.
+      reset_socket(client_);
+      co_return;
+    }
+  }
+
+  const policy::Flow flow{info_->src.address(), info_->dst.address(), info_->dst.port()};
+  const policy::ConnectionDecision decision = policy_->decide_connection(flow);
+  info_->src_pod = decision.src_pod;
+  info_->dst_pod = decision.dst_pod;
+  info_->basis.flow = flow;
+  info_->basis.inspect = decision.inspect;
+
+  std::weak_ptr<Connection> weak = shared_from_this();
+  auto executor = co_await asio::this_coro::executor;
+  info_->revoke = [weak, executor] {
+    asio::post(executor, [weak] {
+      if (auto self = weak.lock()) self->abort();
+    });
+  };
+  proxy_.registry.add(info_);
+  asio::co_spawn(executor, idle_watchdog(), asio::detached);
+
+  if (decision.inspect == policy::Inspect::none) {
+    set_rule(decision.decision);
+    if (!allowed_) {
+      reset_socket(client_);  // SPEC: L4 deny is a reset
+      co_return;
+    }
+    if (!co_await connect_upstream()) co_return;
+    co_await run_datapath();
+    co_return;
+  }
+
+  const bool continue_on_datapath = decision.inspect == policy::Inspect::http
+                                        ? co_await inspect_http(*this)
+                                        : co_await inspect_tls(*this);
+  if (continue_on_datapath && !aborted_) co_await run_datapath();
+}
+
+asio::awaitable<bool> Connection::connect_upstream() {
+  const auto& settings = policy_->config().proxy;
+  boost::system::error_code ec;
+  upstream_.open(info_->dst.protocol(), ec);
+  if (ec) {
+    spdlog::warn("connection {}: upstream socket: {}", info_->id, ec.message());
+    reset_socket(client_);
+    co_return false;
+  }
+
+  // Keep the pod's address as source for transparent traffic: the
+  // destination sees who really called, and steering delivers its replies
+  // back to this socket.
+  if (listener_.transparent && settings.upstream_source == config::UpstreamSource::client) {
+    const int one = 1;
+    const bool v6 = info_->dst.address().is_v6();
+    const int rc = v6 ? ::setsockopt(upstream_.native_handle(), SOL_IPV6, IPV6_TRANSPARENT, &one, sizeof(one))
+                      : ::setsockopt(upstream_.native_handle(), SOL_IP, IP_TRANSPARENT, &one, sizeof(one));
+    if (rc == 0) upstream_.bind(tcp::endpoint(info_->src.address(), 0), ec);
+    if (rc != 0 || ec) {
+      spdlog::warn("connection {}: cannot keep client source {} ({}); connecting from the node address",
+                   info_->id, info_->src.address().to_string(), rc != 0 ? std::strerror(errno) : ec.message());
+      upstream_.close(ec);
+      upstream_.open(info_->dst.protocol(), ec);
+    }
+  }
+
+  // The timer closes the socket to abort a connect that takes too long;
+  // `settled` stops a timer completion that is already queued from closing
+  // a socket whose connect has just succeeded.
+  auto settled = std::make_shared<bool>(false);
+  asio::steady_timer deadline(worker_.io);
+  deadline.expires_after(settings.timeouts.connect);
+  deadline.async_wait([this, settled, self = shared_from_this()](boost::system::error_code timer_ec) {
+    if (!timer_ec && !*settled) {
+      boost::system::error_code ignored;
+      upstream_.close(ignored);
+    }
+  });
+  co_await upstream_.async_connect(info_->dst, asio::redirect_error(use_awaitable, ec));
+  *settled = true;
+  deadline.cancel();
+  if (ec || aborted_) {
+    spdlog::debug("connection {}: connect {} failed: {}", info_->id, config::to_string(info_->dst),
+                  ec ? ec.message() : "aborted");
+    reset_socket(client_);  // SPEC: upstream refusing = the client sees a reset
+    reset_socket(upstream_);
+    co_return false;
+  }
+  upstream_.set_option(tcp::no_delay(true), ec);
+  client_.set_option(tcp::no_delay(true), ec);
+  co_return true;
+}
+
+asio::awaitable<void> Connection::run_datapath() {
+  switch (policy_->config().proxy.datapath) {
+    case config::Datapath::sockmap:
+      co_await run_sockmap(*this);
+      break;
+    case config::Datapath::splice:
+      info_->datapath = config::Datapath::splice;
+      co_await run_splice(*this);
+      break;
+    case config::Datapath::copy:
+      info_->datapath = config::Datapath::copy;
+      co_await run_copy(*this);
+      break;
+  }
+}
+
+asio::awaitable<void> Connection::idle_watchdog() {
+  auto self = shared_from_this();
+  const auto idle = policy_->config().proxy.timeouts.idle;
+  // Check a few times per idle period; bytes are read from the kernel's
+  // counters for spliced pairs, so no data path has to report activity.
+  const auto period = std::max<std::chrono::milliseconds>(idle / 4, std::chrono::milliseconds(50));
+  ConnectionBytes last = proxy_.registry.bytes(*info_);
+  auto last_change = std::chrono::steady_clock::now();
+  while (!finished_) {
+    idle_timer_.expires_after(period);
+    boost::system::error_code ec;
+    co_await idle_timer_.async_wait(asio::redirect_error(use_awaitable, ec));
+    if (ec || finished_) co_return;
+    const ConnectionBytes now = proxy_.registry.bytes(*info_);
+    if (now.up != last.up || now.down != last.down) {
+      last = now;
+      last_change = std::chrono::steady_clock::now();
+    } else if (std::chrono::steady_clock::now() - last_change >= idle) {
+      spdlog::debug("connection {}: idle for {} ms, closing", info_->id, idle.count());
+      abort();
+      co_return;
+    }
+  }
+}
+
+void Connection::finish() {
+  if (finished_ || !info_) return;
+  finished_ = true;
+  idle_timer_.cancel();
+  const ConnectionBytes bytes = proxy_.registry.bytes(*info_);
+  proxy_.registry.remove(info_->id);
+
+  auto& m = metrics();
+  (allowed_ ? m.connections_allowed : m.connections_denied).fetch_add(1, std::memory_order_relaxed);
+  const auto dp = index_of(info_->datapath.load());
+  m.closed_bytes[0][dp].fetch_add(bytes.up, std::memory_order_relaxed);
+  m.closed_bytes[1][dp].fetch_add(bytes.down, std::memory_order_relaxed);
+
+  AccessRecord record;
+  record.src = info_->src;
+  record.dst = info_->dst;
+  record.src_pod = info_->src_pod;
+  record.dst_pod = info_->dst_pod;
+  record.allowed = allowed_;
+  record.rule = info_->rule_name();
+  record.datapath = std::string(config::to_string(info_->datapath.load()));
+  record.bytes_up = bytes.up;
+  record.bytes_down = bytes.down;
+  record.duration = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() -
+                                                                          info_->started);
+  proxy_.access_log.write(record);
+}
+
+}  // namespace shunt::proxy

@@ -1,0 +1,101 @@
+// One proxied connection, from accept to close. The life of a connection:
+//
+//   accept -> original destination -> L4 decision (policy snapshot)
+//     deny:    reset the client
+//     inspect: HTTP/TLS inspection reads only the request head / ClientHello,
+//              connects upstream when allowed, and returns once the verdict
+//              can no longer change
+//     allow:   connect upstream, then hand both sockets to the data path
+//   data path (proxy/datapath.h): sockmap (kernel), splice, or copy
+//   close -> access log line, metrics
+//
+// A Connection lives in one coroutine on one io_context thread; other threads
+// reach it only through ConnectionInfo::revoke, which posts to that thread.
+#pragma once
+
+#include <utility>  // before Asio: Boost 1.74 awaitable.hpp uses std::exchange unincluded
+
+#include "config/config.h"
+#include "policy/policy.h"
+#include "proxy/connection_registry.h"
+
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/steady_timer.hpp>
+
+#include <memory>
+#include <string>
+
+namespace shunt::proxy {
+
+struct ProxyContext;
+class HangupWatcher;
+
+// Per-thread services a connection uses.
+struct WorkerContext {
+  boost::asio::io_context& io;
+  HangupWatcher& hangups;
+};
+
+struct ListenerContext {
+  config::Listener listener;
+};
+
+class Connection : public std::enable_shared_from_this<Connection> {
+ public:
+  using tcp = boost::asio::ip::tcp;
+
+  Connection(ProxyContext& proxy, WorkerContext& worker, const config::Listener& listener, tcp::socket client);
+
+  // Runs the connection to completion; never throws.
+  boost::asio::awaitable<void> run();
+
+  // --- used by inspection and data paths ---
+  tcp::socket& client() { return client_; }
+  tcp::socket& upstream() { return upstream_; }
+  ConnectionInfo& info() { return *info_; }
+  ProxyContext& proxy() { return proxy_; }
+  WorkerContext& worker() { return worker_; }
+  const policy::Policy& policy() const { return *policy_; }
+  const config::ProxySettings& settings() const { return policy_->config().proxy; }
+
+  // Connects to info().dst (with the configured source and timeout). On
+  // failure the client is reset and false returned.
+  boost::asio::awaitable<bool> connect_upstream();
+
+  // True once revoke/shutdown asked this connection to end.
+  [[nodiscard]] bool aborted() const { return aborted_; }
+  // Called (on this connection's thread) by revoke: resets both sides and
+  // wakes whatever the connection waits on.
+  void abort();
+  // Data paths register what must be cancelled on abort.
+  void set_abort_hook(std::function<void()> hook) { abort_hook_ = std::move(hook); }
+
+  // Records the verdict for the access log and metrics.
+  void set_rule(const policy::Decision& decision);
+
+ private:
+  boost::asio::awaitable<void> serve();
+  boost::asio::awaitable<void> run_datapath();
+  boost::asio::awaitable<void> idle_watchdog();
+  void finish();
+
+  ProxyContext& proxy_;
+  WorkerContext& worker_;
+  config::Listener listener_;
+  tcp::socket client_;
+  tcp::socket upstream_;
+  std::shared_ptr<const policy::Policy> policy_;
+  std::shared_ptr<ConnectionInfo> info_;
+  bool allowed_ = false;
+  bool aborted_ = false;
+  bool finished_ = false;
+  std::function<void()> abort_hook_;
+  boost::asio::steady_timer idle_timer_;
+};
+
+// Sends RST instead of FIN: SO_LINGER {on, 0} then close.
+void reset_socket(boost::asio::ip::tcp::socket& socket);
+void reset_fd(int fd);
+
+}  // namespace shunt::proxy

@@ -1,0 +1,51 @@
+#include "proxy/connection_registry.h"
+
+#include "bpf/sockmap.h"
+
+namespace shunt::proxy {
+
+void ConnectionRegistry::add(std::shared_ptr<ConnectionInfo> info) {
+  std::lock_guard lock(mu_);
+  connections_.emplace(info->id, std::move(info));
+}
+
+void ConnectionRegistry::remove(std::uint64_t id) {
+  std::lock_guard lock(mu_);
+  connections_.erase(id);
+}
+
+std::vector<std::shared_ptr<ConnectionInfo>> ConnectionRegistry::snapshot() const {
+  std::lock_guard lock(mu_);
+  std::vector<std::shared_ptr<ConnectionInfo>> out;
+  out.reserve(connections_.size());
+  for (const auto& [id, info] : connections_) out.push_back(info);
+  return out;
+}
+
+std::size_t ConnectionRegistry::size() const {
+  std::lock_guard lock(mu_);
+  return connections_.size();
+}
+
+std::shared_ptr<ConnectionInfo> ConnectionRegistry::find_by_cookie(std::uint64_t cookie) const {
+  // Linear: bulk events arrive once per bulk connection, not per packet.
+  std::lock_guard lock(mu_);
+  for (const auto& [id, info] : connections_) {
+    if (info->client_cookie.load(std::memory_order_relaxed) == cookie ||
+        info->upstream_cookie.load(std::memory_order_relaxed) == cookie)
+      return info;
+  }
+  return nullptr;
+}
+
+ConnectionBytes ConnectionRegistry::bytes(const ConnectionInfo& info) const {
+  ConnectionBytes b{info.bytes_up.load(std::memory_order_relaxed),
+                    info.bytes_down.load(std::memory_order_relaxed)};
+  if (bridge_) {
+    if (auto c = info.client_cookie.load(std::memory_order_relaxed)) b.up += bridge_->redirected_bytes(c);
+    if (auto u = info.upstream_cookie.load(std::memory_order_relaxed)) b.down += bridge_->redirected_bytes(u);
+  }
+  return b;
+}
+
+}  // namespace shunt::proxy

@@ -1,0 +1,104 @@
+// Every open proxied connection is listed here, for /connections, metrics,
+// and the policy re-check after a reload. A ConnectionInfo is shared between
+// the connection's coroutine (its only writer, on one io_context thread) and
+// readers on other threads: fields that change after registration are
+// atomics or guarded by `mu`.
+#pragma once
+
+#include "config/config.h"
+#include "policy/policy.h"
+
+#include <boost/asio/any_io_executor.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+namespace shunt::bpf {
+class SockmapBridge;
+}
+
+namespace shunt::proxy {
+
+// What a connection's current verdict rests on, so a new policy can decide
+// it again without the bytes: the flow, and what inspection saw last.
+struct DecisionBasis {
+  policy::Flow flow;
+  policy::Inspect inspect = policy::Inspect::none;
+  std::optional<std::string> sni;
+  struct Request {
+    std::string method, path, host;
+    std::vector<std::pair<std::string, std::string>> headers;
+  };
+  std::optional<Request> last_request;
+};
+
+struct ConnectionInfo {
+  std::uint64_t id = 0;
+  config::Endpoint src;
+  config::Endpoint dst;
+  std::string listener;
+  std::string src_pod;
+  std::string dst_pod;
+  std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
+  std::chrono::system_clock::time_point started_wall = std::chrono::system_clock::now();
+
+  std::atomic<config::Datapath> datapath{config::Datapath::copy};
+  // Bytes moved by userspace (copy, splice, inspection, pre-handover).
+  std::atomic<std::uint64_t> bytes_up{0};
+  std::atomic<std::uint64_t> bytes_down{0};
+  // Socket cookies once the pair is in the sockmap (0 before): the kernel's
+  // counters are read through them.
+  std::atomic<std::uint64_t> client_cookie{0};
+  std::atomic<std::uint64_t> upstream_cookie{0};
+
+  mutable std::mutex mu;  // guards rule and basis
+  std::string rule;
+  DecisionBasis basis;
+
+  // Ends the connection with a reset, from any thread (posted to its executor).
+  std::function<void()> revoke;
+  // Set while the pair is kernel-spliced: grants this connection larger
+  // socket buffers (from any thread; posted to its executor).
+  std::function<void(std::uint64_t source_cookie)> grant_bulk_buffers;
+
+  [[nodiscard]] std::string rule_name() const {
+    std::lock_guard lock(mu);
+    return rule;
+  }
+};
+
+struct ConnectionBytes {
+  std::uint64_t up = 0;
+  std::uint64_t down = 0;
+};
+
+class ConnectionRegistry {
+ public:
+  std::uint64_t next_id() { return next_id_.fetch_add(1, std::memory_order_relaxed); }
+  void add(std::shared_ptr<ConnectionInfo> info);
+  void remove(std::uint64_t id);
+  [[nodiscard]] std::vector<std::shared_ptr<ConnectionInfo>> snapshot() const;
+  [[nodiscard]] std::size_t size() const;
+  // The kernel-spliced connection that owns this socket cookie, if any.
+  [[nodiscard]] std::shared_ptr<ConnectionInfo> find_by_cookie(std::uint64_t cookie) const;
+
+  // Kernel counters are read from the bridge for sockmap connections.
+  void set_bridge(const bpf::SockmapBridge* bridge) { bridge_ = bridge; }
+  [[nodiscard]] ConnectionBytes bytes(const ConnectionInfo& info) const;
+
+ private:
+  mutable std::mutex mu_;
+  std::unordered_map<std::uint64_t, std::shared_ptr<ConnectionInfo>> connections_;
+  std::atomic<std::uint64_t> next_id_{1};
+  const bpf::SockmapBridge* bridge_ = nullptr;
+};
+
+}  // namespace shunt::proxy

@@ -1,0 +1,43 @@
+// State shared by every worker thread of one running proxy: the current
+// policy snapshot, the connection registry, the sockmap bridge, the access
+// log. Everything here is thread-safe.
+#pragma once
+
+#include "bpf/sockmap.h"
+#include "policy/policy.h"
+#include "proxy/access_log.h"
+#include "proxy/buffer_budget.h"
+#include "proxy/connection_registry.h"
+
+#include <atomic>
+#include <memory>
+#include <mutex>
+
+namespace shunt::proxy {
+
+class PolicyStore {
+ public:
+  [[nodiscard]] std::shared_ptr<const policy::Policy> current() const {
+    std::lock_guard lock(mu_);
+    return policy_;
+  }
+  void publish(std::shared_ptr<const policy::Policy> next) {
+    std::lock_guard lock(mu_);
+    policy_ = std::move(next);
+  }
+
+ private:
+  mutable std::mutex mu_;
+  std::shared_ptr<const policy::Policy> policy_;
+};
+
+struct ProxyContext {
+  PolicyStore policy;
+  ConnectionRegistry registry;
+  std::unique_ptr<bpf::SockmapBridge> bridge;  // null: sockmap unavailable
+  BufferBudget buffer_budget;
+  AccessLog access_log;
+  std::atomic<bool> draining{false};
+};
+
+}  // namespace shunt::proxy

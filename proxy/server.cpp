@@ -1,0 +1,147 @@
+#include "proxy/server.h"
+
+#include "common/error.h"
+#include "proxy/connection.h"
+#include "proxy/hangup_watcher.h"
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/ip/v6_only.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <netinet/in.h>
+#include <spdlog/spdlog.h>
+
+namespace shunt::proxy {
+
+namespace asio = boost::asio;
+using asio::ip::tcp;
+
+Worker::Worker() : hangups(std::make_unique<HangupWatcher>(io)), context{io, *hangups} {}
+Worker::~Worker() {
+  if (thread.joinable()) thread.join();
+}
+
+namespace {
+
+std::unique_ptr<tcp::acceptor> bind_listener(asio::io_context& io, const config::Listener& listener) {
+  auto acceptor = std::make_unique<tcp::acceptor>(io);
+  boost::system::error_code ec;
+  const auto& ep = listener.listen;
+  acceptor->open(ep.protocol(), ec);
+  if (ec) throw StartupError(kExitEnvironment, "listener " + listener.name + ": socket: " + ec.message());
+  acceptor->set_option(tcp::acceptor::reuse_address(true), ec);
+  const int one = 1;
+  ::setsockopt(acceptor->native_handle(), SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
+  if (ep.address().is_v6()) acceptor->set_option(asio::ip::v6_only(true), ec);
+  if (listener.transparent) {
+    // Connections assigned by BPF steering (or TPROXY) carry their original,
+    // non-local destination as the local address.
+    const int rc = ep.address().is_v6()
+                       ? ::setsockopt(acceptor->native_handle(), SOL_IPV6, IPV6_TRANSPARENT, &one, sizeof(one))
+                       : ::setsockopt(acceptor->native_handle(), SOL_IP, IP_TRANSPARENT, &one, sizeof(one));
+    if (rc != 0)
+      throw StartupError(kExitEnvironment, "listener " + listener.name +
+                                               ": IP_TRANSPARENT needs CAP_NET_ADMIN (run as root or grant it)");
+  }
+  acceptor->bind(ep, ec);
+  if (ec)
+    throw StartupError(kExitEnvironment,
+                       "listener " + listener.name + ": bind " + config::to_string(ep) + ": " + ec.message());
+  acceptor->listen(asio::socket_base::max_listen_connections, ec);
+  if (ec) throw StartupError(kExitEnvironment, "listener " + listener.name + ": listen: " + ec.message());
+  return acceptor;
+}
+
+}  // namespace
+
+Server::Server(ProxyContext& context, const config::Config& config, unsigned threads)
+    : context_(context), listeners_(config.proxy.listeners) {
+  threads = std::max(1u, threads);
+  for (unsigned i = 0; i < threads; ++i) {
+    auto worker = std::make_unique<Worker>();
+    for (const auto& listener : listeners_) worker->acceptors.push_back(bind_listener(worker->io, listener));
+    workers_.push_back(std::move(worker));
+  }
+}
+
+Server::~Server() { stop(); }
+
+void Server::start() {
+  for (auto& worker : workers_) {
+    for (std::size_t i = 0; i < listeners_.size(); ++i) accept_loop(*worker, *worker->acceptors[i], listeners_[i]);
+    worker->thread = std::thread([w = worker.get()] {
+      auto guard = asio::make_work_guard(w->io);
+      w->io.run();
+    });
+  }
+  listening_ = true;
+  for (const auto& l : listeners_) {
+    spdlog::info("listener {} on {} ({})", l.name, config::to_string(l.listen),
+                 l.forward ? "forward to " + config::to_string(*l.forward) : std::string("transparent"));
+  }
+}
+
+void Server::accept_loop(Worker& worker, tcp::acceptor& acceptor, const config::Listener& listener) {
+  asio::co_spawn(
+      worker.io,
+      [this, &worker, &acceptor, listener]() -> asio::awaitable<void> {
+        for (;;) {
+          boost::system::error_code ec;
+          tcp::socket socket = co_await acceptor.async_accept(asio::redirect_error(asio::use_awaitable, ec));
+          if (ec == asio::error::operation_aborted || !acceptor.is_open()) co_return;
+          if (ec) {
+            // EMFILE and friends: back off briefly instead of spinning.
+            spdlog::warn("listener {}: accept: {}", listener.name, ec.message());
+            asio::steady_timer pause(worker.io, std::chrono::milliseconds(50));
+            co_await pause.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+            continue;
+          }
+          const auto limit = context_.policy.current()->config().proxy.limits.max_connections;
+          if (context_.registry.size() >= limit) {
+            reset_socket(socket);
+            continue;
+          }
+          auto conn = std::make_shared<Connection>(context_, worker.context, listener, std::move(socket));
+          asio::co_spawn(worker.io, conn->run(), asio::detached);
+        }
+      },
+      asio::detached);
+}
+
+void Server::stop_accepting() {
+  for (auto& worker : workers_) {
+    asio::post(worker->io, [w = worker.get()] {
+      for (auto& acceptor : w->acceptors) {
+        boost::system::error_code ec;
+        acceptor->close(ec);
+      }
+    });
+  }
+  listening_ = false;
+}
+
+void Server::stop() {
+  if (workers_.empty()) return;
+  stop_accepting();
+  for (auto& info : context_.registry.snapshot())
+    if (info->revoke) info->revoke();
+  for (auto& worker : workers_) {
+    // Let the posted revokes run, then stop.
+    asio::post(worker->io, [w = worker.get()] { w->io.stop(); });
+  }
+  for (auto& worker : workers_)
+    if (worker->thread.joinable()) worker->thread.join();
+  workers_.clear();
+}
+
+std::vector<int> Server::transparent_listener_fds() const {
+  std::vector<int> fds;
+  for (const auto& worker : workers_)
+    for (std::size_t i = 0; i < listeners_.size(); ++i)
+      if (listeners_[i].transparent) fds.push_back(worker->acceptors[i]->native_handle());
+  return fds;
+}
+
+}  // namespace shunt::proxy
