@@ -114,7 +114,8 @@ Explanation Policy::explain(const Flow& flow, const HttpRequest* request,
           t.matched = sni ? false : true;
           t.why += sni ? "http rule, does not apply to a TLS SNI"
                        : action + " per HTTP request (" + std::to_string(rule.http.size()) +
-                             " http entries; give --method/--path/--host to test one)";
+                             (rule.http.size() == 1 ? " http entry" : " http entries") +
+                             "; give --method/--path/--host to test one)";
           break;
         }
         std::string misses;
@@ -139,7 +140,8 @@ Explanation Policy::explain(const Flow& flow, const HttpRequest* request,
           t.matched = request == nullptr;
           t.why += request != nullptr ? "tls rule, does not apply to an HTTP request"
                                       : action + " on SNI (" + std::to_string(rule.tls->sni.size()) +
-                                            " names; give --sni to test one)";
+                                            (rule.tls->sni.size() == 1 ? " name" : " names") +
+                                            "; give --sni to test one)";
           break;
         }
         const int p = detail::sni_match(*rule.tls, *sni);

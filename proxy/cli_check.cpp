@@ -1,5 +1,6 @@
 // `shunt check` and `shunt explain` (SPEC.md "CLI"): offline views of a
 // config file, with no proxy running and no privileges needed.
+#include "common/error.h"
 #include "config/config.h"
 #include "policy/policy.h"
 #include "proxy/cli.h"
@@ -93,8 +94,11 @@ void print_summary(const config::Config& c) {
             << config::to_string(c.policy.default_action) << ":\n";
   rows.clear();
   for (const auto& r : c.policy.rules) {
-    const std::string kind = !r.http.empty() ? "http (" + std::to_string(r.http.size()) + " entries)"
-                             : r.tls         ? "tls (" + std::to_string(r.tls->sni.size()) + " sni)"
+    const auto count = [](std::size_t n, const char* one, const char* many) {
+      return std::to_string(n) + ' ' + (n == 1 ? one : many);
+    };
+    const std::string kind = !r.http.empty() ? "http (" + count(r.http.size(), "entry", "entries") + ")"
+                             : r.tls         ? "tls (" + count(r.tls->sni.size(), "name", "names") + ")"
                                              : "l4";
     rows.push_back({r.name, std::string(config::to_string(r.action)), kind,
                     selector_text(r.from) + " -> " + selector_text(r.to)});
@@ -128,7 +132,7 @@ struct ExplainArgs {
   std::string sni;
 };
 
-std::string describe(const IpAddress& addr, const std::string& pod) {
+std::string describe(const config::IpAddress& addr, const std::string& pod) {
   return pod.empty() ? addr.to_string() : addr.to_string() + " (pod " + pod + ")";
 }
 
@@ -176,8 +180,9 @@ int run_explain(const ExplainArgs& args, bool http_given, bool sni_given) {
   const policy::Explanation e = pol->explain(flow, http_given ? &request : nullptr, sni);
 
   const auto& conn = e.connection;
+  const std::string pod_suffix = conn.dst_pod.empty() ? "" : " (pod " + conn.dst_pod + ")";
   std::cout << "flow:       " << describe(flow.src, conn.src_pod) << " -> "
-            << describe(flow.dst, conn.dst_pod) << " port " << flow.dst_port << '\n';
+            << config::to_string(*to) << pod_suffix << '\n';
   if (conn.inspect == policy::Inspect::none) {
     std::cout << "connection: " << describe(conn.decision) << '\n';
   } else {
