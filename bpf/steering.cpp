@@ -178,9 +178,11 @@ Result<std::vector<Listener>> check_listeners(const std::vector<int>& fds) {
       return SysError{EINVAL, "steering listener fd " + std::to_string(fd) +
                                   " lacks IP_TRANSPARENT: it could not accept connections for pod addresses"};
     const std::uint32_t slot = v6 ? SHUNT_LISTENER_V6 : SHUNT_LISTENER_V4;
-    if (seen[slot])
-      return SysError{EINVAL, std::string("two steering listeners for ") + (v6 ? "IPv6" : "IPv4") +
-                                  "; pod traffic goes to one transparent listener per family"};
+    // One slot per family. Further listeners of the same family are the
+    // proxy's per-worker SO_REUSEPORT siblings: since Linux 6.5 the kernel
+    // runs reuseport selection on a socket assigned by BPF, so assigning
+    // the first spreads connections over all of them.
+    if (seen[slot]) continue;
     seen[slot] = true;
     out.push_back({slot, fd});
   }
@@ -381,6 +383,10 @@ PodSteering::~PodSteering() {
   // Links first (unpinned ones detach here), then the routing they relied on.
   impl_->devices.clear();
   impl_->routing.reset();
+  // Empty directories only (rmdir refuses otherwise): pins of fail_closed
+  // devices, and anything else under /sys/fs/bpf/shunt, stay.
+  ::rmdir(kSteeringPinRoot);
+  ::rmdir("/sys/fs/bpf/shunt");
 }
 
 Result<std::unique_ptr<PodSteering>> PodSteering::start(const config::Config& config, std::vector<int> listener_fds) {
