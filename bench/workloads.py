@@ -161,7 +161,7 @@ class Workloads:
                       "--count", str(self.p["rr_count"]), "--warmup", str(self.p["rr_warmup"])],
                      timeout=120, netns=self.ns)
         if r.returncode != 0:
-            raise BenchError(f"pingpong: {r.stderr.strip()[-200:]}")
+            raise BenchError(r.stderr.strip().removeprefix("shunt-loadgen: ")[-200:])
         j = json.loads(r.stdout)
         return {"rr_p50": j["p50_us"], "rr_p99": j["p99_us"]}
 
