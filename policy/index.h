@@ -5,14 +5,16 @@
 //  - Addresses become a fixed 128-bit value plus family (Addr), so masks and
 //    hashes are a few integer operations, and IPv4-mapped IPv6 addresses are
 //    folded into IPv4 once, on the way in.
-//  - Every rule is filed under its destination: (network, prefix length,
-//    port) -> rule indices, port 0 meaning "any port". A pod or label
-//    selector files one /32 (or /128) entry per selected pod, a CIDR one
-//    entry for its network. A lookup masks the destination once per prefix
-//    length in use (a handful in practice) and reads two buckets each: exact
-//    port and any port. Only those candidates have their source checked.
-//  - Candidates may come from several buckets, so "first rule in file order"
-//    is the minimum rule index seen, never the visiting order.
+//  - Every rule is filed under its destination (network, prefix length): a
+//    pod or label selector files one /32 (or /128) entry per selected pod, a
+//    CIDR one entry for its network. Each destination holds the rules for
+//    any port plus a small sorted array of (port, rules). A lookup masks the
+//    destination once per prefix length in use (a handful in practice): one
+//    hash probe, then a binary search among that destination's ports. Only
+//    those candidates have their source checked.
+//  - Candidates may come from several destinations (a pod IP and the CIDRs
+//    around it), so "first rule in file order" is the minimum rule index
+//    seen, never the visiting order.
 #pragma once
 
 #include "policy/policy.h"
@@ -25,7 +27,6 @@
 #include <memory>
 #include <string>
 #include <string_view>
-#include <unordered_map>
 #include <vector>
 
 namespace shunt::policy::detail {
@@ -73,6 +74,9 @@ struct CompiledRule {
   Endpoints from;
   Endpoints to;
   std::vector<CompiledHttp> http;
+  // Built once here rather than per decision: formatting strings would
+  // otherwise cost more than the matching.
+  std::string connection_reason;  // L4: allows/denies; http/tls: why inspection
 };
 
 // The request fields as matching needs them, computed once per request.
@@ -92,26 +96,88 @@ bool http_entry_matches(const CompiledHttp& entry, const PreparedRequest& reques
 // Returns the index of the first matching sni pattern, or -1.
 int sni_match(const config::TlsMatch& tls, std::string_view sni);
 
-struct BucketKey {
+struct DstKey {
   Addr net;
   unsigned prefix = 0;
-  std::uint16_t port = 0;  // 0 = any port
-  friend bool operator==(const BucketKey&, const BucketKey&) = default;
+  friend bool operator==(const DstKey&, const DstKey&) = default;
 };
 
-struct BucketKeyHash {
-  std::size_t operator()(const BucketKey& k) const noexcept {
-    std::uint64_t h = k.net.hi * 0x9E3779B97F4A7C15ull;
-    h ^= (k.net.lo + 0x632BE59BD9B4E019ull) * 0xC2B2AE3D27D4EB4Full;
-    h ^= (static_cast<std::uint64_t>(k.prefix) << 17) ^ k.port ^ (k.net.v6 ? 1ull << 40 : 0);
-    return static_cast<std::size_t>(h ^ (h >> 29));
-  }
-};
+inline std::uint64_t mix64(std::uint64_t h) {
+  // The 64-bit finaliser of MurmurHash3: every input bit affects every output bit.
+  h ^= h >> 33;
+  h *= 0xff51afd7ed558ccdull;
+  h ^= h >> 33;
+  h *= 0xc4ceb9fe1a85ec53ull;
+  h ^= h >> 33;
+  return h;
+}
 
 struct AddrHash {
-  std::size_t operator()(const Addr& a) const noexcept {
-    return BucketKeyHash{}(BucketKey{a, 0, 0});
+  std::uint64_t operator()(const Addr& a) const noexcept {
+    return mix64(a.hi ^ mix64(a.lo ^ (a.v6 ? 0x8000000000000000ull : 0)));
   }
+};
+
+struct DstKeyHash {
+  std::uint64_t operator()(const DstKey& k) const noexcept {
+    return mix64(AddrHash{}(k.net) ^ k.prefix);
+  }
+};
+
+// A hash map built once and then only read: open addressing with linear
+// probing in one array, so a lookup usually touches a single cache line
+// where std::unordered_map follows a pointer per node. Half empty at most,
+// which keeps probe runs short.
+template <typename Key, typename Value, typename Hash>
+class FlatMap {
+ public:
+  void build(const std::vector<std::pair<Key, Value>>& entries) {
+    std::size_t capacity = 16;
+    while (capacity < entries.size() * 2) capacity *= 2;
+    slots_.assign(capacity, Slot{});
+    mask_ = capacity - 1;
+    for (const auto& [key, value] : entries) {
+      std::size_t i = Hash{}(key) & mask_;
+      while (slots_[i].used) i = (i + 1) & mask_;
+      slots_[i] = Slot{key, value, true};
+    }
+  }
+
+  [[nodiscard]] const Value* find(const Key& key) const noexcept {
+    if (slots_.empty()) return nullptr;
+    for (std::size_t i = Hash{}(key) & mask_;; i = (i + 1) & mask_) {
+      const Slot& s = slots_[i];
+      if (!s.used) return nullptr;
+      if (s.key == key) return &s.value;
+    }
+  }
+
+ private:
+  struct Slot {
+    Key key{};
+    Value value{};
+    bool used = false;
+  };
+  std::vector<Slot> slots_;
+  std::size_t mask_ = 0;
+};
+
+// A run of rule indices inside Policy::Index::rule_lists.
+struct RuleSpan {
+  std::uint32_t offset = 0;
+  std::uint32_t count = 0;
+};
+
+struct PortRules {
+  std::uint16_t port = 0;
+  RuleSpan rules;
+};
+
+// Everything filed under one destination network.
+struct DstRules {
+  RuleSpan any_port;
+  std::uint32_t ports_offset = 0;  // into Policy::Index::port_rules, sorted by port
+  std::uint32_t ports_count = 0;
 };
 
 }  // namespace shunt::policy::detail
@@ -122,10 +188,13 @@ struct Policy::Index {
   explicit Index(const config::Config& config);
 
   std::vector<detail::CompiledRule> rules;  // same order as config.policy.rules
-  std::unordered_map<detail::BucketKey, std::vector<std::uint32_t>, detail::BucketKeyHash> buckets;
-  std::vector<unsigned> v4_prefixes;  // distinct prefix lengths in `buckets`, longest first
+  detail::FlatMap<detail::DstKey, detail::DstRules, detail::DstKeyHash> destinations;
+  std::vector<detail::PortRules> port_rules;
+  std::vector<std::uint32_t> rule_lists;  // every RuleSpan's indices, back to back
+  std::vector<unsigned> v4_prefixes;  // distinct prefix lengths in `destinations`, longest first
   std::vector<unsigned> v6_prefixes;
-  std::unordered_map<detail::Addr, std::uint32_t, detail::AddrHash> pod_by_ip;
+  detail::FlatMap<detail::Addr, std::uint32_t, detail::AddrHash> pod_by_ip;
+  std::string default_connection_reason;
 
   // Calls visit(rule_index) for every rule whose from, to and ports match.
   // Each rule is visited at most once.
@@ -133,17 +202,23 @@ struct Policy::Index {
   void for_each_match(const detail::Addr& src, const detail::Addr& dst, std::uint16_t port,
                       Visit&& visit) const {
     const auto& prefixes = dst.v6 ? v6_prefixes : v4_prefixes;
-    for (const unsigned prefix : prefixes) {
-      const detail::Addr net = detail::mask(dst, prefix);
-      // Port 0 is never a real destination, and would visit "any" twice.
-      const std::uint16_t ports[2] = {std::uint16_t{0}, port};
-      for (int k = port == 0 ? 0 : 1; k >= 0; --k) {
-        const auto it = buckets.find(detail::BucketKey{net, prefix, ports[k]});
-        if (it == buckets.end()) continue;
-        for (const std::uint32_t i : it->second) {
-          if (rules[i].from.contains(src)) visit(i);
-        }
+    const auto visit_span = [&](const detail::RuleSpan& span) {
+      for (std::uint32_t j = span.offset; j < span.offset + span.count; ++j) {
+        const std::uint32_t i = rule_lists[j];
+        if (rules[i].from.contains(src)) visit(i);
       }
+    };
+    for (const unsigned prefix : prefixes) {
+      const detail::DstRules* d = destinations.find(detail::DstKey{detail::mask(dst, prefix), prefix});
+      if (d == nullptr) continue;
+      visit_span(d->any_port);
+      const auto first = port_rules.begin() + d->ports_offset;
+      const auto last = first + d->ports_count;
+      const auto it = std::lower_bound(first, last, port, [](const detail::PortRules& p,
+                                                             std::uint16_t want) {
+        return p.port < want;
+      });
+      if (it != last && it->port == port) visit_span(it->rules);
     }
   }
 };

@@ -7,6 +7,7 @@
 
 #include <map>
 #include <set>
+#include <unordered_map>
 
 namespace shunt::policy {
 
@@ -220,8 +221,12 @@ void keep_first(std::uint32_t& slot, std::uint32_t index) {
 }  // namespace
 
 Policy::Index::Index(const config::Config& config) {
-  for (std::uint32_t i = 0; i < config.pods.size(); ++i) {
-    pod_by_ip.emplace(detail::to_addr(config.pods[i].ip), i);  // first pod wins on a clash
+  {
+    std::map<Addr, std::uint32_t> pods;
+    for (std::uint32_t i = 0; i < config.pods.size(); ++i) {
+      pods.emplace(detail::to_addr(config.pods[i].ip), i);  // first pod wins on a clash
+    }
+    pod_by_ip.build({pods.begin(), pods.end()});
   }
   // Pods by (label, value), so a label selector costs its rarest label, not
   // a scan of every pod, when thousands of rules use labels.
@@ -268,6 +273,13 @@ Policy::Index::Index(const config::Config& config) {
 
   std::set<unsigned> v4;
   std::set<unsigned> v6;
+  // Per destination: rules for any port, and rules per port (ordered, so
+  // the flattened port arrays come out sorted for binary search).
+  struct Staged {
+    std::vector<std::uint32_t> any_port;
+    std::map<std::uint16_t, std::vector<std::uint32_t>> by_port;
+  };
+  std::unordered_map<detail::DstKey, Staged, detail::DstKeyHash> staging;
   rules.reserve(config.policy.rules.size());
   for (std::uint32_t i = 0; i < config.policy.rules.size(); ++i) {
     const config::Rule& spec = config.policy.rules[i];
@@ -277,6 +289,19 @@ Policy::Index::Index(const config::Config& config) {
     rule.kind = !spec.http.empty() ? RuleKind::http : spec.tls ? RuleKind::tls : RuleKind::l4;
     rule.from = resolve(spec.from);
     rule.to = resolve(spec.to);
+    const std::string quoted = "rule '" + spec.name + "'";
+    switch (rule.kind) {
+      case RuleKind::l4:
+        rule.connection_reason = quoted + (rule.deny ? " denies this connection (deny wins)"
+                                                     : " allows this connection");
+        break;
+      case RuleKind::http:
+        rule.connection_reason = quoted + " has http entries: each request is decided";
+        break;
+      case RuleKind::tls:
+        rule.connection_reason = quoted + " has tls sni: decided on the ClientHello";
+        break;
+    }
     for (const auto& m : spec.http) {
       detail::CompiledHttp entry;
       entry.spec = &m;
@@ -291,11 +316,11 @@ Policy::Index::Index(const config::Config& config) {
     const auto file = [&](const Addr& net, unsigned prefix) {
       (net.v6 ? v6 : v4).insert(prefix);
       if (spec.to.ports.empty()) {
-        buckets[{net, prefix, 0}].push_back(i);
+        staging[{net, prefix}].any_port.push_back(i);
         return;
       }
       for (const std::uint16_t port : spec.to.ports) {
-        if (port != 0) buckets[{net, prefix, port}].push_back(i);
+        if (port != 0) staging[{net, prefix}].by_port[port].push_back(i);
       }
     };
     if (rule.to.is_cidr) {
@@ -307,6 +332,27 @@ Policy::Index::Index(const config::Config& config) {
   }
   // Longest first is not needed for correctness (every match is visited),
   // but a stable order keeps the visit order reproducible.
+  const auto flatten = [&](const std::vector<std::uint32_t>& list) {
+    const detail::RuleSpan span{static_cast<std::uint32_t>(rule_lists.size()),
+                                static_cast<std::uint32_t>(list.size())};
+    rule_lists.insert(rule_lists.end(), list.begin(), list.end());
+    return span;
+  };
+  std::vector<std::pair<detail::DstKey, detail::DstRules>> entries;
+  for (const auto& [key, staged] : staging) {
+    detail::DstRules d;
+    d.any_port = flatten(staged.any_port);
+    d.ports_offset = static_cast<std::uint32_t>(port_rules.size());
+    d.ports_count = static_cast<std::uint32_t>(staged.by_port.size());
+    for (const auto& [port, list] : staged.by_port) port_rules.push_back({port, flatten(list)});
+    entries.emplace_back(key, d);
+  }
+  destinations.build(entries);
+
+  const bool allow = config.policy.default_action == config::DefaultAction::allow;
+  default_connection_reason = allow
+      ? "no rule denies this connection, so policy.default (allow) applies"
+      : "no rule allows this connection, so policy.default (deny) applies";
   v4_prefixes.assign(v4.rbegin(), v4.rend());
   v6_prefixes.assign(v6.rbegin(), v6.rend());
 }
@@ -324,9 +370,9 @@ std::shared_ptr<const Policy> Policy::build(std::shared_ptr<const config::Config
 }
 
 std::string_view Policy::pod_name(const IpAddress& addr) const {
-  const auto it = index_->pod_by_ip.find(detail::to_addr(addr));
-  if (it == index_->pod_by_ip.end()) return {};
-  return config_->pods[it->second].name;
+  const std::uint32_t* pod = index_->pod_by_ip.find(detail::to_addr(addr));
+  if (pod == nullptr) return {};
+  return config_->pods[*pod].name;
 }
 
 namespace {
@@ -369,28 +415,29 @@ ConnectionDecision Policy::decide_connection(const Flow& flow) const {
       }
     });
 
-    const auto name = [&](std::uint32_t i) { return index_->rules[i].spec->name; };
+    const auto by_rule = [&](Verdict verdict, std::uint32_t i) {
+      const CompiledRule& r = index_->rules[i];
+      out.decision = Decision{verdict, r.spec->name, r.connection_reason};
+    };
     if (l4_deny != kNone) {
-      out.decision = decided(Verdict::deny, name(l4_deny),
-                             "rule '" + name(l4_deny) + "' denies this connection (deny wins)");
+      by_rule(Verdict::deny, l4_deny);
     } else if (http != kNone) {
       out.inspect = Inspect::http;
       out.all_requests_allowed = !http_deny && l4_allow != kNone;
-      out.decision = decided(
-          Verdict::allow, name(http),
-          out.all_requests_allowed
-              ? "rule '" + name(http) + "' has http entries, but rule '" + name(l4_allow) +
-                    "' allows every request on this connection"
-              : "rule '" + name(http) + "' has http entries: each request is decided");
+      by_rule(Verdict::allow, http);
+      if (out.all_requests_allowed) {
+        out.decision.reason += ", but rule '" + index_->rules[l4_allow].spec->name +
+                               "' allows every request on this connection";
+      }
     } else if (tls != kNone) {
       out.inspect = Inspect::tls;
-      out.decision = decided(Verdict::allow, name(tls),
-                             "rule '" + name(tls) + "' has tls sni: decided on the ClientHello");
+      by_rule(Verdict::allow, tls);
     } else if (l4_allow != kNone) {
-      out.decision = decided(Verdict::allow, name(l4_allow),
-                             "rule '" + name(l4_allow) + "' allows this connection");
+      by_rule(Verdict::allow, l4_allow);
     } else {
-      out.decision = by_default(*config_, "this connection");
+      const bool allow = config_->policy.default_action == config::DefaultAction::allow;
+      out.decision = Decision{allow ? Verdict::allow : Verdict::deny, "default",
+                              index_->default_connection_reason};
     }
   } catch (...) {
     // Only allocation can fail here; fail closed rather than unwind into
