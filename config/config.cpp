@@ -95,8 +95,12 @@ IpAddress masked(const IpAddress& addr, unsigned prefix) {
 
 bool Cidr::contains(const IpAddress& raw) const {
   const IpAddress addr = unmap(raw);
-  if (addr.is_v4() != network.is_v4()) return false;
-  return masked(addr, prefix) == network;
+  // parse_cidr() never yields a mapped network, but a hand-built Cidr may.
+  const bool mapped_net = network.is_v6() && network.to_v6().is_v4_mapped();
+  const IpAddress net = mapped_net ? unmap(network) : network;
+  const unsigned bits = mapped_net ? (prefix >= 96 ? prefix - 96 : 0) : prefix;
+  if (addr.is_v4() != net.is_v4()) return false;
+  return masked(addr, bits) == net;
 }
 
 std::string Cidr::to_string() const {
@@ -122,6 +126,10 @@ std::optional<Cidr> parse_cidr(std::string_view text) {
   if (ec != std::errc{} || end != bits.data() + bits.size() || bits.empty()) return std::nullopt;
   if (prefix > (addr->is_v4() ? 32u : 128u)) return std::nullopt;
   if (masked(*addr, prefix) != *addr) return std::nullopt;
+  // ::ffff:10.0.0.0/104 is 10.0.0.0/8 in the form IPv4 peers take on a
+  // dual-stack socket; store it as IPv4 so it matches like one. (Host bits
+  // being clear implies prefix >= 96 for any mapped network.)
+  if (addr->is_v6() && addr->to_v6().is_v4_mapped()) return Cidr{unmap(*addr), prefix - 96};
   return Cidr{*addr, prefix};
 }
 

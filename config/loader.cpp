@@ -218,7 +218,13 @@ class Loader {
     }
     std::size_t i = 0;
     for (const Node& item : f.value) {
-      out.push_back(Field{f.name + "[" + std::to_string(i++) + "]", Node(), item, f.mark()});
+      Field field{f.name + "[" + std::to_string(i++) + "]", Node(), item, f.mark()};
+      // A stray `-` would otherwise be an entry with every default, or vanish.
+      if (item.IsNull()) {
+        error(field, "'" + field.name + "' is empty");
+        continue;
+      }
+      out.push_back(std::move(field));
     }
     return out;
   }
@@ -873,6 +879,8 @@ LoadResult parse_config(std::string_view yaml_text, const std::string& source_na
     // yaml-cpp throws on misuse of a node; each access above checks types
     // first, so this is a last line of defence that still names a place.
     loader.error(e.mark, std::string("cannot read config: ") + e.msg);
+  } catch (const std::exception& e) {
+    loader.error(YAML::Mark::null_mark(), std::string("cannot read config: ") + e.what());
   }
   result.diagnostics = loader.take_diagnostics();
   if (result.diagnostics.empty()) {

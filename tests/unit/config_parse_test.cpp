@@ -213,6 +213,14 @@ TEST(Cidr, ParseAndContain) {
   EXPECT_TRUE(parse_cidr("10.0.0.7/32")->contains(make_address("10.0.0.7")));
   EXPECT_TRUE(parse_cidr("fd00::/127")->contains(make_address("fd00::1")));
   EXPECT_FALSE(parse_cidr("fd00::/127")->contains(make_address("fd00::2")));
+
+  const auto mapped = parse_cidr("::ffff:10.0.0.0/104");
+  ASSERT_TRUE(mapped);
+  EXPECT_EQ(mapped->to_string(), "10.0.0.0/8");
+  EXPECT_TRUE(mapped->contains(make_address("10.9.9.9")));
+  const Cidr hand_built{make_address("::ffff:10.0.0.0"), 104};
+  EXPECT_TRUE(hand_built.contains(make_address("10.9.9.9")));
+  EXPECT_FALSE(hand_built.contains(make_address("11.0.0.1")));
 }
 
 TEST(Cidr, Malformed) {

@@ -64,6 +64,11 @@ TEST(ConfigValidation, UnknownKeysAtEveryLevel) {
             "path_regex, host, headers)");
 }
 
+TEST(ConfigValidation, EmptyListItem) {
+  EXPECT_EQ(error(std::string(kProxy) + "pods:\n  - {name: a, ip: 10.0.0.1}\n  -\n"),
+            "t.yaml:4:3: 'pods[1]' is empty");  // an empty node has no position of its own: the list
+}
+
 TEST(ConfigValidation, DuplicateKey) {
   EXPECT_EQ(error(std::string(kProxy) + "log: {level: info}\nlog: {level: warn}\n"),
             "t.yaml:4:1: duplicate key 'log' in the config");
