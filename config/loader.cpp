@@ -13,7 +13,7 @@
 #include <algorithm>
 #include <charconv>
 #include <initializer_list>
-#include <set>
+#include <map>
 #include <unordered_map>
 
 namespace shunt::config {
@@ -764,13 +764,8 @@ void Loader::load_http(const Field& f, HttpMatch& m) {
     if (auto method = nonempty_string(*v)) {
       if (!is_http_token(*method)) {
         error(*v, "method '" + *method + "' is not a valid HTTP method");
-      } else if (*method != [&] {
-                   std::string upper = *method;
-                   for (char& c : upper) {
-                     if (c >= 'a' && c <= 'z') c = static_cast<char>(c - 'a' + 'A');
-                   }
-                   return upper;
-                 }()) {
+      } else if (std::any_of(method->begin(), method->end(),
+                             [](char c) { return c >= 'a' && c <= 'z'; })) {
         // Methods are case-sensitive on the wire; `get` would never match.
         error(*v, "method '" + *method + "' must be upper-case (methods are case-sensitive)");
       } else {
