@@ -231,8 +231,10 @@ Policy::Index::Index(const config::Config& config) {
   // Pods by (label, value), so a label selector costs its rarest label, not
   // a scan of every pod, when thousands of rules use labels.
   std::map<std::pair<std::string, std::string>, std::vector<std::uint32_t>> pods_by_label;
+  std::unordered_map<std::string_view, std::uint32_t> pods_by_name;
   for (std::uint32_t i = 0; i < config.pods.size(); ++i) {
     for (const auto& label : config.pods[i].labels) pods_by_label[label].push_back(i);
+    pods_by_name.emplace(config.pods[i].name, i);
   }
 
   const auto resolve = [&](const config::Selector& s) {
@@ -247,8 +249,9 @@ Policy::Index::Index(const config::Config& config) {
       return e;
     }
     if (s.pod) {
-      for (const auto& pod : config.pods) {
-        if (pod.name == *s.pod) e.ips.push_back(detail::to_addr(pod.ip));
+      // An unknown name (possible only in a hand-built Config) selects nothing.
+      if (const auto it = pods_by_name.find(*s.pod); it != pods_by_name.end()) {
+        e.ips.push_back(detail::to_addr(config.pods[it->second].ip));
       }
     } else if (!s.labels.empty()) {
       const std::vector<std::uint32_t>* rarest = nullptr;
