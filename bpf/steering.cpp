@@ -469,6 +469,9 @@ Status remove_pinned_steering(const std::string& dev) {
     if (::unlink(path.c_str()) < 0 && errno != ENOENT) return SysError::from_errno("unpin " + path);
   }
   if (::rmdir(dir.c_str()) < 0 && errno != ENOENT) return SysError::from_errno("remove " + dir);
+  // The parents go too once empty, so a host without steering has no trace.
+  ::rmdir(kSteeringPinRoot);
+  ::rmdir("/sys/fs/bpf/shunt");
   return ok_status();
 }
 
