@@ -259,6 +259,17 @@ TEST(PolicyMatch, HttpDenyWins) {
   EXPECT_EQ(p->decide_http(flow("10.200.0.4", "10.200.0.3", 8080), get("/api/admin")).rule, "no-admin");
 }
 
+TEST(PolicyMatch, HttpRequestTargetForms) {
+  auto p = make(kHttpPolicy);
+  const Flow f = flow("10.200.0.2", "10.200.0.3", 8080);
+  // Absolute-form, as a forward-proxy client sends it: only the path counts.
+  EXPECT_EQ(p->decide_http(f, get("http://api.local:8080/api/x?y=1")).rule, "web-to-api");
+  EXPECT_EQ(p->decide_http(f, get("http://api.local/api/admin")).rule, "no-admin");
+  // Asterisk-form and an empty target match nothing path-based.
+  EXPECT_EQ(p->decide_http(f, get("*", "api.local", "OPTIONS")).rule, "default");
+  EXPECT_EQ(p->decide_http(f, get("")).rule, "default");
+}
+
 TEST(PolicyMatch, HttpHostAndHeaders) {
   auto p = make(kHttpPolicy);
   const Flow f = flow("10.200.0.2", "10.200.0.3", 8080);
