@@ -80,6 +80,28 @@ static __always_inline int steer_to_socket(struct __sk_buff *skb, const struct s
 	return 1;
 }
 
+/* A pod talking to the node itself (an address of the host) is not proxied:
+ * the host's reply would be generated locally and routed straight to the
+ * pod, never passing a tcx hook that could hand it to shunt's upstream
+ * socket. Asked once per connection attempt, not per packet.
+ */
+static __always_inline int steer_dst_is_local(struct __sk_buff *skb, const struct steer_flow *f)
+{
+	struct bpf_fib_lookup p = {};
+
+	p.ifindex = skb->ingress_ifindex;
+	if (f->family == 4) {
+		p.family = 2; /* AF_INET */
+		p.ipv4_src = f->saddr[0];
+		p.ipv4_dst = f->daddr[0];
+	} else {
+		p.family = 10; /* AF_INET6 */
+		__builtin_memcpy(p.ipv6_src, f->saddr, 16);
+		__builtin_memcpy(p.ipv6_dst, f->daddr, 16);
+	}
+	return bpf_fib_lookup(skb, &p, sizeof(p), BPF_FIB_LOOKUP_SKIP_NEIGH) == BPF_FIB_LKUP_RET_NOT_FWDED;
+}
+
 SEC("tc")
 int shunt_steer_tcx(struct __sk_buff *skb)
 {
@@ -109,6 +131,12 @@ int shunt_steer_tcx(struct __sk_buff *skb)
 			steer_count(SHUNT_STAT_DENY_DROP);
 			return SHUNT_ACT_DROP;
 		}
+		return SHUNT_ACT_NEXT;
+	}
+
+	if (f.syn && steer_dst_is_local(skb, &f)) {
+		skb->mark &= ~SHUNT_STEER_MARK;
+		steer_count(SHUNT_STAT_NODE_LOCAL);
 		return SHUNT_ACT_NEXT;
 	}
 

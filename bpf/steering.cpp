@@ -34,7 +34,7 @@ namespace {
 
 constexpr std::array<const char*, SHUNT_STAT_MAX> kStatNames = {
     "assign_socket", "assign_listener", "to_local_stack", "assign_failed",
-    "deny_drop",     "proxy_down_drop", "proxy_down_pass", "netkit_marked",
+    "deny_drop",     "proxy_down_drop", "proxy_down_pass", "netkit_marked",   "node_local",
 };
 
 struct TcxSkelDeleter {
@@ -199,6 +199,7 @@ struct PodSteering::Impl {
 
   struct Device {
     std::string name;
+    int ifindex = 0;
     bool is_netkit = false;
     std::optional<DeviceLink> netkit_link;
     std::optional<DeviceLink> tcx_link;
@@ -214,6 +215,7 @@ struct PodSteering::Impl {
   Status set_listeners(const std::vector<Listener>& listeners);
   Status apply_maps(const config::Config& cfg);
   Status sync_devices(const config::Config& cfg);
+  std::map<std::string, Device>::iterator drop(std::map<std::string, Device>::iterator it);
   Result<Device> attach(const std::string& dev);
   Status apply_pinning(Device& d);
 };
@@ -305,6 +307,7 @@ Result<PodSteering::Impl::Device> PodSteering::Impl::attach(const std::string& d
   const auto& info = **link;
   Device d;
   d.name = dev;
+  d.ifindex = info.ifindex;
   d.is_netkit = info.kind == "netkit";
   if (d.is_netkit && !info.netkit_primary)
     return SysError{EINVAL, "device " + dev + " is a netkit peer; steering attaches to the host-side primary"};
@@ -346,6 +349,16 @@ Status PodSteering::Impl::apply_pinning(Device& d) {
   return ok_status();
 }
 
+// Detaches by dropping our fds, after removing the pins that would keep the
+// links alive.
+std::map<std::string, PodSteering::Impl::Device>::iterator PodSteering::Impl::drop(
+    std::map<std::string, Device>::iterator it) {
+  for (auto* l : {&it->second.tcx_link, &it->second.netkit_link})
+    if (*l) (void)(*l)->unpin();
+  ::rmdir(device_pin_dir(it->first).c_str());
+  return devices.erase(it);
+}
+
 Status PodSteering::Impl::sync_devices(const config::Config& cfg) {
   std::set<std::string> wanted;
   for (const auto& p : cfg.pods)
@@ -356,17 +369,30 @@ Status PodSteering::Impl::sync_devices(const config::Config& cfg) {
       ++it;
       continue;
     }
-    // Detach by dropping our fds, after removing the pins that would keep
-    // the links alive.
-    for (auto* l : {&it->second.tcx_link, &it->second.netkit_link})
-      if (*l) (void)(*l)->unpin();
-    ::rmdir(device_pin_dir(it->first).c_str());
-    it = devices.erase(it);
+    it = drop(it);
   }
   for (auto& [name, d] : devices)
     if (Status st = apply_pinning(d); !st) return st;
+
+  // Devices are looked up by name each time: a pod deleted and re-created
+  // under the same name has a new ifindex and needs new links. A device that
+  // does not exist (yet) is skipped with a warning and tried again on the
+  // next update, so one missing pod cannot keep the proxy from starting.
+  auto nl = pods::NetlinkSocket::open();
+  if (!nl) return nl.error();
   for (const auto& dev : wanted) {
-    if (devices.count(dev)) continue;
+    auto link = pods::get_link(*nl, dev);
+    if (!link) return link.error();
+    auto it = devices.find(dev);
+    if (!*link) {
+      if (it != devices.end()) drop(it);
+      spdlog::warn("steering: device {} does not exist; its pod is not steered until it does (next reload)", dev);
+      continue;
+    }
+    if (it != devices.end()) {
+      if (it->second.ifindex == (*link)->ifindex) continue;
+      drop(it);
+    }
     auto d = attach(dev);
     if (!d) return d.error();
     devices.emplace(dev, std::move(*d));

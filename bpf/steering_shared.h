@@ -62,5 +62,6 @@ enum shunt_steer_stat {
 	SHUNT_STAT_PROXY_DOWN_DROP,   /* no listener, fail_closed */
 	SHUNT_STAT_PROXY_DOWN_PASS,   /* no listener, fail_open */
 	SHUNT_STAT_NETKIT_MARKED,     /* netkit peer program marked for interception */
+	SHUNT_STAT_NODE_LOCAL,        /* SYN to an address of the node itself: not proxied */
 	SHUNT_STAT_MAX,
 };
