@@ -54,6 +54,14 @@ int redirect_to_peer(struct __sk_buff *skb)
 	if (!peer)
 		return SK_PASS;
 
+	/* tcp_read_skb hands over the FIN as an empty skb. Redirected, it would
+	 * reach the peer's backlog worker after userspace has already shut the
+	 * peer's write side (the byte counts say "drained"), and the worker's
+	 * send would fail with EPIPE and report an error on the peer. The FIN
+	 * itself is already known to TCP; the empty skb carries nothing. */
+	if (skb->len == 0)
+		return SK_DROP;
+
 	__u64 before = __sync_fetch_and_add(&peer->bytes, skb->len);
 	if (before < bulk_threshold && before + skb->len >= bulk_threshold &&
 	    !peer->bulk_reported) {

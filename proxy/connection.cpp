@@ -43,16 +43,15 @@ Connection::Connection(ProxyContext& proxy, WorkerContext& worker, const config:
       upstream_(worker.io),
       idle_timer_(worker.io) {}
 
-asio::awaitable<void> Connection::run() {
-  auto self = shared_from_this();
+asio::awaitable<void> Connection::run(std::shared_ptr<Connection> self) {
   try {
-    co_await serve();
+    co_await self->serve();
   } catch (const std::exception& e) {
-    spdlog::warn("connection {}: {}", info_ ? info_->id : 0, e.what());
-    reset_socket(client_);
-    reset_socket(upstream_);
+    spdlog::warn("connection {}: {}", self->info_ ? self->info_->id : 0, e.what());
+    reset_socket(self->client_);
+    reset_socket(self->upstream_);
   }
-  finish();
+  self->finish();
 }
 
 void Connection::set_rule(const policy::Decision& decision) {
@@ -81,7 +80,10 @@ asio::awaitable<void> Connection::serve() {
 
   boost::system::error_code ec;
   info_->src = client_.remote_endpoint(ec);
-  if (ec) co_return;  // the client is already gone
+  if (ec) {
+    spdlog::debug("connection {}: client gone before it was served: {}", info_->id, ec.message());
+    co_return;
+  }
   if (listener_.forward) {
     info_->dst = *listener_.forward;
   } else {
@@ -110,7 +112,7 @@ asio::awaitable<void> Connection::serve() {
     });
   };
   proxy_.registry.add(info_);
-  asio::co_spawn(executor, idle_watchdog(), asio::detached);
+  asio::co_spawn(executor, idle_watchdog(shared_from_this()), asio::detached);
 
   if (decision.inspect == policy::Inspect::none) {
     set_rule(decision.decision);
@@ -199,8 +201,11 @@ asio::awaitable<void> Connection::run_datapath() {
   }
 }
 
-asio::awaitable<void> Connection::idle_watchdog() {
-  auto self = shared_from_this();
+asio::awaitable<void> Connection::idle_watchdog(std::shared_ptr<Connection> self) {
+  co_await self->watch_idle();
+}
+
+asio::awaitable<void> Connection::watch_idle() {
   const auto idle = policy_->config().proxy.timeouts.idle;
   // Check a few times per idle period; bytes are read from the kernel's
   // counters for spliced pairs, so no data path has to report activity.

@@ -47,8 +47,10 @@ class Connection : public std::enable_shared_from_this<Connection> {
 
   Connection(ProxyContext& proxy, WorkerContext& worker, const config::Listener& listener, tcp::socket client);
 
-  // Runs the connection to completion; never throws.
-  boost::asio::awaitable<void> run();
+  // Runs the connection to completion; never throws. Takes the owning
+  // pointer by value so the coroutine frame keeps the connection alive (a
+  // member coroutine would only hold `this`, and Asio starts it lazily).
+  static boost::asio::awaitable<void> run(std::shared_ptr<Connection> self);
 
   // --- used by inspection and data paths ---
   tcp::socket& client() { return client_; }
@@ -77,7 +79,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
  private:
   boost::asio::awaitable<void> serve();
   boost::asio::awaitable<void> run_datapath();
-  boost::asio::awaitable<void> idle_watchdog();
+  static boost::asio::awaitable<void> idle_watchdog(std::shared_ptr<Connection> self);
+  boost::asio::awaitable<void> watch_idle();
   void finish();
 
   ProxyContext& proxy_;

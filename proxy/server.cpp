@@ -84,30 +84,31 @@ void Server::start() {
 }
 
 void Server::accept_loop(Worker& worker, tcp::acceptor& acceptor, const config::Listener& listener) {
-  asio::co_spawn(
-      worker.io,
-      [this, &worker, &acceptor, listener]() -> asio::awaitable<void> {
-        for (;;) {
-          boost::system::error_code ec;
-          tcp::socket socket = co_await acceptor.async_accept(asio::redirect_error(asio::use_awaitable, ec));
-          if (ec == asio::error::operation_aborted || !acceptor.is_open()) co_return;
-          if (ec) {
-            // EMFILE and friends: back off briefly instead of spinning.
-            spdlog::warn("listener {}: accept: {}", listener.name, ec.message());
-            asio::steady_timer pause(worker.io, std::chrono::milliseconds(50));
-            co_await pause.async_wait(asio::redirect_error(asio::use_awaitable, ec));
-            continue;
-          }
-          const auto limit = context_.policy.current()->config().proxy.limits.max_connections;
-          if (context_.registry.size() >= limit) {
-            reset_socket(socket);
-            continue;
-          }
-          auto conn = std::make_shared<Connection>(context_, worker.context, listener, std::move(socket));
-          asio::co_spawn(worker.io, conn->run(), asio::detached);
-        }
-      },
-      asio::detached);
+  asio::co_spawn(worker.io, accept_connections(&worker, &acceptor, listener), asio::detached);
+}
+
+// A coroutine's parameters live in its frame (a lambda's captures would not).
+asio::awaitable<void> Server::accept_connections(Worker* worker, tcp::acceptor* acceptor,
+                                                 config::Listener listener) {
+  for (;;) {
+    boost::system::error_code ec;
+    tcp::socket socket = co_await acceptor->async_accept(asio::redirect_error(asio::use_awaitable, ec));
+    if (ec == asio::error::operation_aborted || !acceptor->is_open()) co_return;
+    if (ec) {
+      // EMFILE and friends: back off briefly instead of spinning.
+      spdlog::warn("listener {}: accept: {}", listener.name, ec.message());
+      asio::steady_timer pause(worker->io, std::chrono::milliseconds(50));
+      co_await pause.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+      continue;
+    }
+    const auto limit = context_.policy.current()->config().proxy.limits.max_connections;
+    if (context_.registry.size() >= limit) {
+      reset_socket(socket);
+      continue;
+    }
+    auto conn = std::make_shared<Connection>(context_, worker->context, listener, std::move(socket));
+    asio::co_spawn(worker->io, Connection::run(std::move(conn)), asio::detached);
+  }
 }
 
 void Server::stop_accepting() {

@@ -50,6 +50,8 @@ class Server {
 
  private:
   void accept_loop(Worker& worker, boost::asio::ip::tcp::acceptor& acceptor, const config::Listener& listener);
+  boost::asio::awaitable<void> accept_connections(Worker* worker, boost::asio::ip::tcp::acceptor* acceptor,
+                                                  config::Listener listener);
 
   ProxyContext& context_;
   std::vector<config::Listener> listeners_;

@@ -103,6 +103,12 @@ asio::awaitable<void> run_sockmap(Connection& conn) {
     co_await run_splice(conn);
     co_return;
   }
+  {
+    int queued_client = 0, queued_upstream = 0;
+    ::ioctl(client_fd, FIONREAD, &queued_client);
+    ::ioctl(upstream_fd, FIONREAD, &queued_upstream);
+    spdlog::debug("connection {}: handed over; still queued: client {} upstream {}", info.id, queued_client, queued_upstream);
+  }
   up.from_cookie = handover.cookies.a;
   down.from_cookie = handover.cookies.b;
   info.datapath = config::Datapath::sockmap;
@@ -169,6 +175,8 @@ asio::awaitable<void> run_sockmap(Connection& conn) {
     const SocketState upstream_state = socket_state(upstream.get());
     if (client_state.failed || upstream_state.failed) {
       // RST (or error) on one side: reset the other, promptly.
+      spdlog::debug("connection {}: {} side reset; resetting the other", info.id,
+                    client_state.failed ? "client" : "upstream");
       reset_fd(client.get());
       reset_fd(upstream.get());
       break;
@@ -178,6 +186,8 @@ asio::awaitable<void> run_sockmap(Connection& conn) {
       const bool source_closed = d == &up ? client_state.read_closed : upstream_state.read_closed;
       if (!source_closed || d->fin_forwarded) continue;
       if (drained(*d)) {
+        spdlog::debug("connection {}: FIN from {} forwarded after its bytes drained ({} redirected)", info.id,
+                      d == &up ? "client" : "upstream", bridge->redirected_bytes(d->from_cookie));
         ::shutdown(d->to, SHUT_WR);
         d->fin_forwarded = true;
       } else {

@@ -1,0 +1,240 @@
+"""Shared pieces of shunt's integration tests (stdlib only, Debian python3).
+
+Every test runs the real shunt binary (SHUNT_BIN) against real peers over
+loopback or in network namespaces it creates and removes itself. Tests need
+root (BPF, namespaces) and fail rather than skip without it.
+"""
+import contextlib
+import hashlib
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import unittest
+
+SHUNT_BIN = os.environ.get("SHUNT_BIN", os.path.join(os.path.dirname(__file__), "../../build/proxy/shunt"))
+SOURCE_DIR = os.environ.get("SHUNT_SOURCE_DIR", os.path.abspath(os.path.join(os.path.dirname(__file__), "../..")))
+
+CHUNK = 64 * 1024
+_BASE = os.urandom(CHUNK)
+
+
+def require_root():
+    if os.geteuid() != 0:
+        raise SystemExit("this test needs root (BPF, network namespaces): run it as root")
+
+
+def free_port(host="127.0.0.1"):
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def pattern(total, salt=0):
+    """Yields `total` bytes in 64 KiB chunks; each chunk starts with its index
+    and a salt so that loss, duplication and reordering all change the hash."""
+    index = 0
+    sent = 0
+    while sent < total:
+        n = min(CHUNK, total - sent)
+        chunk = struct.pack("!QQ", index, salt) + _BASE[16:]
+        yield chunk[:n]
+        sent += n
+        index += 1
+
+
+def pattern_digest(total, salt=0):
+    h = hashlib.sha256()
+    for chunk in pattern(total, salt):
+        h.update(chunk)
+    return h.hexdigest()
+
+
+def send_pattern(sock, total, salt=0):
+    for chunk in pattern(total, salt):
+        sock.sendall(chunk)
+
+
+def recv_all_digest(sock):
+    """Reads to EOF; returns (byte count, sha256 hex)."""
+    h = hashlib.sha256()
+    n = 0
+    while True:
+        data = sock.recv(1 << 20)
+        if not data:
+            return n, h.hexdigest()
+        h.update(data)
+        n += len(data)
+
+
+def recv_exact(sock, n):
+    buf = bytearray()
+    while len(buf) < n:
+        data = sock.recv(n - len(buf))
+        if not data:
+            raise EOFError(f"EOF after {len(buf)} of {n} bytes")
+        buf += data
+    return bytes(buf)
+
+
+def is_listening(port, netns=None):
+    """True when some socket listens on TCP `port` (checked with ss, so no
+    probe connection reaches the upstream behind a proxy)."""
+    cmd = ["ss", "-Hltn", f"sport = :{port}"]
+    if netns:
+        cmd = ["ip", "netns", "exec", netns, *cmd]
+    return bool(subprocess.run(cmd, capture_output=True, text=True).stdout.strip())
+
+
+def wait_for_port(host, port, timeout=10.0, proc=None, netns=None):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"shunt exited with {proc.returncode} before listening")
+        if is_listening(port, netns):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"{host}:{port} not listening after {timeout}s")
+
+
+class Shunt:
+    """A running `shunt run -c CONFIG`, stopped with SIGTERM on exit."""
+
+    def __init__(self, config_text, wait_port=None, wait_host="127.0.0.1", args=(), netns=None):
+        self.dir = tempfile.TemporaryDirectory(prefix="shunt-test-")
+        self.config_path = os.path.join(self.dir.name, "shunt.yaml")
+        with open(self.config_path, "w") as f:
+            f.write(config_text)
+        self.log_path = os.path.join(self.dir.name, "shunt.log")
+        self.log = open(self.log_path, "wb")
+        cmd = [SHUNT_BIN, "run", "-c", self.config_path, *args]
+        if netns:
+            cmd = ["ip", "netns", "exec", netns, *cmd]
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
+        if wait_port:
+            try:
+                wait_for_port(wait_host, wait_port, proc=self.proc, netns=netns)
+            except Exception:
+                self.stop()
+                sys.stderr.write(self.output())
+                raise
+
+    def write_config(self, text):
+        """Replaces the config the way an editor does: write aside, rename."""
+        tmp = self.config_path + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.rename(tmp, self.config_path)
+
+    def output(self):
+        self.log.flush()
+        with open(self.log_path, "r", errors="replace") as f:
+            return f.read()
+
+    def stop(self, sig=signal.SIGTERM, timeout=15):
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        self.stop()
+        if exc_type is not None:
+            # The proxy's side of a failure, for whoever reads the test log.
+            sys.stderr.write("---- shunt output (last 60 lines) ----\n")
+            sys.stderr.write("\n".join(self.output().splitlines()[-60:]) + "\n")
+        self.log.close()
+        self.dir.cleanup()
+
+
+class ThreadedServer:
+    """A TCP server on loopback running `handler(conn)` per connection in a
+    thread; results handlers return are collected in `results`."""
+
+    def __init__(self, handler, host="127.0.0.1", backlog=1024):
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.sock = socket.socket(family, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((host, 0))
+        self.sock.listen(backlog)
+        self.port = self.sock.getsockname()[1]
+        self.handler = handler
+        self.results = []
+        self.errors = []
+        self.lock = threading.Lock()
+        self.stopping = False
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self):
+        while not self.stopping:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn):
+        try:
+            with conn:
+                result = self.handler(conn)
+            with self.lock:
+                self.results.append(result)
+        except Exception as e:  # recorded, asserted by the test
+            with self.lock:
+                self.errors.append(e)
+
+    def wait_results(self, n, timeout=60):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            with self.lock:
+                if len(self.results) + len(self.errors) >= n:
+                    return list(self.results)
+            time.sleep(0.02)
+        raise TimeoutError(f"server saw {len(self.results)} results, {len(self.errors)} errors, wanted {n}")
+
+    def close(self):
+        self.stopping = True
+        self.sock.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def static_config(listen_port, forward_port, datapath, extra=""):
+    return f"""
+proxy:
+  listeners:
+    - name: test
+      listen: 127.0.0.1:{listen_port}
+      forward: 127.0.0.1:{forward_port}
+  datapath: {datapath}
+  timeouts: {{connect: 2s, header: 2s, idle: 1h, drain: 5s}}
+admin: {{listen: 127.0.0.1:{free_port()}}}
+log: {{level: {os.environ.get("SHUNT_TEST_LOG_LEVEL", "info")}, access: stdout}}
+policy:
+  default: allow
+  rules: []
+{extra}"""
+
+
+def run_tests():
+    require_root()
+    result = unittest.main(exit=False, verbosity=2).result
+    sys.exit(0 if result.wasSuccessful() else 1)
