@@ -17,6 +17,7 @@
 #include <spdlog/spdlog.h>
 #include <sys/inotify.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -140,6 +141,10 @@ class Control {
     context_.access_log.open(next->config().log.access);
     if (next->config().proxy.listeners.size() != previous->config().proxy.listeners.size())
       spdlog::warn("listener changes take effect at the next restart");
+    if (context_.steering) {
+      if (auto st = context_.steering->update(next->config()); !st)
+        spdlog::error("steering update failed, previous steering stays: {}", st.error().message());
+    }
     const std::size_t revoked = revoke_disallowed(*next, context_.registry);
     spdlog::info("config reloaded ({}): generation {}, {} connection(s) revoked", why, generation, revoked);
   }
@@ -249,11 +254,24 @@ int run_proxy(const RunOptions& options) {
     const unsigned threads = options.threads ? options.threads : std::max(1u, std::thread::hardware_concurrency());
     Server server(context, cfg, threads);
     server.start();
+    const bool steers_pods =
+        std::any_of(cfg.pods.begin(), cfg.pods.end(), [](const config::Pod& p) { return !p.dev.empty(); });
+    if (steers_pods) {
+      auto steering = bpf::PodSteering::start(cfg, server.transparent_listener_fds());
+      if (!steering) {
+        std::cerr << "shunt: pod steering: " << steering.error().message() << "\n";
+        server.stop();
+        return kExitEnvironment;
+      }
+      context.steering = std::move(steering.value());
+    }
     spdlog::info("shunt {} running: datapath {}, {} worker thread(s), config {}", SHUNT_VERSION,
                  config::to_string(cfg.proxy.datapath), threads, cfg.source);
 
     Control control(context, server, options, loaded_text);
     const int rc = control.run();
+    // Detach pod steering (links, rules, routes) before the listeners close.
+    context.steering.reset();
     context.access_log.flush();
     spdlog::info("shunt stopped");
     return rc;

@@ -4,6 +4,7 @@
 #pragma once
 
 #include "bpf/sockmap.h"
+#include "bpf/steering.h"
 #include "policy/policy.h"
 #include "proxy/access_log.h"
 #include "proxy/buffer_budget.h"
@@ -35,6 +36,7 @@ struct ProxyContext {
   PolicyStore policy;
   ConnectionRegistry registry;
   std::unique_ptr<bpf::SockmapBridge> bridge;  // null: sockmap unavailable
+  std::unique_ptr<bpf::PodSteering> steering;  // null: no pod has a `dev`
   BufferBudget buffer_budget;
   AccessLog access_log;
   std::atomic<bool> draining{false};
