@@ -91,6 +91,36 @@ def listening_ports(pid):
     return ports
 
 
+def busy_on_port(pid, port):
+    """Connections on local `port` that are still open (ESTABLISHED or
+    CLOSE_WAIT) in the netns of `pid`."""
+    n = 0
+    for name in ("tcp", "tcp6"):
+        try:
+            with open(f"/proc/{pid}/net/{name}") as f:
+                next(f)
+                for line in f:
+                    fields = line.split()
+                    if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] in ("01", "08"):
+                        n += 1
+        except (OSError, StopIteration):
+            pass
+    return n
+
+
+def wait_idle(pid, port, timeout=5.0):
+    """Waits until the server on `port` has no open connection left.
+
+    iperf3's server runs one test at a time and refuses the next ("server is
+    busy") until it has seen the previous test's connections close; through a
+    proxy that close arrives a little later than directly. Waiting here keeps
+    back-to-back runs from failing on that; a proxy that never propagates
+    the close still fails the next run, as it should."""
+    deadline = time.monotonic() + timeout
+    while busy_on_port(pid, port) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 def wait_listening(procs, p, ports, timeout=10.0):
     """Waits until process `p` (or its netns) listens on every port in `ports`."""
     deadline = time.monotonic() + timeout

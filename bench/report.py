@@ -34,9 +34,11 @@ def build(meta, systems, results, failures, extras):
             if samples:
                 rows[s.name] = {"value": _best(samples, better), "median": statistics.median(samples),
                                 "samples": samples}
+                if s.name in failures.get(fig, {}):  # some rounds failed: say so
+                    rows[s.name]["failed_rounds"] = failures[fig][s.name]
             else:
                 rows[s.name] = {"value": None,
-                                "na": failures.get(fig, {}).get(s.name, "not measured")}
+                                "na": failures.get(fig, {}).get(s.name, ["not measured"])[-1]}
         base = rows.get(direct, {}).get("value") if direct else None
         for row in rows.values():
             if row["value"] is not None and base:
@@ -119,6 +121,11 @@ def markdown(doc):
                 else:
                     ratio = f" ({row['ratio']:.2f}x)" if "ratio" in row else ""
                     cells.append(fmt(row["value"], fd["unit"]) + ratio)
+                if row.get("failed_rounds"):
+                    note = f"failed in {len(row['failed_rounds'])} round(s): {row['failed_rounds'][-1]}"
+                    if note not in notes:
+                        notes.append(note)
+                    cells[-1] += f" [{notes.index(note) + 1}]"
             lines.append(f"| {fd['title']} ({fd['unit']}) | " + " | ".join(cells) + " |")
 
     table(["bulk_1", "bulk_4", "cpu_gb_1", "cpu_gb_4", "cpu_gb_paced", "rr_p50", "rr_p99", "conn_rate"])

@@ -117,14 +117,16 @@ def run_tool(argv, timeout, netns=None, ok_codes=(0,)):
 class Workloads:
     """Runs the measurements against one system's targets."""
 
-    def __init__(self, profile, loadgen, meter, client_ns=None):
+    def __init__(self, profile, loadgen, meter, client_ns=None, before_iperf=None):
         self.p, self.loadgen, self.meter, self.ns = profile, loadgen, meter, client_ns
+        self.before_iperf = before_iperf or (lambda: None)
 
     def _iperf(self, target, streams, seconds, pace=None):
         ip, port = target
         argv = ["iperf3", "-c", ip, "-p", str(port), "-t", str(seconds), "-P", str(streams), "-J"]
         if pace:
             argv += ["-b", pace]  # per stream
+        self.before_iperf()
         before = self.meter.snapshot()
         r = run_tool(argv, timeout=seconds + 30, netns=self.ns)
         cpu = self.meter.since(before)
