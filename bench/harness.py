@@ -263,8 +263,16 @@ class ShuntHttp(Shunt):
         super().__init__(name, index, ports, ep, shunt_bin, "sockmap", "shunt-http.yaml")
         self.label = "shunt http rule"
 
+    def start(self, procs, rundir):
+        self.procs = procs
+        super().start(procs, rundir)
+
     def check(self):
-        check_http_rule(self)
+        try:
+            check_http_rule(self)
+        except BenchError as e:
+            # shunt's own log usually says why (e.g. inspection not built yet).
+            raise BenchError(f"{e}; shunt log: {self.procs.log_tail(self.name, 2)}")
 
 
 class Socat(System):
