@@ -17,6 +17,10 @@ namespace shunt::proxy {
 
 class BufferBudget {
  public:
+  // Send buffer of every kernel-spliced socket until it proves to be bulk.
+  // Setting it also stops send-buffer autotuning, which would otherwise let
+  // a socket whose reader stalled grow to tcp_wmem[2] (4 MiB by default).
+  static constexpr int kSplicedSendBufferBytes = 256 << 10;
   static constexpr std::uint64_t kBoostedBufferBytes = 64ull << 20;
   static constexpr std::uint64_t kDefaultBudgetBytes = 1ull << 30;
 

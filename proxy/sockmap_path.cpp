@@ -89,6 +89,12 @@ asio::awaitable<void> run_sockmap(Connection& conn) {
   SplicedDirection up{client_fd, upstream_fd, 0, tcp_bytes_written(upstream_fd), false};
   SplicedDirection down{upstream_fd, client_fd, 0, tcp_bytes_written(client_fd), false};
 
+  // Bound what a stalled pair can pin before the kernel starts moving bytes
+  // (docs/datapath.md, "Memory bound"); bulk pairs get more, within budget.
+  const int spliced_send_buffer = BufferBudget::kSplicedSendBufferBytes;
+  ::setsockopt(client_fd, SOL_SOCKET, SO_SNDBUF, &spliced_send_buffer, sizeof(spliced_send_buffer));
+  ::setsockopt(upstream_fd, SOL_SOCKET, SO_SNDBUF, &spliced_send_buffer, sizeof(spliced_send_buffer));
+
   const bpf::HandoverResult handover = bridge->handover(client_fd, upstream_fd);
   if (handover.failure != bpf::HandoverFailure::none) {
     spdlog::debug("connection {}: sockmap refused the pair ({}), {}", info.id, handover.error.message(),
