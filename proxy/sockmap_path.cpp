@@ -29,7 +29,6 @@
 #include <boost/asio/use_awaitable.hpp>
 #include <poll.h>
 #include <spdlog/spdlog.h>
-#include <sys/ioctl.h>
 #include <sys/socket.h>
 
 #include <algorithm>
@@ -108,12 +107,6 @@ asio::awaitable<void> run_sockmap(Connection& conn) {
     fall_back(bpf::to_string(handover.failure));
     co_await run_splice(conn);
     co_return;
-  }
-  {
-    int queued_client = 0, queued_upstream = 0;
-    ::ioctl(client_fd, FIONREAD, &queued_client);
-    ::ioctl(upstream_fd, FIONREAD, &queued_upstream);
-    spdlog::debug("connection {}: handed over; still queued: client {} upstream {}", info.id, queued_client, queued_upstream);
   }
   up.from_cookie = handover.cookies.a;
   down.from_cookie = handover.cookies.b;
