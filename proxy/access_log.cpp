@@ -1,10 +1,14 @@
 #include "proxy/access_log.h"
 
+#include "proxy/json_writer.h"
+#include "proxy/privileges.h"
+
 #include <spdlog/async.h>
 #include <spdlog/sinks/basic_file_sink.h>
 #include <spdlog/sinks/stdout_sinks.h>
 #include <spdlog/spdlog.h>
 
+#include <cerrno>
 #include <cstdio>
 #include <ctime>
 
@@ -16,31 +20,14 @@ constexpr std::size_t kQueueSize = 8192;
 
 std::shared_ptr<spdlog::details::thread_pool> access_pool() {
   // One writer thread for access lines; overrun_oldest never blocks the
-  // data path, and the pool counts what it dropped.
-  static auto pool = std::make_shared<spdlog::details::thread_pool>(kQueueSize, 1);
+  // data path, and the pool counts what it dropped. The writer only writes
+  // to files opened by the control thread, so it gives up every capability
+  // (it starts before the control thread drops its own).
+  static auto pool = std::make_shared<spdlog::details::thread_pool>(kQueueSize, 1, [] {
+    if (Status st = drop_capabilities(ThreadRole::none); !st)
+      spdlog::warn("access log thread keeps its capabilities: {}", st.error().message());
+  });
   return pool;
-}
-
-void append_escaped(std::string& out, std::string_view s) {
-  out.push_back('"');
-  for (unsigned char c : s) {
-    switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\r': out += "\\r"; break;
-      case '\t': out += "\\t"; break;
-      default:
-        if (c < 0x20) {
-          char buf[8];
-          std::snprintf(buf, sizeof(buf), "\\u%04x", c);
-          out += buf;
-        } else {
-          out.push_back(static_cast<char>(c));
-        }
-    }
-  }
-  out.push_back('"');
 }
 
 std::string rfc3339_now() {
@@ -65,13 +52,13 @@ std::string AccessLog::to_json(const AccessRecord& r) {
   out.reserve(320);
   auto field = [&](std::string_view key, std::string_view value) {
     out += out.empty() ? "{" : ",";
-    append_escaped(out, key);
+    append_json_string(out, key);
     out.push_back(':');
-    append_escaped(out, value);
+    append_json_string(out, value);
   };
   auto number = [&](std::string_view key, std::uint64_t value) {
     out += ",";
-    append_escaped(out, key);
+    append_json_string(out, key);
     out.push_back(':');
     out += std::to_string(value);
   };
@@ -97,37 +84,45 @@ std::string AccessLog::to_json(const AccessRecord& r) {
   return out;
 }
 
-void AccessLog::open(const std::string& target) {
+Status AccessLog::open(const std::string& target) {
   std::lock_guard lock(mu_);
-  if (logger_ && target == target_) return;
-  if (logger_) logger_->flush();
-  target_ = target;
-  logger_.reset();
-  if (target == "off") return;
-  spdlog::sink_ptr sink;
-  if (target == "stdout") {
-    sink = std::make_shared<spdlog::sinks::stdout_sink_mt>();
-  } else {
-    sink = std::make_shared<spdlog::sinks::basic_file_sink_mt>(target, /*truncate=*/false);
-  }
-  logger_ = std::make_shared<spdlog::async_logger>("access", sink, access_pool(),
-                                                   spdlog::async_overflow_policy::overrun_oldest);
-  logger_->set_pattern("%v");
-  logger_->set_level(spdlog::level::info);
-  logger_->flush_on(spdlog::level::info);
+  if (target == target_ && (logger_ || target == "off")) return ok_status();
+  return open_locked(target);
 }
 
-void AccessLog::reopen() {
-  std::string target;
-  {
-    std::lock_guard lock(mu_);
-    target = target_;
-    if (target == "stdout" || target == "off" || target.empty()) return;
-    if (logger_) logger_->flush();
-    logger_.reset();
-    target_.clear();
+Status AccessLog::open_locked(const std::string& target) {
+  std::shared_ptr<spdlog::logger> next;
+  if (target != "off") {
+    spdlog::sink_ptr sink;
+    try {
+      if (target == "stdout") {
+        sink = std::make_shared<spdlog::sinks::stdout_sink_mt>();
+      } else {
+        errno = 0;
+        sink = std::make_shared<spdlog::sinks::basic_file_sink_mt>(target, /*truncate=*/false);
+      }
+    } catch (const spdlog::spdlog_ex& e) {
+      // spdlog says which file and why; errno still holds fopen's reason.
+      return SysError{errno != 0 ? errno : EIO, "open access log " + target + " (" + e.what() + ")"};
+    }
+    next = std::make_shared<spdlog::async_logger>("access", sink, access_pool(),
+                                                  spdlog::async_overflow_policy::overrun_oldest);
+    next->set_pattern("%v");
+    next->set_level(spdlog::level::info);
+    next->flush_on(spdlog::level::info);
   }
-  open(target);
+  // Lines queued for the old logger still reach its sink: queued messages
+  // hold their logger.
+  if (logger_) logger_->flush();
+  logger_ = std::move(next);
+  target_ = target;
+  return ok_status();
+}
+
+Status AccessLog::reopen() {
+  std::lock_guard lock(mu_);
+  if (target_ == "stdout" || target_ == "off" || target_.empty()) return ok_status();
+  return open_locked(target_);
 }
 
 void AccessLog::write(const AccessRecord& record) {

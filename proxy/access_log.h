@@ -4,6 +4,7 @@
 // rather than blocks when full; drops are counted.
 #pragma once
 
+#include "common/error.h"
 #include "config/config.h"
 
 #include <atomic>
@@ -42,17 +43,24 @@ class AccessLog {
  public:
   AccessLog();
   ~AccessLog();
-  // target: "stdout", "off", or a file path. Safe to call again (reload).
-  void open(const std::string& target);
-  // Re-opens a file target (log rotation, SIGUSR1).
-  void reopen();
+  // target: "stdout", "off", or a file path (created, appended to). Safe to
+  // call again (reload): the same target keeps its file; a new one is opened
+  // before the old one is let go, so on error the previous target stays.
+  Status open(const std::string& target);
+  // Re-opens a file target at its path (log rotation, SIGUSR1): lines
+  // already queued go to the old (renamed) file, new ones to a new file.
+  Status reopen();
   void write(const AccessRecord& record);
+  // Lines dropped because the writer thread fell behind (bounded queue,
+  // oldest dropped first): shunt_access_log_dropped_total.
   [[nodiscard]] std::uint64_t dropped() const;
   void flush();
 
   static std::string to_json(const AccessRecord& record);
 
  private:
+  Status open_locked(const std::string& target);
+
   std::mutex mu_;
   std::string target_;
   std::shared_ptr<spdlog::logger> logger_;

@@ -1,8 +1,10 @@
 #include "proxy/control.h"
 
 #include "bpf/sockmap.h"
+#include "proxy/admin_server.h"
 #include "proxy/metrics.h"
 #include "proxy/policy_recheck.h"
+#include "proxy/privileges.h"
 #include "proxy/proxy_context.h"
 #include "proxy/server.h"
 
@@ -86,7 +88,8 @@ class Control {
       co_await usr1_.async_wait(asio::redirect_error(use_awaitable, ec));
       if (ec) co_return;
       spdlog::info("SIGUSR1: reopening the access log");
-      context_.access_log.reopen();
+      if (auto st = context_.access_log.reopen(); !st)
+        spdlog::error("access log not reopened, lines go to the previous file: {}", st.error().message());
     }
   }
 
@@ -138,7 +141,8 @@ class Control {
     m.config_generation.store(generation, std::memory_order_relaxed);
     m.config_reloads_ok.fetch_add(1, std::memory_order_relaxed);
     apply_log_level(next->config().log.level);
-    context_.access_log.open(next->config().log.access);
+    if (auto st = context_.access_log.open(next->config().log.access); !st)
+      spdlog::error("access log stays on its previous target: {}", st.error().message());
     if (next->config().proxy.listeners.size() != previous->config().proxy.listeners.size())
       spdlog::warn("listener changes take effect at the next restart");
     if (context_.steering) {
@@ -238,9 +242,16 @@ int run_proxy(const RunOptions& options) {
 
   try {
     ProxyContext context;
-    context.access_log.open(cfg.log.access);
+    if (auto st = context.access_log.open(cfg.log.access); !st) {
+      std::cerr << "shunt: " << st.error().message() << "\n";
+      return kExitEnvironment;
+    }
     context.policy.publish(policy::Policy::build(loaded.config, 1));
     metrics().config_generation = 1;
+    // Up from here so probes get an answer (503) while BPF loads and
+    // listeners bind; ready once the workers accept.
+    AdminServer admin(context, cfg.admin.listen);
+    admin.start();
 
     auto bridge = bpf::SockmapBridge::load(cfg.proxy.limits.max_connections, kBulkThresholdBytes);
     if (bridge) {
@@ -253,7 +264,6 @@ int run_proxy(const RunOptions& options) {
 
     const unsigned threads = options.threads ? options.threads : std::max(1u, std::thread::hardware_concurrency());
     Server server(context, cfg, threads);
-    server.start();
     const bool steers_pods =
         std::any_of(cfg.pods.begin(), cfg.pods.end(), [](const config::Pod& p) { return !p.dev.empty(); });
     if (steers_pods) {
@@ -265,11 +275,22 @@ int run_proxy(const RunOptions& options) {
       }
       context.steering = std::move(steering.value());
     }
+    // Setup done (BPF loaded, listeners bound, steering attached): keep only
+    // what running needs. Before server.start(), so the worker threads
+    // inherit the reduced sets (capabilities are per thread).
+    if (auto st = drop_capabilities(ThreadRole::runtime); !st)
+      spdlog::warn("could not drop capabilities, running with all of them: {}", st.error().message());
+    else
+      spdlog::info("capabilities reduced to at most {}", fmt::join(kept_capabilities(ThreadRole::runtime), ", "));
+    server.start();
+    admin.set_ready(context.steering.get());
     spdlog::info("shunt {} running: datapath {}, {} worker thread(s), config {}", SHUNT_VERSION,
                  config::to_string(cfg.proxy.datapath), threads, cfg.source);
 
     Control control(context, server, options, loaded_text);
     const int rc = control.run();
+    // The admin thread reads steering counters and the registry: stop it first.
+    admin.stop();
     // Detach pod steering (links, rules, routes) before the listeners close.
     context.steering.reset();
     context.access_log.flush();
