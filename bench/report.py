@@ -166,8 +166,15 @@ def draw_chart(doc, path):
         labels = [doc["systems"][n].replace(" [socat stand-in]", "*").replace(" ", "\n", 1) for n in names]
         values = [fd["results"][n]["value"] or 0 for n in names]
         colors = [palette.get(doc["systems"][n].replace(" [socat stand-in]", ""), "#999999") for n in names]
+        # One outlier (a p99 of milliseconds) would flatten every other bar:
+        # cut the axis above the rest and mark the cut bar with its value.
+        ranked = sorted(values, reverse=True)
+        top = ranked[0] if ranked and ranked[0] else 1
+        clipped = len(ranked) > 1 and ranked[1] > 0 and ranked[0] > 4 * ranked[1]
+        if clipped:
+            top = ranked[1] * 1.6
+            values = [min(v, top) for v in values]
         bars = ax.bar(range(len(names)), values, color=colors)
-        top = max(values) if any(values) else 1
         for b, n in zip(bars, names):
             row = fd["results"][n]
             if row["value"] is None:
@@ -176,6 +183,9 @@ def draw_chart(doc, path):
                 text = f"{fmt(row['value'], fd['unit'])}\n{row['ratio']:.2f}x"
             else:
                 text = fmt(row["value"], fd["unit"])
+            if clipped and row["value"] is not None and row["value"] > top:
+                text = "▲ " + text  # bar cut at the top of the axis
+                b.set_hatch("//")
             ax.text(b.get_x() + b.get_width() / 2, b.get_height() + top * 0.02, text,
                     ha="center", va="bottom", fontsize=8)
         ax.set_ylim(0, top * 1.25)
