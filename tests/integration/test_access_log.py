@@ -1,0 +1,236 @@
+"""The JSON access log through a running shunt: every line parses, keys in
+SPEC.md's order, values match what happened (bytes, verdicts, rules, HTTP
+fields); FILE targets, SIGUSR1 reopen after a rename (log rotation), a
+reload that moves the log, an unopenable file at start, and stdout. Needs
+root (the sockmap data path)."""
+import json
+import os
+import re
+import signal
+import socket
+import tempfile
+import time
+import unittest
+
+from admin_helpers import admin_port_of, scrape, value, wait_ready
+from shunt_harness import Shunt, ThreadedServer, free_port, recv_exact, run_tests, static_config
+
+CONN_KEYS = ["ts", "event", "src", "dst", "src_pod", "dst_pod", "verdict", "rule", "datapath", "bytes_up",
+             "bytes_down", "duration_ms"]
+HTTP_KEYS = CONN_KEYS + ["method", "path", "host", "status"]
+TS_RE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)$")
+
+
+def echo(conn):
+    n = 0
+    while True:
+        data = conn.recv(65536)
+        if not data:
+            return n
+        conn.sendall(data)
+        n += len(data)
+
+
+def http_server(conn):
+    """One request, one response, then close (the clients ask for that)."""
+    f = conn.makefile("rb")
+    if not f.readline():
+        return True
+    while f.readline() not in (b"\r\n", b"\n", b""):
+        pass
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n")
+    return True
+
+
+def echo_once(port, size):
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as c:
+        c.sendall(b"x" * size)
+        recv_exact(c, size)
+
+
+def http_request(port, path):
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as c:
+        c.sendall(f"GET {path} HTTP/1.1\r\nHost: api.local\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        while True:
+            d = c.recv(4096)
+            if not d:
+                break
+            data += d
+    return int(data.split()[1])
+
+
+def read_lines(path):
+    try:
+        with open(path) as f:
+            return [line for line in f.read().splitlines() if line]
+    except FileNotFoundError:
+        return []
+
+
+def wait_lines(path, n, timeout=10):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        lines = read_lines(path)
+        if len(lines) >= n:
+            return lines
+        time.sleep(0.05)
+    return read_lines(path)
+
+
+def parse(testcase, line):
+    entry = json.loads(line)
+    keys = HTTP_KEYS if entry.get("event") == "http" else CONN_KEYS
+    testcase.assertEqual(list(entry), keys, line)
+    testcase.assertRegex(entry["ts"], TS_RE)
+    testcase.assertIn(entry["verdict"], ("allow", "deny"))
+    testcase.assertIn(entry["datapath"], ("sockmap", "splice", "copy"))
+    for k in ("bytes_up", "bytes_down", "duration_ms"):
+        testcase.assertIsInstance(entry[k], int)
+        testcase.assertGreaterEqual(entry[k], 0)
+    return entry
+
+
+class AccessLogFile(unittest.TestCase):
+    def setUp(self):
+        self.echo = ThreadedServer(echo)
+        self.http = ThreadedServer(http_server)
+        self.addCleanup(self.echo.close)
+        self.addCleanup(self.http.close)
+        self.tcp_port, self.http_port, self.denied_port = free_port(), free_port(), free_port()
+        self.admin = free_port()
+        self.denied_upstream = free_port()
+        tmp = tempfile.TemporaryDirectory(prefix="shunt-access-")
+        self.addCleanup(tmp.cleanup)
+        self.dir = tmp.name
+        self.log = os.path.join(self.dir, "access.log")
+
+    def config(self, log):
+        return f"""
+proxy:
+  listeners:
+    - {{name: tcp, listen: 127.0.0.1:{self.tcp_port}, forward: 127.0.0.1:{self.echo.port}}}
+    - {{name: http, listen: 127.0.0.1:{self.http_port}, forward: 127.0.0.1:{self.http.port}}}
+    - {{name: denied, listen: 127.0.0.1:{self.denied_port}, forward: 127.0.0.1:{self.denied_upstream}}}
+  datapath: sockmap
+  timeouts: {{connect: 2s, header: 2s, idle: 1h, drain: 2s}}
+admin: {{listen: 127.0.0.1:{self.admin}}}
+log: {{level: info, access: {log}}}
+policy:
+  default: allow
+  rules:
+    - name: no-admin-path
+      from: {{cidr: 127.0.0.0/8}}
+      to: {{cidr: 127.0.0.1/32, ports: [{self.http.port}]}}
+      action: deny
+      http:
+        - {{path: /admin}}
+    - name: closed-port
+      from: {{cidr: 127.0.0.0/8}}
+      to: {{cidr: 127.0.0.1/32, ports: [{self.denied_upstream}]}}
+      action: deny
+"""
+
+    def test_lines_parse_with_spec_keys_and_values(self):
+        with Shunt(self.config(self.log), wait_port=self.tcp_port) as shunt:
+            wait_ready(self.admin, shunt.proc)
+            for size in (1, 1000, 200_000):
+                echo_once(self.tcp_port, size)
+            self.assertEqual(http_request(self.http_port, "/ok"), 200)
+            self.assertEqual(http_request(self.http_port, "/admin/x"), 403)
+            with socket.create_connection(("127.0.0.1", self.denied_port), timeout=10) as c:
+                try:
+                    self.assertEqual(c.recv(10), b"")
+                except ConnectionResetError:
+                    pass
+            entries = [parse(self, line) for line in wait_lines(self.log, 8)]
+
+            conns = [e for e in entries if e["event"] == "conn"]
+            tcp = [e for e in conns if e["dst"] == "127.0.0.1:%d" % self.echo.port]
+            self.assertEqual(sorted(e["bytes_up"] for e in tcp), [1, 1000, 200_000])
+            for e in tcp:
+                self.assertEqual((e["bytes_down"], e["verdict"], e["rule"], e["datapath"]),
+                                 (e["bytes_up"], "allow", "default", "sockmap"))
+                self.assertTrue(e["src"].startswith("127.0.0.1:"))
+                self.assertEqual((e["src_pod"], e["dst_pod"]), ("", ""))
+            denied = [e for e in conns if e["rule"] == "closed-port"]
+            self.assertEqual(len(denied), 1, conns)
+            self.assertEqual((denied[0]["verdict"], denied[0]["bytes_up"], denied[0]["bytes_down"]), ("deny", 0, 0))
+
+            http = [e for e in entries if e["event"] == "http"]
+            self.assertEqual(len(http), 2, entries)
+            by_path = {e["path"]: e for e in http}
+            self.assertEqual((by_path["/ok"]["method"], by_path["/ok"]["host"], by_path["/ok"]["verdict"]),
+                             ("GET", "api.local", "allow"))
+            self.assertEqual((by_path["/admin/x"]["verdict"], by_path["/admin/x"]["rule"],
+                              by_path["/admin/x"]["status"]), ("deny", "no-admin-path", 403))
+            self.assertEqual(value(scrape(self.admin), "shunt_access_log_dropped_total"), 0)
+            self.assertEqual(shunt.stop(), 0)
+
+    def test_sigusr1_reopens_after_rename(self):
+        with Shunt(self.config(self.log), wait_port=self.tcp_port) as shunt:
+            wait_ready(self.admin, shunt.proc)
+            for _ in range(3):
+                echo_once(self.tcp_port, 100)
+            self.assertEqual(len(wait_lines(self.log, 3)), 3)
+            os.rename(self.log, self.log + ".1")
+            shunt.proc.send_signal(signal.SIGUSR1)
+            deadline = time.monotonic() + 10
+            while not os.path.exists(self.log) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            self.assertTrue(os.path.exists(self.log), "SIGUSR1 did not create a new file")
+            for _ in range(2):
+                echo_once(self.tcp_port, 100)
+            self.assertEqual(len(wait_lines(self.log, 2)), 2)
+            time.sleep(0.2)
+            self.assertEqual(len(read_lines(self.log)), 2)
+            self.assertEqual(len(read_lines(self.log + ".1")), 3)
+            for line in read_lines(self.log) + read_lines(self.log + ".1"):
+                parse(self, line)
+            self.assertEqual(shunt.stop(), 0)
+
+    def test_reload_moves_the_log(self):
+        other = os.path.join(self.dir, "other.log")
+        with Shunt(self.config(self.log), wait_port=self.tcp_port) as shunt:
+            wait_ready(self.admin, shunt.proc)
+            echo_once(self.tcp_port, 10)
+            self.assertEqual(len(wait_lines(self.log, 1)), 1)
+            shunt.write_config(self.config(other))
+            deadline = time.monotonic() + 10
+            while value(scrape(self.admin), "shunt_config_generation") != 2 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            echo_once(self.tcp_port, 10)
+            self.assertEqual(len(wait_lines(other, 1)), 1)
+            self.assertEqual(len(read_lines(self.log)), 1)
+            self.assertEqual(shunt.stop(), 0)
+
+    def test_unopenable_file_exits_2(self):
+        with Shunt(self.config("/dev/null/access.log")) as shunt:
+            self.assertEqual(shunt.proc.wait(timeout=10), 2)
+            out = shunt.output().strip().splitlines()
+            self.assertIn("access log /dev/null/access.log", out[-1])
+
+
+class AccessLogStdout(unittest.TestCase):
+    def test_stdout_lines_parse(self):
+        port = free_port()
+        with ThreadedServer(echo) as server:
+            config = static_config(port, server.port, "splice")
+            with Shunt(config, wait_port=port) as shunt:
+                wait_ready(admin_port_of(config), shunt.proc)
+                for _ in range(3):
+                    echo_once(port, 500)
+                deadline = time.monotonic() + 10
+                while time.monotonic() < deadline:
+                    lines = [l for l in shunt.output().splitlines() if l.startswith("{")]
+                    if len(lines) >= 3:
+                        break
+                    time.sleep(0.05)
+                self.assertEqual(len(lines), 3)
+                for line in lines:
+                    e = parse(self, line)
+                    self.assertEqual((e["bytes_up"], e["bytes_down"], e["datapath"]), (500, 500, "splice"))
+
+
+if __name__ == "__main__":
+    run_tests()
