@@ -2,7 +2,10 @@
 
 #include <linux/rtnetlink.h>
 #include <net/if.h>
+#include <fcntl.h>
+#include <sys/file.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 
 #include <spdlog/spdlog.h>
 
@@ -17,6 +20,12 @@ Result<PolicyRouting> PolicyRouting::install(const PolicyRoutingSpec& spec) {
   if (lo == 0) return SysError::from_errno("find loopback device");
 
   PolicyRouting pr;
+  // Shared lock before installing: an owner that is removing holds it
+  // exclusively, so our rule can't be deleted under us right after we add it.
+  ::mkdir("/run/shunt", 0755);
+  pr.lock_.reset(::open(kLockPath, O_RDWR | O_CREAT | O_CLOEXEC, 0600));
+  if (!pr.lock_) return SysError::from_errno(std::string("open ") + kLockPath);
+  if (::flock(pr.lock_.get(), LOCK_SH) < 0) return SysError::from_errno(std::string("lock ") + kLockPath);
   for (int family : {AF_INET, AF_INET6}) {
     RouteSpec route;
     route.family = family;
@@ -44,11 +53,14 @@ Result<PolicyRouting> PolicyRouting::install(const PolicyRoutingSpec& spec) {
 }
 
 PolicyRouting::PolicyRouting(PolicyRouting&& other) noexcept
-    : rules_(std::exchange(other.rules_, {})), routes_(std::exchange(other.routes_, {})) {}
+    : lock_(std::move(other.lock_)),
+      rules_(std::exchange(other.rules_, {})),
+      routes_(std::exchange(other.routes_, {})) {}
 
 PolicyRouting& PolicyRouting::operator=(PolicyRouting&& other) noexcept {
   if (this != &other) {
     (void)remove();
+    lock_ = std::move(other.lock_);
     rules_ = std::exchange(other.rules_, {});
     routes_ = std::exchange(other.routes_, {});
   }
@@ -67,6 +79,15 @@ bool PolicyRouting::has_ipv6() const {
 
 Status PolicyRouting::remove() {
   if (rules_.empty() && routes_.empty()) return ok_status();
+  // Another shunt still steering keeps its shared lock: leave the rule and
+  // route to it (the last one out removes them).
+  if (lock_ && ::flock(lock_.get(), LOCK_EX | LOCK_NB) < 0) {
+    spdlog::info("steering policy routing left in place: another shunt process still uses it");
+    rules_.clear();
+    routes_.clear();
+    lock_.reset();
+    return ok_status();
+  }
   auto nl = NetlinkSocket::open();
   if (!nl) return nl.error();
   Status first = ok_status();
@@ -81,6 +102,7 @@ Status PolicyRouting::remove() {
   }
   rules_.clear();
   routes_.clear();
+  lock_.reset();
   return first;
 }
 

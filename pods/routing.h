@@ -6,6 +6,7 @@
 #pragma once
 
 #include "common/error.h"
+#include "common/unique_fd.h"
 #include "pods/netlink.h"
 #include "pods/rtnl.h"
 
@@ -22,8 +23,16 @@ struct PolicyRoutingSpec {
 
 // Move-only owner of the rule and route pairs; the destructor removes them.
 // Installing over leftovers of a crashed run adopts them instead of failing.
+//
+// The rule and route are host-wide while several shunt processes may steer
+// at once (tests, a restart overlapping the old process). Each owner holds
+// a shared flock on kLockPath for its lifetime; removal happens only if the
+// lock can be taken exclusively, i.e. by the last owner. A crash releases
+// the lock with the process.
 class PolicyRouting {
  public:
+  static constexpr const char* kLockPath = "/run/shunt/steering.lock";
+
   static Result<PolicyRouting> install(const PolicyRoutingSpec& spec);
 
   PolicyRouting(PolicyRouting&& other) noexcept;
@@ -38,6 +47,7 @@ class PolicyRouting {
 
  private:
   PolicyRouting() = default;
+  UniqueFd lock_;
   std::vector<RuleSpec> rules_;
   std::vector<RouteSpec> routes_;
 };
