@@ -218,8 +218,13 @@ class System:
 
 
 class Direct(System):
+    """No proxy: the client talks to the backend itself."""
+
     label = "direct"
-    kinds = ("bulk", "echo", "http")
+
+    def __init__(self, name, index, ports, ep, kinds):
+        super().__init__(name, index, ports, ep)
+        self.kinds = kinds
 
     def targets(self):
         ip = self.ep.server_ip
