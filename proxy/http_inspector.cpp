@@ -1,16 +1,604 @@
-// Placeholder until HTTP inspection lands: connections that need it are
-// reset rather than let through uninspected.
+// HTTP inspection: every request on a connection whose flow has HTTP rules
+// is decided before a byte of it reaches the upstream.
+//
+// Two coroutines share one Session:
+//
+//   request loop (inspect_http)   client -> parse -> decide -> upstream
+//   response pump                 upstream -> frame -> client
+//
+// The request loop reads the client, stops the parser at each request head,
+// decides it under the *current* policy snapshot (so a reload applies to the
+// next request), and forwards allowed bytes exactly as read (head and body;
+// llhttp finds where a Content-Length or chunked body ends). The upstream is
+// connected at the first allowed request, so a denied first request never
+// reaches it. The pump forwards responses as they come and follows their
+// framing only to know which request each final response answers (for the
+// deny path and the access log) and where the stream stops being HTTP (101
+// after an Upgrade request, 2xx after CONNECT).
+//
+// Handover to the data path (return true) happens when the verdict can no
+// longer change: every request of this flow is allowed, or a WebSocket (or
+// other non-HTTP/2) upgrade got its 101. At that point every byte read from
+// either socket has been written to the other one and no read is pending on
+// either: the pump has been stopped (or stopped itself after the 101), and
+// the request loop flushes what it still holds. That is what the sockmap
+// path needs before it takes the fds out of Asio.
+//
+// Deny (403) and the error statuses (400, 408, 431) stop forwarding at the
+// offending request, wait until every request forwarded before it has its
+// response delivered, then send the status with `Connection: close`, shut
+// the client's write side and discard what the client still sends for a
+// short while (closing with unread bytes would send a reset that can
+// overtake the status line at the client).
+#include "proxy/access_log.h"
 #include "proxy/connection.h"
 #include "proxy/datapath.h"
+#include "proxy/http_parser.h"
+#include "proxy/metrics.h"
+#include "proxy/proxy_context.h"
 
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/read.hpp>
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/write.hpp>
 #include <spdlog/spdlog.h>
+
+#include <chrono>
+#include <cstring>
+#include <deque>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
 
 namespace shunt::proxy {
 
-boost::asio::awaitable<bool> inspect_http(Connection& conn) {
-  spdlog::warn("connection {}: HTTP inspection is not available in this build; resetting", conn.info().id);
-  reset_socket(conn.client());
+namespace asio = boost::asio;
+using asio::ip::tcp;
+using asio::use_awaitable;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+constexpr std::size_t kReadChunk = 64 * 1024;  // per direction: bounds memory per connection
+// Pipelined requests forwarded but not yet answered. Beyond this the request
+// loop stops reading the client until responses catch up, so a client that
+// pipelines thousands of tiny requests cannot grow the queues without bound.
+constexpr std::size_t kMaxOutstanding = 64;
+// After a refusal, how long and how much of the client's remaining input is
+// read and dropped before closing.
+constexpr auto kLingerTime = std::chrono::seconds(2);
+constexpr std::size_t kLingerBytes = 1 << 20;
+
+struct PendingRequest {
+  std::string method;
+  std::string path;
+  std::string host;
+  std::string rule;
+  std::string upgrade_protocol;
+  bool opens_tunnel = false;  // Upgrade or CONNECT: a 101 / 2xx switches protocol
+  Clock::time_point decided = Clock::now();
+};
+
+// State shared by the request loop and the response pump. Both run on the
+// connection's executor (one thread), so plain fields are enough; `event`
+// wakes the request loop whenever the pump changes something it waits on.
+struct Session : std::enable_shared_from_this<Session> {
+  Session(Connection& c, const asio::any_io_executor& ex)
+      : conn(c), hold(c.shared_from_this()), event(ex, Clock::time_point::max()), head_timer(ex) {}
+
+  Connection& conn;
+  std::shared_ptr<Connection> hold;  // the pump may outlive the request loop by a few handlers
+  http::ResponseParser responses;
+  std::deque<PendingRequest> pending;  // forwarded, final response not yet complete
+  asio::steady_timer event;
+  asio::steady_timer head_timer;
+  std::uint64_t read_generation = 0;  // lets a late header-deadline handler see its read is over
+  bool reading_client = false;
+
+  bool pump_running = false;
+  bool stop_pump = false;
+  bool tunnel = false;            // the pump forwarded a 101 / CONNECT 2xx and stopped
+  bool upstream_ended = false;    // EOF, reset or protocol error from the upstream
+  // The request loop is about to write a final status to the client: the
+  // pump must not shut the client's write side when the upstream ends.
+  bool client_write_reserved = false;
+
+  void notify() { event.cancel(); }
+  asio::awaitable<void> wait() {
+    boost::system::error_code ec;
+    co_await event.async_wait(asio::redirect_error(use_awaitable, ec));
+  }
+};
+
+policy::Flow flow_of(ConnectionInfo& info) {
+  std::lock_guard lock(info.mu);
+  return info.basis.flow;
+}
+
+// True when no request of this flow can be denied under `policy`, so the
+// rest of the connection may go to the kernel.
+bool every_request_allowed(const policy::Policy& policy, const policy::Flow& flow) {
+  const policy::ConnectionDecision d = policy.decide_connection(flow);
+  if (d.inspect == policy::Inspect::http) return d.all_requests_allowed;
+  // The flow lost its HTTP rules in a reload and an L4 allow covers it now.
+  return d.inspect == policy::Inspect::none && d.decision.verdict == policy::Verdict::allow;
+}
+
+void log_request(Connection& conn, const std::string& method, const std::string& path, const std::string& host,
+                 const std::string& rule, bool allowed, int status, Clock::time_point since) {
+  ConnectionInfo& info = conn.info();
+  AccessRecord r;
+  r.event = "http";
+  r.src = info.src;
+  r.dst = info.dst;
+  r.src_pod = info.src_pod;
+  r.dst_pod = info.dst_pod;
+  r.allowed = allowed;
+  r.rule = rule;
+  r.datapath = std::string(config::to_string(conn.settings().datapath));
+  r.duration = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - since);
+  r.method = method;
+  r.path = path;
+  r.host = host;
+  r.status = status;
+  conn.proxy().access_log.write(r);
+}
+
+// The access-log line of a forwarded request, once its final response status
+// is known (0: the inspector stopped watching before it came).
+void retire_request(Session& s, int status) {
+  if (s.pending.empty()) return;
+  const PendingRequest& p = s.pending.front();
+  log_request(s.conn, p.method, p.path, p.host, p.rule, true, status, p.decided);
+  s.pending.pop_front();
+}
+
+// Writes all of `data`. A cancel() aimed at the other operation on the same
+// socket (the header deadline cancels the client read; Asio 1.74 can only
+// cancel every operation on a socket) aborts a write part-way, with the
+// count of bytes already written: carry on from there.
+asio::awaitable<bool> write_all(Connection& conn, tcp::socket& to, const char* data, std::size_t n) {
+  while (n > 0) {
+    boost::system::error_code ec;
+    const std::size_t w = co_await asio::async_write(to, asio::buffer(data, n), asio::redirect_error(use_awaitable, ec));
+    data += w;
+    n -= w;
+    if (!ec) continue;
+    if (ec == asio::error::operation_aborted && !conn.aborted() && to.is_open()) continue;
+    co_return false;
+  }
+  co_return true;
+}
+
+// ---------------------------------------------------------------- responses
+
+asio::awaitable<void> pump_responses(std::shared_ptr<Session> self) {
+  Session& s = *self;
+  Connection& conn = s.conn;
+  try {
+    auto buffer = std::make_unique<char[]>(kReadChunk);
+    std::vector<int> completed;
+    for (;;) {
+      if (s.stop_pump || conn.aborted()) break;
+      boost::system::error_code ec;
+      const std::size_t n = co_await conn.upstream().async_read_some(asio::buffer(buffer.get(), kReadChunk),
+                                                                    asio::redirect_error(use_awaitable, ec));
+      completed.clear();
+      if (ec == asio::error::eof) {
+        const auto r = s.responses.finish(completed);
+        for (const int status : completed) retire_request(s, status);
+        if (r.event == http::ResponseEvent::error && !s.pending.empty()) {
+          spdlog::debug("connection {}: upstream closed mid-response ({})", conn.info().id, r.reason);
+        }
+        s.upstream_ended = true;
+        if (!s.client_write_reserved) {
+          // Half-close passes through: the client sees the upstream's FIN.
+          boost::system::error_code ignored;
+          conn.client().shutdown(tcp::socket::shutdown_send, ignored);
+        }
+        break;
+      }
+      if (ec) {
+        if (ec == asio::error::operation_aborted && s.stop_pump && !conn.aborted()) break;  // clean stop
+        if (!conn.aborted()) {
+          spdlog::debug("connection {}: upstream read failed: {}", conn.info().id, ec.message());
+          s.upstream_ended = true;
+          conn.abort();  // a reset on one side resets the other
+        }
+        break;
+      }
+
+      const auto r = s.responses.parse(std::string_view(buffer.get(), n), completed);
+      if (r.event == http::ResponseEvent::error) {
+        // Framing is lost: the deny path could no longer tell when earlier
+        // responses are complete, nor a 101 from body bytes. Fail closed.
+        spdlog::warn("connection {}: malformed response from upstream ({}); resetting", conn.info().id, r.reason);
+        s.upstream_ended = true;
+        conn.abort();
+        break;
+      }
+      if (r.event == http::ResponseEvent::tunnel) {
+        // The last completed response switched protocol; check the request
+        // that asked for it before forwarding the switch.
+        const std::size_t index = completed.empty() ? 0 : completed.size() - 1;
+        const PendingRequest* opener = index < s.pending.size() ? &s.pending[index] : nullptr;
+        if (!opener || !opener->opens_tunnel) {
+          spdlog::warn("connection {}: upstream switched protocol without being asked; resetting", conn.info().id);
+          s.upstream_ended = true;
+          conn.abort();
+          break;
+        }
+        if (opener->upgrade_protocol.find("h2c") != std::string::npos) {
+          // HTTP/2 over the upgraded stream would carry requests this
+          // inspector cannot see one by one.
+          spdlog::warn("connection {}: http2 not inspectable (h2c upgrade accepted by upstream); resetting",
+                       conn.info().id);
+          s.upstream_ended = true;
+          conn.abort();
+          break;
+        }
+      }
+      // Every byte read is forwarded, including any bytes of the new
+      // protocol that came with the 101: the handover needs nothing held.
+      if (!co_await write_all(conn, conn.client(), buffer.get(), n)) {
+        if (!conn.aborted()) conn.abort();
+        break;
+      }
+      conn.info().bytes_down.fetch_add(n, std::memory_order_relaxed);
+      for (const int status : completed) retire_request(s, status);
+      if (r.event == http::ResponseEvent::tunnel) {
+        s.tunnel = true;
+        break;  // no read pending from here: the connection can be handed over
+      }
+      s.notify();
+    }
+  } catch (const std::exception& e) {
+    spdlog::warn("connection {}: response pump: {}", conn.info().id, e.what());
+    s.upstream_ended = true;
+    conn.abort();
+  }
+  s.pump_running = false;
+  s.notify();
+}
+
+// Stops the pump at a point where everything it read has been written to
+// the client, and waits until it has returned (no upstream read pending).
+asio::awaitable<void> stop_pump(Session& s) {
+  s.stop_pump = true;
+  if (s.pump_running) {
+    boost::system::error_code ignored;
+    s.conn.upstream().cancel(ignored);
+  }
+  while (s.pump_running) co_await s.wait();
+}
+
+// Waits until every forwarded request has its final response (or the
+// upstream is gone, or the connection aborted).
+asio::awaitable<void> wait_for_responses(Session& s) {
+  while (s.pump_running && !s.pending.empty() && !s.conn.aborted()) co_await s.wait();
+}
+
+// ----------------------------------------------------------------- requests
+
+struct ReadResult {
+  std::size_t n = 0;
+  boost::system::error_code ec;
+  bool timed_out = false;
+};
+
+// Reads some client bytes, giving up at `deadline` (when set).
+asio::awaitable<ReadResult> read_client(std::shared_ptr<Session> self, char* into, std::size_t room,
+                                        std::optional<Clock::time_point> deadline) {
+  Session& s = *self;
+  ReadResult r;
+  if (deadline && Clock::now() >= *deadline) {
+    r.timed_out = true;
+    co_return r;
+  }
+  const std::uint64_t generation = ++s.read_generation;
+  if (deadline) {
+    s.head_timer.expires_at(*deadline);
+    s.head_timer.async_wait([self, generation](boost::system::error_code ec) {
+      if (ec || self->read_generation != generation || !self->reading_client) return;
+      boost::system::error_code ignored;
+      self->conn.client().cancel(ignored);
+    });
+  }
+  s.reading_client = true;
+  r.n = co_await s.conn.client().async_read_some(asio::buffer(into, room), asio::redirect_error(use_awaitable, r.ec));
+  s.reading_client = false;
+  ++s.read_generation;
+  s.head_timer.cancel();
+  if (r.ec == asio::error::operation_aborted && deadline && Clock::now() >= *deadline && !s.conn.aborted()) {
+    r.timed_out = true;
+  }
+  co_return r;
+}
+
+std::string status_response(int status) {
+  std::string_view reason, body;
+  switch (status) {
+    case 400: reason = "Bad Request", body = "Bad request\n"; break;
+    case 403: reason = "Forbidden", body = "Access denied\n"; break;
+    case 408: reason = "Request Timeout", body = "Request timeout\n"; break;
+    default: reason = "Request Header Fields Too Large", body = "Request header fields too large\n"; break;
+  }
+  std::string out = "HTTP/1.1 " + std::to_string(status) + " " + std::string(reason) + "\r\n";
+  out += "Content-Type: text/plain\r\nContent-Length: " + std::to_string(body.size()) + "\r\n";
+  out += "Connection: close\r\n\r\n";
+  out += body;
+  return out;
+}
+
+// Refuses the current request with `status` (after the responses of the
+// requests before it) and closes the connection. Always returns false.
+asio::awaitable<bool> refuse(std::shared_ptr<Session> self, int status) {
+  Session& s = *self;
+  Connection& conn = s.conn;
+  s.client_write_reserved = true;
+  co_await wait_for_responses(s);
+  co_await stop_pump(s);
+  while (!s.pending.empty()) retire_request(s, 0);
+  if (conn.aborted()) co_return false;
+
+  const std::string response = status_response(status);
+  if (!co_await write_all(conn, conn.client(), response.data(), response.size())) {
+    reset_socket(conn.client());
+    reset_socket(conn.upstream());
+    co_return false;
+  }
+  boost::system::error_code ec;
+  conn.client().shutdown(tcp::socket::shutdown_send, ec);
+  if (conn.upstream().is_open()) conn.upstream().shutdown(tcp::socket::shutdown_send, ec);
+
+  // Lingering close: drain the client until it closes (it has been told
+  // `Connection: close`), bounded in time and bytes.
+  auto scratch = std::make_unique<char[]>(kReadChunk);
+  const auto until = Clock::now() + kLingerTime;
+  std::size_t dropped = 0;
+  while (dropped < kLingerBytes && !conn.aborted()) {
+    const ReadResult r = co_await read_client(self, scratch.get(), kReadChunk, until);
+    if (r.ec || r.timed_out || r.n == 0) break;
+    dropped += r.n;
+  }
+  conn.client().close(ec);
   co_return false;
+}
+
+// Refusals that happen before or instead of a policy decision (400, 408,
+// 431) are logged and counted like a denied request.
+asio::awaitable<bool> refuse_malformed(std::shared_ptr<Session> self, int status, const http::RequestHead* head) {
+  metrics().http_requests_denied.fetch_add(1, std::memory_order_relaxed);
+  static const std::string none;
+  log_request(self->conn, head ? head->method : none, head ? head->target : none, head ? head->host : none, "",
+              false, status, Clock::now());
+  co_return co_await refuse(self, status);
+}
+
+// Closes the connection from the request side once the client is done
+// (EOF) or the upstream is gone: lets the responses already asked for
+// arrive, then stops. Always returns false.
+asio::awaitable<bool> finish_quietly(Session& s) {
+  co_await wait_for_responses(s);
+  co_await stop_pump(s);
+  while (!s.pending.empty()) retire_request(s, 0);
+  co_return false;
+}
+
+asio::awaitable<bool> run_requests(std::shared_ptr<Session> self) {
+  Session& s = *self;
+  Connection& conn = s.conn;
+  ConnectionInfo& info = conn.info();
+  const config::ProxySettings& settings = conn.settings();
+  const std::size_t max_head = settings.limits.max_header_bytes;
+  const auto header_timeout = settings.timeouts.header;
+  const policy::Flow flow = flow_of(info);
+
+  // Holds at most one request head (max_head) plus one read: body bytes are
+  // flushed as soon as they are parsed, so this is the whole per-connection
+  // request-side memory.
+  std::vector<char> in(max_head + kReadChunk);
+  std::size_t start = 0;   // first byte not yet forwarded
+  std::size_t parsed = 0;  // first byte not yet parsed
+  std::size_t end = 0;     // end of buffered bytes
+  http::RequestParser parser;
+  bool in_body = false;     // between an allowed head and its message end
+  bool connected = false;   // upstream connected (lazily, at the first allowed request)
+  // The first head must be complete within timeouts.header of the accept;
+  // later ones within timeouts.header of their first byte (an idle
+  // keep-alive connection is the idle timeout's business).
+  std::optional<Clock::time_point> deadline = info.started + header_timeout;
+
+  auto forward = [&](std::size_t from, std::size_t to) -> asio::awaitable<bool> {
+    if (to <= from) co_return true;
+    if (!co_await write_all(conn, conn.upstream(), in.data() + from, to - from)) {
+      spdlog::debug("connection {}: upstream write failed", info.id);
+      conn.abort();
+      co_return false;
+    }
+    info.bytes_up.fetch_add(to - from, std::memory_order_relaxed);
+    co_return true;
+  };
+
+  // Everything buffered goes upstream, the pump stops, the data path takes over.
+  auto hand_over = [&]() -> asio::awaitable<bool> {
+    co_await stop_pump(s);
+    if (conn.aborted()) co_return false;
+    if (!co_await forward(start, end)) co_return false;
+    start = parsed = end;
+    while (!s.pending.empty()) retire_request(s, 0);
+    co_return true;
+  };
+
+  for (;;) {
+    if (conn.aborted()) co_return false;
+    const auto r = parser.parse(std::string_view(in.data() + parsed, end - parsed));
+    parsed += r.consumed;
+
+    switch (r.event) {
+      case http::RequestEvent::need_more:
+        if (in_body) {
+          if (!co_await forward(start, parsed)) co_return false;
+          start = parsed;
+        } else if (parsed - start > max_head) {
+          co_return co_await refuse_malformed(self, 431, nullptr);
+        }
+        break;
+
+      case http::RequestEvent::head: {
+        const http::RequestHead& head = parser.head();
+        if (parsed - start > max_head) co_return co_await refuse_malformed(self, 431, &head);
+        // Bound the pipelining queue before adding to it.
+        while (s.pump_running && s.pending.size() >= kMaxOutstanding && !conn.aborted()) co_await s.wait();
+        if (conn.aborted()) co_return false;
+
+        const auto policy = conn.proxy().policy.current();
+        const policy::HttpRequest request{head.method, head.target, head.host, head.headers};
+        const policy::Decision decision = policy->decide_http(flow, request);
+        conn.set_rule(decision);
+        {
+          std::lock_guard lock(info.mu);
+          info.basis.last_request = DecisionBasis::Request{head.method, head.target, head.host, head.headers};
+        }
+        if (decision.verdict != policy::Verdict::allow) {
+          metrics().http_requests_denied.fetch_add(1, std::memory_order_relaxed);
+          spdlog::debug("connection {}: {} {} denied: {}", info.id, head.method, head.target, decision.reason);
+          log_request(conn, head.method, head.target, head.host, decision.rule, false, 403, Clock::now());
+          co_return co_await refuse(self, 403);
+        }
+        metrics().http_requests_allowed.fetch_add(1, std::memory_order_relaxed);
+
+        if (connected && !s.pump_running) {
+          // The upstream has gone (closed after its last response): nothing
+          // can answer this request. The client sees the close and retries,
+          // as after any keep-alive race.
+          log_request(conn, head.method, head.target, head.host, decision.rule, true, 0, Clock::now());
+          co_return co_await finish_quietly(s);
+        }
+        if (!connected) {
+          if (!co_await conn.connect_upstream()) {
+            log_request(conn, head.method, head.target, head.host, decision.rule, true, 0, Clock::now());
+            co_return false;
+          }
+          connected = true;
+        }
+        s.pending.push_back(PendingRequest{head.method, head.target, head.host, decision.rule,
+                                           head.upgrade_protocol, head.upgrade || head.connect, Clock::now()});
+        s.responses.expect({head.method == "HEAD", head.connect});
+
+        if (!head.upgrade && !head.connect && every_request_allowed(*policy, flow)) {
+          // Nothing on this connection can be denied any more.
+          co_return co_await hand_over();
+        }
+        if (!s.pump_running) {
+          s.pump_running = true;
+          asio::co_spawn(co_await asio::this_coro::executor, pump_responses(self), [](std::exception_ptr) {});
+        }
+        if (!co_await forward(start, parsed)) co_return false;
+        start = parsed;
+        in_body = true;
+        deadline.reset();
+        continue;
+      }
+
+      case http::RequestEvent::message_end:
+        if (!co_await forward(start, parsed)) co_return false;
+        start = parsed;
+        in_body = false;
+        if (end > parsed) deadline = Clock::now() + header_timeout;  // the next head has begun
+        continue;
+
+      case http::RequestEvent::upgrade: {
+        // The bytes after an Upgrade/CONNECT request belong to the new
+        // protocol if the server agrees, or are HTTP again if it declines:
+        // hold them until the answer.
+        if (!co_await forward(start, parsed)) co_return false;
+        start = parsed;
+        co_await wait_for_responses(s);
+        if (conn.aborted()) co_return false;
+        if (s.tunnel) {
+          while (s.pump_running) co_await s.wait();
+          co_return co_await hand_over();
+        }
+        if (!s.pump_running) co_return co_await finish_quietly(s);
+        parser.resume_after_declined_upgrade();
+        continue;
+      }
+
+      case http::RequestEvent::http2:
+        spdlog::warn("connection {}: http2 not inspectable (prior-knowledge preface on a port with HTTP rules); "
+                     "resetting",
+                     info.id);
+        s.stop_pump = true;
+        reset_socket(conn.client());
+        reset_socket(conn.upstream());
+        co_await stop_pump(s);
+        co_return false;
+
+      case http::RequestEvent::error:
+        spdlog::debug("connection {}: malformed request: {}", info.id, r.reason);
+        co_return co_await refuse_malformed(self, 400, nullptr);
+    }
+
+    // Need more bytes from the client.
+    if (start > 0) {
+      std::memmove(in.data(), in.data() + start, end - start);
+      parsed -= start;
+      end -= start;
+      start = 0;
+    }
+    const ReadResult got = co_await read_client(self, in.data() + end, in.size() - end, in_body ? std::nullopt : deadline);
+    if (got.timed_out) co_return co_await refuse_malformed(self, 408, nullptr);
+    if (got.ec == asio::error::eof) {
+      // The client is done sending. A partial head is dropped (it was never
+      // forwarded); an unfinished body is cut short exactly as the client
+      // cut it. The upstream gets the FIN and answers what it was asked.
+      if (connected) {
+        boost::system::error_code ignored;
+        conn.upstream().shutdown(tcp::socket::shutdown_send, ignored);
+        co_return co_await finish_quietly(s);
+      }
+      co_return false;
+    }
+    if (got.ec) {
+      if (!conn.aborted()) {
+        spdlog::debug("connection {}: client read failed: {}", info.id, got.ec.message());
+        conn.abort();
+      }
+      co_await stop_pump(s);
+      co_return false;
+    }
+    if (!in_body && !deadline) deadline = Clock::now() + header_timeout;
+    end += got.n;
+  }
+}
+
+}  // namespace
+
+asio::awaitable<bool> inspect_http(Connection& conn) {
+  std::shared_ptr<Session> session;
+  bool result = false;
+  try {
+    session = std::make_shared<Session>(conn, co_await asio::this_coro::executor);
+    // A revoke resets both sockets; the hook also wakes the request loop if
+    // it is waiting for the pump.
+    conn.set_abort_hook([weak = std::weak_ptr<Session>(session)] {
+      if (auto s = weak.lock()) s->notify();
+    });
+    result = co_await run_requests(session);
+  } catch (const std::exception& e) {
+    spdlog::warn("connection {}: HTTP inspection: {}", conn.info().id, e.what());
+    reset_socket(conn.client());
+    reset_socket(conn.upstream());
+    if (session) session->stop_pump = true;
+    result = false;
+  }
+  conn.set_abort_hook(nullptr);
+  co_return result && !conn.aborted();
 }
 
 }  // namespace shunt::proxy
