@@ -1,0 +1,286 @@
+// The llhttp wrapper used by HTTP inspection: where heads and messages end
+// (the inspector forwards by these offsets, so they must be exact), what a
+// head carries, upgrades, the HTTP/2 preface, malformed input, and response
+// framing (HEAD, 1xx, 204/304, 101, CONNECT, EOF-delimited).
+#include "proxy/http_parser.h"
+
+#include <gtest/gtest.h>
+
+#include <string>
+#include <vector>
+
+namespace shunt::proxy::http {
+namespace {
+
+struct Event {
+  RequestEvent kind;
+  std::size_t offset;  // absolute offset in the input where the event happened
+  bool operator==(const Event&) const = default;
+};
+
+std::ostream& operator<<(std::ostream& os, const Event& e) {
+  return os << "{" << static_cast<int>(e.kind) << " @" << e.offset << "}";
+}
+
+// Feeds `input` in pieces of `step` bytes, collecting events.
+std::vector<Event> events_of(RequestParser& parser, const std::string& input, std::size_t step = SIZE_MAX,
+                             std::vector<RequestHead>* heads = nullptr) {
+  std::vector<Event> out;
+  std::size_t pos = 0;
+  std::size_t avail = std::min(step, input.size());
+  for (int guard = 0; guard < 100000; ++guard) {
+    const auto r = parser.parse(std::string_view(input).substr(pos, avail - pos));
+    pos += r.consumed;
+    if (r.event == RequestEvent::need_more) {
+      if (avail == input.size()) break;
+      avail = std::min(input.size(), avail + step);
+      continue;
+    }
+    out.push_back({r.event, pos});
+    if (r.event == RequestEvent::head && heads) heads->push_back(parser.head());
+    if (r.event == RequestEvent::error || r.event == RequestEvent::http2 || r.event == RequestEvent::upgrade) break;
+  }
+  return out;
+}
+
+TEST(HttpRequestParser, PipelinedRequestsSplitExactly) {
+  const std::string a = "GET /a HTTP/1.1\r\nHost: example.test\r\n\r\n";
+  const std::string b = "POST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello";
+  const std::string c = "GET /c HTTP/1.1\r\n\r\n";
+  RequestParser parser;
+  std::vector<RequestHead> heads;
+  const auto events = events_of(parser, a + b + c, SIZE_MAX, &heads);
+  const std::size_t b_head = a.size() + b.size() - 5;
+  EXPECT_EQ(events, (std::vector<Event>{{RequestEvent::head, a.size()},
+                                        {RequestEvent::message_end, a.size()},
+                                        {RequestEvent::head, b_head},
+                                        {RequestEvent::message_end, a.size() + b.size()},
+                                        {RequestEvent::head, a.size() + b.size() + c.size()},
+                                        {RequestEvent::message_end, a.size() + b.size() + c.size()}}));
+  ASSERT_EQ(heads.size(), 3u);
+  EXPECT_EQ(heads[0].method, "GET");
+  EXPECT_EQ(heads[0].target, "/a");
+  EXPECT_EQ(heads[0].host, "example.test");
+  EXPECT_EQ(heads[1].method, "POST");
+  EXPECT_EQ(heads[1].host, "x");
+  EXPECT_EQ(heads[2].host, "");
+}
+
+TEST(HttpRequestParser, ByteByByteGivesTheSameOffsets) {
+  const std::string input =
+      "POST /up HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+      "5\r\nhello\r\n3;ext=1\r\nabc\r\n0\r\nTrailer: t\r\n\r\n"
+      "GET /next HTTP/1.1\r\nHost: h\r\n\r\n";
+  RequestParser whole, bytewise;
+  const auto a = events_of(whole, input);
+  const auto b = events_of(bytewise, input, 1);
+  EXPECT_EQ(a, b);
+  ASSERT_EQ(a.size(), 4u);
+  EXPECT_EQ(a[1].kind, RequestEvent::message_end);
+  EXPECT_EQ(a[1].offset, input.find("GET /next"));
+  EXPECT_EQ(a[3].offset, input.size());
+}
+
+TEST(HttpRequestParser, HeadersLowerCasedValuesKept) {
+  RequestParser parser;
+  std::vector<RequestHead> heads;
+  events_of(parser, "GET /p?q=1 HTTP/1.1\r\nHOST: Api.Local:8080\r\nX-Team: Blue\r\nx-team: red\r\n\r\n", SIZE_MAX,
+            &heads);
+  ASSERT_EQ(heads.size(), 1u);
+  EXPECT_EQ(heads[0].target, "/p?q=1");
+  EXPECT_EQ(heads[0].host, "Api.Local:8080");
+  ASSERT_EQ(heads[0].headers.size(), 3u);
+  EXPECT_EQ(heads[0].headers[1], (std::pair<std::string, std::string>{"x-team", "Blue"}));
+  EXPECT_EQ(heads[0].headers[2], (std::pair<std::string, std::string>{"x-team", "red"}));
+}
+
+TEST(HttpRequestParser, HeadSplitAcrossReadsKeepsFields) {
+  const std::string input = "GET /split/path HTTP/1.1\r\nHost: split.example\r\nX-Long: abcdefghij\r\n\r\n";
+  RequestParser parser;
+  std::vector<RequestHead> heads;
+  events_of(parser, input, 3, &heads);
+  ASSERT_EQ(heads.size(), 1u);
+  EXPECT_EQ(heads[0].target, "/split/path");
+  EXPECT_EQ(heads[0].host, "split.example");
+  EXPECT_EQ(heads[0].headers.back().second, "abcdefghij");
+}
+
+TEST(HttpRequestParser, WebSocketUpgradeStopsAtTheHeadEnd) {
+  const std::string head =
+      "GET /ws HTTP/1.1\r\nHost: h\r\nUpgrade: WebSocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\r\n";
+  RequestParser parser;
+  std::vector<RequestHead> heads;
+  const auto events = events_of(parser, head + "\x81\x05hello", SIZE_MAX, &heads);
+  EXPECT_EQ(events, (std::vector<Event>{{RequestEvent::head, head.size()},
+                                        {RequestEvent::message_end, head.size()},
+                                        {RequestEvent::upgrade, head.size()}}));
+  ASSERT_EQ(heads.size(), 1u);
+  EXPECT_TRUE(heads[0].upgrade);
+  EXPECT_EQ(heads[0].upgrade_protocol, "websocket");
+  // Until resumed, nothing more is parsed.
+  EXPECT_EQ(parser.parse("GET / HTTP/1.1\r\n\r\n").event, RequestEvent::upgrade);
+}
+
+TEST(HttpRequestParser, UpgradeWithNothingAfterItStillReportsUpgrade) {
+  const std::string head = "GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n";
+  RequestParser parser;
+  const auto events = events_of(parser, head);
+  ASSERT_EQ(events.size(), 3u);
+  EXPECT_EQ(events[2], (Event{RequestEvent::upgrade, head.size()}));
+}
+
+TEST(HttpRequestParser, DeclinedUpgradeParsesHttpAgain) {
+  const std::string head = "GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n";
+  RequestParser parser;
+  events_of(parser, head);
+  parser.resume_after_declined_upgrade();
+  const auto r = parser.parse("GET /again HTTP/1.1\r\n\r\n");
+  EXPECT_EQ(r.event, RequestEvent::head);
+  EXPECT_EQ(parser.head().target, "/again");
+  EXPECT_FALSE(parser.head().upgrade);
+}
+
+TEST(HttpRequestParser, ConnectIsAnUpgrade) {
+  RequestParser parser;
+  std::vector<RequestHead> heads;
+  const auto events = events_of(parser, "CONNECT db:5432 HTTP/1.1\r\nHost: db:5432\r\n\r\nbinary", SIZE_MAX, &heads);
+  ASSERT_EQ(events.size(), 3u);
+  EXPECT_EQ(events[2].kind, RequestEvent::upgrade);
+  EXPECT_TRUE(heads[0].connect);
+}
+
+TEST(HttpRequestParser, Http2PrefaceIsReported) {
+  RequestParser parser;
+  const auto events = events_of(parser, std::string("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\x12\x04", 28), 5);
+  ASSERT_FALSE(events.empty());
+  EXPECT_EQ(events.back().kind, RequestEvent::http2);
+}
+
+TEST(HttpRequestParser, MalformedInputIsAnError) {
+  for (const std::string& bad : {std::string("\x16\x03\x01\x02\x00", 5), std::string("GET / HTTP/1.1\r\nHost x\r\n\r\n"),
+                                std::string("GET / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"),
+                                std::string("POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n"),
+                                std::string("GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n")}) {
+    RequestParser parser;
+    const auto events = events_of(parser, bad);
+    ASSERT_FALSE(events.empty()) << bad;
+    EXPECT_EQ(events.back().kind, RequestEvent::error) << bad;
+  }
+}
+
+TEST(HttpRequestParser, InMessageTracksRequestBoundaries) {
+  RequestParser parser;
+  EXPECT_FALSE(parser.in_message());
+  auto r = parser.parse("POST / HTTP/1.1\r\nContent-Length: 3\r\n\r\nab");
+  EXPECT_EQ(r.event, RequestEvent::head);
+  EXPECT_TRUE(parser.in_message());
+  r = parser.parse(std::string_view("ab"));
+  EXPECT_EQ(r.event, RequestEvent::need_more);
+  EXPECT_TRUE(parser.in_message());
+  r = parser.parse("c");
+  EXPECT_EQ(r.event, RequestEvent::message_end);
+  EXPECT_EQ(r.consumed, 1u);
+  EXPECT_FALSE(parser.in_message());
+}
+
+// ---------------------------------------------------------------- responses
+
+TEST(HttpResponseParser, CompletesResponsesInOrder) {
+  ResponseParser parser;
+  parser.expect({});
+  parser.expect({});
+  std::vector<int> done;
+  const auto r = parser.parse(
+      "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhiHTTP/1.1 404 Not Found\r\nTransfer-Encoding: chunked\r\n\r\n"
+      "3\r\nabc\r\n0\r\n\r\n",
+      done);
+  EXPECT_EQ(r.event, ResponseEvent::need_more);
+  EXPECT_EQ(done, (std::vector<int>{200, 404}));
+  EXPECT_EQ(parser.outstanding(), 0u);
+}
+
+TEST(HttpResponseParser, InterimResponsesCompleteNothing) {
+  ResponseParser parser;
+  parser.expect({});
+  std::vector<int> done;
+  parser.parse("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n", done);
+  EXPECT_TRUE(done.empty());
+  EXPECT_EQ(parser.outstanding(), 1u);
+  parser.parse("HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n", done);
+  EXPECT_EQ(done, (std::vector<int>{201}));
+}
+
+TEST(HttpResponseParser, HeadAnd304And204HaveNoBody) {
+  ResponseParser parser;
+  parser.expect({.head_request = true});
+  parser.expect({});
+  parser.expect({});
+  parser.expect({});
+  std::vector<int> done;
+  const auto r = parser.parse(
+      "HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n"
+      "HTTP/1.1 304 Not Modified\r\nContent-Length: 1000\r\n\r\n"
+      "HTTP/1.1 204 No Content\r\n\r\n"
+      "HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nx",
+      done);
+  EXPECT_EQ(r.event, ResponseEvent::need_more);
+  EXPECT_EQ(done, (std::vector<int>{200, 304, 204, 200}));
+}
+
+TEST(HttpResponseParser, SwitchingProtocolsIsATunnel) {
+  ResponseParser parser;
+  parser.expect({});
+  std::vector<int> done;
+  const std::string head = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
+  const auto r = parser.parse(head + "\x81\x02hi", done);
+  EXPECT_EQ(r.event, ResponseEvent::tunnel);
+  EXPECT_EQ(r.consumed, head.size());
+  EXPECT_EQ(done, (std::vector<int>{101}));
+}
+
+TEST(HttpResponseParser, DeclinedUpgradeIsOrdinary) {
+  ResponseParser parser;
+  parser.expect({});
+  std::vector<int> done;
+  const auto r = parser.parse("HTTP/1.1 426 Upgrade Required\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                              "Content-Length: 4\r\n\r\nnope", done);
+  EXPECT_EQ(r.event, ResponseEvent::need_more);
+  EXPECT_EQ(done, (std::vector<int>{426}));
+}
+
+TEST(HttpResponseParser, ConnectSuccessIsATunnelFailureIsNot) {
+  {
+    ResponseParser parser;
+    parser.expect({.connect_request = true});
+    std::vector<int> done;
+    EXPECT_EQ(parser.parse("HTTP/1.1 200 Connection established\r\n\r\nraw", done).event, ResponseEvent::tunnel);
+  }
+  {
+    ResponseParser parser;
+    parser.expect({.connect_request = true});
+    std::vector<int> done;
+    EXPECT_EQ(parser.parse("HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n", done).event,
+              ResponseEvent::need_more);
+    EXPECT_EQ(done, (std::vector<int>{403}));
+  }
+}
+
+TEST(HttpResponseParser, EofDelimitedBodyCompletesAtFinish) {
+  ResponseParser parser;
+  parser.expect({});
+  std::vector<int> done;
+  parser.parse("HTTP/1.0 200 OK\r\n\r\nuntil the end", done);
+  EXPECT_TRUE(done.empty());
+  EXPECT_EQ(parser.finish(done).event, ResponseEvent::need_more);
+  EXPECT_EQ(done, (std::vector<int>{200}));
+}
+
+TEST(HttpResponseParser, GarbageIsAnError) {
+  ResponseParser parser;
+  parser.expect({});
+  std::vector<int> done;
+  EXPECT_EQ(parser.parse("SSH-2.0-OpenSSH\r\n", done).event, ResponseEvent::error);
+}
+
+}  // namespace
+}  // namespace shunt::proxy::http
