@@ -103,7 +103,7 @@ Result<AddedPod> add_pod(const PodSpec& spec) {
   DeviceType type = spec.type.value_or(DeviceType::netkit);
   Status created = create_pair(*nl, type, host, kPodDevice, ns->fd());
   if (!created && created.error().code == EOPNOTSUPP) {
-    if (spec.type) return SysError{EOPNOTSUPP, "netkit not supported by this kernel (EOPNOTSUPP creating netkit)"};
+    if (spec.type) return SysError{EOPNOTSUPP, "--type netkit: netkit not supported by this kernel (omit --type to fall back to veth)"};
     added.why = "netkit not supported by this kernel (EOPNOTSUPP creating netkit); using veth";
     type = DeviceType::veth;
     created = create_pair(*nl, type, host, kPodDevice, ns->fd());
