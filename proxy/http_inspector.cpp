@@ -64,6 +64,11 @@ using Clock = std::chrono::steady_clock;
 namespace {
 
 constexpr std::size_t kReadChunk = 64 * 1024;  // per direction: bounds memory per connection
+// The request buffer starts small (most heads are a few hundred bytes and
+// idle keep-alive connections are many) and doubles, up to one maximal head
+// plus one read, when a head needs room or reads keep filling it (a bulk
+// upload).
+constexpr std::size_t kInitialRequestBuffer = 16 * 1024;
 // Pipelined requests forwarded but not yet answered. Beyond this the request
 // loop stops reading the client until responses catch up, so a client that
 // pipelines thousands of tiny requests cannot grow the queues without bound.
@@ -401,7 +406,9 @@ asio::awaitable<bool> run_requests(std::shared_ptr<Session> self) {
   // Holds at most one request head (max_head) plus one read: body bytes are
   // flushed as soon as they are parsed, so this is the whole per-connection
   // request-side memory.
-  std::vector<char> in(max_head + kReadChunk);
+  const std::size_t buffer_limit = max_head + kReadChunk;
+  std::vector<char> in(std::min(kInitialRequestBuffer, buffer_limit));
+  bool last_read_filled = false;
   std::size_t start = 0;   // first byte not yet forwarded
   std::size_t parsed = 0;  // first byte not yet parsed
   std::size_t end = 0;     // end of buffered bytes
@@ -551,7 +558,12 @@ asio::awaitable<bool> run_requests(std::shared_ptr<Session> self) {
       end -= start;
       start = 0;
     }
-    const ReadResult got = co_await read_client(self, in.data() + end, in.size() - end, in_body ? std::nullopt : deadline);
+    if (in.size() < buffer_limit && (last_read_filled || in.size() - end < in.size() / 4)) {
+      in.resize(std::min(buffer_limit, in.size() * 2));
+    }
+    const std::size_t room = in.size() - end;
+    const ReadResult got = co_await read_client(self, in.data() + end, room, in_body ? std::nullopt : deadline);
+    last_read_filled = got.n == room;
     if (got.timed_out) co_return co_await refuse_malformed(self, 408, nullptr);
     if (got.ec == asio::error::eof) {
       // The client is done sending. A partial head is dropped (it was never

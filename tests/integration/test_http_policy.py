@@ -50,6 +50,7 @@ policy:
         - {{method: POST, path_exact: /upload}}
         - {{method: GET, path: /ws}}
         - {{method: GET, path: /team, headers: {{x-team: blue}}}}
+        - {{method: GET, path: /close-me}}
     - name: no-admin
       from: {{cidr: 127.0.0.0/8}}
       to: {{cidr: 127.0.0.1/32, ports: [{d['origin']}]}}
@@ -194,6 +195,31 @@ class HttpInspection:
         self.assertIn("/api/p2", paths)
         self.assertNotIn("/api/admin/p3", paths)
         self.assertNotIn("/api/p4", paths)
+
+    def test_origin_closing_ends_the_connection(self):
+        """The origin answers with Connection: close and closes: its FIN
+        reaches the client after the whole response."""
+        with self.connect() as s:
+            s.sendall(request("GET", "/close-me"))
+            f = s.makefile("rb")
+            r = read_response(f)
+            self.assertEqual((r.status, r.headers.get("connection")), (200, "close"))
+            self.assertEqual(f.read(), b"")
+
+    def test_unreachable_origin_resets_the_client(self):
+        dead = free_port()
+        cfg = config(dict(self.ports, listen=free_port(), listen_open=free_port(), admin=free_port(),
+                          origin=dead, origin_open=free_port()))
+        port = cfg.split("listen: 127.0.0.1:")[1].split(",")[0]
+        with Shunt(cfg, wait_port=int(port)):
+            with socket.create_connection(("127.0.0.1", int(port)), timeout=10) as s:
+                s.sendall(request("GET", "/api/nobody-home"))
+                with self.assertRaises(ConnectionResetError):
+                    s.recv(100)
+            # A denied first request never tries the origin: 403, not a reset.
+            with socket.create_connection(("127.0.0.1", int(port)), timeout=10) as s:
+                s.sendall(request("GET", "/api/admin"))
+                self.assertEqual(read_response(s.makefile("rb")).status, 403)
 
     def test_pipelined_all_allowed(self):
         n = 50
