@@ -216,6 +216,9 @@ class System:
     def check(self):
         """Extra verification after start (e.g. an HTTP rule really denies)."""
 
+    def alive(self):
+        return self.proc is None or self.proc.poll() is None
+
 
 class Direct(System):
     """No proxy: the client talks to the backend itself."""
@@ -303,6 +306,9 @@ class Socat(System):
         for p in self.procs_started:
             procs.stop(p)
         self.procs_started = []
+
+    def alive(self):
+        return all(p.poll() is None for p in self.procs_started)
 
 
 class Haproxy(System):
