@@ -6,16 +6,16 @@ hello in time and non-TLS bytes are reset; the connection then runs on the
 data path (sockmap; a subset on splice and copy)."""
 import hashlib
 import os
+import select
 import socket
 import ssl
 import subprocess
 import tempfile
-import threading
 import time
 import unittest
 
 from admin_helpers import get_json
-from shunt_harness import Shunt, ThreadedServer, free_port, pattern, pattern_digest, run_tests, send_pattern
+from shunt_harness import Shunt, ThreadedServer, free_port, pattern, pattern_digest, run_tests
 
 MIB = 1024 * 1024
 
@@ -44,6 +44,7 @@ class TlsEchoOrigin:
 
     def _handle(self, conn):
         self.accepted += 1
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # echoes are small writes: no Nagle delay
         tls = self.ctx.wrap_socket(conn, server_side=True)
         while True:
             try:
@@ -110,26 +111,36 @@ class TlsInspection:
         cls.origin.close()
         cls.tmp.cleanup()
 
-    def s_client(self, servername, data=b"ping through shunt\n"):
+    def s_client(self, servername, data=b"ping through shunt\n", expect=None):
+        """Runs openssl s_client, sends `data`; returns (stdout, stderr,
+        returncode) once `expect` has been echoed (then it is stopped) or
+        s_client has exited by itself."""
         args = ["openssl", "s_client", "-connect", f"127.0.0.1:{self.ports['listen']}", "-quiet"]
-        if servername:
-            args += ["-servername", servername]
-        else:
-            args += ["-noservername"]
-        # The origin echoes and closes once the client closes: send, wait a
-        # little for the echo, then end stdin.
+        args += ["-servername", servername] if servername else ["-noservername"]
         proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         proc.stdin.write(data)
         proc.stdin.flush()
-        try:
-            out, err = proc.communicate(timeout=3)
-        except subprocess.TimeoutExpired:
+        out = b""
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([proc.stdout], [], [], 0.1)
+            if ready:
+                chunk = os.read(proc.stdout.fileno(), 65536)
+                if not chunk:
+                    break
+                out += chunk
+                if expect and expect in out:
+                    break
+            elif proc.poll() is not None:
+                break
+        if proc.poll() is None:
             proc.kill()
-            out, err = proc.communicate()
-        return out, err, proc.returncode
+        rest, err = proc.communicate()
+        return out + rest, err, proc.returncode
 
     def tls_connect(self, servername):
         raw = socket.create_connection(("127.0.0.1", self.ports["listen"]), timeout=20)
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return client_context().wrap_socket(raw, server_hostname=servername)
 
     def expect_reset(self, fn):
@@ -141,7 +152,7 @@ class TlsInspection:
     # -------------------------------------------------------------- tests
 
     def test_s_client_allowed_sni(self):
-        out, err, _ = self.s_client("api.example.com")
+        out, err, _ = self.s_client("api.example.com", expect=b"ping through shunt")
         self.assertIn(b"ping through shunt", out, err.decode(errors="replace"))
         self.assertIn("api.example.com", self.origin.names)
 
@@ -159,23 +170,18 @@ class TlsInspection:
     def test_wildcard_sni_bulk_both_ways(self):
         size = 8 * MIB
         with self.tls_connect("deep.api.example.com") as tls:
-            got = {}
-
-            def receive():
-                h, n = hashlib.sha256(), 0
-                while n < size:
-                    d = tls.recv(1 << 16)
-                    if not d:
-                        break
+            # One SSL object must not be read and written from two threads
+            # at once: send a piece, read its echo, repeat.
+            h, n = hashlib.sha256(), 0
+            for chunk in pattern(size, 5):
+                tls.sendall(chunk)
+                want = n + len(chunk)
+                while n < want:
+                    d = tls.recv(want - n)
+                    self.assertTrue(d, f"echo ended after {n} bytes")
                     h.update(d)
                     n += len(d)
-                got["v"] = (n, h.hexdigest())
-
-            t = threading.Thread(target=receive)
-            t.start()
-            send_pattern(tls, size, 5)
-            t.join(60)
-            self.assertEqual(got["v"], (size, pattern_digest(size, 5)))
+            self.assertEqual((n, h.hexdigest()), (size, pattern_digest(size, 5)))
             conns = [c for c in get_json(self.ports["admin"], "/connections") if c["bytes_up"] >= size]
             self.assertEqual([c["datapath"] for c in conns], [self.datapath], conns)
             self.assertEqual(conns[0]["rule"], "tls-api")
