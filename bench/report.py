@@ -138,7 +138,10 @@ def markdown(doc):
         lines += ["", "| target | measured | goal | |", "|---|---:|---:|---|"]
         for t in doc["targets"]:
             cmp = ">=" if "bulk" in t["target"] else "<="
-            val = "n/a" if t["value"] is None else f"{t['value']:.2f}x"
+            if t["value"] is None:
+                val = "n/a"
+            else:  # enough digits that a near-miss does not print as the goal itself
+                val = f"{t['value']:.3f}x" if abs(t["value"] - t["goal"]) < 0.005 else f"{t['value']:.2f}x"
             verdict = {True: "met", False: "**missed**", None: "n/a"}[t["pass"]]
             lines.append(f"| {t['target']} | {val} | {cmp} {t['goal']}x | {verdict} |")
     if notes:
