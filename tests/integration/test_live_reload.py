@@ -131,7 +131,14 @@ class LiveReload(unittest.TestCase):
             self.wait_generation(1)
             for round_ in range(3):
                 s = self.open_echo()
-                conns = [c for c in get_json(self.p["admin"], "/connections") if c["rule"] == "echo-l4"]
+                # The echo can come back through the kernel before the proxy
+                # thread has recorded the hand-over: wait for it.
+                deadline = time.monotonic() + 5
+                while True:
+                    conns = [c for c in get_json(self.p["admin"], "/connections") if c["rule"] == "echo-l4"]
+                    if [c["datapath"] for c in conns] == ["sockmap"] or time.monotonic() > deadline:
+                        break
+                    time.sleep(0.02)
                 self.assertEqual([c["datapath"] for c in conns], ["sockmap"])
                 generation = self.generation()
                 started = time.monotonic()

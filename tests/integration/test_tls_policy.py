@@ -154,6 +154,9 @@ class TlsInspection:
     def test_s_client_allowed_sni(self):
         out, err, _ = self.s_client("api.example.com", expect=b"ping through shunt")
         self.assertIn(b"ping through shunt", out, err.decode(errors="replace"))
+        deadline = time.monotonic() + 5  # the origin records the name from its own thread
+        while "api.example.com" not in self.origin.names and time.monotonic() < deadline:
+            time.sleep(0.02)
         self.assertIn("api.example.com", self.origin.names)
 
     def test_s_client_denied_sni(self):
