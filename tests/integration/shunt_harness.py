@@ -208,7 +208,14 @@ class ThreadedServer:
 
     def close(self):
         self.stopping = True
+        # shutdown() wakes the accept thread; close() alone would leave it
+        # blocked and serving a later test that reuses the port.
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         self.sock.close()
+        self.thread.join(timeout=2)
 
     def __enter__(self):
         return self
