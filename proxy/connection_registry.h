@@ -38,6 +38,10 @@ struct DecisionBasis {
     std::vector<std::pair<std::string, std::string>> headers;
   };
   std::optional<Request> last_request;
+  // Set when HTTP inspection handed the rest of the connection to the data
+  // path because every request of the flow was allowed: later requests are
+  // never seen, so a policy that inspects the flow again must revoke it.
+  bool requests_uninspected = false;
 };
 
 struct ConnectionInfo {

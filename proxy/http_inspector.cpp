@@ -499,6 +499,10 @@ asio::awaitable<bool> run_requests(std::shared_ptr<Session> self) {
 
         if (!head.upgrade && !head.connect && every_request_allowed(*policy, flow)) {
           // Nothing on this connection can be denied any more.
+          {
+            std::lock_guard lock(conn.info().mu);
+            conn.info().basis.requests_uninspected = true;
+          }
           co_return co_await hand_over();
         }
         if (!s.pump_running) {

@@ -17,6 +17,10 @@ policy::Decision recheck(const policy::Policy& policy, const ConnectionInfo& inf
     case policy::Inspect::none:
       return now.decision;
     case policy::Inspect::http:
+      if (basis.requests_uninspected && !now.all_requests_allowed) {
+        return {policy::Verdict::deny, "reinspection-required",
+                "requests after the hand-over were not inspected, and the new policy no longer allows them all"};
+      }
       if (basis.last_request) {
         policy::HttpRequest request{basis.last_request->method, basis.last_request->path,
                                     basis.last_request->host, basis.last_request->headers};
