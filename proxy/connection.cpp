@@ -234,13 +234,10 @@ void Connection::finish() {
   finished_ = true;
   idle_timer_.cancel();
   const ConnectionBytes bytes = proxy_.registry.bytes(*info_);
-  proxy_.registry.remove(info_->id);
+  proxy_.registry.retire(info_->id, info_->datapath.load(), bytes);
 
   auto& m = metrics();
   (allowed_ ? m.connections_allowed : m.connections_denied).fetch_add(1, std::memory_order_relaxed);
-  const auto dp = index_of(info_->datapath.load());
-  m.closed_bytes[0][dp].fetch_add(bytes.up, std::memory_order_relaxed);
-  m.closed_bytes[1][dp].fetch_add(bytes.down, std::memory_order_relaxed);
 
   AccessRecord record;
   record.src = info_->src;

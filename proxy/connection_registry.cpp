@@ -9,9 +9,21 @@ void ConnectionRegistry::add(std::shared_ptr<ConnectionInfo> info) {
   connections_.emplace(info->id, std::move(info));
 }
 
-void ConnectionRegistry::remove(std::uint64_t id) {
+void ConnectionRegistry::retire(std::uint64_t id, config::Datapath datapath, ConnectionBytes final_bytes) {
+  const auto d = static_cast<std::size_t>(datapath);
   std::lock_guard lock(mu_);
   connections_.erase(id);
+  closed_bytes_[0][d] += final_bytes.up;
+  closed_bytes_[1][d] += final_bytes.down;
+}
+
+RegistrySnapshot ConnectionRegistry::snapshot_with_totals() const {
+  RegistrySnapshot out;
+  std::lock_guard lock(mu_);
+  out.open.reserve(connections_.size());
+  for (const auto& [id, info] : connections_) out.open.push_back(info);
+  out.closed_bytes = closed_bytes_;
+  return out;
 }
 
 std::vector<std::shared_ptr<ConnectionInfo>> ConnectionRegistry::snapshot() const {

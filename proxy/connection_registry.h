@@ -10,6 +10,7 @@
 
 #include <boost/asio/any_io_executor.hpp>
 
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -84,12 +85,22 @@ struct ConnectionBytes {
   std::uint64_t down = 0;
 };
 
+// Open connections and the bytes of closed ones, taken under one lock so a
+// connection is counted exactly once: either open or closed.
+struct RegistrySnapshot {
+  std::vector<std::shared_ptr<ConnectionInfo>> open;
+  // [direction: 0 up, 1 down][datapath]
+  std::array<std::array<std::uint64_t, 3>, 2> closed_bytes{};
+};
+
 class ConnectionRegistry {
  public:
   std::uint64_t next_id() { return next_id_.fetch_add(1, std::memory_order_relaxed); }
   void add(std::shared_ptr<ConnectionInfo> info);
-  void remove(std::uint64_t id);
+  // Removes a finished connection and adds its final bytes to the closed totals.
+  void retire(std::uint64_t id, config::Datapath datapath, ConnectionBytes final_bytes);
   [[nodiscard]] std::vector<std::shared_ptr<ConnectionInfo>> snapshot() const;
+  [[nodiscard]] RegistrySnapshot snapshot_with_totals() const;
   [[nodiscard]] std::size_t size() const;
   // The kernel-spliced connection that owns this socket cookie, if any.
   [[nodiscard]] std::shared_ptr<ConnectionInfo> find_by_cookie(std::uint64_t cookie) const;
@@ -101,6 +112,7 @@ class ConnectionRegistry {
  private:
   mutable std::mutex mu_;
   std::unordered_map<std::uint64_t, std::shared_ptr<ConnectionInfo>> connections_;
+  std::array<std::array<std::uint64_t, 3>, 2> closed_bytes_{};
   std::atomic<std::uint64_t> next_id_{1};
   const bpf::SockmapBridge* bridge_ = nullptr;
 };

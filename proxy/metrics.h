@@ -40,9 +40,7 @@ struct Metrics {
   // shunt_connections_active is derived from the registry at scrape time.
   std::atomic<std::uint64_t> connections_allowed{0};
   std::atomic<std::uint64_t> connections_denied{0};
-  // Bytes of connections that have closed; live connections are added at
-  // scrape time from the registry (kernel-spliced ones from BPF counters).
-  std::array<std::array<std::atomic<std::uint64_t>, kDatapathCount>, 2> closed_bytes{};
+  // Bytes per direction and data path: ConnectionRegistry::snapshot_with_totals().
   std::atomic<std::uint64_t> http_requests_allowed{0};
   std::atomic<std::uint64_t> http_requests_denied{0};
   LabeledCounter policy_decisions;  // label "rule\x1fverdict"

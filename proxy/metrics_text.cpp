@@ -165,7 +165,10 @@ std::string render_metrics(const ProxyContext& context, const bpf::PodSteering* 
   // closed_bytes when they finished.
   std::uint64_t active[kDatapathCount] = {};
   std::uint64_t live[2][kDatapathCount] = {};
-  for (const auto& info : context.registry.snapshot()) {
+  // Open connections and closed totals from one snapshot: a connection
+  // closing during the scrape is counted once, never dropped or doubled.
+  const RegistrySnapshot registry = context.registry.snapshot_with_totals();
+  for (const auto& info : registry.open) {
     const auto dp = index_of(info->datapath.load(std::memory_order_relaxed));
     const ConnectionBytes b = context.registry.bytes(*info);
     ++active[dp];
@@ -187,7 +190,7 @@ std::string render_metrics(const ProxyContext& context, const bpf::PodSteering* 
   for (std::size_t dir = 0; dir < 2; ++dir) {
     for (std::size_t d = 0; d < kDatapathCount; ++d) {
       p.sample("shunt_bytes_total", {{"direction", dir == 0 ? "up" : "down"}, {"datapath", kDatapaths[d]}},
-               m.closed_bytes[dir][d].load() + live[dir][d]);
+               registry.closed_bytes[dir][d] + live[dir][d]);
     }
   }
 
