@@ -19,14 +19,14 @@ constexpr int kPods = 2'000;
 constexpr int kRules = 10'000;
 
 config::IpAddress pod_ip(int i) {
-  return boost::asio::ip::make_address("10.1." + std::to_string(i / 250) + "." +
-                                       std::to_string(i % 250 + 1));
+  return boost::asio::ip::make_address("10.1." + std::to_string(i / 250) + "." + std::to_string(i % 250 + 1));
 }
 
 std::shared_ptr<const config::Config> make_config() {
   auto c = std::make_shared<config::Config>();
   for (int i = 0; i < kPods; ++i) {
-    c->pods.push_back({"pod" + std::to_string(i), pod_ip(i),
+    c->pods.push_back({"pod" + std::to_string(i),
+                       pod_ip(i),
                        {{"app", "svc" + std::to_string(i / 4)}, {"team", "t" + std::to_string(i % 10)}},
                        ""});
   }
@@ -38,7 +38,13 @@ std::shared_ptr<const config::Config> make_config() {
     r.name = "rule" + std::to_string(i);
     r.action = i % 10 == 0 ? config::Action::deny : config::Action::allow;
     switch (i % 10) {
-      case 0: case 1: case 2: case 3: case 4: case 5: case 6:  // 70%: pod -> pod:port
+      case 0:
+      case 1:
+      case 2:
+      case 3:
+      case 4:
+      case 5:
+      case 6:  // 70%: pod -> pod:port
         r.from.pod = "pod" + std::to_string(pod());
         r.to.pod = "pod" + std::to_string(pod());
         r.to.ports = {port()};

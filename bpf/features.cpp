@@ -50,8 +50,8 @@ Feature probe_link(const char* name, int attach_type, const char* ifname, int mi
   UniqueFd prog = load_pass_program();
   if (!prog) return {name, false, "cannot load a probe program: " + errno_text(errno)};
   const unsigned ifindex = if_nametoindex(ifname);
-  UniqueFd link(bpf_link_create(prog.get(), static_cast<int>(ifindex), static_cast<bpf_attach_type>(attach_type),
-                                nullptr));
+  UniqueFd link(bpf_link_create(prog.get(), static_cast<int>(ifindex),
+                                static_cast<bpf_attach_type>(attach_type), nullptr));
   if (link) return {name, true, std::string("bpf_link attached to ") + ifname};
   const int err = errno;
   // For netkit on a non-netkit device the kernel says "wrong device" rather

@@ -13,10 +13,14 @@ namespace shunt::bpf {
 
 std::string_view to_string(HandoverFailure f) {
   switch (f) {
-    case HandoverFailure::none: return "none";
-    case HandoverFailure::socket_state: return "socket_state";
-    case HandoverFailure::map_full: return "map_full";
-    case HandoverFailure::other: return "other";
+    case HandoverFailure::none:
+      return "none";
+    case HandoverFailure::socket_state:
+      return "socket_state";
+    case HandoverFailure::map_full:
+      return "map_full";
+    case HandoverFailure::other:
+      return "other";
   }
   return "other";
 }
@@ -74,6 +78,14 @@ SockmapBridge::~SockmapBridge() {
   if (skel_) sockmap_redirect__destroy(skel_);
 }
 
+// True when the socket's receive queue still holds bytes no verdict saw.
+static void kick_if_stranded(int fd) {
+  char probe;
+  if (::recv(fd, &probe, 1, MSG_PEEK | MSG_DONTWAIT) <= 0) return;
+  const int one = 1;
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVLOWAT, &one, sizeof(one));
+}
+
 static HandoverFailure classify(int err) {
   switch (err) {
     case EOPNOTSUPP:  // sock_map only takes ESTABLISHED (or listening) TCP sockets
@@ -89,9 +101,7 @@ static HandoverFailure classify(int err) {
   }
 }
 
-void SockmapBridge::erase_peer(std::uint64_t cookie) {
-  bpf_map_delete_elem(peers_fd_, &cookie);
-}
+void SockmapBridge::erase_peer(std::uint64_t cookie) { bpf_map_delete_elem(peers_fd_, &cookie); }
 
 HandoverResult SockmapBridge::handover(int fd_a, int fd_b) {
   HandoverResult result;
@@ -152,12 +162,15 @@ HandoverResult SockmapBridge::handover(int fd_a, int fd_b) {
     return result;
   }
 
-  // Bytes queued before the verdict program was attached sit in the receive
-  // queue until the next data_ready. Setting SO_RCVLOWAT runs
-  // tcp_data_ready(), i.e. the verdict program, over them now.
-  const int one = 1;
-  ::setsockopt(fd_a, SOL_SOCKET, SO_RCVLOWAT, &one, sizeof(one));
-  ::setsockopt(fd_b, SOL_SOCKET, SO_RCVLOWAT, &one, sizeof(one));
+  // Bytes queued before the verdict program was attached: recent kernels
+  // run the verdict over them when the socket enters the map (6.18 here
+  // does); older ones leave them until the next data_ready, which a
+  // client waiting for its answer never sends. Only then is the queue
+  // kicked: SO_RCVLOWAT runs tcp_data_ready(), i.e. the verdict program. The
+  // kick is the rare path on purpose: it runs tcp_read_skb from process
+  // context, which must not race the softirq delivering new segments.
+  kick_if_stranded(fd_a);
+  kick_if_stranded(fd_b);
   return result;
 }
 

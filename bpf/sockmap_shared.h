@@ -10,8 +10,8 @@
  * Written by userspace before the socket enters any sockmap; `bytes` is
  * updated by the verdict program for every skb it redirects. */
 struct shunt_sock_peer {
-	__u64 peer_cookie;  /* where this socket's bytes go */
-	__u64 bytes;        /* payload redirected from this socket to its peer */
+	__u64 peer_cookie;   /* where this socket's bytes go */
+	__u64 bytes;	     /* payload redirected from this socket to its peer */
 	__u32 bulk_reported; /* set once the bulk-transfer event has been sent */
 	__u32 pad;
 };

@@ -99,7 +99,8 @@ static __always_inline int steer_dst_is_local(struct __sk_buff *skb, const struc
 		__builtin_memcpy(p.ipv6_src, f->saddr, 16);
 		__builtin_memcpy(p.ipv6_dst, f->daddr, 16);
 	}
-	return bpf_fib_lookup(skb, &p, sizeof(p), BPF_FIB_LOOKUP_SKIP_NEIGH) == BPF_FIB_LKUP_RET_NOT_FWDED;
+	return bpf_fib_lookup(skb, &p, sizeof(p), BPF_FIB_LOOKUP_SKIP_NEIGH) ==
+	       BPF_FIB_LKUP_RET_NOT_FWDED;
 }
 
 SEC("tc")

@@ -33,8 +33,8 @@ namespace shunt::bpf {
 namespace {
 
 constexpr std::array<const char*, SHUNT_STAT_MAX> kStatNames = {
-    "assign_socket", "assign_listener", "to_local_stack", "assign_failed",
-    "deny_drop",     "proxy_down_drop", "proxy_down_pass", "netkit_marked",   "node_local",
+    "assign_socket",   "assign_listener", "to_local_stack", "assign_failed", "deny_drop",
+    "proxy_down_drop", "proxy_down_pass", "netkit_marked",  "node_local",
 };
 
 struct TcxSkelDeleter {
@@ -92,7 +92,8 @@ struct Prefix {
   unsigned len;
 };
 
-bool labels_match(const std::map<std::string, std::string>& want, const std::map<std::string, std::string>& have) {
+bool labels_match(const std::map<std::string, std::string>& want,
+                  const std::map<std::string, std::string>& have) {
   for (const auto& [k, v] : want) {
     auto it = have.find(k);
     if (it == have.end() || it->second != v) return false;
@@ -148,9 +149,10 @@ Result<std::vector<shunt_deny_rule>> build_deny_table(const config::Config& cfg)
     }
   }
   if (out.size() > SHUNT_DENY_MAX)
-    return SysError{E2BIG, "policy has " + std::to_string(out.size()) +
-                               " L3/L4 deny entries after expanding pods and ports; the BPF deny table holds " +
-                               std::to_string(SHUNT_DENY_MAX)};
+    return SysError{E2BIG,
+                    "policy has " + std::to_string(out.size()) +
+                        " L3/L4 deny entries after expanding pods and ports; the BPF deny table holds " +
+                        std::to_string(SHUNT_DENY_MAX)};
   return out;
 }
 
@@ -172,7 +174,8 @@ Result<std::vector<Listener>> check_listeners(const std::vector<int>& fds) {
     const bool v6 = ss.ss_family == AF_INET6;
     if (ss.ss_family != AF_INET && !v6)
       return SysError{EAFNOSUPPORT, "steering listener fd " + std::to_string(fd) + " is not an IP socket"};
-    if (::getsockopt(fd, v6 ? SOL_IPV6 : SOL_IP, v6 ? IPV6_TRANSPARENT : IP_TRANSPARENT, &transparent, &olen) < 0)
+    if (::getsockopt(fd, v6 ? SOL_IPV6 : SOL_IP, v6 ? IPV6_TRANSPARENT : IP_TRANSPARENT, &transparent,
+                     &olen) < 0)
       return SysError::from_errno("inspect steering listener fd " + std::to_string(fd));
     if (!transparent)
       return SysError{EINVAL, "steering listener fd " + std::to_string(fd) +
@@ -229,15 +232,16 @@ Status PodSteering::Impl::load() {
   // One set of maps for both programs: the netkit object adopts the tcx
   // object's maps before loading, so its relocations point at them.
   std::pair<bpf_map*, const bpf_map*> shared[] = {
-      {netkit->maps.steer_cfg, tcx->maps.steer_cfg},       {netkit->maps.steer_ports, tcx->maps.steer_ports},
-      {netkit->maps.steer_deny, tcx->maps.steer_deny},     {netkit->maps.steer_listen, tcx->maps.steer_listen},
+      {netkit->maps.steer_cfg, tcx->maps.steer_cfg},     {netkit->maps.steer_ports, tcx->maps.steer_ports},
+      {netkit->maps.steer_deny, tcx->maps.steer_deny},   {netkit->maps.steer_listen, tcx->maps.steer_listen},
       {netkit->maps.steer_stats, tcx->maps.steer_stats},
   };
   for (auto [mine, theirs] : shared) {
     if (int err = bpf_map__reuse_fd(mine, bpf_map__fd(theirs)); err < 0)
       return SysError{-err, std::string("share steering map ") + bpf_map__name(mine)};
   }
-  if (int err = steer_netkit__load(netkit.get()); err < 0) return SysError{-err, "load BPF program steer_netkit"};
+  if (int err = steer_netkit__load(netkit.get()); err < 0)
+    return SysError{-err, "load BPF program steer_netkit"};
   return ok_status();
 }
 
@@ -246,7 +250,8 @@ Status PodSteering::Impl::set_listeners(const std::vector<Listener>& listeners) 
   for (const auto& l : listeners) {
     const std::uint64_t value = static_cast<std::uint64_t>(l.fd);
     if (bpf_map_update_elem(map_fd, &l.slot, &value, BPF_ANY) < 0)
-      return SysError::from_errno("add transparent listener fd " + std::to_string(l.fd) + " to the steering sockmap");
+      return SysError::from_errno("add transparent listener fd " + std::to_string(l.fd) +
+                                  " to the steering sockmap");
   }
   return ok_status();
 }
@@ -264,7 +269,8 @@ Status PodSteering::Impl::apply_maps(const config::Config& cfg) {
   const std::uint32_t zero = 0;
 
   shunt_steer_config current{};
-  if (bpf_map_lookup_elem(cfg_fd, &zero, &current) < 0) return SysError::from_errno("read steering config map");
+  if (bpf_map_lookup_elem(cfg_fd, &zero, &current) < 0)
+    return SysError::from_errno("read steering config map");
 
   // Shrinking the deny table: publish the smaller count before entries move.
   const std::uint32_t new_count = static_cast<std::uint32_t>(deny->size());
@@ -292,7 +298,8 @@ Status PodSteering::Impl::apply_maps(const config::Config& cfg) {
   next.flags = (cfg.steering.all_ports ? SHUNT_STEER_F_ALL_PORTS : 0u) |
                (cfg.steering.on_proxy_down == config::OnProxyDown::fail_open ? SHUNT_STEER_F_FAIL_OPEN : 0u);
   next.deny_count = new_count;
-  if (bpf_map_update_elem(cfg_fd, &zero, &next, BPF_ANY) < 0) return SysError::from_errno("update steering config map");
+  if (bpf_map_update_elem(cfg_fd, &zero, &next, BPF_ANY) < 0)
+    return SysError::from_errno("update steering config map");
   all_ports = cfg.steering.all_ports;
   deny_count = new_count;
   return ok_status();
@@ -310,7 +317,8 @@ Result<PodSteering::Impl::Device> PodSteering::Impl::attach(const std::string& d
   d.ifindex = info.ifindex;
   d.is_netkit = info.kind == "netkit";
   if (d.is_netkit && !info.netkit_primary)
-    return SysError{EINVAL, "device " + dev + " is a netkit peer; steering attaches to the host-side primary"};
+    return SysError{EINVAL,
+                    "device " + dev + " is a netkit peer; steering attaches to the host-side primary"};
 
   const std::string dir = device_pin_dir(dev);
   // tcx first: once the netkit program marks packets, something must be
@@ -386,7 +394,8 @@ Status PodSteering::Impl::sync_devices(const config::Config& cfg) {
     auto it = devices.find(dev);
     if (!*link) {
       if (it != devices.end()) drop(it);
-      spdlog::warn("steering: device {} does not exist; its pod is not steered until it does (next reload)", dev);
+      spdlog::warn("steering: device {} does not exist; its pod is not steered until it does (next reload)",
+                   dev);
       continue;
     }
     if (it != devices.end()) {
@@ -415,7 +424,8 @@ PodSteering::~PodSteering() {
   ::rmdir("/sys/fs/bpf/shunt");
 }
 
-Result<std::unique_ptr<PodSteering>> PodSteering::start(const config::Config& config, std::vector<int> listener_fds) {
+Result<std::unique_ptr<PodSteering>> PodSteering::start(const config::Config& config,
+                                                        std::vector<int> listener_fds) {
   auto impl = std::make_unique<Impl>();
   impl->fail_closed = config.steering.on_proxy_down == config::OnProxyDown::fail_closed;
 

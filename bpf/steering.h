@@ -29,11 +29,12 @@ class PodSteering {  // move-only RAII: destructor detaches links and removes ru
   // Attach steering for every pod in config.pods that has a `dev`. listener_fds: the proxy's
   // transparent listening sockets (IPv4 and/or IPv6, IP_TRANSPARENT set) that marked traffic
   // is assigned to with bpf_sk_assign; the first of each family is used (the rest are taken
-  // to be its SO_REUSEPORT group, which the kernel balances over). The fds stay the caller's; closing a listener removes
-  // it from steering (and, with the proxy down, on_proxy_down applies).
-  // Errors name the missing kernel feature and what happens instead. A configured device that
-  // does not exist is logged and skipped (steered once it exists and update() runs).
-  static Result<std::unique_ptr<PodSteering>> start(const config::Config& config, std::vector<int> listener_fds);
+  // to be its SO_REUSEPORT group, which the kernel balances over). The fds stay the caller's; closing a
+  // listener removes it from steering (and, with the proxy down, on_proxy_down applies). Errors name the
+  // missing kernel feature and what happens instead. A configured device that does not exist is logged and
+  // skipped (steered once it exists and update() runs).
+  static Result<std::unique_ptr<PodSteering>> start(const config::Config& config,
+                                                    std::vector<int> listener_fds);
   // Live reload: new intercept ports, new pod list, L3/L4 deny entries that BPF drops outright.
   // On error the previous state stays in force for everything not yet applied.
   Status update(const config::Config& config);

@@ -58,10 +58,10 @@ enum shunt_steer_stat {
 	SHUNT_STAT_ASSIGN_LISTENER,   /* SYN to the transparent listener */
 	SHUNT_STAT_TO_LOCAL_STACK,    /* intercepted, no socket: kernel answers (RST) */
 	SHUNT_STAT_ASSIGN_FAILED,     /* bpf_sk_assign refused: dropped */
-	SHUNT_STAT_DENY_DROP,         /* L3/L4 deny entry matched */
+	SHUNT_STAT_DENY_DROP,	      /* L3/L4 deny entry matched */
 	SHUNT_STAT_PROXY_DOWN_DROP,   /* no listener, fail_closed */
 	SHUNT_STAT_PROXY_DOWN_PASS,   /* no listener, fail_open */
 	SHUNT_STAT_NETKIT_MARKED,     /* netkit peer program marked for interception */
-	SHUNT_STAT_NODE_LOCAL,        /* SYN to an address of the node itself: not proxied */
+	SHUNT_STAT_NODE_LOCAL,	      /* SYN to an address of the node itself: not proxied */
 	SHUNT_STAT_MAX,
 };

@@ -22,9 +22,7 @@ struct SysError {
   int code = 0;         // errno value (positive)
   std::string context;  // what was being attempted, e.g. "bind 127.0.0.1:15001"
 
-  [[nodiscard]] std::string message() const {
-    return context + ": " + std::strerror(code);
-  }
+  [[nodiscard]] std::string message() const { return context + ": " + std::strerror(code); }
   static SysError from_errno(std::string context) { return {errno, std::move(context)}; }
 };
 

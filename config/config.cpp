@@ -13,41 +13,52 @@ namespace shunt::config {
 
 std::string_view to_string(Datapath d) {
   switch (d) {
-    case Datapath::sockmap: return "sockmap";
-    case Datapath::splice: return "splice";
-    case Datapath::copy: return "copy";
+    case Datapath::sockmap:
+      return "sockmap";
+    case Datapath::splice:
+      return "splice";
+    case Datapath::copy:
+      return "copy";
   }
   return "?";
 }
 
 std::string_view to_string(UpstreamSource s) {
   switch (s) {
-    case UpstreamSource::client: return "client";
-    case UpstreamSource::node: return "node";
+    case UpstreamSource::client:
+      return "client";
+    case UpstreamSource::node:
+      return "node";
   }
   return "?";
 }
 
 std::string_view to_string(OnProxyDown o) {
   switch (o) {
-    case OnProxyDown::fail_closed: return "fail_closed";
-    case OnProxyDown::fail_open: return "fail_open";
+    case OnProxyDown::fail_closed:
+      return "fail_closed";
+    case OnProxyDown::fail_open:
+      return "fail_open";
   }
   return "?";
 }
 
 std::string_view to_string(Action a) {
   switch (a) {
-    case Action::allow: return "allow";
-    case Action::deny: return "deny";
+    case Action::allow:
+      return "allow";
+    case Action::deny:
+      return "deny";
   }
   return "?";
 }
 
 std::string_view to_string(DefaultAction a) {
   switch (a) {
-    case DefaultAction::allow: return "allow";
-    case DefaultAction::deny: return "deny";
+    case DefaultAction::allow:
+      return "allow";
+    case DefaultAction::deny:
+      return "deny";
   }
   return "?";
 }
@@ -103,9 +114,7 @@ bool Cidr::contains(const IpAddress& raw) const {
   return masked(addr, bits) == net;
 }
 
-std::string Cidr::to_string() const {
-  return network.to_string() + '/' + std::to_string(prefix);
-}
+std::string Cidr::to_string() const { return network.to_string() + '/' + std::to_string(prefix); }
 
 std::optional<IpAddress> parse_ip(std::string_view text) {
   if (text.empty()) return std::nullopt;
@@ -180,10 +189,9 @@ std::optional<Endpoint> parse_endpoint(std::string_view text) {
     if (!addr || !addr->is_v4()) return std::nullopt;
   }
   unsigned port = 0;
-  const auto [end, ec] =
-      std::from_chars(port_text.data(), port_text.data() + port_text.size(), port);
-  if (ec != std::errc{} || end != port_text.data() + port_text.size() || port_text.empty() ||
-      port == 0 || port > 65535) {
+  const auto [end, ec] = std::from_chars(port_text.data(), port_text.data() + port_text.size(), port);
+  if (ec != std::errc{} || end != port_text.data() + port_text.size() || port_text.empty() || port == 0 ||
+      port > 65535) {
     return std::nullopt;
   }
   return Endpoint{*parse_ip(host), static_cast<std::uint16_t>(port)};

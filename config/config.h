@@ -79,8 +79,8 @@ struct Admin {
 };
 
 struct Log {
-  std::string level = "info";    // trace|debug|info|warn|error|off
-  std::string access = "stdout"; // stdout | off | FILE path
+  std::string level = "info";     // trace|debug|info|warn|error|off
+  std::string access = "stdout";  // stdout | off | FILE path
 };
 
 struct Pod {
@@ -99,11 +99,11 @@ struct Selector {
 };
 
 struct HttpMatch {
-  std::optional<std::string> method;      // exact, case-sensitive (HTTP methods are)
-  std::optional<std::string> path;        // prefix
+  std::optional<std::string> method;  // exact, case-sensitive (HTTP methods are)
+  std::optional<std::string> path;    // prefix
   std::optional<std::string> path_exact;
-  std::optional<std::string> path_regex;  // RE2, validated at load
-  std::optional<std::string> host;        // case-insensitive, port ignored
+  std::optional<std::string> path_regex;       // RE2, validated at load
+  std::optional<std::string> host;             // case-insensitive, port ignored
   std::map<std::string, std::string> headers;  // name lower-cased at load; exact value
 };
 

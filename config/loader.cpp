@@ -31,11 +31,16 @@ std::string lower(std::string_view s) {
 
 std::string_view type_name(const Node& n) {
   switch (n.Type()) {
-    case YAML::NodeType::Null: return "nothing";
-    case YAML::NodeType::Scalar: return "a scalar";
-    case YAML::NodeType::Sequence: return "a list";
-    case YAML::NodeType::Map: return "a map";
-    case YAML::NodeType::Undefined: break;
+    case YAML::NodeType::Null:
+      return "nothing";
+    case YAML::NodeType::Scalar:
+      return "a scalar";
+    case YAML::NodeType::Sequence:
+      return "a list";
+    case YAML::NodeType::Map:
+      return "a map";
+    case YAML::NodeType::Undefined:
+      break;
   }
   return "nothing";
 }
@@ -69,8 +74,8 @@ std::string join(const std::vector<std::string>& items, std::string_view sep = "
 bool is_plain_name(std::string_view s) {
   if (s.empty() || s.size() > 63) return false;
   return std::all_of(s.begin(), s.end(), [](char c) {
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-           c == '-' || c == '_' || c == '.';
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' ||
+           c == '_' || c == '.';
   });
 }
 
@@ -85,11 +90,11 @@ std::string cidr_problem(const std::string& text) {
     if (ip && !bits.empty() && ec == std::errc{} && end == bits.data() + bits.size()) {
       const unsigned max = ip->is_v4() ? 32 : 128;
       if (prefix > max) {
-        return "CIDR '" + text + "' has prefix length " + bits + ", at most " +
-               std::to_string(max) + " for IPv" + (ip->is_v4() ? "4" : "6");
+        return "CIDR '" + text + "' has prefix length " + bits + ", at most " + std::to_string(max) +
+               " for IPv" + (ip->is_v4() ? "4" : "6");
       }
-      return "CIDR '" + text + "' has host bits set; did you mean " +
-             masked(*ip, prefix).to_string() + "/" + bits + "?";
+      return "CIDR '" + text + "' has host bits set; did you mean " + masked(*ip, prefix).to_string() + "/" +
+             bits + "?";
     }
   }
   return "'" + text + "' is not a CIDR such as 10.0.0.0/8 or fd00::/64";
@@ -135,10 +140,9 @@ class Loader {
   void error(const Field& f, std::string message) { error(f.mark(), std::move(message)); }
 
   std::vector<Diagnostic> take_diagnostics() {
-    std::stable_sort(diagnostics_.begin(), diagnostics_.end(),
-                     [](const Diagnostic& a, const Diagnostic& b) {
-                       return std::tie(a.line, a.column) < std::tie(b.line, b.column);
-                     });
+    std::stable_sort(diagnostics_.begin(), diagnostics_.end(), [](const Diagnostic& a, const Diagnostic& b) {
+      return std::tie(a.line, a.column) < std::tie(b.line, b.column);
+    });
     return std::move(diagnostics_);
   }
 
@@ -155,8 +159,8 @@ class Loader {
         : loader_(loader), self_(self) {
       if (self.value.IsNull()) return;  // `section:` with nothing: all defaults
       if (!self.value.IsMap()) {
-        loader.error(self, std::string(section) + " must be a map, got " +
-                               std::string(type_name(self.value)));
+        loader.error(self,
+                     std::string(section) + " must be a map, got " + std::string(type_name(self.value)));
         return;
       }
       for (auto it = self.value.begin(); it != self.value.end(); ++it) {
@@ -263,8 +267,8 @@ class Loader {
       const auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
       if (ec == std::errc{} && end == s.data() + s.size() && !s.empty()) {
         if (v >= min && v <= max) return v;
-        error(f, "'" + f.name + "' is " + s + ", must be between " + std::to_string(min) +
-                     " and " + std::to_string(max));
+        error(f, "'" + f.name + "' is " + s + ", must be between " + std::to_string(min) + " and " +
+                     std::to_string(max));
         return std::nullopt;
       }
     }
@@ -332,8 +336,8 @@ class Loader {
       if (f.value.IsScalar() && f.value.Scalar() == name) return value;
       names.emplace_back(name);
     }
-    const std::string got = f.value.IsScalar() ? "'" + f.value.Scalar() + "'"
-                                               : std::string(type_name(f.value));
+    const std::string got =
+        f.value.IsScalar() ? "'" + f.value.Scalar() + "'" : std::string(type_name(f.value));
     error(f, "'" + f.name + "' must be one of " + join(names, " | ") + ", got " + got);
     return std::nullopt;
   }
@@ -407,8 +411,8 @@ Config Loader::load(const Node& root) {
       }
       if (!pod.ip.is_unspecified()) {
         if (const auto [it, fresh] = ips.emplace(pod.ip, pod.name); !fresh) {
-          error(item, "pod '" + pod.name + "' has the same IP " + pod.ip.to_string() +
-                          " as pod '" + it->second + "': pods are identified by IP");
+          error(item, "pod '" + pod.name + "' has the same IP " + pod.ip.to_string() + " as pod '" +
+                          it->second + "': pods are identified by IP");
         }
       }
       config.pods.push_back(std::move(pod));
@@ -419,14 +423,14 @@ Config Loader::load(const Node& root) {
 
   for (const Field& ref : pod_references_) {
     const std::string& name = ref.value.Scalar();
-    const bool known = std::any_of(config.pods.begin(), config.pods.end(),
-                                   [&](const Pod& p) { return p.name == name; });
+    const bool known =
+        std::any_of(config.pods.begin(), config.pods.end(), [&](const Pod& p) { return p.name == name; });
     if (!known) {
       std::vector<std::string> names;
       for (const Pod& p : config.pods) names.push_back(p.name);
-      error(ref, "unknown pod '" + name + "'" +
-                     (names.empty() ? std::string(" (no pods are defined)")
-                                    : " (pods: " + join(names) + ")"));
+      error(ref,
+            "unknown pod '" + name + "'" +
+                (names.empty() ? std::string(" (no pods are defined)") : " (pods: " + join(names) + ")"));
     }
   }
 
@@ -437,15 +441,13 @@ Config Loader::load(const Node& root) {
   if (const auto it = bound.find(config.admin.listen); it != bound.end()) {
     const Field* admin = fields.get("admin");
     error(admin != nullptr ? admin->mark() : root.Mark(),
-          "admin.listen " + to_string(config.admin.listen) + " is also listener '" + it->second +
-              "'");
+          "admin.listen " + to_string(config.admin.listen) + " is also listener '" + it->second + "'");
   }
   return config;
 }
 
 void Loader::load_proxy(const Field& f, ProxySettings& proxy) {
-  Fields fields(*this, f, "proxy",
-                {"listeners", "datapath", "upstream_source", "timeouts", "limits"});
+  Fields fields(*this, f, "proxy", {"listeners", "datapath", "upstream_source", "timeouts", "limits"});
   if (const Field* l = fields.require("listeners", "proxy")) {
     const auto list = items(*l);
     if (list.empty() && (l->value.IsNull() || l->value.IsSequence())) {
@@ -464,17 +466,16 @@ void Loader::load_proxy(const Field& f, ProxySettings& proxy) {
       }
       if (listener.listen.port() != 0) {
         if (const auto [it, fresh] = addresses.emplace(listener.listen, listener.name); !fresh) {
-          error(item, "listener '" + listener.name + "' uses the same address " +
-                          to_string(listener.listen) + " as listener '" + it->second + "'");
+          error(item, "listener '" + listener.name + "' uses the same address " + to_string(listener.listen) +
+                          " as listener '" + it->second + "'");
         }
       }
       proxy.listeners.push_back(std::move(listener));
     }
   }
   if (const Field* d = fields.get("datapath")) {
-    if (auto v = choice<Datapath>(*d, {{"sockmap", Datapath::sockmap},
-                                       {"splice", Datapath::splice},
-                                       {"copy", Datapath::copy}})) {
+    if (auto v = choice<Datapath>(
+            *d, {{"sockmap", Datapath::sockmap}, {"splice", Datapath::splice}, {"copy", Datapath::copy}})) {
       proxy.datapath = *v;
     }
   }
@@ -536,8 +537,8 @@ void Loader::load_listener(const Field& f, Listener& l) {
     if (auto ep = endpoint(*forward)) l.forward = *ep;
   }
   if (l.transparent && forward != nullptr) {
-    error(*forward, "listener '" + l.name +
-                        "' has both transparent: true and forward; a listener is one or the other");
+    error(*forward,
+          "listener '" + l.name + "' has both transparent: true and forward; a listener is one or the other");
   } else if (!l.transparent && forward == nullptr && transparent_valid) {
     error(f, "listener '" + l.name + "' needs transparent: true or forward: IP:PORT");
   }
@@ -556,8 +557,8 @@ void Loader::load_steering(const Field& f, Steering& steering) {
     }
   }
   if (const Field* o = fields.get("on_proxy_down")) {
-    if (auto v = choice<OnProxyDown>(*o, {{"fail_closed", OnProxyDown::fail_closed},
-                                          {"fail_open", OnProxyDown::fail_open}})) {
+    if (auto v = choice<OnProxyDown>(
+            *o, {{"fail_closed", OnProxyDown::fail_closed}, {"fail_open", OnProxyDown::fail_open}})) {
       steering.on_proxy_down = *v;
     }
   }
@@ -629,7 +630,8 @@ void Loader::load_pod(const Field& f, Pod& pod) {
       if (valid) {
         pod.dev = *dev;
       } else {
-        error(*d, "dev '" + *dev + "' is not a valid interface name (at most 15 characters, no '/', ':' or spaces)");
+        error(*d, "dev '" + *dev +
+                      "' is not a valid interface name (at most 15 characters, no '/', ':' or spaces)");
       }
     }
   }
@@ -638,8 +640,8 @@ void Loader::load_pod(const Field& f, Pod& pod) {
 void Loader::load_policy(const Field& f, PolicySpec& policy) {
   Fields fields(*this, f, "policy", {"default", "rules"});
   if (const Field* d = fields.get("default")) {
-    if (auto v = choice<DefaultAction>(*d, {{"deny", DefaultAction::deny},
-                                            {"allow", DefaultAction::allow}})) {
+    if (auto v =
+            choice<DefaultAction>(*d, {{"deny", DefaultAction::deny}, {"allow", DefaultAction::allow}})) {
       policy.default_action = *v;
     }
   }
@@ -753,8 +755,7 @@ void Loader::load_selector(const Field& f, Selector& s, bool is_to) {
 }
 
 void Loader::load_http(const Field& f, HttpMatch& m) {
-  Fields fields(*this, f, "http entry",
-                {"method", "path", "path_exact", "path_regex", "host", "headers"});
+  Fields fields(*this, f, "http entry", {"method", "path", "path_exact", "path_regex", "host", "headers"});
   if (!f.value.IsMap()) return;
   if (f.value.size() == 0) {
     error(f, "empty http entry would match every request; drop 'http' to make the rule L4");
@@ -764,8 +765,7 @@ void Loader::load_http(const Field& f, HttpMatch& m) {
     if (auto method = nonempty_string(*v)) {
       if (!is_http_token(*method)) {
         error(*v, "method '" + *method + "' is not a valid HTTP method");
-      } else if (std::any_of(method->begin(), method->end(),
-                             [](char c) { return c >= 'a' && c <= 'z'; })) {
+      } else if (std::any_of(method->begin(), method->end(), [](char c) { return c >= 'a' && c <= 'z'; })) {
         // Methods are case-sensitive on the wire; `get` would never match.
         error(*v, "method '" + *method + "' must be upper-case (methods are case-sensitive)");
       } else {
@@ -842,9 +842,8 @@ void Loader::load_tls(const Field& f, TlsMatch& m) {
     std::string n = lower(*name);
     if (n.back() == '.') n.pop_back();  // a fully-qualified trailing dot names the same host
     const std::string_view rest = n.rfind("*.", 0) == 0 ? std::string_view(n).substr(2) : n;
-    const bool valid = !rest.empty() && rest.find('*') == std::string_view::npos &&
-                       rest.front() != '.' && rest.back() != '.' &&
-                       rest.find("..") == std::string_view::npos &&
+    const bool valid = !rest.empty() && rest.find('*') == std::string_view::npos && rest.front() != '.' &&
+                       rest.back() != '.' && rest.find("..") == std::string_view::npos &&
                        rest.find_first_of(" \t/:") == std::string_view::npos;
     if (!valid) {
       error(item, "sni '" + *name + "' is not a host name or a '*.domain' wildcard");

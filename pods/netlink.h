@@ -100,8 +100,7 @@ class NetlinkSocket {
     void operator()(mnl_socket* s) const { mnl_socket_close(s); }
   };
   explicit NetlinkSocket(mnl_socket* s) : sock_(s) {}
-  Status run(NlMessage& msg, const std::function<void(const nlmsghdr*)>* on_message,
-             const std::string& what);
+  Status run(NlMessage& msg, const std::function<void(const nlmsghdr*)>* on_message, const std::string& what);
 
   std::unique_ptr<mnl_socket, Closer> sock_;
   std::uint32_t seq_ = 0;

@@ -103,7 +103,10 @@ Result<AddedPod> add_pod(const PodSpec& spec) {
   DeviceType type = spec.type.value_or(DeviceType::netkit);
   Status created = create_pair(*nl, type, host, kPodDevice, ns->fd());
   if (!created && created.error().code == EOPNOTSUPP) {
-    if (spec.type) return SysError{EOPNOTSUPP, "--type netkit: netkit not supported by this kernel (omit --type to fall back to veth)"};
+    if (spec.type)
+      return SysError{
+          EOPNOTSUPP,
+          "--type netkit: netkit not supported by this kernel (omit --type to fall back to veth)"};
     added.why = "netkit not supported by this kernel (EOPNOTSUPP creating netkit); using veth";
     type = DeviceType::veth;
     created = create_pair(*nl, type, host, kPodDevice, ns->fd());
@@ -122,7 +125,8 @@ Result<AddedPod> add_pod(const PodSpec& spec) {
   if (type == DeviceType::veth && spec.ip.is_v4()) {
     // The host side has no address; it answers the pod's ARP for any
     // destination it routes elsewhere, at once (proxy_delay 0).
-    if (Status st = write_sysctl("/proc/sys/net/ipv4/conf/" + host + "/proxy_arp", "1"); !st) return st.error();
+    if (Status st = write_sysctl("/proc/sys/net/ipv4/conf/" + host + "/proxy_arp", "1"); !st)
+      return st.error();
     if (Status st = write_sysctl("/proc/sys/net/ipv4/neigh/" + host + "/proxy_delay", "0"); !st)
       return st.error();
   }

@@ -120,7 +120,8 @@ Status create_pair(NetlinkSocket& nl, DeviceType type, const std::string& host, 
     }
     // The peer is described by an ifinfomsg followed by its own attributes,
     // all inside VETH_INFO_PEER / IFLA_NETKIT_PEER_INFO.
-    auto peer_info = msg.nest(type == DeviceType::netkit ? kIflaNetkitPeerInfo : std::uint16_t{VETH_INFO_PEER});
+    auto peer_info =
+        msg.nest(type == DeviceType::netkit ? kIflaNetkitPeerInfo : std::uint16_t{VETH_INFO_PEER});
     ifinfomsg peer_ifi{};
     peer_ifi.ifi_family = AF_UNSPEC;
     msg.put_raw(&peer_ifi, sizeof(peer_ifi));
@@ -164,24 +165,27 @@ Result<std::vector<AddressEntry>> list_addresses(NetlinkSocket& nl, int ifindex)
   NlMessage msg(RTM_GETADDR, 0);
   msg.header<ifaddrmsg>()->ifa_family = AF_UNSPEC;
   std::vector<AddressEntry> out;
-  Status st = nl.dump(msg, [&](const nlmsghdr* nlh) {
-    if (nlh->nlmsg_type != RTM_NEWADDR) return;
-    const auto* ifa = static_cast<const ifaddrmsg*>(mnl_nlmsg_get_payload(nlh));
-    if (static_cast<int>(ifa->ifa_index) != ifindex) return;
-    for_each_attr(nlh, sizeof(*ifa), [&](const nlattr* attr) {
-      if (mnl_attr_get_type(attr) != IFA_ADDRESS) return;
-      const auto* p = static_cast<const unsigned char*>(mnl_attr_get_payload(attr));
-      if (ifa->ifa_family == AF_INET && mnl_attr_get_payload_len(attr) == 4) {
-        boost::asio::ip::address_v4::bytes_type v;
-        std::memcpy(v.data(), p, 4);
-        out.push_back({boost::asio::ip::address_v4(v), ifa->ifa_prefixlen});
-      } else if (ifa->ifa_family == AF_INET6 && mnl_attr_get_payload_len(attr) == 16) {
-        boost::asio::ip::address_v6::bytes_type v;
-        std::memcpy(v.data(), p, 16);
-        out.push_back({boost::asio::ip::address_v6(v), ifa->ifa_prefixlen});
-      }
-    });
-  }, "list addresses of device #" + std::to_string(ifindex));
+  Status st = nl.dump(
+      msg,
+      [&](const nlmsghdr* nlh) {
+        if (nlh->nlmsg_type != RTM_NEWADDR) return;
+        const auto* ifa = static_cast<const ifaddrmsg*>(mnl_nlmsg_get_payload(nlh));
+        if (static_cast<int>(ifa->ifa_index) != ifindex) return;
+        for_each_attr(nlh, sizeof(*ifa), [&](const nlattr* attr) {
+          if (mnl_attr_get_type(attr) != IFA_ADDRESS) return;
+          const auto* p = static_cast<const unsigned char*>(mnl_attr_get_payload(attr));
+          if (ifa->ifa_family == AF_INET && mnl_attr_get_payload_len(attr) == 4) {
+            boost::asio::ip::address_v4::bytes_type v;
+            std::memcpy(v.data(), p, 4);
+            out.push_back({boost::asio::ip::address_v4(v), ifa->ifa_prefixlen});
+          } else if (ifa->ifa_family == AF_INET6 && mnl_attr_get_payload_len(attr) == 16) {
+            boost::asio::ip::address_v6::bytes_type v;
+            std::memcpy(v.data(), p, 16);
+            out.push_back({boost::asio::ip::address_v6(v), ifa->ifa_prefixlen});
+          }
+        });
+      },
+      "list addresses of device #" + std::to_string(ifindex));
   if (!st) return st.error();
   return out;
 }

@@ -33,8 +33,8 @@ Result<std::optional<LinkInfo>> get_link(NetlinkSocket& nl, int ifindex);
 // Creates HOST in the socket's namespace and its peer PEER inside the
 // namespace `peer_netns_fd`. netkit pairs are L3 mode with both default
 // policies "forward"; a kernel without netkit answers EOPNOTSUPP.
-Status create_pair(NetlinkSocket& nl, DeviceType type, const std::string& host,
-                   const std::string& peer, int peer_netns_fd);
+Status create_pair(NetlinkSocket& nl, DeviceType type, const std::string& host, const std::string& peer,
+                   int peer_netns_fd);
 Status delete_link(NetlinkSocket& nl, const std::string& name);
 Status set_link_up(NetlinkSocket& nl, int ifindex);
 
@@ -46,12 +46,12 @@ Status add_address(NetlinkSocket& nl, int ifindex, const IpAddress& address, uns
 Result<std::vector<AddressEntry>> list_addresses(NetlinkSocket& nl, int ifindex);
 
 struct RouteSpec {
-  int family = 0;                 // AF_INET / AF_INET6
-  std::optional<IpAddress> dst;   // nullopt = default route
+  int family = 0;                // AF_INET / AF_INET6
+  std::optional<IpAddress> dst;  // nullopt = default route
   unsigned dst_len = 0;
-  std::uint32_t table = 254;      // RT_TABLE_MAIN
-  std::uint8_t type = 1;          // RTN_UNICAST
-  std::uint8_t scope = 253;       // RT_SCOPE_LINK
+  std::uint32_t table = 254;  // RT_TABLE_MAIN
+  std::uint8_t type = 1;      // RTN_UNICAST
+  std::uint8_t scope = 253;   // RT_SCOPE_LINK
   int oif = 0;
 };
 // NLM_F_REPLACE: installing a route that is already there is not an error,

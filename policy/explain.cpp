@@ -35,9 +35,9 @@ const config::Pod* pod_at(const config::Config& c, const IpAddress& addr) {
 
 Side check_side(std::string_view side, const config::Selector& s, const IpAddress& addr,
                 const config::Pod* pod) {
-  const std::string who = std::string(side) + " " +
-                          (pod != nullptr ? "pod " + pod->name + " (" + addr.to_string() + ")"
-                                          : addr.to_string());
+  const std::string who =
+      std::string(side) + " " +
+      (pod != nullptr ? "pod " + pod->name + " (" + addr.to_string() + ")" : addr.to_string());
   if (s.cidr) {
     const bool in = s.cidr->contains(addr);
     return {in, who + (in ? " is in " : " is not in ") + s.cidr->to_string()};
@@ -138,16 +138,16 @@ Explanation Policy::explain(const Flow& flow, const HttpRequest* request,
       case detail::RuleKind::tls: {
         if (!sni) {
           t.matched = request == nullptr;
-          t.why += request != nullptr ? "tls rule, does not apply to an HTTP request"
-                                      : action + " on SNI (" + std::to_string(rule.tls->sni.size()) +
-                                            (rule.tls->sni.size() == 1 ? " name" : " names") +
-                                            "; give --sni to test one)";
+          t.why += request != nullptr
+                       ? "tls rule, does not apply to an HTTP request"
+                       : action + " on SNI (" + std::to_string(rule.tls->sni.size()) +
+                             (rule.tls->sni.size() == 1 ? " name" : " names") + "; give --sni to test one)";
           break;
         }
         const int p = detail::sni_match(*rule.tls, *sni);
         if (p >= 0) {
-          t.why += "sni '" + std::string(*sni) + "' matches " +
-                   rule.tls->sni[static_cast<std::size_t>(p)] + ": " + action;
+          t.why += "sni '" + std::string(*sni) + "' matches " + rule.tls->sni[static_cast<std::size_t>(p)] +
+                   ": " + action;
         } else {
           t.matched = false;
           std::string names;

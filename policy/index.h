@@ -85,14 +85,13 @@ struct PreparedRequest {
   std::string_view path;  // normalised, without query
   std::string_view host;  // without port, original case
   const HttpRequest* raw = nullptr;
-  std::string storage;    // backs `path` when normalisation rewrote it
+  std::string storage;  // backs `path` when normalisation rewrote it
 };
 void prepare(const HttpRequest& request, PreparedRequest& out);
 
 // Whether an entry matches; on a miss and when `why` is given, says which
 // field failed.
-bool http_entry_matches(const CompiledHttp& entry, const PreparedRequest& request,
-                        std::string* why);
+bool http_entry_matches(const CompiledHttp& entry, const PreparedRequest& request, std::string* why);
 // Returns the index of the first matching sni pattern, or -1.
 int sni_match(const config::TlsMatch& tls, std::string_view sni);
 
@@ -119,9 +118,7 @@ struct AddrHash {
 };
 
 struct DstKeyHash {
-  std::uint64_t operator()(const DstKey& k) const noexcept {
-    return mix64(AddrHash{}(k.net) ^ k.prefix);
-  }
+  std::uint64_t operator()(const DstKey& k) const noexcept { return mix64(AddrHash{}(k.net) ^ k.prefix); }
 };
 
 // A hash map built once and then only read: open addressing with linear
@@ -137,7 +134,7 @@ class FlatMap {
     slots_.assign(capacity, Slot{});
     mask_ = capacity - 1;
     for (const auto& [key, value] : entries) {
-      std::size_t i = Hash{}(key) & mask_;
+      std::size_t i = Hash{}(key)&mask_;
       while (slots_[i].used) i = (i + 1) & mask_;
       slots_[i] = Slot{key, value, true};
     }
@@ -145,7 +142,7 @@ class FlatMap {
 
   [[nodiscard]] const Value* find(const Key& key) const noexcept {
     if (slots_.empty()) return nullptr;
-    for (std::size_t i = Hash{}(key) & mask_;; i = (i + 1) & mask_) {
+    for (std::size_t i = Hash{}(key)&mask_;; i = (i + 1) & mask_) {
       const Slot& s = slots_[i];
       if (!s.used) return nullptr;
       if (s.key == key) return &s.value;
@@ -191,7 +188,7 @@ struct Policy::Index {
   detail::FlatMap<detail::DstKey, detail::DstRules, detail::DstKeyHash> destinations;
   std::vector<detail::PortRules> port_rules;
   std::vector<std::uint32_t> rule_lists;  // every RuleSpan's indices, back to back
-  std::vector<unsigned> v4_prefixes;  // distinct prefix lengths in `destinations`, longest first
+  std::vector<unsigned> v4_prefixes;      // distinct prefix lengths in `destinations`, longest first
   std::vector<unsigned> v6_prefixes;
   detail::FlatMap<detail::Addr, std::uint32_t, detail::AddrHash> pod_by_ip;
   std::string default_connection_reason;
@@ -214,10 +211,8 @@ struct Policy::Index {
       visit_span(d->any_port);
       const auto first = port_rules.begin() + d->ports_offset;
       const auto last = first + d->ports_count;
-      const auto it = std::lower_bound(first, last, port, [](const detail::PortRules& p,
-                                                             std::uint16_t want) {
-        return p.port < want;
-      });
+      const auto it = std::lower_bound(
+          first, last, port, [](const detail::PortRules& p, std::uint16_t want) { return p.port < want; });
       if (it != last && it->port == port) visit_span(it->rules);
     }
   }

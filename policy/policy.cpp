@@ -15,9 +15,12 @@ std::string_view to_string(Verdict v) { return v == Verdict::allow ? "allow" : "
 
 std::string_view to_string(Inspect i) {
   switch (i) {
-    case Inspect::none: return "none";
-    case Inspect::http: return "http";
-    case Inspect::tls: return "tls";
+    case Inspect::none:
+      return "none";
+    case Inspect::http:
+      return "http";
+    case Inspect::tls:
+      return "tls";
   }
   return "?";
 }
@@ -93,8 +96,7 @@ std::string_view strip_port(std::string_view host) {
 // is matched as /admin and /api//admin as /api/admin: otherwise a deny on
 // a prefix could be walked around by spelling the path differently.
 std::string_view normalise_path(std::string_view path, std::string& storage) {
-  const bool clean = path.find("//") == std::string_view::npos &&
-                     path.find("/.") == std::string_view::npos;
+  const bool clean = path.find("//") == std::string_view::npos && path.find("/.") == std::string_view::npos;
   if (clean) return path;
   std::vector<std::string_view> segments;
   std::size_t pos = 1;
@@ -141,8 +143,7 @@ void prepare(const HttpRequest& request, PreparedRequest& out) {
   if (!out.host.empty() && out.host.back() == '.') out.host.remove_suffix(1);
 }
 
-bool http_entry_matches(const CompiledHttp& entry, const PreparedRequest& request,
-                        std::string* why) {
+bool http_entry_matches(const CompiledHttp& entry, const PreparedRequest& request, std::string* why) {
   const config::HttpMatch& m = *entry.spec;
   const auto miss = [&](auto&&... parts) {
     if (why != nullptr) {
@@ -163,9 +164,9 @@ bool http_entry_matches(const CompiledHttp& entry, const PreparedRequest& reques
   if (m.path_regex) {
     // An uncompilable pattern (only possible in a Config built by hand,
     // since the loader checks them) matches nothing rather than everything.
-    const bool ok = entry.regex && entry.regex->ok() &&
-                    RE2::PartialMatch(re2::StringPiece(request.path.data(), request.path.size()),
-                                      *entry.regex);
+    const bool ok =
+        entry.regex && entry.regex->ok() &&
+        RE2::PartialMatch(re2::StringPiece(request.path.data(), request.path.size()), *entry.regex);
     if (!ok) return miss("path ", request.path, " does not match /", *m.path_regex, "/");
   }
   if (m.host && !iequals(request.host, *m.host)) {
@@ -193,8 +194,7 @@ int sni_match(const config::TlsMatch& tls, std::string_view sni) {
       // "*.example.com" covers a.example.com and a.b.example.com, never
       // example.com itself: the suffix must be preceded by a label.
       const std::string_view suffix = std::string_view(pattern).substr(1);  // ".example.com"
-      if (sni.size() > suffix.size() &&
-          iequals(sni.substr(sni.size() - suffix.size()), suffix)) {
+      if (sni.size() > suffix.size() && iequals(sni.substr(sni.size() - suffix.size()), suffix)) {
         return static_cast<int>(i);
       }
     } else if (iequals(sni, pattern)) {
@@ -295,8 +295,8 @@ Policy::Index::Index(const config::Config& config) {
     const std::string quoted = "rule '" + spec.name + "'";
     switch (rule.kind) {
       case RuleKind::l4:
-        rule.connection_reason = quoted + (rule.deny ? " denies this connection (deny wins)"
-                                                     : " allows this connection");
+        rule.connection_reason =
+            quoted + (rule.deny ? " denies this connection (deny wins)" : " allows this connection");
         break;
       case RuleKind::http:
         rule.connection_reason = quoted + " has http entries: each request is decided";
@@ -353,9 +353,8 @@ Policy::Index::Index(const config::Config& config) {
   destinations.build(entries);
 
   const bool allow = config.policy.default_action == config::DefaultAction::allow;
-  default_connection_reason = allow
-      ? "no rule denies this connection, so policy.default (allow) applies"
-      : "no rule allows this connection, so policy.default (deny) applies";
+  default_connection_reason = allow ? "no rule denies this connection, so policy.default (allow) applies"
+                                    : "no rule allows this connection, so policy.default (deny) applies";
   v4_prefixes.assign(v4.rbegin(), v4.rend());
   v6_prefixes.assign(v6.rbegin(), v6.rend());
 }
@@ -409,12 +408,16 @@ ConnectionDecision Policy::decide_connection(const Flow& flow) const {
     index_->for_each_match(src, dst, flow.dst_port, [&](std::uint32_t i) {
       const CompiledRule& r = index_->rules[i];
       switch (r.kind) {
-        case RuleKind::l4: keep_first(r.deny ? l4_deny : l4_allow, i); break;
+        case RuleKind::l4:
+          keep_first(r.deny ? l4_deny : l4_allow, i);
+          break;
         case RuleKind::http:
           keep_first(http, i);
           http_deny = http_deny || r.deny;
           break;
-        case RuleKind::tls: keep_first(tls, i); break;
+        case RuleKind::tls:
+          keep_first(tls, i);
+          break;
       }
     });
 
@@ -429,8 +432,8 @@ ConnectionDecision Policy::decide_connection(const Flow& flow) const {
       out.all_requests_allowed = !http_deny && l4_allow != kNone;
       by_rule(Verdict::allow, http);
       if (out.all_requests_allowed) {
-        out.decision.reason += ", but rule '" + index_->rules[l4_allow].spec->name +
-                               "' allows every request on this connection";
+        out.decision.reason +=
+            ", but rule '" + index_->rules[l4_allow].spec->name + "' allows every request on this connection";
       }
     } else if (tls != kNone) {
       out.inspect = Inspect::tls;
@@ -439,8 +442,8 @@ ConnectionDecision Policy::decide_connection(const Flow& flow) const {
       by_rule(Verdict::allow, l4_allow);
     } else {
       const bool allow = config_->policy.default_action == config::DefaultAction::allow;
-      out.decision = Decision{allow ? Verdict::allow : Verdict::deny, "default",
-                              index_->default_connection_reason};
+      out.decision =
+          Decision{allow ? Verdict::allow : Verdict::deny, "default", index_->default_connection_reason};
     }
   } catch (...) {
     // Only allocation can fail here; fail closed rather than unwind into
@@ -487,16 +490,15 @@ Decision Policy::decide_http(const Flow& flow, const HttpRequest& request) const
       const std::string& name = index_->rules[i].spec->name;
       std::string reason = "rule '" + name + "' " + std::string(verb) + " ";
       reason += entry == 0 ? std::string("every request on this connection (L4 rule)")
-                           : std::string(req.method) + " " + std::string(req.path) +
-                                 " (http entry " + std::to_string(entry) + " matches)";
+                           : std::string(req.method) + " " + std::string(req.path) + " (http entry " +
+                                 std::to_string(entry) + " matches)";
       return reason;
     };
     if (deny != kNone) {
       return decided(Verdict::deny, index_->rules[deny].spec->name, explain(deny, deny_entry, "denies"));
     }
     if (allow != kNone) {
-      return decided(Verdict::allow, index_->rules[allow].spec->name,
-                     explain(allow, allow_entry, "allows"));
+      return decided(Verdict::allow, index_->rules[allow].spec->name, explain(allow, allow_entry, "allows"));
     }
     return by_default(*config_, std::string(req.method) + " " + std::string(req.path));
   } catch (...) {

@@ -57,7 +57,8 @@ struct HttpReply {
 config::Endpoint admin_endpoint(const AdminOptions& o) {
   if (!o.admin.empty()) {
     auto ep = config::parse_endpoint(o.admin);
-    if (!ep) throw CommandError{kExitBadInput, "--admin " + o.admin + ": expected HOST:PORT, e.g. 127.0.0.1:15000"};
+    if (!ep)
+      throw CommandError{kExitBadInput, "--admin " + o.admin + ": expected HOST:PORT, e.g. 127.0.0.1:15000"};
     return *ep;
   }
   std::string path = o.config_path;
@@ -70,7 +71,7 @@ config::Endpoint admin_endpoint(const AdminOptions& o) {
   }
   if (ep.address().is_unspecified())
     ep.address(ep.address().is_v6() ? asio::ip::address(asio::ip::address_v6::loopback())
-                                     : asio::ip::address(asio::ip::address_v4::loopback()));
+                                    : asio::ip::address(asio::ip::address_v4::loopback()));
   return ep;
 }
 
@@ -85,22 +86,26 @@ HttpReply http_get(const config::Endpoint& ep, const std::string& path) {
       ec = connect_ec;
       return;
     }
-    static const std::string kHead = " HTTP/1.1\r\nHost: shunt\r\nUser-Agent: shunt-cli\r\nConnection: close\r\n\r\n";
+    static const std::string kHead =
+        " HTTP/1.1\r\nHost: shunt\r\nUser-Agent: shunt-cli\r\nConnection: close\r\n\r\n";
     auto request = std::make_shared<std::string>("GET " + path + kHead);
-    asio::async_write(socket, asio::buffer(*request), [&, request](boost::system::error_code write_ec, std::size_t) {
-      if (write_ec) {
-        ec = write_ec;
-        return;
-      }
-      asio::async_read(socket, asio::dynamic_buffer(response), [&](boost::system::error_code read_ec, std::size_t) {
-        ec = read_ec == asio::error::eof ? boost::system::error_code{} : read_ec;
-      });
-    });
+    asio::async_write(
+        socket, asio::buffer(*request), [&, request](boost::system::error_code write_ec, std::size_t) {
+          if (write_ec) {
+            ec = write_ec;
+            return;
+          }
+          asio::async_read(socket, asio::dynamic_buffer(response),
+                           [&](boost::system::error_code read_ec, std::size_t) {
+                             ec = read_ec == asio::error::eof ? boost::system::error_code{} : read_ec;
+                           });
+        });
   });
   io.run_for(kRequestTimeout);
   const std::string where = "the admin API at " + config::to_string(ep);
   if (ec)
-    throw CommandError{kExitEnvironment, "cannot reach " + where + " (" + ec.message() + "); is `shunt run` running?"};
+    throw CommandError{kExitEnvironment,
+                       "cannot reach " + where + " (" + ec.message() + "); is `shunt run` running?"};
   HttpReply reply;
   const auto head_end = response.find("\r\n\r\n");
   if (response.rfind("HTTP/1.", 0) != 0 || head_end == std::string::npos)
@@ -180,8 +185,10 @@ int run_status(const AdminOptions& o) {
   const std::string metrics_text = get_ok(ep, "/metrics");
   if (o.json) {
     // One object: readiness, the config and the metrics as name -> value.
-    std::cout << "{\"admin\":\"" << config::to_string(ep) << "\",\"ready\":" << (ready.status == 200 ? "true" : "false")
-              << ",\"config\":" << config_text.substr(0, config_text.find_last_not_of("\n") + 1) << ",\"metrics\":{";
+    std::cout << "{\"admin\":\"" << config::to_string(ep)
+              << "\",\"ready\":" << (ready.status == 200 ? "true" : "false")
+              << ",\"config\":" << config_text.substr(0, config_text.find_last_not_of("\n") + 1)
+              << ",\"metrics\":{";
     bool first = true;
     for (const auto& [name, value] : parse_metrics(metrics_text)) {
       std::string escaped;
@@ -232,16 +239,18 @@ int run_status(const AdminOptions& o) {
     down += metric(std::string("shunt_bytes_total{direction=\"down\",datapath=\"") + dp + "\"}");
   }
   rows.push_back({"bytes", human_bytes(up) + " up, " + human_bytes(down) + " down"});
-  rows.push_back({"http requests", count(metric("shunt_http_requests_total{verdict=\"allow\"}")) + " allowed, " +
-                                       count(metric("shunt_http_requests_total{verdict=\"deny\"}")) + " denied"});
+  rows.push_back(
+      {"http requests", count(metric("shunt_http_requests_total{verdict=\"allow\"}")) + " allowed, " +
+                            count(metric("shunt_http_requests_total{verdict=\"deny\"}")) + " denied"});
   rows.push_back({"reloads", count(metric("shunt_config_reloads_total{result=\"ok\"}")) + " ok, " +
-                                 count(metric("shunt_config_reloads_total{result=\"error\"}")) + " rejected"});
+                                 count(metric("shunt_config_reloads_total{result=\"error\"}")) +
+                                 " rejected"});
   std::string fallbacks;
   for (const auto& [key, n] : m) {
     const std::string prefix = "shunt_datapath_fallbacks_total{reason=\"";
     if (key.rfind(prefix, 0) == 0)
-      fallbacks += (fallbacks.empty() ? "" : ", ") + key.substr(prefix.size(), key.size() - prefix.size() - 2) +
-                   " " + count(n);
+      fallbacks += (fallbacks.empty() ? "" : ", ") +
+                   key.substr(prefix.size(), key.size() - prefix.size() - 2) + " " + count(n);
   }
   rows.push_back({"fallbacks", fallbacks.empty() ? "none" : fallbacks});
   rows.push_back({"access log", cfg.get<std::string>("log.access", "?") + " (" +
@@ -266,10 +275,11 @@ int run_conns(const AdminOptions& o) {
   for (const auto& [_, c] : conns) {
     char age[32];
     std::snprintf(age, sizeof(age), "%.1fs", c.get<double>("age_s", 0));
-    rows.push_back({c.get<std::string>("id", ""), c.get<std::string>("src", ""), c.get<std::string>("dst", ""),
-                    or_dash(c.get<std::string>("src_pod", "")), or_dash(c.get<std::string>("dst_pod", "")),
-                    or_dash(c.get<std::string>("rule", "")), c.get<std::string>("datapath", ""),
-                    human_bytes(c.get<double>("bytes_up", 0)), human_bytes(c.get<double>("bytes_down", 0)), age});
+    rows.push_back({c.get<std::string>("id", ""), c.get<std::string>("src", ""),
+                    c.get<std::string>("dst", ""), or_dash(c.get<std::string>("src_pod", "")),
+                    or_dash(c.get<std::string>("dst_pod", "")), or_dash(c.get<std::string>("rule", "")),
+                    c.get<std::string>("datapath", ""), human_bytes(c.get<double>("bytes_up", 0)),
+                    human_bytes(c.get<double>("bytes_down", 0)), age});
   }
   print_table(rows, std::cout);
   std::cout << conns.size() << " open connection(s)\n";
@@ -302,7 +312,8 @@ void add_admin_command(CLI::App& app, int& exit_code, const std::string& name, c
 
 void add_admin_commands(CLI::App& app, int& exit_code) {
   add_admin_command(app, exit_code, "status", "Show the running proxy's state (admin API)", run_status);
-  add_admin_command(app, exit_code, "conns", "List the running proxy's open connections (admin API)", run_conns);
+  add_admin_command(app, exit_code, "conns", "List the running proxy's open connections (admin API)",
+                    run_conns);
 }
 
 }  // namespace shunt::cli

@@ -30,7 +30,7 @@ std::string labels_text(const std::map<std::string, std::string>& labels) {
 }
 
 std::string selector_text(const config::Selector& s) {
-  std::string out = s.pod ? "pod " + *s.pod
+  std::string out = s.pod    ? "pod " + *s.pod
                     : s.cidr ? "cidr " + s.cidr->to_string()
                              : "labels " + labels_text(s.labels);
   if (!s.ports.empty()) {
@@ -85,8 +85,7 @@ void print_summary(const config::Config& c) {
   std::cout << "pods (" << c.pods.size() << "):\n";
   rows.clear();
   for (const auto& p : c.pods) {
-    rows.push_back({p.name, p.ip.to_string(), labels_text(p.labels),
-                    p.dev.empty() ? "" : "dev " + p.dev});
+    rows.push_back({p.name, p.ip.to_string(), labels_text(p.labels), p.dev.empty() ? "" : "dev " + p.dev});
   }
   print_table(rows);
 
@@ -181,13 +180,13 @@ int run_explain(const ExplainArgs& args, bool http_given, bool sni_given) {
 
   const auto& conn = e.connection;
   const std::string pod_suffix = conn.dst_pod.empty() ? "" : " (pod " + conn.dst_pod + ")";
-  std::cout << "flow:       " << describe(flow.src, conn.src_pod) << " -> "
-            << config::to_string(*to) << pod_suffix << '\n';
+  std::cout << "flow:       " << describe(flow.src, conn.src_pod) << " -> " << config::to_string(*to)
+            << pod_suffix << '\n';
   if (conn.inspect == policy::Inspect::none) {
     std::cout << "connection: " << describe(conn.decision) << '\n';
   } else {
-    std::cout << "connection: inspect " << policy::to_string(conn.inspect) << ", rule "
-              << conn.decision.rule << ": " << conn.decision.reason << '\n';
+    std::cout << "connection: inspect " << policy::to_string(conn.inspect) << ", rule " << conn.decision.rule
+              << ": " << conn.decision.reason << '\n';
     if (conn.all_requests_allowed) {
       std::cout << "            every request is allowed: handed to the kernel after the first "
                    "request head\n";
@@ -212,9 +211,8 @@ int run_explain(const ExplainArgs& args, bool http_given, bool sni_given) {
   } else if (conn.all_requests_allowed) {
     verdict = "allow (every request)";
   } else {
-    verdict = conn.inspect == policy::Inspect::http
-                  ? "depends on each request: give --method/--path/--host"
-                  : "depends on the SNI: give --sni";
+    verdict = conn.inspect == policy::Inspect::http ? "depends on each request: give --method/--path/--host"
+                                                    : "depends on the SNI: give --sni";
   }
   std::cout << "verdict:    " << verdict << '\n';
 

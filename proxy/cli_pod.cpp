@@ -29,7 +29,8 @@ int exit_code_for(const SysError& e) {
 
 int fail(const SysError& e) {
   std::cerr << "shunt pod: " << e.message() << "\n";
-  if (e.code == EPERM || e.code == EACCES) std::cerr << "shunt pod: run as root (needs CAP_NET_ADMIN and CAP_SYS_ADMIN)\n";
+  if (e.code == EPERM || e.code == EACCES)
+    std::cerr << "shunt pod: run as root (needs CAP_NET_ADMIN and CAP_SYS_ADMIN)\n";
   return exit_code_for(e);
 }
 
@@ -42,7 +43,8 @@ std::optional<std::pair<boost::asio::ip::address, unsigned>> parse_cidr(const st
   auto addr = boost::asio::ip::make_address(text.substr(0, slash), ec);
   if (ec || !addr.is_v4()) return std::nullopt;
   const std::string len = text.substr(slash + 1);
-  if (len.empty() || len.size() > 2 || len.find_first_not_of("0123456789") != std::string::npos) return std::nullopt;
+  if (len.empty() || len.size() > 2 || len.find_first_not_of("0123456789") != std::string::npos)
+    return std::nullopt;
   const unsigned prefix = static_cast<unsigned>(std::stoul(len));
   if (prefix < 1 || prefix > 32) return std::nullopt;
   return std::make_pair(addr, prefix);
@@ -60,7 +62,8 @@ void add_pod_commands(CLI::App& app, int& exit_code) {
     std::string type;
   };
   auto add_args = std::make_shared<AddArgs>();
-  CLI::App* add = pod->add_subcommand("add", "Create pod NAME: netns NAME, host device sh-NAME, address, routes");
+  CLI::App* add =
+      pod->add_subcommand("add", "Create pod NAME: netns NAME, host device sh-NAME, address, routes");
   add->add_option("name", add_args->name, "Pod name (1-12 characters)")->required();
   add->add_option("--ip", add_args->ip, "Pod address A.B.C.D/NN")->required();
   add->add_option("--type", add_args->type, "Device type (default: netkit when the kernel has it, else veth)")
@@ -68,7 +71,8 @@ void add_pod_commands(CLI::App& app, int& exit_code) {
   add->callback([add_args, &exit_code] {
     auto cidr = parse_cidr(add_args->ip);
     if (!cidr) {
-      std::cerr << "shunt pod add: --ip '" << add_args->ip << "' is not an IPv4 address with prefix (A.B.C.D/NN)\n";
+      std::cerr << "shunt pod add: --ip '" << add_args->ip
+                << "' is not an IPv4 address with prefix (A.B.C.D/NN)\n";
       exit_code = kExitBadInput;
       return;
     }
@@ -111,7 +115,8 @@ void add_pod_commands(CLI::App& app, int& exit_code) {
     std::printf("%-12s  %-6s  %-18s  %s\n", "NAME", "TYPE", "ADDRESS", "HOST-DEVICE");
     for (const auto& p : *pods_list) {
       const std::string addr = p.ip ? p.ip->to_string() + "/" + std::to_string(p.prefix) : "-";
-      std::printf("%-12s  %-6s  %-18s  %s\n", p.name.c_str(), p.type.c_str(), addr.c_str(), p.host_device.c_str());
+      std::printf("%-12s  %-6s  %-18s  %s\n", p.name.c_str(), p.type.c_str(), addr.c_str(),
+                  p.host_device.c_str());
     }
     exit_code = kExitOk;
   });

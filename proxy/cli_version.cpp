@@ -1,9 +1,9 @@
 #include "bpf/features.h"
 #include "proxy/cli.h"
 
-#include <CLI/CLI.hpp>
 #include <bpf/libbpf.h>
 #include <sys/utsname.h>
+#include <CLI/CLI.hpp>
 
 #include <cstdio>
 

@@ -5,15 +5,15 @@
 #include "proxy/metrics.h"
 #include "proxy/proxy_context.h"
 
-#include <boost/asio/post.hpp>
-#include <boost/asio/co_spawn.hpp>
-#include <boost/asio/detached.hpp>
-#include <boost/asio/redirect_error.hpp>
-#include <boost/asio/this_coro.hpp>
-#include <boost/asio/use_awaitable.hpp>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <spdlog/spdlog.h>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
 
 #include <cstring>
 
@@ -125,9 +125,8 @@ asio::awaitable<void> Connection::serve() {
     co_return;
   }
 
-  const bool continue_on_datapath = decision.inspect == policy::Inspect::http
-                                        ? co_await inspect_http(*this)
-                                        : co_await inspect_tls(*this);
+  const bool continue_on_datapath =
+      decision.inspect == policy::Inspect::http ? co_await inspect_http(*this) : co_await inspect_tls(*this);
   if (continue_on_datapath && !aborted_) co_await run_datapath();
 }
 
@@ -152,7 +151,8 @@ asio::awaitable<bool> Connection::connect_upstream() {
     if (rc == 0) upstream_.bind(tcp::endpoint(info_->src.address(), 0), ec);
     if (rc != 0 || ec) {
       spdlog::warn("connection {}: cannot keep client source {} ({}); connecting from the node address",
-                   info_->id, info_->src.address().to_string(), rc != 0 ? std::strerror(errno) : ec.message());
+                   info_->id, info_->src.address().to_string(),
+                   rc != 0 ? std::strerror(errno) : ec.message());
       upstream_.close(ec);
       upstream_.open(info_->dst.protocol(), ec);
     }

@@ -45,7 +45,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
  public:
   using tcp = boost::asio::ip::tcp;
 
-  Connection(ProxyContext& proxy, WorkerContext& worker, const config::Listener& listener, tcp::socket client);
+  Connection(ProxyContext& proxy, WorkerContext& worker, const config::Listener& listener,
+             tcp::socket client);
 
   // Runs the connection to completion; never throws. Takes the owning
   // pointer by value so the coroutine frame keeps the connection alive (a

@@ -8,6 +8,8 @@
 #include "proxy/proxy_context.h"
 #include "proxy/server.h"
 
+#include <spdlog/spdlog.h>
+#include <sys/inotify.h>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/io_context.hpp>
@@ -16,8 +18,6 @@
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
-#include <spdlog/spdlog.h>
-#include <sys/inotify.h>
 
 #include <algorithm>
 #include <filesystem>
@@ -36,9 +36,7 @@ namespace {
 // Bytes a socket moves before its pair may get large buffers.
 constexpr std::uint64_t kBulkThresholdBytes = 4ull << 20;
 
-void apply_log_level(const std::string& level) {
-  spdlog::set_level(spdlog::level::from_str(level));
-}
+void apply_log_level(const std::string& level) { spdlog::set_level(spdlog::level::from_str(level)); }
 
 std::string read_file(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
@@ -50,8 +48,12 @@ std::string read_file(const std::string& path) {
 class Control {
  public:
   Control(ProxyContext& context, Server& server, const RunOptions& options, std::string loaded_text)
-      : context_(context), server_(server), options_(options), loaded_text_(std::move(loaded_text)),
-        signals_(io_, SIGHUP, SIGTERM, SIGINT), usr1_(io_, SIGUSR1) {}
+      : context_(context),
+        server_(server),
+        options_(options),
+        loaded_text_(std::move(loaded_text)),
+        signals_(io_, SIGHUP, SIGTERM, SIGINT),
+        usr1_(io_, SIGUSR1) {}
 
   int run() {
     asio::co_spawn(io_, handle_signals(), asio::detached);
@@ -168,14 +170,16 @@ class Control {
     inotify_ = std::make_unique<asio::posix::stream_descriptor>(io_, fd);
     const auto mask = IN_CLOSE_WRITE | IN_MOVED_TO | IN_MOVED_FROM | IN_CREATE | IN_DELETE | IN_ATTRIB;
     if (::inotify_add_watch(fd, path.parent_path().c_str(), mask) < 0) {
-      spdlog::warn("cannot watch {} ({}); reload with SIGHUP", path.parent_path().string(), std::strerror(errno));
+      spdlog::warn("cannot watch {} ({}); reload with SIGHUP", path.parent_path().string(),
+                   std::strerror(errno));
       co_return;
     }
     char buf[4096];
     asio::steady_timer settle(io_);
     for (;;) {
       boost::system::error_code ec;
-      co_await inotify_->async_wait(asio::posix::descriptor_base::wait_read, asio::redirect_error(use_awaitable, ec));
+      co_await inotify_->async_wait(asio::posix::descriptor_base::wait_read,
+                                    asio::redirect_error(use_awaitable, ec));
       if (ec) co_return;
       while (::read(fd, buf, sizeof(buf)) > 0) {
       }
@@ -201,7 +205,8 @@ class Control {
     };
     for (;;) {
       boost::system::error_code ec;
-      co_await bulk_->async_wait(asio::posix::descriptor_base::wait_read, asio::redirect_error(use_awaitable, ec));
+      co_await bulk_->async_wait(asio::posix::descriptor_base::wait_read,
+                                 asio::redirect_error(use_awaitable, ec));
       if (ec) co_return;
       context_.bridge->poll_bulk_events(on_bulk);
     }
@@ -262,7 +267,8 @@ int run_proxy(const RunOptions& options) {
                    bridge.error().message());
     }
 
-    const unsigned threads = options.threads ? options.threads : std::max(1u, std::thread::hardware_concurrency());
+    const unsigned threads =
+        options.threads ? options.threads : std::max(1u, std::thread::hardware_concurrency());
     Server server(context, cfg, threads);
     const bool steers_pods =
         std::any_of(cfg.pods.begin(), cfg.pods.end(), [](const config::Pod& p) { return !p.dev.empty(); });
@@ -281,7 +287,8 @@ int run_proxy(const RunOptions& options) {
     if (auto st = drop_capabilities(ThreadRole::runtime); !st)
       spdlog::warn("could not drop capabilities, running with all of them: {}", st.error().message());
     else
-      spdlog::info("capabilities reduced to at most {}", fmt::join(kept_capabilities(ThreadRole::runtime), ", "));
+      spdlog::info("capabilities reduced to at most {}",
+                   fmt::join(kept_capabilities(ThreadRole::runtime), ", "));
     server.start();
     admin.set_ready(context.steering.get());
     spdlog::info("shunt {} running: datapath {}, {} worker thread(s), config {}", SHUNT_VERSION,

@@ -25,8 +25,8 @@ asio::awaitable<void> copy_direction(Connection& conn, tcp::socket& from, tcp::s
   auto buffer = std::make_unique<char[]>(kCopyBufferBytes);
   for (;;) {
     boost::system::error_code ec;
-    const std::size_t n =
-        co_await from.async_read_some(asio::buffer(buffer.get(), kCopyBufferBytes), asio::redirect_error(asio::use_awaitable, ec));
+    const std::size_t n = co_await from.async_read_some(asio::buffer(buffer.get(), kCopyBufferBytes),
+                                                        asio::redirect_error(asio::use_awaitable, ec));
     if (ec == asio::error::eof) {
       // Half-close: pass the FIN on and keep the other direction running.
       to.shutdown(tcp::socket::shutdown_send, ec);
@@ -40,7 +40,8 @@ asio::awaitable<void> copy_direction(Connection& conn, tcp::socket& from, tcp::s
       }
       co_return;
     }
-    co_await asio::async_write(to, asio::buffer(buffer.get(), n), asio::redirect_error(asio::use_awaitable, ec));
+    co_await asio::async_write(to, asio::buffer(buffer.get(), n),
+                               asio::redirect_error(asio::use_awaitable, ec));
     if (ec) {
       reset_socket(from);
       reset_socket(to);

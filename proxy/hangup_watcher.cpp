@@ -1,11 +1,11 @@
 #include "proxy/hangup_watcher.h"
 
+#include <spdlog/spdlog.h>
+#include <sys/epoll.h>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/use_awaitable.hpp>
-#include <spdlog/spdlog.h>
-#include <sys/epoll.h>
 
 #include <array>
 #include <cstring>

@@ -37,6 +37,7 @@
 #include "proxy/metrics.h"
 #include "proxy/proxy_context.h"
 
+#include <spdlog/spdlog.h>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/read.hpp>
 #include <boost/asio/redirect_error.hpp>
@@ -44,7 +45,6 @@
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
-#include <spdlog/spdlog.h>
 
 #include <chrono>
 #include <cstring>
@@ -57,8 +57,8 @@
 namespace shunt::proxy {
 
 namespace asio = boost::asio;
-using asio::ip::tcp;
 using asio::use_awaitable;
+using asio::ip::tcp;
 using Clock = std::chrono::steady_clock;
 
 namespace {
@@ -106,8 +106,8 @@ struct Session : std::enable_shared_from_this<Session> {
 
   bool pump_running = false;
   bool stop_pump = false;
-  bool tunnel = false;            // the pump forwarded a 101 / CONNECT 2xx and stopped
-  bool upstream_ended = false;    // EOF, reset or protocol error from the upstream
+  bool tunnel = false;          // the pump forwarded a 101 / CONNECT 2xx and stopped
+  bool upstream_ended = false;  // EOF, reset or protocol error from the upstream
   // The request loop is about to write a final status to the client: the
   // pump must not shut the client's write side when the upstream ends.
   bool client_write_reserved = false;
@@ -133,8 +133,9 @@ bool every_request_allowed(const policy::Policy& policy, const policy::Flow& flo
   return d.inspect == policy::Inspect::none && d.decision.verdict == policy::Verdict::allow;
 }
 
-void log_request(Connection& conn, const std::string& method, const std::string& path, const std::string& host,
-                 const std::string& rule, bool allowed, int status, Clock::time_point since) {
+void log_request(Connection& conn, const std::string& method, const std::string& path,
+                 const std::string& host, const std::string& rule, bool allowed, int status,
+                 Clock::time_point since) {
   ConnectionInfo& info = conn.info();
   AccessRecord r;
   r.event = "http";
@@ -169,7 +170,8 @@ void retire_request(Session& s, int status) {
 asio::awaitable<bool> write_all(Connection& conn, tcp::socket& to, const char* data, std::size_t n) {
   while (n > 0) {
     boost::system::error_code ec;
-    const std::size_t w = co_await asio::async_write(to, asio::buffer(data, n), asio::redirect_error(use_awaitable, ec));
+    const std::size_t w =
+        co_await asio::async_write(to, asio::buffer(data, n), asio::redirect_error(use_awaitable, ec));
     data += w;
     n -= w;
     if (!ec) continue;
@@ -191,7 +193,7 @@ asio::awaitable<void> pump_responses(std::shared_ptr<Session> self) {
       if (s.stop_pump || conn.aborted()) break;
       boost::system::error_code ec;
       const std::size_t n = co_await conn.upstream().async_read_some(asio::buffer(buffer.get(), kReadChunk),
-                                                                    asio::redirect_error(use_awaitable, ec));
+                                                                     asio::redirect_error(use_awaitable, ec));
       completed.clear();
       if (ec == asio::error::eof) {
         const auto r = s.responses.finish(completed);
@@ -221,7 +223,8 @@ asio::awaitable<void> pump_responses(std::shared_ptr<Session> self) {
       if (r.event == http::ResponseEvent::error) {
         // Framing is lost: the deny path could no longer tell when earlier
         // responses are complete, nor a 101 from body bytes. Fail closed.
-        spdlog::warn("connection {}: malformed response from upstream ({}); resetting", conn.info().id, r.reason);
+        spdlog::warn("connection {}: malformed response from upstream ({}); resetting", conn.info().id,
+                     r.reason);
         s.upstream_ended = true;
         conn.abort();
         break;
@@ -232,7 +235,8 @@ asio::awaitable<void> pump_responses(std::shared_ptr<Session> self) {
         const std::size_t index = completed.empty() ? 0 : completed.size() - 1;
         const PendingRequest* opener = index < s.pending.size() ? &s.pending[index] : nullptr;
         if (!opener || !opener->opens_tunnel) {
-          spdlog::warn("connection {}: upstream switched protocol without being asked; resetting", conn.info().id);
+          spdlog::warn("connection {}: upstream switched protocol without being asked; resetting",
+                       conn.info().id);
           s.upstream_ended = true;
           conn.abort();
           break;
@@ -314,7 +318,8 @@ asio::awaitable<ReadResult> read_client(std::shared_ptr<Session> self, char* int
     });
   }
   s.reading_client = true;
-  r.n = co_await s.conn.client().async_read_some(asio::buffer(into, room), asio::redirect_error(use_awaitable, r.ec));
+  r.n = co_await s.conn.client().async_read_some(asio::buffer(into, room),
+                                                 asio::redirect_error(use_awaitable, r.ec));
   s.reading_client = false;
   ++s.read_generation;
   s.head_timer.cancel();
@@ -327,10 +332,18 @@ asio::awaitable<ReadResult> read_client(std::shared_ptr<Session> self, char* int
 std::string status_response(int status) {
   std::string_view reason, body;
   switch (status) {
-    case 400: reason = "Bad Request", body = "Bad request\n"; break;
-    case 403: reason = "Forbidden", body = "Access denied\n"; break;
-    case 408: reason = "Request Timeout", body = "Request timeout\n"; break;
-    default: reason = "Request Header Fields Too Large", body = "Request header fields too large\n"; break;
+    case 400:
+      reason = "Bad Request", body = "Bad request\n";
+      break;
+    case 403:
+      reason = "Forbidden", body = "Access denied\n";
+      break;
+    case 408:
+      reason = "Request Timeout", body = "Request timeout\n";
+      break;
+    default:
+      reason = "Request Header Fields Too Large", body = "Request header fields too large\n";
+      break;
   }
   std::string out = "HTTP/1.1 " + std::to_string(status) + " " + std::string(reason) + "\r\n";
   out += "Content-Type: text/plain\r\nContent-Length: " + std::to_string(body.size()) + "\r\n";
@@ -376,11 +389,12 @@ asio::awaitable<bool> refuse(std::shared_ptr<Session> self, int status) {
 
 // Refusals that happen before or instead of a policy decision (400, 408,
 // 431) are logged and counted like a denied request.
-asio::awaitable<bool> refuse_malformed(std::shared_ptr<Session> self, int status, const http::RequestHead* head) {
+asio::awaitable<bool> refuse_malformed(std::shared_ptr<Session> self, int status,
+                                       const http::RequestHead* head) {
   metrics().http_requests_denied.fetch_add(1, std::memory_order_relaxed);
   static const std::string none;
-  log_request(self->conn, head ? head->method : none, head ? head->target : none, head ? head->host : none, "",
-              false, status, Clock::now());
+  log_request(self->conn, head ? head->method : none, head ? head->target : none, head ? head->host : none,
+              "", false, status, Clock::now());
   co_return co_await refuse(self, status);
 }
 
@@ -413,8 +427,8 @@ asio::awaitable<bool> run_requests(std::shared_ptr<Session> self) {
   std::size_t parsed = 0;  // first byte not yet parsed
   std::size_t end = 0;     // end of buffered bytes
   http::RequestParser parser;
-  bool in_body = false;     // between an allowed head and its message end
-  bool connected = false;   // upstream connected (lazily, at the first allowed request)
+  bool in_body = false;    // between an allowed head and its message end
+  bool connected = false;  // upstream connected (lazily, at the first allowed request)
   // The first head must be complete within timeouts.header of the accept;
   // later ones within timeouts.header of their first byte (an idle
   // keep-alive connection is the idle timeout's business).
@@ -473,7 +487,8 @@ asio::awaitable<bool> run_requests(std::shared_ptr<Session> self) {
         }
         if (decision.verdict != policy::Verdict::allow) {
           metrics().http_requests_denied.fetch_add(1, std::memory_order_relaxed);
-          spdlog::debug("connection {}: {} {} denied: {}", info.id, head.method, head.target, decision.reason);
+          spdlog::debug("connection {}: {} {} denied: {}", info.id, head.method, head.target,
+                        decision.reason);
           log_request(conn, head.method, head.target, head.host, decision.rule, false, 403, Clock::now());
           co_return co_await refuse(self, 403);
         }
@@ -494,7 +509,8 @@ asio::awaitable<bool> run_requests(std::shared_ptr<Session> self) {
           connected = true;
         }
         s.pending.push_back(PendingRequest{head.method, head.target, head.host, decision.rule,
-                                           head.upgrade_protocol, head.upgrade || head.connect, Clock::now()});
+                                           head.upgrade_protocol, head.upgrade || head.connect,
+                                           Clock::now()});
         s.responses.expect({head.method == "HEAD", head.connect});
 
         if (!head.upgrade && !head.connect && every_request_allowed(*policy, flow)) {
@@ -541,9 +557,10 @@ asio::awaitable<bool> run_requests(std::shared_ptr<Session> self) {
       }
 
       case http::RequestEvent::http2:
-        spdlog::warn("connection {}: http2 not inspectable (prior-knowledge preface on a port with HTTP rules); "
-                     "resetting",
-                     info.id);
+        spdlog::warn(
+            "connection {}: http2 not inspectable (prior-knowledge preface on a port with HTTP rules); "
+            "resetting",
+            info.id);
         s.stop_pump = true;
         reset_socket(conn.client());
         reset_socket(conn.upstream());
@@ -566,7 +583,8 @@ asio::awaitable<bool> run_requests(std::shared_ptr<Session> self) {
       in.resize(std::min(buffer_limit, in.size() * 2));
     }
     const std::size_t room = in.size() - end;
-    const ReadResult got = co_await read_client(self, in.data() + end, room, in_body ? std::nullopt : deadline);
+    const ReadResult got =
+        co_await read_client(self, in.data() + end, room, in_body ? std::nullopt : deadline);
     last_read_filled = got.n == room;
     if (got.timed_out) co_return co_await refuse_malformed(self, 408, nullptr);
     if (got.ec == asio::error::eof) {

@@ -8,7 +8,8 @@ namespace shunt::proxy::http {
 namespace {
 
 void lower_in_place(std::string& s) {
-  std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  std::transform(s.begin(), s.end(), s.begin(),
+                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
 }
 
 }  // namespace

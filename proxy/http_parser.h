@@ -42,12 +42,12 @@ struct RequestHead {
 };
 
 enum class RequestEvent {
-  need_more,     // every byte given was consumed; nothing to report yet
-  head,          // a request head is complete: head() is valid
-  message_end,   // the current request (head and body) has ended
-  upgrade,       // after message_end of a CONNECT/Upgrade request: what follows is not parsed
-  http2,         // the HTTP/2 connection preface (prior knowledge)
-  error,         // malformed request
+  need_more,    // every byte given was consumed; nothing to report yet
+  head,         // a request head is complete: head() is valid
+  message_end,  // the current request (head and body) has ended
+  upgrade,      // after message_end of a CONNECT/Upgrade request: what follows is not parsed
+  http2,        // the HTTP/2 connection preface (prior knowledge)
+  error,        // malformed request
 };
 
 class RequestParser {

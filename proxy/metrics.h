@@ -19,7 +19,6 @@ namespace shunt::proxy {
 inline constexpr std::size_t kDatapathCount = 3;  // config::Datapath values
 inline std::size_t index_of(config::Datapath d) { return static_cast<std::size_t>(d); }
 
-
 class LabeledCounter {
  public:
   void add(const std::string& label, std::uint64_t n = 1) {

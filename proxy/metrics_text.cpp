@@ -198,17 +198,20 @@ std::string render_metrics(const ProxyContext& context, const bpf::PodSteering* 
   p.sample("shunt_http_requests_total", {{"verdict", "allow"}}, m.http_requests_allowed.load());
   p.sample("shunt_http_requests_total", {{"verdict", "deny"}}, m.http_requests_denied.load());
 
-  p.family("shunt_policy_decisions_total", "counter", "Policy decisions by deciding rule (or default) and verdict.");
+  p.family("shunt_policy_decisions_total", "counter",
+           "Policy decisions by deciding rule (or default) and verdict.");
   for (const auto& [key, n] : m.policy_decisions.snapshot()) {
     const auto sep = key.find('\x1f');
     const std::string_view k(key);
     p.sample("shunt_policy_decisions_total", {{"rule", k.substr(0, sep)}, {"verdict", k.substr(sep + 1)}}, n);
   }
 
-  p.family("shunt_config_generation", "gauge", "Generation of the active config; 1 at start, +1 per accepted reload.");
+  p.family("shunt_config_generation", "gauge",
+           "Generation of the active config; 1 at start, +1 per accepted reload.");
   p.sample("shunt_config_generation", {}, m.config_generation.load());
 
-  p.family("shunt_config_reloads_total", "counter", "Config reloads by result; error keeps the previous config.");
+  p.family("shunt_config_reloads_total", "counter",
+           "Config reloads by result; error keeps the previous config.");
   p.sample("shunt_config_reloads_total", {{"result", "ok"}}, m.config_reloads_ok.load());
   p.sample("shunt_config_reloads_total", {{"result", "error"}}, m.config_reloads_error.load());
 
@@ -217,16 +220,19 @@ std::string render_metrics(const ProxyContext& context, const bpf::PodSteering* 
   for (const auto& [reason, n] : m.datapath_fallbacks.snapshot())
     p.sample("shunt_datapath_fallbacks_total", {{"reason", reason}}, n);
 
-  p.family("shunt_connections_revoked_total", "counter", "Open connections reset because a reload disallowed them.");
+  p.family("shunt_connections_revoked_total", "counter",
+           "Open connections reset because a reload disallowed them.");
   p.sample("shunt_connections_revoked_total", {}, m.connections_revoked.load());
 
-  p.family("shunt_buffer_boosts_total", "counter",
-           "Larger socket buffers for bulk kernel-spliced connections, by result (refused: budget exhausted).");
+  p.family(
+      "shunt_buffer_boosts_total", "counter",
+      "Larger socket buffers for bulk kernel-spliced connections, by result (refused: budget exhausted).");
   p.sample("shunt_buffer_boosts_total", {{"result", "granted"}}, m.buffer_boosts.load());
   p.sample("shunt_buffer_boosts_total", {{"result", "refused"}}, m.buffer_boosts_refused.load());
 
   if (steering) {
-    p.family("shunt_steering_packets_total", "counter", "Packets seen by pod steering BPF programs, by outcome.");
+    p.family("shunt_steering_packets_total", "counter",
+             "Packets seen by pod steering BPF programs, by outcome.");
     for (const auto& [outcome, n] : steering->counters())
       p.sample("shunt_steering_packets_total", {{"outcome", outcome}}, n);
   }
@@ -247,7 +253,8 @@ std::string render_metrics(const ProxyContext& context, const bpf::PodSteering* 
   p.sample("process_max_fds", {}, proc.max_fds);
   p.family("process_cpu_seconds_total", "counter", "User and system CPU time in seconds.");
   p.sample("process_cpu_seconds_total", {}, proc.cpu_seconds);
-  p.family("process_start_time_seconds", "gauge", "Start time of the process since the Unix epoch in seconds.");
+  p.family("process_start_time_seconds", "gauge",
+           "Start time of the process since the Unix epoch in seconds.");
   p.sample("process_start_time_seconds", {}, proc.start_time_seconds);
   return p.take();
 }

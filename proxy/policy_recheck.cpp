@@ -18,8 +18,9 @@ policy::Decision recheck(const policy::Policy& policy, const ConnectionInfo& inf
       return now.decision;
     case policy::Inspect::http:
       if (basis.requests_uninspected && !now.all_requests_allowed) {
-        return {policy::Verdict::deny, "reinspection-required",
-                "requests after the hand-over were not inspected, and the new policy no longer allows them all"};
+        return {
+            policy::Verdict::deny, "reinspection-required",
+            "requests after the hand-over were not inspected, and the new policy no longer allows them all"};
       }
       if (basis.last_request) {
         policy::HttpRequest request{basis.last_request->method, basis.last_request->path,

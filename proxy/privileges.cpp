@@ -51,7 +51,9 @@ Result<CapSets> get_caps() {
   __user_cap_header_struct header{_LINUX_CAPABILITY_VERSION_3, 0};
   __user_cap_data_struct data[2]{};
   if (::syscall(SYS_capget, &header, data) < 0) return SysError::from_errno("capget");
-  auto join = [](std::uint32_t lo, std::uint32_t hi) { return std::uint64_t{lo} | (std::uint64_t{hi} << 32); };
+  auto join = [](std::uint32_t lo, std::uint32_t hi) {
+    return std::uint64_t{lo} | (std::uint64_t{hi} << 32);
+  };
   return CapSets{join(data[0].effective, data[1].effective), join(data[0].permitted, data[1].permitted),
                  join(data[0].inheritable, data[1].inheritable)};
 }
@@ -70,10 +72,14 @@ Status set_caps(const CapSets& sets) {
 
 const char* cap_name(int cap) {
   switch (cap) {
-    case CAP_NET_ADMIN: return "cap_net_admin";
-    case CAP_SYS_ADMIN: return "cap_sys_admin";
-    case CAP_BPF: return "cap_bpf";
-    default: return "cap_unknown";
+    case CAP_NET_ADMIN:
+      return "cap_net_admin";
+    case CAP_SYS_ADMIN:
+      return "cap_sys_admin";
+    case CAP_BPF:
+      return "cap_bpf";
+    default:
+      return "cap_unknown";
   }
 }
 

@@ -4,14 +4,14 @@
 #include "proxy/connection.h"
 #include "proxy/hangup_watcher.h"
 
+#include <netinet/in.h>
+#include <spdlog/spdlog.h>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/ip/v6_only.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/use_awaitable.hpp>
-#include <netinet/in.h>
-#include <spdlog/spdlog.h>
 
 namespace shunt::proxy {
 
@@ -38,12 +38,14 @@ std::unique_ptr<tcp::acceptor> bind_listener(asio::io_context& io, const config:
   if (listener.transparent) {
     // Connections assigned by BPF steering (or TPROXY) carry their original,
     // non-local destination as the local address.
-    const int rc = ep.address().is_v6()
-                       ? ::setsockopt(acceptor->native_handle(), SOL_IPV6, IPV6_TRANSPARENT, &one, sizeof(one))
-                       : ::setsockopt(acceptor->native_handle(), SOL_IP, IP_TRANSPARENT, &one, sizeof(one));
+    const int rc =
+        ep.address().is_v6()
+            ? ::setsockopt(acceptor->native_handle(), SOL_IPV6, IPV6_TRANSPARENT, &one, sizeof(one))
+            : ::setsockopt(acceptor->native_handle(), SOL_IP, IP_TRANSPARENT, &one, sizeof(one));
     if (rc != 0)
-      throw StartupError(kExitEnvironment, "listener " + listener.name +
-                                               ": IP_TRANSPARENT needs CAP_NET_ADMIN (run as root or grant it)");
+      throw StartupError(
+          kExitEnvironment,
+          "listener " + listener.name + ": IP_TRANSPARENT needs CAP_NET_ADMIN (run as root or grant it)");
   }
   acceptor->bind(ep, ec);
   if (ec)
@@ -70,7 +72,8 @@ Server::~Server() { stop(); }
 
 void Server::start() {
   for (auto& worker : workers_) {
-    for (std::size_t i = 0; i < listeners_.size(); ++i) accept_loop(*worker, *worker->acceptors[i], listeners_[i]);
+    for (std::size_t i = 0; i < listeners_.size(); ++i)
+      accept_loop(*worker, *worker->acceptors[i], listeners_[i]);
     worker->thread = std::thread([w = worker.get()] {
       auto guard = asio::make_work_guard(w->io);
       w->io.run();

@@ -49,7 +49,8 @@ class Server {
   [[nodiscard]] std::vector<int> transparent_listener_fds() const;
 
  private:
-  void accept_loop(Worker& worker, boost::asio::ip::tcp::acceptor& acceptor, const config::Listener& listener);
+  void accept_loop(Worker& worker, boost::asio::ip::tcp::acceptor& acceptor,
+                   const config::Listener& listener);
   boost::asio::awaitable<void> accept_connections(Worker* worker, boost::asio::ip::tcp::acceptor* acceptor,
                                                   config::Listener listener);
 

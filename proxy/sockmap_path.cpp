@@ -23,13 +23,13 @@
 #include "proxy/proxy_context.h"
 #include "proxy/tcp_counters.h"
 
+#include <poll.h>
+#include <spdlog/spdlog.h>
+#include <sys/socket.h>
 #include <boost/asio/post.hpp>
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
-#include <poll.h>
-#include <spdlog/spdlog.h>
-#include <sys/socket.h>
 
 #include <algorithm>
 
@@ -143,7 +143,8 @@ asio::awaitable<void> run_sockmap(Connection& conn) {
   {
     std::lock_guard lock(info.mu);
     const std::uint64_t client_cookie = handover.cookies.a;
-    info.grant_bulk_buffers = [executor, pair, client_cookie, &budget = proxy.buffer_budget](std::uint64_t source) {
+    info.grant_bulk_buffers = [executor, pair, client_cookie,
+                               &budget = proxy.buffer_budget](std::uint64_t source) {
       asio::post(executor, [pair, source, client_cookie, &budget] {
         if (!pair->open || pair->boosted_bytes) return;
         if (!budget.try_acquire(BufferBudget::kBoostedBufferBytes)) {

@@ -7,10 +7,10 @@
 #include "proxy/datapath.h"
 #include "proxy/join.h"
 
-#include <boost/asio/redirect_error.hpp>
-#include <boost/asio/use_awaitable.hpp>
 #include <fcntl.h>
 #include <spdlog/spdlog.h>
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/use_awaitable.hpp>
 
 #include <cerrno>
 

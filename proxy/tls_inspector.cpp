@@ -9,14 +9,14 @@
 #include "proxy/datapath.h"
 #include "proxy/proxy_context.h"
 
-#include <boost/asio/redirect_error.hpp>
-#include <boost/asio/steady_timer.hpp>
-#include <boost/asio/use_awaitable.hpp>
-#include <boost/asio/write.hpp>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <openssl/tls1.h>
 #include <spdlog/spdlog.h>
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/write.hpp>
 
 #include <memory>
 #include <vector>
@@ -144,18 +144,19 @@ asio::awaitable<bool> inspect_tls(Connection& conn) {
     auto settled = std::make_shared<bool>(false);
     asio::steady_timer deadline(conn.worker().io);
     deadline.expires_at(info.started + settings.timeouts.header);
-    deadline.async_wait([&conn, expired, settled, hold = conn.shared_from_this()](boost::system::error_code ec) {
-      if (ec || *settled) return;
-      *expired = true;
-      boost::system::error_code ignored;
-      conn.client().cancel(ignored);
-    });
+    deadline.async_wait(
+        [&conn, expired, settled, hold = conn.shared_from_this()](boost::system::error_code ec) {
+          if (ec || *settled) return;
+          *expired = true;
+          boost::system::error_code ignored;
+          conn.client().cancel(ignored);
+        });
 
     tls::ClientHelloReader::State state = tls::ClientHelloReader::State::need_more;
     while (state == tls::ClientHelloReader::State::need_more && have < hello.size()) {
       boost::system::error_code ec;
-      const std::size_t n = co_await conn.client().async_read_some(asio::buffer(hello.data() + have, hello.size() - have),
-                                                                  asio::redirect_error(use_awaitable, ec));
+      const std::size_t n = co_await conn.client().async_read_some(
+          asio::buffer(hello.data() + have, hello.size() - have), asio::redirect_error(use_awaitable, ec));
       if (ec) {
         *settled = true;
         deadline.cancel();
@@ -177,8 +178,9 @@ asio::awaitable<bool> inspect_tls(Connection& conn) {
 
     if (state != tls::ClientHelloReader::State::done) {
       spdlog::info("connection {}: {}; resetting", info.id,
-                   state == tls::ClientHelloReader::State::not_tls ? "first bytes are not a TLS ClientHello"
-                                                                    : "ClientHello larger than limits.max_header_bytes");
+                   state == tls::ClientHelloReader::State::not_tls
+                       ? "first bytes are not a TLS ClientHello"
+                       : "ClientHello larger than limits.max_header_bytes");
       policy::Decision refused{policy::Verdict::deny, info.rule_name(), "no usable ClientHello"};
       conn.set_rule(refused);
       reset_socket(conn.client());
@@ -205,7 +207,8 @@ asio::awaitable<bool> inspect_tls(Connection& conn) {
     // Forward the hello (and anything that came with it) before the data
     // path starts: bytes written here must precede what the kernel moves.
     boost::system::error_code ec;
-    co_await asio::async_write(conn.upstream(), asio::buffer(hello.data(), have), asio::redirect_error(use_awaitable, ec));
+    co_await asio::async_write(conn.upstream(), asio::buffer(hello.data(), have),
+                               asio::redirect_error(use_awaitable, ec));
     if (ec) {
       spdlog::debug("connection {}: forwarding the ClientHello failed: {}", info.id, ec.message());
       reset_socket(conn.client());

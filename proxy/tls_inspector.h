@@ -38,7 +38,6 @@ class ClientHelloReader {
   static int on_client_hello(ssl_st* ssl, int* alert, void* arg);
 
  private:
-
   std::size_t max_bytes_;
   std::size_t fed_ = 0;
   ssl_st* ssl_ = nullptr;

@@ -299,7 +299,8 @@ int connrate(int argc, char** argv) {
   };
 
   const auto start = Clock::now();
-  const auto deadline = start + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(duration));
+  const auto deadline =
+      start + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(duration));
   for (long i = 0; i < parallel; ++i) open_one();
 
   std::vector<epoll_event> events(256);
@@ -359,8 +360,10 @@ int connrate(int argc, char** argv) {
     counted = completed;
     elapsed = std::chrono::duration<double>(Clock::now() - start).count();
   }
-  std::printf("{\"completed\": %ld, \"errors\": %ld, \"parallel\": %ld, \"elapsed_s\": %.3f, \"conns_per_s\": %.1f}\n",
-              counted, errors, parallel, elapsed, static_cast<double>(counted) / elapsed);
+  std::printf(
+      "{\"completed\": %ld, \"errors\": %ld, \"parallel\": %ld, \"elapsed_s\": %.3f, \"conns_per_s\": "
+      "%.1f}\n",
+      counted, errors, parallel, elapsed, static_cast<double>(counted) / elapsed);
   return errors > completed ? 2 : 0;
 }
 

@@ -32,7 +32,13 @@ TEST(PromText, FamilyThenSamples) {
 
 TEST(JsonWriter, CommasNestingAndEscapes) {
   JsonWriter w;
-  w.begin_object().field("a", std::uint64_t{1}).key("b").begin_array().value("x\"\n\x01").value(true).end_array();
+  w.begin_object()
+      .field("a", std::uint64_t{1})
+      .key("b")
+      .begin_array()
+      .value("x\"\n\x01")
+      .value(true)
+      .end_array();
   w.key("c").begin_object().end_object().key("d").fixed(1.23456, 3).end_object();
   EXPECT_EQ(w.take(), R"({"a":1,"b":["x\"\n\u0001",true],"c":{},"d":1.235})");
 }

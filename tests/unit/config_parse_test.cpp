@@ -118,13 +118,12 @@ policy:
   const HttpMatch& m = c->policy.rules[0].http[0];
   EXPECT_EQ(m.method, "POST");
   EXPECT_EQ(m.path_exact, "/login");
-  EXPECT_EQ(m.host, "api.local");                  // lower-cased, port dropped
-  EXPECT_EQ(m.headers.at("x-team"), "Blue");       // name lower-cased, value kept
+  EXPECT_EQ(m.host, "api.local");             // lower-cased, port dropped
+  EXPECT_EQ(m.headers.at("x-team"), "Blue");  // name lower-cased, value kept
   EXPECT_EQ(c->policy.rules[0].http[1].path, "/api/");
   EXPECT_EQ(c->policy.rules[0].http[1].path_regex, "^/v[0-9]+/items$");
   ASSERT_TRUE(c->policy.rules[1].tls);
-  EXPECT_EQ(c->policy.rules[1].tls->sni,
-            (std::vector<std::string>{"api.example.com", "*.example.com"}));
+  EXPECT_EQ(c->policy.rules[1].tls->sni, (std::vector<std::string>{"api.example.com", "*.example.com"}));
 }
 
 TEST(ConfigParse, BuiltinDefaultIsValidAndAllowsAll) {
@@ -167,8 +166,8 @@ TEST(Duration, Units) {
 }
 
 TEST(Duration, Malformed) {
-  for (const char* bad : {"", "5", "s", "5 s", "-5s", "5sec", "1.5s", "5S", "1h30m", "ms5",
-                          "99999999999999999999h"}) {
+  for (const char* bad :
+       {"", "5", "s", "5 s", "-5s", "5sec", "1.5s", "5S", "1h30m", "ms5", "99999999999999999999h"}) {
     EXPECT_FALSE(parse_duration(bad)) << bad;
   }
 }
@@ -186,9 +185,9 @@ TEST(Endpoint, Ipv4AndIpv6) {
 }
 
 TEST(Endpoint, Malformed) {
-  for (const char* bad : {"", "127.0.0.1", "127.0.0.1:", "127.0.0.1:0", "127.0.0.1:65536",
-                          "localhost:80", "::1:80", "[::1]", "[::1]80", "[10.0.0.1]:80",
-                          "10.0.0:80", "127.0.0.1:80x", "127.0.0.1:-1"}) {
+  for (const char* bad :
+       {"", "127.0.0.1", "127.0.0.1:", "127.0.0.1:0", "127.0.0.1:65536", "localhost:80", "::1:80", "[::1]",
+        "[::1]80", "[10.0.0.1]:80", "10.0.0:80", "127.0.0.1:80x", "127.0.0.1:-1"}) {
     EXPECT_FALSE(parse_endpoint(bad)) << bad;
   }
 }
@@ -224,8 +223,8 @@ TEST(Cidr, ParseAndContain) {
 }
 
 TEST(Cidr, Malformed) {
-  for (const char* bad : {"10.0.0.0", "10.0.0.0/33", "10.0.0.5/24", "fd00::/129", "fd00::1/64",
-                          "10.0.0.0/", "/8", "10.0.0.0/8x", "host/8"}) {
+  for (const char* bad : {"10.0.0.0", "10.0.0.0/33", "10.0.0.5/24", "fd00::/129", "fd00::1/64", "10.0.0.0/",
+                          "/8", "10.0.0.0/8x", "host/8"}) {
     EXPECT_FALSE(parse_cidr(bad)) << bad;
   }
 }

@@ -51,15 +51,14 @@ TEST(ConfigValidation, UnknownKeysAtEveryLevel) {
             "t.yaml:3:1: unknown key 'proxy2' in the config (did you mean 'proxy'?)");
   EXPECT_EQ(error(std::string(kProxy) + "log: {level: info, acces: off}\n"),
             "t.yaml:3:20: unknown key 'acces' in log (did you mean 'access'?)");
-  EXPECT_EQ(error(std::string(kProxy) +
-                  "pods: [{name: a, ip: 10.0.0.1}]\n"
-                  "policy:\n"
-                  "  rules:\n"
-                  "    - name: r\n"
-                  "      from: {pod: a}\n"
-                  "      to: {pod: a}\n"
-                  "      action: allow\n"
-                  "      http: [{method: GET, query: x}]\n"),
+  EXPECT_EQ(error(std::string(kProxy) + "pods: [{name: a, ip: 10.0.0.1}]\n"
+                                        "policy:\n"
+                                        "  rules:\n"
+                                        "    - name: r\n"
+                                        "      from: {pod: a}\n"
+                                        "      to: {pod: a}\n"
+                                        "      action: allow\n"
+                                        "      http: [{method: GET, query: x}]\n"),
             "t.yaml:10:28: unknown key 'query' in http entry (expected: method, path, path_exact, "
             "path_regex, host, headers)");
 }
@@ -75,8 +74,7 @@ TEST(ConfigValidation, DuplicateKey) {
 }
 
 TEST(ConfigValidation, WrongTypes) {
-  EXPECT_EQ(error("proxy:\n  listeners: {name: p}\n"),
-            "t.yaml:2:14: 'listeners' must be a list, got a map");
+  EXPECT_EQ(error("proxy:\n  listeners: {name: p}\n"), "t.yaml:2:14: 'listeners' must be a list, got a map");
   EXPECT_EQ(error(std::string(kProxy) + "admin: {listen: 127.0.0.1:1, allow_remote: maybe}\n"),
             "t.yaml:3:44: 'allow_remote' must be true or false");
   EXPECT_EQ(error(std::string(kProxy) + "proxy_x: 1\n").substr(0, 12), "t.yaml:3:1: ");
@@ -101,8 +99,7 @@ TEST(ConfigValidation, EnumsNameTheirChoices) {
 }
 
 TEST(ConfigValidation, Listeners) {
-  EXPECT_EQ(error("proxy:\n  listeners: []\n"),
-            "t.yaml:2:14: proxy.listeners needs at least one listener");
+  EXPECT_EQ(error("proxy:\n  listeners: []\n"), "t.yaml:2:14: proxy.listeners needs at least one listener");
   EXPECT_EQ(error("log: {level: info}\n"), "t.yaml:1:1: the config is missing required key 'proxy'");
   EXPECT_EQ(error("proxy:\n  listeners:\n    - {name: p, listen: 127.0.0.1:1}\n"),
             "t.yaml:3:7: listener 'p' needs transparent: true or forward: IP:PORT");
@@ -158,11 +155,9 @@ TEST(ConfigValidation, Steering) {
 TEST(ConfigValidation, Pods) {
   EXPECT_EQ(error(std::string(kProxy) + "pods:\n  - {name: a, ip: 10.0.0.256}\n"),
             "t.yaml:4:19: pod ip '10.0.0.256' is not an IPv4 or IPv6 address");
-  EXPECT_EQ(error(std::string(kProxy) +
-                  "pods:\n  - {name: a, ip: 10.0.0.1}\n  - {name: a, ip: 10.0.0.2}\n"),
+  EXPECT_EQ(error(std::string(kProxy) + "pods:\n  - {name: a, ip: 10.0.0.1}\n  - {name: a, ip: 10.0.0.2}\n"),
             "t.yaml:5:5: duplicate pod name 'a' (first defined at line 4)");
-  EXPECT_EQ(error(std::string(kProxy) +
-                  "pods:\n  - {name: a, ip: 10.0.0.1}\n  - {name: b, ip: 10.0.0.1}\n"),
+  EXPECT_EQ(error(std::string(kProxy) + "pods:\n  - {name: a, ip: 10.0.0.1}\n  - {name: b, ip: 10.0.0.1}\n"),
             "t.yaml:5:5: pod 'b' has the same IP 10.0.0.1 as pod 'a': pods are identified by IP");
   EXPECT_EQ(error(std::string(kProxy) + "pods:\n  - {name: a, ip: 10.0.0.1, dev: a-very-long-device}\n"),
             "t.yaml:4:34: dev 'a-very-long-device' is not a valid interface name (at most 15 "
@@ -173,19 +168,20 @@ TEST(ConfigValidation, Pods) {
 
 // A policy section with one rule whose lines are numbered from 3.
 std::string rule(const std::string& body) {
-  return std::string(kProxy) +                          // lines 1-2
+  return std::string(kProxy) +                                                                    // lines 1-2
          "pods: [{name: web, ip: 10.0.0.2, labels: {app: web}}, {name: api, ip: \"fd00::3\"}]\n"  // 3
-         "policy:\n"                                    // 4
-         "  rules:\n"                                   // 5
-         "    - name: r\n" +                            // 6
-         body;                                          // from line 7
+         "policy:\n"                                                                              // 4
+         "  rules:\n"                                                                             // 5
+         "    - name: r\n" +                                                                      // 6
+         body;  // from line 7
 }
 
 TEST(ConfigValidation, Selectors) {
   EXPECT_EQ(error(rule("      from: {pod: web}\n      to: {pod: db}\n      action: allow\n")),
             "t.yaml:8:17: unknown pod 'db' (pods: web, api)");
-  EXPECT_EQ(error(rule("      from: {pod: web, cidr: 10.0.0.0/8}\n      to: {pod: api}\n      action: allow\n")),
-            "t.yaml:7:13: 'from' takes exactly one of pod, labels or cidr, got pod and cidr");
+  EXPECT_EQ(
+      error(rule("      from: {pod: web, cidr: 10.0.0.0/8}\n      to: {pod: api}\n      action: allow\n")),
+      "t.yaml:7:13: 'from' takes exactly one of pod, labels or cidr, got pod and cidr");
   EXPECT_EQ(error(rule("      from: {}\n      to: {pod: api}\n      action: allow\n")),
             "t.yaml:7:13: 'from' needs one of pod, labels or cidr");
   EXPECT_EQ(error(rule("      from: {pod: web, ports: [80]}\n      to: {pod: api}\n      action: allow\n")),
@@ -196,7 +192,8 @@ TEST(ConfigValidation, Selectors) {
             "t.yaml:7:20: CIDR 'fd00::/200' has prefix length 200, at most 128 for IPv6");
   EXPECT_EQ(error(rule("      from: {cidr: 10.0.0.0}\n      to: {pod: api}\n      action: allow\n")),
             "t.yaml:7:20: '10.0.0.0' is not a CIDR such as 10.0.0.0/8 or fd00::/64");
-  EXPECT_EQ(error(rule("      from: {pod: web}\n      to: {pod: api, ports: [8080, 70000]}\n      action: allow\n")),
+  EXPECT_EQ(error(rule(
+                "      from: {pod: web}\n      to: {pod: api, ports: [8080, 70000]}\n      action: allow\n")),
             "t.yaml:8:36: port 70000 is out of range (1-65535)");
   EXPECT_EQ(error(rule("      from: {pod: web}\n      to: {pod: api, ports: []}\n      action: allow\n")),
             "t.yaml:8:29: 'ports' is an empty list; omit it to mean any port");
@@ -248,27 +245,28 @@ TEST(ConfigValidation, AllErrorsAtOnceInFileOrder) {
   // pods come after policy in this file: the unknown pod is still found, and
   // the diagnostics are sorted by position, not by discovery.
   const auto all = errors(
-      "proxy:\n"                                                      // 1
+      "proxy:\n"                                                          // 1
       "  listeners: [{name: p, listen: 1.2.3.4:0, transparent: true}]\n"  // 2
-      "  timeouts: {header: soon}\n"                                  // 3
-      "policy:\n"                                                     // 4
-      "  default: deny\n"                                             // 5
-      "  rules:\n"                                                    // 6
-      "    - name: r\n"                                               // 7
-      "      from: {pod: ghost}\n"                                    // 8
-      "      to: {cidr: 10.0.0.0/40, ports: [0]}\n"                   // 9
-      "      action: allow\n"                                         // 10
-      "      colour: blue\n"                                          // 11
-      "pods:\n"                                                       // 12
-      "  - {name: web, ip: not-an-ip}\n");                            // 13
-  EXPECT_THAT(all, ElementsAre(
-      StartsWith("t.yaml:2:33: 'listen': invalid address '1.2.3.4:0'"),
-      "t.yaml:3:22: 'header' must be a duration such as 250ms, 5s, 2m or 1h",
-      "t.yaml:8:19: unknown pod 'ghost' (pods: web)",
-      "t.yaml:9:18: CIDR '10.0.0.0/40' has prefix length 40, at most 32 for IPv4",
-      "t.yaml:9:39: port 0 is out of range (1-65535)",
-      "t.yaml:11:7: unknown key 'colour' in rule (expected: name, from, to, action, http, tls)",
-      "t.yaml:13:21: pod ip 'not-an-ip' is not an IPv4 or IPv6 address"));
+      "  timeouts: {header: soon}\n"                                      // 3
+      "policy:\n"                                                         // 4
+      "  default: deny\n"                                                 // 5
+      "  rules:\n"                                                        // 6
+      "    - name: r\n"                                                   // 7
+      "      from: {pod: ghost}\n"                                        // 8
+      "      to: {cidr: 10.0.0.0/40, ports: [0]}\n"                       // 9
+      "      action: allow\n"                                             // 10
+      "      colour: blue\n"                                              // 11
+      "pods:\n"                                                           // 12
+      "  - {name: web, ip: not-an-ip}\n");                                // 13
+  EXPECT_THAT(
+      all,
+      ElementsAre(StartsWith("t.yaml:2:33: 'listen': invalid address '1.2.3.4:0'"),
+                  "t.yaml:3:22: 'header' must be a duration such as 250ms, 5s, 2m or 1h",
+                  "t.yaml:8:19: unknown pod 'ghost' (pods: web)",
+                  "t.yaml:9:18: CIDR '10.0.0.0/40' has prefix length 40, at most 32 for IPv4",
+                  "t.yaml:9:39: port 0 is out of range (1-65535)",
+                  "t.yaml:11:7: unknown key 'colour' in rule (expected: name, from, to, action, http, tls)",
+                  "t.yaml:13:21: pod ip 'not-an-ip' is not an IPv4 or IPv6 address"));
 }
 
 }  // namespace

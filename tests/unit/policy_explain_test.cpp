@@ -52,8 +52,8 @@ TEST(PolicyExplain, TraceSaysWhyEachRuleDidOrDidNotMatch) {
 TEST(PolicyExplain, SelectorMisses) {
   const auto p = lab();
   // api calling web: wrong labels, wrong pod, and a stranger with no labels.
-  Explanation e = p->explain({make_address("10.200.0.3"), make_address("10.200.0.3"), 8080},
-                             nullptr, std::nullopt);
+  Explanation e =
+      p->explain({make_address("10.200.0.3"), make_address("10.200.0.3"), 8080}, nullptr, std::nullopt);
   EXPECT_EQ(trace_of(e, "web-to-api").why, "from pod api (10.200.0.3) has app=api, not app=web");
   EXPECT_EQ(trace_of(e, "web-to-api-tls").why, "from pod api (10.200.0.3) is not pod web");
   e = p->explain({make_address("192.0.2.1"), make_address("10.200.0.3"), 8080}, nullptr, std::nullopt);
@@ -113,7 +113,8 @@ TEST(PolicyExplain, SniDecision) {
   Explanation e = p->explain(f, nullptr, std::string_view("v2.api.lab.local"));
   ASSERT_TRUE(e.request);
   EXPECT_EQ(e.request->verdict, Verdict::allow);
-  EXPECT_THAT(trace_of(e, "web-to-api-tls").why, HasSubstr("sni 'v2.api.lab.local' matches *.api.lab.local: allow"));
+  EXPECT_THAT(trace_of(e, "web-to-api-tls").why,
+              HasSubstr("sni 'v2.api.lab.local' matches *.api.lab.local: allow"));
   e = p->explain(f, nullptr, std::string_view("lab.local"));
   EXPECT_EQ(e.request->verdict, Verdict::deny);
   EXPECT_THAT(trace_of(e, "web-to-api-tls").why,
@@ -129,20 +130,23 @@ std::string random_config(std::mt19937& rng) {
   for (int i = 0; i < 12; ++i) {
     const std::string ip = i % 3 == 2 ? "\"fd00::" + std::to_string(i + 1) + "\""
                                       : "10.0." + std::to_string(i % 2) + "." + std::to_string(i + 1);
-    y += "  - {name: p" + std::to_string(i) + ", ip: " + ip + ", labels: {app: a" +
-         std::to_string(i % 4) + ", env: e" + std::to_string(i % 2) + "}}\n";
+    y += "  - {name: p" + std::to_string(i) + ", ip: " + ip + ", labels: {app: a" + std::to_string(i % 4) +
+         ", env: e" + std::to_string(i % 2) + "}}\n";
   }
   y += "policy:\n  default: " + std::string(pick(2) ? "allow" : "deny") + "\n  rules:\n";
   const auto selector = [&](bool to) {
     std::string s;
     switch (pick(3)) {
-      case 0: s = "pod: p" + std::to_string(pick(12)); break;
+      case 0:
+        s = "pod: p" + std::to_string(pick(12));
+        break;
       case 1:
-        s = "labels: {app: a" + std::to_string(pick(4)) + (pick(2) ? ", env: e" + std::to_string(pick(2)) : "") + "}";
+        s = "labels: {app: a" + std::to_string(pick(4)) +
+            (pick(2) ? ", env: e" + std::to_string(pick(2)) : "") + "}";
         break;
       default: {
-        const char* cidrs[] = {"10.0.0.0/24", "10.0.1.0/24", "10.0.0.0/16", "0.0.0.0/0",
-                               "\"fd00::/64\"", "\"::/0\"", "10.0.0.4/30", "\"fd00::8/125\""};
+        const char* cidrs[] = {"10.0.0.0/24",   "10.0.1.0/24", "10.0.0.0/16", "0.0.0.0/0",
+                               "\"fd00::/64\"", "\"::/0\"",    "10.0.0.4/30", "\"fd00::8/125\""};
         s = std::string("cidr: ") + cidrs[pick(8)];
       }
     }
@@ -170,9 +174,7 @@ config::IpAddress random_ip(std::mt19937& rng) {
 
 enum class Kind { l4, http, tls };
 
-Kind kind_of(const config::Rule& r) {
-  return !r.http.empty() ? Kind::http : r.tls ? Kind::tls : Kind::l4;
-}
+Kind kind_of(const config::Rule& r) { return !r.http.empty() ? Kind::http : r.tls ? Kind::tls : Kind::l4; }
 
 TEST(PolicyExplain, IndexAgreesWithLinearTrace) {
   std::mt19937 rng(1234);
@@ -183,8 +185,8 @@ TEST(PolicyExplain, IndexAgreesWithLinearTrace) {
     ASSERT_TRUE(loaded.config) << loaded.diagnostics[0].to_string() << "\n" << yaml;
     const auto p = Policy::build(loaded.config, 1);
     const auto& rules = loaded.config->policy.rules;
-    const Verdict fallback = loaded.config->policy.default_action == config::DefaultAction::allow
-                                 ? Verdict::allow : Verdict::deny;
+    const Verdict fallback =
+        loaded.config->policy.default_action == config::DefaultAction::allow ? Verdict::allow : Verdict::deny;
 
     for (int k = 0; k < 40; ++k) {
       const Flow f{random_ip(rng), random_ip(rng), static_cast<std::uint16_t>(rng() % 2 ? 80 : 8080)};
@@ -198,9 +200,10 @@ TEST(PolicyExplain, IndexAgreesWithLinearTrace) {
       for (std::size_t i = 0; i < rules.size(); ++i) {
         if (!e.trace[i].matched) continue;
         const bool deny = rules[i].action == config::Action::deny;
-        auto& slot = kind_of(rules[i]) == Kind::http ? http
+        auto& slot = kind_of(rules[i]) == Kind::http  ? http
                      : kind_of(rules[i]) == Kind::tls ? tls
-                     : deny ? l4_deny : l4_allow;
+                     : deny                           ? l4_deny
+                                                      : l4_allow;
         if (slot.empty()) slot = rules[i].name;
         if (kind_of(rules[i]) == Kind::http && deny) http_deny = true;
       }

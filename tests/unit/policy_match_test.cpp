@@ -29,8 +29,7 @@ Flow flow(const char* src, const char* dst, std::uint16_t port) {
   return Flow{make_address(src), make_address(dst), port};
 }
 
-HttpRequest get(std::string_view path, std::string_view host = "api.local",
-                std::string_view method = "GET") {
+HttpRequest get(std::string_view path, std::string_view host = "api.local", std::string_view method = "GET") {
   HttpRequest r;
   r.method = method;
   r.path = path;
@@ -134,8 +133,10 @@ policy:
 
 TEST(PolicyMatch, DenyWinsWhateverTheOrder) {
   for (const bool deny_first : {true, false}) {
-    const std::string allow = "    - {name: allow-all, from: {cidr: 10.0.0.0/8}, to: {cidr: 10.0.0.0/8}, action: allow}\n";
-    const std::string deny = "    - {name: no-ssh, from: {pod: web}, to: {pod: api, ports: [22]}, action: deny}\n";
+    const std::string allow =
+        "    - {name: allow-all, from: {cidr: 10.0.0.0/8}, to: {cidr: 10.0.0.0/8}, action: allow}\n";
+    const std::string deny =
+        "    - {name: no-ssh, from: {pod: web}, to: {pod: api, ports: [22]}, action: deny}\n";
     auto p = make("policy:\n  default: allow\n  rules:\n" + (deny_first ? deny + allow : allow + deny));
     const auto d = p->decide_connection(flow("10.200.0.2", "10.200.0.3", 22));
     EXPECT_EQ(d.decision.verdict, Verdict::deny);
@@ -251,8 +252,7 @@ TEST(PolicyMatch, HttpDenyWins) {
   EXPECT_EQ(d.reason, "rule 'no-admin' denies GET /api/admin/users (http entry 1 matches)");
   // Spelling the path differently does not walk around the deny.
   for (const char* sneaky : {"/api//admin", "/api/./admin", "/api/x/../admin", "/x/../api/admin/"}) {
-    EXPECT_EQ(p->decide_http(flow("10.200.0.2", "10.200.0.3", 8080), get(sneaky)).rule, "no-admin")
-        << sneaky;
+    EXPECT_EQ(p->decide_http(flow("10.200.0.2", "10.200.0.3", 8080), get(sneaky)).rule, "no-admin") << sneaky;
   }
   // web2's L4 allow admits everything except what the HTTP deny catches.
   EXPECT_EQ(p->decide_http(flow("10.200.0.4", "10.200.0.3", 8080), get("/other")).rule, "raw");

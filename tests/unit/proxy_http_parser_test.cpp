@@ -38,7 +38,8 @@ std::vector<Event> events_of(RequestParser& parser, const std::string& input, st
     }
     out.push_back({r.event, pos});
     if (r.event == RequestEvent::head && heads) heads->push_back(parser.head());
-    if (r.event == RequestEvent::error || r.event == RequestEvent::http2 || r.event == RequestEvent::upgrade) break;
+    if (r.event == RequestEvent::error || r.event == RequestEvent::http2 || r.event == RequestEvent::upgrade)
+      break;
   }
   return out;
 }
@@ -84,8 +85,8 @@ TEST(HttpRequestParser, ByteByByteGivesTheSameOffsets) {
 TEST(HttpRequestParser, HeadersLowerCasedValuesKept) {
   RequestParser parser;
   std::vector<RequestHead> heads;
-  events_of(parser, "GET /p?q=1 HTTP/1.1\r\nHOST: Api.Local:8080\r\nX-Team: Blue\r\nx-team: red\r\n\r\n", SIZE_MAX,
-            &heads);
+  events_of(parser, "GET /p?q=1 HTTP/1.1\r\nHOST: Api.Local:8080\r\nX-Team: Blue\r\nx-team: red\r\n\r\n",
+            SIZE_MAX, &heads);
   ASSERT_EQ(heads.size(), 1u);
   EXPECT_EQ(heads[0].target, "/p?q=1");
   EXPECT_EQ(heads[0].host, "Api.Local:8080");
@@ -107,7 +108,8 @@ TEST(HttpRequestParser, HeadSplitAcrossReadsKeepsFields) {
 
 TEST(HttpRequestParser, WebSocketUpgradeStopsAtTheHeadEnd) {
   const std::string head =
-      "GET /ws HTTP/1.1\r\nHost: h\r\nUpgrade: WebSocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\r\n";
+      "GET /ws HTTP/1.1\r\nHost: h\r\nUpgrade: WebSocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: "
+      "13\r\n\r\n";
   RequestParser parser;
   std::vector<RequestHead> heads;
   const auto events = events_of(parser, head + "\x81\x05hello", SIZE_MAX, &heads);
@@ -143,7 +145,8 @@ TEST(HttpRequestParser, DeclinedUpgradeParsesHttpAgain) {
 TEST(HttpRequestParser, ConnectIsAnUpgrade) {
   RequestParser parser;
   std::vector<RequestHead> heads;
-  const auto events = events_of(parser, "CONNECT db:5432 HTTP/1.1\r\nHost: db:5432\r\n\r\nbinary", SIZE_MAX, &heads);
+  const auto events =
+      events_of(parser, "CONNECT db:5432 HTTP/1.1\r\nHost: db:5432\r\n\r\nbinary", SIZE_MAX, &heads);
   ASSERT_EQ(events.size(), 3u);
   EXPECT_EQ(events[2].kind, RequestEvent::upgrade);
   EXPECT_TRUE(heads[0].connect);
@@ -157,10 +160,11 @@ TEST(HttpRequestParser, Http2PrefaceIsReported) {
 }
 
 TEST(HttpRequestParser, MalformedInputIsAnError) {
-  for (const std::string& bad : {std::string("\x16\x03\x01\x02\x00", 5), std::string("GET / HTTP/1.1\r\nHost x\r\n\r\n"),
-                                std::string("GET / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"),
-                                std::string("POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n"),
-                                std::string("GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n")}) {
+  for (const std::string& bad :
+       {std::string("\x16\x03\x01\x02\x00", 5), std::string("GET / HTTP/1.1\r\nHost x\r\n\r\n"),
+        std::string("GET / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"),
+        std::string("POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n"),
+        std::string("GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n")}) {
     RequestParser parser;
     const auto events = events_of(parser, bad);
     ASSERT_FALSE(events.empty()) << bad;
@@ -191,7 +195,8 @@ TEST(HttpResponseParser, CompletesResponsesInOrder) {
   parser.expect({});
   std::vector<int> done;
   const auto r = parser.parse(
-      "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhiHTTP/1.1 404 Not Found\r\nTransfer-Encoding: chunked\r\n\r\n"
+      "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhiHTTP/1.1 404 Not Found\r\nTransfer-Encoding: "
+      "chunked\r\n\r\n"
       "3\r\nabc\r\n0\r\n\r\n",
       done);
   EXPECT_EQ(r.event, ResponseEvent::need_more);
@@ -231,7 +236,8 @@ TEST(HttpResponseParser, SwitchingProtocolsIsATunnel) {
   ResponseParser parser;
   parser.expect({});
   std::vector<int> done;
-  const std::string head = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
+  const std::string head =
+      "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
   const auto r = parser.parse(head + "\x81\x02hi", done);
   EXPECT_EQ(r.event, ResponseEvent::tunnel);
   EXPECT_EQ(r.consumed, head.size());
@@ -242,8 +248,10 @@ TEST(HttpResponseParser, DeclinedUpgradeIsOrdinary) {
   ResponseParser parser;
   parser.expect({});
   std::vector<int> done;
-  const auto r = parser.parse("HTTP/1.1 426 Upgrade Required\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                              "Content-Length: 4\r\n\r\nnope", done);
+  const auto r = parser.parse(
+      "HTTP/1.1 426 Upgrade Required\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+      "Content-Length: 4\r\n\r\nnope",
+      done);
   EXPECT_EQ(r.event, ResponseEvent::need_more);
   EXPECT_EQ(done, (std::vector<int>{426}));
 }
@@ -253,7 +261,8 @@ TEST(HttpResponseParser, ConnectSuccessIsATunnelFailureIsNot) {
     ResponseParser parser;
     parser.expect({.connect_request = true});
     std::vector<int> done;
-    EXPECT_EQ(parser.parse("HTTP/1.1 200 Connection established\r\n\r\nraw", done).event, ResponseEvent::tunnel);
+    EXPECT_EQ(parser.parse("HTTP/1.1 200 Connection established\r\n\r\nraw", done).event,
+              ResponseEvent::tunnel);
   }
   {
     ResponseParser parser;

@@ -29,7 +29,8 @@ std::string client_hello(const char* sni, unsigned max_fragment = 0) {
       alpn += static_cast<char>(proto.size());
       alpn += proto;
     }
-    SSL_set_alpn_protos(ssl, reinterpret_cast<const unsigned char*>(alpn.data()), static_cast<unsigned>(alpn.size()));
+    SSL_set_alpn_protos(ssl, reinterpret_cast<const unsigned char*>(alpn.data()),
+                        static_cast<unsigned>(alpn.size()));
     SSL_set_max_send_fragment(ssl, max_fragment);
   }
   SSL_connect(ssl);  // WANT_READ: the hello is in `out`
@@ -65,7 +66,8 @@ TEST(ClientHelloReader, HelloAcrossSeveralRecords) {
   const std::string hello = client_hello("records.example.net", 512);
   // More than one record: the first one ends before the hello does.
   ASSERT_GT(hello.size(), 5u);
-  const std::size_t first_record = 5 + ((static_cast<unsigned char>(hello[3]) << 8) | static_cast<unsigned char>(hello[4]));
+  const std::size_t first_record =
+      5 + ((static_cast<unsigned char>(hello[3]) << 8) | static_cast<unsigned char>(hello[4]));
   ASSERT_LT(first_record, hello.size());
   EXPECT_EQ(hello[first_record], '\x16');
   ClientHelloReader reader(65536);
