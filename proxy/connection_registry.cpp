@@ -51,6 +51,10 @@ std::shared_ptr<ConnectionInfo> ConnectionRegistry::find_by_cookie(std::uint64_t
 }
 
 ConnectionBytes ConnectionRegistry::bytes(const ConnectionInfo& info) const {
+  // Under the connection's lock: the sockmap path folds the kernel counters
+  // into bytes_up/down and clears the cookies under it, so a reader sees
+  // either before or after, never both (which would count twice).
+  std::lock_guard lock(info.mu);
   ConnectionBytes b{info.bytes_up.load(std::memory_order_relaxed),
                     info.bytes_down.load(std::memory_order_relaxed)};
   if (bridge_) {

@@ -223,10 +223,13 @@ asio::awaitable<void> run_sockmap(Connection& conn) {
 
   // Fold the kernel's counters into the connection before the peer entries
   // go, so the access log and metrics keep them.
-  info.bytes_up += bridge->redirected_bytes(handover.cookies.a);
-  info.bytes_down += bridge->redirected_bytes(handover.cookies.b);
-  info.client_cookie = 0;
-  info.upstream_cookie = 0;
+  {
+    std::lock_guard lock(info.mu);  // see ConnectionRegistry::bytes
+    info.bytes_up += bridge->redirected_bytes(handover.cookies.a);
+    info.bytes_down += bridge->redirected_bytes(handover.cookies.b);
+    info.client_cookie = 0;
+    info.upstream_cookie = 0;
+  }
   client.reset();
   upstream.reset();
   bridge->forget(handover.cookies);
