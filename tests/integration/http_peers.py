@@ -23,14 +23,7 @@ class Origin:
         self.port = self.server.port
 
     def close(self):
-        # Wake the accept thread first: closing a listening socket another
-        # thread is blocked on leaves that thread accepting, possibly from a
-        # later server that reuses the fd number.
-        try:
-            self.server.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.server.close()
+        self.server.close()  # also wakes and joins its accept thread
 
     def paths(self):
         with self.lock:
