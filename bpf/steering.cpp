@@ -1,6 +1,6 @@
 #include "bpf/steering.h"
 
-#include "bpf/steering_link.h"
+#include "bpf/steering_attach.h"
 #include "bpf/steering_shared.h"
 #include "pods/netlink.h"
 #include "pods/routing.h"
@@ -204,13 +204,16 @@ struct PodSteering::Impl {
     std::string name;
     int ifindex = 0;
     bool is_netkit = false;
-    std::optional<DeviceLink> netkit_link;
-    std::optional<DeviceLink> tcx_link;
+    std::optional<DeviceAttachment> netkit_peer;
+    std::optional<DeviceAttachment> ingress;  // tcx, or legacy tc
+    auto attachments() { return std::array{&ingress, &netkit_peer}; }
   };
   std::map<std::string, Device> devices;
 
   bool fail_closed = true;
-  std::bitset<65536> ports;  // what steer_ports holds now
+  config::SteeringAttach attach_mode = config::SteeringAttach::auto_detect;
+  std::optional<bool> kernel_has_tcx;  // learnt from the first attach in auto mode
+  std::bitset<65536> ports;            // what steer_ports holds now
   bool all_ports = false;
   std::uint32_t deny_count = 0;
 
@@ -220,6 +223,8 @@ struct PodSteering::Impl {
   Status sync_devices(const config::Config& cfg);
   std::map<std::string, Device>::iterator drop(std::map<std::string, Device>::iterator it);
   Result<Device> attach(const std::string& dev);
+  Result<DeviceAttachment> attach_ingress(int ifindex, const std::string& dev);
+  [[nodiscard]] SteeringHook wanted_ingress_hook() const;
   Status apply_pinning(Device& d);
 };
 
@@ -320,21 +325,60 @@ Result<PodSteering::Impl::Device> PodSteering::Impl::attach(const std::string& d
     return SysError{EINVAL,
                     "device " + dev + " is a netkit peer; steering attaches to the host-side primary"};
 
-  const std::string dir = device_pin_dir(dev);
-  // tcx first: once the netkit program marks packets, something must be
-  // there to assign them.
-  auto tcx_link = DeviceLink::attach(bpf_program__fd(tcx->progs.shunt_steer_tcx), info.ifindex, dev,
-                                     SteeringHook::tcx_ingress, dir + "/tcx");
-  if (!tcx_link) return tcx_link.error();
-  d.tcx_link.emplace(std::move(*tcx_link));
+  // The ingress program first: once the netkit program marks packets,
+  // something must be there to assign them.
+  auto ingress = attach_ingress(info.ifindex, dev);
+  if (!ingress) return ingress.error();
+  d.ingress.emplace(std::move(*ingress));
   if (d.is_netkit) {
-    auto nk_link = DeviceLink::attach(bpf_program__fd(netkit->progs.shunt_steer_netkit), info.ifindex, dev,
-                                      SteeringHook::netkit_peer, dir + "/netkit_peer");
-    if (!nk_link) return nk_link.error();
-    d.netkit_link.emplace(std::move(*nk_link));
+    auto peer = DeviceAttachment::attach(bpf_program__fd(netkit->progs.shunt_steer_netkit), info.ifindex, dev,
+                                         SteeringHook::netkit_peer, device_pin_dir(dev) + "/netkit_peer");
+    if (!peer) return peer.error();
+    d.netkit_peer.emplace(std::move(*peer));
   }
   if (Status st = apply_pinning(d); !st) return st.error();
   return d;
+}
+
+SteeringHook PodSteering::Impl::wanted_ingress_hook() const {
+  switch (attach_mode) {
+    case config::SteeringAttach::tcx:
+      return SteeringHook::tcx_ingress;
+    case config::SteeringAttach::tc:
+      return SteeringHook::tc_ingress;
+    case config::SteeringAttach::auto_detect:
+      break;
+  }
+  return kernel_has_tcx.value_or(true) ? SteeringHook::tcx_ingress : SteeringHook::tc_ingress;
+}
+
+// tcx where the kernel has it; in auto mode a kernel without tcx (before
+// 6.6) gets the same program as a legacy clsact filter, said once.
+Result<DeviceAttachment> PodSteering::Impl::attach_ingress(int ifindex, const std::string& dev) {
+  const std::string dir = device_pin_dir(dev);
+  const int prog_fd = bpf_program__fd(tcx->progs.shunt_steer_tcx);
+  // The tc marker pin needs the directory whatever on_proxy_down says.
+  if (Status st = mkdir_p(dir); !st) spdlog::debug("steering: {}", st.error().message());
+  SteeringHook hook = wanted_ingress_hook();
+  for (;;) {
+    // Switching hooks (a config change, a kernel upgrade): an earlier run's
+    // attachment of the other kind must not keep running beside this one.
+    if (hook == SteeringHook::tc_ingress) {
+      ::unlink((dir + "/tcx").c_str());
+    } else if (::access((dir + "/tc").c_str(), F_OK) == 0) {
+      (void)remove_tc_steering(dev);
+      ::unlink((dir + "/tc").c_str());
+    }
+    auto a = DeviceAttachment::attach(prog_fd, ifindex, dev, hook,
+                                      dir + (hook == SteeringHook::tc_ingress ? "/tc" : "/tcx"));
+    if (a || hook != SteeringHook::tcx_ingress || attach_mode != config::SteeringAttach::auto_detect ||
+        kernel_has_tcx.has_value() || !hook_missing(hook, a.error().code))
+      return a;
+    kernel_has_tcx = false;
+    spdlog::warn(
+        "steering: this kernel lacks tcx (Linux 6.6+): attaching with legacy clsact tc filters instead");
+    hook = SteeringHook::tc_ingress;
+  }
 }
 
 // fail_closed: pin, so the programs stay attached and keep dropping
@@ -343,28 +387,25 @@ Result<PodSteering::Impl::Device> PodSteering::Impl::attach(const std::string& d
 // pod traffic flows directly.
 Status PodSteering::Impl::apply_pinning(Device& d) {
   const std::string dir = device_pin_dir(d.name);
-  if (fail_closed) {
+  if (fail_closed)
     if (Status st = mkdir_p(dir); !st) return st;
-    for (auto* l : {&d.tcx_link, &d.netkit_link})
-      if (*l)
-        if (Status st = (*l)->pin(); !st) return st;
-    return ok_status();
-  }
-  for (auto* l : {&d.tcx_link, &d.netkit_link})
-    if (*l)
-      if (Status st = (*l)->unpin(); !st) return st;
-  ::rmdir(dir.c_str());
+  for (auto* a : d.attachments())
+    if (*a)
+      if (Status st = (*a)->keep_after_exit(fail_closed); !st) return st;
+  // Only once empty: a tc attachment keeps its marker pin in fail_open too.
+  if (!fail_closed) ::rmdir(dir.c_str());
   return ok_status();
 }
 
-// Detaches by dropping our fds, after removing the pins that would keep the
-// links alive.
+// Detaches: nothing is kept after exit, then the attachments are destroyed.
 std::map<std::string, PodSteering::Impl::Device>::iterator PodSteering::Impl::drop(
     std::map<std::string, Device>::iterator it) {
-  for (auto* l : {&it->second.tcx_link, &it->second.netkit_link})
-    if (*l) (void)(*l)->unpin();
-  ::rmdir(device_pin_dir(it->first).c_str());
-  return devices.erase(it);
+  for (auto* a : it->second.attachments())
+    if (*a) (void)(*a)->keep_after_exit(false);
+  const std::string dir = device_pin_dir(it->first);
+  auto next = devices.erase(it);
+  ::rmdir(dir.c_str());
+  return next;
 }
 
 Status PodSteering::Impl::sync_devices(const config::Config& cfg) {
@@ -399,7 +440,10 @@ Status PodSteering::Impl::sync_devices(const config::Config& cfg) {
       continue;
     }
     if (it != devices.end()) {
-      if (it->second.ifindex == (*link)->ifindex) continue;
+      // Same device and hook: nothing to do. A re-created device (new
+      // ifindex) or a changed steering.attach needs a new attachment.
+      if (it->second.ifindex == (*link)->ifindex && it->second.ingress->hook() == wanted_ingress_hook())
+        continue;
       drop(it);
     }
     auto d = attach(dev);
@@ -415,8 +459,12 @@ PodSteering& PodSteering::operator=(PodSteering&&) noexcept = default;
 
 PodSteering::~PodSteering() {
   if (!impl_) return;
-  // Links first (unpinned ones detach here), then the routing they relied on.
+  // Attachments first (those not kept after exit detach here), then the
+  // routing they relied on.
+  std::vector<std::string> dirs;
+  for (const auto& [name, d] : impl_->devices) dirs.push_back(device_pin_dir(name));
   impl_->devices.clear();
+  for (const auto& dir : dirs) ::rmdir(dir.c_str());
   impl_->routing.reset();
   // Empty directories only (rmdir refuses otherwise): pins of fail_closed
   // devices, and anything else under /sys/fs/bpf/shunt, stay.
@@ -428,6 +476,7 @@ Result<std::unique_ptr<PodSteering>> PodSteering::start(const config::Config& co
                                                         std::vector<int> listener_fds) {
   auto impl = std::make_unique<Impl>();
   impl->fail_closed = config.steering.on_proxy_down == config::OnProxyDown::fail_closed;
+  impl->attach_mode = config.steering.attach;
 
   auto listeners = check_listeners(listener_fds);
   if (!listeners) return listeners.error();
@@ -464,6 +513,7 @@ Result<std::unique_ptr<PodSteering>> PodSteering::start(const config::Config& co
 
 Status PodSteering::update(const config::Config& config) {
   impl_->fail_closed = config.steering.on_proxy_down == config::OnProxyDown::fail_closed;
+  impl_->attach_mode = config.steering.attach;
   if (impl_->fail_closed) {
     if (Status st = ensure_bpffs(); !st) return st;
   }
@@ -491,7 +541,8 @@ std::vector<std::string> PodSteering::describe() const {
   std::vector<std::string> out;
   if (!impl_) return out;
   for (const auto& [name, d] : impl_->devices) {
-    std::string s = name + (d.is_netkit ? " (netkit: peer program + tcx ingress" : " (tcx ingress");
+    std::string s =
+        name + (d.is_netkit ? " (netkit: peer program + " : " (") + std::string(to_string(d.ingress->hook()));
     s += impl_->fail_closed ? ", pinned: fail_closed)" : ", not pinned: fail_open)";
     out.push_back(std::move(s));
   }
@@ -500,7 +551,10 @@ std::vector<std::string> PodSteering::describe() const {
 
 Status remove_pinned_steering(const std::string& dev) {
   const std::string dir = device_pin_dir(dev);
-  for (const char* leaf : {"/netkit_peer", "/tcx"}) {
+  // A tc filter outlives its pin: delete it first.
+  if (::access((dir + "/tc").c_str(), F_OK) == 0)
+    if (Status st = remove_tc_steering(dev); !st) return st;
+  for (const char* leaf : {"/netkit_peer", "/tcx", "/tc"}) {
     const std::string path = dir + leaf;
     if (::unlink(path.c_str()) < 0 && errno != ENOENT) return SysError::from_errno("unpin " + path);
   }

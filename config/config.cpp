@@ -43,6 +43,18 @@ std::string_view to_string(OnProxyDown o) {
   return "?";
 }
 
+std::string_view to_string(SteeringAttach a) {
+  switch (a) {
+    case SteeringAttach::auto_detect:
+      return "auto";
+    case SteeringAttach::tcx:
+      return "tcx";
+    case SteeringAttach::tc:
+      return "tc";
+  }
+  return "?";
+}
+
 std::string_view to_string(Action a) {
   switch (a) {
     case Action::allow:

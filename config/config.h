@@ -31,12 +31,16 @@ struct Cidr {
 enum class Datapath { sockmap, splice, copy };
 enum class UpstreamSource { client, node };
 enum class OnProxyDown { fail_closed, fail_open };
+// How steering programs attach to pod devices: tcx/netkit bpf_links (Linux
+// 6.6+), legacy clsact tc filters, or whichever the kernel has.
+enum class SteeringAttach { auto_detect, tcx, tc };
 enum class DefaultAction { deny, allow };
 enum class Action { allow, deny };
 
 std::string_view to_string(Datapath);
 std::string_view to_string(UpstreamSource);
 std::string_view to_string(OnProxyDown);
+std::string_view to_string(SteeringAttach);
 std::string_view to_string(Action);
 std::string_view to_string(DefaultAction);
 
@@ -71,6 +75,7 @@ struct Steering {
   bool all_ports = true;             // intercept_ports: all
   std::vector<std::uint16_t> ports;  // when !all_ports
   OnProxyDown on_proxy_down = OnProxyDown::fail_closed;
+  SteeringAttach attach = SteeringAttach::auto_detect;
 };
 
 struct Admin {

@@ -545,7 +545,7 @@ void Loader::load_listener(const Field& f, Listener& l) {
 }
 
 void Loader::load_steering(const Field& f, Steering& steering) {
-  Fields fields(*this, f, "steering", {"intercept_ports", "on_proxy_down"});
+  Fields fields(*this, f, "steering", {"intercept_ports", "on_proxy_down", "attach"});
   if (const Field* p = fields.get("intercept_ports")) {
     if (p->value.IsScalar() && p->value.Scalar() == "all") {
       steering.all_ports = true;
@@ -560,6 +560,13 @@ void Loader::load_steering(const Field& f, Steering& steering) {
     if (auto v = choice<OnProxyDown>(
             *o, {{"fail_closed", OnProxyDown::fail_closed}, {"fail_open", OnProxyDown::fail_open}})) {
       steering.on_proxy_down = *v;
+    }
+  }
+  if (const Field* a = fields.get("attach")) {
+    if (auto v = choice<SteeringAttach>(*a, {{"auto", SteeringAttach::auto_detect},
+                                             {"tcx", SteeringAttach::tcx},
+                                             {"tc", SteeringAttach::tc}})) {
+      steering.attach = *v;
     }
   }
 }

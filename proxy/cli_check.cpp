@@ -71,7 +71,8 @@ void print_summary(const config::Config& c) {
                  }
                  return ports;
                }())
-            << ", on proxy down " << config::to_string(c.steering.on_proxy_down) << '\n';
+            << ", on proxy down " << config::to_string(c.steering.on_proxy_down) << ", attach "
+            << config::to_string(c.steering.attach) << '\n';
   std::cout << "admin: " << config::to_string(c.admin.listen) << '\n';
 
   std::cout << "listeners (" << c.proxy.listeners.size() << "):\n";

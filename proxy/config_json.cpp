@@ -118,6 +118,7 @@ std::string config_to_json(const config::Config& c, std::uint64_t generation) {
     write_ports(w, c.steering.ports);
   }
   w.field("on_proxy_down", config::to_string(c.steering.on_proxy_down));
+  w.field("attach", config::to_string(c.steering.attach));
   w.end_object();
 
   w.key("admin").begin_object();

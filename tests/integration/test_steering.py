@@ -143,6 +143,7 @@ def steering_programs(pid=None):
 
 class SteeringTest(unittest.TestCase):
     DATAPATH = "copy"
+    ATTACH = "auto"
 
     def setUp(self):
         if os.geteuid() != 0:
@@ -188,7 +189,7 @@ class SteeringTest(unittest.TestCase):
         self.procs.append(p)
         self.assertIn("listening", p.stdout.readline(), "server on port %d did not start" % port)
 
-    def config(self, on_proxy_down):
+    def config(self, on_proxy_down, attach):
         self.admin_port = free_port()
         path = os.path.join(self.tmp.name, "shunt.yaml")
         with open(path, "w") as f:
@@ -200,6 +201,7 @@ class SteeringTest(unittest.TestCase):
 steering:
   intercept_ports: [{INTERCEPTED}, {HTTP_PORT}, {L4_DENIED}]
   on_proxy_down: {on_proxy_down}
+  attach: {attach}
 admin: {{listen: 127.0.0.1:{self.admin_port}}}
 log: {{level: info, access: {self.access_log}}}
 pods:
@@ -221,8 +223,8 @@ policy:
 """)
         return path
 
-    def start_shunt(self, on_proxy_down):
-        path = self.config(on_proxy_down)
+    def start_shunt(self, on_proxy_down, attach=None):
+        path = self.config(on_proxy_down, attach or self.ATTACH)
         self.shunt_log = open(os.path.join(self.tmp.name, "shunt.out"), "w+")
         self.shunt_proc = subprocess.Popen([SHUNT_BIN, "run", "-c", path], stdout=self.shunt_log,
                                            stderr=subprocess.STDOUT)
@@ -402,6 +404,109 @@ class NothingLeftBehind(SteeringTest):
         self.assertNotIn(STEER_MARK, run("ip", "rule").stdout)
         self.delete_pods()
         self.check_clean()
+
+
+class LegacyTc(SteeringTest):
+    """`steering.attach: tc`: the legacy clsact filters that kernels before
+    6.6 get (`auto` picks them there; tests/vm covers that on Linux 6.1)."""
+    ATTACH = "tc"
+    DATAPATH = "sockmap"
+    PROG = "shunt_steer_tcx"
+    OURS = "handle 0x5348 shunt_steer_tcx"  # one line per filter in `tc filter show`
+
+    def tc_filters(self, name):
+        return run("tc", "filter", "show", "dev", "sh-" + name, "ingress").stdout
+
+    def has_clsact(self, name):
+        return "clsact" in run("tc", "qdisc", "show", "dev", "sh-" + name).stdout
+
+    def assert_steering_gone(self):
+        for name in (self.client, self.server):
+            self.assertNotIn(self.PROG, self.tc_filters(name))
+            self.assertFalse(self.has_clsact(name), "an empty clsact qdisc was left on sh-" + name)
+            self.assertFalse(os.path.exists(os.path.join(PIN_ROOT, "sh-" + name)))
+
+    def test_pod_to_pod_through_clsact_filters(self):
+        self.start_shunt("fail_open")
+        for name in (self.client, self.server):
+            out = self.tc_filters(name)
+            self.assertEqual(out.count(self.OURS), 1, out)
+            self.assertIn("direct-action", out)
+        self.assert_echo_ok(INTERCEPTED, 16 << 20)
+        self.assertTrue(self.proxied(INTERCEPTED))
+        self.assert_echo_ok(DIRECT)
+        self.assertFalse(self.proxied(DIRECT))
+        self.assertEqual(self.echo(L4_DENIED), ["error", "reset"])
+        self.assertEqual(self.echo(BPF_DENIED, timeout=2), ["error", "timeout"])
+        self.stop_shunt()
+        self.assert_steering_gone()
+        before = len(self.proxied(INTERCEPTED))
+        self.assert_echo_ok(INTERCEPTED)  # fail_open: directly now
+        self.assertEqual(len(self.proxied(INTERCEPTED)), before)
+        self.assert_programs_gone()
+
+    def test_fail_closed_keeps_filters_and_a_restart_replaces_them(self):
+        self.start_shunt("fail_closed")
+        self.assert_echo_ok(INTERCEPTED)
+        self.stop_shunt()
+        self.assertIn(self.PROG, self.tc_filters(self.client))
+        self.assertEqual(self.echo(INTERCEPTED, timeout=2), ["error", "timeout"])
+        self.assert_echo_ok(DIRECT)
+        self.start_shunt("fail_closed")
+        self.assertEqual(self.tc_filters(self.client).count(self.OURS), 1)
+        self.assert_echo_ok(INTERCEPTED)
+        # Back to fail_open: the kept filters go with this run.
+        self.stop_shunt()
+        self.start_shunt("fail_open")
+        self.assert_echo_ok(INTERCEPTED)
+        self.stop_shunt()
+        self.assert_steering_gone()
+        self.assert_programs_gone()
+
+    def test_pod_del_removes_kept_filters(self):
+        self.start_shunt("fail_closed")
+        self.stop_shunt()
+        self.assertIn(self.PROG, self.tc_filters(self.client))
+        # The device outlives `pod del` here (veth peers go with the netns,
+        # but the marker pin must go too): delete the pods.
+        for name in (self.client, self.server):
+            r = run(SHUNT_BIN, "pod", "del", name)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertFalse(os.path.exists(os.path.join(PIN_ROOT, "sh-" + name)))
+        self.kill_servers()
+        self.assert_programs_gone()
+
+    def test_switching_attach_mode_leaves_one_program(self):
+        self.start_shunt("fail_closed", attach="tcx")
+        self.stop_shunt()
+        self.start_shunt("fail_closed", attach="tc")
+        self.assertFalse(os.path.exists(os.path.join(PIN_ROOT, "sh-" + self.client, "tcx")))
+        self.assertEqual(self.tc_filters(self.client).count(self.OURS), 1)
+        self.assert_echo_ok(INTERCEPTED)
+        self.stop_shunt()
+        self.assertEqual(len(self.proxied(INTERCEPTED)), 1)
+        self.start_shunt("fail_open", attach="tcx")
+        self.assertNotIn(self.PROG, self.tc_filters(self.client))
+        self.assert_echo_ok(INTERCEPTED)
+        self.stop_shunt()
+        self.assertEqual(len(self.proxied(INTERCEPTED)), 2, "one program, one proxied connection per run")
+        self.assert_steering_gone()
+
+    def test_foreign_tc_filters_are_left_alone(self):
+        dev = "sh-" + self.client
+        self.assertEqual(run("tc", "qdisc", "add", "dev", dev, "clsact").returncode, 0)
+        # u32: built into this kernel (matchall and gact are not).
+        r = run("tc", "filter", "add", "dev", dev, "ingress", "prio", "200", "protocol", "all", "u32", "match", "u32",
+                "0", "0")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.start_shunt("fail_open")
+        self.assert_echo_ok(INTERCEPTED)
+        self.assertTrue(self.proxied(INTERCEPTED))
+        self.stop_shunt()
+        out = self.tc_filters(self.client)
+        self.assertNotIn(self.PROG, out)
+        self.assertIn("u32", out)
+        self.assertTrue(self.has_clsact(self.client))
 
 
 if __name__ == "__main__":

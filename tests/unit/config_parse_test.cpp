@@ -28,6 +28,7 @@ proxy:
 steering:
   intercept_ports: [80, 443, 8080]
   on_proxy_down: fail_open
+  attach: tc
 admin: {listen: "0.0.0.0:15000", allow_remote: true}
 log: {level: debug, access: /var/log/shunt.log}
 pods:
@@ -60,6 +61,7 @@ policy:
   EXPECT_FALSE(c->steering.all_ports);
   EXPECT_EQ(c->steering.ports, (std::vector<std::uint16_t>{80, 443, 8080}));
   EXPECT_EQ(c->steering.on_proxy_down, OnProxyDown::fail_open);
+  EXPECT_EQ(c->steering.attach, SteeringAttach::tc);
   EXPECT_TRUE(c->admin.allow_remote);
   EXPECT_EQ(to_string(c->admin.listen), "0.0.0.0:15000");
   EXPECT_EQ(c->log.level, "debug");
@@ -89,6 +91,7 @@ TEST(ConfigParse, DefaultsWhenSectionsAreOmitted) {
   EXPECT_EQ(c->proxy.timeouts.header, Millis{10'000});
   EXPECT_TRUE(c->steering.all_ports);
   EXPECT_EQ(c->steering.on_proxy_down, OnProxyDown::fail_closed);
+  EXPECT_EQ(c->steering.attach, SteeringAttach::auto_detect);
   EXPECT_EQ(to_string(c->admin.listen), "127.0.0.1:15000");
   EXPECT_EQ(c->log.level, "info");
   EXPECT_EQ(c->policy.default_action, DefaultAction::deny);

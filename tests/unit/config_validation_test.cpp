@@ -96,6 +96,8 @@ TEST(ConfigValidation, EnumsNameTheirChoices) {
             "t.yaml:3:19: 'default' must be one of deny | allow, got 'reject'");
   EXPECT_EQ(error(std::string(kProxy) + "steering: {on_proxy_down: open}\n"),
             "t.yaml:3:27: 'on_proxy_down' must be one of fail_closed | fail_open, got 'open'");
+  EXPECT_EQ(error(std::string(kProxy) + "steering: {attach: clsact}\n"),
+            "t.yaml:3:20: 'attach' must be one of auto | tcx | tc, got 'clsact'");
 }
 
 TEST(ConfigValidation, Listeners) {
