@@ -9,8 +9,10 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/socket.h>
+#include <sys/utsname.h>
 
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <sstream>
@@ -69,7 +71,26 @@ Feature probe_ktls() {
   return {"kTLS", false, "no tls ULP in tcp_available_ulp (module tls not loaded or not built)"};
 }
 
+Feature probe_sk_assign_reuseport() {
+  utsname u{};
+  ::uname(&u);
+  const bool ok = sk_assign_takes_reuseport();
+  return {"sk_assign_reuseport", ok,
+          std::string("kernel ") + u.release +
+              (ok ? ": steering spreads connections over the workers' SO_REUSEPORT listeners"
+                  : " < 6.5: steered connections are accepted by one thread and handed to the workers")};
+}
+
 }  // namespace
+
+bool sk_assign_takes_reuseport() {
+  utsname u{};
+  if (::uname(&u) != 0) return false;
+  int major = 0;
+  int minor = 0;
+  if (std::sscanf(u.release, "%d.%d", &major, &minor) != 2) return false;
+  return major > 6 || (major == 6 && minor >= 5);
+}
 
 std::vector<Feature> probe_features() {
   std::vector<Feature> out;
@@ -80,6 +101,7 @@ std::vector<Feature> probe_features() {
   // kernel without netkit rejects the attach type with EINVAL.
   out.push_back(probe_link("netkit", kNetkitPrimary, "lo", ENXIO));
   out.push_back(probe_ktls());
+  out.push_back(probe_sk_assign_reuseport());
   return out;
 }
 

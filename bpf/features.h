@@ -13,7 +13,14 @@ struct Feature {
   std::string detail;  // why not, or how it was detected
 };
 
-// sockmap, sk_skb verdict, tcx, netkit, kTLS: each probed by trying it.
+// sockmap, sk_skb verdict, tcx, netkit, kTLS: each probed by trying it;
+// sk_assign_reuseport from the kernel release.
 std::vector<Feature> probe_features();
+
+// Whether bpf_sk_assign accepts a SO_REUSEPORT listener (and then runs the
+// group's selection), which Linux does since 6.5; before, it fails with
+// ESOCKTNOSUPPORT. Decided from the kernel release: the helper's behaviour
+// cannot be probed without attaching to a device and sending a packet.
+bool sk_assign_takes_reuseport();
 
 }  // namespace shunt::bpf

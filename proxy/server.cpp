@@ -1,5 +1,6 @@
 #include "proxy/server.h"
 
+#include "bpf/features.h"
 #include "common/error.h"
 #include "proxy/connection.h"
 #include "proxy/hangup_watcher.h"
@@ -25,7 +26,8 @@ Worker::~Worker() {
 
 namespace {
 
-std::unique_ptr<tcp::acceptor> bind_listener(asio::io_context& io, const config::Listener& listener) {
+std::unique_ptr<tcp::acceptor> bind_listener(asio::io_context& io, const config::Listener& listener,
+                                             bool reuseport) {
   auto acceptor = std::make_unique<tcp::acceptor>(io);
   boost::system::error_code ec;
   const auto& ep = listener.listen;
@@ -33,7 +35,7 @@ std::unique_ptr<tcp::acceptor> bind_listener(asio::io_context& io, const config:
   if (ec) throw StartupError(kExitEnvironment, "listener " + listener.name + ": socket: " + ec.message());
   acceptor->set_option(tcp::acceptor::reuse_address(true), ec);
   const int one = 1;
-  ::setsockopt(acceptor->native_handle(), SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
+  if (reuseport) ::setsockopt(acceptor->native_handle(), SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
   if (ep.address().is_v6()) acceptor->set_option(asio::ip::v6_only(true), ec);
   if (listener.transparent) {
     // Connections assigned by BPF steering (or TPROXY) carry their original,
@@ -61,11 +63,24 @@ std::unique_ptr<tcp::acceptor> bind_listener(asio::io_context& io, const config:
 Server::Server(ProxyContext& context, const config::Config& config, unsigned threads)
     : context_(context), listeners_(config.proxy.listeners) {
   threads = std::max(1u, threads);
+  // Kernels before 6.5 refuse bpf_sk_assign to SO_REUSEPORT sockets: there a
+  // transparent listener is bound once, by the first worker, which hands
+  // what it accepts to the workers in turn.
+  const bool shared_transparent = !bpf::sk_assign_takes_reuseport();
   for (unsigned i = 0; i < threads; ++i) {
     auto worker = std::make_unique<Worker>();
-    for (const auto& listener : listeners_) worker->acceptors.push_back(bind_listener(worker->io, listener));
+    for (const auto& listener : listeners_) {
+      const bool single = listener.transparent && shared_transparent;
+      worker->acceptors.push_back(single && i > 0 ? nullptr : bind_listener(worker->io, listener, !single));
+    }
     workers_.push_back(std::move(worker));
   }
+  for (const auto& l : listeners_)
+    if (l.transparent && shared_transparent && threads > 1)
+      spdlog::info(
+          "listener {}: one acceptor handing connections to {} workers (kernel before 6.5: "
+          "bpf_sk_assign cannot pick a SO_REUSEPORT listener)",
+          l.name, threads);
 }
 
 Server::~Server() { stop(); }
@@ -73,7 +88,7 @@ Server::~Server() { stop(); }
 void Server::start() {
   for (auto& worker : workers_) {
     for (std::size_t i = 0; i < listeners_.size(); ++i)
-      accept_loop(*worker, *worker->acceptors[i], listeners_[i]);
+      if (worker->acceptors[i]) accept_loop(*worker, i);
     worker->thread = std::thread([w = worker.get()] {
       auto guard = asio::make_work_guard(w->io);
       w->io.run();
@@ -86,16 +101,25 @@ void Server::start() {
   }
 }
 
-void Server::accept_loop(Worker& worker, tcp::acceptor& acceptor, const config::Listener& listener) {
-  asio::co_spawn(worker.io, accept_connections(&worker, &acceptor, listener), asio::detached);
+void Server::accept_loop(Worker& worker, std::size_t listener_index) {
+  // A listener only the first worker binds: its acceptor serves every worker.
+  const bool for_all_workers = workers_.size() > 1 && !workers_[1]->acceptors[listener_index];
+  asio::co_spawn(worker.io,
+                 accept_connections(&worker, worker.acceptors[listener_index].get(),
+                                    listeners_[listener_index], for_all_workers),
+                 asio::detached);
 }
 
 // A coroutine's parameters live in its frame (a lambda's captures would not).
 asio::awaitable<void> Server::accept_connections(Worker* worker, tcp::acceptor* acceptor,
-                                                 config::Listener listener) {
+                                                 config::Listener listener, bool for_all_workers) {
+  std::size_t turn = 0;
   for (;;) {
     boost::system::error_code ec;
-    tcp::socket socket = co_await acceptor->async_accept(asio::redirect_error(asio::use_awaitable, ec));
+    // The connection lives on the worker whose io_context its socket uses.
+    Worker* target = for_all_workers ? workers_[turn++ % workers_.size()].get() : worker;
+    tcp::socket socket =
+        co_await acceptor->async_accept(target->io, asio::redirect_error(asio::use_awaitable, ec));
     if (ec == asio::error::operation_aborted || !acceptor->is_open()) co_return;
     if (ec) {
       // EMFILE and friends: back off briefly instead of spinning.
@@ -109,8 +133,8 @@ asio::awaitable<void> Server::accept_connections(Worker* worker, tcp::acceptor* 
       reset_socket(socket);
       continue;
     }
-    auto conn = std::make_shared<Connection>(context_, worker->context, listener, std::move(socket));
-    asio::co_spawn(worker->io, Connection::run(std::move(conn)), asio::detached);
+    auto conn = std::make_shared<Connection>(context_, target->context, listener, std::move(socket));
+    asio::co_spawn(target->io, Connection::run(std::move(conn)), asio::detached);
   }
 }
 
@@ -119,7 +143,7 @@ void Server::stop_accepting() {
     asio::post(worker->io, [w = worker.get()] {
       for (auto& acceptor : w->acceptors) {
         boost::system::error_code ec;
-        acceptor->close(ec);
+        if (acceptor) acceptor->close(ec);
       }
     });
   }
@@ -144,7 +168,8 @@ std::vector<int> Server::transparent_listener_fds() const {
   std::vector<int> fds;
   for (const auto& worker : workers_)
     for (std::size_t i = 0; i < listeners_.size(); ++i)
-      if (listeners_[i].transparent) fds.push_back(worker->acceptors[i]->native_handle());
+      if (listeners_[i].transparent && worker->acceptors[i])
+        fds.push_back(worker->acceptors[i]->native_handle());
   return fds;
 }
 

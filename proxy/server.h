@@ -27,6 +27,7 @@ struct Worker {
   boost::asio::io_context io{1};
   std::unique_ptr<HangupWatcher> hangups;
   WorkerContext context;  // what connections on this thread reference
+  // One per listener; null where another worker's acceptor serves this one.
   std::vector<std::unique_ptr<boost::asio::ip::tcp::acceptor>> acceptors;
   std::thread thread;
 };
@@ -49,10 +50,11 @@ class Server {
   [[nodiscard]] std::vector<int> transparent_listener_fds() const;
 
  private:
-  void accept_loop(Worker& worker, boost::asio::ip::tcp::acceptor& acceptor,
-                   const config::Listener& listener);
+  void accept_loop(Worker& worker, std::size_t listener_index);
+  // for_all_workers: this is the only acceptor of its listener and spreads
+  // connections over every worker.
   boost::asio::awaitable<void> accept_connections(Worker* worker, boost::asio::ip::tcp::acceptor* acceptor,
-                                                  config::Listener listener);
+                                                  config::Listener listener, bool for_all_workers);
 
   ProxyContext& context_;
   std::vector<config::Listener> listeners_;

@@ -75,7 +75,7 @@ policy:
   ASSERT_EQ(c->policy.rules.size(), 1u);
   const Rule& r = c->policy.rules[0];
   EXPECT_EQ(r.name, "r1");
-  EXPECT_EQ(r.line, 21);  // the raw string starts with a newline: line 1 is empty
+  EXPECT_EQ(r.line, 22);  // the raw string starts with a newline: line 1 is empty
   EXPECT_EQ(r.from.pod, "web");
   ASSERT_TRUE(r.to.cidr);
   EXPECT_EQ(r.to.cidr->to_string(), "fd00::/64");

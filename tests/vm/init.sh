@@ -1,10 +1,12 @@
 #!/bin/busybox sh
-# PID 1 of the netkit test VM (busybox). Creates two netkit pods with the
-# real `shunt pod add`, runs `shunt run` with steering on them, checks
+# PID 1 of the steering test VM (busybox), see run_vm.py. Profile from the
+# kernel command line (shunt.profile=): "netkit" expects netkit pods and
+# tcx, "legacy" (Linux 6.1) veth pods and legacy clsact filters. Creates two
+# pods with the real `shunt pod add`, runs `shunt run` with steering, checks
 # pod-to-pod traffic through the proxy and without it, fail_closed with the
 # proxy stopped, and that `pod del` + proxy exit leave nothing behind.
 # Every check prints one "SHUNT-VM: RESULT <name> PASS|FAIL <detail>" line on
-# the serial console; run_netkit_vm.py asserts on them.
+# the serial console; run_vm.py asserts on them.
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin
 /bin/busybox mkdir -p /proc /sys /dev /run /tmp /usr/bin /usr/sbin /sbin
 /bin/busybox --install -s /bin
@@ -15,8 +17,14 @@ mount -t tmpfs tmpfs /run
 mount -t tmpfs tmpfs /tmp
 mount -t bpf bpf /sys/fs/bpf
 ip link set lo up
-# veth is a module in the cloud kernel; only the fallback path needs it.
-[ -f /lib/veth.ko ] && insmod /lib/veth.ko 2>/dev/null
+# Modules the profile needs (veth, and on 6.1 sch_ingress + cls_bpf): no
+# modprobe here, so the kernel cannot load them on demand.
+for ko in /lib/shunt-modules/*.ko; do
+	[ -f "$ko" ] && insmod "$ko"
+done
+PROFILE=$(sed -n 's/.*shunt\.profile=\([a-z]*\).*/\1/p' /proc/cmdline)
+POD_TYPE=netkit
+[ "$PROFILE" = legacy ] && POD_TYPE=veth
 
 CLIENT=10.200.0.2
 SERVER=10.200.0.3
@@ -39,19 +47,23 @@ result() {
 	if [ "$2" = 0 ]; then echo "SHUNT-VM: RESULT $1 PASS $3"; else echo "SHUNT-VM: RESULT $1 FAIL $3"; fi
 }
 finish() {
+	# The console is printed when a check fails: the proxy's log explains most.
+	echo "---- shunt.log ----"
+	cat /tmp/shunt.log 2>/dev/null
 	echo "SHUNT-VM: DONE"
 	poweroff -f
 	sleep 5
 }
 
-echo "SHUNT-VM: kernel $(uname -r)"
+echo "SHUNT-VM: kernel $(uname -r), profile $PROFILE"
 
+# The client pod's type is the kernel's choice; the server's is asked for.
 out=$(shunt pod add client --ip $CLIENT/24 2>&1)
 echo "$out"
-echo "$out" | grep -q "netkit"; result pod_add_client_netkit $? "$out"
-out=$(shunt pod add server --ip $SERVER/24 --type netkit 2>&1)
+echo "$out" | grep -q "$POD_TYPE"; result pod_add_client_$POD_TYPE $? "$out"
+out=$(shunt pod add server --ip $SERVER/24 --type $POD_TYPE 2>&1)
 echo "$out"
-echo "$out" | grep -q "netkit"; result pod_add_server_netkit $? "$out"
+echo "$out" | grep -q "$POD_TYPE"; result pod_add_server_$POD_TYPE $? "$out"
 shunt pod list
 
 # Server pod: busybox httpd on an intercepted (8080) and a direct (9090) port.
@@ -91,6 +103,11 @@ for i in $(seq 1 100); do
 	sleep 0.2
 done
 result shunt_ready $ready "$(tail -n 3 /tmp/shunt.log | tr '\n' ' ')"
+if [ "$PROFILE" = legacy ]; then
+	# attach: auto on a kernel without tcx: one line saying so, clsact filters.
+	grep -q "lacks tcx" /tmp/shunt.log && grep -q "sh-client (tc ingress (clsact)" /tmp/shunt.log
+	result steering_legacy_tc $? "$(grep -E 'tcx|steering sh-' /tmp/shunt.log | tr '\n' ' ')"
+fi
 
 out=$(http_get in_client $SERVER 8080 /cgi-bin/peer | body)
 [ "$out" = "peer=$CLIENT" ]; result source_preserved $? "$out"
@@ -106,6 +123,8 @@ sleep 0.5
 grep -q "\"dst\":\"$SERVER:8080\"" /tmp/shunt.log; result proxied_8080 $? "access log has the 8080 connections"
 grep -q "\"dst\":\"$SERVER:9090\"" /tmp/shunt.log; [ $? != 0 ]; result not_proxied_9090 $? "no 9090 in the access log"
 
+# For the console: which data paths served, and why any fell back.
+http_get "" 127.0.0.1 15000 /metrics | grep -E "^shunt_(datapath_fallbacks|connections_total)"
 kill -TERM $SHUNT_PID
 for i in $(seq 1 100); do kill -0 $SHUNT_PID 2>/dev/null || break; sleep 0.1; done
 kill -0 $SHUNT_PID 2>/dev/null; [ $? != 0 ]; result shunt_exited $? "pid $SHUNT_PID"

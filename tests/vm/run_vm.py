@@ -1,0 +1,223 @@
+"""Pod steering on other kernels than this host's, tested in a VM.
+
+Profiles (one ctest each):
+
+  netkit  Debian bookworm-security linux-image-6.12.*-cloud-amd64
+          (CONFIG_NETKIT=y): `pod add` makes netkit pods, steering is the
+          netkit peer program + tcx.
+  legacy  Debian bookworm linux-image-6.1.0-*-cloud-amd64: no netkit, no tcx
+          (before 6.6), so pods are veth and `steering.attach: auto` falls
+          back to legacy clsact tc filters.
+
+Boots the kernel under qemu-system-x86_64 -cpu max with software emulation,
+from an initramfs holding busybox-static, the shunt binary and its shared
+libraries, the kernel modules the profile needs, and tests/vm/init.sh as
+/init. The kernel package is fetched once with `apt-get download` into the
+cache dir (SHUNT_VM_CACHE, default /var/cache/shunt-vm) and reused.
+
+Passes when every check init.sh reports for the profile is PASS and the VM
+reached its end. Stdlib only; needs root for apt-get download into the
+cache, not for qemu.
+"""
+import glob
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SHUNT_BIN = os.environ.get("SHUNT_BIN", os.path.join(HERE, "../../build/proxy/shunt"))
+CACHE = os.environ.get("SHUNT_VM_CACHE", "/var/cache/shunt-vm")
+BOOT_TIMEOUT_S = int(os.environ.get("SHUNT_VM_TIMEOUT", "420"))
+
+COMMON_CHECKS = [
+    "direct_without_shunt", "shunt_ready", "source_preserved", "download_hash", "upload_hash",
+    "direct_port_with_shunt", "proxied_8080", "not_proxied_9090", "shunt_exited", "fail_closed_blocks",
+    "fail_closed_other_ports_flow", "rules_removed_on_exit", "pod_del", "nothing_left",
+]
+
+
+class Profile:
+    def __init__(self, name, apt_prefix, package_re, deb_glob, abi_key, config_needs, modules, checks):
+        self.name = name
+        self.apt_prefix = apt_prefix
+        self.package_re = re.compile(package_re)
+        self.deb_glob = deb_glob
+        self.abi_key = abi_key          # package name -> sort key, newest last
+        self.config_needs = config_needs  # lines the kernel's config must have
+        self.modules = modules          # .ko files loaded in this order by init.sh
+        self.checks = checks
+
+
+PROFILES = {
+    "netkit": Profile(
+        "netkit", "linux-image-6.12.", r"^linux-image-6\.12\.[0-9]+\+deb12-cloud-amd64$", "linux-image-6.12.*-cloud-amd64_*.deb",
+        lambda n: int(n.split(".")[2].split("+")[0]), ["CONFIG_NETKIT=y"], ["veth"],
+        ["pod_add_client_netkit", "pod_add_server_netkit", *COMMON_CHECKS]),
+    "legacy": Profile(
+        "legacy", "linux-image-6.1.0-", r"^linux-image-6\.1\.0-[0-9]+-cloud-amd64$", "linux-image-6.1.0-*-cloud-amd64_*.deb",
+        lambda n: int(n.split("-")[3]), ["CONFIG_NET_CLS_BPF=", "CONFIG_NET_SCH_INGRESS="],
+        ["veth", "sch_ingress", "cls_bpf"],
+        ["pod_add_client_veth", "pod_add_server_veth", *COMMON_CHECKS[:2], "steering_legacy_tc",
+         *COMMON_CHECKS[2:]]),
+}
+
+
+def log(msg):
+    print(f"[vm] {msg}", flush=True)
+
+
+def kernel_package(profile):
+    """Newest cached .deb, else download the newest candidate that apt has."""
+    os.makedirs(CACHE, exist_ok=True)
+    cached = lambda: sorted(glob.glob(os.path.join(CACHE, profile.deb_glob)))  # noqa: E731
+    if cached():
+        return cached()[-1]
+
+    def candidates():
+        prefix = profile.package_re.pattern.lstrip("^").split("[")[0].replace("\\", "")
+        out = subprocess.run(["apt-cache", "pkgnames", prefix], capture_output=True, text=True)
+        names = [n for n in out.stdout.split() if profile.package_re.match(n)]
+        return sorted(names, key=profile.abi_key)
+
+    names = candidates()
+    if not names:
+        log("no matching kernel in the apt lists; running apt-get update")
+        subprocess.run(["apt-get", "update", "-qq"], check=True)
+        names = candidates()
+    # pkgnames also lists names only other packages mention: try newest first.
+    for name in reversed(names):
+        log(f"downloading {name} into {CACHE}")
+        if subprocess.run(["apt-get", "download", "-q", name], cwd=CACHE).returncode == 0 and cached():
+            return cached()[-1]
+    raise SystemExit(f"no {profile.package_re.pattern} package could be downloaded (apt sources?)")
+
+
+def extract_kernel(deb, profile):
+    """vmlinuz and the profile's modules (decompressed: busybox insmod takes plain .ko)."""
+    tag = os.path.basename(deb)[: -len(".deb")]
+    root = os.path.join(CACHE, tag)
+    vmlinuz_list = glob.glob(os.path.join(root, "boot", "vmlinuz-*"))
+    if not vmlinuz_list:
+        tmp = root + ".partial"
+        shutil.rmtree(tmp, ignore_errors=True)
+        subprocess.run(["dpkg-deb", "-x", deb, tmp], check=True)
+        shutil.rmtree(root, ignore_errors=True)
+        os.rename(tmp, root)
+        vmlinuz_list = glob.glob(os.path.join(root, "boot", "vmlinuz-*"))
+    config = glob.glob(os.path.join(root, "boot", "config-*"))
+    text = open(config[0]).read() if config else ""
+    for need in profile.config_needs:
+        if need not in text:
+            raise SystemExit(f"{deb} is not built with {need}")
+    modules = []
+    for name in profile.modules:
+        found = [p for d in ("lib", "usr/lib") for p in glob.glob(os.path.join(root, d, "modules/*/kernel/**",
+                                                                              name + ".ko*"), recursive=True)]
+        # Built in (=y) needs nothing; =m must be there.
+        if found:
+            modules.append(found[0])
+    return vmlinuz_list[0], modules
+
+
+def shared_libs(binary):
+    out = subprocess.run(["ldd", binary], capture_output=True, text=True, check=True).stdout
+    libs = []
+    for line in out.splitlines():
+        m = re.search(r"(/\S+)\s+\(0x", line)
+        if m:
+            libs.append(m.group(1))
+    return libs
+
+
+def build_initramfs(workdir, modules):
+    root = os.path.join(workdir, "root")
+    for d in ("bin", "lib/shunt-modules", "www/cgi-bin", "etc", "sys/fs/bpf", "run/netns"):
+        os.makedirs(os.path.join(root, d), exist_ok=True)
+    shutil.copy(shutil.which("busybox") or "/bin/busybox", os.path.join(root, "bin/busybox"))
+    # Debug info makes the binary ~10x larger, and cpio + kernel unpacking
+    # under emulation is paid per byte.
+    subprocess.run(["strip", "--strip-debug", "-o", os.path.join(root, "bin/shunt"), SHUNT_BIN], check=True)
+    for lib in shared_libs(SHUNT_BIN):
+        dst = os.path.join(root, lib.lstrip("/"))
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        shutil.copy(lib, dst)
+    # Numbered so init.sh loads them in the profile's order.
+    for i, ko in enumerate(modules):
+        name = re.sub(r"\.ko(\.xz|\.zst)?$", ".ko", os.path.basename(ko))
+        with open(os.path.join(root, "lib/shunt-modules", f"{i:02d}-{name}"), "wb") as f:
+            if ko.endswith(".xz"):
+                subprocess.run(["xz", "-dc", ko], stdout=f, check=True)
+            elif ko.endswith(".zst"):
+                subprocess.run(["zstd", "-dc", ko], stdout=f, check=True)
+            else:
+                f.write(open(ko, "rb").read())
+    shutil.copy(os.path.join(HERE, "init.sh"), os.path.join(root, "init"))
+    os.chmod(os.path.join(root, "init"), 0o755)
+    with open(os.path.join(root, "www/blob"), "wb") as f:
+        f.write(os.urandom(4 << 20))
+    with open(os.path.join(root, "www/cgi-bin/peer"), "w") as f:
+        f.write('#!/bin/sh\nprintf "Content-Type: text/plain\\r\\n\\r\\n"\nprintf "peer=%s" "$REMOTE_ADDR"\n')
+    with open(os.path.join(root, "www/cgi-bin/sum"), "w") as f:
+        f.write('#!/bin/sh\nprintf "Content-Type: text/plain\\r\\n\\r\\n"\n'
+                'head -c "$CONTENT_LENGTH" | sha256sum | cut -d" " -f1 | tr -d "\\n"\n')
+    for cgi in ("peer", "sum"):
+        os.chmod(os.path.join(root, "www/cgi-bin", cgi), 0o755)
+    image = os.path.join(workdir, "initramfs.cpio")
+    files = subprocess.run(["find", "."], cwd=root, capture_output=True, check=True).stdout
+    with open(image, "wb") as f:
+        subprocess.run(["cpio", "-o", "-H", "newc", "--quiet"], cwd=root, input=files, stdout=f, check=True)
+    return image
+
+
+def boot(vmlinuz, initramfs, profile):
+    cmd = ["qemu-system-x86_64", "-cpu", "max", "-m", "1024", "-smp", "2", "-nographic", "-no-reboot",
+           "-nic", "none", "-kernel", vmlinuz, "-initrd", initramfs,
+           "-append", f"console=ttyS0 panic=-1 quiet loglevel=3 rdinit=/init shunt.profile={profile.name}"]
+    log(" ".join(cmd))
+    start = time.monotonic()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        out, _ = proc.communicate(timeout=BOOT_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+        log(f"VM did not finish within {BOOT_TIMEOUT_S}s")
+    log(f"VM ran {time.monotonic() - start:.1f}s")
+    return out.decode(errors="replace")
+
+
+def main():
+    if len(sys.argv) != 2 or sys.argv[1] not in PROFILES:
+        raise SystemExit(f"usage: {sys.argv[0]} {'|'.join(PROFILES)}")
+    profile = PROFILES[sys.argv[1]]
+    if not os.path.exists(SHUNT_BIN):
+        raise SystemExit(f"shunt binary not found at {SHUNT_BIN} (set SHUNT_BIN)")
+    deb = kernel_package(profile)
+    vmlinuz, modules = extract_kernel(deb, profile)
+    log(f"kernel {vmlinuz}, modules {[os.path.basename(m) for m in modules]}")
+    with tempfile.TemporaryDirectory(prefix="shunt-vm-") as work:
+        console = boot(vmlinuz, build_initramfs(work, modules), profile)
+    results = {}
+    for line in console.splitlines():
+        m = re.search(r"SHUNT-VM: RESULT (\S+) (PASS|FAIL) ?(.*)", line)
+        if m:
+            results[m.group(1)] = (m.group(2), m.group(3))
+    done = "SHUNT-VM: DONE" in console
+    failed = [n for n in profile.checks if results.get(n, ("MISSING",))[0] != "PASS"]
+    for name in profile.checks:
+        status, detail = results.get(name, ("MISSING", ""))
+        print(f"{status:7} {name} {detail}")
+    if failed or not done:
+        print("---- VM console ----")
+        print(console)
+        print("--------------------")
+        raise SystemExit(f"{profile.name} VM test failed: {', '.join(failed) or 'VM did not reach the end'}")
+    print(f"{profile.name} VM test: {len(profile.checks)} checks passed")
+
+
+if __name__ == "__main__":
+    main()
