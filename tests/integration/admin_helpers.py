@@ -12,10 +12,11 @@ SAMPLE_RE = re.compile(rf"^({METRIC_NAME})(\{{(?:{LABEL})(?:,{LABEL})*\}})? (-?[
 LABEL_RE = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\\n]|\\["\\n])*)"')
 
 
-def http_get(port, path, method="GET", host="127.0.0.1", timeout=10):
-    """Returns (status, headers dict lower-cased, body bytes)."""
+def http_get(port, path, method="GET", host="127.0.0.1", timeout=10, host_header="admin"):
+    """One request with Connection: close; returns (status, headers dict
+    lower-cased, body bytes)."""
     with socket.create_connection((host, port), timeout=timeout) as s:
-        s.sendall(f"{method} {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n".encode())
+        s.sendall(f"{method} {path} HTTP/1.1\r\nHost: {host_header}\r\nConnection: close\r\n\r\n".encode())
         data = b""
         while True:
             chunk = s.recv(65536)

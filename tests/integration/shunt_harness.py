@@ -23,6 +23,71 @@ SOURCE_DIR = os.environ.get("SHUNT_SOURCE_DIR", os.path.abspath(os.path.join(os.
 CHUNK = 64 * 1024
 _BASE = os.urandom(CHUNK)
 
+# Run inside a pod (python3 -c POD_SERVER HOST PORT [echo|http]): an echo
+# server whose first line is the peer address it saw, or a minimal HTTP/1.1
+# responder that names the path and the peer. Prints "listening" when ready.
+POD_SERVER = r"""
+import socket, sys, threading
+host, port = sys.argv[1], int(sys.argv[2])
+mode = sys.argv[3] if len(sys.argv) > 3 else "echo"
+s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((host, port)); s.listen(64)
+print("listening", flush=True)
+def echo(c, peer):
+    c.sendall(("peer=%s\n" % peer[0]).encode())
+    while True:
+        d = c.recv(1 << 16)
+        if not d: break
+        c.sendall(d)
+    c.close()
+def http(c, peer):
+    f = c.makefile("rb")
+    while True:
+        line = f.readline()
+        if not line: break
+        path = line.split()[1].decode()
+        while f.readline() not in (b"\r\n", b"\n", b""): pass
+        body = ("path=%s peer=%s\n" % (path, peer[0])).encode()
+        c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    c.close()
+while True:
+    c, a = s.accept()
+    threading.Thread(target=http if mode == "http" else echo, args=(c, a), daemon=True).start()
+"""
+
+# Run inside a pod (python3 -c POD_ECHO_CLIENT HOST PORT SIZE [TIMEOUT]) against
+# an echo server that first sends one "peer=IP" line: sends SIZE random bytes,
+# half-closes, and prints "peer=IP sent_sha got_sha bytes", or "error <kind>".
+POD_ECHO_CLIENT = r"""
+import hashlib, os, socket, sys, threading
+host, port, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+timeout = float(sys.argv[4]) if len(sys.argv) > 4 else 10.0
+try:
+    s = socket.create_connection((host, port), timeout=timeout)
+    f = s.makefile("rb")
+    peer = f.readline().decode().strip()
+    if not peer:
+        print("error eof"); sys.exit(0)
+    s.settimeout(60)
+    data = os.urandom(size)
+    got = hashlib.sha256(); n = [0]
+    def reader():
+        while True:
+            d = f.read1(1 << 16)
+            if not d: break
+            got.update(d); n[0] += len(d)
+    t = threading.Thread(target=reader); t.start()
+    s.sendall(data); s.shutdown(socket.SHUT_WR); t.join(90)
+    print(peer, hashlib.sha256(data).hexdigest(), got.hexdigest(), n[0])
+except ConnectionResetError:
+    print("error reset")
+except socket.timeout:
+    print("error timeout")
+except OSError as e:
+    print("error %s" % e.__class__.__name__)
+"""
+
 
 def require_root():
     if os.geteuid() != 0:
@@ -158,6 +223,26 @@ class Shunt:
             sys.stderr.write("\n".join(self.output().splitlines()[-60:]) + "\n")
         self.log.close()
         self.dir.cleanup()
+
+
+def start_class_shunt(cls, config_text, wait_port):
+    """Starts shunt for a whole TestCase class (from setUpClass); a class
+    cleanup stops it before any cleanup registered earlier (peers) runs."""
+    shunt = Shunt(config_text, wait_port=wait_port)
+    shunt.__enter__()
+    cls.addClassCleanup(shunt.__exit__, None, None, None)
+    return shunt
+
+
+def echo_handler(conn):
+    """ThreadedServer handler: echoes until EOF; the result is the byte count."""
+    n = 0
+    while True:
+        data = conn.recv(65536)
+        if not data:
+            return n
+        conn.sendall(data)
+        n += len(data)
 
 
 class ThreadedServer:

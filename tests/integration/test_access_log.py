@@ -12,23 +12,13 @@ import tempfile
 import time
 import unittest
 
-from admin_helpers import admin_port_of, scrape, value, wait_ready
-from shunt_harness import Shunt, ThreadedServer, free_port, recv_exact, run_tests, static_config
+from admin_helpers import admin_port_of, http_get, scrape, value, wait_ready
+from shunt_harness import Shunt, ThreadedServer, echo_handler, free_port, recv_exact, run_tests, static_config
 
 CONN_KEYS = ["ts", "event", "src", "dst", "src_pod", "dst_pod", "verdict", "rule", "datapath", "bytes_up",
              "bytes_down", "duration_ms"]
 HTTP_KEYS = CONN_KEYS + ["method", "path", "host", "status"]
 TS_RE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)$")
-
-
-def echo(conn):
-    n = 0
-    while True:
-        data = conn.recv(65536)
-        if not data:
-            return n
-        conn.sendall(data)
-        n += len(data)
 
 
 def http_server(conn):
@@ -46,18 +36,6 @@ def echo_once(port, size):
     with socket.create_connection(("127.0.0.1", port), timeout=10) as c:
         c.sendall(b"x" * size)
         recv_exact(c, size)
-
-
-def http_request(port, path):
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as c:
-        c.sendall(f"GET {path} HTTP/1.1\r\nHost: api.local\r\nConnection: close\r\n\r\n".encode())
-        data = b""
-        while True:
-            d = c.recv(4096)
-            if not d:
-                break
-            data += d
-    return int(data.split()[1])
 
 
 def read_lines(path):
@@ -93,7 +71,7 @@ def parse(testcase, line):
 
 class AccessLogFile(unittest.TestCase):
     def setUp(self):
-        self.echo = ThreadedServer(echo)
+        self.echo = ThreadedServer(echo_handler)
         self.http = ThreadedServer(http_server)
         self.addCleanup(self.echo.close)
         self.addCleanup(self.http.close)
@@ -136,8 +114,8 @@ policy:
             wait_ready(self.admin, shunt.proc)
             for size in (1, 1000, 200_000):
                 echo_once(self.tcp_port, size)
-            self.assertEqual(http_request(self.http_port, "/ok"), 200)
-            self.assertEqual(http_request(self.http_port, "/admin/x"), 403)
+            self.assertEqual(http_get(self.http_port, "/ok", host_header="api.local")[0], 200)
+            self.assertEqual(http_get(self.http_port, "/admin/x", host_header="api.local")[0], 403)
             # L4 deny is a reset; on loopback it can land before connect()
             # returns, so connect itself may report it.
             try:
@@ -216,7 +194,7 @@ policy:
 class AccessLogStdout(unittest.TestCase):
     def test_stdout_lines_parse(self):
         port = free_port()
-        with ThreadedServer(echo) as server:
+        with ThreadedServer(echo_handler) as server:
             config = static_config(port, server.port, "splice")
             with Shunt(config, wait_port=port) as shunt:
                 wait_ready(admin_port_of(config), shunt.proc)

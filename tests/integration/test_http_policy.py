@@ -17,7 +17,8 @@ import unittest
 
 from admin_helpers import get_json, scrape
 from http_peers import Origin, read_response, request
-from shunt_harness import Shunt, free_port, pattern, pattern_digest, recv_all_digest, run_tests, send_pattern
+from shunt_harness import (Shunt, free_port, pattern, pattern_digest, recv_all_digest, run_tests, send_pattern,
+                           start_class_shunt)
 
 MIB = 1024 * 1024
 DENIED = b"Access denied\n"
@@ -95,17 +96,12 @@ class HttpInspection:
     @classmethod
     def setUpClass(cls):
         cls.origin = Origin()
+        cls.addClassCleanup(cls.origin.close)
         cls.origin_open = Origin()
+        cls.addClassCleanup(cls.origin_open.close)
         cls.ports = dict(listen=free_port(), listen_open=free_port(), origin=cls.origin.port,
                          origin_open=cls.origin_open.port, admin=free_port(), datapath=cls.datapath)
-        cls.shunt = Shunt(config(cls.ports), wait_port=cls.ports["listen"])
-        cls.shunt.__enter__()
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.shunt.__exit__(None, None, None)
-        cls.origin.close()
-        cls.origin_open.close()
+        cls.shunt = start_class_shunt(cls, config(cls.ports), cls.ports["listen"])
 
     def tearDown(self):
         # On failure, the proxy's side of it.

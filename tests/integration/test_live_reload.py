@@ -15,20 +15,12 @@ import unittest
 
 from admin_helpers import get_json, scrape
 from http_peers import Origin, read_response, request
-from shunt_harness import Shunt, ThreadedServer, free_port, run_tests
+from shunt_harness import Shunt, ThreadedServer, echo_handler, free_port, run_tests
 from test_tls_policy import TlsEchoOrigin, client_context, make_certificate
 
 # SPEC says 100 ms; the bound asserted here leaves room for a noisy 2-core
 # machine, and the measured latency is printed.
 REVOKE_BOUND_S = 1.0
-
-
-def echo(conn):
-    while True:
-        data = conn.recv(65536)
-        if not data:
-            return True
-        conn.sendall(data)
 
 
 def config(p, *, echo_rule=True, http=("{method: GET, path: /api/}",), sni=("api.example.com",)):
@@ -79,7 +71,7 @@ class LiveReload(unittest.TestCase):
     def setUpClass(cls):
         cls.tmp = tempfile.TemporaryDirectory()
         cert, key = make_certificate(cls.tmp.name)
-        cls.echo = ThreadedServer(echo)
+        cls.echo = ThreadedServer(echo_handler)
         cls.origin = Origin()
         cls.tls_origin = TlsEchoOrigin(cert, key)
 

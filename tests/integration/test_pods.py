@@ -12,46 +12,12 @@ import sys
 import time
 import unittest
 
+from shunt_harness import POD_ECHO_CLIENT, POD_SERVER
+
 SHUNT_BIN = os.environ.get("SHUNT_BIN", os.path.join(os.path.dirname(__file__), "../../build/proxy/shunt"))
 PY = "/usr/bin/python3"
 
-# Echo server for a pod: first line is the peer's address, then every byte
-# received is sent back; closes after the client half-closes.
-ECHO_SERVER = r"""
-import socket, sys, threading
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind((sys.argv[1], int(sys.argv[2]))); s.listen(64)
-print("listening", flush=True)
-def serve(c, peer):
-    c.sendall(("peer=%s\n" % peer[0]).encode())
-    while True:
-        d = c.recv(1 << 16)
-        if not d: break
-        c.sendall(d)
-    c.close()
-while True:
-    c, a = s.accept(); threading.Thread(target=serve, args=(c, a), daemon=True).start()
-"""
 
-# Client for a pod: connects, sends N random bytes, half-closes, prints the
-# peer line, the sha256 of what it sent and of what came back.
-ECHO_CLIENT = r"""
-import hashlib, os, socket, sys, threading
-host, port, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-s = socket.create_connection((host, port), timeout=float(sys.argv[4]) if len(sys.argv) > 4 else 10)
-f = s.makefile("rb")
-peer = f.readline().decode().strip()
-data = os.urandom(size)
-got = hashlib.sha256(); n = [0]
-def reader():
-    while True:
-        d = f.read1(1 << 16)
-        if not d: break
-        got.update(d); n[0] += len(d)
-t = threading.Thread(target=reader); t.start()
-s.sendall(data); s.shutdown(socket.SHUT_WR); t.join(60)
-print(peer, hashlib.sha256(data).hexdigest(), got.hexdigest(), n[0])
-"""
 
 
 def run(*args, check=False, timeout=30):
@@ -96,7 +62,7 @@ class Pods:
         p = subprocess.Popen(["ip", "netns", "exec", name, PY, "-c", script, *args],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.procs.append(p)
-        if script is ECHO_SERVER:
+        if script is POD_SERVER:
             line = p.stdout.readline()
             if "listening" not in line:
                 raise AssertionError("echo server in %s did not start: %s %s" % (name, line, p.stderr.read()))
@@ -169,8 +135,8 @@ class PodTests(unittest.TestCase):
         client, r1 = self.pods.add("c", 2)
         server, r2 = self.pods.add("s", 3)
         self.assertEqual((r1.returncode, r2.returncode), (0, 0), r1.stderr + r2.stderr)
-        self.pods.spawn(server, ECHO_SERVER, self.pods.ip(3), "9000")
-        out = self.pods.exec(client, PY, "-c", ECHO_CLIENT, self.pods.ip(3), "9000", str(4 << 20))
+        self.pods.spawn(server, POD_SERVER, self.pods.ip(3), "9000")
+        out = self.pods.exec(client, PY, "-c", POD_ECHO_CLIENT, self.pods.ip(3), "9000", str(4 << 20))
         self.assertEqual(out.returncode, 0, out.stderr)
         peer, sent, got, n = out.stdout.split()
         self.assertEqual(peer, "peer=" + self.pods.ip(2))

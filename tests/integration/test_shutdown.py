@@ -15,7 +15,7 @@ import time
 import unittest
 
 from admin_helpers import http_get, wait_ready
-from shunt_harness import SHUNT_BIN, Shunt, ThreadedServer, free_port, recv_exact, run_tests
+from shunt_harness import SHUNT_BIN, Shunt, ThreadedServer, echo_handler, free_port, recv_exact, run_tests
 
 STEER_MARK = "0x200000"
 STEER_TABLE = "21320"
@@ -52,14 +52,6 @@ def links_of(prog_ids):
     """BPF links (tcx attachments among them) whose program is one of these."""
     links = json.loads(run("bpftool", "-j", "link", "show").stdout or "[]")
     return [l["id"] for l in links if l.get("prog_id") in prog_ids]
-
-
-def echo(conn):
-    while True:
-        data = conn.recv(65536)
-        if not data:
-            return True
-        conn.sendall(data)
 
 
 def config(listen_port, upstream_port, admin_port, drain, datapath="sockmap", extra=""):
@@ -101,7 +93,7 @@ def wait_until(predicate, timeout=10):
 
 class Drain(unittest.TestCase):
     def setUp(self):
-        self.server = ThreadedServer(echo)
+        self.server = ThreadedServer(echo_handler)
         self.addCleanup(self.server.close)
         self.port, self.admin = free_port(), free_port()
 
@@ -181,7 +173,7 @@ class NothingLeftBehind(unittest.TestCase):
         rules_before = run("ip", "rule").stdout
         other_shunt_steering = STEER_MARK in rules_before
         port, admin = free_port(), free_port()
-        with ThreadedServer(echo) as server:
+        with ThreadedServer(echo_handler) as server:
             extra = f"""steering: {{intercept_ports: [8080], on_proxy_down: fail_open}}
 pods:
   - {{name: {self.pod}, ip: {self.ip}, labels: {{app: t}}, dev: {self.dev}}}

@@ -22,6 +22,8 @@ import time
 import unittest
 import urllib.request
 
+from shunt_harness import POD_ECHO_CLIENT, POD_SERVER
+
 SHUNT_BIN = os.environ.get("SHUNT_BIN", os.path.join(os.path.dirname(__file__), "../../build/proxy/shunt"))
 PY = "/usr/bin/python3"
 STEER_MARK = "0x200000"
@@ -34,64 +36,7 @@ L4_DENIED = 7001      # echo, proxied, denied by an L4 rule: reset
 DIRECT = 9090         # echo, not intercepted
 BPF_DENIED = 9091     # echo, not intercepted, denied by an L4 rule: BPF drops
 
-# Echo server (first line: the peer address the server saw) or, with "http",
-# a minimal HTTP/1.1 responder that names the path.
-SERVER = r"""
-import socket, sys, threading
-host, port, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind((host, port)); s.listen(64)
-print("listening", flush=True)
-def echo(c, peer):
-    c.sendall(("peer=%s\n" % peer[0]).encode())
-    while True:
-        d = c.recv(1 << 16)
-        if not d: break
-        c.sendall(d)
-    c.close()
-def http(c, peer):
-    f = c.makefile("rb")
-    while True:
-        line = f.readline()
-        if not line: break
-        path = line.split()[1].decode()
-        while f.readline() not in (b"\r\n", b"\n", b""): pass
-        body = ("path=%s peer=%s\n" % (path, peer[0])).encode()
-        c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
-    c.close()
-while True:
-    c, a = s.accept()
-    threading.Thread(target=http if mode == "http" else echo, args=(c, a), daemon=True).start()
-"""
 
-# Echo client: prints "peer=IP sent_sha got_sha bytes", or "error <kind>".
-CLIENT = r"""
-import hashlib, os, socket, sys, threading
-host, port, size, timeout = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
-try:
-    s = socket.create_connection((host, port), timeout=timeout)
-    f = s.makefile("rb")
-    peer = f.readline().decode().strip()
-    if not peer:
-        print("error eof"); sys.exit(0)
-    s.settimeout(60)
-    data = os.urandom(size)
-    got = hashlib.sha256(); n = [0]
-    def reader():
-        while True:
-            d = f.read1(1 << 16)
-            if not d: break
-            got.update(d); n[0] += len(d)
-    t = threading.Thread(target=reader); t.start()
-    s.sendall(data); s.shutdown(socket.SHUT_WR); t.join(90)
-    print(peer, hashlib.sha256(data).hexdigest(), got.hexdigest(), n[0])
-except ConnectionResetError:
-    print("error reset")
-except socket.timeout:
-    print("error timeout")
-except OSError as e:
-    print("error %s" % e.__class__.__name__)
-"""
 
 HTTP_CLIENT = r"""
 import socket, sys
@@ -184,7 +129,7 @@ class SteeringTest(unittest.TestCase):
         self.procs = []
 
     def spawn_server(self, port, mode):
-        p = subprocess.Popen(["ip", "netns", "exec", self.server, PY, "-c", SERVER, self.sip, str(port), mode],
+        p = subprocess.Popen(["ip", "netns", "exec", self.server, PY, "-c", POD_SERVER, self.sip, str(port), mode],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.procs.append(p)
         self.assertIn("listening", p.stdout.readline(), "server on port %d did not start" % port)
@@ -275,7 +220,7 @@ policy:
             self.assertEqual(rc, 0, "shunt did not exit 0 on SIGTERM")
 
     def echo(self, port, size=64 << 10, timeout=5.0):
-        r = run("ip", "netns", "exec", self.client, PY, "-c", CLIENT, self.sip, str(port), str(size), str(timeout),
+        r = run("ip", "netns", "exec", self.client, PY, "-c", POD_ECHO_CLIENT, self.sip, str(port), str(size), str(timeout),
                 timeout=180)
         self.assertEqual(r.returncode, 0, r.stderr)
         return r.stdout.split()

@@ -15,7 +15,7 @@ import time
 import unittest
 
 from admin_helpers import get_json
-from shunt_harness import Shunt, ThreadedServer, free_port, pattern, pattern_digest, run_tests
+from shunt_harness import ThreadedServer, free_port, pattern, pattern_digest, run_tests, start_class_shunt
 
 MIB = 1024 * 1024
 
@@ -99,17 +99,12 @@ class TlsInspection:
     @classmethod
     def setUpClass(cls):
         cls.tmp = tempfile.TemporaryDirectory()
+        cls.addClassCleanup(cls.tmp.cleanup)
         cls.cert, cls.key = make_certificate(cls.tmp.name)
         cls.origin = TlsEchoOrigin(cls.cert, cls.key)
+        cls.addClassCleanup(cls.origin.close)
         cls.ports = dict(listen=free_port(), origin=cls.origin.port, admin=free_port(), datapath=cls.datapath)
-        cls.shunt = Shunt(config(cls.ports), wait_port=cls.ports["listen"])
-        cls.shunt.__enter__()
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.shunt.__exit__(None, None, None)
-        cls.origin.close()
-        cls.tmp.cleanup()
+        cls.shunt = start_class_shunt(cls, config(cls.ports), cls.ports["listen"])
 
     def s_client(self, servername, data=b"ping through shunt\n", expect=None):
         """Runs openssl s_client, sends `data`; returns (stdout, stderr,
