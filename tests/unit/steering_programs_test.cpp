@@ -186,9 +186,10 @@ class TcxProgram : public ::testing::Test {
     skel_.reset(steer_tcx__open_and_load());
     ASSERT_TRUE(skel_) << "load steer_tcx (needs root): " << std::strerror(errno);
     auto& m = skel_->maps;
-    prog_.emplace(bpf_program__fd(skel_->progs.shunt_steer_tcx),
-                  SteeringMaps{bpf_map__fd(m.steer_cfg), bpf_map__fd(m.steer_ports), bpf_map__fd(m.steer_deny),
-                               bpf_map__fd(m.steer_listen), bpf_map__fd(m.steer_stats)});
+    prog_.emplace(
+        bpf_program__fd(skel_->progs.shunt_steer_tcx),
+        SteeringMaps{bpf_map__fd(m.steer_cfg), bpf_map__fd(m.steer_ports), bpf_map__fd(m.steer_deny),
+                     bpf_map__fd(m.steer_listen), bpf_map__fd(m.steer_stats)});
   }
   Program& prog() { return *prog_; }
   int listen_map() { return bpf_map__fd(skel_->maps.steer_listen); }
@@ -231,7 +232,8 @@ TEST_F(TcxProgram, AllPortsInterceptsEveryTcpPort) {
 }
 
 TEST_F(TcxProgram, DenyEntriesMatchPrefixPortAndConnectionAttemptsOnly) {
-  prog().configure(0, {deny(4, "10.77.0.0", 24, "10.78.0.0", 16, 9091), deny(4, "0.0.0.0", 0, "10.79.0.5", 32, 0)});
+  prog().configure(
+      0, {deny(4, "10.77.0.0", 24, "10.78.0.0", 16, 9091), deny(4, "0.0.0.0", 0, "10.79.0.5", 32, 0)});
   // Port entry: TCP SYN from the prefix to the port.
   EXPECT_EQ(prog().run({.dst = "10.78.9.9", .dport = 9091}).verdict, kDrop);
   EXPECT_EQ(prog().run({.dst = "10.78.9.9", .dport = 9092}).verdict, kNext);
@@ -259,8 +261,10 @@ TEST_F(TcxProgram, DenyCountBoundsTheTable) {
 
 TEST_F(TcxProgram, Ipv6IsParsedAndMatched) {
   prog().configure(0, {deny(6, "fd00:77::", 64, "fd00:78::3", 128, 9091)});
-  EXPECT_EQ(prog().run({.family = 6, .src = "fd00:77::2", .dst = "fd00:78::3", .dport = 9091}).verdict, kDrop);
-  EXPECT_EQ(prog().run({.family = 6, .src = "fd00:76::2", .dst = "fd00:78::3", .dport = 9091}).verdict, kNext);
+  EXPECT_EQ(prog().run({.family = 6, .src = "fd00:77::2", .dst = "fd00:78::3", .dport = 9091}).verdict,
+            kDrop);
+  EXPECT_EQ(prog().run({.family = 6, .src = "fd00:76::2", .dst = "fd00:78::3", .dport = 9091}).verdict,
+            kNext);
   // An IPv4 entry never matches IPv6 traffic and the other way round.
   EXPECT_EQ(prog().run({.src = "10.77.0.2", .dst = "10.78.0.3", .dport = 9091}).verdict, kNext);
   // Intercepted IPv6 with no IPv6 listener: the proxy is down for IPv6.
@@ -304,9 +308,10 @@ class NetkitProgram : public ::testing::Test {
     skel_.reset(steer_netkit__open_and_load());
     ASSERT_TRUE(skel_) << "load steer_netkit (needs root): " << std::strerror(errno);
     auto& m = skel_->maps;
-    prog_.emplace(bpf_program__fd(skel_->progs.shunt_steer_netkit),
-                  SteeringMaps{bpf_map__fd(m.steer_cfg), bpf_map__fd(m.steer_ports), bpf_map__fd(m.steer_deny),
-                               bpf_map__fd(m.steer_listen), bpf_map__fd(m.steer_stats)});
+    prog_.emplace(
+        bpf_program__fd(skel_->progs.shunt_steer_netkit),
+        SteeringMaps{bpf_map__fd(m.steer_cfg), bpf_map__fd(m.steer_ports), bpf_map__fd(m.steer_deny),
+                     bpf_map__fd(m.steer_listen), bpf_map__fd(m.steer_stats)});
   }
   Program& prog() { return *prog_; }
 
