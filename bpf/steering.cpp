@@ -549,6 +549,15 @@ std::vector<std::string> PodSteering::describe() const {
   return out;
 }
 
+std::vector<PodSteering::Attachment> PodSteering::attachments() const {
+  std::vector<Attachment> out;
+  if (!impl_) return out;
+  for (const auto& [name, d] : impl_->devices)
+    for (auto* a : const_cast<Impl::Device&>(d).attachments())
+      if (*a) out.push_back({name, std::string(label((*a)->hook()))});
+  return out;
+}
+
 Status remove_pinned_steering(const std::string& dev) {
   const std::string dir = device_pin_dir(dev);
   // A tc filter outlives its pin: delete it first.

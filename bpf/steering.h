@@ -50,6 +50,13 @@ class PodSteering {  // move-only RAII: destructor detaches links and removes ru
   [[nodiscard]] std::vector<std::pair<std::string, std::uint64_t>> counters() const;
   // Devices currently steered, with their hook(s), e.g. "sh-web (veth: tcx)".
   [[nodiscard]] std::vector<std::string> describe() const;
+  // One entry per attached program, for shunt_steering_attachments{device,hook}:
+  // hook is "tcx", "tc" (legacy clsact) or "netkit_peer".
+  struct Attachment {
+    std::string device;
+    std::string hook;
+  };
+  [[nodiscard]] std::vector<Attachment> attachments() const;
 
   struct Impl;
 

@@ -146,6 +146,18 @@ std::string_view to_string(SteeringHook hook) {
   return "?";
 }
 
+std::string_view label(SteeringHook hook) {
+  switch (hook) {
+    case SteeringHook::tcx_ingress:
+      return "tcx";
+    case SteeringHook::netkit_peer:
+      return "netkit_peer";
+    case SteeringHook::tc_ingress:
+      return "tc";
+  }
+  return "?";
+}
+
 bool hook_missing(SteeringHook hook, int err) {
   if (hook == SteeringHook::tc_ingress) return err == EOPNOTSUPP || err == ENOENT;
   return err == EINVAL || err == EOPNOTSUPP || err == ENXIO;

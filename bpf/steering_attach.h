@@ -28,7 +28,8 @@
 namespace shunt::bpf {
 
 enum class SteeringHook { tcx_ingress, netkit_peer, tc_ingress };
-std::string_view to_string(SteeringHook);
+std::string_view to_string(SteeringHook);  // for people: "tc ingress (clsact)"
+std::string_view label(SteeringHook);      // for metric labels: "tc"
 
 // True when `err` from attaching at `hook` means the kernel lacks the hook
 // (as opposed to a bad device or a permission problem).

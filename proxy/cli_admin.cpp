@@ -245,6 +245,20 @@ int run_status(const AdminOptions& o) {
   rows.push_back({"reloads", count(metric("shunt_config_reloads_total{result=\"ok\"}")) + " ok, " +
                                  count(metric("shunt_config_reloads_total{result=\"error\"}")) +
                                  " rejected"});
+  // shunt_steering_attachments{device="sh-web",hook="tcx"} -> "sh-web tcx"
+  std::map<std::string, std::string> steered;
+  for (const auto& [key, n] : m) {
+    const std::string prefix = "shunt_steering_attachments{device=\"";
+    const auto hook_at = key.find("\",hook=\"");
+    if (key.rfind(prefix, 0) != 0 || hook_at == std::string::npos) continue;
+    const std::string device = key.substr(prefix.size(), hook_at - prefix.size());
+    const std::string hook = key.substr(hook_at + 8, key.size() - hook_at - 10);
+    steered[device] += (steered[device].empty() ? "" : "+") + hook;
+  }
+  std::string steering;
+  for (const auto& [device, hooks] : steered)
+    steering += (steering.empty() ? "" : ", ") + device + " " + hooks;
+  rows.push_back({"steering", steering.empty() ? "none" : steering});
   std::string fallbacks;
   for (const auto& [key, n] : m) {
     const std::string prefix = "shunt_datapath_fallbacks_total{reason=\"";

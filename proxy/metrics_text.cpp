@@ -235,6 +235,11 @@ std::string render_metrics(const ProxyContext& context, const bpf::PodSteering* 
              "Packets seen by pod steering BPF programs, by outcome.");
     for (const auto& [outcome, n] : steering->counters())
       p.sample("shunt_steering_packets_total", {{"outcome", outcome}}, n);
+    p.family(
+        "shunt_steering_attachments", "gauge",
+        "Steering programs attached to pod devices (1 each), by device and hook (tcx, tc, netkit_peer).");
+    for (const auto& a : steering->attachments())
+      p.sample("shunt_steering_attachments", {{"device", a.device}, {"hook", a.hook}}, std::uint64_t{1});
   }
 
   p.family("shunt_access_log_dropped_total", "counter",

@@ -247,6 +247,18 @@ policy:
             time.sleep(0.1)
         return entries
 
+    def metrics(self):
+        with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % self.admin_port, timeout=5) as r:
+            return r.read().decode()
+
+    def assert_attached(self, hook):
+        text = self.metrics()
+        for name in (self.client, self.server):
+            self.assertIn('shunt_steering_attachments{device="sh-%s",hook="%s"} 1' % (name, hook), text)
+        status = run(SHUNT_BIN, "status", "--admin", "127.0.0.1:%d" % self.admin_port)
+        self.assertEqual(status.returncode, 0, status.stderr)
+        self.assertRegex(status.stdout, r"steering\s+.*sh-%s %s" % (self.client, hook))
+
     def proxied(self, port):
         return [e for e in self.access_entries() if e.get("dst") == "%s:%d" % (self.sip, port)]
 
@@ -254,6 +266,7 @@ policy:
 class ThroughShunt(SteeringTest):
     def test_client_to_server_keeps_source_and_bytes(self):
         self.start_shunt("fail_open")
+        self.assert_attached("tcx")
         self.assert_echo_ok(INTERCEPTED, 8 << 20)
         conns = self.proxied(INTERCEPTED)
         self.assertTrue(conns, "connection did not go through shunt")
@@ -377,6 +390,7 @@ class LegacyTc(SteeringTest):
             out = self.tc_filters(name)
             self.assertEqual(out.count(self.OURS), 1, out)
             self.assertIn("direct-action", out)
+        self.assert_attached("tc")
         self.assert_echo_ok(INTERCEPTED, 16 << 20)
         self.assertTrue(self.proxied(INTERCEPTED))
         self.assert_echo_ok(DIRECT)

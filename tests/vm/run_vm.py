@@ -32,6 +32,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 SHUNT_BIN = os.environ.get("SHUNT_BIN", os.path.join(HERE, "../../build/proxy/shunt"))
 CACHE = os.environ.get("SHUNT_VM_CACHE", "/var/cache/shunt-vm")
 BOOT_TIMEOUT_S = int(os.environ.get("SHUNT_VM_TIMEOUT", "420"))
+# SHUNT_VM_VERBOSE=1 prints the VM's console (and shunt's log) on success too.
 
 COMMON_CHECKS = [
     "direct_without_shunt", "shunt_ready", "source_preserved", "download_hash", "upload_hash",
@@ -211,7 +212,7 @@ def main():
     for name in profile.checks:
         status, detail = results.get(name, ("MISSING", ""))
         print(f"{status:7} {name} {detail}")
-    if failed or not done:
+    if failed or not done or os.environ.get("SHUNT_VM_VERBOSE"):
         print("---- VM console ----")
         print(console)
         print("--------------------")
