@@ -116,6 +116,7 @@ Status AccessLog::open_locked(const std::string& target) {
   // hold their logger.
   if (logger_) logger_->flush();
   logger_ = std::move(next);
+  enabled_.store(logger_ != nullptr, std::memory_order_relaxed);
   target_ = target;
   return ok_status();
 }

@@ -51,6 +51,8 @@ class AccessLog {
   // already queued go to the old (renamed) file, new ones to a new file.
   Status reopen();
   void write(const AccessRecord& record);
+  // False while the target is "off": callers skip building the record.
+  [[nodiscard]] bool enabled() const { return enabled_.load(std::memory_order_relaxed); }
   // Lines dropped because the writer thread fell behind (bounded queue,
   // oldest dropped first): shunt_access_log_dropped_total.
   [[nodiscard]] std::uint64_t dropped() const;
@@ -64,6 +66,7 @@ class AccessLog {
   std::mutex mu_;
   std::string target_;
   std::shared_ptr<spdlog::logger> logger_;
+  std::atomic<bool> enabled_{false};
 };
 
 }  // namespace shunt::proxy

@@ -35,12 +35,13 @@ void reset_fd(int fd) {
 }
 
 Connection::Connection(ProxyContext& proxy, WorkerContext& worker, const config::Listener& listener,
-                       tcp::socket client)
+                       tcp::socket client, tcp::endpoint peer)
     : proxy_(proxy),
       worker_(worker),
       listener_(listener),
       client_(std::move(client)),
       upstream_(worker.io),
+      peer_(peer),
       idle_timer_(worker.io) {}
 
 asio::awaitable<void> Connection::run(std::shared_ptr<Connection> self) {
@@ -79,7 +80,7 @@ asio::awaitable<void> Connection::serve() {
   info_->listener = listener_.name;
 
   boost::system::error_code ec;
-  info_->src = client_.remote_endpoint(ec);
+  info_->src = peer_.port() != 0 ? peer_ : client_.remote_endpoint(ec);
   if (ec) {
     spdlog::debug("connection {}: client gone before it was served: {}", info_->id, ec.message());
     co_return;
@@ -125,6 +126,7 @@ asio::awaitable<void> Connection::serve() {
     co_return;
   }
 
+  inspected_ = true;
   const bool continue_on_datapath =
       decision.inspect == policy::Inspect::http ? co_await inspect_http(*this) : co_await inspect_tls(*this);
   if (continue_on_datapath && !aborted_) co_await run_datapath();
@@ -238,6 +240,7 @@ void Connection::finish() {
 
   auto& m = metrics();
   (allowed_ ? m.connections_allowed : m.connections_denied).fetch_add(1, std::memory_order_relaxed);
+  if (!proxy_.access_log.enabled()) return;
 
   AccessRecord record;
   record.src = info_->src;

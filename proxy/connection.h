@@ -45,8 +45,10 @@ class Connection : public std::enable_shared_from_this<Connection> {
  public:
   using tcp = boost::asio::ip::tcp;
 
-  Connection(ProxyContext& proxy, WorkerContext& worker, const config::Listener& listener,
-             tcp::socket client);
+  // `peer`: the client's address as accept() returned it (queried from the
+  // socket when left unspecified).
+  Connection(ProxyContext& proxy, WorkerContext& worker, const config::Listener& listener, tcp::socket client,
+             tcp::endpoint peer = {});
 
   // Runs the connection to completion; never throws. Takes the owning
   // pointer by value so the coroutine frame keeps the connection alive (a
@@ -65,6 +67,10 @@ class Connection : public std::enable_shared_from_this<Connection> {
   // Connects to info().dst (with the configured source and timeout). On
   // failure the client is reset and false returned.
   boost::asio::awaitable<bool> connect_upstream();
+
+  // True when inspection (HTTP/TLS) may have written bytes to either socket;
+  // false for an L4 decision, where the data path starts on untouched sockets.
+  [[nodiscard]] bool inspected() const { return inspected_; }
 
   // True once revoke/shutdown asked this connection to end.
   [[nodiscard]] bool aborted() const { return aborted_; }
@@ -89,11 +95,13 @@ class Connection : public std::enable_shared_from_this<Connection> {
   config::Listener listener_;
   tcp::socket client_;
   tcp::socket upstream_;
+  tcp::endpoint peer_;
   std::shared_ptr<const policy::Policy> policy_;
   std::shared_ptr<ConnectionInfo> info_;
   bool allowed_ = false;
   bool aborted_ = false;
   bool finished_ = false;
+  bool inspected_ = false;
   std::function<void()> abort_hook_;
   boost::asio::steady_timer idle_timer_;
 };

@@ -7,12 +7,14 @@ namespace shunt::proxy {
 void ConnectionRegistry::add(std::shared_ptr<ConnectionInfo> info) {
   std::lock_guard lock(mu_);
   connections_.emplace(info->id, std::move(info));
+  open_.store(connections_.size(), std::memory_order_relaxed);
 }
 
 void ConnectionRegistry::retire(std::uint64_t id, config::Datapath datapath, ConnectionBytes final_bytes) {
   const auto d = static_cast<std::size_t>(datapath);
   std::lock_guard lock(mu_);
   connections_.erase(id);
+  open_.store(connections_.size(), std::memory_order_relaxed);
   closed_bytes_[0][d] += final_bytes.up;
   closed_bytes_[1][d] += final_bytes.down;
 }
@@ -34,10 +36,7 @@ std::vector<std::shared_ptr<ConnectionInfo>> ConnectionRegistry::snapshot() cons
   return out;
 }
 
-std::size_t ConnectionRegistry::size() const {
-  std::lock_guard lock(mu_);
-  return connections_.size();
-}
+std::size_t ConnectionRegistry::size() const { return open_.load(std::memory_order_relaxed); }
 
 std::shared_ptr<ConnectionInfo> ConnectionRegistry::find_by_cookie(std::uint64_t cookie) const {
   // Linear: bulk events arrive once per bulk connection, not per packet.

@@ -112,6 +112,8 @@ class ConnectionRegistry {
  private:
   mutable std::mutex mu_;
   std::unordered_map<std::uint64_t, std::shared_ptr<ConnectionInfo>> connections_;
+  // connections_.size(), readable without the lock (checked on every accept).
+  std::atomic<std::size_t> open_{0};
   std::array<std::array<std::uint64_t, 3>, 2> closed_bytes_{};
   std::atomic<std::uint64_t> next_id_{1};
   const bpf::SockmapBridge* bridge_ = nullptr;

@@ -118,8 +118,10 @@ asio::awaitable<void> Server::accept_connections(Worker* worker, tcp::acceptor* 
     boost::system::error_code ec;
     // The connection lives on the worker whose io_context its socket uses.
     Worker* target = for_all_workers ? workers_[turn++ % workers_.size()].get() : worker;
+    // The peer address comes with accept(): no getpeername() per connection.
+    tcp::endpoint peer;
     tcp::socket socket =
-        co_await acceptor->async_accept(target->io, asio::redirect_error(asio::use_awaitable, ec));
+        co_await acceptor->async_accept(target->io, peer, asio::redirect_error(asio::use_awaitable, ec));
     if (ec == asio::error::operation_aborted || !acceptor->is_open()) co_return;
     if (ec) {
       // EMFILE and friends: back off briefly instead of spinning.
@@ -133,7 +135,7 @@ asio::awaitable<void> Server::accept_connections(Worker* worker, tcp::acceptor* 
       reset_socket(socket);
       continue;
     }
-    auto conn = std::make_shared<Connection>(context_, target->context, listener, std::move(socket));
+    auto conn = std::make_shared<Connection>(context_, target->context, listener, std::move(socket), peer);
     asio::co_spawn(target->io, Connection::run(std::move(conn)), asio::detached);
   }
 }

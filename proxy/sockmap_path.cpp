@@ -85,8 +85,12 @@ asio::awaitable<void> run_sockmap(Connection& conn) {
 
   const int client_fd = conn.client().native_handle();
   const int upstream_fd = conn.upstream().native_handle();
-  SplicedDirection up{client_fd, upstream_fd, 0, tcp_bytes_written(upstream_fd), false};
-  SplicedDirection down{upstream_fd, client_fd, 0, tcp_bytes_written(client_fd), false};
+  // Baselines for the drain check. After an L4 decision nothing has been
+  // written to either socket (the kernel counts payload only, not the
+  // handshake), so they are 0 without two TCP_INFO reads per connection.
+  const bool touched = conn.inspected();
+  SplicedDirection up{client_fd, upstream_fd, 0, touched ? tcp_bytes_written(upstream_fd) : 0, false};
+  SplicedDirection down{upstream_fd, client_fd, 0, touched ? tcp_bytes_written(client_fd) : 0, false};
 
   // Bound what a stalled pair can pin before the kernel starts moving bytes
   // (docs/datapath.md, "Memory bound"); bulk pairs get more, within budget.
@@ -186,8 +190,9 @@ asio::awaitable<void> run_sockmap(Connection& conn) {
       const bool source_closed = d == &up ? client_state.read_closed : upstream_state.read_closed;
       if (!source_closed || d->fin_forwarded) continue;
       if (drained(*d)) {
-        spdlog::debug("connection {}: FIN from {} forwarded after its bytes drained ({} redirected)", info.id,
-                      d == &up ? "client" : "upstream", bridge->redirected_bytes(d->from_cookie));
+        if (spdlog::should_log(spdlog::level::debug))  // the byte count costs a map lookup
+          spdlog::debug("connection {}: FIN from {} forwarded after its bytes drained ({} redirected)",
+                        info.id, d == &up ? "client" : "upstream", bridge->redirected_bytes(d->from_cookie));
         ::shutdown(d->to, SHUT_WR);
         d->fin_forwarded = true;
       } else {
