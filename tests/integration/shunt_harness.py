@@ -6,7 +6,10 @@ root (BPF, namespaces) and fail rather than skip without it.
 """
 import contextlib
 import hashlib
+import json
 import os
+import queue
+import random
 import signal
 import socket
 import struct
@@ -324,6 +327,113 @@ policy:
   default: allow
   rules: []
 {extra}"""
+
+
+PY = "/usr/bin/python3"
+POD_PEER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pod_peer.py")
+# Steering's host-wide state (bpf/steering.h): the fwmark rule, its table,
+# and the pins fail_closed leaves behind.
+STEER_MARK = "0x200000"
+STEER_TABLE = "21320"
+STEER_PIN_ROOT = "/sys/fs/bpf/shunt/steering"
+
+
+def run(*args, timeout=60):
+    return subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=timeout)
+
+
+def steering_programs(pid=None):
+    """IDs of loaded steering programs; with `pid`, those that process holds
+    (bpftool lists holders as "pids"), so other shunt processes running at
+    the same time don't count."""
+    out = run("bpftool", "-j", "prog", "show").stdout
+    ids = []
+    for p in json.loads(out or "[]"):
+        if not p.get("name", "").startswith("shunt_steer"):
+            continue
+        if pid is not None and pid not in [h.get("pid") for h in p.get("pids", [])]:
+            continue
+        ids.append(p.get("id"))
+    return sorted(ids)
+
+
+class PodLab:
+    """Lab pods made with `shunt pod add` (names start with `prefix` and a
+    random tag, so concurrent runs don't clash) and pod_peer.py peers inside
+    them. cleanup() removes all of it, also after a failure."""
+
+    def __init__(self, prefix="q"):
+        self.tag = "%03d" % random.randint(0, 999)
+        self.prefix = prefix
+        self.names = []
+        self.procs = []
+        self.lines = {}
+
+    def name(self, role):
+        return "%s%s%s" % (self.prefix, self.tag, role)
+
+    def add(self, role, *cidrs, extra=()):
+        """`shunt pod add` with one --ip per CIDR; returns (name, CompletedProcess)."""
+        name = self.name(role)
+        self.names.append(name)
+        args = [a for c in cidrs for a in ("--ip", c)]
+        return name, run(SHUNT_BIN, "pod", "add", name, *args, *extra)
+
+    def exec(self, name, *cmd, timeout=60):
+        return run("ip", "netns", "exec", name, *cmd, timeout=timeout)
+
+    def serve(self, name, host, port, mode):
+        """A pod_peer server (echo, http or bulk) in pod `name`, up and bound."""
+        p = subprocess.Popen(["ip", "netns", "exec", name, PY, POD_PEER, "serve", host, str(port), mode],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.procs.append(p)
+        lines = queue.Queue()
+        self.lines[p] = lines
+
+        def pump():
+            for line in p.stdout:
+                lines.put(line.strip())
+
+        threading.Thread(target=pump, daemon=True).start()
+        try:
+            first = lines.get(timeout=10)
+        except queue.Empty:
+            first = ""
+        if first != "listening":
+            raise AssertionError("server %s:%s in %s did not start: %r" % (host, port, name, first))
+        return p
+
+    def server_line(self, proc, timeout=120):
+        """The next line a server printed (bulk servers print one per connection)."""
+        return self.lines[proc].get(timeout=timeout)
+
+    def client(self, name, mode, host, port, *args, timeout=180):
+        """Runs a pod_peer client in pod `name`; returns its result line, split."""
+        r = run("ip", "netns", "exec", name, PY, POD_PEER, "client", mode, host, port, *args, timeout=timeout)
+        if r.returncode != 0:
+            raise AssertionError("client in %s failed: %s" % (name, r.stderr))
+        return r.stdout.split()
+
+    def kill_peers(self):
+        for p in self.procs:
+            p.kill()
+            p.wait()
+            p.stderr.close()
+        self.procs = []
+
+    def delete(self, name):
+        r = run(SHUNT_BIN, "pod", "del", name)
+        if name in self.names:
+            self.names.remove(name)
+        return r
+
+    def cleanup(self):
+        self.kill_peers()
+        for name in list(self.names):
+            self.delete(name)
+            # Safety net if `pod del` itself is what broke.
+            run("ip", "link", "del", "sh-" + name)
+            run("ip", "netns", "del", name)
 
 
 def run_tests():
