@@ -8,6 +8,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <linux/if_addr.h>
+#include <linux/rtnetlink.h>
+
+#include <algorithm>
 #include <cctype>
 #include <cstring>
 
@@ -46,7 +50,40 @@ class PodRollback {
   bool armed_ = true;
 };
 
-Status configure_pod_side(const Netns& ns, const PodSpec& spec) {
+bool is_v6_link_local(const IpAddress& a) { return a.is_v6() && a.to_v6().is_link_local(); }
+
+Status check_address(const PodAddress& a) {
+  const unsigned max = a.ip.is_v4() ? 32 : 128;
+  if (a.prefix == 0 || a.prefix > max)
+    return SysError{EINVAL, "prefix length /" + std::to_string(a.prefix) + " is out of range"};
+  const bool bad = a.ip.is_unspecified() || a.ip.is_multicast() || a.ip.is_loopback() ||
+                   is_v6_link_local(a.ip) || (a.ip.is_v6() && a.ip.to_v6().is_v4_mapped());
+  if (bad)
+    return SysError{EINVAL, "address " + a.ip.to_string() +
+                                " cannot be a pod address (unspecified, loopback, multicast, link-local "
+                                "or IPv4-mapped)"};
+  return ok_status();
+}
+
+bool has_family(const PodSpec& spec, bool v4) {
+  for (const auto& a : spec.addresses)
+    if (a.ip.is_v4() == v4) return true;
+  return false;
+}
+
+// IPv6 duplicate address detection would keep a fresh address (and the
+// link-local one the gateway is reached from) unusable for a second or more;
+// addresses on a lab pair are unique by construction, so it is switched off
+// for the device. Written before the device goes up, so its link-local
+// address is born valid too. Must run in the device's namespace.
+Status disable_dad(const std::string& dev) {
+  return write_sysctl("/proc/sys/net/ipv6/conf/" + dev + "/accept_dad", "0");
+}
+
+Status configure_pod_side(const Netns& ns, const PodSpec& spec, DeviceType type) {
+  if (has_family(spec, false)) {
+    if (Status st = ns.run_inside([] { return disable_dad(kPodDevice); }); !st) return st;
+  }
   auto nl = NetlinkSocket::open_in(ns);
   if (!nl) return nl.error();
   auto lo = get_link(*nl, std::string("lo"));
@@ -55,20 +92,36 @@ Status configure_pod_side(const Netns& ns, const PodSpec& spec) {
   if (!eth) return eth.error();
   if (!*lo || !*eth) return SysError{ENODEV, "pod " + spec.name + ": lo or eth0 missing after creation"};
   if (Status st = set_link_up(*nl, (*lo)->ifindex); !st) return st;
-  if (Status st = add_address(*nl, (*eth)->ifindex, spec.ip, spec.prefix); !st) return st;
+  for (const auto& a : spec.addresses) {
+    // IPv6: no on-link prefix route, so another pod of the same /64 is
+    // reached through the host like any other destination (the host side
+    // has no proxy NDP for it, and steering must see the packet anyway).
+    const std::uint32_t flags = a.ip.is_v6() ? IFA_F_NODAD | IFA_F_NOPREFIXROUTE : 0;
+    if (Status st = add_address(*nl, (*eth)->ifindex, a.ip, a.prefix, flags); !st) return st;
+  }
   if (Status st = set_link_up(*nl, (*eth)->ifindex); !st) return st;
-  // A default route straight out of eth0: on netkit (L3, no ARP) that is all
-  // it takes; on veth the host side answers ARP for every destination
-  // (proxy_arp), so the pod needs no gateway address either.
-  RouteSpec def;
-  def.family = spec.ip.is_v4() ? AF_INET : AF_INET6;
-  def.oif = (*eth)->ifindex;
-  return replace_route(*nl, def);
+  for (const auto& a : spec.addresses) {
+    // A default route straight out of eth0: on netkit (L3, no ARP/NDP) that
+    // is all it takes; on veth the host side answers ARP for every IPv4
+    // destination (proxy_arp), and for IPv6 the pod routes via the host
+    // side's link-local gateway address, which the host answers NDP for.
+    RouteSpec def;
+    def.family = a.ip.is_v4() ? AF_INET : AF_INET6;
+    def.oif = (*eth)->ifindex;
+    if (a.ip.is_v6() && type == DeviceType::veth) {
+      def.gateway = boost::asio::ip::make_address(kPodGatewayV6);
+      def.scope = RT_SCOPE_UNIVERSE;
+    }
+    if (Status st = replace_route(*nl, def); !st) return st;
+  }
+  return ok_status();
 }
 
 }  // namespace
 
 std::string host_device_name(const std::string& pod) { return kHostDevicePrefix + pod; }
+
+std::string to_string(const PodAddress& a) { return a.ip.to_string() + "/" + std::to_string(a.prefix); }
 
 Status validate_pod_name(const std::string& pod) {
   if (pod.empty() || pod.size() > kMaxPodName)
@@ -83,9 +136,12 @@ Status validate_pod_name(const std::string& pod) {
 
 Result<AddedPod> add_pod(const PodSpec& spec) {
   if (Status st = validate_pod_name(spec.name); !st) return st.error();
-  const unsigned max_prefix = spec.ip.is_v4() ? 32 : 128;
-  if (spec.prefix == 0 || spec.prefix > max_prefix)
-    return SysError{EINVAL, "prefix length /" + std::to_string(spec.prefix) + " is out of range"};
+  if (spec.addresses.empty()) return SysError{EINVAL, "pod " + spec.name + " needs an address"};
+  for (const auto& a : spec.addresses)
+    if (Status st = check_address(a); !st) return st.error();
+  if (spec.addresses.size() > 2 ||
+      (spec.addresses.size() == 2 && has_family(spec, true) != has_family(spec, false)))
+    return SysError{EINVAL, "a pod has at most one IPv4 and one IPv6 address"};
 
   const std::string host = host_device_name(spec.name);
   auto nl = NetlinkSocket::open();
@@ -122,29 +178,45 @@ Result<AddedPod> add_pod(const PodSpec& spec) {
   if (!*link) return SysError{ENODEV, "device " + host + " vanished after creation"};
   const int ifindex = (*link)->ifindex;
 
-  if (type == DeviceType::veth && spec.ip.is_v4()) {
-    // The host side has no address; it answers the pod's ARP for any
+  const bool v4 = has_family(spec, true);
+  const bool v6 = has_family(spec, false);
+  if (type == DeviceType::veth && v4) {
+    // The host side has no IPv4 address; it answers the pod's ARP for any
     // destination it routes elsewhere, at once (proxy_delay 0).
     if (Status st = write_sysctl("/proc/sys/net/ipv4/conf/" + host + "/proxy_arp", "1"); !st)
       return st.error();
     if (Status st = write_sysctl("/proc/sys/net/ipv4/neigh/" + host + "/proxy_delay", "0"); !st)
       return st.error();
   }
+  if (v6) {
+    if (Status st = disable_dad(host); !st) return st.error();
+    if (type == DeviceType::veth) {
+      // The pod's IPv6 gateway; NDP for it is answered by the host side.
+      const auto gw = boost::asio::ip::make_address(kPodGatewayV6);
+      if (Status st = add_address(*nl, ifindex, gw, 64, IFA_F_NODAD | IFA_F_NOPREFIXROUTE); !st)
+        return st.error();
+    }
+  }
   if (Status st = set_link_up(*nl, ifindex); !st) return st.error();
-  if (Status st = configure_pod_side(*ns, spec); !st) return st.error();
+  if (Status st = configure_pod_side(*ns, spec, type); !st) return st.error();
 
-  RouteSpec back;
-  back.family = spec.ip.is_v4() ? AF_INET : AF_INET6;
-  back.dst = spec.ip;
-  back.dst_len = max_prefix;
-  back.oif = ifindex;
-  if (Status st = replace_route(*nl, back); !st) return st.error();
-  const char* forwarding =
-      spec.ip.is_v4() ? "/proc/sys/net/ipv4/ip_forward" : "/proc/sys/net/ipv6/conf/all/forwarding";
-  if (Status st = write_sysctl(forwarding, "1"); !st) return st.error();
+  for (const auto& a : spec.addresses) {
+    RouteSpec back;
+    back.family = a.ip.is_v4() ? AF_INET : AF_INET6;
+    back.dst = a.ip;
+    back.dst_len = a.ip.is_v4() ? 32 : 128;
+    back.oif = ifindex;
+    if (Status st = replace_route(*nl, back); !st) return st.error();
+  }
+  if (v4) {
+    if (Status st = write_sysctl("/proc/sys/net/ipv4/ip_forward", "1"); !st) return st.error();
+  }
+  if (v6) {
+    if (Status st = write_sysctl("/proc/sys/net/ipv6/conf/all/forwarding", "1"); !st) return st.error();
+  }
 
   rollback.dismiss();
-  added.info = PodInfo{spec.name, std::string(to_string(type)), host, spec.ip, spec.prefix};
+  added.info = PodInfo{spec.name, std::string(to_string(type)), host, spec.addresses};
   return added;
 }
 
@@ -180,13 +252,15 @@ Result<std::vector<PodInfo>> list_pods() {
     auto link = get_link(*nl, host);
     if (!link) return link.error();
     if (!*link) continue;  // a namespace shunt did not make
-    PodInfo info{name, (*link)->kind, host, std::nullopt, 0};
+    PodInfo info{name, (*link)->kind, host, {}};
     if (auto ns = Netns::open(name)) {
       if (auto pnl = NetlinkSocket::open_in(*ns)) {
         if (auto eth = get_link(*pnl, std::string(kPodDevice)); eth && *eth) {
-          if (auto addrs = list_addresses(*pnl, (**eth).ifindex); addrs && !addrs->empty()) {
-            info.ip = addrs->front().address;
-            info.prefix = addrs->front().prefix;
+          if (auto addrs = list_addresses(*pnl, (**eth).ifindex)) {
+            for (const auto& a : *addrs)
+              if (!is_v6_link_local(a.address)) info.addresses.push_back({a.address, a.prefix});
+            std::stable_partition(info.addresses.begin(), info.addresses.end(),
+                                  [](const PodAddress& a) { return a.ip.is_v4(); });
           }
         }
       }

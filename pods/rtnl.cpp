@@ -148,7 +148,8 @@ Status set_link_up(NetlinkSocket& nl, int ifindex) {
   return nl.request(msg, "set device #" + std::to_string(ifindex) + " up");
 }
 
-Status add_address(NetlinkSocket& nl, int ifindex, const IpAddress& address, unsigned prefix) {
+Status add_address(NetlinkSocket& nl, int ifindex, const IpAddress& address, unsigned prefix,
+                   std::uint32_t flags) {
   const AddrBytes b = to_bytes(address);
   NlMessage msg(RTM_NEWADDR, NLM_F_CREATE | NLM_F_REPLACE);
   auto* ifa = msg.header<ifaddrmsg>();
@@ -156,8 +157,10 @@ Status add_address(NetlinkSocket& nl, int ifindex, const IpAddress& address, uns
   ifa->ifa_prefixlen = static_cast<unsigned char>(prefix);
   ifa->ifa_scope = RT_SCOPE_UNIVERSE;
   ifa->ifa_index = static_cast<unsigned>(ifindex);
+  ifa->ifa_flags = static_cast<unsigned char>(flags & 0xff);
   msg.put(IFA_LOCAL, b.data, b.len);
   msg.put(IFA_ADDRESS, b.data, b.len);
+  if (flags != 0) msg.put_u32(IFA_FLAGS, flags);
   return nl.request(msg, "add address " + address.to_string() + "/" + std::to_string(prefix));
 }
 
@@ -203,6 +206,10 @@ void fill_route(NlMessage& msg, const RouteSpec& r) {
   if (r.dst) {
     const AddrBytes b = to_bytes(*r.dst);
     msg.put(RTA_DST, b.data, b.len);
+  }
+  if (r.gateway) {
+    const AddrBytes b = to_bytes(*r.gateway);
+    msg.put(RTA_GATEWAY, b.data, b.len);
   }
   if (r.oif) msg.put_u32(RTA_OIF, static_cast<std::uint32_t>(r.oif));
 }

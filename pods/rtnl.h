@@ -42,7 +42,10 @@ struct AddressEntry {
   IpAddress address;
   unsigned prefix = 0;
 };
-Status add_address(NetlinkSocket& nl, int ifindex, const IpAddress& address, unsigned prefix);
+// flags: IFA_F_* (e.g. IFA_F_NODAD | IFA_F_NOPREFIXROUTE for a pod's IPv6
+// address), sent as IFA_FLAGS since the high ones do not fit ifa_flags.
+Status add_address(NetlinkSocket& nl, int ifindex, const IpAddress& address, unsigned prefix,
+                   std::uint32_t flags = 0);
 Result<std::vector<AddressEntry>> list_addresses(NetlinkSocket& nl, int ifindex);
 
 struct RouteSpec {
@@ -53,6 +56,7 @@ struct RouteSpec {
   std::uint8_t type = 1;      // RTN_UNICAST
   std::uint8_t scope = 253;   // RT_SCOPE_LINK
   int oif = 0;
+  std::optional<IpAddress> gateway;  // RTA_GATEWAY (then scope should be RT_SCOPE_UNIVERSE)
 };
 // NLM_F_REPLACE: installing a route that is already there is not an error,
 // which makes re-running after a crash work.

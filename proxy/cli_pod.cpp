@@ -12,6 +12,7 @@
 #include <iostream>
 #include <optional>
 #include <string>
+#include <vector>
 
 namespace shunt::cli {
 namespace {
@@ -34,20 +35,26 @@ int fail(const SysError& e) {
   return exit_code_for(e);
 }
 
-// "10.200.0.2/24" → address and prefix; the prefix is required so the pod's
-// subnet is explicit.
-std::optional<std::pair<boost::asio::ip::address, unsigned>> parse_cidr(const std::string& text) {
+// "10.200.0.2/24" or "fd00:200::2/64" → address and prefix; the prefix is
+// required so the pod's subnet is explicit.
+std::optional<pods::PodAddress> parse_cidr(const std::string& text) {
   const auto slash = text.find('/');
   if (slash == std::string::npos) return std::nullopt;
   boost::system::error_code ec;
   auto addr = boost::asio::ip::make_address(text.substr(0, slash), ec);
-  if (ec || !addr.is_v4()) return std::nullopt;
+  if (ec) return std::nullopt;
   const std::string len = text.substr(slash + 1);
-  if (len.empty() || len.size() > 2 || len.find_first_not_of("0123456789") != std::string::npos)
+  if (len.empty() || len.size() > 3 || len.find_first_not_of("0123456789") != std::string::npos)
     return std::nullopt;
   const unsigned prefix = static_cast<unsigned>(std::stoul(len));
-  if (prefix < 1 || prefix > 32) return std::nullopt;
-  return std::make_pair(addr, prefix);
+  if (prefix < 1 || prefix > (addr.is_v4() ? 32u : 128u)) return std::nullopt;
+  return pods::PodAddress{addr, prefix};
+}
+
+std::string join_addresses(const std::vector<pods::PodAddress>& addresses) {
+  std::string out;
+  for (const auto& a : addresses) out += (out.empty() ? "" : ",") + pods::to_string(a);
+  return out.empty() ? "-" : out;
 }
 
 }  // namespace
@@ -58,28 +65,33 @@ void add_pod_commands(CLI::App& app, int& exit_code) {
 
   struct AddArgs {
     std::string name;
-    std::string ip;
+    std::vector<std::string> ips;
     std::string type;
   };
   auto add_args = std::make_shared<AddArgs>();
   CLI::App* add =
       pod->add_subcommand("add", "Create pod NAME: netns NAME, host device sh-NAME, address, routes");
   add->add_option("name", add_args->name, "Pod name (1-12 characters)")->required();
-  add->add_option("--ip", add_args->ip, "Pod address A.B.C.D/NN")->required();
+  // Repeatable, like a dual-stack pod's podIPs: at most one per family.
+  add->add_option("--ip", add_args->ips,
+                  "Pod address with prefix, A.B.C.D/NN or IPv6 ADDR/NN; give it twice for a dual-stack pod")
+      ->required()
+      ->allow_extra_args(false);
   add->add_option("--type", add_args->type, "Device type (default: netkit when the kernel has it, else veth)")
       ->check(CLI::IsMember({"netkit", "veth"}));
   add->callback([add_args, &exit_code] {
-    auto cidr = parse_cidr(add_args->ip);
-    if (!cidr) {
-      std::cerr << "shunt pod add: --ip '" << add_args->ip
-                << "' is not an IPv4 address with prefix (A.B.C.D/NN)\n";
-      exit_code = kExitBadInput;
-      return;
-    }
     pods::PodSpec spec;
     spec.name = add_args->name;
-    spec.ip = cidr->first;
-    spec.prefix = cidr->second;
+    for (const auto& text : add_args->ips) {
+      auto cidr = parse_cidr(text);
+      if (!cidr) {
+        std::cerr << "shunt pod add: --ip '" << text
+                  << "' is not an address with prefix (A.B.C.D/NN or IPv6 ADDR/NN)\n";
+        exit_code = kExitBadInput;
+        return;
+      }
+      spec.addresses.push_back(*cidr);
+    }
     if (add_args->type == "netkit") spec.type = pods::DeviceType::netkit;
     if (add_args->type == "veth") spec.type = pods::DeviceType::veth;
     auto added = pods::add_pod(spec);
@@ -88,8 +100,9 @@ void add_pod_commands(CLI::App& app, int& exit_code) {
       return;
     }
     const auto& info = added->info;
-    std::printf("pod %s: %s, address %s/%u, host device %s (%s)\n", info.name.c_str(), info.type.c_str(),
-                info.ip->to_string().c_str(), info.prefix, info.host_device.c_str(), added->why.c_str());
+    std::printf("pod %s: %s, address%s %s, host device %s (%s)\n", info.name.c_str(), info.type.c_str(),
+                info.addresses.size() > 1 ? "es" : "", join_addresses(info.addresses).c_str(),
+                info.host_device.c_str(), added->why.c_str());
     exit_code = kExitOk;
   });
 
@@ -114,9 +127,8 @@ void add_pod_commands(CLI::App& app, int& exit_code) {
     }
     std::printf("%-12s  %-6s  %-18s  %s\n", "NAME", "TYPE", "ADDRESS", "HOST-DEVICE");
     for (const auto& p : *pods_list) {
-      const std::string addr = p.ip ? p.ip->to_string() + "/" + std::to_string(p.prefix) : "-";
-      std::printf("%-12s  %-6s  %-18s  %s\n", p.name.c_str(), p.type.c_str(), addr.c_str(),
-                  p.host_device.c_str());
+      std::printf("%-12s  %-6s  %-18s  %s\n", p.name.c_str(), p.type.c_str(),
+                  join_addresses(p.addresses).c_str(), p.host_device.c_str());
     }
     exit_code = kExitOk;
   });
