@@ -28,7 +28,8 @@ std::shared_ptr<const config::Config> make_config() {
     c->pods.push_back({"pod" + std::to_string(i),
                        pod_ip(i),
                        {{"app", "svc" + std::to_string(i / 4)}, {"team", "t" + std::to_string(i % 10)}},
-                       ""});
+                       "",
+                       {}});
   }
   std::mt19937 rng(42);
   const auto pod = [&] { return static_cast<int>(rng() % kPods); };

@@ -22,6 +22,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <array>
 #include <bitset>
 #include <cstring>
@@ -107,10 +108,12 @@ std::vector<Prefix> resolve(const config::Selector& sel, const std::vector<confi
   auto host = [](const config::IpAddress& ip) { return Prefix{ip, ip.is_v4() ? 32u : 128u}; };
   if (sel.pod) {
     for (const auto& p : pods)
-      if (p.name == *sel.pod) out.push_back(host(p.ip));
+      if (p.name == *sel.pod)
+        for (const auto& ip : p.addresses()) out.push_back(host(ip));
   } else if (!sel.labels.empty()) {
     for (const auto& p : pods)
-      if (labels_match(sel.labels, p.labels)) out.push_back(host(p.ip));
+      if (labels_match(sel.labels, p.labels))
+        for (const auto& ip : p.addresses()) out.push_back(host(ip));
   } else if (sel.cidr) {
     out.push_back({sel.cidr->network, sel.cidr->prefix});
   } else {
@@ -480,6 +483,24 @@ Result<std::unique_ptr<PodSteering>> PodSteering::start(const config::Config& co
 
   auto listeners = check_listeners(listener_fds);
   if (!listeners) return listeners.error();
+  // A family without a listener looks like "proxy down" to the programs:
+  // that pod traffic would be dropped (fail_closed) or bypass the proxy.
+  for (const std::uint32_t slot : {std::uint32_t{SHUNT_LISTENER_V4}, std::uint32_t{SHUNT_LISTENER_V6}}) {
+    const bool v4 = slot == SHUNT_LISTENER_V4;
+    if (std::any_of(listeners->begin(), listeners->end(), [&](const Listener& l) { return l.slot == slot; }))
+      continue;
+    for (const auto& p : config.pods) {
+      const auto ips = p.addresses();
+      if (p.dev.empty() ||
+          std::none_of(ips.begin(), ips.end(), [&](const auto& ip) { return ip.is_v4() == v4; }))
+        continue;
+      spdlog::warn(
+          "steering: pod {} has an IPv{} address but no IPv{} transparent listener is configured: its "
+          "IPv{} traffic to intercepted ports is handled as with the proxy down ({})",
+          p.name, v4 ? 4 : 6, v4 ? 4 : 6, v4 ? 4 : 6, impl->fail_closed ? "dropped" : "not proxied");
+      break;
+    }
+  }
   if (Status st = ensure_bpffs(); !st) {
     if (impl->fail_closed) return st.error();
     spdlog::warn("{}; steering state will not be pinned", st.error().message());

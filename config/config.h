@@ -90,9 +90,19 @@ struct Log {
 
 struct Pod {
   std::string name;
-  IpAddress ip;
+  IpAddress ip;  // `ip: A`, or the first of `ip: [A, B]`
   std::map<std::string, std::string> labels;
   std::string dev;  // host-side device steered by BPF; empty = not steered
+  // Dual-stack: the other family's address (last, so {name, ip, labels, dev}
+  // aggregates stay valid).
+  std::vector<IpAddress> extra_ips;
+
+  // Every address of the pod: a selector naming the pod covers all of them.
+  [[nodiscard]] std::vector<IpAddress> addresses() const {
+    std::vector<IpAddress> out{ip};
+    out.insert(out.end(), extra_ips.begin(), extra_ips.end());
+    return out;
+  }
 };
 
 // Where a rule's endpoint is: exactly one selector is set.

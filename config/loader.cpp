@@ -409,10 +409,11 @@ Config Loader::load(const Node& root) {
                         std::to_string(it->second) + ")");
         continue;
       }
-      if (!pod.ip.is_unspecified()) {
-        if (const auto [it, fresh] = ips.emplace(pod.ip, pod.name); !fresh) {
-          error(item, "pod '" + pod.name + "' has the same IP " + pod.ip.to_string() + " as pod '" +
-                          it->second + "': pods are identified by IP");
+      for (const IpAddress& ip : pod.addresses()) {
+        if (ip.is_unspecified()) continue;
+        if (const auto [it, fresh] = ips.emplace(ip, pod.name); !fresh) {
+          error(item, "pod '" + pod.name + "' has the same IP " + ip.to_string() + " as pod '" + it->second +
+                          "': pods are identified by IP");
         }
       }
       config.pods.push_back(std::move(pod));
@@ -619,12 +620,34 @@ void Loader::load_pod(const Field& f, Pod& pod) {
     }
   }
   if (const Field* i = fields.require("ip", "pod")) {
-    if (auto text = string(*i)) {
-      if (auto ip = parse_ip(*text)) {
-        pod.ip = *ip;
-      } else {
-        error(*i, "pod ip '" + *text + "' is not an IPv4 or IPv6 address");
+    // One address, or a dual-stack pod's list of one per family (as a
+    // Kubernetes pod's podIPs).
+    std::vector<Field> list;
+    if (i->value.IsSequence()) {
+      list = items(*i);
+      if (list.empty() || list.size() > 2) error(*i, "pod ip list must hold one or two addresses");
+    } else {
+      list.push_back(*i);
+    }
+    std::vector<IpAddress> ips;
+    for (const Field& item : list) {
+      auto text = string(item);
+      if (!text) continue;
+      auto ip = parse_ip(*text);
+      if (!ip) {
+        error(item, "pod ip '" + *text + "' is not an IPv4 or IPv6 address");
+        continue;
       }
+      if (!ips.empty() && ips.front().is_v4() == ip->is_v4()) {
+        error(item, "pod ip list has two IPv" + std::string(ip->is_v4() ? "4" : "6") +
+                        " addresses: a pod has at most one per family");
+        continue;
+      }
+      ips.push_back(*ip);
+    }
+    if (!ips.empty()) {
+      pod.ip = ips.front();
+      pod.extra_ips.assign(ips.begin() + 1, ips.end());
     }
   }
   if (const Field* l = fields.get("labels")) {

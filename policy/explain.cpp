@@ -28,7 +28,8 @@ std::string labels_text(const std::map<std::string, std::string>& labels) {
 const config::Pod* pod_at(const config::Config& c, const IpAddress& addr) {
   const auto a = detail::to_addr(addr);
   for (const auto& pod : c.pods) {
-    if (detail::to_addr(pod.ip) == a) return &pod;
+    for (const auto& ip : pod.addresses())
+      if (detail::to_addr(ip) == a) return &pod;
   }
   return nullptr;
 }

@@ -224,7 +224,8 @@ Policy::Index::Index(const config::Config& config) {
   {
     std::map<Addr, std::uint32_t> pods;
     for (std::uint32_t i = 0; i < config.pods.size(); ++i) {
-      pods.emplace(detail::to_addr(config.pods[i].ip), i);  // first pod wins on a clash
+      for (const auto& ip : config.pods[i].addresses())
+        pods.emplace(detail::to_addr(ip), i);  // first pod wins
     }
     pod_by_ip.build({pods.begin(), pods.end()});
   }
@@ -251,7 +252,7 @@ Policy::Index::Index(const config::Config& config) {
     if (s.pod) {
       // An unknown name (possible only in a hand-built Config) selects nothing.
       if (const auto it = pods_by_name.find(*s.pod); it != pods_by_name.end()) {
-        e.ips.push_back(detail::to_addr(config.pods[it->second].ip));
+        for (const auto& ip : config.pods[it->second].addresses()) e.ips.push_back(detail::to_addr(ip));
       }
     } else if (!s.labels.empty()) {
       const std::vector<std::uint32_t>* rarest = nullptr;
@@ -266,7 +267,8 @@ Policy::Index::Index(const config::Config& config) {
           const auto have = labels.find(want.first);
           return have != labels.end() && have->second == want.second;
         });
-        if (all) e.ips.push_back(detail::to_addr(config.pods[p].ip));
+        if (all)
+          for (const auto& ip : config.pods[p].addresses()) e.ips.push_back(detail::to_addr(ip));
       }
     }
     std::sort(e.ips.begin(), e.ips.end());

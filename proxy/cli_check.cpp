@@ -86,7 +86,9 @@ void print_summary(const config::Config& c) {
   std::cout << "pods (" << c.pods.size() << "):\n";
   rows.clear();
   for (const auto& p : c.pods) {
-    rows.push_back({p.name, p.ip.to_string(), labels_text(p.labels), p.dev.empty() ? "" : "dev " + p.dev});
+    std::string ips;
+    for (const auto& ip : p.addresses()) ips += (ips.empty() ? "" : ",") + ip.to_string();
+    rows.push_back({p.name, ips, labels_text(p.labels), p.dev.empty() ? "" : "dev " + p.dev});
   }
   print_table(rows);
 

@@ -135,7 +135,13 @@ std::string config_to_json(const config::Config& c, std::uint64_t generation) {
   for (const auto& p : c.pods) {
     w.begin_object();
     w.field("name", p.name);
-    w.field("ip", p.ip.to_string());
+    if (p.extra_ips.empty()) {
+      w.field("ip", p.ip.to_string());
+    } else {
+      w.key("ip").begin_array();
+      for (const auto& ip : p.addresses()) w.value(ip.to_string());
+      w.end_array();
+    }
     w.key("labels");
     write_labels(w, p.labels);
     if (!p.dev.empty()) w.field("dev", p.dev);

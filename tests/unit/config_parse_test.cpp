@@ -84,6 +84,22 @@ policy:
   EXPECT_EQ(c->source, "test.yaml");
 }
 
+TEST(ConfigParse, DualStackPod) {
+  const auto c = load_ok(R"(
+proxy:
+  listeners: [{name: p, listen: 127.0.0.1:15001, transparent: true}]
+pods:
+  - {name: web, ip: [10.200.0.2, "fd00::2"], dev: sh-web}
+  - {name: one, ip: ["fd00::3"]}
+)");
+  ASSERT_TRUE(c);
+  ASSERT_EQ(c->pods.size(), 2u);
+  EXPECT_EQ(c->pods[0].ip, make_address("10.200.0.2"));
+  EXPECT_EQ(c->pods[0].addresses(),
+            (std::vector<IpAddress>{make_address("10.200.0.2"), make_address("fd00::2")}));
+  EXPECT_EQ(c->pods[1].addresses(), (std::vector<IpAddress>{make_address("fd00::3")}));
+}
+
 TEST(ConfigParse, DefaultsWhenSectionsAreOmitted) {
   const auto c = load_ok("proxy: {listeners: [{name: p, listen: 127.0.0.1:1, transparent: true}]}\n");
   ASSERT_TRUE(c);

@@ -166,6 +166,14 @@ TEST(ConfigValidation, Pods) {
             "characters, no '/', ':' or spaces)");
   EXPECT_EQ(error(std::string(kProxy) + "pods:\n  - {name: \"a b\", ip: 10.0.0.1}\n"),
             "t.yaml:4:12: pod name 'a b' may only use letters, digits, '-', '_' and '.'");
+  // Dual-stack: a list of at most one address per family.
+  EXPECT_EQ(error(std::string(kProxy) + "pods:\n  - {name: a, ip: [10.0.0.1, 10.0.0.2]}\n"),
+            "t.yaml:4:30: pod ip list has two IPv4 addresses: a pod has at most one per family");
+  EXPECT_EQ(error(std::string(kProxy) + "pods:\n  - {name: a, ip: []}\n"),
+            "t.yaml:4:19: pod ip list must hold one or two addresses");
+  EXPECT_EQ(error(std::string(kProxy) +
+                  "pods:\n  - {name: a, ip: [10.0.0.1, \"fd00::1\"]}\n  - {name: b, ip: \"fd00::1\"}\n"),
+            "t.yaml:5:5: pod 'b' has the same IP fd00::1 as pod 'a': pods are identified by IP");
 }
 
 // A policy section with one rule whose lines are numbered from 3.

@@ -131,6 +131,29 @@ policy:
   EXPECT_EQ(p->pod_name(make_address("fd00::9")), "");
 }
 
+TEST(PolicyMatch, DualStackPodIsOneIdentity) {
+  const auto r = config::parse_config(R"(
+proxy: {listeners: [{name: p, listen: 127.0.0.1:15001, transparent: true}]}
+pods:
+  - {name: web, ip: [10.200.0.2, "fd00::2"], labels: {app: web}}
+  - {name: api, ip: ["fd00::3", 10.200.0.3]}
+policy:
+  rules:
+    - {name: by-name, from: {pod: web}, to: {pod: api, ports: [8080]}, action: allow}
+    - {name: by-label, from: {labels: {app: web}}, to: {pod: api, ports: [9090]}, action: deny}
+)",
+                                      "t.yaml");
+  ASSERT_TRUE(r.config) << (r.diagnostics.empty() ? "" : r.diagnostics[0].to_string());
+  const auto p = Policy::build(r.config, 1);
+  for (const auto& [src, dst] : {std::pair{"10.200.0.2", "10.200.0.3"}, std::pair{"fd00::2", "fd00::3"}}) {
+    const auto d = p->decide_connection(flow(src, dst, 8080));
+    EXPECT_EQ(d.decision.rule, "by-name") << src;
+    EXPECT_EQ(d.src_pod, "web") << src;
+    EXPECT_EQ(d.dst_pod, "api") << dst;
+    EXPECT_EQ(p->decide_connection(flow(src, dst, 9090)).decision.rule, "by-label") << src;
+  }
+}
+
 TEST(PolicyMatch, DenyWinsWhateverTheOrder) {
   for (const bool deny_first : {true, false}) {
     const std::string allow =
