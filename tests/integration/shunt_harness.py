@@ -359,8 +359,8 @@ def steering_programs(pid=None):
 
 class PodLab:
     """Lab pods made with `shunt pod add` (names start with `prefix` and a
-    random tag, so concurrent runs don't clash) and pod_peer.py peers inside
-    them. cleanup() removes all of it, also after a failure."""
+    random tag, so concurrent runs don't clash) and peers inside them.
+    cleanup() removes all of it, also after a failure."""
 
     def __init__(self, prefix="q"):
         self.tag = "%03d" % random.randint(0, 999)
@@ -383,8 +383,10 @@ class PodLab:
         return run("ip", "netns", "exec", name, *cmd, timeout=timeout)
 
     def serve(self, name, host, port, mode):
-        """A pod_peer server (echo, http or bulk) in pod `name`, up and bound."""
-        p = subprocess.Popen(["ip", "netns", "exec", name, PY, POD_PEER, "serve", host, str(port), mode],
+        """A server in pod `name`, up and bound: POD_SERVER (echo, http) or
+        pod_peer.py (bulk)."""
+        script = [POD_PEER, "serve"] if mode == "bulk" else ["-c", POD_SERVER]
+        p = subprocess.Popen(["ip", "netns", "exec", name, PY, *script, host, str(port), mode],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.procs.append(p)
         lines = queue.Queue()
@@ -408,8 +410,10 @@ class PodLab:
         return self.lines[proc].get(timeout=timeout)
 
     def client(self, name, mode, host, port, *args, timeout=180):
-        """Runs a pod_peer client in pod `name`; returns its result line, split."""
-        r = run("ip", "netns", "exec", name, PY, POD_PEER, "client", mode, host, port, *args, timeout=timeout)
+        """Runs a client in pod `name`: "echo" (POD_ECHO_CLIENT: SIZE TIMEOUT)
+        or "bulk" (pod_peer.py: UP DOWN TIMEOUT); returns its result line, split."""
+        script = ["-c", POD_ECHO_CLIENT] if mode == "echo" else [POD_PEER, "client", mode]
+        r = run("ip", "netns", "exec", name, PY, *script, host, port, *args, timeout=timeout)
         if r.returncode != 0:
             raise AssertionError("client in %s failed: %s" % (name, r.stderr))
         return r.stdout.split()

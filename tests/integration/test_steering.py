@@ -22,7 +22,7 @@ import time
 import unittest
 import urllib.request
 
-from shunt_harness import POD_ECHO_CLIENT, POD_SERVER
+from shunt_harness import POD_ECHO_CLIENT, POD_SERVER, free_port, run, steering_programs
 
 SHUNT_BIN = os.environ.get("SHUNT_BIN", os.path.join(os.path.dirname(__file__), "../../build/proxy/shunt"))
 PY = "/usr/bin/python3"
@@ -59,31 +59,6 @@ while len(body) < length:
 print(head.split(b"\r\n")[0].decode().split()[1])
 print(body.decode(), end="")
 """
-
-
-def run(*args, timeout=60):
-    return subprocess.run(list(args), capture_output=True, text=True, timeout=timeout)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def steering_programs(pid=None):
-    """IDs of loaded steering programs; with `pid`, those that process holds
-    (bpftool lists holders as "pids"), so other shunt processes running at
-    the same time don't count."""
-    out = run("bpftool", "-j", "prog", "show").stdout
-    ids = []
-    for p in json.loads(out or "[]"):
-        if not p.get("name", "").startswith("shunt_steer"):
-            continue
-        if pid is not None and pid not in [h.get("pid") for h in p.get("pids", [])]:
-            continue
-        ids.append(p.get("id"))
-    return sorted(ids)
 
 
 class SteeringTest(unittest.TestCase):
