@@ -28,6 +28,9 @@ POD_TYPE=netkit
 
 CLIENT=10.200.0.2
 SERVER=10.200.0.3
+# Dual-stack pods: the IPv6 checks run the same path over the other family.
+CLIENT6=fd00:200::2
+SERVER6=fd00:200::3
 in_client() { nsenter --net=/run/netns/client -- "$@"; }
 in_server() { nsenter --net=/run/netns/server -- "$@"; }
 # HTTP/1.0 over busybox nc (busybox-static's wget crashes in a fresh netns).
@@ -58,10 +61,10 @@ finish() {
 echo "SHUNT-VM: kernel $(uname -r), profile $PROFILE"
 
 # The client pod's type is the kernel's choice; the server's is asked for.
-out=$(shunt pod add client --ip $CLIENT/24 2>&1)
+out=$(shunt pod add client --ip $CLIENT/24 --ip $CLIENT6/64 2>&1)
 echo "$out"
 echo "$out" | grep -q "$POD_TYPE"; result pod_add_client_$POD_TYPE $? "$out"
-out=$(shunt pod add server --ip $SERVER/24 --type $POD_TYPE 2>&1)
+out=$(shunt pod add server --ip $SERVER/24 --ip $SERVER6/64 --type $POD_TYPE 2>&1)
 echo "$out"
 echo "$out" | grep -q "$POD_TYPE"; result pod_add_server_$POD_TYPE $? "$out"
 shunt pod list
@@ -69,18 +72,23 @@ shunt pod list
 # Server pod: busybox httpd on an intercepted (8080) and a direct (9090) port.
 # /cgi-bin/peer answers with the address the server saw, /cgi-bin/sum with
 # the sha256 of the request body.
-in_server httpd -p $SERVER:8080 -h /www
-in_server httpd -p $SERVER:9090 -h /www
+for port in 8080 9090; do
+	in_server httpd -p $SERVER:$port -h /www
+	in_server httpd -p "[$SERVER6]:$port" -h /www
+done
 BLOB_SUM=$(sha256sum /www/blob | cut -d' ' -f1)
 BLOB_SIZE=$(stat -c %s /www/blob)
 
 out=$(http_get in_client $SERVER 9090 /cgi-bin/peer | body)
 [ "$out" = "peer=$CLIENT" ]; result direct_without_shunt $? "$out"
+out=$(http_get in_client $SERVER6 9090 /cgi-bin/peer | body)
+[ "$out" = "peer=[$CLIENT6]" ]; result direct_without_shunt_v6 $? "$out"
 
 cat >/tmp/shunt.yaml <<YAML
 proxy:
   listeners:
     - {name: pods, listen: 127.0.0.1:15001, transparent: true}
+    - {name: pods6, listen: "[::1]:15001", transparent: true}
   datapath: sockmap
   upstream_source: client
 steering:
@@ -89,8 +97,8 @@ steering:
 admin: {listen: 127.0.0.1:15000}
 log: {level: info, access: stdout}
 pods:
-  - {name: client, ip: $CLIENT, labels: {app: client}, dev: sh-client}
-  - {name: server, ip: $SERVER, labels: {app: server}, dev: sh-server}
+  - {name: client, ip: [$CLIENT, "$CLIENT6"], labels: {app: client}, dev: sh-client}
+  - {name: server, ip: [$SERVER, "$SERVER6"], labels: {app: server}, dev: sh-server}
 policy:
   default: allow
 YAML
@@ -119,9 +127,16 @@ out=$(http_post_file in_client $SERVER 8080 /cgi-bin/sum /www/blob | body)
 [ "$out" = "$BLOB_SUM" ]; result upload_hash $? "$out"
 out=$(http_get in_client $SERVER 9090 /cgi-bin/peer | body)
 [ "$out" = "peer=$CLIENT" ]; result direct_port_with_shunt $? "$out"
+out=$(http_get in_client $SERVER6 8080 /cgi-bin/peer | body)
+[ "$out" = "peer=[$CLIENT6]" ]; result source_preserved_v6 $? "$out"
+out=$(http_get in_client $SERVER6 8080 /blob | tail -c "$BLOB_SIZE" | sha256sum | cut -d' ' -f1)
+[ "$out" = "$BLOB_SUM" ]; result download_hash_v6 $? "$out"
+out=$(http_post_file in_client $SERVER6 8080 /cgi-bin/sum /www/blob | body)
+[ "$out" = "$BLOB_SUM" ]; result upload_hash_v6 $? "$out"
 sleep 0.5
 grep -q "\"dst\":\"$SERVER:8080\"" /tmp/shunt.log; result proxied_8080 $? "access log has the 8080 connections"
 grep -q "\"dst\":\"$SERVER:9090\"" /tmp/shunt.log; [ $? != 0 ]; result not_proxied_9090 $? "no 9090 in the access log"
+grep -q "\"dst\":\"\[$SERVER6\]:8080\"" /tmp/shunt.log; result proxied_8080_v6 $? "access log has the IPv6 8080 connections"
 
 # For the console: which data paths served, and why any fell back.
 http_get "" 127.0.0.1 15000 /metrics | grep -E "^shunt_(datapath_fallbacks|connections_total)"
@@ -130,6 +145,8 @@ for i in $(seq 1 100); do kill -0 $SHUNT_PID 2>/dev/null || break; sleep 0.1; do
 kill -0 $SHUNT_PID 2>/dev/null; [ $? != 0 ]; result shunt_exited $? "pid $SHUNT_PID"
 out=$(http_get in_client $SERVER 8080 /cgi-bin/peer | body)
 [ "$out" != "peer=$CLIENT" ]; result fail_closed_blocks $? "got: $out"
+out=$(http_get in_client $SERVER6 8080 /cgi-bin/peer | body)
+[ "$out" != "peer=[$CLIENT6]" ]; result fail_closed_blocks_v6 $? "got: $out"
 out=$(http_get in_client $SERVER 9090 /cgi-bin/peer | body)
 [ "$out" = "peer=$CLIENT" ]; result fail_closed_other_ports_flow $? "$out"
 ip rule | grep -q fwmark; [ $? != 0 ]; result rules_removed_on_exit $? "$(ip rule | tr '\n' ' ')"

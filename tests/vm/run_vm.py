@@ -35,9 +35,10 @@ BOOT_TIMEOUT_S = int(os.environ.get("SHUNT_VM_TIMEOUT", "420"))
 # SHUNT_VM_VERBOSE=1 prints the VM's console (and shunt's log) on success too.
 
 COMMON_CHECKS = [
-    "direct_without_shunt", "shunt_ready", "source_preserved", "download_hash", "upload_hash",
-    "direct_port_with_shunt", "proxied_8080", "not_proxied_9090", "shunt_exited", "fail_closed_blocks",
-    "fail_closed_other_ports_flow", "rules_removed_on_exit", "pod_del", "nothing_left",
+    "direct_without_shunt", "direct_without_shunt_v6", "shunt_ready", "source_preserved", "download_hash",
+    "upload_hash", "direct_port_with_shunt", "source_preserved_v6", "download_hash_v6", "upload_hash_v6",
+    "proxied_8080", "not_proxied_9090", "proxied_8080_v6", "shunt_exited", "fail_closed_blocks",
+    "fail_closed_blocks_v6", "fail_closed_other_ports_flow", "rules_removed_on_exit", "pod_del", "nothing_left",
 ]
 
 
@@ -62,8 +63,7 @@ PROFILES = {
         "legacy", "linux-image-6.1.0-", r"^linux-image-6\.1\.0-[0-9]+-cloud-amd64$", "linux-image-6.1.0-*-cloud-amd64_*.deb",
         lambda n: int(n.split("-")[3]), ["CONFIG_NET_CLS_BPF=", "CONFIG_NET_SCH_INGRESS="],
         ["veth", "sch_ingress", "cls_bpf"],
-        ["pod_add_client_veth", "pod_add_server_veth", *COMMON_CHECKS[:2], "steering_legacy_tc",
-         *COMMON_CHECKS[2:]]),
+        ["pod_add_client_veth", "pod_add_server_veth", *COMMON_CHECKS, "steering_legacy_tc"]),
 }
 
 
