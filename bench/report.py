@@ -1,10 +1,19 @@
 """Turns the raw samples of bench/run into the JSON document, the markdown
 table and the PNG chart.
 
-Each figure is the best of the rounds (max for higher-is-better, min for
-lower-is-better): on a shared, noisy machine interference only ever makes a
-system look worse, so the best round is the closest to what it can do.
-The median and every sample are kept in the JSON for judging the noise.
+Each throughput, latency and rate figure is the best of the rounds (max for
+higher-is-better, min for lower-is-better): on a shared, noisy machine
+interference only ever makes a system look worse, so the best round is the
+closest to what it can do. CPU per GB is the exception: it is the median of
+the valid rounds. Busy time comes from /proc/stat's idle clock, and in this
+VM that clock sometimes jumps ahead of the wall clock (the guest was paused),
+which makes a round look cheaper than it was, down to an impossible 0. So a
+round's CPU sample of 0 is dropped as invalid and the median resists one
+such outlier where the minimum would report it. The median and every sample
+are kept in the JSON for judging the noise.
+
+`python3 bench/report.py FILE.json [--publish]` re-renders a saved run
+(markdown, chart, and the README/docs tables) from its samples.
 """
 
 import json
@@ -16,8 +25,33 @@ from workloads import FIGURES
 MARK_BEGIN, MARK_END = "<!-- bench:begin -->", "<!-- bench:end -->"
 
 
-def _best(samples, better):
-    return max(samples) if better == "higher" else min(samples)
+CPU_UNIT = "CPU-s/GB"
+
+
+def _aggregate(samples, better, unit):
+    """(value, valid samples): see the module docstring for the rule."""
+    if unit == CPU_UNIT:
+        valid = [v for v in samples if v > 0]
+        return (statistics.median(valid) if valid else None), valid
+    return (max(samples) if better == "higher" else min(samples)), samples
+
+
+def _row(samples, better, unit):
+    value, valid = _aggregate(samples, better, unit)
+    row = {"value": value, "median": statistics.median(samples), "samples": samples}
+    if len(valid) < len(samples):
+        row["invalid_samples"] = len(samples) - len(valid)
+    if value is None:
+        row["na"] = "no valid sample"
+    return row
+
+
+def _add_ratios(rows, direct):
+    base = rows.get(direct, {}).get("value") if direct else None
+    for row in rows.values():
+        row.pop("ratio", None)
+        if row["value"] is not None and base:
+            row["ratio"] = row["value"] / base
 
 
 def build(meta, systems, results, failures, extras):
@@ -32,17 +66,13 @@ def build(meta, systems, results, failures, extras):
         for s in members:
             samples = results.get(fig, {}).get(s.name)
             if samples:
-                rows[s.name] = {"value": _best(samples, better), "median": statistics.median(samples),
-                                "samples": samples}
+                rows[s.name] = _row(samples, better, unit)
                 if s.name in failures.get(fig, {}):  # some rounds failed: say so
                     rows[s.name]["failed_rounds"] = failures[fig][s.name]
             else:
                 rows[s.name] = {"value": None,
                                 "na": failures.get(fig, {}).get(s.name, ["not measured"])[-1]}
-        base = rows.get(direct, {}).get("value") if direct else None
-        for row in rows.values():
-            if row["value"] is not None and base:
-                row["ratio"] = row["value"] / base
+        _add_ratios(rows, direct)
         figures[fig] = {"title": title, "unit": unit, "better": better, "baseline": direct, "results": rows}
     doc = {"meta": meta, "systems": labels, "figures": figures, "extras": extras}
     doc["targets"] = targets(figures)
@@ -93,7 +123,7 @@ def markdown(doc):
     m = doc["meta"]
     lines = [f"Run {m['date']} · kernel {m['kernel']} · {m['cpu']} × {m['cores']} · "
              f"topology {m['topology']} · profile {m['profile']['name']} "
-             f"(best of {m['profile']['rounds']}) · background load "
+             f"({m['profile']['rounds']} rounds) · background load "
              f"{', '.join(f'{b:.2f}' for b in m['background_cores_busy'])} cores busy"]
     if m.get("stand_in"):
         lines.append(f"\n**Harness test: shunt columns are a {m['stand_in']} stand-in, not shunt.**")
@@ -133,7 +163,9 @@ def markdown(doc):
     lines.append("")
     lines.append("Ratios are to direct (no proxy) on the same workload. CPU per GB is whole-system "
                  f"busy time from /proc/stat over GB received; the fixed-rate figure paces iperf3 at "
-                 f"{m['profile']['pace']}bit/s so every system does the same work.")
+                 f"{m['profile']['pace']}bit/s so every system does the same work. CPU figures are the "
+                 "median of the valid rounds (a round whose idle clock ran ahead of the wall clock reads 0 "
+                 "and is dropped); the others are the best round.")
     if doc["targets"]:
         lines += ["", "| target | measured | goal | |", "|---|---:|---:|---|"]
         for t in doc["targets"]:
@@ -201,7 +233,7 @@ def draw_chart(doc, path):
         ax.axis("off")
     m = doc["meta"]
     title = (f"shunt side-by-side benchmark · {m['topology']} · {m['date']} · kernel {m['kernel']} · "
-             f"{m['cores']} × {m['cpu']} · best of {m['profile']['rounds']}")
+             f"{m['cores']} × {m['cpu']} · {m['profile']['rounds']} rounds")
     if m.get("stand_in"):
         title += f" · * = {m['stand_in']} stand-in"
     fig.suptitle(title, fontsize=11)
@@ -236,10 +268,53 @@ def publish(path, doc):
             text = f.read()
     except OSError:
         return False
-    if MARK_BEGIN not in text or MARK_END not in text:
+    # Markers count only on lines of their own, so prose may name them.
+    begin, end = "\n" + MARK_BEGIN + "\n", "\n" + MARK_END
+    if begin not in text or end not in text.split(begin, 1)[1]:
         return False
-    head, rest = text.split(MARK_BEGIN, 1)
-    _, tail = rest.split(MARK_END, 1)
+    head, rest = text.split(begin, 1)
+    _, tail = ("\n" + rest).split(end, 1)
     with open(path, "w") as f:
-        f.write(head + MARK_BEGIN + "\n" + markdown(doc) + MARK_END + tail)
+        f.write(head + begin + markdown(doc) + end + tail)
     return True
+
+
+def rebuild(doc):
+    """Recomputes every figure's value, ratio and the targets from the
+    samples a saved run kept (for a changed aggregation rule)."""
+    for fig in doc["figures"].values():
+        for name, row in fig["results"].items():
+            if row.get("samples"):
+                failed = row.get("failed_rounds")
+                fig["results"][name] = _row(row["samples"], fig["better"], fig["unit"])
+                if failed:
+                    fig["results"][name]["failed_rounds"] = failed
+        _add_ratios(fig["results"], fig["baseline"])
+    doc["targets"] = targets(doc["figures"])
+    return doc
+
+
+def main(argv):
+    import argparse
+    ap = argparse.ArgumentParser(description="Re-render a saved bench/run result from its samples.")
+    ap.add_argument("json", help="a bench/results/*.json file")
+    ap.add_argument("--publish", action="store_true", help="also update the tables in README.md and docs/benchmarks.md")
+    args = ap.parse_args(argv)
+    with open(args.json) as f:
+        doc = rebuild(json.load(f))
+    out_dir = os.path.dirname(os.path.abspath(args.json))
+    dated = os.path.basename(args.json)[: -len(".json")]
+    suffix = "" if doc["meta"].get("topology", "loopback") == "loopback" else "-" + doc["meta"]["topology"]
+    paths = write(doc, out_dir, dated, "latest" + suffix)
+    if args.publish:
+        root = os.path.dirname(os.path.dirname(out_dir))
+        for f in (os.path.join(root, "docs", "benchmarks.md"), os.path.join(root, "README.md")):
+            if publish(f, doc):
+                paths.append(f)
+    print(markdown(doc))
+    print("wrote " + ", ".join(paths))
+
+
+if __name__ == "__main__":
+    import sys
+    main(sys.argv[1:])
