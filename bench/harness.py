@@ -71,41 +71,33 @@ class Procs:
             self.stop(p, grace=2.0)
 
 
+def _tcp_sockets(pid):
+    """(local port, state hex) of every TCP socket, both families, in the
+    network namespace of `pid`, from /proc/PID/net/tcp{,6}."""
+    for name in ("tcp", "tcp6"):
+        try:
+            with open(f"/proc/{pid}/net/{name}") as f:
+                next(f)
+                for line in f:
+                    fields = line.split()
+                    yield int(fields[1].rsplit(":", 1)[1], 16), fields[3]
+        except (OSError, StopIteration):
+            pass
+
+
 def listening_ports(pid):
     """TCP ports in LISTEN state in the network namespace of `pid`.
 
     Read from /proc/PID/net/tcp rather than by connecting, so that probing a
     proxy never opens a stray connection to a backend such as iperf3 (which
     would take it for a broken test)."""
-    ports = set()
-    for name in ("tcp", "tcp6"):
-        try:
-            with open(f"/proc/{pid}/net/{name}") as f:
-                next(f)
-                for line in f:
-                    fields = line.split()
-                    if fields[3] == "0A":  # TCP_LISTEN
-                        ports.add(int(fields[1].rsplit(":", 1)[1], 16))
-        except (OSError, StopIteration):
-            pass
-    return ports
+    return {port for port, state in _tcp_sockets(pid) if state == "0A"}  # TCP_LISTEN
 
 
 def busy_on_port(pid, port):
     """Connections on local `port` that are still open (ESTABLISHED or
     CLOSE_WAIT) in the netns of `pid`."""
-    n = 0
-    for name in ("tcp", "tcp6"):
-        try:
-            with open(f"/proc/{pid}/net/{name}") as f:
-                next(f)
-                for line in f:
-                    fields = line.split()
-                    if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] in ("01", "08"):
-                        n += 1
-        except (OSError, StopIteration):
-            pass
-    return n
+    return sum(1 for p, state in _tcp_sockets(pid) if p == port and state in ("01", "08"))
 
 
 def wait_idle(pid, port, timeout=5.0):

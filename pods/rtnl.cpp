@@ -237,6 +237,12 @@ std::string describe(const RuleSpec& r) {
   return std::string(r.family == AF_INET6 ? "IPv6" : "IPv4") + " rule fwmark " + mark + " lookup " +
          std::to_string(r.table) + " priority " + std::to_string(r.priority);
 }
+// Deleting what is already gone succeeds: cleanup also runs after a crash or
+// a second time (pod del after shunt exit).
+Status already_gone_is_ok(Status st) {
+  if (!st && (st.error().code == ESRCH || st.error().code == ENOENT)) return ok_status();
+  return st;
+}
 }  // namespace
 
 Status replace_route(NetlinkSocket& nl, const RouteSpec& route) {
@@ -248,9 +254,7 @@ Status replace_route(NetlinkSocket& nl, const RouteSpec& route) {
 Status delete_route(NetlinkSocket& nl, const RouteSpec& route) {
   NlMessage msg(RTM_DELROUTE, 0);
   fill_route(msg, route);
-  Status st = nl.request(msg, "delete " + describe(route));
-  if (!st && (st.error().code == ESRCH || st.error().code == ENOENT)) return ok_status();
-  return st;
+  return already_gone_is_ok(nl.request(msg, "delete " + describe(route)));
 }
 
 Status add_rule(NetlinkSocket& nl, const RuleSpec& rule) {
@@ -262,9 +266,7 @@ Status add_rule(NetlinkSocket& nl, const RuleSpec& rule) {
 Status delete_rule(NetlinkSocket& nl, const RuleSpec& rule) {
   NlMessage msg(RTM_DELRULE, 0);
   fill_rule(msg, rule);
-  Status st = nl.request(msg, "delete " + describe(rule));
-  if (!st && (st.error().code == ENOENT || st.error().code == ESRCH)) return ok_status();
-  return st;
+  return already_gone_is_ok(nl.request(msg, "delete " + describe(rule)));
 }
 
 }  // namespace shunt::pods

@@ -103,25 +103,23 @@ def read_body(f, headers):
                 while f.readline() not in (b"\r\n", b"\n", b""):
                     pass
                 break
-            left = size
-            while left:
-                d = f.read(min(left, 1 << 20))
-                if not d:
-                    raise EOFError("chunk cut short")
-                h.update(d)
-                n += len(d)
-                left -= len(d)
+            n += hash_exactly(f, size, h, "chunk")
             f.readline()
     elif "content-length" in headers:
-        left = int(headers["content-length"])
-        while left:
-            d = f.read(min(left, 1 << 20))
-            if not d:
-                raise EOFError("body cut short")
-            h.update(d)
-            n += len(d)
-            left -= len(d)
+        n = hash_exactly(f, int(headers["content-length"]), h, "body")
     return n, h.hexdigest()
+
+
+def hash_exactly(f, size, h, what):
+    """Feeds the next `size` bytes of `f` to hash `h`; returns `size`."""
+    left = size
+    while left:
+        d = f.read(min(left, 1 << 20))
+        if not d:
+            raise EOFError(what + " cut short")
+        h.update(d)
+        left -= len(d)
+    return size
 
 
 def raw_echo(conn, f):

@@ -14,26 +14,15 @@ shunt_harness.POD_SERVER / POD_ECHO_CLIENT.
 Each side hashes what it sent itself (the pattern's filler is random per
 process), so the test compares the sender's hash with the receiver's.
 """
-import hashlib
 import os
 import socket
 import sys
 import threading
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from shunt_harness import pattern_digest, send_pattern  # noqa: E402
+from shunt_harness import digest_to_eof, pattern_digest, send_pattern  # noqa: E402
 
 UP_SALT, DOWN_SALT = 1, 2
-
-
-def hash_to_eof(f):
-    h, n = hashlib.sha256(), 0
-    while True:
-        d = f.read1(1 << 20)
-        if not d:
-            return n, h.hexdigest()
-        h.update(d)
-        n += len(d)
 
 
 def serve(host, port):
@@ -53,7 +42,7 @@ def serve(host, port):
                 sender = threading.Thread(
                     target=lambda: (send_pattern(c, down, DOWN_SALT), c.shutdown(socket.SHUT_WR)))
                 sender.start()
-                n, sha = hash_to_eof(f)
+                n, sha = digest_to_eof(f.read1)
                 sender.join()
             with out:
                 print("upload peer=%s %d %s %s" % (peer[0], n, sha, pattern_digest(down, DOWN_SALT)), flush=True)
@@ -73,7 +62,7 @@ def client(host, port, up, down, timeout):
         return "error eof"
     s.settimeout(90)
     result = []
-    reader = threading.Thread(target=lambda: result.extend(hash_to_eof(f)))
+    reader = threading.Thread(target=lambda: result.extend(digest_to_eof(f.read1)))
     reader.start()
     s.sendall(b"%d %d\n" % (up, down))
     send_pattern(s, up, UP_SALT)

@@ -129,16 +129,22 @@ def send_pattern(sock, total, salt=0):
         sock.sendall(chunk)
 
 
-def recv_all_digest(sock):
-    """Reads to EOF; returns (byte count, sha256 hex)."""
+def digest_to_eof(read):
+    """Calls read(1 MiB) until it returns nothing (a socket's recv, a
+    buffered file's read1); returns (byte count, sha256 hex)."""
     h = hashlib.sha256()
     n = 0
     while True:
-        data = sock.recv(1 << 20)
+        data = read(1 << 20)
         if not data:
             return n, h.hexdigest()
         h.update(data)
         n += len(data)
+
+
+def recv_all_digest(sock):
+    """Reads the socket to EOF; returns (byte count, sha256 hex)."""
+    return digest_to_eof(sock.recv)
 
 
 def recv_exact(sock, n):
