@@ -210,6 +210,7 @@ struct PodSteering::Impl {
     std::optional<DeviceAttachment> netkit_peer;
     std::optional<DeviceAttachment> ingress;  // tcx, or legacy tc
     auto attachments() { return std::array{&ingress, &netkit_peer}; }
+    auto attachments() const { return std::array{&ingress, &netkit_peer}; }
   };
   std::map<std::string, Device> devices;
 
@@ -362,8 +363,7 @@ Result<DeviceAttachment> PodSteering::Impl::attach_ingress(int ifindex, const st
   const int prog_fd = bpf_program__fd(tcx->progs.shunt_steer_tcx);
   // The tc marker pin needs the directory whatever on_proxy_down says.
   if (Status st = mkdir_p(dir); !st) spdlog::debug("steering: {}", st.error().message());
-  SteeringHook hook = wanted_ingress_hook();
-  for (;;) {
+  auto attach_at = [&](SteeringHook hook) {
     // Switching hooks (a config change, a kernel upgrade): an earlier run's
     // attachment of the other kind must not keep running beside this one.
     if (hook == SteeringHook::tc_ingress) {
@@ -372,16 +372,19 @@ Result<DeviceAttachment> PodSteering::Impl::attach_ingress(int ifindex, const st
       (void)remove_tc_steering(dev);
       ::unlink((dir + "/tc").c_str());
     }
-    auto a = DeviceAttachment::attach(prog_fd, ifindex, dev, hook,
-                                      dir + (hook == SteeringHook::tc_ingress ? "/tc" : "/tcx"));
-    if (a || hook != SteeringHook::tcx_ingress || attach_mode != config::SteeringAttach::auto_detect ||
-        kernel_has_tcx.has_value() || !hook_missing(hook, a.error().code))
-      return a;
-    kernel_has_tcx = false;
-    spdlog::warn(
-        "steering: this kernel lacks tcx (Linux 6.6+): attaching with legacy clsact tc filters instead");
-    hook = SteeringHook::tc_ingress;
-  }
+    return DeviceAttachment::attach(prog_fd, ifindex, dev, hook,
+                                    dir + (hook == SteeringHook::tc_ingress ? "/tc" : "/tcx"));
+  };
+  const SteeringHook hook = wanted_ingress_hook();
+  auto a = attach_at(hook);
+  const bool probing = attach_mode == config::SteeringAttach::auto_detect && !kernel_has_tcx.has_value() &&
+                       hook == SteeringHook::tcx_ingress;
+  if (!probing) return a;
+  kernel_has_tcx = a || !hook_missing(hook, a.error().code);
+  if (*kernel_has_tcx) return a;
+  spdlog::warn(
+      "steering: this kernel lacks tcx (Linux 6.6+): attaching with legacy clsact tc filters instead");
+  return attach_at(SteeringHook::tc_ingress);
 }
 
 // fail_closed: pin, so the programs stay attached and keep dropping
@@ -574,7 +577,7 @@ std::vector<PodSteering::Attachment> PodSteering::attachments() const {
   std::vector<Attachment> out;
   if (!impl_) return out;
   for (const auto& [name, d] : impl_->devices)
-    for (auto* a : const_cast<Impl::Device&>(d).attachments())
+    for (const auto* a : d.attachments())
       if (*a) out.push_back({name, std::string(label((*a)->hook()))});
   return out;
 }

@@ -166,8 +166,6 @@ bool hook_missing(SteeringHook hook, int err) {
 Result<DeviceAttachment> DeviceAttachment::attach(int prog_fd, int ifindex, const std::string& ifname,
                                                   SteeringHook hook, std::string pin_path) {
   const std::string what = "attach " + std::string(to_string(hook)) + " program to " + ifname;
-  UniqueFd old(bpf_obj_get(pin_path.c_str()));
-
   if (hook == SteeringHook::tc_ingress) {
     if (Status st = attach_tc(prog_fd, ifindex, what); !st) return st.error();
     UniqueFd prog(::fcntl(prog_fd, F_DUPFD_CLOEXEC, 3));
@@ -176,8 +174,7 @@ Result<DeviceAttachment> DeviceAttachment::attach(int prog_fd, int ifindex, cons
       detach_tc(ifindex);
       return SysError{err, what};
     }
-    // An earlier run's marker names the program it attached; ours replaced it.
-    if (old) ::unlink(pin_path.c_str());
+    // pin() replaces an earlier run's marker: our filter replaced its filter.
     DeviceAttachment a(hook, std::move(prog), ifindex, std::move(pin_path), false, false);
     if (Status st = a.pin(); !st)
       spdlog::warn(
@@ -186,7 +183,7 @@ Result<DeviceAttachment> DeviceAttachment::attach(int prog_fd, int ifindex, cons
     return a;
   }
 
-  if (old) {
+  if (UniqueFd old(bpf_obj_get(pin_path.c_str())); old) {
     if (link_still_attached(old.get(), ifindex, hook) && bpf_link_update(old.get(), prog_fd, nullptr) == 0)
       return DeviceAttachment(hook, std::move(old), ifindex, std::move(pin_path), true, true);
     // Attached elsewhere or defunct (device re-created): let it go.

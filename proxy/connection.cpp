@@ -80,11 +80,7 @@ asio::awaitable<void> Connection::serve() {
   info_->listener = listener_.name;
 
   boost::system::error_code ec;
-  info_->src = peer_.port() != 0 ? peer_ : client_.remote_endpoint(ec);
-  if (ec) {
-    spdlog::debug("connection {}: client gone before it was served: {}", info_->id, ec.message());
-    co_return;
-  }
+  info_->src = peer_;
   if (listener_.forward) {
     info_->dst = *listener_.forward;
   } else {

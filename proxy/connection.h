@@ -45,10 +45,9 @@ class Connection : public std::enable_shared_from_this<Connection> {
  public:
   using tcp = boost::asio::ip::tcp;
 
-  // `peer`: the client's address as accept() returned it (queried from the
-  // socket when left unspecified).
+  // `peer`: the client's address as accept() returned it.
   Connection(ProxyContext& proxy, WorkerContext& worker, const config::Listener& listener, tcp::socket client,
-             tcp::endpoint peer = {});
+             tcp::endpoint peer);
 
   // Runs the connection to completion; never throws. Takes the owning
   // pointer by value so the coroutine frame keeps the connection alive (a

@@ -3,6 +3,7 @@
 #include "proxy/connection.h"
 #include "proxy/datapath.h"
 #include "proxy/join.h"
+#include "proxy/thread_recycler.h"
 
 #include <boost/asio/read.hpp>
 #include <boost/asio/redirect_error.hpp>
@@ -10,7 +11,6 @@
 #include <boost/asio/write.hpp>
 
 #include <memory>
-#include <vector>
 
 namespace shunt::proxy {
 
@@ -20,68 +20,25 @@ using asio::ip::tcp;
 namespace {
 
 constexpr std::size_t kCopyBufferBytes = 64 * 1024;  // per direction: bounds memory per connection
-// Idle buffers kept per worker thread for the next connection.
-constexpr std::size_t kPooledBuffersPerThread = 32;  // at most 2 MiB idle per thread
-
 // Copy buffers are recycled per thread and never zeroed: a short
 // connection used to spend ~10% of its proxy CPU time in memset for two
-// freshly value-initialised 64 KiB buffers (perf, connrate workload). A
-// connection lives on one thread, so the pool needs no lock; a buffer freed
-// on another thread (io_context torn down at exit) goes to that thread's pool.
-class BufferPool {
- public:
-  BufferPool() = default;
-  BufferPool(const BufferPool&) = delete;
-  BufferPool& operator=(const BufferPool&) = delete;
-  ~BufferPool() {
-    for (char* b : free_) delete[] b;
-    gone = true;
-  }
-  // Set once this thread's pool is destroyed (thread exit): later frees delete.
-  static thread_local bool gone;
-  char* take() {
-    if (free_.empty()) return new char[kCopyBufferBytes];
-    char* b = free_.back();
-    free_.pop_back();
-    return b;
-  }
-  void give(char* b) {
-    if (free_.size() < kPooledBuffersPerThread) {
-      free_.push_back(b);
-    } else {
-      delete[] b;
-    }
-  }
-
- private:
-  std::vector<char*> free_;
-};
-
-thread_local bool BufferPool::gone = false;
-
-// Out of line on purpose: the thread-local is looked up on the thread that
-// makes the call, never cached in a coroutine frame across a suspension.
-[[gnu::noinline]] BufferPool* this_thread_pool() {
-  thread_local BufferPool pool;
-  return BufferPool::gone ? nullptr : &pool;
-}
+// freshly value-initialised 64 KiB buffers (perf, connrate workload).
+// At most 32 idle per thread: 2 MiB.
+using BufferRecycler = ThreadRecycler<std::unique_ptr<char[]>, 32>;
 
 struct PooledBuffer {
   PooledBuffer() {
-    BufferPool* pool = this_thread_pool();
-    data = pool ? pool->take() : new char[kCopyBufferBytes];
+    if (auto recycled = BufferRecycler::take()) {
+      data = std::move(*recycled);
+    } else {
+      data.reset(new char[kCopyBufferBytes]);  // not make_unique: no zeroing
+    }
   }
   PooledBuffer(const PooledBuffer&) = delete;
   PooledBuffer& operator=(const PooledBuffer&) = delete;
-  ~PooledBuffer() {
-    if (BufferPool* pool = this_thread_pool()) {
-      pool->give(data);
-    } else {
-      delete[] data;
-    }
-  }
-  [[nodiscard]] char* get() const { return data; }
-  char* data;
+  ~PooledBuffer() { BufferRecycler::give(std::move(data)); }
+  [[nodiscard]] char* get() const { return data.get(); }
+  std::unique_ptr<char[]> data;
 };
 
 asio::awaitable<void> copy_direction(Connection& conn, tcp::socket& from, tcp::socket& to,

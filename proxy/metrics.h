@@ -62,13 +62,6 @@ struct Metrics {
   // counters are remembered per thread, so a run of decisions by the same
   // rule takes neither the lock nor a string allocation.
   void count_decision(const std::string& rule, bool allowed);
-
- private:
-  static std::uint64_t next_instance_id() {
-    static std::atomic<std::uint64_t> next{1};
-    return next.fetch_add(1, std::memory_order_relaxed);
-  }
-  const std::uint64_t instance_id_ = next_instance_id();
 };
 
 Metrics& metrics();

@@ -6,6 +6,7 @@
 #include "proxy/connection.h"
 #include "proxy/datapath.h"
 #include "proxy/join.h"
+#include "proxy/thread_recycler.h"
 
 #include <fcntl.h>
 #include <spdlog/spdlog.h>
@@ -13,7 +14,6 @@
 #include <boost/asio/use_awaitable.hpp>
 
 #include <cerrno>
-#include <vector>
 
 namespace shunt::proxy {
 
@@ -33,44 +33,12 @@ struct Pipe {
   UniqueFd write_end;
 };
 
-Result<Pipe> make_pipe();
-
 // Empty pipes are recycled per thread: a fresh one costs pipe2, F_SETPIPE_SZ
 // and two closes per direction (8 syscalls and the kernel's pipe set-up and
 // tear-down per connection), which showed up in the connrate profile. Only a
 // pipe known to be empty (its direction ended on EOF after draining it) is
-// taken back. Same per-thread pattern as the copy buffers.
-class PipePool {
- public:
-  PipePool() = default;
-  PipePool(const PipePool&) = delete;
-  PipePool& operator=(const PipePool&) = delete;
-  ~PipePool() { gone = true; }
-  static thread_local bool gone;  // this thread's pool destroyed (thread exit)
-
-  Result<Pipe> take() {
-    if (free_.empty()) return make_pipe();
-    Pipe p = std::move(free_.back());
-    free_.pop_back();
-    return p;
-  }
-  void give(Pipe p) {
-    if (free_.size() < kPooledPipesPerThread) free_.push_back(std::move(p));
-  }
-
- private:
-  static constexpr std::size_t kPooledPipesPerThread = 16;  // 32 fds
-  std::vector<Pipe> free_;
-};
-
-thread_local bool PipePool::gone = false;
-
-// Out of line: the thread-local is looked up on the calling thread, never
-// cached in a coroutine frame across a suspension.
-[[gnu::noinline]] PipePool* this_thread_pipes() {
-  thread_local PipePool pool;
-  return PipePool::gone ? nullptr : &pool;
-}
+// given back. At most 16 idle per thread: 32 fds.
+using PipeRecycler = ThreadRecycler<Pipe, 16>;
 
 Result<Pipe> make_pipe() {
   int fds[2];
@@ -81,10 +49,14 @@ Result<Pipe> make_pipe() {
   return p;
 }
 
+Result<Pipe> take_pipe() {
+  if (auto recycled = PipeRecycler::take()) return std::move(*recycled);
+  return make_pipe();
+}
+
 asio::awaitable<void> splice_direction(Connection& conn, tcp::socket& from, tcp::socket& to,
                                        std::atomic<std::uint64_t>& counter) {
-  PipePool* pool = this_thread_pipes();
-  auto pipe = pool ? pool->take() : make_pipe();
+  Result<Pipe> pipe = take_pipe();
   if (!pipe) {
     spdlog::warn("connection {}: {}", conn.info().id, pipe.error().message());
     reset_socket(from);
@@ -122,7 +94,7 @@ asio::awaitable<void> splice_direction(Connection& conn, tcp::socket& from, tcp:
     if (in == 0) {
       to.shutdown(tcp::socket::shutdown_send, ec);
       // Everything read was drained below before reading again: the pipe is empty.
-      if (PipePool* p = this_thread_pipes()) p->give(std::move(*pipe));
+      PipeRecycler::give(std::move(*pipe));
       co_return;
     }
     // Drain it completely into the destination before reading more, so the

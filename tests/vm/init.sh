@@ -117,22 +117,21 @@ if [ "$PROFILE" = legacy ]; then
 	result steering_legacy_tc $? "$(grep -E 'tcx|steering sh-' /tmp/shunt.log | tr '\n' ' ')"
 fi
 
-out=$(http_get in_client $SERVER 8080 /cgi-bin/peer | body)
-[ "$out" = "peer=$CLIENT" ]; result source_preserved $? "$out"
-# The body is the response's last BLOB_SIZE bytes; a short or corrupted
-# transfer changes the hash.
-out=$(http_get in_client $SERVER 8080 /blob | tail -c "$BLOB_SIZE" | sha256sum | cut -d' ' -f1)
-[ "$out" = "$BLOB_SUM" ]; result download_hash $? "$out"
-out=$(http_post_file in_client $SERVER 8080 /cgi-bin/sum /www/blob | body)
-[ "$out" = "$BLOB_SUM" ]; result upload_hash $? "$out"
+# proxied_checks SERVER_ADDR EXPECTED_PEER SUFFIX: through shunt on 8080.
+proxied_checks() {
+	out=$(http_get in_client $1 8080 /cgi-bin/peer | body)
+	[ "$out" = "peer=$2" ]; result source_preserved$3 $? "$out"
+	# The body is the response's last BLOB_SIZE bytes; a short or corrupted
+	# transfer changes the hash.
+	out=$(http_get in_client $1 8080 /blob | tail -c "$BLOB_SIZE" | sha256sum | cut -d' ' -f1)
+	[ "$out" = "$BLOB_SUM" ]; result download_hash$3 $? "$out"
+	out=$(http_post_file in_client $1 8080 /cgi-bin/sum /www/blob | body)
+	[ "$out" = "$BLOB_SUM" ]; result upload_hash$3 $? "$out"
+}
+proxied_checks $SERVER $CLIENT ""
 out=$(http_get in_client $SERVER 9090 /cgi-bin/peer | body)
 [ "$out" = "peer=$CLIENT" ]; result direct_port_with_shunt $? "$out"
-out=$(http_get in_client $SERVER6 8080 /cgi-bin/peer | body)
-[ "$out" = "peer=[$CLIENT6]" ]; result source_preserved_v6 $? "$out"
-out=$(http_get in_client $SERVER6 8080 /blob | tail -c "$BLOB_SIZE" | sha256sum | cut -d' ' -f1)
-[ "$out" = "$BLOB_SUM" ]; result download_hash_v6 $? "$out"
-out=$(http_post_file in_client $SERVER6 8080 /cgi-bin/sum /www/blob | body)
-[ "$out" = "$BLOB_SUM" ]; result upload_hash_v6 $? "$out"
+proxied_checks $SERVER6 "[$CLIENT6]" _v6
 sleep 0.5
 grep -q "\"dst\":\"$SERVER:8080\"" /tmp/shunt.log; result proxied_8080 $? "access log has the 8080 connections"
 grep -q "\"dst\":\"$SERVER:9090\"" /tmp/shunt.log; [ $? != 0 ]; result not_proxied_9090 $? "no 9090 in the access log"
