@@ -83,14 +83,16 @@ Feature probe_sk_assign_reuseport() {
 
 }  // namespace
 
-bool sk_assign_takes_reuseport() {
+bool kernel_at_least(int want_major, int want_minor) {
   utsname u{};
   if (::uname(&u) != 0) return false;
   int major = 0;
   int minor = 0;
   if (std::sscanf(u.release, "%d.%d", &major, &minor) != 2) return false;
-  return major > 6 || (major == 6 && minor >= 5);
+  return major > want_major || (major == want_major && minor >= want_minor);
 }
+
+bool sk_assign_takes_reuseport() { return kernel_at_least(6, 5); }
 
 std::vector<Feature> probe_features() {
   std::vector<Feature> out;

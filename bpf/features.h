@@ -23,4 +23,8 @@ std::vector<Feature> probe_features();
 // cannot be probed without attaching to a device and sending a packet.
 bool sk_assign_takes_reuseport();
 
+// The running kernel's release is at least MAJOR.MINOR (false if unparsable):
+// for behaviour that differs between versions and cannot be probed safely.
+bool kernel_at_least(int major, int minor);
+
 }  // namespace shunt::bpf

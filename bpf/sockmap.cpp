@@ -8,6 +8,9 @@
 #include <sys/socket.h>
 
 #include <cerrno>
+#include <chrono>
+#include <thread>
+#include <utility>
 
 namespace shunt::bpf {
 
@@ -76,14 +79,6 @@ SockmapBridge::~SockmapBridge() {
   // Destroying the skeleton closes the maps and the program; the attachment
   // to verdict_sockets goes with the map.
   if (skel_) sockmap_redirect__destroy(skel_);
-}
-
-// True when the socket's receive queue still holds bytes no verdict saw.
-static void kick_if_stranded(int fd) {
-  char probe;
-  if (::recv(fd, &probe, 1, MSG_PEEK | MSG_DONTWAIT) <= 0) return;
-  const int one = 1;
-  ::setsockopt(fd, SOL_SOCKET, SO_RCVLOWAT, &one, sizeof(one));
 }
 
 static HandoverFailure classify(int err) {
@@ -162,16 +157,31 @@ HandoverResult SockmapBridge::handover(int fd_a, int fd_b) {
     return result;
   }
 
-  // Bytes queued before the verdict program was attached: recent kernels
-  // run the verdict over them when the socket enters the map (6.18 here
-  // does); older ones leave them until the next data_ready, which a
-  // client waiting for its answer never sends. Only then is the queue
-  // kicked: SO_RCVLOWAT runs tcp_data_ready(), i.e. the verdict program. The
-  // kick is the rare path on purpose: it runs tcp_read_skb from process
-  // context, which must not race the softirq delivering new segments.
-  kick_if_stranded(fd_a);
-  kick_if_stranded(fd_b);
+  // Bytes queued before the verdict program was attached: 6.12 and 6.18
+  // usually run the verdict over them when the socket enters the map, older
+  // kernels leave them until the next data_ready, which a client waiting
+  // for its answer never sends. Stranded bytes get a kick: SO_RCVLOWAT runs
+  // tcp_data_ready(), i.e. the verdict program, from process context.
+  const int one = 1;
+  for (auto [fd, cookie] : {std::pair{fd_a, a}, std::pair{fd_b, b}})
+    if (stranded(fd, cookie)) ::setsockopt(fd, SOL_SOCKET, SO_RCVLOWAT, &one, sizeof(one));
   return result;
+}
+
+// A kick beside the softirq that is handing queued segments to the verdict
+// runs tcp_read_skb twice over them: a 256 MiB transfer arrived with ~128
+// KiB duplicated when the kick followed a bare MSG_PEEK. Bytes in flight
+// are visible to a peek only for an instant and make the socket's
+// redirected-byte counter move; stranded bytes stay and the counter stays
+// at 0. So: queued, nothing redirected yet, and still so 200 µs later.
+bool SockmapBridge::stranded(int fd, std::uint64_t cookie) const {
+  auto untouched = [&] {
+    char probe;
+    return ::recv(fd, &probe, 1, MSG_PEEK | MSG_DONTWAIT) > 0 && redirected_bytes(cookie) == 0;
+  };
+  if (!untouched()) return false;
+  std::this_thread::sleep_for(std::chrono::microseconds(200));
+  return untouched();
 }
 
 std::uint64_t SockmapBridge::redirected_bytes(std::uint64_t cookie) const {

@@ -75,6 +75,8 @@ class SockmapBridge {
   void poll_bulk_events(const std::function<void(std::uint64_t cookie)>& on_bulk);
 
  private:
+  // Bytes in `fd`'s receive queue that no verdict run will see (handover()).
+  [[nodiscard]] bool stranded(int fd, std::uint64_t cookie) const;
   SockmapBridge() = default;
   void erase_peer(std::uint64_t cookie);
 
