@@ -75,6 +75,20 @@ std::string_view to_string(DefaultAction a) {
   return "?";
 }
 
+std::string_view to_string(EncodedSlash e) {
+  switch (e) {
+    case EncodedSlash::reject:
+      return "reject";
+    case EncodedSlash::keep:
+      return "keep";
+    case EncodedSlash::decode:
+      return "decode";
+  }
+  return "?";
+}
+
+std::string_view to_string(InvalidEscape e) { return e == InvalidEscape::keep ? "keep" : "reject"; }
+
 std::string Diagnostic::to_string() const {
   std::string out = file;
   if (line > 0) {

@@ -36,6 +36,18 @@ enum class OnProxyDown { fail_closed, fail_open };
 enum class SteeringAttach { auto_detect, tcx, tc };
 enum class DefaultAction { deny, allow };
 enum class Action { allow, deny };
+// What the canonical request model (policy/canonical.h, docs/policy.md)
+// does with the escapes that upstreams read differently. Envoy calls the
+// first one path_with_escaped_slashes_action.
+enum class EncodedSlash {
+  reject,  // %2F, %5C or a literal '\' in the path: 400
+  keep,    // kept encoded (%2F, %5C): matched and forwarded as such
+  decode,  // decoded to '/' before dot-segments are resolved, forwarded decoded
+};
+enum class InvalidEscape {
+  reject,  // %00, or '%' not followed by two hex digits: 400
+  keep,    // %00 kept encoded; a stray '%' is forwarded as %25
+};
 
 std::string_view to_string(Datapath);
 std::string_view to_string(UpstreamSource);
@@ -43,6 +55,8 @@ std::string_view to_string(OnProxyDown);
 std::string_view to_string(SteeringAttach);
 std::string_view to_string(Action);
 std::string_view to_string(DefaultAction);
+std::string_view to_string(EncodedSlash);
+std::string_view to_string(InvalidEscape);
 
 struct Listener {
   std::string name;
@@ -63,12 +77,22 @@ struct Limits {
   std::uint32_t max_header_bytes = 65'536;
 };
 
+struct HttpSettings {
+  EncodedSlash encoded_slash = EncodedSlash::reject;
+  InvalidEscape invalid_escape = InvalidEscape::reject;
+  // Upgrade protocols (lower-case names, version ignored) that may take a
+  // connection out of inspection after a 101. Other Upgrade values are
+  // dropped from the forwarded request, so the connection stays HTTP.
+  std::vector<std::string> upgrade_protocols{"websocket"};
+};
+
 struct ProxySettings {
   std::vector<Listener> listeners;
   Datapath datapath = Datapath::sockmap;
   UpstreamSource upstream_source = UpstreamSource::client;
   Timeouts timeouts;
   Limits limits;
+  HttpSettings http;
 };
 
 struct Steering {

@@ -365,6 +365,7 @@ class Loader {
 
   void load_proxy(const Field& f, ProxySettings& proxy);
   void load_listener(const Field& f, Listener& l);
+  void load_http_settings(const Field& f, HttpSettings& http);
   void load_steering(const Field& f, Steering& steering);
   void load_admin(const Field& f, Admin& admin);
   void load_log(const Field& f, Log& log);
@@ -448,7 +449,8 @@ Config Loader::load(const Node& root) {
 }
 
 void Loader::load_proxy(const Field& f, ProxySettings& proxy) {
-  Fields fields(*this, f, "proxy", {"listeners", "datapath", "upstream_source", "timeouts", "limits"});
+  Fields fields(*this, f, "proxy",
+                {"listeners", "datapath", "upstream_source", "timeouts", "limits", "http"});
   if (const Field* l = fields.require("listeners", "proxy")) {
     const auto list = items(*l);
     if (list.empty() && (l->value.IsNull() || l->value.IsSequence())) {
@@ -498,6 +500,7 @@ void Loader::load_proxy(const Field& f, ProxySettings& proxy) {
       }
     }
   }
+  if (const Field* h = fields.get("http")) load_http_settings(*h, proxy.http);
   if (const Field* l = fields.get("limits")) {
     Fields limits(*this, *l, "proxy.limits", {"max_connections", "max_header_bytes"});
     if (const Field* v = limits.get("max_connections")) {
@@ -507,6 +510,40 @@ void Loader::load_proxy(const Field& f, ProxySettings& proxy) {
       // Below 1 KiB ordinary browsers fail; above 1 MiB a slow client pins
       // that much memory per connection.
       if (auto n = integer(*v, 1024, 1 << 20)) proxy.limits.max_header_bytes = static_cast<std::uint32_t>(*n);
+    }
+  }
+}
+
+void Loader::load_http_settings(const Field& f, HttpSettings& http) {
+  Fields fields(*this, f, "proxy.http", {"encoded_slash", "invalid_escape", "upgrade_protocols"});
+  if (const Field* v = fields.get("encoded_slash")) {
+    if (auto e = choice<EncodedSlash>(*v, {{"reject", EncodedSlash::reject},
+                                           {"keep", EncodedSlash::keep},
+                                           {"decode", EncodedSlash::decode}})) {
+      http.encoded_slash = *e;
+    }
+  }
+  if (const Field* v = fields.get("invalid_escape")) {
+    if (auto e =
+            choice<InvalidEscape>(*v, {{"reject", InvalidEscape::reject}, {"keep", InvalidEscape::keep}})) {
+      http.invalid_escape = *e;
+    }
+  }
+  if (const Field* v = fields.get("upgrade_protocols")) {
+    // An empty list is meaningful: no upgrade ever leaves inspection.
+    http.upgrade_protocols.clear();
+    for (const Field& item : items(*v)) {
+      auto name = nonempty_string(item);
+      if (!name) continue;
+      const std::string n = lower(*name);
+      if (!is_http_token(n)) {
+        error(item, "upgrade protocol '" + *name + "' is not an HTTP token such as websocket");
+      } else if (n == "h2c") {
+        // HTTP/2 after the upgrade would carry requests nobody inspects.
+        error(item, "upgrade protocol 'h2c' cannot be allowed: HTTP/2 after the 101 would not be inspected");
+      } else {
+        http.upgrade_protocols.push_back(n);
+      }
     }
   }
 }

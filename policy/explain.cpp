@@ -84,7 +84,10 @@ Explanation Policy::explain(const Flow& flow, const HttpRequest* request,
   }
 
   detail::PreparedRequest prepared;
-  if (request != nullptr) detail::prepare(*request, prepared);
+  if (request != nullptr) {
+    detail::prepare(*request, config_->proxy.http, prepared);
+    out.canonical = prepared.canonical;
+  }
 
   const config::Pod* src_pod = pod_at(*config_, flow.src);
   const config::Pod* dst_pod = pod_at(*config_, flow.dst);
@@ -108,7 +111,12 @@ Explanation Policy::explain(const Flow& flow, const HttpRequest* request,
 
     switch (compiled.kind) {
       case detail::RuleKind::l4:
-        t.why += "L4 " + action;
+        if (request != nullptr && request->method == "CONNECT" && !compiled.deny) {
+          t.matched = false;
+          t.why += "L4 allow, which does not cover CONNECT (only an http entry with method: CONNECT does)";
+        } else {
+          t.why += "L4 " + action;
+        }
         break;
       case detail::RuleKind::http: {
         if (request == nullptr) {
@@ -123,7 +131,7 @@ Explanation Policy::explain(const Flow& flow, const HttpRequest* request,
         std::string miss;
         bool hit = false;
         for (std::size_t e = 0; e < compiled.http.size(); ++e) {
-          if (detail::http_entry_matches(compiled.http[e], prepared, &miss)) {
+          if (detail::http_entry_matches(compiled.http[e], prepared, compiled.deny, &miss)) {
             t.why += "http entry " + std::to_string(e + 1) + " matches: " + action;
             hit = true;
             break;

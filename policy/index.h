@@ -17,6 +17,7 @@
 //    seen, never the visiting order.
 #pragma once
 
+#include "policy/canonical.h"
 #include "policy/policy.h"
 
 #include <re2/re2.h>
@@ -25,6 +26,7 @@
 #include <cstdint>
 #include <limits>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -62,10 +64,23 @@ struct Endpoints {
 
 enum class RuleKind { l4, http, tls };
 
+// An http entry with its host, paths and header values in the canonical
+// form requests are matched in (canonical.h), so `host: admin.local.` and
+// `Host: admin.local` meet. An entry whose values have no canonical form
+// (say a path with %2F while encoded slashes are rejected) can never match
+// a request that gets through; `never` says why and the entry matches
+// nothing.
 struct CompiledHttp {
   const config::HttpMatch* spec = nullptr;
   std::unique_ptr<RE2> regex;  // set when spec->path_regex is
+  std::optional<std::string> path;
+  std::optional<std::string> path_exact;
+  std::optional<std::string> host;
+  std::vector<std::pair<std::string, std::string>> headers;  // lower-case name, OWS-trimmed value
+  std::string never;                                         // non-empty: matches nothing, and why
+  std::vector<std::string> rewritten;                        // "host 'a.' is matched as 'a'", for check
 };
+CompiledHttp compile_http(const config::HttpMatch& spec, const config::HttpSettings& options);
 
 struct CompiledRule {
   const config::Rule* spec = nullptr;
@@ -82,16 +97,17 @@ struct CompiledRule {
 // The request fields as matching needs them, computed once per request.
 struct PreparedRequest {
   std::string_view method;
-  std::string_view path;  // normalised, without query
-  std::string_view host;  // without port, original case
+  canonical::Request canonical;  // path and host as matched; error set when the request has no canonical form
   const HttpRequest* raw = nullptr;
-  std::string storage;  // backs `path` when normalisation rewrote it
 };
-void prepare(const HttpRequest& request, PreparedRequest& out);
+void prepare(const HttpRequest& request, const config::HttpSettings& options, PreparedRequest& out);
 
 // Whether an entry matches; on a miss and when `why` is given, says which
-// field failed.
-bool http_entry_matches(const CompiledHttp& entry, const PreparedRequest& request, std::string* why);
+// field failed. `deny` selects how repeated header fields count: any line
+// with the value is enough for a deny entry, every line must have it for an
+// allow entry (the upstream may read any one of them).
+bool http_entry_matches(const CompiledHttp& entry, const PreparedRequest& request, bool deny,
+                        std::string* why);
 // Returns the index of the first matching sni pattern, or -1.
 int sni_match(const config::TlsMatch& tls, std::string_view sni);
 

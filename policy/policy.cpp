@@ -79,71 +79,108 @@ bool iequals(std::string_view a, std::string_view b) {
   return true;
 }
 
-// "api.local:8080" -> "api.local", "[::1]:80" -> "[::1]".
-std::string_view strip_port(std::string_view host) {
-  if (!host.empty() && host.front() == '[') {
-    const auto close = host.find(']');
-    return close == std::string_view::npos ? host : host.substr(0, close + 1);
-  }
-  const auto colon = host.find(':');
-  if (colon != std::string_view::npos && host.find(':', colon + 1) == std::string_view::npos) {
-    return host.substr(0, colon);
-  }
-  return host;
+// Where upstreams commonly serve two spellings as one resource, a deny
+// entry covers both and an allow entry only the one written (deny wins, so
+// the generous reading is the safe one on the deny side only):
+// `path_exact: /api/secret` denies /api/secret/ too (and so /api/secret/.
+// after dot-segments), `path: /api/admin/` denies /api/admin itself.
+std::string_view without_trailing_slash(std::string_view p) {
+  if (p.size() > 1 && p.back() == '/') p.remove_suffix(1);
+  return p;
 }
 
-// Resolves "." and ".." segments and collapses "//", so that /api/../admin
-// is matched as /admin and /api//admin as /api/admin: otherwise a deny on
-// a prefix could be walked around by spelling the path differently.
-std::string_view normalise_path(std::string_view path, std::string& storage) {
-  const bool clean = path.find("//") == std::string_view::npos && path.find("/.") == std::string_view::npos;
-  if (clean) return path;
-  std::vector<std::string_view> segments;
-  std::size_t pos = 1;
-  bool trailing_slash = false;
-  while (pos <= path.size()) {
-    const auto next = std::min(path.find('/', pos), path.size());
-    const std::string_view seg = path.substr(pos, next - pos);
-    trailing_slash = next == path.size() ? (seg.empty() || seg == "." || seg == "..") : false;
-    if (seg == "..") {
-      if (!segments.empty()) segments.pop_back();
-    } else if (!seg.empty() && seg != ".") {
-      segments.push_back(seg);
-    }
-    pos = next + 1;
+bool prefix_matches(std::string_view path, std::string_view prefix, bool deny) {
+  return path.substr(0, prefix.size()) == prefix || (deny && path == without_trailing_slash(prefix));
+}
+
+bool exact_matches(std::string_view path, std::string_view exact, bool deny) {
+  return path == exact || (deny && without_trailing_slash(path) == without_trailing_slash(exact));
+}
+
+// Repeated fields: any line with the value makes a deny entry match, every
+// line must have it for an allow entry (the upstream may read any of them).
+bool header_matches(const HttpRequest& request, std::string_view name, std::string_view value, bool deny) {
+  bool seen = false;
+  for (const auto& [have_name, have_value] : request.headers) {
+    if (!iequals(have_name, name)) continue;
+    const bool same = canonical::trim_ows(have_value) == value;
+    if (deny && same) return true;
+    if (!deny && !same) return false;
+    seen = true;
   }
-  storage.clear();
-  for (const auto seg : segments) {
-    storage += '/';
-    storage += seg;
-  }
-  if (storage.empty() || trailing_slash) storage += '/';
-  return storage;
+  return seen && !deny;
 }
 
 }  // namespace
 
-void prepare(const HttpRequest& request, PreparedRequest& out) {
-  out.raw = &request;
-  out.method = request.method;
-  std::string_view path = request.path;
-  // Absolute-form (a forward-proxy client): match on the path part only.
-  if (const auto scheme = path.find("://");
-      scheme != std::string_view::npos && !path.empty() && path.front() != '/') {
-    const auto slash = path.find('/', scheme + 3);
-    path = slash == std::string_view::npos ? std::string_view("/") : path.substr(slash);
+CompiledHttp compile_http(const config::HttpMatch& spec, const config::HttpSettings& options) {
+  CompiledHttp out;
+  out.spec = &spec;
+  if (spec.path_regex) {
+    RE2::Options re_options;
+    re_options.set_log_errors(false);
+    out.regex = std::make_unique<RE2>(*spec.path_regex, re_options);
   }
-  path = path.substr(0, path.find_first_of("?#"));
-  if (path.empty() || path.front() != '/') {
-    out.path = path;  // "*" (OPTIONS) or garbage: matched as written
-  } else {
-    out.path = normalise_path(path, out.storage);
+  const auto never = [&](std::string why) {
+    if (out.never.empty()) out.never = std::move(why);
+  };
+  const auto path = [&](const std::optional<std::string>& raw,
+                        std::string_view key) -> std::optional<std::string> {
+    if (!raw) return std::nullopt;
+    canonical::Path p = canonical::path(*raw, options);
+    if (!p.error.empty()) {
+      never(std::string(key) + " '" + *raw + "' has no canonical form (" + std::string(p.error) +
+            "), and requests that do are refused");
+      return std::nullopt;
+    }
+    if (p.value != *raw) {
+      out.rewritten.push_back(std::string(key) + " '" + *raw + "' is matched as '" + p.value + "'");
+    }
+    return std::move(p.value);
+  };
+  out.path = path(spec.path, "path");
+  out.path_exact = path(spec.path_exact, "path_exact");
+  if (spec.method && *spec.method == "CONNECT" && (spec.path || spec.path_exact || spec.path_regex)) {
+    never("a CONNECT request has no path, so an entry with method CONNECT and a path never matches");
   }
-  out.host = strip_port(request.host);
-  if (!out.host.empty() && out.host.back() == '.') out.host.remove_suffix(1);
+  if (spec.host) {
+    const canonical::Host h = canonical::host(*spec.host);
+    if (!h.error.empty()) {
+      never("host '" + *spec.host + "' is not a valid host name (" + std::string(h.error) +
+            "), and requests naming one are refused");
+    } else {
+      if (h.name != *spec.host)
+        out.rewritten.push_back("host '" + *spec.host + "' is matched as '" + h.name + "'");
+      out.host = h.name;
+    }
+  }
+  for (const auto& [name, value] : spec.headers) {
+    const std::string_view trimmed = canonical::trim_ows(value);
+    if (trimmed.size() != value.size()) {
+      out.rewritten.push_back("header " + name + " value '" + value + "' is matched as '" +
+                              std::string(trimmed) + "'");
+    }
+    const bool control = std::any_of(trimmed.begin(), trimmed.end(), [](char c) {
+      const auto u = static_cast<unsigned char>(c);
+      return (u < 0x20 && c != '\t') || u == 0x7f;
+    });
+    if (control)
+      never("header " + name + " value has a control character, and requests with one are refused");
+    out.headers.emplace_back(name, std::string(trimmed));
+  }
+  return out;
 }
 
-bool http_entry_matches(const CompiledHttp& entry, const PreparedRequest& request, std::string* why) {
+void prepare(const HttpRequest& request, const config::HttpSettings& options, PreparedRequest& out) {
+  out.raw = &request;
+  out.method = request.method;
+  std::optional<std::string_view> host;
+  if (!request.host.empty()) host = canonical::trim_ows(request.host);
+  out.canonical = canonical::request(request.method, request.path, host, options);
+}
+
+bool http_entry_matches(const CompiledHttp& entry, const PreparedRequest& request, bool deny,
+                        std::string* why) {
   const config::HttpMatch& m = *entry.spec;
   const auto miss = [&](auto&&... parts) {
     if (why != nullptr) {
@@ -152,35 +189,38 @@ bool http_entry_matches(const CompiledHttp& entry, const PreparedRequest& reques
     }
     return false;
   };
+  if (!entry.never.empty()) return miss("never matches: ", entry.never);
+  if (!request.canonical.error.empty()) return miss("the request is malformed: ", request.canonical.error);
+  const std::string& path = request.canonical.path;
+  const std::string& host = request.canonical.host;
   if (m.method && request.method != *m.method) {
     return miss("method ", request.method, " is not ", *m.method);
   }
-  if (m.path && request.path.substr(0, m.path->size()) != *m.path) {
-    return miss("path ", request.path, " does not start with ", *m.path);
+  // A tunnel escapes inspection for good: only an entry naming the method
+  // lets one through.
+  if (!deny && !m.method && request.method == "CONNECT") {
+    return miss("CONNECT is allowed only by an entry with method: CONNECT");
   }
-  if (m.path_exact && request.path != *m.path_exact) {
-    return miss("path ", request.path, " is not ", *m.path_exact);
+  if (entry.path && !prefix_matches(path, *entry.path, deny)) {
+    return miss("path ", path, " does not start with ", *entry.path);
+  }
+  if (entry.path_exact && !exact_matches(path, *entry.path_exact, deny)) {
+    return miss("path ", path, " is not ", *entry.path_exact);
   }
   if (m.path_regex) {
     // An uncompilable pattern (only possible in a Config built by hand,
     // since the loader checks them) matches nothing rather than everything.
-    const bool ok =
-        entry.regex && entry.regex->ok() &&
-        RE2::PartialMatch(re2::StringPiece(request.path.data(), request.path.size()), *entry.regex);
-    if (!ok) return miss("path ", request.path, " does not match /", *m.path_regex, "/");
+    const bool ok = entry.regex && entry.regex->ok() &&
+                    RE2::PartialMatch(re2::StringPiece(path.data(), path.size()), *entry.regex);
+    if (!ok) return miss("path ", path, " does not match /", *m.path_regex, "/");
   }
-  if (m.host && !iequals(request.host, *m.host)) {
-    return miss("host '", request.host, "' is not ", *m.host);
+  if (entry.host && host != *entry.host) {
+    return miss("host '", host, "' is not ", *entry.host);
   }
-  for (const auto& [name, value] : m.headers) {
-    bool found = false;
-    for (const auto& [have_name, have_value] : request.raw->headers) {
-      if (have_value == value && iequals(have_name, name)) {
-        found = true;
-        break;
-      }
+  for (const auto& [name, value] : entry.headers) {
+    if (!header_matches(*request.raw, name, value, deny)) {
+      return miss("header ", name, " is not '", value, "'");
     }
-    if (!found) return miss("header ", name, " is not '", value, "'");
   }
   return true;
 }
@@ -307,16 +347,7 @@ Policy::Index::Index(const config::Config& config) {
         rule.connection_reason = quoted + " has tls sni: decided on the ClientHello";
         break;
     }
-    for (const auto& m : spec.http) {
-      detail::CompiledHttp entry;
-      entry.spec = &m;
-      if (m.path_regex) {
-        RE2::Options options;
-        options.set_log_errors(false);
-        entry.regex = std::make_unique<RE2>(*m.path_regex, options);
-      }
-      rule.http.push_back(std::move(entry));
-    }
+    for (const auto& m : spec.http) rule.http.push_back(detail::compile_http(m, config.proxy.http));
 
     const auto file = [&](const Addr& net, unsigned prefix) {
       (net.v6 ? v6 : v4).insert(prefix);
@@ -460,7 +491,17 @@ ConnectionDecision Policy::decide_connection(const Flow& flow) const {
 Decision Policy::decide_http(const Flow& flow, const HttpRequest& request) const {
   try {
     detail::PreparedRequest req;
-    detail::prepare(request, req);
+    detail::prepare(request, config_->proxy.http, req);
+    if (!req.canonical.error.empty()) {
+      // The proxy refuses these with a 400 before deciding; explain and a
+      // re-check get a deny that says why.
+      return decided(Verdict::deny, "default",
+                     "the request is malformed: " + std::string(req.canonical.error));
+    }
+    // A tunnel leaves inspection for good: an L4 allow does not cover it.
+    const bool connect = request.method == "CONNECT";
+    // For people: the canonical path (the CONNECT authority for a tunnel).
+    const std::string& shown = req.canonical.path.empty() ? req.canonical.target : req.canonical.path;
     const Addr src = detail::to_addr(flow.src);
     const Addr dst = detail::to_addr(flow.dst);
 
@@ -473,13 +514,13 @@ Decision Policy::decide_http(const Flow& flow, const HttpRequest& request) const
       std::uint32_t& slot = r.deny ? deny : allow;
       std::size_t& entry = r.deny ? deny_entry : allow_entry;
       if (r.kind == RuleKind::l4) {
-        if (i < slot) {
+        if (i < slot && (r.deny || !connect)) {
           slot = i;
           entry = 0;
         }
       } else if (r.kind == RuleKind::http && i < slot) {
         for (std::size_t e = 0; e < r.http.size(); ++e) {
-          if (detail::http_entry_matches(r.http[e], req, nullptr)) {
+          if (detail::http_entry_matches(r.http[e], req, r.deny, nullptr)) {
             slot = i;
             entry = e + 1;
             break;
@@ -492,8 +533,8 @@ Decision Policy::decide_http(const Flow& flow, const HttpRequest& request) const
       const std::string& name = index_->rules[i].spec->name;
       std::string reason = "rule '" + name + "' " + std::string(verb) + " ";
       reason += entry == 0 ? std::string("every request on this connection (L4 rule)")
-                           : std::string(req.method) + " " + std::string(req.path) + " (http entry " +
-                                 std::to_string(entry) + " matches)";
+                           : std::string(req.method) + " " + shown + " (http entry " + std::to_string(entry) +
+                                 " matches)";
       return reason;
     };
     if (deny != kNone) {
@@ -502,7 +543,7 @@ Decision Policy::decide_http(const Flow& flow, const HttpRequest& request) const
     if (allow != kNone) {
       return decided(Verdict::allow, index_->rules[allow].spec->name, explain(allow, allow_entry, "allows"));
     }
-    return by_default(*config_, std::string(req.method) + " " + std::string(req.path));
+    return by_default(*config_, std::string(req.method) + " " + shown);
   } catch (...) {
     return decided(Verdict::deny, "default", "internal error while deciding");
   }
@@ -553,6 +594,18 @@ Decision Policy::decide_tls(const Flow& flow, std::string_view sni) const {
   } catch (...) {
     return decided(Verdict::deny, "default", "internal error while deciding");
   }
+}
+
+std::vector<ConfigNote> lint(const config::Config& config) {
+  std::vector<ConfigNote> out;
+  for (const config::Rule& rule : config.policy.rules) {
+    for (std::size_t e = 0; e < rule.http.size(); ++e) {
+      const detail::CompiledHttp c = detail::compile_http(rule.http[e], config.proxy.http);
+      for (const auto& note : c.rewritten) out.push_back({rule.line, rule.name, e + 1, false, note});
+      if (!c.never.empty()) out.push_back({rule.line, rule.name, e + 1, true, c.never});
+    }
+  }
+  return out;
 }
 
 }  // namespace shunt::policy

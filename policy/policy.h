@@ -10,6 +10,7 @@
 #pragma once
 
 #include "config/config.h"
+#include "policy/canonical.h"
 
 #include <cstdint>
 #include <memory>
@@ -40,10 +41,14 @@ struct Flow {
   std::uint16_t dst_port = 0;
 };
 
+// A request as the proxy read it; decide_http() matches its canonical form
+// (canonical.h). The proxy passes the form it already canonicalised (and
+// forwards), `shunt explain` whatever the user typed: canonicalising is
+// idempotent, so both are matched alike.
 struct HttpRequest {
   std::string_view method;
-  std::string_view path;  // request-target as sent (origin-form), query included
-  std::string_view host;  // Host header (or authority), may carry :port
+  std::string_view path;  // request-target (origin, absolute, authority or asterisk form), query included
+  std::string_view host;  // Host header value, may carry :port; empty when absent
   // Header lookup by lower-case name; returns nullopt when absent.
   std::vector<std::pair<std::string, std::string>> headers;  // names lower-cased
 };
@@ -77,9 +82,22 @@ struct RuleTrace {
 
 struct Explanation {
   ConnectionDecision connection;
+  // The request as matched (canonical.h), when one was given.
+  std::optional<canonical::Request> canonical;
   std::optional<Decision> request;  // when method/path/host or sni was given
   std::vector<RuleTrace> trace;
 };
+
+// What `shunt check` says about http entries: values it matches in another
+// (canonical) form, and entries that can never match a request.
+struct ConfigNote {
+  int line = 0;  // the rule's line
+  std::string rule;
+  std::size_t entry = 0;  // 1-based http entry
+  bool never = false;     // false: a rewrite note
+  std::string message;
+};
+std::vector<ConfigNote> lint(const config::Config& config);
 
 class Policy {
  public:

@@ -108,6 +108,20 @@ void print_summary(const config::Config& c) {
   print_table(rows);
 }
 
+// Entries matched in another (canonical) form, and entries that can never
+// match: not errors (the file is valid), but what the author wrote is not
+// what shunt compares.
+void print_notes(const config::Config& c) {
+  const auto notes = policy::lint(c);
+  if (notes.empty()) return;
+  std::cout << "http entries (matched in canonical form, docs/policy.md):\n";
+  for (const auto& n : notes) {
+    std::cout << "  " << (n.never ? "warning: " : "note: ") << c.source << ":" << n.line << ": rule '"
+              << n.rule << "' http entry " << n.entry << ": " << n.message
+              << (n.never ? " (this entry can never match)" : "") << '\n';
+  }
+}
+
 void add_check(CLI::App& app, int& exit_code) {
   auto* cmd = app.add_subcommand("check", "Validate a config file and summarise it");
   auto path = std::make_shared<std::string>();
@@ -119,6 +133,7 @@ void add_check(CLI::App& app, int& exit_code) {
       return;
     }
     print_summary(*config);
+    print_notes(*config);
     exit_code = kExitOk;
   });
 }
@@ -200,6 +215,13 @@ int run_explain(const ExplainArgs& args, bool http_given, bool sni_given) {
       std::cout << "request:    " << request.method << ' ' << request.path;
       if (!request.host.empty()) std::cout << " host " << request.host;
       for (const auto& [n, v] : request.headers) std::cout << ' ' << n << ": " << v;
+      if (e.canonical && e.canonical->error.empty()) {
+        std::cout << "\ncanonical:  " << request.method << ' ' << e.canonical->target;
+        if (!e.canonical->host.empty()) std::cout << " host " << e.canonical->host;
+        std::cout << " (path " << e.canonical->path << ")";
+      } else if (e.canonical) {
+        std::cout << "\ncanonical:  none, the proxy answers 400: " << e.canonical->error;
+      }
       std::cout << "\n            " << describe(*e.request) << '\n';
     } else {
       std::cout << "sni:        " << (args.sni.empty() ? "(none)" : args.sni) << "\n            "

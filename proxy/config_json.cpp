@@ -108,6 +108,13 @@ std::string config_to_json(const config::Config& c, std::uint64_t generation) {
   w.field("max_connections", c.proxy.limits.max_connections);
   w.field("max_header_bytes", c.proxy.limits.max_header_bytes);
   w.end_object();
+  w.key("http").begin_object();
+  w.field("encoded_slash", config::to_string(c.proxy.http.encoded_slash));
+  w.field("invalid_escape", config::to_string(c.proxy.http.invalid_escape));
+  w.key("upgrade_protocols").begin_array();
+  for (const auto& p : c.proxy.http.upgrade_protocols) w.value(p);
+  w.end_array();
+  w.end_object();
   w.end_object();
 
   w.key("steering").begin_object();

@@ -8,8 +8,10 @@
 //
 // The request loop reads the client, stops the parser at each request head,
 // decides it under the *current* policy snapshot (so a reload applies to the
-// next request), and forwards allowed bytes exactly as read (head and body;
-// llhttp finds where a Content-Length or chunked body ends). The upstream is
+// next request), and forwards an allowed request as decided: the head
+// serialised from its canonical model (http::parse_head, docs/policy.md),
+// the body exactly as read (llhttp finds where a Content-Length or chunked
+// body ends, under framing headers the strict reading checked). The upstream is
 // connected at the first allowed request, so a denied first request never
 // reaches it. The pump forwards responses as they come and follows their
 // framing only to know which request each final response answers (for the
@@ -83,8 +85,9 @@ struct PendingRequest {
   std::string path;
   std::string host;
   std::string rule;
-  std::string upgrade_protocol;
-  bool opens_tunnel = false;  // Upgrade or CONNECT: a 101 / 2xx switches protocol
+  // CONNECT, or an Upgrade forwarded with a protocol that may leave
+  // inspection: only then may a 101 / 2xx switch protocol.
+  bool opens_tunnel = false;
   Clock::time_point decided = Clock::now();
 };
 
@@ -234,18 +237,13 @@ asio::awaitable<void> pump_responses(std::shared_ptr<Session> self) {
         // that asked for it before forwarding the switch.
         const std::size_t index = completed.empty() ? 0 : completed.size() - 1;
         const PendingRequest* opener = index < s.pending.size() ? &s.pending[index] : nullptr;
+        // Upgrade values outside proxy.http.upgrade_protocols (h2c, say)
+        // were never forwarded, so a 101 here is an upstream ignoring what
+        // it was asked.
         if (!opener || !opener->opens_tunnel) {
-          spdlog::warn("connection {}: upstream switched protocol without being asked; resetting",
-                       conn.info().id);
-          s.upstream_ended = true;
-          conn.abort();
-          break;
-        }
-        if (opener->upgrade_protocol.find("h2c") != std::string::npos) {
-          // HTTP/2 over the upgraded stream would carry requests this
-          // inspector cannot see one by one.
-          spdlog::warn("connection {}: http2 not inspectable (h2c upgrade accepted by upstream); resetting",
-                       conn.info().id);
+          spdlog::warn(
+              "connection {}: upstream switched protocol without being asked for an allowed one; resetting",
+              conn.info().id);
           s.upstream_ended = true;
           conn.abort();
           break;
@@ -426,7 +424,7 @@ asio::awaitable<bool> run_requests(std::shared_ptr<Session> self) {
   std::size_t start = 0;   // first byte not yet forwarded
   std::size_t parsed = 0;  // first byte not yet parsed
   std::size_t end = 0;     // end of buffered bytes
-  http::RequestParser parser;
+  http::RequestParser parser(settings.http);
   bool in_body = false;    // between an allowed head and its message end
   bool connected = false;  // upstream connected (lazily, at the first allowed request)
   // The first head must be complete within timeouts.header of the accept;
@@ -434,15 +432,19 @@ asio::awaitable<bool> run_requests(std::shared_ptr<Session> self) {
   // keep-alive connection is the idle timeout's business).
   std::optional<Clock::time_point> deadline = info.started + header_timeout;
 
-  auto forward = [&](std::size_t from, std::size_t to) -> asio::awaitable<bool> {
-    if (to <= from) co_return true;
-    if (!co_await write_all(conn, conn.upstream(), in.data() + from, to - from)) {
+  auto forward_bytes = [&](const char* data, std::size_t n) -> asio::awaitable<bool> {
+    if (n == 0) co_return true;
+    if (!co_await write_all(conn, conn.upstream(), data, n)) {
       spdlog::debug("connection {}: upstream write failed", info.id);
       conn.abort();
       co_return false;
     }
-    info.bytes_up.fetch_add(to - from, std::memory_order_relaxed);
+    info.bytes_up.fetch_add(n, std::memory_order_relaxed);
     co_return true;
+  };
+  auto forward = [&](std::size_t from, std::size_t to) -> asio::awaitable<bool> {
+    if (to <= from) co_return true;
+    co_return co_await forward_bytes(in.data() + from, to - from);
   };
 
   // Everything buffered goes upstream, the pump stops, the data path takes over.
@@ -478,12 +480,14 @@ asio::awaitable<bool> run_requests(std::shared_ptr<Session> self) {
         if (conn.aborted()) co_return false;
 
         const auto policy = conn.proxy().policy.current();
-        const policy::HttpRequest request{head.method, head.target, head.host, head.headers};
+        // The canonical form (parse_head) is decided on and forwarded.
+        const policy::HttpRequest request{head.method, head.target, head.authority, head.headers};
         const policy::Decision decision = policy->decide_http(flow, request);
         conn.set_rule(decision);
         {
           std::lock_guard lock(info.mu);
-          info.basis.last_request = DecisionBasis::Request{head.method, head.target, head.host, head.headers};
+          info.basis.last_request =
+              DecisionBasis::Request{head.method, head.target, head.authority, head.headers};
         }
         if (decision.verdict != policy::Verdict::allow) {
           metrics().http_requests_denied.fetch_add(1, std::memory_order_relaxed);
@@ -508,11 +512,19 @@ asio::awaitable<bool> run_requests(std::shared_ptr<Session> self) {
           }
           connected = true;
         }
-        s.pending.push_back(PendingRequest{head.method, head.target, head.host, decision.rule,
-                                           head.upgrade_protocol, head.upgrade || head.connect,
-                                           Clock::now()});
+        // Only protocols in proxy.http.upgrade_protocols are forwarded in
+        // Upgrade; with none left the request goes on as plain HTTP.
+        const std::vector<std::string> upgrades =
+            http::allowed_upgrades(head, settings.http.upgrade_protocols);
+        const bool opens_tunnel = head.connect || (head.upgrade && !upgrades.empty());
+        s.pending.push_back(
+            PendingRequest{head.method, head.target, head.host, decision.rule, opens_tunnel, Clock::now()});
         s.responses.expect({head.method == "HEAD", head.connect});
 
+        // The head goes out as serialised from what was decided, never as read.
+        const std::string out_head = http::serialise(head, upgrades);
+        if (!co_await forward_bytes(out_head.data(), out_head.size())) co_return false;
+        start = parsed;
         if (!head.upgrade && !head.connect && every_request_allowed(*policy, flow)) {
           // Nothing on this connection can be denied any more.
           {
@@ -525,8 +537,6 @@ asio::awaitable<bool> run_requests(std::shared_ptr<Session> self) {
           s.pump_running = true;
           asio::co_spawn(co_await asio::this_coro::executor, pump_responses(self), [](std::exception_ptr) {});
         }
-        if (!co_await forward(start, parsed)) co_return false;
-        start = parsed;
         in_body = true;
         deadline.reset();
         continue;
@@ -568,6 +578,8 @@ asio::awaitable<bool> run_requests(std::shared_ptr<Session> self) {
         co_return false;
 
       case http::RequestEvent::error:
+        // llhttp's error, or a head it accepted that the strict reading
+        // (http::parse_head) refuses.
         spdlog::debug("connection {}: malformed request: {}", info.id, r.reason);
         co_return co_await refuse_malformed(self, 400, nullptr);
     }

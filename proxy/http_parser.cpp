@@ -1,15 +1,67 @@
 #include "proxy/http_parser.h"
 
+#include "policy/canonical.h"
+
 #include <algorithm>
 #include <cctype>
+#include <optional>
 
 namespace shunt::proxy::http {
 
 namespace {
 
+namespace canonical = policy::canonical;
+
+// Bytes of one head kept at most: more than limits.max_header_bytes allows
+// (the inspector answers 431 first), so this only bounds a misuse.
+constexpr std::size_t kMaxHeadBytes = 2 << 20;
+
 void lower_in_place(std::string& s) {
   std::transform(s.begin(), s.end(), s.begin(),
                  [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+}
+
+bool is_tchar(unsigned char c) {
+  static constexpr std::string_view kExtra = "!#$%&'*+-.^_`|~";
+  return std::isalnum(c) != 0 || kExtra.find(static_cast<char>(c)) != std::string_view::npos;
+}
+
+bool is_token(std::string_view s) {
+  return !s.empty() &&
+         std::all_of(s.begin(), s.end(), [](char c) { return is_tchar(static_cast<unsigned char>(c)); });
+}
+
+// field-vchar, SP or HTAB: what a field value may hold (RFC 9110 §5.5).
+bool is_field_char(unsigned char c) { return c == '\t' || (c >= 0x20 && c != 0x7f); }
+
+bool iequals(std::string_view a, std::string_view b) {
+  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
+           return std::tolower(static_cast<unsigned char>(x)) == std::tolower(static_cast<unsigned char>(y));
+         });
+}
+
+// Calls `each` with every non-empty element of a comma-separated list,
+// trimmed; false when `each` does.
+template <typename F>
+bool for_each_element(std::string_view list, F&& each) {
+  while (!list.empty()) {
+    const auto comma = std::min(list.find(','), list.size());
+    const std::string_view item = canonical::trim_ows(list.substr(0, comma));
+    if (!item.empty() && !each(item)) return false;
+    list.remove_prefix(std::min(comma + 1, list.size()));
+  }
+  return true;
+}
+
+// One CRLF-terminated line from `rest`; false when there is no CRLF or a
+// CR or LF appears anywhere else in the line.
+bool take_line(std::string_view& rest, std::string_view& line) {
+  const auto lf = rest.find('\n');
+  if (lf == std::string_view::npos || lf == 0 || rest[lf - 1] != '\r') return false;
+  line = rest.substr(0, lf - 1);
+  if (line.find('\r') != std::string_view::npos) return false;
+  rest.remove_prefix(lf + 1);
+  return true;
 }
 
 }  // namespace
@@ -17,25 +69,159 @@ void lower_in_place(std::string& s) {
 void RequestHead::clear() {
   method.clear();
   target.clear();
+  raw_target.clear();
   host.clear();
+  authority.clear();
   headers.clear();
   upgrade = false;
   connect = false;
-  upgrade_protocol.clear();
+  upgrade_protocols.clear();
   http_major = 1;
   http_minor = 1;
 }
 
+std::string_view parse_head(std::string_view bytes, const config::HttpSettings& options, RequestHead& out) {
+  out.clear();
+  // RFC 9112 §2.2: empty lines before the request line are ignored (CRLF only).
+  while (bytes.substr(0, 2) == "\r\n") bytes.remove_prefix(2);
+  std::string_view rest = bytes;
+  std::string_view line;
+  if (!take_line(rest, line)) return "request line not ended by CRLF, or a bare CR or LF in it";
+
+  // request-line = method SP request-target SP HTTP-version, single spaces.
+  const auto sp1 = line.find(' ');
+  const auto sp2 = sp1 == std::string_view::npos ? sp1 : line.find(' ', sp1 + 1);
+  if (sp2 == std::string_view::npos || line.find(' ', sp2 + 1) != std::string_view::npos) {
+    return "request line is not METHOD SP TARGET SP VERSION";
+  }
+  const std::string_view method = line.substr(0, sp1);
+  const std::string_view target = line.substr(sp1 + 1, sp2 - sp1 - 1);
+  const std::string_view version = line.substr(sp2 + 1);
+  if (!is_token(method)) return "invalid method";
+  if (version == "HTTP/1.1") {
+    out.http_minor = 1;
+  } else if (version == "HTTP/1.0") {
+    out.http_minor = 0;
+  } else {
+    return "unsupported HTTP version";
+  }
+  out.http_major = 1;
+  out.method = std::string(method);
+  out.raw_target = std::string(target);
+
+  std::optional<std::string_view> host;
+  bool host_seen = false;
+  bool content_length = false;
+  bool transfer_encoding = false;
+  for (;;) {
+    if (!take_line(rest, line)) return "header line not ended by CRLF, or a bare CR or LF in it";
+    if (line.empty()) break;
+    if (line.front() == ' ' || line.front() == '\t') return "obs-fold (header line starting with whitespace)";
+    const auto colon = line.find(':');
+    if (colon == std::string_view::npos) return "header line without ':'";
+    const std::string_view name = line.substr(0, colon);
+    if (!is_token(name)) return "invalid header name (or whitespace before ':')";
+    const std::string_view raw_value = line.substr(colon + 1);
+    if (!std::all_of(raw_value.begin(), raw_value.end(),
+                     [](char c) { return is_field_char(static_cast<unsigned char>(c)); })) {
+      return "control character in a header value";
+    }
+    const std::string_view value = canonical::trim_ows(raw_value);
+    std::string lname(name);
+    lower_in_place(lname);
+
+    if (lname == "host") {
+      if (host_seen) return "more than one Host header";
+      host_seen = true;
+      host = value;
+    } else if (lname == "content-length") {
+      // One value, digits only: "5, 5", "+5" or a second header are read
+      // differently by different servers.
+      if (content_length) return "more than one Content-Length";
+      content_length = true;
+      if (value.empty() || value.size() > 18 ||
+          value.find_first_not_of("0123456789") != std::string_view::npos) {
+        return "invalid Content-Length";
+      }
+    } else if (lname == "transfer-encoding") {
+      // Only plain `chunked`: anything else (a list, `identity`, a second
+      // header) leaves some server guessing where the body ends.
+      if (transfer_encoding) return "more than one Transfer-Encoding";
+      transfer_encoding = true;
+      if (!iequals(value, "chunked")) return "Transfer-Encoding other than chunked";
+    } else if (lname == "upgrade") {
+      const bool ok = for_each_element(value, [&](std::string_view item) {
+        const auto slash = item.find('/');
+        if (!is_token(item.substr(0, slash)) ||
+            (slash != std::string_view::npos && !is_token(item.substr(slash + 1)))) {
+          return false;
+        }
+        std::string p(item);
+        lower_in_place(p);
+        out.upgrade_protocols.push_back(std::move(p));
+        return true;
+      });
+      if (!ok) return "invalid Upgrade value";
+    }
+    out.headers.emplace_back(std::move(lname), std::string(value));
+  }
+  if (!rest.empty()) return "bytes after the end of the head";
+  if (content_length && transfer_encoding) return "both Content-Length and Transfer-Encoding";
+  if (transfer_encoding && out.http_minor == 0) return "Transfer-Encoding in an HTTP/1.0 request";
+  if (out.http_minor == 1 && !host_seen) return "HTTP/1.1 request without Host";
+
+  canonical::Request c = canonical::request(method, target, host, options);
+  if (!c.error.empty()) return c.error;
+  out.target = std::move(c.target);
+  out.host = std::move(c.host);
+  out.authority = std::move(c.authority);
+  return {};
+}
+
+std::vector<std::string> allowed_upgrades(const RequestHead& head, const std::vector<std::string>& allowed) {
+  std::vector<std::string> out;
+  for (const auto& p : head.upgrade_protocols) {
+    const std::string_view name = std::string_view(p).substr(0, p.find('/'));
+    if (std::find(allowed.begin(), allowed.end(), name) != allowed.end()) out.push_back(p);
+  }
+  return out;
+}
+
+std::string serialise(const RequestHead& head, const std::vector<std::string>& upgrades_kept) {
+  std::string out;
+  out.reserve(256);
+  out += head.method;
+  out += ' ';
+  out += head.target;
+  out += head.http_minor == 0 ? " HTTP/1.0\r\n" : " HTTP/1.1\r\n";
+  bool upgrade_written = false;
+  for (const auto& [name, value] : head.headers) {
+    std::string_view v = value;
+    std::string joined;
+    if (name == "host") {
+      v = head.authority;
+    } else if (name == "upgrade") {
+      // Every Upgrade line becomes one line, at the first one's place, with
+      // only the protocols that may leave inspection.
+      if (upgrade_written || upgrades_kept.empty()) continue;
+      upgrade_written = true;
+      for (const auto& p : upgrades_kept) joined += (joined.empty() ? "" : ", ") + p;
+      v = joined;
+    }
+    out += name;
+    out += ": ";
+    out += v;
+    out += "\r\n";
+  }
+  out += "\r\n";
+  return out;
+}
+
 // ---------------------------------------------------------------- requests
 
-RequestParser::RequestParser() {
+RequestParser::RequestParser(config::HttpSettings options) : options_(std::move(options)) {
   llhttp_settings_init(&settings_);
   settings_.on_message_begin = &RequestParser::on_message_begin;
-  settings_.on_method = &RequestParser::on_method;
-  settings_.on_url = &RequestParser::on_url;
-  settings_.on_header_field = &RequestParser::on_header_field;
-  settings_.on_header_value = &RequestParser::on_header_value;
-  settings_.on_header_value_complete = &RequestParser::on_header_value_complete;
   settings_.on_headers_complete = &RequestParser::on_headers_complete;
   settings_.on_message_complete = &RequestParser::on_message_complete;
   llhttp_init(&parser_, HTTP_REQUEST, &settings_);
@@ -45,52 +231,13 @@ RequestParser::RequestParser() {
 int RequestParser::on_message_begin(llhttp_t* p) {
   auto* self = static_cast<RequestParser*>(p->data);
   self->head_.clear();
-  self->field_.clear();
-  self->value_.clear();
   self->in_message_ = true;
-  return 0;
-}
-
-int RequestParser::on_method(llhttp_t* p, const char* at, std::size_t n) {
-  static_cast<RequestParser*>(p->data)->head_.method.append(at, n);
-  return 0;
-}
-
-int RequestParser::on_url(llhttp_t* p, const char* at, std::size_t n) {
-  static_cast<RequestParser*>(p->data)->head_.target.append(at, n);
-  return 0;
-}
-
-int RequestParser::on_header_field(llhttp_t* p, const char* at, std::size_t n) {
-  static_cast<RequestParser*>(p->data)->field_.append(at, n);
-  return 0;
-}
-
-int RequestParser::on_header_value(llhttp_t* p, const char* at, std::size_t n) {
-  static_cast<RequestParser*>(p->data)->value_.append(at, n);
-  return 0;
-}
-
-int RequestParser::on_header_value_complete(llhttp_t* p) {
-  auto* self = static_cast<RequestParser*>(p->data);
-  lower_in_place(self->field_);
-  if (self->field_ == "host" && self->head_.host.empty()) self->head_.host = self->value_;
-  if (self->field_ == "upgrade") {
-    self->head_.upgrade_protocol = self->value_;
-    lower_in_place(self->head_.upgrade_protocol);
-  }
-  self->head_.headers.emplace_back(std::move(self->field_), std::move(self->value_));
-  self->field_.clear();
-  self->value_.clear();
   return 0;
 }
 
 int RequestParser::on_headers_complete(llhttp_t* p) {
   auto* self = static_cast<RequestParser*>(p->data);
-  self->head_.upgrade = p->upgrade != 0;
-  self->head_.connect = p->method == HTTP_CONNECT;
-  self->head_.http_major = p->http_major;
-  self->head_.http_minor = p->http_minor;
+  self->llhttp_upgrade_ = p->upgrade != 0;
   // Stop right after the head: the caller decides before any byte of this
   // request is forwarded. Resuming carries on as if we had returned 0.
   return HPE_PAUSED;
@@ -113,15 +260,39 @@ RequestParser::Result RequestParser::parse(std::string_view data) {
   const llhttp_errno_t err = llhttp_execute(&parser_, data.data(), data.size());
   if (err == HPE_OK) {
     r.consumed = data.size();
-    return r;
+  } else {
+    const char* pos = llhttp_get_error_pos(&parser_);
+    r.consumed = pos ? static_cast<std::size_t>(pos - data.data()) : 0;
   }
-  const char* pos = llhttp_get_error_pos(&parser_);
-  r.consumed = pos ? static_cast<std::size_t>(pos - data.data()) : 0;
+  if (collecting_) {
+    if (head_bytes_.size() + r.consumed > kMaxHeadBytes) {
+      r.event = RequestEvent::error;
+      r.reason = "request head too large";
+      return r;
+    }
+    head_bytes_.append(data.data(), r.consumed);
+  }
   switch (err) {
+    case HPE_OK:
+      return r;
     case HPE_PAUSED:
       // The pause reason tells which callback paused.
       llhttp_resume(&parser_);
-      r.event = in_message_ ? RequestEvent::head : RequestEvent::message_end;
+      if (!in_message_) {
+        collecting_ = true;
+        r.event = RequestEvent::message_end;
+        return r;
+      }
+      collecting_ = false;
+      r.reason = parse_head(head_bytes_, options_, head_);
+      head_bytes_.clear();
+      if (!r.reason.empty()) {
+        r.event = RequestEvent::error;
+        return r;
+      }
+      head_.connect = head_.method == "CONNECT";
+      head_.upgrade = head_.connect || (llhttp_upgrade_ && !head_.upgrade_protocols.empty());
+      r.event = RequestEvent::head;
       return r;
     case HPE_PAUSED_UPGRADE:
       upgrade_pending_ = true;

@@ -1,16 +1,30 @@
-// Incremental HTTP/1.x framing over llhttp, for inspection (proxy/http_inspector.cpp).
+// HTTP/1.x requests and responses for inspection (proxy/http_inspector.cpp).
 //
-// The inspector never rewrites bytes: it forwards exactly what it read, so
-// all it needs from a parser is *where* things end. RequestParser stops at
-// each request head (so a verdict exists before any byte of it is forwarded)
-// and at each message end (so the bytes of an allowed request can be flushed
-// before the next head is looked at). ResponseParser only follows response
-// framing: which responses are final, which requests they answer, and where
-// the stream stops being HTTP (101, CONNECT 2xx).
+// Two readings of every request head, on purpose:
+//  - llhttp finds where things end: each request head (so a verdict exists
+//    before any byte of it is forwarded), each message end (so the bytes of
+//    an allowed request can be flushed before the next head is looked at),
+//    and where the stream stops being HTTP.
+//  - parse_head() reads the head's bytes again under a strict grammar (RFC
+//    9112 with no leniency: CRLF only, no obs-fold, no whitespace before a
+//    colon, no control characters, one Host, well-formed framing headers)
+//    and builds the canonical request model (policy/canonical.h). Any head
+//    llhttp accepted but the strict reading does not is a 400, so llhttp's
+//    leniencies (Debian ships 8.1) cannot make shunt and the upstream see
+//    different heads.
+// The inspector forwards serialise(head), not the bytes it read: what the
+// upstream parses is exactly what policy decided on. Bodies are forwarded as
+// read, framed by llhttp under headers the strict reading has checked.
 //
-// Both are bounded: they keep no bytes, only the fields of the current
-// request head, whose size the caller limits (limits.max_header_bytes).
+// ResponseParser only follows response framing: which responses are final,
+// which requests they answer, and where the stream stops being HTTP (101,
+// CONNECT 2xx).
+//
+// Both are bounded: RequestParser keeps the bytes of the current head only
+// (the caller limits its size, limits.max_header_bytes), ResponseParser none.
 #pragma once
+
+#include "config/config.h"
 
 #include <llhttp.h>
 
@@ -26,20 +40,38 @@ namespace shunt::proxy::http {
 
 struct RequestHead {
   std::string method;
-  std::string target;  // request-target as sent
-  std::string host;    // first Host header, empty when absent
-  // Header names lower-cased, values as sent (surrounding blanks trimmed by llhttp).
+  std::string target;      // canonical request-target: matched and forwarded
+  std::string raw_target;  // as sent, for logs
+  std::string host;        // canonical host (no port) matched by policy; empty when none
+  std::string authority;   // forwarded as Host (canonical host[:port]); empty when none
+  // In order, names lower-cased, values without surrounding whitespace.
   std::vector<std::pair<std::string, std::string>> headers;
-  // llhttp's view: CONNECT, or Upgrade + Connection: upgrade. What follows
-  // the head may be another protocol once the server agrees.
+  // CONNECT, or Upgrade with Connection: upgrade (llhttp's view, which
+  // decides whether it stops parsing after this message).
   bool upgrade = false;
   bool connect = false;
-  std::string upgrade_protocol;  // Upgrade header value, lower-cased
+  std::vector<std::string> upgrade_protocols;  // every Upgrade value, lower-cased, in order
   int http_major = 1;
   int http_minor = 1;
 
   void clear();
 };
+
+// Reads `bytes` (one request head: optional leading CRLFs, request line,
+// field lines, the empty line, nothing after) strictly into `out` (every
+// field but upgrade/connect, which are llhttp's). Returns an empty string
+// on success, else why the head is refused (400).
+std::string_view parse_head(std::string_view bytes, const config::HttpSettings& options, RequestHead& out);
+
+// The head to forward: canonical request line, the fields as read (names
+// lower-case, values trimmed), Host set to the canonical authority, and the
+// Upgrade values reduced to those in `upgrades_kept` (the field dropped when
+// none is left).
+std::string serialise(const RequestHead& head, const std::vector<std::string>& upgrades_kept);
+
+// The Upgrade protocols of `head` that may leave inspection: those whose
+// name (before any '/version') is in `allowed`.
+std::vector<std::string> allowed_upgrades(const RequestHead& head, const std::vector<std::string>& allowed);
 
 enum class RequestEvent {
   need_more,    // every byte given was consumed; nothing to report yet
@@ -52,7 +84,7 @@ enum class RequestEvent {
 
 class RequestParser {
  public:
-  RequestParser();
+  explicit RequestParser(config::HttpSettings options = {});
   RequestParser(const RequestParser&) = delete;
   RequestParser& operator=(const RequestParser&) = delete;
 
@@ -77,19 +109,16 @@ class RequestParser {
 
  private:
   static int on_message_begin(llhttp_t* p);
-  static int on_method(llhttp_t* p, const char* at, std::size_t n);
-  static int on_url(llhttp_t* p, const char* at, std::size_t n);
-  static int on_header_field(llhttp_t* p, const char* at, std::size_t n);
-  static int on_header_value(llhttp_t* p, const char* at, std::size_t n);
-  static int on_header_value_complete(llhttp_t* p);
   static int on_headers_complete(llhttp_t* p);
   static int on_message_complete(llhttp_t* p);
 
+  config::HttpSettings options_;
   llhttp_settings_t settings_{};
   llhttp_t parser_{};
   RequestHead head_;
-  std::string field_;
-  std::string value_;
+  std::string head_bytes_;  // the current head as read, while collecting_
+  bool collecting_ = true;  // between a message end (or the start) and the next head
+  bool llhttp_upgrade_ = false;
   bool in_message_ = false;
   bool upgrade_pending_ = false;  // llhttp said PAUSED_UPGRADE; the caller has not resumed
 };

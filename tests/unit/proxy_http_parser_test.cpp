@@ -47,7 +47,7 @@ std::vector<Event> events_of(RequestParser& parser, const std::string& input, st
 TEST(HttpRequestParser, PipelinedRequestsSplitExactly) {
   const std::string a = "GET /a HTTP/1.1\r\nHost: example.test\r\n\r\n";
   const std::string b = "POST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello";
-  const std::string c = "GET /c HTTP/1.1\r\n\r\n";
+  const std::string c = "GET /c HTTP/1.0\r\n\r\n";
   RequestParser parser;
   std::vector<RequestHead> heads;
   const auto events = events_of(parser, a + b + c, SIZE_MAX, &heads);
@@ -89,7 +89,8 @@ TEST(HttpRequestParser, HeadersLowerCasedValuesKept) {
             SIZE_MAX, &heads);
   ASSERT_EQ(heads.size(), 1u);
   EXPECT_EQ(heads[0].target, "/p?q=1");
-  EXPECT_EQ(heads[0].host, "Api.Local:8080");
+  EXPECT_EQ(heads[0].host, "api.local");  // canonical: lower-case, no port
+  EXPECT_EQ(heads[0].authority, "api.local:8080");
   ASSERT_EQ(heads[0].headers.size(), 3u);
   EXPECT_EQ(heads[0].headers[1], (std::pair<std::string, std::string>{"x-team", "Blue"}));
   EXPECT_EQ(heads[0].headers[2], (std::pair<std::string, std::string>{"x-team", "red"}));
@@ -118,13 +119,13 @@ TEST(HttpRequestParser, WebSocketUpgradeStopsAtTheHeadEnd) {
                                         {RequestEvent::upgrade, head.size()}}));
   ASSERT_EQ(heads.size(), 1u);
   EXPECT_TRUE(heads[0].upgrade);
-  EXPECT_EQ(heads[0].upgrade_protocol, "websocket");
+  EXPECT_EQ(heads[0].upgrade_protocols, std::vector<std::string>{"websocket"});
   // Until resumed, nothing more is parsed.
   EXPECT_EQ(parser.parse("GET / HTTP/1.1\r\n\r\n").event, RequestEvent::upgrade);
 }
 
 TEST(HttpRequestParser, UpgradeWithNothingAfterItStillReportsUpgrade) {
-  const std::string head = "GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n";
+  const std::string head = "GET /ws HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n";
   RequestParser parser;
   const auto events = events_of(parser, head);
   ASSERT_EQ(events.size(), 3u);
@@ -132,11 +133,11 @@ TEST(HttpRequestParser, UpgradeWithNothingAfterItStillReportsUpgrade) {
 }
 
 TEST(HttpRequestParser, DeclinedUpgradeParsesHttpAgain) {
-  const std::string head = "GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n";
+  const std::string head = "GET /ws HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n";
   RequestParser parser;
   events_of(parser, head);
   parser.resume_after_declined_upgrade();
-  const auto r = parser.parse("GET /again HTTP/1.1\r\n\r\n");
+  const auto r = parser.parse("GET /again HTTP/1.1\r\nHost: h\r\n\r\n");
   EXPECT_EQ(r.event, RequestEvent::head);
   EXPECT_EQ(parser.head().target, "/again");
   EXPECT_FALSE(parser.head().upgrade);
@@ -175,7 +176,7 @@ TEST(HttpRequestParser, MalformedInputIsAnError) {
 TEST(HttpRequestParser, InMessageTracksRequestBoundaries) {
   RequestParser parser;
   EXPECT_FALSE(parser.in_message());
-  auto r = parser.parse("POST / HTTP/1.1\r\nContent-Length: 3\r\n\r\nab");
+  auto r = parser.parse("POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nab");
   EXPECT_EQ(r.event, RequestEvent::head);
   EXPECT_TRUE(parser.in_message());
   r = parser.parse(std::string_view("ab"));
