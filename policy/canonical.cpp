@@ -18,7 +18,9 @@ bool is_alpha(unsigned char c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c
 bool is_digit(unsigned char c) { return c >= '0' && c <= '9'; }
 
 // RFC 3986 §2.3.
-bool is_unreserved(unsigned char c) { return is_alpha(c) || is_digit(c) || c == '-' || c == '.' || c == '_' || c == '~'; }
+bool is_unreserved(unsigned char c) {
+  return is_alpha(c) || is_digit(c) || c == '-' || c == '.' || c == '_' || c == '~';
+}
 
 // Literal in a canonical path besides unreserved: sub-delims, ':' and '@' (pchar), and '/'.
 bool is_path_literal(unsigned char c) {
@@ -184,7 +186,8 @@ Host host(std::string_view raw) {
     port = raw.substr(colon + 1);
   }
   if (has_port) {
-    const bool digits = !port.empty() && port.size() <= 5 && port.find_first_not_of("0123456789") == std::string_view::npos;
+    const bool digits =
+        !port.empty() && port.size() <= 5 && port.find_first_not_of("0123456789") == std::string_view::npos;
     if (!digits || std::stoul(std::string(port)) > 65535) {
       result.error = "invalid port in host";
       return result;
@@ -216,14 +219,16 @@ Request request(std::string_view method, std::string_view target, std::optional<
   };
   if (target.empty()) return fail("empty request target");
   for (const char ch : target) {
-    if (is_control_or_space(static_cast<unsigned char>(ch))) return fail("control character or space in request target");
+    if (is_control_or_space(static_cast<unsigned char>(ch)))
+      return fail("control character or space in request target");
   }
 
   Host named;  // the host the target names (absolute-form, CONNECT)
   if (method == "CONNECT") {
     // Authority-form only (RFC 9112 §3.2.3): host and port, nothing else.
     r.form = Form::authority;
-    if (target.find_first_of("/?#@") != std::string_view::npos) return fail("CONNECT target is not host:port");
+    if (target.find_first_of("/?#@") != std::string_view::npos)
+      return fail("CONNECT target is not host:port");
     named = host(target);
     if (!named.error.empty()) return fail(named.error);
     if (named.port.empty()) return fail("CONNECT target has no port");
@@ -240,10 +245,12 @@ Request request(std::string_view method, std::string_view target, std::optional<
       // Absolute-form: scheme "://" authority [path] [query].
       r.form = Form::absolute;
       const auto sep = rest.find("://");
-      if (sep == std::string_view::npos || sep == 0) return fail("request target is neither a path nor an absolute URI");
+      if (sep == std::string_view::npos || sep == 0)
+        return fail("request target is neither a path nor an absolute URI");
       std::string scheme;
       for (const char c : rest.substr(0, sep)) scheme += lower(c);
-      if (scheme != "http" && scheme != "https") return fail("absolute-form target with a scheme other than http(s)");
+      if (scheme != "http" && scheme != "https")
+        return fail("absolute-form target with a scheme other than http(s)");
       rest.remove_prefix(sep + 3);
       const auto end = std::min(rest.find_first_of("/?"), rest.size());
       const std::string_view authority = rest.substr(0, end);

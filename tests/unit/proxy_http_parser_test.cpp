@@ -188,6 +188,118 @@ TEST(HttpRequestParser, InMessageTracksRequestBoundaries) {
   EXPECT_FALSE(parser.in_message());
 }
 
+// The strict second reading (parse_head): every head llhttp 8.1 is lenient
+// about, and every ambiguous framing, is an error before any decision.
+TEST(HttpRequestParser, StrictHeadRefusesAmbiguity) {
+  const std::vector<std::string> bad = {
+      // bare CR inside a header, and a head ending in CRLF CR <byte>
+      "GET /api/x HTTP/1.1\r\nHost: h\r\nFoo:\rXContent-Length: 49\r\n\r\n",
+      "GET /api/x HTTP/1.1\r\nHost: h\r\nX: a\rb\r\n\r\n",
+      "GET /api/x HTTP/1.1\r\nHost: h\r\n\rX",
+      "GET /api/x HTTP/1.1\r\nHost: h\r\n\r\r\n",
+      // bare LF
+      "GET /api/x HTTP/1.1\nHost: h\n\n",
+      "GET /api/x HTTP/1.1\r\nHost: h\n\r\n",
+      // obs-fold, whitespace before the colon
+      "GET /api/x HTTP/1.1\r\nHost: h\r\nX-A: a\r\n b\r\n\r\n",
+      "GET /api/x HTTP/1.1\r\nHost : h\r\n\r\n",
+      "GET /api/x HTTP/1.1\r\nHost\t: h\r\n\r\n",
+      // control characters in the target or a value
+      std::string("GET /api/\x01x HTTP/1.1\r\nHost: h\r\n\r\n"),
+      std::string("GET /api/x HTTP/1.1\r\nHost: h\r\nX: a\x7f\r\n\r\n"),
+      std::string("GET /api/x HTTP/1.1\r\nHost: h\r\nX: a\0b\r\n\r\n", 40),
+      // request line shapes
+      "GET  /api/x HTTP/1.1\r\nHost: h\r\n\r\n",
+      "GET /api/x  HTTP/1.1\r\nHost: h\r\n\r\n",
+      "GET /api/x HTTP/1.2\r\nHost: h\r\n\r\n",
+      // framing headers
+      "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello",
+      "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 5, 5\r\n\r\nhello",
+      "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: +5\r\n\r\nhello",
+      "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n",
+      "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+      "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: "
+      "chunked\r\n\r\n0\r\n\r\n",
+      "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n0\r\n\r\n",
+      "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+      // hosts: two, none on 1.1, invalid, disagreeing with the target
+      "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+      "GET / HTTP/1.1\r\n\r\n",
+      "GET / HTTP/1.1\r\nHost: a b\r\n\r\n",
+      "GET http://admin.local/api/x HTTP/1.1\r\nHost: api.local\r\n\r\n",
+      "CONNECT admin.local:443 HTTP/1.1\r\nHost: api.local:443\r\n\r\n",
+      // escapes refused by default
+      "GET /api%2Fadmin HTTP/1.1\r\nHost: h\r\n\r\n",
+      "GET /api/admin%00 HTTP/1.1\r\nHost: h\r\n\r\n",
+      "GET /api/%zz HTTP/1.1\r\nHost: h\r\n\r\n",
+      "GET /api\\admin HTTP/1.1\r\nHost: h\r\n\r\n",
+      // Upgrade values that are not tokens
+      "GET / HTTP/1.1\r\nHost: h\r\nUpgrade: web socket\r\n\r\n",
+  };
+  for (const std::string& input : bad) {
+    RequestParser parser;
+    std::vector<RequestHead> heads;
+    const auto events = events_of(parser, input, SIZE_MAX, &heads);
+    ASSERT_FALSE(events.empty()) << input;
+    EXPECT_EQ(events.back().kind, RequestEvent::error) << input;
+    EXPECT_TRUE(heads.empty()) << input;  // no head is ever reported for these
+  }
+}
+
+TEST(HttpRequestParser, CanonicalHeadIsWhatIsForwarded) {
+  RequestParser parser;
+  std::vector<RequestHead> heads;
+  events_of(parser,
+            "\r\nGET /api/%61dmin/./x//y?q=%61 HTTP/1.1\r\nHOST: Admin.Local.:8080 \r\nX-Team:\tblue \r\n"
+            "Upgrade: h2c, WebSocket/13\r\nUpgrade: foo\r\nConnection: Upgrade\r\n\r\n",
+            SIZE_MAX, &heads);
+  ASSERT_EQ(heads.size(), 1u);
+  const RequestHead& h = heads[0];
+  EXPECT_EQ(h.raw_target, "/api/%61dmin/./x//y?q=%61");
+  EXPECT_EQ(h.target, "/api/admin/x/y?q=%61");
+  EXPECT_EQ(h.host, "admin.local");
+  EXPECT_EQ(h.authority, "admin.local:8080");
+  EXPECT_EQ(h.upgrade_protocols, (std::vector<std::string>{"h2c", "websocket/13", "foo"}));
+  EXPECT_TRUE(h.upgrade);
+  const auto kept = allowed_upgrades(h, {"websocket"});
+  EXPECT_EQ(kept, std::vector<std::string>{"websocket/13"});
+  EXPECT_EQ(serialise(h, kept),
+            "GET /api/admin/x/y?q=%61 HTTP/1.1\r\nhost: admin.local:8080\r\nx-team: blue\r\n"
+            "upgrade: websocket/13\r\nconnection: Upgrade\r\n\r\n");
+  // No allowed protocol left: the Upgrade field is gone, the request is plain HTTP.
+  EXPECT_EQ(serialise(h, {}),
+            "GET /api/admin/x/y?q=%61 HTTP/1.1\r\nhost: admin.local:8080\r\nx-team: blue\r\n"
+            "connection: Upgrade\r\n\r\n");
+  // The forwarded head reads back as itself.
+  RequestHead again;
+  EXPECT_EQ(parse_head(serialise(h, kept), {}, again), "");
+  EXPECT_EQ(again.target, h.target);
+  EXPECT_EQ(serialise(again, kept), serialise(h, kept));
+}
+
+TEST(HttpRequestParser, EncodedSlashOptions) {
+  config::HttpSettings decode;
+  decode.encoded_slash = config::EncodedSlash::decode;
+  RequestParser parser(decode);
+  std::vector<RequestHead> heads;
+  events_of(parser, "GET /api%2F..%2Fadmin HTTP/1.1\r\nHost: h\r\n\r\n", SIZE_MAX, &heads);
+  ASSERT_EQ(heads.size(), 1u);
+  EXPECT_EQ(heads[0].target, "/admin");
+}
+
+TEST(HttpRequestParser, TrailersDoNotTouchTheHead) {
+  RequestParser parser;
+  std::vector<RequestHead> heads;
+  const std::string input =
+      "POST /up HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nHost: evil\r\n\r\n"
+      "GET /next HTTP/1.1\r\nHost: h2\r\n\r\n";
+  const auto events = events_of(parser, input, 7, &heads);
+  ASSERT_EQ(heads.size(), 2u);
+  EXPECT_EQ(heads[0].host, "h");
+  EXPECT_EQ(heads[1].host, "h2");
+  EXPECT_EQ(heads[1].target, "/next");
+}
+
 // ---------------------------------------------------------------- responses
 
 TEST(HttpResponseParser, CompletesResponsesInOrder) {
