@@ -59,7 +59,8 @@ std::shared_ptr<const Policy> make(const std::string& text = kConfig) {
 const Flow kApi{make_address("10.200.0.2"), make_address("10.200.0.3"), 80};
 const Flow kProxy{make_address("10.200.0.2"), make_address("10.200.0.4"), 3128};
 
-HttpRequest req(std::string_view target, std::string_view host = "api.local", std::string_view method = "GET") {
+HttpRequest req(std::string_view target, std::string_view host = "api.local",
+                std::string_view method = "GET") {
   HttpRequest r;
   r.method = method;
   r.path = target;
@@ -67,14 +68,16 @@ HttpRequest req(std::string_view target, std::string_view host = "api.local", st
   return r;
 }
 
-Verdict verdict(const Policy& p, const HttpRequest& r, const Flow& f = kApi) { return p.decide_http(f, r).verdict; }
+Verdict verdict(const Policy& p, const HttpRequest& r, const Flow& f = kApi) {
+  return p.decide_http(f, r).verdict;
+}
 
 TEST(CanonicalMatch, PercentEncodingAndDotSegments) {
   const auto p = make();
   EXPECT_EQ(verdict(*p, req("/api/users")), Verdict::allow);
-  for (const char* t : {"/api/admin", "/api/%61dmin", "/api/%61%64%6d%69%6e/keys", "/api/x/%2e%2e/admin",
-                        "/api/./admin", "/api//admin", "/api/%2E%2E/api/admin", "/api/secre%74",
-                        "http://api.local/api/%61dmin"}) {
+  for (const char* t :
+       {"/api/admin", "/api/%61dmin", "/api/%61%64%6d%69%6e/keys", "/api/x/%2e%2e/admin", "/api/./admin",
+        "/api//admin", "/api/%2E%2E/api/admin", "/api/secre%74", "http://api.local/api/%61dmin"}) {
     EXPECT_EQ(verdict(*p, req(t)), Verdict::deny) << t;
   }
   // Encoded slashes and invalid escapes have no canonical form by default.
@@ -96,7 +99,8 @@ TEST(CanonicalMatch, TrailingSlashAndDotOnDenyEntries) {
 
 TEST(CanonicalMatch, HostAndHeaderValues) {
   const auto p = make();
-  for (const char* host : {"admin.local", "ADMIN.local", "admin.local.", "admin.local:80", " admin.local\t"}) {
+  for (const char* host :
+       {"admin.local", "ADMIN.local", "admin.local.", "admin.local:80", " admin.local\t"}) {
     EXPECT_EQ(verdict(*p, req("/api/x", host)), Verdict::deny) << host;
   }
   // The absolute-form authority is the host; disagreeing with Host is malformed.
@@ -123,7 +127,8 @@ TEST(CanonicalMatch, ConnectNeedsAnEntryNamingIt) {
   EXPECT_EQ(verdict(*p, req("/x", "proxy"), kProxy), Verdict::allow);
   // ...but not a tunnel.
   EXPECT_EQ(verdict(*p, req("other.example:443", "other.example:443", "CONNECT"), kProxy), Verdict::deny);
-  EXPECT_EQ(verdict(*p, req("allowed.example:443", "allowed.example:443", "CONNECT"), kProxy), Verdict::allow);
+  EXPECT_EQ(verdict(*p, req("allowed.example:443", "allowed.example:443", "CONNECT"), kProxy),
+            Verdict::allow);
   // The CONNECT target is the host, not the Host header.
   EXPECT_EQ(verdict(*p, req("other.example:443", "allowed.example:443", "CONNECT"), kProxy), Verdict::deny);
   EXPECT_EQ(verdict(*p, req("allowed.example:443", "", "CONNECT"), kProxy), Verdict::allow);
@@ -153,9 +158,11 @@ TEST(CanonicalMatch, LintNormalisesAndWarns) {
   ASSERT_TRUE(r.config) << (r.diagnostics.empty() ? "" : r.diagnostics[0].to_string());
   const auto notes = lint(*r.config);
   std::vector<std::string> text;
-  for (const auto& n : notes) text.push_back(n.rule + "#" + std::to_string(n.entry) + (n.never ? " never: " : ": ") + n.message);
+  for (const auto& n : notes)
+    text.push_back(n.rule + "#" + std::to_string(n.entry) + (n.never ? " never: " : ": ") + n.message);
   const auto has = [&](const std::string& needle) {
-    return std::any_of(text.begin(), text.end(), [&](const std::string& t) { return t.find(needle) != std::string::npos; });
+    return std::any_of(text.begin(), text.end(),
+                       [&](const std::string& t) { return t.find(needle) != std::string::npos; });
   };
   EXPECT_TRUE(has("no-admin#4: host 'admin.local.' is matched as 'admin.local'"));
   EXPECT_TRUE(has("api#2: header x-team value 'blue ' is matched as 'blue'"));
