@@ -281,3 +281,31 @@ TEST(ConfigValidation, AllErrorsAtOnceInFileOrder) {
 
 }  // namespace
 }  // namespace shunt::config
+
+namespace shunt::config {
+namespace {
+
+TEST(ConfigValidation, ProxyHttpSettings) {
+  const std::string base = std::string(kProxy);
+  const auto with = [&](const std::string& http) { return base + "  http: " + http + "\n"; };
+  EXPECT_THAT(error(with("{encoded_slash: allow}")),
+              HasSubstr("'encoded_slash' must be one of reject | keep | decode, got 'allow'"));
+  EXPECT_THAT(error(with("{invalid_escape: decode}")),
+              HasSubstr("'invalid_escape' must be one of reject | keep"));
+  EXPECT_THAT(error(with("{upgrade_protocols: [h2c]}")), HasSubstr("'h2c' cannot be allowed"));
+  EXPECT_THAT(error(with("{upgrade_protocols: [\"web socket\"]}")), HasSubstr("is not an HTTP token"));
+  EXPECT_THAT(error(with("{encoded_slashes: keep}")), HasSubstr("did you mean 'encoded_slash'?"));
+
+  const LoadResult defaults = parse_config(base, "t.yaml");
+  ASSERT_TRUE(defaults.config);
+  EXPECT_EQ(defaults.config->proxy.http.encoded_slash, EncodedSlash::reject);
+  EXPECT_EQ(defaults.config->proxy.http.invalid_escape, InvalidEscape::reject);
+  EXPECT_EQ(defaults.config->proxy.http.upgrade_protocols, std::vector<std::string>{"websocket"});
+  const LoadResult set = parse_config(with("{encoded_slash: decode, upgrade_protocols: []}"), "t.yaml");
+  ASSERT_TRUE(set.config);
+  EXPECT_EQ(set.config->proxy.http.encoded_slash, EncodedSlash::decode);
+  EXPECT_TRUE(set.config->proxy.http.upgrade_protocols.empty());
+}
+
+}  // namespace
+}  // namespace shunt::config
