@@ -581,6 +581,19 @@ asio::awaitable<bool> run_requests(std::shared_ptr<Session> self) {
         // llhttp's error, or a head it accepted that the strict reading
         // (http::parse_head) refuses.
         spdlog::debug("connection {}: malformed request: {}", info.id, r.reason);
+        if (in_body) {
+          // The body of a request already forwarded breaks its framing: the
+          // upstream waits for bytes that can never complete it, and no
+          // status can be sent in order. Both sides are reset, so nothing
+          // after the break is read by the upstream as a request.
+          metrics().http_requests_denied.fetch_add(1, std::memory_order_relaxed);
+          s.stop_pump = true;
+          reset_socket(conn.client());
+          reset_socket(conn.upstream());
+          co_await stop_pump(s);
+          while (!s.pending.empty()) retire_request(s, 0);
+          co_return false;
+        }
         co_return co_await refuse_malformed(self, 400, nullptr);
     }
 

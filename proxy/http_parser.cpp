@@ -75,6 +75,7 @@ void RequestHead::clear() {
   headers.clear();
   upgrade = false;
   connect = false;
+  chunked = false;
   upgrade_protocols.clear();
   http_major = 1;
   http_minor = 1;
@@ -149,6 +150,7 @@ std::string_view parse_head(std::string_view bytes, const config::HttpSettings& 
       if (transfer_encoding) return "more than one Transfer-Encoding";
       transfer_encoding = true;
       if (!iequals(value, "chunked")) return "Transfer-Encoding other than chunked";
+      out.chunked = true;
     } else if (lname == "upgrade") {
       const bool ok = for_each_element(value, [&](std::string_view item) {
         const auto slash = item.find('/');
@@ -217,6 +219,81 @@ std::string serialise(const RequestHead& head, const std::vector<std::string>& u
   return out;
 }
 
+bool ChunkedFraming::feed(std::string_view bytes) {
+  for (std::size_t i = 0; i < bytes.size(); ++i) {
+    const auto c = static_cast<unsigned char>(bytes[i]);
+    switch (state_) {
+      case State::size:
+        if (const int v =
+                std::isxdigit(c) != 0 ? (std::isdigit(c) != 0 ? c - '0' : (c | 0x20) - 'a' + 10) : -1;
+            v >= 0 && digits_ < 15) {
+          remaining_ = remaining_ * 16 + static_cast<unsigned>(v);
+          ++digits_;
+        } else if (digits_ > 0 && c == ';') {
+          state_ = State::extension;
+        } else if (digits_ > 0 && c == '\r') {
+          state_ = State::size_lf;
+        } else {
+          state_ = State::broken;
+        }
+        break;
+      case State::extension:  // printable, SP or HTAB up to CR
+        if (c == '\r') {
+          state_ = State::size_lf;
+        } else if (!(c == '\t' || (c >= 0x20 && c < 0x7f))) {
+          state_ = State::broken;
+        }
+        break;
+      case State::size_lf:
+        state_ = c != '\n' ? State::broken : remaining_ == 0 ? State::trailer : State::data;
+        break;
+      case State::data: {
+        const std::size_t take = std::min<std::uint64_t>(remaining_, bytes.size() - i);
+        remaining_ -= take;
+        i += take - 1;
+        if (remaining_ == 0) state_ = State::data_cr;
+        break;
+      }
+      case State::data_cr:
+        state_ = c == '\r' ? State::data_lf : State::broken;
+        break;
+      case State::data_lf:
+        state_ = c == '\n' ? State::size : State::broken;
+        digits_ = 0;
+        break;
+      case State::trailer:
+        state_ = c == '\r' ? State::end_lf : is_tchar(c) ? State::trailer_name : State::broken;
+        break;
+      case State::trailer_name:
+        if (c == ':') {
+          state_ = State::trailer_value;
+        } else if (!is_tchar(c)) {
+          state_ = State::broken;
+        }
+        break;
+      case State::trailer_value:
+        if (c == '\r') {
+          state_ = State::trailer_lf;
+        } else if (!is_field_char(c)) {
+          state_ = State::broken;
+        }
+        break;
+      case State::trailer_lf:
+        state_ = c == '\n' ? State::trailer : State::broken;
+        break;
+      case State::end_lf:
+        state_ = c == '\n' ? State::done : State::broken;
+        break;
+      case State::done:
+      case State::broken:
+        state_ = State::broken;
+        break;
+    }
+    if (state_ == State::broken) return false;
+  }
+  return true;
+}
+
 // ---------------------------------------------------------------- requests
 
 RequestParser::RequestParser(config::HttpSettings options) : options_(std::move(options)) {
@@ -272,6 +349,11 @@ RequestParser::Result RequestParser::parse(std::string_view data) {
     }
     head_bytes_.append(data.data(), r.consumed);
   }
+  if (chunked_ && !chunked_->feed(data.substr(0, r.consumed))) {
+    r.event = RequestEvent::error;
+    r.reason = "invalid chunked body framing";
+    return r;
+  }
   switch (err) {
     case HPE_OK:
       return r;
@@ -279,6 +361,13 @@ RequestParser::Result RequestParser::parse(std::string_view data) {
       // The pause reason tells which callback paused.
       llhttp_resume(&parser_);
       if (!in_message_) {
+        // llhttp and the strict reading must agree on where the body ends.
+        if (chunked_ && !chunked_->done()) {
+          r.event = RequestEvent::error;
+          r.reason = "invalid chunked body framing";
+          return r;
+        }
+        chunked_.reset();
         collecting_ = true;
         r.event = RequestEvent::message_end;
         return r;
@@ -290,6 +379,7 @@ RequestParser::Result RequestParser::parse(std::string_view data) {
         r.event = RequestEvent::error;
         return r;
       }
+      if (head_.chunked) chunked_.emplace();
       head_.connect = head_.method == "CONNECT";
       head_.upgrade = head_.connect || (llhttp_upgrade_ && !head_.upgrade_protocols.empty());
       r.event = RequestEvent::head;

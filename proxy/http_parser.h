@@ -31,6 +31,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <deque>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -50,6 +51,7 @@ struct RequestHead {
   // decides whether it stops parsing after this message).
   bool upgrade = false;
   bool connect = false;
+  bool chunked = false;  // Transfer-Encoding: chunked (checked: the only coding allowed)
   std::vector<std::string> upgrade_protocols;  // every Upgrade value, lower-cased, in order
   int http_major = 1;
   int http_minor = 1;
@@ -72,6 +74,37 @@ std::string serialise(const RequestHead& head, const std::vector<std::string>& u
 // The Upgrade protocols of `head` that may leave inspection: those whose
 // name (before any '/version') is in `allowed`.
 std::vector<std::string> allowed_upgrades(const RequestHead& head, const std::vector<std::string>& allowed);
+
+// Strict chunked framing (RFC 9112 §7.1) over the body bytes llhttp
+// consumes, so a body ends where every upstream ends it: llhttp 8.1 skips
+// any two bytes after chunk data, ends trailers on CR plus any byte, and
+// takes whitespace before a trailer's colon or a bare CR in its value.
+class ChunkedFraming {
+ public:
+  // False at the first byte that breaks the grammar (and from then on).
+  bool feed(std::string_view bytes);
+  [[nodiscard]] bool done() const { return state_ == State::done; }
+
+ private:
+  enum class State {
+    size,
+    extension,
+    size_lf,
+    data,
+    data_cr,
+    data_lf,
+    trailer,
+    trailer_name,
+    trailer_value,
+    trailer_lf,
+    end_lf,
+    done,
+    broken
+  };
+  State state_ = State::size;
+  std::uint64_t remaining_ = 0;
+  int digits_ = 0;
+};
 
 enum class RequestEvent {
   need_more,    // every byte given was consumed; nothing to report yet
@@ -119,6 +152,7 @@ class RequestParser {
   std::string head_bytes_;  // the current head as read, while collecting_
   bool collecting_ = true;  // between a message end (or the start) and the next head
   bool llhttp_upgrade_ = false;
+  std::optional<ChunkedFraming> chunked_;  // while in a chunked body
   bool in_message_ = false;
   bool upgrade_pending_ = false;  // llhttp said PAUSED_UPGRADE; the caller has not resumed
 };

@@ -300,6 +300,29 @@ TEST(HttpRequestParser, TrailersDoNotTouchTheHead) {
   EXPECT_EQ(heads[1].target, "/next");
 }
 
+// Chunked framing llhttp 8.1 accepts but a strict upstream reads
+// differently: each is an error before the bytes after it are reported.
+TEST(HttpRequestParser, StrictChunkedFraming) {
+  const std::string head = "POST /a HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n";
+  const std::string next = "GET /next HTTP/1.1\r\nHost: h\r\n\r\n";
+  for (const std::string body :
+       {"5\r\nhelloXX0\r\n\r\n", "5\r\nhello\n0\r\n\r\n", "5;a\rb\r\nhello\r\n0\r\n\r\n", "0\r\n\r\r",
+        "0\r\n\rX", "0\r\nX : y\r\n\r\n", "0\r\nX:\ry\r\n\r\n", "0\r\n\n", "5\r\nhello\r\r\n0\r\n\r\n"}) {
+    for (const std::size_t step : {std::size_t{1}, SIZE_MAX}) {
+      RequestParser parser;
+      const auto events = events_of(parser, head + body + next, step);
+      ASSERT_FALSE(events.empty());
+      EXPECT_EQ(events.back().kind, RequestEvent::error) << body << " step " << step;
+      EXPECT_LE(events.back().offset, head.size() + body.size()) << body;
+    }
+  }
+  // Extensions and trailers that are well-formed still pass.
+  RequestParser parser;
+  const auto events = events_of(parser, head + "5;ext=\"v\"\r\nhello\r\n0\r\nX-T: a b\r\n\r\n" + next, 3);
+  ASSERT_EQ(events.size(), 4u);
+  EXPECT_EQ(events[3].kind, RequestEvent::message_end);
+}
+
 // ---------------------------------------------------------------- responses
 
 TEST(HttpResponseParser, CompletesResponsesInOrder) {
