@@ -97,13 +97,42 @@ bool exact_matches(std::string_view path, std::string_view exact, bool deny) {
   return path == exact || (deny && without_trailing_slash(path) == without_trailing_slash(exact));
 }
 
+// Header names compare case-insensitively and with '_' equal to '-': CGI,
+// WSGI and Rack present X-Role and X_Role as one variable (HTTP_X_ROLE).
+bool same_header_name(std::string_view a, std::string_view b) {
+  if (a.size() != b.size()) return false;
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    char x = a[i] == '_' ? '-' : a[i];
+    char y = b[i] == '_' ? '-' : b[i];
+    if (x >= 'A' && x <= 'Z') x = static_cast<char>(x - 'A' + 'a');
+    if (y >= 'A' && y <= 'Z') y = static_cast<char>(y - 'A' + 'a');
+    if (x != y) return false;
+  }
+  return true;
+}
+
+// For a deny entry, a line matches when its value, or one element of it
+// read as a comma-separated list, is the entry's value: applications split
+// lists. For an allow entry only the whole value counts.
+bool value_matches(std::string_view have, std::string_view want, bool deny) {
+  have = canonical::trim_ows(have);
+  if (have == want) return true;
+  if (!deny) return false;
+  while (!have.empty()) {
+    const auto comma = std::min(have.find(','), have.size());
+    if (canonical::trim_ows(have.substr(0, comma)) == want) return true;
+    have.remove_prefix(std::min(comma + 1, have.size()));
+  }
+  return false;
+}
+
 // Repeated fields: any line with the value makes a deny entry match, every
 // line must have it for an allow entry (the upstream may read any of them).
 bool header_matches(const HttpRequest& request, std::string_view name, std::string_view value, bool deny) {
   bool seen = false;
   for (const auto& [have_name, have_value] : request.headers) {
-    if (!iequals(have_name, name)) continue;
-    const bool same = canonical::trim_ows(have_value) == value;
+    if (!same_header_name(have_name, name)) continue;
+    const bool same = value_matches(have_value, value, deny);
     if (deny && same) return true;
     if (!deny && !same) return false;
     seen = true;

@@ -272,6 +272,7 @@ WHITESPACE = [
     head("GET", "/api/x", host="ADMIN.LOCAL."), head("GET", "/api/x", host="admin.local.:80"),
     head("GET", "/api/x", extra=b"X-Role: admin \r\n"), head("GET", "/api/x", extra=b"X-Role:\tadmin\t\r\n"),
     head("GET", "/api/x", extra=b"X-Role: user\r\nX-Role: admin\r\n"),
+    head("GET", "/api/x", extra=b"X-Role: user, admin\r\n"), head("GET", "/api/x", extra=b"X_Role: admin\r\n"),
     head("GET", "/api/secret/"), head("GET", "/api/secret/."), head("GET", "/api/secret/%2e"),
     head("GET", "/api/x/../secret/"),
     # whitespace between a field name and its colon

@@ -119,6 +119,15 @@ TEST(CanonicalMatch, HostAndHeaderValues) {
   HttpRequest role = req("/api/x");
   role.headers = {{"x-role", "guest"}, {"X-Role", "admin "}};
   EXPECT_EQ(verdict(*p, role), Verdict::deny);
+  // CGI/WSGI read X_Role as X-Role; applications split lists.
+  role.headers = {{"x_role", "admin"}};
+  EXPECT_EQ(verdict(*p, role), Verdict::deny);
+  role.headers = {{"x-role", "guest, admin"}};
+  EXPECT_EQ(verdict(*p, role), Verdict::deny);
+  role.headers = {{"x-role", "guest, administrator"}};
+  EXPECT_EQ(verdict(*p, role), Verdict::allow);
+  team.headers = {{"x-team", "blue"}, {"x_team", "red"}};
+  EXPECT_EQ(verdict(*p, team), Verdict::deny);  // allow: every line of the name must agree
 }
 
 TEST(CanonicalMatch, ConnectNeedsAnEntryNamingIt) {
