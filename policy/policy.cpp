@@ -184,6 +184,11 @@ CompiledHttp compile_http(const config::HttpMatch& spec, const config::HttpSetti
     }
   }
   for (const auto& [name, value] : spec.headers) {
+    if (name == "host") {
+      // Header values are compared as sent (trimmed), so this would miss
+      // ADMIN.local, admin.local. and an absolute-form target.
+      out.rewritten.push_back("header host is compared as sent; use 'host:' to match the canonical host");
+    }
     const std::string_view trimmed = canonical::trim_ows(value);
     if (trimmed.size() != value.size()) {
       out.rewritten.push_back("header " + name + " value '" + value + "' is matched as '" +
