@@ -88,6 +88,8 @@ struct PendingRequest {
   // CONNECT, or an Upgrade forwarded with a protocol that may leave
   // inspection: only then may a 101 / 2xx switch protocol.
   bool opens_tunnel = false;
+  bool connect = false;
+  std::vector<std::string> upgrades;  // the Upgrade values forwarded
   Clock::time_point decided = Clock::now();
 };
 
@@ -186,6 +188,19 @@ asio::awaitable<bool> write_all(Connection& conn, tcp::socket& to, const char* d
 
 // ---------------------------------------------------------------- responses
 
+// Whether the 101 just parsed names one protocol, among those the request
+// forwarded: an upstream answering "Upgrade: h2c" to a WebSocket request
+// would take the connection out of inspection as HTTP/2.
+bool switched_as_asked(const Session& s, const PendingRequest& opener) {
+  const std::string& to = s.responses.switched_to();
+  if (to.empty() || to.find(',') != std::string::npos) return false;
+  const std::string_view name = std::string_view(to).substr(0, to.find('/'));
+  for (const auto& asked : opener.upgrades) {
+    if (std::string_view(asked).substr(0, asked.find('/')) == name) return true;
+  }
+  return false;
+}
+
 asio::awaitable<void> pump_responses(std::shared_ptr<Session> self) {
   Session& s = *self;
   Connection& conn = s.conn;
@@ -240,7 +255,7 @@ asio::awaitable<void> pump_responses(std::shared_ptr<Session> self) {
         // Upgrade values outside proxy.http.upgrade_protocols (h2c, say)
         // were never forwarded, so a 101 here is an upstream ignoring what
         // it was asked.
-        if (!opener || !opener->opens_tunnel) {
+        if (!opener || !opener->opens_tunnel || (!opener->connect && !switched_as_asked(s, *opener))) {
           spdlog::warn(
               "connection {}: upstream switched protocol without being asked for an allowed one; resetting",
               conn.info().id);
@@ -517,8 +532,8 @@ asio::awaitable<bool> run_requests(std::shared_ptr<Session> self) {
         const std::vector<std::string> upgrades =
             http::allowed_upgrades(head, settings.http.upgrade_protocols);
         const bool opens_tunnel = head.connect || (head.upgrade && !upgrades.empty());
-        s.pending.push_back(
-            PendingRequest{head.method, head.target, head.host, decision.rule, opens_tunnel, Clock::now()});
+        s.pending.push_back(PendingRequest{head.method, head.target, head.host, decision.rule, opens_tunnel,
+                                           head.connect, upgrades, Clock::now()});
         s.responses.expect({head.method == "HEAD", head.connect});
 
         // The head goes out as serialised from what was decided, never as read.

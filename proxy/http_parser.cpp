@@ -408,10 +408,49 @@ void RequestParser::resume_after_declined_upgrade() {
 
 ResponseParser::ResponseParser() {
   llhttp_settings_init(&settings_);
+  settings_.on_message_begin = &ResponseParser::on_message_begin;
+  settings_.on_header_field = &ResponseParser::on_header_field;
+  settings_.on_header_value = &ResponseParser::on_header_value;
+  settings_.on_header_value_complete = &ResponseParser::on_header_value_complete;
   settings_.on_headers_complete = &ResponseParser::on_headers_complete;
   settings_.on_message_complete = &ResponseParser::on_message_complete;
   llhttp_init(&parser_, HTTP_RESPONSE, &settings_);
   parser_.data = this;
+}
+
+int ResponseParser::on_message_begin(llhttp_t* p) {
+  auto* self = static_cast<ResponseParser*>(p->data);
+  self->field_.clear();
+  self->value_.clear();
+  self->switched_to_.clear();
+  return 0;
+}
+
+// Longer field names or values than this are not an Upgrade worth reading.
+constexpr std::size_t kMaxKeptField = 256;
+
+int ResponseParser::on_header_field(llhttp_t* p, const char* at, std::size_t n) {
+  auto* self = static_cast<ResponseParser*>(p->data);
+  if (p->status_code == 101 && self->field_.size() + n <= kMaxKeptField) self->field_.append(at, n);
+  return 0;
+}
+
+int ResponseParser::on_header_value(llhttp_t* p, const char* at, std::size_t n) {
+  auto* self = static_cast<ResponseParser*>(p->data);
+  if (p->status_code == 101 && self->value_.size() + n <= kMaxKeptField) self->value_.append(at, n);
+  return 0;
+}
+
+int ResponseParser::on_header_value_complete(llhttp_t* p) {
+  auto* self = static_cast<ResponseParser*>(p->data);
+  if (p->status_code == 101 && iequals(self->field_, "upgrade")) {
+    std::string v(policy::canonical::trim_ows(self->value_));
+    lower_in_place(v);
+    self->switched_to_ += (self->switched_to_.empty() ? "" : ", ") + v;
+  }
+  self->field_.clear();
+  self->value_.clear();
+  return 0;
 }
 
 int ResponseParser::on_headers_complete(llhttp_t* p) {

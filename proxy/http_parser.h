@@ -190,8 +190,15 @@ class ResponseParser {
   Result parse(std::string_view data, std::vector<int>& completed);
   // The upstream closed: completes a response delimited by EOF.
   Result finish(std::vector<int>& completed);
+  // The Upgrade value of the last 101 (lower-cased, every line joined by
+  // ", "): what the upstream says it switched to.
+  [[nodiscard]] const std::string& switched_to() const { return switched_to_; }
 
  private:
+  static int on_message_begin(llhttp_t* p);
+  static int on_header_field(llhttp_t* p, const char* at, std::size_t n);
+  static int on_header_value(llhttp_t* p, const char* at, std::size_t n);
+  static int on_header_value_complete(llhttp_t* p);
   static int on_headers_complete(llhttp_t* p);
   static int on_message_complete(llhttp_t* p);
   Result result_of(llhttp_errno_t err, const char* base);
@@ -200,6 +207,11 @@ class ResponseParser {
   llhttp_t parser_{};
   std::deque<ResponseExpectation> expected_;
   std::vector<int>* completed_ = nullptr;
+  // Fields are kept only for a 101, and only while short: nothing else of a
+  // response is needed.
+  std::string field_;
+  std::string value_;
+  std::string switched_to_;
 };
 
 }  // namespace shunt::proxy::http

@@ -163,6 +163,8 @@ class PyOrigin:
                 upgrades = ",".join(self.headers.get_all("Upgrade") or []).lower()
                 if self.path.startswith("/switch-anyway") and "upgrade" in self.headers.get("Connection", "").lower():
                     return self.raw_after_101("h2c")
+                if self.path.startswith("/ws-h2c") and upgrades:  # asked one thing, switches to another
+                    return self.raw_after_101("h2c")
                 if "h2c" in upgrades:  # an h2c-capable upstream takes h2c first
                     return self.raw_after_101("h2c")
                 if "websocket" in upgrades:
@@ -486,6 +488,11 @@ class Bypass(unittest.TestCase):
         # one is cut off: nothing after its 101 passes uninspected.
         payload = head("GET", "/switch-anyway", extra=b"Upgrade: h2c\r\nConnection: Upgrade\r\n")
         answer = exchange(port, payload + head("GET", "/api/admin/after-101"))
+        self.assertNotIn(b"101", answer[:20])
+        # An upstream that answers a WebSocket request with "101 Upgrade: h2c"
+        # is cut off the same way.
+        payload = head("GET", "/ws-h2c", extra=b"Upgrade: websocket\r\nConnection: Upgrade\r\n")
+        answer = exchange(port, payload + b"GET /api/admin/after-h2c-101 HTTP/1.1\r\nHost: api.local\r\n\r\n")
         self.assertNotIn(b"101", answer[:20])
 
     def test_6_config_entries_are_normalised(self):

@@ -427,5 +427,25 @@ TEST(HttpResponseParser, GarbageIsAnError) {
   EXPECT_EQ(parser.parse("SSH-2.0-OpenSSH\r\n", done).event, ResponseEvent::error);
 }
 
+TEST(HttpResponseParser, SwitchedToIsTheUpgradeOfThe101) {
+  ResponseParser parser;
+  parser.expect({});
+  std::vector<int> done;
+  auto r =
+      parser.parse("HTTP/1.1 101 Switching\r\nUpgrade: WebSocket \r\nConnection: upgrade\r\n\r\nraw", done);
+  EXPECT_EQ(r.event, ResponseEvent::tunnel);
+  EXPECT_EQ(parser.switched_to(), "websocket");
+  ResponseParser two;
+  two.expect({});
+  r = two.parse("HTTP/1.1 101 S\r\nUpgrade: h2c\r\nUpgrade: websocket\r\n\r\n", done);
+  EXPECT_EQ(r.event, ResponseEvent::tunnel);
+  EXPECT_EQ(two.switched_to(), "h2c, websocket");
+  ResponseParser none;
+  none.expect({});
+  r = none.parse("HTTP/1.1 101 S\r\nConnection: upgrade\r\n\r\n", done);
+  EXPECT_EQ(r.event, ResponseEvent::tunnel);
+  EXPECT_EQ(none.switched_to(), "");
+}
+
 }  // namespace
 }  // namespace shunt::proxy::http
