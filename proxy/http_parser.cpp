@@ -174,6 +174,9 @@ std::string_view parse_head(std::string_view bytes, const config::HttpSettings& 
 
   canonical::Request c = canonical::request(method, target, host, options);
   if (!c.error.empty()) return c.error;
+  // An HTTP/1.0 request naming no host goes to the upstream's default
+  // server, which policy cannot know (Envoy refuses HTTP/1.0 by default).
+  if (c.authority.empty()) return "request names no host (no Host header, no absolute-form target)";
   out.target = std::move(c.target);
   out.host = std::move(c.host);
   out.authority = std::move(c.authority);

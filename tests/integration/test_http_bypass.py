@@ -292,6 +292,7 @@ WHICH_HOST = [
     head("CONNECT", "api.local:80", host="api.local:80"),
     head("GET", "/api/x", host="api.local", extra=b"Host: admin.local\r\n"),
     head("GET", "/api/x", host=None),  # HTTP/1.1 without Host: the default vhost would guess
+    head("GET", "/api/x", host=None, version=b"HTTP/1.0"),
 ]
 
 FRAMING = [

@@ -47,7 +47,7 @@ std::vector<Event> events_of(RequestParser& parser, const std::string& input, st
 TEST(HttpRequestParser, PipelinedRequestsSplitExactly) {
   const std::string a = "GET /a HTTP/1.1\r\nHost: example.test\r\n\r\n";
   const std::string b = "POST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello";
-  const std::string c = "GET /c HTTP/1.0\r\n\r\n";
+  const std::string c = "GET http://c.example/c HTTP/1.0\r\n\r\n";
   RequestParser parser;
   std::vector<RequestHead> heads;
   const auto events = events_of(parser, a + b + c, SIZE_MAX, &heads);
@@ -64,7 +64,7 @@ TEST(HttpRequestParser, PipelinedRequestsSplitExactly) {
   EXPECT_EQ(heads[0].host, "example.test");
   EXPECT_EQ(heads[1].method, "POST");
   EXPECT_EQ(heads[1].host, "x");
-  EXPECT_EQ(heads[2].host, "");
+  EXPECT_EQ(heads[2].host, "c.example");  // HTTP/1.0 names its host in the target
 }
 
 TEST(HttpRequestParser, ByteByByteGivesTheSameOffsets) {
@@ -221,7 +221,8 @@ TEST(HttpRequestParser, StrictHeadRefusesAmbiguity) {
       "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: "
       "chunked\r\n\r\n0\r\n\r\n",
       "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n0\r\n\r\n",
-      "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+      "POST / HTTP/1.0\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+      "GET / HTTP/1.0\r\n\r\n",  // no host at all: the upstream's default server would guess
       // hosts: two, none on 1.1, invalid, disagreeing with the target
       "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
       "GET / HTTP/1.1\r\n\r\n",
