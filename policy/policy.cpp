@@ -227,7 +227,9 @@ bool http_entry_matches(const CompiledHttp& entry, const PreparedRequest& reques
   if (!request.canonical.error.empty()) return miss("the request is malformed: ", request.canonical.error);
   const std::string& path = request.canonical.path;
   const std::string& host = request.canonical.host;
-  if (m.method && request.method != *m.method) {
+  // HEAD is GET without the body (RFC 9110 §9.3.2): a deny on GET covers it.
+  const bool head_as_get = deny && m.method && *m.method == "GET" && request.method == "HEAD";
+  if (m.method && request.method != *m.method && !head_as_get) {
     return miss("method ", request.method, " is not ", *m.method);
   }
   // A tunnel escapes inspection for good: only an entry naming the method

@@ -37,6 +37,7 @@ policy:
         - {path: /api/private/}
         - {host: 'admin.local.'}
         - {headers: {x-role: admin}}
+        - {method: GET, path: /api/get-only}
     - name: egress-l4
       from: {pod: web}
       to: {pod: proxy, ports: [3128]}
@@ -128,6 +129,12 @@ TEST(CanonicalMatch, HostAndHeaderValues) {
   EXPECT_EQ(verdict(*p, role), Verdict::allow);
   team.headers = {{"x-team", "blue"}, {"x_team", "red"}};
   EXPECT_EQ(verdict(*p, team), Verdict::deny);  // allow: every line of the name must agree
+}
+
+TEST(CanonicalMatch, DenyOnGetCoversHead) {
+  const auto p = make();
+  EXPECT_EQ(verdict(*p, req("/api/get-only", "api.local", "HEAD")), Verdict::deny);
+  EXPECT_EQ(verdict(*p, req("/api/get-only", "api.local", "POST")), Verdict::allow);
 }
 
 TEST(CanonicalMatch, ConnectNeedsAnEntryNamingIt) {
