@@ -3,7 +3,6 @@
 #include "policy/canonical.h"
 
 #include <algorithm>
-#include <cctype>
 #include <optional>
 
 namespace shunt::proxy::http {
@@ -16,14 +15,26 @@ namespace canonical = policy::canonical;
 // (the inspector answers 431 first), so this only bounds a misuse.
 constexpr std::size_t kMaxHeadBytes = 2 << 20;
 
-void lower_in_place(std::string& s) {
-  std::transform(s.begin(), s.end(), s.begin(),
-                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+// ASCII only, whatever the locale: <cctype> may take 0xE9 for a letter.
+char ascii_lower(char c) { return c >= 'A' && c <= 'Z' ? static_cast<char>(c - 'A' + 'a') : c; }
+
+bool is_alnum(unsigned char c) {
+  const unsigned char l = c | 0x20;
+  return (c >= '0' && c <= '9') || (l >= 'a' && l <= 'z');
 }
+
+int hex_digit(unsigned char c) {
+  const unsigned char l = c | 0x20;
+  if (c >= '0' && c <= '9') return c - '0';
+  if (l >= 'a' && l <= 'f') return l - 'a' + 10;
+  return -1;
+}
+
+void lower_in_place(std::string& s) { std::transform(s.begin(), s.end(), s.begin(), ascii_lower); }
 
 bool is_tchar(unsigned char c) {
   static constexpr std::string_view kExtra = "!#$%&'*+-.^_`|~";
-  return std::isalnum(c) != 0 || kExtra.find(static_cast<char>(c)) != std::string_view::npos;
+  return is_alnum(c) || kExtra.find(static_cast<char>(c)) != std::string_view::npos;
 }
 
 bool is_token(std::string_view s) {
@@ -35,9 +46,8 @@ bool is_token(std::string_view s) {
 bool is_field_char(unsigned char c) { return c == '\t' || (c >= 0x20 && c != 0x7f); }
 
 bool iequals(std::string_view a, std::string_view b) {
-  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
-           return std::tolower(static_cast<unsigned char>(x)) == std::tolower(static_cast<unsigned char>(y));
-         });
+  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(),
+                                            [](char x, char y) { return ascii_lower(x) == ascii_lower(y); });
 }
 
 // Calls `each` with every non-empty element of a comma-separated list,
@@ -227,9 +237,7 @@ bool ChunkedFraming::feed(std::string_view bytes) {
     const auto c = static_cast<unsigned char>(bytes[i]);
     switch (state_) {
       case State::size:
-        if (const int v =
-                std::isxdigit(c) != 0 ? (std::isdigit(c) != 0 ? c - '0' : (c | 0x20) - 'a' + 10) : -1;
-            v >= 0 && digits_ < 15) {
+        if (const int v = hex_digit(c); v >= 0 && digits_ < 15) {
           remaining_ = remaining_ * 16 + static_cast<unsigned>(v);
           ++digits_;
         } else if (digits_ > 0 && c == ';') {
