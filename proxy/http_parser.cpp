@@ -14,6 +14,8 @@ namespace canonical = policy::canonical;
 // Bytes of one head kept at most: more than limits.max_header_bytes allows
 // (the inspector answers 431 first), so this only bounds a misuse.
 constexpr std::size_t kMaxHeadBytes = 2 << 20;
+// Capacity the head buffer keeps between requests (most heads are smaller).
+constexpr std::size_t kKeptHeadCapacity = 4096;
 
 // ASCII only, whatever the locale: <cctype> may take 0xE9 for a letter.
 char ascii_lower(char c) { return c >= 'A' && c <= 'Z' ? static_cast<char>(c - 'A' + 'a') : c; }
@@ -385,7 +387,13 @@ RequestParser::Result RequestParser::parse(std::string_view data) {
       }
       collecting_ = false;
       r.reason = parse_head(head_bytes_, options_, head_);
-      head_bytes_.clear();
+      // Idle keep-alive connections are many: do not keep a large head's
+      // capacity between requests.
+      if (head_bytes_.capacity() > kKeptHeadCapacity) {
+        std::string().swap(head_bytes_);
+      } else {
+        head_bytes_.clear();
+      }
       if (!r.reason.empty()) {
         r.event = RequestEvent::error;
         return r;
