@@ -200,7 +200,10 @@ Host host(std::string_view raw) {
       const auto c = static_cast<unsigned char>(ch);
       return is_alpha(c) || is_digit(c) || c == '-' || c == '.' || c == '_';
     });
-    if (name.empty() || !chars || name.front() == '.' || name.find("..") != std::string_view::npos) {
+    // "admin.local.." would still end in a dot: servers that strip every
+    // trailing dot read admin.local, others refuse it.
+    if (name.empty() || !chars || name.front() == '.' || name.back() == '.' ||
+        name.find("..") != std::string_view::npos) {
       result.error = "invalid host name";
       return result;
     }

@@ -120,9 +120,11 @@ TEST(CanonicalHost, NormalisedForms) {
 }
 
 TEST(CanonicalHost, Rejected) {
-  for (const char* raw :
-       {"",   "admin local", "admin.local ", "a..b",  ".a",   ".",    "a/b",    "a@b", "user@a", "a%2eb",
-        "a:", "a:x",         "a:99999",      "a:1:2", "[::1", "[zz]", "[::1]x", "[]",  "a\\b",   "*"}) {
+  for (
+      const char* raw :
+      {"",     "admin.local..", "admin.local..:80", "admin local", "admin.local ", "a..b", ".a",      ".",
+       "a/b",  "a@b",           "user@a",           "a%2eb",       "a:",           "a:x",  "a:99999", "a:1:2",
+       "[::1", "[zz]",          "[::1]x",           "[]",          "a\\b",         "*"}) {
     EXPECT_FALSE(host(raw).error.empty()) << raw;
   }
 }
