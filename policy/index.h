@@ -98,6 +98,10 @@ struct CompiledRule {
 struct PreparedRequest {
   std::string_view method;
   canonical::Request canonical;  // path and host as matched; error set when the request has no canonical form
+  // The canonical path without ";parameters" in its segments, as servlet
+  // containers map it (/api;x/admin is /api/admin to Tomcat); empty when the
+  // path has none. Deny entries match it too.
+  std::string unparameterised;
   const HttpRequest* raw = nullptr;
 };
 void prepare(const HttpRequest& request, const config::HttpSettings& options, PreparedRequest& out);

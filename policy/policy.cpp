@@ -211,6 +211,18 @@ void prepare(const HttpRequest& request, const config::HttpSettings& options, Pr
   std::optional<std::string_view> host;
   if (!request.host.empty()) host = canonical::trim_ows(request.host);
   out.canonical = canonical::request(request.method, request.path, host, options);
+  out.unparameterised.clear();
+  const std::string& path = out.canonical.path;
+  if (path.find(';') == std::string::npos) return;
+  for (std::size_t i = 0; i < path.size();) {
+    if (path[i] == ';') {
+      i = std::min(path.find('/', i), path.size());  // the parameters end with the segment
+    } else if (path[i] == '/' && !out.unparameterised.empty() && out.unparameterised.back() == '/') {
+      ++i;  // "/api/;x/admin" leaves an empty segment
+    } else {
+      out.unparameterised += path[i++];
+    }
+  }
 }
 
 bool http_entry_matches(const CompiledHttp& entry, const PreparedRequest& request, bool deny,
@@ -237,17 +249,23 @@ bool http_entry_matches(const CompiledHttp& entry, const PreparedRequest& reques
   if (!deny && !m.method && request.method == "CONNECT") {
     return miss("CONNECT is allowed only by an entry with method: CONNECT");
   }
-  if (entry.path && !prefix_matches(path, *entry.path, deny)) {
+  // A deny entry also sees the path as a servlet container maps it.
+  const auto either = [&](auto&& matches) {
+    return matches(path) || (deny && !request.unparameterised.empty() && matches(request.unparameterised));
+  };
+  if (entry.path && !either([&](const std::string& p) { return prefix_matches(p, *entry.path, deny); })) {
     return miss("path ", path, " does not start with ", *entry.path);
   }
-  if (entry.path_exact && !exact_matches(path, *entry.path_exact, deny)) {
+  if (entry.path_exact &&
+      !either([&](const std::string& p) { return exact_matches(p, *entry.path_exact, deny); })) {
     return miss("path ", path, " is not ", *entry.path_exact);
   }
   if (m.path_regex) {
     // An uncompilable pattern (only possible in a Config built by hand,
     // since the loader checks them) matches nothing rather than everything.
-    const bool ok = entry.regex && entry.regex->ok() &&
-                    RE2::PartialMatch(re2::StringPiece(path.data(), path.size()), *entry.regex);
+    const bool ok = entry.regex && entry.regex->ok() && either([&](const std::string& p) {
+                      return RE2::PartialMatch(re2::StringPiece(p.data(), p.size()), *entry.regex);
+                    });
     if (!ok) return miss("path ", path, " does not match /", *m.path_regex, "/");
   }
   if (entry.host && host != *entry.host) {

@@ -131,6 +131,15 @@ TEST(CanonicalMatch, HostAndHeaderValues) {
   EXPECT_EQ(verdict(*p, team), Verdict::deny);  // allow: every line of the name must agree
 }
 
+TEST(CanonicalMatch, DenyEntriesSeePathParametersStripped) {
+  const auto p = make();
+  for (const char* t : {"/api;x/admin", "/api/admin;jsessionid=1", "/api/secret;x", "/api/;x/admin",
+                        "/api/x;y/../admin", "/api;a=b/secret;c/"}) {
+    EXPECT_EQ(verdict(*p, req(t)), Verdict::deny) << t;
+  }
+  EXPECT_EQ(verdict(*p, req("/api/x;y")), Verdict::allow);
+}
+
 TEST(CanonicalMatch, DenyOnGetCoversHead) {
   const auto p = make();
   EXPECT_EQ(verdict(*p, req("/api/get-only", "api.local", "HEAD")), Verdict::deny);
