@@ -517,6 +517,12 @@ class Bypass(unittest.TestCase):
             self.assertEqual(out.returncode, 0, out.stderr)
             self.assertIn("canonical:  GET /api/admin/keys host admin.local", out.stdout)
             self.assertIn("verdict:    deny (rule nginx-deny)", out.stdout)
+            out = subprocess.run([SHUNT_BIN, "explain", "-c", path, "--from", "127.0.0.1", "--to",
+                                  f"127.0.0.1:{self.ports['nginx']}", "--path", "/api%2Fadmin"],
+                                 capture_output=True, text=True, timeout=30)
+            self.assertEqual(out.returncode, 0, out.stderr)
+            self.assertIn("canonical:  none, the proxy answers 400: encoded '/' or '\\' in path", out.stdout)
+            self.assertIn("verdict:    deny", out.stdout)
 
     # ------------------------------------------------- allowed forms still pass
 
