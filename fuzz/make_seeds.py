@@ -1,0 +1,175 @@
+#!/usr/bin/env python3
+"""Writes the seed corpora under fuzz/corpus/<target>/ (docs/fuzzing.md).
+
+Seeds are committed; this script says where they came from and makes them
+again (stdlib only). Each seed is one named file; re-running overwrites the
+files it owns and leaves other seeds (added by hand, or crash reproducers
+kept as regressions) alone.
+"""
+import os
+import pathlib
+import ssl
+import struct
+
+ROOT = pathlib.Path(__file__).resolve().parent
+CORPUS = ROOT / "corpus"
+
+
+def write(target, name, data):
+    d = CORPUS / target
+    d.mkdir(parents=True, exist_ok=True)
+    if isinstance(data, str):
+        data = data.encode("latin-1")
+    (d / name).write_bytes(data)
+
+
+def crlf(text):
+    return text.replace("\n", "\r\n")
+
+
+# ------------------------------------------------------------------ HTTP
+# One client's byte stream each. Allowed and denied forms under the fixed
+# policy of fuzz_common.h, every framing llhttp knows, and one example of
+# each bypass class of issue 9 (the canonical form and strict framing are
+# what those classes are about).
+HTTP = {
+    "get-allowed": "GET /api/users HTTP/1.1\nHost: api.local\n\n",
+    "get-denied-admin": "GET /api/admin/keys HTTP/1.1\nHost: api.local\n\n",
+    "get-http10": "GET /api/x HTTP/1.0\n\n",
+    "post-login-json": "POST /login HTTP/1.1\nHost: api.local\nContent-Type: application/json\n"
+    "Content-Length: 13\n\n{\"user\":\"a\"}\n",
+    "post-chunked": "POST /api/upload HTTP/1.1\nHost: api.local\nTransfer-Encoding: chunked\n\n"
+    "5\nhello\n6;ext=1\n world\n0\nTrailer: x\n\n",
+    "pipelined": "GET /api/a HTTP/1.1\nHost: api.local\n\nGET /v2/items HTTP/1.1\nHost: api.local\n\n"
+    "GET /api/admin HTTP/1.1\nHost: api.local\n\n",
+    "regex-match": "GET /v12/items HTTP/1.1\nHost: api.local\n\n",
+    "host-public": "DELETE /anything HTTP/1.1\nHost: public.local:8080\n\n",
+    "header-debug": "GET /api/x HTTP/1.1\nHost: api.local\nX-Debug: 1\n\n",
+    "upgrade-websocket": "GET /api/ws HTTP/1.1\nHost: api.local\nConnection: Upgrade\nUpgrade: websocket\n"
+    "Sec-WebSocket-Version: 13\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\n\nGET /api/after HTTP/1.1\n"
+    "Host: api.local\n\n",
+    "upgrade-two-values": "GET /api/ws HTTP/1.1\nHost: api.local\nConnection: Upgrade, HTTP2-Settings\n"
+    "Upgrade: h2c\nUpgrade: websocket\nHTTP2-Settings: AAMAAABkAAQAAP__\n\n",
+    "connect": "CONNECT admin.local:443 HTTP/1.1\nHost: api.local\n\n",
+    "h2-preface": "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+    "absolute-form": "GET http://admin.local/api/x HTTP/1.1\nHost: api.local\n\n",
+    "asterisk-options": "OPTIONS * HTTP/1.1\nHost: api.local\n\n",
+    # issue 9, class 1: percent-encoding and dot-segments
+    "pct-admin": "GET /api/%61dmin HTTP/1.1\nHost: api.local\n\n",
+    "pct-dotdot": "GET /api/%2e%2e/api/admin HTTP/1.1\nHost: api.local\n\n",
+    "pct-slash": "GET /api%2Fadmin HTTP/1.1\nHost: api.local\n\n",
+    "pct-backslash-nul": "GET /api/x%5C..%5Cadmin%00 HTTP/1.1\nHost: api.local\n\n",
+    "pct-invalid": "GET /api/%zz/%4 HTTP/1.1\nHost: api.local\n\n",
+    "pct-last-char": "GET /api/secre%74 HTTP/1.1\nHost: api.local\n\n",
+    "dot-segments": "GET /api/./x/../admin//keys?q=/api/admin#frag HTTP/1.1\nHost: api.local\n\n",
+    # class 2: whitespace and trailing characters
+    "host-trailing-space": "GET /api/x HTTP/1.1\nHost: admin.local \n\n",
+    "host-trailing-dot": "GET /api/x HTTP/1.1\nHost: admin.local.\n\n",
+    "header-trailing-tab": "GET /api/x HTTP/1.1\nHost: api.local\nX-Debug: 1\t\n\n",
+    "secret-trailing-slash": "GET /api/secret/ HTTP/1.1\nHost: api.local\n\n",
+    "secret-trailing-dot": "GET /api/secret/. HTTP/1.1\nHost: api.local\n\n",
+    # class 4: framing
+    "bare-cr-in-header": "POST /api/x HTTP/1.1\nHost: api.local\nFoo:\rXContent-Length: 49\n"
+    "Content-Length: 0\n\n",
+    "head-ends-cr-any": "GET /api/x HTTP/1.1\nHost: api.local\n\rXGET /api/admin/keys HTTP/1.1\nHost: api.local\n\n",
+    "cl-and-te": "POST /api/x HTTP/1.1\nHost: api.local\nContent-Length: 5\nTransfer-Encoding: chunked\n\n0\n\n",
+    "duplicate-cl": "POST /api/x HTTP/1.1\nHost: api.local\nContent-Length: 1\nContent-Length: 2\n\nab",
+    "te-chunked-identity": "POST /api/x HTTP/1.1\nHost: api.local\nTransfer-Encoding: chunked, identity\n\n0\n\n",
+    "obs-fold": "GET /api/x HTTP/1.1\nHost: api.local\nX-Debug: 0\n 1\n\n",
+    "space-before-colon": "GET /api/x HTTP/1.1\nHost : admin.local\n\n",
+    "ctl-in-target": "GET /api/\x01admin HTTP/1.1\nHost: api.local\n\n",
+    "malformed-chunk": "POST /api/x HTTP/1.1\nHost: api.local\nTransfer-Encoding: chunked\n\nzz\nhello\n0\n\n",
+}
+BARE_LF = {
+    "bare-lf": "GET /api/x HTTP/1.1\nHost: api.local\n\n",
+}
+
+for name, text in HTTP.items():
+    write("http_request", name, crlf(text))
+for name, text in BARE_LF.items():
+    write("http_request", name, text)
+
+
+# ------------------------------------------------------------------- TLS
+def client_hello(sni=None, alpn=None, max_version=None):
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    if max_version:
+        ctx.maximum_version = max_version
+    if alpn:
+        ctx.set_alpn_protocols(alpn)
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    obj = ctx.wrap_bio(incoming, outgoing, server_hostname=sni)
+    try:
+        obj.do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    return outgoing.read()
+
+
+def fragment(hello, size):
+    """The same handshake message split over TLS records of `size` bytes."""
+    ctype, version, length = struct.unpack("!BHH", hello[:5])
+    body = hello[5:5 + length]
+    out = b""
+    for i in range(0, len(body), size):
+        part = body[i:i + size]
+        out += struct.pack("!BHH", ctype, version, len(part)) + part
+    return out + hello[5 + length:]
+
+
+write("tls_client_hello", "sni", client_hello("api.local"))
+write("tls_client_hello", "sni-wildcard", client_hello("a.api.local", alpn=["h2", "http/1.1"]))
+write("tls_client_hello", "sni-denied", client_hello("internal.api.local"))
+write("tls_client_hello", "no-sni", client_hello(None))
+write("tls_client_hello", "tls12", client_hello("api.local", max_version=ssl.TLSVersion.TLSv1_2))
+write("tls_client_hello", "fragmented", fragment(client_hello("x.api.local"), 64))
+# Bodies of a server_name extension (RFC 6066 3): the target also wraps
+# each input into a ClientHello as that body.
+
+
+def server_name_list(*entries):
+    body = b"".join(struct.pack("!BH", t, len(n)) + n for t, n in entries)
+    return struct.pack("!H", len(body)) + body
+
+
+write("tls_client_hello", "ext-host-name", server_name_list((0, b"api.local")))
+write("tls_client_hello", "ext-other-type-first", server_name_list((1, b"xx"), (0, b"a.api.local")))
+write("tls_client_hello", "ext-short-list", struct.pack("!HBH", 40, 0, 9) + b"api.local")
+write("tls_client_hello", "not-tls", crlf("GET / HTTP/1.1\nHost: api.local\n\n"))
+
+# ---------------------------------------------------------------- config
+# The shipped examples, and small configs that reach each part of the
+# loader (a config the loader refuses is as useful a seed as one it takes).
+repo = ROOT.parent
+for example in sorted((repo / "config" / "examples").glob("*.yaml")):
+    write("config", "example-" + example.stem, example.read_bytes())
+CONFIG = {
+    "minimal": "proxy: {listeners: [{name: p, listen: 127.0.0.1:15001, transparent: true}]}\n",
+    "forward-ipv6": "proxy:\n  listeners:\n    - {name: f, listen: '[::1]:16001', forward: '[::1]:5201'}\n"
+    "  datapath: splice\n  upstream_source: node\n  timeouts: {connect: 250ms, header: 2s, idle: 1m, drain: 0s}\n"
+    "  limits: {max_connections: 10, max_header_bytes: 1024}\n"
+    "steering: {intercept_ports: [80, 443], on_proxy_down: fail_open, attach: tc}\n"
+    "admin: {listen: '[::1]:15000'}\nlog: {level: debug, access: /tmp/access.log}\n",
+    "dual-stack-pods": "proxy: {listeners: [{name: p, listen: 127.0.0.1:15001, transparent: true}]}\n"
+    "pods:\n  - {name: a, ip: [10.0.0.1, 'fd00::1'], labels: {app: a}, dev: veth-a}\n"
+    "  - {name: b, ip: 'fd00::2'}\n"
+    "policy:\n  default: allow\n  rules:\n"
+    "    - {name: r, from: {cidr: 'fd00::/64'}, to: {labels: {app: a}, ports: [8080]}, action: deny}\n",
+    "http-and-tls-rules": "proxy: {listeners: [{name: p, listen: 127.0.0.1:15001, transparent: true}]}\n"
+    "pods: [{name: web, ip: 10.200.0.2}, {name: api, ip: 10.200.0.3}]\n"
+    "policy:\n  rules:\n"
+    "    - name: h\n      from: {pod: web}\n      to: {pod: api, ports: [80]}\n      action: allow\n"
+    "      http:\n        - {method: GET, path: /api/, host: 'API.local:80'}\n"
+    "        - {path_regex: '^/(a|b)+$', headers: {X-Team: blue}}\n        - {path_exact: /}\n"
+    "    - name: t\n      from: {pod: web}\n      to: {pod: api, ports: [443]}\n      action: deny\n"
+    "      tls: {sni: ['*.Example.COM', admin.local.]}\n",
+    "errors": "proxy: {listeners: [{name: p, listen: 127.0.0.1:99999}], datapath: magic}\n"
+    "pods: [{name: a, ip: 10.0.0.5/24}, {name: a, ip: 300.1.1.1}]\n"
+    "policy:\n  default: maybe\n  rules:\n    - {name: x, from: {cidr: 10.0.0.5/24}, to: {pod: nope}, action: drop,"
+    " http: [{path_regex: '('}], tls: {sni: []}}\n",
+    "not-yaml": "proxy: [unclosed\n  - {a: b\n\t: : :\n",
+}
+for name, text in CONFIG.items():
+    write("config", name, text)
