@@ -22,14 +22,14 @@ namespace shunt::fuzz {
 // A property the code under test must keep. Aborting is how a libFuzzer
 // target reports something other than a memory or UB error: the input is
 // saved as a crash artifact.
-#define SHUNT_FUZZ_CHECK(cond, ...)                                        \
-  do {                                                                     \
-    if (!(cond)) {                                                         \
+#define SHUNT_FUZZ_CHECK(cond, ...)                                                         \
+  do {                                                                                      \
+    if (!(cond)) {                                                                          \
       std::fprintf(stderr, "fuzz check failed: %s (%s:%d)\n  ", #cond, __FILE__, __LINE__); \
-      std::fprintf(stderr, __VA_ARGS__);                                   \
-      std::fprintf(stderr, "\n");                                          \
-      std::abort();                                                        \
-    }                                                                      \
+      std::fprintf(stderr, __VA_ARGS__);                                                    \
+      std::fprintf(stderr, "\n");                                                           \
+      std::abort();                                                                         \
+    }                                                                                       \
   } while (0)
 
 // The lab of config/examples/lab.yaml, cut down: web (10.200.0.2) calls api
@@ -87,8 +87,8 @@ inline const policy::Policy& fixed_policy() {
 }
 
 inline policy::Flow web_to_api(std::uint16_t port) {
-  return policy::Flow{boost::asio::ip::make_address("10.200.0.2"), boost::asio::ip::make_address("10.200.0.3"),
-                      port};
+  return policy::Flow{boost::asio::ip::make_address("10.200.0.2"),
+                      boost::asio::ip::make_address("10.200.0.3"), port};
 }
 
 // Where to cut `data` into the reads a client's TCP segments would give.

@@ -1,17 +1,23 @@
-// Request heads as the HTTP inspector reads them (proxy/http_inspector.cpp):
-// the input is what one client sends on one connection. It is parsed the
-// way run_requests() drives RequestParser (stop at each head, decide it,
-// carry on; a declined upgrade resumes HTTP; an error or the HTTP/2
-// preface ends the connection), and every head is decided by the matcher
-// under a fixed policy (fuzz_common.h).
+// Requests as the HTTP inspector reads them (proxy/http_inspector.cpp): the
+// input is what one client sends on one connection. It is parsed the way
+// run_requests() drives RequestParser (llhttp for framing, parse_head() for
+// the strict reading and the canonical model): stop at each head, decide
+// it, carry on; a declined upgrade resumes HTTP; an error or the HTTP/2
+// preface ends the connection. Every head is decided by the matcher under
+// a fixed policy (fuzz_common.h) on its canonical form, as the inspector
+// does, and serialised as the inspector forwards it.
 //
-// Besides memory and UB errors, two properties are checked:
+// Besides memory and UB errors, these properties are checked:
 //  - the parser's contract with the inspector: need_more means every byte
 //    given was consumed, and no event claims more bytes than it was given;
 //  - segmentation does not matter: the same bytes read whole and read in
 //    the pieces read_sizes() picks give the same events at the same stream
 //    offsets, the same heads and the same verdicts. A difference would let
-//    a client choose the verdict by how it splits its segments.
+//    a client choose the verdict by how it splits its segments;
+//  - shunt forwards what it decided on: the serialised head, read again by
+//    a fresh parser as the upstream would, is one complete head with the
+//    same method, target, host and authority, the same verdict, and
+//    serialises to the same bytes.
 #include "fuzz/fuzz_common.h"
 #include "proxy/http_parser.h"
 
@@ -37,10 +43,18 @@ struct Step {
   std::string rule;
 
   bool operator==(const Step& o) const {
-    return event == o.event && offset == o.offset && verdict == o.verdict && rule == o.rule &&
-           head.method == o.head.method && head.target == o.head.target && head.host == o.head.host &&
-           head.headers == o.head.headers && head.upgrade == o.head.upgrade &&
-           head.connect == o.head.connect && head.upgrade_protocol == o.head.upgrade_protocol &&
+    // Where an error is reported does not matter: the inspector refuses at
+    // any error and forwards nothing after its last need_more, up to which
+    // every body byte has passed the strict chunked framing either way (in
+    // one read, llhttp's lenient chunk parser may run past the byte where
+    // the strict one broke, and the error is reported where llhttp stopped).
+    const bool same_offset = offset == o.offset || event == RequestEvent::error;
+    return event == o.event && same_offset && verdict == o.verdict && rule == o.rule &&
+           head.method == o.head.method && head.target == o.head.target &&
+           head.raw_target == o.head.raw_target && head.host == o.head.host &&
+           head.authority == o.head.authority && head.headers == o.head.headers &&
+           head.upgrade == o.head.upgrade && head.connect == o.head.connect &&
+           head.chunked == o.head.chunked && head.upgrade_protocols == o.head.upgrade_protocols &&
            head.http_major == o.head.http_major && head.http_minor == o.head.http_minor;
   }
 };
@@ -63,12 +77,47 @@ const char* name(RequestEvent e) {
   return "?";
 }
 
+const shunt::config::HttpSettings& options() { return shunt::fuzz::fixed_policy().config().proxy.http; }
+
+shunt::policy::Decision decide(const RequestHead& h) {
+  // What the inspector matches: the canonical target and authority.
+  const shunt::policy::HttpRequest request{h.method, h.target, h.authority, h.headers};
+  return shunt::fuzz::fixed_policy().decide_http(shunt::fuzz::web_to_api(80), request);
+}
+
+std::string serialised(const RequestHead& h) {
+  return shunt::proxy::http::serialise(h,
+                                       shunt::proxy::http::allowed_upgrades(h, options().upgrade_protocols));
+}
+
+// The upstream's reading of what the inspector forwards for `head`.
+void check_forwarded(const RequestHead& head, const shunt::policy::Decision& decision) {
+  const std::string out = serialised(head);
+  RequestParser upstream(options());
+  const RequestParser::Result r = upstream.parse(out);
+  SHUNT_FUZZ_CHECK(r.event == RequestEvent::head && r.consumed == out.size(),
+                   "the forwarded head reads as %s after %zu of %zu bytes (%.*s): %s", name(r.event),
+                   r.consumed, out.size(), static_cast<int>(r.reason.size()), r.reason.data(), out.c_str());
+  const RequestHead& again = upstream.head();
+  SHUNT_FUZZ_CHECK(again.method == head.method && again.target == head.target && again.host == head.host &&
+                       again.authority == head.authority,
+                   "forwarded %s %s (host %s, authority %s), read back %s %s (host %s, authority %s)",
+                   head.method.c_str(), head.target.c_str(), head.host.c_str(), head.authority.c_str(),
+                   again.method.c_str(), again.target.c_str(), again.host.c_str(), again.authority.c_str());
+  const shunt::policy::Decision d = decide(again);
+  SHUNT_FUZZ_CHECK(d.verdict == decision.verdict && d.rule == decision.rule,
+                   "decided %s by '%s', the forwarded head %s by '%s': %s",
+                   std::string(to_string(decision.verdict)).c_str(), decision.rule.c_str(),
+                   std::string(to_string(d.verdict)).c_str(), d.rule.c_str(), out.c_str());
+  const std::string twice = serialised(again);
+  SHUNT_FUZZ_CHECK(twice == out, "serialising the forwarded head again changes it:\n%s---\n%s", out.c_str(),
+                   twice.c_str());
+}
+
 // Feeds `stream` to a fresh parser in reads of `sizes` (their sum is the
 // stream's length) and returns what the inspector would have done.
 std::vector<Step> inspect(std::string_view stream, const std::vector<std::size_t>& sizes) {
-  const shunt::policy::Policy& policy = shunt::fuzz::fixed_policy();
-  const shunt::policy::Flow flow = shunt::fuzz::web_to_api(80);
-  RequestParser parser;
+  RequestParser parser(options());
   std::vector<Step> steps;
   std::size_t received = 0;  // bytes the client has sent so far
   std::size_t parsed = 0;
@@ -93,14 +142,13 @@ std::vector<Step> inspect(std::string_view stream, const std::vector<std::size_t
         continue;
       case RequestEvent::head: {
         step.head = parser.head();
-        const RequestHead& h = step.head;
-        const shunt::policy::HttpRequest request{h.method, h.target, h.host, h.headers};
-        const shunt::policy::Decision d = policy.decide_http(flow, request);
+        const shunt::policy::Decision d = decide(step.head);
         step.verdict = d.verdict;
         step.rule = d.rule;
         // policy.default is deny: an allow can only come from the allow rule.
         SHUNT_FUZZ_CHECK(d.verdict == shunt::policy::Verdict::deny || d.rule == "web-to-api",
                          "allowed by '%s'", d.rule.c_str());
+        check_forwarded(step.head, d);
         steps.push_back(std::move(step));
         continue;
       }
@@ -130,8 +178,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   const std::size_t n = std::min(whole.size(), pieces.size());
   for (std::size_t i = 0; i < n; ++i) {
     SHUNT_FUZZ_CHECK(whole[i] == pieces[i],
-                     "step %zu differs when read in pieces: %s at %zu (%s %s, %s) vs %s at %zu (%s %s, %s)", i,
-                     name(whole[i].event), whole[i].offset, whole[i].head.method.c_str(),
+                     "step %zu differs when read in pieces: %s at %zu (%s %s, %s) vs %s at %zu (%s %s, %s)",
+                     i, name(whole[i].event), whole[i].offset, whole[i].head.method.c_str(),
                      whole[i].head.target.c_str(), whole[i].rule.c_str(), name(pieces[i].event),
                      pieces[i].offset, pieces[i].head.method.c_str(), pieces[i].head.target.c_str(),
                      pieces[i].rule.c_str());

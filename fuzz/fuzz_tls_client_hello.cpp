@@ -65,9 +65,9 @@ std::string hello_with_server_name(std::string_view body) {
   ext += body;
 
   std::string hello;
-  hello += "\x03\x03";                // client_version TLS 1.2
-  hello += std::string(32, '\x5a');    // random
-  hello += '\x00';                     // session_id
+  hello += "\x03\x03";                          // client_version TLS 1.2
+  hello += std::string(32, '\x5a');             // random
+  hello += '\x00';                              // session_id
   hello += std::string("\x00\x02\xc0\x2f", 4);  // one cipher suite
   hello += std::string("\x01\x00", 2);          // compression: null
   put16(hello, ext.size());
@@ -125,7 +125,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
 
   if (whole.state() == ClientHelloReader::State::done) {
     const std::string sni = whole.sni().value_or(std::string());
-    const shunt::policy::Decision d = shunt::fuzz::fixed_policy().decide_tls(shunt::fuzz::web_to_api(443), sni);
+    const shunt::policy::Decision d =
+        shunt::fuzz::fixed_policy().decide_tls(shunt::fuzz::web_to_api(443), sni);
     SHUNT_FUZZ_CHECK(d.verdict == shunt::policy::Verdict::deny || d.rule == "web-to-api-tls",
                      "sni '%s' allowed by '%s'", sni.c_str(), d.rule.c_str());
   }

@@ -90,6 +90,29 @@ for name, text in BARE_LF.items():
     write("http_request", name, text)
 
 
+# ------------------------------------------------------------- canonical
+# One byte of options (bits 0-1: encoded_slash reject/keep/decode, bit 2:
+# invalid_escape keep), then METHOD\nTARGET[\nHOST] (fuzz_canonical.cpp).
+CANONICAL = {
+    "origin": (0, "GET\n/api/users?x=1#f\napi.local"),
+    "pct-unreserved": (0, "GET\n/api/%61dmin/%7Euser\napi.local"),
+    "dot-segments": (0, "GET\n/api/./x/../..//admin/.\napi.local:8080"),
+    "encoded-slash-keep": (1, "GET\n/api%2fadmin%5Cx\napi.local"),
+    "encoded-slash-decode": (2, "GET\n/api%2F..%2Fadmin\napi.local"),
+    "invalid-escape-keep": (4, "GET\n/api/%zz%00%4\napi.local"),
+    "non-ascii": (0, "GET\n/caf\xc3\xa9/{x}|^\napi.local"),
+    "path-parameter": (0, "GET\n/api/..;x/admin\napi.local"),
+    "absolute": (0, "GET\nHTTP://Admin.Local:80/api/x?y\nadmin.local"),
+    "absolute-disagrees": (0, "GET\nhttp://admin.local/api\napi.local"),
+    "connect": (0, "CONNECT\nAdmin.Local.:443\n"),
+    "asterisk": (0, "OPTIONS\n*\napi.local"),
+    "ipv6-host": (0, "GET\n/\n[fd00::3]:8080"),
+    "host-trailing-dot": (0, "GET\n/api/secret\nADMIN.local."),
+    "target-only": (0, "/api/secret/."),
+}
+for name, (opts, text) in CANONICAL.items():
+    write("canonical", name, bytes([opts]) + text.encode("latin-1"))
+
 # ------------------------------------------------------------------- TLS
 def client_hello(sni=None, alpn=None, max_version=None):
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
