@@ -15,9 +15,13 @@ ROOT = pathlib.Path(__file__).resolve().parent
 CORPUS = ROOT / "corpus"
 
 
-def write(target, name, data):
+def write(target, name, data, keep=False):
+    """keep: leave an existing file alone (for seeds that differ on every
+    run, like ClientHellos with their random and key shares)."""
     d = CORPUS / target
     d.mkdir(parents=True, exist_ok=True)
+    if keep and (d / name).exists():
+        return
     if isinstance(data, str):
         data = data.encode("latin-1")
     (d / name).write_bytes(data)
@@ -142,12 +146,12 @@ def fragment(hello, size):
     return out + hello[5 + length:]
 
 
-write("tls_client_hello", "sni", client_hello("api.local"))
-write("tls_client_hello", "sni-wildcard", client_hello("a.api.local", alpn=["h2", "http/1.1"]))
-write("tls_client_hello", "sni-denied", client_hello("internal.api.local"))
-write("tls_client_hello", "no-sni", client_hello(None))
-write("tls_client_hello", "tls12", client_hello("api.local", max_version=ssl.TLSVersion.TLSv1_2))
-write("tls_client_hello", "fragmented", fragment(client_hello("x.api.local"), 64))
+write("tls_client_hello", "sni", client_hello("api.local"), keep=True)
+write("tls_client_hello", "sni-wildcard", client_hello("a.api.local", alpn=["h2", "http/1.1"]), keep=True)
+write("tls_client_hello", "sni-denied", client_hello("internal.api.local"), keep=True)
+write("tls_client_hello", "no-sni", client_hello(None), keep=True)
+write("tls_client_hello", "tls12", client_hello("api.local", max_version=ssl.TLSVersion.TLSv1_2), keep=True)
+write("tls_client_hello", "fragmented", fragment(client_hello("x.api.local"), 64), keep=True)
 # Bodies of a server_name extension (RFC 6066 3): the target also wraps
 # each input into a ClientHello as that body.
 
