@@ -3,12 +3,17 @@
 #include "bpf/sockmap_shared.h"
 #include "sockmap_redirect.skel.h"
 
+#include <arpa/inet.h>
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <spdlog/spdlog.h>
 #include <sys/socket.h>
 
 #include <cerrno>
 #include <chrono>
+#include <cstring>
 #include <thread>
 #include <utility>
 
@@ -71,6 +76,12 @@ Result<std::unique_ptr<SockmapBridge>> SockmapBridge::load(std::uint32_t max_con
       },
       bridge.get(), nullptr);
   if (!bridge->bulk_ring_) return SysError::from_errno("create bulk event ring buffer");
+  bridge->probe_queued_kick();
+  if (!bridge->recv_runs_verdict_)
+    spdlog::warn(
+        "sockmap: this kernel's recv() does not run the verdict over bytes queued before a socket "
+        "enters the map (fixed in Linux 6.4); shunt kicks such bytes with SO_RCVLOWAT after a 200 us "
+        "settle check instead, which is not serialised with the softirq (docs/datapath.md)");
   return bridge;
 }
 
@@ -157,15 +168,80 @@ HandoverResult SockmapBridge::handover(int fd_a, int fd_b) {
     return result;
   }
 
-  // Bytes queued before the verdict program was attached: 6.12 and 6.18
-  // usually run the verdict over them when the socket enters the map, older
-  // kernels leave them until the next data_ready, which a client waiting
-  // for its answer never sends. Stranded bytes get a kick: SO_RCVLOWAT runs
-  // tcp_data_ready(), i.e. the verdict program, from process context.
-  const int one = 1;
-  for (auto [fd, cookie] : {std::pair{fd_a, a}, std::pair{fd_b, b}})
-    if (stranded(fd, cookie)) ::setsockopt(fd, SOL_SOCKET, SO_RCVLOWAT, &one, sizeof(one));
+  for (auto [fd, cookie] : {std::pair{fd_a, a}, std::pair{fd_b, b}}) kick_queued(fd, cookie);
   return result;
+}
+
+// Bytes queued before the verdict program was attached stay in the receive
+// queue until the socket's next data_ready, which a client that sent its
+// request and waits for the answer never causes. The kernel's own remedy
+// (tcp_bpf_recvmsg_parser, Linux 6.4, "TCP data stall on recv before
+// accept") is in recvmsg: with the socket lock held, a non-empty receive
+// queue gets tcp_data_ready(), i.e. the verdict program. Holding the lock
+// is what makes it safe: the softirq then queues new segments to the
+// socket's backlog instead of running the verdict beside us, so every skb
+// is read exactly once. MSG_PEEK on an empty ingress queue returns EAGAIN
+// and takes nothing.
+//
+// The SO_RCVLOWAT kick used before (tcp_set_rcvlowat -> tcp_data_ready)
+// is not serialised that way on this kernel: it duplicated ~128 KiB of a
+// 256 MiB transfer, and a settle check around it only narrowed the window.
+// It remains for kernels whose recvmsg lacks the fix (probed at load).
+void SockmapBridge::kick_queued(int fd, std::uint64_t cookie) const {
+  char probe;
+  (void)::recv(fd, &probe, 1, MSG_PEEK | MSG_DONTWAIT);
+  if (recv_runs_verdict_) return;
+  if (stranded(fd, cookie)) {
+    const int one = 1;
+    ::setsockopt(fd, SOL_SOCKET, SO_RCVLOWAT, &one, sizeof(one));
+  }
+}
+
+void SockmapBridge::probe_queued_kick() {
+  // Two loopback pairs: one byte waits in B's receive queue when B enters
+  // verdict_sockets with C as its peer; after kick_queued()'s recv the
+  // verdict must have redirected it.
+  auto fail = [](const char* what) {
+    spdlog::debug("sockmap kick probe: {}: {}", what, std::strerror(errno));
+  };
+  UniqueFd listener(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof(addr);
+  if (!listener || ::bind(listener.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
+      ::listen(listener.get(), 4) != 0 ||
+      ::getsockname(listener.get(), reinterpret_cast<sockaddr*>(&addr), &len) != 0)
+    return fail("loopback listener");
+  auto connected_pair = [&](UniqueFd& out, UniqueFd& in) {
+    out = UniqueFd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    if (!out || ::connect(out.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) return false;
+    in = UniqueFd(::accept4(listener.get(), nullptr, nullptr, SOCK_CLOEXEC));
+    return static_cast<bool>(in);
+  };
+  UniqueFd a, b, c, d;
+  if (!connected_pair(a, b) || !connected_pair(c, d)) return fail("loopback connect");
+  pollfd readable{b.get(), POLLIN, 0};
+  if (::send(a.get(), "x", 1, 0) != 1 || ::poll(&readable, 1, 1000) != 1) return fail("queue one byte");
+
+  auto cb = socket_cookie(b.get());
+  auto cc = socket_cookie(c.get());
+  if (!cb || !cc) return fail("cookies");
+  const shunt_sock_peer to_c{.peer_cookie = *cc, .bytes = 0, .bulk_reported = 0, .pad = 0};
+  std::uint64_t fd_value = static_cast<std::uint64_t>(c.get());
+  bool inserted = bpf_map_update_elem(peers_fd_, &*cb, &to_c, BPF_NOEXIST) == 0 &&
+                  bpf_map_update_elem(targets_fd_, &*cc, &fd_value, BPF_NOEXIST) == 0;
+  fd_value = static_cast<std::uint64_t>(b.get());
+  inserted = inserted && bpf_map_update_elem(verdict_fd_, &*cb, &fd_value, BPF_NOEXIST) == 0;
+  if (inserted) {
+    recv_runs_verdict_ = true;  // kick_queued() without the legacy fallback
+    kick_queued(b.get(), *cb);
+    recv_runs_verdict_ = redirected_bytes(*cb) == 1;
+  } else {
+    fail("map insert");
+  }
+  // Closing the sockets takes them out of the sockhashes.
+  erase_peer(*cb);
 }
 
 // A kick beside the softirq that is handing queued segments to the verdict

@@ -55,11 +55,19 @@ class SockmapBridge {
   //  2. both sockets into redirect_targets (no program), so neither can be
   //     redirected to before it is a valid target;
   //  3. a, then b, into verdict_sockets, which starts redirecting;
-  //  4. SO_RCVLOWAT on both, which runs the socket's data_ready and so the
-  //     verdict program over bytes that arrived before step 3.
+  //  4. a MSG_PEEK recv() on both, which makes the kernel run the verdict
+  //     program over bytes that arrived before step 3, under the socket
+  //     lock (kick_queued(); docs/datapath.md, "Bytes queued before the
+  //     handover").
   // The caller must have written every byte it read from either socket
   // before calling, or the kernel path overtakes them.
   HandoverResult handover(int fd_a, int fd_b);
+
+  // True when recv() on a verdict socket runs the verdict over bytes queued
+  // before the socket entered the map (probed at load; Linux 6.4+ and the
+  // stable kernels that took that fix). Otherwise handover() falls back to
+  // the SO_RCVLOWAT kick, which is not serialised with the softirq.
+  [[nodiscard]] bool recv_runs_verdict() const { return recv_runs_verdict_; }
 
   // Payload the verdict program redirected from this socket to its peer.
   [[nodiscard]] std::uint64_t redirected_bytes(std::uint64_t cookie) const;
@@ -75,8 +83,13 @@ class SockmapBridge {
   void poll_bulk_events(const std::function<void(std::uint64_t cookie)>& on_bulk);
 
  private:
-  // Bytes in `fd`'s receive queue that no verdict run will see (handover()).
+  // Runs the verdict over bytes queued on `fd` before it entered
+  // verdict_sockets (handover() step 4).
+  void kick_queued(int fd, std::uint64_t cookie) const;
+  // Legacy kick only: queued bytes that no verdict run has seen.
   [[nodiscard]] bool stranded(int fd, std::uint64_t cookie) const;
+  // Sets recv_runs_verdict_ from a loopback socket pair.
+  void probe_queued_kick();
   SockmapBridge() = default;
   void erase_peer(std::uint64_t cookie);
 
@@ -86,6 +99,7 @@ class SockmapBridge {
   int peers_fd_ = -1;
   int targets_fd_ = -1;
   int verdict_fd_ = -1;
+  bool recv_runs_verdict_ = false;
 };
 
 // Socket cookie (SO_COOKIE), stable for the socket's lifetime.

@@ -75,6 +75,8 @@ std::string AccessLog::to_json(const AccessRecord& r) {
   number("bytes_up", r.bytes_up);
   number("bytes_down", r.bytes_down);
   number("duration_ms", static_cast<std::uint64_t>(r.duration.count()));
+  if (!r.reason.empty()) field("reason", r.reason);
+  if (!r.error.empty()) field("error", r.error);
   if (r.event == "http") {
     field("method", r.method);
     field("path", r.path);

@@ -32,6 +32,8 @@ struct AccessRecord {
   std::uint64_t bytes_up = 0;
   std::uint64_t bytes_down = 0;
   std::chrono::milliseconds duration{0};
+  std::string reason;  // why it ended or was refused (EndReason); left out when unknown
+  std::string error;   // the socket error behind `reason`, when there was one
   // http only
   std::string method;
   std::string path;

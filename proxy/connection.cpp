@@ -49,6 +49,7 @@ asio::awaitable<void> Connection::run(std::shared_ptr<Connection> self) {
     co_await self->serve();
   } catch (const std::exception& e) {
     spdlog::warn("connection {}: {}", self->info_ ? self->info_->id : 0, e.what());
+    if (self->info_) self->info_->note_end(EndReason::proxy_error, e.what());
     reset_socket(self->client_);
     reset_socket(self->upstream_);
   }
@@ -62,6 +63,11 @@ void Connection::set_rule(const policy::Decision& decision) {
     info_->rule = decision.rule;
   }
   metrics().count_decision(decision.rule, allowed_);
+}
+
+void Connection::abort(EndReason why) {
+  if (info_) info_->note_end(why);
+  abort();
 }
 
 void Connection::abort() {
@@ -89,6 +95,7 @@ asio::awaitable<void> Connection::serve() {
     info_->dst = client_.local_endpoint(ec);
     if (ec || info_->dst == listener_.listen) {
       // Connected to the listener itself: proxying would loop back to us.
+      info_->note_end(EndReason::proxy_loop);
       reset_socket(client_);
       co_return;
     }
@@ -103,9 +110,9 @@ asio::awaitable<void> Connection::serve() {
 
   std::weak_ptr<Connection> weak = shared_from_this();
   auto executor = co_await asio::this_coro::executor;
-  info_->revoke = [weak, executor] {
-    asio::post(executor, [weak] {
-      if (auto self = weak.lock()) self->abort();
+  info_->revoke = [weak, executor](EndReason why) {
+    asio::post(executor, [weak, why] {
+      if (auto self = weak.lock()) self->abort(why);
     });
   };
   proxy_.registry.add(info_);
@@ -114,6 +121,7 @@ asio::awaitable<void> Connection::serve() {
   if (decision.inspect == policy::Inspect::none) {
     set_rule(decision.decision);
     if (!allowed_) {
+      info_->note_end(EndReason::policy_deny);
       reset_socket(client_);  // SPEC: L4 deny is a reset
       co_return;
     }
@@ -134,6 +142,7 @@ asio::awaitable<bool> Connection::connect_upstream() {
   upstream_.open(info_->dst.protocol(), ec);
   if (ec) {
     spdlog::warn("connection {}: upstream socket: {}", info_->id, ec.message());
+    info_->note_end(EndReason::upstream_connect_failed, ec.message());
     reset_socket(client_);
     co_return false;
   }
@@ -174,6 +183,7 @@ asio::awaitable<bool> Connection::connect_upstream() {
   if (ec || aborted_) {
     spdlog::debug("connection {}: connect {} failed: {}", info_->id, config::to_string(info_->dst),
                   ec ? ec.message() : "aborted");
+    info_->note_end(EndReason::upstream_connect_failed, ec ? ec.message() : "aborted");
     reset_socket(client_);  // SPEC: upstream refusing = the client sees a reset
     reset_socket(upstream_);
     co_return false;
@@ -221,7 +231,7 @@ asio::awaitable<void> Connection::watch_idle() {
       last_change = std::chrono::steady_clock::now();
     } else if (std::chrono::steady_clock::now() - last_change >= idle) {
       spdlog::debug("connection {}: idle for {} ms, closing", info_->id, idle.count());
-      abort();
+      abort(EndReason::idle_timeout);
       co_return;
     }
   }
@@ -236,6 +246,9 @@ void Connection::finish() {
 
   auto& m = metrics();
   (allowed_ ? m.connections_allowed : m.connections_denied).fetch_add(1, std::memory_order_relaxed);
+  const EndReason end = info_->end.load(std::memory_order_relaxed);
+  if (end != EndReason::unknown)
+    m.connection_ends[static_cast<std::size_t>(end)].fetch_add(1, std::memory_order_relaxed);
   if (!proxy_.access_log.enabled()) return;
 
   AccessRecord record;
@@ -250,6 +263,11 @@ void Connection::finish() {
   record.bytes_down = bytes.down;
   record.duration = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() -
                                                                           info_->started);
+  if (end != EndReason::unknown) {
+    record.reason = std::string(to_string(end));
+    std::lock_guard lock(info_->mu);
+    record.error = info_->end_error;
+  }
   proxy_.access_log.write(record);
 }
 

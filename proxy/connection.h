@@ -74,7 +74,10 @@ class Connection : public std::enable_shared_from_this<Connection> {
   // True once revoke/shutdown asked this connection to end.
   [[nodiscard]] bool aborted() const { return aborted_; }
   // Called (on this connection's thread) by revoke: resets both sides and
-  // wakes whatever the connection waits on.
+  // wakes whatever the connection waits on. The first form records `why`
+  // as the reason the connection ended (unless one is recorded already);
+  // the second is for a path that has recorded its reason itself.
+  void abort(EndReason why);
   void abort();
   // Data paths register what must be cancelled on abort.
   void set_abort_hook(std::function<void()> hook) { abort_hook_ = std::move(hook); }

@@ -7,6 +7,7 @@
 
 #include "config/config.h"
 #include "policy/policy.h"
+#include "proxy/end_reason.h"
 
 #include <boost/asio/any_io_executor.hpp>
 
@@ -68,8 +69,25 @@ struct ConnectionInfo {
   std::string rule;
   DecisionBasis basis;
 
-  // Ends the connection with a reset, from any thread (posted to its executor).
-  std::function<void()> revoke;
+  // Why the connection ended; the first cause recorded wins (note_end).
+  std::atomic<EndReason> end{EndReason::unknown};
+  std::string end_error;  // guarded by mu: the socket error behind a reset or failed connect
+
+  // Records why the connection ends unless a cause is already recorded;
+  // true when this call recorded it.
+  bool note_end(EndReason reason, std::string_view error = {}) {
+    EndReason expected = EndReason::unknown;
+    if (!end.compare_exchange_strong(expected, reason, std::memory_order_relaxed)) return false;
+    if (!error.empty()) {
+      std::lock_guard lock(mu);
+      end_error = error;
+    }
+    return true;
+  }
+
+  // Ends the connection with a reset, from any thread (posted to its
+  // executor), recording `why` (revoked, shutdown).
+  std::function<void(EndReason why)> revoke;
   // Set while the pair is kernel-spliced: grants this connection larger
   // socket buffers (from any thread; posted to its executor).
   std::function<void(std::uint64_t source_cookie)> grant_bulk_buffers;

@@ -48,7 +48,9 @@ asio::awaitable<void> copy_direction(Connection& conn, tcp::socket& from, tcp::s
     boost::system::error_code ec;
     const std::size_t n = co_await from.async_read_some(asio::buffer(buffer.get(), kCopyBufferBytes),
                                                         asio::redirect_error(asio::use_awaitable, ec));
+    const bool from_client = &from == &conn.client();
     if (ec == asio::error::eof) {
+      conn.info().note_end(from_client ? EndReason::client_closed : EndReason::upstream_closed);
       // Half-close: pass the FIN on and keep the other direction running.
       to.shutdown(tcp::socket::shutdown_send, ec);
       co_return;
@@ -56,6 +58,7 @@ asio::awaitable<void> copy_direction(Connection& conn, tcp::socket& from, tcp::s
     if (ec) {
       // A reset (or an abort): the other side gets a reset too.
       if (!conn.aborted()) {
+        conn.info().note_end(from_client ? EndReason::client_reset : EndReason::upstream_reset, ec.message());
         reset_socket(to);
         reset_socket(from);
       }
@@ -64,6 +67,8 @@ asio::awaitable<void> copy_direction(Connection& conn, tcp::socket& from, tcp::s
     co_await asio::async_write(to, asio::buffer(buffer.get(), n),
                                asio::redirect_error(asio::use_awaitable, ec));
     if (ec) {
+      if (!conn.aborted())
+        conn.info().note_end(from_client ? EndReason::upstream_reset : EndReason::client_reset, ec.message());
       reset_socket(from);
       reset_socket(to);
       co_return;

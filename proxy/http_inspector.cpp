@@ -370,6 +370,9 @@ std::string status_response(int status) {
 asio::awaitable<bool> refuse(std::shared_ptr<Session> self, int status) {
   Session& s = *self;
   Connection& conn = s.conn;
+  conn.info().note_end(status == 403   ? EndReason::policy_deny
+                       : status == 408 ? EndReason::request_timeout
+                                       : EndReason::bad_request);
   s.client_write_reserved = true;
   co_await wait_for_responses(s);
   co_await stop_pump(s);

@@ -5,6 +5,7 @@
 #pragma once
 
 #include "config/config.h"
+#include "proxy/end_reason.h"
 
 #include <array>
 #include <atomic>
@@ -57,6 +58,8 @@ struct Metrics {
   std::atomic<std::uint64_t> connections_revoked{0};
   std::atomic<std::uint64_t> buffer_boosts{0};
   std::atomic<std::uint64_t> buffer_boosts_refused{0};
+  // shunt_connection_ends_total{reason}, indexed by EndReason.
+  std::array<std::atomic<std::uint64_t>, kEndReasonSlots> connection_ends{};
 
   // Once per connection (and per inspected request): the last rule's
   // counters are remembered per thread, so a run of decisions by the same

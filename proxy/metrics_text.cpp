@@ -220,6 +220,13 @@ std::string render_metrics(const ProxyContext& context, const bpf::PodSteering* 
   for (const auto& [reason, n] : m.datapath_fallbacks.snapshot())
     p.sample("shunt_datapath_fallbacks_total", {{"reason", reason}}, n);
 
+  p.family("shunt_connection_ends_total", "counter",
+           "Closed connections by why they ended (the access log's `reason`): which side closed or "
+           "reset first, or shunt's own cause.");
+  for (EndReason r : kEndReasons)
+    p.sample("shunt_connection_ends_total", {{"reason", std::string(to_string(r))}},
+             m.connection_ends[static_cast<std::size_t>(r)].load());
+
   p.family("shunt_connections_revoked_total", "counter",
            "Open connections reset because a reload disallowed them.");
   p.sample("shunt_connections_revoked_total", {}, m.connections_revoked.load());

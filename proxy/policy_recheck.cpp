@@ -48,7 +48,7 @@ std::size_t revoke_disallowed(const policy::Policy& policy, ConnectionRegistry& 
     if (d.verdict == policy::Verdict::allow) continue;
     spdlog::info("connection {} {} -> {} no longer allowed ({}: {}); resetting", info->id,
                  config::to_string(info->src), config::to_string(info->dst), d.rule, d.reason);
-    if (info->revoke) info->revoke();
+    if (info->revoke) info->revoke(EndReason::revoked);
     ++revoked;
   }
   metrics().connections_revoked.fetch_add(revoked, std::memory_order_relaxed);

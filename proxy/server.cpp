@@ -156,7 +156,7 @@ void Server::stop() {
   if (workers_.empty()) return;
   stop_accepting();
   for (auto& info : context_.registry.snapshot())
-    if (info->revoke) info->revoke();
+    if (info->revoke) info->revoke(EndReason::shutdown);
   for (auto& worker : workers_) {
     // Let the posted revokes run, then stop.
     asio::post(worker->io, [w = worker.get()] { w->io.stop(); });

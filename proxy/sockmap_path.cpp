@@ -7,8 +7,9 @@
 //   4. Take both fds out of Asio's reactor: a spliced socket signals readable
 //      on every redirected segment; HangupWatcher asks for hang-ups only.
 //   5. On EOF from one side (the kernel does not forward FIN), wait until
-//      the peer has been written everything the verdict program redirected
-//      to it, then shutdown(SHUT_WR) the peer. On an error/RST, reset the
+//      every byte that side received has been through the verdict program
+//      and the peer has been written all of them, then shutdown(SHUT_WR)
+//      the peer. On an error/RST, reset the
 //      peer. When both FINs are through, close both (which also removes them
 //      from the sockmaps; unmapping a live socket would purge its queue).
 //
@@ -32,6 +33,8 @@
 #include <boost/asio/use_awaitable.hpp>
 
 #include <algorithm>
+#include <cstring>
+#include <string>
 
 namespace shunt::proxy {
 
@@ -54,11 +57,20 @@ SocketState socket_state(int fd) {
   return s;
 }
 
+// The pending socket error (SO_ERROR), for the access log's `error`.
+std::string socket_error(int fd) {
+  int err = 0;
+  socklen_t len = sizeof(err);
+  if (::getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0 || err == 0) return "hang-up";
+  return std::strerror(err);
+}
+
 // One direction of a kernel-spliced pair.
 struct SplicedDirection {
   int from = -1;
   int to = -1;
   std::uint64_t from_cookie = 0;
+  std::uint64_t from_consumed_at_handover = 0;  // read by userspace before the handover
   std::uint64_t to_written_at_handover = 0;
   bool fin_forwarded = false;
 };
@@ -85,12 +97,24 @@ asio::awaitable<void> run_sockmap(Connection& conn) {
 
   const int client_fd = conn.client().native_handle();
   const int upstream_fd = conn.upstream().native_handle();
-  // Baselines for the drain check. After an L4 decision nothing has been
-  // written to either socket (the kernel counts payload only, not the
-  // handshake), so they are 0 without two TCP_INFO reads per connection.
+  // Baselines for the drain check: what userspace read from each socket
+  // and wrote to it before the handover. After an L4 decision userspace has
+  // done neither (the kernel counts payload only, not the handshake), so
+  // they are 0 without four syscalls per connection.
   const bool touched = conn.inspected();
-  SplicedDirection up{client_fd, upstream_fd, 0, touched ? tcp_bytes_written(upstream_fd) : 0, false};
-  SplicedDirection down{upstream_fd, client_fd, 0, touched ? tcp_bytes_written(client_fd) : 0, false};
+  auto baseline = [touched](std::uint64_t (*read)(int), int fd) { return touched ? read(fd) : 0; };
+  SplicedDirection up{client_fd,
+                      upstream_fd,
+                      0,
+                      baseline(tcp_bytes_consumed, client_fd),
+                      baseline(tcp_bytes_written, upstream_fd),
+                      false};
+  SplicedDirection down{upstream_fd,
+                        client_fd,
+                        0,
+                        baseline(tcp_bytes_consumed, upstream_fd),
+                        baseline(tcp_bytes_written, client_fd),
+                        false};
 
   // Bound what a stalled pair can pin before the kernel starts moving bytes
   // (docs/datapath.md, "Memory bound"); bulk pairs get more, within budget.
@@ -104,6 +128,7 @@ asio::awaitable<void> run_sockmap(Connection& conn) {
                   handover.partial ? "resetting" : "splicing instead");
     if (handover.partial) {
       metrics().datapath_fallbacks.add("partial_handover");
+      info.note_end(EndReason::handover_failed, handover.error.message());
       bridge->forget(handover.cookies);
       conn.abort();
       co_return;
@@ -164,8 +189,19 @@ asio::awaitable<void> run_sockmap(Connection& conn) {
     };
   }
 
+  // Only called once the source's FIN is visible. A direction may pass its
+  // FIN on once every byte its source received
+  // has been through the verdict program and written to the target. The
+  // first half matters: TCP makes the FIN visible (tcp_fin, RCV_SHUTDOWN)
+  // before the softirq that queued the last segment has run the verdict
+  // over it, so "written >= redirected" alone could pass for an instant
+  // with the tail not yet redirected, and the FIN would overtake it.
   auto drained = [&](const SplicedDirection& d) {
-    return tcp_bytes_written(d.to) - d.to_written_at_handover >= bridge->redirected_bytes(d.from_cookie);
+    const std::uint64_t redirected = bridge->redirected_bytes(d.from_cookie);
+    // tcpi_bytes_received counts the FIN's sequence number too.
+    const std::uint64_t payload = tcp_bytes_received(d.from) - 1 - d.from_consumed_at_handover;
+    if (payload > redirected) return false;
+    return tcp_bytes_written(d.to) - d.to_written_at_handover >= redirected;
   };
 
   milliseconds drain_poll{1};
@@ -181,6 +217,8 @@ asio::awaitable<void> run_sockmap(Connection& conn) {
       // RST (or error) on one side: reset the other, promptly.
       spdlog::debug("connection {}: {} side reset; resetting the other", info.id,
                     client_state.failed ? "client" : "upstream");
+      info.note_end(client_state.failed ? EndReason::client_reset : EndReason::upstream_reset,
+                    socket_error(client_state.failed ? client.get() : upstream.get()));
       reset_fd(client.get());
       reset_fd(upstream.get());
       break;
@@ -189,6 +227,7 @@ asio::awaitable<void> run_sockmap(Connection& conn) {
     for (auto* d : {&up, &down}) {
       const bool source_closed = d == &up ? client_state.read_closed : upstream_state.read_closed;
       if (!source_closed || d->fin_forwarded) continue;
+      info.note_end(d == &up ? EndReason::client_closed : EndReason::upstream_closed);
       if (drained(*d)) {
         if (spdlog::should_log(spdlog::level::debug))  // the byte count costs a map lookup
           spdlog::debug("connection {}: FIN from {} forwarded after its bytes drained ({} redirected)",

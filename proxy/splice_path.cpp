@@ -14,6 +14,7 @@
 #include <boost/asio/use_awaitable.hpp>
 
 #include <cerrno>
+#include <cstring>
 
 namespace shunt::proxy {
 
@@ -67,8 +68,13 @@ asio::awaitable<void> splice_direction(Connection& conn, tcp::socket& from, tcp:
   from.native_non_blocking(true, ec);
   to.native_non_blocking(true, ec);
 
-  auto fail = [&] {
+  const bool from_client = &from == &conn.client();
+  // `failed_side_is_source`: which socket's error ends the pair (the access
+  // log names the side that reset first).
+  auto fail = [&](bool failed_side_is_source, std::string_view error) {
     if (!conn.aborted()) {
+      const bool client_failed = failed_side_is_source == from_client;
+      conn.info().note_end(client_failed ? EndReason::client_reset : EndReason::upstream_reset, error);
       reset_socket(to);
       reset_socket(from);
     }
@@ -81,17 +87,18 @@ asio::awaitable<void> splice_direction(Connection& conn, tcp::socket& from, tcp:
     if (in < 0) {
       if (errno == EINTR) continue;
       if (errno != EAGAIN) {
-        fail();
+        fail(true, std::strerror(errno));
         co_return;
       }
       co_await from.async_wait(tcp::socket::wait_read, asio::redirect_error(asio::use_awaitable, ec));
       if (ec) {
-        fail();
+        fail(true, ec.message());
         co_return;
       }
       continue;
     }
     if (in == 0) {
+      conn.info().note_end(from_client ? EndReason::client_closed : EndReason::upstream_closed);
       to.shutdown(tcp::socket::shutdown_send, ec);
       // Everything read was drained below before reading again: the pipe is empty.
       PipeRecycler::give(std::move(*pipe));
@@ -113,7 +120,7 @@ asio::awaitable<void> splice_direction(Connection& conn, tcp::socket& from, tcp:
         co_await to.async_wait(tcp::socket::wait_write, asio::redirect_error(asio::use_awaitable, ec));
         if (!ec) continue;
       }
-      fail();
+      fail(false, out < 0 ? std::strerror(errno) : ec.message());
       co_return;
     }
   }

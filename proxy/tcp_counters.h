@@ -11,4 +11,16 @@ namespace shunt::proxy {
 // bytes not yet sent, from one consistent tcp_info snapshot. 0 on error.
 std::uint64_t tcp_bytes_written(int fd);
 
+// Sequence space the socket has received in order (tcpi_bytes_received):
+// payload, plus one for the FIN once it has arrived. The payload is
+// read by userspace, queued, or taken by a sockmap verdict. It moves before
+// the socket's data_ready (and so the verdict program) runs over the new
+// bytes, and it is final once the peer's FIN is visible. 0 on error.
+std::uint64_t tcp_bytes_received(int fd);
+
+// Bytes userspace has consumed from the socket (received minus still
+// queued), read so that no segment lands between the two readings. For a
+// socket not yet in a sockmap; 0 on error.
+std::uint64_t tcp_bytes_consumed(int fd);
+
 }  // namespace shunt::proxy

@@ -58,8 +58,11 @@ asio::awaitable<bool> inspect_tls(Connection& conn) {
         if (*expired) {
           spdlog::info("connection {}: no ClientHello within {} ms; resetting", info.id,
                        settings.timeouts.header.count());
+          info.note_end(EndReason::request_timeout);
         } else {
           spdlog::debug("connection {}: client gone before its ClientHello: {}", info.id, ec.message());
+          info.note_end(ec == asio::error::eof ? EndReason::client_closed : EndReason::client_reset,
+                        ec.message());
         }
         reset_socket(conn.client());
         co_return false;
@@ -77,6 +80,7 @@ asio::awaitable<bool> inspect_tls(Connection& conn) {
                        : "ClientHello larger than limits.max_header_bytes");
       policy::Decision refused{policy::Verdict::deny, info.rule_name(), "no usable ClientHello"};
       conn.set_rule(refused);
+      info.note_end(EndReason::bad_request);
       reset_socket(conn.client());
       co_return false;
     }
@@ -93,6 +97,7 @@ asio::awaitable<bool> inspect_tls(Connection& conn) {
     conn.set_rule(decision);
     if (decision.verdict != policy::Verdict::allow) {
       spdlog::debug("connection {}: sni '{}' denied: {}", info.id, sni, decision.reason);
+      info.note_end(EndReason::policy_deny);
       reset_socket(conn.client());
       co_return false;
     }
@@ -105,6 +110,7 @@ asio::awaitable<bool> inspect_tls(Connection& conn) {
                                asio::redirect_error(use_awaitable, ec));
     if (ec) {
       spdlog::debug("connection {}: forwarding the ClientHello failed: {}", info.id, ec.message());
+      info.note_end(EndReason::upstream_reset, ec.message());
       reset_socket(conn.client());
       reset_socket(conn.upstream());
       co_return false;
