@@ -18,6 +18,10 @@ from shunt_harness import Shunt, ThreadedServer, echo_handler, free_port, recv_e
 CONN_KEYS = ["ts", "event", "src", "dst", "src_pod", "dst_pod", "verdict", "rule", "datapath", "bytes_up",
              "bytes_down", "duration_ms"]
 HTTP_KEYS = CONN_KEYS + ["method", "path", "host", "status"]
+OPTIONAL_KEYS = ["reason", "error"]
+REASONS = {"client_closed", "upstream_closed", "client_reset", "upstream_reset", "policy_deny", "bad_request",
+           "request_timeout", "revoked", "upstream_connect_failed", "idle_timeout", "handover_failed", "shutdown",
+           "proxy_error", "proxy_loop"}
 TS_RE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)$")
 
 
@@ -59,7 +63,13 @@ def wait_lines(path, n, timeout=10):
 def parse(testcase, line):
     entry = json.loads(line)
     keys = HTTP_KEYS if entry.get("event") == "http" else CONN_KEYS
-    testcase.assertEqual(list(entry), keys, line)
+    # `reason` (why the connection ended) and `error` (the socket error
+    # behind it) follow the fixed keys when known, and are left out otherwise.
+    fixed = [k for k in entry if k not in OPTIONAL_KEYS]
+    testcase.assertEqual(fixed, keys, line)
+    testcase.assertEqual([k for k in entry if k in OPTIONAL_KEYS], [k for k in OPTIONAL_KEYS if k in entry], line)
+    if "reason" in entry:
+        testcase.assertIn(entry["reason"], REASONS, line)
     testcase.assertRegex(entry["ts"], TS_RE)
     testcase.assertIn(entry["verdict"], ("allow", "deny"))
     testcase.assertIn(entry["datapath"], ("sockmap", "splice", "copy"))
@@ -129,13 +139,20 @@ policy:
             tcp = [e for e in conns if e["dst"] == "127.0.0.1:%d" % self.echo.port]
             self.assertEqual(sorted(e["bytes_up"] for e in tcp), [1, 1000, 200_000])
             for e in tcp:
-                self.assertEqual((e["bytes_down"], e["verdict"], e["rule"], e["datapath"]),
-                                 (e["bytes_up"], "allow", "default", "sockmap"))
+                self.assertEqual((e["bytes_down"], e["verdict"], e["rule"], e["datapath"], e["reason"]),
+                                 (e["bytes_up"], "allow", "default", "sockmap", "client_closed"))
                 self.assertTrue(e["src"].startswith("127.0.0.1:"))
                 self.assertEqual((e["src_pod"], e["dst_pod"]), ("", ""))
             denied = [e for e in conns if e["rule"] == "closed-port"]
             self.assertEqual(len(denied), 1, conns)
-            self.assertEqual((denied[0]["verdict"], denied[0]["bytes_up"], denied[0]["bytes_down"]), ("deny", 0, 0))
+            self.assertEqual((denied[0]["verdict"], denied[0]["bytes_up"], denied[0]["bytes_down"],
+                              denied[0]["reason"]), ("deny", 0, 0, "policy_deny"))
+            scraped = scrape(self.admin)
+            ends = {dict(labels)["reason"]: v for (name, labels), v in scraped.items()
+                    if name == "shunt_connection_ends_total"}
+            self.assertEqual(set(ends), REASONS, "every reason is exported, at 0 until it happens")
+            self.assertGreaterEqual(ends["client_closed"], 3)
+            self.assertGreaterEqual(ends["policy_deny"], 2)
 
             http = [e for e in entries if e["event"] == "http"]
             self.assertEqual(len(http), 2, entries)
