@@ -58,7 +58,15 @@ def burst_handler(conn):
 
 def bidirectional_handler(conn):
     up, down, salt = HEADER.unpack(recv_exact(conn, HEADER.size))
-    sender = threading.Thread(target=lambda: (send_pattern(conn, down, salt + 1), conn.shutdown(socket.SHUT_WR)))
+
+    def send():
+        try:
+            send_pattern(conn, down, salt + 1)
+            conn.shutdown(socket.SHUT_WR)
+        except OSError:  # the held pairs of the SIGKILL case end this way
+            pass
+
+    sender = threading.Thread(target=send)
     sender.start()
     got = recv_all_digest(conn)
     sender.join()
