@@ -11,7 +11,7 @@
 namespace shunt::proxy {
 
 enum class EndReason : std::uint8_t {
-  unknown,  // nothing recorded: the access log leaves the field out
+  unknown,          // nothing recorded: the access log leaves the field out
   client_closed,    // the client's FIN came first; both directions completed
   upstream_closed,  // the upstream's FIN came first; both directions completed
   client_reset,     // RST or socket error on the client side (the upstream was reset)
@@ -29,31 +29,46 @@ enum class EndReason : std::uint8_t {
 };
 
 inline constexpr std::array kEndReasons{
-    EndReason::client_closed,  EndReason::upstream_closed, EndReason::client_reset,
-    EndReason::upstream_reset, EndReason::policy_deny,     EndReason::bad_request,
-    EndReason::request_timeout, EndReason::revoked,        EndReason::upstream_connect_failed,
-    EndReason::idle_timeout,   EndReason::handover_failed, EndReason::shutdown,
-    EndReason::proxy_error,    EndReason::proxy_loop,
+    EndReason::client_closed,   EndReason::upstream_closed, EndReason::client_reset,
+    EndReason::upstream_reset,  EndReason::policy_deny,     EndReason::bad_request,
+    EndReason::request_timeout, EndReason::revoked,         EndReason::upstream_connect_failed,
+    EndReason::idle_timeout,    EndReason::handover_failed, EndReason::shutdown,
+    EndReason::proxy_error,     EndReason::proxy_loop,
 };
 inline constexpr std::size_t kEndReasonSlots = static_cast<std::size_t>(EndReason::proxy_loop) + 1;
 
 constexpr std::string_view to_string(EndReason r) {
   switch (r) {
-    case EndReason::unknown: return "unknown";
-    case EndReason::client_closed: return "client_closed";
-    case EndReason::upstream_closed: return "upstream_closed";
-    case EndReason::client_reset: return "client_reset";
-    case EndReason::upstream_reset: return "upstream_reset";
-    case EndReason::policy_deny: return "policy_deny";
-    case EndReason::bad_request: return "bad_request";
-    case EndReason::request_timeout: return "request_timeout";
-    case EndReason::revoked: return "revoked";
-    case EndReason::upstream_connect_failed: return "upstream_connect_failed";
-    case EndReason::idle_timeout: return "idle_timeout";
-    case EndReason::handover_failed: return "handover_failed";
-    case EndReason::shutdown: return "shutdown";
-    case EndReason::proxy_error: return "proxy_error";
-    case EndReason::proxy_loop: return "proxy_loop";
+    case EndReason::unknown:
+      return "unknown";
+    case EndReason::client_closed:
+      return "client_closed";
+    case EndReason::upstream_closed:
+      return "upstream_closed";
+    case EndReason::client_reset:
+      return "client_reset";
+    case EndReason::upstream_reset:
+      return "upstream_reset";
+    case EndReason::policy_deny:
+      return "policy_deny";
+    case EndReason::bad_request:
+      return "bad_request";
+    case EndReason::request_timeout:
+      return "request_timeout";
+    case EndReason::revoked:
+      return "revoked";
+    case EndReason::upstream_connect_failed:
+      return "upstream_connect_failed";
+    case EndReason::idle_timeout:
+      return "idle_timeout";
+    case EndReason::handover_failed:
+      return "handover_failed";
+    case EndReason::shutdown:
+      return "shutdown";
+    case EndReason::proxy_error:
+      return "proxy_error";
+    case EndReason::proxy_loop:
+      return "proxy_loop";
   }
   return "unknown";
 }

@@ -227,6 +227,11 @@ std::string render_metrics(const ProxyContext& context, const bpf::PodSteering* 
     p.sample("shunt_connection_ends_total", {{"reason", std::string(to_string(r))}},
              m.connection_ends[static_cast<std::size_t>(r)].load());
 
+  p.family("shunt_sockmap_backlog_dropped_bytes_total", "counter",
+           "Bytes the sockmap verdict redirected that had not reached the peer socket when the pair ended "
+           "(a reset cut them; never expected after a clean close).");
+  p.sample("shunt_sockmap_backlog_dropped_bytes_total", {}, m.sockmap_backlog_dropped_bytes.load());
+
   p.family("shunt_connections_revoked_total", "counter",
            "Open connections reset because a reload disallowed them.");
   p.sample("shunt_connections_revoked_total", {}, m.connections_revoked.load());

@@ -265,6 +265,26 @@ asio::awaitable<void> run_sockmap(Connection& conn) {
   pair->open = false;
   if (pair->boosted_bytes) proxy.buffer_budget.release(pair->boosted_bytes);
 
+  // Bytes the verdict program took from one socket that never reached the
+  // other's send queue: they sat in the target's psock backlog when the
+  // pair ended, and closing discards them. None when both FINs went through
+  // (the drain check waited for them); a reset may cut some. Counted so a
+  // loss is visible without a debugger.
+  std::uint64_t dropped = 0;
+  for (const SplicedDirection* d : {&up, &down}) {
+    const std::uint64_t redirected = bridge->redirected_bytes(d->from_cookie);
+    const std::uint64_t written = tcp_bytes_written(d->to) - d->to_written_at_handover;
+    if (redirected > written) dropped += redirected - written;
+  }
+  if (dropped) {
+    metrics().sockmap_backlog_dropped_bytes.fetch_add(dropped, std::memory_order_relaxed);
+    const EndReason end = info.end.load(std::memory_order_relaxed);
+    const bool clean = end == EndReason::client_closed || end == EndReason::upstream_closed;
+    spdlog::log(clean ? spdlog::level::err : spdlog::level::debug,
+                "connection {}: {} redirected byte(s) never reached the peer socket ({})", info.id, dropped,
+                to_string(end));
+  }
+
   // Fold the kernel's counters into the connection before the peer entries
   // go, so the access log and metrics keep them.
   {
