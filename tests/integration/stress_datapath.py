@@ -162,9 +162,10 @@ def open_pairs(ports, n):
     return held
 
 
-def case_burst(port, clients):
+def case_burst(port, clients, half_close=False):
     """`clients` connections at once, each sending BURST_BYTES right after
-    connect(); returns the list of failures (index, source port, what)."""
+    connect() (and, with half_close, its FIN right behind them, often in the
+    same segment); returns the list of failures (index, source port, what)."""
     failures = []
     lock = threading.Lock()
     start = threading.Barrier(clients)
@@ -177,6 +178,8 @@ def case_burst(port, clients):
             with connect(port) as c:
                 sport = c.getsockname()[1]
                 c.sendall(data)
+                if half_close:
+                    c.shutdown(socket.SHUT_WR)
                 reply = recv_exact(c, 32 + 1024)
                 if reply[:32] != hashlib.sha256(data).digest():
                     raise Failure("upstream received different bytes")
@@ -243,7 +246,15 @@ class Run:
         return ports
 
     def start(self, ports):
-        return Shunt(multi_config(ports, self.servers, self.args.datapath), wait_port=ports["first"])
+        """A shunt on `ports`; if one of them was taken meanwhile (the
+        machine is shared), on fresh ones, updated in place."""
+        for attempt in range(3):
+            try:
+                return Shunt(multi_config(ports, self.servers, self.args.datapath), wait_port=ports["first"])
+            except RuntimeError:
+                if attempt == 2:
+                    raise
+                ports.update(self.new_ports())
 
     def fail(self, where, detail, shunt):
         self.failures.append((where, detail))
@@ -260,7 +271,8 @@ class Run:
 
     def burst(self, where, shunt, ports):
         failures = case_burst(ports["burst"], self.args.burst)
-        self.connections += self.args.burst
+        failures += case_burst(ports["burst"], self.args.burst, half_close=True)
+        self.connections += 2 * self.args.burst
         for index, sport, what in sorted(failures):
             self.fail(where, f"burst client {index} (source port {sport}): {what}", shunt)
             for line in access_lines(shunt, f":{sport}"):
