@@ -17,12 +17,21 @@
 //  - shunt forwards what it decided on: the serialised head, read again by
 //    a fresh parser as the upstream would, is one complete head with the
 //    same method, target, host and authority, the same verdict, and
-//    serialises to the same bytes.
+//    serialises to the same bytes;
+//  - a head that passed is strict (RFC 9112, issue 9): token method and
+//    field names, no control character or space in the target, no CR, LF
+//    or NUL in a value and no whitespace around it, a host named, at most
+//    one Host, Content-Length and Transfer-Encoding and not the last two
+//    together;
+//  - framing agrees with the forwarded head: a request without chunked
+//    coding ends exactly Content-Length (or zero) bytes after its head, so
+//    llhttp's idea of where the body ends is the upstream's.
 #include "fuzz/fuzz_common.h"
 #include "proxy/http_parser.h"
 
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -114,6 +123,58 @@ void check_forwarded(const RequestHead& head, const shunt::policy::Decision& dec
                    twice.c_str());
 }
 
+bool is_tchar(unsigned char c) {
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+         std::string_view("!#$%&'*+-.^_`|~").find(static_cast<char>(c)) != std::string_view::npos;
+}
+
+bool is_token(std::string_view s) {
+  if (s.empty()) return false;
+  for (const char c : s) {
+    if (!is_tchar(static_cast<unsigned char>(c))) return false;
+  }
+  return true;
+}
+
+// What the strict reading guarantees about a head it let through, checked
+// on the result rather than trusted from the code that produced it.
+// Returns the Content-Length (0 when absent).
+std::uint64_t check_strict(const RequestHead& h) {
+  SHUNT_FUZZ_CHECK(is_token(h.method), "method '%s'", h.method.c_str());
+  for (const char c : h.target) {
+    const auto b = static_cast<unsigned char>(c);
+    SHUNT_FUZZ_CHECK(b > 0x20 && b != 0x7f, "byte 0x%02x in target '%s'", b, h.target.c_str());
+  }
+  SHUNT_FUZZ_CHECK(!h.host.empty(), "%s %s names no host", h.method.c_str(), h.target.c_str());
+  int hosts = 0, lengths = 0, codings = 0;
+  std::uint64_t length = 0;
+  for (const auto& [field, value] : h.headers) {
+    SHUNT_FUZZ_CHECK(is_token(field), "field name '%s'", field.c_str());
+    for (const char c : field) SHUNT_FUZZ_CHECK(!(c >= 'A' && c <= 'Z'), "field name '%s'", field.c_str());
+    for (const char c : value) {
+      const auto b = static_cast<unsigned char>(c);
+      SHUNT_FUZZ_CHECK(b != '\r' && b != '\n' && b != 0 && (b >= 0x20 || b == '\t') && b != 0x7f,
+                       "byte 0x%02x in the value of %s", b, field.c_str());
+    }
+    SHUNT_FUZZ_CHECK(value.empty() || (value.front() != ' ' && value.front() != '\t' && value.back() != ' ' &&
+                                       value.back() != '\t'),
+                     "whitespace around the value of %s: '%s'", field.c_str(), value.c_str());
+    if (field == "host") ++hosts;
+    if (field == "transfer-encoding") ++codings;
+    if (field == "content-length") {
+      ++lengths;
+      SHUNT_FUZZ_CHECK(
+          !value.empty() && value.size() <= 18 && value.find_first_not_of("0123456789") == std::string::npos,
+          "Content-Length '%s'", value.c_str());
+      length = std::stoull(value);
+    }
+  }
+  SHUNT_FUZZ_CHECK(hosts <= 1 && lengths <= 1 && codings <= 1 && !(lengths && codings),
+                   "%d Host, %d Content-Length, %d Transfer-Encoding", hosts, lengths, codings);
+  SHUNT_FUZZ_CHECK(h.chunked == (codings == 1), "chunked %d with %d Transfer-Encoding", h.chunked, codings);
+  return length;
+}
+
 // Feeds `stream` to a fresh parser in reads of `sizes` (their sum is the
 // stream's length) and returns what the inspector would have done.
 std::vector<Step> inspect(std::string_view stream, const std::vector<std::size_t>& sizes) {
@@ -122,6 +183,8 @@ std::vector<Step> inspect(std::string_view stream, const std::vector<std::size_t
   std::size_t received = 0;  // bytes the client has sent so far
   std::size_t parsed = 0;
   std::size_t next_read = 0;
+  // Where the current request's body must end, when not chunked.
+  std::optional<std::size_t> body_end;
   for (;;) {
     const std::string_view unparsed = stream.substr(parsed, received - parsed);
     const RequestParser::Result r = parser.parse(unparsed);
@@ -149,10 +212,16 @@ std::vector<Step> inspect(std::string_view stream, const std::vector<std::size_t
         SHUNT_FUZZ_CHECK(d.verdict == shunt::policy::Verdict::deny || d.rule == "web-to-api",
                          "allowed by '%s'", d.rule.c_str());
         check_forwarded(step.head, d);
+        const std::uint64_t length = check_strict(step.head);
+        body_end.reset();
+        if (!step.head.chunked) body_end = parsed + length;
         steps.push_back(std::move(step));
         continue;
       }
       case RequestEvent::message_end:
+        SHUNT_FUZZ_CHECK(!body_end || *body_end == parsed, "the body ended at %zu, its head says %zu", parsed,
+                         *body_end);
+        body_end.reset();
         steps.push_back(std::move(step));
         continue;
       case RequestEvent::upgrade:
