@@ -70,10 +70,22 @@ struct Timeouts {
   Millis header{10'000};
   Millis idle{3'600'000};
   Millis drain{30'000};
+  // HTTP-inspected connections only: how long a connection may sit between
+  // requests (last response delivered, no byte of the next request yet)
+  // before shunt closes it. Much shorter than `idle`, which bounds any
+  // silence, so idle keep-alive connections cannot pile up.
+  Millis keepalive{15'000};
+  // How long a refusal (403, 400, 408, 431) may wait for the responses of
+  // the requests before it and for the client to take its status; past
+  // it the connection is reset.
+  Millis refuse{5'000};
 };
 
 struct Limits {
   std::uint32_t max_connections = 100'000;
+  // Open connections per client address (IPv4, or IPv6 /128), so one pod
+  // cannot hold the whole node's budget. At most max_connections.
+  std::uint32_t max_connections_per_source = 1'000;
   std::uint32_t max_header_bytes = 65'536;
 };
 

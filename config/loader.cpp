@@ -489,11 +489,12 @@ void Loader::load_proxy(const Field& f, ProxySettings& proxy) {
     }
   }
   if (const Field* t = fields.get("timeouts")) {
-    Fields timeouts(*this, *t, "proxy.timeouts", {"connect", "header", "idle", "drain"});
-    const std::pair<const char*, Millis*> slots[] = {{"connect", &proxy.timeouts.connect},
-                                                     {"header", &proxy.timeouts.header},
-                                                     {"idle", &proxy.timeouts.idle},
-                                                     {"drain", &proxy.timeouts.drain}};
+    Fields timeouts(*this, *t, "proxy.timeouts",
+                    {"connect", "header", "idle", "drain", "keepalive", "refuse"});
+    const std::pair<const char*, Millis*> slots[] = {
+        {"connect", &proxy.timeouts.connect},     {"header", &proxy.timeouts.header},
+        {"idle", &proxy.timeouts.idle},           {"drain", &proxy.timeouts.drain},
+        {"keepalive", &proxy.timeouts.keepalive}, {"refuse", &proxy.timeouts.refuse}};
     for (const auto& [key, slot] : slots) {
       if (const Field* v = timeouts.get(key)) {
         if (auto d = duration(*v)) *slot = *d;
@@ -502,9 +503,27 @@ void Loader::load_proxy(const Field& f, ProxySettings& proxy) {
   }
   if (const Field* h = fields.get("http")) load_http_settings(*h, proxy.http);
   if (const Field* l = fields.get("limits")) {
-    Fields limits(*this, *l, "proxy.limits", {"max_connections", "max_header_bytes"});
+    Fields limits(*this, *l, "proxy.limits",
+                  {"max_connections", "max_connections_per_source", "max_header_bytes"});
     if (const Field* v = limits.get("max_connections")) {
       if (auto n = integer(*v, 1, 10'000'000)) proxy.limits.max_connections = static_cast<std::uint32_t>(*n);
+    }
+    const Field* per_source = limits.get("max_connections_per_source");
+    if (per_source != nullptr) {
+      if (auto n = integer(*per_source, 1, 10'000'000)) {
+        proxy.limits.max_connections_per_source = static_cast<std::uint32_t>(*n);
+      }
+    }
+    if (proxy.limits.max_connections_per_source > proxy.limits.max_connections) {
+      if (per_source != nullptr) {
+        // Said explicitly, it is a mistake: the cap could never apply.
+        error(*per_source,
+              "'max_connections_per_source' (" + std::to_string(proxy.limits.max_connections_per_source) +
+                  ") is larger than max_connections (" + std::to_string(proxy.limits.max_connections) + ")");
+      } else {
+        // The default follows a small max_connections down.
+        proxy.limits.max_connections_per_source = proxy.limits.max_connections;
+      }
     }
     if (const Field* v = limits.get("max_header_bytes")) {
       // Below 1 KiB ordinary browsers fail; above 1 MiB a slow client pins

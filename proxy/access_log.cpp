@@ -71,7 +71,7 @@ std::string AccessLog::to_json(const AccessRecord& r) {
   field("dst_pod", r.dst_pod);
   field("verdict", r.allowed ? "allow" : "deny");
   field("rule", r.rule);
-  field("datapath", r.datapath);
+  if (!r.datapath.empty()) field("datapath", r.datapath);  // empty: refused before it had one
   number("bytes_up", r.bytes_up);
   number("bytes_down", r.bytes_down);
   number("duration_ms", static_cast<std::uint64_t>(r.duration.count()));

@@ -103,9 +103,12 @@ std::string config_to_json(const config::Config& c, std::uint64_t generation) {
   w.field("header", format_duration(t.header));
   w.field("idle", format_duration(t.idle));
   w.field("drain", format_duration(t.drain));
+  w.field("keepalive", format_duration(t.keepalive));
+  w.field("refuse", format_duration(t.refuse));
   w.end_object();
   w.key("limits").begin_object();
   w.field("max_connections", c.proxy.limits.max_connections);
+  w.field("max_connections_per_source", c.proxy.limits.max_connections_per_source);
   w.field("max_header_bytes", c.proxy.limits.max_header_bytes);
   w.end_object();
   w.key("http").begin_object();

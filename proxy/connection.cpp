@@ -35,14 +35,15 @@ void reset_fd(int fd) {
 }
 
 Connection::Connection(ProxyContext& proxy, WorkerContext& worker, const config::Listener& listener,
-                       tcp::socket client, tcp::endpoint peer)
+                       tcp::socket client, tcp::endpoint peer, SourceLimiter::Lease source_slot)
     : proxy_(proxy),
       worker_(worker),
       listener_(listener),
       client_(std::move(client)),
       upstream_(worker.io),
       peer_(peer),
-      idle_timer_(worker.io) {}
+      idle_timer_(worker.io),
+      source_slot_(std::move(source_slot)) {}
 
 asio::awaitable<void> Connection::run(std::shared_ptr<Connection> self) {
   try {
@@ -241,6 +242,7 @@ void Connection::finish() {
   if (finished_ || !info_) return;
   finished_ = true;
   idle_timer_.cancel();
+  source_slot_.release();  // the pod may open another one now
   const ConnectionBytes bytes = proxy_.registry.bytes(*info_);
   proxy_.registry.retire(info_->id, info_->datapath.load(), bytes);
 

@@ -18,6 +18,7 @@
 #include "config/config.h"
 #include "policy/policy.h"
 #include "proxy/connection_registry.h"
+#include "proxy/source_limiter.h"
 
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/ip/tcp.hpp>
@@ -25,6 +26,7 @@
 
 #include <memory>
 #include <string>
+#include <string_view>
 
 namespace shunt::proxy {
 
@@ -45,9 +47,11 @@ class Connection : public std::enable_shared_from_this<Connection> {
  public:
   using tcp = boost::asio::ip::tcp;
 
-  // `peer`: the client's address as accept() returned it.
+  // `peer`: the client's address as accept() returned it; `source_slot`: its
+  // place under limits.max_connections_per_source, given back when the
+  // connection finishes.
   Connection(ProxyContext& proxy, WorkerContext& worker, const config::Listener& listener, tcp::socket client,
-             tcp::endpoint peer);
+             tcp::endpoint peer, SourceLimiter::Lease source_slot);
 
   // Runs the connection to completion; never throws. Takes the owning
   // pointer by value so the coroutine frame keeps the connection alive (a
@@ -106,6 +110,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
   bool inspected_ = false;
   std::function<void()> abort_hook_;
   boost::asio::steady_timer idle_timer_;
+  SourceLimiter::Lease source_slot_;
 };
 
 // Sends RST instead of FIN: SO_LINGER {on, 0} then close.

@@ -22,18 +22,21 @@ enum class EndReason : std::uint8_t {
   revoked,          // a reload disallowed the open connection
   upstream_connect_failed,
   idle_timeout,
-  handover_failed,  // the kernel took one socket of the pair but not the other
-  shutdown,         // drain at SIGTERM ran out
-  proxy_error,      // an unexpected error inside shunt (logged at warn)
-  proxy_loop,       // a transparent connection addressed to shunt's own listener
+  keepalive_timeout,  // HTTP-inspected, silent between requests for timeouts.keepalive
+  refuse_timeout,     // a refusal's status not delivered within timeouts.refuse (both sides reset)
+  handover_failed,    // the kernel took one socket of the pair but not the other
+  shutdown,           // drain at SIGTERM ran out
+  proxy_error,        // an unexpected error inside shunt (logged at warn)
+  proxy_loop,         // a transparent connection addressed to shunt's own listener
 };
 
 inline constexpr std::array kEndReasons{
-    EndReason::client_closed,   EndReason::upstream_closed, EndReason::client_reset,
-    EndReason::upstream_reset,  EndReason::policy_deny,     EndReason::bad_request,
-    EndReason::request_timeout, EndReason::revoked,         EndReason::upstream_connect_failed,
-    EndReason::idle_timeout,    EndReason::handover_failed, EndReason::shutdown,
-    EndReason::proxy_error,     EndReason::proxy_loop,
+    EndReason::client_closed,   EndReason::upstream_closed,   EndReason::client_reset,
+    EndReason::upstream_reset,  EndReason::policy_deny,       EndReason::bad_request,
+    EndReason::request_timeout, EndReason::revoked,           EndReason::upstream_connect_failed,
+    EndReason::idle_timeout,    EndReason::keepalive_timeout, EndReason::refuse_timeout,
+    EndReason::handover_failed, EndReason::shutdown,          EndReason::proxy_error,
+    EndReason::proxy_loop,
 };
 inline constexpr std::size_t kEndReasonSlots = static_cast<std::size_t>(EndReason::proxy_loop) + 1;
 
@@ -61,6 +64,10 @@ constexpr std::string_view to_string(EndReason r) {
       return "upstream_connect_failed";
     case EndReason::idle_timeout:
       return "idle_timeout";
+    case EndReason::keepalive_timeout:
+      return "keepalive_timeout";
+    case EndReason::refuse_timeout:
+      return "refuse_timeout";
     case EndReason::handover_failed:
       return "handover_failed";
     case EndReason::shutdown:

@@ -31,10 +31,18 @@
 // response delivered, then send the status with `Connection: close`, shut
 // the client's write side and discard what the client still sends for a
 // short while (closing with unread bytes would send a reset that can
-// overtake the status line at the client).
+// overtake the status line at the client). The client is read throughout,
+// and every wait has a deadline (timeouts.refuse, then a short linger), so
+// a refused connection never holds its slot or its upstream connection for
+// long, whatever the client or the upstream do.
+//
+// Between requests (a response delivered, no byte of the next request)
+// timeouts.keepalive applies; it is much shorter than timeouts.idle, so
+// idle keep-alive connections do not pile up.
 #include "proxy/access_log.h"
 #include "proxy/connection.h"
 #include "proxy/datapath.h"
+#include "proxy/end_reason.h"
 #include "proxy/http_parser.h"
 #include "proxy/metrics.h"
 #include "proxy/proxy_context.h"
@@ -75,8 +83,8 @@ constexpr std::size_t kInitialRequestBuffer = 16 * 1024;
 // loop stops reading the client until responses catch up, so a client that
 // pipelines thousands of tiny requests cannot grow the queues without bound.
 constexpr std::size_t kMaxOutstanding = 64;
-// After a refusal, how long and how much of the client's remaining input is
-// read and dropped before closing.
+// After a refusal's status has gone out, how long and how much of the
+// client's remaining input is read and dropped before closing.
 constexpr auto kLingerTime = std::chrono::seconds(2);
 constexpr std::size_t kLingerBytes = 1 << 20;
 
@@ -117,6 +125,15 @@ struct Session : std::enable_shared_from_this<Session> {
   // pump must not shut the client's write side when the upstream ends.
   bool client_write_reserved = false;
 
+  // Since when no forwarded request has been waiting for its response
+  // (kept by retire_request): the keep-alive deadline counts from here.
+  Clock::time_point quiet_since = Clock::now();
+  bool read_timed_out = false;  // the deadline of the client read in progress passed
+
+  // refuse(): its client reader (drain_client) runs, the status is out.
+  bool draining_client = false;
+  bool refusal_delivered = false;
+
   void notify() { event.cancel(); }
   asio::awaitable<void> wait() {
     boost::system::error_code ec;
@@ -138,6 +155,19 @@ bool every_request_allowed(const policy::Policy& policy, const policy::Flow& flo
   return d.inspect == policy::Inspect::none && d.decision.verdict == policy::Verdict::allow;
 }
 
+// Why a connection refused with this status ends (the access log's
+// `reason`, on the refused request's line too).
+EndReason refusal_reason(int status) {
+  switch (status) {
+    case 403:
+      return EndReason::policy_deny;
+    case 408:
+      return EndReason::request_timeout;
+    default:  // 400, 431
+      return EndReason::bad_request;
+  }
+}
+
 void log_request(Connection& conn, const std::string& method, const std::string& path,
                  const std::string& host, const std::string& rule, bool allowed, int status,
                  Clock::time_point since) {
@@ -156,6 +186,7 @@ void log_request(Connection& conn, const std::string& method, const std::string&
   r.path = path;
   r.host = host;
   r.status = status;
+  if (!allowed) r.reason = std::string(to_string(refusal_reason(status)));
   conn.proxy().access_log.write(r);
 }
 
@@ -166,6 +197,7 @@ void retire_request(Session& s, int status) {
   const PendingRequest& p = s.pending.front();
   log_request(s.conn, p.method, p.path, p.host, p.rule, true, status, p.decided);
   s.pending.pop_front();
+  if (s.pending.empty()) s.quiet_since = Clock::now();
 }
 
 // Writes all of `data`. A cancel() aimed at the other operation on the same
@@ -299,7 +331,9 @@ asio::awaitable<void> stop_pump(Session& s) {
 }
 
 // Waits until every forwarded request has its final response (or the
-// upstream is gone, or the connection aborted).
+// upstream is gone, or the connection aborted). Unbounded by itself:
+// refuse() bounds it with timeouts.refuse; the other callers wait for
+// answers the client asked for, which timeouts.idle bounds.
 asio::awaitable<void> wait_for_responses(Session& s) {
   while (s.pump_running && !s.pending.empty() && !s.conn.aborted()) co_await s.wait();
 }
@@ -312,23 +346,61 @@ struct ReadResult {
   bool timed_out = false;
 };
 
-// Reads some client bytes, giving up at `deadline` (when set).
+// How long a client read may wait: no limit (inside a body: the upstream
+// paces it, timeouts.idle bounds it), until a fixed deadline (a request
+// head, timeouts.header), or the keep-alive deadline between requests.
+struct ReadLimit {
+  std::optional<Clock::time_point> deadline;
+  // timeouts.keepalive after the last response was delivered; it does not
+  // run while a forwarded request still waits for its answer (a slow
+  // upstream is not an idle client).
+  bool keepalive = false;
+};
+
+// Cancels the client read `generation` at `at`, or, for the keep-alive
+// deadline, looks again then and re-arms until the connection has really
+// been quiet for timeouts.keepalive.
+void arm_read_timer(const std::shared_ptr<Session>& self, std::uint64_t generation, Clock::time_point at,
+                    bool keepalive) {
+  self->head_timer.expires_at(at);
+  self->head_timer.async_wait([self, generation, keepalive](boost::system::error_code ec) {
+    Session& s = *self;
+    if (ec || s.read_generation != generation || !s.reading_client) return;
+    if (keepalive) {
+      const auto period = s.conn.settings().timeouts.keepalive;
+      if (!s.pending.empty()) {
+        arm_read_timer(self, generation, Clock::now() + period, true);
+        return;
+      }
+      if (const auto due = s.quiet_since + period; Clock::now() < due) {
+        arm_read_timer(self, generation, due, true);
+        return;
+      }
+    }
+    s.read_timed_out = true;
+    boost::system::error_code ignored;
+    s.conn.client().cancel(ignored);
+  });
+}
+
+// Reads some client bytes, giving up when `limit` says so (timed_out).
 asio::awaitable<ReadResult> read_client(std::shared_ptr<Session> self, char* into, std::size_t room,
-                                        std::optional<Clock::time_point> deadline) {
+                                        ReadLimit limit) {
   Session& s = *self;
   ReadResult r;
-  if (deadline && Clock::now() >= *deadline) {
+  if (limit.deadline && Clock::now() >= *limit.deadline) {
     r.timed_out = true;
     co_return r;
   }
   const std::uint64_t generation = ++s.read_generation;
-  if (deadline) {
-    s.head_timer.expires_at(*deadline);
-    s.head_timer.async_wait([self, generation](boost::system::error_code ec) {
-      if (ec || self->read_generation != generation || !self->reading_client) return;
-      boost::system::error_code ignored;
-      self->conn.client().cancel(ignored);
-    });
+  s.read_timed_out = false;
+  if (limit.deadline) {
+    arm_read_timer(self, generation, *limit.deadline, false);
+  } else if (limit.keepalive) {
+    // The client has finished a request; if its answer is already out, the
+    // quiet starts now, else when the answer completes (retire_request).
+    if (s.pending.empty()) s.quiet_since = Clock::now();
+    arm_read_timer(self, generation, Clock::now() + s.conn.settings().timeouts.keepalive, true);
   }
   s.reading_client = true;
   r.n = co_await s.conn.client().async_read_some(asio::buffer(into, room),
@@ -336,9 +408,7 @@ asio::awaitable<ReadResult> read_client(std::shared_ptr<Session> self, char* int
   s.reading_client = false;
   ++s.read_generation;
   s.head_timer.cancel();
-  if (r.ec == asio::error::operation_aborted && deadline && Clock::now() >= *deadline && !s.conn.aborted()) {
-    r.timed_out = true;
-  }
+  r.timed_out = r.ec == asio::error::operation_aborted && s.read_timed_out && !s.conn.aborted();
   co_return r;
 }
 
@@ -365,41 +435,98 @@ std::string status_response(int status) {
   return out;
 }
 
+// Reads and drops what the client sends while a refusal is under way:
+// nothing it sends after the refused request will be served, a client that
+// leaves is seen at once, and one that keeps sending cannot stall on a full
+// window. Ends at EOF (a half-close: the client may still read, so the
+// refusal goes on), at a reset (the client is gone: so is the connection),
+// when the refusal closes the client, or kLingerBytes after the status
+// went out.
+asio::awaitable<void> drain_client(std::shared_ptr<Session> self) {
+  Session& s = *self;
+  Connection& conn = s.conn;
+  try {
+    auto scratch = std::make_unique<char[]>(kReadChunk);
+    std::size_t after_status = 0;
+    for (;;) {
+      boost::system::error_code ec;
+      const std::size_t n = co_await conn.client().async_read_some(asio::buffer(scratch.get(), kReadChunk),
+                                                                   asio::redirect_error(use_awaitable, ec));
+      if (ec == asio::error::eof) break;
+      if (ec) {
+        if (ec == asio::error::operation_aborted && conn.client().is_open() && !conn.aborted()) continue;
+        if (ec != asio::error::operation_aborted && !conn.aborted()) {
+          spdlog::debug("connection {}: client gone during a refusal: {}", conn.info().id, ec.message());
+          conn.abort(EndReason::client_reset);
+        }
+        break;
+      }
+      if (s.refusal_delivered && (after_status += n) >= kLingerBytes) break;
+    }
+  } catch (const std::exception& e) {
+    spdlog::warn("connection {}: refusal client reader: {}", conn.info().id, e.what());
+    conn.abort();
+  }
+  s.draining_client = false;
+  s.notify();
+}
+
 // Refuses the current request with `status` (after the responses of the
 // requests before it) and closes the connection. Always returns false.
+//
+// Every wait is bounded: until the status is out by timeouts.refuse (then
+// both sides are reset), after it by kLingerTime; and the client is read
+// throughout (drain_client), so a client that resets frees the slot and
+// the upstream connection at once.
 asio::awaitable<bool> refuse(std::shared_ptr<Session> self, int status) {
   Session& s = *self;
   Connection& conn = s.conn;
-  conn.info().note_end(status == 403   ? EndReason::policy_deny
-                       : status == 408 ? EndReason::request_timeout
-                                       : EndReason::bad_request);
+  // The refusal's own reason is recorded once its status is out: until
+  // then, a client reset or the deadline is why the connection ends.
   s.client_write_reserved = true;
+
+  asio::steady_timer deadline(co_await asio::this_coro::executor, conn.settings().timeouts.refuse);
+  deadline.async_wait([self](boost::system::error_code ec) {
+    Session& s = *self;
+    if (ec || s.refusal_delivered || s.conn.aborted()) return;
+    spdlog::debug("connection {}: refusal not delivered within timeouts.refuse; resetting", s.conn.info().id);
+    s.conn.abort(EndReason::refuse_timeout);
+  });
+  s.draining_client = true;
+  asio::co_spawn(co_await asio::this_coro::executor, drain_client(self), [](std::exception_ptr) {});
+
   co_await wait_for_responses(s);
   co_await stop_pump(s);
   while (!s.pending.empty()) retire_request(s, 0);
-  if (conn.aborted()) co_return false;
 
   const std::string response = status_response(status);
-  if (!co_await write_all(conn, conn.client(), response.data(), response.size())) {
+  if (!conn.aborted() && co_await write_all(conn, conn.client(), response.data(), response.size())) {
+    s.refusal_delivered = true;
+    deadline.cancel();
+    conn.info().note_end(refusal_reason(status));
+    boost::system::error_code ec;
+    conn.client().shutdown(tcp::socket::shutdown_send, ec);
+    if (conn.upstream().is_open()) conn.upstream().shutdown(tcp::socket::shutdown_send, ec);
+
+    // Lingering close: let the client's own close (it has been told
+    // `Connection: close`) come before ours, so ours sends no reset that
+    // could overtake the status at the client.
+    asio::steady_timer linger(co_await asio::this_coro::executor, kLingerTime);
+    linger.async_wait([self](boost::system::error_code ec) {
+      if (!ec) self->notify();
+    });
+    const auto until = Clock::now() + kLingerTime;
+    while (s.draining_client && !conn.aborted() && Clock::now() < until) co_await s.wait();
+  } else if (!conn.aborted()) {
+    conn.info().note_end(EndReason::client_reset, "the refusal's status could not be written");
     reset_socket(conn.client());
     reset_socket(conn.upstream());
-    co_return false;
   }
-  boost::system::error_code ec;
-  conn.client().shutdown(tcp::socket::shutdown_send, ec);
-  if (conn.upstream().is_open()) conn.upstream().shutdown(tcp::socket::shutdown_send, ec);
-
-  // Lingering close: drain the client until it closes (it has been told
-  // `Connection: close`), bounded in time and bytes.
-  auto scratch = std::make_unique<char[]>(kReadChunk);
-  const auto until = Clock::now() + kLingerTime;
-  std::size_t dropped = 0;
-  while (dropped < kLingerBytes && !conn.aborted()) {
-    const ReadResult r = co_await read_client(self, scratch.get(), kReadChunk, until);
-    if (r.ec || r.timed_out || r.n == 0) break;
-    dropped += r.n;
-  }
-  conn.client().close(ec);
+  deadline.cancel();
+  // Ends drain_client if it still reads.
+  boost::system::error_code ignored;
+  conn.client().close(ignored);
+  while (s.draining_client) co_await s.wait();
   co_return false;
 }
 
@@ -421,6 +548,23 @@ asio::awaitable<bool> finish_quietly(Session& s) {
   co_await wait_for_responses(s);
   co_await stop_pump(s);
   while (!s.pending.empty()) retire_request(s, 0);
+  co_return false;
+}
+
+// Ends a keep-alive connection that was silent between requests for
+// timeouts.keepalive. Nothing is owed either way, so a FIN to both sides
+// loses nothing; a request that crosses it meets a closed connection, the
+// race every keep-alive client already retries. Always returns false.
+asio::awaitable<bool> close_idle(std::shared_ptr<Session> self) {
+  Session& s = *self;
+  Connection& conn = s.conn;
+  spdlog::debug("connection {}: no request for {} ms; closing", conn.info().id,
+                conn.settings().timeouts.keepalive.count());
+  conn.info().note_end(EndReason::keepalive_timeout);
+  co_await stop_pump(s);
+  boost::system::error_code ignored;
+  conn.client().shutdown(tcp::socket::shutdown_send, ignored);
+  if (conn.upstream().is_open()) conn.upstream().shutdown(tcp::socket::shutdown_send, ignored);
   co_return false;
 }
 
@@ -446,8 +590,8 @@ asio::awaitable<bool> run_requests(std::shared_ptr<Session> self) {
   bool in_body = false;    // between an allowed head and its message end
   bool connected = false;  // upstream connected (lazily, at the first allowed request)
   // The first head must be complete within timeouts.header of the accept;
-  // later ones within timeouts.header of their first byte (an idle
-  // keep-alive connection is the idle timeout's business).
+  // later ones within timeouts.header of their first byte (before that
+  // byte, timeouts.keepalive applies).
   std::optional<Clock::time_point> deadline = info.started + header_timeout;
 
   auto forward_bytes = [&](const char* data, std::size_t n) -> asio::awaitable<bool> {
@@ -605,6 +749,7 @@ asio::awaitable<bool> run_requests(std::shared_ptr<Session> self) {
           // status can be sent in order. Both sides are reset, so nothing
           // after the break is read by the upstream as a request.
           metrics().http_requests_denied.fetch_add(1, std::memory_order_relaxed);
+          conn.info().note_end(EndReason::bad_request, r.reason);
           s.stop_pump = true;
           reset_socket(conn.client());
           reset_socket(conn.upstream());
@@ -626,9 +771,15 @@ asio::awaitable<bool> run_requests(std::shared_ptr<Session> self) {
       in.resize(std::min(buffer_limit, in.size() * 2));
     }
     const std::size_t room = in.size() - end;
-    const ReadResult got =
-        co_await read_client(self, in.data() + end, room, in_body ? std::nullopt : deadline);
+    // Between requests: a request has ended and no byte of the next one has
+    // come (else `deadline` runs). The keep-alive deadline applies.
+    const bool between_requests = !in_body && !deadline;
+    const ReadResult got = co_await read_client(self, in.data() + end, room,
+                                                in_body            ? ReadLimit{}
+                                                : between_requests ? ReadLimit{std::nullopt, true}
+                                                                   : ReadLimit{deadline, false});
     last_read_filled = got.n == room;
+    if (got.timed_out && between_requests) co_return co_await close_idle(self);
     if (got.timed_out) co_return co_await refuse_malformed(self, 408, nullptr);
     if (got.ec == asio::error::eof) {
       // The client is done sending. A partial head is dropped (it was never

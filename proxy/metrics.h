@@ -13,6 +13,7 @@
 #include <map>
 #include <mutex>
 #include <string>
+#include <string_view>
 #include <utility>
 
 namespace shunt::proxy {
@@ -43,6 +44,15 @@ class LabeledCounter {
   std::map<std::string, std::atomic<std::uint64_t>> values_;
 };
 
+// Connections refused at accept, before any policy work or upstream connect
+// (shunt_connections_refused_total{reason}). The label is also the access
+// log's `reason` for the refused connection.
+enum class AcceptRefusal : std::size_t { max_connections, source_limit };
+inline constexpr std::array<std::string_view, 2> kAcceptRefusalNames = {"max_connections", "source_limit"};
+inline constexpr std::string_view to_string(AcceptRefusal r) {
+  return kAcceptRefusalNames[static_cast<std::size_t>(r)];
+}
+
 struct Metrics {
   // shunt_connections_active is derived from the registry at scrape time.
   std::atomic<std::uint64_t> connections_allowed{0};
@@ -63,6 +73,11 @@ struct Metrics {
   std::atomic<std::uint64_t> sockmap_backlog_dropped_bytes{0};
   // shunt_connection_ends_total{reason}, indexed by EndReason.
   std::array<std::atomic<std::uint64_t>, kEndReasonSlots> connection_ends{};
+  std::array<std::atomic<std::uint64_t>, kAcceptRefusalNames.size()> accept_refusals{};
+
+  void count(AcceptRefusal r) {
+    accept_refusals[static_cast<std::size_t>(r)].fetch_add(1, std::memory_order_relaxed);
+  }
 
   // Once per connection (and per inspected request): the last rule's
   // counters are remembered per thread, so a run of decisions by the same

@@ -236,6 +236,14 @@ std::string render_metrics(const ProxyContext& context, const bpf::PodSteering* 
            "Open connections reset because a reload disallowed them.");
   p.sample("shunt_connections_revoked_total", {}, m.connections_revoked.load());
 
+  p.family("shunt_connections_refused_total", "counter",
+           "Connections reset at accept, before any policy work or upstream connect, by the limit that "
+           "refused them (limits.max_connections, limits.max_connections_per_source). Not in "
+           "shunt_connections_total.");
+  for (std::size_t i = 0; i < kAcceptRefusalNames.size(); ++i)
+    p.sample("shunt_connections_refused_total", {{"reason", kAcceptRefusalNames[i]}},
+             m.accept_refusals[i].load());
+
   p.family(
       "shunt_buffer_boosts_total", "counter",
       "Larger socket buffers for bulk kernel-spliced connections, by result (refused: budget exhausted).");

@@ -9,6 +9,7 @@
 #include "proxy/access_log.h"
 #include "proxy/buffer_budget.h"
 #include "proxy/connection_registry.h"
+#include "proxy/source_limiter.h"
 
 #include <atomic>
 #include <memory>
@@ -35,6 +36,7 @@ class PolicyStore {
 struct ProxyContext {
   PolicyStore policy;
   ConnectionRegistry registry;
+  SourceLimiter sources;                       // open connections per client address, taken at accept
   std::unique_ptr<bpf::SockmapBridge> bridge;  // null: sockmap unavailable
   std::unique_ptr<bpf::PodSteering> steering;  // null: no pod has a `dev`
   BufferBudget buffer_budget;

@@ -4,6 +4,7 @@
 #include "common/error.h"
 #include "proxy/connection.h"
 #include "proxy/hangup_watcher.h"
+#include "proxy/metrics.h"
 
 #include <netinet/in.h>
 #include <spdlog/spdlog.h>
@@ -13,6 +14,8 @@
 #include <boost/asio/post.hpp>
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/use_awaitable.hpp>
+
+#include <optional>
 
 namespace shunt::proxy {
 
@@ -110,6 +113,27 @@ void Server::accept_loop(Worker& worker, std::size_t listener_index) {
                  asio::detached);
 }
 
+// Resets a connection a limit refused, counts it and logs it. A client that
+// holds its cap and keeps connecting makes one line per attempt; the access
+// log drops its oldest lines rather than slow the acceptor down.
+void Server::refuse_at_accept(const policy::Policy& policy, const config::Listener& listener,
+                              tcp::socket& socket, const tcp::endpoint& peer, AcceptRefusal why) {
+  metrics().count(why);
+  if (context_.access_log.enabled()) {
+    boost::system::error_code ec;
+    AccessRecord record;
+    record.src = peer;
+    record.dst = listener.forward ? *listener.forward : socket.local_endpoint(ec);
+    record.src_pod = policy.pod_name(peer.address());
+    record.dst_pod = policy.pod_name(record.dst.address());
+    record.allowed = false;
+    record.reason = std::string(to_string(why));
+    context_.access_log.write(record);
+  }
+  spdlog::debug("listener {}: {} refused ({})", listener.name, config::to_string(peer), to_string(why));
+  reset_socket(socket);
+}
+
 // A coroutine's parameters live in its frame (a lambda's captures would not).
 asio::awaitable<void> Server::accept_connections(Worker* worker, tcp::acceptor* acceptor,
                                                  config::Listener listener, bool for_all_workers) {
@@ -130,12 +154,24 @@ asio::awaitable<void> Server::accept_connections(Worker* worker, tcp::acceptor* 
       co_await pause.async_wait(asio::redirect_error(asio::use_awaitable, ec));
       continue;
     }
-    const auto limit = context_.policy.current()->config().proxy.limits.max_connections;
-    if (context_.registry.size() >= limit) {
-      reset_socket(socket);
+    // Limits are checked before anything else is spent on the connection:
+    // no policy decision, no upstream connect, no buffer.
+    const auto policy = context_.policy.current();
+    const config::Limits& limits = policy->config().proxy.limits;
+    std::optional<AcceptRefusal> refusal;
+    SourceLimiter::Lease slot;
+    if (context_.registry.size() >= limits.max_connections) {
+      refusal = AcceptRefusal::max_connections;
+    } else {
+      slot = context_.sources.acquire(peer.address(), limits.max_connections_per_source);
+      if (!slot.held()) refusal = AcceptRefusal::source_limit;
+    }
+    if (refusal) {
+      refuse_at_accept(*policy, listener, socket, peer, *refusal);
       continue;
     }
-    auto conn = std::make_shared<Connection>(context_, target->context, listener, std::move(socket), peer);
+    auto conn = std::make_shared<Connection>(context_, target->context, listener, std::move(socket), peer,
+                                             std::move(slot));
     asio::co_spawn(target->io, Connection::run(std::move(conn)), asio::detached);
   }
 }

@@ -6,6 +6,7 @@
 
 #include "config/config.h"
 #include "proxy/connection.h"
+#include "proxy/metrics.h"
 #include "proxy/proxy_context.h"
 
 #include <boost/asio/io_context.hpp>
@@ -55,6 +56,10 @@ class Server {
   // connections over every worker.
   boost::asio::awaitable<void> accept_connections(Worker* worker, boost::asio::ip::tcp::acceptor* acceptor,
                                                   config::Listener listener, bool for_all_workers);
+
+  void refuse_at_accept(const policy::Policy& policy, const config::Listener& listener,
+                        boost::asio::ip::tcp::socket& socket, const boost::asio::ip::tcp::endpoint& peer,
+                        AcceptRefusal why);
 
   ProxyContext& context_;
   std::vector<config::Listener> listeners_;

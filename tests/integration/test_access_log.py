@@ -20,8 +20,8 @@ CONN_KEYS = ["ts", "event", "src", "dst", "src_pod", "dst_pod", "verdict", "rule
 HTTP_KEYS = CONN_KEYS + ["method", "path", "host", "status"]
 OPTIONAL_KEYS = ["reason", "error"]
 REASONS = {"client_closed", "upstream_closed", "client_reset", "upstream_reset", "policy_deny", "bad_request",
-           "request_timeout", "revoked", "upstream_connect_failed", "idle_timeout", "handover_failed", "shutdown",
-           "proxy_error", "proxy_loop"}
+           "request_timeout", "revoked", "upstream_connect_failed", "idle_timeout", "keepalive_timeout",
+           "refuse_timeout", "handover_failed", "shutdown", "proxy_error", "proxy_loop"}
 TS_RE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)$")
 
 
@@ -160,7 +160,9 @@ policy:
             self.assertEqual((by_path["/ok"]["method"], by_path["/ok"]["host"], by_path["/ok"]["verdict"]),
                              ("GET", "api.local", "allow"))
             self.assertEqual((by_path["/admin/x"]["verdict"], by_path["/admin/x"]["rule"],
-                              by_path["/admin/x"]["status"]), ("deny", "no-admin-path", 403))
+                              by_path["/admin/x"]["status"], by_path["/admin/x"]["reason"]),
+                             ("deny", "no-admin-path", 403, "policy_deny"))
+            self.assertNotIn("reason", by_path["/ok"])
             self.assertEqual(value(scrape(self.admin), "shunt_access_log_dropped_total"), 0)
             self.assertEqual(shunt.stop(), 0)
 

@@ -88,8 +88,9 @@ policy:
       config_to_json(*loaded.config, 7),
       R"({"generation":7,"source":"test.yaml","proxy":{"listeners":[{"name":"pods","listen":"[::1]:15001","transparent":true},)"
       R"({"name":"bench","listen":"127.0.0.1:16001","transparent":false,"forward":"127.0.0.1:5201"}],)"
-      R"("datapath":"splice","upstream_source":"node","timeouts":{"connect":"250ms","header":"10s","idle":"1h","drain":"2m"},)"
-      R"("limits":{"max_connections":10,"max_header_bytes":1024},)"
+      R"("datapath":"splice","upstream_source":"node","timeouts":{"connect":"250ms","header":"10s","idle":"1h","drain":"2m",)"
+      R"("keepalive":"15s","refuse":"5s"},"limits":{"max_connections":10,"max_connections_per_source":10,)"
+      R"("max_header_bytes":1024},)"
       R"("http":{"encoded_slash":"decode","invalid_escape":"keep","upgrade_protocols":["websocket","foo"]}},"steering":{"intercept_ports":[80,443],"on_proxy_down":"fail_open","attach":"auto"},)"
       R"("admin":{"listen":"127.0.0.1:15000","allow_remote":false},"log":{"level":"debug","access":"off"},)"
       R"("pods":[{"name":"web","ip":"10.200.0.2","labels":{"app":"web"},"dev":"nk-web"}],)"

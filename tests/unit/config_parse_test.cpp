@@ -23,8 +23,8 @@ proxy:
     - {name: bench, listen: "[::1]:16001", forward: 127.0.0.1:5201}
   datapath: splice
   upstream_source: node
-  timeouts: {connect: 250ms, header: 2s, idle: 2m, drain: 1h}
-  limits: {max_connections: 500, max_header_bytes: 8192}
+  timeouts: {connect: 250ms, header: 2s, idle: 2m, drain: 1h, keepalive: 3s, refuse: 1500ms}
+  limits: {max_connections: 500, max_connections_per_source: 20, max_header_bytes: 8192}
 steering:
   intercept_ports: [80, 443, 8080]
   on_proxy_down: fail_open
@@ -56,7 +56,10 @@ policy:
   EXPECT_EQ(c->proxy.timeouts.header, Millis{2'000});
   EXPECT_EQ(c->proxy.timeouts.idle, Millis{120'000});
   EXPECT_EQ(c->proxy.timeouts.drain, Millis{3'600'000});
+  EXPECT_EQ(c->proxy.timeouts.keepalive, Millis{3'000});
+  EXPECT_EQ(c->proxy.timeouts.refuse, Millis{1'500});
   EXPECT_EQ(c->proxy.limits.max_connections, 500u);
+  EXPECT_EQ(c->proxy.limits.max_connections_per_source, 20u);
   EXPECT_EQ(c->proxy.limits.max_header_bytes, 8192u);
   EXPECT_FALSE(c->steering.all_ports);
   EXPECT_EQ(c->steering.ports, (std::vector<std::uint16_t>{80, 443, 8080}));
@@ -105,6 +108,13 @@ TEST(ConfigParse, DefaultsWhenSectionsAreOmitted) {
   ASSERT_TRUE(c);
   EXPECT_EQ(c->proxy.datapath, Datapath::sockmap);
   EXPECT_EQ(c->proxy.timeouts.header, Millis{10'000});
+  // Fairness defaults: seconds between requests, not timeouts.idle's hour;
+  // one source holds at most 1% of the connection budget.
+  EXPECT_EQ(c->proxy.timeouts.keepalive, Millis{15'000});
+  EXPECT_EQ(c->proxy.timeouts.refuse, Millis{5'000});
+  EXPECT_EQ(c->proxy.timeouts.idle, Millis{3'600'000});
+  EXPECT_EQ(c->proxy.limits.max_connections, 100'000u);
+  EXPECT_EQ(c->proxy.limits.max_connections_per_source, 1'000u);
   EXPECT_TRUE(c->steering.all_ports);
   EXPECT_EQ(c->steering.on_proxy_down, OnProxyDown::fail_closed);
   EXPECT_EQ(c->steering.attach, SteeringAttach::auto_detect);
@@ -112,6 +122,27 @@ TEST(ConfigParse, DefaultsWhenSectionsAreOmitted) {
   EXPECT_EQ(c->log.level, "info");
   EXPECT_EQ(c->policy.default_action, DefaultAction::deny);
   EXPECT_TRUE(c->policy.rules.empty());
+}
+
+TEST(ConfigParse, PerSourceDefaultFollowsASmallMaxConnections) {
+  const auto c = load_ok(
+      "proxy:\n  listeners: [{name: p, listen: 127.0.0.1:1, transparent: true}]\n"
+      "  limits: {max_connections: 300}\n");
+  ASSERT_TRUE(c);
+  EXPECT_EQ(c->proxy.limits.max_connections_per_source, 300u);
+  const auto equal = load_ok(
+      "proxy:\n  listeners: [{name: p, listen: 127.0.0.1:1, transparent: true}]\n"
+      "  limits: {max_connections: 300, max_connections_per_source: 300}\n");
+  ASSERT_TRUE(equal);
+  EXPECT_EQ(equal->proxy.limits.max_connections_per_source, 300u);
+}
+
+TEST(ConfigParse, BuiltInDefaultHasTheFairnessKeys) {
+  const LoadResult r = parse_config(builtin_default_yaml(), "<built-in default>");
+  ASSERT_TRUE(r.config);
+  EXPECT_EQ(r.config->proxy.timeouts.keepalive, Millis{15'000});
+  EXPECT_EQ(r.config->proxy.timeouts.refuse, Millis{5'000});
+  EXPECT_EQ(r.config->proxy.limits.max_connections_per_source, 1'000u);
 }
 
 TEST(ConfigParse, HttpAndTlsEntriesAreNormalised) {

@@ -138,6 +138,21 @@ TEST(ConfigValidation, DurationsAndLimits) {
   EXPECT_EQ(error("proxy:\n  listeners: [{name: p, listen: 127.0.0.1:1, transparent: true}]\n"
                   "  limits: {max_connections: lots}\n"),
             "t.yaml:3:29: 'max_connections' must be an integer between 1 and 10000000");
+  EXPECT_EQ(error("proxy:\n  listeners: [{name: p, listen: 127.0.0.1:1, transparent: true}]\n"
+                  "  timeouts: {keepalive: 0s}\n"),
+            "t.yaml:3:25: 'keepalive' must be greater than zero");
+  EXPECT_EQ(error("proxy:\n  listeners: [{name: p, listen: 127.0.0.1:1, transparent: true}]\n"
+                  "  timeouts: {refuse: never}\n"),
+            "t.yaml:3:22: 'refuse' must be a duration such as 250ms, 5s, 2m or 1h");
+  EXPECT_EQ(error("proxy:\n  listeners: [{name: p, listen: 127.0.0.1:1, transparent: true}]\n"
+                  "  timeouts: {keep_alive: 5s}\n"),
+            "t.yaml:3:14: unknown key 'keep_alive' in proxy.timeouts (did you mean 'keepalive'?)");
+  EXPECT_EQ(error("proxy:\n  listeners: [{name: p, listen: 127.0.0.1:1, transparent: true}]\n"
+                  "  limits: {max_connections_per_source: 0}\n"),
+            "t.yaml:3:40: 'max_connections_per_source' is 0, must be between 1 and 10000000");
+  EXPECT_EQ(error("proxy:\n  listeners: [{name: p, listen: 127.0.0.1:1, transparent: true}]\n"
+                  "  limits: {max_connections: 10, max_connections_per_source: 11}\n"),
+            "t.yaml:3:61: 'max_connections_per_source' (11) is larger than max_connections (10)");
 }
 
 TEST(ConfigValidation, AdminMustStayLocalUnlessAllowed) {
