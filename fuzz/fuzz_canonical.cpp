@@ -100,10 +100,23 @@ void check_request(std::string_view method, std::string_view target, std::option
                    again.error.data());
 }
 
-// Under the fixed policy and its options (the defaults): a request as typed
-// and its canonical form decide alike.
-void check_matcher(std::string_view method, std::string_view target, std::optional<std::string_view> host) {
-  const shunt::policy::Policy& policy = shunt::fuzz::fixed_policy();
+// Under the fixed policy with these options (or the defaults'): a request
+// as typed and its canonical form decide alike.
+// The fixed policy whose proxy.http settings are `options` (the defaults'
+// when none is).
+const shunt::policy::Policy& policy_for(const HttpSettings& options) {
+  for (std::size_t v = 0; v < shunt::fuzz::kPolicyVariants; ++v) {
+    const HttpSettings& s = shunt::fuzz::fixed_policy(v).config().proxy.http;
+    if (s.encoded_slash == options.encoded_slash && s.invalid_escape == options.invalid_escape) {
+      return shunt::fuzz::fixed_policy(v);
+    }
+  }
+  return shunt::fuzz::fixed_policy();
+}
+
+void check_matcher(std::string_view method, std::string_view target, std::optional<std::string_view> host,
+                   const HttpSettings& options) {
+  const shunt::policy::Policy& policy = policy_for(options);
   const shunt::policy::Flow flow = shunt::fuzz::web_to_api(80);
   const shunt::policy::HttpRequest raw{method, target, host.value_or(""), {}};
   const shunt::policy::Decision typed = policy.decide_http(flow, raw);
@@ -155,6 +168,6 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   if (host) check_host(*host);
   check_host(target);
   check_request(method, target, host, options);
-  check_matcher(method, target, host);
+  check_matcher(method, target, host, options);
   return 0;
 }

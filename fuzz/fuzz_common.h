@@ -14,6 +14,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
+#include <string>
 #include <string_view>
 #include <vector>
 
@@ -37,7 +38,6 @@ namespace shunt::fuzz {
 // The rules use every kind of HTTP and TLS match, and an allow and a deny
 // that overlap, so the matcher's precedence is exercised on every input.
 inline constexpr std::string_view kPolicyYaml = R"(
-proxy: {listeners: [{name: pods, listen: 127.0.0.1:15001, transparent: true}]}
 pods:
   - {name: web, ip: 10.200.0.2, labels: {app: web}}
   - {name: api, ip: 10.200.0.3, labels: {app: api}}
@@ -74,16 +74,32 @@ policy:
       tls: {sni: [internal.api.local]}
 )";
 
+// The same policy under each choice of proxy.http (docs/policy.md): the
+// defaults first, then the other escape handlings and upgrade lists.
+inline constexpr std::string_view kProxyVariants[] = {
+    "proxy: {listeners: [{name: pods, listen: 127.0.0.1:15001, transparent: true}]}\n",
+    "proxy:\n  listeners: [{name: pods, listen: 127.0.0.1:15001, transparent: true}]\n"
+    "  http: {encoded_slash: keep, invalid_escape: keep, upgrade_protocols: [WebSocket, tls]}\n",
+    "proxy:\n  listeners: [{name: pods, listen: 127.0.0.1:15001, transparent: true}]\n"
+    "  http: {encoded_slash: decode, upgrade_protocols: []}\n",
+};
+inline constexpr std::size_t kPolicyVariants = std::size(kProxyVariants);
+
 // Built once per process: a bad fixed policy is a bug in this file, not a
 // finding, so it aborts with the diagnostics.
-inline const policy::Policy& fixed_policy() {
-  static const std::shared_ptr<const policy::Policy> policy = [] {
-    const config::LoadResult r = config::parse_config(kPolicyYaml, "fuzz_common.h");
-    for (const auto& d : r.diagnostics) std::fprintf(stderr, "%s\n", d.to_string().c_str());
-    if (!r.config) std::abort();
-    return policy::Policy::build(r.config, 1);
+inline const policy::Policy& fixed_policy(std::size_t variant = 0) {
+  static const std::vector<std::shared_ptr<const policy::Policy>> policies = [] {
+    std::vector<std::shared_ptr<const policy::Policy>> out;
+    for (const std::string_view proxy : kProxyVariants) {
+      const config::LoadResult r =
+          config::parse_config(std::string(proxy) + std::string(kPolicyYaml), "fuzz_common.h");
+      for (const auto& d : r.diagnostics) std::fprintf(stderr, "%s\n", d.to_string().c_str());
+      if (!r.config) std::abort();
+      out.push_back(policy::Policy::build(r.config, 1));
+    }
+    return out;
   }();
-  return *policy;
+  return *policies.at(variant);
 }
 
 inline policy::Flow web_to_api(std::uint16_t port) {
@@ -95,9 +111,14 @@ inline policy::Flow web_to_api(std::uint16_t port) {
 // The cuts follow from the bytes themselves (a hash seeds a small PRNG), so
 // a crash reproduces from its input alone, and they mix single bytes (every
 // parser state split at every byte) with larger pieces.
-inline std::vector<std::size_t> read_sizes(const std::uint8_t* data, std::size_t size) {
+inline std::uint64_t input_hash(const std::uint8_t* data, std::size_t size) {
   std::uint64_t x = 0xcbf29ce484222325ULL;  // FNV-1a
   for (std::size_t i = 0; i < size; ++i) x = (x ^ data[i]) * 0x100000001b3ULL;
+  return x;
+}
+
+inline std::vector<std::size_t> read_sizes(const std::uint8_t* data, std::size_t size) {
+  std::uint64_t x = input_hash(data, size);
   auto next = [&x] {  // splitmix64
     std::uint64_t z = (x += 0x9e3779b97f4a7c15ULL);
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;

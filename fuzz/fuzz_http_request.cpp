@@ -5,7 +5,9 @@
 // it, carry on; a declined upgrade resumes HTTP; an error or the HTTP/2
 // preface ends the connection. Every head is decided by the matcher under
 // a fixed policy (fuzz_common.h) on its canonical form, as the inspector
-// does, and serialised as the inspector forwards it.
+// does, and serialised as the inspector forwards it. The input's hash picks
+// which proxy.http settings (escape handling, upgrade list) the parser and
+// the policy run under.
 //
 // Besides memory and UB errors, these properties are checked:
 //  - the parser's contract with the inspector: need_more means every byte
@@ -86,12 +88,15 @@ const char* name(RequestEvent e) {
   return "?";
 }
 
-const shunt::config::HttpSettings& options() { return shunt::fuzz::fixed_policy().config().proxy.http; }
+// The policy (and with it the proxy.http settings) one input runs under.
+const shunt::policy::Policy* policy = nullptr;
+
+const shunt::config::HttpSettings& options() { return policy->config().proxy.http; }
 
 shunt::policy::Decision decide(const RequestHead& h) {
   // What the inspector matches: the canonical target and authority.
   const shunt::policy::HttpRequest request{h.method, h.target, h.authority, h.headers};
-  return shunt::fuzz::fixed_policy().decide_http(shunt::fuzz::web_to_api(80), request);
+  return policy->decide_http(shunt::fuzz::web_to_api(80), request);
 }
 
 std::string serialised(const RequestHead& h) {
@@ -242,6 +247,7 @@ std::vector<Step> inspect(std::string_view stream, const std::vector<std::size_t
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   const std::string_view stream(reinterpret_cast<const char*>(data), size);
+  policy = &shunt::fuzz::fixed_policy(shunt::fuzz::input_hash(data, size) % shunt::fuzz::kPolicyVariants);
   const std::vector<Step> whole = inspect(stream, {size});
   const std::vector<Step> pieces = inspect(stream, shunt::fuzz::read_sizes(data, size));
   const std::size_t n = std::min(whole.size(), pieces.size());
