@@ -196,6 +196,10 @@ CONFIG = {
     "pods: [{name: a, ip: 10.0.0.5/24}, {name: a, ip: 300.1.1.1}]\n"
     "policy:\n  default: maybe\n  rules:\n    - {name: x, from: {cidr: 10.0.0.5/24}, to: {pod: nope}, action: drop,"
     " http: [{path_regex: '('}], tls: {sni: []}}\n",
+    "http-and-fairness": "proxy:\n  listeners: [{name: p, listen: 127.0.0.1:15001, transparent: true}]\n"
+    "  timeouts: {header: 1s, keepalive: 15s, refuse: 5s}\n"
+    "  limits: {max_connections: 100, max_connections_per_source: 200, max_header_bytes: 8192}\n"
+    "  http: {encoded_slash: decode, invalid_escape: keep, upgrade_protocols: [WebSocket, h2c, 'bad token']}\n",
     "not-yaml": "proxy: [unclosed\n  - {a: b\n\t: : :\n",
 }
 for name, text in CONFIG.items():
