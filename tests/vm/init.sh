@@ -4,7 +4,8 @@
 # tcx, "legacy" (Linux 6.1) veth pods and legacy clsact filters. Creates two
 # pods with the real `shunt pod add`, runs `shunt run` with steering, checks
 # pod-to-pod traffic through the proxy and without it, fail_closed with the
-# proxy stopped, and that `pod del` + proxy exit leave nothing behind.
+# proxy stopped, and that `pod del` + proxy exit leave nothing behind. Then
+# the sockmap burst stress of issue 15 on a static listener (burst_stress).
 # Every check prints one "SHUNT-VM: RESULT <name> PASS|FAIL <detail>" line on
 # the serial console; run_vm.py asserts on them.
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin
@@ -48,6 +49,16 @@ http_post_file() {
 body() { tr -d '\r' | sed '1,/^$/d'; }
 result() {
 	if [ "$2" = 0 ]; then echo "SHUNT-VM: RESULT $1 PASS $3"; else echo "SHUNT-VM: RESULT $1 FAIL $3"; fi
+}
+# wait_ready ADMIN_PORT PID: 0 once shunt's /readyz answers 200, 1 if the
+# process died or 20 s passed.
+wait_ready() {
+	for i in $(seq 1 100); do
+		http_get "" 127.0.0.1 $1 /readyz | head -n 1 | grep -q " 200" && return 0
+		kill -0 $2 2>/dev/null || return 1
+		sleep 0.2
+	done
+	return 1
 }
 finish() {
 	# The console is printed when a check fails: the proxy's log explains most.
@@ -104,13 +115,8 @@ policy:
 YAML
 shunt run -c /tmp/shunt.yaml >/tmp/shunt.log 2>&1 &
 SHUNT_PID=$!
-ready=1
-for i in $(seq 1 100); do
-	if http_get "" 127.0.0.1 15000 /readyz | head -n 1 | grep -q " 200"; then ready=0; break; fi
-	kill -0 $SHUNT_PID 2>/dev/null || break
-	sleep 0.2
-done
-result shunt_ready $ready "$(tail -n 3 /tmp/shunt.log | tr '\n' ' ')"
+wait_ready 15000 $SHUNT_PID
+result shunt_ready $? "$(tail -n 3 /tmp/shunt.log | tr '\n' ' ')"
 if [ "$PROFILE" = legacy ]; then
 	# attach: auto on a kernel without tcx: one line saying so, clsact filters.
 	grep -q "lacks tcx" /tmp/shunt.log && grep -q "sh-client (tc ingress (clsact)" /tmp/shunt.log
@@ -155,4 +161,164 @@ shunt pod del client && shunt pod del server
 result pod_del $? ""
 left=$(ip link | grep -c "sh-"; ls /run/netns; ls -R /sys/fs/bpf/shunt 2>/dev/null | grep -v '^$' | grep -v ':$')
 [ "$left" = "0" ]; result nothing_left $? "$left"
+
+# ---- burst_stress: the sockmap handover on this kernel (issue 15) ----------
+# The burst case of tests/integration/stress_datapath.py, with burst_peer for
+# Python: BURST_CLIENTS clients connect at once, each sends BURST_BYTES right
+# after connect() (before any handover), and the upstream answers with their
+# SHA-256 and a derived 1 KiB tail, so both directions are checked by hash.
+# These kernels are the ones the handover's stranded-bytes kick is for
+# (docs/datapath.md, step 7). Each iteration: a fresh shunt on the same ports
+# as its SIGKILLed predecessor takes a burst, then resets from both sides,
+# then is SIGKILLed itself with held pairs (idle and streaming) open. Then the
+# same resets + bursts BURST_ITERATIONS times on one long-lived shunt. burst_stress: PASS only with
+# every iteration run and zero failed burst clients. reset_propagation: every
+# upstream reset reached its client as an RST (burst_peer reset).
+# Sizes from the kernel command line (run_vm.py: SHUNT_VM_BURST).
+BURST_ITERATIONS=$(sed -n 's/.*shunt\.burst_iterations=\([0-9]*\).*/\1/p' /proc/cmdline)
+BURST_CLIENTS=$(sed -n 's/.*shunt\.burst_clients=\([0-9]*\).*/\1/p' /proc/cmdline)
+BURST_ITERATIONS=${BURST_ITERATIONS:-10}
+BURST_CLIENTS=${BURST_CLIENTS:-100}
+BURST_BYTES=4096
+BURST_LOG=/tmp/burst-shunt.log
+cat >/tmp/burst.yaml <<YAML
+proxy:
+  listeners:
+    - {name: burst, listen: 127.0.0.1:16001, forward: 127.0.0.1:16002}
+  datapath: sockmap
+  timeouts: {connect: 2s, header: 2s, idle: 1h, drain: 2s}
+admin: {listen: 127.0.0.1:16000}
+log: {level: info, access: stdout}
+policy:
+  default: allow
+  rules: []
+YAML
+burst_runs=0
+burst_conns=0
+burst_failed=0
+reset_runs=0
+held_conns=0
+reset_failed=0
+burst_error=""
+# burst_shunt_start LABEL: a shunt on /tmp/burst.yaml appending to BURST_LOG,
+# its pid in BURST_SHUNT_PID; non-zero if it did not get ready.
+burst_shunt_start() {
+	echo "==== $1" >>$BURST_LOG
+	shunt run -c /tmp/burst.yaml >>$BURST_LOG 2>&1 &
+	BURST_SHUNT_PID=$!
+	wait_ready 16000 $BURST_SHUNT_PID || { burst_error="$1: shunt not ready"; return 1; }
+}
+burst_shunt_stop() {
+	kill -${2:-TERM} $1 2>/dev/null
+	wait $1 2>/dev/null
+}
+# burst_report WHERE OUTPUT: a failed peer's lines, then what shunt knows about
+# the failed clients (access log by source port; /connections for those still
+# open), its own lines, its end counters, the upstream's resets and early
+# ends, and the kernel's view of the sockets on the two ports (state 01 =
+# established, 08 = close-wait, tx_queue:rx_queue in hex; TIME_WAIT left out)
+# to tell where stuck bytes sit. A socket that took an RST is unhashed and
+# missing from the list even while shunt still holds it.
+burst_report() {
+	echo "SHUNT-VM: burst_stress failure in $1:"
+	echo "$2"
+	for sport in $(echo "$2" | sed -n 's/.* source port \([0-9]*\):.*/\1/p'); do
+		grep "\"src\":\"127.0.0.1:$sport\"" $BURST_LOG
+		http_get "" 127.0.0.1 16000 /connections | body | tr '}' '\n' | grep "127.0.0.1:$sport\""
+	done
+	grep -v '^{' $BURST_LOG | tail -n 20
+	http_get "" 127.0.0.1 16000 /metrics | grep -E "^shunt_(connection_ends|datapath_fallbacks|sockmap)"
+	grep -v listening /tmp/burst-server.log | tail -n 10
+	echo "/proc/net/tcp, ports 16001 (3E81) and 16002 (3E82):"
+	awk '$4 != "06"' /proc/net/tcp | grep -E ':3E8[12] '
+}
+# burst_resets HOLD: resets through the current instance, HOLD pairs left
+# open; the peer's pid in RESET_PID once it says it holds them (its own
+# timeouts bound the wait).
+burst_resets() {
+	burst_peer reset 127.0.0.1 16001 6 $BURST_BYTES $1 >/tmp/burst-reset.out 2>&1 &
+	RESET_PID=$!
+	reset_runs=$((reset_runs + 1))
+	held_conns=$((held_conns + $1))
+	while :; do
+		alive=0
+		kill -0 $RESET_PID 2>/dev/null && alive=1
+		# Looked for after the liveness test: with HOLD 0 the peer exits
+		# right after printing it.
+		grep -q holding /tmp/burst-reset.out && break
+		if [ $alive = 0 ]; then
+			burst_error="reset peer: $(tr '\n' ' ' </tmp/burst-reset.out)"
+			return 1
+		fi
+		sleep 0.1
+	done
+	n=$(sed -n 's/.*, \([0-9]*\) failures,.*/\1/p' /tmp/burst-reset.out)
+	reset_failed=$((reset_failed + n))
+	[ "$n" = 0 ] || burst_report "$2" "$(cat /tmp/burst-reset.out)"
+	return 0
+}
+# burst_once WHERE: one burst.
+burst_once() {
+	out=$(burst_peer burst 127.0.0.1 16001 $BURST_CLIENTS $BURST_BYTES 2>&1)
+	rc=$?
+	burst_runs=$((burst_runs + 1))
+	burst_conns=$((burst_conns + BURST_CLIENTS))
+	echo "$out" | tail -n 1
+	[ $rc = 0 ] && return 0
+	n=$(echo "$out" | sed -n 's/.*, \([0-9]*\) failures,.*/\1/p')
+	burst_failed=$((burst_failed + ${n:-1}))
+	burst_report "$1" "$out"
+}
+
+burst_peer server 16002 $BURST_BYTES >/tmp/burst-server.log 2>&1 &
+BURST_SERVER_PID=$!
+burst_started=$(cut -d' ' -f1 /proc/uptime)
+# burst_kill_after_resets LABEL: resets through the current instance, then
+# SIGKILL while the held pairs are open; the next instance starts after it.
+burst_kill_after_resets() {
+	burst_resets 4 "$1"
+	ok=$?
+	burst_shunt_stop $BURST_SHUNT_PID KILL
+	burst_shunt_stop $RESET_PID
+	return $ok
+}
+# One shunt start per iteration: each instance starts right after a SIGKILLed
+# predecessor (the first after a prologue instance), takes the burst first,
+# then the resets and its own SIGKILL.
+iter=0
+if burst_shunt_start "prologue: resets, then SIGKILL"; then
+	burst_kill_after_resets "prologue resets"
+fi
+while [ $iter -lt $BURST_ITERATIONS ] && [ -z "$burst_error" ]; do
+	iter=$((iter + 1))
+	burst_shunt_start "iteration $iter: burst after SIGKILL, resets, SIGKILL" || break
+	burst_once "iteration $iter (fresh, after SIGKILL)"
+	burst_kill_after_resets "iteration $iter resets" || break
+	echo "SHUNT-VM: burst_stress fresh iteration $iter done at $(cut -d' ' -f1 /proc/uptime)"
+done
+fresh_iterations=$iter
+iter=0
+if [ -z "$burst_error" ] && burst_shunt_start "long-lived"; then
+	while [ $iter -lt $BURST_ITERATIONS ]; do
+		iter=$((iter + 1))
+		burst_resets 0 "long-lived iteration $iter resets" || break
+		wait $RESET_PID
+		burst_once "long-lived iteration $iter"
+	done
+	burst_shunt_stop $BURST_SHUNT_PID
+	echo "SHUNT-VM: burst_stress long-lived iterations done at $(cut -d' ' -f1 /proc/uptime)"
+fi
+burst_shunt_stop $BURST_SERVER_PID
+if [ -n "$burst_error" ]; then
+	echo "SHUNT-VM: burst_stress stopped: $burst_error; the last instance's log:"
+	tail -n 40 $BURST_LOG
+fi
+echo "SHUNT-VM: burst_stress: shunt's warnings and errors over all instances:"
+grep -E '\[(warning|error|critical)\]' $BURST_LOG
+secs=$(awk -v a="$burst_started" -v b="$(cut -d' ' -f1 /proc/uptime)" 'BEGIN { printf "%.0f", b - a }')
+detail="$fresh_iterations fresh instances (each after a SIGKILLed one that had resets and held pairs) + $iter long-lived rounds, $burst_runs bursts of $BURST_CLIENTS x $BURST_BYTES B = $burst_conns connections, $burst_failed failed, ${secs}s"
+[ "$burst_failed" = 0 ] && [ -z "$burst_error" ] && [ $burst_runs = $((2 * BURST_ITERATIONS)) ]
+result burst_stress $? "$detail${burst_error:+; $burst_error}"
+[ "$reset_failed" = 0 ] && [ -z "$burst_error" ]
+result reset_propagation $? "$((reset_runs * 6)) connections reset ($((reset_runs * 2)) by the upstream), $held_conns held at SIGKILL: $reset_failed upstream resets never reached their client"
 finish

@@ -10,7 +10,8 @@ Profiles (one ctest each):
           back to legacy clsact tc filters.
 
 Boots the kernel under qemu-system-x86_64 -cpu max with software emulation,
-from an initramfs holding busybox-static, the shunt binary and its shared
+from an initramfs holding busybox-static, the shunt binary, the burst_peer
+test tool (tests/tools, for the burst_stress check) and their shared
 libraries, the kernel modules the profile needs, and tests/vm/init.sh as
 /init. The kernel package is fetched once with `apt-get download` into the
 cache dir (SHUNT_VM_CACHE, default /var/cache/shunt-vm) and reused.
@@ -30,16 +31,29 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SHUNT_BIN = os.environ.get("SHUNT_BIN", os.path.join(HERE, "../../build/proxy/shunt"))
+BURST_PEER = os.environ.get("BURST_PEER", os.path.join(HERE, "../../build/tests/tools/burst_peer"))
 CACHE = os.environ.get("SHUNT_VM_CACHE", "/var/cache/shunt-vm")
 BOOT_TIMEOUT_S = int(os.environ.get("SHUNT_VM_TIMEOUT", "420"))
 # SHUNT_VM_VERBOSE=1 prints the VM's console (and shunt's log) on success too.
+# burst_stress size, "ITERATIONS,CLIENTS": ITERATIONS fresh instances (each after
+# a SIGKILLed one) and as many rounds on a long-lived one, a burst of CLIENTS
+# each. The default keeps the check near a minute under emulation; a soak
+# raises it (and SHUNT_VM_TIMEOUT).
+BURST_ITERATIONS, BURST_CLIENTS = (int(v) for v in os.environ.get("SHUNT_VM_BURST", "8,50").split(","))
 
 COMMON_CHECKS = [
     "direct_without_shunt", "direct_without_shunt_v6", "shunt_ready", "source_preserved", "download_hash",
     "upload_hash", "direct_port_with_shunt", "source_preserved_v6", "download_hash_v6", "upload_hash_v6",
     "proxied_8080", "not_proxied_9090", "proxied_8080_v6", "shunt_exited", "fail_closed_blocks",
     "fail_closed_blocks_v6", "fail_closed_other_ports_flow", "rules_removed_on_exit", "pod_del", "nothing_left",
+    "burst_stress",
 ]
+# Reported and shown, but not (yet) required: name -> why. A failing one prints
+# the console like a failed check does, and the test still passes.
+ADVISORY_CHECKS = {
+    "reset_propagation": "an upstream RST right after the sockmap handover is sometimes not passed on to the "
+                         "client on 6.1/6.12 (the connection stays open); required once shunt handles it",
+}
 
 
 class Profile:
@@ -134,18 +148,24 @@ def shared_libs(binary):
     return libs
 
 
+def install_binary(root, binary, name):
+    """/bin/NAME plus the shared libraries it loads, at their host paths."""
+    # Debug info makes the binary ~10x larger, and cpio + kernel unpacking
+    # under emulation is paid per byte.
+    subprocess.run(["strip", "--strip-debug", "-o", os.path.join(root, "bin", name), binary], check=True)
+    for lib in shared_libs(binary):
+        dst = os.path.join(root, lib.lstrip("/"))
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        shutil.copy(lib, dst)
+
+
 def build_initramfs(workdir, modules):
     root = os.path.join(workdir, "root")
     for d in ("bin", "lib/shunt-modules", "www/cgi-bin", "etc", "sys/fs/bpf", "run/netns"):
         os.makedirs(os.path.join(root, d), exist_ok=True)
     shutil.copy(shutil.which("busybox") or "/bin/busybox", os.path.join(root, "bin/busybox"))
-    # Debug info makes the binary ~10x larger, and cpio + kernel unpacking
-    # under emulation is paid per byte.
-    subprocess.run(["strip", "--strip-debug", "-o", os.path.join(root, "bin/shunt"), SHUNT_BIN], check=True)
-    for lib in shared_libs(SHUNT_BIN):
-        dst = os.path.join(root, lib.lstrip("/"))
-        os.makedirs(os.path.dirname(dst), exist_ok=True)
-        shutil.copy(lib, dst)
+    for binary, name in ((SHUNT_BIN, "shunt"), (BURST_PEER, "burst_peer")):
+        install_binary(root, binary, name)
     # Numbered so init.sh loads them in the profile's order.
     for i, ko in enumerate(modules):
         name = re.sub(r"\.ko(\.xz|\.zst)?$", ".ko", os.path.basename(ko))
@@ -177,7 +197,8 @@ def build_initramfs(workdir, modules):
 def boot(vmlinuz, initramfs, profile):
     cmd = ["qemu-system-x86_64", "-cpu", "max", "-m", "1024", "-smp", "2", "-nographic", "-no-reboot",
            "-nic", "none", "-kernel", vmlinuz, "-initrd", initramfs,
-           "-append", f"console=ttyS0 panic=-1 quiet loglevel=3 rdinit=/init shunt.profile={profile.name}"]
+           "-append", f"console=ttyS0 panic=-1 quiet loglevel=3 rdinit=/init shunt.profile={profile.name} "
+           f"shunt.burst_iterations={BURST_ITERATIONS} shunt.burst_clients={BURST_CLIENTS}"]
     log(" ".join(cmd))
     start = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
@@ -195,8 +216,9 @@ def main():
     if len(sys.argv) != 2 or sys.argv[1] not in PROFILES:
         raise SystemExit(f"usage: {sys.argv[0]} {'|'.join(PROFILES)}")
     profile = PROFILES[sys.argv[1]]
-    if not os.path.exists(SHUNT_BIN):
-        raise SystemExit(f"shunt binary not found at {SHUNT_BIN} (set SHUNT_BIN)")
+    for path, var in ((SHUNT_BIN, "SHUNT_BIN"), (BURST_PEER, "BURST_PEER")):
+        if not os.path.exists(path):
+            raise SystemExit(f"{os.path.basename(path)} not found at {path} (build it, or set {var})")
     deb = kernel_package(profile)
     vmlinuz, modules = extract_kernel(deb, profile)
     log(f"kernel {vmlinuz}, modules {[os.path.basename(m) for m in modules]}")
@@ -212,12 +234,20 @@ def main():
     for name in profile.checks:
         status, detail = results.get(name, ("MISSING", ""))
         print(f"{status:7} {name} {detail}")
-    if failed or not done or os.environ.get("SHUNT_VM_VERBOSE"):
+    advisory_failed = []
+    for name, why in ADVISORY_CHECKS.items():
+        status, detail = results.get(name, ("MISSING", ""))
+        print(f"{status:7} {name} {detail} (advisory: {why})")
+        if status != "PASS":
+            advisory_failed.append(name)
+    if failed or not done or advisory_failed or os.environ.get("SHUNT_VM_VERBOSE"):
         print("---- VM console ----")
         print(console)
         print("--------------------")
+    if failed or not done:
         raise SystemExit(f"{profile.name} VM test failed: {', '.join(failed) or 'VM did not reach the end'}")
-    print(f"{profile.name} VM test: {len(profile.checks)} checks passed")
+    print(f"{profile.name} VM test: {len(profile.checks)} checks passed"
+          + (f"; advisory check(s) failed: {', '.join(advisory_failed)}" if advisory_failed else ""))
 
 
 if __name__ == "__main__":
