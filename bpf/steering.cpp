@@ -2,9 +2,9 @@
 
 #include "bpf/steering_attach.h"
 #include "bpf/steering_shared.h"
-#include "pods/netlink.h"
-#include "pods/routing.h"
-#include "pods/rtnl.h"
+#include "netlink/netlink.h"
+#include "netlink/routing.h"
+#include "netlink/rtnl.h"
 #include "steer_netkit.skel.h"
 #include "steer_tcx.skel.h"
 

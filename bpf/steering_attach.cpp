@@ -1,6 +1,6 @@
 #include "bpf/steering_attach.h"
 
-#include "pods/netlink.h"
+#include "netlink/netlink.h"
 
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>

@@ -1,4 +1,4 @@
-// Requests as the HTTP inspector reads them (proxy/http_inspector.cpp): the
+// Requests as the HTTP inspector reads them (proxy/inspect/http_inspector.cpp): the
 // input is what one client sends on one connection. It is parsed the way
 // run_requests() drives RequestParser (llhttp for framing, parse_head() for
 // the strict reading and the canonical model): stop at each head, decide
@@ -29,7 +29,7 @@
 //    coding ends exactly Content-Length (or zero) bytes after its head, so
 //    llhttp's idea of where the body ends is the upstream's.
 #include "fuzz/fuzz_common.h"
-#include "proxy/http_parser.h"
+#include "proxy/inspect/http_parser.h"
 
 #include <cstddef>
 #include <cstdint>

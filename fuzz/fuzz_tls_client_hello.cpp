@@ -1,5 +1,5 @@
 // The first flight of a TLS client as the TLS inspector reads it
-// (proxy/tls_inspector.cpp): fed to ClientHelloReader, and the SNI it
+// (proxy/inspect/tls_inspector.cpp): fed to ClientHelloReader, and the SNI it
 // finds decided under a fixed policy (fuzz_common.h).
 //
 // OpenSSL is not instrumented in this build, so coverage guides the fuzzer
@@ -18,7 +18,7 @@
 //    rarely does. The hello must be read, and an SNI found must be bytes of
 //    the body.
 #include "fuzz/fuzz_common.h"
-#include "proxy/client_hello.h"
+#include "proxy/inspect/client_hello.h"
 
 #include <cstddef>
 #include <cstdint>

@@ -1,7 +1,7 @@
 #include "pods/pod.h"
 
 #include "bpf/steering.h"
-#include "pods/netns.h"
+#include "netlink/netns.h"
 
 #include <fcntl.h>
 #include <sys/socket.h>

@@ -6,7 +6,7 @@
 #pragma once
 
 #include "common/error.h"
-#include "pods/rtnl.h"
+#include "netlink/rtnl.h"
 
 #include <optional>
 #include <string>

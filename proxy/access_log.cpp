@@ -1,7 +1,7 @@
 #include "proxy/access_log.h"
 
-#include "proxy/json_writer.h"
-#include "proxy/privileges.h"
+#include "common/json_writer.h"
+#include "common/privileges.h"
 
 #include <spdlog/async.h>
 #include <spdlog/sinks/basic_file_sink.h>

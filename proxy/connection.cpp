@@ -1,7 +1,8 @@
 #include "proxy/connection.h"
 
-#include "proxy/datapath.h"
+#include "proxy/datapath/datapath.h"
 #include "proxy/hangup_watcher.h"
+#include "proxy/inspect/inspect.h"
 #include "proxy/metrics.h"
 #include "proxy/proxy_context.h"
 

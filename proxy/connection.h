@@ -6,7 +6,7 @@
 //              connects upstream when allowed, and returns once the verdict
 //              can no longer change
 //     allow:   connect upstream, then hand both sockets to the data path
-//   data path (proxy/datapath.h): sockmap (kernel), splice, or copy
+//   data path (proxy/datapath/datapath.h): sockmap (kernel), splice, or copy
 //   close -> access log line, metrics
 //
 // A Connection lives in one coroutine on one io_context thread; other threads

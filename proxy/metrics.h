@@ -69,7 +69,7 @@ struct Metrics {
   std::atomic<std::uint64_t> buffer_boosts{0};
   std::atomic<std::uint64_t> buffer_boosts_refused{0};
   // Redirected by the sockmap verdict but still in the target's backlog
-  // when the pair ended (proxy/sockmap_path.cpp).
+  // when the pair ended (proxy/datapath/sockmap_path.cpp).
   std::atomic<std::uint64_t> sockmap_backlog_dropped_bytes{0};
   // shunt_connection_ends_total{reason}, indexed by EndReason.
   std::array<std::atomic<std::uint64_t>, kEndReasonSlots> connection_ends{};

@@ -1,10 +1,10 @@
 // The admin API's text formats without sockets: Prometheus escaping and
 // layout, the JSON writer, Config -> JSON, and request routing.
+#include "admin/admin_server.h"
+#include "admin/config_json.h"
+#include "admin/metrics_text.h"
+#include "common/json_writer.h"
 #include "config/config.h"
-#include "proxy/admin_server.h"
-#include "proxy/config_json.h"
-#include "proxy/json_writer.h"
-#include "proxy/metrics_text.h"
 #include "proxy/proxy_context.h"
 
 #include <gtest/gtest.h>

@@ -2,7 +2,7 @@
 // (the inspector forwards by these offsets, so they must be exact), what a
 // head carries, upgrades, the HTTP/2 preface, malformed input, and response
 // framing (HEAD, 1xx, 204/304, 101, CONNECT, EOF-delimited).
-#include "proxy/http_parser.h"
+#include "proxy/inspect/http_parser.h"
 
 #include <gtest/gtest.h>
 

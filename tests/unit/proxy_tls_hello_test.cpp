@@ -1,7 +1,7 @@
 // ClientHelloReader: real ClientHellos made by an OpenSSL client over a
 // memory BIO, fed whole, byte by byte, and record-fragmented; without SNI;
 // non-TLS input; the size bound.
-#include "proxy/client_hello.h"
+#include "proxy/inspect/client_hello.h"
 
 #include <gtest/gtest.h>
 #include <openssl/bio.h>

@@ -1,0 +1,312 @@
+#include "daemon/control.h"
+
+#include "admin/admin_server.h"
+#include "bpf/sockmap.h"
+#include "common/privileges.h"
+#include "proxy/metrics.h"
+#include "proxy/policy_recheck.h"
+#include "proxy/proxy_context.h"
+#include "proxy/server.h"
+
+#include <spdlog/spdlog.h>
+#include <sys/inotify.h>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/posix/stream_descriptor.hpp>
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/signal_set.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+#include <thread>
+
+namespace shunt::proxy {
+
+namespace asio = boost::asio;
+using asio::use_awaitable;
+
+namespace {
+
+// Bytes a socket moves before its pair may get large buffers.
+constexpr std::uint64_t kBulkThresholdBytes = 4ull << 20;
+
+void apply_log_level(const std::string& level) { spdlog::set_level(spdlog::level::from_str(level)); }
+
+std::string read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+class Control {
+ public:
+  Control(ProxyContext& context, Server& server, const RunOptions& options, std::string loaded_text)
+      : context_(context),
+        server_(server),
+        options_(options),
+        loaded_text_(std::move(loaded_text)),
+        signals_(io_, SIGHUP, SIGTERM, SIGINT),
+        usr1_(io_, SIGUSR1) {}
+
+  int run() {
+    asio::co_spawn(io_, handle_signals(), asio::detached);
+    asio::co_spawn(io_, handle_usr1(), asio::detached);
+    if (!options_.config_path.empty()) asio::co_spawn(io_, watch_config(), asio::detached);
+    if (context_.bridge) asio::co_spawn(io_, handle_bulk_events(), asio::detached);
+    io_.run();
+    return exit_code_;
+  }
+
+ private:
+  asio::awaitable<void> handle_signals() {
+    for (;;) {
+      boost::system::error_code ec;
+      const int signo = co_await signals_.async_wait(asio::redirect_error(use_awaitable, ec));
+      if (ec) co_return;
+      if (signo == SIGHUP) {
+        reload("SIGHUP");
+        continue;
+      }
+      if (shutting_down_) {
+        spdlog::warn("second signal: stopping now");
+        finish();
+        co_return;
+      }
+      shutting_down_ = true;
+      asio::co_spawn(io_, drain(), asio::detached);
+    }
+  }
+
+  asio::awaitable<void> handle_usr1() {
+    for (;;) {
+      boost::system::error_code ec;
+      co_await usr1_.async_wait(asio::redirect_error(use_awaitable, ec));
+      if (ec) co_return;
+      spdlog::info("SIGUSR1: reopening the access log");
+      if (auto st = context_.access_log.reopen(); !st)
+        spdlog::error("access log not reopened, lines go to the previous file: {}", st.error().message());
+    }
+  }
+
+  // SIGTERM: stop accepting, let connections finish up to timeouts.drain,
+  // then reset what remains.
+  asio::awaitable<void> drain() {
+    const auto drain_for = context_.policy.current()->config().proxy.timeouts.drain;
+    spdlog::info("shutting down: draining {} connection(s) for up to {} ms", context_.registry.size(),
+                 drain_for.count());
+    context_.draining = true;
+    server_.stop_accepting();
+    const auto deadline = std::chrono::steady_clock::now() + drain_for;
+    asio::steady_timer tick(io_);
+    while (context_.registry.size() > 0 && std::chrono::steady_clock::now() < deadline && !finished_) {
+      tick.expires_after(std::chrono::milliseconds(50));
+      boost::system::error_code ec;
+      co_await tick.async_wait(asio::redirect_error(use_awaitable, ec));
+    }
+    if (context_.registry.size() > 0)
+      spdlog::info("drain timeout: resetting {} connection(s)", context_.registry.size());
+    finish();
+  }
+
+  void finish() {
+    if (finished_) return;
+    finished_ = true;
+    server_.stop();
+    boost::system::error_code ec;
+    signals_.cancel(ec);
+    usr1_.cancel(ec);
+    if (inotify_) inotify_->close(ec);
+    if (bulk_) bulk_->release();  // the ring buffer owns its epoll fd
+    io_.stop();
+  }
+
+  void reload(const char* why) {
+    auto result = config::load_config_file(options_.config_path);
+    auto& m = metrics();
+    if (!result.diagnostics.empty()) {
+      for (const auto& d : result.diagnostics) spdlog::error("config reload rejected: {}", d.to_string());
+      spdlog::error("keeping configuration generation {}", context_.policy.current()->generation());
+      m.config_reloads_error.fetch_add(1, std::memory_order_relaxed);
+      return;
+    }
+    const auto previous = context_.policy.current();
+    const std::uint64_t generation = previous->generation() + 1;
+    auto next = policy::Policy::build(result.config, generation);
+    context_.policy.publish(next);
+    m.config_generation.store(generation, std::memory_order_relaxed);
+    m.config_reloads_ok.fetch_add(1, std::memory_order_relaxed);
+    apply_log_level(next->config().log.level);
+    if (auto st = context_.access_log.open(next->config().log.access); !st)
+      spdlog::error("access log stays on its previous target: {}", st.error().message());
+    if (next->config().proxy.listeners.size() != previous->config().proxy.listeners.size())
+      spdlog::warn("listener changes take effect at the next restart");
+    if (context_.steering) {
+      if (auto st = context_.steering->update(next->config()); !st)
+        spdlog::error("steering update failed, previous steering stays: {}", st.error().message());
+    }
+    const std::size_t revoked = revoke_disallowed(*next, context_.registry);
+    spdlog::info("config reloaded ({}): generation {}, {} connection(s) revoked", why, generation, revoked);
+  }
+
+  // Watches the config file's directory: editors save by rename, and a
+  // Kubernetes ConfigMap swaps a `..data` symlink, so events on the file
+  // itself are not enough. Any change in the directory triggers a reload
+  // after a short settle time, skipped when the file's bytes are unchanged.
+  asio::awaitable<void> watch_config() {
+    namespace fs = std::filesystem;
+    const fs::path path = fs::absolute(options_.config_path);
+    const int fd = ::inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+    if (fd < 0) {
+      spdlog::warn("inotify unavailable ({}); reload with SIGHUP", std::strerror(errno));
+      co_return;
+    }
+    inotify_ = std::make_unique<asio::posix::stream_descriptor>(io_, fd);
+    const auto mask = IN_CLOSE_WRITE | IN_MOVED_TO | IN_MOVED_FROM | IN_CREATE | IN_DELETE | IN_ATTRIB;
+    if (::inotify_add_watch(fd, path.parent_path().c_str(), mask) < 0) {
+      spdlog::warn("cannot watch {} ({}); reload with SIGHUP", path.parent_path().string(),
+                   std::strerror(errno));
+      co_return;
+    }
+    char buf[4096];
+    asio::steady_timer settle(io_);
+    for (;;) {
+      boost::system::error_code ec;
+      co_await inotify_->async_wait(asio::posix::descriptor_base::wait_read,
+                                    asio::redirect_error(use_awaitable, ec));
+      if (ec) co_return;
+      while (::read(fd, buf, sizeof(buf)) > 0) {
+      }
+      // Let a burst of events (write + rename + symlink swap) settle.
+      settle.expires_after(std::chrono::milliseconds(20));
+      co_await settle.async_wait(asio::redirect_error(use_awaitable, ec));
+      while (::read(fd, buf, sizeof(buf)) > 0) {
+      }
+      const std::string text = read_file(path.string());
+      if (text == loaded_text_ || text.empty()) continue;
+      loaded_text_ = text;
+      reload("file changed");
+    }
+  }
+
+  asio::awaitable<void> handle_bulk_events() {
+    bulk_ = std::make_unique<asio::posix::stream_descriptor>(io_, context_.bridge->bulk_events_fd());
+    const std::function<void(std::uint64_t)> on_bulk = [this](std::uint64_t cookie) {
+      auto info = context_.registry.find_by_cookie(cookie);
+      if (!info) return;
+      std::lock_guard lock(info->mu);
+      if (info->grant_bulk_buffers) info->grant_bulk_buffers(cookie);
+    };
+    for (;;) {
+      boost::system::error_code ec;
+      co_await bulk_->async_wait(asio::posix::descriptor_base::wait_read,
+                                 asio::redirect_error(use_awaitable, ec));
+      if (ec) co_return;
+      context_.bridge->poll_bulk_events(on_bulk);
+    }
+  }
+
+  ProxyContext& context_;
+  Server& server_;
+  RunOptions options_;
+  std::string loaded_text_;
+  asio::io_context io_{1};
+  asio::signal_set signals_;
+  asio::signal_set usr1_;
+  std::unique_ptr<asio::posix::stream_descriptor> inotify_;
+  std::unique_ptr<asio::posix::stream_descriptor> bulk_;
+  bool shutting_down_ = false;
+  bool finished_ = false;
+  int exit_code_ = kExitOk;
+};
+
+}  // namespace
+
+int run_proxy(const RunOptions& options) {
+  config::LoadResult loaded;
+  std::string loaded_text;
+  if (options.config_path.empty()) {
+    loaded = config::parse_config(config::builtin_default_yaml(), "<built-in default>");
+    loaded_text = std::string(config::builtin_default_yaml());
+  } else {
+    loaded = config::load_config_file(options.config_path);
+    loaded_text = read_file(options.config_path);
+  }
+  if (!loaded.diagnostics.empty()) {
+    for (const auto& d : loaded.diagnostics) std::cerr << d.to_string() << "\n";
+    return kExitBadInput;
+  }
+  const config::Config& cfg = *loaded.config;
+  apply_log_level(cfg.log.level);
+
+  try {
+    ProxyContext context;
+    if (auto st = context.access_log.open(cfg.log.access); !st) {
+      std::cerr << "shunt: " << st.error().message() << "\n";
+      return kExitEnvironment;
+    }
+    context.policy.publish(policy::Policy::build(loaded.config, 1));
+    metrics().config_generation = 1;
+    // Up from here so probes get an answer (503) while BPF loads and
+    // listeners bind; ready once the workers accept.
+    AdminServer admin(context, cfg.admin.listen);
+    admin.start();
+
+    auto bridge = bpf::SockmapBridge::load(cfg.proxy.limits.max_connections, kBulkThresholdBytes);
+    if (bridge) {
+      context.bridge = std::move(bridge.value());
+      context.registry.set_bridge(context.bridge.get());
+    } else if (cfg.proxy.datapath == config::Datapath::sockmap) {
+      spdlog::warn("sockmap data path unavailable ({}); connections use splice instead",
+                   bridge.error().message());
+    }
+
+    const unsigned threads =
+        options.threads ? options.threads : std::max(1u, std::thread::hardware_concurrency());
+    Server server(context, cfg, threads);
+    const bool steers_pods =
+        std::any_of(cfg.pods.begin(), cfg.pods.end(), [](const config::Pod& p) { return !p.dev.empty(); });
+    if (steers_pods) {
+      auto steering = bpf::PodSteering::start(cfg, server.transparent_listener_fds());
+      if (!steering) {
+        std::cerr << "shunt: pod steering: " << steering.error().message() << "\n";
+        server.stop();
+        return kExitEnvironment;
+      }
+      context.steering = std::move(steering.value());
+    }
+    // Setup done (BPF loaded, listeners bound, steering attached): keep only
+    // what running needs. Before server.start(), so the worker threads
+    // inherit the reduced sets (capabilities are per thread).
+    if (auto st = drop_capabilities(ThreadRole::runtime); !st)
+      spdlog::warn("could not drop capabilities, running with all of them: {}", st.error().message());
+    else
+      spdlog::info("capabilities reduced to at most {}",
+                   fmt::join(kept_capabilities(ThreadRole::runtime), ", "));
+    server.start();
+    admin.set_ready(context.steering.get());
+    spdlog::info("shunt {} running: datapath {}, {} worker thread(s), config {}", SHUNT_VERSION,
+                 config::to_string(cfg.proxy.datapath), threads, cfg.source);
+
+    Control control(context, server, options, loaded_text);
+    const int rc = control.run();
+    // The admin thread reads steering counters and the registry: stop it first.
+    admin.stop();
+    // Detach pod steering (links, rules, routes) before the listeners close.
+    context.steering.reset();
+    context.access_log.flush();
+    spdlog::info("shunt stopped");
+    return rc;
+  } catch (const StartupError& e) {
+    std::cerr << "shunt: " << e.what() << "\n";
+    return e.code();
+  }
+}
+
+}  // namespace shunt::proxy

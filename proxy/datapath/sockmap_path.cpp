@@ -1,0 +1,302 @@
+// The sockmap data path: the handover of an allowed connection to the kernel.
+//
+//   1. Userspace has written every byte it read (inspection flushes first).
+//   2. Record how much each socket has had written to it so far (baseline).
+//   3. SockmapBridge::handover(): peer entries, redirect targets, verdict
+//      sockets, then a data_ready kick for bytes already queued.
+//   4. Take both fds out of Asio's reactor: a spliced socket signals readable
+//      on every redirected segment; HangupWatcher asks for hang-ups only.
+//   5. On EOF from one side (the kernel does not forward FIN), wait until
+//      every byte that side received has been through the verdict program
+//      and the peer has been written all of them, then shutdown(SHUT_WR)
+//      the peer. On an error/RST, reset the
+//      peer. When both FINs are through, close both (which also removes them
+//      from the sockmaps; unmapping a live socket would purge its queue).
+//
+// If the kernel refuses a socket (closing already, map full), the pair falls
+// back to splice and shunt_datapath_fallbacks_total{reason} counts it.
+#include "bpf/sockmap.h"
+#include "common/unique_fd.h"
+#include "proxy/connection.h"
+#include "proxy/datapath/datapath.h"
+#include "proxy/datapath/tcp_counters.h"
+#include "proxy/hangup_watcher.h"
+#include "proxy/metrics.h"
+#include "proxy/proxy_context.h"
+
+#include <poll.h>
+#include <spdlog/spdlog.h>
+#include <sys/socket.h>
+#include <boost/asio/post.hpp>
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
+#include <algorithm>
+#include <cstring>
+#include <string>
+
+namespace shunt::proxy {
+
+namespace asio = boost::asio;
+using std::chrono::milliseconds;
+
+namespace {
+
+struct SocketState {
+  bool read_closed = false;  // the peer sent FIN
+  bool failed = false;       // reset or error
+};
+
+SocketState socket_state(int fd) {
+  pollfd p{fd, POLLRDHUP, 0};
+  ::poll(&p, 1, 0);
+  SocketState s;
+  s.failed = (p.revents & (POLLERR | POLLNVAL)) != 0;
+  s.read_closed = (p.revents & (POLLRDHUP | POLLHUP)) != 0;
+  return s;
+}
+
+// The pending socket error (SO_ERROR), for the access log's `error`.
+std::string socket_error(int fd) {
+  int err = 0;
+  socklen_t len = sizeof(err);
+  if (::getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0 || err == 0) return "hang-up";
+  return std::strerror(err);
+}
+
+// One direction of a kernel-spliced pair.
+struct SplicedDirection {
+  int from = -1;
+  int to = -1;
+  std::uint64_t from_cookie = 0;
+  std::uint64_t from_consumed_at_handover = 0;  // read by userspace before the handover
+  std::uint64_t to_written_at_handover = 0;
+  bool fin_forwarded = false;
+};
+
+void set_send_buffer(int fd, int bytes) {
+  ::setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &bytes, sizeof(bytes));
+}
+
+}  // namespace
+
+asio::awaitable<void> run_sockmap(Connection& conn) {
+  ProxyContext& proxy = conn.proxy();
+  ConnectionInfo& info = conn.info();
+  bpf::SockmapBridge* bridge = proxy.bridge.get();
+  auto fall_back = [&](std::string_view reason) {
+    metrics().datapath_fallbacks.add(std::string(reason));
+    info.datapath = config::Datapath::splice;
+  };
+  if (!bridge) {
+    fall_back("sockmap_unavailable");
+    co_await run_splice(conn);
+    co_return;
+  }
+
+  const int client_fd = conn.client().native_handle();
+  const int upstream_fd = conn.upstream().native_handle();
+  // Baselines for the drain check: what userspace read from each socket
+  // and wrote to it before the handover. After an L4 decision userspace has
+  // done neither (the kernel counts payload only, not the handshake), so
+  // they are 0 without four syscalls per connection.
+  const bool touched = conn.inspected();
+  auto baseline = [touched](std::uint64_t (*read)(int), int fd) { return touched ? read(fd) : 0; };
+  SplicedDirection up{client_fd,
+                      upstream_fd,
+                      0,
+                      baseline(tcp_bytes_consumed, client_fd),
+                      baseline(tcp_bytes_written, upstream_fd),
+                      false};
+  SplicedDirection down{upstream_fd,
+                        client_fd,
+                        0,
+                        baseline(tcp_bytes_consumed, upstream_fd),
+                        baseline(tcp_bytes_written, client_fd),
+                        false};
+
+  // Bound what a stalled pair can pin before the kernel starts moving bytes
+  // (docs/datapath.md, "Memory bound"); bulk pairs get more, within budget.
+  const int spliced_send_buffer = BufferBudget::kSplicedSendBufferBytes;
+  ::setsockopt(client_fd, SOL_SOCKET, SO_SNDBUF, &spliced_send_buffer, sizeof(spliced_send_buffer));
+  ::setsockopt(upstream_fd, SOL_SOCKET, SO_SNDBUF, &spliced_send_buffer, sizeof(spliced_send_buffer));
+
+  const bpf::HandoverResult handover = bridge->handover(client_fd, upstream_fd);
+  if (handover.failure != bpf::HandoverFailure::none) {
+    spdlog::debug("connection {}: sockmap refused the pair ({}), {}", info.id, handover.error.message(),
+                  handover.partial ? "resetting" : "splicing instead");
+    if (handover.partial) {
+      metrics().datapath_fallbacks.add("partial_handover");
+      info.note_end(EndReason::handover_failed, handover.error.message());
+      bridge->forget(handover.cookies);
+      conn.abort();
+      co_return;
+    }
+    fall_back(bpf::to_string(handover.failure));
+    co_await run_splice(conn);
+    co_return;
+  }
+  up.from_cookie = handover.cookies.a;
+  down.from_cookie = handover.cookies.b;
+  info.datapath = config::Datapath::sockmap;
+  info.client_cookie = handover.cookies.a;
+  info.upstream_cookie = handover.cookies.b;
+
+  // From here on the fds are ours alone; Asio forgets them. The pair is
+  // shared with bulk-buffer grants posted from the bulk event reader.
+  struct SplicedPair {
+    UniqueFd client;
+    UniqueFd upstream;
+    std::uint64_t boosted_bytes = 0;
+    bool open = true;
+  };
+  auto pair = std::make_shared<SplicedPair>();
+  pair->client = UniqueFd(conn.client().release());
+  pair->upstream = UniqueFd(conn.upstream().release());
+  UniqueFd& client = pair->client;
+  UniqueFd& upstream = pair->upstream;
+
+  auto executor = co_await asio::this_coro::executor;
+  asio::steady_timer wake(executor);
+  bool poked = false;
+  auto poke = [&] {
+    poked = true;
+    wake.cancel();
+  };
+  HangupWatcher& hangups = conn.worker().hangups;
+  const auto client_watch = hangups.add(client.get(), [&](std::uint32_t) { poke(); });
+  const auto upstream_watch = hangups.add(upstream.get(), [&](std::uint32_t) { poke(); });
+  conn.set_abort_hook(poke);
+
+  {
+    std::lock_guard lock(info.mu);
+    const std::uint64_t client_cookie = handover.cookies.a;
+    info.grant_bulk_buffers = [executor, pair, client_cookie,
+                               &budget = proxy.buffer_budget](std::uint64_t source) {
+      asio::post(executor, [pair, source, client_cookie, &budget] {
+        if (!pair->open || pair->boosted_bytes) return;
+        if (!budget.try_acquire(BufferBudget::kBoostedBufferBytes)) {
+          metrics().buffer_boosts_refused.fetch_add(1, std::memory_order_relaxed);
+          return;
+        }
+        pair->boosted_bytes = BufferBudget::kBoostedBufferBytes;
+        // Only the bulk direction's target needs room: the socket opposite the source.
+        const int target = source == client_cookie ? pair->upstream.get() : pair->client.get();
+        set_send_buffer(target, static_cast<int>(BufferBudget::kBoostedBufferBytes));
+        metrics().buffer_boosts.fetch_add(1, std::memory_order_relaxed);
+      });
+    };
+  }
+
+  // Only called once the source's FIN is visible. A direction may pass its
+  // FIN on once every byte its source received
+  // has been through the verdict program and written to the target. The
+  // first half matters: TCP makes the FIN visible (tcp_fin, RCV_SHUTDOWN)
+  // before the softirq that queued the last segment has run the verdict
+  // over it, so "written >= redirected" alone could pass for an instant
+  // with the tail not yet redirected, and the FIN would overtake it.
+  auto drained = [&](const SplicedDirection& d) {
+    const std::uint64_t redirected = bridge->redirected_bytes(d.from_cookie);
+    // tcpi_bytes_received counts the FIN's sequence number too.
+    const std::uint64_t payload = tcp_bytes_received(d.from) - 1 - d.from_consumed_at_handover;
+    if (payload > redirected) return false;
+    return tcp_bytes_written(d.to) - d.to_written_at_handover >= redirected;
+  };
+
+  milliseconds drain_poll{1};
+  for (;;) {
+    if (conn.aborted()) {
+      reset_fd(client.get());
+      reset_fd(upstream.get());
+      break;
+    }
+    const SocketState client_state = socket_state(client.get());
+    const SocketState upstream_state = socket_state(upstream.get());
+    if (client_state.failed || upstream_state.failed) {
+      // RST (or error) on one side: reset the other, promptly.
+      spdlog::debug("connection {}: {} side reset; resetting the other", info.id,
+                    client_state.failed ? "client" : "upstream");
+      info.note_end(client_state.failed ? EndReason::client_reset : EndReason::upstream_reset,
+                    socket_error(client_state.failed ? client.get() : upstream.get()));
+      reset_fd(client.get());
+      reset_fd(upstream.get());
+      break;
+    }
+    bool waiting_for_drain = false;
+    for (auto* d : {&up, &down}) {
+      const bool source_closed = d == &up ? client_state.read_closed : upstream_state.read_closed;
+      if (!source_closed || d->fin_forwarded) continue;
+      info.note_end(d == &up ? EndReason::client_closed : EndReason::upstream_closed);
+      if (drained(*d)) {
+        if (spdlog::should_log(spdlog::level::debug))  // the byte count costs a map lookup
+          spdlog::debug("connection {}: FIN from {} forwarded after its bytes drained ({} redirected)",
+                        info.id, d == &up ? "client" : "upstream", bridge->redirected_bytes(d->from_cookie));
+        ::shutdown(d->to, SHUT_WR);
+        d->fin_forwarded = true;
+      } else {
+        waiting_for_drain = true;
+      }
+    }
+    if (up.fin_forwarded && down.fin_forwarded) break;
+
+    poked = false;
+    if (waiting_for_drain) {
+      // The peer's backlog drains at the receiver's pace: back off to 50 ms.
+      wake.expires_after(drain_poll);
+      drain_poll = std::min(drain_poll * 2, milliseconds(50));
+    } else {
+      drain_poll = milliseconds(1);
+      wake.expires_at(asio::steady_timer::time_point::max());
+    }
+    if (!poked) {
+      boost::system::error_code ec;
+      co_await wake.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+    }
+  }
+
+  hangups.remove(client_watch);
+  hangups.remove(upstream_watch);
+  conn.set_abort_hook({});
+  {
+    std::lock_guard lock(info.mu);
+    info.grant_bulk_buffers = nullptr;
+  }
+  pair->open = false;
+  if (pair->boosted_bytes) proxy.buffer_budget.release(pair->boosted_bytes);
+
+  // Bytes the verdict program took from one socket that never reached the
+  // other's send queue: they sat in the target's psock backlog when the
+  // pair ended, and closing discards them. None when both FINs went through
+  // (the drain check waited for them); a reset may cut some. Counted so a
+  // loss is visible without a debugger.
+  std::uint64_t dropped = 0;
+  for (const SplicedDirection* d : {&up, &down}) {
+    const std::uint64_t redirected = bridge->redirected_bytes(d->from_cookie);
+    const std::uint64_t written = tcp_bytes_written(d->to) - d->to_written_at_handover;
+    if (redirected > written) dropped += redirected - written;
+  }
+  if (dropped) {
+    metrics().sockmap_backlog_dropped_bytes.fetch_add(dropped, std::memory_order_relaxed);
+    const EndReason end = info.end.load(std::memory_order_relaxed);
+    const bool clean = end == EndReason::client_closed || end == EndReason::upstream_closed;
+    spdlog::log(clean ? spdlog::level::err : spdlog::level::debug,
+                "connection {}: {} redirected byte(s) never reached the peer socket ({})", info.id, dropped,
+                to_string(end));
+  }
+
+  // Fold the kernel's counters into the connection before the peer entries
+  // go, so the access log and metrics keep them.
+  {
+    std::lock_guard lock(info.mu);  // see ConnectionRegistry::bytes
+    info.bytes_up += bridge->redirected_bytes(handover.cookies.a);
+    info.bytes_down += bridge->redirected_bytes(handover.cookies.b);
+    info.client_cookie = 0;
+    info.upstream_cookie = 0;
+  }
+  client.reset();
+  upstream.reset();
+  bridge->forget(handover.cookies);
+}
+
+}  // namespace shunt::proxy

@@ -1,0 +1,43 @@
+#include "proxy/datapath/tcp_counters.h"
+
+#include <linux/sockios.h>
+#include <linux/tcp.h>
+#include <netinet/in.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+
+namespace shunt::proxy {
+
+namespace {
+
+bool read_tcp_info(int fd, tcp_info& ti) {
+  socklen_t len = sizeof(ti);
+  return ::getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len) == 0;
+}
+
+}  // namespace
+
+std::uint64_t tcp_bytes_written(int fd) {
+  tcp_info ti{};
+  if (!read_tcp_info(fd, ti)) return 0;
+  return ti.tcpi_bytes_sent - ti.tcpi_bytes_retrans + ti.tcpi_notsent_bytes;
+}
+
+std::uint64_t tcp_bytes_received(int fd) {
+  tcp_info ti{};
+  if (!read_tcp_info(fd, ti)) return 0;
+  return ti.tcpi_bytes_received;
+}
+
+std::uint64_t tcp_bytes_consumed(int fd) {
+  // received - queued, with `received` unchanged across the SIOCINQ call: a
+  // segment arriving in between would otherwise count as consumed.
+  for (;;) {
+    const std::uint64_t before = tcp_bytes_received(fd);
+    int queued = 0;
+    if (::ioctl(fd, SIOCINQ, &queued) != 0) return 0;
+    if (tcp_bytes_received(fd) == before) return before - static_cast<std::uint64_t>(queued);
+  }
+}
+
+}  // namespace shunt::proxy

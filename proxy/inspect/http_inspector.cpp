@@ -1,0 +1,832 @@
+// HTTP inspection: every request on a connection whose flow has HTTP rules
+// is decided before a byte of it reaches the upstream.
+//
+// Two coroutines share one Session:
+//
+//   request loop (inspect_http)   client -> parse -> decide -> upstream
+//   response pump                 upstream -> frame -> client
+//
+// The request loop reads the client, stops the parser at each request head,
+// decides it under the *current* policy snapshot (so a reload applies to the
+// next request), and forwards an allowed request as decided: the head
+// serialised from its canonical model (http::parse_head, docs/policy.md),
+// the body exactly as read (llhttp finds where a Content-Length or chunked
+// body ends, under framing headers the strict reading checked). The upstream is
+// connected at the first allowed request, so a denied first request never
+// reaches it. The pump forwards responses as they come and follows their
+// framing only to know which request each final response answers (for the
+// deny path and the access log) and where the stream stops being HTTP (101
+// after an Upgrade request, 2xx after CONNECT).
+//
+// Handover to the data path (return true) happens when the verdict can no
+// longer change: every request of this flow is allowed, or a WebSocket (or
+// other non-HTTP/2) upgrade got its 101. At that point every byte read from
+// either socket has been written to the other one and no read is pending on
+// either: the pump has been stopped (or stopped itself after the 101), and
+// the request loop flushes what it still holds. That is what the sockmap
+// path needs before it takes the fds out of Asio.
+//
+// Deny (403) and the error statuses (400, 408, 431) stop forwarding at the
+// offending request, wait until every request forwarded before it has its
+// response delivered, then send the status with `Connection: close`, shut
+// the client's write side and discard what the client still sends for a
+// short while (closing with unread bytes would send a reset that can
+// overtake the status line at the client). The client is read throughout,
+// and every wait has a deadline (timeouts.refuse, then a short linger), so
+// a refused connection never holds its slot or its upstream connection for
+// long, whatever the client or the upstream do.
+//
+// Between requests (a response delivered, no byte of the next request)
+// timeouts.keepalive applies; it is much shorter than timeouts.idle, so
+// idle keep-alive connections do not pile up.
+#include "proxy/access_log.h"
+#include "proxy/connection.h"
+#include "proxy/end_reason.h"
+#include "proxy/inspect/http_parser.h"
+#include "proxy/inspect/inspect.h"
+#include "proxy/metrics.h"
+#include "proxy/proxy_context.h"
+
+#include <spdlog/spdlog.h>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/read.hpp>
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/write.hpp>
+
+#include <chrono>
+#include <cstring>
+#include <deque>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace shunt::proxy {
+
+namespace asio = boost::asio;
+using asio::use_awaitable;
+using asio::ip::tcp;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+constexpr std::size_t kReadChunk = 64 * 1024;  // per direction: bounds memory per connection
+// The request buffer starts small (most heads are a few hundred bytes and
+// idle keep-alive connections are many) and doubles, up to one maximal head
+// plus one read, when a head needs room or reads keep filling it (a bulk
+// upload).
+constexpr std::size_t kInitialRequestBuffer = 16 * 1024;
+// Pipelined requests forwarded but not yet answered. Beyond this the request
+// loop stops reading the client until responses catch up, so a client that
+// pipelines thousands of tiny requests cannot grow the queues without bound.
+constexpr std::size_t kMaxOutstanding = 64;
+// After a refusal's status has gone out, how long and how much of the
+// client's remaining input is read and dropped before closing.
+constexpr auto kLingerTime = std::chrono::seconds(2);
+constexpr std::size_t kLingerBytes = 1 << 20;
+
+struct PendingRequest {
+  std::string method;
+  std::string path;
+  std::string host;
+  std::string rule;
+  // CONNECT, or an Upgrade forwarded with a protocol that may leave
+  // inspection: only then may a 101 / 2xx switch protocol.
+  bool opens_tunnel = false;
+  bool connect = false;
+  std::vector<std::string> upgrades;  // the Upgrade values forwarded
+  Clock::time_point decided = Clock::now();
+};
+
+// State shared by the request loop and the response pump. Both run on the
+// connection's executor (one thread), so plain fields are enough; `event`
+// wakes the request loop whenever the pump changes something it waits on.
+struct Session : std::enable_shared_from_this<Session> {
+  Session(Connection& c, const asio::any_io_executor& ex)
+      : conn(c), hold(c.shared_from_this()), event(ex, Clock::time_point::max()), head_timer(ex) {}
+
+  Connection& conn;
+  std::shared_ptr<Connection> hold;  // the pump may outlive the request loop by a few handlers
+  http::ResponseParser responses;
+  std::deque<PendingRequest> pending;  // forwarded, final response not yet complete
+  asio::steady_timer event;
+  asio::steady_timer head_timer;
+  std::uint64_t read_generation = 0;  // lets a late header-deadline handler see its read is over
+  bool reading_client = false;
+
+  bool pump_running = false;
+  bool stop_pump = false;
+  bool tunnel = false;          // the pump forwarded a 101 / CONNECT 2xx and stopped
+  bool upstream_ended = false;  // EOF, reset or protocol error from the upstream
+  // The request loop is about to write a final status to the client: the
+  // pump must not shut the client's write side when the upstream ends.
+  bool client_write_reserved = false;
+
+  // Since when no forwarded request has been waiting for its response
+  // (kept by retire_request): the keep-alive deadline counts from here.
+  Clock::time_point quiet_since = Clock::now();
+  bool read_timed_out = false;  // the deadline of the client read in progress passed
+
+  // refuse(): its client reader (drain_client) runs, the status is out.
+  bool draining_client = false;
+  bool refusal_delivered = false;
+
+  void notify() { event.cancel(); }
+  asio::awaitable<void> wait() {
+    boost::system::error_code ec;
+    co_await event.async_wait(asio::redirect_error(use_awaitable, ec));
+  }
+};
+
+policy::Flow flow_of(ConnectionInfo& info) {
+  std::lock_guard lock(info.mu);
+  return info.basis.flow;
+}
+
+// True when no request of this flow can be denied under `policy`, so the
+// rest of the connection may go to the kernel.
+bool every_request_allowed(const policy::Policy& policy, const policy::Flow& flow) {
+  const policy::ConnectionDecision d = policy.decide_connection(flow);
+  if (d.inspect == policy::Inspect::http) return d.all_requests_allowed;
+  // The flow lost its HTTP rules in a reload and an L4 allow covers it now.
+  return d.inspect == policy::Inspect::none && d.decision.verdict == policy::Verdict::allow;
+}
+
+// Why a connection refused with this status ends (the access log's
+// `reason`, on the refused request's line too).
+EndReason refusal_reason(int status) {
+  switch (status) {
+    case 403:
+      return EndReason::policy_deny;
+    case 408:
+      return EndReason::request_timeout;
+    default:  // 400, 431
+      return EndReason::bad_request;
+  }
+}
+
+void log_request(Connection& conn, const std::string& method, const std::string& path,
+                 const std::string& host, const std::string& rule, bool allowed, int status,
+                 Clock::time_point since) {
+  ConnectionInfo& info = conn.info();
+  AccessRecord r;
+  r.event = "http";
+  r.src = info.src;
+  r.dst = info.dst;
+  r.src_pod = info.src_pod;
+  r.dst_pod = info.dst_pod;
+  r.allowed = allowed;
+  r.rule = rule;
+  r.datapath = std::string(config::to_string(conn.settings().datapath));
+  r.duration = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - since);
+  r.method = method;
+  r.path = path;
+  r.host = host;
+  r.status = status;
+  if (!allowed) r.reason = std::string(to_string(refusal_reason(status)));
+  conn.proxy().access_log.write(r);
+}
+
+// The access-log line of a forwarded request, once its final response status
+// is known (0: the inspector stopped watching before it came).
+void retire_request(Session& s, int status) {
+  if (s.pending.empty()) return;
+  const PendingRequest& p = s.pending.front();
+  log_request(s.conn, p.method, p.path, p.host, p.rule, true, status, p.decided);
+  s.pending.pop_front();
+  if (s.pending.empty()) s.quiet_since = Clock::now();
+}
+
+// Writes all of `data`. A cancel() aimed at the other operation on the same
+// socket (the header deadline cancels the client read; Asio 1.74 can only
+// cancel every operation on a socket) aborts a write part-way, with the
+// count of bytes already written: carry on from there.
+asio::awaitable<bool> write_all(Connection& conn, tcp::socket& to, const char* data, std::size_t n) {
+  while (n > 0) {
+    boost::system::error_code ec;
+    const std::size_t w =
+        co_await asio::async_write(to, asio::buffer(data, n), asio::redirect_error(use_awaitable, ec));
+    data += w;
+    n -= w;
+    if (!ec) continue;
+    if (ec == asio::error::operation_aborted && !conn.aborted() && to.is_open()) continue;
+    co_return false;
+  }
+  co_return true;
+}
+
+// ---------------------------------------------------------------- responses
+
+// Whether the 101 just parsed names one protocol, among those the request
+// forwarded: an upstream answering "Upgrade: h2c" to a WebSocket request
+// would take the connection out of inspection as HTTP/2.
+bool switched_as_asked(const Session& s, const PendingRequest& opener) {
+  const std::string& to = s.responses.switched_to();
+  if (to.empty() || to.find(',') != std::string::npos) return false;
+  const std::string_view name = std::string_view(to).substr(0, to.find('/'));
+  for (const auto& asked : opener.upgrades) {
+    if (std::string_view(asked).substr(0, asked.find('/')) == name) return true;
+  }
+  return false;
+}
+
+asio::awaitable<void> pump_responses(std::shared_ptr<Session> self) {
+  Session& s = *self;
+  Connection& conn = s.conn;
+  try {
+    auto buffer = std::make_unique<char[]>(kReadChunk);
+    std::vector<int> completed;
+    for (;;) {
+      if (s.stop_pump || conn.aborted()) break;
+      boost::system::error_code ec;
+      const std::size_t n = co_await conn.upstream().async_read_some(asio::buffer(buffer.get(), kReadChunk),
+                                                                     asio::redirect_error(use_awaitable, ec));
+      completed.clear();
+      if (ec == asio::error::eof) {
+        const auto r = s.responses.finish(completed);
+        for (const int status : completed) retire_request(s, status);
+        if (r.event == http::ResponseEvent::error && !s.pending.empty()) {
+          spdlog::debug("connection {}: upstream closed mid-response ({})", conn.info().id, r.reason);
+        }
+        s.upstream_ended = true;
+        if (!s.client_write_reserved) {
+          // Half-close passes through: the client sees the upstream's FIN.
+          boost::system::error_code ignored;
+          conn.client().shutdown(tcp::socket::shutdown_send, ignored);
+        }
+        break;
+      }
+      if (ec) {
+        if (ec == asio::error::operation_aborted && s.stop_pump && !conn.aborted()) break;  // clean stop
+        if (!conn.aborted()) {
+          spdlog::debug("connection {}: upstream read failed: {}", conn.info().id, ec.message());
+          s.upstream_ended = true;
+          conn.abort();  // a reset on one side resets the other
+        }
+        break;
+      }
+
+      const auto r = s.responses.parse(std::string_view(buffer.get(), n), completed);
+      if (r.event == http::ResponseEvent::error) {
+        // Framing is lost: the deny path could no longer tell when earlier
+        // responses are complete, nor a 101 from body bytes. Fail closed.
+        spdlog::warn("connection {}: malformed response from upstream ({}); resetting", conn.info().id,
+                     r.reason);
+        s.upstream_ended = true;
+        conn.abort();
+        break;
+      }
+      if (r.event == http::ResponseEvent::tunnel) {
+        // The last completed response switched protocol; check the request
+        // that asked for it before forwarding the switch.
+        const std::size_t index = completed.empty() ? 0 : completed.size() - 1;
+        const PendingRequest* opener = index < s.pending.size() ? &s.pending[index] : nullptr;
+        // Upgrade values outside proxy.http.upgrade_protocols (h2c, say)
+        // were never forwarded, so a 101 here is an upstream ignoring what
+        // it was asked.
+        if (!opener || !opener->opens_tunnel || (!opener->connect && !switched_as_asked(s, *opener))) {
+          spdlog::warn(
+              "connection {}: upstream switched protocol without being asked for an allowed one; resetting",
+              conn.info().id);
+          s.upstream_ended = true;
+          conn.abort();
+          break;
+        }
+      }
+      // Every byte read is forwarded, including any bytes of the new
+      // protocol that came with the 101: the handover needs nothing held.
+      if (!co_await write_all(conn, conn.client(), buffer.get(), n)) {
+        if (!conn.aborted()) conn.abort();
+        break;
+      }
+      conn.info().bytes_down.fetch_add(n, std::memory_order_relaxed);
+      for (const int status : completed) retire_request(s, status);
+      if (r.event == http::ResponseEvent::tunnel) {
+        s.tunnel = true;
+        break;  // no read pending from here: the connection can be handed over
+      }
+      s.notify();
+    }
+  } catch (const std::exception& e) {
+    spdlog::warn("connection {}: response pump: {}", conn.info().id, e.what());
+    s.upstream_ended = true;
+    conn.abort();
+  }
+  s.pump_running = false;
+  s.notify();
+}
+
+// Stops the pump at a point where everything it read has been written to
+// the client, and waits until it has returned (no upstream read pending).
+asio::awaitable<void> stop_pump(Session& s) {
+  s.stop_pump = true;
+  if (s.pump_running) {
+    boost::system::error_code ignored;
+    s.conn.upstream().cancel(ignored);
+  }
+  while (s.pump_running) co_await s.wait();
+}
+
+// Waits until every forwarded request has its final response (or the
+// upstream is gone, or the connection aborted). Unbounded by itself:
+// refuse() bounds it with timeouts.refuse; the other callers wait for
+// answers the client asked for, which timeouts.idle bounds.
+asio::awaitable<void> wait_for_responses(Session& s) {
+  while (s.pump_running && !s.pending.empty() && !s.conn.aborted()) co_await s.wait();
+}
+
+// ----------------------------------------------------------------- requests
+
+struct ReadResult {
+  std::size_t n = 0;
+  boost::system::error_code ec;
+  bool timed_out = false;
+};
+
+// How long a client read may wait: no limit (inside a body: the upstream
+// paces it, timeouts.idle bounds it), until a fixed deadline (a request
+// head, timeouts.header), or the keep-alive deadline between requests.
+struct ReadLimit {
+  std::optional<Clock::time_point> deadline;
+  // timeouts.keepalive after the last response was delivered; it does not
+  // run while a forwarded request still waits for its answer (a slow
+  // upstream is not an idle client).
+  bool keepalive = false;
+};
+
+// Cancels the client read `generation` at `at`, or, for the keep-alive
+// deadline, looks again then and re-arms until the connection has really
+// been quiet for timeouts.keepalive.
+void arm_read_timer(const std::shared_ptr<Session>& self, std::uint64_t generation, Clock::time_point at,
+                    bool keepalive) {
+  self->head_timer.expires_at(at);
+  self->head_timer.async_wait([self, generation, keepalive](boost::system::error_code ec) {
+    Session& s = *self;
+    if (ec || s.read_generation != generation || !s.reading_client) return;
+    if (keepalive) {
+      const auto period = s.conn.settings().timeouts.keepalive;
+      if (!s.pending.empty()) {
+        arm_read_timer(self, generation, Clock::now() + period, true);
+        return;
+      }
+      if (const auto due = s.quiet_since + period; Clock::now() < due) {
+        arm_read_timer(self, generation, due, true);
+        return;
+      }
+    }
+    s.read_timed_out = true;
+    boost::system::error_code ignored;
+    s.conn.client().cancel(ignored);
+  });
+}
+
+// Reads some client bytes, giving up when `limit` says so (timed_out).
+asio::awaitable<ReadResult> read_client(std::shared_ptr<Session> self, char* into, std::size_t room,
+                                        ReadLimit limit) {
+  Session& s = *self;
+  ReadResult r;
+  if (limit.deadline && Clock::now() >= *limit.deadline) {
+    r.timed_out = true;
+    co_return r;
+  }
+  const std::uint64_t generation = ++s.read_generation;
+  s.read_timed_out = false;
+  if (limit.deadline) {
+    arm_read_timer(self, generation, *limit.deadline, false);
+  } else if (limit.keepalive) {
+    // The client has finished a request; if its answer is already out, the
+    // quiet starts now, else when the answer completes (retire_request).
+    if (s.pending.empty()) s.quiet_since = Clock::now();
+    arm_read_timer(self, generation, Clock::now() + s.conn.settings().timeouts.keepalive, true);
+  }
+  s.reading_client = true;
+  r.n = co_await s.conn.client().async_read_some(asio::buffer(into, room),
+                                                 asio::redirect_error(use_awaitable, r.ec));
+  s.reading_client = false;
+  ++s.read_generation;
+  s.head_timer.cancel();
+  r.timed_out = r.ec == asio::error::operation_aborted && s.read_timed_out && !s.conn.aborted();
+  co_return r;
+}
+
+std::string status_response(int status) {
+  std::string_view reason, body;
+  switch (status) {
+    case 400:
+      reason = "Bad Request", body = "Bad request\n";
+      break;
+    case 403:
+      reason = "Forbidden", body = "Access denied\n";
+      break;
+    case 408:
+      reason = "Request Timeout", body = "Request timeout\n";
+      break;
+    default:
+      reason = "Request Header Fields Too Large", body = "Request header fields too large\n";
+      break;
+  }
+  std::string out = "HTTP/1.1 " + std::to_string(status) + " " + std::string(reason) + "\r\n";
+  out += "Content-Type: text/plain\r\nContent-Length: " + std::to_string(body.size()) + "\r\n";
+  out += "Connection: close\r\n\r\n";
+  out += body;
+  return out;
+}
+
+// Reads and drops what the client sends while a refusal is under way:
+// nothing it sends after the refused request will be served, a client that
+// leaves is seen at once, and one that keeps sending cannot stall on a full
+// window. Ends at EOF (a half-close: the client may still read, so the
+// refusal goes on), at a reset (the client is gone: so is the connection),
+// when the refusal closes the client, or kLingerBytes after the status
+// went out.
+asio::awaitable<void> drain_client(std::shared_ptr<Session> self) {
+  Session& s = *self;
+  Connection& conn = s.conn;
+  try {
+    auto scratch = std::make_unique<char[]>(kReadChunk);
+    std::size_t after_status = 0;
+    for (;;) {
+      boost::system::error_code ec;
+      const std::size_t n = co_await conn.client().async_read_some(asio::buffer(scratch.get(), kReadChunk),
+                                                                   asio::redirect_error(use_awaitable, ec));
+      if (ec == asio::error::eof) break;
+      if (ec) {
+        if (ec == asio::error::operation_aborted && conn.client().is_open() && !conn.aborted()) continue;
+        if (ec != asio::error::operation_aborted && !conn.aborted()) {
+          spdlog::debug("connection {}: client gone during a refusal: {}", conn.info().id, ec.message());
+          conn.abort(EndReason::client_reset);
+        }
+        break;
+      }
+      if (s.refusal_delivered && (after_status += n) >= kLingerBytes) break;
+    }
+  } catch (const std::exception& e) {
+    spdlog::warn("connection {}: refusal client reader: {}", conn.info().id, e.what());
+    conn.abort();
+  }
+  s.draining_client = false;
+  s.notify();
+}
+
+// Refuses the current request with `status` (after the responses of the
+// requests before it) and closes the connection. Always returns false.
+//
+// Every wait is bounded: until the status is out by timeouts.refuse (then
+// both sides are reset), after it by kLingerTime; and the client is read
+// throughout (drain_client), so a client that resets frees the slot and
+// the upstream connection at once.
+asio::awaitable<bool> refuse(std::shared_ptr<Session> self, int status) {
+  Session& s = *self;
+  Connection& conn = s.conn;
+  // The refusal's own reason is recorded once its status is out: until
+  // then, a client reset or the deadline is why the connection ends.
+  s.client_write_reserved = true;
+
+  asio::steady_timer deadline(co_await asio::this_coro::executor, conn.settings().timeouts.refuse);
+  deadline.async_wait([self](boost::system::error_code ec) {
+    Session& s = *self;
+    if (ec || s.refusal_delivered || s.conn.aborted()) return;
+    spdlog::debug("connection {}: refusal not delivered within timeouts.refuse; resetting", s.conn.info().id);
+    s.conn.abort(EndReason::refuse_timeout);
+  });
+  s.draining_client = true;
+  asio::co_spawn(co_await asio::this_coro::executor, drain_client(self), [](std::exception_ptr) {});
+
+  co_await wait_for_responses(s);
+  co_await stop_pump(s);
+  while (!s.pending.empty()) retire_request(s, 0);
+
+  const std::string response = status_response(status);
+  if (!conn.aborted() && co_await write_all(conn, conn.client(), response.data(), response.size())) {
+    s.refusal_delivered = true;
+    deadline.cancel();
+    conn.info().note_end(refusal_reason(status));
+    boost::system::error_code ec;
+    conn.client().shutdown(tcp::socket::shutdown_send, ec);
+    if (conn.upstream().is_open()) conn.upstream().shutdown(tcp::socket::shutdown_send, ec);
+
+    // Lingering close: let the client's own close (it has been told
+    // `Connection: close`) come before ours, so ours sends no reset that
+    // could overtake the status at the client.
+    asio::steady_timer linger(co_await asio::this_coro::executor, kLingerTime);
+    linger.async_wait([self](boost::system::error_code ec) {
+      if (!ec) self->notify();
+    });
+    const auto until = Clock::now() + kLingerTime;
+    while (s.draining_client && !conn.aborted() && Clock::now() < until) co_await s.wait();
+  } else if (!conn.aborted()) {
+    conn.info().note_end(EndReason::client_reset, "the refusal's status could not be written");
+    reset_socket(conn.client());
+    reset_socket(conn.upstream());
+  }
+  deadline.cancel();
+  // Ends drain_client if it still reads.
+  boost::system::error_code ignored;
+  conn.client().close(ignored);
+  while (s.draining_client) co_await s.wait();
+  co_return false;
+}
+
+// Refusals that happen before or instead of a policy decision (400, 408,
+// 431) are logged and counted like a denied request.
+asio::awaitable<bool> refuse_malformed(std::shared_ptr<Session> self, int status,
+                                       const http::RequestHead* head) {
+  metrics().http_requests_denied.fetch_add(1, std::memory_order_relaxed);
+  static const std::string none;
+  log_request(self->conn, head ? head->method : none, head ? head->target : none, head ? head->host : none,
+              "", false, status, Clock::now());
+  co_return co_await refuse(self, status);
+}
+
+// Closes the connection from the request side once the client is done
+// (EOF) or the upstream is gone: lets the responses already asked for
+// arrive, then stops. Always returns false.
+asio::awaitable<bool> finish_quietly(Session& s) {
+  co_await wait_for_responses(s);
+  co_await stop_pump(s);
+  while (!s.pending.empty()) retire_request(s, 0);
+  co_return false;
+}
+
+// Ends a keep-alive connection that was silent between requests for
+// timeouts.keepalive. Nothing is owed either way, so a FIN to both sides
+// loses nothing; a request that crosses it meets a closed connection, the
+// race every keep-alive client already retries. Always returns false.
+asio::awaitable<bool> close_idle(std::shared_ptr<Session> self) {
+  Session& s = *self;
+  Connection& conn = s.conn;
+  spdlog::debug("connection {}: no request for {} ms; closing", conn.info().id,
+                conn.settings().timeouts.keepalive.count());
+  conn.info().note_end(EndReason::keepalive_timeout);
+  co_await stop_pump(s);
+  boost::system::error_code ignored;
+  conn.client().shutdown(tcp::socket::shutdown_send, ignored);
+  if (conn.upstream().is_open()) conn.upstream().shutdown(tcp::socket::shutdown_send, ignored);
+  co_return false;
+}
+
+asio::awaitable<bool> run_requests(std::shared_ptr<Session> self) {
+  Session& s = *self;
+  Connection& conn = s.conn;
+  ConnectionInfo& info = conn.info();
+  const config::ProxySettings& settings = conn.settings();
+  const std::size_t max_head = settings.limits.max_header_bytes;
+  const auto header_timeout = settings.timeouts.header;
+  const policy::Flow flow = flow_of(info);
+
+  // Holds at most one request head (max_head) plus one read: body bytes are
+  // flushed as soon as they are parsed, so this is the whole per-connection
+  // request-side memory.
+  const std::size_t buffer_limit = max_head + kReadChunk;
+  std::vector<char> in(std::min(kInitialRequestBuffer, buffer_limit));
+  bool last_read_filled = false;
+  std::size_t start = 0;   // first byte not yet forwarded
+  std::size_t parsed = 0;  // first byte not yet parsed
+  std::size_t end = 0;     // end of buffered bytes
+  http::RequestParser parser(settings.http);
+  bool in_body = false;    // between an allowed head and its message end
+  bool connected = false;  // upstream connected (lazily, at the first allowed request)
+  // The first head must be complete within timeouts.header of the accept;
+  // later ones within timeouts.header of their first byte (before that
+  // byte, timeouts.keepalive applies).
+  std::optional<Clock::time_point> deadline = info.started + header_timeout;
+
+  auto forward_bytes = [&](const char* data, std::size_t n) -> asio::awaitable<bool> {
+    if (n == 0) co_return true;
+    if (!co_await write_all(conn, conn.upstream(), data, n)) {
+      spdlog::debug("connection {}: upstream write failed", info.id);
+      conn.abort();
+      co_return false;
+    }
+    info.bytes_up.fetch_add(n, std::memory_order_relaxed);
+    co_return true;
+  };
+  auto forward = [&](std::size_t from, std::size_t to) -> asio::awaitable<bool> {
+    if (to <= from) co_return true;
+    co_return co_await forward_bytes(in.data() + from, to - from);
+  };
+
+  // Everything buffered goes upstream, the pump stops, the data path takes over.
+  auto hand_over = [&]() -> asio::awaitable<bool> {
+    co_await stop_pump(s);
+    if (conn.aborted()) co_return false;
+    if (!co_await forward(start, end)) co_return false;
+    start = parsed = end;
+    while (!s.pending.empty()) retire_request(s, 0);
+    co_return true;
+  };
+
+  for (;;) {
+    if (conn.aborted()) co_return false;
+    const auto r = parser.parse(std::string_view(in.data() + parsed, end - parsed));
+    parsed += r.consumed;
+
+    switch (r.event) {
+      case http::RequestEvent::need_more:
+        if (in_body) {
+          if (!co_await forward(start, parsed)) co_return false;
+          start = parsed;
+        } else if (parsed - start > max_head) {
+          co_return co_await refuse_malformed(self, 431, nullptr);
+        }
+        break;
+
+      case http::RequestEvent::head: {
+        const http::RequestHead& head = parser.head();
+        if (parsed - start > max_head) co_return co_await refuse_malformed(self, 431, &head);
+        // Bound the pipelining queue before adding to it.
+        while (s.pump_running && s.pending.size() >= kMaxOutstanding && !conn.aborted()) co_await s.wait();
+        if (conn.aborted()) co_return false;
+
+        const auto policy = conn.proxy().policy.current();
+        // The canonical form (parse_head) is decided on and forwarded.
+        const policy::HttpRequest request{head.method, head.target, head.authority, head.headers};
+        const policy::Decision decision = policy->decide_http(flow, request);
+        conn.set_rule(decision);
+        {
+          std::lock_guard lock(info.mu);
+          info.basis.last_request =
+              DecisionBasis::Request{head.method, head.target, head.authority, head.headers};
+        }
+        if (decision.verdict != policy::Verdict::allow) {
+          metrics().http_requests_denied.fetch_add(1, std::memory_order_relaxed);
+          spdlog::debug("connection {}: {} {} denied: {}", info.id, head.method, head.target,
+                        decision.reason);
+          log_request(conn, head.method, head.target, head.host, decision.rule, false, 403, Clock::now());
+          co_return co_await refuse(self, 403);
+        }
+        metrics().http_requests_allowed.fetch_add(1, std::memory_order_relaxed);
+
+        if (connected && !s.pump_running) {
+          // The upstream has gone (closed after its last response): nothing
+          // can answer this request. The client sees the close and retries,
+          // as after any keep-alive race.
+          log_request(conn, head.method, head.target, head.host, decision.rule, true, 0, Clock::now());
+          co_return co_await finish_quietly(s);
+        }
+        if (!connected) {
+          if (!co_await conn.connect_upstream()) {
+            log_request(conn, head.method, head.target, head.host, decision.rule, true, 0, Clock::now());
+            co_return false;
+          }
+          connected = true;
+        }
+        // Only protocols in proxy.http.upgrade_protocols are forwarded in
+        // Upgrade; with none left the request goes on as plain HTTP.
+        const std::vector<std::string> upgrades =
+            http::allowed_upgrades(head, settings.http.upgrade_protocols);
+        const bool opens_tunnel = head.connect || (head.upgrade && !upgrades.empty());
+        s.pending.push_back(PendingRequest{head.method, head.target, head.host, decision.rule, opens_tunnel,
+                                           head.connect, upgrades, Clock::now()});
+        s.responses.expect({head.method == "HEAD", head.connect});
+
+        // The head goes out as serialised from what was decided, never as read.
+        const std::string out_head = http::serialise(head, upgrades);
+        if (!co_await forward_bytes(out_head.data(), out_head.size())) co_return false;
+        start = parsed;
+        if (!head.upgrade && !head.connect && every_request_allowed(*policy, flow)) {
+          // Nothing on this connection can be denied any more.
+          {
+            std::lock_guard lock(conn.info().mu);
+            conn.info().basis.requests_uninspected = true;
+          }
+          co_return co_await hand_over();
+        }
+        if (!s.pump_running) {
+          s.pump_running = true;
+          asio::co_spawn(co_await asio::this_coro::executor, pump_responses(self), [](std::exception_ptr) {});
+        }
+        in_body = true;
+        deadline.reset();
+        continue;
+      }
+
+      case http::RequestEvent::message_end:
+        if (!co_await forward(start, parsed)) co_return false;
+        start = parsed;
+        in_body = false;
+        if (end > parsed) deadline = Clock::now() + header_timeout;  // the next head has begun
+        continue;
+
+      case http::RequestEvent::upgrade: {
+        // The bytes after an Upgrade/CONNECT request belong to the new
+        // protocol if the server agrees, or are HTTP again if it declines:
+        // hold them until the answer.
+        if (!co_await forward(start, parsed)) co_return false;
+        start = parsed;
+        co_await wait_for_responses(s);
+        if (conn.aborted()) co_return false;
+        if (s.tunnel) {
+          while (s.pump_running) co_await s.wait();
+          co_return co_await hand_over();
+        }
+        if (!s.pump_running) co_return co_await finish_quietly(s);
+        parser.resume_after_declined_upgrade();
+        continue;
+      }
+
+      case http::RequestEvent::http2:
+        spdlog::warn(
+            "connection {}: http2 not inspectable (prior-knowledge preface on a port with HTTP rules); "
+            "resetting",
+            info.id);
+        s.stop_pump = true;
+        reset_socket(conn.client());
+        reset_socket(conn.upstream());
+        co_await stop_pump(s);
+        co_return false;
+
+      case http::RequestEvent::error:
+        // llhttp's error, or a head it accepted that the strict reading
+        // (http::parse_head) refuses.
+        spdlog::debug("connection {}: malformed request: {}", info.id, r.reason);
+        if (in_body) {
+          // The body of a request already forwarded breaks its framing: the
+          // upstream waits for bytes that can never complete it, and no
+          // status can be sent in order. Both sides are reset, so nothing
+          // after the break is read by the upstream as a request.
+          metrics().http_requests_denied.fetch_add(1, std::memory_order_relaxed);
+          conn.info().note_end(EndReason::bad_request, r.reason);
+          s.stop_pump = true;
+          reset_socket(conn.client());
+          reset_socket(conn.upstream());
+          co_await stop_pump(s);
+          while (!s.pending.empty()) retire_request(s, 0);
+          co_return false;
+        }
+        co_return co_await refuse_malformed(self, 400, nullptr);
+    }
+
+    // Need more bytes from the client.
+    if (start > 0) {
+      std::memmove(in.data(), in.data() + start, end - start);
+      parsed -= start;
+      end -= start;
+      start = 0;
+    }
+    if (in.size() < buffer_limit && (last_read_filled || in.size() - end < in.size() / 4)) {
+      in.resize(std::min(buffer_limit, in.size() * 2));
+    }
+    const std::size_t room = in.size() - end;
+    // Between requests: a request has ended and no byte of the next one has
+    // come (else `deadline` runs). The keep-alive deadline applies.
+    const bool between_requests = !in_body && !deadline;
+    const ReadResult got = co_await read_client(self, in.data() + end, room,
+                                                in_body            ? ReadLimit{}
+                                                : between_requests ? ReadLimit{std::nullopt, true}
+                                                                   : ReadLimit{deadline, false});
+    last_read_filled = got.n == room;
+    if (got.timed_out && between_requests) co_return co_await close_idle(self);
+    if (got.timed_out) co_return co_await refuse_malformed(self, 408, nullptr);
+    if (got.ec == asio::error::eof) {
+      // The client is done sending. A partial head is dropped (it was never
+      // forwarded); an unfinished body is cut short exactly as the client
+      // cut it. The upstream gets the FIN and answers what it was asked.
+      if (connected) {
+        boost::system::error_code ignored;
+        conn.upstream().shutdown(tcp::socket::shutdown_send, ignored);
+        co_return co_await finish_quietly(s);
+      }
+      co_return false;
+    }
+    if (got.ec) {
+      if (!conn.aborted()) {
+        spdlog::debug("connection {}: client read failed: {}", info.id, got.ec.message());
+        conn.abort();
+      }
+      co_await stop_pump(s);
+      co_return false;
+    }
+    if (!in_body && !deadline) deadline = Clock::now() + header_timeout;
+    end += got.n;
+  }
+}
+
+}  // namespace
+
+asio::awaitable<bool> inspect_http(Connection& conn) {
+  std::shared_ptr<Session> session;
+  bool result = false;
+  try {
+    session = std::make_shared<Session>(conn, co_await asio::this_coro::executor);
+    // A revoke resets both sockets; the hook also wakes the request loop if
+    // it is waiting for the pump.
+    conn.set_abort_hook([weak = std::weak_ptr<Session>(session)] {
+      if (auto s = weak.lock()) s->notify();
+    });
+    result = co_await run_requests(session);
+  } catch (const std::exception& e) {
+    spdlog::warn("connection {}: HTTP inspection: {}", conn.info().id, e.what());
+    reset_socket(conn.client());
+    reset_socket(conn.upstream());
+    if (session) session->stop_pump = true;
+    result = false;
+  }
+  conn.set_abort_hook(nullptr);
+  co_return result && !conn.aborted();
+}
+
+}  // namespace shunt::proxy

@@ -1,0 +1,19 @@
+// The two inspectors a connection's L4 decision can ask for (policy::Inspect).
+#pragma once
+
+#include <utility>  // before Asio: Boost 1.74 awaitable.hpp uses std::exchange unincluded
+
+#include <boost/asio/awaitable.hpp>
+
+namespace shunt::proxy {
+
+class Connection;
+
+// Inspection (http_inspector.cpp, tls_inspector.cpp here): reads and
+// forwards what it must until the verdict cannot change any more. Returns
+// true when the connection should continue on the data path, false when it
+// has been closed (denied, reset, or finished entirely in userspace).
+boost::asio::awaitable<bool> inspect_http(Connection& conn);
+boost::asio::awaitable<bool> inspect_tls(Connection& conn);
+
+}  // namespace shunt::proxy
