@@ -2,14 +2,13 @@
 
 #include "admin/config_json.h"
 #include "admin/metrics_text.h"
+#include "common/async.h"
 #include "common/error.h"
 #include "common/json_writer.h"
 #include "common/privileges.h"
 #include "proxy/proxy_context.h"
 
 #include <spdlog/spdlog.h>
-#include <boost/asio/co_spawn.hpp>
-#include <boost/asio/detached.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/read_until.hpp>
 #include <boost/asio/redirect_error.hpp>
@@ -90,7 +89,9 @@ AdminServer::AdminServer(ProxyContext& context, const config::Endpoint& listen)
 AdminServer::~AdminServer() { stop(); }
 
 void AdminServer::start() {
-  asio::co_spawn(io_, accept_loop(), asio::detached);
+  // Survivable: traffic does not need the admin API; /healthz stops
+  // answering, which is what a liveness probe acts on.
+  guarded_spawn(io_, "admin accept loop", accept_loop(), Failure::survivable);
   thread_ = std::thread([this] {
     // Created before the control thread drops its capabilities, so this
     // thread drops its own (capabilities are per thread).
@@ -132,7 +133,7 @@ asio::awaitable<void> AdminServer::accept_loop() {
       socket.close(ec);
       continue;
     }
-    asio::co_spawn(io_, serve(std::move(socket)), asio::detached);
+    guarded_spawn(io_, "admin request", serve(std::move(socket)), Failure::survivable);
   }
 }
 
@@ -143,21 +144,17 @@ asio::awaitable<void> AdminServer::serve(tcp::socket socket) {
     ~Counted() { --n; }
   } counted(open_requests_);
   try {
-    // A watchdog closes the socket when the head does not arrive in time,
-    // which ends the read below with an error. `read_done` keeps a timer
-    // completion that is already queued from touching the socket after the
-    // read finished (the socket may be gone by then).
-    auto read_done = std::make_shared<bool>(false);
-    asio::steady_timer deadline(io_);
-    deadline.expires_after(kRequestTimeout);
-    deadline.async_wait([&socket, read_done](boost::system::error_code ec) {
-      if (!ec && !*read_done) socket.close(ec);
+    // The deadline closes the socket when the head does not arrive in
+    // time, which ends the read below with an error.
+    Deadline deadline(io_.get_executor());
+    deadline.arm_after(kRequestTimeout, [&socket] {
+      boost::system::error_code ignored;
+      socket.close(ignored);
     });
     asio::streambuf buf(kMaxRequestHead);
     boost::system::error_code ec;
     co_await asio::async_read_until(socket, buf, "\r\n\r\n", asio::redirect_error(use_awaitable, ec));
-    *read_done = true;
-    deadline.cancel();
+    deadline.disarm();
     AdminResponse response;
     bool head_only = false;
     if (ec == asio::error::not_found) {

@@ -1,5 +1,6 @@
 #include "admin/metrics_text.h"
 
+#include "common/async.h"
 #include "proxy/metrics.h"
 #include "proxy/proxy_context.h"
 
@@ -210,6 +211,9 @@ std::string render_metrics(const ProxyContext& context, const bpf::PodSteering* 
            "Generation of the active config; 1 at start, +1 per accepted reload.");
   p.sample("shunt_config_generation", {}, m.config_generation.load());
 
+  p.family("shunt_coroutine_failures_total", "counter",
+           "Coroutines ended by an exception (logged; common/async.h).");
+  p.sample("shunt_coroutine_failures_total", {}, coroutine_failures().load());
   p.family("shunt_config_reloads_total", "counter",
            "Config reloads by result; error keeps the previous config.");
   p.sample("shunt_config_reloads_total", {{"result", "ok"}}, m.config_reloads_ok.load());

@@ -32,7 +32,6 @@ namespace asio = boost::asio;
 namespace pt = boost::property_tree;
 using asio::ip::tcp;
 
-constexpr const char* kSystemConfig = "/etc/shunt/shunt.yaml";
 constexpr auto kRequestTimeout = std::chrono::seconds(5);
 
 struct AdminOptions {

@@ -9,6 +9,10 @@ class App;
 
 namespace shunt::cli {
 
+// `shunt run` and the admin commands read this when no --config is given
+// and it exists.
+inline constexpr const char* kSystemConfig = "/etc/shunt/shunt.yaml";
+
 void add_run_command(CLI::App& app, int& exit_code);      // cli/run.cpp
 void add_version_command(CLI::App& app, int& exit_code);  // cli/version.cpp
 void add_check_commands(CLI::App& app, int& exit_code);   // cli/check.cpp: check, explain

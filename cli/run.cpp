@@ -7,10 +7,6 @@
 
 namespace shunt::cli {
 
-namespace {
-constexpr const char* kSystemConfig = "/etc/shunt/shunt.yaml";
-}
-
 void add_run_command(CLI::App& app, int& exit_code) {
   auto options = std::make_shared<proxy::RunOptions>();
   auto* cmd = app.add_subcommand("run", "Run the proxy");

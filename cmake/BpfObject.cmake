@@ -23,13 +23,29 @@ macro(bpf_vmlinux_header)
   add_custom_target(vmlinux_h DEPENDS ${BPF_GEN_DIR}/vmlinux.h)
 endmacro()
 
+# bpf_tracing.h and the CO-RE helpers name the target architecture as
+# __TARGET_ARCH_<arch>; the programs run on the machine they are built for.
+if(CMAKE_SYSTEM_PROCESSOR MATCHES "^(x86_64|AMD64|amd64|i.86)$")
+  set(BPF_TARGET_ARCH x86)
+elseif(CMAKE_SYSTEM_PROCESSOR MATCHES "^(aarch64|arm64)$")
+  set(BPF_TARGET_ARCH arm64)
+elseif(CMAKE_SYSTEM_PROCESSOR MATCHES "^(ppc64|ppc64le|powerpc64)")
+  set(BPF_TARGET_ARCH powerpc)
+elseif(CMAKE_SYSTEM_PROCESSOR MATCHES "^s390")
+  set(BPF_TARGET_ARCH s390)
+elseif(CMAKE_SYSTEM_PROCESSOR MATCHES "^riscv")
+  set(BPF_TARGET_ARCH riscv)
+else()
+  message(FATAL_ERROR "no BPF __TARGET_ARCH_ for processor ${CMAKE_SYSTEM_PROCESSOR}")
+endif()
+
 function(bpf_object name source)
   set(obj ${BPF_GEN_DIR}/${name}.bpf.o)
   set(skel ${BPF_GEN_DIR}/${name}.skel.h)
   file(GLOB bpf_headers ${CMAKE_SOURCE_DIR}/bpf/*.h)
   add_custom_command(
     OUTPUT ${obj}
-    COMMAND ${BPF_CLANG} -g -O2 -Wall -Werror -target bpf -D__TARGET_ARCH_x86
+    COMMAND ${BPF_CLANG} -g -O2 -Wall -Werror -target bpf -D__TARGET_ARCH_${BPF_TARGET_ARCH}
             -I${BPF_GEN_DIR} -I${CMAKE_SOURCE_DIR}/bpf
             -c ${CMAKE_CURRENT_SOURCE_DIR}/${source} -o ${obj}
     DEPENDS ${CMAKE_CURRENT_SOURCE_DIR}/${source} ${bpf_headers}

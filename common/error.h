@@ -1,7 +1,7 @@
 // shunt's error policy, in one place:
 //  - Data path and kernel calls return Result<T>: a value or a SysError that
-//    keeps errno and says what was being done. No exceptions cross a
-//    connection's coroutine boundary; each coroutine catches at its top.
+//    keeps errno and says what was being done. An exception that reaches
+//    the top of a coroutine is handled by guarded_spawn (common/async.h).
 //  - Startup and config loading may throw StartupError (or return
 //    diagnostics); main() turns them into one stderr line and an exit code.
 #pragma once

@@ -2,6 +2,7 @@
 
 #include "admin/admin_server.h"
 #include "bpf/sockmap.h"
+#include "common/async.h"
 #include "common/privileges.h"
 #include "proxy/metrics.h"
 #include "proxy/policy_recheck.h"
@@ -10,8 +11,6 @@
 
 #include <spdlog/spdlog.h>
 #include <sys/inotify.h>
-#include <boost/asio/co_spawn.hpp>
-#include <boost/asio/detached.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/posix/stream_descriptor.hpp>
 #include <boost/asio/redirect_error.hpp>
@@ -56,10 +55,15 @@ class Control {
         usr1_(io_, SIGUSR1) {}
 
   int run() {
-    asio::co_spawn(io_, handle_signals(), asio::detached);
-    asio::co_spawn(io_, handle_usr1(), asio::detached);
-    if (!options_.config_path.empty()) asio::co_spawn(io_, watch_config(), asio::detached);
-    if (context_.bridge) asio::co_spawn(io_, handle_bulk_events(), asio::detached);
+    // Fatal: without it SIGTERM no longer drains and SIGHUP no longer
+    // reloads, and the process would have to be killed.
+    guarded_spawn(io_, "signal handler", handle_signals(), Failure::fatal);
+    // The rest degrade one feature each (log reopening, reload on file
+    // change, larger buffers for bulk pairs); traffic is not affected.
+    guarded_spawn(io_, "SIGUSR1 handler", handle_usr1(), Failure::survivable);
+    if (!options_.config_path.empty())
+      guarded_spawn(io_, "config watcher", watch_config(), Failure::survivable);
+    if (context_.bridge) guarded_spawn(io_, "bulk-buffer events", handle_bulk_events(), Failure::survivable);
     io_.run();
     return exit_code_;
   }
@@ -80,7 +84,7 @@ class Control {
         co_return;
       }
       shutting_down_ = true;
-      asio::co_spawn(io_, drain(), asio::detached);
+      guarded_spawn(io_, "drain", drain(), Failure::fatal);  // else SIGTERM would never end the process
     }
   }
 
@@ -127,7 +131,20 @@ class Control {
     io_.stop();
   }
 
+  // Never throws: a reload that fails for any reason is a counted error
+  // that keeps the previous configuration, and the caller (the signal
+  // handler, the config watcher) goes on.
   void reload(const char* why) {
+    try {
+      apply_reload(why);
+    } catch (const std::exception& e) {
+      spdlog::error("config reload ({}) failed: {}; keeping configuration generation {}", why, e.what(),
+                    context_.policy.current()->generation());
+      metrics().config_reloads_error.fetch_add(1, std::memory_order_relaxed);
+    }
+  }
+
+  void apply_reload(const char* why) {
     auto result = config::load_config_file(options_.config_path);
     auto& m = metrics();
     if (!result.diagnostics.empty()) {
@@ -139,6 +156,25 @@ class Control {
     const auto previous = context_.policy.current();
     const std::uint64_t generation = previous->generation() + 1;
     auto next = policy::Policy::build(result.config, generation);
+    // Steering first, and the policy only once steering carries it: the
+    // proxy never runs a policy the kernel does not (docs/architecture.md,
+    // "Policy snapshots and reloads").
+    if (context_.steering) {
+      if (auto st = context_.steering->update(next->config()); !st) {
+        m.config_reloads_error.fetch_add(1, std::memory_order_relaxed);
+        spdlog::error(
+            "config reload ({}) rejected: steering update failed: {}; keeping configuration generation {}",
+            why, st.error().message(), previous->generation());
+        // update() may have applied part of the new entries: put the
+        // previous configuration's back.
+        if (auto back = context_.steering->update(previous->config()); !back)
+          spdlog::error(
+              "steering not restored to generation {}: {}; the kernel may drop what the proxy "
+              "allows until the next successful reload",
+              previous->generation(), back.error().message());
+        return;
+      }
+    }
     context_.policy.publish(next);
     m.config_generation.store(generation, std::memory_order_relaxed);
     m.config_reloads_ok.fetch_add(1, std::memory_order_relaxed);
@@ -147,10 +183,6 @@ class Control {
       spdlog::error("access log stays on its previous target: {}", st.error().message());
     if (next->config().proxy.listeners.size() != previous->config().proxy.listeners.size())
       spdlog::warn("listener changes take effect at the next restart");
-    if (context_.steering) {
-      if (auto st = context_.steering->update(next->config()); !st)
-        spdlog::error("steering update failed, previous steering stays: {}", st.error().message());
-    }
     const std::size_t revoked = revoke_disallowed(*next, context_.registry);
     spdlog::info("config reloaded ({}): generation {}, {} connection(s) revoked", why, generation, revoked);
   }

@@ -36,8 +36,10 @@ Result<NetlinkSocket> NetlinkSocket::open() {
   if (mnl_socket_bind(s, 0, MNL_SOCKET_AUTOPID) < 0) return SysError::from_errno("bind rtnetlink socket");
   // Extended acks carry the kernel's reason text; not needed for errno, but
   // enabling them keeps error replies small (no echoed request).
+  // A kernel without it sends larger error replies, which the reader
+  // handles: the result is ignored on purpose.
   int one = 1;
-  mnl_socket_setsockopt(s, NETLINK_CAP_ACK, &one, sizeof(one));
+  (void)mnl_socket_setsockopt(s, NETLINK_CAP_ACK, &one, sizeof(one));
   sock.seq_ = static_cast<std::uint32_t>(::time(nullptr));
   return sock;
 }

@@ -1,5 +1,7 @@
 #include "proxy/connection.h"
 
+#include "common/async.h"
+#include "common/sockopt.h"
 #include "proxy/datapath/datapath.h"
 #include "proxy/hangup_watcher.h"
 #include "proxy/inspect/inspect.h"
@@ -9,8 +11,6 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <spdlog/spdlog.h>
-#include <boost/asio/co_spawn.hpp>
-#include <boost/asio/detached.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/this_coro.hpp>
@@ -31,8 +31,10 @@ void reset_socket(asio::ip::tcp::socket& socket) {
 }
 
 void reset_fd(int fd) {
-  const linger abortive{1, 0};
-  ::setsockopt(fd, SOL_SOCKET, SO_LINGER, &abortive, sizeof(abortive));
+  // A failure leaves a close that sends FIN instead of RST; the peer still
+  // sees the end, so it is logged, not escalated.
+  if (Status st = set_socket_option(fd, SOL_SOCKET, SO_LINGER, linger{1, 0}, "SO_LINGER"); !st)
+    spdlog::debug("reset of fd {}: {}", fd, st.error().message());
 }
 
 Connection::Connection(ProxyContext& proxy, WorkerContext& worker, const config::Listener& listener,
@@ -118,7 +120,7 @@ asio::awaitable<void> Connection::serve() {
     });
   };
   proxy_.registry.add(info_);
-  asio::co_spawn(executor, idle_watchdog(shared_from_this()), asio::detached);
+  guarded_spawn(executor, "idle watchdog", idle_watchdog(shared_from_this()), Failure::survivable);
 
   if (decision.inspect == policy::Inspect::none) {
     set_rule(decision.decision);
@@ -153,35 +155,25 @@ asio::awaitable<bool> Connection::connect_upstream() {
   // destination sees who really called, and steering delivers its replies
   // back to this socket.
   if (listener_.transparent && settings.upstream_source == config::UpstreamSource::client) {
-    const int one = 1;
-    const bool v6 = info_->dst.address().is_v6();
-    const int rc = v6 ? ::setsockopt(upstream_.native_handle(), SOL_IPV6, IPV6_TRANSPARENT, &one, sizeof(one))
-                      : ::setsockopt(upstream_.native_handle(), SOL_IP, IP_TRANSPARENT, &one, sizeof(one));
-    if (rc == 0) upstream_.bind(tcp::endpoint(info_->src.address(), 0), ec);
-    if (rc != 0 || ec) {
+    const Status transparent = set_transparent(upstream_.native_handle(), info_->dst.address().is_v6());
+    if (transparent) upstream_.bind(tcp::endpoint(info_->src.address(), 0), ec);
+    if (!transparent || ec) {
       spdlog::warn("connection {}: cannot keep client source {} ({}); connecting from the node address",
                    info_->id, info_->src.address().to_string(),
-                   rc != 0 ? std::strerror(errno) : ec.message());
+                   !transparent ? transparent.error().message() : ec.message());
       upstream_.close(ec);
       upstream_.open(info_->dst.protocol(), ec);
     }
   }
 
-  // The timer closes the socket to abort a connect that takes too long;
-  // `settled` stops a timer completion that is already queued from closing
-  // a socket whose connect has just succeeded.
-  auto settled = std::make_shared<bool>(false);
-  asio::steady_timer deadline(worker_.io);
-  deadline.expires_after(settings.timeouts.connect);
-  deadline.async_wait([this, settled, self = shared_from_this()](boost::system::error_code timer_ec) {
-    if (!timer_ec && !*settled) {
-      boost::system::error_code ignored;
-      upstream_.close(ignored);
-    }
+  // The deadline closes the socket to abort a connect that takes too long.
+  Deadline deadline(worker_.io.get_executor());
+  deadline.arm_after(settings.timeouts.connect, [this, self = shared_from_this()] {
+    boost::system::error_code ignored;
+    upstream_.close(ignored);
   });
   co_await upstream_.async_connect(info_->dst, asio::redirect_error(use_awaitable, ec));
-  *settled = true;
-  deadline.cancel();
+  deadline.disarm();
   if (ec || aborted_) {
     spdlog::debug("connection {}: connect {} failed: {}", info_->id, config::to_string(info_->dst),
                   ec ? ec.message() : "aborted");

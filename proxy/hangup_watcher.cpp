@@ -1,15 +1,15 @@
 #include "proxy/hangup_watcher.h"
 
+#include "common/async.h"
+#include "common/error.h"
+
 #include <spdlog/spdlog.h>
 #include <sys/epoll.h>
-#include <boost/asio/co_spawn.hpp>
-#include <boost/asio/detached.hpp>
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
 #include <array>
 #include <cstring>
-#include <stdexcept>
 
 namespace shunt::proxy {
 
@@ -17,17 +17,14 @@ namespace asio = boost::asio;
 
 HangupWatcher::HangupWatcher(asio::io_context& io)
     : epoll_fd_(::epoll_create1(EPOLL_CLOEXEC)), epoll_desc_(io) {
-  if (epoll_fd_ < 0) throw std::runtime_error(std::string("epoll_create1: ") + std::strerror(errno));
+  if (epoll_fd_ < 0)
+    throw StartupError(kExitEnvironment,
+                       "hang-up watcher: " + SysError::from_errno("epoll_create1").message());
   // The descriptor object owns epoll_fd_ from here on and closes it.
   epoll_desc_.assign(epoll_fd_);
-  asio::co_spawn(io, dispatch_loop(), [](std::exception_ptr e) {
-    if (!e) return;
-    try {
-      std::rethrow_exception(e);
-    } catch (const std::exception& ex) {
-      spdlog::error("hang-up watcher stopped: {}", ex.what());
-    }
-  });
+  // Survivable: without it, sockmap pairs notice a hang-up only at
+  // timeouts.idle; traffic still flows.
+  guarded_spawn(io, "hang-up watcher", dispatch_loop(), Failure::survivable);
 }
 
 HangupWatcher::~HangupWatcher() {

@@ -1,15 +1,15 @@
 #include "proxy/server.h"
 
 #include "bpf/features.h"
+#include "common/async.h"
 #include "common/error.h"
+#include "common/sockopt.h"
 #include "proxy/connection.h"
 #include "proxy/hangup_watcher.h"
 #include "proxy/metrics.h"
 
 #include <netinet/in.h>
 #include <spdlog/spdlog.h>
-#include <boost/asio/co_spawn.hpp>
-#include <boost/asio/detached.hpp>
 #include <boost/asio/ip/v6_only.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/redirect_error.hpp>
@@ -37,17 +37,16 @@ std::unique_ptr<tcp::acceptor> bind_listener(asio::io_context& io, const config:
   acceptor->open(ep.protocol(), ec);
   if (ec) throw StartupError(kExitEnvironment, "listener " + listener.name + ": socket: " + ec.message());
   acceptor->set_option(tcp::acceptor::reuse_address(true), ec);
-  const int one = 1;
-  if (reuseport) ::setsockopt(acceptor->native_handle(), SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
+  if (reuseport) {
+    if (Status st = set_socket_option(acceptor->native_handle(), SOL_SOCKET, SO_REUSEPORT, 1, "SO_REUSEPORT");
+        !st)
+      throw StartupError(kExitEnvironment, "listener " + listener.name + ": " + st.error().message());
+  }
   if (ep.address().is_v6()) acceptor->set_option(asio::ip::v6_only(true), ec);
   if (listener.transparent) {
     // Connections assigned by BPF steering (or TPROXY) carry their original,
     // non-local destination as the local address.
-    const int rc =
-        ep.address().is_v6()
-            ? ::setsockopt(acceptor->native_handle(), SOL_IPV6, IPV6_TRANSPARENT, &one, sizeof(one))
-            : ::setsockopt(acceptor->native_handle(), SOL_IP, IP_TRANSPARENT, &one, sizeof(one));
-    if (rc != 0)
+    if (!set_transparent(acceptor->native_handle(), ep.address().is_v6()))
       throw StartupError(
           kExitEnvironment,
           "listener " + listener.name + ": IP_TRANSPARENT needs CAP_NET_ADMIN (run as root or grant it)");
@@ -107,10 +106,12 @@ void Server::start() {
 void Server::accept_loop(Worker& worker, std::size_t listener_index) {
   // A listener only the first worker binds: its acceptor serves every worker.
   const bool for_all_workers = workers_.size() > 1 && !workers_[1]->acceptors[listener_index];
-  asio::co_spawn(worker.io,
-                 accept_connections(&worker, worker.acceptors[listener_index].get(),
-                                    listeners_[listener_index], for_all_workers),
-                 asio::detached);
+  // Fatal: a listener whose loop has ended accepts nothing more while the
+  // process looks healthy.
+  guarded_spawn(worker.io, "acceptor loop",
+                accept_connections(&worker, worker.acceptors[listener_index].get(),
+                                   listeners_[listener_index], for_all_workers),
+                Failure::fatal);
 }
 
 // Resets a connection a limit refused, counts it and logs it. A client that
@@ -172,7 +173,7 @@ asio::awaitable<void> Server::accept_connections(Worker* worker, tcp::acceptor* 
     }
     auto conn = std::make_shared<Connection>(context_, target->context, listener, std::move(socket), peer,
                                              std::move(slot));
-    asio::co_spawn(target->io, Connection::run(std::move(conn)), asio::detached);
+    guarded_spawn(target->io, "connection", Connection::run(std::move(conn)), Failure::survivable);
   }
 }
 

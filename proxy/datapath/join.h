@@ -32,6 +32,9 @@ inline boost::asio::awaitable<void> join_both(boost::asio::awaitable<void> first
     if (e && !state->error) state->error = e;
     if (--state->remaining == 0) state->done.cancel();
   };
+  // Not detached (so not guarded_spawn, common/async.h): both are awaited
+  // here and the first exception is rethrown into the caller, whose own
+  // top-level guard handles it.
   asio::co_spawn(executor, std::move(first), on_finish);
   asio::co_spawn(executor, std::move(second), on_finish);
   while (state->remaining > 0) {

@@ -16,6 +16,7 @@
 // If the kernel refuses a socket (closing already, map full), the pair falls
 // back to splice and shunt_datapath_fallbacks_total{reason} counts it.
 #include "bpf/sockmap.h"
+#include "common/sockopt.h"
 #include "common/unique_fd.h"
 #include "proxy/connection.h"
 #include "proxy/datapath/datapath.h"
@@ -75,8 +76,15 @@ struct SplicedDirection {
   bool fin_forwarded = false;
 };
 
-void set_send_buffer(int fd, int bytes) {
-  ::setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &bytes, sizeof(bytes));
+// Sets a socket's send buffer (SO_SNDBUFFORCE: beyond wmem_max, needs
+// CAP_NET_ADMIN; plain SO_SNDBUF otherwise). A failure keeps the buffer the
+// socket has, which costs throughput or memory bound, never correctness:
+// logged, not escalated.
+void set_send_buffer(int fd, int bytes, bool force) {
+  if (Status st = set_socket_option(fd, SOL_SOCKET, force ? SO_SNDBUFFORCE : SO_SNDBUF, bytes,
+                                    force ? "SO_SNDBUFFORCE" : "SO_SNDBUF");
+      !st)
+    spdlog::debug("fd {}: send buffer stays as it was: {}", fd, st.error().message());
 }
 
 }  // namespace
@@ -118,9 +126,8 @@ asio::awaitable<void> run_sockmap(Connection& conn) {
 
   // Bound what a stalled pair can pin before the kernel starts moving bytes
   // (docs/datapath.md, "Memory bound"); bulk pairs get more, within budget.
-  const int spliced_send_buffer = BufferBudget::kSplicedSendBufferBytes;
-  ::setsockopt(client_fd, SOL_SOCKET, SO_SNDBUF, &spliced_send_buffer, sizeof(spliced_send_buffer));
-  ::setsockopt(upstream_fd, SOL_SOCKET, SO_SNDBUF, &spliced_send_buffer, sizeof(spliced_send_buffer));
+  set_send_buffer(client_fd, BufferBudget::kSplicedSendBufferBytes, false);
+  set_send_buffer(upstream_fd, BufferBudget::kSplicedSendBufferBytes, false);
 
   const bpf::HandoverResult handover = bridge->handover(client_fd, upstream_fd);
   if (handover.failure != bpf::HandoverFailure::none) {
@@ -183,7 +190,7 @@ asio::awaitable<void> run_sockmap(Connection& conn) {
         pair->boosted_bytes = BufferBudget::kBoostedBufferBytes;
         // Only the bulk direction's target needs room: the socket opposite the source.
         const int target = source == client_cookie ? pair->upstream.get() : pair->client.get();
-        set_send_buffer(target, static_cast<int>(BufferBudget::kBoostedBufferBytes));
+        set_send_buffer(target, static_cast<int>(BufferBudget::kBoostedBufferBytes), true);
         metrics().buffer_boosts.fetch_add(1, std::memory_order_relaxed);
       });
     };

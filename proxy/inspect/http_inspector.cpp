@@ -39,6 +39,7 @@
 // Between requests (a response delivered, no byte of the next request)
 // timeouts.keepalive applies; it is much shorter than timeouts.idle, so
 // idle keep-alive connections do not pile up.
+#include "common/async.h"
 #include "proxy/access_log.h"
 #include "proxy/connection.h"
 #include "proxy/end_reason.h"
@@ -106,15 +107,14 @@ struct PendingRequest {
 // wakes the request loop whenever the pump changes something it waits on.
 struct Session : std::enable_shared_from_this<Session> {
   Session(Connection& c, const asio::any_io_executor& ex)
-      : conn(c), hold(c.shared_from_this()), event(ex, Clock::time_point::max()), head_timer(ex) {}
+      : conn(c), hold(c.shared_from_this()), event(ex, Clock::time_point::max()), read_deadline(ex) {}
 
   Connection& conn;
   std::shared_ptr<Connection> hold;  // the pump may outlive the request loop by a few handlers
   http::ResponseParser responses;
   std::deque<PendingRequest> pending;  // forwarded, final response not yet complete
   asio::steady_timer event;
-  asio::steady_timer head_timer;
-  std::uint64_t read_generation = 0;  // lets a late header-deadline handler see its read is over
+  Deadline read_deadline;  // of the client read in progress (read_client)
   bool reading_client = false;
 
   bool pump_running = false;
@@ -357,23 +357,22 @@ struct ReadLimit {
   bool keepalive = false;
 };
 
-// Cancels the client read `generation` at `at`, or, for the keep-alive
+// Cancels the client read in progress at `at`, or, for the keep-alive
 // deadline, looks again then and re-arms until the connection has really
-// been quiet for timeouts.keepalive.
-void arm_read_timer(const std::shared_ptr<Session>& self, std::uint64_t generation, Clock::time_point at,
-                    bool keepalive) {
-  self->head_timer.expires_at(at);
-  self->head_timer.async_wait([self, generation, keepalive](boost::system::error_code ec) {
+// been quiet for timeouts.keepalive. read_client disarms it when its read
+// ends, so a late expiry never cancels the next read.
+void arm_read_deadline(const std::shared_ptr<Session>& self, Clock::time_point at, bool keepalive) {
+  self->read_deadline.arm(at, [self, keepalive] {
     Session& s = *self;
-    if (ec || s.read_generation != generation || !s.reading_client) return;
+    if (!s.reading_client) return;
     if (keepalive) {
       const auto period = s.conn.settings().timeouts.keepalive;
       if (!s.pending.empty()) {
-        arm_read_timer(self, generation, Clock::now() + period, true);
+        arm_read_deadline(self, Clock::now() + period, true);
         return;
       }
       if (const auto due = s.quiet_since + period; Clock::now() < due) {
-        arm_read_timer(self, generation, due, true);
+        arm_read_deadline(self, due, true);
         return;
       }
     }
@@ -392,22 +391,20 @@ asio::awaitable<ReadResult> read_client(std::shared_ptr<Session> self, char* int
     r.timed_out = true;
     co_return r;
   }
-  const std::uint64_t generation = ++s.read_generation;
   s.read_timed_out = false;
   if (limit.deadline) {
-    arm_read_timer(self, generation, *limit.deadline, false);
+    arm_read_deadline(self, *limit.deadline, false);
   } else if (limit.keepalive) {
     // The client has finished a request; if its answer is already out, the
     // quiet starts now, else when the answer completes (retire_request).
     if (s.pending.empty()) s.quiet_since = Clock::now();
-    arm_read_timer(self, generation, Clock::now() + s.conn.settings().timeouts.keepalive, true);
+    arm_read_deadline(self, Clock::now() + s.conn.settings().timeouts.keepalive, true);
   }
   s.reading_client = true;
   r.n = co_await s.conn.client().async_read_some(asio::buffer(into, room),
                                                  asio::redirect_error(use_awaitable, r.ec));
   s.reading_client = false;
-  ++s.read_generation;
-  s.head_timer.cancel();
+  s.read_deadline.disarm();
   r.timed_out = r.ec == asio::error::operation_aborted && s.read_timed_out && !s.conn.aborted();
   co_return r;
 }
@@ -485,15 +482,16 @@ asio::awaitable<bool> refuse(std::shared_ptr<Session> self, int status) {
   // then, a client reset or the deadline is why the connection ends.
   s.client_write_reserved = true;
 
-  asio::steady_timer deadline(co_await asio::this_coro::executor, conn.settings().timeouts.refuse);
-  deadline.async_wait([self](boost::system::error_code ec) {
+  Deadline deadline(co_await asio::this_coro::executor);
+  deadline.arm_after(conn.settings().timeouts.refuse, [self] {
     Session& s = *self;
-    if (ec || s.refusal_delivered || s.conn.aborted()) return;
+    if (s.refusal_delivered || s.conn.aborted()) return;
     spdlog::debug("connection {}: refusal not delivered within timeouts.refuse; resetting", s.conn.info().id);
     s.conn.abort(EndReason::refuse_timeout);
   });
   s.draining_client = true;
-  asio::co_spawn(co_await asio::this_coro::executor, drain_client(self), [](std::exception_ptr) {});
+  guarded_spawn(co_await asio::this_coro::executor, "refusal's client reader", drain_client(self),
+                Failure::survivable);
 
   co_await wait_for_responses(s);
   co_await stop_pump(s);
@@ -502,7 +500,7 @@ asio::awaitable<bool> refuse(std::shared_ptr<Session> self, int status) {
   const std::string response = status_response(status);
   if (!conn.aborted() && co_await write_all(conn, conn.client(), response.data(), response.size())) {
     s.refusal_delivered = true;
-    deadline.cancel();
+    deadline.disarm();
     conn.info().note_end(refusal_reason(status));
     boost::system::error_code ec;
     conn.client().shutdown(tcp::socket::shutdown_send, ec);
@@ -511,10 +509,8 @@ asio::awaitable<bool> refuse(std::shared_ptr<Session> self, int status) {
     // Lingering close: let the client's own close (it has been told
     // `Connection: close`) come before ours, so ours sends no reset that
     // could overtake the status at the client.
-    asio::steady_timer linger(co_await asio::this_coro::executor, kLingerTime);
-    linger.async_wait([self](boost::system::error_code ec) {
-      if (!ec) self->notify();
-    });
+    Deadline linger(co_await asio::this_coro::executor);
+    linger.arm_after(kLingerTime, [self] { self->notify(); });
     const auto until = Clock::now() + kLingerTime;
     while (s.draining_client && !conn.aborted() && Clock::now() < until) co_await s.wait();
   } else if (!conn.aborted()) {
@@ -522,7 +518,7 @@ asio::awaitable<bool> refuse(std::shared_ptr<Session> self, int status) {
     reset_socket(conn.client());
     reset_socket(conn.upstream());
   }
-  deadline.cancel();
+  deadline.disarm();
   // Ends drain_client if it still reads.
   boost::system::error_code ignored;
   conn.client().close(ignored);
@@ -697,7 +693,8 @@ asio::awaitable<bool> run_requests(std::shared_ptr<Session> self) {
         }
         if (!s.pump_running) {
           s.pump_running = true;
-          asio::co_spawn(co_await asio::this_coro::executor, pump_responses(self), [](std::exception_ptr) {});
+          guarded_spawn(co_await asio::this_coro::executor, "HTTP response pump", pump_responses(self),
+                        Failure::survivable);
         }
         in_body = true;
         deadline.reset();

@@ -3,6 +3,7 @@
 // the upstream is connected after the verdict, so a denied hello never
 // reaches it. Deny, a non-TLS first flight, an oversized hello, or no
 // complete hello within timeouts.header: reset (SPEC.md "Deny").
+#include "common/async.h"
 #include "proxy/inspect/client_hello.h"
 
 #include "proxy/connection.h"
@@ -33,18 +34,12 @@ asio::awaitable<bool> inspect_tls(Connection& conn) {
     std::size_t have = 0;
 
     // The deadline closes nothing: it cancels the pending read, and
-    // `expired` tells the read apart from an abort.
-    auto expired = std::make_shared<bool>(false);
-    auto settled = std::make_shared<bool>(false);
-    asio::steady_timer deadline(conn.worker().io);
-    deadline.expires_at(info.started + settings.timeouts.header);
-    deadline.async_wait(
-        [&conn, expired, settled, hold = conn.shared_from_this()](boost::system::error_code ec) {
-          if (ec || *settled) return;
-          *expired = true;
-          boost::system::error_code ignored;
-          conn.client().cancel(ignored);
-        });
+    // expired() tells the read apart from an abort.
+    Deadline deadline(conn.worker().io.get_executor());
+    deadline.arm(info.started + settings.timeouts.header, [&conn, hold = conn.shared_from_this()] {
+      boost::system::error_code ignored;
+      conn.client().cancel(ignored);
+    });
 
     tls::ClientHelloReader::State state = tls::ClientHelloReader::State::need_more;
     while (state == tls::ClientHelloReader::State::need_more && have < hello.size()) {
@@ -52,10 +47,9 @@ asio::awaitable<bool> inspect_tls(Connection& conn) {
       const std::size_t n = co_await conn.client().async_read_some(
           asio::buffer(hello.data() + have, hello.size() - have), asio::redirect_error(use_awaitable, ec));
       if (ec) {
-        *settled = true;
-        deadline.cancel();
+        deadline.disarm();
         if (conn.aborted()) co_return false;
-        if (*expired) {
+        if (deadline.expired()) {
           spdlog::info("connection {}: no ClientHello within {} ms; resetting", info.id,
                        settings.timeouts.header.count());
           info.note_end(EndReason::request_timeout);
@@ -70,8 +64,7 @@ asio::awaitable<bool> inspect_tls(Connection& conn) {
       state = reader.feed(hello.data() + have, n);
       have += n;
     }
-    *settled = true;
-    deadline.cancel();
+    deadline.disarm();
 
     if (state != tls::ClientHelloReader::State::done) {
       spdlog::info("connection {}: {}; resetting", info.id,
