@@ -137,10 +137,17 @@ def case_resets(port):
     for i in range(4):
         with connect(port) as c:
             if i % 2:
+                # The upstream resets as soon as it has this byte: the reset
+                # must reach the client promptly (not sit until an idle timeout).
+                c.settimeout(5)
                 c.sendall(b"R")
                 try:
-                    c.recv(10)
-                except OSError:
+                    got = c.recv(10)
+                    if got:
+                        raise Failure(f"upstream reset: client got {got!r} instead of a reset")
+                except socket.timeout:
+                    raise Failure("upstream reset did not reach the client within 5 s") from None
+                except ConnectionResetError:
                     pass
             else:
                 c.sendall(b"x" * 65536)
