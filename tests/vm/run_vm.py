@@ -39,7 +39,7 @@ BOOT_TIMEOUT_S = int(os.environ.get("SHUNT_VM_TIMEOUT", "420"))
 # a SIGKILLed one) and as many rounds on a long-lived one, a burst of CLIENTS
 # each. The default keeps the check near a minute under emulation; a soak
 # raises it (and SHUNT_VM_TIMEOUT).
-BURST_ITERATIONS, BURST_CLIENTS = (int(v) for v in os.environ.get("SHUNT_VM_BURST", "8,50").split(","))
+BURST_ITERATIONS, BURST_CLIENTS = (int(v) for v in os.environ.get("SHUNT_VM_BURST", "10,50").split(","))
 
 COMMON_CHECKS = [
     "direct_without_shunt", "direct_without_shunt_v6", "shunt_ready", "source_preserved", "download_hash",
