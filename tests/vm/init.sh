@@ -171,14 +171,15 @@ left=$(ip link | grep -c "sh-"; ls /run/netns; ls -R /sys/fs/bpf/shunt 2>/dev/nu
 # (docs/datapath.md, step 7). Each iteration: a fresh shunt on the same ports
 # as its SIGKILLed predecessor takes a burst, then resets from both sides,
 # then is SIGKILLed itself with held pairs (idle and streaming) open. Then the
-# same resets + bursts BURST_ITERATIONS times on one long-lived shunt. burst_stress: PASS only with
-# every iteration run and zero failed burst clients. reset_propagation: every
-# upstream reset reached its client as an RST (burst_peer reset).
+# same resets + bursts BURST_ITERATIONS times on one long-lived shunt.
+# burst_stress: PASS only with every iteration run and zero failed burst
+# clients. reset_propagation: every upstream reset reached its client as an
+# RST (burst_peer reset).
 # Sizes from the kernel command line (run_vm.py: SHUNT_VM_BURST).
 BURST_ITERATIONS=$(sed -n 's/.*shunt\.burst_iterations=\([0-9]*\).*/\1/p' /proc/cmdline)
 BURST_CLIENTS=$(sed -n 's/.*shunt\.burst_clients=\([0-9]*\).*/\1/p' /proc/cmdline)
 BURST_ITERATIONS=${BURST_ITERATIONS:-10}
-BURST_CLIENTS=${BURST_CLIENTS:-100}
+BURST_CLIENTS=${BURST_CLIENTS:-50}
 BURST_BYTES=4096
 BURST_LOG=/tmp/burst-shunt.log
 cat >/tmp/burst.yaml <<YAML
@@ -257,6 +258,15 @@ burst_resets() {
 	[ "$n" = 0 ] || burst_report "$2" "$(cat /tmp/burst-reset.out)"
 	return 0
 }
+# burst_kill_after_resets LABEL: resets through the current instance, then
+# SIGKILL while the held pairs are open; the next instance starts after it.
+burst_kill_after_resets() {
+	burst_resets 4 "$1"
+	ok=$?
+	burst_shunt_stop $BURST_SHUNT_PID KILL
+	burst_shunt_stop $RESET_PID
+	return $ok
+}
 # burst_once WHERE: one burst.
 burst_once() {
 	out=$(burst_peer burst 127.0.0.1 16001 $BURST_CLIENTS $BURST_BYTES 2>&1)
@@ -273,15 +283,6 @@ burst_once() {
 burst_peer server 16002 $BURST_BYTES >/tmp/burst-server.log 2>&1 &
 BURST_SERVER_PID=$!
 burst_started=$(cut -d' ' -f1 /proc/uptime)
-# burst_kill_after_resets LABEL: resets through the current instance, then
-# SIGKILL while the held pairs are open; the next instance starts after it.
-burst_kill_after_resets() {
-	burst_resets 4 "$1"
-	ok=$?
-	burst_shunt_stop $BURST_SHUNT_PID KILL
-	burst_shunt_stop $RESET_PID
-	return $ok
-}
 # One shunt start per iteration: each instance starts right after a SIGKILLed
 # predecessor (the first after a prologue instance), takes the burst first,
 # then the resets and its own SIGKILL.
