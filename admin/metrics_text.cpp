@@ -248,6 +248,13 @@ std::string render_metrics(const ProxyContext& context, const bpf::PodSteering* 
     p.sample("shunt_connections_refused_total", {{"reason", kAcceptRefusalNames[i]}},
              m.accept_refusals[i].load());
 
+  p.family("shunt_upstream_failures_total", "counter",
+           "Upstream connects that failed, by cause (HTTP-inspected clients got 502, or 504 for "
+           "connect_timeout; others a reset).");
+  for (std::size_t i = 0; i < kUpstreamFailureNames.size(); ++i)
+    p.sample("shunt_upstream_failures_total", {{"reason", kUpstreamFailureNames[i]}},
+             m.upstream_failures[i].load());
+
   p.family(
       "shunt_buffer_boosts_total", "counter",
       "Larger socket buffers for bulk kernel-spliced connections, by result (refused: budget exhausted).");

@@ -261,7 +261,8 @@ int run_status(const AdminOptions& o) {
   std::string fallbacks;
   for (const auto& [key, n] : m) {
     const std::string prefix = "shunt_datapath_fallbacks_total{reason=\"";
-    if (key.rfind(prefix, 0) == 0)
+    // Every reason is exported from 0; the status names only those seen.
+    if (key.rfind(prefix, 0) == 0 && n > 0)
       fallbacks += (fallbacks.empty() ? "" : ", ") +
                    key.substr(prefix.size(), key.size() - prefix.size() - 2) + " " + count(n);
   }

@@ -81,7 +81,8 @@ std::string AccessLog::to_json(const AccessRecord& r) {
     field("method", r.method);
     field("path", r.path);
     field("host", r.host);
-    number("status", static_cast<std::uint64_t>(r.status));
+    // Left out when no response was seen: a 0 would read as a status.
+    if (r.status > 0) number("status", static_cast<std::uint64_t>(r.status));
   }
   out += "}";
   return out;

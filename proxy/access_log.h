@@ -38,7 +38,7 @@ struct AccessRecord {
   std::string method;
   std::string path;
   std::string host;
-  int status = 0;
+  int status = 0;  // 0: no response was seen; the field is left out
 };
 
 class AccessLog {

@@ -23,6 +23,46 @@ namespace shunt::proxy {
 namespace asio = boost::asio;
 using asio::use_awaitable;
 
+namespace {
+
+// At most one warn line per second for failed upstream connects, across all
+// workers: a dead upstream under load would otherwise write a line per
+// connection. The next line says how many were left out; the counter and
+// the access log still see every one.
+class WarnLimiter {
+ public:
+  // True when a line may be written now; `skipped` is then the number of
+  // lines left out since the last one.
+  bool allow(std::uint64_t& skipped) {
+    const std::int64_t now = std::chrono::steady_clock::now().time_since_epoch().count();
+    std::int64_t next = next_.load(std::memory_order_relaxed);
+    if (now < next || !next_.compare_exchange_strong(next, now + kPeriod, std::memory_order_relaxed)) {
+      skipped_.fetch_add(1, std::memory_order_relaxed);
+      return false;
+    }
+    skipped = skipped_.exchange(0, std::memory_order_relaxed);
+    return true;
+  }
+
+ private:
+  static constexpr std::int64_t kPeriod =
+      std::chrono::duration_cast<std::chrono::steady_clock::duration>(std::chrono::seconds(1)).count();
+  std::atomic<std::int64_t> next_{0};
+  std::atomic<std::uint64_t> skipped_{0};
+};
+
+WarnLimiter upstream_failure_warnings;
+
+UpstreamFailure classify_connect_error(const boost::system::error_code& ec, bool timed_out) {
+  if (timed_out) return UpstreamFailure::connect_timeout;
+  if (ec == asio::error::connection_refused) return UpstreamFailure::connect_refused;
+  if (ec == asio::error::host_unreachable || ec == asio::error::network_unreachable)
+    return UpstreamFailure::connect_unreachable;
+  return UpstreamFailure::connect_error;
+}
+
+}  // namespace
+
 void reset_socket(asio::ip::tcp::socket& socket) {
   if (!socket.is_open()) return;
   boost::system::error_code ec;
@@ -61,6 +101,9 @@ asio::awaitable<void> Connection::run(std::shared_ptr<Connection> self) {
 }
 
 void Connection::set_rule(const policy::Decision& decision) {
+  // Revoked (the abort is on its way): keep the rule that revoked it for
+  // the connection's log line.
+  if (info_->end.load(std::memory_order_relaxed) == EndReason::revoked) return;
   allowed_ = decision.verdict == policy::Verdict::allow;
   {
     std::lock_guard lock(info_->mu);
@@ -140,14 +183,27 @@ asio::awaitable<void> Connection::serve() {
   if (continue_on_datapath && !aborted_) co_await run_datapath();
 }
 
-asio::awaitable<bool> Connection::connect_upstream() {
+asio::awaitable<bool> Connection::connect_upstream(bool keep_client) {
   const auto& settings = policy_->config().proxy;
+  // One exit for every failure: reason and error for the access log, the
+  // counter, a rate-limited warn line, and the client reset unless the
+  // caller answers it itself.
+  auto fail = [&](UpstreamFailure kind, const std::string& error) {
+    connect_failure_ = kind;
+    info_->note_end(EndReason::upstream_connect_failed, error);
+    metrics().count(kind);
+    std::uint64_t skipped = 0;
+    if (upstream_failure_warnings.allow(skipped))
+      spdlog::warn("connection {}: upstream {} failed ({}): {}{}", info_->id, config::to_string(info_->dst),
+                   to_string(kind), error,
+                   skipped ? fmt::format(" ({} more upstream failures in the last second)", skipped) : "");
+    if (!keep_client) reset_socket(client_);  // SPEC: upstream refusing = the client sees a reset
+    reset_socket(upstream_);
+  };
   boost::system::error_code ec;
   upstream_.open(info_->dst.protocol(), ec);
   if (ec) {
-    spdlog::warn("connection {}: upstream socket: {}", info_->id, ec.message());
-    info_->note_end(EndReason::upstream_connect_failed, ec.message());
-    reset_socket(client_);
+    fail(UpstreamFailure::connect_error, "socket: " + ec.message());
     co_return false;
   }
 
@@ -166,20 +222,29 @@ asio::awaitable<bool> Connection::connect_upstream() {
     }
   }
 
-  // The deadline closes the socket to abort a connect that takes too long.
+  // The deadline closes the socket to abort a connect that takes too long;
+  // expired() tells that close (operation_aborted) from the upstream's own
+  // answer.
   Deadline deadline(worker_.io.get_executor());
   deadline.arm_after(settings.timeouts.connect, [this, self = shared_from_this()] {
     boost::system::error_code ignored;
     upstream_.close(ignored);
   });
   co_await upstream_.async_connect(info_->dst, asio::redirect_error(use_awaitable, ec));
+  const bool timed_out = deadline.expired();
   deadline.disarm();
-  if (ec || aborted_) {
-    spdlog::debug("connection {}: connect {} failed: {}", info_->id, config::to_string(info_->dst),
-                  ec ? ec.message() : "aborted");
-    info_->note_end(EndReason::upstream_connect_failed, ec ? ec.message() : "aborted");
-    reset_socket(client_);  // SPEC: upstream refusing = the client sees a reset
-    reset_socket(upstream_);
+  if (aborted_) {
+    // Revoked or shut down while connecting: abort() recorded why and reset
+    // both sides; the upstream did nothing wrong.
+    info_->note_end(EndReason::upstream_connect_failed, "aborted");
+    co_return false;
+  }
+  if (ec) {
+    const UpstreamFailure kind = classify_connect_error(ec, timed_out);
+    fail(kind,
+         kind == UpstreamFailure::connect_timeout
+             ? fmt::format("no answer within timeouts.connect ({} ms)", settings.timeouts.connect.count())
+             : ec.message());
     co_return false;
   }
   upstream_.set_option(tcp::no_delay(true), ec);

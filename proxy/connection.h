@@ -18,6 +18,7 @@
 #include "config/config.h"
 #include "policy/policy.h"
 #include "proxy/connection_registry.h"
+#include "proxy/metrics.h"
 #include "proxy/source_limiter.h"
 
 #include <boost/asio/awaitable.hpp>
@@ -68,8 +69,12 @@ class Connection : public std::enable_shared_from_this<Connection> {
   const config::ProxySettings& settings() const { return policy_->config().proxy; }
 
   // Connects to info().dst (with the configured source and timeout). On
-  // failure the client is reset and false returned.
-  boost::asio::awaitable<bool> connect_upstream();
+  // failure: records the reason and error, counts and warns (rate-limited),
+  // resets the client unless `keep_client` (the HTTP inspector answers it
+  // with 502/504 instead; see connect_failure()) and returns false.
+  boost::asio::awaitable<bool> connect_upstream(bool keep_client = false);
+  // Why the last connect_upstream() failed.
+  [[nodiscard]] UpstreamFailure connect_failure() const { return connect_failure_; }
 
   // True when inspection (HTTP/TLS) may have written bytes to either socket;
   // false for an L4 decision, where the data path starts on untouched sockets.
@@ -108,6 +113,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
   bool aborted_ = false;
   bool finished_ = false;
   bool inspected_ = false;
+  UpstreamFailure connect_failure_ = UpstreamFailure::connect_error;
   std::function<void()> abort_hook_;
   boost::asio::steady_timer idle_timer_;
   SourceLimiter::Lease source_slot_;

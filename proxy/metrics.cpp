@@ -1,10 +1,30 @@
 #include "proxy/metrics.h"
 
+#include "bpf/sockmap.h"
+
 namespace shunt::proxy {
+
+namespace {
+
+// Every label value a fallback can have, exported from 0 so rate() and
+// alerts work before the first one: the kernel's refusals
+// (bpf::HandoverFailure) and the two the sockmap path adds itself
+// (proxy/datapath/sockmap_path.cpp).
+Metrics& seeded(Metrics& m) {
+  for (const auto f :
+       {bpf::HandoverFailure::socket_state, bpf::HandoverFailure::map_full, bpf::HandoverFailure::other})
+    m.datapath_fallbacks.slot(std::string(bpf::to_string(f)));
+  for (const char* reason : {kFallbackSockmapUnavailable, kFallbackPartialHandover})
+    m.datapath_fallbacks.slot(reason);
+  return m;
+}
+
+}  // namespace
 
 Metrics& metrics() {
   static Metrics instance;
-  return instance;
+  static Metrics& ready = seeded(instance);
+  return ready;
 }
 
 // Out of line (never inlined into a coroutine): the thread-local is looked

@@ -53,6 +53,27 @@ inline constexpr std::string_view to_string(AcceptRefusal r) {
   return kAcceptRefusalNames[static_cast<std::size_t>(r)];
 }
 
+// Why an upstream connect failed (shunt_upstream_failures_total{reason}).
+// HTTP-inspected clients get 504 for connect_timeout and 502 for the others;
+// the rest are reset (SPEC: an L4 or TLS-passthrough client sees the upstream
+// as if it had connected directly).
+enum class UpstreamFailure : std::size_t {
+  connect_refused,
+  connect_timeout,
+  connect_unreachable,
+  connect_error
+};
+inline constexpr std::array<std::string_view, 4> kUpstreamFailureNames = {
+    "connect_refused", "connect_timeout", "connect_unreachable", "connect_error"};
+inline constexpr std::string_view to_string(UpstreamFailure f) {
+  return kUpstreamFailureNames[static_cast<std::size_t>(f)];
+}
+
+// shunt_datapath_fallbacks_total reasons that are not a bpf::HandoverFailure;
+// proxy/datapath/sockmap_path.cpp counts them under these names.
+inline constexpr const char* kFallbackSockmapUnavailable = "sockmap_unavailable";
+inline constexpr const char* kFallbackPartialHandover = "partial_handover";
+
 struct Metrics {
   // shunt_connections_active is derived from the registry at scrape time.
   std::atomic<std::uint64_t> connections_allowed{0};
@@ -74,9 +95,13 @@ struct Metrics {
   // shunt_connection_ends_total{reason}, indexed by EndReason.
   std::array<std::atomic<std::uint64_t>, kEndReasonSlots> connection_ends{};
   std::array<std::atomic<std::uint64_t>, kAcceptRefusalNames.size()> accept_refusals{};
+  std::array<std::atomic<std::uint64_t>, kUpstreamFailureNames.size()> upstream_failures{};
 
   void count(AcceptRefusal r) {
     accept_refusals[static_cast<std::size_t>(r)].fetch_add(1, std::memory_order_relaxed);
+  }
+  void count(UpstreamFailure f) {
+    upstream_failures[static_cast<std::size_t>(f)].fetch_add(1, std::memory_order_relaxed);
   }
 
   // Once per connection (and per inspected request): the last rule's

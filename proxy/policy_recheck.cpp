@@ -48,6 +48,13 @@ std::size_t revoke_disallowed(const policy::Policy& policy, ConnectionRegistry& 
     if (d.verdict == policy::Verdict::allow) continue;
     spdlog::info("connection {} {} -> {} no longer allowed ({}: {}); resetting", info->id,
                  config::to_string(info->src), config::to_string(info->dst), d.rule, d.reason);
+    // The line the connection ends with names the rule that denies it now
+    // (not the one that had allowed it) and says it was revoked.
+    {
+      std::lock_guard lock(info->mu);
+      info->rule = d.rule;
+    }
+    info->note_end(EndReason::revoked);
     if (info->revoke) info->revoke(EndReason::revoked);
     ++revoked;
   }

@@ -100,6 +100,12 @@ struct PendingRequest {
   bool connect = false;
   std::vector<std::string> upgrades;  // the Upgrade values forwarded
   Clock::time_point decided = Clock::now();
+  // What went through for this request, for its access-log line: its head
+  // and body bytes sent upstream, its response bytes sent to the client
+  // (a read that ends one pipelined response and starts the next counts
+  // for the first).
+  std::uint64_t bytes_up = 0;
+  std::uint64_t bytes_down = 0;
 };
 
 // State shared by the request loop and the response pump. Both run on the
@@ -163,14 +169,19 @@ EndReason refusal_reason(int status) {
       return EndReason::policy_deny;
     case 408:
       return EndReason::request_timeout;
+    case 502:
+    case 504:
+      return EndReason::upstream_connect_failed;
     default:  // 400, 431
       return EndReason::bad_request;
   }
 }
 
+// One `http` access-log line. `status` 0: no response was seen (the field is
+// left out); `bytes_up`/`bytes_down` are this request's own (PendingRequest).
 void log_request(Connection& conn, const std::string& method, const std::string& path,
                  const std::string& host, const std::string& rule, bool allowed, int status,
-                 Clock::time_point since) {
+                 Clock::time_point since, std::uint64_t bytes_up = 0, std::uint64_t bytes_down = 0) {
   ConnectionInfo& info = conn.info();
   AccessRecord r;
   r.event = "http";
@@ -180,13 +191,26 @@ void log_request(Connection& conn, const std::string& method, const std::string&
   r.dst_pod = info.dst_pod;
   r.allowed = allowed;
   r.rule = rule;
-  r.datapath = std::string(config::to_string(conn.settings().datapath));
+  // The path this connection's bytes take now: copy while inspected (the
+  // inspector moves them), whatever proxy.datapath says.
+  r.datapath = std::string(config::to_string(info.datapath.load()));
+  r.bytes_up = bytes_up;
+  r.bytes_down = bytes_down;
   r.duration = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - since);
   r.method = method;
   r.path = path;
   r.host = host;
   r.status = status;
-  if (!allowed) r.reason = std::string(to_string(refusal_reason(status)));
+  if (!allowed || status == 502 || status == 504) {
+    // A status shunt answered itself (an upstream's own 502 is forwarded by
+    // the response pump, never logged here with allowed=false, and gets no
+    // reason: the connection went on).
+    r.reason = std::string(to_string(refusal_reason(status)));
+    if (allowed) {
+      std::lock_guard lock(info.mu);
+      r.error = info.end_error;
+    }
+  }
   conn.proxy().access_log.write(r);
 }
 
@@ -195,7 +219,7 @@ void log_request(Connection& conn, const std::string& method, const std::string&
 void retire_request(Session& s, int status) {
   if (s.pending.empty()) return;
   const PendingRequest& p = s.pending.front();
-  log_request(s.conn, p.method, p.path, p.host, p.rule, true, status, p.decided);
+  log_request(s.conn, p.method, p.path, p.host, p.rule, true, status, p.decided, p.bytes_up, p.bytes_down);
   s.pending.pop_front();
   if (s.pending.empty()) s.quiet_since = Clock::now();
 }
@@ -303,6 +327,7 @@ asio::awaitable<void> pump_responses(std::shared_ptr<Session> self) {
         break;
       }
       conn.info().bytes_down.fetch_add(n, std::memory_order_relaxed);
+      if (!s.pending.empty()) s.pending.front().bytes_down += n;
       for (const int status : completed) retire_request(s, status);
       if (r.event == http::ResponseEvent::tunnel) {
         s.tunnel = true;
@@ -421,6 +446,12 @@ std::string status_response(int status) {
     case 408:
       reason = "Request Timeout", body = "Request timeout\n";
       break;
+    case 502:
+      reason = "Bad Gateway", body = "Upstream connect failed\n";
+      break;
+    case 504:
+      reason = "Gateway Timeout", body = "Upstream connect timed out\n";
+      break;
     default:
       reason = "Request Header Fields Too Large", body = "Request header fields too large\n";
       break;
@@ -533,7 +564,7 @@ asio::awaitable<bool> refuse_malformed(std::shared_ptr<Session> self, int status
   metrics().http_requests_denied.fetch_add(1, std::memory_order_relaxed);
   static const std::string none;
   log_request(self->conn, head ? head->method : none, head ? head->target : none, head ? head->host : none,
-              "", false, status, Clock::now());
+              "", false, status, Clock::now(), 0, status_response(status).size());
   co_return co_await refuse(self, status);
 }
 
@@ -598,6 +629,8 @@ asio::awaitable<bool> run_requests(std::shared_ptr<Session> self) {
       co_return false;
     }
     info.bytes_up.fetch_add(n, std::memory_order_relaxed);
+    // The head just queued, or the body of the request being read.
+    if (!s.pending.empty()) s.pending.back().bytes_up += n;
     co_return true;
   };
   auto forward = [&](std::size_t from, std::size_t to) -> asio::awaitable<bool> {
@@ -651,7 +684,8 @@ asio::awaitable<bool> run_requests(std::shared_ptr<Session> self) {
           metrics().http_requests_denied.fetch_add(1, std::memory_order_relaxed);
           spdlog::debug("connection {}: {} {} denied: {}", info.id, head.method, head.target,
                         decision.reason);
-          log_request(conn, head.method, head.target, head.host, decision.rule, false, 403, Clock::now());
+          log_request(conn, head.method, head.target, head.host, decision.rule, false, 403, Clock::now(), 0,
+                      status_response(403).size());
           co_return co_await refuse(self, 403);
         }
         metrics().http_requests_allowed.fetch_add(1, std::memory_order_relaxed);
@@ -664,9 +698,15 @@ asio::awaitable<bool> run_requests(std::shared_ptr<Session> self) {
           co_return co_await finish_quietly(s);
         }
         if (!connected) {
-          if (!co_await conn.connect_upstream()) {
-            log_request(conn, head.method, head.target, head.host, decision.rule, true, 0, Clock::now());
-            co_return false;
+          // A failed connect is answered like a gateway would (502, or 504
+          // when the upstream never answered), not with a reset the client
+          // cannot tell from a policy deny.
+          if (!co_await conn.connect_upstream(/*keep_client=*/true)) {
+            if (conn.aborted()) co_return false;  // revoked or shut down meanwhile: reset already
+            const int status = conn.connect_failure() == UpstreamFailure::connect_timeout ? 504 : 502;
+            log_request(conn, head.method, head.target, head.host, decision.rule, true, status, Clock::now(),
+                        0, status_response(status).size());
+            co_return co_await refuse(self, status);
           }
           connected = true;
         }

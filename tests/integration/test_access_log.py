@@ -28,12 +28,18 @@ TS_RE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)$")
 def http_server(conn):
     """One request, one response, then close (the clients ask for that)."""
     f = conn.makefile("rb")
-    if not f.readline():
+    first = f.readline()
+    if not first:
         return True
     while f.readline() not in (b"\r\n", b"\n", b""):
         pass
-    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n")
+    if b" /hangup " in first:
+        return True  # closes without a response
+    conn.sendall(HTTP_RESPONSE)
     return True
+
+
+HTTP_RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n"
 
 
 def echo_once(port, size):
@@ -63,6 +69,10 @@ def wait_lines(path, n, timeout=10):
 def parse(testcase, line):
     entry = json.loads(line)
     keys = HTTP_KEYS if entry.get("event") == "http" else CONN_KEYS
+    if entry.get("event") == "http" and "status" not in entry:
+        keys = keys[:-1]  # no response seen: left out, never a made-up 0
+    else:
+        testcase.assertNotEqual(entry.get("status"), 0, line)
     # `reason` (why the connection ended) and `error` (the socket error
     # behind it) follow the fixed keys when known, and are left out otherwise.
     fixed = [k for k in entry if k not in OPTIONAL_KEYS]
@@ -93,7 +103,12 @@ class AccessLogFile(unittest.TestCase):
         self.dir = tmp.name
         self.log = os.path.join(self.dir, "access.log")
 
-    def config(self, log):
+    def config(self, log, revoke_echo=False):
+        revoke = f"""
+    - name: echo-closed-now
+      from: {{cidr: 127.0.0.0/8}}
+      to: {{cidr: 127.0.0.1/32, ports: [{self.echo.port}]}}
+      action: deny""" if revoke_echo else ""
         return f"""
 proxy:
   listeners:
@@ -116,7 +131,7 @@ policy:
     - name: closed-port
       from: {{cidr: 127.0.0.0/8}}
       to: {{cidr: 127.0.0.1/32, ports: [{self.denied_upstream}]}}
-      action: deny
+      action: deny{revoke}
 """
 
     def test_lines_parse_with_spec_keys_and_values(self):
@@ -163,7 +178,54 @@ policy:
                               by_path["/admin/x"]["status"], by_path["/admin/x"]["reason"]),
                              ("deny", "no-admin-path", 403, "policy_deny"))
             self.assertNotIn("reason", by_path["/ok"])
+            # The real path and this request's own bytes: inspected requests
+            # go through the inspector (copy) whatever proxy.datapath says;
+            # the response is the origin's, byte for byte; a refusal's bytes
+            # are shunt's own 403.
+            ok, refused = by_path["/ok"], by_path["/admin/x"]
+            self.assertEqual((ok["datapath"], ok["status"]), ("copy", 200))
+            self.assertEqual(ok["bytes_down"], len(HTTP_RESPONSE))
+            http_conns = [e for e in conns if e["dst"] == "127.0.0.1:%d" % self.http.port]
+            ok_conn = [e for e in http_conns if e["verdict"] == "allow"]
+            self.assertEqual(len(ok_conn), 1, http_conns)
+            self.assertGreater(ok["bytes_up"], 0)
+            self.assertEqual((ok["bytes_up"], ok["bytes_down"]), (ok_conn[0]["bytes_up"], ok_conn[0]["bytes_down"]))
+            self.assertEqual(refused["bytes_up"], 0)
+            self.assertEqual(refused["bytes_down"],
+                             len(b"HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nContent-Length: 14\r\n"
+                                 b"Connection: close\r\n\r\nAccess denied\n"))
             self.assertEqual(value(scrape(self.admin), "shunt_access_log_dropped_total"), 0)
+            self.assertEqual(shunt.stop(), 0)
+
+    def test_no_status_when_the_upstream_closed_without_a_response(self):
+        with Shunt(self.config(self.log), wait_port=self.tcp_port) as shunt:
+            wait_ready(self.admin, shunt.proc)
+            with socket.create_connection(("127.0.0.1", self.http_port), timeout=10) as c:
+                c.sendall(b"GET /hangup HTTP/1.1\r\nHost: api.local\r\n\r\n")
+                self.assertEqual(c.recv(100), b"")  # the upstream's close, passed on
+            lines = wait_lines(self.log, 2)
+            http = [parse(self, line) for line in lines if '"event":"http"' in line]
+            self.assertEqual(len(http), 1, lines)
+            self.assertNotIn("status", http[0])
+            self.assertEqual((http[0]["path"], http[0]["verdict"], http[0]["bytes_down"]), ("/hangup", "allow", 0))
+            self.assertGreater(http[0]["bytes_up"], 0)
+            self.assertEqual(shunt.stop(), 0)
+
+    def test_revoked_line_names_the_rule_that_denies_now(self):
+        with Shunt(self.config(self.log), wait_port=self.tcp_port) as shunt:
+            wait_ready(self.admin, shunt.proc)
+            with socket.create_connection(("127.0.0.1", self.tcp_port), timeout=10) as c:
+                c.sendall(b"ping")
+                self.assertEqual(recv_exact(c, 4), b"ping")
+                shunt.write_config(self.config(self.log, revoke_echo=True))
+                with self.assertRaises(ConnectionResetError):
+                    while c.recv(100):
+                        pass
+            entries = [parse(self, line) for line in wait_lines(self.log, 1)]
+            revoked = [e for e in entries if e["event"] == "conn" and e.get("reason") == "revoked"]
+            self.assertEqual(len(revoked), 1, entries)
+            self.assertEqual((revoked[0]["verdict"], revoked[0]["rule"], revoked[0]["bytes_up"]),
+                             ("deny", "echo-closed-now", 4))
             self.assertEqual(shunt.stop(), 0)
 
     def test_sigusr1_reopens_after_rename(self):
