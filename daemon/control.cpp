@@ -23,7 +23,10 @@
 #include <fstream>
 #include <iostream>
 #include <sstream>
+#include <string>
+#include <string_view>
 #include <thread>
+#include <utility>
 
 namespace shunt::proxy {
 
@@ -34,6 +37,13 @@ namespace {
 
 // Bytes a socket moves before its pair may get large buffers.
 constexpr std::uint64_t kBulkThresholdBytes = 4ull << 20;
+// Reload triggers (inotify events, SIGHUP) within this window of the first
+// one are a single reload: an editor's save is a burst of events, and a
+// script's `write && kill -HUP` lands within it too. A later SIGHUP on the
+// same bytes is skipped by reload() itself. Short, because revocations
+// wait for it (SPEC: reset within 100 ms of the reload).
+constexpr auto kReloadWindow = std::chrono::milliseconds(50);
+constexpr std::string_view kFileChanged = "file changed";
 
 void apply_log_level(const std::string& level) { spdlog::set_level(spdlog::level::from_str(level)); }
 
@@ -50,7 +60,7 @@ class Control {
       : context_(context),
         server_(server),
         options_(options),
-        loaded_text_(std::move(loaded_text)),
+        tried_text_(std::move(loaded_text)),
         signals_(io_, SIGHUP, SIGTERM, SIGINT),
         usr1_(io_, SIGUSR1) {}
 
@@ -75,7 +85,7 @@ class Control {
       const int signo = co_await signals_.async_wait(asio::redirect_error(use_awaitable, ec));
       if (ec) co_return;
       if (signo == SIGHUP) {
-        reload("SIGHUP");
+        request_reload("SIGHUP");
         continue;
       }
       if (shutting_down_) {
@@ -131,21 +141,54 @@ class Control {
     io_.stop();
   }
 
+  // Every trigger comes here; the first one opens kReloadWindow and the
+  // others within it only add their name to the reload's log line.
+  void request_reload(std::string_view why) {
+    if (!pending_why_.empty()) {
+      if (pending_why_.find(why) == std::string::npos) pending_why_ += " + " + std::string(why);
+      return;
+    }
+    pending_why_ = why;
+    guarded_spawn(io_, "config reload", reload_after_window(), Failure::survivable);
+  }
+
+  asio::awaitable<void> reload_after_window() {
+    asio::steady_timer window(io_, kReloadWindow);
+    boost::system::error_code ec;
+    co_await window.async_wait(asio::redirect_error(use_awaitable, ec));
+    const std::string why = std::exchange(pending_why_, {});
+    if (!finished_) reload(why);
+  }
+
   // Never throws: a reload that fails for any reason is a counted error
-  // that keeps the previous configuration, and the caller (the signal
-  // handler, the config watcher) goes on.
-  void reload(const char* why) {
+  // that keeps the previous configuration, and the caller goes on.
+  void reload(const std::string& why) {
     try {
       apply_reload(why);
     } catch (const std::exception& e) {
       spdlog::error("config reload ({}) failed: {}; keeping configuration generation {}", why, e.what(),
                     context_.policy.current()->generation());
       metrics().config_reloads_error.fetch_add(1, std::memory_order_relaxed);
+      tried_text_.clear();  // a SIGHUP may retry the same bytes
     }
   }
 
-  void apply_reload(const char* why) {
-    auto result = config::load_config_file(options_.config_path);
+  // Loads the file unless its bytes are the ones last tried (loaded or
+  // rejected): however an edit was announced, it is one generation or one
+  // error. SIGHUP on an unchanged file therefore does nothing (logged).
+  void apply_reload(const std::string& why) {
+    const std::string text = read_file(options_.config_path);
+    if (!text.empty() && text == tried_text_) {
+      spdlog::info("config reload ({}): file unchanged, generation {} stays", why,
+                   context_.policy.current()->generation());
+      return;
+    }
+    // Truncated for a rewrite, or removed for a rename: the write's own
+    // event brings the new bytes. An explicit SIGHUP gets the diagnostic.
+    if (text.empty() && why == kFileChanged) return;
+    tried_text_ = text;
+    auto result = text.empty() ? config::load_config_file(options_.config_path)
+                               : config::parse_config(text, options_.config_path);
     auto& m = metrics();
     if (!result.diagnostics.empty()) {
       for (const auto& d : result.diagnostics) spdlog::error("config reload rejected: {}", d.to_string());
@@ -162,6 +205,7 @@ class Control {
     if (context_.steering) {
       if (auto st = context_.steering->update(next->config()); !st) {
         m.config_reloads_error.fetch_add(1, std::memory_order_relaxed);
+        tried_text_.clear();  // not the file's fault: a SIGHUP may retry the same bytes
         spdlog::error(
             "config reload ({}) rejected: steering update failed: {}; keeping configuration generation {}",
             why, st.error().message(), previous->generation());
@@ -189,8 +233,8 @@ class Control {
 
   // Watches the config file's directory: editors save by rename, and a
   // Kubernetes ConfigMap swaps a `..data` symlink, so events on the file
-  // itself are not enough. Any change in the directory triggers a reload
-  // after a short settle time, skipped when the file's bytes are unchanged.
+  // itself are not enough. Any change in the directory asks for a reload
+  // (request_reload: coalesced, skipped when the file's bytes are unchanged).
   asio::awaitable<void> watch_config() {
     namespace fs = std::filesystem;
     const fs::path path = fs::absolute(options_.config_path);
@@ -207,7 +251,6 @@ class Control {
       co_return;
     }
     char buf[4096];
-    asio::steady_timer settle(io_);
     for (;;) {
       boost::system::error_code ec;
       co_await inotify_->async_wait(asio::posix::descriptor_base::wait_read,
@@ -215,15 +258,7 @@ class Control {
       if (ec) co_return;
       while (::read(fd, buf, sizeof(buf)) > 0) {
       }
-      // Let a burst of events (write + rename + symlink swap) settle.
-      settle.expires_after(std::chrono::milliseconds(20));
-      co_await settle.async_wait(asio::redirect_error(use_awaitable, ec));
-      while (::read(fd, buf, sizeof(buf)) > 0) {
-      }
-      const std::string text = read_file(path.string());
-      if (text == loaded_text_ || text.empty()) continue;
-      loaded_text_ = text;
-      reload("file changed");
+      request_reload(kFileChanged);
     }
   }
 
@@ -247,7 +282,8 @@ class Control {
   ProxyContext& context_;
   Server& server_;
   RunOptions options_;
-  std::string loaded_text_;
+  std::string tried_text_;   // the config bytes last loaded or rejected
+  std::string pending_why_;  // non-empty while a reload waits out kReloadWindow
   asio::io_context io_{1};
   asio::signal_set signals_;
   asio::signal_set usr1_;

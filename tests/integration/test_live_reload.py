@@ -6,6 +6,7 @@ keep-alive connection gets 403 for its next request after an edit, or is
 reset when its last request is no longer allowed; a TLS connection whose
 SNI is no longer allowed is reset; a broken edit changes nothing."""
 import os
+import signal
 import socket
 import ssl
 import statistics
@@ -148,6 +149,41 @@ class LiveReload(unittest.TestCase):
         print(f"reload-to-reset latency (sockmap, L4 rule removed): "
               f"{', '.join(f'{x * 1000:.0f} ms' for x in latencies)}; median {statistics.median(latencies) * 1000:.0f} ms")
         self.assertLess(max(latencies), REVOKE_BOUND_S, latencies)
+
+    def reloads(self, result):
+        return metric(scrape(self.p["admin"]), "shunt_config_reloads_total", result=result)
+
+    def test_one_reload_per_edit_however_announced(self):
+        """inotify and SIGHUP for the same edit are one generation (or one
+        error), whether the SIGHUP comes at once or later."""
+        with self.start() as shunt:
+            self.wait_generation(1)
+            # Edit, then SIGHUP at once (inside the coalescing window).
+            shunt.write_config(config(self.p, echo_rule=False))
+            shunt.proc.send_signal(signal.SIGHUP)
+            self.wait_generation(2)
+            # ... and a SIGHUP well after it: the same bytes, nothing to do.
+            time.sleep(0.3)
+            shunt.proc.send_signal(signal.SIGHUP)
+            time.sleep(0.5)
+            self.assertEqual(self.generation(), 2)
+            self.assertEqual(self.reloads("ok"), 1)
+            self.assertEqual(self.reloads("error"), 0)
+            # A broken edit announced both ways is one error.
+            shunt.write_config(config(self.p) + "  bogus_key: [\n")
+            shunt.proc.send_signal(signal.SIGHUP)
+            time.sleep(0.5)
+            shunt.proc.send_signal(signal.SIGHUP)
+            time.sleep(0.5)
+            self.assertEqual(self.reloads("error"), 1)
+            self.assertEqual(self.generation(), 2)
+            # Fixed: one more generation.
+            shunt.write_config(config(self.p))
+            self.wait_generation(3)
+            time.sleep(0.5)
+            self.assertEqual(self.generation(), 3)
+            self.assertEqual(self.reloads("ok"), 2)
+            self.assertIn("file unchanged", shunt.output())
 
     def test_keepalive_next_request_denied_after_edit(self):
         with self.start() as shunt:
