@@ -6,6 +6,7 @@
 // default so the walk can continue; the resulting Config is discarded anyway
 // when any diagnostic exists.
 #include "config/config.h"
+#include "config/schema.h"
 
 #include <re2/re2.h>
 #include <yaml-cpp/yaml.h>
@@ -154,8 +155,7 @@ class Loader {
   // what it knows.
   class Fields {
    public:
-    Fields(Loader& loader, const Field& self, std::string_view section,
-           std::initializer_list<std::string_view> allowed)
+    Fields(Loader& loader, const Field& self, std::string_view section, schema::Keys allowed)
         : loader_(loader), self_(self) {
       if (self.value.IsNull()) return;  // `section:` with nothing: all defaults
       if (!self.value.IsMap()) {
@@ -390,7 +390,7 @@ Config Loader::load(const Node& root) {
     error(top, root.IsNull() ? "the config is empty" : "the config must be a map of sections");
     return config;
   }
-  Fields fields(*this, top, "the config", {"proxy", "steering", "admin", "log", "pods", "policy"});
+  Fields fields(*this, top, "the config", schema::kTop);
 
   if (const Field* f = fields.require("proxy", "the config")) load_proxy(*f, config.proxy);
   if (const Field* f = fields.get("steering")) load_steering(*f, config.steering);
@@ -449,8 +449,7 @@ Config Loader::load(const Node& root) {
 }
 
 void Loader::load_proxy(const Field& f, ProxySettings& proxy) {
-  Fields fields(*this, f, "proxy",
-                {"listeners", "datapath", "upstream_source", "timeouts", "limits", "http"});
+  Fields fields(*this, f, "proxy", schema::kProxy);
   if (const Field* l = fields.require("listeners", "proxy")) {
     const auto list = items(*l);
     if (list.empty() && (l->value.IsNull() || l->value.IsSequence())) {
@@ -489,8 +488,7 @@ void Loader::load_proxy(const Field& f, ProxySettings& proxy) {
     }
   }
   if (const Field* t = fields.get("timeouts")) {
-    Fields timeouts(*this, *t, "proxy.timeouts",
-                    {"connect", "header", "idle", "drain", "keepalive", "refuse"});
+    Fields timeouts(*this, *t, "proxy.timeouts", schema::kTimeouts);
     const std::pair<const char*, Millis*> slots[] = {
         {"connect", &proxy.timeouts.connect},     {"header", &proxy.timeouts.header},
         {"idle", &proxy.timeouts.idle},           {"drain", &proxy.timeouts.drain},
@@ -503,8 +501,7 @@ void Loader::load_proxy(const Field& f, ProxySettings& proxy) {
   }
   if (const Field* h = fields.get("http")) load_http_settings(*h, proxy.http);
   if (const Field* l = fields.get("limits")) {
-    Fields limits(*this, *l, "proxy.limits",
-                  {"max_connections", "max_connections_per_source", "max_header_bytes"});
+    Fields limits(*this, *l, "proxy.limits", schema::kLimits);
     if (const Field* v = limits.get("max_connections")) {
       if (auto n = integer(*v, 1, 10'000'000)) proxy.limits.max_connections = static_cast<std::uint32_t>(*n);
     }
@@ -534,7 +531,7 @@ void Loader::load_proxy(const Field& f, ProxySettings& proxy) {
 }
 
 void Loader::load_http_settings(const Field& f, HttpSettings& http) {
-  Fields fields(*this, f, "proxy.http", {"encoded_slash", "invalid_escape", "upgrade_protocols"});
+  Fields fields(*this, f, "proxy.http", schema::kHttp);
   if (const Field* v = fields.get("encoded_slash")) {
     if (auto e = choice<EncodedSlash>(*v, {{"reject", EncodedSlash::reject},
                                            {"keep", EncodedSlash::keep},
@@ -568,7 +565,7 @@ void Loader::load_http_settings(const Field& f, HttpSettings& http) {
 }
 
 void Loader::load_listener(const Field& f, Listener& l) {
-  Fields fields(*this, f, "listener", {"name", "listen", "transparent", "forward"});
+  Fields fields(*this, f, "listener", schema::kListener);
   if (!f.value.IsMap()) return;
   if (const Field* n = fields.require("name", "listener")) {
     if (auto name = nonempty_string(*n)) {
@@ -602,7 +599,7 @@ void Loader::load_listener(const Field& f, Listener& l) {
 }
 
 void Loader::load_steering(const Field& f, Steering& steering) {
-  Fields fields(*this, f, "steering", {"intercept_ports", "on_proxy_down", "attach"});
+  Fields fields(*this, f, "steering", schema::kSteering);
   if (const Field* p = fields.get("intercept_ports")) {
     if (p->value.IsScalar() && p->value.Scalar() == "all") {
       steering.all_ports = true;
@@ -629,7 +626,7 @@ void Loader::load_steering(const Field& f, Steering& steering) {
 }
 
 void Loader::load_admin(const Field& f, Admin& admin) {
-  Fields fields(*this, f, "admin", {"listen", "allow_remote"});
+  Fields fields(*this, f, "admin", schema::kAdmin);
   const Field* listen = fields.get("listen");
   if (listen != nullptr) {
     if (auto ep = endpoint(*listen)) admin.listen = *ep;
@@ -647,7 +644,7 @@ void Loader::load_admin(const Field& f, Admin& admin) {
 }
 
 void Loader::load_log(const Field& f, Log& log) {
-  Fields fields(*this, f, "log", {"level", "access"});
+  Fields fields(*this, f, "log", schema::kLog);
   if (const Field* l = fields.get("level")) {
     if (auto v = choice<std::string_view>(*l, {{"trace", "trace"},
                                                {"debug", "debug"},
@@ -664,7 +661,7 @@ void Loader::load_log(const Field& f, Log& log) {
 }
 
 void Loader::load_pod(const Field& f, Pod& pod) {
-  Fields fields(*this, f, "pod", {"name", "ip", "labels", "dev"});
+  Fields fields(*this, f, "pod", schema::kPod);
   if (!f.value.IsMap()) return;
   if (const Field* n = fields.require("name", "pod")) {
     if (auto name = nonempty_string(*n)) {
@@ -724,7 +721,7 @@ void Loader::load_pod(const Field& f, Pod& pod) {
 }
 
 void Loader::load_policy(const Field& f, PolicySpec& policy) {
-  Fields fields(*this, f, "policy", {"default", "rules"});
+  Fields fields(*this, f, "policy", schema::kPolicy);
   if (const Field* d = fields.get("default")) {
     if (auto v =
             choice<DefaultAction>(*d, {{"deny", DefaultAction::deny}, {"allow", DefaultAction::allow}})) {
@@ -748,7 +745,7 @@ void Loader::load_policy(const Field& f, PolicySpec& policy) {
 }
 
 void Loader::load_rule(const Field& f, Rule& rule) {
-  Fields fields(*this, f, "rule", {"name", "from", "to", "action", "http", "tls"});
+  Fields fields(*this, f, "rule", schema::kRule);
   if (!f.value.IsMap()) return;
   rule.line = f.mark().line + 1;
   if (const Field* n = fields.require("name", "rule")) {
@@ -796,7 +793,7 @@ void Loader::load_rule(const Field& f, Rule& rule) {
 void Loader::load_selector(const Field& f, Selector& s, bool is_to) {
   const std::string side = is_to ? "to" : "from";
   // `ports` is accepted on `from` here only to explain why it is wrong.
-  Fields fields(*this, f, "'" + side + "'", {"pod", "labels", "cidr", "ports"});
+  Fields fields(*this, f, "'" + side + "'", schema::kSelector);
   if (!f.value.IsMap()) {
     if (f.value.IsNull()) error(f, "'" + side + "' needs one of pod, labels or cidr");
     return;
@@ -841,7 +838,7 @@ void Loader::load_selector(const Field& f, Selector& s, bool is_to) {
 }
 
 void Loader::load_http(const Field& f, HttpMatch& m) {
-  Fields fields(*this, f, "http entry", {"method", "path", "path_exact", "path_regex", "host", "headers"});
+  Fields fields(*this, f, "http entry", schema::kHttpMatch);
   if (!f.value.IsMap()) return;
   if (f.value.size() == 0) {
     error(f, "empty http entry would match every request; drop 'http' to make the rule L4");
@@ -911,7 +908,7 @@ void Loader::load_http(const Field& f, HttpMatch& m) {
 }
 
 void Loader::load_tls(const Field& f, TlsMatch& m) {
-  Fields fields(*this, f, "tls", {"sni"});
+  Fields fields(*this, f, "tls", schema::kTls);
   if (!f.value.IsMap()) {
     if (f.value.IsNull()) error(f, "'tls' needs 'sni: [names]'");
     return;
@@ -948,7 +945,16 @@ LoadResult parse_config(std::string_view yaml_text, const std::string& source_na
   try {
     root = YAML::Load(std::string(yaml_text));
   } catch (const YAML::Exception& e) {
-    loader.error(e.mark, "YAML syntax error: " + e.msg);
+    std::string message = "YAML syntax error: " + e.msg;
+    // yaml-cpp reports a tab in indentation as "illegal map value" or the
+    // like, nowhere near the cause: name it when the text has one.
+    if (yaml_text.find('\t') != std::string_view::npos) {
+      const std::size_t line_of_tab = static_cast<std::size_t>(
+          std::count(yaml_text.begin(), yaml_text.begin() + yaml_text.find('\t'), '\n') + 1);
+      message += " (line " + std::to_string(line_of_tab) +
+                 " has a tab: YAML indentation must be spaces)";
+    }
+    loader.error(e.mark, std::move(message));
     result.diagnostics = loader.take_diagnostics();
     return result;
   }

@@ -1,0 +1,62 @@
+// Every key the config loader accepts, section by section. The loader checks
+// each mapping against its list (an unknown key is an error with a hint),
+// and tests/unit/config_doc_test.cpp checks that docs/config.md documents
+// every key listed here, so a key added to the loader without its
+// documentation fails a test.
+#pragma once
+
+#include <array>
+#include <span>
+#include <string_view>
+
+namespace shunt::config::schema {
+
+using Keys = std::span<const std::string_view>;
+
+inline constexpr std::array<std::string_view, 6> kTop{"proxy", "steering", "admin", "log", "pods", "policy"};
+inline constexpr std::array<std::string_view, 6> kProxy{"listeners", "datapath", "upstream_source",
+                                                        "timeouts",  "limits",   "http"};
+inline constexpr std::array<std::string_view, 4> kListener{"name", "listen", "transparent", "forward"};
+inline constexpr std::array<std::string_view, 6> kTimeouts{"connect", "header",    "idle",
+                                                           "drain",   "keepalive", "refuse"};
+inline constexpr std::array<std::string_view, 3> kLimits{"max_connections", "max_connections_per_source",
+                                                         "max_header_bytes"};
+inline constexpr std::array<std::string_view, 3> kHttp{"encoded_slash", "invalid_escape",
+                                                       "upgrade_protocols"};
+inline constexpr std::array<std::string_view, 3> kSteering{"intercept_ports", "on_proxy_down", "attach"};
+inline constexpr std::array<std::string_view, 2> kAdmin{"listen", "allow_remote"};
+inline constexpr std::array<std::string_view, 2> kLog{"level", "access"};
+inline constexpr std::array<std::string_view, 4> kPod{"name", "ip", "labels", "dev"};
+inline constexpr std::array<std::string_view, 2> kPolicy{"default", "rules"};
+inline constexpr std::array<std::string_view, 6> kRule{"name", "from", "to", "action", "http", "tls"};
+inline constexpr std::array<std::string_view, 4> kSelector{"pod", "labels", "cidr", "ports"};
+inline constexpr std::array<std::string_view, 6> kHttpMatch{"method",     "path", "path_exact",
+                                                            "path_regex", "host", "headers"};
+inline constexpr std::array<std::string_view, 1> kTls{"sni"};
+
+// A section's path as docs/config.md writes it ("" = top level; `[]` marks
+// a list item), and its keys: the doc names each as `path.key`.
+struct Section {
+  std::string_view path;
+  Keys keys;
+};
+inline constexpr std::array<Section, 16> kSections{{
+    {"", kTop},
+    {"proxy", kProxy},
+    {"proxy.listeners[]", kListener},
+    {"proxy.timeouts", kTimeouts},
+    {"proxy.limits", kLimits},
+    {"proxy.http", kHttp},
+    {"steering", kSteering},
+    {"admin", kAdmin},
+    {"log", kLog},
+    {"pods[]", kPod},
+    {"policy", kPolicy},
+    {"policy.rules[]", kRule},
+    {"policy.rules[].from", kSelector},
+    {"policy.rules[].to", kSelector},
+    {"policy.rules[].http[]", kHttpMatch},
+    {"policy.rules[].tls", kTls},
+}};
+
+}  // namespace shunt::config::schema
