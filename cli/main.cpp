@@ -3,6 +3,29 @@
 #include <CLI/CLI.hpp>
 
 #include <csignal>
+#include <iostream>
+#include <string>
+#include <string_view>
+
+namespace {
+
+// The first argument names no command: say which commands exist, once,
+// instead of CLI11's "A subcommand is required" (issue 11).
+bool unknown_command(CLI::App& app, std::string_view arg) {
+  if (arg.empty() || arg.front() == '-') return false;
+  // Option groups are nameless subcommands in CLI11: skip them.
+  const auto commands = app.get_subcommands([](const CLI::App* sub) { return !sub->get_name().empty(); });
+  for (const CLI::App* sub : commands) {
+    if (sub->check_name(std::string(arg))) return false;
+  }
+  std::string names;
+  for (const CLI::App* sub : commands) names += (names.empty() ? "" : ", ") + sub->get_name();
+  std::cerr << "shunt: unknown command '" << arg << "' (commands: " << names
+            << "); `shunt --help` describes them\n";
+  return true;
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   // A peer that resets while we write must surface as EPIPE, not kill the node proxy.
@@ -11,6 +34,7 @@ int main(int argc, char** argv) {
   CLI::App app{"shunt: node-level L7 transparent proxy (BPF sockmap data path)"};
   app.require_subcommand(1);
   app.set_help_all_flag("--help-all", "Show help for every command");
+  app.set_version_flag("--version", std::string("shunt ") + SHUNT_VERSION);
 
   int exit_code = 0;
   shunt::cli::add_run_command(app, exit_code);
@@ -19,7 +43,13 @@ int main(int argc, char** argv) {
   shunt::cli::add_admin_commands(app, exit_code);
   shunt::cli::add_bench_command(app, exit_code);
   shunt::cli::add_version_command(app, exit_code);
+  // `shunt help` is what people type first; it prints what --help does.
+  // (app.help() would describe the selected subcommand, `help` itself.)
+  app.add_subcommand("help", "Show this help")->callback([&app] {
+    std::cout << app.get_formatter()->make_help(&app, "shunt", CLI::AppFormatMode::Normal);
+  });
 
+  if (argc > 1 && unknown_command(app, argv[1])) return 1;
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

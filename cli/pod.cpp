@@ -103,6 +103,7 @@ void add_pod_commands(CLI::App& app, int& exit_code) {
     std::printf("pod %s: %s, address%s %s, host device %s (%s)\n", info.name.c_str(), info.type.c_str(),
                 info.addresses.size() > 1 ? "es" : "", join_addresses(info.addresses).c_str(),
                 info.host_device.c_str(), added->why.c_str());
+    for (const auto& note : added->forwarding) std::printf("  %s\n", note.c_str());
     exit_code = kExitOk;
   });
 
@@ -115,6 +116,8 @@ void add_pod_commands(CLI::App& app, int& exit_code) {
       return;
     }
     std::printf("pod %s removed\n", del_name->c_str());
+    for (const auto& note : pods::restore_forwarding_if_no_pods())
+      std::printf("  %s (the last pod is gone)\n", note.c_str());
     exit_code = kExitOk;
   });
 

@@ -5,6 +5,7 @@
 #include <cerrno>
 #include <charconv>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <limits>
 #include <sstream>
@@ -230,6 +231,16 @@ std::string to_string(const Endpoint& ep) {
 }
 
 LoadResult load_config_file(const std::string& path) {
+  // A directory opens and reads as empty: say what it is instead of "the
+  // config is empty".
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec)) {
+    LoadResult result;
+    result.diagnostics.push_back({path, 0, 0,
+                                  "is a directory; give the config file in it, e.g. " +
+                                      (std::filesystem::path(path) / "shunt.yaml").string()});
+    return result;
+  }
   std::ifstream in(path, std::ios::binary);
   if (!in) {
     LoadResult result;

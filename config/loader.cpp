@@ -951,8 +951,7 @@ LoadResult parse_config(std::string_view yaml_text, const std::string& source_na
     if (yaml_text.find('\t') != std::string_view::npos) {
       const std::size_t line_of_tab = static_cast<std::size_t>(
           std::count(yaml_text.begin(), yaml_text.begin() + yaml_text.find('\t'), '\n') + 1);
-      message += " (line " + std::to_string(line_of_tab) +
-                 " has a tab: YAML indentation must be spaces)";
+      message += " (line " + std::to_string(line_of_tab) + " has a tab: YAML indentation must be spaces)";
     }
     loader.error(e.mark, std::move(message));
     result.diagnostics = loader.take_diagnostics();

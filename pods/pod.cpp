@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <cctype>
 #include <cstring>
+#include <fstream>
 
 namespace shunt::pods {
 namespace {
@@ -23,6 +24,35 @@ Status write_sysctl(const std::string& path, std::string_view value) {
   if (!fd) return SysError::from_errno("open " + path);
   if (::write(fd.get(), value.data(), value.size()) < 0) return SysError::from_errno("write " + path);
   return ok_status();
+}
+
+// `pod add` turns forwarding on (pod traffic is routed through the host).
+// The values it found are kept in /run/shunt (gone at reboot, like the
+// settings themselves), one "PATH VALUE" line per setting shunt changed, so
+// the last `pod del` puts back what shunt changed and nothing else.
+constexpr const char* kForwardingRecord = "/run/shunt/pod-forwarding";
+
+std::string read_sysctl(const std::string& path) {
+  std::ifstream in(path);
+  std::string value;
+  in >> value;
+  return value;
+}
+
+// Sets the forwarding sysctl at `path` to 1; returns a line for the
+// operator when this changed it (and records the old value), else "".
+Result<std::string> enable_forwarding(const std::string& path, const std::string& name) {
+  const std::string before = read_sysctl(path);
+  if (before == "1") return std::string();
+  if (Status st = write_sysctl(path, "1"); !st) return st.error();
+  std::ifstream existing(kForwardingRecord);
+  for (std::string p, v; existing >> p >> v;) {
+    if (p == path) return std::string();  // an earlier pod add changed it; its record stands
+  }
+  ::mkdir("/run/shunt", 0755);
+  std::ofstream(kForwardingRecord, std::ios::app) << path << ' ' << (before.empty() ? "0" : before) << '\n';
+  return name + " was " + (before.empty() ? "0" : before) +
+         ", set to 1; the last `shunt pod del` sets it back";
 }
 
 bool netns_exists(const std::string& name) {
@@ -208,15 +238,21 @@ Result<AddedPod> add_pod(const PodSpec& spec) {
     back.oif = ifindex;
     if (Status st = replace_route(*nl, back); !st) return st.error();
   }
+  std::vector<std::string> notes;
   if (v4) {
-    if (Status st = write_sysctl("/proc/sys/net/ipv4/ip_forward", "1"); !st) return st.error();
+    auto note = enable_forwarding("/proc/sys/net/ipv4/ip_forward", "net.ipv4.ip_forward");
+    if (!note) return note.error();
+    if (!note->empty()) notes.push_back(*note);
   }
   if (v6) {
-    if (Status st = write_sysctl("/proc/sys/net/ipv6/conf/all/forwarding", "1"); !st) return st.error();
+    auto note = enable_forwarding("/proc/sys/net/ipv6/conf/all/forwarding", "net.ipv6.conf.all.forwarding");
+    if (!note) return note.error();
+    if (!note->empty()) notes.push_back(*note);
   }
 
   rollback.dismiss();
   added.info = PodInfo{spec.name, std::string(to_string(type)), host, spec.addresses};
+  added.forwarding = std::move(notes);
   return added;
 }
 
@@ -240,6 +276,19 @@ Status del_pod(const std::string& name) {
     if (Status st = Netns::remove(name); !st && first) first = st;
   }
   return first;
+}
+
+std::vector<std::string> restore_forwarding_if_no_pods() {
+  std::vector<std::string> restored;
+  auto pods = list_pods();
+  if (!pods || !pods->empty()) return restored;
+  std::ifstream record(kForwardingRecord);
+  if (!record) return restored;
+  for (std::string path, value; record >> path >> value;) {
+    if (write_sysctl(path, value)) restored.push_back(path + " set back to " + value);
+  }
+  ::unlink(kForwardingRecord);
+  return restored;
 }
 
 Result<std::vector<PodInfo>> list_pods() {

@@ -50,6 +50,9 @@ struct PodInfo {
 struct AddedPod {
   PodInfo info;
   std::string why;  // why this device type was used, for the operator
+  // Forwarding sysctls this call turned on, one line each for the operator
+  // (empty when they were on already).
+  std::vector<std::string> forwarding;
 };
 
 // Errors: EINVAL (bad name/address, two addresses of one family), EEXIST (pod or device exists),
@@ -60,5 +63,8 @@ Result<AddedPod> add_pod(const PodSpec& spec);
 // pod's device (fail_closed state of a stopped proxy).
 Status del_pod(const std::string& name);
 Result<std::vector<PodInfo>> list_pods();
+// After the last pod is gone: puts back the forwarding sysctls `pod add`
+// changed (and only those); one line per setting restored.
+std::vector<std::string> restore_forwarding_if_no_pods();
 
 }  // namespace shunt::pods

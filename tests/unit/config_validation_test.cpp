@@ -37,6 +37,18 @@ TEST(ConfigValidation, YamlSyntaxErrorHasPosition) {
   EXPECT_THAT(error("a: b\n c: d\n"), StartsWith("t.yaml:2:3: YAML syntax error"));
 }
 
+TEST(ConfigValidation, TabInIndentationIsNamed) {
+  // yaml-cpp alone says "illegal map value" or similar, far from the cause.
+  EXPECT_THAT(error(std::string(kProxy) + "log:\n\tlevel: info\n"),
+              HasSubstr("line 4 has a tab: YAML indentation must be spaces"));
+}
+
+TEST(ConfigValidation, DirectoryIsNotAnEmptyConfig) {
+  const LoadResult r = load_config_file("/tmp");
+  ASSERT_EQ(r.diagnostics.size(), 1u);
+  EXPECT_THAT(r.diagnostics[0].to_string(), HasSubstr("/tmp: is a directory; give the config file in it"));
+}
+
 TEST(ConfigValidation, EmptyOrNonMapConfig) {
   EXPECT_THAT(error(""), HasSubstr("the config is empty"));
   EXPECT_THAT(error("- a\n- b\n"), StartsWith("t.yaml:1:1: the config must be a map"));
