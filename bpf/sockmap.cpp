@@ -169,7 +169,8 @@ HandoverResult SockmapBridge::handover(int fd_a, int fd_b) {
     return result;
   }
 
-  for (auto [fd, cookie] : {std::pair{fd_a, a}, std::pair{fd_b, b}}) kick_queued(fd, cookie);
+  result.consumed_error_a = kick_queued(fd_a, a);
+  result.consumed_error_b = kick_queued(fd_b, b);
   return result;
 }
 
@@ -188,14 +189,22 @@ HandoverResult SockmapBridge::handover(int fd_a, int fd_b) {
 // is not serialised that way on this kernel: it duplicated ~128 KiB of a
 // 256 MiB transfer, and a settle check around it only narrowed the window.
 // It remains for kernels whose recvmsg lacks the fix (probed at load).
-void SockmapBridge::kick_queued(int fd, std::uint64_t cookie) const {
+//
+// Hazard: recvmsg reports a pending socket error (an RST that arrived since
+// the connect) and clears it, after which poll() shows only POLLHUP and the
+// reset reads like a FIN. The error is returned so that the caller resets
+// the other side instead (issue 15).
+int SockmapBridge::kick_queued(int fd, std::uint64_t cookie) const {
   char probe;
-  (void)::recv(fd, &probe, 1, MSG_PEEK | MSG_DONTWAIT);
-  if (recv_runs_verdict_) return;
-  if (stranded(fd, cookie)) {
+  int consumed_error = 0;
+  if (::recv(fd, &probe, 1, MSG_PEEK | MSG_DONTWAIT) < 0 && errno != EAGAIN && errno != EWOULDBLOCK &&
+      errno != EINTR)
+    consumed_error = errno;
+  if (!recv_runs_verdict_ && stranded(fd, cookie)) {
     if (Status st = set_socket_option(fd, SOL_SOCKET, SO_RCVLOWAT, 1, "SO_RCVLOWAT"); !st)
       spdlog::warn("sockmap: queued bytes on fd {} not kicked: {}", fd, st.error().message());
   }
+  return consumed_error;
 }
 
 void SockmapBridge::probe_queued_kick() {

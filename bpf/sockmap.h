@@ -38,6 +38,12 @@ struct HandoverResult {
   bool partial = false;
   SysError error;
   SocketCookies cookies;
+  // A socket error the handover's recv() consumed (an RST that arrived
+  // before or during the handover): recv returns it once and clears it, so
+  // poll() no longer shows POLLERR. The caller must treat that socket as
+  // reset. 0 when none.
+  int consumed_error_a = 0;
+  int consumed_error_b = 0;
 };
 
 class SockmapBridge {
@@ -85,7 +91,8 @@ class SockmapBridge {
  private:
   // Runs the verdict over bytes queued on `fd` before it entered
   // verdict_sockets (handover() step 4).
-  void kick_queued(int fd, std::uint64_t cookie) const;
+  // Returns the socket error the recv consumed, or 0.
+  int kick_queued(int fd, std::uint64_t cookie) const;
   // Legacy kick only: queued bytes that no verdict run has seen.
   [[nodiscard]] bool stranded(int fd, std::uint64_t cookie) const;
   // Sets recv_runs_verdict_ from a loopback socket pair.

@@ -49,12 +49,19 @@ struct SocketState {
   bool failed = false;       // reset or error
 };
 
-SocketState socket_state(int fd) {
+// `write_shut`: shunt has already shut this socket's write side (passed the
+// other side's FIN on).
+SocketState socket_state(int fd, bool write_shut) {
   pollfd p{fd, POLLRDHUP, 0};
   ::poll(&p, 1, 0);
   SocketState s;
   s.failed = (p.revents & (POLLERR | POLLNVAL)) != 0;
   s.read_closed = (p.revents & (POLLRDHUP | POLLHUP)) != 0;
+  // A reset shows POLLERR only until someone reads the error: recvmsg
+  // reports and clears it (the handover's kick does), leaving POLLHUP, which
+  // looks like a FIN. A FIN leaves the socket in CLOSE_WAIT until shunt
+  // shuts its write side; closed before that, it was reset.
+  if (s.read_closed && !s.failed && !write_shut && tcp_closed(fd)) s.failed = true;
   return s;
 }
 
@@ -62,7 +69,7 @@ SocketState socket_state(int fd) {
 std::string socket_error(int fd) {
   int err = 0;
   socklen_t len = sizeof(err);
-  if (::getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0 || err == 0) return "hang-up";
+  if (::getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0 || err == 0) return "reset";
   return std::strerror(err);
 }
 
@@ -206,11 +213,16 @@ asio::awaitable<void> run_sockmap(Connection& conn) {
   auto drained = [&](const SplicedDirection& d) {
     const std::uint64_t redirected = bridge->redirected_bytes(d.from_cookie);
     // tcpi_bytes_received counts the FIN's sequence number too.
-    const std::uint64_t payload = tcp_bytes_received(d.from) - 1 - d.from_consumed_at_handover;
+    const std::uint64_t received = tcp_bytes_received(d.from);
+    const std::uint64_t payload =
+        received > d.from_consumed_at_handover ? received - 1 - d.from_consumed_at_handover : 0;
     if (payload > redirected) return false;
     return tcp_bytes_written(d.to) - d.to_written_at_handover >= redirected;
   };
 
+  // An error the handover's recv consumed (see SocketState) ends the pair.
+  const int consumed_error =
+      handover.consumed_error_a ? handover.consumed_error_a : handover.consumed_error_b;
   milliseconds drain_poll{1};
   for (;;) {
     if (conn.aborted()) {
@@ -218,14 +230,16 @@ asio::awaitable<void> run_sockmap(Connection& conn) {
       reset_fd(upstream.get());
       break;
     }
-    const SocketState client_state = socket_state(client.get());
-    const SocketState upstream_state = socket_state(upstream.get());
-    if (client_state.failed || upstream_state.failed) {
+    const SocketState client_state = socket_state(client.get(), down.fin_forwarded);
+    const SocketState upstream_state = socket_state(upstream.get(), up.fin_forwarded);
+    if (client_state.failed || upstream_state.failed || consumed_error) {
       // RST (or error) on one side: reset the other, promptly.
+      const bool client_failed = consumed_error ? handover.consumed_error_a != 0 : client_state.failed;
       spdlog::debug("connection {}: {} side reset; resetting the other", info.id,
-                    client_state.failed ? "client" : "upstream");
-      info.note_end(client_state.failed ? EndReason::client_reset : EndReason::upstream_reset,
-                    socket_error(client_state.failed ? client.get() : upstream.get()));
+                    client_failed ? "client" : "upstream");
+      info.note_end(client_failed ? EndReason::client_reset : EndReason::upstream_reset,
+                    consumed_error ? std::strerror(consumed_error)
+                                   : socket_error(client_failed ? client.get() : upstream.get()));
       reset_fd(client.get());
       reset_fd(upstream.get());
       break;
@@ -285,11 +299,13 @@ asio::awaitable<void> run_sockmap(Connection& conn) {
   }
   if (dropped) {
     metrics().sockmap_backlog_dropped_bytes.fetch_add(dropped, std::memory_order_relaxed);
-    const EndReason end = info.end.load(std::memory_order_relaxed);
-    const bool clean = end == EndReason::client_closed || end == EndReason::upstream_closed;
+    // Both FINs passed on means the drain check held for both directions:
+    // a drop then is a bug. Any other end (a reset, even after a first FIN)
+    // may legitimately cut bytes in flight.
+    const bool clean = up.fin_forwarded && down.fin_forwarded;
     spdlog::log(clean ? spdlog::level::err : spdlog::level::debug,
                 "connection {}: {} redirected byte(s) never reached the peer socket ({})", info.id, dropped,
-                to_string(end));
+                to_string(info.end.load(std::memory_order_relaxed)));
   }
 
   // Fold the kernel's counters into the connection before the peer entries

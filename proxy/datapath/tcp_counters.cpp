@@ -29,6 +29,12 @@ std::uint64_t tcp_bytes_received(int fd) {
   return ti.tcpi_bytes_received;
 }
 
+bool tcp_closed(int fd) {
+  tcp_info ti{};
+  constexpr std::uint8_t kTcpClose = 7;  // TCP_CLOSE, include/net/tcp_states.h (not in the UAPI headers)
+  return read_tcp_info(fd, ti) && ti.tcpi_state == kTcpClose;
+}
+
 std::uint64_t tcp_bytes_consumed(int fd) {
   // received - queued, with `received` unchanged across the SIOCINQ call: a
   // segment arriving in between would otherwise count as consumed.

@@ -18,6 +18,9 @@ std::uint64_t tcp_bytes_written(int fd);
 // bytes, and it is final once the peer's FIN is visible. 0 on error.
 std::uint64_t tcp_bytes_received(int fd);
 
+// True when the socket is in TCP_CLOSE (reset, or both FINs exchanged).
+bool tcp_closed(int fd);
+
 // Bytes userspace has consumed from the socket (received minus still
 // queued), read so that no segment lands between the two readings. For a
 // socket not yet in a sockmap; 0 on error.

@@ -46,14 +46,11 @@ COMMON_CHECKS = [
     "upload_hash", "direct_port_with_shunt", "source_preserved_v6", "download_hash_v6", "upload_hash_v6",
     "proxied_8080", "not_proxied_9090", "proxied_8080_v6", "shunt_exited", "fail_closed_blocks",
     "fail_closed_blocks_v6", "fail_closed_other_ports_flow", "rules_removed_on_exit", "pod_del", "nothing_left",
-    "burst_stress",
+    "burst_stress", "reset_propagation",
 ]
 # Reported and shown, but not (yet) required: name -> why. A failing one prints
 # the console like a failed check does, and the test still passes.
-ADVISORY_CHECKS = {
-    "reset_propagation": "an upstream RST right after the sockmap handover is sometimes not passed on to the "
-                         "client on 6.1/6.12 (the connection stays open); required once shunt handles it",
-}
+ADVISORY_CHECKS = {}
 
 
 class Profile:
