@@ -242,6 +242,7 @@ std::string AdminServer::connections_json() const {
     w.field("dst_pod", info->dst_pod);
     w.field("rule", info->rule_name());
     w.field("datapath", config::to_string(info->datapath.load(std::memory_order_relaxed)));
+    w.field("protocol", info->protocol());
     w.field("bytes_up", bytes.up);
     w.field("bytes_down", bytes.down);
     w.key("age_s").fixed(age.count(), 3);

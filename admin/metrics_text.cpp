@@ -195,9 +195,16 @@ std::string render_metrics(const ProxyContext& context, const bpf::PodSteering* 
     }
   }
 
-  p.family("shunt_http_requests_total", "counter", "Inspected HTTP requests by verdict.");
-  p.sample("shunt_http_requests_total", {{"verdict", "allow"}}, m.http_requests_allowed.load());
-  p.sample("shunt_http_requests_total", {{"verdict", "deny"}}, m.http_requests_denied.load());
+  p.family("shunt_http_requests_total", "counter",
+           "Inspected HTTP requests (HTTP/1.1 requests, HTTP/2 streams) by verdict and protocol.");
+  p.sample("shunt_http_requests_total", {{"verdict", "allow"}, {"protocol", "h1"}},
+           m.http_requests_allowed.load());
+  p.sample("shunt_http_requests_total", {{"verdict", "deny"}, {"protocol", "h1"}},
+           m.http_requests_denied.load());
+  p.sample("shunt_http_requests_total", {{"verdict", "allow"}, {"protocol", "h2"}},
+           m.http2_requests_allowed.load());
+  p.sample("shunt_http_requests_total", {{"verdict", "deny"}, {"protocol", "h2"}},
+           m.http2_requests_denied.load());
 
   p.family("shunt_policy_decisions_total", "counter",
            "Policy decisions by deciding rule (or default) and verdict.");

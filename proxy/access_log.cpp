@@ -83,6 +83,8 @@ std::string AccessLog::to_json(const AccessRecord& r) {
     field("host", r.host);
     // Left out when no response was seen: a 0 would read as a status.
     if (r.status > 0) number("status", static_cast<std::uint64_t>(r.status));
+    if (!r.protocol.empty()) field("protocol", r.protocol);
+    if (r.grpc_status) number("grpc_status", static_cast<std::uint64_t>(*r.grpc_status));
   }
   out += "}";
   return out;

@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 
 namespace spdlog {
@@ -38,7 +39,9 @@ struct AccessRecord {
   std::string method;
   std::string path;
   std::string host;
-  int status = 0;  // 0: no response was seen; the field is left out
+  int status = 0;                  // 0: no response was seen; the field is left out
+  std::string protocol;            // h1 | h2
+  std::optional<int> grpc_status;  // gRPC streams: from the response, or 7 when shunt denied
 };
 
 class AccessLog {

@@ -57,6 +57,8 @@ struct ConnectionInfo {
   std::chrono::system_clock::time_point started_wall = std::chrono::system_clock::now();
 
   std::atomic<config::Datapath> datapath{config::Datapath::copy};
+  // HTTP/2 inspection runs the connection (each stream decided on its own).
+  std::atomic<bool> http2{false};
   // Bytes moved by userspace (copy, splice, inspection, pre-handover).
   std::atomic<std::uint64_t> bytes_up{0};
   std::atomic<std::uint64_t> bytes_down{0};
@@ -91,6 +93,21 @@ struct ConnectionInfo {
   // Set while the pair is kernel-spliced: grants this connection larger
   // socket buffers (from any thread; posted to its executor).
   std::function<void(std::uint64_t source_cookie)> grant_bulk_buffers;
+
+  // What /connections shows: h2, http/1.1 (HTTP-inspected), tls (SNI) or tcp.
+  [[nodiscard]] std::string_view protocol() const {
+    if (http2.load(std::memory_order_relaxed)) return "h2";
+    std::lock_guard lock(mu);
+    switch (basis.inspect) {
+      case policy::Inspect::http:
+        return "http/1.1";
+      case policy::Inspect::tls:
+        return "tls";
+      case policy::Inspect::none:
+        break;
+    }
+    return "tcp";
+  }
 
   [[nodiscard]] std::string rule_name() const {
     std::lock_guard lock(mu);

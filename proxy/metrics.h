@@ -81,6 +81,8 @@ struct Metrics {
   // Bytes per direction and data path: ConnectionRegistry::snapshot_with_totals().
   std::atomic<std::uint64_t> http_requests_allowed{0};
   std::atomic<std::uint64_t> http_requests_denied{0};
+  std::atomic<std::uint64_t> http2_requests_allowed{0};  // HTTP/2 streams
+  std::atomic<std::uint64_t> http2_requests_denied{0};
   LabeledCounter policy_decisions;  // label "rule\x1fverdict"
   std::atomic<std::uint64_t> config_generation{0};
   std::atomic<std::uint64_t> config_reloads_ok{0};

@@ -201,6 +201,7 @@ void log_request(Connection& conn, const std::string& method, const std::string&
   r.path = path;
   r.host = host;
   r.status = status;
+  r.protocol = "h1";
   if (!allowed || status == 502 || status == 504) {
     // A status shunt answered itself (an upstream's own 502 is forwarded by
     // the response pump, never logged here with allowed=false, and gets no
@@ -766,8 +767,13 @@ asio::awaitable<bool> run_requests(std::shared_ptr<Session> self) {
       }
 
       case http::RequestEvent::http2:
+        if (!connected && s.pending.empty() && start == 0) {
+          // Prior-knowledge HTTP/2 from the first byte: every stream is
+          // decided by the HTTP/2 inspector, from the preface on.
+          co_return co_await inspect_h2(conn, std::string(in.data(), end));
+        }
         spdlog::warn(
-            "connection {}: http2 not inspectable (prior-knowledge preface on a port with HTTP rules); "
+            "connection {}: HTTP/2 preface after HTTP/1.1 requests on the same connection; "
             "resetting",
             info.id);
         s.stop_pump = true;

@@ -5,6 +5,8 @@
 
 #include <boost/asio/awaitable.hpp>
 
+#include <string>
+
 namespace shunt::proxy {
 
 class Connection;
@@ -15,5 +17,11 @@ class Connection;
 // has been closed (denied, reset, or finished entirely in userspace).
 boost::asio::awaitable<bool> inspect_http(Connection& conn);
 boost::asio::awaitable<bool> inspect_tls(Connection& conn);
+
+// HTTP/2 with prior knowledge (h2_inspector.cpp), entered from inspect_http
+// when the connection opens with the HTTP/2 preface; `initial` holds every
+// byte read so far, preface first. Always finishes the connection in
+// userspace (returns false).
+boost::asio::awaitable<bool> inspect_h2(Connection& conn, std::string initial);
 
 }  // namespace shunt::proxy

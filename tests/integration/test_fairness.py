@@ -300,7 +300,7 @@ class Fairness(unittest.TestCase):
         self.assertEqual(len(lines), 1, self.access_lines())
         self.assertTrue(lines[0]["src"].startswith(HOLDER + ":"), lines)
         m = self.metrics()
-        self.assertEqual(value(m, "shunt_http_requests_total", verdict="deny"), 1)
+        self.assertEqual(value(m, "shunt_http_requests_total", verdict="deny", protocol="h1"), 1)
         self.assertEqual(value(m, "shunt_connection_ends_total", reason="bad_request"), 1)
         self.assertEqual(value(m, "shunt_connection_ends_total", reason="refuse_timeout"), 0)
 

@@ -1,0 +1,972 @@
+// HTTP/2 inspection (cleartext, prior knowledge): every stream on a
+// connection whose flow has HTTP rules is decided on its own, with the same
+// rule entries and the same canonical request model as HTTP/1.1.
+//
+// nghttp2 does the framing, HPACK and HTTP/2 semantics checks; this file
+// joins two sessions:
+//
+//   client --(server session)--> shunt --(client session)--> upstream
+//
+// One upstream HTTP/2 connection per client connection, opened at the first
+// allowed stream (a denied first stream never reaches the upstream). Why not
+// a pool: the upstream is the client's original destination, so a pool could
+// only be shared by connections of the same flow, and sharing one would mix
+// the streams of different clients on one upstream connection (one client's
+// flood or GOAWAY would hit others, and the transparent source address could
+// not be kept). One-to-one keeps a client's failures its own.
+//
+// Flow control is end to end: neither session sends WINDOW_UPDATE on its
+// own (no_auto_window_update); bytes received on one side are "consumed"
+// (and so open the window again) only when the other side's data provider
+// has taken them into a frame, i.e. when the other peer's window accepted
+// them. A stream whose reader is slow stops its own window, not the others';
+// per-connection memory is bounded by the windows advertised (kStreamWindow
+// per stream, kConnectionWindow in all, each direction).
+//
+// Denials answer on the stream only: gRPC (content-type application/grpc*)
+// gets a trailers-only response with grpc-status 7, anything else
+// `:status 403` and `Access denied\n`. The connection stays up.
+//
+// Bad input: nghttp2 answers framing/HPACK/semantics errors with GOAWAY and
+// the right code, limits SETTINGS/PING/RST acknowledgements it would queue
+// (flood), CONTINUATION frames per header block and stream resets per second
+// (CVE-2023-44487, Debian's backports in 1.52.0-1+deb12u*); header lists are
+// bounded by limits.max_header_bytes here (counted as RFC 9113 §6.5.2 does).
+//
+// A 100 ms tick re-checks open streams after a reload (a stream no longer
+// allowed is ended: grpc-status 7 for gRPC, RST_STREAM(CANCEL) otherwise)
+// and sends GOAWAY when the daemon drains.
+#include "policy/canonical.h"
+#include "proxy/access_log.h"
+#include "proxy/connection.h"
+#include "proxy/end_reason.h"
+#include "proxy/inspect/inspect.h"
+#include "proxy/metrics.h"
+#include "proxy/proxy_context.h"
+
+#include <nghttp2/nghttp2.h>
+#include <spdlog/spdlog.h>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/write.hpp>
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+namespace shunt::proxy {
+
+namespace asio = boost::asio;
+using asio::use_awaitable;
+using asio::ip::tcp;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+constexpr std::size_t kReadChunk = 64 * 1024;
+constexpr std::size_t kWriteBatch = 64 * 1024;
+constexpr std::int32_t kStreamWindow = 256 * 1024;
+constexpr std::int32_t kConnectionWindow = 4 * 1024 * 1024;
+constexpr std::uint32_t kMaxConcurrentStreams = 100;
+// Rapid reset (CVE-2023-44487): a token bucket of stream resets the client
+// may cause; beyond it nghttp2 ends the connection with GOAWAY(INTERNAL_ERROR),
+// as nghttp2 1.57+ does. The values are nghttp2's defaults there.
+constexpr std::uint64_t kResetBurst = 1000;
+constexpr std::uint64_t kResetRate = 33;
+// CONTINUATION frames per header block (CVE-2024-27316 class).
+constexpr std::size_t kMaxContinuations = 8;
+constexpr auto kTick = std::chrono::milliseconds(100);
+
+using Header = std::pair<std::string, std::string>;
+using Headers = std::vector<Header>;
+
+// Bytes received on one side of a stream, waiting for the other side's
+// window, and how that direction ends.
+struct Pipe {
+  std::string buf;
+  std::size_t off = 0;
+  bool eof = false;                 // END_STREAM received (or the answer is complete)
+  std::optional<Headers> trailers;  // sent after the data, carrying END_STREAM
+  [[nodiscard]] std::size_t size() const { return buf.size() - off; }
+  void clear() {
+    buf.clear();
+    off = 0;
+  }
+};
+
+struct Stream {
+  std::int32_t id = 0;           // on the client connection
+  std::int32_t upstream_id = 0;  // 0: not (yet) sent upstream
+  Headers collecting;            // the header block being received (either side)
+  std::size_t header_bytes = 0;
+  std::string method, path, authority, host, scheme;
+  Headers headers;  // regular request headers, as matched and forwarded
+  bool decided = false;
+  bool allowed = false;
+  bool grpc = false;
+  bool revoked = false;
+  bool response_started = false;
+  bool upstream_closed = false;
+  std::string rule;
+  int status = 0;
+  std::optional<int> grpc_status;
+  std::uint64_t bytes_up = 0;  // DATA payload forwarded each way (the access log's)
+  std::uint64_t bytes_down = 0;
+  Pipe up;    // client -> upstream
+  Pipe down;  // upstream -> client
+  Clock::time_point started = Clock::now();
+};
+
+std::optional<int> parse_int(std::string_view v) {
+  int n = 0;
+  if (v.empty() || v.size() > 9) return std::nullopt;
+  for (char c : v) {
+    if (c < '0' || c > '9') return std::nullopt;
+    n = n * 10 + (c - '0');
+  }
+  return n;
+}
+
+const std::string* find_header(const Headers& h, std::string_view name) {
+  for (const auto& [n, v] : h)
+    if (n == name) return &v;
+  return nullptr;
+}
+
+// nghttp2 copies name/value pairs on submit, so views into `h` suffice.
+std::vector<nghttp2_nv> to_nv(const Headers& h) {
+  std::vector<nghttp2_nv> nv;
+  nv.reserve(h.size());
+  for (const auto& [n, v] : h) {
+    nv.push_back(nghttp2_nv{reinterpret_cast<std::uint8_t*>(const_cast<char*>(n.data())),
+                            reinterpret_cast<std::uint8_t*>(const_cast<char*>(v.data())), n.size(), v.size(),
+                            NGHTTP2_NV_FLAG_NONE});
+  }
+  return nv;
+}
+
+struct SessionDeleter {
+  void operator()(nghttp2_session* s) const { nghttp2_session_del(s); }
+};
+using SessionPtr = std::unique_ptr<nghttp2_session, SessionDeleter>;
+
+class H2Proxy : public std::enable_shared_from_this<H2Proxy> {
+ public:
+  H2Proxy(Connection& conn, const asio::any_io_executor& ex)
+      : conn_(conn),
+        hold_(conn.shared_from_this()),
+        flow_(flow_of(conn.info())),
+        policy_(conn.proxy().policy.current()),
+        client_wake_(ex, Clock::time_point::max()),
+        upstream_wake_(ex, Clock::time_point::max()),
+        done_wake_(ex, Clock::time_point::max()),
+        tick_(ex) {}
+
+  asio::awaitable<void> run(std::string initial);
+  void wake_all() {
+    client_wake_.cancel();
+    upstream_wake_.cancel();
+    done_wake_.cancel();
+  }
+
+ private:
+  static policy::Flow flow_of(ConnectionInfo& info) {
+    std::lock_guard lock(info.mu);
+    return info.basis.flow;
+  }
+
+  bool setup();
+  asio::awaitable<void> read_client();
+  asio::awaitable<void> read_upstream();
+  asio::awaitable<void> write_loop(bool to_client);
+  asio::awaitable<void> write_frames(bool to_client);
+  asio::awaitable<void> tick();
+  asio::awaitable<void> connect_upstream();
+  void spawn(asio::awaitable<void> a);
+
+  Stream* stream(std::int32_t id) {
+    auto it = streams_.find(id);
+    return it == streams_.end() ? nullptr : it->second.get();
+  }
+  Stream* upstream_stream(std::int32_t up_id) {
+    auto it = by_upstream_.find(up_id);
+    return it == by_upstream_.end() ? nullptr : stream(it->second);
+  }
+
+  void decide(Stream& s);
+  void answer(Stream& s, int status, std::string_view body, bool allowed);
+  void deny(Stream& s, std::string_view message);
+  void submit_upstream(Stream& s);
+  void upstream_gone();
+  void recheck(const policy::Policy& policy);
+  void log_stream(const Stream& s);
+
+  // --- nghttp2 callbacks (user_data is the H2Proxy) ---
+  static int on_begin_headers(nghttp2_session*, const nghttp2_frame*, void*);
+  static int on_header(nghttp2_session*, const nghttp2_frame*, const std::uint8_t*, std::size_t,
+                       const std::uint8_t*, std::size_t, std::uint8_t, void*);
+  static int on_frame_recv(nghttp2_session*, const nghttp2_frame*, void*);
+  static int on_data(nghttp2_session*, std::uint8_t, std::int32_t, const std::uint8_t*, std::size_t, void*);
+  static int on_stream_close(nghttp2_session*, std::int32_t, std::uint32_t, void*);
+  static ssize_t read_up(nghttp2_session*, std::int32_t, std::uint8_t*, std::size_t, std::uint32_t*,
+                         nghttp2_data_source*, void*);
+  static ssize_t read_down(nghttp2_session*, std::int32_t, std::uint8_t*, std::size_t, std::uint32_t*,
+                           nghttp2_data_source*, void*);
+
+  bool is_server(nghttp2_session* s) const { return s == server_.get(); }
+  ssize_t pull(Pipe& pipe, nghttp2_session* session, std::int32_t stream_id, nghttp2_session* source,
+               std::int32_t source_id, std::uint8_t* buf, std::size_t length, std::uint32_t* flags);
+
+  Connection& conn_;
+  std::shared_ptr<Connection> hold_;
+  const policy::Flow flow_;
+  std::shared_ptr<const policy::Policy> policy_;  // the snapshot streams were last decided under
+  SessionPtr server_;                             // toward the client
+  SessionPtr client_;                             // toward the upstream; null until connected
+  std::map<std::int32_t, std::unique_ptr<Stream>> streams_;
+  std::unordered_map<std::int32_t, std::int32_t> by_upstream_;
+  std::vector<std::int32_t> waiting_;  // allowed, waiting for the upstream connection
+  bool connecting_ = false;
+  bool upstream_dead_ = false;
+  bool closing_ = false;
+  bool goaway_sent_ = false;
+  int running_ = 0;  // spawned coroutines still alive
+  asio::steady_timer client_wake_, upstream_wake_, done_wake_;
+  asio::steady_timer tick_;
+};
+
+bool H2Proxy::setup() {
+  nghttp2_session_callbacks* cbs = nullptr;
+  if (nghttp2_session_callbacks_new(&cbs) != 0) return false;
+  nghttp2_session_callbacks_set_on_begin_headers_callback(cbs, on_begin_headers);
+  nghttp2_session_callbacks_set_on_header_callback(cbs, on_header);
+  nghttp2_session_callbacks_set_on_frame_recv_callback(cbs, on_frame_recv);
+  nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cbs, on_data);
+  nghttp2_session_callbacks_set_on_stream_close_callback(cbs, on_stream_close);
+  nghttp2_option* opt = nullptr;
+  if (nghttp2_option_new(&opt) != 0) {
+    nghttp2_session_callbacks_del(cbs);
+    return false;
+  }
+  nghttp2_option_set_no_auto_window_update(opt, 1);
+  nghttp2_option_set_stream_reset_rate_limit(opt, kResetBurst, kResetRate);
+  nghttp2_option_set_max_continuations(opt, kMaxContinuations);
+  nghttp2_session* s = nullptr;
+  int rv = nghttp2_session_server_new2(&s, cbs, this, opt);
+  server_.reset(s);
+  if (rv == 0) {
+    rv = nghttp2_session_client_new2(&s, cbs, this, opt);
+    client_.reset(s);
+  }
+  nghttp2_option_del(opt);
+  nghttp2_session_callbacks_del(cbs);
+  if (rv != 0) return false;
+
+  const auto max_header = conn_.settings().limits.max_header_bytes;
+  const nghttp2_settings_entry server_settings[] = {
+      {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, kMaxConcurrentStreams},
+      {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, kStreamWindow},
+      {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, max_header},
+  };
+  const nghttp2_settings_entry client_settings[] = {
+      {NGHTTP2_SETTINGS_ENABLE_PUSH, 0},
+      {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, kStreamWindow},
+      {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, max_header},
+  };
+  if (nghttp2_submit_settings(server_.get(), NGHTTP2_FLAG_NONE, server_settings,
+                              std::size(server_settings)) != 0 ||
+      nghttp2_submit_settings(client_.get(), NGHTTP2_FLAG_NONE, client_settings,
+                              std::size(client_settings)) != 0 ||
+      nghttp2_session_set_local_window_size(server_.get(), NGHTTP2_FLAG_NONE, 0, kConnectionWindow) != 0 ||
+      nghttp2_session_set_local_window_size(client_.get(), NGHTTP2_FLAG_NONE, 0, kConnectionWindow) != 0) {
+    return false;
+  }
+  return true;
+}
+
+void H2Proxy::spawn(asio::awaitable<void> a) {
+  ++running_;
+  asio::co_spawn(
+      tick_.get_executor(),
+      [](std::shared_ptr<H2Proxy> self, asio::awaitable<void> body) -> asio::awaitable<void> {
+        try {
+          co_await std::move(body);
+        } catch (const std::exception& e) {
+          spdlog::warn("connection {}: HTTP/2: {}", self->conn_.info().id, e.what());
+          self->conn_.abort();
+        }
+        --self->running_;
+        self->done_wake_.cancel();
+      }(shared_from_this(), std::move(a)),
+      [](std::exception_ptr) {});
+}
+
+// ------------------------------------------------------------------ streams
+
+void H2Proxy::log_stream(const Stream& s) {
+  ConnectionInfo& info = conn_.info();
+  AccessRecord r;
+  r.event = "http";
+  r.src = info.src;
+  r.dst = info.dst;
+  r.src_pod = info.src_pod;
+  r.dst_pod = info.dst_pod;
+  r.allowed = s.allowed && !s.revoked;
+  r.rule = s.rule;
+  r.datapath = std::string(config::to_string(conn_.settings().datapath));
+  r.duration = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - s.started);
+  r.method = s.method;
+  r.path = s.path;
+  r.host = s.host;
+  r.status = s.status;
+  r.bytes_up = s.bytes_up;
+  r.bytes_down = s.bytes_down;
+  r.protocol = "h2";
+  r.grpc_status = s.grpc_status;
+  if (s.revoked)
+    r.reason = std::string(to_string(EndReason::revoked));
+  else if (!s.allowed)
+    r.reason = std::string(
+        to_string(s.status == 403 || s.grpc_status == 7 ? EndReason::policy_deny : EndReason::bad_request));
+  conn_.proxy().access_log.write(r);
+}
+
+// A complete answer from shunt itself (403 deny, 400 bad request).
+void H2Proxy::answer(Stream& s, int status, std::string_view body, bool allowed) {
+  s.allowed = allowed;
+  s.status = status;
+  s.response_started = true;
+  s.down.clear();
+  s.down.buf = body;
+  s.down.eof = true;
+  const std::string code = std::to_string(status);
+  const Headers h{
+      {":status", code}, {"content-type", "text/plain"}, {"content-length", std::to_string(body.size())}};
+  const auto nv = to_nv(h);
+  nghttp2_data_provider provider{};
+  provider.read_callback = read_down;
+  nghttp2_submit_response(server_.get(), s.id, nv.data(), nv.size(), &provider);
+}
+
+void H2Proxy::deny(Stream& s, std::string_view message) {
+  s.allowed = false;
+  if (s.grpc) {
+    // Trailers-only (gRPC over HTTP/2): one HEADERS frame with END_STREAM.
+    s.status = 200;
+    s.grpc_status = 7;
+    s.response_started = true;
+    s.down.clear();
+    s.down.eof = true;
+    const Headers h{{":status", "200"},
+                    {"content-type", "application/grpc"},
+                    {"grpc-status", "7"},
+                    {"grpc-message", std::string(message)}};
+    const auto nv = to_nv(h);
+    nghttp2_submit_response(server_.get(), s.id, nv.data(), nv.size(), nullptr);
+    return;
+  }
+  answer(s, 403, "Access denied\n", false);
+}
+
+void H2Proxy::decide(Stream& s) {
+  s.decided = true;
+  const config::ProxySettings& settings = conn_.settings();
+  const std::string* host_header = find_header(s.headers, "host");
+  std::string_view reject;
+  if (s.method == "CONNECT") reject = "CONNECT over HTTP/2 is not inspected";
+  // :authority and Host naming different hosts is ambiguous (RFC 9113 §8.3.1
+  // says to prefer :authority; shunt refuses instead of choosing).
+  else if (host_header && !s.authority.empty() && *host_header != s.authority)
+    reject = ":authority and host differ";
+  else if (s.path.empty() || (s.path[0] != '/' && !(s.path == "*" && s.method == "OPTIONS")))
+    reject = ":path is not origin-form";
+  std::optional<std::string_view> authority;
+  if (!s.authority.empty())
+    authority = s.authority;
+  else if (host_header)
+    authority = *host_header;
+  policy::canonical::Request canonical;
+  if (reject.empty()) {
+    canonical = policy::canonical::request(s.method, s.path, authority, settings.http);
+    reject = canonical.error;
+  }
+  if (!reject.empty()) {
+    spdlog::debug("connection {}: stream {} refused: {}", conn_.info().id, s.id, reject);
+    metrics().http2_requests_denied.fetch_add(1, std::memory_order_relaxed);
+    answer(s, 400, "Bad Request\n", false);
+    return;
+  }
+  // Decided and forwarded: the canonical target and authority, never the raw ones.
+  s.path = canonical.target;
+  s.authority = canonical.authority;
+  s.host = canonical.host;
+  std::erase_if(s.headers, [](const Header& h) { return h.first == "host"; });
+  if (const std::string* ct = find_header(s.headers, "content-type"))
+    s.grpc = ct->starts_with("application/grpc");
+
+  const policy::HttpRequest request{s.method, s.path, s.authority, s.headers};
+  const policy::Decision decision = policy_->decide_http(flow_, request);
+  conn_.set_rule(decision);
+  s.rule = decision.rule;
+  if (decision.verdict != policy::Verdict::allow) {
+    metrics().http2_requests_denied.fetch_add(1, std::memory_order_relaxed);
+    spdlog::debug("connection {}: stream {} {} {} denied: {}", conn_.info().id, s.id, s.method, s.path,
+                  decision.reason);
+    deny(s, "denied by shunt policy");
+    return;
+  }
+  metrics().http2_requests_allowed.fetch_add(1, std::memory_order_relaxed);
+  s.allowed = true;
+  if (upstream_dead_) {
+    nghttp2_submit_rst_stream(server_.get(), NGHTTP2_FLAG_NONE, s.id, NGHTTP2_REFUSED_STREAM);
+    return;
+  }
+  if (conn_.upstream().is_open() && !connecting_) {
+    submit_upstream(s);
+    return;
+  }
+  waiting_.push_back(s.id);
+  if (!connecting_) {
+    connecting_ = true;
+    spawn(connect_upstream());
+  }
+}
+
+void H2Proxy::submit_upstream(Stream& s) {
+  Headers h{{":method", s.method}, {":scheme", s.scheme.empty() ? "http" : s.scheme}, {":path", s.path}};
+  if (!s.authority.empty()) h.emplace_back(":authority", s.authority);
+  h.insert(h.end(), s.headers.begin(), s.headers.end());
+  const auto nv = to_nv(h);
+  nghttp2_data_provider provider{};
+  provider.read_callback = read_up;
+  const bool body = !(s.up.eof && s.up.size() == 0 && !s.up.trailers);
+  const std::int32_t id = nghttp2_submit_request(client_.get(), nullptr, nv.data(), nv.size(),
+                                                 body ? &provider : nullptr, nullptr);
+  if (id < 0) {
+    spdlog::debug("connection {}: stream {}: upstream refused a new stream: {}", conn_.info().id, s.id,
+                  nghttp2_strerror(id));
+    nghttp2_submit_rst_stream(server_.get(), NGHTTP2_FLAG_NONE, s.id, NGHTTP2_REFUSED_STREAM);
+    return;
+  }
+  s.upstream_id = id;
+  by_upstream_[id] = s.id;
+}
+
+// The upstream connection ended (EOF, error, or its session finished):
+// streams still waiting for it are refused, and the client is told to open
+// a new connection for more.
+void H2Proxy::upstream_gone() {
+  if (upstream_dead_) return;
+  upstream_dead_ = true;
+  for (auto& [id, s] : streams_) {
+    if (s->upstream_id > 0 && !s->upstream_closed) {
+      s->upstream_closed = true;
+      if (!s->down.eof)
+        nghttp2_submit_rst_stream(server_.get(), NGHTTP2_FLAG_NONE, id, NGHTTP2_INTERNAL_ERROR);
+    }
+  }
+  for (std::int32_t id : waiting_)
+    nghttp2_submit_rst_stream(server_.get(), NGHTTP2_FLAG_NONE, id, NGHTTP2_REFUSED_STREAM);
+  waiting_.clear();
+  if (!goaway_sent_) {
+    goaway_sent_ = true;
+    nghttp2_submit_goaway(server_.get(), NGHTTP2_FLAG_NONE,
+                          nghttp2_session_get_last_proc_stream_id(server_.get()), NGHTTP2_NO_ERROR, nullptr,
+                          0);
+  }
+  client_wake_.cancel();
+}
+
+// After a reload: streams decided under the old snapshot are decided again;
+// one no longer allowed ends now.
+void H2Proxy::recheck(const policy::Policy& policy) {
+  for (auto& [id, sp] : streams_) {
+    Stream& s = *sp;
+    if (!s.decided || !s.allowed || s.revoked) continue;
+    if (nghttp2_session_find_stream(server_.get(), id) == nullptr) continue;
+    const policy::HttpRequest request{s.method, s.path, s.authority, s.headers};
+    const policy::Decision d = policy.decide_http(flow_, request);
+    if (d.verdict == policy::Verdict::allow) continue;
+    spdlog::info("connection {}: stream {} {} {} no longer allowed ({}); ending it", conn_.info().id, id,
+                 s.method, s.path, d.rule);
+    s.revoked = true;
+    s.rule = d.rule;
+    if (s.upstream_id > 0 && !s.upstream_closed)
+      nghttp2_submit_rst_stream(client_.get(), NGHTTP2_FLAG_NONE, s.upstream_id, NGHTTP2_CANCEL);
+    std::erase(waiting_, id);
+    if (s.grpc && !s.response_started) {
+      deny(s, "revoked by shunt policy");
+    } else if (s.grpc) {
+      // The response has begun: end its data now and close with grpc-status 7.
+      s.down.clear();
+      s.down.eof = true;
+      s.down.trailers = Headers{{"grpc-status", "7"}, {"grpc-message", "revoked by shunt policy"}};
+      s.grpc_status = 7;
+      nghttp2_session_resume_data(server_.get(), id);
+    } else {
+      nghttp2_submit_rst_stream(server_.get(), NGHTTP2_FLAG_NONE, id, NGHTTP2_CANCEL);
+    }
+  }
+}
+
+// ---------------------------------------------------------------- callbacks
+
+int H2Proxy::on_begin_headers(nghttp2_session* session, const nghttp2_frame* frame, void* user) {
+  auto& self = *static_cast<H2Proxy*>(user);
+  if (frame->hd.type != NGHTTP2_HEADERS) return 0;
+  if (self.is_server(session)) {
+    if (frame->headers.cat == NGHTTP2_HCAT_REQUEST) {
+      auto s = std::make_unique<Stream>();
+      s->id = frame->hd.stream_id;
+      self.streams_[s->id] = std::move(s);
+    } else if (Stream* s = self.stream(frame->hd.stream_id)) {
+      s->collecting.clear();
+      s->header_bytes = 0;
+    }
+  } else if (Stream* s = self.upstream_stream(frame->hd.stream_id)) {
+    s->collecting.clear();
+    s->header_bytes = 0;
+  }
+  return 0;
+}
+
+int H2Proxy::on_header(nghttp2_session* session, const nghttp2_frame* frame, const std::uint8_t* name,
+                       std::size_t namelen, const std::uint8_t* value, std::size_t valuelen, std::uint8_t,
+                       void* user) {
+  auto& self = *static_cast<H2Proxy*>(user);
+  Stream* s =
+      self.is_server(session) ? self.stream(frame->hd.stream_id) : self.upstream_stream(frame->hd.stream_id);
+  if (s == nullptr) return 0;
+  // RFC 9113 §6.5.2 size: name + value + 32 per field. Over the limit the
+  // stream is reset (HPACK state stays in sync: nghttp2 keeps decoding).
+  s->header_bytes += namelen + valuelen + 32;
+  if (s->header_bytes > self.conn_.settings().limits.max_header_bytes) {
+    spdlog::debug("connection {}: header list over limits.max_header_bytes; resetting stream",
+                  self.conn_.info().id);
+    return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+  }
+  s->collecting.emplace_back(std::string(reinterpret_cast<const char*>(name), namelen),
+                             std::string(reinterpret_cast<const char*>(value), valuelen));
+  return 0;
+}
+
+int H2Proxy::on_frame_recv(nghttp2_session* session, const nghttp2_frame* frame, void* user) {
+  auto& self = *static_cast<H2Proxy*>(user);
+  const bool end_stream = (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0;
+  if (self.is_server(session)) {
+    Stream* s = self.stream(frame->hd.stream_id);
+    if (s == nullptr) return 0;
+    if (frame->hd.type == NGHTTP2_HEADERS) {
+      if (frame->headers.cat == NGHTTP2_HCAT_REQUEST) {
+        for (auto& [n, v] : s->collecting) {
+          if (n == ":method")
+            s->method = v;
+          else if (n == ":path")
+            s->path = v;
+          else if (n == ":authority")
+            s->authority = v;
+          else if (n == ":scheme")
+            s->scheme = v;
+          else if (!n.starts_with(':'))
+            s->headers.emplace_back(std::move(n), std::move(v));
+        }
+        s->collecting.clear();
+        s->up.eof = end_stream;
+        self.decide(*s);
+      } else {
+        s->up.trailers = std::move(s->collecting);
+        s->up.eof = true;
+      }
+    } else if (frame->hd.type == NGHTTP2_DATA && end_stream) {
+      s->up.eof = true;
+    } else {
+      return 0;
+    }
+    if (s->upstream_id > 0 && !s->upstream_closed)
+      nghttp2_session_resume_data(self.client_.get(), s->upstream_id);
+    self.upstream_wake_.cancel();
+    return 0;
+  }
+
+  Stream* s = self.upstream_stream(frame->hd.stream_id);
+  if (s == nullptr || s->revoked) return 0;
+  if (frame->hd.type == NGHTTP2_HEADERS) {
+    if (frame->headers.cat == NGHTTP2_HCAT_RESPONSE) {
+      const std::string* st = find_header(s->collecting, ":status");
+      const int status = st ? parse_int(*st).value_or(0) : 0;
+      const auto nv = to_nv(s->collecting);
+      if (status >= 100 && status < 200) {
+        nghttp2_submit_headers(self.server_.get(), NGHTTP2_FLAG_NONE, s->id, nullptr, nv.data(), nv.size(),
+                               nullptr);
+      } else {
+        s->status = status;
+        s->response_started = true;
+        if (const std::string* g = find_header(s->collecting, "grpc-status")) s->grpc_status = parse_int(*g);
+        nghttp2_data_provider provider{};
+        provider.read_callback = read_down;
+        s->down.eof = end_stream;
+        nghttp2_submit_response(self.server_.get(), s->id, nv.data(), nv.size(),
+                                end_stream ? nullptr : &provider);
+      }
+      s->collecting.clear();
+    } else {
+      if (const std::string* g = find_header(s->collecting, "grpc-status")) s->grpc_status = parse_int(*g);
+      s->down.trailers = std::move(s->collecting);
+      s->down.eof = true;
+    }
+  } else if (frame->hd.type == NGHTTP2_DATA && end_stream) {
+    s->down.eof = true;
+  } else {
+    return 0;
+  }
+  if (s->response_started && nghttp2_session_find_stream(self.server_.get(), s->id))
+    nghttp2_session_resume_data(self.server_.get(), s->id);
+  self.client_wake_.cancel();
+  return 0;
+}
+
+int H2Proxy::on_data(nghttp2_session* session, std::uint8_t, std::int32_t stream_id, const std::uint8_t* data,
+                     std::size_t len, void* user) {
+  auto& self = *static_cast<H2Proxy*>(user);
+  if (self.is_server(session)) {
+    Stream* s = self.stream(stream_id);
+    const bool forward =
+        s && s->allowed && !s->revoked && !(s->upstream_id > 0 && s->upstream_closed) && !self.upstream_dead_;
+    if (!forward) {
+      // Nobody will read it: give the window back now.
+      nghttp2_session_consume(session, stream_id, len);
+      return 0;
+    }
+    s->up.buf.append(reinterpret_cast<const char*>(data), len);
+    s->bytes_up += len;
+    if (s->upstream_id > 0) nghttp2_session_resume_data(self.client_.get(), s->upstream_id);
+    self.upstream_wake_.cancel();
+    self.conn_.info().bytes_up.fetch_add(len, std::memory_order_relaxed);
+    return 0;
+  }
+  Stream* s = self.upstream_stream(stream_id);
+  if (s == nullptr || s->revoked || nghttp2_session_find_stream(self.server_.get(), s->id) == nullptr) {
+    nghttp2_session_consume(session, stream_id, len);
+    return 0;
+  }
+  s->down.buf.append(reinterpret_cast<const char*>(data), len);
+  s->bytes_down += len;
+  nghttp2_session_resume_data(self.server_.get(), s->id);
+  self.client_wake_.cancel();
+  self.conn_.info().bytes_down.fetch_add(len, std::memory_order_relaxed);
+  return 0;
+}
+
+int H2Proxy::on_stream_close(nghttp2_session* session, std::int32_t stream_id, std::uint32_t code,
+                             void* user) {
+  auto& self = *static_cast<H2Proxy*>(user);
+  if (self.is_server(session)) {
+    Stream* s = self.stream(stream_id);
+    if (s == nullptr) return 0;
+    if (s->decided) self.log_stream(*s);
+    // The client side is over (complete, or reset by either end): the
+    // upstream stream has nothing more to give it.
+    if (s->upstream_id > 0 && !s->upstream_closed && !self.upstream_dead_) {
+      nghttp2_submit_rst_stream(self.client_.get(), NGHTTP2_FLAG_NONE, s->upstream_id,
+                                code == NGHTTP2_NO_ERROR ? static_cast<std::uint32_t>(NGHTTP2_CANCEL) : code);
+      self.upstream_wake_.cancel();
+    }
+    std::erase(self.waiting_, stream_id);
+    // Bytes buffered for the upstream are dropped: the client's window for
+    // them is the connection's, give it back.
+    if (s->up.size() > 0) nghttp2_session_consume(session, stream_id, s->up.size());
+    s->up.clear();
+    s->up.eof = true;
+    // Closed in nghttp2 only after this callback returns: erase by hand.
+    const bool upstream_open = s->upstream_id > 0 && !s->upstream_closed && !self.upstream_dead_;
+    if (!upstream_open) {
+      if (s->upstream_id > 0) self.by_upstream_.erase(s->upstream_id);
+      self.streams_.erase(stream_id);
+    } else {
+      s->id = stream_id;
+      s->revoked = true;  // nothing more goes to the client
+    }
+    return 0;
+  }
+  Stream* s = self.upstream_stream(stream_id);
+  if (s == nullptr) return 0;
+  s->upstream_closed = true;
+  const bool client_open = nghttp2_session_find_stream(self.server_.get(), s->id) != nullptr && !s->revoked;
+  if (client_open && (code != NGHTTP2_NO_ERROR || !s->down.eof)) {
+    // Reset by the upstream, or closed before its response ended.
+    nghttp2_submit_rst_stream(
+        self.server_.get(), NGHTTP2_FLAG_NONE, s->id,
+        code == NGHTTP2_NO_ERROR ? static_cast<std::uint32_t>(NGHTTP2_INTERNAL_ERROR) : code);
+    self.client_wake_.cancel();
+  }
+  self.by_upstream_.erase(stream_id);
+  if (nghttp2_session_find_stream(self.server_.get(), s->id) == nullptr) self.streams_.erase(s->id);
+  return 0;
+}
+
+// Moves buffered bytes of `pipe` into a DATA frame of `session`'s stream and
+// consumes them on `source` (the session they came in on), which reopens
+// that peer's window by exactly what this peer's window took.
+ssize_t H2Proxy::pull(Pipe& pipe, nghttp2_session* session, std::int32_t stream_id, nghttp2_session* source,
+                      std::int32_t source_id, std::uint8_t* buf, std::size_t length, std::uint32_t* flags) {
+  const std::size_t n = std::min(length, pipe.size());
+  std::memcpy(buf, pipe.buf.data() + pipe.off, n);
+  pipe.off += n;
+  if (pipe.off == pipe.buf.size())
+    pipe.clear();
+  else if (pipe.off > kReadChunk && pipe.off > pipe.buf.size() / 2) {
+    pipe.buf.erase(0, pipe.off);
+    pipe.off = 0;
+  }
+  if (n > 0 && source != nullptr && source_id > 0) nghttp2_session_consume(source, source_id, n);
+  if (pipe.size() == 0 && pipe.eof) {
+    *flags |= NGHTTP2_DATA_FLAG_EOF;
+    if (pipe.trailers) {
+      *flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
+      const auto nv = to_nv(*pipe.trailers);
+      nghttp2_submit_trailer(session, stream_id, nv.data(), nv.size());
+    }
+    return static_cast<ssize_t>(n);
+  }
+  if (n == 0) return NGHTTP2_ERR_DEFERRED;
+  return static_cast<ssize_t>(n);
+}
+
+ssize_t H2Proxy::read_up(nghttp2_session* session, std::int32_t stream_id, std::uint8_t* buf,
+                         std::size_t length, std::uint32_t* flags, nghttp2_data_source*, void* user) {
+  auto& self = *static_cast<H2Proxy*>(user);
+  Stream* s = self.upstream_stream(stream_id);
+  if (s == nullptr) return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+  return self.pull(s->up, session, stream_id, self.server_.get(), s->id, buf, length, flags);
+}
+
+ssize_t H2Proxy::read_down(nghttp2_session* session, std::int32_t stream_id, std::uint8_t* buf,
+                           std::size_t length, std::uint32_t* flags, nghttp2_data_source*, void* user) {
+  auto& self = *static_cast<H2Proxy*>(user);
+  Stream* s = self.stream(stream_id);
+  if (s == nullptr) return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+  nghttp2_session* source = s->upstream_id > 0 && !s->upstream_closed ? self.client_.get() : nullptr;
+  if (source == nullptr && s->upstream_id > 0 && self.client_) {
+    // The upstream stream is closed: its connection window still counts
+    // what it sent, consume on the connection (stream 0 is not looked up).
+    const std::size_t n = std::min(length, s->down.size());
+    if (n > 0) nghttp2_session_consume_connection(self.client_.get(), n);
+  }
+  return self.pull(s->down, session, stream_id, source, s->upstream_id, buf, length, flags);
+}
+
+// ---------------------------------------------------------------------- I/O
+
+asio::awaitable<void> H2Proxy::connect_upstream() {
+  const bool ok = co_await conn_.connect_upstream();
+  connecting_ = false;
+  if (!ok || conn_.aborted()) {
+    // connect_upstream has reset the client: the connection is over.
+    closing_ = true;
+    co_return;
+  }
+  for (std::int32_t id : std::exchange(waiting_, {})) {
+    if (Stream* s = stream(id); s && !s->revoked && nghttp2_session_find_stream(server_.get(), id))
+      submit_upstream(*s);
+  }
+  spawn(read_upstream());
+  spawn(write_loop(false));
+  upstream_wake_.cancel();
+  client_wake_.cancel();
+}
+
+asio::awaitable<void> H2Proxy::read_client() {
+  std::vector<std::uint8_t> buf(kReadChunk);
+  for (;;) {
+    if (conn_.aborted() || closing_) co_return;
+    boost::system::error_code ec;
+    const std::size_t n =
+        co_await conn_.client().async_read_some(asio::buffer(buf), asio::redirect_error(use_awaitable, ec));
+    if (ec) {
+      spdlog::debug("connection {}: client read: {}", conn_.info().id, ec.message());
+      co_return;
+    }
+    const ssize_t rv = nghttp2_session_mem_recv(server_.get(), buf.data(), n);
+    client_wake_.cancel();
+    upstream_wake_.cancel();
+    if (rv < 0) {
+      // Fatal for the session (bad preface, flood, callback failure):
+      // nghttp2 has queued GOAWAY where one applies; the writer sends it and ends.
+      spdlog::debug("connection {}: HTTP/2 from client: {}", conn_.info().id,
+                    nghttp2_strerror(static_cast<int>(rv)));
+      conn_.info().note_end(EndReason::bad_request, nghttp2_strerror(static_cast<int>(rv)));
+      if (rv == NGHTTP2_ERR_FLOODED)
+        nghttp2_session_terminate_session(server_.get(), NGHTTP2_ENHANCE_YOUR_CALM);
+      co_return;
+    }
+  }
+}
+
+asio::awaitable<void> H2Proxy::read_upstream() {
+  std::vector<std::uint8_t> buf(kReadChunk);
+  for (;;) {
+    if (conn_.aborted() || closing_) break;
+    boost::system::error_code ec;
+    const std::size_t n =
+        co_await conn_.upstream().async_read_some(asio::buffer(buf), asio::redirect_error(use_awaitable, ec));
+    if (ec) {
+      spdlog::debug("connection {}: upstream read: {}", conn_.info().id, ec.message());
+      break;
+    }
+    const ssize_t rv = nghttp2_session_mem_recv(client_.get(), buf.data(), n);
+    client_wake_.cancel();
+    upstream_wake_.cancel();
+    if (rv < 0) {
+      spdlog::debug("connection {}: HTTP/2 from upstream: {}", conn_.info().id,
+                    nghttp2_strerror(static_cast<int>(rv)));
+      break;
+    }
+  }
+  // Only the upstream side ends here; the client side winds down on its own.
+  upstream_gone();
+}
+
+// One writer per socket: generates frames from its session and writes them.
+// Frames are generated only as fast as the socket drains, which is what
+// keeps DATA (and so window consumption) tied to what the peer accepted.
+asio::awaitable<void> H2Proxy::write_frames(bool to_client) {
+  nghttp2_session* session = to_client ? server_.get() : client_.get();
+  tcp::socket& socket = to_client ? conn_.client() : conn_.upstream();
+  asio::steady_timer& wake = to_client ? client_wake_ : upstream_wake_;
+  std::string out;
+  for (;;) {
+    if (conn_.aborted()) co_return;
+    out.clear();
+    while (out.size() < kWriteBatch) {
+      const std::uint8_t* data = nullptr;
+      const ssize_t n = nghttp2_session_mem_send(session, &data);
+      if (n < 0) {
+        spdlog::debug("connection {}: HTTP/2 send: {}", conn_.info().id,
+                      nghttp2_strerror(static_cast<int>(n)));
+        co_return;
+      }
+      if (n == 0) break;
+      out.append(reinterpret_cast<const char*>(data), static_cast<std::size_t>(n));
+    }
+    if (!out.empty()) {
+      boost::system::error_code ec;
+      co_await asio::async_write(socket, asio::buffer(out), asio::redirect_error(use_awaitable, ec));
+      if (ec) co_return;
+      continue;
+    }
+    if (!to_client && (upstream_dead_ || closing_)) co_return;
+    const bool finished = nghttp2_session_want_read(session) == 0 && nghttp2_session_want_write(session) == 0;
+    if (finished || (to_client && closing_)) {
+      spdlog::debug("connection {}: {} side of HTTP/2 done", conn_.info().id,
+                    to_client ? "client" : "upstream");
+      boost::system::error_code ignored;
+      socket.shutdown(tcp::socket::shutdown_send, ignored);
+      if (to_client) closing_ = true;
+      co_return;
+    }
+    boost::system::error_code ignored;
+    co_await wake.async_wait(asio::redirect_error(use_awaitable, ignored));
+  }
+}
+
+asio::awaitable<void> H2Proxy::write_loop(bool to_client) {
+  co_await write_frames(to_client);
+  if (to_client) {
+    // Nothing more can reach the client: end the connection's client read.
+    closing_ = true;
+    boost::system::error_code ignored;
+    conn_.client().cancel(ignored);
+  }
+}
+
+asio::awaitable<void> H2Proxy::tick() {
+  while (!closing_ && !conn_.aborted()) {
+    tick_.expires_after(kTick);
+    boost::system::error_code ignored;
+    co_await tick_.async_wait(asio::redirect_error(use_awaitable, ignored));
+    if (closing_ || conn_.aborted()) break;
+    if (auto now = conn_.proxy().policy.current(); now != policy_) {
+      policy_ = now;
+      recheck(*now);
+      client_wake_.cancel();
+      upstream_wake_.cancel();
+    }
+    if (conn_.proxy().draining.load() && !goaway_sent_) {
+      // Drain: no new streams; in-flight ones finish (the daemon resets
+      // what is left after timeouts.drain).
+      goaway_sent_ = true;
+      nghttp2_submit_goaway(server_.get(), NGHTTP2_FLAG_NONE,
+                            nghttp2_session_get_last_proc_stream_id(server_.get()), NGHTTP2_NO_ERROR, nullptr,
+                            0);
+      client_wake_.cancel();
+    }
+  }
+}
+
+asio::awaitable<void> H2Proxy::run(std::string initial) {
+  if (!setup()) {
+    spdlog::warn("connection {}: HTTP/2 session setup failed", conn_.info().id);
+    reset_socket(conn_.client());
+    co_return;
+  }
+  conn_.info().http2.store(true, std::memory_order_relaxed);
+  const ssize_t rv = nghttp2_session_mem_recv(
+      server_.get(), reinterpret_cast<const std::uint8_t*>(initial.data()), initial.size());
+  if (rv < 0) {
+    conn_.info().note_end(EndReason::bad_request, nghttp2_strerror(static_cast<int>(rv)));
+    reset_socket(conn_.client());
+    co_return;
+  }
+  spawn(write_loop(true));
+  spawn(tick());
+  ++running_;
+  co_await read_client();
+  --running_;
+  // The client stopped sending (or the session finished): let the writers
+  // flush what is queued (GOAWAY, last frames), then close both sides.
+  closing_ = true;
+  wake_all();
+  while (running_ > 0 && !conn_.aborted()) {
+    done_wake_.expires_at(Clock::time_point::max());
+    boost::system::error_code ignored;
+    co_await done_wake_.async_wait(asio::redirect_error(use_awaitable, ignored));
+    if (running_ > 0) {
+      // Something still waits on a socket: end the waits.
+      tick_.cancel();
+      boost::system::error_code ec;
+      if (conn_.upstream().is_open()) conn_.upstream().cancel(ec);
+      conn_.client().cancel(ec);
+      upstream_wake_.cancel();
+      client_wake_.cancel();
+    }
+  }
+}
+
+}  // namespace
+
+asio::awaitable<bool> inspect_h2(Connection& conn, std::string initial) {
+  auto proxy = std::make_shared<H2Proxy>(conn, co_await asio::this_coro::executor);
+  conn.set_abort_hook([weak = std::weak_ptr<H2Proxy>(proxy)] {
+    if (auto p = weak.lock()) p->wake_all();
+  });
+  try {
+    co_await proxy->run(std::move(initial));
+  } catch (const std::exception& e) {
+    spdlog::warn("connection {}: HTTP/2 inspection: {}", conn.info().id, e.what());
+    reset_socket(conn.client());
+    reset_socket(conn.upstream());
+  }
+  conn.set_abort_hook(nullptr);
+  co_return false;
+}
+
+}  // namespace shunt::proxy
