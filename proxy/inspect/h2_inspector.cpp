@@ -36,6 +36,7 @@
 // A 100 ms tick re-checks open streams after a reload (a stream no longer
 // allowed is ended: grpc-status 7 for gRPC, RST_STREAM(CANCEL) otherwise)
 // and sends GOAWAY when the daemon drains.
+#include "common/async.h"
 #include "policy/canonical.h"
 #include "proxy/access_log.h"
 #include "proxy/connection.h"
@@ -46,7 +47,6 @@
 
 #include <nghttp2/nghttp2.h>
 #include <spdlog/spdlog.h>
-#include <boost/asio/co_spawn.hpp>
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/this_coro.hpp>
@@ -295,19 +295,26 @@ bool H2Proxy::setup() {
 
 void H2Proxy::spawn(asio::awaitable<void> a) {
   ++running_;
-  asio::co_spawn(
-      tick_.get_executor(),
+  // running_ counts the coroutine until it ends, however it ends; an
+  // exception also ends the connection, then goes to guarded_spawn's log.
+  guarded_spawn(
+      tick_.get_executor(), "HTTP/2 proxy task",
       [](std::shared_ptr<H2Proxy> self, asio::awaitable<void> body) -> asio::awaitable<void> {
+        struct Done {
+          H2Proxy& p;
+          ~Done() {
+            --p.running_;
+            p.done_wake_.cancel();
+          }
+        } done{*self};
         try {
           co_await std::move(body);
-        } catch (const std::exception& e) {
-          spdlog::warn("connection {}: HTTP/2: {}", self->conn_.info().id, e.what());
+        } catch (...) {
           self->conn_.abort();
+          throw;
         }
-        --self->running_;
-        self->done_wake_.cancel();
       }(shared_from_this(), std::move(a)),
-      [](std::exception_ptr) {});
+      Failure::survivable);
 }
 
 // ------------------------------------------------------------------ streams

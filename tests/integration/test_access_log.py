@@ -17,8 +17,8 @@ from shunt_harness import Shunt, ThreadedServer, echo_handler, free_port, recv_e
 
 CONN_KEYS = ["ts", "event", "src", "dst", "src_pod", "dst_pod", "verdict", "rule", "datapath", "bytes_up",
              "bytes_down", "duration_ms"]
-HTTP_KEYS = CONN_KEYS + ["method", "path", "host", "status"]
-OPTIONAL_KEYS = ["reason", "error"]
+HTTP_KEYS = CONN_KEYS + ["method", "path", "host", "status", "protocol"]
+OPTIONAL_KEYS = ["reason", "error", "grpc_status"]
 REASONS = {"client_closed", "upstream_closed", "client_reset", "upstream_reset", "policy_deny", "bad_request",
            "request_timeout", "revoked", "upstream_connect_failed", "idle_timeout", "keepalive_timeout",
            "refuse_timeout", "handover_failed", "shutdown", "proxy_error", "proxy_loop"}
