@@ -17,7 +17,8 @@ from shunt_harness import Shunt, ThreadedServer, echo_handler, free_port, recv_e
 
 CONN_KEYS = ["ts", "event", "src", "dst", "src_pod", "dst_pod", "verdict", "rule", "datapath", "bytes_up",
              "bytes_down", "duration_ms"]
-HTTP_KEYS = CONN_KEYS + ["method", "path", "host", "status", "protocol"]
+HTTP_KEYS = CONN_KEYS + ["method", "path", "host", "status"]
+# grpc_status: gRPC streams only (after `protocol`, the last key of an http line).
 OPTIONAL_KEYS = ["reason", "error", "grpc_status"]
 REASONS = {"client_closed", "upstream_closed", "client_reset", "upstream_reset", "policy_deny", "bad_request",
            "request_timeout", "revoked", "upstream_connect_failed", "idle_timeout", "keepalive_timeout",
@@ -73,6 +74,8 @@ def parse(testcase, line):
         keys = keys[:-1]  # no response seen: left out, never a made-up 0
     else:
         testcase.assertNotEqual(entry.get("status"), 0, line)
+    if entry.get("event") == "http":
+        keys = keys + ["protocol"]
     # `reason` (why the connection ended) and `error` (the socket error
     # behind it) follow the fixed keys when known, and are left out otherwise.
     fixed = [k for k in entry if k not in OPTIONAL_KEYS]

@@ -177,6 +177,10 @@ class Http2Inspection(unittest.TestCase):
         out = subprocess.run(["nghttp", self.url("/big")], capture_output=True, timeout=60)
         self.assertEqual(out.returncode, 0)
         self.assertEqual(hashlib.sha256(out.stdout).hexdigest(), hashlib.sha256(self.big).hexdigest())
+        deadline = time.monotonic() + 5
+        while not [e for e in self.access() if e["path"] == "/big" and e["bytes_down"] == 8 * MIB]:
+            self.assertLess(time.monotonic(), deadline, "no access line for /big with its 8 MiB")
+            time.sleep(0.05)
 
     def test_big_upload_to_nghttpd(self):
         path = os.path.join(self.tmp.name, "upload")
