@@ -73,7 +73,8 @@ class Control {
     guarded_spawn(io_, "SIGUSR1 handler", handle_usr1(), Failure::survivable);
     if (!options_.config_path.empty())
       guarded_spawn(io_, "config watcher", watch_config(), Failure::survivable);
-    if (context_.bridge) guarded_spawn(io_, "bulk-buffer events", handle_bulk_events(), Failure::survivable);
+    if (context_.bulk_grants)
+      guarded_spawn(io_, "bulk-buffer events", handle_bulk_events(), Failure::survivable);
     io_.run();
     return exit_code_;
   }
@@ -263,19 +264,13 @@ class Control {
   }
 
   asio::awaitable<void> handle_bulk_events() {
-    bulk_ = std::make_unique<asio::posix::stream_descriptor>(io_, context_.bridge->bulk_events_fd());
-    const std::function<void(std::uint64_t)> on_bulk = [this](std::uint64_t cookie) {
-      auto info = context_.registry.find_by_cookie(cookie);
-      if (!info) return;
-      std::lock_guard lock(info->mu);
-      if (info->grant_bulk_buffers) info->grant_bulk_buffers(cookie);
-    };
+    bulk_ = std::make_unique<asio::posix::stream_descriptor>(io_, context_.bulk_grants->events_fd());
     for (;;) {
       boost::system::error_code ec;
       co_await bulk_->async_wait(asio::posix::descriptor_base::wait_read,
                                  asio::redirect_error(use_awaitable, ec));
       if (ec) co_return;
-      context_.bridge->poll_bulk_events(on_bulk);
+      context_.bulk_grants->poll();
     }
   }
 
@@ -329,7 +324,9 @@ int run_proxy(const RunOptions& options) {
     auto bridge = bpf::SockmapBridge::load(cfg.proxy.limits.max_connections, kBulkThresholdBytes);
     if (bridge) {
       context.bridge = std::move(bridge.value());
-      context.registry.set_bridge(context.bridge.get());
+      context.bulk_grants = std::make_unique<BulkGrants>(*context.bridge);
+      context.registry.set_kernel_counter(
+          [bridge = context.bridge.get()](std::uint64_t cookie) { return bridge->redirected_bytes(cookie); });
     } else if (cfg.proxy.datapath == config::Datapath::sockmap) {
       spdlog::warn("sockmap data path unavailable ({}); connections use splice instead",
                    bridge.error().message());

@@ -1,7 +1,5 @@
 #include "proxy/connection_registry.h"
 
-#include "bpf/sockmap.h"
-
 namespace shunt::proxy {
 
 void ConnectionRegistry::add(std::shared_ptr<ConnectionInfo> info) {
@@ -38,17 +36,6 @@ std::vector<std::shared_ptr<ConnectionInfo>> ConnectionRegistry::snapshot() cons
 
 std::size_t ConnectionRegistry::size() const { return open_.load(std::memory_order_relaxed); }
 
-std::shared_ptr<ConnectionInfo> ConnectionRegistry::find_by_cookie(std::uint64_t cookie) const {
-  // Linear: bulk events arrive once per bulk connection, not per packet.
-  std::lock_guard lock(mu_);
-  for (const auto& [id, info] : connections_) {
-    if (info->client_cookie.load(std::memory_order_relaxed) == cookie ||
-        info->upstream_cookie.load(std::memory_order_relaxed) == cookie)
-      return info;
-  }
-  return nullptr;
-}
-
 ConnectionBytes ConnectionRegistry::bytes(const ConnectionInfo& info) const {
   // Under the connection's lock: the sockmap path folds the kernel counters
   // into bytes_up/down and clears the cookies under it, so a reader sees
@@ -56,9 +43,9 @@ ConnectionBytes ConnectionRegistry::bytes(const ConnectionInfo& info) const {
   std::lock_guard lock(info.mu);
   ConnectionBytes b{info.bytes_up.load(std::memory_order_relaxed),
                     info.bytes_down.load(std::memory_order_relaxed)};
-  if (bridge_) {
-    if (auto c = info.client_cookie.load(std::memory_order_relaxed)) b.up += bridge_->redirected_bytes(c);
-    if (auto u = info.upstream_cookie.load(std::memory_order_relaxed)) b.down += bridge_->redirected_bytes(u);
+  if (kernel_counter_) {
+    if (auto c = info.client_cookie.load(std::memory_order_relaxed)) b.up += kernel_counter_(c);
+    if (auto u = info.upstream_cookie.load(std::memory_order_relaxed)) b.down += kernel_counter_(u);
   }
   return b;
 }

@@ -23,10 +23,6 @@
 #include <unordered_map>
 #include <vector>
 
-namespace shunt::bpf {
-class SockmapBridge;
-}
-
 namespace shunt::proxy {
 
 // What a connection's current verdict rests on, so a new policy can decide
@@ -90,9 +86,6 @@ struct ConnectionInfo {
   // Ends the connection with a reset, from any thread (posted to its
   // executor), recording `why` (revoked, shutdown).
   std::function<void(EndReason why)> revoke;
-  // Set while the pair is kernel-spliced: grants this connection larger
-  // socket buffers (from any thread; posted to its executor).
-  std::function<void(std::uint64_t source_cookie)> grant_bulk_buffers;
 
   // What /connections shows: h2, http/1.1 (HTTP-inspected), tls (SNI) or tcp.
   [[nodiscard]] std::string_view protocol() const {
@@ -137,11 +130,11 @@ class ConnectionRegistry {
   [[nodiscard]] std::vector<std::shared_ptr<ConnectionInfo>> snapshot() const;
   [[nodiscard]] RegistrySnapshot snapshot_with_totals() const;
   [[nodiscard]] std::size_t size() const;
-  // The kernel-spliced connection that owns this socket cookie, if any.
-  [[nodiscard]] std::shared_ptr<ConnectionInfo> find_by_cookie(std::uint64_t cookie) const;
-
-  // Kernel counters are read from the bridge for sockmap connections.
-  void set_bridge(const bpf::SockmapBridge* bridge) { bridge_ = bridge; }
+  // Bytes the kernel moved from the socket with this cookie (the sockmap
+  // bridge's counter); read for connections whose pair is kernel-spliced.
+  // Set once, before the workers start.
+  using KernelCounter = std::function<std::uint64_t(std::uint64_t cookie)>;
+  void set_kernel_counter(KernelCounter counter) { kernel_counter_ = std::move(counter); }
   [[nodiscard]] ConnectionBytes bytes(const ConnectionInfo& info) const;
 
  private:
@@ -151,7 +144,7 @@ class ConnectionRegistry {
   std::atomic<std::size_t> open_{0};
   std::array<std::array<std::uint64_t, 3>, 2> closed_bytes_{};
   std::atomic<std::uint64_t> next_id_{1};
-  const bpf::SockmapBridge* bridge_ = nullptr;
+  KernelCounter kernel_counter_;
 };
 
 }  // namespace shunt::proxy

@@ -7,8 +7,8 @@
 #include "bpf/steering.h"
 #include "policy/policy.h"
 #include "proxy/access_log.h"
-#include "proxy/buffer_budget.h"
 #include "proxy/connection_registry.h"
+#include "proxy/datapath/bulk_grants.h"
 #include "proxy/source_limiter.h"
 
 #include <atomic>
@@ -38,8 +38,8 @@ struct ProxyContext {
   ConnectionRegistry registry;
   SourceLimiter sources;                       // open connections per client address, taken at accept
   std::unique_ptr<bpf::SockmapBridge> bridge;  // null: sockmap unavailable
+  std::unique_ptr<BulkGrants> bulk_grants;     // with the bridge
   std::unique_ptr<bpf::PodSteering> steering;  // null: no pod has a `dev`
-  BufferBudget buffer_budget;
   AccessLog access_log;
   std::atomic<bool> draining{false};
 };

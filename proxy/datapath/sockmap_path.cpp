@@ -158,7 +158,8 @@ asio::awaitable<void> run_sockmap(Connection& conn) {
   info.upstream_cookie = handover.cookies.b;
 
   // From here on the fds are ours alone; Asio forgets them. The pair is
-  // shared with bulk-buffer grants posted from the bulk event reader.
+  // shared with bulk-buffer grants posted from the control thread
+  // (proxy/datapath/bulk_grants.h).
   struct SplicedPair {
     UniqueFd client;
     UniqueFd upstream;
@@ -183,25 +184,23 @@ asio::awaitable<void> run_sockmap(Connection& conn) {
   const auto upstream_watch = hangups.add(upstream.get(), [&](std::uint32_t) { poke(); });
   conn.set_abort_hook(poke);
 
-  {
-    std::lock_guard lock(info.mu);
-    const std::uint64_t client_cookie = handover.cookies.a;
-    info.grant_bulk_buffers = [executor, pair, client_cookie,
-                               &budget = proxy.buffer_budget](std::uint64_t source) {
-      asio::post(executor, [pair, source, client_cookie, &budget] {
-        if (!pair->open || pair->boosted_bytes) return;
-        if (!budget.try_acquire(BufferBudget::kBoostedBufferBytes)) {
-          metrics().buffer_boosts_refused.fetch_add(1, std::memory_order_relaxed);
-          return;
-        }
-        pair->boosted_bytes = BufferBudget::kBoostedBufferBytes;
-        // Only the bulk direction's target needs room: the socket opposite the source.
-        const int target = source == client_cookie ? pair->upstream.get() : pair->client.get();
-        set_send_buffer(target, static_cast<int>(BufferBudget::kBoostedBufferBytes), true);
-        metrics().buffer_boosts.fetch_add(1, std::memory_order_relaxed);
+  BufferBudget& budget = proxy.bulk_grants->budget();
+  BulkGrants::Enrollment bulk = proxy.bulk_grants->enroll(
+      handover.cookies.a, handover.cookies.b,
+      [executor, pair, client_cookie = handover.cookies.a, &budget](std::uint64_t source) {
+        asio::post(executor, [pair, source, client_cookie, &budget] {
+          if (!pair->open || pair->boosted_bytes) return;
+          if (!budget.try_acquire(BufferBudget::kBoostedBufferBytes)) {
+            metrics().buffer_boosts_refused.fetch_add(1, std::memory_order_relaxed);
+            return;
+          }
+          pair->boosted_bytes = BufferBudget::kBoostedBufferBytes;
+          // Only the bulk direction's target needs room: the socket opposite the source.
+          const int target = source == client_cookie ? pair->upstream.get() : pair->client.get();
+          set_send_buffer(target, static_cast<int>(BufferBudget::kBoostedBufferBytes), true);
+          metrics().buffer_boosts.fetch_add(1, std::memory_order_relaxed);
+        });
       });
-    };
-  }
 
   // Only called once the source's FIN is visible. A direction may pass its
   // FIN on once every byte its source received
@@ -279,12 +278,9 @@ asio::awaitable<void> run_sockmap(Connection& conn) {
   hangups.remove(client_watch);
   hangups.remove(upstream_watch);
   conn.set_abort_hook({});
-  {
-    std::lock_guard lock(info.mu);
-    info.grant_bulk_buffers = nullptr;
-  }
+  bulk.reset();
   pair->open = false;
-  if (pair->boosted_bytes) proxy.buffer_budget.release(pair->boosted_bytes);
+  if (pair->boosted_bytes) budget.release(pair->boosted_bytes);
 
   // Bytes the verdict program took from one socket that never reached the
   // other's send queue: they sat in the target's psock backlog when the

@@ -45,8 +45,8 @@ def sysctl_triple(name):
         return [int(v) for v in f.read().split()]
 
 
-SPLICED_SEND_BUFFER = 256 * 1024  # proxy/buffer_budget.h kSplicedSendBufferBytes
-BOOST_BUDGET = 1 << 30            # proxy/buffer_budget.h kDefaultBudgetBytes
+SPLICED_SEND_BUFFER = 256 * 1024  # proxy/datapath/buffer_budget.h kSplicedSendBufferBytes
+BOOST_BUDGET = 1 << 30            # proxy/datapath/buffer_budget.h kDefaultBudgetBytes
 
 
 def shunt_bound_bytes(connections):
