@@ -13,17 +13,16 @@ namespace {
 namespace asio = boost::asio;
 using namespace std::chrono_literals;
 
+asio::awaitable<void> throws_boom() {
+  throw std::runtime_error("boom");
+  co_return;
+}
+
 TEST(GuardedSpawn, SurvivableFailureIsCountedAndTheLoopGoesOn) {
   asio::io_context io;
   const auto before = shunt::coroutine_failures().load();
   bool later_ran = false;
-  shunt::guarded_spawn(
-      io, "test coroutine",
-      []() -> asio::awaitable<void> {
-        throw std::runtime_error("boom");
-        co_return;
-      }(),
-      shunt::Failure::survivable);
+  shunt::guarded_spawn(io, "test coroutine", throws_boom(), shunt::Failure::survivable);
   asio::post(io, [&] { later_ran = true; });
   io.run();
   EXPECT_EQ(shunt::coroutine_failures().load(), before + 1);
@@ -34,13 +33,7 @@ TEST(GuardedSpawn, FatalFailureExitsWithCodeTwo) {
   EXPECT_EXIT(
       {
         asio::io_context io;
-        shunt::guarded_spawn(
-            io, "fatal test coroutine",
-            []() -> asio::awaitable<void> {
-              throw std::runtime_error("boom");
-              co_return;
-            }(),
-            shunt::Failure::fatal);
+        shunt::guarded_spawn(io, "fatal test coroutine", throws_boom(), shunt::Failure::fatal);
         io.run();
         std::exit(0);
       },
