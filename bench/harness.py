@@ -380,23 +380,24 @@ def find_shunt(explicit):
     return None
 
 
-def find_loadgen(shunt_bin, rundir):
-    """The shunt-loadgen tool: from a build dir next to shunt, else compiled
-    here from bench/tools/loadgen.cpp (it has no dependencies), so the bench
-    works even when the project does not build at this moment."""
+def find_loadgen(shunt_bin, rundir, tool="shunt-loadgen", source="loadgen.cpp"):
+    """A load tool (shunt-loadgen by default): from a build dir next to
+    shunt, else compiled here from its one source file in bench/tools (they
+    have no dependencies), so the bench works even when the project does not
+    build at this moment."""
     dirs = [os.environ.get("SHUNT_BUILD_DIR")]
     if shunt_bin:
         dirs.append(os.path.dirname(os.path.dirname(shunt_bin)))
     root = os.path.dirname(BENCH_DIR)
     dirs += [os.path.join(root, "build"), os.path.join(root, "build-bench")]
-    src = os.path.join(BENCH_DIR, "tools", "loadgen.cpp")
+    src = os.path.join(BENCH_DIR, "tools", source)
     for d in filter(None, dirs):
-        path = os.path.join(d, "bench", "tools", "shunt-loadgen")
+        path = os.path.join(d, "bench", "tools", tool)
         if os.access(path, os.X_OK) and os.path.getmtime(path) >= os.path.getmtime(src):
             return path
     cxx = shutil.which("c++") or shutil.which("g++")
     if not cxx:
-        raise BenchError("shunt-loadgen not built and no C++ compiler found")
-    out = os.path.join(rundir, "shunt-loadgen")
+        raise BenchError(f"{tool} not built and no C++ compiler found")
+    out = os.path.join(rundir, tool)
     subprocess.run([cxx, "-std=c++20", "-O2", "-pthread", src, "-o", out], check=True)
     return out

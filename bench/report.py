@@ -263,19 +263,25 @@ def write(doc, out_dir, dated, latest, chart=True):
 
 def publish(path, doc):
     """Replaces the block between the bench markers, if the file has them."""
+    return replace_block(path, markdown(doc), MARK_BEGIN, MARK_END)
+
+
+def replace_block(path, text, mark_begin, mark_end):
+    """Replaces what lies between two marker lines of `path` with `text`;
+    False when the file lacks them."""
     try:
         with open(path) as f:
-            text = f.read()
+            old = f.read()
     except OSError:
         return False
     # Markers count only on lines of their own, so prose may name them.
-    begin, end = "\n" + MARK_BEGIN + "\n", "\n" + MARK_END
-    if begin not in text or end not in text.split(begin, 1)[1]:
+    begin, end = "\n" + mark_begin + "\n", "\n" + mark_end
+    if begin not in old or end not in old.split(begin, 1)[1]:
         return False
-    head, rest = text.split(begin, 1)
+    head, rest = old.split(begin, 1)
     _, tail = ("\n" + rest).split(end, 1)
     with open(path, "w") as f:
-        f.write(head + begin + markdown(doc) + end + tail)
+        f.write(head + begin + text + end + tail)
     return True
 
 

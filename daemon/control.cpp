@@ -3,6 +3,7 @@
 #include "admin/admin_server.h"
 #include "bpf/sockmap.h"
 #include "common/async.h"
+#include "common/fd_limit.h"
 #include "common/privileges.h"
 #include "proxy/metrics.h"
 #include "proxy/policy_recheck.h"
@@ -46,6 +47,17 @@ constexpr auto kReloadWindow = std::chrono::milliseconds(50);
 constexpr std::string_view kFileChanged = "file changed";
 
 void apply_log_level(const std::string& level) { spdlog::set_level(spdlog::level::from_str(level)); }
+
+// Raises RLIMIT_NOFILE to what `max_connections` needs, or says in one line
+// why it cannot and how many connections the acceptor will hold instead.
+void apply_fd_budget(ProxyContext& context, std::uint64_t max_connections) {
+  const FdBudget budget = ensure_fd_budget(max_connections);
+  context.fd_connection_cap.store(budget.connections, std::memory_order_relaxed);
+  if (!budget.shortfall.empty())
+    spdlog::warn("{}", budget.shortfall);
+  else if (budget.raised)
+    spdlog::info("RLIMIT_NOFILE raised to {} for limits.max_connections {}", budget.limit, max_connections);
+}
 
 std::string read_file(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
@@ -221,6 +233,10 @@ class Control {
       }
     }
     context_.policy.publish(next);
+    // Capabilities are gone by now: a larger cap may raise the soft limit
+    // up to the hard one, no further.
+    if (next->config().proxy.limits.max_connections != previous->config().proxy.limits.max_connections)
+      apply_fd_budget(context_, next->config().proxy.limits.max_connections);
     m.config_generation.store(generation, std::memory_order_relaxed);
     m.config_reloads_ok.fetch_add(1, std::memory_order_relaxed);
     apply_log_level(next->config().log.level);
@@ -315,6 +331,9 @@ int run_proxy(const RunOptions& options) {
       return kExitEnvironment;
     }
     context.policy.publish(policy::Policy::build(loaded.config, 1));
+    // Before capabilities are dropped: raising the hard limit needs
+    // CAP_SYS_RESOURCE.
+    apply_fd_budget(context, cfg.proxy.limits.max_connections);
     metrics().config_generation = 1;
     // Up from here so probes get an answer (503) while BPF loads and
     // listeners bind; ready once the workers accept.

@@ -2,6 +2,7 @@
 
 #include "common/async.h"
 #include "common/sockopt.h"
+#include "common/warn_limiter.h"
 #include "proxy/datapath/datapath.h"
 #include "proxy/hangup_watcher.h"
 #include "proxy/inspect/inspect.h"
@@ -27,30 +28,7 @@ namespace {
 
 // At most one warn line per second for failed upstream connects, across all
 // workers: a dead upstream under load would otherwise write a line per
-// connection. The next line says how many were left out; the counter and
-// the access log still see every one.
-class WarnLimiter {
- public:
-  // True when a line may be written now; `skipped` is then the number of
-  // lines left out since the last one.
-  bool allow(std::uint64_t& skipped) {
-    const std::int64_t now = std::chrono::steady_clock::now().time_since_epoch().count();
-    std::int64_t next = next_.load(std::memory_order_relaxed);
-    if (now < next || !next_.compare_exchange_strong(next, now + kPeriod, std::memory_order_relaxed)) {
-      skipped_.fetch_add(1, std::memory_order_relaxed);
-      return false;
-    }
-    skipped = skipped_.exchange(0, std::memory_order_relaxed);
-    return true;
-  }
-
- private:
-  static constexpr std::int64_t kPeriod =
-      std::chrono::duration_cast<std::chrono::steady_clock::duration>(std::chrono::seconds(1)).count();
-  std::atomic<std::int64_t> next_{0};
-  std::atomic<std::uint64_t> skipped_{0};
-};
-
+// connection.
 WarnLimiter upstream_failure_warnings;
 
 UpstreamFailure classify_connect_error(const boost::system::error_code& ec, bool timed_out) {

@@ -12,6 +12,7 @@
 #include "proxy/source_limiter.h"
 
 #include <atomic>
+#include <cstdint>
 #include <memory>
 #include <mutex>
 
@@ -42,6 +43,10 @@ struct ProxyContext {
   std::unique_ptr<bpf::PodSteering> steering;  // null: no pod has a `dev`
   AccessLog access_log;
   std::atomic<bool> draining{false};
+  // Open connections the file-descriptor limit lets the process hold
+  // (common/fd_limit.h); the acceptor enforces the smaller of this and
+  // limits.max_connections.
+  std::atomic<std::uint64_t> fd_connection_cap{UINT64_MAX};
 };
 
 }  // namespace shunt::proxy

@@ -4,6 +4,7 @@
 #include "common/async.h"
 #include "common/error.h"
 #include "common/sockopt.h"
+#include "common/warn_limiter.h"
 #include "proxy/connection.h"
 #include "proxy/hangup_watcher.h"
 #include "proxy/metrics.h"
@@ -15,6 +16,7 @@
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
+#include <array>
 #include <optional>
 
 namespace shunt::proxy {
@@ -114,12 +116,30 @@ void Server::accept_loop(Worker& worker, std::size_t listener_index) {
                 Failure::fatal);
 }
 
-// Resets a connection a limit refused, counts it and logs it. A client that
-// holds its cap and keeps connecting makes one line per attempt; the access
-// log drops its oldest lines rather than slow the acceptor down.
+namespace {
+// One warn line per second per cap: a full proxy or a client that keeps
+// connecting over its cap would otherwise write a line per attempt.
+std::array<WarnLimiter, kAcceptRefusalNames.size()> refusal_warnings;
+}  // namespace
+
+// Resets a connection a limit refused, counts it and logs it: a warn line at
+// most once a second per cap (saying how many were left out), and an
+// access-log line per attempt (the access log drops its oldest lines rather
+// than slow the acceptor down).
 void Server::refuse_at_accept(const policy::Policy& policy, const config::Listener& listener,
-                              tcp::socket& socket, const tcp::endpoint& peer, AcceptRefusal why) {
+                              tcp::socket& socket, const tcp::endpoint& peer, AcceptRefusal why,
+                              std::uint64_t cap) {
   metrics().count(why);
+  std::uint64_t skipped = 0;
+  if (refusal_warnings[static_cast<std::size_t>(why)].allow(skipped)) {
+    const std::string others = skipped ? fmt::format(" ({} more refused in the last second)", skipped) : "";
+    if (why == AcceptRefusal::max_connections)
+      spdlog::warn("listener {}: {} refused: {} connections open, the limit{}", listener.name,
+                   config::to_string(peer), cap, others);
+    else
+      spdlog::warn("listener {}: {} refused: the source holds limits.max_connections_per_source ({}){}",
+                   listener.name, config::to_string(peer), cap, others);
+  }
   if (context_.access_log.enabled()) {
     boost::system::error_code ec;
     AccessRecord record;
@@ -131,7 +151,6 @@ void Server::refuse_at_accept(const policy::Policy& policy, const config::Listen
     record.reason = std::string(to_string(why));
     context_.access_log.write(record);
   }
-  spdlog::debug("listener {}: {} refused ({})", listener.name, config::to_string(peer), to_string(why));
   reset_socket(socket);
 }
 
@@ -161,14 +180,17 @@ asio::awaitable<void> Server::accept_connections(Worker* worker, tcp::acceptor* 
     const config::Limits& limits = policy->config().proxy.limits;
     std::optional<AcceptRefusal> refusal;
     SourceLimiter::Lease slot;
-    if (context_.registry.size() >= limits.max_connections) {
+    const std::uint64_t cap = std::min<std::uint64_t>(
+        limits.max_connections, context_.fd_connection_cap.load(std::memory_order_relaxed));
+    if (context_.registry.size() >= cap) {
       refusal = AcceptRefusal::max_connections;
     } else {
       slot = context_.sources.acquire(peer.address(), limits.max_connections_per_source);
       if (!slot.held()) refusal = AcceptRefusal::source_limit;
     }
     if (refusal) {
-      refuse_at_accept(*policy, listener, socket, peer, *refusal);
+      refuse_at_accept(*policy, listener, socket, peer, *refusal,
+                       *refusal == AcceptRefusal::max_connections ? cap : limits.max_connections_per_source);
       continue;
     }
     auto conn = std::make_shared<Connection>(context_, target->context, listener, std::move(socket), peer,

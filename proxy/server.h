@@ -59,7 +59,7 @@ class Server {
 
   void refuse_at_accept(const policy::Policy& policy, const config::Listener& listener,
                         boost::asio::ip::tcp::socket& socket, const boost::asio::ip::tcp::endpoint& peer,
-                        AcceptRefusal why);
+                        AcceptRefusal why, std::uint64_t cap);
 
   ProxyContext& context_;
   std::vector<config::Listener> listeners_;

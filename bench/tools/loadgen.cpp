@@ -22,6 +22,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "tool_util.h"
+
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
@@ -34,14 +36,11 @@
 #include <unordered_map>
 #include <vector>
 
+const char* const kToolName = "shunt-loadgen";
+
 namespace {
 
 using Clock = std::chrono::steady_clock;
-
-[[noreturn]] void die(const std::string& what) {
-  std::fprintf(stderr, "shunt-loadgen: %s: %s\n", what.c_str(), std::strerror(errno));
-  std::exit(2);
-}
 
 [[noreturn]] void usage() {
   std::fprintf(stderr,
@@ -51,13 +50,9 @@ using Clock = std::chrono::steady_clock;
   std::exit(1);
 }
 
-sockaddr_in parse_endpoint(const std::string& s) {
-  const auto colon = s.rfind(':');
-  if (colon == std::string::npos) usage();
+sockaddr_in endpoint_or_usage(const std::string& s) {
   sockaddr_in sa{};
-  sa.sin_family = AF_INET;
-  sa.sin_port = htons(static_cast<uint16_t>(std::atoi(s.c_str() + colon + 1)));
-  if (inet_pton(AF_INET, s.substr(0, colon).c_str(), &sa.sin_addr) != 1) usage();
+  if (!parse_endpoint(s, sa)) usage();
   return sa;
 }
 
@@ -175,7 +170,7 @@ void echo_loop(const sockaddr_in& addr) {
 }
 
 int echo_server(int argc, char** argv) {
-  const sockaddr_in addr = parse_endpoint(argv[2]);
+  const sockaddr_in addr = endpoint_or_usage(argv[2]);
   const long threads = std::max(1L, option(argc, argv, "--threads", 1));
   std::vector<std::thread> pool;
   for (long i = 1; i < threads; ++i) pool.emplace_back(echo_loop, addr);
@@ -218,7 +213,7 @@ double percentile(const std::vector<double>& sorted, double q) {
 }
 
 int pingpong(int argc, char** argv) {
-  const sockaddr_in addr = parse_endpoint(argv[2]);
+  const sockaddr_in addr = endpoint_or_usage(argv[2]);
   const size_t size = static_cast<size_t>(std::max(1L, option(argc, argv, "--size", 64)));
   const long count = std::max(1L, option(argc, argv, "--count", 20000));
   const long warmup = std::max(0L, option(argc, argv, "--warmup", 500));
@@ -266,7 +261,7 @@ int pingpong(int argc, char** argv) {
 enum class Phase { Connecting, AwaitingEcho };
 
 int connrate(int argc, char** argv) {
-  const sockaddr_in addr = parse_endpoint(argv[2]);
+  const sockaddr_in addr = endpoint_or_usage(argv[2]);
   const long parallel = std::max(1L, option(argc, argv, "--parallel", 16));
   const double duration = static_cast<double>(std::max(1L, option(argc, argv, "--duration", 3)));
 

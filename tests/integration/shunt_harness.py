@@ -10,6 +10,7 @@ import json
 import os
 import queue
 import random
+import resource
 import signal
 import socket
 import struct
@@ -180,7 +181,9 @@ def wait_for_port(host, port, timeout=10.0, proc=None, netns=None):
 class Shunt:
     """A running `shunt run -c CONFIG`, stopped with SIGTERM on exit."""
 
-    def __init__(self, config_text, wait_port=None, wait_host="127.0.0.1", args=(), netns=None):
+    def __init__(self, config_text, wait_port=None, wait_host="127.0.0.1", args=(), netns=None, nofile=None):
+        """`nofile`: start shunt with this RLIMIT_NOFILE, a number (soft and
+        hard) or a (soft, hard) pair."""
         self.dir = tempfile.TemporaryDirectory(prefix="shunt-test-")
         self.config_path = os.path.join(self.dir.name, "shunt.yaml")
         with open(self.config_path, "w") as f:
@@ -190,7 +193,9 @@ class Shunt:
         cmd = [SHUNT_BIN, "run", "-c", self.config_path, *args]
         if netns:
             cmd = ["ip", "netns", "exec", netns, *cmd]
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
+        pair = (nofile, nofile) if isinstance(nofile, int) else nofile
+        limit = (lambda: resource.setrlimit(resource.RLIMIT_NOFILE, pair)) if pair else None
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, preexec_fn=limit)
         if wait_port:
             try:
                 wait_for_port(wait_host, wait_port, proc=self.proc, netns=netns)

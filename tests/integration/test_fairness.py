@@ -11,6 +11,7 @@ access log and at the origin. Clients use distinct loopback source addresses
 (127.0.0.2, 127.0.0.3) to be distinct sources."""
 import json
 import os
+import resource
 import socket
 import struct
 import subprocess
@@ -127,10 +128,10 @@ class Fairness(unittest.TestCase):
         self.addCleanup(tmp.cleanup)
         self.access = os.path.join(tmp.name, "access.log")
 
-    def start(self, keepalive="60s", refuse="5s", max_connections=1000, per_source=4):
+    def start(self, keepalive="60s", refuse="5s", max_connections=1000, per_source=4, nofile=None):
         d = dict(listen=free_port(), origin=self.origin.port, admin=free_port(), keepalive=keepalive,
                  refuse=refuse, max_connections=max_connections, per_source=per_source, access=self.access)
-        shunt = Shunt(config(d), wait_port=d["listen"])
+        shunt = Shunt(config(d), wait_port=d["listen"], nofile=nofile)
         shunt.__enter__()
         self.addCleanup(shunt.__exit__, None, None, None)
         wait_ready(d["admin"], shunt.proc)
@@ -241,6 +242,66 @@ class Fairness(unittest.TestCase):
         self.assertEqual(value(m, "shunt_connections_refused_total", reason="max_connections"), 1)
         self.assertEqual(value(m, "shunt_connections_refused_total", reason="source_limit"), 0)
         self.assertEqual(len(self.wait_access(lambda e: e.get("reason") == "max_connections")), 1)
+
+    def test_refusals_are_logged_at_most_once_a_second(self):
+        self.start(per_source=1)
+        self.hold(HOLDER, 1)
+        started = time.monotonic()
+        for i in range(20):
+            self.assertTrue(refused(self.port, HOLDER, request("GET", f"/over/{i}")))
+        within = time.monotonic() - started
+        m = self.metrics()
+        self.assertEqual(value(m, "shunt_connections_refused_total", reason="source_limit"), 20)
+        marker = "refused: the source holds limits.max_connections_per_source (1)"
+        lines = [l for l in self.shunt.output().splitlines() if marker in l]
+        # One line per second at most: 20 refusals in `within` seconds.
+        self.assertGreaterEqual(len(lines), 1)
+        self.assertLessEqual(len(lines), int(within) + 1, lines)
+        self.assertIn("[warning]", lines[0])
+        # The next line, a second later, says how many were left out.
+        time.sleep(1.1)
+        self.assertTrue(refused(self.port, HOLDER, request("GET", "/over/late")))
+        self.assertIsNotNone(wait_until(lambda: len([l for l in self.shunt.output().splitlines()
+                                                     if marker in l]) > len(lines), 5))
+        last = [l for l in self.shunt.output().splitlines() if marker in l][-1]
+        self.assertRegex(last, r"\((\d+) more refused in the last second\)")
+        # Another source is still served.
+        with connect(self.port, OTHER) as s:
+            self.assertEqual(self.get(s, "/other").status, 200)
+
+    def test_descriptor_limit_below_max_connections_is_said_and_enforced(self):
+        # 1,034 descriptors, of which shunt keeps 1,024 for itself: room for
+        # 5 connections of the configured 1,000. A process may always lower
+        # its own limit, so this works without privileges too.
+        self.start(max_connections=1000, per_source=10, nofile=1034)
+        said = [l for l in self.shunt.output().splitlines() if "RLIMIT_NOFILE" in l]
+        self.assertEqual(len(said), 1, said)
+        self.assertIn("limits.max_connections 1000 needs 3024 file descriptors but RLIMIT_NOFILE stays at 1034",
+                      said[0])
+        self.assertIn("holding at most 5 connections", said[0])
+        self.hold(HOLDER, 3)
+        self.hold(OTHER, 2)
+        self.assertTrue(refused(self.port, OTHER, request("GET", "/over-fds")))
+        self.assertNotIn("/over-fds", self.origin.paths())
+        m = self.metrics()
+        self.assertEqual(value(m, "shunt_connections_refused_total", reason="max_connections"), 1)
+        self.assertTrue(any("5 connections open, the limit" in l for l in self.shunt.output().splitlines()))
+
+    def test_descriptor_limit_is_raised_to_what_max_connections_needs(self):
+        # Soft limit low, hard limit high enough: shunt raises the soft one
+        # itself (no privilege needed up to the hard limit).
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        if hard < 4000:
+            self.fail(f"this machine's hard RLIMIT_NOFILE ({hard}) is below what the test needs (4000)")
+        d = dict(listen=free_port(), origin=self.origin.port, admin=free_port(), keepalive="60s", refuse="5s",
+                 max_connections=1000, per_source=4, access=self.access)
+        shunt = Shunt(config(d), wait_port=d["listen"], nofile=(1100, hard))
+        self.addCleanup(shunt.__exit__, None, None, None)
+        wait_ready(d["admin"], shunt.proc)
+        with open(f"/proc/{shunt.proc.pid}/limits") as f:
+            soft = next(int(l.split()[3]) for l in f if l.startswith("Max open files"))
+        self.assertGreaterEqual(soft, 3024)
+        self.assertFalse([l for l in shunt.output().splitlines() if "holding at most" in l])
 
     def test_keepalive_deadline_closes_silent_connections(self):
         self.start(keepalive="1s")
