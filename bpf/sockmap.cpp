@@ -1,5 +1,6 @@
 #include "bpf/sockmap.h"
 
+#include "bpf/owned.h"
 #include "bpf/sockmap_shared.h"
 #include "common/sockopt.h"
 #include "sockmap_redirect.skel.h"
@@ -42,41 +43,54 @@ Result<std::uint64_t> socket_cookie(int fd) {
   return cookie;
 }
 
+// Declaration order is destruction order reversed: the ring goes before the
+// skeleton whose map it reads. Destroying the skeleton closes the maps and
+// the program; the attachment to verdict_sockets goes with the map.
+struct SockmapBridge::Objects {
+  Owned<sockmap_redirect, sockmap_redirect__destroy> skel;
+  Owned<ring_buffer, ring_buffer__free> bulk_ring;
+};
+
+SockmapBridge::SockmapBridge() : objects_(std::make_unique<Objects>()) {}
+SockmapBridge::~SockmapBridge() = default;
+
 Result<std::unique_ptr<SockmapBridge>> SockmapBridge::load(std::uint32_t max_connections,
                                                            std::uint64_t bulk_threshold_bytes) {
   std::unique_ptr<SockmapBridge> bridge(new SockmapBridge());
-  bridge->skel_ = sockmap_redirect__open();
-  if (!bridge->skel_) return SysError::from_errno("open sockmap_redirect BPF object");
+  auto& skel = bridge->objects_->skel;
+  skel.reset(sockmap_redirect__open());
+  if (!skel) return SysError::from_errno("open sockmap_redirect BPF object");
 
   const std::uint32_t sockets = std::max<std::uint32_t>(2 * max_connections, 2);
-  bpf_map__set_max_entries(bridge->skel_->maps.sock_peers, sockets);
-  bpf_map__set_max_entries(bridge->skel_->maps.redirect_targets, sockets);
-  bpf_map__set_max_entries(bridge->skel_->maps.verdict_sockets, sockets);
-  bridge->skel_->rodata->bulk_threshold = bulk_threshold_bytes;
+  bpf_map__set_max_entries(skel->maps.sock_peers, sockets);
+  bpf_map__set_max_entries(skel->maps.redirect_targets, sockets);
+  bpf_map__set_max_entries(skel->maps.verdict_sockets, sockets);
+  skel->rodata->bulk_threshold = bulk_threshold_bytes;
 
-  if (int err = sockmap_redirect__load(bridge->skel_); err != 0)
+  if (int err = sockmap_redirect__load(skel.get()); err != 0)
     return SysError{-err, "load sockmap_redirect BPF program (needs CAP_BPF and a kernel with sockmap)"};
 
-  bridge->peers_fd_ = bpf_map__fd(bridge->skel_->maps.sock_peers);
-  bridge->targets_fd_ = bpf_map__fd(bridge->skel_->maps.redirect_targets);
-  bridge->verdict_fd_ = bpf_map__fd(bridge->skel_->maps.verdict_sockets);
+  bridge->peers_fd_ = bpf_map__fd(skel->maps.sock_peers);
+  bridge->targets_fd_ = bpf_map__fd(skel->maps.redirect_targets);
+  bridge->verdict_fd_ = bpf_map__fd(skel->maps.verdict_sockets);
 
   // BPF_SK_SKB_VERDICT (not STREAM_VERDICT): no strparser, one verdict per
   // skb as tcp_read_skb hands it over; see docs/datapath.md.
-  const int prog_fd = bpf_program__fd(bridge->skel_->progs.redirect_to_peer);
+  const int prog_fd = bpf_program__fd(skel->progs.redirect_to_peer);
   if (bpf_prog_attach(prog_fd, bridge->verdict_fd_, BPF_SK_SKB_VERDICT, 0) != 0)
     return SysError::from_errno("attach sk_skb verdict program to verdict_sockets");
 
-  bridge->bulk_ring_ = ring_buffer__new(
-      bpf_map__fd(bridge->skel_->maps.bulk_events),
+  auto& ring = bridge->objects_->bulk_ring;
+  ring.reset(ring_buffer__new(
+      bpf_map__fd(skel->maps.bulk_events),
       [](void* ctx, void* data, size_t size) -> int {
         auto* self = static_cast<SockmapBridge*>(ctx);
         if (size >= sizeof(shunt_bulk_event) && self->on_bulk_)
           (*self->on_bulk_)(static_cast<const shunt_bulk_event*>(data)->cookie);
         return 0;
       },
-      bridge.get(), nullptr);
-  if (!bridge->bulk_ring_) return SysError::from_errno("create bulk event ring buffer");
+      bridge.get(), nullptr));
+  if (!ring) return SysError::from_errno("create bulk event ring buffer");
   bridge->probe_queued_kick();
   if (!bridge->recv_runs_verdict_)
     spdlog::warn(
@@ -84,13 +98,6 @@ Result<std::unique_ptr<SockmapBridge>> SockmapBridge::load(std::uint32_t max_con
         "enters the map (fixed in Linux 6.4); shunt kicks such bytes with SO_RCVLOWAT after a 200 us "
         "settle check instead, which is not serialised with the softirq (docs/datapath.md)");
   return bridge;
-}
-
-SockmapBridge::~SockmapBridge() {
-  if (bulk_ring_) ring_buffer__free(bulk_ring_);
-  // Destroying the skeleton closes the maps and the program; the attachment
-  // to verdict_sockets goes with the map.
-  if (skel_) sockmap_redirect__destroy(skel_);
 }
 
 static HandoverFailure classify(int err) {
@@ -287,11 +294,11 @@ void SockmapBridge::forget(const SocketCookies& cookies) {
   erase_peer(cookies.b);
 }
 
-int SockmapBridge::bulk_events_fd() const { return ring_buffer__epoll_fd(bulk_ring_); }
+int SockmapBridge::bulk_events_fd() const { return ring_buffer__epoll_fd(objects_->bulk_ring.get()); }
 
 void SockmapBridge::poll_bulk_events(const std::function<void(std::uint64_t)>& on_bulk) {
   on_bulk_ = &on_bulk;
-  ring_buffer__consume(bulk_ring_);
+  ring_buffer__consume(objects_->bulk_ring.get());
   on_bulk_ = nullptr;
 }
 

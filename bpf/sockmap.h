@@ -12,9 +12,6 @@
 #include <memory>
 #include <string>
 
-struct sockmap_redirect;  // generated skeleton
-struct ring_buffer;
-
 namespace shunt::bpf {
 
 struct SocketCookies {
@@ -97,11 +94,13 @@ class SockmapBridge {
   [[nodiscard]] bool stranded(int fd, std::uint64_t cookie) const;
   // Sets recv_runs_verdict_ from a loopback socket pair.
   void probe_queued_kick();
-  SockmapBridge() = default;
+  SockmapBridge();
   void erase_peer(std::uint64_t cookie);
 
-  sockmap_redirect* skel_ = nullptr;
-  ring_buffer* bulk_ring_ = nullptr;
+  // The skeleton and the bulk ring (bpf/owned.h), defined in sockmap.cpp so
+  // that this header does not pull in the generated skeleton.
+  struct Objects;
+  std::unique_ptr<Objects> objects_;
   std::function<void(std::uint64_t)> const* on_bulk_ = nullptr;
   int peers_fd_ = -1;
   int targets_fd_ = -1;

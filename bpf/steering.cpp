@@ -1,5 +1,6 @@
 #include "bpf/steering.h"
 
+#include "bpf/owned.h"
 #include "bpf/steering_attach.h"
 #include "bpf/steering_shared.h"
 #include "netlink/netlink.h"
@@ -36,13 +37,6 @@ namespace {
 constexpr std::array<const char*, SHUNT_STAT_MAX> kStatNames = {
     "assign_socket",   "assign_listener", "to_local_stack", "assign_failed", "deny_drop",
     "proxy_down_drop", "proxy_down_pass", "netkit_marked",  "node_local",
-};
-
-struct TcxSkelDeleter {
-  void operator()(steer_tcx* s) const { steer_tcx__destroy(s); }
-};
-struct NetkitSkelDeleter {
-  void operator()(steer_netkit* s) const { steer_netkit__destroy(s); }
 };
 
 std::string device_pin_dir(const std::string& dev) { return std::string(kSteeringPinRoot) + "/" + dev; }
@@ -199,8 +193,8 @@ Result<std::vector<Listener>> check_listeners(const std::vector<int>& fds) {
 }  // namespace
 
 struct PodSteering::Impl {
-  std::unique_ptr<steer_tcx, TcxSkelDeleter> tcx;
-  std::unique_ptr<steer_netkit, NetkitSkelDeleter> netkit;
+  Owned<steer_tcx, steer_tcx__destroy> tcx;
+  Owned<steer_netkit, steer_netkit__destroy> netkit;
   std::optional<pods::PolicyRouting> routing;
 
   struct Device {

@@ -4,6 +4,7 @@
 // reply of the destination pod) is covered by test_steering.py and tests/vm.
 //
 // Needs root (CAP_BPF + CAP_NET_ADMIN) like the rest of the suite.
+#include "bpf/owned.h"
 #include "bpf/steering_shared.h"
 #include "steer_netkit.skel.h"
 #include "steer_tcx.skel.h"
@@ -173,13 +174,6 @@ class Program {
   SteeringMaps maps_;
 };
 
-struct TcxDeleter {
-  void operator()(steer_tcx* s) const { steer_tcx__destroy(s); }
-};
-struct NetkitDeleter {
-  void operator()(steer_netkit* s) const { steer_netkit__destroy(s); }
-};
-
 class TcxProgram : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -194,7 +188,7 @@ class TcxProgram : public ::testing::Test {
   Program& prog() { return *prog_; }
   int listen_map() { return bpf_map__fd(skel_->maps.steer_listen); }
 
-  std::unique_ptr<steer_tcx, TcxDeleter> skel_;
+  shunt::bpf::Owned<steer_tcx, steer_tcx__destroy> skel_;
   std::optional<Program> prog_;
 };
 
@@ -315,7 +309,7 @@ class NetkitProgram : public ::testing::Test {
   }
   Program& prog() { return *prog_; }
 
-  std::unique_ptr<steer_netkit, NetkitDeleter> skel_;
+  shunt::bpf::Owned<steer_netkit, steer_netkit__destroy> skel_;
   std::optional<Program> prog_;
 };
 
