@@ -2,7 +2,6 @@
 
 #include "bpf/owned.h"
 #include "bpf/steering_attach.h"
-#include "bpf/steering_shared.h"
 #include "netlink/netlink.h"
 #include "netlink/routing.h"
 #include "netlink/rtnl.h"
@@ -82,60 +81,21 @@ void fill_addr(const config::IpAddress& addr, unsigned prefix, __u32 net[4], __u
   std::memcpy(mask, m.data(), 16);
 }
 
-struct Prefix {
-  config::IpAddress addr;
-  unsigned len;
-};
+}  // namespace
 
-bool labels_match(const std::map<std::string, std::string>& want,
-                  const std::map<std::string, std::string>& have) {
-  for (const auto& [k, v] : want) {
-    auto it = have.find(k);
-    if (it == have.end() || it->second != v) return false;
-  }
-  return true;
-}
-
-// What a selector covers, as prefixes. An empty selector covers everything.
-std::vector<Prefix> resolve(const config::Selector& sel, const std::vector<config::Pod>& pods) {
-  std::vector<Prefix> out;
-  auto host = [](const config::IpAddress& ip) { return Prefix{ip, ip.is_v4() ? 32u : 128u}; };
-  if (sel.pod) {
-    for (const auto& p : pods)
-      if (p.name == *sel.pod)
-        for (const auto& ip : p.addresses()) out.push_back(host(ip));
-  } else if (!sel.labels.empty()) {
-    for (const auto& p : pods)
-      if (labels_match(sel.labels, p.labels))
-        for (const auto& ip : p.addresses()) out.push_back(host(ip));
-  } else if (sel.cidr) {
-    out.push_back({sel.cidr->network, sel.cidr->prefix});
-  } else {
-    out.push_back({boost::asio::ip::address_v4::any(), 0});
-    out.push_back({boost::asio::ip::address_v6::any(), 0});
-  }
-  return out;
-}
-
-// The policy's deny rules that need no L7 inspection, flattened into
-// (source, destination, port) entries. Deny wins over allow in the policy,
-// so dropping these in BPF can never block something the proxy would allow.
-Result<std::vector<shunt_deny_rule>> build_deny_table(const config::Config& cfg) {
+Result<std::vector<shunt_deny_rule>> deny_table(const policy::Policy& policy) {
   std::vector<shunt_deny_rule> out;
-  for (const auto& rule : cfg.policy.rules) {
-    if (rule.action != config::Action::deny || !rule.http.empty() || rule.tls) continue;
-    const auto srcs = resolve(rule.from, cfg.pods);
-    const auto dsts = resolve(rule.to, cfg.pods);
-    std::vector<std::uint16_t> ports = rule.to.ports;
+  for (const auto& rule : policy.l4_denies()) {
+    std::vector<std::uint16_t> ports = rule.ports;
     if (ports.empty()) ports.push_back(0);
-    for (const auto& s : srcs) {
-      for (const auto& d : dsts) {
-        if (s.addr.is_v4() != d.addr.is_v4()) continue;
+    for (const auto& s : rule.from) {
+      for (const auto& d : rule.to) {
+        if (s.network.is_v4() != d.network.is_v4()) continue;
         for (std::uint16_t port : ports) {
           shunt_deny_rule e{};
-          fill_addr(s.addr, s.len, e.src_net, e.src_mask);
-          fill_addr(d.addr, d.len, e.dst_net, e.dst_mask);
-          e.family = s.addr.is_v4() ? 4 : 6;
+          fill_addr(s.network, s.length, e.src_net, e.src_mask);
+          fill_addr(d.network, d.length, e.dst_net, e.dst_mask);
+          e.family = s.network.is_v4() ? 4 : 6;
           // With ports the rule is about TCP connections (all the proxy
           // handles); without, it is an L3 deny of every protocol.
           e.proto = port ? IPPROTO_TCP : 0;
@@ -152,6 +112,8 @@ Result<std::vector<shunt_deny_rule>> build_deny_table(const config::Config& cfg)
                         std::to_string(SHUNT_DENY_MAX)};
   return out;
 }
+
+namespace {
 
 struct Listener {
   std::uint32_t slot;
@@ -217,7 +179,7 @@ struct PodSteering::Impl {
 
   Status load();
   Status set_listeners(const std::vector<Listener>& listeners);
-  Status apply_maps(const config::Config& cfg);
+  Status apply_maps(const policy::Policy& policy);
   Status sync_devices(const config::Config& cfg);
   std::map<std::string, Device>::iterator drop(std::map<std::string, Device>::iterator it);
   Result<Device> attach(const std::string& dev);
@@ -262,8 +224,9 @@ Status PodSteering::Impl::set_listeners(const std::vector<Listener>& listeners) 
 // Ordered so that no packet sees a state looser than either the old or the
 // new config: new deny entries and ports first, the flags that widen or
 // narrow interception last.
-Status PodSteering::Impl::apply_maps(const config::Config& cfg) {
-  auto deny = build_deny_table(cfg);
+Status PodSteering::Impl::apply_maps(const policy::Policy& policy) {
+  const config::Config& cfg = policy.config();
+  auto deny = deny_table(policy);
   if (!deny) return deny.error();
 
   const int cfg_fd = bpf_map__fd(tcx->maps.steer_cfg);
@@ -472,8 +435,9 @@ PodSteering::~PodSteering() {
   ::rmdir("/sys/fs/bpf/shunt");
 }
 
-Result<std::unique_ptr<PodSteering>> PodSteering::start(const config::Config& config,
+Result<std::unique_ptr<PodSteering>> PodSteering::start(const policy::Policy& policy,
                                                         std::vector<int> listener_fds) {
+  const config::Config& config = policy.config();
   auto impl = std::make_unique<Impl>();
   impl->fail_closed = config.steering.on_proxy_down == config::OnProxyDown::fail_closed;
   impl->attach_mode = config.steering.attach;
@@ -503,7 +467,7 @@ Result<std::unique_ptr<PodSteering>> PodSteering::start(const config::Config& co
     spdlog::warn("{}; steering state will not be pinned", st.error().message());
   }
   if (Status st = impl->load(); !st) return st.error();
-  if (Status st = impl->apply_maps(config); !st) return st.error();
+  if (Status st = impl->apply_maps(policy); !st) return st.error();
   if (Status st = impl->set_listeners(*listeners); !st) return st.error();
 
   auto routing = pods::PolicyRouting::install({SHUNT_STEER_MARK, kSteeringTable, kSteeringRulePriority});
@@ -529,13 +493,14 @@ Result<std::unique_ptr<PodSteering>> PodSteering::start(const config::Config& co
   return steering;
 }
 
-Status PodSteering::update(const config::Config& config) {
+Status PodSteering::update(const policy::Policy& policy) {
+  const config::Config& config = policy.config();
   impl_->fail_closed = config.steering.on_proxy_down == config::OnProxyDown::fail_closed;
   impl_->attach_mode = config.steering.attach;
   if (impl_->fail_closed) {
     if (Status st = ensure_bpffs(); !st) return st;
   }
-  if (Status st = impl_->apply_maps(config); !st) return st;
+  if (Status st = impl_->apply_maps(policy); !st) return st;
   return impl_->sync_devices(config);
 }
 

@@ -5,8 +5,10 @@
 // Thread-safety: one owner; start/update/destructor are not concurrent.
 #pragma once
 
+#include "bpf/steering_shared.h"
 #include "common/error.h"
 #include "config/config.h"
+#include "policy/policy.h"
 
 #include <cstdint>
 #include <memory>
@@ -33,11 +35,13 @@ class PodSteering {  // move-only RAII: destructor detaches links and removes ru
   // listener removes it from steering (and, with the proxy down, on_proxy_down applies). Errors name the
   // missing kernel feature and what happens instead. A configured device that does not exist is logged and
   // skipped (steered once it exists and update() runs).
-  static Result<std::unique_ptr<PodSteering>> start(const config::Config& config,
+  // Everything but the deny entries comes from policy.config(); the deny entries are the policy's
+  // own compiled L4 deny rules (deny_table()).
+  static Result<std::unique_ptr<PodSteering>> start(const policy::Policy& policy,
                                                     std::vector<int> listener_fds);
   // Live reload: new intercept ports, new pod list, L3/L4 deny entries that BPF drops outright.
   // On error the previous state stays in force for everything not yet applied.
-  Status update(const config::Config& config);
+  Status update(const policy::Policy& policy);
   ~PodSteering();
 
   PodSteering(const PodSteering&) = delete;
@@ -64,6 +68,11 @@ class PodSteering {  // move-only RAII: destructor detaches links and removes ru
   explicit PodSteering(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };
+
+// The BPF deny table for `policy`: its L4 deny rules (Policy::l4_denies(), selectors resolved once,
+// by the policy) expanded into (source prefix, destination prefix, port) entries; no ports = every
+// protocol, ports = TCP to those ports (docs/steering.md). E2BIG when over SHUNT_DENY_MAX entries.
+Result<std::vector<shunt_deny_rule>> deny_table(const policy::Policy& policy);
 
 // Drops the pinned steering of one device (what `shunt pod del` calls): with
 // the pins gone the links detach. Missing pins are not an error.

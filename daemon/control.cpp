@@ -216,7 +216,7 @@ class Control {
     // proxy never runs a policy the kernel does not (docs/architecture.md,
     // "Policy snapshots and reloads").
     if (context_.steering) {
-      if (auto st = context_.steering->update(next->config()); !st) {
+      if (auto st = context_.steering->update(*next); !st) {
         m.config_reloads_error.fetch_add(1, std::memory_order_relaxed);
         tried_text_.clear();  // not the file's fault: a SIGHUP may retry the same bytes
         spdlog::error(
@@ -224,7 +224,7 @@ class Control {
             why, st.error().message(), previous->generation());
         // update() may have applied part of the new entries: put the
         // previous configuration's back.
-        if (auto back = context_.steering->update(previous->config()); !back)
+        if (auto back = context_.steering->update(*previous); !back)
           spdlog::error(
               "steering not restored to generation {}: {}; the kernel may drop what the proxy "
               "allows until the next successful reload",
@@ -357,7 +357,7 @@ int run_proxy(const RunOptions& options) {
     const bool steers_pods =
         std::any_of(cfg.pods.begin(), cfg.pods.end(), [](const config::Pod& p) { return !p.dev.empty(); });
     if (steers_pods) {
-      auto steering = bpf::PodSteering::start(cfg, server.transparent_listener_fds());
+      auto steering = bpf::PodSteering::start(*context.policy.current(), server.transparent_listener_fds());
       if (!steering) {
         std::cerr << "shunt: pod steering: " << steering.error().message() << "\n";
         server.stop();

@@ -46,6 +46,7 @@ struct Addr {
 };
 
 Addr to_addr(const IpAddress& addr);
+IpAddress from_addr(const Addr& a);   // IPv4 for a folded IPv4-mapped address
 unsigned full_prefix(const Addr& a);  // 32 or 128
 Addr mask(Addr a, unsigned prefix);   // prefix counted in the address family's bits
 

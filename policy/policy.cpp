@@ -47,6 +47,16 @@ Addr to_addr(const IpAddress& raw) {
   return a;
 }
 
+IpAddress from_addr(const Addr& a) {
+  if (!a.v6) return boost::asio::ip::address_v4(static_cast<std::uint32_t>(a.lo));
+  boost::asio::ip::address_v6::bytes_type bytes{};
+  for (int i = 0; i < 8; ++i) {
+    bytes[static_cast<std::size_t>(i)] = static_cast<unsigned char>(a.hi >> (56 - 8 * i));
+    bytes[static_cast<std::size_t>(i + 8)] = static_cast<unsigned char>(a.lo >> (56 - 8 * i));
+  }
+  return boost::asio::ip::address_v6(bytes);
+}
+
 unsigned full_prefix(const Addr& a) { return a.v6 ? 128 : 32; }
 
 Addr mask(Addr a, unsigned prefix) {
@@ -456,6 +466,30 @@ Policy::~Policy() = default;
 std::shared_ptr<const Policy> Policy::build(std::shared_ptr<const config::Config> config,
                                             std::uint64_t generation) {
   return std::shared_ptr<const Policy>(new Policy(std::move(config), generation));
+}
+
+std::vector<L4Deny> Policy::l4_denies() const {
+  const auto prefixes = [](const detail::Endpoints& e) {
+    std::vector<Prefix> out;
+    if (e.is_cidr) {
+      out.push_back({detail::from_addr(e.net), e.prefix});
+    } else {
+      for (const Addr& ip : e.ips) out.push_back({detail::from_addr(ip), detail::full_prefix(ip)});
+    }
+    return out;
+  };
+  std::vector<L4Deny> out;
+  for (const CompiledRule& r : index_->rules) {
+    if (r.kind != RuleKind::l4 || !r.deny) continue;
+    // Port 0 is never filed (see Index::Index): a list of only zeros would
+    // match nothing, not every port.
+    std::vector<std::uint16_t> ports;
+    for (const std::uint16_t p : r.spec->to.ports)
+      if (p != 0) ports.push_back(p);
+    if (!r.spec->to.ports.empty() && ports.empty()) continue;
+    out.push_back({r.spec->name, prefixes(r.from), prefixes(r.to), std::move(ports)});
+  }
+  return out;
 }
 
 std::string_view Policy::pod_name(const IpAddress& addr) const {

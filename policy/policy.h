@@ -99,6 +99,26 @@ struct ConfigNote {
 };
 std::vector<ConfigNote> lint(const config::Config& config);
 
+// An address prefix; a pod address is a /32 (IPv4) or /128 (IPv6).
+struct Prefix {
+  IpAddress network;
+  unsigned length = 0;
+  friend bool operator==(const Prefix&, const Prefix&) = default;
+};
+
+// A deny rule decided at L4 (neither http nor tls), its selectors resolved
+// exactly as decide_connection() matches them: IPv4-mapped IPv6 folded into
+// IPv4, pods by name or labels as their addresses. This is what BPF steering
+// may drop before the proxy sees a packet (bpf/steering.cpp): with one
+// resolution of selectors, the kernel cannot drop a flow that
+// decide_connection() would allow.
+struct L4Deny {
+  std::string rule;
+  std::vector<Prefix> from;          // empty: the selector matches no address
+  std::vector<Prefix> to;            // likewise
+  std::vector<std::uint16_t> ports;  // empty: any port
+};
+
 class Policy {
  public:
   static std::shared_ptr<const Policy> build(std::shared_ptr<const config::Config> config,
@@ -118,6 +138,8 @@ class Policy {
   [[nodiscard]] const config::Config& config() const { return *config_; }
   [[nodiscard]] std::shared_ptr<const config::Config> config_ptr() const { return config_; }
   [[nodiscard]] std::uint64_t generation() const { return generation_; }
+  // The L4 deny rules in file order (see L4Deny).
+  [[nodiscard]] std::vector<L4Deny> l4_denies() const;
   // Pod name for an address, empty when none.
   [[nodiscard]] std::string_view pod_name(const IpAddress& addr) const;
 
