@@ -63,7 +63,6 @@ Connection::Connection(ProxyContext& proxy, WorkerContext& worker, const config:
       client_(std::move(client)),
       upstream_(worker.io),
       peer_(peer),
-      idle_timer_(worker.io),
       source_slot_(std::move(source_slot)) {}
 
 asio::awaitable<void> Connection::run(std::shared_ptr<Connection> self) {
@@ -141,7 +140,14 @@ asio::awaitable<void> Connection::serve() {
     });
   };
   proxy_.registry.add(info_);
-  guarded_spawn(executor, "idle watchdog", idle_watchdog(shared_from_this()), Failure::survivable);
+  // Checked a few times per idle period (IdleSweep): bytes are read from
+  // the kernel's counters for spliced pairs, so no data path has to report
+  // activity.
+  idle_timeout_ = policy_->config().proxy.timeouts.idle;
+  idle_bytes_ = proxy_.registry.bytes(*info_);
+  idle_since_ = IdleSweep::Clock::now();
+  worker_.idle.add(*this,
+                   std::max<std::chrono::milliseconds>(idle_timeout_ / 4, std::chrono::milliseconds(50)));
 
   if (decision.inspect == policy::Inspect::none) {
     set_rule(decision.decision);
@@ -246,38 +252,23 @@ asio::awaitable<void> Connection::run_datapath() {
   }
 }
 
-asio::awaitable<void> Connection::idle_watchdog(std::shared_ptr<Connection> self) {
-  co_await self->watch_idle();
-}
-
-asio::awaitable<void> Connection::watch_idle() {
-  const auto idle = policy_->config().proxy.timeouts.idle;
-  // Check a few times per idle period; bytes are read from the kernel's
-  // counters for spliced pairs, so no data path has to report activity.
-  const auto period = std::max<std::chrono::milliseconds>(idle / 4, std::chrono::milliseconds(50));
-  ConnectionBytes last = proxy_.registry.bytes(*info_);
-  auto last_change = std::chrono::steady_clock::now();
-  while (!finished_) {
-    idle_timer_.expires_after(period);
-    boost::system::error_code ec;
-    co_await idle_timer_.async_wait(asio::redirect_error(use_awaitable, ec));
-    if (ec || finished_) co_return;
-    const ConnectionBytes now = proxy_.registry.bytes(*info_);
-    if (now.up != last.up || now.down != last.down) {
-      last = now;
-      last_change = std::chrono::steady_clock::now();
-    } else if (std::chrono::steady_clock::now() - last_change >= idle) {
-      spdlog::debug("connection {}: idle for {} ms, closing", info_->id, idle.count());
-      abort(EndReason::idle_timeout);
-      co_return;
-    }
+void Connection::check_idle(IdleSweep::Clock::time_point now) {
+  if (finished_ || aborted_) return;
+  next_check = now + std::max<std::chrono::milliseconds>(idle_timeout_ / 4, std::chrono::milliseconds(50));
+  const ConnectionBytes bytes = proxy_.registry.bytes(*info_);
+  if (bytes.up != idle_bytes_.up || bytes.down != idle_bytes_.down) {
+    idle_bytes_ = bytes;
+    idle_since_ = now;
+  } else if (now - idle_since_ >= idle_timeout_) {
+    spdlog::debug("connection {}: idle for {} ms, closing", info_->id, idle_timeout_.count());
+    abort(EndReason::idle_timeout);
   }
 }
 
 void Connection::finish() {
   if (finished_ || !info_) return;
   finished_ = true;
-  idle_timer_.cancel();
+  worker_.idle.remove(*this);
   source_slot_.release();  // the pod may open another one now
   const ConnectionBytes bytes = proxy_.registry.bytes(*info_);
   proxy_.registry.retire(info_->id, info_->datapath.load(), bytes);

@@ -18,12 +18,12 @@
 #include "config/config.h"
 #include "policy/policy.h"
 #include "proxy/connection_registry.h"
+#include "proxy/idle_sweep.h"
 #include "proxy/metrics.h"
 #include "proxy/source_limiter.h"
 
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/ip/tcp.hpp>
-#include <boost/asio/steady_timer.hpp>
 
 #include <memory>
 #include <string>
@@ -38,13 +38,14 @@ class HangupWatcher;
 struct WorkerContext {
   boost::asio::io_context& io;
   HangupWatcher& hangups;
+  IdleSweep& idle;  // timeouts.idle for every connection of the thread
 };
 
 struct ListenerContext {
   config::Listener listener;
 };
 
-class Connection : public std::enable_shared_from_this<Connection> {
+class Connection : public std::enable_shared_from_this<Connection>, private IdleSweep::Entry {
  public:
   using tcp = boost::asio::ip::tcp;
 
@@ -97,8 +98,9 @@ class Connection : public std::enable_shared_from_this<Connection> {
  private:
   boost::asio::awaitable<void> serve();
   boost::asio::awaitable<void> run_datapath();
-  static boost::asio::awaitable<void> idle_watchdog(std::shared_ptr<Connection> self);
-  boost::asio::awaitable<void> watch_idle();
+  // IdleSweep::Entry: closes the connection once no byte moved either way
+  // for timeouts.idle.
+  void check_idle(IdleSweep::Clock::time_point now) override;
   void finish();
 
   ProxyContext& proxy_;
@@ -115,8 +117,12 @@ class Connection : public std::enable_shared_from_this<Connection> {
   bool inspected_ = false;
   UpstreamFailure connect_failure_ = UpstreamFailure::connect_error;
   std::function<void()> abort_hook_;
-  boost::asio::steady_timer idle_timer_;
   SourceLimiter::Lease source_slot_;
+  // The idle check's state (check_idle): bytes at the last check and when
+  // they last changed.
+  std::chrono::milliseconds idle_timeout_{0};
+  ConnectionBytes idle_bytes_;
+  IdleSweep::Clock::time_point idle_since_{};
 };
 
 // Sends RST instead of FIN: SO_LINGER {on, 0} then close.

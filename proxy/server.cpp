@@ -24,7 +24,10 @@ namespace shunt::proxy {
 namespace asio = boost::asio;
 using asio::ip::tcp;
 
-Worker::Worker() : hangups(std::make_unique<HangupWatcher>(io)), context{io, *hangups} {}
+Worker::Worker()
+    : hangups(std::make_unique<HangupWatcher>(io)),
+      idle(std::make_unique<IdleSweep>(io)),
+      context{io, *hangups, *idle} {}
 Worker::~Worker() {
   if (thread.joinable()) thread.join();
 }

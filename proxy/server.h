@@ -27,6 +27,7 @@ struct Worker {
   ~Worker();
   boost::asio::io_context io{1};
   std::unique_ptr<HangupWatcher> hangups;
+  std::unique_ptr<IdleSweep> idle;
   WorkerContext context;  // what connections on this thread reference
   // One per listener; null where another worker's acceptor serves this one.
   std::vector<std::unique_ptr<boost::asio::ip::tcp::acceptor>> acceptors;

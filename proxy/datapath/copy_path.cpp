@@ -1,16 +1,16 @@
 // The plain-copy data path: the baseline the kernel paths are measured
 // against, and the most portable fallback.
+#include "common/io_buffer.h"
 #include "proxy/connection.h"
 #include "proxy/datapath/datapath.h"
 #include "proxy/datapath/join.h"
-#include "proxy/datapath/thread_recycler.h"
 
 #include <boost/asio/read.hpp>
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
 
-#include <memory>
+#include <optional>
 
 namespace shunt::proxy {
 
@@ -19,35 +19,22 @@ using asio::ip::tcp;
 
 namespace {
 
-constexpr std::size_t kCopyBufferBytes = 64 * 1024;  // per direction: bounds memory per connection
-// Copy buffers are recycled per thread and never zeroed: a short
-// connection used to spend ~10% of its proxy CPU time in memset for two
-// freshly value-initialised 64 KiB buffers (perf, connrate workload).
-// At most 32 idle per thread: 2 MiB.
-using BufferRecycler = ThreadRecycler<std::unique_ptr<char[]>, 32>;
-
-struct PooledBuffer {
-  PooledBuffer() {
-    if (auto recycled = BufferRecycler::take()) {
-      data = std::move(*recycled);
-    } else {
-      data.reset(new char[kCopyBufferBytes]);  // not make_unique: no zeroing
-    }
-  }
-  PooledBuffer(const PooledBuffer&) = delete;
-  PooledBuffer& operator=(const PooledBuffer&) = delete;
-  ~PooledBuffer() { BufferRecycler::give(std::move(data)); }
-  [[nodiscard]] char* get() const { return data.get(); }
-  std::unique_ptr<char[]> data;
-};
-
 asio::awaitable<void> copy_direction(Connection& conn, tcp::socket& from, tcp::socket& to,
                                      std::atomic<std::uint64_t>& counter) {
-  PooledBuffer buffer;
+  boost::system::error_code ec;
+  // Reads below never block: the wait for data is the async_wait.
+  from.non_blocking(true, ec);
   for (;;) {
-    boost::system::error_code ec;
-    const std::size_t n = co_await from.async_read_some(asio::buffer(buffer.get(), kCopyBufferBytes),
-                                                        asio::redirect_error(asio::use_awaitable, ec));
+    // Readable first, then a buffer (common/io_buffer.h): an idle direction
+    // holds none, a busy one only until its bytes are written on.
+    co_await from.async_wait(tcp::socket::wait_read, asio::redirect_error(asio::use_awaitable, ec));
+    std::optional<IoBuffer> buffer;
+    std::size_t n = 0;
+    if (!ec) {
+      buffer.emplace();
+      n = from.read_some(asio::buffer(buffer->data(), IoBuffer::size()), ec);
+      if (ec == asio::error::would_block || ec == asio::error::try_again) continue;
+    }
     const bool from_client = &from == &conn.client();
     if (ec == asio::error::eof) {
       conn.info().note_end(from_client ? EndReason::client_closed : EndReason::upstream_closed);
@@ -64,7 +51,7 @@ asio::awaitable<void> copy_direction(Connection& conn, tcp::socket& from, tcp::s
       }
       co_return;
     }
-    co_await asio::async_write(to, asio::buffer(buffer.get(), n),
+    co_await asio::async_write(to, asio::buffer(buffer->data(), n),
                                asio::redirect_error(asio::use_awaitable, ec));
     if (ec) {
       if (!conn.aborted())

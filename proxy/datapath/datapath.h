@@ -12,9 +12,11 @@ namespace shunt::proxy {
 
 class Connection;
 
-// Asio async read/write with one fixed 64 KiB buffer per direction.
+// Asio async read/write through a 64 KiB buffer per direction, held only
+// while bytes are in flight (common/io_buffer.h).
 boost::asio::awaitable<void> run_copy(Connection& conn);
-// splice(2) through one pipe per direction, driven by Asio readiness.
+// splice(2) through a pipe per direction, held only while bytes are in
+// flight, driven by Asio readiness.
 boost::asio::awaitable<void> run_splice(Connection& conn);
 // Hands both sockets to the BPF sockmap (proxy/datapath/sockmap_path.cpp); falls back
 // to run_splice when the kernel refuses them.

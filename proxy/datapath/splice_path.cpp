@@ -2,11 +2,11 @@
 // payload stays in kernel pages, driven by Asio readiness on both sockets.
 // Also the fallback when the sockmap refuses a socket.
 #include "common/error.h"
+#include "common/thread_recycler.h"
 #include "common/unique_fd.h"
 #include "proxy/connection.h"
 #include "proxy/datapath/datapath.h"
 #include "proxy/datapath/join.h"
-#include "proxy/datapath/thread_recycler.h"
 
 #include <fcntl.h>
 #include <spdlog/spdlog.h>
@@ -34,10 +34,11 @@ struct Pipe {
   UniqueFd write_end;
 };
 
-// Empty pipes are recycled per thread: a fresh one costs pipe2, F_SETPIPE_SZ
-// and two closes per direction (8 syscalls and the kernel's pipe set-up and
-// tear-down per connection), which showed up in the connrate profile. Only a
-// pipe known to be empty (its direction ended on EOF after draining it) is
+// A direction holds a pipe only while bytes are in flight (from the source
+// readable until it is drained and the pipe emptied), so idle connections
+// hold none. Empty pipes are recycled per thread: a fresh one costs pipe2,
+// F_SETPIPE_SZ and two closes (and the kernel's pipe set-up and tear-down),
+// which showed up in the connrate profile. Only a pipe known to be empty is
 // given back. At most 16 idle per thread: 32 fds.
 using PipeRecycler = ThreadRecycler<Pipe, 16>;
 
@@ -57,13 +58,6 @@ Result<Pipe> take_pipe() {
 
 asio::awaitable<void> splice_direction(Connection& conn, tcp::socket& from, tcp::socket& to,
                                        std::atomic<std::uint64_t>& counter) {
-  Result<Pipe> pipe = take_pipe();
-  if (!pipe) {
-    spdlog::warn("connection {}: {}", conn.info().id, pipe.error().message());
-    reset_socket(from);
-    reset_socket(to);
-    co_return;
-  }
   boost::system::error_code ec;
   from.native_non_blocking(true, ec);
   to.native_non_blocking(true, ec);
@@ -81,48 +75,59 @@ asio::awaitable<void> splice_direction(Connection& conn, tcp::socket& from, tcp:
   };
 
   for (;;) {
-    // Fill the pipe from the source socket.
-    const ssize_t in = ::splice(from.native_handle(), nullptr, pipe->write_end.get(), nullptr, kPipeBytes,
-                                SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
-    if (in < 0) {
-      if (errno == EINTR) continue;
-      if (errno != EAGAIN) {
+    // Readable first, then a pipe: an idle direction holds none (issue 16);
+    // the pipe goes back, empty, once the source has nothing more for now.
+    co_await from.async_wait(tcp::socket::wait_read, asio::redirect_error(asio::use_awaitable, ec));
+    if (ec) {
+      fail(true, ec.message());
+      co_return;
+    }
+    Result<Pipe> pipe = take_pipe();
+    if (!pipe) {
+      spdlog::warn("connection {}: {}", conn.info().id, pipe.error().message());
+      reset_socket(from);
+      reset_socket(to);
+      co_return;
+    }
+    for (;;) {
+      // Fill the pipe from the source socket.
+      const ssize_t in = ::splice(from.native_handle(), nullptr, pipe->write_end.get(), nullptr, kPipeBytes,
+                                  SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+      if (in < 0) {
+        if (errno == EINTR) continue;
+        if (errno == EAGAIN) break;  // drained: the pipe is empty, back it goes
         fail(true, std::strerror(errno));
         co_return;
       }
-      co_await from.async_wait(tcp::socket::wait_read, asio::redirect_error(asio::use_awaitable, ec));
-      if (ec) {
-        fail(true, ec.message());
+      if (in == 0) {
+        conn.info().note_end(from_client ? EndReason::client_closed : EndReason::upstream_closed);
+        to.shutdown(tcp::socket::shutdown_send, ec);
+        // Everything read was drained below before reading again: the pipe is empty.
+        PipeRecycler::give(std::move(*pipe));
         co_return;
       }
-      continue;
-    }
-    if (in == 0) {
-      conn.info().note_end(from_client ? EndReason::client_closed : EndReason::upstream_closed);
-      to.shutdown(tcp::socket::shutdown_send, ec);
-      // Everything read was drained below before reading again: the pipe is empty.
-      PipeRecycler::give(std::move(*pipe));
-      co_return;
-    }
-    // Drain it completely into the destination before reading more, so the
-    // pipe never holds more than one fill.
-    std::size_t pending = static_cast<std::size_t>(in);
-    while (pending > 0) {
-      const ssize_t out = ::splice(pipe->read_end.get(), nullptr, to.native_handle(), nullptr, pending,
-                                   SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
-      if (out > 0) {
-        pending -= static_cast<std::size_t>(out);
-        counter.fetch_add(static_cast<std::uint64_t>(out), std::memory_order_relaxed);
-        continue;
+      // Drain it completely into the destination before reading more, so the
+      // pipe never holds more than one fill; a pipe with bytes in it is never
+      // given back (a failure closes it with them).
+      std::size_t pending = static_cast<std::size_t>(in);
+      while (pending > 0) {
+        const ssize_t out = ::splice(pipe->read_end.get(), nullptr, to.native_handle(), nullptr, pending,
+                                     SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+        if (out > 0) {
+          pending -= static_cast<std::size_t>(out);
+          counter.fetch_add(static_cast<std::uint64_t>(out), std::memory_order_relaxed);
+          continue;
+        }
+        if (out < 0 && errno == EINTR) continue;
+        if (out < 0 && errno == EAGAIN) {
+          co_await to.async_wait(tcp::socket::wait_write, asio::redirect_error(asio::use_awaitable, ec));
+          if (!ec) continue;
+        }
+        fail(false, out < 0 ? std::strerror(errno) : ec.message());
+        co_return;
       }
-      if (out < 0 && errno == EINTR) continue;
-      if (out < 0 && errno == EAGAIN) {
-        co_await to.async_wait(tcp::socket::wait_write, asio::redirect_error(asio::use_awaitable, ec));
-        if (!ec) continue;
-      }
-      fail(false, out < 0 ? std::strerror(errno) : ec.message());
-      co_return;
     }
+    PipeRecycler::give(std::move(*pipe));
   }
 }
 

@@ -40,6 +40,7 @@
 // timeouts.keepalive applies; it is much shorter than timeouts.idle, so
 // idle keep-alive connections do not pile up.
 #include "common/async.h"
+#include "common/io_buffer.h"
 #include "proxy/access_log.h"
 #include "proxy/connection.h"
 #include "proxy/end_reason.h"
@@ -74,12 +75,10 @@ using Clock = std::chrono::steady_clock;
 
 namespace {
 
-constexpr std::size_t kReadChunk = 64 * 1024;  // per direction: bounds memory per connection
-// The request buffer starts small (most heads are a few hundred bytes and
-// idle keep-alive connections are many) and doubles, up to one maximal head
-// plus one read, when a head needs room or reads keep filling it (a bulk
-// upload).
-constexpr std::size_t kInitialRequestBuffer = 16 * 1024;
+// One read per direction, into an IoBuffer taken when the socket is readable
+// and given back once what was read is written on: an idle keep-alive
+// connection holds no buffer (issue 16).
+constexpr std::size_t kReadChunk = IoBuffer::kBytes;
 // Pipelined requests forwarded but not yet answered. Beyond this the request
 // loop stops reading the client until responses catch up, so a client that
 // pipelines thousands of tiny requests cannot grow the queues without bound.
@@ -88,6 +87,41 @@ constexpr std::size_t kMaxOutstanding = 64;
 // client's remaining input is read and dropped before closing.
 constexpr auto kLingerTime = std::chrono::seconds(2);
 constexpr std::size_t kLingerBytes = 1 << 20;
+
+// The request side's bytes not yet forwarded. No storage while nothing is
+// held (between requests), a pooled IoBuffer while a head or body is read,
+// and a larger heap block only for a head that outgrows it or reads that
+// keep filling it (a bulk upload), up to one maximal head plus one read.
+class RequestBuffer {
+ public:
+  [[nodiscard]] char* data() const { return big_ ? big_.get() : pooled_ ? pooled_->data() : nullptr; }
+  [[nodiscard]] std::size_t capacity() const { return big_ ? big_size_ : pooled_ ? IoBuffer::size() : 0; }
+  // Room to read after the first `used` bytes (kept): a buffer when there
+  // is none, twice the size (up to `limit`) when the last read filled it or
+  // less than a quarter is free.
+  void make_room(std::size_t used, std::size_t limit, bool last_read_filled) {
+    if (capacity() == 0) pooled_.emplace();
+    const std::size_t cap = capacity();
+    if (cap >= limit || !(last_read_filled || cap - used < cap / 4)) return;
+    const std::size_t grown = std::min(limit, cap * 2);
+    std::unique_ptr<char[]> bigger(new char[grown]);  // not zeroed: only [0, used) is read
+    std::memcpy(bigger.get(), data(), used);
+    big_ = std::move(bigger);
+    big_size_ = grown;
+    pooled_.reset();
+  }
+  // Gives the storage back; only when nothing is held in it.
+  void release() {
+    pooled_.reset();
+    big_.reset();
+    big_size_ = 0;
+  }
+
+ private:
+  std::optional<IoBuffer> pooled_;
+  std::unique_ptr<char[]> big_;
+  std::size_t big_size_ = 0;
+};
 
 struct PendingRequest {
   std::string method;
@@ -120,7 +154,7 @@ struct Session : std::enable_shared_from_this<Session> {
   http::ResponseParser responses;
   std::deque<PendingRequest> pending;  // forwarded, final response not yet complete
   asio::steady_timer event;
-  Deadline read_deadline;  // of the client read in progress (read_client)
+  Deadline read_deadline;  // of the client wait in progress (wait_client)
   bool reading_client = false;
 
   bool pump_running = false;
@@ -262,13 +296,21 @@ asio::awaitable<void> pump_responses(std::shared_ptr<Session> self) {
   Session& s = *self;
   Connection& conn = s.conn;
   try {
-    auto buffer = std::make_unique<char[]>(kReadChunk);
     std::vector<int> completed;
+    boost::system::error_code ec;
+    conn.upstream().non_blocking(true, ec);  // the wait for data is the async_wait
     for (;;) {
       if (s.stop_pump || conn.aborted()) break;
-      boost::system::error_code ec;
-      const std::size_t n = co_await conn.upstream().async_read_some(asio::buffer(buffer.get(), kReadChunk),
-                                                                     asio::redirect_error(use_awaitable, ec));
+      // Readable first, then a buffer: held until the bytes are written to
+      // the client, none while the upstream is quiet.
+      co_await conn.upstream().async_wait(tcp::socket::wait_read, asio::redirect_error(use_awaitable, ec));
+      std::optional<IoBuffer> buffer;
+      std::size_t n = 0;
+      if (!ec) {
+        buffer.emplace();
+        n = conn.upstream().read_some(asio::buffer(buffer->data(), kReadChunk), ec);
+        if (ec == asio::error::would_block || ec == asio::error::try_again) continue;
+      }
       completed.clear();
       if (ec == asio::error::eof) {
         const auto r = s.responses.finish(completed);
@@ -294,7 +336,7 @@ asio::awaitable<void> pump_responses(std::shared_ptr<Session> self) {
         break;
       }
 
-      const auto r = s.responses.parse(std::string_view(buffer.get(), n), completed);
+      const auto r = s.responses.parse(std::string_view(buffer->data(), n), completed);
       if (r.event == http::ResponseEvent::error) {
         // Framing is lost: the deny path could no longer tell when earlier
         // responses are complete, nor a 101 from body bytes. Fail closed.
@@ -323,7 +365,7 @@ asio::awaitable<void> pump_responses(std::shared_ptr<Session> self) {
       }
       // Every byte read is forwarded, including any bytes of the new
       // protocol that came with the 101: the handover needs nothing held.
-      if (!co_await write_all(conn, conn.client(), buffer.get(), n)) {
+      if (!co_await write_all(conn, conn.client(), buffer->data(), n)) {
         if (!conn.aborted()) conn.abort();
         break;
       }
@@ -385,7 +427,7 @@ struct ReadLimit {
 
 // Cancels the client read in progress at `at`, or, for the keep-alive
 // deadline, looks again then and re-arms until the connection has really
-// been quiet for timeouts.keepalive. read_client disarms it when its read
+// been quiet for timeouts.keepalive. wait_client disarms it when its wait
 // ends, so a late expiry never cancels the next read.
 void arm_read_deadline(const std::shared_ptr<Session>& self, Clock::time_point at, bool keepalive) {
   self->read_deadline.arm(at, [self, keepalive] {
@@ -408,9 +450,10 @@ void arm_read_deadline(const std::shared_ptr<Session>& self, Clock::time_point a
   });
 }
 
-// Reads some client bytes, giving up when `limit` says so (timed_out).
-asio::awaitable<ReadResult> read_client(std::shared_ptr<Session> self, char* into, std::size_t room,
-                                        ReadLimit limit) {
+// Waits until the client is readable (or at EOF, or failed), giving up
+// when `limit` says so (timed_out). No buffer is held meanwhile: the caller
+// takes one once there is something to read.
+asio::awaitable<ReadResult> wait_client(std::shared_ptr<Session> self, ReadLimit limit) {
   Session& s = *self;
   ReadResult r;
   if (limit.deadline && Clock::now() >= *limit.deadline) {
@@ -427,8 +470,7 @@ asio::awaitable<ReadResult> read_client(std::shared_ptr<Session> self, char* int
     arm_read_deadline(self, Clock::now() + s.conn.settings().timeouts.keepalive, true);
   }
   s.reading_client = true;
-  r.n = co_await s.conn.client().async_read_some(asio::buffer(into, room),
-                                                 asio::redirect_error(use_awaitable, r.ec));
+  co_await s.conn.client().async_wait(tcp::socket::wait_read, asio::redirect_error(use_awaitable, r.ec));
   s.reading_client = false;
   s.read_deadline.disarm();
   r.timed_out = r.ec == asio::error::operation_aborted && s.read_timed_out && !s.conn.aborted();
@@ -475,11 +517,11 @@ asio::awaitable<void> drain_client(std::shared_ptr<Session> self) {
   Session& s = *self;
   Connection& conn = s.conn;
   try {
-    auto scratch = std::make_unique<char[]>(kReadChunk);
+    IoBuffer scratch;  // only for the few seconds a refusal lasts
     std::size_t after_status = 0;
     for (;;) {
       boost::system::error_code ec;
-      const std::size_t n = co_await conn.client().async_read_some(asio::buffer(scratch.get(), kReadChunk),
+      const std::size_t n = co_await conn.client().async_read_some(asio::buffer(scratch.data(), kReadChunk),
                                                                    asio::redirect_error(use_awaitable, ec));
       if (ec == asio::error::eof) break;
       if (ec) {
@@ -607,13 +649,15 @@ asio::awaitable<bool> run_requests(std::shared_ptr<Session> self) {
 
   // Holds at most one request head (max_head) plus one read: body bytes are
   // flushed as soon as they are parsed, so this is the whole per-connection
-  // request-side memory.
+  // request-side memory, and none of it while nothing is held.
   const std::size_t buffer_limit = max_head + kReadChunk;
-  std::vector<char> in(std::min(kInitialRequestBuffer, buffer_limit));
+  RequestBuffer in;
   bool last_read_filled = false;
-  std::size_t start = 0;   // first byte not yet forwarded
-  std::size_t parsed = 0;  // first byte not yet parsed
-  std::size_t end = 0;     // end of buffered bytes
+  boost::system::error_code nb;
+  conn.client().non_blocking(true, nb);  // the wait for data is wait_client's
+  std::size_t start = 0;                 // first byte not yet forwarded
+  std::size_t parsed = 0;                // first byte not yet parsed
+  std::size_t end = 0;                   // end of buffered bytes
   http::RequestParser parser(settings.http);
   bool in_body = false;    // between an allowed head and its message end
   bool connected = false;  // upstream connected (lazily, at the first allowed request)
@@ -810,18 +854,24 @@ asio::awaitable<bool> run_requests(std::shared_ptr<Session> self) {
       end -= start;
       start = 0;
     }
-    if (in.size() < buffer_limit && (last_read_filled || in.size() - end < in.size() / 4)) {
-      in.resize(std::min(buffer_limit, in.size() * 2));
-    }
-    const std::size_t room = in.size() - end;
+    // Nothing held: the buffer goes back while the client is quiet.
+    if (end == 0) in.release();
     // Between requests: a request has ended and no byte of the next one has
     // come (else `deadline` runs). The keep-alive deadline applies.
     const bool between_requests = !in_body && !deadline;
-    const ReadResult got = co_await read_client(self, in.data() + end, room,
-                                                in_body            ? ReadLimit{}
-                                                : between_requests ? ReadLimit{std::nullopt, true}
-                                                                   : ReadLimit{deadline, false});
-    last_read_filled = got.n == room;
+    const ReadLimit limit = in_body            ? ReadLimit{}
+                            : between_requests ? ReadLimit{std::nullopt, true}
+                                               : ReadLimit{deadline, false};
+    ReadResult got;
+    for (;;) {
+      got = co_await wait_client(self, limit);
+      if (got.ec || got.timed_out) break;
+      in.make_room(end, buffer_limit, last_read_filled);
+      const std::size_t room = in.capacity() - end;
+      got.n = conn.client().read_some(asio::buffer(in.data() + end, room), got.ec);
+      last_read_filled = got.n == room;
+      if (got.ec != asio::error::would_block && got.ec != asio::error::try_again) break;
+    }
     if (got.timed_out && between_requests) co_return co_await close_idle(self);
     if (got.timed_out) co_return co_await refuse_malformed(self, 408, nullptr);
     if (got.ec == asio::error::eof) {

@@ -62,7 +62,7 @@ proxy:
   listeners:
     - {{name: inspected, listen: 127.0.0.1:{d['listen']}, forward: 127.0.0.1:{d['origin']}}}
   datapath: sockmap
-  timeouts: {{connect: 2s, header: 2s, idle: 1h, drain: 2s, keepalive: {d['keepalive']}, refuse: {d['refuse']}}}
+  timeouts: {{connect: 2s, header: 2s, idle: {d['idle']}, drain: 2s, keepalive: {d['keepalive']}, refuse: {d['refuse']}}}
   limits: {{max_connections: {d['max_connections']}, max_connections_per_source: {d['per_source']}}}
 admin: {{listen: 127.0.0.1:{d['admin']}}}
 log: {{level: debug, access: {d['access']}}}
@@ -128,8 +128,8 @@ class Fairness(unittest.TestCase):
         self.addCleanup(tmp.cleanup)
         self.access = os.path.join(tmp.name, "access.log")
 
-    def start(self, keepalive="60s", refuse="5s", max_connections=1000, per_source=4, nofile=None):
-        d = dict(listen=free_port(), origin=self.origin.port, admin=free_port(), keepalive=keepalive,
+    def start(self, keepalive="60s", refuse="5s", max_connections=1000, per_source=4, nofile=None, idle="1h"):
+        d = dict(listen=free_port(), origin=self.origin.port, admin=free_port(), keepalive=keepalive, idle=idle,
                  refuse=refuse, max_connections=max_connections, per_source=per_source, access=self.access)
         shunt = Shunt(config(d), wait_port=d["listen"], nofile=nofile)
         shunt.__enter__()
@@ -294,7 +294,7 @@ class Fairness(unittest.TestCase):
         if hard < 4000:
             self.fail(f"this machine's hard RLIMIT_NOFILE ({hard}) is below what the test needs (4000)")
         d = dict(listen=free_port(), origin=self.origin.port, admin=free_port(), keepalive="60s", refuse="5s",
-                 max_connections=1000, per_source=4, access=self.access)
+                 max_connections=1000, per_source=4, access=self.access, idle="1h")
         shunt = Shunt(config(d), wait_port=d["listen"], nofile=(1100, hard))
         self.addCleanup(shunt.__exit__, None, None, None)
         wait_ready(d["admin"], shunt.proc)
@@ -302,6 +302,32 @@ class Fairness(unittest.TestCase):
             soft = next(int(l.split()[3]) for l in f if l.startswith("Max open files"))
         self.assertGreaterEqual(soft, 3024)
         self.assertFalse([l for l in shunt.output().splitlines() if "holding at most" in l])
+
+    def test_idle_timeout_closes_a_connection_nothing_moves_on(self):
+        # timeouts.idle, checked by the worker's idle sweep (proxy/idle_sweep.h)
+        # every quarter of the timeout: closed after 1 s of silence, not much
+        # later, and a connection that keeps talking is not.
+        self.start(idle="1s")
+        quiet, = self.hold(HOLDER, 1)
+        talking, = self.hold(OTHER, 1)
+        started = time.monotonic()
+        closed_after = None
+        while time.monotonic() - started < 4 and closed_after is None:
+            self.assertEqual(self.get(talking, "/still-here").status, 200)
+            quiet.settimeout(0.3)
+            try:
+                if quiet.recv(1) == b"":
+                    closed_after = time.monotonic() - started
+            except socket.timeout:
+                pass
+            except ConnectionResetError:
+                closed_after = time.monotonic() - started
+        self.assertIsNotNone(closed_after, "the silent connection was not closed within 4 s")
+        self.assertGreaterEqual(closed_after, 0.9)
+        self.assertLess(closed_after, 2.5)
+        self.assertEqual(self.get(talking, "/after").status, 200)
+        m = self.metrics()
+        self.assertEqual(value(m, "shunt_connection_ends_total", reason="idle_timeout"), 1)
 
     def test_keepalive_deadline_closes_silent_connections(self):
         self.start(keepalive="1s")

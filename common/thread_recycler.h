@@ -10,7 +10,7 @@
 #include <utility>
 #include <vector>
 
-namespace shunt::proxy {
+namespace shunt {
 
 template <typename T, std::size_t kCapacity>
 class ThreadRecycler {
@@ -45,4 +45,4 @@ class ThreadRecycler {
   }
 };
 
-}  // namespace shunt::proxy
+}  // namespace shunt
