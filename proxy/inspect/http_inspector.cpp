@@ -60,7 +60,8 @@
 
 #include <chrono>
 #include <cstring>
-#include <deque>
+#include <iterator>
+#include <list>
 #include <memory>
 #include <optional>
 #include <string>
@@ -152,7 +153,10 @@ struct Session : std::enable_shared_from_this<Session> {
   Connection& conn;
   std::shared_ptr<Connection> hold;  // the pump may outlive the request loop by a few handlers
   http::ResponseParser responses;
-  std::deque<PendingRequest> pending;  // forwarded, final response not yet complete
+  // Forwarded, final response not yet complete. A list, not a deque:
+  // libstdc++'s deque allocates ~0.6 KB when constructed, for every idle
+  // keep-alive connection (issue 16); at most kMaxOutstanding entries.
+  std::list<PendingRequest> pending;
   asio::steady_timer event;
   Deadline read_deadline;  // of the client wait in progress (wait_client)
   bool reading_client = false;
@@ -350,7 +354,9 @@ asio::awaitable<void> pump_responses(std::shared_ptr<Session> self) {
         // The last completed response switched protocol; check the request
         // that asked for it before forwarding the switch.
         const std::size_t index = completed.empty() ? 0 : completed.size() - 1;
-        const PendingRequest* opener = index < s.pending.size() ? &s.pending[index] : nullptr;
+        const PendingRequest* opener =
+            index < s.pending.size() ? &*std::next(s.pending.begin(), static_cast<std::ptrdiff_t>(index))
+                                     : nullptr;
         // Upgrade values outside proxy.http.upgrade_protocols (h2c, say)
         // were never forwarded, so a 101 here is an upstream ignoring what
         // it was asked.

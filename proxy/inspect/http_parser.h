@@ -30,7 +30,7 @@
 
 #include <cstddef>
 #include <cstdint>
-#include <deque>
+#include <list>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -205,7 +205,10 @@ class ResponseParser {
 
   llhttp_settings_t settings_{};
   llhttp_t parser_{};
-  std::deque<ResponseExpectation> expected_;
+  // A list, not a deque: libstdc++'s deque allocates ~0.6 KB when
+  // constructed, for every idle keep-alive connection (issue 16); this
+  // queue rarely holds more than one entry.
+  std::list<ResponseExpectation> expected_;
   std::vector<int>* completed_ = nullptr;
   // Fields are kept only for a 101, and only while short: nothing else of a
   // response is needed.
