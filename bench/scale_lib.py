@@ -118,11 +118,9 @@ class Proxy:
         return read_status(self.proc.pid)["VmRSS"]
 
 
-def start_shunt(procs, netns, ports, shunt_bin, extra_yaml=""):
-    cfg = harness.render("shunt-scale.yaml", os.path.join(procs.rundir, "shunt-scale.yaml"), **_values(ports))
-    if extra_yaml:
-        with open(cfg, "a") as f:
-            f.write(extra_yaml)
+def start_shunt(procs, netns, ports, shunt_bin, datapath="sockmap"):
+    cfg = harness.render("shunt-scale.yaml", os.path.join(procs.rundir, "shunt-scale.yaml"), datapath=datapath,
+                         **_values(ports))
     p = _start(procs, "shunt", [shunt_bin, "run", "-c", cfg], netns.name, raise_nofile=False)
     harness.wait_listening(procs, p, [ports.http, ports.tcp])
     return Proxy("shunt", "shunt", p)
@@ -187,6 +185,19 @@ def find_client(shunt_bin, rundir):
 
 
 # ------------------------------------------------------------------ readings
+
+def open_pipes(pid):
+    """Pipe descriptors the process holds (splice pipes, in shunt)."""
+    fd_dir = f"/proc/{pid}/fd"
+    count = 0
+    for fd in os.listdir(fd_dir):
+        try:
+            if os.readlink(os.path.join(fd_dir, fd)).startswith("pipe:"):
+                count += 1
+        except OSError:
+            pass
+    return count
+
 
 def read_status(pid):
     """VmRSS, RssAnon, ... of /proc/PID/status, in bytes."""

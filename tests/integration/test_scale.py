@@ -30,6 +30,7 @@ PER_KIND = 2500
 # bounds there carry the margin; measured values are in docs/benchmarks.md.
 BOUND_HTTP = 12 * 1024
 BOUND_SPLICED = 6 * 1024
+BOUND_USERSPACE_L4 = 8 * 1024  # copy and splice: no buffer, no pipe while idle
 
 
 class Scale(unittest.TestCase):
@@ -68,6 +69,43 @@ class Scale(unittest.TestCase):
                 for name in ("shunt", "origin", "echo"):
                     sys.stderr.write(f"---- {name}: {procs.log_tail(name, 20)}\n")
                 raise
+
+    def test_idle_copy_and_splice_connections_hold_no_buffer_and_no_pipe(self):
+        # The same L4 connections on the userspace data paths: idle, a
+        # direction holds neither its 64 KiB buffer (copy) nor its pipe
+        # (splice); only the worker pools keep a few (at most 16 pipes a
+        # thread, 2 descriptors each).
+        for datapath in ("splice", "copy"):
+            with self.subTest(datapath=datapath):
+                self.idle_l4(datapath, 1000)
+
+    def idle_l4(self, datapath, count):
+        rundir = tempfile.mkdtemp(prefix="shunt-scale-test-")
+        procs = harness.Procs(rundir)
+        ports = sl.Ports(17500)
+        try:
+            with sl.Netns("scale-test") as netns:
+                sl.start_backends(procs, netns, ports, harness.find_loadgen(SHUNT_BIN, rundir))
+                proxy = sl.start_shunt(procs, netns, ports, SHUNT_BIN, datapath=datapath)
+                client = sl.ScaleClient(procs, netns, ports, sl.find_client(SHUNT_BIN, rundir))
+                client.cmd("open tcp 100")
+                client.cmd("verify")
+                client.cmd("close")
+                idle = sl.per_kind(client, proxy, "tcp", count)
+                self.assertEqual((idle["count"], idle["failed"]), (count, 0), idle)
+                pipes = sl.open_pipes(proxy.proc.pid)
+                print(f"{datapath}: {idle['bytes_per_conn']:.0f} B per idle connection, {pipes} pipe fds "
+                      f"for {count} connections", flush=True)
+                self.assertLessEqual(pipes, 2 * 16 * os.cpu_count())
+                self.assertLessEqual(idle["bytes_per_conn"], BOUND_USERSPACE_L4, idle)
+                verify = client.cmd("verify")
+                self.assertEqual((verify["ok"], verify["failed"]), (count, 0), verify)
+                client.quit()
+        except Exception:
+            sys.stderr.write(f"---- shunt: {procs.log_tail('shunt', 20)}\n")
+            raise
+        finally:
+            procs.stop_all()
 
 
 if __name__ == "__main__":
