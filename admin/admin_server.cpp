@@ -4,6 +4,7 @@
 #include "admin/metrics_text.h"
 #include "common/async.h"
 #include "common/error.h"
+#include "common/http_status.h"
 #include "common/json_writer.h"
 #include "common/privileges.h"
 #include "proxy/proxy_context.h"
@@ -36,28 +37,8 @@ constexpr auto kRequestTimeout = std::chrono::seconds(10);
 // scrapers costs the admin thread little and the data path nothing.
 constexpr int kMaxOpenRequests = 64;
 
-std::string_view reason_phrase(int status) {
-  switch (status) {
-    case 200:
-      return "OK";
-    case 400:
-      return "Bad Request";
-    case 404:
-      return "Not Found";
-    case 405:
-      return "Method Not Allowed";
-    case 431:
-      return "Request Header Fields Too Large";
-    case 503:
-      return "Service Unavailable";
-    default:
-      return "Error";
-  }
-}
-
 std::string serialize(const AdminResponse& r, bool head_only) {
-  std::string out =
-      "HTTP/1.1 " + std::to_string(r.status) + " " + std::string(reason_phrase(r.status)) + "\r\n";
+  std::string out = status_line(r.status);
   out += "Content-Type: " + r.content_type + "\r\n";
   out += "Content-Length: " + std::to_string(r.body.size()) + "\r\n";
   if (!r.allow.empty()) out += "Allow: " + r.allow + "\r\n";

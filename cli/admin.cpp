@@ -2,6 +2,7 @@
 // running proxy, read from its admin API (/readyz, /config, /metrics,
 // /connections). `--json` prints what the API returned, for scripts.
 #include "cli/cli.h"
+#include "cli/table.h"
 #include "common/error.h"
 #include "config/config.h"
 
@@ -160,22 +161,6 @@ std::string human_bytes(double n) {
 }
 
 std::string count(double n) { return std::to_string(static_cast<unsigned long long>(n)); }
-
-void print_table(const std::vector<std::vector<std::string>>& rows, std::ostream& out) {
-  std::vector<std::size_t> widths;
-  for (const auto& row : rows) {
-    widths.resize(std::max(widths.size(), row.size()));
-    for (std::size_t i = 0; i < row.size(); ++i) widths[i] = std::max(widths[i], row[i].size());
-  }
-  for (const auto& row : rows) {
-    std::string line;
-    for (std::size_t i = 0; i < row.size(); ++i) {
-      line += row[i];
-      if (i + 1 < row.size()) line += std::string(widths[i] - row[i].size() + 2, ' ');
-    }
-    out << line << '\n';
-  }
-}
 
 int run_status(const AdminOptions& o) {
   const config::Endpoint ep = admin_endpoint(o);

@@ -1,6 +1,7 @@
 // `shunt check` and `shunt explain` (SPEC.md "CLI"): offline views of a
 // config file, with no proxy running and no privileges needed.
 #include "cli/cli.h"
+#include "cli/table.h"
 #include "common/error.h"
 #include "config/config.h"
 #include "policy/policy.h"
@@ -42,24 +43,6 @@ std::string selector_text(const config::Selector& s) {
   return out;
 }
 
-// Left-aligned columns, so the summary reads as a table.
-void print_table(const std::vector<std::vector<std::string>>& rows) {
-  std::vector<std::size_t> widths;
-  for (const auto& row : rows) {
-    widths.resize(std::max(widths.size(), row.size()));
-    for (std::size_t i = 0; i < row.size(); ++i) widths[i] = std::max(widths[i], row[i].size());
-  }
-  for (const auto& row : rows) {
-    std::string line = "  ";
-    for (std::size_t i = 0; i < row.size(); ++i) {
-      line += row[i];
-      if (i + 1 < row.size()) line += std::string(widths[i] - row[i].size() + 2, ' ');
-    }
-    while (!line.empty() && line.back() == ' ') line.pop_back();
-    std::cout << line << '\n';
-  }
-}
-
 void print_summary(const config::Config& c) {
   std::cout << c.source << ": OK\n";
   std::cout << "datapath: " << config::to_string(c.proxy.datapath)
@@ -81,7 +64,7 @@ void print_summary(const config::Config& c) {
     rows.push_back({l.name, config::to_string(l.listen),
                     l.transparent ? "transparent" : "forward " + config::to_string(*l.forward)});
   }
-  print_table(rows);
+  print_table(rows, std::cout, "  ");
 
   std::cout << "pods (" << c.pods.size() << "):\n";
   rows.clear();
@@ -90,7 +73,7 @@ void print_summary(const config::Config& c) {
     for (const auto& ip : p.addresses()) ips += (ips.empty() ? "" : ",") + ip.to_string();
     rows.push_back({p.name, ips, labels_text(p.labels), p.dev.empty() ? "" : "dev " + p.dev});
   }
-  print_table(rows);
+  print_table(rows, std::cout, "  ");
 
   std::cout << "rules (" << c.policy.rules.size() << "), default "
             << config::to_string(c.policy.default_action) << ":\n";
@@ -105,7 +88,7 @@ void print_summary(const config::Config& c) {
     rows.push_back({r.name, std::string(config::to_string(r.action)), kind,
                     selector_text(r.from) + " -> " + selector_text(r.to)});
   }
-  print_table(rows);
+  print_table(rows, std::cout, "  ");
 }
 
 // Entries matched in another (canonical) form, and entries that can never

@@ -105,7 +105,7 @@ asio::awaitable<void> run_sockmap(Connection& conn) {
     info.datapath = config::Datapath::splice;
   };
   if (!bridge) {
-    fall_back("sockmap_unavailable");
+    fall_back(kFallbackSockmapUnavailable);
     co_await run_splice(conn);
     co_return;
   }
@@ -141,7 +141,7 @@ asio::awaitable<void> run_sockmap(Connection& conn) {
     spdlog::debug("connection {}: sockmap refused the pair ({}), {}", info.id, handover.error.message(),
                   handover.partial ? "resetting" : "splicing instead");
     if (handover.partial) {
-      metrics().datapath_fallbacks.add("partial_handover");
+      metrics().datapath_fallbacks.add(kFallbackPartialHandover);
       info.note_end(EndReason::handover_failed, handover.error.message());
       bridge->forget(handover.cookies);
       conn.abort();

@@ -40,6 +40,7 @@
 // timeouts.keepalive applies; it is much shorter than timeouts.idle, so
 // idle keep-alive connections do not pile up.
 #include "common/async.h"
+#include "common/http_status.h"
 #include "common/io_buffer.h"
 #include "proxy/access_log.h"
 #include "proxy/connection.h"
@@ -484,28 +485,31 @@ asio::awaitable<ReadResult> wait_client(std::shared_ptr<Session> self, ReadLimit
 }
 
 std::string status_response(int status) {
-  std::string_view reason, body;
+  std::string_view body;
   switch (status) {
     case 400:
-      reason = "Bad Request", body = "Bad request\n";
+      body = "Bad request\n";
       break;
     case 403:
-      reason = "Forbidden", body = "Access denied\n";
+      body = "Access denied\n";
       break;
     case 408:
-      reason = "Request Timeout", body = "Request timeout\n";
+      body = "Request timeout\n";
       break;
     case 502:
-      reason = "Bad Gateway", body = "Upstream connect failed\n";
+      body = "Upstream connect failed\n";
       break;
     case 504:
-      reason = "Gateway Timeout", body = "Upstream connect timed out\n";
+      body = "Upstream connect timed out\n";
+      break;
+    case 431:
+      body = "Request header fields too large\n";
       break;
     default:
-      reason = "Request Header Fields Too Large", body = "Request header fields too large\n";
+      body = "Error\n";
       break;
   }
-  std::string out = "HTTP/1.1 " + std::to_string(status) + " " + std::string(reason) + "\r\n";
+  std::string out = status_line(status);
   out += "Content-Type: text/plain\r\nContent-Length: " + std::to_string(body.size()) + "\r\n";
   out += "Connection: close\r\n\r\n";
   out += body;
