@@ -208,7 +208,18 @@ std::string render_metrics(const ProxyContext& context, const bpf::PodSteering* 
 
   p.family("shunt_policy_decisions_total", "counter",
            "Policy decisions by deciding rule (or default) and verdict.");
-  for (const auto& [key, n] : m.policy_decisions.snapshot()) {
+  // The rules of the running config at 0 with the verdict each decides
+  // (its action; default: policy.default), so a rule that has not decided
+  // yet is a series already.
+  auto decisions = m.policy_decisions.snapshot();
+  {
+    const auto& policy = context.policy.current()->config().policy;
+    for (const auto& rule : policy.rules)
+      decisions.try_emplace(Metrics::decision_key(rule.name, rule.action == config::Action::allow), 0);
+    decisions.try_emplace(
+        Metrics::decision_key("default", policy.default_action == config::DefaultAction::allow), 0);
+  }
+  for (const auto& [key, n] : decisions) {
     const auto sep = key.find('\x1f');
     const std::string_view k(key);
     p.sample("shunt_policy_decisions_total", {{"rule", k.substr(0, sep)}, {"verdict", k.substr(sep + 1)}}, n);

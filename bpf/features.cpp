@@ -27,16 +27,19 @@ constexpr int kNetkitPrimary = 54;
 
 std::string errno_text(int err) { return std::strerror(err); }
 
+// What an EPERM/EACCES from bpf() means for a feature probe: the caller, not
+// the kernel, lacks something.
+constexpr const char* kNeedsPrivilege =
+    "not probed: loading BPF needs CAP_BPF and CAP_NET_ADMIN (run `shunt version` as root)";
+bool permission_error(int err) { return err == EPERM || err == EACCES; }
+
 Feature probe_sockmap() {
   UniqueFd fd(bpf_map_create(BPF_MAP_TYPE_SOCKHASH, "probe", sizeof(__u64), sizeof(__u64), 1, nullptr));
-  if (!fd) return {"sockmap", false, "creating a SOCKHASH failed: " + errno_text(errno)};
+  if (!fd) {
+    if (permission_error(errno)) return {"sockmap", false, kNeedsPrivilege, false};
+    return {"sockmap", false, "creating a SOCKHASH failed: " + errno_text(errno)};
+  }
   return {"sockmap", true, "SOCKHASH map created"};
-}
-
-Feature probe_sk_skb() {
-  const int rc = libbpf_probe_bpf_prog_type(BPF_PROG_TYPE_SK_SKB, nullptr);
-  if (rc == 1) return {"sk_skb verdict", true, "BPF_PROG_TYPE_SK_SKB loads"};
-  return {"sk_skb verdict", false, rc < 0 ? errno_text(-rc) : "program type not supported"};
 }
 
 // Loads `return TC_ACT_OK` as a sched_cls program.
@@ -48,9 +51,24 @@ UniqueFd load_pass_program() {
   return UniqueFd(bpf_prog_load(BPF_PROG_TYPE_SCHED_CLS, "probe", "GPL", insns, 2, nullptr));
 }
 
-Feature probe_link(const char* name, int attach_type, const char* ifname, int missing_errno) {
+// libbpf's probe answers "not supported" (0) for any failed load, EPERM
+// included: an unprivileged caller is told so first.
+Feature probe_sk_skb() {
+  if (UniqueFd prog = load_pass_program(); !prog && permission_error(errno))
+    return {"sk_skb verdict", false, kNeedsPrivilege, false};
+  const int rc = libbpf_probe_bpf_prog_type(BPF_PROG_TYPE_SK_SKB, nullptr);
+  if (rc == 1) return {"sk_skb verdict", true, "BPF_PROG_TYPE_SK_SKB loads"};
+  return {"sk_skb verdict", false, rc < 0 ? errno_text(-rc) : "program type not supported"};
+}
+
+// `missing`: what the kernel's lack of the attach type means for shunt.
+Feature probe_link(const char* name, int attach_type, const char* ifname, int missing_errno,
+                   const std::string& missing) {
   UniqueFd prog = load_pass_program();
-  if (!prog) return {name, false, "cannot load a probe program: " + errno_text(errno)};
+  if (!prog) {
+    if (permission_error(errno)) return {name, false, kNeedsPrivilege, false};
+    return {name, false, "cannot load a probe program: " + errno_text(errno)};
+  }
   const unsigned ifindex = if_nametoindex(ifname);
   UniqueFd link(bpf_link_create(prog.get(), static_cast<int>(ifindex),
                                 static_cast<bpf_attach_type>(attach_type), nullptr));
@@ -60,6 +78,9 @@ Feature probe_link(const char* name, int attach_type, const char* ifname, int mi
   // than "unknown attach type": that still proves the attach type exists.
   if (missing_errno && err == missing_errno)
     return {name, true, "attach type known (probe device is not netkit)"};
+  // An attach type the kernel does not know is EINVAL from link_create.
+  if (err == EINVAL) return {name, false, missing};
+  if (permission_error(err)) return {name, false, kNeedsPrivilege, false};
   return {name, false, "bpf_link_create: " + errno_text(err)};
 }
 
@@ -98,10 +119,20 @@ std::vector<Feature> probe_features() {
   std::vector<Feature> out;
   out.push_back(probe_sockmap());
   out.push_back(probe_sk_skb());
-  out.push_back(probe_link("tcx", kTcxIngress, "lo", 0));
+  // A kernel new enough may still be built without the feature.
+  const auto missing = [](int major, int minor, const char* config, const char* instead) {
+    return (kernel_at_least(major, minor) ? std::string("kernel built without it (") + config + ")"
+                                          : "kernel has none (needs Linux " + std::to_string(major) + "." +
+                                                std::to_string(minor) + "+)") +
+           ": " + instead;
+  };
+  out.push_back(
+      probe_link("tcx", kTcxIngress, "lo", 0,
+                 missing(6, 6, "CONFIG_NET_XGRESS", "steering attaches legacy tc (clsact) filters")));
   // netkit_prog_attach answers ENXIO for a device that is not netkit; a
   // kernel without netkit rejects the attach type with EINVAL.
-  out.push_back(probe_link("netkit", kNetkitPrimary, "lo", ENXIO));
+  out.push_back(probe_link("netkit", kNetkitPrimary, "lo", ENXIO,
+                           missing(6, 7, "CONFIG_NETKIT", "`shunt pod add` creates veth pairs instead")));
   out.push_back(probe_ktls());
   out.push_back(probe_sk_assign_reuseport());
   return out;

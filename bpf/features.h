@@ -11,6 +11,9 @@ struct Feature {
   std::string name;
   bool available = false;
   std::string detail;  // why not, or how it was detected
+  // False when the probe could not run (no permission to load BPF): then
+  // `available` says nothing about the kernel.
+  bool probed = true;
 };
 
 // sockmap, sk_skb verdict, tcx, netkit, kTLS: each probed by trying it;

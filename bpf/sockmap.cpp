@@ -68,7 +68,10 @@ Result<std::unique_ptr<SockmapBridge>> SockmapBridge::load(std::uint32_t max_con
   skel->rodata->bulk_threshold = bulk_threshold_bytes;
 
   if (int err = sockmap_redirect__load(skel.get()); err != 0)
-    return SysError{-err, "load sockmap_redirect BPF program (needs CAP_BPF and a kernel with sockmap)"};
+    return SysError{-err, err == -EPERM || err == -EACCES
+                              ? "load sockmap_redirect BPF program: needs CAP_BPF and CAP_NET_ADMIN (run as "
+                                "root or grant them)"
+                              : "load sockmap_redirect BPF program (needs a kernel with sockmap)"};
 
   bridge->peers_fd_ = bpf_map__fd(skel->maps.sock_peers);
   bridge->targets_fd_ = bpf_map__fd(skel->maps.redirect_targets);

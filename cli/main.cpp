@@ -1,3 +1,4 @@
+#include "bpf/libbpf_log.h"
 #include "cli/cli.h"
 
 #include <CLI/CLI.hpp>
@@ -30,6 +31,7 @@ bool unknown_command(CLI::App& app, std::string_view arg) {
 int main(int argc, char** argv) {
   // A peer that resets while we write must surface as EPIPE, not kill the node proxy.
   std::signal(SIGPIPE, SIG_IGN);
+  shunt::bpf::route_libbpf_log();
 
   CLI::App app{"shunt: node-level L7 transparent proxy (BPF sockmap data path)"};
   app.require_subcommand(1);

@@ -19,7 +19,11 @@ void add_version_command(CLI::App& app, int& exit_code) {
     std::printf("kernel %s %s\n", u.release, u.machine);
     std::printf("features:\n");
     for (const auto& f : bpf::probe_features())
-      std::printf("  %-15s %-4s %s\n", f.name.c_str(), f.available ? "yes" : "no", f.detail.c_str());
+      std::printf("  %-20s %-4s %s\n", f.name.c_str(),
+                  !f.probed     ? "?"
+                  : f.available ? "yes"
+                                : "no",
+                  f.detail.c_str());
     exit_code = 0;
   });
 }

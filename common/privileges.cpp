@@ -110,9 +110,11 @@ Status drop_capabilities(ThreadRole role) {
   return ok_status();
 }
 
-std::vector<std::string> kept_capabilities(ThreadRole role) {
+std::vector<std::string> held_capabilities(ThreadRole role) {
   std::vector<std::string> names;
-  const std::uint64_t mask = wanted_mask(role);
+  auto current = get_caps();
+  if (!current) return names;
+  const std::uint64_t mask = wanted_mask(role) & current->effective;
   for (int cap = 0; cap < 64; ++cap)
     if (mask & (1ull << cap)) names.emplace_back(cap_name(cap));
   return names;

@@ -30,8 +30,9 @@ enum class ThreadRole {
 // hold are not an error: an unprivileged run simply keeps less.
 Status drop_capabilities(ThreadRole role);
 
-// Names of the capabilities `role` keeps on this kernel, e.g.
-// {"cap_net_admin", "cap_bpf"}: for the log line and the docs.
-std::vector<std::string> kept_capabilities(ThreadRole role);
+// Names of the capabilities the calling thread holds (effective set) among
+// those `role` keeps, e.g. {"cap_net_admin", "cap_bpf"}; empty for an
+// unprivileged run. For the log line after drop_capabilities().
+std::vector<std::string> held_capabilities(ThreadRole role);
 
 }  // namespace shunt::proxy

@@ -244,6 +244,12 @@ class Control {
       spdlog::error("access log stays on its previous target: {}", st.error().message());
     if (next->config().proxy.listeners.size() != previous->config().proxy.listeners.size())
       spdlog::warn("listener changes take effect at the next restart");
+    // The sockmap object is loaded at start only when the data path needs it.
+    if (next->config().proxy.datapath == config::Datapath::sockmap && !context_.bridge)
+      spdlog::warn(
+          "proxy.datapath: sockmap is not loaded in this process (started with {} or unavailable); "
+          "connections use splice until a restart",
+          config::to_string(previous->config().proxy.datapath));
     const std::size_t revoked = revoke_disallowed(*next, context_.registry);
     spdlog::info("config reloaded ({}): generation {}, {} connection(s) revoked", why, generation, revoked);
   }
@@ -340,15 +346,22 @@ int run_proxy(const RunOptions& options) {
     AdminServer admin(context, cfg.admin.listen);
     admin.start();
 
-    auto bridge = bpf::SockmapBridge::load(cfg.proxy.limits.max_connections, kBulkThresholdBytes);
-    if (bridge) {
-      context.bridge = std::move(bridge.value());
-      context.bulk_grants = std::make_unique<BulkGrants>(*context.bridge);
-      context.registry.set_kernel_counter(
-          [bridge = context.bridge.get()](std::uint64_t cookie) { return bridge->redirected_bytes(cookie); });
-    } else if (cfg.proxy.datapath == config::Datapath::sockmap) {
-      spdlog::warn("sockmap data path unavailable ({}); connections use splice instead",
-                   bridge.error().message());
+    // Only the sockmap data path needs its BPF object: with copy or splice
+    // nothing is loaded (and libbpf has nothing to say).
+    config::Datapath datapath = cfg.proxy.datapath;
+    if (datapath == config::Datapath::sockmap) {
+      auto bridge = bpf::SockmapBridge::load(cfg.proxy.limits.max_connections, kBulkThresholdBytes);
+      if (bridge) {
+        context.bridge = std::move(bridge.value());
+        context.bulk_grants = std::make_unique<BulkGrants>(*context.bridge);
+        context.registry.set_kernel_counter([bridge = context.bridge.get()](std::uint64_t cookie) {
+          return bridge->redirected_bytes(cookie);
+        });
+      } else {
+        spdlog::warn("sockmap data path unavailable ({}); connections use splice instead",
+                     bridge.error().message());
+        datapath = config::Datapath::splice;
+      }
     }
 
     const unsigned threads =
@@ -370,13 +383,15 @@ int run_proxy(const RunOptions& options) {
     // inherit the reduced sets (capabilities are per thread).
     if (auto st = drop_capabilities(ThreadRole::runtime); !st)
       spdlog::warn("could not drop capabilities, running with all of them: {}", st.error().message());
+    else if (const auto held = held_capabilities(ThreadRole::runtime); held.empty())
+      spdlog::info("capabilities: none held (an unprivileged run: no BPF data path or steering)");
     else
-      spdlog::info("capabilities reduced to at most {}",
-                   fmt::join(kept_capabilities(ThreadRole::runtime), ", "));
+      spdlog::info("capabilities reduced to {}", fmt::join(held, ", "));
     server.start();
     admin.set_ready(context.steering.get());
-    spdlog::info("shunt {} running: datapath {}, {} worker thread(s), config {}", SHUNT_VERSION,
-                 config::to_string(cfg.proxy.datapath), threads, cfg.source);
+    spdlog::info("shunt {} running: datapath {}{}, {} worker thread(s), config {}", SHUNT_VERSION,
+                 config::to_string(datapath), datapath == cfg.proxy.datapath ? "" : " (sockmap unavailable)",
+                 threads, cfg.source);
 
     Control control(context, server, options, loaded_text);
     const int rc = control.run();

@@ -108,8 +108,11 @@ Status AccessLog::open_locked(const std::string& target) {
         sink = std::make_shared<spdlog::sinks::basic_file_sink_mt>(target, /*truncate=*/false);
       }
     } catch (const spdlog::spdlog_ex& e) {
-      // spdlog says which file and why; errno still holds fopen's reason.
-      return SysError{errno != 0 ? errno : EIO, "open access log " + target + " (" + e.what() + ")"};
+      // errno still holds fopen's reason, which message() prints; spdlog's
+      // text ends with the same strerror, so it is used only without one.
+      const std::string fix = " (log.access takes a writable file, stdout or off)";
+      if (errno != 0) return SysError{errno, "open access log " + target + fix};
+      return SysError{EIO, std::string(e.what()) + fix};
     }
     next = std::make_shared<spdlog::async_logger>("access", sink, access_pool(),
                                                   spdlog::async_overflow_policy::overrun_oldest);

@@ -39,7 +39,7 @@ Metrics& metrics() {
   thread_local Last last;
   if (last.rule != rule) last = Last{rule};
   auto*& slot = allowed ? last.allow : last.deny;
-  if (!slot) slot = &policy_decisions.slot(rule + '\x1f' + (allowed ? "allow" : "deny"));
+  if (!slot) slot = &policy_decisions.slot(decision_key(rule, allowed));
   slot->fetch_add(1, std::memory_order_relaxed);
 }
 

@@ -83,7 +83,10 @@ struct Metrics {
   std::atomic<std::uint64_t> http_requests_denied{0};
   std::atomic<std::uint64_t> http2_requests_allowed{0};  // HTTP/2 streams
   std::atomic<std::uint64_t> http2_requests_denied{0};
-  LabeledCounter policy_decisions;  // label "rule\x1fverdict"
+  LabeledCounter policy_decisions;  // label: decision_key(rule, allowed)
+  static std::string decision_key(const std::string& rule, bool allowed) {
+    return rule + '\x1f' + (allowed ? "allow" : "deny");
+  }
   std::atomic<std::uint64_t> config_generation{0};
   std::atomic<std::uint64_t> config_reloads_ok{0};
   std::atomic<std::uint64_t> config_reloads_error{0};
