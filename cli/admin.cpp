@@ -18,7 +18,6 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
-#include <filesystem>
 #include <iostream>
 #include <map>
 #include <optional>
@@ -61,8 +60,7 @@ config::Endpoint admin_endpoint(const AdminOptions& o) {
       throw CommandError{kExitBadInput, "--admin " + o.admin + ": expected HOST:PORT, e.g. 127.0.0.1:15000"};
     return *ep;
   }
-  std::string path = o.config_path;
-  if (path.empty() && std::filesystem::exists(kSystemConfig)) path = kSystemConfig;
+  const std::string path = config_path_or_system(o.config_path);
   config::Endpoint ep = config::Admin{}.listen;
   if (!path.empty()) {
     const auto loaded = config::load_config_file(path);

@@ -3,6 +3,9 @@
 // in `exit_code`; one clear line on stderr accompanies any non-zero code.
 #pragma once
 
+#include <filesystem>
+#include <string>
+
 namespace CLI {
 class App;
 }
@@ -12,6 +15,13 @@ namespace shunt::cli {
 // `shunt run` and the admin commands read this when no --config is given
 // and it exists.
 inline constexpr const char* kSystemConfig = "/etc/shunt/shunt.yaml";
+
+// The config a command reads: `given`, else kSystemConfig if it exists, else
+// "" (the built-in default).
+inline std::string config_path_or_system(const std::string& given) {
+  if (given.empty() && std::filesystem::exists(kSystemConfig)) return kSystemConfig;
+  return given;
+}
 
 void add_run_command(CLI::App& app, int& exit_code);      // cli/run.cpp
 void add_version_command(CLI::App& app, int& exit_code);  // cli/version.cpp

@@ -3,8 +3,6 @@
 
 #include <CLI/CLI.hpp>
 
-#include <filesystem>
-
 namespace shunt::cli {
 
 void add_run_command(CLI::App& app, int& exit_code) {
@@ -15,8 +13,7 @@ void add_run_command(CLI::App& app, int& exit_code) {
       std::string("Config file (default: ") + kSystemConfig + " if present, else the built-in default)");
   cmd->add_option("--threads", options->threads, "Worker threads (default: one per core)");
   cmd->callback([options, &exit_code] {
-    if (options->config_path.empty() && std::filesystem::exists(kSystemConfig))
-      options->config_path = kSystemConfig;
+    options->config_path = config_path_or_system(options->config_path);
     exit_code = proxy::run_proxy(*options);
   });
 }
