@@ -373,5 +373,32 @@ TEST(PolicyMatch, NullConfigDeniesEverything) {
   EXPECT_EQ(p->decide_connection(flow("10.0.0.1", "10.0.0.2", 1)).decision.verdict, Verdict::deny);
 }
 
+// What BPF steering drops (bpf::deny_table) is made from these: only L4 deny
+// rules, selectors resolved as decide_connection() matches them.
+TEST(PolicyMatch, L4DeniesAreTheL4DenyRulesAsResolved) {
+  auto p = make(R"(
+policy:
+  rules:
+    - {name: allow, from: {labels: {app: web}}, to: {pod: api}, action: allow}
+    - {name: by-labels, from: {labels: {app: web}}, to: {pod: api, ports: [9090, 8080]}, action: deny}
+    - {name: http, from: {pod: web}, to: {pod: api}, action: deny, http: [{path: /admin}]}
+    - {name: tls, from: {pod: web}, to: {pod: api}, action: deny, tls: {sni: [a.example]}}
+    - {name: mapped, from: {cidr: "::ffff:10.9.0.0/112"}, to: {cidr: "fd00::/64"}, action: deny}
+)");
+  const auto denies = p->l4_denies();
+  ASSERT_EQ(denies.size(), 2u);
+  const auto host = [](const char* ip, unsigned len) { return Prefix{make_address(ip), len}; };
+  EXPECT_EQ(denies[0].rule, "by-labels");
+  EXPECT_EQ(denies[0].from,
+            (std::vector<Prefix>{host("10.200.0.2", 32), host("10.200.0.4", 32), host("fd00::2", 128)}));
+  EXPECT_EQ(denies[0].to, (std::vector<Prefix>{host("10.200.0.3", 32)}));
+  EXPECT_EQ(denies[0].ports, (std::vector<std::uint16_t>{8080, 9090}));
+  // An IPv4-mapped CIDR is the IPv4 network, as connections are matched.
+  EXPECT_EQ(denies[1].rule, "mapped");
+  EXPECT_EQ(denies[1].from, (std::vector<Prefix>{host("10.9.0.0", 16)}));
+  EXPECT_EQ(denies[1].to, (std::vector<Prefix>{host("fd00::", 64)}));
+  EXPECT_TRUE(denies[1].ports.empty());
+}
+
 }  // namespace
 }  // namespace shunt::policy
