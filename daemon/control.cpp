@@ -244,12 +244,13 @@ class Control {
       spdlog::error("access log stays on its previous target: {}", st.error().message());
     if (next->config().proxy.listeners.size() != previous->config().proxy.listeners.size())
       spdlog::warn("listener changes take effect at the next restart");
-    // The sockmap object is loaded at start only when the data path needs it.
-    if (next->config().proxy.datapath == config::Datapath::sockmap && !context_.bridge)
+    // The sockmap object is loaded at start only when the data path needs it
+    // (a start without the privilege to load it has said so already).
+    if (next->config().proxy.datapath == config::Datapath::sockmap &&
+        previous->config().proxy.datapath != config::Datapath::sockmap && !context_.bridge)
       spdlog::warn(
-          "proxy.datapath: sockmap is not loaded in this process (started with {} or unavailable); "
-          "connections use splice until a restart",
-          config::to_string(previous->config().proxy.datapath));
+          "proxy.datapath changed to sockmap: its BPF program is loaded only at start, so connections use "
+          "splice until shunt restarts");
     const std::size_t revoked = revoke_disallowed(*next, context_.registry);
     spdlog::info("config reloaded ({}): generation {}, {} connection(s) revoked", why, generation, revoked);
   }
