@@ -146,8 +146,10 @@ asio::awaitable<void> Connection::serve() {
   idle_timeout_ = policy_->config().proxy.timeouts.idle;
   idle_bytes_ = proxy_.registry.bytes(*info_);
   idle_since_ = IdleSweep::Clock::now();
-  worker_.idle.add(*this,
-                   std::max<std::chrono::milliseconds>(idle_timeout_ / 4, std::chrono::milliseconds(50)));
+  const auto idle_period =
+      std::max<std::chrono::milliseconds>(idle_timeout_ / 4, std::chrono::milliseconds(50));
+  idle_next_ = idle_since_ + idle_period;
+  worker_.idle.add(*this, idle_period);
 
   if (decision.inspect == policy::Inspect::none) {
     set_rule(decision.decision);
@@ -252,17 +254,34 @@ asio::awaitable<void> Connection::run_datapath() {
   }
 }
 
+void Connection::watch_quiet(std::chrono::steady_clock::time_point at, std::function<void()> on_due) {
+  quiet_at_ = at;
+  quiet_due_ = std::move(on_due);
+  next_check = std::min(next_check, at);
+}
+
 void Connection::check_idle(IdleSweep::Clock::time_point now) {
   if (finished_ || aborted_) return;
-  next_check = now + std::max<std::chrono::milliseconds>(idle_timeout_ / 4, std::chrono::milliseconds(50));
-  const ConnectionBytes bytes = proxy_.registry.bytes(*info_);
-  if (bytes.up != idle_bytes_.up || bytes.down != idle_bytes_.down) {
-    idle_bytes_ = bytes;
-    idle_since_ = now;
-  } else if (now - idle_since_ >= idle_timeout_) {
-    spdlog::debug("connection {}: idle for {} ms, closing", info_->id, idle_timeout_.count());
-    abort(EndReason::idle_timeout);
+  if (quiet_due_ && now >= quiet_at_) {
+    // Moved out first: the callback may watch again.
+    auto due = std::move(quiet_due_);
+    quiet_due_ = nullptr;
+    due();
+    if (aborted_) return;
   }
+  if (now >= idle_next_) {
+    idle_next_ = now + std::max<std::chrono::milliseconds>(idle_timeout_ / 4, std::chrono::milliseconds(50));
+    const ConnectionBytes bytes = proxy_.registry.bytes(*info_);
+    if (bytes.up != idle_bytes_.up || bytes.down != idle_bytes_.down) {
+      idle_bytes_ = bytes;
+      idle_since_ = now;
+    } else if (now - idle_since_ >= idle_timeout_) {
+      spdlog::debug("connection {}: idle for {} ms, closing", info_->id, idle_timeout_.count());
+      abort(EndReason::idle_timeout);
+      return;
+    }
+  }
+  next_check = quiet_due_ ? std::min(idle_next_, quiet_at_) : idle_next_;
 }
 
 void Connection::finish() {

@@ -89,6 +89,14 @@ class Connection : public std::enable_shared_from_this<Connection>, private Idle
   // the second is for a path that has recorded its reason itself.
   void abort(EndReason why);
   void abort();
+  // A coarse deadline for a long wait of an idle connection (the HTTP
+  // inspector's keep-alive), checked by the worker's IdleSweep instead of a
+  // timer of the connection's own: `on_due` runs on this connection's
+  // thread within one sweep tick (250 ms) after `at`, unless
+  // unwatch_quiet() came first. One at a time; `on_due` may watch again.
+  // Whoever watches unwatches before what `on_due` references goes away.
+  void watch_quiet(std::chrono::steady_clock::time_point at, std::function<void()> on_due);
+  void unwatch_quiet() { quiet_due_ = nullptr; }
   // Data paths register what must be cancelled on abort.
   void set_abort_hook(std::function<void()> hook) { abort_hook_ = std::move(hook); }
 
@@ -123,6 +131,9 @@ class Connection : public std::enable_shared_from_this<Connection>, private Idle
   std::chrono::milliseconds idle_timeout_{0};
   ConnectionBytes idle_bytes_;
   IdleSweep::Clock::time_point idle_since_{};
+  IdleSweep::Clock::time_point idle_next_{};  // when the idle check is due
+  IdleSweep::Clock::time_point quiet_at_{};   // watch_quiet
+  std::function<void()> quiet_due_;
 };
 
 // Sends RST instead of FIN: SO_LINGER {on, 0} then close.

@@ -432,24 +432,39 @@ struct ReadLimit {
   bool keepalive = false;
 };
 
-// Cancels the client read in progress at `at`, or, for the keep-alive
-// deadline, looks again then and re-arms until the connection has really
-// been quiet for timeouts.keepalive. wait_client disarms it when its wait
-// ends, so a late expiry never cancels the next read.
-void arm_read_deadline(const std::shared_ptr<Session>& self, Clock::time_point at, bool keepalive) {
-  self->read_deadline.arm(at, [self, keepalive] {
+// Cancels the client wait in progress at `at` (a request head's
+// timeouts.header). wait_client disarms it when its wait ends, so a late
+// expiry never cancels the next wait.
+void arm_read_deadline(const std::shared_ptr<Session>& self, Clock::time_point at) {
+  self->read_deadline.arm(at, [self] {
     Session& s = *self;
     if (!s.reading_client) return;
-    if (keepalive) {
-      const auto period = s.conn.settings().timeouts.keepalive;
-      if (!s.pending.empty()) {
-        arm_read_deadline(self, Clock::now() + period, true);
-        return;
-      }
-      if (const auto due = s.quiet_since + period; Clock::now() < due) {
-        arm_read_deadline(self, due, true);
-        return;
-      }
+    s.read_timed_out = true;
+    boost::system::error_code ignored;
+    s.conn.client().cancel(ignored);
+  });
+}
+
+// The keep-alive deadline: looks at `at` and re-arms until the connection
+// has really been quiet for timeouts.keepalive, then cancels the client
+// wait. Checked by the worker's idle sweep (Connection::watch_quiet), not a
+// timer of the connection's own: it is armed on every idle keep-alive
+// connection, for seconds to minutes (issue 16), and 250 ms of slack is
+// nothing next to it. `s` is a plain pointer (no allocation for the
+// callback): wait_client, which holds the session, unwatches before it
+// returns.
+void arm_keepalive(Session& s, Clock::time_point at) {
+  s.conn.watch_quiet(at, [session = &s] {
+    Session& s = *session;
+    if (!s.reading_client) return;
+    const auto period = s.conn.settings().timeouts.keepalive;
+    if (!s.pending.empty()) {
+      arm_keepalive(s, Clock::now() + period);
+      return;
+    }
+    if (const auto due = s.quiet_since + period; Clock::now() < due) {
+      arm_keepalive(s, due);
+      return;
     }
     s.read_timed_out = true;
     boost::system::error_code ignored;
@@ -469,17 +484,18 @@ asio::awaitable<ReadResult> wait_client(std::shared_ptr<Session> self, ReadLimit
   }
   s.read_timed_out = false;
   if (limit.deadline) {
-    arm_read_deadline(self, *limit.deadline, false);
+    arm_read_deadline(self, *limit.deadline);
   } else if (limit.keepalive) {
     // The client has finished a request; if its answer is already out, the
     // quiet starts now, else when the answer completes (retire_request).
     if (s.pending.empty()) s.quiet_since = Clock::now();
-    arm_read_deadline(self, Clock::now() + s.conn.settings().timeouts.keepalive, true);
+    arm_keepalive(s, Clock::now() + s.conn.settings().timeouts.keepalive);
   }
   s.reading_client = true;
   co_await s.conn.client().async_wait(tcp::socket::wait_read, asio::redirect_error(use_awaitable, r.ec));
   s.reading_client = false;
   s.read_deadline.disarm();
+  s.conn.unwatch_quiet();
   r.timed_out = r.ec == asio::error::operation_aborted && s.read_timed_out && !s.conn.aborted();
   co_return r;
 }
