@@ -30,7 +30,10 @@ asio::awaitable<bool> inspect_tls(Connection& conn) {
     const config::ProxySettings& settings = conn.settings();
     const std::size_t max_bytes = settings.limits.max_header_bytes;
     tls::ClientHelloReader reader(max_bytes);
-    std::vector<char> hello(max_bytes + 1);  // +1: one byte over the limit says "too large"
+    // Sized once the client is readable: a client that connects and sends
+    // nothing holds no buffer while timeouts.header runs (issue 16).
+    // +1: one byte over the limit says "too large".
+    std::vector<char> hello;
     std::size_t have = 0;
 
     // The deadline closes nothing: it cancels the pending read, and
@@ -42,10 +45,17 @@ asio::awaitable<bool> inspect_tls(Connection& conn) {
     });
 
     tls::ClientHelloReader::State state = tls::ClientHelloReader::State::need_more;
-    while (state == tls::ClientHelloReader::State::need_more && have < hello.size()) {
+    while (state == tls::ClientHelloReader::State::need_more && (hello.empty() || have < hello.size())) {
       boost::system::error_code ec;
-      const std::size_t n = co_await conn.client().async_read_some(
-          asio::buffer(hello.data() + have, hello.size() - have), asio::redirect_error(use_awaitable, ec));
+      if (hello.empty()) {
+        co_await conn.client().async_wait(asio::ip::tcp::socket::wait_read,
+                                          asio::redirect_error(use_awaitable, ec));
+        if (!ec) hello.resize(max_bytes + 1);
+      }
+      std::size_t n = 0;
+      if (!ec)
+        n = co_await conn.client().async_read_some(asio::buffer(hello.data() + have, hello.size() - have),
+                                                   asio::redirect_error(use_awaitable, ec));
       if (ec) {
         deadline.disarm();
         if (conn.aborted()) co_return false;
