@@ -10,6 +10,17 @@
 //   shunt-loadgen connrate ADDR:PORT [--parallel 16] [--duration 3]
 //       Keeps PARALLEL connections in flight, each: connect, send 1 byte,
 //       read 1 byte, close. Prints JSON with completed connections per second.
+//   shunt-loadgen paced ADDR:PORT [--conns 1000] [--size 512] [--rate 20000]
+//                 [--duration 5] [--warmup 1]
+//       The node-proxy workload: CONNS keep-alive connections, each carrying
+//       one SIZE-byte request at a time and waiting for SIZE bytes back, at a
+//       fixed aggregate RATE (open loop). Request k is scheduled at
+//       start + k/RATE on connection k mod CONNS; latency runs from that
+//       scheduled time, not from when it could be sent, so a system that
+//       falls behind shows its queueing (no coordinated omission). Prints
+//       {"phase": "measure"} and {"phase": "end"} lines when the measured
+//       window opens and closes (bench/run takes its CPU snapshots there),
+//       then the JSON result.
 //
 // Everything is deliberately plain blocking/epoll socket code: the point is
 // to add as little client-side overhead as possible, and the same overhead
@@ -19,6 +30,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/epoll.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -31,6 +43,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <string>
 #include <thread>
 #include <unordered_map>
@@ -46,7 +59,9 @@ using Clock = std::chrono::steady_clock;
   std::fprintf(stderr,
                "usage: shunt-loadgen echo-server ADDR:PORT [--threads N]\n"
                "       shunt-loadgen pingpong ADDR:PORT [--size B] [--count N] [--warmup N]\n"
-               "       shunt-loadgen connrate ADDR:PORT [--parallel N] [--duration S]\n");
+               "       shunt-loadgen connrate ADDR:PORT [--parallel N] [--duration S]\n"
+               "       shunt-loadgen paced ADDR:PORT [--conns N] [--size B] [--rate R/s] [--duration S] "
+               "[--warmup S]\n");
   std::exit(1);
 }
 
@@ -362,6 +377,244 @@ int connrate(int argc, char** argv) {
   return errors > completed ? 2 : 0;
 }
 
+// --------------------------------------------------------------------- paced
+
+// One keep-alive connection of the paced client. `due` holds the scheduled
+// send times of requests that are due but not yet sent because the previous
+// one's response has not come back (one request in flight per connection,
+// like HTTP/1.1 without pipelining).
+struct PacedConn {
+  int fd = -1;
+  bool connected = false, dead = false, in_flight = false;
+  size_t sent = 0, received = 0;  // bytes of the request in flight
+  Clock::time_point sched{};      // scheduled time of the request in flight
+  std::deque<Clock::time_point> due;
+};
+
+int paced(int argc, char** argv) {
+  const sockaddr_in addr = endpoint_or_usage(argv[2]);
+  const long nconns = std::max(1L, option(argc, argv, "--conns", 1000));
+  const size_t size = static_cast<size_t>(std::max(1L, option(argc, argv, "--size", 512)));
+  const double rate = static_cast<double>(std::max(1L, option(argc, argv, "--rate", 20000)));
+  const double duration = static_cast<double>(std::max(1L, option(argc, argv, "--duration", 5)));
+  const double warmup = static_cast<double>(std::max(0L, option(argc, argv, "--warmup", 1)));
+  // Wake-ups on time: the default 50 µs timer slack would be added to
+  // every scheduled send (and so to every latency) at these intervals.
+  prctl(PR_SET_TIMERSLACK, 1UL, 0, 0, 0);
+
+  const int ep = epoll_create1(EPOLL_CLOEXEC);
+  std::vector<PacedConn> conns(static_cast<size_t>(nconns));
+  auto watch = [&](size_t i, uint32_t events, int op) {
+    epoll_event ev{};
+    ev.events = events;
+    ev.data.u64 = i;
+    epoll_ctl(ep, op, conns[i].fd, &ev);
+  };
+
+  // Connect every connection before the clock starts: the workload is
+  // requests on open connections, not connection setup.
+  for (size_t i = 0; i < conns.size(); ++i) {
+    const int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) die("socket");
+    set_nodelay(fd);
+    if (connect(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof addr) < 0 && errno != EINPROGRESS)
+      die("connect");
+    conns[i].fd = fd;
+    watch(i, EPOLLOUT, EPOLL_CTL_ADD);
+  }
+  std::vector<epoll_event> events(512);
+  size_t open = 0;
+  const auto connect_deadline = Clock::now() + std::chrono::seconds(15);
+  while (open < conns.size()) {
+    if (Clock::now() > connect_deadline) {
+      std::fprintf(stderr, "shunt-loadgen: paced: only %zu of %zu connections open after 15 s\n", open,
+                   conns.size());
+      return 2;
+    }
+    const int n = epoll_wait(ep, events.data(), static_cast<int>(events.size()), 100);
+    for (int i = 0; i < n; ++i) {
+      PacedConn& c = conns[events[i].data.u64];
+      if (c.connected) continue;
+      int err = 0;
+      socklen_t len = sizeof err;
+      getsockopt(c.fd, SOL_SOCKET, SO_ERROR, &err, &len);
+      if (err != 0) {
+        errno = err;
+        die("connect");
+      }
+      c.connected = true;
+      ++open;
+      watch(events[i].data.u64, EPOLLIN | EPOLLRDHUP, EPOLL_CTL_MOD);
+    }
+  }
+
+  const std::vector<char> out(size, 'r');
+  std::vector<char> buf(64 * 1024);
+  const auto to_dur = [](double s) {
+    return std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(s));
+  };
+  const auto start = Clock::now() + std::chrono::milliseconds(10);
+  const auto window_begin = start + to_dur(warmup);
+  const auto window_end = window_begin + to_dur(duration);
+  const auto drain_deadline = window_end + std::chrono::seconds(3);
+  const double interval_ns = 1e9 / rate;
+  auto sched_of = [&](long k) {
+    return start + std::chrono::nanoseconds(static_cast<long long>(static_cast<double>(k) * interval_ns));
+  };
+
+  std::vector<double> latency_us, send_lag_us;
+  latency_us.reserve(static_cast<size_t>(rate * duration * 1.1));
+  send_lag_us.reserve(latency_us.capacity());
+  long next = 0;  // next request to schedule
+  long scheduled_in_window = 0, completed_in_window = 0, errors = 0;
+  size_t max_backlog = 0, backlog = 0, in_flight = 0;
+  bool measuring = false, ended = false;
+  const auto in_window = [&](Clock::time_point t) { return t >= window_begin && t < window_end; };
+
+  // Writes what is left of the request in flight; false when the
+  // connection failed.
+  auto push = [&](size_t i) {
+    PacedConn& c = conns[i];
+    while (c.sent < size) {
+      const ssize_t w = send(c.fd, out.data() + c.sent, size - c.sent, MSG_NOSIGNAL);
+      if (w < 0) {
+        if (errno == EAGAIN) {
+          watch(i, EPOLLIN | EPOLLRDHUP | EPOLLOUT, EPOLL_CTL_MOD);
+          return true;
+        }
+        return false;
+      }
+      c.sent += static_cast<size_t>(w);
+    }
+    return true;
+  };
+  auto fail = [&](size_t i) {
+    PacedConn& c = conns[i];
+    if (c.dead) return;
+    c.dead = true;
+    ++errors;
+    if (c.in_flight) --in_flight;
+    backlog -= c.due.size();
+    c.due.clear();
+    epoll_ctl(ep, EPOLL_CTL_DEL, c.fd, nullptr);
+  };
+  // Starts the oldest due request of an idle connection.
+  auto start_next = [&](size_t i) {
+    PacedConn& c = conns[i];
+    if (c.dead || c.in_flight || c.due.empty()) return;
+    c.sched = c.due.front();
+    c.due.pop_front();
+    --backlog;
+    c.in_flight = true;
+    ++in_flight;
+    c.sent = c.received = 0;
+    if (in_window(c.sched))
+      send_lag_us.push_back(std::chrono::duration<double, std::micro>(Clock::now() - c.sched).count());
+    if (!push(i)) fail(i);
+  };
+
+  for (;;) {
+    auto now = Clock::now();
+    if (!measuring && now >= window_begin) {
+      measuring = true;
+      std::printf("{\"phase\": \"measure\"}\n");
+      std::fflush(stdout);
+    }
+    if (!ended && now >= window_end) {
+      ended = true;
+      std::printf("{\"phase\": \"end\"}\n");
+      std::fflush(stdout);
+    }
+    // Hand every request now due to its connection.
+    for (auto t = sched_of(next); t <= now && t < window_end; t = sched_of(++next)) {
+      const size_t i = static_cast<size_t>(next % nconns);
+      if (in_window(t)) ++scheduled_in_window;
+      if (conns[i].dead) continue;
+      conns[i].due.push_back(t);
+      max_backlog = std::max(max_backlog, ++backlog);
+      start_next(i);
+    }
+    if (ended && ((backlog == 0 && in_flight == 0) || now >= drain_deadline)) break;
+
+    // Sleep until the next scheduled send or an event, whichever is first.
+    timespec timeout{0, 100'000'000};
+    if (!ended) {
+      const auto wait = std::max(Clock::duration::zero(), std::min(sched_of(next), window_end) - now);
+      const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(wait).count();
+      timeout = {static_cast<time_t>(ns / 1'000'000'000), static_cast<long>(ns % 1'000'000'000)};
+    }
+    const int n = epoll_pwait2(ep, events.data(), static_cast<int>(events.size()), &timeout, nullptr);
+    if (n < 0 && errno != EINTR) die("epoll_pwait2");
+    now = Clock::now();
+    for (int e = 0; e < n; ++e) {
+      const size_t i = events[e].data.u64;
+      PacedConn& c = conns[i];
+      if (c.dead) continue;
+      if (events[e].events & EPOLLOUT) {
+        if (!push(i)) {
+          fail(i);
+          continue;
+        }
+        if (c.sent == size) watch(i, EPOLLIN | EPOLLRDHUP, EPOLL_CTL_MOD);
+      }
+      if (!(events[e].events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))) continue;
+      for (;;) {
+        const ssize_t r = recv(c.fd, buf.data(), buf.size(), 0);
+        if (r > 0) {
+          c.received += static_cast<size_t>(r);
+          continue;
+        }
+        if (r < 0 && errno == EAGAIN) break;
+        fail(i);  // EOF or error mid-run: the system under test dropped it
+        break;
+      }
+      if (c.dead) continue;
+      if (c.received > size || (c.received > 0 && !c.in_flight)) {
+        std::fprintf(stderr, "shunt-loadgen: paced: %zu bytes back for a %zu-byte request\n", c.received,
+                     size);
+        return 2;
+      }
+      if (c.in_flight && c.received == size) {
+        c.in_flight = false;
+        --in_flight;
+        if (in_window(c.sched))
+          latency_us.push_back(std::chrono::duration<double, std::micro>(now - c.sched).count());
+        if (in_window(now)) ++completed_in_window;
+        start_next(i);
+      }
+    }
+  }
+  // Requests of the window still unanswered at the drain deadline (a
+  // system that fell behind, or lost them): they enter the percentiles at
+  // their age so far, a lower bound, rather than vanish from them.
+  const auto stop = Clock::now();
+  long incomplete = 0;
+  for (const auto& c : conns) {
+    auto count = [&](Clock::time_point t) {
+      if (!in_window(t)) return;
+      ++incomplete;
+      latency_us.push_back(std::chrono::duration<double, std::micro>(stop - t).count());
+    };
+    if (c.in_flight) count(c.sched);
+    for (const auto t : c.due) count(t);
+    close(c.fd);
+  }
+
+  std::sort(latency_us.begin(), latency_us.end());
+  std::sort(send_lag_us.begin(), send_lag_us.end());
+  std::printf(
+      "{\"conns\": %ld, \"size\": %zu, \"target_rate\": %.0f, \"duration_s\": %.3f, \"scheduled\": %ld, "
+      "\"completed\": %ld, \"achieved_rate\": %.1f, \"incomplete\": %ld, \"errors\": %ld, "
+      "\"max_backlog\": %zu, \"p50_us\": %.1f, \"p90_us\": %.1f, \"p99_us\": %.1f, \"p999_us\": %.1f, "
+      "\"max_us\": %.1f, \"send_lag_p99_us\": %.1f}\n",
+      nconns, size, rate, duration, scheduled_in_window, completed_in_window,
+      static_cast<double>(completed_in_window) / duration, incomplete, errors, max_backlog,
+      percentile(latency_us, 0.50), percentile(latency_us, 0.90), percentile(latency_us, 0.99),
+      percentile(latency_us, 0.999), latency_us.empty() ? 0.0 : latency_us.back(),
+      percentile(send_lag_us, 0.99));
+  return errors > nconns / 100 ? 2 : 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -370,5 +623,6 @@ int main(int argc, char** argv) {
   if (cmd == "echo-server") return echo_server(argc, argv);
   if (cmd == "pingpong") return pingpong(argc, argv);
   if (cmd == "connrate") return connrate(argc, argv);
+  if (cmd == "paced") return paced(argc, argv);
   usage();
 }

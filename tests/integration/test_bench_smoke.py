@@ -31,6 +31,10 @@ EXPECT = {
     "rr_p99": (TCP, 1, 1e6),
     "conn_rate": (TCP, 10, 1e7),         # conn/s
     "http_rps": (HTTP, 10, 1e8),         # req/s
+    "many_rate": (TCP, 10, 1e7),         # req/s (the smoke profile asks 2,000)
+    "many_cpu_req": (TCP, 0, 1e5),       # CPU-µs/req
+    "many_p50": (TCP, 1, 1e8),           # µs, from the scheduled send
+    "many_p99": (TCP, 1, 1e8),
 }
 # The shunt HTTP path may legitimately be unfinished: bench/run then reports
 # it as n/a with the reason, which is what this test checks for it.
@@ -40,7 +44,7 @@ MAY_BE_NA = {("http_rps", "shunt-http")}
 # runs) the sample reads 0 and bench/report.py drops it as invalid. The
 # workload itself ran (its throughput figure is checked), so that is noted,
 # not failed; any other n/a reason still fails.
-CPU_FIGURES = {"cpu_gb_1", "cpu_gb_4", "cpu_gb_paced"}
+CPU_FIGURES = {"cpu_gb_1", "cpu_gb_4", "cpu_gb_paced", "many_cpu_req"}
 
 
 def main():
@@ -83,6 +87,15 @@ def main():
                 failures.append(f"{fig}/{s}: {row['value']} outside [{lo}, {hi}]")
             elif results[doc["figures"][fig]["baseline"]].get("value") and "ratio" not in row:
                 failures.append(f"{fig}/{s}: no ratio to direct")
+
+    # The many-connection workload asks a rate the smoke profile's 50
+    # connections carry easily: every system must have kept it.
+    for s, row in doc["figures"].get("many_rate", {}).get("results", {}).items():
+        if row.get("value") is not None and row["value"] < 0.95 * doc["meta"]["profile"]["many_rate"]:
+            failures.append(f"many_rate/{s}: {row['value']:.0f} req/s, asked {doc['meta']['profile']['many_rate']}")
+    added = doc["figures"].get("many_cpu_added", {}).get("results", {})
+    if set(added) != set(TCP):
+        failures.append(f"many_cpu_added: systems {sorted(added)}")
 
     # `shunt bench` is the same command: it must reach bench/run.
     if SHUNT:
