@@ -25,6 +25,14 @@ from workloads import FIGURES, RATE_KEPT
 MARK_BEGIN, MARK_END = "<!-- bench:begin -->", "<!-- bench:end -->"
 
 
+def markers(topology):
+    """The block a run of `topology` publishes into: loopback keeps the
+    original markers, every other topology has its own pair."""
+    if topology in (None, "loopback"):
+        return MARK_BEGIN, MARK_END
+    return f"<!-- bench-{topology}:begin -->", f"<!-- bench-{topology}:end -->"
+
+
 MANY = ("many_rate", "many_cpu_req", "many_cpu_added", "many_p50", "many_p99")
 
 
@@ -79,6 +87,7 @@ def build(meta, systems, results, failures, extras):
         _add_ratios(rows, direct)
         figures[fig] = {"title": title, "unit": unit, "better": better, "baseline": direct, "results": rows}
     _many_derived(figures, extras)
+    _paced_short(figures, extras, meta["profile"].get("pace", ""))
     doc = {"meta": meta, "systems": labels, "figures": figures, "extras": extras}
     doc["targets"] = targets(figures)
     return doc
@@ -116,6 +125,23 @@ def _many_derived(figures, extras):
                     figures[fig]["results"][name]["short"] = note
 
 
+def _paced_short(figures, extras, pace):
+    """Marks the fixed-rate CPU figure of a system that fell short of the
+    pace in some round: its CPU per GB is then at a lower rate, not
+    comparable with the others'."""
+    rows = figures.get("cpu_gb_paced", {}).get("results", {})
+    try:
+        goal = float(pace.rstrip("GgMm")) * (1 if pace[-1] in "Gg" else 1e-3)
+    except (ValueError, IndexError):
+        return
+    for name, row in rows.items():
+        got = extras.get(name, {}).get("paced_gbit", [])
+        short = [g for g in got if g < RATE_KEPT * goal]
+        if short:
+            row["short"] = (f"did not keep the {pace}bit/s pace in {len(short)} of {len(got)} round(s) "
+                            f"(reached {', '.join(f'{g:.2f}' for g in short)} Gbit/s): CPU per GB at a lower rate")
+
+
 def _value(figures, fig, system):
     return figures.get(fig, {}).get("results", {}).get(system, {}).get("value")
 
@@ -134,15 +160,21 @@ def targets(figures):
         va, vb = _value(figures, fig, a), _value(figures, fig, b)
         add(issue, name, None if va is None or not vb else va / vb, goal, higher)
 
-    for fig, streams in (("bulk_1", "1 stream"), ("bulk_4", "4 streams")):
-        ratio(12, f"sockmap / splice bulk, {streams}", fig, "shunt-sockmap", "shunt-splice", 1.3, True)
-        ratio(12, f"sockmap / direct bulk, {streams}", fig, "shunt-sockmap", "direct", 0.9, True)
-    ratio(12, "sockmap / splice CPU per GB, fixed rate", "cpu_gb_paced", "shunt-sockmap", "shunt-splice", 0.7, False)
-    added = figures.get("many_cpu_added", {}).get("results", {})
-    s, sp = (added.get(n, {}).get("value") for n in ("shunt-sockmap", "shunt-splice"))
-    add(12, "sockmap / splice CPU per request added over direct, many connections",
-        None if s is None or not sp or sp <= 0 else s / sp, 0.5, False)
-    ratio(12, "sockmap / splice p99, many connections", "many_p99", "shunt-sockmap", "shunt-splice", 1.0, False)
+    # Issue 12 for today's sockmap path and, when the run has it, for the
+    # sk_msg endpoint short-circuit (system shunt-sockmap-msg).
+    ran = {n for f in figures.values() for n, row in f["results"].items() if row.get("value") is not None}
+    for sm, label in (("shunt-sockmap", "sockmap"), ("shunt-sockmap-msg", "sockmap+sk_msg")):
+        if sm != "shunt-sockmap" and sm not in ran:
+            continue
+        for fig, streams in (("bulk_1", "1 stream"), ("bulk_4", "4 streams")):
+            ratio(12, f"{label} / splice bulk, {streams}", fig, sm, "shunt-splice", 1.3, True)
+            ratio(12, f"{label} / direct bulk, {streams}", fig, sm, "direct", 0.9, True)
+        ratio(12, f"{label} / splice CPU per GB, fixed rate", "cpu_gb_paced", sm, "shunt-splice", 0.7, False)
+        added = figures.get("many_cpu_added", {}).get("results", {})
+        a, sp = (added.get(n, {}).get("value") for n in (sm, "shunt-splice"))
+        add(12, f"{label} / splice CPU per request added over direct, many connections",
+            None if a is None or not sp or sp <= 0 else a / sp, 0.5, False)
+        ratio(12, f"{label} / splice p99, many connections", "many_p99", sm, "shunt-splice", 1.0, False)
 
     for fig, streams in (("bulk_1", "1 stream"), ("bulk_4", "4 streams")):
         ratio(2, f"sockmap / splice bulk, {streams}", fig, "shunt-sockmap", "shunt-splice", 1.0, True)
@@ -170,7 +202,8 @@ def fmt(v, unit):
 def markdown(doc):
     m = doc["meta"]
     lines = [f"Run {m['date']} · kernel {m['kernel']} · {m['cpu']} × {m['cores']} · "
-             f"topology {m['topology']} · profile {m['profile']['name']} "
+             f"topology {m['topology']} · git {m.get('versions', {}).get('git') or '?'} · "
+             f"profile {m['profile']['name']} "
              f"({m['profile']['rounds']} rounds) · background load "
              f"{', '.join(f'{b:.2f}' for b in m['background_cores_busy'])} cores busy"]
     if m.get("stand_in"):
@@ -251,7 +284,7 @@ def draw_chart(doc, path):
     nrows = (len(figs) + ncols - 1) // ncols
     fig, axes = plt.subplots(nrows, ncols, figsize=(16, 4.6 * nrows), squeeze=False)
     palette = {"direct": "#7f7f7f", "shunt copy": "#9ecae1", "shunt splice": "#4292c6",
-               "shunt sockmap": "#08306b", "HAProxy": "#e6550d", "nginx stream": "#31a354",
+               "shunt sockmap": "#08306b", "shunt sockmap+sk_msg": "#6a51a3", "HAProxy": "#e6550d", "nginx stream": "#31a354",
                "shunt http rule": "#08306b", "HAProxy http ACL": "#e6550d"}
     for ax, f in zip(axes.flat, figs):
         fd = doc["figures"][f]
@@ -320,8 +353,9 @@ def write(doc, out_dir, dated, latest, chart=True):
 
 
 def publish(path, doc):
-    """Replaces the block between the bench markers, if the file has them."""
-    return replace_block(path, markdown(doc), MARK_BEGIN, MARK_END)
+    """Replaces the block between the markers of the run's topology, if the
+    file has them."""
+    return replace_block(path, markdown(doc), *markers(doc["meta"].get("topology")))
 
 
 def replace_block(path, text, mark_begin, mark_end):
@@ -355,6 +389,7 @@ def rebuild(doc):
                     fig["results"][name]["failed_rounds"] = failed
         _add_ratios(fig["results"], fig["baseline"])
     _many_derived(doc["figures"], doc.get("extras", {}))
+    _paced_short(doc["figures"], doc.get("extras", {}), doc["meta"]["profile"].get("pace", ""))
     doc["targets"] = targets(doc["figures"])
     return doc
 
