@@ -33,8 +33,10 @@ void write_selector(JsonWriter& w, const config::Selector& s) {
   w.end_object();
 }
 
+// A `grpc:` entry appears as what it compiles to, with `grpc` naming it.
 void write_http(JsonWriter& w, const config::HttpMatch& m) {
   w.begin_object();
+  if (m.grpc) w.field("grpc", *m.grpc);
   if (m.method) w.field("method", *m.method);
   if (m.path) w.field("path", *m.path);
   if (m.path_exact) w.field("path_exact", *m.path_exact);
@@ -117,6 +119,17 @@ std::string config_to_json(const config::Config& c, std::uint64_t generation) {
   w.key("upgrade_protocols").begin_array();
   for (const auto& p : c.proxy.http.upgrade_protocols) w.value(p);
   w.end_array();
+  w.end_object();
+  const config::Http2Settings& h2 = c.proxy.http2;
+  w.key("http2").begin_object();
+  w.field("max_concurrent_streams", h2.max_concurrent_streams);
+  w.field("stream_window", h2.stream_window);
+  w.field("connection_window", h2.connection_window);
+  w.field("max_continuations", h2.max_continuations);
+  w.field("reset_burst", h2.reset_burst);
+  w.field("reset_rate", h2.reset_rate);
+  w.field("control_frame_burst", h2.control_frame_burst);
+  w.field("control_frame_rate", h2.control_frame_rate);
   w.end_object();
   w.end_object();
 

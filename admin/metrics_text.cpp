@@ -8,6 +8,7 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -205,6 +206,16 @@ std::string render_metrics(const ProxyContext& context, const bpf::PodSteering* 
            m.http2_requests_allowed.load());
   p.sample("shunt_http_requests_total", {{"verdict", "deny"}, {"protocol", "h2"}},
            m.http2_requests_denied.load());
+
+  p.family("shunt_http2_active_streams", "gauge", "Open HTTP/2 streams on inspected client connections.");
+  p.sample("shunt_http2_active_streams", {},
+           static_cast<std::uint64_t>(
+               std::max<std::int64_t>(0, m.http2_active_streams.load(std::memory_order_relaxed))));
+  p.family("shunt_http2_goaways_total", "counter",
+           "GOAWAY frames sent to HTTP/2 clients by error code (no_error: drain or upstream gone; "
+           "enhance_your_calm, protocol_error, ...: the connection ended for what the client sent).");
+  for (const auto& [code, n] : m.http2_goaways.snapshot())
+    p.sample("shunt_http2_goaways_total", {{"code", code}}, n);
 
   p.family("shunt_policy_decisions_total", "counter",
            "Policy decisions by deciding rule (or default) and verdict.");

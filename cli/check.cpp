@@ -82,7 +82,14 @@ void print_summary(const config::Config& c) {
     const auto count = [](std::size_t n, const char* one, const char* many) {
       return std::to_string(n) + ' ' + (n == 1 ? one : many);
     };
-    const std::string kind = !r.http.empty() ? "http (" + count(r.http.size(), "entry", "entries") + ")"
+    const auto grpc = static_cast<std::size_t>(
+        std::count_if(r.http.begin(), r.http.end(), [](const config::HttpMatch& m) { return m.grpc; }));
+    const std::string entries = grpc == 0 ? count(r.http.size(), "entry", "entries")
+                                : grpc == r.http.size()
+                                    ? count(grpc, "gRPC entry", "gRPC entries")
+                                    : count(r.http.size() - grpc, "entry", "entries") + ", " +
+                                          count(grpc, "gRPC entry", "gRPC entries");
+    const std::string kind = !r.http.empty() ? "http (" + entries + ")"
                              : r.tls         ? "tls (" + count(r.tls->sni.size(), "name", "names") + ")"
                                              : "l4";
     rows.push_back({r.name, std::string(config::to_string(r.action)), kind,
@@ -99,8 +106,13 @@ void print_notes(const config::Config& c) {
   if (notes.empty()) return;
   std::cout << "http entries (matched in canonical form, docs/policy.md):\n";
   for (const auto& n : notes) {
+    const auto rule = std::find_if(c.policy.rules.begin(), c.policy.rules.end(),
+                                   [&](const config::Rule& r) { return r.name == n.rule; });
+    const std::string label = rule != c.policy.rules.end() && n.entry - 1 < rule->http.size()
+                                  ? policy::entry_label(rule->http[n.entry - 1], n.entry)
+                                  : "http entry " + std::to_string(n.entry);
     std::cout << "  " << (n.never ? "warning: " : "note: ") << c.source << ":" << n.line << ": rule '"
-              << n.rule << "' http entry " << n.entry << ": " << n.message
+              << n.rule << "' " << label << ": " << n.message
               << (n.never ? " (this entry can never match)" : "") << '\n';
   }
 }

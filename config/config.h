@@ -98,6 +98,27 @@ struct HttpSettings {
   std::vector<std::string> upgrade_protocols{"websocket"};
 };
 
+// HTTP/2 (prior-knowledge h2c on connections an `http` rule inspects): the
+// SETTINGS shunt advertises to clients and the budgets that end a client
+// connection with GOAWAY (docs/policy.md, "HTTP/2"). The same windows are
+// advertised to the upstream, so per-connection buffering is bounded by
+// them in each direction.
+struct Http2Settings {
+  std::uint32_t max_concurrent_streams = 100;
+  std::uint32_t stream_window = 256 * 1024;           // INITIAL_WINDOW_SIZE, per stream
+  std::uint32_t connection_window = 4 * 1024 * 1024;  // all streams of one connection
+  // CONTINUATION frames after one HEADERS (CVE-2024-27316 class).
+  std::uint32_t max_continuations = 8;
+  // Rapid reset (CVE-2023-44487): stream resets the client may cause, as a
+  // token bucket (burst, refill per second).
+  std::uint32_t reset_burst = 1000;
+  std::uint32_t reset_rate = 33;
+  // SETTINGS and PING frames (not ACKs) from the client, as a token bucket;
+  // twice the burst bounds the ACKs nghttp2 may queue for a peer that does not read.
+  std::uint32_t control_frame_burst = 1000;
+  std::uint32_t control_frame_rate = 100;
+};
+
 struct ProxySettings {
   std::vector<Listener> listeners;
   Datapath datapath = Datapath::sockmap;
@@ -105,6 +126,7 @@ struct ProxySettings {
   Timeouts timeouts;
   Limits limits;
   HttpSettings http;
+  Http2Settings http2;
 };
 
 struct Steering {
@@ -156,6 +178,10 @@ struct HttpMatch {
   std::optional<std::string> path_regex;       // RE2, validated at load
   std::optional<std::string> host;             // case-insensitive, port ignored
   std::map<std::string, std::string> headers;  // name lower-cased at load; exact value
+  // Set when the entry was written in a rule's `grpc:` list ("pkg.Service/Method"
+  // or "pkg.Service/*"): the entry is then method POST with path_exact
+  // /pkg.Service/Method or path prefix /pkg.Service/, and messages name it by this.
+  std::optional<std::string> grpc;
 };
 
 struct TlsMatch {
@@ -167,7 +193,7 @@ struct Rule {
   Selector from;
   Selector to;
   Action action = Action::allow;
-  std::vector<HttpMatch> http;  // non-empty = decided per HTTP request
+  std::vector<HttpMatch> http;  // non-empty = decided per HTTP request (`grpc:` entries last)
   std::optional<TlsMatch> tls;  // set = decided on ClientHello SNI
   int line = 0;                 // where the rule starts in the file, for explain
 };

@@ -366,6 +366,7 @@ class Loader {
   void load_proxy(const Field& f, ProxySettings& proxy);
   void load_listener(const Field& f, Listener& l);
   void load_http_settings(const Field& f, HttpSettings& http);
+  void load_http2_settings(const Field& f, Http2Settings& http2);
   void load_steering(const Field& f, Steering& steering);
   void load_admin(const Field& f, Admin& admin);
   void load_log(const Field& f, Log& log);
@@ -374,6 +375,7 @@ class Loader {
   void load_rule(const Field& f, Rule& rule);
   void load_selector(const Field& f, Selector& s, bool is_to);
   void load_http(const Field& f, HttpMatch& m);
+  void load_grpc(const Field& f, HttpMatch& m);
   void load_tls(const Field& f, TlsMatch& m);
 
   std::string file_;
@@ -500,6 +502,7 @@ void Loader::load_proxy(const Field& f, ProxySettings& proxy) {
     }
   }
   if (const Field* h = fields.get("http")) load_http_settings(*h, proxy.http);
+  if (const Field* h = fields.get("http2")) load_http2_settings(*h, proxy.http2);
   if (const Field* l = fields.get("limits")) {
     Fields limits(*this, *l, "proxy.limits", schema::kLimits);
     if (const Field* v = limits.get("max_connections")) {
@@ -527,6 +530,37 @@ void Loader::load_proxy(const Field& f, ProxySettings& proxy) {
       // that much memory per connection.
       if (auto n = integer(*v, 1024, 1 << 20)) proxy.limits.max_header_bytes = static_cast<std::uint32_t>(*n);
     }
+  }
+}
+
+void Loader::load_http2_settings(const Field& f, Http2Settings& http2) {
+  Fields fields(*this, f, "proxy.http2", schema::kHttp2);
+  // Bounds: a window below 16 KiB (one default frame) or a stream limit of 0
+  // would stall every client; above them one connection pins too much memory.
+  const struct {
+    const char* key;
+    std::uint32_t* slot;
+    std::uint64_t min, max;
+  } slots[] = {
+      {"max_concurrent_streams", &http2.max_concurrent_streams, 1, 10'000},
+      {"stream_window", &http2.stream_window, 16 * 1024, 16 << 20},
+      {"connection_window", &http2.connection_window, 64 * 1024, 256 << 20},
+      {"max_continuations", &http2.max_continuations, 1, 1'000},
+      {"reset_burst", &http2.reset_burst, 1, 1'000'000},
+      {"reset_rate", &http2.reset_rate, 1, 1'000'000},
+      {"control_frame_burst", &http2.control_frame_burst, 1, 1'000'000},
+      {"control_frame_rate", &http2.control_frame_rate, 1, 1'000'000},
+  };
+  for (const auto& s : slots) {
+    if (const Field* v = fields.get(s.key)) {
+      if (auto n = integer(*v, s.min, s.max)) *s.slot = static_cast<std::uint32_t>(*n);
+    }
+  }
+  if (const Field* v = fields.get("connection_window");
+      v != nullptr && http2.connection_window < http2.stream_window) {
+    error(*v, "'connection_window' (" + std::to_string(http2.connection_window) +
+                  ") is smaller than stream_window (" + std::to_string(http2.stream_window) +
+                  "): one stream could never use its window");
   }
 }
 
@@ -765,11 +799,11 @@ void Loader::load_rule(const Field& f, Rule& rule) {
     }
   }
   const Field* http = fields.get("http");
+  const Field* grpc = fields.get("grpc");
   const Field* tls = fields.get("tls");
-  if (http != nullptr && tls != nullptr) {
-    error(tls->key_mark, "rule '" + rule.name +
-                             "' has both http and tls; a connection is either plain HTTP or "
-                             "TLS, so write two rules");
+  if ((http != nullptr || grpc != nullptr) && tls != nullptr) {
+    error(tls->key_mark, "rule '" + rule.name + "' has both " + (http != nullptr ? "http" : "grpc") +
+                             " and tls; a connection is either plain HTTP or TLS, so write two rules");
     return;
   }
   if (http != nullptr) {
@@ -781,6 +815,18 @@ void Loader::load_rule(const Field& f, Rule& rule) {
       HttpMatch m;
       load_http(entry, m);
       rule.http.push_back(std::move(m));
+    }
+  }
+  if (grpc != nullptr) {
+    // Shorthand for http entries: one matcher underneath (load_grpc).
+    const auto entries = items(*grpc);
+    if (entries.empty() && (grpc->value.IsNull() || grpc->value.IsSequence())) {
+      error(*grpc, "'grpc' needs at least one 'package.Service/Method' or 'package.Service/*'");
+    }
+    for (const Field& entry : entries) {
+      HttpMatch m;
+      load_grpc(entry, m);
+      if (m.grpc) rule.http.push_back(std::move(m));
     }
   }
   if (tls != nullptr) {
@@ -905,6 +951,46 @@ void Loader::load_http(const Field& f, HttpMatch& m) {
       if (!is_http_token(name)) error(*v, "header name '" + name + "' is not a valid HTTP token");
     }
   }
+}
+
+// A gRPC method is `POST /package.Service/Method` (gRPC over HTTP/2,
+// "Path"): `package.Service/Method` becomes method POST and path_exact
+// /package.Service/Method; `package.Service/*` becomes method POST and path
+// prefix /package.Service/ (every method of the service). Names are
+// protobuf identifiers, so nothing in them needs escaping or canonicalising.
+void Loader::load_grpc(const Field& f, HttpMatch& m) {
+  const auto text = nonempty_string(f);
+  if (!text) return;
+  const auto identifier = [](std::string_view s) {
+    return !s.empty() && !(s[0] >= '0' && s[0] <= '9') && std::all_of(s.begin(), s.end(), [](char c) {
+      return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_';
+    });
+  };
+  const auto slash = text->find('/');
+  bool ok = slash != std::string::npos && slash + 1 < text->size();
+  if (ok) {
+    const std::string_view service = std::string_view(*text).substr(0, slash);
+    const std::string_view method = std::string_view(*text).substr(slash + 1);
+    for (std::size_t start = 0; ok && start <= service.size();) {
+      const auto dot = std::min(service.find('.', start), service.size());
+      ok = identifier(service.substr(start, dot - start));
+      start = dot + 1;
+    }
+    ok = ok && (method == "*" || identifier(method));
+  }
+  if (!ok) {
+    error(f,
+          "grpc entry '" + *text +
+              "' must be 'package.Service/Method' or 'package.Service/*' (protobuf names, no leading '/')");
+    return;
+  }
+  m.method = "POST";
+  if (text->ends_with("/*")) {
+    m.path = "/" + text->substr(0, text->size() - 1);
+  } else {
+    m.path_exact = "/" + *text;
+  }
+  m.grpc = *text;
 }
 
 void Loader::load_tls(const Field& f, TlsMatch& m) {

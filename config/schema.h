@@ -14,8 +14,8 @@ namespace shunt::config::schema {
 using Keys = std::span<const std::string_view>;
 
 inline constexpr std::array<std::string_view, 6> kTop{"proxy", "steering", "admin", "log", "pods", "policy"};
-inline constexpr std::array<std::string_view, 6> kProxy{"listeners", "datapath", "upstream_source",
-                                                        "timeouts",  "limits",   "http"};
+inline constexpr std::array<std::string_view, 7> kProxy{
+    "listeners", "datapath", "upstream_source", "timeouts", "limits", "http", "http2"};
 inline constexpr std::array<std::string_view, 4> kListener{"name", "listen", "transparent", "forward"};
 inline constexpr std::array<std::string_view, 6> kTimeouts{"connect", "header",    "idle",
                                                            "drain",   "keepalive", "refuse"};
@@ -23,12 +23,16 @@ inline constexpr std::array<std::string_view, 3> kLimits{"max_connections", "max
                                                          "max_header_bytes"};
 inline constexpr std::array<std::string_view, 3> kHttp{"encoded_slash", "invalid_escape",
                                                        "upgrade_protocols"};
+inline constexpr std::array<std::string_view, 8> kHttp2{
+    "max_concurrent_streams", "stream_window",     "connection_window",
+    "max_continuations",      "reset_burst",       "reset_rate",
+    "control_frame_burst",    "control_frame_rate"};
 inline constexpr std::array<std::string_view, 3> kSteering{"intercept_ports", "on_proxy_down", "attach"};
 inline constexpr std::array<std::string_view, 2> kAdmin{"listen", "allow_remote"};
 inline constexpr std::array<std::string_view, 2> kLog{"level", "access"};
 inline constexpr std::array<std::string_view, 4> kPod{"name", "ip", "labels", "dev"};
 inline constexpr std::array<std::string_view, 2> kPolicy{"default", "rules"};
-inline constexpr std::array<std::string_view, 6> kRule{"name", "from", "to", "action", "http", "tls"};
+inline constexpr std::array<std::string_view, 7> kRule{"name", "from", "to", "action", "http", "grpc", "tls"};
 inline constexpr std::array<std::string_view, 4> kSelector{"pod", "labels", "cidr", "ports"};
 inline constexpr std::array<std::string_view, 6> kHttpMatch{"method",     "path", "path_exact",
                                                             "path_regex", "host", "headers"};
@@ -40,13 +44,14 @@ struct Section {
   std::string_view path;
   Keys keys;
 };
-inline constexpr std::array<Section, 16> kSections{{
+inline constexpr std::array<Section, 17> kSections{{
     {"", kTop},
     {"proxy", kProxy},
     {"proxy.listeners[]", kListener},
     {"proxy.timeouts", kTimeouts},
     {"proxy.limits", kLimits},
     {"proxy.http", kHttp},
+    {"proxy.http2", kHttp2},
     {"steering", kSteering},
     {"admin", kAdmin},
     {"log", kLog},

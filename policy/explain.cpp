@@ -132,11 +132,14 @@ Explanation Policy::explain(const Flow& flow, const HttpRequest* request,
         bool hit = false;
         for (std::size_t e = 0; e < compiled.http.size(); ++e) {
           if (detail::http_entry_matches(compiled.http[e], prepared, compiled.deny, &miss)) {
-            t.why += "http entry " + std::to_string(e + 1) + " matches: " + action;
+            t.why += entry_label(rule.http[e], e + 1) + " matches: " + action;
             hit = true;
             break;
           }
-          misses += (misses.empty() ? "" : "; ") + ("entry " + std::to_string(e + 1) + ": " + miss);
+          // "entry 2" in this list (already inside "no http entry matches").
+          const std::string label =
+              rule.http[e].grpc ? entry_label(rule.http[e], e + 1) : "entry " + std::to_string(e + 1);
+          misses += (misses.empty() ? "" : "; ") + (label + ": " + miss);
         }
         if (!hit) {
           t.matched = false;

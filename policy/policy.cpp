@@ -621,8 +621,8 @@ Decision Policy::decide_http(const Flow& flow, const HttpRequest& request) const
       const std::string& name = index_->rules[i].spec->name;
       std::string reason = "rule '" + name + "' " + std::string(verb) + " ";
       reason += entry == 0 ? std::string("every request on this connection (L4 rule)")
-                           : std::string(req.method) + " " + shown + " (http entry " + std::to_string(entry) +
-                                 " matches)";
+                           : std::string(req.method) + " " + shown + " (" +
+                                 entry_label(index_->rules[i].spec->http[entry - 1], entry) + " matches)";
       return reason;
     };
     if (deny != kNone) {
@@ -694,6 +694,10 @@ std::vector<ConfigNote> lint(const config::Config& config) {
     }
   }
   return out;
+}
+
+std::string entry_label(const config::HttpMatch& entry, std::size_t index) {
+  return entry.grpc ? "grpc entry " + *entry.grpc : "http entry " + std::to_string(index);
 }
 
 }  // namespace shunt::policy

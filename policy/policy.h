@@ -119,6 +119,10 @@ struct L4Deny {
   std::vector<std::uint16_t> ports;  // empty: any port
 };
 
+// How messages name the 1-based entry `index` of a rule's http list:
+// "http entry 2", or "grpc entry pkg.Service/Method" for one written in `grpc:`.
+std::string entry_label(const config::HttpMatch& entry, std::size_t index);
+
 class Policy {
  public:
   static std::shared_ptr<const Policy> build(std::shared_ptr<const config::Config> config,

@@ -86,6 +86,11 @@ struct ConnectionInfo {
   // Ends the connection with a reset, from any thread (posted to its
   // executor), recording `why` (revoked, shutdown).
   std::function<void(EndReason why)> revoke;
+  // Set (under mu) while the HTTP/2 inspector runs the connection: asks it,
+  // from any thread, to re-decide its open streams under the current policy
+  // now rather than at its next tick. Called after each reload that keeps
+  // the connection itself.
+  std::function<void()> recheck_streams;
 
   // What /connections shows: h2, http/1.1 (HTTP-inspected), tls (SNI) or tcp.
   [[nodiscard]] std::string_view protocol() const {

@@ -83,6 +83,12 @@ struct Metrics {
   std::atomic<std::uint64_t> http_requests_denied{0};
   std::atomic<std::uint64_t> http2_requests_allowed{0};  // HTTP/2 streams
   std::atomic<std::uint64_t> http2_requests_denied{0};
+  // HTTP/2 streams open on client connections (each Stream of the inspector
+  // counts itself from its first HEADERS to its end).
+  std::atomic<std::int64_t> http2_active_streams{0};
+  // GOAWAY frames shunt sent to HTTP/2 clients, by error code name
+  // (no_error on drain or upstream loss; the others end a connection).
+  LabeledCounter http2_goaways;
   LabeledCounter policy_decisions;  // label: decision_key(rule, allowed)
   static std::string decision_key(const std::string& rule, bool allowed) {
     return rule + '\x1f' + (allowed ? "allow" : "deny");

@@ -45,7 +45,16 @@ std::size_t revoke_disallowed(const policy::Policy& policy, ConnectionRegistry& 
   std::size_t revoked = 0;
   for (const auto& info : registry.snapshot()) {
     const policy::Decision d = recheck(policy, *info);
-    if (d.verdict == policy::Verdict::allow) continue;
+    if (d.verdict == policy::Verdict::allow) {
+      // The connection stays; its HTTP/2 streams are each decided again.
+      std::function<void()> streams;
+      {
+        std::lock_guard lock(info->mu);
+        streams = info->recheck_streams;
+      }
+      if (streams) streams();
+      continue;
+    }
     spdlog::info("connection {} {} -> {} no longer allowed ({}: {}); resetting", info->id,
                  config::to_string(info->src), config::to_string(info->dst), d.rule, d.reason);
     // The line the connection ends with names the rule that denies it now

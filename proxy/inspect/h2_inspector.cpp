@@ -15,27 +15,35 @@
 // flood or GOAWAY would hit others, and the transparent source address could
 // not be kept). One-to-one keeps a client's failures its own.
 //
-// Flow control is end to end: neither session sends WINDOW_UPDATE on its
-// own (no_auto_window_update); bytes received on one side are "consumed"
-// (and so open the window again) only when the other side's data provider
-// has taken them into a frame, i.e. when the other peer's window accepted
-// them. A stream whose reader is slow stops its own window, not the others';
-// per-connection memory is bounded by the windows advertised (kStreamWindow
-// per stream, kConnectionWindow in all, each direction).
+// Flow control is end to end per stream: neither session sends
+// WINDOW_UPDATE on its own (no_auto_window_update); bytes received on a
+// stream are consumed on that stream (and so open its window again) only
+// when the other side's data provider has taken them into a frame, i.e.
+// when the other peer's window accepted them. The connection window is
+// given back as soon as bytes are buffered: were it tied to forwarding too,
+// a few streams whose readers stall would hold all of it and stall every
+// other stream of the connection (head-of-line blocking). So a slow reader
+// stops its own stream only, and per-connection memory is bounded by
+// proxy.http2.stream_window per open stream (max_concurrent_streams of
+// them), each direction.
 //
 // Denials answer on the stream only: gRPC (content-type application/grpc*)
 // gets a trailers-only response with grpc-status 7, anything else
 // `:status 403` and `Access denied\n`. The connection stays up.
 //
 // Bad input: nghttp2 answers framing/HPACK/semantics errors with GOAWAY and
-// the right code, limits SETTINGS/PING/RST acknowledgements it would queue
-// (flood), CONTINUATION frames per header block and stream resets per second
-// (CVE-2023-44487, Debian's backports in 1.52.0-1+deb12u*); header lists are
-// bounded by limits.max_header_bytes here (counted as RFC 9113 §6.5.2 does).
+// the right code, limits acknowledgements it would queue (flood),
+// CONTINUATION frames per header block and stream resets per second
+// (CVE-2023-44487, Debian's backports in 1.52.0-1+deb12u*); SETTINGS/PING
+// frames go through a token bucket here, and header lists are bounded by
+// limits.max_header_bytes here (counted as RFC 9113 §6.5.2 does). Every
+// budget is in proxy.http2 (config.h, Http2Settings). A fatal error lingers
+// (linger()) so the GOAWAY reaches a client that is still sending.
 //
-// A 100 ms tick re-checks open streams after a reload (a stream no longer
-// allowed is ended: grpc-status 7 for gRPC, RST_STREAM(CANCEL) otherwise)
-// and sends GOAWAY when the daemon drains.
+// A reload re-checks open streams at once (ConnectionInfo::recheck_streams
+// pokes the tick; the 100 ms tick itself is the fallback): a stream no
+// longer allowed is ended, grpc-status 7 for gRPC, RST_STREAM(CANCEL)
+// otherwise. The tick also sends GOAWAY when the daemon drains.
 #include "common/async.h"
 #include "policy/canonical.h"
 #include "proxy/access_log.h"
@@ -47,6 +55,7 @@
 
 #include <nghttp2/nghttp2.h>
 #include <spdlog/spdlog.h>
+#include <boost/asio/post.hpp>
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/this_coro.hpp>
@@ -74,17 +83,62 @@ namespace {
 
 constexpr std::size_t kReadChunk = 64 * 1024;
 constexpr std::size_t kWriteBatch = 64 * 1024;
-constexpr std::int32_t kStreamWindow = 256 * 1024;
-constexpr std::int32_t kConnectionWindow = 4 * 1024 * 1024;
-constexpr std::uint32_t kMaxConcurrentStreams = 100;
-// Rapid reset (CVE-2023-44487): a token bucket of stream resets the client
-// may cause; beyond it nghttp2 ends the connection with GOAWAY(INTERNAL_ERROR),
-// as nghttp2 1.57+ does. The values are nghttp2's defaults there.
-constexpr std::uint64_t kResetBurst = 1000;
-constexpr std::uint64_t kResetRate = 33;
-// CONTINUATION frames per header block (CVE-2024-27316 class).
-constexpr std::size_t kMaxContinuations = 8;
+// Windows, stream and flood limits come from proxy.http2 (config/config.h,
+// Http2Settings; docs/config.md). Rapid reset (CVE-2023-44487): nghttp2's
+// token bucket of stream resets ends the connection with
+// GOAWAY(INTERNAL_ERROR) past it, as nghttp2 1.57+ does by default.
+// The tick re-checks streams after a reload a policy_changed hook missed
+// (the hook normally wakes it at once) and notices a drain.
 constexpr auto kTick = std::chrono::milliseconds(100);
+// How long input is read and dropped after a fatal client error (linger()).
+constexpr auto kLinger = std::chrono::seconds(1);
+
+// A token bucket: `burst` tokens, refilled at `rate` per second.
+class TokenBucket {
+ public:
+  TokenBucket(std::uint32_t burst, std::uint32_t rate) : burst_(burst), rate_(rate), tokens_(burst) {}
+  bool take() {
+    const auto now = Clock::now();
+    tokens_ = std::min<double>(burst_, tokens_ + std::chrono::duration<double>(now - last_).count() * rate_);
+    last_ = now;
+    if (tokens_ < 1) return false;
+    tokens_ -= 1;
+    return true;
+  }
+
+ private:
+  double burst_, rate_, tokens_;
+  Clock::time_point last_ = Clock::now();
+};
+
+// shunt_http2_active_streams counts every Stream object alive.
+struct ActiveStream {
+  ActiveStream() { metrics().http2_active_streams.fetch_add(1, std::memory_order_relaxed); }
+  ~ActiveStream() { metrics().http2_active_streams.fetch_sub(1, std::memory_order_relaxed); }
+  ActiveStream(const ActiveStream&) = delete;
+  ActiveStream& operator=(const ActiveStream&) = delete;
+};
+
+std::string goaway_code_name(std::uint32_t code) {
+  switch (code) {
+    case NGHTTP2_NO_ERROR:
+      return "no_error";
+    case NGHTTP2_PROTOCOL_ERROR:
+      return "protocol_error";
+    case NGHTTP2_INTERNAL_ERROR:
+      return "internal_error";
+    case NGHTTP2_FLOW_CONTROL_ERROR:
+      return "flow_control_error";
+    case NGHTTP2_FRAME_SIZE_ERROR:
+      return "frame_size_error";
+    case NGHTTP2_COMPRESSION_ERROR:
+      return "compression_error";
+    case NGHTTP2_ENHANCE_YOUR_CALM:
+      return "enhance_your_calm";
+    default:
+      return "other";
+  }
+}
 
 using Header = std::pair<std::string, std::string>;
 using Headers = std::vector<Header>;
@@ -124,6 +178,8 @@ struct Stream {
   Pipe up;    // client -> upstream
   Pipe down;  // upstream -> client
   Clock::time_point started = Clock::now();
+  std::optional<EndReason> failed;  // answered by shunt for the upstream (502/504, grpc-status 14)
+  ActiveStream gauge;
 };
 
 std::optional<int> parse_int(std::string_view v) {
@@ -166,6 +222,8 @@ class H2Proxy : public std::enable_shared_from_this<H2Proxy> {
         hold_(conn.shared_from_this()),
         flow_(flow_of(conn.info())),
         policy_(conn.proxy().policy.current()),
+        limits_(conn.settings().http2),
+        control_frames_(limits_.control_frame_burst, limits_.control_frame_rate),
         client_wake_(ex, Clock::time_point::max()),
         upstream_wake_(ex, Clock::time_point::max()),
         done_wake_(ex, Clock::time_point::max()),
@@ -177,6 +235,8 @@ class H2Proxy : public std::enable_shared_from_this<H2Proxy> {
     upstream_wake_.cancel();
     done_wake_.cancel();
   }
+  // Runs the tick now: a reload re-checks streams without waiting for it.
+  void poke() { tick_.cancel(); }
 
  private:
   static policy::Flow flow_of(ConnectionInfo& info) {
@@ -185,8 +245,9 @@ class H2Proxy : public std::enable_shared_from_this<H2Proxy> {
   }
 
   bool setup();
-  asio::awaitable<void> read_client();
+  asio::awaitable<void> read_client(std::string initial);
   asio::awaitable<void> read_upstream();
+  asio::awaitable<void> linger(std::vector<std::uint8_t>& buf);
   asio::awaitable<void> write_loop(bool to_client);
   asio::awaitable<void> write_frames(bool to_client);
   asio::awaitable<void> tick();
@@ -205,6 +266,8 @@ class H2Proxy : public std::enable_shared_from_this<H2Proxy> {
   void decide(Stream& s);
   void answer(Stream& s, int status, std::string_view body, bool allowed);
   void deny(Stream& s, std::string_view message);
+  void fail_upstream(Stream& s, EndReason why, int status);
+  void grpc_answer(Stream& s, int code, std::string_view message);
   void submit_upstream(Stream& s);
   void upstream_gone();
   void recheck(const policy::Policy& policy);
@@ -217,6 +280,7 @@ class H2Proxy : public std::enable_shared_from_this<H2Proxy> {
   static int on_frame_recv(nghttp2_session*, const nghttp2_frame*, void*);
   static int on_data(nghttp2_session*, std::uint8_t, std::int32_t, const std::uint8_t*, std::size_t, void*);
   static int on_stream_close(nghttp2_session*, std::int32_t, std::uint32_t, void*);
+  static int on_frame_send(nghttp2_session*, const nghttp2_frame*, void*);
   static ssize_t read_up(nghttp2_session*, std::int32_t, std::uint8_t*, std::size_t, std::uint32_t*,
                          nghttp2_data_source*, void*);
   static ssize_t read_down(nghttp2_session*, std::int32_t, std::uint8_t*, std::size_t, std::uint32_t*,
@@ -229,9 +293,12 @@ class H2Proxy : public std::enable_shared_from_this<H2Proxy> {
   Connection& conn_;
   std::shared_ptr<Connection> hold_;
   const policy::Flow flow_;
-  std::shared_ptr<const policy::Policy> policy_;  // the snapshot streams were last decided under
-  SessionPtr server_;                             // toward the client
-  SessionPtr client_;                             // toward the upstream; null until connected
+  std::shared_ptr<const policy::Policy> policy_;             // the snapshot streams were last decided under
+  const config::Http2Settings limits_;                       // from the snapshot the connection started under
+  TokenBucket control_frames_;                               // SETTINGS and PING from the client
+  std::optional<std::pair<EndReason, int>> connect_failed_;  // the last upstream connect failed: how
+  SessionPtr server_;                                        // toward the client
+  SessionPtr client_;                                        // toward the upstream; null until connected
   std::map<std::int32_t, std::unique_ptr<Stream>> streams_;
   std::unordered_map<std::int32_t, std::int32_t> by_upstream_;
   std::vector<std::int32_t> waiting_;  // allowed, waiting for the upstream connection
@@ -252,14 +319,21 @@ bool H2Proxy::setup() {
   nghttp2_session_callbacks_set_on_frame_recv_callback(cbs, on_frame_recv);
   nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cbs, on_data);
   nghttp2_session_callbacks_set_on_stream_close_callback(cbs, on_stream_close);
+  nghttp2_session_callbacks_set_on_frame_send_callback(cbs, on_frame_send);
   nghttp2_option* opt = nullptr;
   if (nghttp2_option_new(&opt) != 0) {
     nghttp2_session_callbacks_del(cbs);
     return false;
   }
   nghttp2_option_set_no_auto_window_update(opt, 1);
-  nghttp2_option_set_stream_reset_rate_limit(opt, kResetBurst, kResetRate);
-  nghttp2_option_set_max_continuations(opt, kMaxContinuations);
+  nghttp2_option_set_stream_reset_rate_limit(opt, limits_.reset_burst, limits_.reset_rate);
+  nghttp2_option_set_max_continuations(opt, limits_.max_continuations);
+  // ACKs (SETTINGS, PING) and RST_STREAMs queued for a peer that does not
+  // read: past it nghttp2 fails the session (NGHTTP2_ERR_FLOODED). Twice
+  // the control-frame burst, so a client that floods while reading meets
+  // the bucket in on_frame_recv first (and a clean GOAWAY); this cap is for
+  // the one whose ACKs pile up unread.
+  nghttp2_option_set_max_outbound_ack(opt, std::size_t{2} * limits_.control_frame_burst);
   nghttp2_session* s = nullptr;
   int rv = nghttp2_session_server_new2(&s, cbs, this, opt);
   server_.reset(s);
@@ -273,21 +347,22 @@ bool H2Proxy::setup() {
 
   const auto max_header = conn_.settings().limits.max_header_bytes;
   const nghttp2_settings_entry server_settings[] = {
-      {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, kMaxConcurrentStreams},
-      {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, kStreamWindow},
+      {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, limits_.max_concurrent_streams},
+      {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, limits_.stream_window},
       {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, max_header},
   };
   const nghttp2_settings_entry client_settings[] = {
       {NGHTTP2_SETTINGS_ENABLE_PUSH, 0},
-      {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, kStreamWindow},
+      {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, limits_.stream_window},
       {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, max_header},
   };
+  const auto connection_window = static_cast<std::int32_t>(limits_.connection_window);
   if (nghttp2_submit_settings(server_.get(), NGHTTP2_FLAG_NONE, server_settings,
                               std::size(server_settings)) != 0 ||
       nghttp2_submit_settings(client_.get(), NGHTTP2_FLAG_NONE, client_settings,
                               std::size(client_settings)) != 0 ||
-      nghttp2_session_set_local_window_size(server_.get(), NGHTTP2_FLAG_NONE, 0, kConnectionWindow) != 0 ||
-      nghttp2_session_set_local_window_size(client_.get(), NGHTTP2_FLAG_NONE, 0, kConnectionWindow) != 0) {
+      nghttp2_session_set_local_window_size(server_.get(), NGHTTP2_FLAG_NONE, 0, connection_window) != 0 ||
+      nghttp2_session_set_local_window_size(client_.get(), NGHTTP2_FLAG_NONE, 0, connection_window) != 0) {
     return false;
   }
   return true;
@@ -339,7 +414,9 @@ void H2Proxy::log_stream(const Stream& s) {
   r.bytes_down = s.bytes_down;
   r.protocol = "h2";
   r.grpc_status = s.grpc_status;
-  if (s.revoked)
+  if (s.failed)
+    r.reason = std::string(to_string(*s.failed));
+  else if (s.revoked)
     r.reason = std::string(to_string(EndReason::revoked));
   else if (!s.allowed)
     r.reason = std::string(
@@ -364,24 +441,42 @@ void H2Proxy::answer(Stream& s, int status, std::string_view body, bool allowed)
   nghttp2_submit_response(server_.get(), s.id, nv.data(), nv.size(), &provider);
 }
 
+// A trailers-only gRPC answer (gRPC over HTTP/2: one HEADERS frame with
+// END_STREAM) carrying `code` and `message`.
+void H2Proxy::grpc_answer(Stream& s, int code, std::string_view message) {
+  s.status = 200;
+  s.grpc_status = code;
+  s.response_started = true;
+  s.down.clear();
+  s.down.eof = true;
+  const Headers h{{":status", "200"},
+                  {"content-type", "application/grpc"},
+                  {"grpc-status", std::to_string(code)},
+                  {"grpc-message", std::string(message)}};
+  const auto nv = to_nv(h);
+  nghttp2_submit_response(server_.get(), s.id, nv.data(), nv.size(), nullptr);
+}
+
 void H2Proxy::deny(Stream& s, std::string_view message) {
   s.allowed = false;
   if (s.grpc) {
-    // Trailers-only (gRPC over HTTP/2): one HEADERS frame with END_STREAM.
-    s.status = 200;
-    s.grpc_status = 7;
-    s.response_started = true;
-    s.down.clear();
-    s.down.eof = true;
-    const Headers h{{":status", "200"},
-                    {"content-type", "application/grpc"},
-                    {"grpc-status", "7"},
-                    {"grpc-message", std::string(message)}};
-    const auto nv = to_nv(h);
-    nghttp2_submit_response(server_.get(), s.id, nv.data(), nv.size(), nullptr);
+    grpc_answer(s, 7, message);  // PERMISSION_DENIED
     return;
   }
   answer(s, 403, "Access denied\n", false);
+}
+
+// An allowed stream the upstream could not take: what Envoy answers too,
+// 502 (504 when the connect timed out) or, for gRPC, UNAVAILABLE (14),
+// which gRPC clients may retry. The verdict stays allow; the access log
+// says why it failed.
+void H2Proxy::fail_upstream(Stream& s, EndReason why, int status) {
+  s.failed = why;
+  if (s.grpc) {
+    grpc_answer(s, 14, status == 504 ? "upstream connect timed out" : "upstream unavailable");
+    return;
+  }
+  answer(s, status, status == 504 ? "Gateway Timeout\n" : "Bad Gateway\n", true);
 }
 
 void H2Proxy::decide(Stream& s) {
@@ -477,7 +572,12 @@ void H2Proxy::upstream_gone() {
   for (auto& [id, s] : streams_) {
     if (s->upstream_id > 0 && !s->upstream_closed) {
       s->upstream_closed = true;
-      if (!s->down.eof)
+      if (s->revoked || nghttp2_session_find_stream(server_.get(), id) == nullptr) continue;
+      // No response yet: the client gets one (502 / grpc-status 14); a
+      // response cut short can only be reset.
+      if (!s->response_started)
+        fail_upstream(*s, EndReason::upstream_reset, 502);
+      else if (!s->down.eof)
         nghttp2_submit_rst_stream(server_.get(), NGHTTP2_FLAG_NONE, id, NGHTTP2_INTERNAL_ERROR);
     }
   }
@@ -566,10 +666,28 @@ int H2Proxy::on_header(nghttp2_session* session, const nghttp2_frame* frame, con
   return 0;
 }
 
+int H2Proxy::on_frame_send(nghttp2_session* session, const nghttp2_frame* frame, void* user) {
+  auto& self = *static_cast<H2Proxy*>(user);
+  if (self.is_server(session) && frame->hd.type == NGHTTP2_GOAWAY)
+    metrics().http2_goaways.add(goaway_code_name(frame->goaway.error_code));
+  return 0;
+}
+
 int H2Proxy::on_frame_recv(nghttp2_session* session, const nghttp2_frame* frame, void* user) {
   auto& self = *static_cast<H2Proxy*>(user);
   const bool end_stream = (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0;
   if (self.is_server(session)) {
+    // SETTINGS/PING flood: each costs an ACK and a pass through nghttp2;
+    // past the client's budget the connection ends with ENHANCE_YOUR_CALM
+    // (the callback failure stops nghttp2 reading the rest of the input).
+    if ((frame->hd.type == NGHTTP2_PING || frame->hd.type == NGHTTP2_SETTINGS) &&
+        (frame->hd.flags & NGHTTP2_FLAG_ACK) == 0 && !self.control_frames_.take()) {
+      spdlog::debug("connection {}: SETTINGS/PING over proxy.http2.control_frame_* budget; GOAWAY",
+                    self.conn_.info().id);
+      self.conn_.info().note_end(EndReason::bad_request, "SETTINGS/PING flood");
+      nghttp2_session_terminate_session(session, NGHTTP2_ENHANCE_YOUR_CALM);
+      return NGHTTP2_ERR_CALLBACK_FAILURE;
+    }
     Stream* s = self.stream(frame->hd.stream_id);
     if (s == nullptr) return 0;
     if (frame->hd.type == NGHTTP2_HEADERS) {
@@ -644,13 +762,15 @@ int H2Proxy::on_frame_recv(nghttp2_session* session, const nghttp2_frame* frame,
 int H2Proxy::on_data(nghttp2_session* session, std::uint8_t, std::int32_t stream_id, const std::uint8_t* data,
                      std::size_t len, void* user) {
   auto& self = *static_cast<H2Proxy*>(user);
+  // The connection window comes back at once; the stream's when forwarded.
+  nghttp2_session_consume_connection(session, len);
   if (self.is_server(session)) {
     Stream* s = self.stream(stream_id);
     const bool forward =
         s && s->allowed && !s->revoked && !(s->upstream_id > 0 && s->upstream_closed) && !self.upstream_dead_;
     if (!forward) {
       // Nobody will read it: give the window back now.
-      nghttp2_session_consume(session, stream_id, len);
+      nghttp2_session_consume_stream(session, stream_id, len);
       return 0;
     }
     s->up.buf.append(reinterpret_cast<const char*>(data), len);
@@ -662,7 +782,7 @@ int H2Proxy::on_data(nghttp2_session* session, std::uint8_t, std::int32_t stream
   }
   Stream* s = self.upstream_stream(stream_id);
   if (s == nullptr || s->revoked || nghttp2_session_find_stream(self.server_.get(), s->id) == nullptr) {
-    nghttp2_session_consume(session, stream_id, len);
+    nghttp2_session_consume_stream(session, stream_id, len);
     return 0;
   }
   s->down.buf.append(reinterpret_cast<const char*>(data), len);
@@ -688,9 +808,8 @@ int H2Proxy::on_stream_close(nghttp2_session* session, std::int32_t stream_id, s
       self.upstream_wake_.cancel();
     }
     std::erase(self.waiting_, stream_id);
-    // Bytes buffered for the upstream are dropped: the client's window for
-    // them is the connection's, give it back.
-    if (s->up.size() > 0) nghttp2_session_consume(session, stream_id, s->up.size());
+    // Bytes buffered for the upstream are dropped (their connection window
+    // was given back when they arrived).
     s->up.clear();
     s->up.eof = true;
     // Closed in nghttp2 only after this callback returns: erase by hand.
@@ -721,8 +840,8 @@ int H2Proxy::on_stream_close(nghttp2_session* session, std::int32_t stream_id, s
 }
 
 // Moves buffered bytes of `pipe` into a DATA frame of `session`'s stream and
-// consumes them on `source` (the session they came in on), which reopens
-// that peer's window by exactly what this peer's window took.
+// consumes them on `source`'s stream (the session they came in on), which
+// reopens that peer's stream window by exactly what this peer's window took.
 ssize_t H2Proxy::pull(Pipe& pipe, nghttp2_session* session, std::int32_t stream_id, nghttp2_session* source,
                       std::int32_t source_id, std::uint8_t* buf, std::size_t length, std::uint32_t* flags) {
   const std::size_t n = std::min(length, pipe.size());
@@ -734,7 +853,12 @@ ssize_t H2Proxy::pull(Pipe& pipe, nghttp2_session* session, std::int32_t stream_
     pipe.buf.erase(0, pipe.off);
     pipe.off = 0;
   }
-  if (n > 0 && source != nullptr && source_id > 0) nghttp2_session_consume(source, source_id, n);
+  if (n > 0 && source != nullptr && source_id > 0) {
+    nghttp2_session_consume_stream(source, source_id, n);
+    // The WINDOW_UPDATE this may queue goes out with the source's writer,
+    // which may be asleep with nothing else to send.
+    (source == server_.get() ? client_wake_ : upstream_wake_).cancel();
+  }
   if (pipe.size() == 0 && pipe.eof) {
     *flags |= NGHTTP2_DATA_FLAG_EOF;
     if (pipe.trailers) {
@@ -761,24 +885,31 @@ ssize_t H2Proxy::read_down(nghttp2_session* session, std::int32_t stream_id, std
   auto& self = *static_cast<H2Proxy*>(user);
   Stream* s = self.stream(stream_id);
   if (s == nullptr) return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+  // A closed upstream stream has no window left to reopen (the connection's
+  // was given back on arrival).
   nghttp2_session* source = s->upstream_id > 0 && !s->upstream_closed ? self.client_.get() : nullptr;
-  if (source == nullptr && s->upstream_id > 0 && self.client_) {
-    // The upstream stream is closed: its connection window still counts
-    // what it sent, consume on the connection (stream 0 is not looked up).
-    const std::size_t n = std::min(length, s->down.size());
-    if (n > 0) nghttp2_session_consume_connection(self.client_.get(), n);
-  }
   return self.pull(s->down, session, stream_id, source, s->upstream_id, buf, length, flags);
 }
 
 // ---------------------------------------------------------------------- I/O
 
 asio::awaitable<void> H2Proxy::connect_upstream() {
-  const bool ok = co_await conn_.connect_upstream();
+  // keep_client: a failed connect answers the waiting streams, not the
+  // connection (connect_upstream counts, logs and closes the upstream socket).
+  const bool ok = co_await conn_.connect_upstream(/*keep_client=*/true);
   connecting_ = false;
-  if (!ok || conn_.aborted()) {
-    // connect_upstream has reset the client: the connection is over.
+  if (conn_.aborted()) {
     closing_ = true;
+    co_return;
+  }
+  if (!ok) {
+    const int status = conn_.connect_failure() == UpstreamFailure::connect_timeout ? 504 : 502;
+    for (std::int32_t id : std::exchange(waiting_, {})) {
+      if (Stream* s = stream(id); s && !s->revoked && nghttp2_session_find_stream(server_.get(), id))
+        fail_upstream(*s, EndReason::upstream_connect_failed, status);
+    }
+    // The next allowed stream tries again, as Envoy does per request.
+    client_wake_.cancel();
     co_return;
   }
   for (std::int32_t id : std::exchange(waiting_, {})) {
@@ -791,16 +922,22 @@ asio::awaitable<void> H2Proxy::connect_upstream() {
   client_wake_.cancel();
 }
 
-asio::awaitable<void> H2Proxy::read_client() {
-  std::vector<std::uint8_t> buf(kReadChunk);
-  for (;;) {
+// `initial`: what the connection read before it knew this was HTTP/2 (the
+// preface and whatever followed), taken like any later read: a flood may
+// already be in it.
+asio::awaitable<void> H2Proxy::read_client(std::string initial) {
+  std::vector<std::uint8_t> buf(std::max(kReadChunk, initial.size()));
+  std::memcpy(buf.data(), initial.data(), initial.size());
+  std::size_t n = initial.size();
+  for (bool first = true;; first = false) {
     if (conn_.aborted() || closing_) co_return;
-    boost::system::error_code ec;
-    const std::size_t n =
-        co_await conn_.client().async_read_some(asio::buffer(buf), asio::redirect_error(use_awaitable, ec));
-    if (ec) {
-      spdlog::debug("connection {}: client read: {}", conn_.info().id, ec.message());
-      co_return;
+    if (!first) {
+      boost::system::error_code ec;
+      n = co_await conn_.client().async_read_some(asio::buffer(buf), asio::redirect_error(use_awaitable, ec));
+      if (ec) {
+        spdlog::debug("connection {}: client read: {}", conn_.info().id, ec.message());
+        co_return;
+      }
     }
     const ssize_t rv = nghttp2_session_mem_recv(server_.get(), buf.data(), n);
     client_wake_.cancel();
@@ -811,10 +948,33 @@ asio::awaitable<void> H2Proxy::read_client() {
       spdlog::debug("connection {}: HTTP/2 from client: {}", conn_.info().id,
                     nghttp2_strerror(static_cast<int>(rv)));
       conn_.info().note_end(EndReason::bad_request, nghttp2_strerror(static_cast<int>(rv)));
-      if (rv == NGHTTP2_ERR_FLOODED)
+      // The budgets nghttp2 enforces by failing mem_recv queue no GOAWAY of
+      // their own (CONTINUATION count in Debian's 1.52 backport).
+      if (rv == NGHTTP2_ERR_FLOODED || rv == NGHTTP2_ERR_TOO_MANY_CONTINUATIONS)
         nghttp2_session_terminate_session(server_.get(), NGHTTP2_ENHANCE_YOUR_CALM);
+      client_wake_.cancel();
+      co_await linger(buf);
       co_return;
     }
+  }
+}
+
+// After a fatal error the client may still be sending (a flood is): closing
+// with its bytes unread makes the kernel answer with a reset, which can
+// overtake the GOAWAY on its way. So the input is read and dropped for at
+// most kLinger while the writer flushes GOAWAY and half-closes (nginx's
+// lingering close); the cost is bounded by that time.
+asio::awaitable<void> H2Proxy::linger(std::vector<std::uint8_t>& buf) {
+  Deadline deadline(tick_.get_executor());
+  deadline.arm_after(kLinger, [this, hold = shared_from_this()] {
+    boost::system::error_code ignored;
+    conn_.client().cancel(ignored);
+  });
+  while (!deadline.expired() && !conn_.aborted()) {
+    boost::system::error_code ec;
+    co_await conn_.client().async_read_some(asio::buffer(buf), asio::redirect_error(use_awaitable, ec));
+    // The writer cancels the client's read once GOAWAY is out: keep dropping.
+    if (ec && ec != asio::error::operation_aborted) break;
   }
 }
 
@@ -926,17 +1086,20 @@ asio::awaitable<void> H2Proxy::run(std::string initial) {
     co_return;
   }
   conn_.info().http2.store(true, std::memory_order_relaxed);
-  const ssize_t rv = nghttp2_session_mem_recv(
-      server_.get(), reinterpret_cast<const std::uint8_t*>(initial.data()), initial.size());
-  if (rv < 0) {
-    conn_.info().note_end(EndReason::bad_request, nghttp2_strerror(static_cast<int>(rv)));
-    reset_socket(conn_.client());
-    co_return;
+  {
+    // A reload re-checks this connection's streams at once (revoke_disallowed
+    // calls it on the control thread; the work is posted here).
+    std::lock_guard lock(conn_.info().mu);
+    conn_.info().recheck_streams = [weak = weak_from_this(), ex = tick_.get_executor()] {
+      asio::post(ex, [weak] {
+        if (auto self = weak.lock()) self->poke();
+      });
+    };
   }
   spawn(write_loop(true));
   spawn(tick());
   ++running_;
-  co_await read_client();
+  co_await read_client(std::move(initial));
   --running_;
   // The client stopped sending (or the session finished): let the writers
   // flush what is queued (GOAWAY, last frames), then close both sides.
@@ -971,6 +1134,10 @@ asio::awaitable<bool> inspect_h2(Connection& conn, std::string initial) {
     spdlog::warn("connection {}: HTTP/2 inspection: {}", conn.info().id, e.what());
     reset_socket(conn.client());
     reset_socket(conn.upstream());
+  }
+  {
+    std::lock_guard lock(conn.info().mu);
+    conn.info().recheck_streams = nullptr;
   }
   conn.set_abort_hook(nullptr);
   co_return false;

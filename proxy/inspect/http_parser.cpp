@@ -224,6 +224,22 @@ std::string serialise(const RequestHead& head, const std::vector<std::string>& u
       upgrade_written = true;
       for (const auto& p : upgrades_kept) joined += (joined.empty() ? "" : ", ") + p;
       v = joined;
+    } else if (name == "http2-settings") {
+      // Belongs to `Upgrade: h2c` (RFC 7540 §3.2.1), which is never
+      // forwarded: the request goes on as HTTP/1.1.
+      continue;
+    } else if (name == "connection") {
+      // The options naming what was dropped go with it (`Connection:
+      // Upgrade, HTTP2-Settings` from an h2c client), so the upstream sees
+      // a plain HTTP/1.1 request; other options (close, keep-alive) stay.
+      for_each_element(value, [&](std::string_view item) {
+        if (iequals(item, "http2-settings") || (upgrades_kept.empty() && iequals(item, "upgrade")))
+          return true;
+        joined += (joined.empty() ? "" : ", ") + std::string(item);
+        return true;
+      });
+      if (joined.empty()) continue;
+      v = joined;
     }
     out += name;
     out += ": ";

@@ -68,7 +68,9 @@ std::string_view parse_head(std::string_view bytes, const config::HttpSettings& 
 // The head to forward: canonical request line, the fields as read (names
 // lower-case, values trimmed), Host set to the canonical authority, and the
 // Upgrade values reduced to those in `upgrades_kept` (the field dropped when
-// none is left).
+// none is left, with the `upgrade` Connection option), and HTTP2-Settings
+// (with its Connection option) dropped: `Upgrade: h2c` is declined by
+// forwarding the request as plain HTTP/1.1.
 std::string serialise(const RequestHead& head, const std::vector<std::string>& upgrades_kept);
 
 // The Upgrade protocols of `head` that may leave inspection: those whose

@@ -4,8 +4,11 @@ a python3-grpcio server and channel. Streams are decided one by one on one
 connection; denials are 403 / grpc-status 7 and leave the connection up;
 bodies of 8 MiB are hash-checked both ways (the gRPC server reports the hash
 of what it received); a rapid-reset flood is cut off and shunt stays ready;
-a reload ends a stream that is no longer allowed."""
+a reload ends a stream that is no longer allowed; `Upgrade: h2c` is served
+over HTTP/1.1. Other floods, malformed frames, stalls, drain and upstream
+failures: test_http2_limits.py."""
 import hashlib
+import http.server
 import json
 import os
 import socket
@@ -20,6 +23,7 @@ from concurrent import futures
 import grpc
 
 from admin_helpers import get_json, scrape, value, wait_ready
+from h2_frames import frame, get_headers_block
 from shunt_harness import free_port, run_tests, start_class_shunt, wait_for_port
 
 MIB = 1024 * 1024
@@ -31,6 +35,7 @@ proxy:
   listeners:
     - {{name: h2c, listen: 127.0.0.1:{d['listen']}, forward: 127.0.0.1:{d['nghttpd']}}}
     - {{name: grpc, listen: 127.0.0.1:{d['listen_grpc']}, forward: 127.0.0.1:{d['grpc']}}}
+    - {{name: h1, listen: 127.0.0.1:{d['listen_h1']}, forward: 127.0.0.1:{d['h1']}}}
   datapath: copy
   timeouts: {{connect: 2s, header: 2s, idle: 1h, drain: 2s}}
   limits: {{max_connections: 1000, max_header_bytes: 8192}}
@@ -51,11 +56,12 @@ policy:
       from: {{cidr: 127.0.0.0/8}}
       to: {{cidr: 127.0.0.1/32, ports: [{d['grpc']}]}}
       action: allow
-      http:
-        - {{method: POST, path_exact: /test.Svc/Allowed}}
-        - {{method: POST, path_exact: /test.Svc/Bidi}}
-        - {{method: POST, path_exact: /test.Svc/Upload}}
-        {d.get('extra', '')}
+      grpc: [test.Svc/Allowed, test.Svc/Bidi, test.Svc/Upload{d.get('extra', '')}]
+    - name: h1
+      from: {{cidr: 127.0.0.0/8}}
+      to: {{cidr: 127.0.0.1/32, ports: [{d['h1']}]}}
+      action: allow
+      http: [{{method: GET, path: /}}]
 """
 
 
@@ -100,14 +106,25 @@ def grpc_server(port, stream_started):
     return server
 
 
-def frame(ftype, flags, stream, payload=b""):
-    return struct.pack(">I", len(payload))[1:] + bytes([ftype, flags]) + struct.pack(">I", stream) + payload
+def h1_server(port, heads):
+    """An HTTP/1.1 origin that records each request's headers and never upgrades."""
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
 
+        def do_GET(self):
+            heads.append({k.lower(): v for k, v in self.headers.items()})
+            body = b"h1:" + self.path.encode()
+            self.send_response(200)
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
 
-def get_headers_block(authority):
-    # HPACK by hand (test client only): :method GET, :scheme http, :path /
-    # from the static table, :authority as a literal with an indexed name.
-    return bytes([0x82, 0x86, 0x84, 0x41, len(authority)]) + authority.encode()
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
 
 
 class Http2Inspection(unittest.TestCase):
@@ -123,7 +140,7 @@ class Http2Inspection(unittest.TestCase):
             with open(os.path.join(www, name), "wb") as f:
                 f.write(body)
         cls.ports = dict(listen=free_port(), listen_grpc=free_port(), nghttpd=free_port(), grpc=free_port(),
-                         admin=free_port())
+                         admin=free_port(), listen_h1=free_port(), h1=free_port())
         cls.nghttpd = subprocess.Popen(["nghttpd", "--no-tls", "-d", www, str(cls.ports["nghttpd"])],
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         cls.addClassCleanup(cls.nghttpd.wait)
@@ -132,6 +149,10 @@ class Http2Inspection(unittest.TestCase):
         cls.stream_started = threading.Event()
         cls.grpc = grpc_server(cls.ports["grpc"], cls.stream_started)
         cls.addClassCleanup(cls.grpc.stop, None)
+        cls.h1_heads = []
+        cls.h1 = h1_server(cls.ports["h1"], cls.h1_heads)
+        cls.addClassCleanup(cls.h1.server_close)
+        cls.addClassCleanup(cls.h1.shutdown)
         cls.shunt = start_class_shunt(cls, config(cls.ports), cls.ports["listen"])
         wait_ready(cls.ports["admin"])
 
@@ -228,6 +249,36 @@ class Http2Inspection(unittest.TestCase):
         self.assertEqual(status_of(host("other.example")), 0x8c)
         self.assertNotEqual(status_of(host(f"127.0.0.1:{self.ports['listen']}")), 0x8c)
 
+    def test_upgrade_h2c_is_served_over_http11(self):
+        # curl --http2 on http:// asks for Upgrade: h2c with HTTP2-Settings. shunt
+        # declines by forwarding plain HTTP/1.1: the origin sees none of the
+        # upgrade fields and curl gets an HTTP/1.1 answer on an inspected connection.
+        self.h1_heads.clear()
+        url = f"http://127.0.0.1:{self.ports['listen_h1']}"
+        out = subprocess.run(["curl", "-sS", "--http2", "-w", " %{http_code} %{http_version}", url + "/a",
+                              url + "/b"], capture_output=True, timeout=20)
+        self.assertEqual(out.stdout, b"h1:/a 200 1.1h1:/b 200 1.1", out.stderr)
+        self.assertEqual(len(self.h1_heads), 2)
+        for head in self.h1_heads:
+            self.assertNotIn("upgrade", head)
+            self.assertNotIn("http2-settings", head)
+            self.assertNotIn("upgrade", head.get("connection", "").lower())
+        # The same connection is still inspected: a path outside the rule is refused.
+        with socket.create_connection(("127.0.0.1", self.ports["listen_h1"])) as s:
+            s.sendall(b"GET /a HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+                      b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n\r\n"
+                      b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+            s.settimeout(10)
+            data = b""
+            while data.count(b"HTTP/1.1 ") < 2:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+        self.assertTrue(data.startswith(b"HTTP/1.1 200 "), data)
+        self.assertIn(b"HTTP/1.1 403 ", data)
+        self.assertNotIn(b"101", data.split(b"\r\n")[0])
+
     # -------------------------------------------------------------- gRPC
 
     def test_grpc_unary_denied_then_allowed_on_one_channel(self):
@@ -302,30 +353,10 @@ class Http2Inspection(unittest.TestCase):
                              timeout=20)
         self.assertEqual(out.stdout, b"hi\n")
 
-    def test_malformed_frame_gets_goaway(self):
-        with socket.create_connection(("127.0.0.1", self.ports["listen"])) as s:
-            # A SETTINGS frame whose length is not a multiple of 6: FRAME_SIZE_ERROR (6).
-            s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + frame(4, 0, 0, b"\x00\x01\x00"))
-            s.settimeout(10)
-            data = b""
-            while True:
-                chunk = s.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
-        codes = []
-        i = 0
-        while i + 9 <= len(data):
-            length = int.from_bytes(data[i:i + 3], "big")
-            if data[i + 3] == 7:
-                codes.append(int.from_bytes(data[i + 13:i + 17], "big"))
-            i += 9 + length
-        self.assertEqual(codes, [6])
-
     # ----------------------------------------------------------- reload
 
     def test_reload_revokes_a_running_server_stream(self):
-        extra = "- {method: POST, path_exact: /test.Svc/Ticks}"
+        extra = ", test.Svc/Ticks"
         self.shunt.write_config(config(dict(self.ports, extra=extra)))
         self.reload()
         ch = self.channel()

@@ -297,13 +297,14 @@ TEST(ConfigValidation, AllErrorsAtOnceInFileOrder) {
       "  - {name: web, ip: not-an-ip}\n");                                // 13
   EXPECT_THAT(
       all,
-      ElementsAre(StartsWith("t.yaml:2:33: 'listen': invalid address '1.2.3.4:0'"),
-                  "t.yaml:3:22: 'header' must be a duration such as 250ms, 5s, 2m or 1h",
-                  "t.yaml:8:19: unknown pod 'ghost' (pods: web)",
-                  "t.yaml:9:18: CIDR '10.0.0.0/40' has prefix length 40, at most 32 for IPv4",
-                  "t.yaml:9:39: port 0 is out of range (1-65535)",
-                  "t.yaml:11:7: unknown key 'colour' in rule (expected: name, from, to, action, http, tls)",
-                  "t.yaml:13:21: pod ip 'not-an-ip' is not an IPv4 or IPv6 address"));
+      ElementsAre(
+          StartsWith("t.yaml:2:33: 'listen': invalid address '1.2.3.4:0'"),
+          "t.yaml:3:22: 'header' must be a duration such as 250ms, 5s, 2m or 1h",
+          "t.yaml:8:19: unknown pod 'ghost' (pods: web)",
+          "t.yaml:9:18: CIDR '10.0.0.0/40' has prefix length 40, at most 32 for IPv4",
+          "t.yaml:9:39: port 0 is out of range (1-65535)",
+          "t.yaml:11:7: unknown key 'colour' in rule (expected: name, from, to, action, http, grpc, tls)",
+          "t.yaml:13:21: pod ip 'not-an-ip' is not an IPv4 or IPv6 address"));
 }
 
 }  // namespace

@@ -269,13 +269,39 @@ TEST(HttpRequestParser, CanonicalHeadIsWhatIsForwarded) {
             "upgrade: websocket/13\r\nconnection: Upgrade\r\n\r\n");
   // No allowed protocol left: the Upgrade field is gone, the request is plain HTTP.
   EXPECT_EQ(serialise(h, {}),
-            "GET /api/admin/x/y?q=%61 HTTP/1.1\r\nhost: admin.local:8080\r\nx-team: blue\r\n"
-            "connection: Upgrade\r\n\r\n");
+            "GET /api/admin/x/y?q=%61 HTTP/1.1\r\nhost: admin.local:8080\r\nx-team: blue\r\n\r\n");
   // The forwarded head reads back as itself.
   RequestHead again;
   EXPECT_EQ(parse_head(serialise(h, kept), {}, again), "");
   EXPECT_EQ(again.target, h.target);
   EXPECT_EQ(serialise(again, kept), serialise(h, kept));
+}
+
+TEST(HttpRequestParser, H2cUpgradeIsDeclinedAsPlainHttp11) {
+  // curl --http2 on http://: Upgrade: h2c with HTTP2-Settings, both named in
+  // Connection. h2c can never be kept: the request goes on without any of it.
+  RequestHead h;
+  ASSERT_EQ(parse_head("GET /x HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings, keep-alive\r\n"
+                       "Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\nAccept: */*\r\n\r\n",
+                       {}, h),
+            "");
+  const auto kept = allowed_upgrades(h, {"websocket"});
+  EXPECT_TRUE(kept.empty());
+  EXPECT_EQ(serialise(h, kept),
+            "GET /x HTTP/1.1\r\nhost: a\r\nconnection: keep-alive\r\naccept: */*\r\n\r\n");
+  // With only the dropped options, the Connection field goes too.
+  ASSERT_EQ(parse_head("GET /x HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
+                       "HTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n\r\n",
+                       {}, h),
+            "");
+  EXPECT_EQ(serialise(h, {}), "GET /x HTTP/1.1\r\nhost: a\r\n\r\n");
+  // A kept WebSocket upgrade keeps its Connection option; h2c's go.
+  ASSERT_EQ(parse_head("GET /x HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+                       "Upgrade: h2c, websocket\r\nHTTP2-Settings: AA\r\n\r\n",
+                       {}, h),
+            "");
+  EXPECT_EQ(serialise(h, allowed_upgrades(h, {"websocket"})),
+            "GET /x HTTP/1.1\r\nhost: a\r\nconnection: Upgrade\r\nupgrade: websocket\r\n\r\n");
 }
 
 TEST(HttpRequestParser, EncodedSlashOptions) {
