@@ -76,7 +76,8 @@ TEST(PolicyGrpc, DecidesLikeTheEntriesItStandsFor) {
   EXPECT_EQ(d.verdict, Verdict::deny);
   EXPECT_EQ(d.rule, "no-cart-admin");
   EXPECT_THAT(d.reason, HasSubstr("(grpc entry shop.Cart/Purge matches)"));
-  EXPECT_THAT(decide(*p, "POST", "/shop.Cart/GetCart").reason, HasSubstr("(grpc entry shop.Cart/GetCart matches)"));
+  EXPECT_THAT(decide(*p, "POST", "/shop.Cart/GetCart").reason,
+              HasSubstr("(grpc entry shop.Cart/GetCart matches)"));
 }
 
 TEST(PolicyGrpc, ExplainNamesGrpcEntries) {
@@ -124,9 +125,10 @@ TEST(PolicyGrpc, BadNamesAreErrorsWithPosition) {
 
 TEST(ConfigHttp2, LimitsLoadAndAreBounded) {
   const std::string base = "proxy:\n  listeners: [{name: p, listen: 127.0.0.1:15001, transparent: true}]\n";
-  auto r = config::parse_config(base + "  http2: {max_concurrent_streams: 10, stream_window: 65536, "
-                                       "connection_window: 131072, max_continuations: 2, reset_burst: 5, "
-                                       "reset_rate: 1, control_frame_burst: 20, control_frame_rate: 3}\n",
+  auto r = config::parse_config(base +
+                                    "  http2: {max_concurrent_streams: 10, stream_window: 65536, "
+                                    "connection_window: 131072, max_continuations: 2, reset_burst: 5, "
+                                    "reset_rate: 1, control_frame_burst: 20, control_frame_rate: 3}\n",
                                 "h.yaml");
   ASSERT_TRUE(r.config) << (r.diagnostics.empty() ? "" : r.diagnostics[0].to_string());
   const config::Http2Settings& h = r.config->proxy.http2;
