@@ -46,6 +46,36 @@ class CliMessages(unittest.TestCase):
         self.assertIn("is a directory", r.stdout + r.stderr)
         self.assertNotIn("empty", r.stdout + r.stderr)
 
+    def test_grpc_entries_in_check_and_explain(self):
+        conf = (
+            "proxy:\n  listeners: [{name: p, listen: 127.0.0.1:15001, transparent: true}]\n"
+            "pods:\n  - {name: web, ip: 10.9.0.2}\n  - {name: api, ip: 10.9.0.3}\n"
+            "policy:\n  rules:\n"
+            "    - {name: g, from: {pod: web}, to: {pod: api, ports: [9090]}, action: allow,\n"
+            "       grpc: [shop.Cart/GetCart, shop.Catalog/*]}\n")
+        with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
+            f.write(conf)
+            f.flush()
+            r = shunt("check", "-c", f.name)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertRegex(r.stdout, r"g +allow +http \(2 gRPC entries\)")
+            flow = ["--from", "10.9.0.2", "--to", "10.9.0.3:9090", "--method", "POST"]
+            r = shunt("explain", "-c", f.name, *flow, "--path", "/shop.Catalog/List")
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertIn("verdict:    allow (rule g)", r.stdout)
+            self.assertIn("grpc entry shop.Catalog/* matches: allow", r.stdout)
+            r = shunt("explain", "-c", f.name, *flow, "--path", "/shop.Cart/Purge")
+            self.assertIn("verdict:    deny (rule default)", r.stdout)
+            self.assertIn("grpc entry shop.Cart/GetCart: path /shop.Cart/Purge is not /shop.Cart/GetCart", r.stdout)
+            f.seek(0)
+            f.truncate()
+            f.write(conf.replace("shop.Catalog/*", "/shop.Catalog/*"))
+            f.flush()
+            r = shunt("check", "-c", f.name)
+        self.assertEqual(r.returncode, 1)
+        self.assertIn(":9:34: ", r.stdout + r.stderr)
+        self.assertIn("grpc entry '/shop.Catalog/*' must be 'package.Service/Method'", r.stdout + r.stderr)
+
     def test_tab_in_yaml_is_named(self):
         with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
             f.write("proxy:\n  listeners: [{name: p, listen: 127.0.0.1:15001, transparent: true}]\nlog:\n\tlevel: info\n")

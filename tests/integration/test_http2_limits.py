@@ -24,8 +24,8 @@ import grpc
 from admin_helpers import http_get, scrape, value, wait_ready
 from h2_frames import (CONTINUATION, DATA, END_HEADERS, END_STREAM, GOAWAY, HEADERS, PING, RST_STREAM, SETTINGS,
                        Client, frame, goaways, settings, window_update)
-from h2_frames import (CANCEL, COMPRESSION_ERROR, ENHANCE_YOUR_CALM, FLOW_CONTROL_ERROR, FRAME_SIZE_ERROR, NO_ERROR,
-                       PROTOCOL_ERROR)
+from h2_frames import (CANCEL, COMPRESSION_ERROR, ENHANCE_YOUR_CALM, FLOW_CONTROL_ERROR, FRAME_SIZE_ERROR,
+                       INTERNAL_ERROR, NO_ERROR, PROTOCOL_ERROR, get_headers_block)
 from shunt_harness import Shunt, free_port, run_tests, start_class_shunt, wait_for_port
 
 MIB = 1024 * 1024
@@ -134,6 +134,15 @@ class Http2Limits(unittest.TestCase):
         first = frame(HEADERS, 0, 1, bytes([0x82, 0x86, 0x84]))
         conts = frame(CONTINUATION, 0, 1, block * 1000)  # ~10 KB each
         self.flood([first] + [conts] * 2000, (ENHANCE_YOUR_CALM, "enhance_your_calm"))
+
+    def test_rapid_reset_flood_cost(self):
+        # HEADERS then RST_STREAM, 5000 times (CVE-2023-44487): past
+        # proxy.http2.reset_burst nghttp2 ends the connection with INTERNAL_ERROR.
+        block = get_headers_block(f"127.0.0.1:{self.ports['listen']}")
+        burst = b"".join(frame(HEADERS, END_HEADERS | END_STREAM, i, block) + frame(RST_STREAM, 0, i, b"\0\0\0\x08")
+                         for i in range(1, 2 * 5000, 2))
+        frames = self.flood([burst], (INTERNAL_ERROR, "internal_error"))
+        self.assertLess(goaways(frames)[0][0], 2 * 1100)  # cut off near the burst of 1000
 
     def test_settings_flood(self):
         burst = b"".join(settings(enable_push=0) for _ in range(1000))
