@@ -26,7 +26,7 @@ from h2_frames import (CONTINUATION, DATA, END_HEADERS, END_STREAM, GOAWAY, HEAD
                        Client, frame, goaways, settings, window_update)
 from h2_frames import (CANCEL, COMPRESSION_ERROR, ENHANCE_YOUR_CALM, FLOW_CONTROL_ERROR, FRAME_SIZE_ERROR,
                        INTERNAL_ERROR, NO_ERROR, PROTOCOL_ERROR, get_headers_block)
-from shunt_harness import Shunt, free_port, run_tests, start_class_shunt, wait_for_port
+from shunt_harness import Shunt, ThreadedServer, free_port, run_tests, start_class_shunt, wait_for_port
 
 MIB = 1024 * 1024
 
@@ -38,6 +38,7 @@ proxy:
   listeners:
     - {{name: h2c, listen: 127.0.0.1:{d['listen']}, forward: 127.0.0.1:{d['nghttpd']}}}
     - {{name: dead, listen: 127.0.0.1:{d['listen_dead']}, forward: 127.0.0.1:{d['dead']}}}
+    - {{name: hangup, listen: 127.0.0.1:{d['listen_hangup']}, forward: 127.0.0.1:{d['hangup']}}}
   datapath: copy
   timeouts: {{connect: 2s, header: 2s, idle: 1h, drain: {drain}}}
   limits: {{max_connections: 1000, max_header_bytes: 8192}}
@@ -55,11 +56,20 @@ policy:
         {big}
     - name: dead
       from: {{cidr: 127.0.0.0/8}}
-      to: {{cidr: 127.0.0.1/32, ports: [{d['dead']}]}}
+      to: {{cidr: 127.0.0.1/32, ports: [{d['dead']}, {d['hangup']}]}}
       action: allow
       http: [{{method: GET, path: /}}]
       grpc: [test.Svc/*]
 """
+
+
+def hang_up(conn):
+    conn.settimeout(5)
+    try:
+        conn.recv(65536)
+    except OSError:
+        pass
+    conn.close()
 
 
 def proc_cost(pid):
@@ -82,14 +92,18 @@ class Http2Limits(unittest.TestCase):
             with open(os.path.join(cls.tmp.name, name), "wb") as f:
                 f.write(body)
         cls.ports = dict(listen=free_port(), nghttpd=free_port(), admin=free_port(), listen_dead=free_port(),
-                         dead=free_port())
+                         dead=free_port(), listen_hangup=free_port(), hangup=free_port())
+        # An upstream that accepts, reads the request and closes without a word.
+        cls.hangup = ThreadedServer(hang_up)
+        cls.addClassCleanup(cls.hangup.close)
+        cls.ports["hangup"] = cls.hangup.port
         cls.nghttpd = subprocess.Popen(["nghttpd", "--no-tls", "-d", cls.tmp.name, str(cls.ports["nghttpd"])],
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         cls.addClassCleanup(cls.nghttpd.wait)
         cls.addClassCleanup(cls.nghttpd.kill)
         wait_for_port("127.0.0.1", cls.ports["nghttpd"], proc=cls.nghttpd)
         cls.shunt = start_class_shunt(cls, config(cls.ports), cls.ports["listen"])
-        wait_ready(cls.ports["admin"])
+        wait_ready(cls.ports["admin"], proc=cls.shunt.proc)
 
     def client(self, port=None):
         c = Client(port or self.ports["listen"])
@@ -324,6 +338,17 @@ class Http2Limits(unittest.TestCase):
                          [(502, "allow", "upstream_connect_failed")])
 
 
+    def test_upstream_gone_before_the_response_is_502(self):
+        c = self.client(self.ports["listen_hangup"])
+        c.request(1, "/a")
+        status, body, frames = c.response(1)
+        self.assertEqual((status, body), (502, b"Bad Gateway\n"))
+        # The client is told to go elsewhere for more: GOAWAY(NO_ERROR).
+        if not goaways(frames):
+            frames = c.frames_until(lambda f: f.type == GOAWAY, timeout=5)
+        self.assertEqual([code for _, code in goaways(frames)], [NO_ERROR])
+
+
 class Http2Drain(unittest.TestCase):
     def test_sigterm_sends_goaway_and_the_stream_in_flight_finishes(self):
         with tempfile.TemporaryDirectory() as www:
@@ -331,14 +356,14 @@ class Http2Drain(unittest.TestCase):
             with open(os.path.join(www, "big"), "wb") as f:
                 f.write(big)
             ports = dict(listen=free_port(), nghttpd=free_port(), admin=free_port(), listen_dead=free_port(),
-                         dead=free_port())
+                         dead=free_port(), listen_hangup=free_port(), hangup=free_port())
             nghttpd = subprocess.Popen(["nghttpd", "--no-tls", "-d", www, str(ports["nghttpd"])],
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             self.addCleanup(nghttpd.wait)
             self.addCleanup(nghttpd.kill)
             wait_for_port("127.0.0.1", ports["nghttpd"], proc=nghttpd)
             with Shunt(config(ports, drain="10s"), wait_port=ports["listen"]) as shunt:
-                wait_ready(ports["admin"])
+                wait_ready(ports["admin"], proc=shunt.proc)
                 c = Client(ports["listen"])
                 self.addCleanup(c.close)
                 c.request(1, "/big")  # in flight, held at its first 65535 bytes
