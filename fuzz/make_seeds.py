@@ -200,6 +200,11 @@ CONFIG = {
     "  timeouts: {header: 1s, keepalive: 15s, refuse: 5s}\n"
     "  limits: {max_connections: 100, max_connections_per_source: 200, max_header_bytes: 8192}\n"
     "  http: {encoded_slash: decode, invalid_escape: keep, upgrade_protocols: [WebSocket, h2c, 'bad token']}\n",
+    "http2-and-grpc": "proxy:\n  listeners: [{name: p, listen: 127.0.0.1:15001, transparent: true}]\n"
+    "  http2: {max_concurrent_streams: 10, stream_window: 65536, connection_window: 131072, max_continuations: 2,"
+    " reset_burst: 5, reset_rate: 1, control_frame_burst: 20, control_frame_rate: 3}\n"
+    "policy:\n  rules:\n    - {name: g, from: {cidr: 10.0.0.0/8}, to: {cidr: 10.0.0.0/8, ports: [9090]}, action: allow,"
+    " http: [{path: /x}], grpc: [shop.Cart/Get, shop.v1.Catalog/*, /bad, 'a..b/c']}\n",
     "not-yaml": "proxy: [unclosed\n  - {a: b\n\t: : :\n",
 }
 for name, text in CONFIG.items():
