@@ -368,7 +368,8 @@ def replace_block(path, text, mark_begin, mark_end):
         return False
     # Markers count only on lines of their own, so prose may name them.
     begin, end = "\n" + mark_begin + "\n", "\n" + mark_end
-    if begin not in old or end not in old.split(begin, 1)[1]:
+    # "\n" + rest: an empty block's end marker follows the begin line at once.
+    if begin not in old or end not in "\n" + old.split(begin, 1)[1]:
         return False
     head, rest = old.split(begin, 1)
     _, tail = ("\n" + rest).split(end, 1)

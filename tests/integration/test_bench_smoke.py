@@ -11,9 +11,11 @@ Env (set by ctest): SHUNT_BIN, SHUNT_SOURCE_DIR, SHUNT_BUILD_DIR.
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 
 SOURCE = os.environ.get("SHUNT_SOURCE_DIR", os.path.join(os.path.dirname(__file__), "..", ".."))
 SHUNT = os.environ.get("SHUNT_BIN", "")
@@ -47,8 +49,45 @@ MAY_BE_NA = {("http_rps", "shunt-http")}
 CPU_FIGURES = {"cpu_gb_1", "cpu_gb_4", "cpu_gb_paced", "many_cpu_req"}
 
 
+def check_paced_counts_from_schedule(failures):
+    """shunt-loadgen paced must time each request from when it was due: with
+    the server stopped for 0.4 s, every request falling due meanwhile (a
+    fifth of a 2 s window) waits, so p90 and p99 must show it. A closed-loop
+    client would have sent only one request per connection into the stall
+    and reported a p99 near the unstalled one."""
+    sys.path.insert(0, os.path.join(SOURCE, "bench"))
+    import harness  # noqa: E402
+    with tempfile.TemporaryDirectory(prefix="bench-paced-") as rundir:
+        loadgen = harness.find_loadgen(SHUNT or None, rundir)
+        addr = "127.0.0.1:26990"
+        server = subprocess.Popen([loadgen, "echo-server", addr], start_new_session=True)
+        try:
+            time.sleep(0.3)
+            client = subprocess.Popen([loadgen, "paced", addr, "--conns", "20", "--rate", "2000", "--duration", "2",
+                                       "--warmup", "1"], stdout=subprocess.PIPE, text=True)
+            time.sleep(1.8)  # 0.8 s into the measured window
+            os.kill(server.pid, signal.SIGSTOP)
+            time.sleep(0.4)
+            os.kill(server.pid, signal.SIGCONT)
+            out, _ = client.communicate(timeout=30)
+        finally:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+    j = json.loads(out.strip().splitlines()[-1])
+    print("paced with a 0.4 s stall:", {k: j[k] for k in ("achieved_rate", "p50_us", "p90_us", "p99_us",
+                                                          "max_backlog", "incomplete")})
+    if client.returncode != 0 or j["errors"]:
+        failures.append(f"paced: exit {client.returncode}, {j['errors']} connection errors")
+    if j["p99_us"] < 250_000 or j["p90_us"] < 50_000:
+        failures.append(f"paced: p90 {j['p90_us']} µs, p99 {j['p99_us']} µs after a 0.4 s stall: "
+                        "latency is not measured from the scheduled send")
+    if j["max_backlog"] <= 20:
+        failures.append(f"paced: largest backlog {j['max_backlog']} over a 0.4 s stall at 2,000 req/s")
+
+
 def main():
     failures = []
+    check_paced_counts_from_schedule(failures)
     with tempfile.TemporaryDirectory(prefix="bench-smoke-") as out:
         cmd = [os.path.join(SOURCE, "bench", "run"), "--smoke", "--out", out, "--base-port", "26000"]
         if SHUNT:
