@@ -56,10 +56,16 @@ AdminResponse text(int status, std::string body) {
 
 }  // namespace
 
-AdminServer::AdminServer(ProxyContext& context, const config::Endpoint& listen)
-    : context_(context), acceptor_(io_) {
+AdminServer::AdminServer(ProxyContext& context, const config::Endpoint& listen, UniqueFd inherited)
+    : context_(context), listen_(listen), acceptor_(io_) {
   boost::system::error_code ec;
   const std::string where = "admin API: " + config::to_string(listen);
+  if (inherited) {
+    acceptor_.assign(listen.protocol(), inherited.get(), ec);
+    if (ec) throw StartupError(kExitEnvironment, where + ": inherited socket: " + ec.message());
+    (void)inherited.release();
+    return;
+  }
   acceptor_.open(listen.protocol(), ec);
   if (!ec) acceptor_.set_option(tcp::acceptor::reuse_address(true), ec);
   if (!ec) acceptor_.bind(listen, ec);

@@ -8,6 +8,7 @@
 // request anyway.
 #pragma once
 
+#include "common/unique_fd.h"
 #include "config/config.h"
 
 #include <boost/asio/awaitable.hpp>
@@ -38,7 +39,9 @@ class AdminServer {
  public:
   // Binds `listen` now, so a port in use fails startup as a whole
   // (StartupError, exit code 2). Serves nothing until start().
-  AdminServer(ProxyContext& context, const config::Endpoint& listen);
+  // `inherited`: the admin socket of the process this one takes over from
+  // (already bound and listening), used instead of binding.
+  AdminServer(ProxyContext& context, const config::Endpoint& listen, UniqueFd inherited = {});
   ~AdminServer();
   AdminServer(const AdminServer&) = delete;
   AdminServer& operator=(const AdminServer&) = delete;
@@ -50,6 +53,9 @@ class AdminServer {
   // Stops serving and joins the thread. Call before the context's steering
   // or bridge go away.
   void stop();
+  // The listening socket, for a takeover to hand on (borrowed).
+  [[nodiscard]] int listening_fd() { return acceptor_.native_handle(); }
+  [[nodiscard]] const config::Endpoint& endpoint() const { return listen_; }
 
   // The answer to one request; public so it can be tested without sockets.
   AdminResponse handle(std::string_view method, std::string_view target) const;
@@ -60,6 +66,7 @@ class AdminServer {
   [[nodiscard]] std::string connections_json() const;
 
   ProxyContext& context_;
+  config::Endpoint listen_;
   boost::asio::io_context io_{1};
   boost::asio::ip::tcp::acceptor acceptor_;
   std::thread thread_;

@@ -147,6 +147,7 @@ std::string config_to_json(const config::Config& c, std::uint64_t generation) {
   w.key("admin").begin_object();
   w.field("listen", config::to_string(c.admin.listen));
   w.field("allow_remote", c.admin.allow_remote);
+  w.field("control_socket", c.admin.control_socket);
   w.end_object();
 
   w.key("log").begin_object();

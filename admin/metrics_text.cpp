@@ -248,6 +248,19 @@ std::string render_metrics(const ProxyContext& context, const bpf::PodSteering* 
   p.sample("shunt_config_reloads_total", {{"result", "ok"}}, m.config_reloads_ok.load());
   p.sample("shunt_config_reloads_total", {{"result", "error"}}, m.config_reloads_error.load());
 
+  p.family("shunt_takeovers_total", "counter",
+           "Takeovers this process took part in (handing over or taking over), by result; anything but ok "
+           "leaves the running process serving.");
+  for (std::size_t i = 0; i < kTakeoverResultNames.size(); ++i)
+    p.sample("shunt_takeovers_total", {{"result", kTakeoverResultNames[i]}}, m.takeovers[i].load());
+  p.family("shunt_takeover_listeners_transferred_total", "counter",
+           "Listening sockets handed on (old process) or received (new process) in takeovers.");
+  p.sample("shunt_takeover_listeners_transferred_total", {}, m.takeover_listeners.load());
+  p.family("shunt_takeover_duration_seconds", "gauge",
+           "How long the last takeover took, from the new process's hello to the end (either side).");
+  p.sample("shunt_takeover_duration_seconds", {},
+           static_cast<double>(m.takeover_last_duration_us.load()) / 1e6);
+
   p.family("shunt_datapath_fallbacks_total", "counter",
            "Connections the kernel refused for the sockmap, by reason; they continue on splice.");
   for (const auto& [reason, n] : m.datapath_fallbacks.snapshot())

@@ -139,6 +139,9 @@ struct Steering {
 struct Admin {
   Endpoint listen{boost::asio::ip::make_address("127.0.0.1"), 15000};
   bool allow_remote = false;  // admin.allow_remote: must be true for a non-loopback listen
+  // admin.control_socket: the Unix socket a `shunt run --takeover` meets the
+  // running process on (takeover/). An absolute path that fits sun_path.
+  std::string control_socket = "/run/shunt/control.sock";
 };
 
 struct Log {

@@ -668,6 +668,19 @@ void Loader::load_admin(const Field& f, Admin& admin) {
   if (const Field* r = fields.get("allow_remote")) {
     if (auto b = boolean(*r)) admin.allow_remote = *b;
   }
+  if (const Field* c = fields.get("control_socket")) {
+    if (auto s = nonempty_string(*c)) {
+      // sun_path holds 108 bytes with its terminating NUL; a relative path
+      // would name a different socket for each working directory.
+      if (s->front() != '/')
+        error(*c, "admin.control_socket '" + *s + "' must be an absolute path");
+      else if (s->size() > 107)
+        error(*c, "admin.control_socket is " + std::to_string(s->size()) +
+                      " bytes long; a Unix socket path holds at most 107");
+      else
+        admin.control_socket = *s;
+    }
+  }
   // The admin API shows every connection and the whole policy: exposing it
   // beyond the node must be a deliberate choice.
   if (listen != nullptr && !admin.listen.address().is_loopback() && !admin.allow_remote) {

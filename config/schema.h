@@ -28,7 +28,7 @@ inline constexpr std::array<std::string_view, 8> kHttp2{
     "max_continuations",      "reset_burst",       "reset_rate",
     "control_frame_burst",    "control_frame_rate"};
 inline constexpr std::array<std::string_view, 3> kSteering{"intercept_ports", "on_proxy_down", "attach"};
-inline constexpr std::array<std::string_view, 2> kAdmin{"listen", "allow_remote"};
+inline constexpr std::array<std::string_view, 3> kAdmin{"listen", "allow_remote", "control_socket"};
 inline constexpr std::array<std::string_view, 2> kLog{"level", "access"};
 inline constexpr std::array<std::string_view, 4> kPod{"name", "ip", "labels", "dev"};
 inline constexpr std::array<std::string_view, 2> kPolicy{"default", "rules"};

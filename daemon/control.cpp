@@ -5,6 +5,7 @@
 #include "common/async.h"
 #include "common/fd_limit.h"
 #include "common/privileges.h"
+#include "daemon/takeover.h"
 #include "proxy/metrics.h"
 #include "proxy/policy_recheck.h"
 #include "proxy/proxy_context.h"
@@ -68,15 +69,18 @@ std::string read_file(const std::string& path) {
 
 class Control {
  public:
-  Control(ProxyContext& context, Server& server, const RunOptions& options, std::string loaded_text)
+  Control(ProxyContext& context, Server& server, AdminServer& admin, takeover::ControlListener control_socket,
+          const RunOptions& options, std::string loaded_text)
       : context_(context),
         server_(server),
         options_(options),
         tried_text_(std::move(loaded_text)),
         signals_(io_, SIGHUP, SIGTERM, SIGINT),
-        usr1_(io_, SIGUSR1) {}
+        usr1_(io_, SIGUSR1),
+        handover_(io_, std::move(control_socket), server, admin, [this] { handed_over(); }) {}
 
   int run() {
+    handover_.start();
     // Fatal: without it SIGTERM no longer drains and SIGHUP no longer
     // reloads, and the process would have to be killed.
     guarded_spawn(io_, "signal handler", handle_signals(), Failure::fatal);
@@ -101,14 +105,39 @@ class Control {
         request_reload("SIGHUP");
         continue;
       }
+      if (shutting_down_ && handed_over_ && !told_to_stop_) {
+        // Kubernetes deletes the old pod (SIGTERM) as soon as the new one
+        // is ready: that must not cut short the drain after a takeover.
+        told_to_stop_ = true;
+        spdlog::info(
+            "signal {}: already draining after a takeover; exiting once drained (a second signal stops now)",
+            signo);
+        if (drained_) finish();
+        continue;
+      }
       if (shutting_down_) {
         spdlog::warn("second signal: stopping now");
         finish();
         co_return;
       }
       shutting_down_ = true;
+      spdlog::info("shutting down: draining {} connection(s) for up to {} ms", context_.registry.size(),
+                   context_.policy.current()->config().proxy.timeouts.drain.count());
       guarded_spawn(io_, "drain", drain(), Failure::fatal);  // else SIGTERM would never end the process
     }
+  }
+
+  // A new process owns the listeners now: this one finishes what it holds,
+  // as on SIGTERM, and no longer follows the config (the new one does).
+  void handed_over() {
+    if (shutting_down_) return;
+    shutting_down_ = true;
+    handed_over_ = true;
+    boost::system::error_code ec;
+    if (inotify_) inotify_->close(ec);
+    spdlog::info("takeover: draining {} connection(s) this process still holds for up to {} ms, then exiting",
+                 context_.registry.size(), context_.policy.current()->config().proxy.timeouts.drain.count());
+    guarded_spawn(io_, "drain", drain(), Failure::fatal);
   }
 
   asio::awaitable<void> handle_usr1() {
@@ -126,8 +155,6 @@ class Control {
   // then reset what remains.
   asio::awaitable<void> drain() {
     const auto drain_for = context_.policy.current()->config().proxy.timeouts.drain;
-    spdlog::info("shutting down: draining {} connection(s) for up to {} ms", context_.registry.size(),
-                 drain_for.count());
     context_.draining = true;
     server_.stop_accepting();
     const auto deadline = std::chrono::steady_clock::now() + drain_for;
@@ -139,12 +166,21 @@ class Control {
     }
     if (context_.registry.size() > 0)
       spdlog::info("drain timeout: resetting {} connection(s)", context_.registry.size());
+    // A container's main process that exits is restarted, and a restarted
+    // `run --takeover` would take the node back from its successor: as PID 1
+    // a process taken over waits for its pod to be deleted.
+    if (handed_over_ && ::getpid() == 1 && !told_to_stop_ && !finished_) {
+      drained_ = true;
+      spdlog::info("takeover: drained; waiting for SIGTERM (PID 1: exiting would restart the container)");
+      co_return;
+    }
     finish();
   }
 
   void finish() {
     if (finished_) return;
     finished_ = true;
+    handover_.stop();
     server_.stop();
     boost::system::error_code ec;
     signals_.cancel(ec);
@@ -307,7 +343,11 @@ class Control {
   asio::signal_set usr1_;
   std::unique_ptr<asio::posix::stream_descriptor> inotify_;
   std::unique_ptr<asio::posix::stream_descriptor> bulk_;
+  HandoverService handover_;
   bool shutting_down_ = false;
+  bool handed_over_ = false;   // a takeover completed: the drain is the takeover's
+  bool told_to_stop_ = false;  // a signal arrived during that drain
+  bool drained_ = false;       // that drain ended, PID 1 waits for the signal
   bool finished_ = false;
   int exit_code_ = kExitOk;
 };
@@ -332,6 +372,13 @@ int run_proxy(const RunOptions& options) {
   apply_log_level(cfg.log.level);
 
   try {
+    // Before anything is bound: either nobody else serves this node, or
+    // this process takes over from the one that does (daemon/takeover.h).
+    std::optional<TakeoverStart> takeover;
+    if (options.takeover)
+      takeover = begin_takeover(cfg);
+    else
+      refuse_if_running(cfg);
     ProxyContext context;
     if (auto st = context.access_log.open(cfg.log.access); !st) {
       std::cerr << "shunt: " << st.error().message() << "\n";
@@ -344,7 +391,7 @@ int run_proxy(const RunOptions& options) {
     metrics().config_generation = 1;
     // Up from here so probes get an answer (503) while BPF loads and
     // listeners bind; ready once the workers accept.
-    AdminServer admin(context, cfg.admin.listen);
+    AdminServer admin(context, cfg.admin.listen, takeover ? std::move(takeover->admin) : UniqueFd{});
     admin.start();
 
     // Only the sockmap data path needs its BPF object: with copy or splice
@@ -367,7 +414,7 @@ int run_proxy(const RunOptions& options) {
 
     const unsigned threads =
         options.threads ? options.threads : std::max(1u, std::thread::hardware_concurrency());
-    Server server(context, cfg, threads);
+    Server server(context, cfg, threads, takeover ? std::move(takeover->listeners) : InheritedSockets{});
     const bool steers_pods =
         std::any_of(cfg.pods.begin(), cfg.pods.end(), [](const config::Pod& p) { return !p.dev.empty(); });
     if (steers_pods) {
@@ -389,12 +436,22 @@ int run_proxy(const RunOptions& options) {
     else
       spdlog::info("capabilities reduced to {}", fmt::join(held, ", "));
     server.start();
+    // Serving from here. A new process takes the control socket only once
+    // the old one has stopped accepting; a first one binds it now.
+    takeover::ControlListener control_socket;
+    if (takeover) {
+      control_socket = finish_takeover(*takeover, cfg);
+    } else {
+      auto bound = takeover::ControlListener::bind(cfg.admin.control_socket);
+      if (!bound) throw StartupError(kExitEnvironment, "admin.control_socket: " + bound.error().message());
+      control_socket = std::move(*bound);
+    }
     admin.set_ready(context.steering.get());
-    spdlog::info("shunt {} running: datapath {}{}, {} worker thread(s), config {}", SHUNT_VERSION,
+    spdlog::info("shunt {} running: datapath {}{}, {} worker thread(s), config {}, control socket {}", SHUNT_VERSION,
                  config::to_string(datapath), datapath == cfg.proxy.datapath ? "" : " (sockmap unavailable)",
-                 threads, cfg.source);
+                 threads, cfg.source, cfg.admin.control_socket);
 
-    Control control(context, server, options, loaded_text);
+    Control control(context, server, admin, std::move(control_socket), options, loaded_text);
     const int rc = control.run();
     // The admin thread reads steering counters and the registry: stop it first.
     admin.stop();

@@ -74,6 +74,11 @@ inline constexpr std::string_view to_string(UpstreamFailure f) {
 inline constexpr const char* kFallbackSockmapUnavailable = "sockmap_unavailable";
 inline constexpr const char* kFallbackPartialHandover = "partial_handover";
 
+// shunt_takeovers_total{result}: a process counts each takeover it took part
+// in, on either side (daemon/takeover.cpp); every name is exported from 0.
+inline constexpr std::array<std::string_view, 4> kTakeoverResultNames = {"ok", "incompatible", "timeout",
+                                                                         "failed"};
+
 struct Metrics {
   // shunt_connections_active is derived from the registry at scrape time.
   std::atomic<std::uint64_t> connections_allowed{0};
@@ -107,7 +112,14 @@ struct Metrics {
   std::array<std::atomic<std::uint64_t>, kEndReasonSlots> connection_ends{};
   std::array<std::atomic<std::uint64_t>, kAcceptRefusalNames.size()> accept_refusals{};
   std::array<std::atomic<std::uint64_t>, kUpstreamFailureNames.size()> upstream_failures{};
+  std::array<std::atomic<std::uint64_t>, kTakeoverResultNames.size()> takeovers{};
+  std::atomic<std::uint64_t> takeover_listeners{0};         // listening sockets handed on or received
+  std::atomic<std::uint64_t> takeover_last_duration_us{0};  // hello to commit, of the last one that ended
 
+  void count_takeover(std::string_view result) {
+    for (std::size_t i = 0; i < kTakeoverResultNames.size(); ++i)
+      if (kTakeoverResultNames[i] == result) takeovers[i].fetch_add(1, std::memory_order_relaxed);
+  }
   void count(AcceptRefusal r) {
     accept_refusals[static_cast<std::size_t>(r)].fetch_add(1, std::memory_order_relaxed);
   }

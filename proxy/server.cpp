@@ -65,22 +65,76 @@ std::unique_ptr<tcp::acceptor> bind_listener(asio::io_context& io, const config:
   return acceptor;
 }
 
+// A socket the previous process bound and listens on (takeover/): checked to
+// be what the listener says, then accepted from as if bound here.
+std::unique_ptr<tcp::acceptor> adopt_listener(asio::io_context& io, const config::Listener& listener,
+                                              UniqueFd fd) {
+  const std::string what = "listener " + listener.name + ": inherited socket: ";
+  int listening = 0;
+  socklen_t len = sizeof(listening);
+  if (::getsockopt(fd.get(), SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) < 0 || listening == 0)
+    throw StartupError(kExitEnvironment, what + "not a listening socket");
+  auto acceptor = std::make_unique<tcp::acceptor>(io);
+  boost::system::error_code ec;
+  acceptor->assign(listener.listen.protocol(), fd.get(), ec);
+  if (ec) throw StartupError(kExitEnvironment, what + ec.message());
+  fd.release();
+  if (acceptor->local_endpoint(ec) != listener.listen || ec)
+    throw StartupError(kExitEnvironment,
+                       what + "bound to another address than " + config::to_string(listener.listen));
+  if (listener.transparent && !set_transparent(acceptor->native_handle(), listener.listen.address().is_v6()))
+    throw StartupError(kExitEnvironment, what + "IP_TRANSPARENT needs CAP_NET_ADMIN");
+  return acceptor;
+}
+
 }  // namespace
 
-Server::Server(ProxyContext& context, const config::Config& config, unsigned threads)
+Server::Server(ProxyContext& context, const config::Config& config, unsigned threads,
+               InheritedSockets inherited)
     : context_(context), listeners_(config.proxy.listeners) {
   threads = std::max(1u, threads);
   // Kernels before 6.5 refuse bpf_sk_assign to SO_REUSEPORT sockets: there a
   // transparent listener is bound once, by the first worker, which hands
   // what it accepts to the workers in turn.
   const bool shared_transparent = !bpf::sk_assign_takes_reuseport();
-  for (unsigned i = 0; i < threads; ++i) {
-    auto worker = std::make_unique<Worker>();
-    for (const auto& listener : listeners_) {
-      const bool single = listener.transparent && shared_transparent;
-      worker->acceptors.push_back(single && i > 0 ? nullptr : bind_listener(worker->io, listener, !single));
+  for (unsigned i = 0; i < threads; ++i) workers_.push_back(std::make_unique<Worker>());
+  for (std::size_t l = 0; l < listeners_.size(); ++l) {
+    const auto& listener = listeners_[l];
+    const bool single = listener.transparent && shared_transparent;
+    std::vector<UniqueFd> sockets;
+    if (auto it = inherited.find(config::to_string(listener.listen)); it != inherited.end()) {
+      sockets = std::move(it->second);
+      inherited.erase(it);
     }
-    workers_.push_back(std::move(worker));
+    for (unsigned i = 0; i < threads; ++i) {
+      auto& acceptors = workers_[i]->acceptors;
+      if (i < sockets.size())
+        acceptors.push_back(adopt_listener(workers_[i]->io, listener, std::move(sockets[i])));
+      else
+        acceptors.push_back(single && i > 0 ? nullptr : bind_listener(workers_[i]->io, listener, !single));
+    }
+    for (std::size_t k = threads; k < sockets.size(); ++k) {
+      Worker& w = single ? *workers_[0] : *workers_[k % threads];
+      w.extra_acceptors.emplace_back(l, adopt_listener(w.io, listener, std::move(sockets[k])));
+    }
+    if (!sockets.empty())
+      spdlog::info("listener {} on {}: accepting from {} inherited socket(s)", listener.name,
+                   config::to_string(listener.listen), sockets.size());
+  }
+  for (const auto& [endpoint, fds] : inherited)
+    spdlog::warn(
+        "takeover: {} inherited socket(s) on {} match no listener of this config: closed (connections still "
+        "in "
+        "their backlog are reset)",
+        fds.size(), endpoint);
+  for (const auto& worker : workers_) {
+    for (std::size_t l = 0; l < listeners_.size(); ++l)
+      if (worker->acceptors[l])
+        sockets_.push_back({listeners_[l].name, config::to_string(listeners_[l].listen),
+                            listeners_[l].transparent, worker->acceptors[l]->native_handle()});
+    for (const auto& [l, acceptor] : worker->extra_acceptors)
+      sockets_.push_back({listeners_[l].name, config::to_string(listeners_[l].listen),
+                          listeners_[l].transparent, acceptor->native_handle()});
   }
   for (const auto& l : listeners_)
     if (l.transparent && shared_transparent && threads > 1)
@@ -95,7 +149,8 @@ Server::~Server() { stop(); }
 void Server::start() {
   for (auto& worker : workers_) {
     for (std::size_t i = 0; i < listeners_.size(); ++i)
-      if (worker->acceptors[i]) accept_loop(*worker, i);
+      if (worker->acceptors[i]) accept_loop(*worker, i, worker->acceptors[i].get());
+    for (auto& [i, acceptor] : worker->extra_acceptors) accept_loop(*worker, i, acceptor.get());
     worker->thread = std::thread([w = worker.get()] {
       auto guard = asio::make_work_guard(w->io);
       w->io.run();
@@ -108,14 +163,13 @@ void Server::start() {
   }
 }
 
-void Server::accept_loop(Worker& worker, std::size_t listener_index) {
+void Server::accept_loop(Worker& worker, std::size_t listener_index, tcp::acceptor* acceptor) {
   // A listener only the first worker binds: its acceptor serves every worker.
   const bool for_all_workers = workers_.size() > 1 && !workers_[1]->acceptors[listener_index];
   // Fatal: a listener whose loop has ended accepts nothing more while the
   // process looks healthy.
   guarded_spawn(worker.io, "acceptor loop",
-                accept_connections(&worker, worker.acceptors[listener_index].get(),
-                                   listeners_[listener_index], for_all_workers),
+                accept_connections(&worker, acceptor, listeners_[listener_index], for_all_workers),
                 Failure::fatal);
 }
 
@@ -209,9 +263,61 @@ void Server::stop_accepting() {
         boost::system::error_code ec;
         if (acceptor) acceptor->close(ec);
       }
+      for (auto& extra : w->extra_acceptors) {
+        boost::system::error_code ec;
+        extra.second->close(ec);
+      }
     });
   }
   listening_ = false;
+}
+
+// release(), not close(): it takes the socket out of this process's epoll
+// explicitly. close() would leave the registration behind (the socket lives
+// on in the new process), and this epoll would keep waking for its SYNs.
+void Server::pause_accepting() {
+  for (auto& worker : workers_) {
+    asio::post(worker->io, [w = worker.get()] {
+      auto pause = [w](tcp::acceptor* a) {
+        boost::system::error_code ec;
+        if (!a->is_open()) return;
+        const int fd = a->release(ec);
+        if (!ec) w->paused.emplace_back(a, UniqueFd(fd));
+      };
+      for (auto& acceptor : w->acceptors)
+        if (acceptor) pause(acceptor.get());
+      for (auto& extra : w->extra_acceptors) pause(extra.second.get());
+    });
+  }
+  listening_ = false;
+}
+
+void Server::resume_accepting() {
+  for (auto& worker : workers_) {
+    asio::post(worker->io, [this, w = worker.get()] {
+      for (auto& [acceptor, fd] : std::exchange(w->paused, {})) {
+        std::size_t index = 0;
+        for (std::size_t i = 0; i < listeners_.size(); ++i)
+          if (w->acceptors[i].get() == acceptor) index = i;
+        for (const auto& [i, extra] : w->extra_acceptors)
+          if (extra.get() == acceptor) index = i;
+        boost::system::error_code ec;
+        acceptor->assign(listeners_[index].listen.protocol(), fd.get(), ec);
+        if (ec) {
+          spdlog::error("listener {}: cannot accept again after a failed takeover: {}",
+                        listeners_[index].name, ec.message());
+          continue;
+        }
+        (void)fd.release();
+        accept_loop(*w, index, acceptor);
+      }
+    });
+  }
+  listening_ = true;
+}
+
+void Server::release_paused() {
+  for (auto& worker : workers_) asio::post(worker->io, [w = worker.get()] { w->paused.clear(); });
 }
 
 void Server::stop() {

@@ -12,7 +12,10 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
 
+#include "common/unique_fd.h"
+
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <thread>
@@ -31,14 +34,37 @@ struct Worker {
   WorkerContext context;  // what connections on this thread reference
   // One per listener; null where another worker's acceptor serves this one.
   std::vector<std::unique_ptr<boost::asio::ip::tcp::acceptor>> acceptors;
+  // Inherited sockets beyond one per worker (the old process ran more
+  // workers): every socket of a SO_REUSEPORT group gets its share of SYNs,
+  // so each must be accepted from. (listener index, acceptor)
+  std::vector<std::pair<std::size_t, std::unique_ptr<boost::asio::ip::tcp::acceptor>>> extra_acceptors;
+  // While a takeover is under way: the sockets this worker stopped
+  // accepting from, kept open so their backlog waits for the new process.
+  // Touched only on this worker's thread.
+  std::vector<std::pair<boost::asio::ip::tcp::acceptor*, UniqueFd>> paused;
   std::thread thread;
+};
+
+// Listening sockets inherited from the process this one takes over from
+// (takeover/), by the listener's bound address as config::to_string prints it.
+using InheritedSockets = std::map<std::string, std::vector<UniqueFd>>;
+
+// One listening socket, as a takeover hands it on.
+struct ListeningSocket {
+  std::string name;
+  std::string endpoint;
+  bool transparent = false;
+  int fd = -1;  // borrowed: open as long as the Server (or its paused copy) is
 };
 
 class Server {
  public:
   // Binds every listener on every worker before anything runs, so a port in
-  // use fails startup as a whole (StartupError, exit code 2).
-  Server(ProxyContext& context, const config::Config& config, unsigned threads);
+  // use fails startup as a whole (StartupError, exit code 2). A listener
+  // whose address is in `inherited` accepts from those sockets instead of
+  // binding (they are already bound and listening, with their backlog).
+  Server(ProxyContext& context, const config::Config& config, unsigned threads,
+         InheritedSockets inherited = {});
   ~Server();
 
   void start();
@@ -51,8 +77,17 @@ class Server {
   // steering's bpf_sk_assign.
   [[nodiscard]] std::vector<int> transparent_listener_fds() const;
 
+  // Takeover (daemon/): every listening socket, to hand on; pause keeps
+  // them open but stops accepting, resume takes them back, release_paused
+  // closes this process's copies once the new process owns them. Called
+  // from the control thread; the work is posted to each worker.
+  [[nodiscard]] const std::vector<ListeningSocket>& listening_sockets() const { return sockets_; }
+  void pause_accepting();
+  void resume_accepting();
+  void release_paused();
+
  private:
-  void accept_loop(Worker& worker, std::size_t listener_index);
+  void accept_loop(Worker& worker, std::size_t listener_index, boost::asio::ip::tcp::acceptor* acceptor);
   // for_all_workers: this is the only acceptor of its listener and spreads
   // connections over every worker.
   boost::asio::awaitable<void> accept_connections(Worker* worker, boost::asio::ip::tcp::acceptor* acceptor,
@@ -65,6 +100,7 @@ class Server {
   ProxyContext& context_;
   std::vector<config::Listener> listeners_;
   std::vector<std::unique_ptr<Worker>> workers_;
+  std::vector<ListeningSocket> sockets_;
   bool listening_ = false;
 };
 

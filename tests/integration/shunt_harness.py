@@ -8,6 +8,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import queue
 import random
 import resource
@@ -178,6 +179,22 @@ def wait_for_port(host, port, timeout=10.0, proc=None, netns=None):
     raise TimeoutError(f"{host}:{port} not listening after {timeout}s")
 
 
+def with_control_socket(config_text, path):
+    """The config with `admin.control_socket` at `path` unless it names one:
+    tests run side by side (and beside other checkouts' tests), and the
+    default /run/shunt/control.sock would make every second `shunt run`
+    refuse to start (another shunt is running)."""
+    if "control_socket" in config_text:
+        return config_text
+    flow = re.compile(r"^(admin:\s*\{[^}\n]*)\}", re.M)
+    if flow.search(config_text):
+        return flow.sub(lambda m: f"{m.group(1)}, control_socket: {path}}}", config_text, count=1)
+    block = re.compile(r"^admin:\s*$", re.M)
+    if block.search(config_text):
+        return block.sub(f"admin:\n  control_socket: {path}", config_text, count=1)
+    return config_text.rstrip("\n") + f"\nadmin: {{control_socket: {path}}}\n"
+
+
 class Shunt:
     """A running `shunt run -c CONFIG`, stopped with SIGTERM on exit."""
 
@@ -186,8 +203,9 @@ class Shunt:
         hard) or a (soft, hard) pair."""
         self.dir = tempfile.TemporaryDirectory(prefix="shunt-test-")
         self.config_path = os.path.join(self.dir.name, "shunt.yaml")
+        self.control_socket = os.path.join(self.dir.name, "control.sock")
         with open(self.config_path, "w") as f:
-            f.write(config_text)
+            f.write(with_control_socket(config_text, self.control_socket))
         self.log_path = os.path.join(self.dir.name, "shunt.log")
         self.log = open(self.log_path, "wb")
         cmd = [SHUNT_BIN, "run", "-c", self.config_path, *args]
@@ -208,7 +226,7 @@ class Shunt:
         """Replaces the config the way an editor does: write aside, rename."""
         tmp = self.config_path + ".tmp"
         with open(tmp, "w") as f:
-            f.write(text)
+            f.write(with_control_socket(text, self.control_socket))
         os.rename(tmp, self.config_path)
 
     def output(self):

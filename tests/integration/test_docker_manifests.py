@@ -75,6 +75,20 @@ class DaemonSet(unittest.TestCase):
         self.assertEqual(volume["configMap"]["name"], self.docs["ConfigMap"]["metadata"]["name"])
         self.assertIn(os.path.basename(config_path), self.docs["ConfigMap"]["data"])
 
+    def test_upgrades_are_takeovers_over_a_shared_control_socket(self):
+        # docs/operating.md "Upgrades": the new pod runs beside the old one
+        # and finds its control socket on a hostPath.
+        update = self.ds["spec"]["updateStrategy"]
+        self.assertEqual(update["type"], "RollingUpdate")
+        self.assertEqual(update["rollingUpdate"], {"maxSurge": 1, "maxUnavailable": 0})
+        self.assertIn("--takeover", self.container["args"])
+        control = self.config["admin"].get("control_socket", "/run/shunt/control.sock")
+        mounts = {m["mountPath"]: m["name"] for m in self.container["volumeMounts"]}
+        directory = os.path.dirname(control)
+        self.assertIn(directory, mounts)
+        volume = [v for v in self.pod["volumes"] if v["name"] == mounts[directory]][0]
+        self.assertEqual(volume["hostPath"]["path"], directory)
+
     def test_capabilities_are_the_documented_ones(self):
         sc = self.container["securityContext"]
         self.assertFalse(sc.get("privileged", False))

@@ -122,7 +122,7 @@ steering:
   intercept_ports: [{INTERCEPTED}, {HTTP_PORT}, {L4_DENIED}]
   on_proxy_down: {on_proxy_down}
   attach: {attach}
-admin: {{listen: 127.0.0.1:{self.admin_port}}}
+admin: {{listen: 127.0.0.1:{self.admin_port}, control_socket: {self.tmp.name}/control.sock}}
 log: {{level: info, access: {self.access_log}}}
 pods:
   - {{name: {self.client}, ip: {self.cip}, labels: {{app: client}}, dev: sh-{self.client}}}

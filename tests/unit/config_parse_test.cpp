@@ -29,7 +29,7 @@ steering:
   intercept_ports: [80, 443, 8080]
   on_proxy_down: fail_open
   attach: tc
-admin: {listen: "0.0.0.0:15000", allow_remote: true}
+admin: {listen: "0.0.0.0:15000", allow_remote: true, control_socket: /run/shunt-test/c.sock}
 log: {level: debug, access: /var/log/shunt.log}
 pods:
   - {name: web, ip: 10.200.0.2, labels: {app: web}, dev: sh-web}
@@ -67,6 +67,7 @@ policy:
   EXPECT_EQ(c->steering.attach, SteeringAttach::tc);
   EXPECT_TRUE(c->admin.allow_remote);
   EXPECT_EQ(to_string(c->admin.listen), "0.0.0.0:15000");
+  EXPECT_EQ(c->admin.control_socket, "/run/shunt-test/c.sock");
   EXPECT_EQ(c->log.level, "debug");
   EXPECT_EQ(c->log.access, "/var/log/shunt.log");
   ASSERT_EQ(c->pods.size(), 2u);

@@ -174,6 +174,14 @@ TEST(ConfigValidation, AdminMustStayLocalUnlessAllowed) {
   EXPECT_TRUE(errors(std::string(kProxy) + "admin: {listen: \"[::1]:15000\"}\n").empty());
 }
 
+TEST(ConfigValidation, ControlSocketIsAnAbsoluteUnixPath) {
+  EXPECT_EQ(error(std::string(kProxy) + "admin: {control_socket: run/c.sock}\n"),
+            "t.yaml:3:25: admin.control_socket 'run/c.sock' must be an absolute path");
+  EXPECT_EQ(error(std::string(kProxy) + "admin: {control_socket: /" + std::string(120, 'x') + "}\n"),
+            "t.yaml:3:25: admin.control_socket is 121 bytes long; a Unix socket path holds at most 107");
+  EXPECT_TRUE(errors(std::string(kProxy) + "admin: {control_socket: /tmp/shunt/c.sock}\n").empty());
+}
+
 TEST(ConfigValidation, Steering) {
   EXPECT_EQ(error(std::string(kProxy) + "steering: {intercept_ports: [80, 0]}\n"),
             "t.yaml:3:34: port 0 is out of range (1-65535)");

@@ -188,7 +188,7 @@ proxy:
     - {name: burst, listen: 127.0.0.1:16001, forward: 127.0.0.1:16002}
   datapath: sockmap
   timeouts: {connect: 2s, header: 2s, idle: 1h, drain: 2s}
-admin: {listen: 127.0.0.1:16000}
+admin: {listen: 127.0.0.1:16000, control_socket: /run/shunt/burst.sock}
 log: {level: info, access: stdout}
 policy:
   default: allow

@@ -1,0 +1,183 @@
+#include "daemon/takeover.h"
+
+#include "common/async.h"
+#include "common/error.h"
+#include "proxy/metrics.h"
+#include "takeover/handover.h"
+
+#include <spdlog/spdlog.h>
+#include <sys/socket.h>
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
+namespace shunt::proxy {
+
+namespace asio = boost::asio;
+using Descriptor = asio::posix::stream_descriptor;
+
+namespace {
+
+void record(std::string_view result, std::chrono::steady_clock::time_point began) {
+  auto& m = metrics();
+  m.count_takeover(result);
+  const auto us =
+      std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - began);
+  m.takeover_last_duration_us.store(static_cast<std::uint64_t>(us.count()), std::memory_order_relaxed);
+}
+
+}  // namespace
+
+void refuse_if_running(const config::Config& config) {
+  const std::string& path = config.admin.control_socket;
+  if (takeover::probe_control_socket(path) == takeover::ControlState::live)
+    throw StartupError(kExitEnvironment, "another shunt is running on this node (control socket " + path +
+                                             " answers); use `shunt run --takeover` to replace it");
+}
+
+std::optional<TakeoverStart> begin_takeover(const config::Config& config) {
+  const std::string& path = config.admin.control_socket;
+  const auto began = std::chrono::steady_clock::now();
+  if (takeover::probe_control_socket(path) != takeover::ControlState::live) {
+    spdlog::info("takeover: no shunt answers on {}: starting as the first process", path);
+    return std::nullopt;
+  }
+  auto successor = takeover::Successor::begin(path, takeover::Timeouts{});
+  if (!successor) {
+    const SysError& e = successor.error();
+    metrics().count_takeover(e.code == ETIMEDOUT ? "timeout" : "failed");
+    throw StartupError(kExitEnvironment, "--takeover: " + e.message() + "; the running shunt keeps serving");
+  }
+  std::optional<TakeoverStart> out(TakeoverStart{std::move(*successor), {}, {}, began});
+  TakeoverStart& start = *out;
+  const std::string admin_endpoint = config::to_string(config.admin.listen);
+  std::size_t count = 0;
+  for (auto& l : start.successor.take_listeners()) {
+    ++count;
+    if (l.entry.role == takeover::kRoleAdmin) {
+      if (l.entry.endpoint == admin_endpoint)
+        start.admin = std::move(l.fd);
+      else
+        spdlog::info("takeover: admin API moves from {} to {}", l.entry.endpoint, admin_endpoint);
+      continue;
+    }
+    start.listeners[l.entry.endpoint].push_back(std::move(l.fd));
+  }
+  metrics().takeover_listeners.fetch_add(count, std::memory_order_relaxed);
+  spdlog::info(
+      "takeover: taking over from shunt {} (pid {}), protocol version {}: {} listening socket(s) received",
+      start.successor.peer_binary(), start.successor.peer_pid(), start.successor.version(), count);
+  return out;
+}
+
+takeover::ControlListener finish_takeover(TakeoverStart& start, const config::Config& config) {
+  const std::uint32_t old_pid = start.successor.peer_pid();
+  bool alone = false;
+  if (Status st = start.successor.ready(); !st) {
+    if (st.error().code != ECONNRESET) {
+      start.successor.abort("no answer to ready: " + st.error().message());
+      record(st.error().code == ETIMEDOUT ? "timeout" : "failed", start.began);
+      throw StartupError(kExitEnvironment, "--takeover: " + st.error().message() + "; pid " +
+                                               std::to_string(old_pid) +
+                                               " takes its listeners back and keeps serving");
+    }
+    spdlog::warn("takeover: pid {} went away before it stopped accepting; carrying on alone", old_pid);
+    alone = true;
+  }
+  auto listener = takeover::ControlListener::bind(config.admin.control_socket);
+  if (!listener) {
+    start.successor.abort(listener.error().message());
+    record("failed", start.began);
+    throw StartupError(kExitEnvironment, "--takeover: " + listener.error().message() + "; pid " +
+                                             std::to_string(old_pid) + " takes its listeners back");
+  }
+  if (!alone)
+    if (Status st = start.successor.commit(); !st)
+      spdlog::warn(
+          "takeover: pid {} did not hear the commit ({}); it exits or takes back what it still holds",
+          old_pid, st.error().message());
+  record("ok", start.began);
+  spdlog::info(
+      "takeover: complete in {} ms; pid {} drains its open connections and exits",
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - start.began)
+          .count(),
+      old_pid);
+  return std::move(*listener);
+}
+
+HandoverService::HandoverService(asio::io_context& io, takeover::ControlListener listener, Server& server,
+                                 AdminServer& admin, std::function<void()> handed_over)
+    : io_(io),
+      listener_(std::move(listener)),
+      server_(server),
+      admin_(admin),
+      handed_over_(std::move(handed_over)) {}
+
+void HandoverService::start() {
+  acceptor_ = std::make_unique<Descriptor>(io_, listener_.take_fd().release());
+  // Survivable: without it this process can no longer be taken over (an
+  // upgrade then needs a restart), but traffic is not affected.
+  guarded_spawn(io_, "takeover service", serve(), Failure::survivable);
+}
+
+void HandoverService::stop() {
+  if (!acceptor_) return;
+  boost::system::error_code ec;
+  acceptor_->close(ec);
+}
+
+asio::awaitable<void> HandoverService::serve() {
+  const std::string path = listener_.path();
+  for (;;) {
+    boost::system::error_code ec;
+    co_await acceptor_->async_wait(Descriptor::wait_read, asio::redirect_error(asio::use_awaitable, ec));
+    if (ec == asio::error::operation_aborted || !acceptor_->is_open()) co_return;
+    const int fd = ::accept4(acceptor_->native_handle(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0) {
+      if (errno != EAGAIN && errno != EINTR)
+        spdlog::warn("takeover: accept on {}: {}", path, std::strerror(errno));
+      continue;
+    }
+    Descriptor peer(io_, fd);
+    if (!takeover::peer_is_same_user(peer.native_handle())) {
+      spdlog::warn("takeover: refused a connection on {} from another user", path);
+      continue;
+    }
+    const auto began = std::chrono::steady_clock::now();
+    takeover::HandoverHooks hooks;
+    hooks.listeners = [this] {
+      std::vector<takeover::HandedListener> out;
+      for (const auto& s : server_.listening_sockets())
+        out.push_back({{std::string(takeover::kRoleListener), s.name, s.endpoint, s.transparent}, s.fd});
+      out.push_back(
+          {{std::string(takeover::kRoleAdmin), "admin", config::to_string(admin_.endpoint()), false},
+           admin_.listening_fd()});
+      return out;
+    };
+    hooks.pause = [this] { server_.pause_accepting(); };
+    hooks.resume = [this] { server_.resume_accepting(); };
+    const takeover::HandoverResult r = co_await takeover::hand_over(peer, hooks, takeover::Timeouts{});
+    if (r.outcome == takeover::Outcome::probe) continue;
+    record(takeover::to_string(r.outcome), began);
+    if (r.outcome != takeover::Outcome::ok) {
+      spdlog::warn("takeover by shunt {} (pid {}) failed: {} ({}); this process keeps serving", r.peer_binary,
+                   r.peer_pid, r.detail, takeover::to_string(r.outcome));
+      continue;
+    }
+    metrics().takeover_listeners.fetch_add(r.listeners, std::memory_order_relaxed);
+    // The new process has every socket and the path: close our copies.
+    server_.release_paused();
+    admin_.stop();
+    listener_.abandon();
+    acceptor_->close(ec);
+    spdlog::info(
+        "takeover: shunt {} (pid {}) took over {} listening socket(s) in {} ms; this process stopped "
+        "accepting",
+        r.peer_binary, r.peer_pid, r.listeners,
+        std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - began)
+            .count());
+    handed_over_();
+    co_return;
+  }
+}
+
+}  // namespace shunt::proxy

@@ -1,0 +1,73 @@
+// Takeover, as the daemon wires it (the protocol is takeover/): the new
+// process's steps around its start-up in run_proxy(), and the service on
+// the control thread that hands a running process over.
+#pragma once
+
+#include "admin/admin_server.h"
+#include "config/config.h"
+#include "proxy/server.h"
+#include "takeover/control_socket.h"
+#include "takeover/successor.h"
+
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/posix/stream_descriptor.hpp>
+
+#include <chrono>
+#include <functional>
+#include <optional>
+#include <string>
+
+namespace shunt::proxy {
+
+// `shunt run` without --takeover: a live control socket means another
+// process serves this node. Throws StartupError (exit 2) naming it.
+void refuse_if_running(const config::Config& config);
+
+// What the new process receives before it binds anything.
+struct TakeoverStart {
+  takeover::Successor successor;
+  InheritedSockets listeners;  // by endpoint, for the Server
+  UniqueFd admin;              // admin.listen's socket, when it did not move
+  std::chrono::steady_clock::time_point began;
+};
+
+// Connects to the running process and receives its listening sockets.
+// Nobody to take over from (no socket, or a stale one): nothing, and the
+// caller starts as a first process would, so one command line serves a
+// first start and every upgrade (docker/daemonset.yaml). Throws
+// StartupError (exit 2) when the running process refuses or does not answer
+// in time (it keeps serving, unchanged).
+std::optional<TakeoverStart> begin_takeover(const config::Config& config);
+
+// Once this process accepts on every listener: waits for the old one to
+// stop accepting, takes the control socket path and lets the old one go.
+// Throws StartupError when the old process is still there but the step
+// failed (it takes everything back); an old process that vanished is
+// logged and this one carries on alone.
+takeover::ControlListener finish_takeover(TakeoverStart& start, const config::Config& config);
+
+// The control thread's side: accepts on the control socket and hands this
+// process over to one new process at a time. `handed_over` runs once a
+// takeover completed (the listeners and the path are the new process's);
+// the caller then drains what it still holds and exits.
+class HandoverService {
+ public:
+  HandoverService(boost::asio::io_context& io, takeover::ControlListener listener, Server& server,
+                  AdminServer& admin, std::function<void()> handed_over);
+  void start();
+  void stop();
+
+ private:
+  boost::asio::awaitable<void> serve();
+  boost::asio::io_context& io_;
+  takeover::ControlListener listener_;
+  Server& server_;
+  AdminServer& admin_;
+  std::function<void()> handed_over_;
+  // The listening control socket, wrapped only to wait on it (Asio 1.74
+  // has no SOCK_SEQPACKET Unix protocol): accept4() does the rest.
+  std::unique_ptr<boost::asio::posix::stream_descriptor> acceptor_;
+};
+
+}  // namespace shunt::proxy

@@ -1,0 +1,129 @@
+#include "takeover/handover.h"
+
+#include "common/async.h"
+
+#include <unistd.h>
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
+namespace shunt::takeover {
+
+namespace asio = boost::asio;
+using Socket = asio::posix::stream_descriptor;
+
+std::string_view to_string(Outcome outcome) {
+  switch (outcome) {
+    case Outcome::ok:
+      return "ok";
+    case Outcome::probe:
+      return "probe";
+    case Outcome::incompatible:
+      return "incompatible";
+    case Outcome::timeout:
+      return "timeout";
+    case Outcome::failed:
+      return "failed";
+  }
+  return "failed";
+}
+
+namespace {
+
+// One message, waited for without blocking the control thread: signals and
+// reloads go on while a new process takes its time.
+asio::awaitable<Result<Message>> receive(Socket& peer, std::chrono::milliseconds within) {
+  Deadline deadline(peer.get_executor());
+  deadline.arm_after(within, [&peer] {
+    boost::system::error_code ignored;
+    peer.cancel(ignored);
+  });
+  boost::system::error_code ec;
+  co_await peer.async_wait(Socket::wait_read, asio::redirect_error(asio::use_awaitable, ec));
+  deadline.disarm();
+  if (deadline.expired()) co_return SysError{ETIMEDOUT, "no answer from the new process"};
+  if (ec) co_return SysError{ec.value(), "control connection: " + ec.message()};
+  co_return recv_message(peer.native_handle(), Clock::now());
+}
+
+Status send(Socket& peer, std::uint16_t version, MessageType type, std::string_view payload,
+            std::span<const int> fds, const Timeouts& t) {
+  return send_message(peer.native_handle(), version, type, payload, fds, Clock::now() + t.step);
+}
+
+HandoverResult fail(HandoverResult r, const SysError& e) {
+  r.outcome = e.code == ETIMEDOUT ? Outcome::timeout : Outcome::failed;
+  r.detail = e.message();
+  return r;
+}
+
+Result<Message> expect(Result<Message> got, MessageType type) {
+  return takeover::expect(std::move(got), type, "the new process gave up");
+}
+
+}  // namespace
+
+asio::awaitable<HandoverResult> hand_over(Socket& peer, const HandoverHooks& hooks,
+                                          const Timeouts& timeouts) {
+  HandoverResult r;
+  auto hello_msg = co_await receive(peer, timeouts.step);
+  if (!hello_msg && hello_msg.error().code == ECONNRESET) {
+    r.outcome = Outcome::probe;
+    co_return r;
+  }
+  hello_msg = expect(std::move(hello_msg), MessageType::hello);
+  if (!hello_msg) co_return fail(r, hello_msg.error());
+  const auto hello = decode_hello(hello_msg->payload);
+  if (!hello) co_return fail(r, SysError{EBADMSG, "malformed hello"});
+  r.peer_pid = hello->pid;
+  r.peer_binary = hello->binary;
+  const auto version = negotiate(*hello);
+  if (!version) {
+    r.outcome = Outcome::incompatible;
+    r.detail = incompatible(*hello);
+    // The refusal carries the reason so the new process can print it.
+    (void)send(peer, kProtocolMax, MessageType::refuse, Writer().str(r.detail).take(), {}, timeouts);
+    co_return r;
+  }
+  const Welcome welcome{*version, SHUNT_VERSION, static_cast<std::uint32_t>(::getpid())};
+  if (Status st = send(peer, *version, MessageType::welcome, encode(welcome), {}, timeouts); !st)
+    co_return fail(r, st.error());
+
+  // Listening sockets in batches of at most SCM_MAX_FD.
+  const std::vector<HandedListener> listeners = hooks.listeners();
+  for (std::size_t first = 0; first < listeners.size(); first += kMaxFdsPerMessage) {
+    const std::size_t n = std::min(kMaxFdsPerMessage, listeners.size() - first);
+    std::vector<ListenerEntry> batch;
+    std::vector<int> fds;
+    for (std::size_t i = first; i < first + n; ++i) {
+      batch.push_back(listeners[i].entry);
+      fds.push_back(listeners[i].fd);
+    }
+    if (Status st = send(peer, *version, MessageType::listeners, encode(batch), fds, timeouts); !st)
+      co_return fail(r, st.error());
+  }
+  r.listeners = listeners.size();
+  if (Status st = send(peer, *version, MessageType::listeners_end,
+                       Writer().u32(static_cast<std::uint32_t>(listeners.size())).take(), {}, timeouts);
+      !st)
+    co_return fail(r, st.error());
+
+  // Until `ready` both processes may accept from the same sockets; nothing
+  // has been given up yet, so a failure here needs no taking back.
+  auto ready = expect(co_await receive(peer, timeouts.start), MessageType::ready);
+  if (!ready) co_return fail(r, ready.error());
+
+  hooks.pause();
+  if (Status st = send(peer, *version, MessageType::released, {}, {}, timeouts); !st) {
+    hooks.resume();
+    co_return fail(r, st.error());
+  }
+  auto commit = expect(co_await receive(peer, timeouts.step), MessageType::commit);
+  if (!commit) {
+    hooks.resume();
+    co_return fail(r, commit.error());
+  }
+  r.outcome = Outcome::ok;
+  co_return r;
+}
+
+}  // namespace shunt::takeover

@@ -1,0 +1,58 @@
+// The running process's side of a takeover: answers one process that
+// connected to the control socket, hands it the listening sockets and lets
+// go of them only once the new process has said it accepts on every one and
+// then that it owns the control socket. Until that last message the old
+// process can take everything back, and does so when the new one refuses,
+// disappears or stalls past a step's timeout.
+#pragma once
+
+#include "takeover/protocol.h"
+
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/posix/stream_descriptor.hpp>
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+namespace shunt::takeover {
+
+struct HandedListener {
+  ListenerEntry entry;
+  int fd = -1;  // borrowed: stays open in the old process until its hooks release it
+};
+
+// What the daemon does at each step; all run on the caller's executor.
+struct HandoverHooks {
+  std::function<std::vector<HandedListener>()> listeners;
+  // Stop accepting, keeping every listening socket open: a SYN that
+  // arrives meanwhile waits in the backlog the new process accepts from.
+  std::function<void()> pause;
+  // Take back: accept again (the new process failed after pause).
+  std::function<void()> resume;
+};
+
+enum class Outcome {
+  ok,            // the new process owns the listeners and the control socket
+  probe,         // connected and hung up without a hello (`shunt run` checking)
+  incompatible,  // no common protocol version: refused, nothing changed
+  timeout,       // the new process stalled: everything kept or taken back
+  failed,        // the new process went away or spoke nonsense: same
+};
+std::string_view to_string(Outcome outcome);
+
+struct HandoverResult {
+  Outcome outcome = Outcome::failed;
+  std::string detail;  // for the log line
+  std::uint32_t peer_pid = 0;
+  std::string peer_binary;
+  std::size_t listeners = 0;  // sockets sent
+};
+
+// `peer`: a connection accepted on the control socket (SOCK_SEQPACKET),
+// wrapped only to wait for it without blocking the caller's thread.
+boost::asio::awaitable<HandoverResult> hand_over(boost::asio::posix::stream_descriptor& peer,
+                                                 const HandoverHooks& hooks, const Timeouts& timeouts);
+
+}  // namespace shunt::takeover

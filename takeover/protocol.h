@@ -1,0 +1,75 @@
+// What the takeover messages say (layouts in wire.h's format) and how two
+// processes agree on a protocol version. The steps themselves are in
+// handover.h (the running process) and successor.h (the one taking over);
+// docs/operating.md, "Upgrades", tells them as a story.
+#pragma once
+
+#include "common/unique_fd.h"
+#include "takeover/wire.h"
+
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace shunt::takeover {
+
+// The versions this build speaks. Version 1: listeners (proxy and admin)
+// move; open connections stay with the old process, which drains them.
+inline constexpr std::uint16_t kProtocolMin = 1;
+inline constexpr std::uint16_t kProtocolMax = 1;
+
+// Every step is bounded: a peer that stalls longer is treated as gone and
+// the old process keeps (or takes back) everything.
+struct Timeouts {
+  std::chrono::milliseconds step{5'000};
+  // From the listeners sent to `ready`: the new process loads BPF, binds
+  // what is new and attaches steering in between.
+  std::chrono::milliseconds start{20'000};
+};
+
+struct Hello {  // layout frozen for every version (wire.h)
+  std::uint16_t min_version = kProtocolMin;
+  std::uint16_t max_version = kProtocolMax;
+  std::string binary;  // SHUNT_VERSION, for the log lines
+  std::uint32_t pid = 0;
+};
+std::string encode(const Hello& h);
+std::optional<Hello> decode_hello(std::string_view payload);
+
+struct Welcome {
+  std::uint16_t version = 0;
+  std::string binary;
+  std::uint32_t pid = 0;
+};
+std::string encode(const Welcome& w);
+std::optional<Welcome> decode_welcome(std::string_view payload);
+
+// The highest version both speak, or nothing.
+std::optional<std::uint16_t> negotiate(const Hello& peer);
+// "incompatible takeover protocol: ..." naming both ranges, for both logs.
+std::string incompatible(const Hello& peer);
+
+// One listening socket. `role` is "listener" (proxy.listeners[], by name)
+// or "admin"; `endpoint` the bound address as config::to_string prints it,
+// which is what the new process matches its own listeners by.
+struct ListenerEntry {
+  std::string role;
+  std::string name;
+  std::string endpoint;
+  bool transparent = false;
+};
+// A batch: entries in order, one fd per entry in the same order.
+std::string encode(const std::vector<ListenerEntry>& batch);
+std::optional<std::vector<ListenerEntry>> decode_listeners(std::string_view payload);
+
+// `got` if it is a message of `type`. A refusal becomes EPROTO with the
+// peer's reason after `refused` ("the running shunt refused"); any other
+// type, EPROTO naming both.
+Result<Message> expect(Result<Message> got, MessageType type, std::string_view refused);
+
+inline constexpr std::string_view kRoleListener = "listener";
+inline constexpr std::string_view kRoleAdmin = "admin";
+
+}  // namespace shunt::takeover

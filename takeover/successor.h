@@ -1,0 +1,52 @@
+// The new process's side of a takeover, run before it serves anything
+// (blocking, each step bounded by Timeouts): connect to the control socket,
+// agree on a version, receive the listening sockets; later, once it accepts
+// on all of them, `ready()` waits for the old process to stop accepting and
+// `commit()` tells it to let go.
+#pragma once
+
+#include "common/error.h"
+#include "common/unique_fd.h"
+#include "takeover/protocol.h"
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace shunt::takeover {
+
+struct InheritedListener {
+  ListenerEntry entry;
+  UniqueFd fd;
+};
+
+class Successor {
+ public:
+  // Errors: ECONNREFUSED/ENOENT (nobody to take over from), EPROTO with the
+  // old process's reason (e.g. incompatible versions: it changed nothing),
+  // ETIMEDOUT, EBADMSG.
+  static Result<Successor> begin(const std::string& control_socket, const Timeouts& timeouts);
+
+  [[nodiscard]] std::vector<InheritedListener> take_listeners() { return std::move(listeners_); }
+  [[nodiscard]] std::uint32_t peer_pid() const { return peer_pid_; }
+  [[nodiscard]] const std::string& peer_binary() const { return peer_binary_; }
+  [[nodiscard]] std::uint16_t version() const { return version_; }
+
+  // Accepting on every listener: wait until the old process stopped.
+  Status ready();
+  // The control socket path is ours: the old process closes its copies.
+  Status commit();
+  // Tells the old process this one gives up (it keeps everything).
+  void abort(const std::string& why);
+
+ private:
+  Result<Message> expect(MessageType type, std::chrono::milliseconds within);
+  UniqueFd sock_;
+  Timeouts timeouts_;
+  std::uint16_t version_ = 0;
+  std::uint32_t peer_pid_ = 0;
+  std::string peer_binary_;
+  std::vector<InheritedListener> listeners_;
+};
+
+}  // namespace shunt::takeover

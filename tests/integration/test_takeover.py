@@ -1,0 +1,423 @@
+"""`shunt run --takeover` while traffic flows (issue 14, protocol version 1:
+listening sockets and the admin socket move; open connections stay with the
+old process, which drains them and exits 0).
+
+For each data path, takeovers in a row while these run through the proxy:
+throttled transfers both ways (hash-checked at both ends), an HTTP/1.1
+keep-alive session under a per-request rule sending a request every 10 ms,
+and a loop opening new connections at a few hundred per second. Nothing may
+be refused or reset, every byte must arrive intact and every request be
+answered. Then the failure cases: a new process SIGKILLed at several points
+of its start, and a scripted new process (this file speaks the protocol)
+that offers an incompatible version, goes away after `ready`, or stalls
+after the old one stopped accepting: the old process keeps serving or takes
+its listeners back.
+"""
+import hashlib
+import os
+import re
+import signal
+import socket
+import struct
+import subprocess
+import tempfile
+import threading
+import time
+import unittest
+
+from admin_helpers import scrape, value, wait_ready
+from http_peers import Origin, read_response, request
+from shunt_harness import (SHUNT_BIN, Shunt, ThreadedServer, echo_handler, free_port, pattern, pattern_digest,
+                           recv_exact, run_tests)
+
+MAGIC = 0x4F544853
+HEADER = struct.Struct("<IHHI")
+HELLO, WELCOME, REFUSE, LISTENERS, LISTENERS_END, READY, RELEASED, COMMIT = range(1, 9)
+
+
+def config(d, datapath):
+    return f"""
+proxy:
+  listeners:
+    - {{name: bulk, listen: 127.0.0.1:{d['bulk']}, forward: 127.0.0.1:{d['bulk_up']}}}
+    - {{name: echo, listen: 127.0.0.1:{d['echo']}, forward: 127.0.0.1:{d['echo_up']}}}
+    - {{name: http, listen: 127.0.0.1:{d['http']}, forward: 127.0.0.1:{d['origin']}}}
+  datapath: {datapath}
+  timeouts: {{connect: 2s, header: 5s, idle: 1h, drain: 60s}}
+admin: {{listen: 127.0.0.1:{d['admin']}, control_socket: {d['control']}}}
+log: {{level: info, access: off}}
+policy:
+  default: allow
+  rules:
+    - name: api
+      from: {{cidr: 127.0.0.0/8}}
+      to: {{cidr: 127.0.0.1/32, ports: [{d['origin']}]}}
+      action: allow
+      http:
+        - {{method: GET, path: /api/}}
+"""
+
+
+def throttled_send(sock, total, salt, rate):
+    """pattern(total, salt) at about `rate` bytes per second."""
+    start = time.monotonic()
+    sent = 0
+    for chunk in pattern(total, salt):
+        sock.sendall(chunk)
+        sent += len(chunk)
+        ahead = sent / rate - (time.monotonic() - start)
+        if ahead > 0:
+            time.sleep(ahead)
+
+
+def digest_exactly(sock, total):
+    h = hashlib.sha256()
+    n = 0
+    while n < total:
+        data = sock.recv(min(1 << 20, total - n))
+        if not data:
+            break
+        h.update(data)
+        n += len(data)
+    return n, h.hexdigest()
+
+
+class BulkPeer:
+    """Upstream of the transfers: reads `size, salt`, then sends
+    pattern(size, salt + 1) throttled while hashing what it receives."""
+
+    def __init__(self, rate):
+        self.rate = rate
+        self.server = ThreadedServer(self.handle)
+
+    def handle(self, conn):
+        size, salt = struct.unpack("!QQ", recv_exact(conn, 16))
+        sender = threading.Thread(target=throttled_send, args=(conn, size, salt + 1, self.rate))
+        sender.start()
+        got = digest_exactly(conn, size)
+        sender.join()
+        conn.shutdown(socket.SHUT_WR)
+        return got == (size, pattern_digest(size, salt))
+
+
+class Traffic:
+    """Everything that must not notice a takeover, each in its threads;
+    failures are collected, never raised in a thread."""
+
+    def __init__(self, d, bulk_peer, transfer_bytes, rate):
+        self.d, self.bulk_peer = d, bulk_peer
+        self.transfer_bytes, self.rate = transfer_bytes, rate
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.errors = []
+        self.requests = 0
+        self.connections = 0
+        self.transfers_ok = 0
+        self.threads = [threading.Thread(target=self.transfer, args=(salt,)) for salt in (11, 23)]
+        self.threads += [threading.Thread(target=self.keep_alive), threading.Thread(target=self.new_connections)]
+
+    def error(self, what, e):
+        with self.lock:
+            self.errors.append(f"{what}: {e!r}")
+
+    def start(self):
+        for t in self.threads:
+            t.start()
+
+    def finish(self, timeout=60):
+        self.stop.set()
+        for t in self.threads:
+            t.join(timeout)
+
+    def transfer(self, salt):
+        try:
+            with socket.create_connection(("127.0.0.1", self.d["bulk"]), timeout=20) as s:
+                s.sendall(struct.pack("!QQ", self.transfer_bytes, salt))
+                result = {}
+                reader = threading.Thread(
+                    target=lambda: result.update(got=digest_exactly(s, self.transfer_bytes)))
+                reader.start()
+                throttled_send(s, self.transfer_bytes, salt, self.rate)
+                s.shutdown(socket.SHUT_WR)
+                reader.join()
+                want = (self.transfer_bytes, pattern_digest(self.transfer_bytes, salt + 1))
+                if result.get("got") != want:
+                    raise AssertionError(f"downstream {result.get('got')} != {want}")
+                if s.recv(1) != b"":
+                    raise AssertionError("bytes after the transfer")
+            with self.lock:
+                self.transfers_ok += 1
+        except Exception as e:
+            self.error(f"transfer {salt}", e)
+
+    def keep_alive(self):
+        """One connection, a request every 10 ms, each decided by rule `api`."""
+        try:
+            with socket.create_connection(("127.0.0.1", self.d["http"]), timeout=20) as s:
+                f = s.makefile("rb")
+                n = 0
+                while not self.stop.is_set():
+                    s.sendall(request("GET", f"/api/{n}"))
+                    r = read_response(f)
+                    if r.status != 200:
+                        raise AssertionError(f"request {n}: status {r.status}")
+                    n += 1
+                    with self.lock:
+                        self.requests = n
+                    time.sleep(0.01)
+        except Exception as e:
+            self.error("keep-alive session", e)
+
+    def new_connections(self):
+        """A few hundred new connections a second, each echoing 16 bytes."""
+        n = 0
+        while not self.stop.is_set():
+            try:
+                with socket.create_connection(("127.0.0.1", self.d["echo"]), timeout=15) as s:
+                    msg = struct.pack("!QQ", n, 0x5EED)
+                    s.sendall(msg)
+                    if recv_exact(s, 16) != msg:
+                        raise AssertionError("echo differs")
+                with self.lock:
+                    self.connections += 1
+            except Exception as e:
+                self.error(f"new connection {n}", e)
+            n += 1
+            time.sleep(0.003)
+
+
+def read_text(path):
+    with open(path, errors="replace") as f:
+        return f.read()
+
+
+def wait_log(path, pattern_text, proc, timeout=30):
+    deadline = time.monotonic() + timeout
+    rx = re.compile(pattern_text)
+    while time.monotonic() < deadline:
+        text = read_text(path)
+        if rx.search(text):
+            return text
+        if proc.poll() is not None:
+            raise AssertionError(f"exited {proc.returncode} before /{pattern_text}/:\n{text[-3000:]}")
+        time.sleep(0.05)
+    raise TimeoutError(f"no /{pattern_text}/ in {path}")
+
+
+class Fake:
+    """A scripted new process speaking the takeover protocol."""
+
+    def __init__(self, path):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.sock.settimeout(10)
+        self.sock.connect(path)
+        self.fds = []
+
+    def send(self, mtype, payload=b"", version=1):
+        self.sock.send(HEADER.pack(MAGIC, version, mtype, len(payload)) + payload)
+
+    def recv(self):
+        data, fds, _, _ = socket.recv_fds(self.sock, 70000, 256)
+        self.fds += fds
+        magic, version, mtype, length = HEADER.unpack_from(data)
+        assert magic == MAGIC and length == len(data) - HEADER.size
+        return mtype, data[HEADER.size:]
+
+    def hello(self, low=1, high=1):
+        binary = b"fake-test"
+        self.send(HELLO, struct.pack("<HHI", low, high, len(binary)) + binary + struct.pack("<I", os.getpid()),
+                  version=low)
+
+    def until_ready(self):
+        """hello .. listeners_end, then ready; returns once `released`."""
+        self.hello()
+        assert self.recv()[0] == WELCOME
+        while True:
+            mtype, _ = self.recv()
+            if mtype == LISTENERS_END:
+                break
+            assert mtype == LISTENERS, mtype
+        self.send(READY)
+        assert self.recv()[0] == RELEASED
+
+    def close(self):
+        self.sock.close()
+        for fd in self.fds:
+            os.close(fd)
+        self.fds = []
+
+
+class TakeoverTest(unittest.TestCase):
+    def setUp(self):
+        self.bulk_peer = BulkPeer(rate=3 << 20)
+        self.echo = ThreadedServer(echo_handler)
+        self.origin = Origin()
+        self.procs = []  # every shunt this test started, oldest first: (proc, log path)
+
+    def tearDown(self):
+        for proc, _ in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        self.bulk_peer.server.close()
+        self.echo.close()
+        self.origin.close()
+
+    def ports(self, shunt_dir):
+        return dict(bulk=free_port(), echo=free_port(), http=free_port(), admin=free_port(),
+                    bulk_up=self.bulk_peer.server.port, echo_up=self.echo.port, origin=self.origin.port,
+                    control=os.path.join(shunt_dir, "control.sock"))
+
+    def take_over(self, shunt, n):
+        log = os.path.join(shunt.dir.name, f"takeover-{n}.log")
+        with open(log, "wb") as out:
+            proc = subprocess.Popen([SHUNT_BIN, "run", "-c", shunt.config_path, "--takeover"], stdout=out,
+                                    stderr=subprocess.STDOUT)
+        self.procs.append((proc, log))
+        wait_log(log, r"takeover: complete in \d+ ms", proc)
+        return proc
+
+    def run_takeovers(self, datapath, takeovers, transfer_bytes):
+        tmp = tempfile.TemporaryDirectory(prefix="shunt-takeover-")
+        self.addCleanup(tmp.cleanup)
+        d = self.ports(tmp.name)
+        with Shunt(config(d, datapath), wait_port=d["echo"]) as first:
+            wait_ready(d["admin"], first.proc)
+            traffic = Traffic(d, self.bulk_peer, transfer_bytes, rate=3 << 20)
+            traffic.start()
+            time.sleep(1.0)
+            for n in range(takeovers):
+                before = traffic.connections
+                self.take_over(first, n)
+                time.sleep(0.8)
+                self.assertGreater(traffic.connections, before, "no new connection since the takeover")
+            # The admin socket moved with the listeners: the newest process answers.
+            samples = scrape(d["admin"])
+            self.assertEqual(value(samples, "shunt_takeovers_total", result="ok"), 1)
+            self.assertGreater(value(samples, "shunt_takeover_listeners_transferred_total"), 3)
+            self.assertEqual(value(samples, "shunt_takeovers_total", result="failed"), 0)
+            traffic.finish()
+            self.assertEqual(traffic.errors, [])
+            self.assertEqual(traffic.transfers_ok, 2)
+            self.assertGreater(traffic.requests, 100)
+            # Every process but the newest held nothing more and exited 0.
+            everyone = [(first.proc, first.log_path)] + self.procs
+            for proc, log in everyone[:-1]:
+                try:
+                    self.assertEqual(proc.wait(timeout=20), 0, read_text(log)[-2000:])
+                except subprocess.TimeoutExpired:
+                    self.fail(f"pid {proc.pid} still running after its takeover: " + read_text(log)[-2000:])
+            newest = everyone[-1][0]
+            self.assertIsNone(newest.poll())
+            newest.send_signal(signal.SIGTERM)
+            self.assertEqual(newest.wait(timeout=20), 0)
+            print(f"{datapath}: {takeovers} takeovers, {traffic.connections} new connections, "
+                  f"{traffic.requests} keep-alive requests, 2 transfers of {transfer_bytes >> 20} MiB each way")
+
+    def test_sockmap(self):
+        self.run_takeovers("sockmap", takeovers=3, transfer_bytes=24 << 20)
+
+    def test_splice(self):
+        self.run_takeovers("splice", takeovers=2, transfer_bytes=12 << 20)
+
+    def test_copy(self):
+        self.run_takeovers("copy", takeovers=2, transfer_bytes=12 << 20)
+
+    def test_failures_leave_the_old_process_serving(self):
+        tmp = tempfile.TemporaryDirectory(prefix="shunt-takeover-")
+        self.addCleanup(tmp.cleanup)
+        d = self.ports(tmp.name)
+        with Shunt(config(d, "sockmap"), wait_port=d["echo"]) as old:
+            wait_ready(d["admin"], old.proc)
+            traffic = Traffic(d, self.bulk_peer, 4 << 20, rate=4 << 20)
+            traffic.start()
+
+            # Without --takeover: one clear line, exit 2, nothing touched.
+            plain = subprocess.run([SHUNT_BIN, "run", "-c", old.config_path], capture_output=True, text=True,
+                                   timeout=30)
+            self.assertEqual(plain.returncode, 2, plain.stderr)
+            self.assertEqual(len(plain.stderr.strip().splitlines()), 1, plain.stderr)
+            self.assertIn("another shunt is running", plain.stderr)
+            self.assertIn("--takeover", plain.stderr)
+
+            # Incompatible version: refused with its reason, nothing changes.
+            fake = Fake(d["control"])
+            fake.hello(low=99, high=99)
+            mtype, payload = fake.recv()
+            self.assertEqual(mtype, REFUSE)
+            self.assertIn(b"incompatible takeover protocol", payload)
+            fake.close()
+
+            # Gone right after the old process stopped accepting: taken back.
+            fake = Fake(d["control"])
+            fake.until_ready()
+            fake.close()
+            time.sleep(0.3)
+            before = traffic.connections
+            time.sleep(0.5)
+            self.assertGreater(traffic.connections, before, "not accepting again after the new process vanished")
+
+            # Stalled after the old one stopped accepting: the 5 s step
+            # timeout, then taken back. SYNs meanwhile wait in the backlog.
+            fake = Fake(d["control"])
+            fake.until_ready()
+            time.sleep(6.0)
+            before = traffic.connections
+            time.sleep(0.5)
+            self.assertGreater(traffic.connections, before, "not accepting again after the stalled takeover")
+            fake.close()
+
+            samples = scrape(d["admin"])
+            self.assertEqual(value(samples, "shunt_takeovers_total", result="incompatible"), 1)
+            self.assertEqual(value(samples, "shunt_takeovers_total", result="timeout"), 1)
+            self.assertGreaterEqual(value(samples, "shunt_takeovers_total", result="failed"), 1)
+            self.assertEqual(value(samples, "shunt_takeovers_total", result="ok"), 0)
+
+            # A new process SIGKILLed at several points of its start. It is
+            # stopped first (SIGSTOP) so its log tells where it was: one that
+            # already completed is a real takeover and carries on instead.
+            current, current_log = old.proc, old.log_path
+            stages = []
+            for n, delay in enumerate((0.0, 0.005, 0.01, 0.015, 0.02, 0.03, 0.05)):
+                log = os.path.join(old.dir.name, f"killed-{n}.log")
+                with open(log, "wb") as out:
+                    proc = subprocess.Popen([SHUNT_BIN, "run", "-c", old.config_path, "--takeover"], stdout=out,
+                                            stderr=subprocess.STDOUT)
+                time.sleep(delay)
+                proc.send_signal(signal.SIGSTOP)
+                # A commit already sent reaches the serving process within
+                # milliseconds; then this one is the server and must live.
+                time.sleep(0.2)
+                text = read_text(log)
+                if f"(pid {proc.pid}) took over" in read_text(current_log):
+                    proc.send_signal(signal.SIGCONT)
+                    self.procs.append((proc, log))
+                    stages.append("completed")
+                    current, current_log = proc, log
+                    continue
+                stages.append("received listeners" if "listening socket(s) received" in text else "connecting")
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+                self.assertIsNone(current.poll(), old.output()[-2000:])
+                before = traffic.connections
+                time.sleep(0.3)
+                self.assertGreater(traffic.connections, before, f"not accepting after a kill at {stages[-1]}")
+            print("killed at:", ", ".join(stages))
+            self.assertIn("received listeners", stages, "no kill landed mid-takeover; adjust the delays")
+
+            # And whoever serves now can still be taken over for real; every
+            # process before it drains and exits 0.
+            newest = self.take_over(old, 99)
+            traffic.finish()
+            self.assertEqual(traffic.errors, [])
+            self.assertEqual(traffic.transfers_ok, 2)
+            for proc, log in [(old.proc, old.log_path)] + self.procs[:-1]:
+                self.assertEqual(proc.wait(timeout=30), 0, read_text(log)[-2000:])
+            newest.send_signal(signal.SIGTERM)
+            self.assertEqual(newest.wait(timeout=20), 0)
+            log = old.output()
+            self.assertIn("incompatible takeover protocol", log)
+            self.assertIn("this process keeps serving", log)
+
+if __name__ == "__main__":
+    run_tests()

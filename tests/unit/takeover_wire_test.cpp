@@ -1,0 +1,261 @@
+// The takeover protocol without a proxy: framing, fd batches, versions, and
+// the old side's decisions (keep, take back, let go) against a scripted
+// new side.
+#include "takeover/control_socket.h"
+#include "takeover/handover.h"
+#include "takeover/protocol.h"
+#include "takeover/successor.h"
+#include "takeover/wire.h"
+
+#include <gtest/gtest.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/io_context.hpp>
+
+#include <filesystem>
+#include <thread>
+
+namespace shunt::takeover {
+namespace {
+
+using namespace std::chrono_literals;
+
+struct Pair {
+  UniqueFd a, b;
+  Pair() {
+    int fds[2];
+    EXPECT_EQ(::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, fds), 0);
+    a.reset(fds[0]);
+    b.reset(fds[1]);
+  }
+};
+
+ino_t inode(int fd) {
+  struct stat st {};
+  ::fstat(fd, &st);
+  return st.st_ino;
+}
+
+TEST(TakeoverWire, MessageRoundTrip) {
+  Pair p;
+  const std::string payload = Writer().u16(7).u32(0xdeadbeef).u64(1ull << 40).str("héllo").u8(1).take();
+  ASSERT_TRUE(send_message(p.a.get(), 3, MessageType::welcome, payload, {}, Clock::now() + 1s));
+  auto m = recv_message(p.b.get(), Clock::now() + 1s);
+  ASSERT_TRUE(m) << m.error().message();
+  EXPECT_EQ(m->version, 3);
+  EXPECT_EQ(m->type, MessageType::welcome);
+  Reader r(m->payload);
+  EXPECT_EQ(r.u16(), 7);
+  EXPECT_EQ(r.u32(), 0xdeadbeefu);
+  EXPECT_EQ(r.u64(), 1ull << 40);
+  EXPECT_EQ(r.str(), "héllo");
+  EXPECT_EQ(r.u8(), 1);
+  EXPECT_TRUE(r.complete());
+  EXPECT_EQ(r.u8(), 0);  // past the end: fails and stays failed
+  EXPECT_FALSE(r.ok());
+}
+
+TEST(TakeoverWire, FileDescriptorsUpToScmMaxFdPerMessage) {
+  Pair p;
+  std::vector<UniqueFd> owned;
+  std::vector<int> fds;
+  for (std::size_t i = 0; i < kMaxFdsPerMessage + 1; ++i) {
+    owned.emplace_back(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    fds.push_back(owned.back().get());
+  }
+  const auto too_many = send_message(p.a.get(), 1, MessageType::listeners, "x", fds, Clock::now() + 1s);
+  ASSERT_FALSE(too_many);
+  EXPECT_EQ(too_many.error().code, EMSGSIZE);
+  fds.pop_back();
+  ASSERT_TRUE(send_message(p.a.get(), 1, MessageType::listeners, "x", fds, Clock::now() + 1s));
+  auto m = recv_message(p.b.get(), Clock::now() + 1s);
+  ASSERT_TRUE(m) << m.error().message();
+  ASSERT_EQ(m->fds.size(), kMaxFdsPerMessage);
+  for (std::size_t i = 0; i < fds.size(); ++i) EXPECT_EQ(inode(m->fds[i].get()), inode(fds[i])) << i;
+}
+
+TEST(TakeoverWire, TimeoutPeerGoneAndGarbage) {
+  Pair p;
+  auto none = recv_message(p.b.get(), Clock::now() + 30ms);
+  ASSERT_FALSE(none);
+  EXPECT_EQ(none.error().code, ETIMEDOUT);
+
+  ASSERT_EQ(::send(p.a.get(), "not a shunt message", 19, 0), 19);
+  auto bad = recv_message(p.b.get(), Clock::now() + 1s);
+  ASSERT_FALSE(bad);
+  EXPECT_EQ(bad.error().code, EBADMSG);
+
+  // Right magic, a length that disagrees with the datagram.
+  std::string lying = Writer().u32(kMagic).u16(1).u16(1).u32(100).take() + "short";
+  ASSERT_EQ(::send(p.a.get(), lying.data(), lying.size(), 0), static_cast<ssize_t>(lying.size()));
+  auto short_msg = recv_message(p.b.get(), Clock::now() + 1s);
+  ASSERT_FALSE(short_msg);
+  EXPECT_EQ(short_msg.error().code, EBADMSG);
+
+  p.a.reset();
+  auto gone = recv_message(p.b.get(), Clock::now() + 1s);
+  ASSERT_FALSE(gone);
+  EXPECT_EQ(gone.error().code, ECONNRESET);
+}
+
+TEST(TakeoverProtocol, Versions) {
+  Hello same;
+  EXPECT_EQ(negotiate(same), kProtocolMax);
+  Hello wider{1, 9, "9.0", 1};
+  EXPECT_EQ(negotiate(wider), kProtocolMax);
+  Hello newer{kProtocolMax + 1, kProtocolMax + 3, "9.0", 1};
+  EXPECT_FALSE(negotiate(newer));
+  EXPECT_NE(incompatible(newer).find("incompatible takeover protocol"), std::string::npos);
+  EXPECT_NE(incompatible(newer).find("shunt 9.0"), std::string::npos);
+
+  // hello's layout is frozen but may grow: a later version's extra fields
+  // are ignored. Other messages must be exact.
+  auto grown = decode_hello(encode(newer) + "extra");
+  ASSERT_TRUE(grown);
+  EXPECT_EQ(grown->max_version, kProtocolMax + 3);
+  EXPECT_FALSE(decode_welcome(encode(Welcome{1, "x", 2}) + "x"));
+  const std::vector<ListenerEntry> batch{{"listener", "pods", "127.0.0.1:15001", true},
+                                         {"admin", "admin", "[::1]:15000", false}};
+  auto back = decode_listeners(encode(batch));
+  ASSERT_TRUE(back);
+  ASSERT_EQ(back->size(), 2u);
+  EXPECT_EQ((*back)[0].endpoint, "127.0.0.1:15001");
+  EXPECT_TRUE((*back)[0].transparent);
+  EXPECT_EQ((*back)[1].role, "admin");
+  EXPECT_FALSE(decode_listeners(encode(batch).substr(0, 20)));
+}
+
+// The old side on its own thread and io_context, against whatever the test
+// does as the new side. Hooks only record.
+struct OldSide {
+  std::filesystem::path dir =
+      std::filesystem::temp_directory_path() / ("shunt-takeover-test-" + std::to_string(::getpid()));
+  std::string path = (dir / "control.sock").string();
+  ControlListener listener;
+  std::vector<UniqueFd> sockets;
+  std::atomic<int> paused{0}, resumed{0};
+  HandoverResult result;
+  std::thread thread;
+  Timeouts timeouts{200ms, 200ms};
+
+  explicit OldSide(std::size_t n_sockets) {
+    auto l = ControlListener::bind(path);
+    EXPECT_TRUE(l);
+    listener = std::move(*l);
+    for (std::size_t i = 0; i < n_sockets; ++i)
+      sockets.emplace_back(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    thread = std::thread([this] { serve_one(); });
+  }
+  ~OldSide() {
+    if (thread.joinable()) thread.join();
+    std::filesystem::remove_all(dir);
+  }
+  void serve_one() {
+    pollfd pfd{listener.fd(), POLLIN, 0};
+    if (::poll(&pfd, 1, 5000) != 1) return;
+    const int fd = ::accept4(listener.fd(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    boost::asio::io_context io;
+    boost::asio::posix::stream_descriptor peer(io, fd);
+    HandoverHooks hooks;
+    hooks.listeners = [this] {
+      std::vector<HandedListener> out;
+      for (std::size_t i = 0; i < sockets.size(); ++i)
+        out.push_back({{"listener", "l", "127.0.0.1:" + std::to_string(i), false}, sockets[i].get()});
+      return out;
+    };
+    hooks.pause = [this] { ++paused; };
+    hooks.resume = [this] { ++resumed; };
+    boost::asio::co_spawn(
+        io, [&]() -> boost::asio::awaitable<void> { result = co_await hand_over(peer, hooks, timeouts); },
+        boost::asio::detached);
+    io.run();
+  }
+  HandoverResult finish() {
+    thread.join();
+    return result;
+  }
+};
+
+TEST(TakeoverHandover, CompletesWithBatchesBeyondScmMaxFd) {
+  OldSide old(300);  // two listeners messages
+  auto s = Successor::begin(old.path, Timeouts{1s, 1s});
+  ASSERT_TRUE(s) << s.error().message();
+  auto got = s->take_listeners();
+  ASSERT_EQ(got.size(), 300u);
+  EXPECT_EQ(got[299].entry.endpoint, "127.0.0.1:299");
+  EXPECT_EQ(inode(got[299].fd.get()), inode(old.sockets[299].get()));
+  ASSERT_TRUE(s->ready());
+  ASSERT_TRUE(s->commit());
+  const auto r = old.finish();
+  EXPECT_EQ(r.outcome, Outcome::ok) << r.detail;
+  EXPECT_EQ(r.listeners, 300u);
+  EXPECT_EQ(old.paused, 1);
+  EXPECT_EQ(old.resumed, 0);
+}
+
+TEST(TakeoverHandover, NewProcessGoneAfterReadyIsTakenBack) {
+  OldSide old(2);
+  {
+    auto s = Successor::begin(old.path, Timeouts{1s, 1s});
+    ASSERT_TRUE(s) << s.error().message();
+    ASSERT_TRUE(s->ready());
+  }  // gone without commit
+  const auto r = old.finish();
+  EXPECT_EQ(r.outcome, Outcome::failed);
+  EXPECT_EQ(old.paused, 1);
+  EXPECT_EQ(old.resumed, 1);
+}
+
+TEST(TakeoverHandover, StalledNewProcessTimesOutBeforeAnythingChanges) {
+  OldSide old(2);
+  auto s = Successor::begin(old.path, Timeouts{1s, 1s});
+  ASSERT_TRUE(s) << s.error().message();
+  const auto r = old.finish();  // never ready: the 200 ms start timeout
+  EXPECT_EQ(r.outcome, Outcome::timeout);
+  EXPECT_EQ(old.paused, 0);
+  EXPECT_EQ(old.resumed, 0);
+}
+
+TEST(TakeoverHandover, IncompatibleVersionIsRefusedWithItsReason) {
+  OldSide old(1);
+  auto fd = connect_control_socket(old.path);
+  ASSERT_TRUE(fd);
+  const Hello future{kProtocolMax + 1, kProtocolMax + 1, "99.0", 42};
+  ASSERT_TRUE(
+      send_message(fd->get(), kProtocolMax + 1, MessageType::hello, encode(future), {}, Clock::now() + 1s));
+  auto answer = recv_message(fd->get(), Clock::now() + 1s);
+  ASSERT_TRUE(answer);
+  EXPECT_EQ(answer->type, MessageType::refuse);
+  EXPECT_NE(Reader(answer->payload).str().find("incompatible takeover protocol"), std::string::npos);
+  const auto r = old.finish();
+  EXPECT_EQ(r.outcome, Outcome::incompatible);
+  EXPECT_EQ(old.paused, 0);
+}
+
+TEST(TakeoverControlSocket, ProbeAndOwnership) {
+  const auto dir = std::filesystem::temp_directory_path() / ("shunt-ctl-test-" + std::to_string(::getpid()));
+  const std::string path = (dir / "c.sock").string();
+  EXPECT_EQ(probe_control_socket(path), ControlState::absent);
+  {
+    auto first = ControlListener::bind(path);
+    ASSERT_TRUE(first);
+    EXPECT_EQ(probe_control_socket(path), ControlState::live);
+    struct stat st {};
+    ASSERT_EQ(::stat(path.c_str(), &st), 0);
+    EXPECT_EQ(st.st_mode & 0777, 0600u);
+    // A second one renames itself over the path; the first no longer
+    // removes it when it goes.
+    auto second = ControlListener::bind(path);
+    ASSERT_TRUE(second);
+    { auto gone = std::move(*first); }
+    EXPECT_EQ(probe_control_socket(path), ControlState::live);
+  }
+  EXPECT_EQ(probe_control_socket(path), ControlState::absent);
+  std::filesystem::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace shunt::takeover
