@@ -136,7 +136,8 @@ class AdminApi(unittest.TestCase):
                                "forward": "127.0.0.1:%d" % self.upstream}])
             self.assertEqual(cfg["proxy"]["timeouts"], {"connect": "2s", "header": "2s", "idle": "1h", "drain": "5s",
                                                            "keepalive": "15s", "refuse": "5s"})
-            self.assertEqual(cfg["admin"], {"listen": "127.0.0.1:%d" % self.admin, "allow_remote": False})
+            self.assertEqual(cfg["admin"], {"listen": "127.0.0.1:%d" % self.admin, "allow_remote": False,
+                                            "control_socket": shunt.control_socket})
             self.assertEqual(cfg["policy"], {"default": "allow", "rules": []})
 
             rule = """    - name: web-api
