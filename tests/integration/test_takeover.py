@@ -14,7 +14,9 @@ after the old one stopped accepting: the old process keeps serving or takes
 its listeners back.
 """
 import hashlib
+import json
 import os
+import random
 import re
 import signal
 import socket
@@ -27,8 +29,8 @@ import unittest
 
 from admin_helpers import scrape, value, wait_ready
 from http_peers import Origin, read_response, request
-from shunt_harness import (SHUNT_BIN, Shunt, ThreadedServer, echo_handler, free_port, pattern, pattern_digest,
-                           recv_exact, run_tests)
+from shunt_harness import (PY, SHUNT_BIN, PodLab, Shunt, ThreadedServer, echo_handler, free_port, pattern,
+                           pattern_digest, recv_exact, run_tests)
 
 MAGIC = 0x4F544853
 HEADER = struct.Struct("<IHHI")
@@ -55,6 +57,31 @@ policy:
       action: allow
       http:
         - {{method: GET, path: /api/}}
+"""
+
+
+# In the client pod: new connections to the server pod for `seconds`, each
+# echoing 64 bytes through the steered proxy; prints counts as JSON.
+POD_LOOP = r"""
+import json, os, socket, sys, time
+host, port, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+ok, errors, end = 0, [], time.monotonic() + seconds
+while time.monotonic() < end:
+    try:
+        with socket.create_connection((host, port), timeout=10) as s:
+            f = s.makefile("rb")
+            f.readline()  # the server's view of the peer
+            msg = os.urandom(64)
+            s.sendall(msg)
+            s.shutdown(socket.SHUT_WR)
+            got = f.read()
+            if got != msg:
+                raise AssertionError("echo differs: %d bytes" % len(got))
+        ok += 1
+    except Exception as e:
+        errors.append(repr(e))
+    time.sleep(0.005)
+print(json.dumps({"ok": ok, "errors": errors[:10], "failed": len(errors)}))
 """
 
 
@@ -418,6 +445,83 @@ class TakeoverTest(unittest.TestCase):
             log = old.output()
             self.assertIn("incompatible takeover protocol", log)
             self.assertIn("this process keeps serving", log)
+
+
+class SteeredPodsTest(unittest.TestCase):
+    """Pod-to-pod connections steered by BPF (veth + tcx here) through each
+    process in turn: the steering programs assign SYNs to the listening
+    sockets both processes share, so a takeover is invisible to the pods."""
+
+    PORT = 7411
+
+    def run_case(self, on_proxy_down):
+        lab = PodLab("k")
+        self.addCleanup(lab.cleanup)
+        net = "10.%d.%d." % (random.randint(201, 209), random.randint(0, 254))
+        cip, sip = net + "2", net + "3"
+        client, r = lab.add("c", cip + "/24")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        server, r = lab.add("s", sip + "/24")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        lab.serve(server, sip, self.PORT, "echo")
+        tmp = tempfile.TemporaryDirectory(prefix="shunt-takeover-")
+        self.addCleanup(tmp.cleanup)
+        admin = free_port()
+        text = f"""
+proxy:
+  listeners:
+    - {{name: pods, listen: 127.0.0.1:{free_port()}, transparent: true}}
+  datapath: sockmap
+  upstream_source: client
+  timeouts: {{connect: 2s, header: 5s, idle: 1h, drain: 30s}}
+steering:
+  intercept_ports: [{self.PORT}]
+  on_proxy_down: {on_proxy_down}
+admin: {{listen: 127.0.0.1:{admin}, control_socket: {tmp.name}/control.sock}}
+log: {{level: info, access: off}}
+pods:
+  - {{name: {client}, ip: {cip}, labels: {{app: client}}, dev: sh-{client}}}
+  - {{name: {server}, ip: {sip}, labels: {{app: server}}, dev: sh-{server}}}
+policy:
+  default: allow
+  rules: []
+"""
+        procs = []
+        with Shunt(text) as first:
+            wait_ready(admin, first.proc)
+            loop = subprocess.Popen(["ip", "netns", "exec", client, PY, "-c", POD_LOOP, sip, str(self.PORT), "7"],
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            time.sleep(1.0)
+            for n in range(3):
+                log = os.path.join(first.dir.name, f"takeover-{n}.log")
+                with open(log, "wb") as out:
+                    proc = subprocess.Popen([SHUNT_BIN, "run", "-c", first.config_path, "--takeover"], stdout=out,
+                                            stderr=subprocess.STDOUT)
+                procs.append((proc, log))
+                wait_log(log, r"takeover: complete in \d+ ms", proc)
+                before = value(scrape(admin), "shunt_connections_total", verdict="allow")
+                time.sleep(1.0)
+                # Through the newest process, not around it (fail_open would
+                # let a pod reach the server directly).
+                self.assertGreater(value(scrape(admin), "shunt_connections_total", verdict="allow"), before,
+                                   f"takeover {n}: the pods' connections do not reach the new process")
+            out, err = loop.communicate(timeout=30)
+            result = json.loads(out)
+            self.assertEqual(result["failed"], 0, result)
+            self.assertGreater(result["ok"], 100, result)
+            for proc, log in [(first.proc, first.log_path)] + procs[:-1]:
+                self.assertEqual(proc.wait(timeout=40), 0, read_text(log)[-2000:])
+            newest = procs[-1][0]
+            newest.send_signal(signal.SIGTERM)
+            self.assertEqual(newest.wait(timeout=20), 0, read_text(procs[-1][1])[-2000:])
+            print(f"{on_proxy_down}: {result['ok']} pod-to-pod connections over 3 takeovers, none failed")
+
+    def test_fail_open(self):
+        self.run_case("fail_open")
+
+    def test_fail_closed(self):
+        self.run_case("fail_closed")
+
 
 if __name__ == "__main__":
     run_tests()
