@@ -121,6 +121,9 @@ class Control {
         co_return;
       }
       shutting_down_ = true;
+      // Nothing to take over from a process that is going: a `--takeover`
+      // now finds no one answering and starts as a first process would.
+      handover_.stop();
       spdlog::info("shutting down: draining {} connection(s) for up to {} ms", context_.registry.size(),
                    context_.policy.current()->config().proxy.timeouts.drain.count());
       guarded_spawn(io_, "drain", drain(), Failure::fatal);  // else SIGTERM would never end the process
@@ -447,9 +450,10 @@ int run_proxy(const RunOptions& options) {
       control_socket = std::move(*bound);
     }
     admin.set_ready(context.steering.get());
-    spdlog::info("shunt {} running: datapath {}{}, {} worker thread(s), config {}, control socket {}", SHUNT_VERSION,
-                 config::to_string(datapath), datapath == cfg.proxy.datapath ? "" : " (sockmap unavailable)",
-                 threads, cfg.source, cfg.admin.control_socket);
+    spdlog::info("shunt {} running: datapath {}{}, {} worker thread(s), config {}, control socket {}",
+                 SHUNT_VERSION, config::to_string(datapath),
+                 datapath == cfg.proxy.datapath ? "" : " (sockmap unavailable)", threads, cfg.source,
+                 cfg.admin.control_socket);
 
     Control control(context, server, admin, std::move(control_socket), options, loaded_text);
     const int rc = control.run();

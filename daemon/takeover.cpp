@@ -142,6 +142,14 @@ asio::awaitable<void> HandoverService::serve() {
       spdlog::warn("takeover: refused a connection on {} from another user", path);
       continue;
     }
+    if (!server_.listening()) {
+      // Its listening sockets are closed or paused: none to hand on.
+      (void)takeover::send_message(peer.native_handle(), takeover::kProtocolMin,
+                                   takeover::MessageType::refuse,
+                                   takeover::Writer().str("this process is shutting down").take(), {},
+                                   takeover::Clock::now() + std::chrono::seconds(1));
+      continue;
+    }
     const auto began = std::chrono::steady_clock::now();
     takeover::HandoverHooks hooks;
     hooks.listeners = [this] {
