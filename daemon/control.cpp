@@ -445,9 +445,13 @@ int run_proxy(const RunOptions& options) {
     if (takeover) {
       control_socket = finish_takeover(*takeover, cfg);
     } else {
-      auto bound = takeover::ControlListener::bind(cfg.admin.control_socket);
-      if (!bound) throw StartupError(kExitEnvironment, "admin.control_socket: " + bound.error().message());
-      control_socket = std::move(*bound);
+      // Traffic first: a proxy that cannot be taken over still serves (an
+      // upgrade then means a restart), so this is an error line, not an exit.
+      if (auto bound = takeover::ControlListener::bind(cfg.admin.control_socket); bound)
+        control_socket = std::move(*bound);
+      else
+        spdlog::error("admin.control_socket: {}; this process cannot be taken over (upgrades need a restart)",
+                      bound.error().message());
     }
     admin.set_ready(context.steering.get());
     spdlog::info("shunt {} running: datapath {}{}, {} worker thread(s), config {}, control socket {}",

@@ -113,6 +113,7 @@ HandoverService::HandoverService(asio::io_context& io, takeover::ControlListener
       handed_over_(std::move(handed_over)) {}
 
 void HandoverService::start() {
+  if (listener_.fd() < 0) return;  // no control socket (logged at start-up)
   acceptor_ = std::make_unique<Descriptor>(io_, listener_.take_fd().release());
   // Survivable: without it this process can no longer be taken over (an
   // upgrade then needs a restart), but traffic is not affected.

@@ -350,6 +350,19 @@ class TakeoverTest(unittest.TestCase):
     def test_copy(self):
         self.run_takeovers("copy", takeovers=2, transfer_bytes=12 << 20)
 
+    def test_no_control_socket_still_serves(self):
+        tmp = tempfile.TemporaryDirectory(prefix="shunt-takeover-")
+        self.addCleanup(tmp.cleanup)
+        d = self.ports(tmp.name)
+        d["control"] = "/proc/shunt-takeover-test/control.sock"  # cannot be created
+        with Shunt(config(d, "copy"), wait_port=d["echo"]) as shunt:
+            wait_ready(d["admin"], shunt.proc)
+            with socket.create_connection(("127.0.0.1", d["echo"]), timeout=5) as s:
+                s.sendall(b"still serving")
+                self.assertEqual(recv_exact(s, 13), b"still serving")
+            self.assertIn("this process cannot be taken over", shunt.output())
+            self.assertEqual(shunt.stop(), 0)
+
     def test_failures_leave_the_old_process_serving(self):
         tmp = tempfile.TemporaryDirectory(prefix="shunt-takeover-")
         self.addCleanup(tmp.cleanup)
