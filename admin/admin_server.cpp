@@ -229,6 +229,10 @@ std::string AdminServer::connections_json() const {
     w.field("dst_pod", info->dst_pod);
     w.field("rule", info->rule_name());
     w.field("datapath", config::to_string(info->datapath.load(std::memory_order_relaxed)));
+    if (const KernelPath up = info->path_up.load(std::memory_order_relaxed); up != KernelPath::none)
+      w.field("path_up", to_string(up));
+    if (const KernelPath down = info->path_down.load(std::memory_order_relaxed); down != KernelPath::none)
+      w.field("path_down", to_string(down));
     w.field("protocol", info->protocol());
     w.field("bytes_up", bytes.up);
     w.field("bytes_down", bytes.down);

@@ -1,5 +1,7 @@
 #include "bpf/features.h"
 
+#include "bpf/sockmap.h"
+#include "bpf/sockmap_shortcut.h"
 #include "common/unique_fd.h"
 
 #include <bpf/bpf.h>
@@ -102,6 +104,17 @@ Feature probe_sk_assign_reuseport() {
                   : " < 6.5: steered connections are accepted by one thread and handed to the workers")};
 }
 
+// The endpoint short-circuit: its programs load and a loopback socket,
+// captured, has its byte redirected (EndpointShortcut's own start-up check).
+Feature probe_sk_msg_shortcut() {
+  const char* name = "sk_msg short-circuit";
+  auto bridge = SockmapBridge::load(1, 4 << 20);
+  if (!bridge) return {name, false, bridge.error().message()};
+  auto shortcut = EndpointShortcut::load(*bridge.value(), 1, 4 << 20);
+  if (!shortcut) return {name, false, shortcut.error().message()};
+  return {name, shortcut.value()->works(), shortcut.value()->probe_detail()};
+}
+
 }  // namespace
 
 bool kernel_at_least(int want_major, int want_minor) {
@@ -135,6 +148,7 @@ std::vector<Feature> probe_features() {
                            missing(6, 7, "CONFIG_NETKIT", "`shunt pod add` creates veth pairs instead")));
   out.push_back(probe_ktls());
   out.push_back(probe_sk_assign_reuseport());
+  out.push_back(probe_sk_msg_shortcut());
   return out;
 }
 

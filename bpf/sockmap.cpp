@@ -297,6 +297,10 @@ void SockmapBridge::forget(const SocketCookies& cookies) {
   erase_peer(cookies.b);
 }
 
+SockmapBridge::SharedMaps SockmapBridge::shared_maps() const {
+  return {peers_fd_, targets_fd_, bpf_map__fd(objects_->skel->maps.bulk_events)};
+}
+
 int SockmapBridge::bulk_events_fd() const { return ring_buffer__epoll_fd(objects_->bulk_ring.get()); }
 
 void SockmapBridge::poll_bulk_events(const std::function<void(std::uint64_t)>& on_bulk) {

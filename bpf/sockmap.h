@@ -79,6 +79,14 @@ class SockmapBridge {
   // removes it from the sockhashes by itself).
   void forget(const SocketCookies& cookies);
 
+  // The maps bpf/sockmap_shortcut.cpp shares (bpf_map__reuse_fd).
+  struct SharedMaps {
+    int peers = -1;
+    int targets = -1;
+    int bulk_events = -1;
+  };
+  [[nodiscard]] SharedMaps shared_maps() const;
+
   // Bulk-transfer events (a socket crossed bulk_threshold). poll_bulk_events
   // invokes `on_bulk(cookie)` for each pending event; call it when
   // bulk_events_fd() is readable.

@@ -22,4 +22,61 @@ struct shunt_bulk_event {
 	__u64 cookie;
 };
 
+/* The endpoint short-circuit (sockmap_shortcut.bpf.c): a local client's own
+ * socket redirects what it sends straight into shunt's upstream socket with
+ * an sk_msg program. Keyed by the endpoint socket's 4-tuple as that socket
+ * sees it (local = the client, remote = the address it connected to), which
+ * is what sk_msg_md offers. IPv4 addresses sit in word 0, network order. */
+struct shunt_endpoint_key {
+	__u32 family; /* AF_INET or AF_INET6 */
+	__u32 local_ip[4];
+	__u32 remote_ip[4];
+	__u32 local_port;  /* host order, as sk_msg_md::local_port */
+	__u32 remote_port; /* host order (endpoint_send normalises sk_msg_md's) */
+};
+
+enum shunt_endpoint_state {
+	SHUNT_ENDPOINT_TCP = 0,	     /* sending over TCP; the fence is checked per message */
+	SHUNT_ENDPOINT_REDIRECT = 1, /* sendmsg redirects into `target_cookie` */
+};
+
+/* One per captured endpoint. Written by the capture program; `state`,
+ * `bytes` and the counters are updated by the sk_msg program only. */
+struct shunt_endpoint {
+	__u64 target_cookie;  /* shunt's upstream socket: where the bytes go */
+	__u64 target_sk;      /* its struct sock, for bpf_probe_read_kernel */
+	__u64 proxy_cookie;   /* shunt's socket facing the endpoint (its TCP peer) */
+	__u64 proxy_consumed; /* bytes userspace read from proxy_cookie before the handover */
+	__u64 target_base;    /* bytes written to target_cookie before the handover */
+	__u64 bytes;	      /* bytes redirected by sk_msg */
+	__u64 switches;	      /* TCP -> redirect transitions (the fence opened) */
+	__u64 fallbacks;      /* redirect -> TCP transitions (target short of room) */
+	__u32 state;	      /* enum shunt_endpoint_state */
+	__u32 bulk_reported;
+};
+
+/* Capture request: the input "packet" of capture_endpoint, run through
+ * BPF_PROG_TEST_RUN after a 14-byte Ethernet header. */
+struct shunt_capture_req {
+	struct shunt_endpoint_key key;
+	__u64 netns_id; /* BPF_F_CURRENT_NETNS (-1) or an nsid in the caller's netns */
+	__u64 target_cookie;
+	__u64 proxy_cookie;
+	__u64 proxy_consumed;
+	__u64 target_base;
+};
+
+/* capture_endpoint's return value. */
+enum shunt_capture_result {
+	SHUNT_CAPTURE_OK = 0,
+	SHUNT_CAPTURE_NOT_LOCAL = 1,	   /* no such socket in that netns */
+	SHUNT_CAPTURE_NOT_ESTABLISHED = 2, /* closing already (FIN sent) */
+	SHUNT_CAPTURE_BLOCKING = 3,	   /* file without O_NONBLOCK */
+	SHUNT_CAPTURE_ZEROCOPY = 4,	   /* SO_ZEROCOPY: tcp_bpf sends no completions */
+	SHUNT_CAPTURE_ULP = 5,		   /* kTLS or another ULP already on */
+	SHUNT_CAPTURE_PSOCK = 6,	   /* already in someone's sockmap */
+	SHUNT_CAPTURE_REFUSED = 7,	   /* the sockhash update failed */
+	SHUNT_CAPTURE_BAD_REQUEST = 8,
+};
+
 #endif

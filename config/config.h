@@ -122,6 +122,10 @@ struct Http2Settings {
 struct ProxySettings {
   std::vector<Listener> listeners;
   Datapath datapath = Datapath::sockmap;
+  // With datapath sockmap: a local client's own socket sends straight into
+  // the upstream socket (sk_msg) once the fence allows; docs/datapath.md,
+  // "The endpoint short-circuit". Read at start-up only.
+  bool endpoint_shortcut = false;
   UpstreamSource upstream_source = UpstreamSource::client;
   Timeouts timeouts;
   Limits limits;

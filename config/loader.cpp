@@ -483,6 +483,9 @@ void Loader::load_proxy(const Field& f, ProxySettings& proxy) {
       proxy.datapath = *v;
     }
   }
+  if (const Field* e = fields.get("endpoint_shortcut")) {
+    if (const auto b = boolean(*e)) proxy.endpoint_shortcut = *b;
+  }
   if (const Field* u = fields.get("upstream_source")) {
     if (auto v = choice<UpstreamSource>(
             *u, {{"client", UpstreamSource::client}, {"node", UpstreamSource::node}})) {

@@ -14,8 +14,8 @@ namespace shunt::config::schema {
 using Keys = std::span<const std::string_view>;
 
 inline constexpr std::array<std::string_view, 6> kTop{"proxy", "steering", "admin", "log", "pods", "policy"};
-inline constexpr std::array<std::string_view, 7> kProxy{
-    "listeners", "datapath", "upstream_source", "timeouts", "limits", "http", "http2"};
+inline constexpr std::array<std::string_view, 8> kProxy{
+    "listeners", "datapath", "endpoint_shortcut", "upstream_source", "timeouts", "limits", "http", "http2"};
 inline constexpr std::array<std::string_view, 4> kListener{"name", "listen", "transparent", "forward"};
 inline constexpr std::array<std::string_view, 6> kTimeouts{"connect", "header",    "idle",
                                                            "drain",   "keepalive", "refuse"};

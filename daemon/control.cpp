@@ -408,6 +408,19 @@ int run_proxy(const RunOptions& options) {
         context.registry.set_kernel_counter([bridge = context.bridge.get()](std::uint64_t cookie) {
           return bridge->redirected_bytes(cookie);
         });
+        if (cfg.proxy.endpoint_shortcut) {
+          auto shortcut = bpf::EndpointShortcut::load(*context.bridge, cfg.proxy.limits.max_connections,
+                                                      kBulkThresholdBytes);
+          if (!shortcut)
+            spdlog::warn("endpoint short-circuit unavailable ({}); the sockmap path runs without it",
+                         shortcut.error().message());
+          else if (!shortcut.value()->works())
+            spdlog::warn(
+                "endpoint short-circuit failed its start-up check ({}); the sockmap path runs without it",
+                shortcut.value()->probe_detail());
+          else
+            context.shortcut = std::move(shortcut.value());
+        }
       } else {
         spdlog::warn("sockmap data path unavailable ({}); connections use splice instead",
                      bridge.error().message());

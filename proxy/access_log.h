@@ -30,6 +30,8 @@ struct AccessRecord {
   bool allowed = false;
   std::string rule;
   std::string datapath;
+  std::string path_up;  // sockmap only: sk_skb | sk_msg
+  std::string path_down;
   std::uint64_t bytes_up = 0;
   std::uint64_t bytes_down = 0;
   std::chrono::milliseconds duration{0};

@@ -307,6 +307,8 @@ void Connection::finish() {
   record.allowed = allowed_;
   record.rule = info_->rule_name();
   record.datapath = std::string(config::to_string(info_->datapath.load()));
+  record.path_up = std::string(to_string(info_->path_up.load()));
+  record.path_down = std::string(to_string(info_->path_down.load()));
   record.bytes_up = bytes.up;
   record.bytes_down = bytes.down;
   record.duration = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() -

@@ -42,6 +42,19 @@ struct DecisionBasis {
   bool requests_uninspected = false;
 };
 
+enum class KernelPath : std::uint8_t { none, sk_skb, sk_msg };
+inline std::string_view to_string(KernelPath p) {
+  switch (p) {
+    case KernelPath::sk_skb:
+      return "sk_skb";
+    case KernelPath::sk_msg:
+      return "sk_msg";
+    case KernelPath::none:
+      break;
+  }
+  return "";
+}
+
 struct ConnectionInfo {
   std::uint64_t id = 0;
   config::Endpoint src;
@@ -53,6 +66,11 @@ struct ConnectionInfo {
   std::chrono::system_clock::time_point started_wall = std::chrono::system_clock::now();
 
   std::atomic<config::Datapath> datapath{config::Datapath::copy};
+  // On the sockmap path, how each direction moved: the sk_skb verdict on
+  // shunt's socket, or (client -> upstream only) the sk_msg short-circuit
+  // in the client's own socket for at least part of the bytes.
+  std::atomic<KernelPath> path_up{KernelPath::none};
+  std::atomic<KernelPath> path_down{KernelPath::none};
   // HTTP/2 inspection runs the connection (each stream decided on its own).
   std::atomic<bool> http2{false};
   // Bytes moved by userspace (copy, splice, inspection, pre-handover).

@@ -1,6 +1,7 @@
 #include "proxy/metrics.h"
 
 #include "bpf/sockmap.h"
+#include "bpf/sockmap_shortcut.h"
 
 namespace shunt::proxy {
 
@@ -16,6 +17,8 @@ Metrics& seeded(Metrics& m) {
     m.datapath_fallbacks.slot(std::string(bpf::to_string(f)));
   for (const char* reason : {kFallbackSockmapUnavailable, kFallbackPartialHandover})
     m.datapath_fallbacks.slot(reason);
+  // The endpoint short-circuit's reasons for leaving a client on sk_skb.
+  for (const auto o : bpf::kCaptureFallbacks) m.datapath_fallbacks.slot(std::string(bpf::to_string(o)));
   return m;
 }
 

@@ -4,6 +4,7 @@
 #pragma once
 
 #include "bpf/sockmap.h"
+#include "bpf/sockmap_shortcut.h"
 #include "bpf/steering.h"
 #include "policy/policy.h"
 #include "proxy/access_log.h"
@@ -40,6 +41,9 @@ struct ProxyContext {
   SourceLimiter sources;                       // open connections per client address, taken at accept
   std::unique_ptr<bpf::SockmapBridge> bridge;  // null: sockmap unavailable
   std::unique_ptr<BulkGrants> bulk_grants;     // with the bridge
+  // With the bridge when proxy.endpoint_shortcut is on and the kernel passed
+  // its probe; null otherwise.
+  std::unique_ptr<bpf::EndpointShortcut> shortcut;
   std::unique_ptr<bpf::PodSteering> steering;  // null: no pod has a `dev`
   AccessLog access_log;
   std::atomic<bool> draining{false};

@@ -16,6 +16,7 @@
 // If the kernel refuses a socket (closing already, map full), the pair falls
 // back to splice and shunt_datapath_fallbacks_total{reason} counts it.
 #include "bpf/sockmap.h"
+#include "bpf/sockmap_shortcut.h"
 #include "common/sockopt.h"
 #include "common/unique_fd.h"
 #include "proxy/connection.h"
@@ -32,6 +33,8 @@
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
+
+#include <netinet/in.h>
 
 #include <algorithm>
 #include <cstring>
@@ -93,6 +96,73 @@ void set_send_buffer(int fd, int bytes, bool force) {
       !st)
     spdlog::debug("fd {}: send buffer stays as it was: {}", fd, st.error().message());
 }
+
+// An IPv4 peer of a dual-stack socket shows as ::ffff:a.b.c.d; the client's
+// own socket is AF_INET and sk_msg_md describes it as such.
+void unmap_v4(sockaddr_storage& a) {
+  if (a.ss_family != AF_INET6) return;
+  const auto v6 = reinterpret_cast<const sockaddr_in6&>(a);
+  if (!IN6_IS_ADDR_V4MAPPED(&v6.sin6_addr)) return;
+  sockaddr_in v4{};
+  v4.sin_family = AF_INET;
+  v4.sin_port = v6.sin6_port;
+  std::memcpy(&v4.sin_addr, &v6.sin6_addr.s6_addr[12], 4);
+  a = {};
+  std::memcpy(&a, &v4, sizeof(v4));
+}
+
+// The client's own socket in the endpoint short-circuit (docs/datapath.md,
+// "The endpoint short-circuit"), taken out again when the client can send
+// no more or the pair ends. Not captured: `shortcut` is null.
+class CapturedEndpoint {
+ public:
+  CapturedEndpoint() = default;
+  CapturedEndpoint(const CapturedEndpoint&) = delete;
+  CapturedEndpoint& operator=(const CapturedEndpoint&) = delete;
+  ~CapturedEndpoint() { release(); }
+
+  // Captures the endpoint behind `client_fd` (shunt's client-facing socket,
+  // already handed over) with `upstream_cookie` as its target. The outcome
+  // other than `captured` is counted as the reason the client stays on
+  // sk_skb.
+  bpf::CaptureOutcome capture(bpf::EndpointShortcut& shortcut, int client_fd, std::uint64_t client_cookie,
+                              std::uint64_t upstream_cookie, std::uint64_t consumed, std::uint64_t written) {
+    socklen_t l = sizeof(address_.local), r = sizeof(address_.remote);
+    if (::getpeername(client_fd, reinterpret_cast<sockaddr*>(&address_.local), &l) != 0 ||
+        ::getsockname(client_fd, reinterpret_cast<sockaddr*>(&address_.remote), &r) != 0)
+      return bpf::CaptureOutcome::error;
+    unmap_v4(address_.local);
+    unmap_v4(address_.remote);
+    // The client's own netns: the caller's for host processes and loopback
+    // clients. Pod clients live in another netns and are not found there
+    // (not_local); see docs/datapath.md for what reaching them takes.
+    const bpf::CaptureOutcome outcome =
+        shortcut.capture(address_, -1, upstream_cookie, client_cookie, consumed, written);
+    if (outcome == bpf::CaptureOutcome::captured) {
+      shortcut_ = &shortcut;
+      proxy_cookie_ = client_cookie;
+    }
+    return outcome;
+  }
+
+  [[nodiscard]] bool captured() const { return shortcut_ != nullptr || final_.switches || final_.bytes; }
+
+  // What the short-circuit moved, live or as it was at release.
+  [[nodiscard]] bpf::EndpointStats stats() const { return shortcut_ ? shortcut_->stats(address_) : final_; }
+
+  void release() {
+    if (!shortcut_) return;
+    final_ = shortcut_->stats(address_);
+    shortcut_->release(address_, proxy_cookie_);
+    shortcut_ = nullptr;
+  }
+
+ private:
+  bpf::EndpointShortcut* shortcut_ = nullptr;
+  bpf::EndpointAddress address_;
+  std::uint64_t proxy_cookie_ = 0;
+  bpf::EndpointStats final_;
+};
 
 }  // namespace
 
@@ -156,6 +226,23 @@ asio::awaitable<void> run_sockmap(Connection& conn) {
   info.datapath = config::Datapath::sockmap;
   info.client_cookie = handover.cookies.a;
   info.upstream_cookie = handover.cookies.b;
+  info.path_up = KernelPath::sk_skb;
+  info.path_down = KernelPath::sk_skb;
+
+  // The client's own socket into the short-circuit, if it is local and can
+  // take it; its sk_msg program switches over when the fence allows. After
+  // the handover, so shunt's client-facing socket already counts what the
+  // verdict redirects and the upstream socket is already a target.
+  CapturedEndpoint endpoint;
+  if (proxy.shortcut && !handover.consumed_error_a && !handover.consumed_error_b) {
+    const bpf::CaptureOutcome outcome =
+        endpoint.capture(*proxy.shortcut, client_fd, handover.cookies.a, handover.cookies.b,
+                         up.from_consumed_at_handover, up.to_written_at_handover);
+    if (outcome != bpf::CaptureOutcome::captured) {
+      metrics().datapath_fallbacks.add(std::string(bpf::to_string(outcome)));
+      spdlog::debug("connection {}: client stays on sk_skb ({})", info.id, bpf::to_string(outcome));
+    }
+  }
 
   // From here on the fds are ours alone; Asio forgets them. The pair is
   // shared with bulk-buffer grants posted from the control thread
@@ -216,7 +303,11 @@ asio::awaitable<void> run_sockmap(Connection& conn) {
     const std::uint64_t payload =
         received > d.from_consumed_at_handover ? received - 1 - d.from_consumed_at_handover : 0;
     if (payload > redirected) return false;
-    return tcp_bytes_written(d.to) - d.to_written_at_handover >= redirected;
+    // The short-circuit's bytes were pushed into the target inside the
+    // client's sendmsg, before its FIN left; they count towards what the
+    // target must have been written, never towards what the source received.
+    const std::uint64_t short_circuited = &d == &up ? endpoint.stats().bytes : 0;
+    return tcp_bytes_written(d.to) - d.to_written_at_handover >= redirected + short_circuited;
   };
 
   // An error the handover's recv consumed (see SocketState) ends the pair.
@@ -254,6 +345,9 @@ asio::awaitable<void> run_sockmap(Connection& conn) {
                         info.id, d == &up ? "client" : "upstream", bridge->redirected_bytes(d->from_cookie));
         ::shutdown(d->to, SHUT_WR);
         d->fin_forwarded = true;
+        // The client can send no more: give its socket its own protocol ops
+        // back now rather than at close.
+        if (d == &up) endpoint.release();
       } else {
         waiting_for_drain = true;
       }
@@ -287,9 +381,18 @@ asio::awaitable<void> run_sockmap(Connection& conn) {
   // pair ended, and closing discards them. None when both FINs went through
   // (the drain check waited for them); a reset may cut some. Counted so a
   // loss is visible without a debugger.
+  endpoint.release();
+  const bpf::EndpointStats shortcut_stats = endpoint.stats();
+  if (shortcut_stats.switches) {
+    info.path_up = KernelPath::sk_msg;
+    spdlog::debug(
+        "connection {}: short-circuit moved {} byte(s) up, fence opened {} time(s), {} return(s) to TCP",
+        info.id, shortcut_stats.bytes, shortcut_stats.switches, shortcut_stats.fallbacks);
+  }
   std::uint64_t dropped = 0;
   for (const SplicedDirection* d : {&up, &down}) {
-    const std::uint64_t redirected = bridge->redirected_bytes(d->from_cookie);
+    const std::uint64_t redirected =
+        bridge->redirected_bytes(d->from_cookie) + (d == &up ? shortcut_stats.bytes : 0);
     const std::uint64_t written = tcp_bytes_written(d->to) - d->to_written_at_handover;
     if (redirected > written) dropped += redirected - written;
   }
@@ -308,7 +411,7 @@ asio::awaitable<void> run_sockmap(Connection& conn) {
   // go, so the access log and metrics keep them.
   {
     std::lock_guard lock(info.mu);  // see ConnectionRegistry::bytes
-    info.bytes_up += bridge->redirected_bytes(handover.cookies.a);
+    info.bytes_up += bridge->redirected_bytes(handover.cookies.a) + shortcut_stats.bytes;
     info.bytes_down += bridge->redirected_bytes(handover.cookies.b);
     info.client_cookie = 0;
     info.upstream_cookie = 0;

@@ -341,7 +341,8 @@ class ThreadedServer:
         self.close()
 
 
-def static_config(listen_port, forward_port, datapath, extra=""):
+def static_config(listen_port, forward_port, datapath, extra="", proxy_extra=""):
+    """`proxy_extra`: more keys for the proxy section, e.g. "endpoint_shortcut: true"."""
     return f"""
 proxy:
   listeners:
@@ -349,6 +350,7 @@ proxy:
       listen: 127.0.0.1:{listen_port}
       forward: 127.0.0.1:{forward_port}
   datapath: {datapath}
+  {proxy_extra}
   timeouts: {{connect: 2s, header: 2s, idle: 1h, drain: 5s}}
 admin: {{listen: 127.0.0.1:{free_port()}}}
 log: {{level: {os.environ.get("SHUNT_TEST_LOG_LEVEL", "info")}, access: stdout}}

@@ -30,12 +30,14 @@ def bidirectional_handler(conn):
 
 class DatapathTests:
     datapath = None
+    proxy_extra = ""
 
     def setUp(self):
         self.port = free_port()
 
     def start(self, server_port, **kw):
-        return Shunt(static_config(self.port, server_port, self.datapath), wait_port=self.port, **kw)
+        return Shunt(static_config(self.port, server_port, self.datapath, proxy_extra=self.proxy_extra),
+                     wait_port=self.port, **kw)
 
     def transfer(self, up, down, salt=7):
         """Client sends `up` bytes and receives `down` bytes concurrently."""
@@ -268,6 +270,15 @@ class DatapathTests:
 
 class SockmapTest(DatapathTests, unittest.TestCase):
     datapath = "sockmap"
+
+
+class SockmapShortcutTest(DatapathTests, unittest.TestCase):
+    """The same suite with the client's own socket in the sk_msg
+    short-circuit: these clients are loopback sockets in shunt's netns, and
+    Python's sockets with a timeout are O_NONBLOCK underneath, so they are
+    captured (docs/datapath.md, "The endpoint short-circuit")."""
+    datapath = "sockmap"
+    proxy_extra = "endpoint_shortcut: true"
 
 
 class SpliceTest(DatapathTests, unittest.TestCase):

@@ -1,0 +1,336 @@
+// SPDX-License-Identifier: GPL-2.0
+/* The endpoint short-circuit: a local client's own socket hands what it sends
+ * straight to shunt's upstream socket in its sendmsg (sk_msg,
+ * bpf_msg_redirect_hash, synchronous: tcp_bpf_sendmsg_redir pushes into the
+ * target under its lock, no psock backlog kworker), instead of sending it
+ * over TCP to shunt's client-facing socket, whose sk_skb verdict then
+ * queues it for the target's backlog worker.
+ *
+ * Two programs:
+ *  - capture_endpoint (tc, run only through BPF_PROG_TEST_RUN by the
+ *    loader, never attached): finds the one endpoint socket of a connection
+ *    shunt has just handed to the kernel, by 4-tuple, checks it can be
+ *    short-circuited, and puts it in endpoint_sockets. Nothing else on the
+ *    node is ever captured, and no program runs for sockets shunt does not
+ *    splice.
+ *  - endpoint_send (sk_msg, on endpoint_sockets): per message, the fence,
+ *    then redirect or pass.
+ *
+ * The loader (bpf/sockmap_shortcut.cpp) shares sock_peers, redirect_targets
+ * and bulk_events with sockmap_redirect.bpf.c. docs/datapath.md, "The
+ * endpoint short-circuit", explains the fence. */
+#include "vmlinux.h"
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_endian.h>
+#include <bpf/bpf_helpers.h>
+
+#include "sockmap_shared.h"
+
+#define AF_INET 2
+#define AF_INET6 10
+#define O_NONBLOCK 04000
+#define BPF_F_CURRENT_NETNS_ID (-1L)
+
+/* Shared with sockmap_redirect (bpf_map__reuse_fd; sized by the loader). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1);
+	__type(key, __u64);
+	__type(value, struct shunt_sock_peer);
+} sock_peers SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SOCKHASH);
+	__uint(max_entries, 1);
+	__type(key, __u64);
+	__type(value, __u64);
+} redirect_targets SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 64 * 1024);
+} bulk_events SEC(".maps");
+
+/* Endpoint sockets, keyed by the cookie of shunt's socket facing them
+ * (the loader knows it; the endpoint's own cookie is not needed). The
+ * loader attaches endpoint_send here as BPF_SK_MSG_VERDICT. */
+struct {
+	__uint(type, BPF_MAP_TYPE_SOCKHASH);
+	__uint(max_entries, 1);
+	__type(key, __u64);
+	__type(value, __u64);
+} endpoint_sockets SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1);
+	__type(key, struct shunt_endpoint_key);
+	__type(value, struct shunt_endpoint);
+} endpoints SEC(".maps");
+
+const volatile __u64 bulk_threshold = 4 << 20;
+/* Room a message must find in the target's send buffer, beyond its own
+ * size, to be redirected: skb overhead is charged on top of the payload
+ * (truesize: about 1.3 KiB per skb of up to 64 KiB), and a push that does
+ * not fit would block the sender or fail it with EAGAIN and no later
+ * wake-up (see endpoint_send). One eighth of the message plus 4 KiB. */
+static __always_inline __s64 needed_room(__u32 size)
+{
+	return (__s64)size + size / 8 + 4096;
+}
+
+/* Whether the target can take `size` more bytes without its push waiting
+ * for memory; also returns the payload written to it, the same reading as
+ * userspace's tcp_bytes_written (bytes sent once plus not yet sent).
+ *
+ * sk_msg programs cannot release a socket reference, so they cannot look
+ * the target up in a sockhash; the capture program stored its address
+ * instead, read here with bpf_probe_read_kernel. The target outlives the
+ * entry: shunt takes the endpoint out before it closes its sockets. Should
+ * a read race a close anyway, the worst it can cause is a redirect that
+ * finds no target, which passes. */
+static __always_inline int target_room(struct shunt_endpoint *e, __u32 size, __u64 *written)
+{
+	struct tcp_sock *tp = (void *)e->target_sk;
+	struct sock *sk = (void *)e->target_sk;
+	__u32 notsent;
+	__s64 free_bytes;
+
+	if (!tp)
+		return 0;
+	notsent = BPF_CORE_READ(tp, write_seq) - BPF_CORE_READ(tp, snd_nxt);
+	*written = BPF_CORE_READ(tp, bytes_sent) - BPF_CORE_READ(tp, bytes_retrans) +
+		   ((__s32)notsent > 0 ? notsent : 0);
+	free_bytes = (__s64)BPF_CORE_READ(sk, sk_sndbuf) - BPF_CORE_READ(sk, sk_wmem_queued);
+	return free_bytes > needed_room(size);
+}
+
+/* The fence (docs/datapath.md): redirecting may start only when every byte
+ * the endpoint ever sent over TCP is already in the target's send queue,
+ * because a redirect appends there at once and would overtake anything
+ * still on the way. Checked under the endpoint's socket lock, before this
+ * message is sent either way:
+ *  1. nothing unacknowledged or unsent on the endpoint (snd_una ==
+ *     write_seq): all it sent has reached shunt's socket facing it;
+ *  2. shunt's verdict program has redirected all of it: the endpoint's
+ *     acknowledged payload (bytes_acked counts the SYN too) equals what
+ *     that socket's verdict counted plus what userspace read before the
+ *     handover; the counter moves in the same softirq pass that queues
+ *     the segment, before the ACK is sent;
+ *  3. the target has been written all of that plus every byte redirected
+ *     here before (its psock backlog is empty of this direction's bytes;
+ *     after a return to TCP, earlier redirected bytes in the target must
+ *     not be mistaken for the verdict's).
+ * The reverse switch, redirect -> TCP, needs no fence: redirected bytes are
+ * in the target's queue before sendmsg returns, so bytes sent over TCP
+ * afterwards reach the target behind them. */
+static __always_inline int fence_open(struct sk_msg_md *msg, struct shunt_endpoint *e, __u64 written)
+{
+	struct bpf_sock *sk = msg->sk;
+	struct shunt_sock_peer *proxy;
+	struct tcp_sock *tp;
+
+	if (!sk)
+		return 0;
+	tp = bpf_skc_to_tcp_sock(sk);
+	if (!tp || tp->write_seq != tp->snd_una || tp->bytes_acked < 1)
+		return 0;
+	proxy = bpf_map_lookup_elem(&sock_peers, &e->proxy_cookie);
+	if (!proxy)
+		return 0;
+	if (proxy->bytes + e->proxy_consumed != tp->bytes_acked - 1)
+		return 0;
+	return written - e->target_base >= proxy->bytes + e->bytes;
+}
+
+static __always_inline void count_bulk(struct shunt_endpoint *e, __u32 size)
+{
+	__u64 before = __sync_fetch_and_add(&e->bytes, size);
+
+	if (before < bulk_threshold && before + size >= bulk_threshold && !e->bulk_reported) {
+		/* The grant goes to the socket opposite the source: the target. */
+		struct shunt_bulk_event ev = { .cookie = e->proxy_cookie };
+
+		e->bulk_reported = 1;
+		bpf_ringbuf_output(&bulk_events, &ev, sizeof(ev), 0);
+	}
+}
+
+/* sk_msg_md::remote_port holds the port in network byte order; this
+ * kernel (6.18) hands it over in the upper 16 bits of the word (seen:
+ * 0xE5B40000 for port 46309, 0xB4E5), others in the lower 16. Normalised to
+ * host order either way. */
+static __always_inline __u32 remote_port(__u32 raw)
+{
+	if (raw > 0xffff)
+		raw >>= 16;
+	return bpf_ntohs((__u16)raw);
+}
+
+SEC("sk_msg")
+int endpoint_send(struct sk_msg_md *msg)
+{
+	struct shunt_endpoint_key key = {};
+	struct shunt_endpoint *e;
+	__u64 written = 0;
+	__u32 size = msg->size;
+
+	key.family = msg->family;
+	key.local_port = msg->local_port;
+	key.remote_port = remote_port(msg->remote_port);
+	if (msg->family == AF_INET) {
+		key.local_ip[0] = msg->local_ip4;
+		key.remote_ip[0] = msg->remote_ip4;
+	} else {
+		key.local_ip[0] = msg->local_ip6[0];
+		key.local_ip[1] = msg->local_ip6[1];
+		key.local_ip[2] = msg->local_ip6[2];
+		key.local_ip[3] = msg->local_ip6[3];
+		key.remote_ip[0] = msg->remote_ip6[0];
+		key.remote_ip[1] = msg->remote_ip6[1];
+		key.remote_ip[2] = msg->remote_ip6[2];
+		key.remote_ip[3] = msg->remote_ip6[3];
+	}
+	e = bpf_map_lookup_elem(&endpoints, &key);
+	if (!e || size == 0)
+		return SK_PASS;
+
+	/* Short of room in the target: over TCP, where the endpoint's own send
+	 * buffer and the window give the application the back-pressure and
+	 * the wake-ups it expects. A redirect that cannot push would either
+	 * block a non-blocking sender inside sendmsg or fail it with EAGAIN
+	 * while its own socket stays writable, so an edge-triggered writer
+	 * would never hear about room again. */
+	if (!target_room(e, size, &written)) {
+		if (e->state == SHUNT_ENDPOINT_REDIRECT) {
+			e->state = SHUNT_ENDPOINT_TCP;
+			e->fallbacks++;
+		}
+		return SK_PASS;
+	}
+	if (e->state != SHUNT_ENDPOINT_REDIRECT) {
+		if (!fence_open(msg, e, written))
+			return SK_PASS;
+		e->state = SHUNT_ENDPOINT_REDIRECT;
+		e->switches++;
+	}
+	/* A failed redirect (the target left the map: the pair is ending)
+	 * returns SK_DROP, which would fail the sender's write: pass instead. */
+	if (bpf_msg_redirect_hash(msg, &redirect_targets, &e->target_cookie, 0) != SK_PASS) {
+		e->state = SHUNT_ENDPOINT_TCP;
+		return SK_PASS;
+	}
+	count_bulk(e, size);
+	return SK_PASS;
+}
+
+/* sk_flags moved into sock_common (skc_flags) in Linux 6.16; 6.1 and 6.12
+ * have it in struct sock. */
+struct sock___pre_6_16 {
+	unsigned long sk_flags;
+} __attribute__((preserve_access_index));
+
+static __always_inline unsigned long sock_flags(struct sock *s)
+{
+	struct sock___pre_6_16 *old = (void *)s;
+
+	if (bpf_core_field_exists(old->sk_flags))
+		return BPF_CORE_READ(old, sk_flags);
+	return BPF_CORE_READ(s, __sk_common.skc_flags);
+}
+
+/* Run by the loader with BPF_PROG_TEST_RUN; the "packet" is an Ethernet
+ * header followed by struct shunt_capture_req. */
+SEC("tc")
+int capture_endpoint(struct __sk_buff *skb)
+{
+	struct shunt_capture_req req;
+	struct bpf_sock_tuple tuple = {};
+	struct shunt_endpoint e = {};
+	struct bpf_sock *sk, *t;
+	struct tcp_sock *tp;
+	struct sock *s;
+	__u32 tuple_size;
+	int ret = SHUNT_CAPTURE_OK;
+
+	if (bpf_skb_load_bytes(skb, 14, &req, sizeof(req)))
+		return SHUNT_CAPTURE_BAD_REQUEST;
+	/* Looked up as the endpoint's stack would look up a segment arriving
+	 * for it: from its remote address to its local one. */
+	if (req.key.family == AF_INET) {
+		tuple.ipv4.saddr = req.key.remote_ip[0];
+		tuple.ipv4.daddr = req.key.local_ip[0];
+		tuple.ipv4.sport = bpf_htons((__u16)req.key.remote_port);
+		tuple.ipv4.dport = bpf_htons((__u16)req.key.local_port);
+		tuple_size = sizeof(tuple.ipv4);
+	} else if (req.key.family == AF_INET6) {
+		__builtin_memcpy(tuple.ipv6.saddr, req.key.remote_ip, 16);
+		__builtin_memcpy(tuple.ipv6.daddr, req.key.local_ip, 16);
+		tuple.ipv6.sport = bpf_htons((__u16)req.key.remote_port);
+		tuple.ipv6.dport = bpf_htons((__u16)req.key.local_port);
+		tuple_size = sizeof(tuple.ipv6);
+	} else {
+		return SHUNT_CAPTURE_BAD_REQUEST;
+	}
+	sk = bpf_sk_lookup_tcp(skb, &tuple, tuple_size, req.netns_id, 0);
+	if (!sk)
+		return SHUNT_CAPTURE_NOT_LOCAL;
+	if (sk->state != BPF_TCP_ESTABLISHED) {
+		ret = SHUNT_CAPTURE_NOT_ESTABLISHED;
+		goto out;
+	}
+	tp = bpf_skc_to_tcp_sock(sk);
+	if (!tp) {
+		ret = SHUNT_CAPTURE_NOT_LOCAL;
+		goto out;
+	}
+	s = (struct sock *)tp;
+	/* A blocking reader on a socket with a psock can get EAGAIN: the
+	 * tcp_bpf recvmsg waits once (tcp_msg_wait_data) and any wake-up
+	 * without data, such as the state change when its FIN is acknowledged,
+	 * ends the wait with -EAGAIN. Only non-blocking sockets, whose readers
+	 * expect EAGAIN, are captured. */
+	if (!(BPF_CORE_READ(s, sk_socket, file, f_flags) & O_NONBLOCK)) {
+		ret = SHUNT_CAPTURE_BLOCKING;
+		goto out;
+	}
+	if (sock_flags(s) & (1UL << SOCK_ZEROCOPY)) {
+		ret = SHUNT_CAPTURE_ZEROCOPY;
+		goto out;
+	}
+	if (BPF_CORE_READ(tp, inet_conn.icsk_ulp_ops)) {
+		ret = SHUNT_CAPTURE_ULP;
+		goto out;
+	}
+	if (BPF_CORE_READ(s, sk_user_data)) {
+		ret = SHUNT_CAPTURE_PSOCK;
+		goto out;
+	}
+
+	t = bpf_map_lookup_elem(&redirect_targets, &req.target_cookie);
+	if (!t) {
+		ret = SHUNT_CAPTURE_BAD_REQUEST;
+		goto out;
+	}
+	e.target_sk = (__u64)t;
+	bpf_sk_release(t);
+	e.target_cookie = req.target_cookie;
+	e.proxy_cookie = req.proxy_cookie;
+	e.proxy_consumed = req.proxy_consumed;
+	e.target_base = req.target_base;
+	e.state = SHUNT_ENDPOINT_TCP;
+	/* The entry first: the sk_msg program passes whatever finds none. */
+	if (bpf_map_update_elem(&endpoints, &req.key, &e, BPF_NOEXIST)) {
+		ret = SHUNT_CAPTURE_REFUSED;
+		goto out;
+	}
+	if (bpf_map_update_elem(&endpoint_sockets, &req.proxy_cookie, sk, BPF_NOEXIST)) {
+		bpf_map_delete_elem(&endpoints, &req.key);
+		ret = SHUNT_CAPTURE_REFUSED;
+	}
+out:
+	bpf_sk_release(sk);
+	return ret;
+}
+
+char LICENSE[] SEC("license") = "GPL";

@@ -1,0 +1,234 @@
+#include "bpf/sockmap_shortcut.h"
+
+#include "bpf/sockmap.h"
+#include "bpf/sockmap_shared.h"
+#include "common/unique_fd.h"
+#include "sockmap_shortcut.skel.h"
+
+#include <arpa/inet.h>
+#include <bpf/bpf.h>
+#include <bpf/libbpf.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <spdlog/spdlog.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+namespace shunt::bpf {
+
+std::string_view to_string(CaptureOutcome o) {
+  switch (o) {
+    case CaptureOutcome::captured:
+      return "captured";
+    case CaptureOutcome::not_local:
+      return "shortcut_not_local";
+    case CaptureOutcome::not_established:
+      return "shortcut_not_established";
+    case CaptureOutcome::blocking:
+      return "shortcut_blocking_socket";
+    case CaptureOutcome::zerocopy:
+      return "shortcut_zerocopy";
+    case CaptureOutcome::ulp:
+      return "shortcut_ulp";
+    case CaptureOutcome::foreign_psock:
+      return "shortcut_foreign_psock";
+    case CaptureOutcome::refused:
+      return "shortcut_refused";
+    case CaptureOutcome::error:
+      return "shortcut_error";
+  }
+  return "shortcut_error";
+}
+
+namespace {
+
+// sk_msg_md's view of the endpoint's 4-tuple (see shunt_endpoint_key).
+shunt_endpoint_key key_of(const EndpointAddress& a) {
+  shunt_endpoint_key k{};
+  k.family = a.local.ss_family;
+  if (a.local.ss_family == AF_INET) {
+    const auto& l = reinterpret_cast<const sockaddr_in&>(a.local);
+    const auto& r = reinterpret_cast<const sockaddr_in&>(a.remote);
+    k.local_ip[0] = l.sin_addr.s_addr;
+    k.remote_ip[0] = r.sin_addr.s_addr;
+    k.local_port = ntohs(l.sin_port);
+    k.remote_port = ntohs(r.sin_port);
+  } else {
+    const auto& l = reinterpret_cast<const sockaddr_in6&>(a.local);
+    const auto& r = reinterpret_cast<const sockaddr_in6&>(a.remote);
+    std::memcpy(k.local_ip, &l.sin6_addr, 16);
+    std::memcpy(k.remote_ip, &r.sin6_addr, 16);
+    k.local_port = ntohs(l.sin6_port);
+    k.remote_port = ntohs(r.sin6_port);
+  }
+  return k;
+}
+
+CaptureOutcome outcome_of(std::uint32_t ret) {
+  switch (ret) {
+    case SHUNT_CAPTURE_OK:
+      return CaptureOutcome::captured;
+    case SHUNT_CAPTURE_NOT_LOCAL:
+      return CaptureOutcome::not_local;
+    case SHUNT_CAPTURE_NOT_ESTABLISHED:
+      return CaptureOutcome::not_established;
+    case SHUNT_CAPTURE_BLOCKING:
+      return CaptureOutcome::blocking;
+    case SHUNT_CAPTURE_ZEROCOPY:
+      return CaptureOutcome::zerocopy;
+    case SHUNT_CAPTURE_ULP:
+      return CaptureOutcome::ulp;
+    case SHUNT_CAPTURE_PSOCK:
+      return CaptureOutcome::foreign_psock;
+    case SHUNT_CAPTURE_REFUSED:
+      return CaptureOutcome::refused;
+    default:
+      return CaptureOutcome::error;
+  }
+}
+
+}  // namespace
+
+Result<std::unique_ptr<EndpointShortcut>> EndpointShortcut::load(const SockmapBridge& bridge,
+                                                                 std::uint32_t max_connections,
+                                                                 std::uint64_t bulk_threshold_bytes) {
+  std::unique_ptr<EndpointShortcut> self(new EndpointShortcut());
+  self->skel_ = sockmap_shortcut__open();
+  if (!self->skel_) return SysError::from_errno("open sockmap_shortcut BPF object");
+  const SockmapBridge::SharedMaps shared = bridge.shared_maps();
+  const std::uint32_t sockets = std::max<std::uint32_t>(2 * max_connections, 2);
+  auto& maps = self->skel_->maps;
+  // Reused maps must match the originals' definitions, sizes included.
+  for (bpf_map* m : {maps.sock_peers, maps.redirect_targets, maps.endpoint_sockets, maps.endpoints})
+    bpf_map__set_max_entries(m, sockets);
+  if (bpf_map__reuse_fd(maps.sock_peers, shared.peers) != 0 ||
+      bpf_map__reuse_fd(maps.redirect_targets, shared.targets) != 0 ||
+      bpf_map__reuse_fd(maps.bulk_events, shared.bulk_events) != 0)
+    return SysError::from_errno("share the sockmap maps with the short-circuit");
+  self->skel_->rodata->bulk_threshold = bulk_threshold_bytes;
+  if (int err = sockmap_shortcut__load(self->skel_); err != 0)
+    return SysError{-err, "load sockmap_shortcut BPF programs"};
+  self->capture_fd_ = bpf_program__fd(self->skel_->progs.capture_endpoint);
+  self->endpoints_fd_ = bpf_map__fd(maps.endpoints);
+  self->sockets_fd_ = bpf_map__fd(maps.endpoint_sockets);
+  if (bpf_prog_attach(bpf_program__fd(self->skel_->progs.endpoint_send), self->sockets_fd_,
+                      BPF_SK_MSG_VERDICT, 0) != 0)
+    return SysError::from_errno("attach sk_msg program to endpoint_sockets");
+  self->probe(bridge);
+  return self;
+}
+
+EndpointShortcut::~EndpointShortcut() {
+  // The attachment goes with the map; endpoints still in it get their
+  // protocol ops back as the map is freed.
+  if (skel_) sockmap_shortcut__destroy(skel_);
+}
+
+CaptureOutcome EndpointShortcut::capture(const EndpointAddress& endpoint, std::int64_t netns_id,
+                                         std::uint64_t target_cookie, std::uint64_t proxy_cookie,
+                                         std::uint64_t proxy_consumed, std::uint64_t target_base) {
+  struct {
+    unsigned char eth[14];
+    shunt_capture_req req;
+  } __attribute__((packed)) packet{};
+  packet.req.key = key_of(endpoint);
+  packet.req.netns_id = static_cast<std::uint64_t>(netns_id);
+  packet.req.target_cookie = target_cookie;
+  packet.req.proxy_cookie = proxy_cookie;
+  packet.req.proxy_consumed = proxy_consumed;
+  packet.req.target_base = target_base;
+  LIBBPF_OPTS(bpf_test_run_opts, opts, .data_in = &packet, .data_size_in = sizeof(packet));
+  if (bpf_prog_test_run_opts(capture_fd_, &opts) != 0) {
+    spdlog::debug("short-circuit capture: BPF_PROG_TEST_RUN: {}", std::strerror(errno));
+    return CaptureOutcome::error;
+  }
+  return outcome_of(opts.retval);
+}
+
+EndpointStats EndpointShortcut::stats(const EndpointAddress& endpoint) const {
+  const shunt_endpoint_key key = key_of(endpoint);
+  shunt_endpoint e{};
+  if (bpf_map_lookup_elem(endpoints_fd_, &key, &e) != 0) return {};
+  return {e.bytes, e.switches, e.fallbacks, e.state == SHUNT_ENDPOINT_REDIRECT};
+}
+
+void EndpointShortcut::release(const EndpointAddress& endpoint, std::uint64_t proxy_cookie) {
+  // The socket first, so no sendmsg finds it in the map without its entry
+  // (which would only pass, but the order keeps that case out entirely).
+  bpf_map_delete_elem(sockets_fd_, &proxy_cookie);
+  const shunt_endpoint_key key = key_of(endpoint);
+  bpf_map_delete_elem(endpoints_fd_, &key);
+}
+
+// A loopback check that every piece works on this kernel: endpoint E
+// (non-blocking) talks to F; F's bytes are to go to G's egress (G talks to
+// H). E is captured with G as target; one byte sent on E must arrive at H,
+// not at F.
+void EndpointShortcut::probe(const SockmapBridge& bridge) {
+  auto fail = [this](const char* what) {
+    probe_detail_ = std::string(what) + (errno ? std::string(": ") + std::strerror(errno) : std::string());
+    works_ = false;
+  };
+  UniqueFd listener(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof(addr);
+  if (!listener || ::bind(listener.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
+      ::listen(listener.get(), 4) != 0 ||
+      ::getsockname(listener.get(), reinterpret_cast<sockaddr*>(&addr), &len) != 0)
+    return fail("loopback listener");
+  auto connected_pair = [&](UniqueFd& out, UniqueFd& in) {
+    out = UniqueFd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    if (!out || ::connect(out.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) return false;
+    in = UniqueFd(::accept4(listener.get(), nullptr, nullptr, SOCK_CLOEXEC));
+    return static_cast<bool>(in);
+  };
+  UniqueFd e, f, g, h;
+  errno = 0;
+  if (!connected_pair(e, f) || !connected_pair(g, h)) return fail("loopback connect");
+  ::fcntl(e.get(), F_SETFL, ::fcntl(e.get(), F_GETFL) | O_NONBLOCK);
+  int sndbuf = 256 << 10;  // as the sockmap path sets it on shunt's sockets
+  ::setsockopt(g.get(), SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof(sndbuf));
+  auto cf = socket_cookie(f.get());
+  auto cg = socket_cookie(g.get());
+  if (!cf || !cg) return fail("cookies");
+  const SockmapBridge::SharedMaps shared = bridge.shared_maps();
+  const shunt_sock_peer f_to_g{.peer_cookie = *cg, .bytes = 0, .bulk_reported = 0, .pad = 0};
+  std::uint64_t g_fd = static_cast<std::uint64_t>(g.get());
+  if (bpf_map_update_elem(shared.peers, &*cf, &f_to_g, BPF_NOEXIST) != 0 ||
+      bpf_map_update_elem(shared.targets, &*cg, &g_fd, BPF_NOEXIST) != 0)
+    return fail("sockmap insert");
+  EndpointAddress endpoint;
+  socklen_t l = sizeof(endpoint.local), r = sizeof(endpoint.remote);
+  ::getsockname(e.get(), reinterpret_cast<sockaddr*>(&endpoint.local), &l);
+  ::getpeername(e.get(), reinterpret_cast<sockaddr*>(&endpoint.remote), &r);
+  const CaptureOutcome captured = capture(endpoint, -1, *cg, *cf, 0, 0);
+  const char* wrong = nullptr;
+  if (captured == CaptureOutcome::captured) {
+    pollfd p{h.get(), POLLIN, 0};
+    char byte = 0;
+    if (::send(e.get(), "x", 1, 0) != 1)
+      wrong = "send on the captured socket failed";
+    else if (::poll(&p, 1, 1000) != 1)
+      wrong = "the byte did not arrive at the target's peer";
+    else if (::recv(h.get(), &byte, 1, MSG_DONTWAIT) != 1 || byte != 'x')
+      wrong = "the target's peer read something else";
+    else if (::recv(f.get(), &byte, 1, MSG_DONTWAIT) >= 0)
+      wrong = "the byte also went over TCP";
+    else if (stats(endpoint).bytes != 1)
+      wrong = "the redirect was not counted";
+  }
+  release(endpoint, *cf);
+  bpf_map_delete_elem(shared.peers, &*cf);
+  errno = 0;
+  if (captured != CaptureOutcome::captured) return fail(std::string("capture: ").append(to_string(captured)).c_str());
+  if (wrong) return fail(wrong);
+  works_ = true;
+  probe_detail_ = "sk_msg redirect from a captured loopback socket";
+}
+
+}  // namespace shunt::bpf

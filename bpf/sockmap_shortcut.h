@@ -1,0 +1,105 @@
+// EndpointShortcut: the loader of sockmap_shortcut.bpf.c, the sk_msg
+// short-circuit for a local client's own socket (docs/datapath.md, "The
+// endpoint short-circuit"). It shares the peer counters, the redirect
+// targets and the bulk-event ring with SockmapBridge, and is used only for
+// pairs SockmapBridge has already handed to the kernel.
+#pragma once
+
+#include "common/error.h"
+
+#include <sys/socket.h>
+
+#include <cstdint>
+#include <memory>
+#include <string_view>
+
+struct sockmap_shortcut;  // generated skeleton
+
+namespace shunt::bpf {
+
+class SockmapBridge;
+
+// Why an endpoint was not captured; also the
+// shunt_datapath_fallbacks_total{reason} label (to_string).
+enum class CaptureOutcome {
+  captured,
+  not_local,        // no socket with that 4-tuple in the endpoint's netns (a remote client)
+  not_established,  // the endpoint already sent its FIN
+  blocking,         // blocking socket: tcp_bpf's recvmsg can return EAGAIN to it
+  zerocopy,         // SO_ZEROCOPY: tcp_bpf's sendmsg sends no completions
+  ulp,              // kTLS (or another ULP) already on the socket
+  foreign_psock,    // already in another sockmap
+  refused,          // the kernel refused the map update
+  error,            // BPF_PROG_TEST_RUN itself failed
+};
+std::string_view to_string(CaptureOutcome);
+// Every outcome but `captured`, for the metric's zero-initialised labels.
+inline constexpr CaptureOutcome kCaptureFallbacks[] = {
+    CaptureOutcome::not_local, CaptureOutcome::not_established, CaptureOutcome::blocking,
+    CaptureOutcome::zerocopy,  CaptureOutcome::ulp,             CaptureOutcome::foreign_psock,
+    CaptureOutcome::refused,   CaptureOutcome::error};
+
+// One captured endpoint, as the short-circuit sees it.
+struct EndpointStats {
+  std::uint64_t bytes = 0;      // redirected by sk_msg
+  std::uint64_t switches = 0;   // times the fence opened (TCP -> redirect)
+  std::uint64_t fallbacks = 0;  // times the target was short of room (redirect -> TCP)
+  bool redirecting = false;
+};
+
+// The endpoint's 4-tuple as its own socket sees it: shunt's client-facing
+// socket's peer (local) and name (remote).
+struct EndpointAddress {
+  sockaddr_storage local{};
+  sockaddr_storage remote{};
+};
+
+class EndpointShortcut {
+ public:
+  // Loads the programs onto `bridge`'s maps and attaches the sk_msg program.
+  // Fails on kernels without the pieces (the caller then runs without it).
+  static Result<std::unique_ptr<EndpointShortcut>> load(const SockmapBridge& bridge,
+                                                        std::uint32_t max_connections,
+                                                        std::uint64_t bulk_threshold_bytes);
+  ~EndpointShortcut();
+  EndpointShortcut(const EndpointShortcut&) = delete;
+  EndpointShortcut& operator=(const EndpointShortcut&) = delete;
+
+  // Finds the endpoint socket in the caller's network namespace (`netns_id`
+  // -1) or in the one with that nsid, and puts it in the short-circuit:
+  // from its next sendmsg on, the fence decides when its bytes start to go
+  // straight to `target_cookie`. `proxy_cookie` is shunt's socket facing the
+  // endpoint (already in the sockmap); `proxy_consumed` what userspace read
+  // from it and `target_base` what it wrote to the target before the
+  // handover.
+  CaptureOutcome capture(const EndpointAddress& endpoint, std::int64_t netns_id, std::uint64_t target_cookie,
+                         std::uint64_t proxy_cookie, std::uint64_t proxy_consumed, std::uint64_t target_base);
+
+  [[nodiscard]] EndpointStats stats(const EndpointAddress& endpoint) const;
+
+  // Takes the endpoint out. Deleting (rather than waiting for its close) is
+  // safe here where it is not for shunt's own sockets: nothing is ever
+  // queued in the endpoint's psock (no verdict program runs on it and nothing
+  // is redirected into it), so sk_psock_drop purges empty queues, and it
+  // restores the socket's own protocol ops at once.
+  void release(const EndpointAddress& endpoint, std::uint64_t proxy_cookie);
+
+  // Whether a loopback pair was captured and its bytes short-circuited at
+  // load (the kernel accepts every piece); false means the caller should not
+  // use it.
+  [[nodiscard]] bool works() const { return works_; }
+  [[nodiscard]] const std::string& probe_detail() const { return probe_detail_; }
+
+ private:
+  EndpointShortcut() = default;
+  void probe(const SockmapBridge& bridge);
+
+  sockmap_shortcut* skel_ = nullptr;
+  int capture_fd_ = -1;
+  int endpoints_fd_ = -1;
+  int sockets_fd_ = -1;
+  bool works_ = false;
+  std::string probe_detail_;
+};
+
+}  // namespace shunt::bpf
