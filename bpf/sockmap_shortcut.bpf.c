@@ -74,10 +74,7 @@ const volatile __u64 bulk_threshold = 4 << 20;
  * (truesize: about 1.3 KiB per skb of up to 64 KiB), and a push that does
  * not fit would block the sender or fail it with EAGAIN and no later
  * wake-up (see endpoint_send). One eighth of the message plus 4 KiB. */
-static __always_inline __s64 needed_room(__u32 size)
-{
-	return (__s64)size + size / 8 + 4096;
-}
+static __always_inline __s64 needed_room(__u32 size) { return (__s64)size + size / 8 + 4096; }
 
 /* Whether the target can take `size` more bytes without its push waiting
  * for memory; also returns the payload written to it, the same reading as
@@ -124,7 +121,8 @@ static __always_inline int target_room(struct shunt_endpoint *e, __u32 size, __u
  * The reverse switch, redirect -> TCP, needs no fence: redirected bytes are
  * in the target's queue before sendmsg returns, so bytes sent over TCP
  * afterwards reach the target behind them. */
-static __always_inline int fence_open(struct sk_msg_md *msg, struct shunt_endpoint *e, __u64 written)
+static __always_inline int fence_open(struct sk_msg_md *msg, struct shunt_endpoint *e,
+				      __u64 written)
 {
 	struct bpf_sock *sk = msg->sk;
 	struct shunt_sock_peer *proxy;

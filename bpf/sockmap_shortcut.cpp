@@ -3,6 +3,8 @@
 #include "bpf/sockmap.h"
 #include "bpf/sockmap_shared.h"
 #include "common/unique_fd.h"
+#include "netlink/netlink.h"
+#include "netlink/rtnl.h"
 #include "sockmap_shortcut.skel.h"
 
 #include <arpa/inet.h>
@@ -148,6 +150,30 @@ CaptureOutcome EndpointShortcut::capture(const EndpointAddress& endpoint, std::i
   return outcome_of(opts.retval);
 }
 
+void EndpointShortcut::learn_pods(const std::vector<std::pair<std::string, std::string>>& pod_devices) {
+  if (pod_devices.empty()) return;
+  auto nl = pods::NetlinkSocket::open();
+  if (!nl) {
+    spdlog::warn("short-circuit: netlink: {}; pod clients stay on sk_skb", nl.error().message());
+    return;
+  }
+  for (const auto& [pod, dev] : pod_devices) {
+    auto link = pods::get_link(*nl, dev);
+    if (link && *link && (*link)->link_netnsid >= 0) {
+      pod_netns_[pod] = (*link)->link_netnsid;
+      spdlog::debug("short-circuit: pod {} sockets in nsid {} (device {})", pod, (*link)->link_netnsid, dev);
+    } else {
+      spdlog::info("short-circuit: no peer netns for pod {} (device {}); its clients stay on sk_skb", pod,
+                   dev);
+    }
+  }
+}
+
+std::int64_t EndpointShortcut::netns_of(const std::string& pod) const {
+  const auto it = pod_netns_.find(pod);
+  return it == pod_netns_.end() ? -1 : it->second;
+}
+
 EndpointStats EndpointShortcut::stats(const EndpointAddress& endpoint) const {
   const shunt_endpoint_key key = key_of(endpoint);
   shunt_endpoint e{};
@@ -225,7 +251,8 @@ void EndpointShortcut::probe(const SockmapBridge& bridge) {
   release(endpoint, *cf);
   bpf_map_delete_elem(shared.peers, &*cf);
   errno = 0;
-  if (captured != CaptureOutcome::captured) return fail(std::string("capture: ").append(to_string(captured)).c_str());
+  if (captured != CaptureOutcome::captured)
+    return fail(std::string("capture: ").append(to_string(captured)).c_str());
   if (wrong) return fail(wrong);
   works_ = true;
   probe_detail_ = "sk_msg redirect from a captured loopback socket";

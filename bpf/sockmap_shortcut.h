@@ -10,8 +10,12 @@
 #include <sys/socket.h>
 
 #include <cstdint>
+#include <map>
 #include <memory>
+#include <string>
 #include <string_view>
+#include <utility>
+#include <vector>
 
 struct sockmap_shortcut;  // generated skeleton
 
@@ -35,8 +39,9 @@ enum class CaptureOutcome {
 std::string_view to_string(CaptureOutcome);
 // Every outcome but `captured`, for the metric's zero-initialised labels.
 inline constexpr CaptureOutcome kCaptureFallbacks[] = {
-    CaptureOutcome::not_local, CaptureOutcome::not_established, CaptureOutcome::blocking,
-    CaptureOutcome::zerocopy,  CaptureOutcome::ulp,             CaptureOutcome::foreign_psock,
+    CaptureOutcome::not_local, CaptureOutcome::not_established,
+    CaptureOutcome::blocking,  CaptureOutcome::zerocopy,
+    CaptureOutcome::ulp,       CaptureOutcome::foreign_psock,
     CaptureOutcome::refused,   CaptureOutcome::error};
 
 // One captured endpoint, as the short-circuit sees it.
@@ -77,6 +82,15 @@ class EndpointShortcut {
 
   [[nodiscard]] EndpointStats stats(const EndpointAddress& endpoint) const;
 
+  // Where a pod's sockets live, for capture(): the nsid (in shunt's netns)
+  // of the netns its host-side device's peer is in (IFLA_LINK_NETNSID).
+  // Learned once at start-up for each (pod name, host-side device); a pod
+  // without one is looked for in shunt's own netns and, not found there,
+  // stays on sk_skb (not_local). Not thread-safe: call before the workers
+  // run; netns_of() is read-only afterwards.
+  void learn_pods(const std::vector<std::pair<std::string, std::string>>& pod_devices);
+  [[nodiscard]] std::int64_t netns_of(const std::string& pod) const;
+
   // Takes the endpoint out. Deleting (rather than waiting for its close) is
   // safe here where it is not for shunt's own sockets: nothing is ever
   // queued in the endpoint's psock (no verdict program runs on it and nothing
@@ -98,6 +112,7 @@ class EndpointShortcut {
   int capture_fd_ = -1;
   int endpoints_fd_ = -1;
   int sockets_fd_ = -1;
+  std::map<std::string, std::int64_t, std::less<>> pod_netns_;
   bool works_ = false;
   std::string probe_detail_;
 };

@@ -420,6 +420,12 @@ int run_proxy(const RunOptions& options) {
                 shortcut.value()->probe_detail());
           else
             context.shortcut = std::move(shortcut.value());
+          if (context.shortcut) {
+            std::vector<std::pair<std::string, std::string>> pod_devices;
+            for (const config::Pod& pod : cfg.pods)
+              if (!pod.dev.empty()) pod_devices.emplace_back(pod.name, pod.dev);
+            context.shortcut->learn_pods(pod_devices);
+          }
         }
       } else {
         spdlog::warn("sockmap data path unavailable ({}); connections use splice instead",

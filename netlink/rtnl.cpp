@@ -55,6 +55,9 @@ LinkInfo parse_link(const nlmsghdr* nlh) {
       case IFLA_IFNAME:
         info.name = mnl_attr_get_str(attr);
         break;
+      case IFLA_LINK_NETNSID:
+        info.link_netnsid = static_cast<std::int32_t>(mnl_attr_get_u32(attr));
+        break;
       case IFLA_LINKINFO:
         for_each_nested(attr, [&](const nlattr* inner) {
           if (mnl_attr_get_type(inner) == IFLA_INFO_KIND) info.kind = mnl_attr_get_str(inner);

@@ -24,6 +24,9 @@ struct LinkInfo {
   std::string name;
   std::string kind;  // IFLA_INFO_KIND: "veth", "netkit", ... ("" for plain devices)
   bool netkit_primary = false;
+  // IFLA_LINK_NETNSID: the id, in this namespace, of the namespace the
+  // device's peer lives in (veth, netkit); -1 when it has none.
+  std::int32_t link_netnsid = -1;
 };
 
 // nullopt when no such device (ENODEV is not an error here).

@@ -125,19 +125,19 @@ class CapturedEndpoint {
   // already handed over) with `upstream_cookie` as its target. The outcome
   // other than `captured` is counted as the reason the client stays on
   // sk_skb.
-  bpf::CaptureOutcome capture(bpf::EndpointShortcut& shortcut, int client_fd, std::uint64_t client_cookie,
-                              std::uint64_t upstream_cookie, std::uint64_t consumed, std::uint64_t written) {
+  bpf::CaptureOutcome capture(bpf::EndpointShortcut& shortcut, const std::string& pod, int client_fd,
+                              std::uint64_t client_cookie, std::uint64_t upstream_cookie,
+                              std::uint64_t consumed, std::uint64_t written) {
     socklen_t l = sizeof(address_.local), r = sizeof(address_.remote);
     if (::getpeername(client_fd, reinterpret_cast<sockaddr*>(&address_.local), &l) != 0 ||
         ::getsockname(client_fd, reinterpret_cast<sockaddr*>(&address_.remote), &r) != 0)
       return bpf::CaptureOutcome::error;
     unmap_v4(address_.local);
     unmap_v4(address_.remote);
-    // The client's own netns: the caller's for host processes and loopback
-    // clients. Pod clients live in another netns and are not found there
-    // (not_local); see docs/datapath.md for what reaching them takes.
+    // The client's own netns: its pod's (by nsid), or shunt's own for host
+    // processes and loopback clients.
     const bpf::CaptureOutcome outcome =
-        shortcut.capture(address_, -1, upstream_cookie, client_cookie, consumed, written);
+        shortcut.capture(address_, shortcut.netns_of(pod), upstream_cookie, client_cookie, consumed, written);
     if (outcome == bpf::CaptureOutcome::captured) {
       shortcut_ = &shortcut;
       proxy_cookie_ = client_cookie;
@@ -236,7 +236,7 @@ asio::awaitable<void> run_sockmap(Connection& conn) {
   CapturedEndpoint endpoint;
   if (proxy.shortcut && !handover.consumed_error_a && !handover.consumed_error_b) {
     const bpf::CaptureOutcome outcome =
-        endpoint.capture(*proxy.shortcut, client_fd, handover.cookies.a, handover.cookies.b,
+        endpoint.capture(*proxy.shortcut, info.src_pod, client_fd, handover.cookies.a, handover.cookies.b,
                          up.from_consumed_at_handover, up.to_written_at_handover);
     if (outcome != bpf::CaptureOutcome::captured) {
       metrics().datapath_fallbacks.add(std::string(bpf::to_string(outcome)));
