@@ -242,14 +242,19 @@ class Shunt(System):
 
     def __init__(self, name, index, ports, ep, shunt_bin, datapath, template="shunt-tcp.yaml"):
         super().__init__(name, index, ports, ep)
+        # "sockmap-msg": sockmap with the sk_msg endpoint short-circuit on.
+        self.shortcut = datapath == "sockmap-msg"
+        if self.shortcut:
+            datapath = "sockmap"
         self.shunt_bin, self.datapath, self.template = shunt_bin, datapath, template
-        self.label = f"shunt {datapath}"
+        self.label = "shunt sockmap+sk_msg" if self.shortcut else f"shunt {datapath}"
 
     def start(self, procs, rundir):
         if not self.shunt_bin:
             raise BenchError("shunt binary not found (set SHUNT_BIN or --shunt)")
         cfg = render(self.template, os.path.join(rundir, f"{self.name}.yaml"),
-                     datapath=self.datapath, **_values(self))
+                     datapath=self.datapath, endpoint_shortcut="true" if self.shortcut else "false",
+                     **_values(self))
         self.proc = procs.start(self.name, [self.shunt_bin, "run", "-c", cfg], netns=self.ep.proxy_ns)
         wait_listening(procs, self.proc, self.listen_ports())
 

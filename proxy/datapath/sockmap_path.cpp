@@ -233,16 +233,30 @@ asio::awaitable<void> run_sockmap(Connection& conn) {
   // take it; its sk_msg program switches over when the fence allows. After
   // the handover, so shunt's client-facing socket already counts what the
   // verdict redirects and the upstream socket is already a target.
+  //
+  // A client still blocking at the handover is tried again a few times:
+  // many set O_NONBLOCK only after their first bytes (iperf3 writes its
+  // cookie first), and the fence makes a late capture as safe as an early
+  // one. Only the last refusal is counted.
   CapturedEndpoint endpoint;
-  if (proxy.shortcut && !handover.consumed_error_a && !handover.consumed_error_b) {
+  using Clock = std::chrono::steady_clock;
+  constexpr milliseconds kCaptureRetries[] = {milliseconds(5), milliseconds(50), milliseconds(500)};
+  std::size_t capture_attempt = 0;
+  Clock::time_point capture_retry_at = Clock::time_point::max();
+  auto try_capture = [&] {
     const bpf::CaptureOutcome outcome =
         endpoint.capture(*proxy.shortcut, info.src_pod, client_fd, handover.cookies.a, handover.cookies.b,
                          up.from_consumed_at_handover, up.to_written_at_handover);
-    if (outcome != bpf::CaptureOutcome::captured) {
-      metrics().datapath_fallbacks.add(std::string(bpf::to_string(outcome)));
-      spdlog::debug("connection {}: client stays on sk_skb ({})", info.id, bpf::to_string(outcome));
+    capture_retry_at = Clock::time_point::max();
+    if (outcome == bpf::CaptureOutcome::captured) return;
+    if (outcome == bpf::CaptureOutcome::blocking && capture_attempt < std::size(kCaptureRetries)) {
+      capture_retry_at = Clock::now() + kCaptureRetries[capture_attempt++];
+      return;
     }
-  }
+    metrics().datapath_fallbacks.add(std::string(bpf::to_string(outcome)));
+    spdlog::debug("connection {}: client stays on sk_skb ({})", info.id, bpf::to_string(outcome));
+  };
+  if (proxy.shortcut && !handover.consumed_error_a && !handover.consumed_error_b) try_capture();
 
   // From here on the fds are ours alone; Asio forgets them. The pair is
   // shared with bulk-buffer grants posted from the control thread
@@ -354,6 +368,10 @@ asio::awaitable<void> run_sockmap(Connection& conn) {
     }
     if (up.fin_forwarded && down.fin_forwarded) break;
 
+    // Retry a blocking client's capture while it can still send.
+    if (capture_retry_at != Clock::time_point::max() && !up.fin_forwarded && Clock::now() >= capture_retry_at)
+      try_capture();
+
     poked = false;
     if (waiting_for_drain) {
       // The peer's backlog drains at the receiver's pace: back off to 50 ms.
@@ -363,6 +381,7 @@ asio::awaitable<void> run_sockmap(Connection& conn) {
       drain_poll = milliseconds(1);
       wake.expires_at(asio::steady_timer::time_point::max());
     }
+    if (capture_retry_at < wake.expiry()) wake.expires_at(capture_retry_at);
     if (!poked) {
       boost::system::error_code ec;
       co_await wake.async_wait(asio::redirect_error(asio::use_awaitable, ec));
