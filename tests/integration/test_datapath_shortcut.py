@@ -182,6 +182,41 @@ class ShortcutTest(unittest.TestCase):
             self.assertEqual(records[0]["bytes_down"], 50 * 512)
             self.assertEqual(shunt.stop(), 0, shunt.output())
 
+    def test_client_turning_non_blocking_is_captured_later(self):
+        """iperf3's way: blocking connect and first bytes, then O_NONBLOCK.
+        A capture retry takes it; the echo checks every byte and order."""
+
+        def echo(conn):
+            n = 0
+            while True:
+                data = conn.recv(65536)
+                if not data:
+                    return n
+                n += len(data)
+                conn.sendall(data)
+
+        with ThreadedServer(echo) as server, self.start(server.port) as shunt:
+            c = socket.socket()
+            c.connect(("127.0.0.1", self.port))
+            try:
+                c.sendall(b"cookie" * 6)
+                self.assertEqual(recv_exact(c, 36), b"cookie" * 6)
+                c.settimeout(10)  # O_NONBLOCK underneath
+                time.sleep(0.2)
+                for i in range(200):
+                    message = struct.pack("<Q", i) * 512
+                    c.sendall(message)
+                    self.assertEqual(recv_exact(c, len(message)), message)
+                c.shutdown(socket.SHUT_WR)
+                self.assertEqual(c.recv(1), b"")
+            finally:
+                c.close()
+            time.sleep(0.3)
+            records = access_lines(shunt)
+            self.assertEqual(len(records), 1, records)
+            self.assertEqual(records[0]["path_up"], "sk_msg", records[0])
+            self.assertEqual(records[0]["bytes_up"], 36 + 200 * 4096)
+
     def test_blocking_reader_after_shut_wr_stays_on_sk_skb(self):
         """A blocking client sends, shuts its write side and blocks in
         read() for a reply that comes 300 ms later: it must get all of it.
@@ -204,7 +239,9 @@ class ShortcutTest(unittest.TestCase):
             c = socket.socket()
             c.connect(("127.0.0.1", self.port))  # no timeout: a blocking fd
             try:
-                time.sleep(0.1)  # handed over before the bytes come
+                # Stays blocking past the capture retries and keeps the
+                # connection open through all of them.
+                time.sleep(0.7)  # handed over, and every capture retry refused
                 c.sendall(b"q" * 5000)
                 c.shutdown(socket.SHUT_WR)
                 got = b""
@@ -217,6 +254,11 @@ class ShortcutTest(unittest.TestCase):
                 c.close()
             self.assertEqual(got, b"r" * 100000)
             self.assertEqual(server.wait_results(1)[0], 5000)
+            # Counted once the capture retries (5, 50, 500 ms) have all
+            # found it blocking.
+            deadline = time.time() + 3
+            while fallbacks(self.admin).get("shortcut_blocking_socket", 0) < before + 1 and time.time() < deadline:
+                time.sleep(0.1)
             self.assertEqual(fallbacks(self.admin).get("shortcut_blocking_socket", 0), before + 1)
 
     def test_known_fallback_reasons_exported_at_zero(self):
