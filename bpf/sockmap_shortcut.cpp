@@ -1,5 +1,6 @@
 #include "bpf/sockmap_shortcut.h"
 
+#include "bpf/owned.h"
 #include "bpf/sockmap.h"
 #include "bpf/sockmap_shared.h"
 #include "common/unique_fd.h"
@@ -94,15 +95,27 @@ CaptureOutcome outcome_of(std::uint32_t ret) {
 
 }  // namespace
 
+// Destroying the skeleton closes the maps and the programs; the sk_msg
+// attachment goes with endpoint_sockets, and endpoints still in it get their
+// protocol ops back as the map is freed. The shared maps stay open through
+// the SockmapBridge's own descriptors.
+struct EndpointShortcut::Objects {
+  Owned<sockmap_shortcut, sockmap_shortcut__destroy> skel;
+};
+
+EndpointShortcut::EndpointShortcut() : objects_(std::make_unique<Objects>()) {}
+EndpointShortcut::~EndpointShortcut() = default;
+
 Result<std::unique_ptr<EndpointShortcut>> EndpointShortcut::load(const SockmapBridge& bridge,
                                                                  std::uint32_t max_connections,
                                                                  std::uint64_t bulk_threshold_bytes) {
   std::unique_ptr<EndpointShortcut> self(new EndpointShortcut());
-  self->skel_ = sockmap_shortcut__open();
-  if (!self->skel_) return SysError::from_errno("open sockmap_shortcut BPF object");
+  auto& skel = self->objects_->skel;
+  skel.reset(sockmap_shortcut__open());
+  if (!skel) return SysError::from_errno("open sockmap_shortcut BPF object");
   const SockmapBridge::SharedMaps shared = bridge.shared_maps();
   const std::uint32_t sockets = std::max<std::uint32_t>(2 * max_connections, 2);
-  auto& maps = self->skel_->maps;
+  auto& maps = skel->maps;
   // Reused maps must match the originals' definitions, sizes included.
   for (bpf_map* m : {maps.sock_peers, maps.redirect_targets, maps.endpoint_sockets, maps.endpoints})
     bpf_map__set_max_entries(m, sockets);
@@ -110,23 +123,17 @@ Result<std::unique_ptr<EndpointShortcut>> EndpointShortcut::load(const SockmapBr
       bpf_map__reuse_fd(maps.redirect_targets, shared.targets) != 0 ||
       bpf_map__reuse_fd(maps.bulk_events, shared.bulk_events) != 0)
     return SysError::from_errno("share the sockmap maps with the short-circuit");
-  self->skel_->rodata->bulk_threshold = bulk_threshold_bytes;
-  if (int err = sockmap_shortcut__load(self->skel_); err != 0)
+  skel->rodata->bulk_threshold = bulk_threshold_bytes;
+  if (int err = sockmap_shortcut__load(skel.get()); err != 0)
     return SysError{-err, "load sockmap_shortcut BPF programs"};
-  self->capture_fd_ = bpf_program__fd(self->skel_->progs.capture_endpoint);
+  self->capture_fd_ = bpf_program__fd(skel->progs.capture_endpoint);
   self->endpoints_fd_ = bpf_map__fd(maps.endpoints);
   self->sockets_fd_ = bpf_map__fd(maps.endpoint_sockets);
-  if (bpf_prog_attach(bpf_program__fd(self->skel_->progs.endpoint_send), self->sockets_fd_,
-                      BPF_SK_MSG_VERDICT, 0) != 0)
+  if (bpf_prog_attach(bpf_program__fd(skel->progs.endpoint_send), self->sockets_fd_, BPF_SK_MSG_VERDICT, 0) !=
+      0)
     return SysError::from_errno("attach sk_msg program to endpoint_sockets");
   self->probe(bridge);
   return self;
-}
-
-EndpointShortcut::~EndpointShortcut() {
-  // The attachment goes with the map; endpoints still in it get their
-  // protocol ops back as the map is freed.
-  if (skel_) sockmap_shortcut__destroy(skel_);
 }
 
 CaptureOutcome EndpointShortcut::capture(const EndpointAddress& endpoint, std::int64_t netns_id,

@@ -17,8 +17,6 @@
 #include <utility>
 #include <vector>
 
-struct sockmap_shortcut;  // generated skeleton
-
 namespace shunt::bpf {
 
 class SockmapBridge;
@@ -105,10 +103,11 @@ class EndpointShortcut {
   [[nodiscard]] const std::string& probe_detail() const { return probe_detail_; }
 
  private:
-  EndpointShortcut() = default;
+  EndpointShortcut();
   void probe(const SockmapBridge& bridge);
 
-  sockmap_shortcut* skel_ = nullptr;
+  struct Objects;  // the skeleton, owned (bpf/owned.h)
+  std::unique_ptr<Objects> objects_;
   int capture_fd_ = -1;
   int endpoints_fd_ = -1;
   int sockets_fd_ = -1;
