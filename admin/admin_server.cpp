@@ -229,14 +229,15 @@ std::string AdminServer::connections_json() const {
     w.field("dst_pod", info->dst_pod);
     w.field("rule", info->rule_name());
     w.field("datapath", config::to_string(info->datapath.load(std::memory_order_relaxed)));
-    if (const KernelPath up = info->path_up.load(std::memory_order_relaxed); up != KernelPath::none)
-      w.field("path_up", to_string(up));
-    if (const KernelPath down = info->path_down.load(std::memory_order_relaxed); down != KernelPath::none)
-      w.field("path_down", to_string(down));
     w.field("protocol", info->protocol());
     w.field("bytes_up", bytes.up);
     w.field("bytes_down", bytes.down);
     w.key("age_s").fixed(age.count(), 3);
+    // Sockmap only, after the fields every connection has.
+    if (const KernelPath up = info->path_up.load(std::memory_order_relaxed); up != KernelPath::none)
+      w.field("path_up", to_string(up));
+    if (const KernelPath down = info->path_down.load(std::memory_order_relaxed); down != KernelPath::none)
+      w.field("path_down", to_string(down));
     w.end_object();
   }
   w.end_array();

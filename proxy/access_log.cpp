@@ -72,13 +72,14 @@ std::string AccessLog::to_json(const AccessRecord& r) {
   field("verdict", r.allowed ? "allow" : "deny");
   field("rule", r.rule);
   if (!r.datapath.empty()) field("datapath", r.datapath);  // empty: refused before it had one
-  if (!r.path_up.empty()) field("path_up", r.path_up);
-  if (!r.path_down.empty()) field("path_down", r.path_down);
   number("bytes_up", r.bytes_up);
   number("bytes_down", r.bytes_down);
   number("duration_ms", static_cast<std::uint64_t>(r.duration.count()));
   if (!r.reason.empty()) field("reason", r.reason);
   if (!r.error.empty()) field("error", r.error);
+  // Sockmap only: which kernel path each direction took.
+  if (!r.path_up.empty()) field("path_up", r.path_up);
+  if (!r.path_down.empty()) field("path_down", r.path_down);
   if (r.event == "http") {
     field("method", r.method);
     field("path", r.path);

@@ -19,7 +19,8 @@ CONN_KEYS = ["ts", "event", "src", "dst", "src_pod", "dst_pod", "verdict", "rule
              "bytes_down", "duration_ms"]
 HTTP_KEYS = CONN_KEYS + ["method", "path", "host", "status"]
 # grpc_status: gRPC streams only (after `protocol`, the last key of an http line).
-OPTIONAL_KEYS = ["reason", "error", "grpc_status"]
+# path_up/path_down: sockmap connections only (which kernel path each direction took).
+OPTIONAL_KEYS = ["reason", "error", "path_up", "path_down", "grpc_status"]
 REASONS = {"client_closed", "upstream_closed", "client_reset", "upstream_reset", "policy_deny", "bad_request",
            "request_timeout", "revoked", "upstream_connect_failed", "idle_timeout", "keepalive_timeout",
            "refuse_timeout", "handover_failed", "shutdown", "proxy_error", "proxy_loop"}

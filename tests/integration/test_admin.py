@@ -55,7 +55,8 @@ class ByteCounters:
                 self.assertEqual(len(conns), 1, conns)
                 conn = conns[0]
                 self.assertEqual(list(conn), ["id", "src", "dst", "src_pod", "dst_pod", "rule", "datapath",
-                                              "protocol", "bytes_up", "bytes_down", "age_s"])
+                                              "protocol", "bytes_up", "bytes_down", "age_s"] +
+                                 (["path_up", "path_down"] if self.datapath == "sockmap" else []))
                 self.assertEqual(conn["protocol"], "tcp")
                 self.assertEqual(conn["src"], "127.0.0.1:%d" % c.getsockname()[1])
                 self.assertEqual(conn["dst"], "127.0.0.1:%d" % server.port)
