@@ -113,6 +113,13 @@ pods:
 policy:
   default: allow
 YAML
+# The sk_msg endpoint short-circuit (proxy.endpoint_shortcut, off by
+# default): `shunt version` runs its start-up check. Passes when the probe
+# answers, yes or a clean no with its reason (this kernel then keeps the
+# sk_skb path); the line says which.
+shortcut_line=$(shunt version 2>&1 | grep "sk_msg short-circuit")
+[ -n "$shortcut_line" ]
+result sk_msg_probe $? "$shortcut_line"
 shunt run -c /tmp/shunt.yaml >/tmp/shunt.log 2>&1 &
 SHUNT_PID=$!
 wait_ready 15000 $SHUNT_PID

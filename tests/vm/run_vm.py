@@ -42,7 +42,7 @@ BOOT_TIMEOUT_S = int(os.environ.get("SHUNT_VM_TIMEOUT", "420"))
 BURST_ITERATIONS, BURST_CLIENTS = (int(v) for v in os.environ.get("SHUNT_VM_BURST", "10,50").split(","))
 
 COMMON_CHECKS = [
-    "direct_without_shunt", "direct_without_shunt_v6", "shunt_ready", "source_preserved", "download_hash",
+    "sk_msg_probe", "direct_without_shunt", "direct_without_shunt_v6", "shunt_ready", "source_preserved", "download_hash",
     "upload_hash", "direct_port_with_shunt", "source_preserved_v6", "download_hash_v6", "upload_hash_v6",
     "proxied_8080", "not_proxied_9090", "proxied_8080_v6", "shunt_exited", "fail_closed_blocks",
     "fail_closed_blocks_v6", "fail_closed_other_ports_flow", "rules_removed_on_exit", "pod_del", "nothing_left",
