@@ -4,8 +4,9 @@
 #include "common/sockopt.h"
 #include "common/warn_limiter.h"
 #include "proxy/datapath/datapath.h"
-#include "proxy/hangup_watcher.h"
+#include "proxy/datapath/hangup_watcher.h"
 #include "proxy/inspect/inspect.h"
+#include "proxy/inspect/inspector.h"
 #include "proxy/metrics.h"
 #include "proxy/proxy_context.h"
 
@@ -41,20 +42,6 @@ UpstreamFailure classify_connect_error(const boost::system::error_code& ec, bool
 
 }  // namespace
 
-void reset_socket(asio::ip::tcp::socket& socket) {
-  if (!socket.is_open()) return;
-  boost::system::error_code ec;
-  socket.set_option(asio::socket_base::linger(true, 0), ec);
-  socket.close(ec);
-}
-
-void reset_fd(int fd) {
-  // A failure leaves a close that sends FIN instead of RST; the peer still
-  // sees the end, so it is logged, not escalated.
-  if (Status st = set_socket_option(fd, SOL_SOCKET, SO_LINGER, linger{1, 0}, "SO_LINGER"); !st)
-    spdlog::debug("reset of fd {}: {}", fd, st.error().message());
-}
-
 Connection::Connection(ProxyContext& proxy, WorkerContext& worker, const config::Listener& listener,
                        tcp::socket client, tcp::endpoint peer, SourceLimiter::Lease source_slot)
     : proxy_(proxy),
@@ -70,14 +57,14 @@ asio::awaitable<void> Connection::run(std::shared_ptr<Connection> self) {
     co_await self->serve();
   } catch (const std::exception& e) {
     spdlog::warn("connection {}: {}", self->info_ ? self->info_->id : 0, e.what());
-    if (self->info_) self->info_->note_end(EndReason::proxy_error, e.what());
+    if (self->info_) self->settle(Ending(EndReason::proxy_error, e.what()));
     reset_socket(self->client_);
     reset_socket(self->upstream_);
   }
   self->finish();
 }
 
-void Connection::set_rule(const policy::Decision& decision) {
+void Connection::decided(const policy::Decision& decision) {
   // Revoked (the abort is on its way): keep the rule that revoked it for
   // the connection's log line.
   if (info_->end.load(std::memory_order_relaxed) == EndReason::revoked) return;
@@ -100,9 +87,117 @@ void Connection::abort() {
   allowed_ = false;
   reset_socket(client_);
   reset_socket(upstream_);
-  if (abort_hook_) abort_hook_();
+  cancel_.cancel();  // whoever holds the sockets now resets them
 }
 
+void Connection::set_abort_hook(std::function<void()> hook) {
+  abort_hook_.reset();
+  if (hook) abort_hook_.emplace(cancel_.install(std::move(hook)));
+}
+
+void Connection::settle(const Ending& ending) {
+  if (ending.aborted) {
+    // The runner reset both sides itself: counted like an abort.
+    aborted_ = true;
+    allowed_ = false;
+  }
+  if (ending.reason != EndReason::unknown) info_->note_end(ending.reason, ending.error);
+}
+
+void Connection::moved(Direction direction, std::uint64_t bytes) {
+  (direction == Direction::up ? info_->bytes_up : info_->bytes_down)
+      .fetch_add(bytes, std::memory_order_relaxed);
+}
+
+void Connection::carried_by(config::Datapath path) { info_->datapath = path; }
+
+void Connection::fell_back(std::string_view reason) { metrics().datapath_fallbacks.add(std::string(reason)); }
+
+void Connection::kernel_spliced(std::uint64_t client_cookie, std::uint64_t upstream_cookie) {
+  info_->client_cookie = client_cookie;
+  info_->upstream_cookie = upstream_cookie;
+}
+
+void Connection::kernel_released(std::uint64_t bytes_up, std::uint64_t bytes_down) {
+  // Under the connection's lock: ConnectionRegistry::bytes reads the
+  // kernel's counters through the cookies under it, so a reader sees the
+  // bytes either there or here, never both (which would count twice).
+  std::lock_guard lock(info_->mu);
+  info_->bytes_up += bytes_up;
+  info_->bytes_down += bytes_down;
+  info_->client_cookie = 0;
+  info_->upstream_cookie = 0;
+}
+
+void Connection::kernel_path(Direction direction, KernelPath path) {
+  (direction == Direction::up ? info_->path_up : info_->path_down).store(path, std::memory_order_relaxed);
+}
+
+void Connection::buffer_boost(bool granted) {
+  (granted ? metrics().buffer_boosts : metrics().buffer_boosts_refused)
+      .fetch_add(1, std::memory_order_relaxed);
+}
+
+void Connection::backlog_dropped(std::uint64_t bytes) {
+  metrics().sockmap_backlog_dropped_bytes.fetch_add(bytes, std::memory_order_relaxed);
+}
+
+void Connection::saw_sni(std::string sni) {
+  std::lock_guard lock(info_->mu);
+  info_->basis.sni = std::move(sni);
+}
+
+void Connection::saw_request(std::string method, std::string path, std::string host,
+                             std::vector<std::pair<std::string, std::string>> headers) {
+  std::lock_guard lock(info_->mu);
+  info_->basis.last_request =
+      DecisionBasis::Request{std::move(method), std::move(path), std::move(host), std::move(headers)};
+}
+
+void Connection::requests_uninspected() {
+  std::lock_guard lock(info_->mu);
+  info_->basis.requests_uninspected = true;
+}
+
+void Connection::speaks_http2() { info_->http2.store(true, std::memory_order_relaxed); }
+
+void Connection::counted_request(bool http2, bool allowed) {
+  auto& m = metrics();
+  auto& counter = http2 ? (allowed ? m.http2_requests_allowed : m.http2_requests_denied)
+                        : (allowed ? m.http_requests_allowed : m.http_requests_denied);
+  counter.fetch_add(1, std::memory_order_relaxed);
+}
+
+void Connection::exchanged(const HttpExchange& x) {
+  AccessRecord r;
+  r.event = "http";
+  r.src = info_->src;
+  r.dst = info_->dst;
+  r.src_pod = info_->src_pod;
+  r.dst_pod = info_->dst_pod;
+  r.allowed = x.allowed;
+  r.rule = x.rule;
+  r.datapath = x.datapath.empty() ? std::string(config::to_string(info_->datapath.load())) : x.datapath;
+  r.bytes_up = x.bytes_up;
+  r.bytes_down = x.bytes_down;
+  r.duration = x.duration;
+  r.reason = x.reason;
+  r.error = x.error;
+  r.method = x.method;
+  r.path = x.path;
+  r.host = x.host;
+  r.status = x.status;
+  r.protocol = x.protocol;
+  r.grpc_status = x.grpc_status;
+  proxy_.access_log.write(r);
+}
+
+// GCC 12 at -O2 inlines Asio's recycling frame allocator into serve()'s
+// frame teardown and then reports the frame's operator delete as not
+// matching the ::operator new inside it (-Wmismatched-new-delete), a false
+// positive: both go through awaitable_frame_base's own pair.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
 asio::awaitable<void> Connection::serve() {
   policy_ = proxy_.policy.current();
   info_ = std::make_shared<ConnectionInfo>();
@@ -119,7 +214,7 @@ asio::awaitable<void> Connection::serve() {
     info_->dst = client_.local_endpoint(ec);
     if (ec || info_->dst == listener_.listen) {
       // Connected to the listener itself: proxying would loop back to us.
-      info_->note_end(EndReason::proxy_loop);
+      settle(Ending(EndReason::proxy_loop));
       reset_socket(client_);
       co_return;
     }
@@ -152,78 +247,129 @@ asio::awaitable<void> Connection::serve() {
   worker_.idle.add(*this, idle_period);
 
   if (decision.inspect == policy::Inspect::none) {
-    set_rule(decision.decision);
+    decided(decision.decision);
     if (!allowed_) {
-      info_->note_end(EndReason::policy_deny);
+      settle(Ending(EndReason::policy_deny));
       reset_socket(client_);  // SPEC: L4 deny is a reset
       co_return;
     }
-    if (!co_await connect_upstream()) co_return;
-    co_await run_datapath();
+    co_await forward(std::nullopt);
     co_return;
   }
 
   inspected_ = true;
-  const bool continue_on_datapath =
-      decision.inspect == policy::Inspect::http ? co_await inspect_http(*this) : co_await inspect_tls(*this);
-  if (continue_on_datapath && !aborted_) co_await run_datapath();
+  boost::system::error_code ignored;
+  client_.set_option(tcp::no_delay(true), ignored);
+  if (decision.inspect == policy::Inspect::tls) {
+    Inspection in{std::move(client_), *this,          proxy_.policy, flow, settings(), *this, cancel_,
+                  info_->started,     proxy_.draining};
+    InspectOutcome out = co_await inspect_tls(std::move(in));
+    settle(out.ending);
+    co_await forward(std::move(out.handover));
+    co_return;
+  }
+  if (co_await inspect_http(*this) && !aborted_) {
+    std::optional<SocketPair> pair(std::in_place, std::move(client_), std::move(upstream_));
+    co_await forward(std::move(pair));
+  }
 }
 
-asio::awaitable<bool> Connection::connect_upstream(bool keep_client) {
+#pragma GCC diagnostic pop
+
+asio::awaitable<void> Connection::forward(std::optional<SocketPair> pair) {
+  if (!pair) {
+    if (inspected_) co_return;  // the inspector ended the connection
+    // An L4 allow: connect, then the data path.
+    Connected upstream = co_await connect();
+    if (!upstream.socket) {
+      settle(Ending(EndReason::upstream_connect_failed, upstream.error));
+      reset_socket(client_);  // SPEC: an upstream refusing means the client sees a reset
+      co_return;
+    }
+    boost::system::error_code ignored;
+    client_.set_option(tcp::no_delay(true), ignored);
+    pair.emplace(SocketPair{std::move(client_), std::move(*upstream.socket)});
+  }
+  Ending ending;
+  switch (policy_->config().proxy.datapath) {
+    case config::Datapath::sockmap: {
+      const KernelSplice kernel{proxy_.bridge.get(), proxy_.bulk_grants.get(), &worker_.hangups,
+                                proxy_.shortcut.get(), info_->src_pod};
+      ending = co_await run_sockmap(std::move(*pair), *this, cancel_, kernel, inspected_);
+      break;
+    }
+    case config::Datapath::splice:
+      info_->datapath = config::Datapath::splice;
+      ending = co_await run_splice(std::move(*pair), *this, cancel_);
+      break;
+    case config::Datapath::copy:
+      info_->datapath = config::Datapath::copy;
+      ending = co_await run_copy(std::move(*pair), *this, cancel_);
+      break;
+  }
+  settle(ending);
+}
+
+asio::awaitable<UpstreamConnector::Connected> Connection::connect() {
   const auto& settings = policy_->config().proxy;
-  // One exit for every failure: reason and error for the access log, the
-  // counter, a rate-limited warn line, and the client reset unless the
-  // caller answers it itself.
+  Connected out;
+  tcp::socket socket(worker_.io);
+  // One exit for every failure: the kind and error for the caller (the
+  // access log), the counter and a rate-limited warn line.
   auto fail = [&](UpstreamFailure kind, const std::string& error) {
-    connect_failure_ = kind;
-    info_->note_end(EndReason::upstream_connect_failed, error);
+    out.failure = kind;
+    out.error = error;
     metrics().count(kind);
     std::uint64_t skipped = 0;
     if (upstream_failure_warnings.allow(skipped))
       spdlog::warn("connection {}: upstream {} failed ({}): {}{}", info_->id, config::to_string(info_->dst),
                    to_string(kind), error,
                    skipped ? fmt::format(" ({} more upstream failures in the last second)", skipped) : "");
-    if (!keep_client) reset_socket(client_);  // SPEC: upstream refusing = the client sees a reset
-    reset_socket(upstream_);
+    reset_socket(socket);
   };
   boost::system::error_code ec;
-  upstream_.open(info_->dst.protocol(), ec);
+  socket.open(info_->dst.protocol(), ec);
   if (ec) {
     fail(UpstreamFailure::connect_error, "socket: " + ec.message());
-    co_return false;
+    co_return out;
   }
 
   // Keep the pod's address as source for transparent traffic: the
   // destination sees who really called, and steering delivers its replies
   // back to this socket.
   if (listener_.transparent && settings.upstream_source == config::UpstreamSource::client) {
-    const Status transparent = set_transparent(upstream_.native_handle(), info_->dst.address().is_v6());
-    if (transparent) upstream_.bind(tcp::endpoint(info_->src.address(), 0), ec);
+    const Status transparent = set_transparent(socket.native_handle(), info_->dst.address().is_v6());
+    if (transparent) socket.bind(tcp::endpoint(info_->src.address(), 0), ec);
     if (!transparent || ec) {
       spdlog::warn("connection {}: cannot keep client source {} ({}); connecting from the node address",
                    info_->id, info_->src.address().to_string(),
                    !transparent ? transparent.error().message() : ec.message());
-      upstream_.close(ec);
-      upstream_.open(info_->dst.protocol(), ec);
+      socket.close(ec);
+      socket.open(info_->dst.protocol(), ec);
     }
   }
 
-  // The deadline closes the socket to abort a connect that takes too long;
-  // expired() tells that close (operation_aborted) from the upstream's own
-  // answer.
-  Deadline deadline(worker_.io.get_executor());
-  deadline.arm_after(settings.timeouts.connect, [this, self = shared_from_this()] {
+  // The deadline and a cancel close the socket to abort the connect;
+  // expired() tells the deadline's close (operation_aborted) from the
+  // upstream's own answer. Both are gone before `socket` is.
+  const auto on_cancel = cancel_.install([&socket] {
     boost::system::error_code ignored;
-    upstream_.close(ignored);
+    socket.close(ignored);
   });
-  co_await upstream_.async_connect(info_->dst, asio::redirect_error(use_awaitable, ec));
+  Deadline deadline(worker_.io.get_executor());
+  deadline.arm_after(settings.timeouts.connect, [&socket] {
+    boost::system::error_code ignored;
+    socket.close(ignored);
+  });
+  co_await socket.async_connect(info_->dst, asio::redirect_error(use_awaitable, ec));
   const bool timed_out = deadline.expired();
   deadline.disarm();
-  if (aborted_) {
-    // Revoked or shut down while connecting: abort() recorded why and reset
-    // both sides; the upstream did nothing wrong.
-    info_->note_end(EndReason::upstream_connect_failed, "aborted");
-    co_return false;
+  if (cancel_.cancelled()) {
+    // Revoked or shut down while connecting: the abort recorded why and
+    // reset the client; the upstream did nothing wrong.
+    out.error = "aborted";
+    reset_socket(socket);
+    co_return out;
   }
   if (ec) {
     const UpstreamFailure kind = classify_connect_error(ec, timed_out);
@@ -231,27 +377,23 @@ asio::awaitable<bool> Connection::connect_upstream(bool keep_client) {
          kind == UpstreamFailure::connect_timeout
              ? fmt::format("no answer within timeouts.connect ({} ms)", settings.timeouts.connect.count())
              : ec.message());
-    co_return false;
+    co_return out;
   }
-  upstream_.set_option(tcp::no_delay(true), ec);
-  client_.set_option(tcp::no_delay(true), ec);
-  co_return true;
+  socket.set_option(tcp::no_delay(true), ec);
+  out.socket.emplace(std::move(socket));
+  co_return out;
 }
 
-asio::awaitable<void> Connection::run_datapath() {
-  switch (policy_->config().proxy.datapath) {
-    case config::Datapath::sockmap:
-      co_await run_sockmap(*this);
-      break;
-    case config::Datapath::splice:
-      info_->datapath = config::Datapath::splice;
-      co_await run_splice(*this);
-      break;
-    case config::Datapath::copy:
-      info_->datapath = config::Datapath::copy;
-      co_await run_copy(*this);
-      break;
+asio::awaitable<bool> Connection::connect_upstream(bool keep_client) {
+  Connected upstream = co_await connect();
+  if (!upstream.socket) {
+    connect_failure_ = upstream.failure;
+    info_->note_end(EndReason::upstream_connect_failed, upstream.error);
+    if (!keep_client) reset_socket(client_);  // SPEC: upstream refusing = the client sees a reset
+    co_return false;
   }
+  upstream_ = std::move(*upstream.socket);
+  co_return true;
 }
 
 void Connection::watch_quiet(std::chrono::steady_clock::time_point at, std::function<void()> on_due) {

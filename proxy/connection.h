@@ -9,23 +9,34 @@
 //   data path (proxy/datapath/datapath.h): sockmap (kernel), splice, or copy
 //   close -> access log line, metrics
 //
-// A Connection lives in one coroutine on one io_context thread; other threads
-// reach it only through ConnectionInfo::revoke, which posts to that thread.
+// The connection wires the seams: it hands an inspector (proxy/inspect/
+// inspector.h) or a data path (proxy/datapath/datapath.h) the sockets, its
+// cancellation slot and itself as observer (proxy/observer.h: what the
+// access log, metrics and /connections learn) and upstream connector, and
+// records the Ending they return (settle). A Connection lives in one
+// coroutine on one io_context thread; other threads reach it only through
+// ConnectionInfo::revoke, which posts to that thread.
 #pragma once
 
 #include <utility>  // before Asio: Boost 1.74 awaitable.hpp uses std::exchange unincluded
 
+#include "common/cancel_slot.h"
+#include "common/reset.h"
 #include "config/config.h"
 #include "policy/policy.h"
 #include "proxy/connection_registry.h"
+#include "proxy/datapath/datapath.h"
 #include "proxy/idle_sweep.h"
+#include "proxy/inspect/inspector.h"
 #include "proxy/metrics.h"
+#include "proxy/observer.h"
 #include "proxy/source_limiter.h"
 
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/ip/tcp.hpp>
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -45,7 +56,10 @@ struct ListenerContext {
   config::Listener listener;
 };
 
-class Connection : public std::enable_shared_from_this<Connection>, private IdleSweep::Entry {
+class Connection : public std::enable_shared_from_this<Connection>,
+                   public ConnectionObserver,
+                   public UpstreamConnector,
+                   private IdleSweep::Entry {
  public:
   using tcp = boost::asio::ip::tcp;
 
@@ -60,7 +74,31 @@ class Connection : public std::enable_shared_from_this<Connection>, private Idle
   // member coroutine would only hold `this`, and Asio starts it lazily).
   static boost::asio::awaitable<void> run(std::shared_ptr<Connection> self);
 
-  // --- used by inspection and data paths ---
+  // --- ConnectionObserver: what inspectors and data paths report ---
+  [[nodiscard]] std::uint64_t id() const override { return info_ ? info_->id : 0; }
+  void moved(Direction direction, std::uint64_t bytes) override;
+  void carried_by(config::Datapath path) override;
+  void fell_back(std::string_view reason) override;
+  void kernel_spliced(std::uint64_t client_cookie, std::uint64_t upstream_cookie) override;
+  void kernel_released(std::uint64_t bytes_up, std::uint64_t bytes_down) override;
+  void kernel_path(Direction direction, KernelPath path) override;
+  void buffer_boost(bool granted) override;
+  void backlog_dropped(std::uint64_t bytes) override;
+  void decided(const policy::Decision& decision) override;
+  void saw_sni(std::string sni) override;
+  void saw_request(std::string method, std::string path, std::string host,
+                   std::vector<std::pair<std::string, std::string>> headers) override;
+  void requests_uninspected() override;
+  void speaks_http2() override;
+  void counted_request(bool http2, bool allowed) override;
+  void exchanged(const HttpExchange& exchange) override;
+
+  // --- UpstreamConnector: to info().dst, with the configured source and
+  // timeout; a failure is counted and warned about (rate-limited) ---
+  boost::asio::awaitable<Connected> connect() override;
+
+  // --- still used by the HTTP/1.1 and HTTP/2 inspectors (to move onto the
+  // Inspection seam) ---
   tcp::socket& client() { return client_; }
   tcp::socket& upstream() { return upstream_; }
   ConnectionInfo& info() { return *info_; }
@@ -68,25 +106,16 @@ class Connection : public std::enable_shared_from_this<Connection>, private Idle
   WorkerContext& worker() { return worker_; }
   const policy::Policy& policy() const { return *policy_; }
   const config::ProxySettings& settings() const { return policy_->config().proxy; }
-
-  // Connects to info().dst (with the configured source and timeout). On
-  // failure: records the reason and error, counts and warns (rate-limited),
+  // connect() into upstream(). On failure: records the reason and error,
   // resets the client unless `keep_client` (the HTTP inspector answers it
   // with 502/504 instead; see connect_failure()) and returns false.
   boost::asio::awaitable<bool> connect_upstream(bool keep_client = false);
-  // Why the last connect_upstream() failed.
   [[nodiscard]] UpstreamFailure connect_failure() const { return connect_failure_; }
-
-  // True when inspection (HTTP/TLS) may have written bytes to either socket;
-  // false for an L4 decision, where the data path starts on untouched sockets.
-  [[nodiscard]] bool inspected() const { return inspected_; }
-
-  // True once revoke/shutdown asked this connection to end.
   [[nodiscard]] bool aborted() const { return aborted_; }
   // Called (on this connection's thread) by revoke: resets both sides and
-  // wakes whatever the connection waits on. The first form records `why`
-  // as the reason the connection ended (unless one is recorded already);
-  // the second is for a path that has recorded its reason itself.
+  // cancels whatever runs the sockets. The first form records `why` as the
+  // reason the connection ended (unless one is recorded already); the
+  // second is for a path that has recorded its reason itself.
   void abort(EndReason why);
   void abort();
   // A coarse deadline for a long wait of an idle connection (the HTTP
@@ -97,15 +126,19 @@ class Connection : public std::enable_shared_from_this<Connection>, private Idle
   // Whoever watches unwatches before what `on_due` references goes away.
   void watch_quiet(std::chrono::steady_clock::time_point at, std::function<void()> on_due);
   void unwatch_quiet() { quiet_due_ = nullptr; }
-  // Data paths register what must be cancelled on abort.
-  void set_abort_hook(std::function<void()> hook) { abort_hook_ = std::move(hook); }
-
-  // Records the verdict for the access log and metrics.
-  void set_rule(const policy::Decision& decision);
+  // What abort() must also do while an inspector runs (empty: nothing).
+  void set_abort_hook(std::function<void()> hook);
+  void set_rule(const policy::Decision& decision) { decided(decision); }
 
  private:
   boost::asio::awaitable<void> serve();
-  boost::asio::awaitable<void> run_datapath();
+  // The data path for `pair` (empty after an L4 allow: connects first;
+  // empty after inspection: the inspector ended the connection).
+  boost::asio::awaitable<void> forward(std::optional<SocketPair> pair);
+  // The one place an inspector's, a data path's or the connection's own
+  // ending is recorded: the first cause wins (ConnectionInfo::note_end), so
+  // a revoke, drain or idle timeout that came first stays.
+  void settle(const Ending& ending);
   // IdleSweep::Entry: closes the connection once no byte moved either way
   // for timeouts.idle.
   void check_idle(IdleSweep::Clock::time_point now) override;
@@ -124,7 +157,8 @@ class Connection : public std::enable_shared_from_this<Connection>, private Idle
   bool finished_ = false;
   bool inspected_ = false;
   UpstreamFailure connect_failure_ = UpstreamFailure::connect_error;
-  std::function<void()> abort_hook_;
+  CancelSlot cancel_;
+  std::optional<CancelSlot::Installed> abort_hook_;
   SourceLimiter::Lease source_slot_;
   // The idle check's state (check_idle): bytes at the last check and when
   // they last changed.
@@ -135,9 +169,5 @@ class Connection : public std::enable_shared_from_this<Connection>, private Idle
   IdleSweep::Clock::time_point quiet_at_{};   // watch_quiet
   std::function<void()> quiet_due_;
 };
-
-// Sends RST instead of FIN: SO_LINGER {on, 0} then close.
-void reset_socket(boost::asio::ip::tcp::socket& socket);
-void reset_fd(int fd);
 
 }  // namespace shunt::proxy

@@ -8,6 +8,7 @@
 #include "config/config.h"
 #include "policy/policy.h"
 #include "proxy/end_reason.h"
+#include "proxy/observer.h"  // KernelPath
 
 #include <boost/asio/any_io_executor.hpp>
 
@@ -41,19 +42,6 @@ struct DecisionBasis {
   // never seen, so a policy that inspects the flow again must revoke it.
   bool requests_uninspected = false;
 };
-
-enum class KernelPath : std::uint8_t { none, sk_skb, sk_msg };
-inline std::string_view to_string(KernelPath p) {
-  switch (p) {
-    case KernelPath::sk_skb:
-      return "sk_skb";
-    case KernelPath::sk_msg:
-      return "sk_msg";
-    case KernelPath::none:
-      break;
-  }
-  return "";
-}
 
 struct ConnectionInfo {
   std::uint64_t id = 0;

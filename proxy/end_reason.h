@@ -6,6 +6,7 @@
 
 #include <array>
 #include <cstdint>
+#include <string>
 #include <string_view>
 
 namespace shunt::proxy {
@@ -79,5 +80,31 @@ constexpr std::string_view to_string(EndReason r) {
   }
   return "unknown";
 }
+
+// How an inspector or a data path saw its part of the connection end: the
+// first cause it met (a reset on one side is why it reset the other) and
+// the socket error behind it. It is returned, not recorded: the connection
+// records it in one place (Connection::settle, proxy/connection.cpp), where
+// a cause from outside (revoke, drain, idle timeout) that came first wins.
+struct Ending {
+  Ending() = default;
+  explicit Ending(EndReason why, std::string why_error = {}, bool reset_both = false)
+      : reason(why), error(std::move(why_error)), aborted(reset_both) {}
+
+  EndReason reason = EndReason::unknown;
+  std::string error;
+  // The runner reset both sides itself (an upstream that broke HTTP
+  // framing, a half-done handover): the connection counts as not allowed,
+  // like one revoked.
+  bool aborted = false;
+
+  // Keeps the first cause; true when this call recorded it.
+  bool note(EndReason why, std::string_view why_error = {}) {
+    if (reason != EndReason::unknown) return false;
+    reason = why;
+    error = why_error;
+    return true;
+  }
+};
 
 }  // namespace shunt::proxy

@@ -6,7 +6,7 @@
 #include "bpf/sockmap.h"
 #include "bpf/sockmap_shortcut.h"
 #include "bpf/steering.h"
-#include "policy/policy.h"
+#include "policy/store.h"
 #include "proxy/access_log.h"
 #include "proxy/connection_registry.h"
 #include "proxy/datapath/bulk_grants.h"
@@ -19,21 +19,7 @@
 
 namespace shunt::proxy {
 
-class PolicyStore {
- public:
-  [[nodiscard]] std::shared_ptr<const policy::Policy> current() const {
-    std::lock_guard lock(mu_);
-    return policy_;
-  }
-  void publish(std::shared_ptr<const policy::Policy> next) {
-    std::lock_guard lock(mu_);
-    policy_ = std::move(next);
-  }
-
- private:
-  mutable std::mutex mu_;
-  std::shared_ptr<const policy::Policy> policy_;
-};
+using PolicyStore = policy::Store;
 
 struct ProxyContext {
   PolicyStore policy;

@@ -6,7 +6,7 @@
 #include "common/sockopt.h"
 #include "common/warn_limiter.h"
 #include "proxy/connection.h"
-#include "proxy/hangup_watcher.h"
+#include "proxy/datapath/hangup_watcher.h"
 #include "proxy/metrics.h"
 
 #include <netinet/in.h>

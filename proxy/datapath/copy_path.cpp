@@ -1,7 +1,7 @@
 // The plain-copy data path: the baseline the kernel paths are measured
 // against, and the most portable fallback.
 #include "common/io_buffer.h"
-#include "proxy/connection.h"
+#include "common/reset.h"
 #include "proxy/datapath/datapath.h"
 #include "proxy/datapath/join.h"
 
@@ -19,8 +19,9 @@ using asio::ip::tcp;
 
 namespace {
 
-asio::awaitable<void> copy_direction(Connection& conn, tcp::socket& from, tcp::socket& to,
-                                     std::atomic<std::uint64_t>& counter) {
+// `from_client`: which side `from` is, for the cause an end records.
+asio::awaitable<void> copy_direction(tcp::socket& from, tcp::socket& to, bool from_client, Direction direction,
+                                     DatapathSink& sink, CancelSlot& cancel, Ending& ending) {
   boost::system::error_code ec;
   // Reads below never block: the wait for data is the async_wait.
   from.non_blocking(true, ec);
@@ -35,17 +36,16 @@ asio::awaitable<void> copy_direction(Connection& conn, tcp::socket& from, tcp::s
       n = from.read_some(asio::buffer(buffer->data(), IoBuffer::size()), ec);
       if (ec == asio::error::would_block || ec == asio::error::try_again) continue;
     }
-    const bool from_client = &from == &conn.client();
     if (ec == asio::error::eof) {
-      conn.info().note_end(from_client ? EndReason::client_closed : EndReason::upstream_closed);
+      ending.note(from_client ? EndReason::client_closed : EndReason::upstream_closed);
       // Half-close: pass the FIN on and keep the other direction running.
       to.shutdown(tcp::socket::shutdown_send, ec);
       co_return;
     }
     if (ec) {
       // A reset (or an abort): the other side gets a reset too.
-      if (!conn.aborted()) {
-        conn.info().note_end(from_client ? EndReason::client_reset : EndReason::upstream_reset, ec.message());
+      if (!cancel.cancelled()) {
+        ending.note(from_client ? EndReason::client_reset : EndReason::upstream_reset, ec.message());
         reset_socket(to);
         reset_socket(from);
       }
@@ -54,22 +54,23 @@ asio::awaitable<void> copy_direction(Connection& conn, tcp::socket& from, tcp::s
     co_await asio::async_write(to, asio::buffer(buffer->data(), n),
                                asio::redirect_error(asio::use_awaitable, ec));
     if (ec) {
-      if (!conn.aborted())
-        conn.info().note_end(from_client ? EndReason::upstream_reset : EndReason::client_reset, ec.message());
+      if (!cancel.cancelled())
+        ending.note(from_client ? EndReason::upstream_reset : EndReason::client_reset, ec.message());
       reset_socket(from);
       reset_socket(to);
       co_return;
     }
-    counter.fetch_add(n, std::memory_order_relaxed);
+    sink.moved(direction, n);
   }
 }
 
 }  // namespace
 
-asio::awaitable<void> run_copy(Connection& conn) {
-  auto& info = conn.info();
-  co_await join_both(copy_direction(conn, conn.client(), conn.upstream(), info.bytes_up),
-                     copy_direction(conn, conn.upstream(), conn.client(), info.bytes_down));
+asio::awaitable<Ending> run_copy(SocketPair pair, DatapathSink& sink, CancelSlot& cancel) {
+  co_return co_await run_both_directions(
+      pair, cancel, [&](tcp::socket& from, tcp::socket& to, bool from_client, Direction d, Ending& ending) {
+        return copy_direction(from, to, from_client, d, sink, cancel, ending);
+      });
 }
 
 }  // namespace shunt::proxy

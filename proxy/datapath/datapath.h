@@ -1,25 +1,72 @@
-// The three ways bytes move once a connection's verdict is final. Each runs
-// until both directions have ended (FIN forwarded each way) or one side
-// resets, in which case the other side is reset too. Bytes moved are
-// accounted in the connection's ConnectionInfo as they go.
+// The three ways bytes move once a connection's verdict is final. A data
+// path gets what it needs and nothing else:
+//
+//   - the socket pair, owned: it closes (or resets) both before it returns;
+//   - a DatapathSink (proxy/observer.h) for bytes moved and its own events;
+//   - a CancelSlot (common/cancel_slot.h): the connection's owner cancels it
+//     (revoke, drain, idle timeout) and the path resets both sides at once;
+//   - for the sockmap path, the kernel side injected (KernelSplice).
+//
+// Each runs until both directions have ended (FIN forwarded each way) or
+// one side resets, in which case the other side is reset too, and returns
+// how it ended (Ending): the first cause it met, which the connection
+// records (proxy/connection.cpp). Nothing here knows the connection, the
+// registry or the policy.
 #pragma once
 
 #include <utility>  // before Asio: Boost 1.74 awaitable.hpp uses std::exchange unincluded
 
+#include "common/cancel_slot.h"
+#include "proxy/end_reason.h"
+#include "proxy/observer.h"
+
 #include <boost/asio/awaitable.hpp>
+#include <boost/asio/ip/tcp.hpp>
+
+#include <string_view>
+
+namespace shunt::bpf {
+class SockmapBridge;
+class EndpointShortcut;
+}  // namespace shunt::bpf
 
 namespace shunt::proxy {
 
-class Connection;
+class BulkGrants;
+class HangupWatcher;
+
+// A connected client and upstream socket, handed from the connection (or
+// an inspector) to a data path.
+struct SocketPair {
+  boost::asio::ip::tcp::socket client;
+  boost::asio::ip::tcp::socket upstream;
+};
 
 // Asio async read/write through a 64 KiB buffer per direction, held only
 // while bytes are in flight (common/io_buffer.h).
-boost::asio::awaitable<void> run_copy(Connection& conn);
+boost::asio::awaitable<Ending> run_copy(SocketPair pair, DatapathSink& sink, CancelSlot& cancel);
+
 // splice(2) through a pipe per direction, held only while bytes are in
 // flight, driven by Asio readiness.
-boost::asio::awaitable<void> run_splice(Connection& conn);
-// Hands both sockets to the BPF sockmap (proxy/datapath/sockmap_path.cpp); falls back
-// to run_splice when the kernel refuses them.
-boost::asio::awaitable<void> run_sockmap(Connection& conn);
+boost::asio::awaitable<Ending> run_splice(SocketPair pair, DatapathSink& sink, CancelSlot& cancel);
+
+// What the sockmap path needs from the process, injected by whoever wires
+// the connection (the server's ProxyContext and the worker's watcher).
+struct KernelSplice {
+  bpf::SockmapBridge* bridge = nullptr;  // null: sockmap unavailable, the pair is spliced
+  BulkGrants* bulk_grants = nullptr;     // with the bridge
+  HangupWatcher* hangups = nullptr;      // this thread's; with the bridge
+  // The endpoint short-circuit (proxy.endpoint_shortcut; null: off) and the
+  // client's pod, whose netns holds the client's own socket.
+  bpf::EndpointShortcut* shortcut = nullptr;
+  std::string_view client_pod;
+};
+
+// Hands both sockets to the BPF sockmap (sockmap_path.cpp); falls back to
+// run_splice when the kernel refuses them. `inspected`: inspection may have
+// read from or written to either socket (the handover then reads its
+// baselines from the kernel instead of assuming 0).
+boost::asio::awaitable<Ending> run_sockmap(SocketPair pair, DatapathSink& sink, CancelSlot& cancel,
+                                           const KernelSplice& kernel, bool inspected);
 
 }  // namespace shunt::proxy

@@ -6,6 +6,10 @@
 
 #include <utility>  // before Asio: Boost 1.74 awaitable.hpp uses std::exchange unincluded
 
+#include "common/cancel_slot.h"
+#include "common/reset.h"
+#include "proxy/datapath/datapath.h"
+
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -42,6 +46,29 @@ inline boost::asio::awaitable<void> join_both(boost::asio::awaitable<void> first
     co_await state->done.async_wait(asio::redirect_error(asio::use_awaitable, ec));
   }
   if (state->error) std::rethrow_exception(state->error);
+}
+
+// A userspace data path (copy, splice): both directions of `pair` at once,
+// `direction(from, to, from_client, Direction, ending)` making each one's
+// coroutine. A cancel resets both sockets, which ends both directions; so
+// does an exception, before it goes on to the connection's guard.
+template <typename MakeDirection>
+boost::asio::awaitable<Ending> run_both_directions(SocketPair& pair, CancelSlot& cancel,
+                                                   MakeDirection direction) {
+  const auto on_cancel = cancel.install([&pair] {
+    reset_socket(pair.client);
+    reset_socket(pair.upstream);
+  });
+  Ending ending;
+  try {
+    co_await join_both(direction(pair.client, pair.upstream, true, Direction::up, ending),
+                       direction(pair.upstream, pair.client, false, Direction::down, ending));
+  } catch (...) {
+    reset_socket(pair.client);
+    reset_socket(pair.upstream);
+    throw;
+  }
+  co_return ending;
 }
 
 }  // namespace shunt::proxy

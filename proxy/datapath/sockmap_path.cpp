@@ -17,14 +17,14 @@
 // back to splice and shunt_datapath_fallbacks_total{reason} counts it.
 #include "bpf/sockmap.h"
 #include "bpf/sockmap_shortcut.h"
+#include "common/reset.h"
 #include "common/sockopt.h"
 #include "common/unique_fd.h"
-#include "proxy/connection.h"
+#include "proxy/datapath/bulk_grants.h"
 #include "proxy/datapath/datapath.h"
+#include "proxy/datapath/hangup_watcher.h"
 #include "proxy/datapath/tcp_counters.h"
-#include "proxy/hangup_watcher.h"
-#include "proxy/metrics.h"
-#include "proxy/proxy_context.h"
+#include "proxy/metrics.h"  // the fallback reasons (names only)
 
 #include <poll.h>
 #include <spdlog/spdlog.h>
@@ -166,40 +166,49 @@ class CapturedEndpoint {
 
 }  // namespace
 
-asio::awaitable<void> run_sockmap(Connection& conn) {
-  ProxyContext& proxy = conn.proxy();
-  ConnectionInfo& info = conn.info();
-  bpf::SockmapBridge* bridge = proxy.bridge.get();
+asio::awaitable<Ending> run_sockmap(SocketPair& pair, DatapathSink& sink, CancelSlot& cancel,
+                                    const KernelSplice& kernel, bool inspected) {
+  bpf::SockmapBridge* bridge = kernel.bridge;
   auto fall_back = [&](std::string_view reason) {
-    metrics().datapath_fallbacks.add(std::string(reason));
-    info.datapath = config::Datapath::splice;
+    sink.fell_back(reason);
+    sink.carried_by(config::Datapath::splice);
   };
   if (!bridge) {
     fall_back(kFallbackSockmapUnavailable);
-    co_await run_splice(conn);
-    co_return;
+    co_return co_await run_splice(pair, sink, cancel);
+  }
+  if (cancel.cancelled()) {
+    // Cancelled before the handover: nothing to hand over.
+    reset_socket(pair.client);
+    reset_socket(pair.upstream);
+    co_return Ending{};
   }
 
-  const int client_fd = conn.client().native_handle();
-  const int upstream_fd = conn.upstream().native_handle();
+  const std::uint64_t id = sink.id();
+  const int client_fd = pair.client.native_handle();
+  const int upstream_fd = pair.upstream.native_handle();
   // Baselines for the drain check: what userspace read from each socket
   // and wrote to it before the handover. After an L4 decision userspace has
   // done neither (the kernel counts payload only, not the handshake), so
   // they are 0 without four syscalls per connection.
-  const bool touched = conn.inspected();
-  auto baseline = [touched](std::uint64_t (*read)(int), int fd) { return touched ? read(fd) : 0; };
-  SplicedDirection up{client_fd,
-                      upstream_fd,
-                      0,
-                      baseline(tcp_bytes_consumed, client_fd),
-                      baseline(tcp_bytes_written, upstream_fd),
-                      false};
-  SplicedDirection down{upstream_fd,
-                        client_fd,
-                        0,
-                        baseline(tcp_bytes_consumed, upstream_fd),
-                        baseline(tcp_bytes_written, client_fd),
-                        false};
+  std::uint64_t client_consumed = 0, upstream_consumed = 0;
+  std::uint64_t client_written = 0, upstream_written = 0;
+  if (inspected) {
+    const auto c = tcp_bytes_consumed(client_fd), u = tcp_bytes_consumed(upstream_fd);
+    if (!c || !u) {
+      // No exact baseline (a peer that never paused between the readings):
+      // the drain check could not be trusted, so this pair is spliced.
+      spdlog::debug("connection {}: no stable read baseline for the handover; splicing instead", id);
+      fall_back("other");
+      co_return co_await run_splice(pair, sink, cancel);
+    }
+    client_consumed = *c;
+    upstream_consumed = *u;
+    client_written = tcp_bytes_written(client_fd);
+    upstream_written = tcp_bytes_written(upstream_fd);
+  }
+  SplicedDirection up{client_fd, upstream_fd, 0, client_consumed, upstream_written, false};
+  SplicedDirection down{upstream_fd, client_fd, 0, upstream_consumed, client_written, false};
 
   // Bound what a stalled pair can pin before the kernel starts moving bytes
   // (docs/datapath.md, "Memory bound"); bulk pairs get more, within budget.
@@ -208,26 +217,24 @@ asio::awaitable<void> run_sockmap(Connection& conn) {
 
   const bpf::HandoverResult handover = bridge->handover(client_fd, upstream_fd);
   if (handover.failure != bpf::HandoverFailure::none) {
-    spdlog::debug("connection {}: sockmap refused the pair ({}), {}", info.id, handover.error.message(),
+    spdlog::debug("connection {}: sockmap refused the pair ({}), {}", id, handover.error.message(),
                   handover.partial ? "resetting" : "splicing instead");
     if (handover.partial) {
-      metrics().datapath_fallbacks.add(kFallbackPartialHandover);
-      info.note_end(EndReason::handover_failed, handover.error.message());
+      sink.fell_back(kFallbackPartialHandover);
       bridge->forget(handover.cookies);
-      conn.abort();
-      co_return;
+      reset_socket(pair.client);
+      reset_socket(pair.upstream);
+      co_return Ending(EndReason::handover_failed, handover.error.message(), /*reset_both=*/true);
     }
     fall_back(bpf::to_string(handover.failure));
-    co_await run_splice(conn);
-    co_return;
+    co_return co_await run_splice(pair, sink, cancel);
   }
   up.from_cookie = handover.cookies.a;
   down.from_cookie = handover.cookies.b;
-  info.datapath = config::Datapath::sockmap;
-  info.client_cookie = handover.cookies.a;
-  info.upstream_cookie = handover.cookies.b;
-  info.path_up = KernelPath::sk_skb;
-  info.path_down = KernelPath::sk_skb;
+  sink.carried_by(config::Datapath::sockmap);
+  sink.kernel_spliced(handover.cookies.a, handover.cookies.b);
+  sink.kernel_path(Direction::up, KernelPath::sk_skb);
+  sink.kernel_path(Direction::down, KernelPath::sk_skb);
 
   // The client's own socket into the short-circuit, if it is local and can
   // take it; its sk_msg program switches over when the fence allows. After
@@ -245,7 +252,7 @@ asio::awaitable<void> run_sockmap(Connection& conn) {
   Clock::time_point capture_retry_at = Clock::time_point::max();
   auto try_capture = [&] {
     const bpf::CaptureOutcome outcome =
-        endpoint.capture(*proxy.shortcut, info.src_pod, client_fd, handover.cookies.a, handover.cookies.b,
+        endpoint.capture(*kernel.shortcut, std::string(kernel.client_pod), client_fd, handover.cookies.a, handover.cookies.b,
                          up.from_consumed_at_handover, up.to_written_at_handover);
     capture_retry_at = Clock::time_point::max();
     if (outcome == bpf::CaptureOutcome::captured) return;
@@ -253,10 +260,10 @@ asio::awaitable<void> run_sockmap(Connection& conn) {
       capture_retry_at = Clock::now() + kCaptureRetries[capture_attempt++];
       return;
     }
-    metrics().datapath_fallbacks.add(std::string(bpf::to_string(outcome)));
-    spdlog::debug("connection {}: client stays on sk_skb ({})", info.id, bpf::to_string(outcome));
+    sink.fell_back(bpf::to_string(outcome));
+    spdlog::debug("connection {}: client stays on sk_skb ({})", id, bpf::to_string(outcome));
   };
-  if (proxy.shortcut && !handover.consumed_error_a && !handover.consumed_error_b) try_capture();
+  if (kernel.shortcut && !handover.consumed_error_a && !handover.consumed_error_b) try_capture();
 
   // From here on the fds are ours alone; Asio forgets them. The pair is
   // shared with bulk-buffer grants posted from the control thread
@@ -267,11 +274,11 @@ asio::awaitable<void> run_sockmap(Connection& conn) {
     std::uint64_t boosted_bytes = 0;
     bool open = true;
   };
-  auto pair = std::make_shared<SplicedPair>();
-  pair->client = UniqueFd(conn.client().release());
-  pair->upstream = UniqueFd(conn.upstream().release());
-  UniqueFd& client = pair->client;
-  UniqueFd& upstream = pair->upstream;
+  auto spliced = std::make_shared<SplicedPair>();
+  spliced->client = UniqueFd(pair.client.release());
+  spliced->upstream = UniqueFd(pair.upstream.release());
+  UniqueFd& client = spliced->client;
+  UniqueFd& upstream = spliced->upstream;
 
   auto executor = co_await asio::this_coro::executor;
   asio::steady_timer wake(executor);
@@ -280,26 +287,28 @@ asio::awaitable<void> run_sockmap(Connection& conn) {
     poked = true;
     wake.cancel();
   };
-  HangupWatcher& hangups = conn.worker().hangups;
+  HangupWatcher& hangups = *kernel.hangups;
   const auto client_watch = hangups.add(client.get(), [&](std::uint32_t) { poke(); });
   const auto upstream_watch = hangups.add(upstream.get(), [&](std::uint32_t) { poke(); });
-  conn.set_abort_hook(poke);
+  CancelSlot::Installed on_cancel = cancel.install(poke);
 
-  BufferBudget& budget = proxy.bulk_grants->budget();
-  BulkGrants::Enrollment bulk = proxy.bulk_grants->enroll(
+  BufferBudget& budget = kernel.bulk_grants->budget();
+  // The grant runs on this thread while the pair is open (`open` is
+  // cleared before this coroutine returns), so `sink` is still alive then.
+  BulkGrants::Enrollment bulk = kernel.bulk_grants->enroll(
       handover.cookies.a, handover.cookies.b,
-      [executor, pair, client_cookie = handover.cookies.a, &budget](std::uint64_t source) {
-        asio::post(executor, [pair, source, client_cookie, &budget] {
-          if (!pair->open || pair->boosted_bytes) return;
+      [executor, spliced, client_cookie = handover.cookies.a, &budget, &sink](std::uint64_t source) {
+        asio::post(executor, [spliced, source, client_cookie, &budget, &sink] {
+          if (!spliced->open || spliced->boosted_bytes) return;
           if (!budget.try_acquire(BufferBudget::kBoostedBufferBytes)) {
-            metrics().buffer_boosts_refused.fetch_add(1, std::memory_order_relaxed);
+            sink.buffer_boost(false);
             return;
           }
-          pair->boosted_bytes = BufferBudget::kBoostedBufferBytes;
+          spliced->boosted_bytes = BufferBudget::kBoostedBufferBytes;
           // Only the bulk direction's target needs room: the socket opposite the source.
-          const int target = source == client_cookie ? pair->upstream.get() : pair->client.get();
+          const int target = source == client_cookie ? spliced->upstream.get() : spliced->client.get();
           set_send_buffer(target, static_cast<int>(BufferBudget::kBoostedBufferBytes), true);
-          metrics().buffer_boosts.fetch_add(1, std::memory_order_relaxed);
+          sink.buffer_boost(true);
         });
       });
 
@@ -327,9 +336,10 @@ asio::awaitable<void> run_sockmap(Connection& conn) {
   // An error the handover's recv consumed (see SocketState) ends the pair.
   const int consumed_error =
       handover.consumed_error_a ? handover.consumed_error_a : handover.consumed_error_b;
+  Ending ending;
   milliseconds drain_poll{1};
   for (;;) {
-    if (conn.aborted()) {
+    if (cancel.cancelled()) {
       reset_fd(client.get());
       reset_fd(upstream.get());
       break;
@@ -339,9 +349,9 @@ asio::awaitable<void> run_sockmap(Connection& conn) {
     if (client_state.failed || upstream_state.failed || consumed_error) {
       // RST (or error) on one side: reset the other, promptly.
       const bool client_failed = consumed_error ? handover.consumed_error_a != 0 : client_state.failed;
-      spdlog::debug("connection {}: {} side reset; resetting the other", info.id,
+      spdlog::debug("connection {}: {} side reset; resetting the other", id,
                     client_failed ? "client" : "upstream");
-      info.note_end(client_failed ? EndReason::client_reset : EndReason::upstream_reset,
+      ending.note(client_failed ? EndReason::client_reset : EndReason::upstream_reset,
                     consumed_error ? std::strerror(consumed_error)
                                    : socket_error(client_failed ? client.get() : upstream.get()));
       reset_fd(client.get());
@@ -352,11 +362,11 @@ asio::awaitable<void> run_sockmap(Connection& conn) {
     for (auto* d : {&up, &down}) {
       const bool source_closed = d == &up ? client_state.read_closed : upstream_state.read_closed;
       if (!source_closed || d->fin_forwarded) continue;
-      info.note_end(d == &up ? EndReason::client_closed : EndReason::upstream_closed);
+      ending.note(d == &up ? EndReason::client_closed : EndReason::upstream_closed);
       if (drained(*d)) {
         if (spdlog::should_log(spdlog::level::debug))  // the byte count costs a map lookup
           spdlog::debug("connection {}: FIN from {} forwarded after its bytes drained ({} redirected)",
-                        info.id, d == &up ? "client" : "upstream", bridge->redirected_bytes(d->from_cookie));
+                        id, d == &up ? "client" : "upstream", bridge->redirected_bytes(d->from_cookie));
         ::shutdown(d->to, SHUT_WR);
         d->fin_forwarded = true;
         // The client can send no more: give its socket its own protocol ops
@@ -390,10 +400,10 @@ asio::awaitable<void> run_sockmap(Connection& conn) {
 
   hangups.remove(client_watch);
   hangups.remove(upstream_watch);
-  conn.set_abort_hook({});
+  on_cancel.reset();
   bulk.reset();
-  pair->open = false;
-  if (pair->boosted_bytes) budget.release(pair->boosted_bytes);
+  spliced->open = false;
+  if (spliced->boosted_bytes) budget.release(spliced->boosted_bytes);
 
   // Bytes the verdict program took from one socket that never reached the
   // other's send queue: they sat in the target's psock backlog when the
@@ -403,10 +413,10 @@ asio::awaitable<void> run_sockmap(Connection& conn) {
   endpoint.release();
   const bpf::EndpointStats shortcut_stats = endpoint.stats();
   if (shortcut_stats.switches) {
-    info.path_up = KernelPath::sk_msg;
+    sink.kernel_path(Direction::up, KernelPath::sk_msg);
     spdlog::debug(
         "connection {}: short-circuit moved {} byte(s) up, fence opened {} time(s), {} return(s) to TCP",
-        info.id, shortcut_stats.bytes, shortcut_stats.switches, shortcut_stats.fallbacks);
+        id, shortcut_stats.bytes, shortcut_stats.switches, shortcut_stats.fallbacks);
   }
   std::uint64_t dropped = 0;
   for (const SplicedDirection* d : {&up, &down}) {
@@ -416,28 +426,24 @@ asio::awaitable<void> run_sockmap(Connection& conn) {
     if (redirected > written) dropped += redirected - written;
   }
   if (dropped) {
-    metrics().sockmap_backlog_dropped_bytes.fetch_add(dropped, std::memory_order_relaxed);
+    sink.backlog_dropped(dropped);
     // Both FINs passed on means the drain check held for both directions:
     // a drop then is a bug. Any other end (a reset, even after a first FIN)
     // may legitimately cut bytes in flight.
     const bool clean = up.fin_forwarded && down.fin_forwarded;
     spdlog::log(clean ? spdlog::level::err : spdlog::level::debug,
-                "connection {}: {} redirected byte(s) never reached the peer socket ({})", info.id, dropped,
-                to_string(info.end.load(std::memory_order_relaxed)));
+                "connection {}: {} redirected byte(s) never reached the peer socket ({})", id, dropped,
+                cancel.cancelled() ? "cancelled" : to_string(ending.reason));
   }
 
   // Fold the kernel's counters into the connection before the peer entries
   // go, so the access log and metrics keep them.
-  {
-    std::lock_guard lock(info.mu);  // see ConnectionRegistry::bytes
-    info.bytes_up += bridge->redirected_bytes(handover.cookies.a) + shortcut_stats.bytes;
-    info.bytes_down += bridge->redirected_bytes(handover.cookies.b);
-    info.client_cookie = 0;
-    info.upstream_cookie = 0;
-  }
+  sink.kernel_released(bridge->redirected_bytes(handover.cookies.a) + shortcut_stats.bytes,
+                       bridge->redirected_bytes(handover.cookies.b));
   client.reset();
   upstream.reset();
   bridge->forget(handover.cookies);
+  co_return ending;
 }
 
 }  // namespace shunt::proxy

@@ -4,7 +4,7 @@
 #include "common/error.h"
 #include "common/thread_recycler.h"
 #include "common/unique_fd.h"
-#include "proxy/connection.h"
+#include "common/reset.h"
 #include "proxy/datapath/datapath.h"
 #include "proxy/datapath/join.h"
 
@@ -56,19 +56,19 @@ Result<Pipe> take_pipe() {
   return make_pipe();
 }
 
-asio::awaitable<void> splice_direction(Connection& conn, tcp::socket& from, tcp::socket& to,
-                                       std::atomic<std::uint64_t>& counter) {
+// `from_client`: which side `from` is, for the cause an end records.
+asio::awaitable<void> splice_direction(tcp::socket& from, tcp::socket& to, bool from_client, Direction direction,
+                                       DatapathSink& sink, CancelSlot& cancel, Ending& ending) {
   boost::system::error_code ec;
   from.native_non_blocking(true, ec);
   to.native_non_blocking(true, ec);
 
-  const bool from_client = &from == &conn.client();
   // `failed_side_is_source`: which socket's error ends the pair (the access
   // log names the side that reset first).
   auto fail = [&](bool failed_side_is_source, std::string_view error) {
-    if (!conn.aborted()) {
+    if (!cancel.cancelled()) {
       const bool client_failed = failed_side_is_source == from_client;
-      conn.info().note_end(client_failed ? EndReason::client_reset : EndReason::upstream_reset, error);
+      ending.note(client_failed ? EndReason::client_reset : EndReason::upstream_reset, error);
       reset_socket(to);
       reset_socket(from);
     }
@@ -84,7 +84,7 @@ asio::awaitable<void> splice_direction(Connection& conn, tcp::socket& from, tcp:
     }
     Result<Pipe> pipe = take_pipe();
     if (!pipe) {
-      spdlog::warn("connection {}: {}", conn.info().id, pipe.error().message());
+      spdlog::warn("connection {}: {}", sink.id(), pipe.error().message());
       reset_socket(from);
       reset_socket(to);
       co_return;
@@ -100,7 +100,7 @@ asio::awaitable<void> splice_direction(Connection& conn, tcp::socket& from, tcp:
         co_return;
       }
       if (in == 0) {
-        conn.info().note_end(from_client ? EndReason::client_closed : EndReason::upstream_closed);
+        ending.note(from_client ? EndReason::client_closed : EndReason::upstream_closed);
         to.shutdown(tcp::socket::shutdown_send, ec);
         // Everything read was drained below before reading again: the pipe is empty.
         PipeRecycler::give(std::move(*pipe));
@@ -115,7 +115,7 @@ asio::awaitable<void> splice_direction(Connection& conn, tcp::socket& from, tcp:
                                      SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
         if (out > 0) {
           pending -= static_cast<std::size_t>(out);
-          counter.fetch_add(static_cast<std::uint64_t>(out), std::memory_order_relaxed);
+          sink.moved(direction, static_cast<std::uint64_t>(out));
           continue;
         }
         if (out < 0 && errno == EINTR) continue;
@@ -133,10 +133,11 @@ asio::awaitable<void> splice_direction(Connection& conn, tcp::socket& from, tcp:
 
 }  // namespace
 
-asio::awaitable<void> run_splice(Connection& conn) {
-  auto& info = conn.info();
-  co_await join_both(splice_direction(conn, conn.client(), conn.upstream(), info.bytes_up),
-                     splice_direction(conn, conn.upstream(), conn.client(), info.bytes_down));
+asio::awaitable<Ending> run_splice(SocketPair pair, DatapathSink& sink, CancelSlot& cancel) {
+  co_return co_await run_both_directions(
+      pair, cancel, [&](tcp::socket& from, tcp::socket& to, bool from_client, Direction d, Ending& ending) {
+        return splice_direction(from, to, from_client, d, sink, cancel, ending);
+      });
 }
 
 }  // namespace shunt::proxy

@@ -35,15 +35,22 @@ bool tcp_closed(int fd) {
   return read_tcp_info(fd, ti) && ti.tcpi_state == kTcpClose;
 }
 
-std::uint64_t tcp_bytes_consumed(int fd) {
+std::optional<std::uint64_t> tcp_bytes_consumed(int fd) {
   // received - queued, with `received` unchanged across the SIOCINQ call: a
-  // segment arriving in between would otherwise count as consumed.
-  for (;;) {
+  // segment arriving in between would otherwise count as consumed. Nobody
+  // reads the socket meanwhile, so only arrivals move the readings and one
+  // quiet moment settles it; bounded all the same, so a peer that never
+  // pauses cannot hold the worker here. Either way of guessing after that
+  // would break the drain check (too little: a FIN held forever; too much:
+  // a FIN before the tail), so the caller gets no answer instead.
+  constexpr int kAttempts = 8;
+  for (int attempt = 0; attempt < kAttempts; ++attempt) {
     const std::uint64_t before = tcp_bytes_received(fd);
     int queued = 0;
-    if (::ioctl(fd, SIOCINQ, &queued) != 0) return 0;
+    if (::ioctl(fd, SIOCINQ, &queued) != 0) return std::nullopt;
     if (tcp_bytes_received(fd) == before) return before - static_cast<std::uint64_t>(queued);
   }
+  return std::nullopt;
 }
 
 }  // namespace shunt::proxy

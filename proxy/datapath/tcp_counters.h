@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 
 namespace shunt::proxy {
 
@@ -23,7 +24,8 @@ bool tcp_closed(int fd);
 
 // Bytes userspace has consumed from the socket (received minus still
 // queued), read so that no segment lands between the two readings. For a
-// socket not yet in a sockmap; 0 on error.
-std::uint64_t tcp_bytes_consumed(int fd);
+// socket not yet in a sockmap. Empty on error, or when segments kept
+// landing between the readings for every one of a few attempts.
+std::optional<std::uint64_t> tcp_bytes_consumed(int fd);
 
 }  // namespace shunt::proxy

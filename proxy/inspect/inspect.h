@@ -11,12 +11,12 @@ namespace shunt::proxy {
 
 class Connection;
 
-// Inspection (http_inspector.cpp, tls_inspector.cpp here): reads and
-// forwards what it must until the verdict cannot change any more. Returns
-// true when the connection should continue on the data path, false when it
-// has been closed (denied, reset, or finished entirely in userspace).
+// HTTP inspection (http_inspector.cpp): reads and forwards what it must
+// until the verdict cannot change any more. Returns true when the
+// connection should continue on the data path, false when it has been
+// closed (denied, reset, or finished entirely in userspace). TLS inspection
+// is on the narrow seam already (inspector.h).
 boost::asio::awaitable<bool> inspect_http(Connection& conn);
-boost::asio::awaitable<bool> inspect_tls(Connection& conn);
 
 // HTTP/2 with prior knowledge (h2_inspector.cpp), entered from inspect_http
 // when the connection opens with the HTTP/2 preface; `initial` holds every

@@ -2,46 +2,16 @@
 // memory BIO, fed whole, byte by byte, and record-fragmented; without SNI;
 // non-TLS input; the size bound.
 #include "proxy/inspect/client_hello.h"
+#include "tests/unit/proxy_fakes.h"
 
 #include <gtest/gtest.h>
-#include <openssl/bio.h>
-#include <openssl/ssl.h>
 
 #include <string>
 
 namespace shunt::proxy::tls {
 namespace {
 
-// The first flight of a TLS client, as bytes. `max_fragment` > 0 makes the
-// client split its records (a ClientHello spanning several TLS records).
-std::string client_hello(const char* sni, unsigned max_fragment = 0) {
-  SSL_CTX* ctx = SSL_CTX_new(TLS_client_method());
-  SSL* ssl = SSL_new(ctx);
-  BIO* in = BIO_new(BIO_s_mem());
-  BIO* out = BIO_new(BIO_s_mem());
-  SSL_set_bio(ssl, in, out);
-  if (sni) SSL_set_tlsext_host_name(ssl, sni);
-  if (max_fragment) {
-    // A long ALPN list makes the hello larger than one record may carry.
-    std::string alpn;
-    for (int i = 0; i < 60; ++i) {
-      const std::string proto = "protocol-number-" + std::to_string(i);
-      alpn += static_cast<char>(proto.size());
-      alpn += proto;
-    }
-    SSL_set_alpn_protos(ssl, reinterpret_cast<const unsigned char*>(alpn.data()),
-                        static_cast<unsigned>(alpn.size()));
-    SSL_set_max_send_fragment(ssl, max_fragment);
-  }
-  SSL_connect(ssl);  // WANT_READ: the hello is in `out`
-  std::string bytes;
-  char buf[4096];
-  int n;
-  while ((n = BIO_read(out, buf, sizeof(buf))) > 0) bytes.append(buf, static_cast<std::size_t>(n));
-  SSL_free(ssl);
-  SSL_CTX_free(ctx);
-  return bytes;
-}
+using shunt::proxy::testing::client_hello;
 
 TEST(ClientHelloReader, WholeHello) {
   const std::string hello = client_hello("api.example.com");

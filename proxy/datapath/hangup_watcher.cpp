@@ -1,4 +1,4 @@
-#include "proxy/hangup_watcher.h"
+#include "proxy/datapath/hangup_watcher.h"
 
 #include "common/async.h"
 #include "common/error.h"

@@ -1,0 +1,114 @@
+// How the rest of shunt sees a connection while an inspector or a data path
+// runs it: the access log, metrics, /connections and the reload re-check
+// learn about it only through these calls. Connection implements them over
+// its ConnectionInfo (proxy/connection.cpp); unit tests record them
+// (tests/unit/proxy_fakes.h). Everything is called on the connection's
+// thread.
+//
+// Why a connection ended is not reported here: inspectors and data paths
+// return it (Ending, proxy/end_reason.h) and the connection records it.
+#pragma once
+
+#include "config/config.h"
+#include "policy/policy.h"
+
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+namespace shunt::proxy {
+
+enum class Direction : std::uint8_t {
+  up,    // client -> upstream
+  down,  // upstream -> client
+};
+
+// How the kernel moves a direction of a sockmap pair: the sk_skb verdict on
+// shunt's socket, or (client -> upstream only) the sk_msg short-circuit in
+// the client's own socket for at least part of the bytes.
+enum class KernelPath : std::uint8_t { none, sk_skb, sk_msg };
+inline std::string_view to_string(KernelPath p) {
+  switch (p) {
+    case KernelPath::sk_skb:
+      return "sk_skb";
+    case KernelPath::sk_msg:
+      return "sk_msg";
+    case KernelPath::none:
+      break;
+  }
+  return "";
+}
+
+// What a data path reports: the byte-count sink and the path's own events.
+class DatapathSink {
+ public:
+  virtual ~DatapathSink() = default;
+
+  // For log lines: the connection's id.
+  [[nodiscard]] virtual std::uint64_t id() const = 0;
+  // Bytes userspace moved (inspection, copy, splice, before a handover).
+  virtual void moved(Direction direction, std::uint64_t bytes) = 0;
+  // The path that carries the bytes from now on (/connections, `datapath`
+  // in the access log).
+  virtual void carried_by(config::Datapath path) = 0;
+  // The configured path could not run and another took over:
+  // shunt_datapath_fallbacks_total{reason}.
+  virtual void fell_back(std::string_view reason) = 0;
+  // The kernel moves the pair's bytes from now on: its counters are read
+  // through the sockets' cookies until kernel_released() folds in the final
+  // counts (bytes the kernel moved from each socket).
+  virtual void kernel_spliced(std::uint64_t client_cookie, std::uint64_t upstream_cookie) = 0;
+  virtual void kernel_released(std::uint64_t bytes_up, std::uint64_t bytes_down) = 0;
+  // How the kernel moves `direction` (access log path_up/path_down).
+  virtual void kernel_path(Direction direction, KernelPath path) = 0;
+  // A bulk pair asked for a larger send buffer; `granted` when the budget
+  // allowed it (shunt_buffer_boosts_total / _refused_total).
+  virtual void buffer_boost(bool granted) = 0;
+  // Bytes the kernel redirected that never reached the peer socket before
+  // the pair closed (shunt_sockmap_backlog_dropped_bytes_total).
+  virtual void backlog_dropped(std::uint64_t bytes) = 0;
+};
+
+// One inspected HTTP request (HTTP/1.1 request or HTTP/2 stream) for its
+// `http` access-log line; the observer adds the connection's addresses,
+// pods and data path.
+struct HttpExchange {
+  std::string method, path, host, rule;
+  bool allowed = false;
+  int status = 0;  // 0: no response was seen
+  std::string protocol;
+  std::optional<int> grpc_status;
+  std::uint64_t bytes_up = 0, bytes_down = 0;
+  std::chrono::milliseconds duration{0};
+  std::string reason;  // a status shunt answered itself: why (EndReason name)
+  std::string error;
+  // The data path named on the line; empty: the connection's current one.
+  std::string datapath;
+};
+
+// What an inspector reports on top.
+class ConnectionObserver : public DatapathSink {
+ public:
+  // A verdict (connection, ClientHello, request): the connection's rule,
+  // shunt_policy_decisions_total.
+  virtual void decided(const policy::Decision& decision) = 0;
+  // What the verdict rests on, kept for the reload re-check (DecisionBasis).
+  virtual void saw_sni(std::string sni) = 0;
+  virtual void saw_request(std::string method, std::string path, std::string host,
+                           std::vector<std::pair<std::string, std::string>> headers) = 0;
+  // Every later request goes uninspected (handed to the data path): a
+  // policy that inspects this flow again must revoke it.
+  virtual void requests_uninspected() = 0;
+  // HTTP/2 inspection runs the connection (/connections `protocol`).
+  virtual void speaks_http2() = 0;
+  // shunt_http_requests_total / shunt_http2_requests_total by verdict.
+  virtual void counted_request(bool http2, bool allowed) = 0;
+  // One `http` access-log line.
+  virtual void exchanged(const HttpExchange& exchange) = 0;
+};
+
+}  // namespace shunt::proxy

@@ -1,0 +1,172 @@
+// The data paths on their seam (proxy/datapath/datapath.h), without the
+// daemon: loopback pairs, bytes both ways compared end to end, byte counts,
+// FIN and RST passed on, cancellation; the sockmap handover when BPF is
+// there.
+#include "bpf/sockmap.h"
+#include "proxy/datapath/bulk_grants.h"
+#include "proxy/datapath/datapath.h"
+#include "proxy/datapath/hangup_watcher.h"
+#include "tests/unit/proxy_fakes.h"
+
+#include <gtest/gtest.h>
+
+namespace shunt::proxy {
+namespace {
+
+using namespace shunt::proxy::testing;
+
+enum class Path { copy, splice, sockmap };
+
+std::string name(const ::testing::TestParamInfo<Path>& p) {
+  switch (p.param) {
+    case Path::copy:
+      return "copy";
+    case Path::splice:
+      return "splice";
+    case Path::sockmap:
+      return "sockmap";
+  }
+  return "?";
+}
+
+class DatapathTest : public ::testing::TestWithParam<Path> {
+ protected:
+  void SetUp() override {
+    client_link = loopback_link(io.io);
+    upstream_link = loopback_link(io.io);
+    if (GetParam() == Path::sockmap) {
+      auto loaded = bpf::SockmapBridge::load(64, 1u << 30);
+      if (!loaded) GTEST_SKIP() << "sockmap unavailable here: " << loaded.error().message();
+      bridge = std::move(loaded.value());
+      grants = std::make_unique<BulkGrants>(*bridge);
+      io.run([&] { hangups = std::make_unique<HangupWatcher>(io.io); });
+    }
+  }
+  void TearDown() override {
+    if (hangups) io.run([&] { hangups.reset(); });
+  }
+
+  // Starts the data path under test on the io thread.
+  std::future<Ending> start() {
+    SocketPair pair{std::move(client_link.near), std::move(upstream_link.near)};
+    switch (GetParam()) {
+      case Path::copy:
+        return io.start(run_copy(std::move(pair), observer, cancel));
+      case Path::splice:
+        return io.start(run_splice(std::move(pair), observer, cancel));
+      case Path::sockmap:
+        kernel = KernelSplice{bridge.get(), grants.get(), hangups.get()};
+        return io.start(run_sockmap(std::move(pair), observer, cancel, kernel, /*inspected=*/false));
+    }
+    return {};
+  }
+  // Bytes moved from the client (up) and from the upstream (down), by
+  // userspace or the kernel.
+  std::uint64_t total(Direction d) const {
+    return d == Direction::up ? observer.up + observer.kernel_up : observer.down + observer.kernel_down;
+  }
+
+  IoThread io;
+  LoopbackLink client_link{tcp::socket(io.io), UniqueFd()};    // far: the client
+  LoopbackLink upstream_link{tcp::socket(io.io), UniqueFd()};  // far: the upstream server
+  RecordingObserver observer;
+  CancelSlot cancel;
+  std::unique_ptr<bpf::SockmapBridge> bridge;
+  std::unique_ptr<BulkGrants> grants;
+  std::unique_ptr<HangupWatcher> hangups;
+  KernelSplice kernel;
+};
+
+constexpr auto kWait = std::chrono::seconds(10);
+
+TEST_P(DatapathTest, MovesBytesBothWaysAndPassesEachFinOn) {
+  const std::string up = random_bytes(3 << 20, 1), down = random_bytes(2 << 20, 2);
+  auto done = start();
+  int client = client_link.far.get(), server = upstream_link.far.get();
+  // Both directions at once, each writer on its own thread, so neither
+  // side's buffers fill while the other is not read.
+  std::string got_up, got_down;
+  std::thread server_side([&] {
+    got_up = read_to_end(server);  // until the client's FIN arrives here
+    EXPECT_TRUE(send_all(server, down));
+    ::shutdown(server, SHUT_WR);
+  });
+  EXPECT_TRUE(send_all(client, up));
+  ::shutdown(client, SHUT_WR);
+  got_down = read_to_end(client);
+  server_side.join();
+  ASSERT_EQ(done.wait_for(kWait), std::future_status::ready);
+  const Ending ending = done.get();
+
+  EXPECT_TRUE(got_up == up) << "client -> upstream: " << got_up.size() << " of " << up.size() << " bytes";
+  EXPECT_TRUE(got_down == down) << "upstream -> client: " << got_down.size() << " of " << down.size()
+                                << " bytes";
+  EXPECT_EQ(ending.reason, EndReason::client_closed);  // its FIN came first
+  EXPECT_FALSE(ending.aborted);
+  EXPECT_EQ(total(Direction::up), up.size());
+  EXPECT_EQ(total(Direction::down), down.size());
+  if (GetParam() == Path::sockmap) {
+    EXPECT_TRUE(observer.spliced);
+    EXPECT_EQ(observer.dropped, 0u);
+    std::lock_guard lock(observer.mu);
+    EXPECT_EQ(observer.paths, std::vector<config::Datapath>{config::Datapath::sockmap});
+  }
+}
+
+TEST_P(DatapathTest, ResetOnOneSideResetsTheOther) {
+  auto done = start();
+  ASSERT_TRUE(send_all(client_link.far.get(), "hello"));
+  char buf[5];
+  ASSERT_EQ(::recv(upstream_link.far.get(), buf, sizeof(buf), MSG_WAITALL), 5);
+  reset_far(upstream_link.far);
+  set_receive_timeout(client_link.far.get(), kWait);
+  int error = 0;
+  EXPECT_EQ(read_to_end(client_link.far.get(), &error), "");
+  EXPECT_EQ(error, ECONNRESET);
+  ASSERT_EQ(done.wait_for(kWait), std::future_status::ready);
+  EXPECT_EQ(done.get().reason, EndReason::upstream_reset);
+  EXPECT_EQ(total(Direction::up), 5u);
+}
+
+TEST_P(DatapathTest, CancelResetsBothSidesAtOnce) {
+  auto done = start();
+  ASSERT_TRUE(send_all(client_link.far.get(), "ping"));
+  char buf[4];
+  ASSERT_EQ(::recv(upstream_link.far.get(), buf, sizeof(buf), MSG_WAITALL), 4);
+  io.run([&] { cancel.cancel(); });
+  ASSERT_EQ(done.wait_for(kWait), std::future_status::ready);
+  // The owner recorded why (revoke, drain, idle): the path adds no cause.
+  EXPECT_EQ(done.get().reason, EndReason::unknown);
+  for (int fd : {client_link.far.get(), upstream_link.far.get()}) {
+    set_receive_timeout(fd, kWait);
+    int error = 0;
+    read_to_end(fd, &error);
+    EXPECT_EQ(error, ECONNRESET);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Paths, DatapathTest, ::testing::Values(Path::copy, Path::splice, Path::sockmap),
+                         name);
+
+TEST(SockmapPath, WithoutTheBridgeFallsBackToSplice) {
+  IoThread io;
+  auto client = loopback_link(io.io), upstream = loopback_link(io.io);
+  RecordingObserver observer;
+  CancelSlot cancel;
+  const KernelSplice none;
+  auto done = io.start(run_sockmap(SocketPair{std::move(client.near), std::move(upstream.near)}, observer,
+                                   cancel, none, false));
+  ASSERT_TRUE(send_all(client.far.get(), "abc"));
+  ::shutdown(client.far.get(), SHUT_WR);
+  EXPECT_EQ(read_to_end(upstream.far.get()), "abc");
+  ::shutdown(upstream.far.get(), SHUT_WR);
+  EXPECT_EQ(read_to_end(client.far.get()), "");
+  ASSERT_EQ(done.wait_for(kWait), std::future_status::ready);
+  EXPECT_EQ(done.get().reason, EndReason::client_closed);
+  std::lock_guard lock(observer.mu);
+  EXPECT_EQ(observer.fallbacks, std::vector<std::string>{"sockmap_unavailable"});
+  EXPECT_EQ(observer.paths, std::vector<config::Datapath>{config::Datapath::splice});
+}
+
+}  // namespace
+}  // namespace shunt::proxy

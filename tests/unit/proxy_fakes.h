@@ -1,0 +1,272 @@
+// What the proxy unit tests drive inspectors and data paths with, instead
+// of a daemon: loopback TCP pairs, an observer that records, a connector
+// that connects where the test says, and an io_context on its own thread.
+#pragma once
+
+#include <utility>  // before Asio: Boost 1.74 awaitable.hpp uses std::exchange unincluded
+
+#include "common/unique_fd.h"
+#include "config/config.h"
+#include "policy/policy.h"
+#include "proxy/inspect/inspector.h"
+#include "proxy/observer.h"
+
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <openssl/bio.h>
+#include <openssl/ssl.h>
+#include <sys/socket.h>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/post.hpp>
+
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <future>
+#include <map>
+#include <mutex>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace shunt::proxy::testing {
+
+namespace asio = boost::asio;
+using asio::ip::tcp;
+
+// An io_context running on its own thread for the test's lifetime; the test
+// thread plays the client and the server with blocking sockets.
+class IoThread {
+ public:
+  IoThread() : guard_(asio::make_work_guard(io)), thread_([this] { io.run(); }) {}
+  ~IoThread() {
+    guard_.reset();
+    io.stop();
+    thread_.join();
+  }
+  // Runs `task` on the io thread; the future has its result.
+  template <typename T>
+  std::future<T> start(asio::awaitable<T> task) {
+    auto promise = std::make_shared<std::promise<T>>();
+    auto future = promise->get_future();
+    asio::co_spawn(io, std::move(task), [promise](std::exception_ptr e, T value) {
+      if (e) {
+        promise->set_exception(e);
+      } else {
+        promise->set_value(std::move(value));
+      }
+    });
+    return future;
+  }
+  // Runs `f` on the io thread and waits for it.
+  template <typename F>
+  void run(F f) {
+    std::promise<void> done;
+    asio::post(io, [&] {
+      f();
+      done.set_value();
+    });
+    done.get_future().wait();
+  }
+
+  asio::io_context io;
+
+ private:
+  asio::executor_work_guard<asio::io_context::executor_type> guard_;
+  std::thread thread_;
+};
+
+// One TCP connection over loopback: `near` as an Asio socket on `io` (the
+// proxy's side), `far` as a blocking fd (the test's side).
+struct LoopbackLink {
+  tcp::socket near;
+  UniqueFd far;
+};
+
+inline LoopbackLink loopback_link(asio::io_context& io) {
+  tcp::acceptor acceptor(io, tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0));
+  UniqueFd far(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  const auto at = acceptor.local_endpoint();
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(at.port());
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  EXPECT_EQ(::connect(far.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)), 0);
+  tcp::socket near(io);
+  acceptor.accept(near);
+  return LoopbackLink{std::move(near), std::move(far)};
+}
+
+inline std::string random_bytes(std::size_t n, unsigned seed) {
+  std::mt19937 rng(seed);
+  std::string s(n, '\0');
+  for (auto& c : s) c = static_cast<char>(rng());
+  return s;
+}
+
+// Blocking helpers for the test's side of a link.
+inline bool send_all(int fd, std::string_view data) {
+  while (!data.empty()) {
+    const ssize_t n = ::send(fd, data.data(), data.size(), MSG_NOSIGNAL);
+    if (n <= 0) return false;
+    data.remove_prefix(static_cast<std::size_t>(n));
+  }
+  return true;
+}
+
+// Reads until EOF (or an error, reported in `error`: ECONNRESET for a reset).
+inline std::string read_to_end(int fd, int* error = nullptr) {
+  std::string out;
+  char buf[65536];
+  for (;;) {
+    const ssize_t n = ::recv(fd, buf, sizeof(buf), 0);
+    if (n > 0) {
+      out.append(buf, static_cast<std::size_t>(n));
+      continue;
+    }
+    if (error) *error = n < 0 ? errno : 0;
+    return out;
+  }
+}
+
+inline void set_receive_timeout(int fd, std::chrono::milliseconds t) {
+  timeval tv{static_cast<time_t>(t.count() / 1000), static_cast<suseconds_t>((t.count() % 1000) * 1000)};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+}
+
+// Closes with RST (SO_LINGER {1, 0}).
+inline void reset_far(UniqueFd& fd) {
+  linger l{1, 0};
+  ::setsockopt(fd.get(), SOL_SOCKET, SO_LINGER, &l, sizeof(l));
+  fd.reset();
+}
+
+// Records every call, readable from the test thread.
+class RecordingObserver : public ConnectionObserver {
+ public:
+  std::uint64_t id() const override { return 7; }
+  void moved(Direction d, std::uint64_t n) override { (d == Direction::up ? up : down) += n; }
+  void carried_by(config::Datapath p) override {
+    std::lock_guard lock(mu);
+    paths.push_back(p);
+  }
+  void fell_back(std::string_view reason) override {
+    std::lock_guard lock(mu);
+    fallbacks.emplace_back(reason);
+  }
+  void kernel_spliced(std::uint64_t, std::uint64_t) override { spliced = true; }
+  void kernel_released(std::uint64_t u, std::uint64_t d) override {
+    kernel_up += u;
+    kernel_down += d;
+  }
+  void kernel_path(Direction, KernelPath) override {}
+  void buffer_boost(bool) override {}
+  void backlog_dropped(std::uint64_t n) override { dropped += n; }
+  void decided(const policy::Decision& d) override {
+    std::lock_guard lock(mu);
+    decisions.push_back(d);
+  }
+  void saw_sni(std::string s) override {
+    std::lock_guard lock(mu);
+    sni = std::move(s);
+  }
+  void saw_request(std::string method, std::string path, std::string,
+                   std::vector<std::pair<std::string, std::string>>) override {
+    std::lock_guard lock(mu);
+    requests.push_back(method + " " + path);
+  }
+  void requests_uninspected() override { uninspected = true; }
+  void speaks_http2() override { http2 = true; }
+  void counted_request(bool, bool allowed) override { (allowed ? allowed_requests : denied_requests) += 1; }
+  void exchanged(const HttpExchange& x) override {
+    std::lock_guard lock(mu);
+    exchanges.push_back(x);
+  }
+
+  std::atomic<std::uint64_t> up{0}, down{0}, kernel_up{0}, kernel_down{0}, dropped{0};
+  std::atomic<int> allowed_requests{0}, denied_requests{0};
+  std::atomic<bool> spliced{false}, uninspected{false}, http2{false};
+  std::mutex mu;
+  std::vector<config::Datapath> paths;
+  std::vector<std::string> fallbacks;
+  std::vector<policy::Decision> decisions;
+  std::optional<std::string> sni;
+  std::vector<std::string> requests;
+  std::vector<HttpExchange> exchanges;
+};
+
+// Connects to a test-side listener, or fails as told; counts its calls.
+class FakeConnector : public UpstreamConnector {
+ public:
+  FakeConnector(asio::io_context& io, tcp::endpoint to) : io_(io), to_(to) {}
+  asio::awaitable<Connected> connect() override {
+    ++calls;
+    Connected out;
+    if (fail) {
+      out.failure = UpstreamFailure::connect_refused;
+      out.error = "refused by the test";
+      co_return out;
+    }
+    tcp::socket s(io_);
+    boost::system::error_code ec;
+    s.connect(to_, ec);  // loopback: immediate
+    if (ec) {
+      out.error = ec.message();
+      co_return out;
+    }
+    out.socket.emplace(std::move(s));
+    co_return out;
+  }
+  std::atomic<int> calls{0};
+  bool fail = false;
+
+ private:
+  asio::io_context& io_;
+  tcp::endpoint to_;
+};
+
+// A compiled policy from the YAML of a `policy:` section (and pods).
+inline std::shared_ptr<const policy::Policy> compile(const std::string& yaml) {
+  const auto r = config::parse_config(yaml, "test.yaml");
+  for (const auto& d : r.diagnostics) ADD_FAILURE() << d.to_string();
+  return r.config ? policy::Policy::build(r.config, 1) : nullptr;
+}
+
+// The first flight of a TLS client, as bytes, made by OpenSSL over a
+// memory BIO. `max_fragment` > 0 makes the client split its records (a
+// ClientHello spanning several TLS records).
+inline std::string client_hello(const char* sni, unsigned max_fragment = 0) {
+  SSL_CTX* ctx = SSL_CTX_new(TLS_client_method());
+  SSL* ssl = SSL_new(ctx);
+  BIO* in = BIO_new(BIO_s_mem());
+  BIO* out = BIO_new(BIO_s_mem());
+  SSL_set_bio(ssl, in, out);
+  if (sni) SSL_set_tlsext_host_name(ssl, sni);
+  if (max_fragment) {
+    // A long ALPN list makes the hello larger than one record may carry.
+    std::string alpn;
+    for (int i = 0; i < 60; ++i) {
+      const std::string proto = "protocol-number-" + std::to_string(i);
+      alpn += static_cast<char>(proto.size());
+      alpn += proto;
+    }
+    SSL_set_alpn_protos(ssl, reinterpret_cast<const unsigned char*>(alpn.data()),
+                        static_cast<unsigned>(alpn.size()));
+    SSL_set_max_send_fragment(ssl, max_fragment);
+  }
+  SSL_connect(ssl);  // WANT_READ: the hello is in `out`
+  std::string bytes;
+  char buf[4096];
+  int n;
+  while ((n = BIO_read(out, buf, sizeof(buf))) > 0) bytes.append(buf, static_cast<std::size_t>(n));
+  SSL_free(ssl);
+  SSL_CTX_free(ctx);
+  return bytes;
+}
+
+}  // namespace shunt::proxy::testing

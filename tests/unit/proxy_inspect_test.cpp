@@ -1,0 +1,167 @@
+// Inspectors on their seam (proxy/inspect/inspector.h), without the
+// daemon: a compiled policy, the client over loopback, a fake upstream
+// connector, a recording observer; the outcome and what each side saw.
+#include "tests/unit/proxy_fakes.h"
+
+#include <gtest/gtest.h>
+
+namespace shunt::proxy {
+namespace {
+
+using namespace shunt::proxy::testing;
+
+constexpr auto kWait = std::chrono::seconds(10);
+
+constexpr const char* kTlsPolicy = R"(
+proxy:
+  listeners: [{name: p, listen: 127.0.0.1:15001, transparent: true}]
+  timeouts: {header: 500ms}
+pods:
+  - {name: web, ip: 10.200.0.2}
+  - {name: api, ip: 10.200.0.3}
+policy:
+  default: deny
+  rules:
+    - {name: tls-in, from: {pod: web}, to: {pod: api, ports: [8443]}, action: allow, tls: {sni: [api.example.com]}}
+)";
+
+// One inspection of a connection from pod web to api:8443, whose upstream
+// is a loopback listener the test accepts on.
+class InspectTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    policy = compile(kTlsPolicy);
+    ASSERT_TRUE(policy);
+    store.publish(policy);
+    ASSERT_EQ(::listen(listener.get(), 8), 0);
+    client = loopback_link(io.io);
+    set_receive_timeout(client.far.get(), kWait);
+  }
+
+  std::future<InspectOutcome> start_tls() {
+    Inspection in{std::move(client.near),
+                  connector,
+                  store,
+                  flow,
+                  policy->config().proxy,
+                  observer,
+                  cancel,
+                  started,
+                  draining};
+    return io.start(inspect_tls(std::move(in)));
+  }
+  // The upstream side of the connector's connection.
+  UniqueFd accept_upstream() {
+    UniqueFd fd(::accept4(listener.get(), nullptr, nullptr, SOCK_CLOEXEC));
+    set_receive_timeout(fd.get(), kWait);
+    return fd;
+  }
+  static tcp::endpoint bound(int fd) {
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    EXPECT_EQ(::bind(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)), 0);
+    socklen_t len = sizeof(addr);
+    ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+    return tcp::endpoint(asio::ip::make_address("127.0.0.1"), ntohs(addr.sin_port));
+  }
+
+  IoThread io;
+  std::shared_ptr<const policy::Policy> policy;
+  policy::Store store;
+  UniqueFd listener{::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0)};
+  FakeConnector connector{io.io, bound(listener.get())};
+  LoopbackLink client{tcp::socket(io.io), UniqueFd()};
+  const policy::Flow flow{asio::ip::make_address("10.200.0.2"), asio::ip::make_address("10.200.0.3"), 8443};
+  RecordingObserver observer;
+  CancelSlot cancel;
+  std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
+  std::atomic<bool> draining{false};
+};
+
+TEST_F(InspectTest, TlsAllowedSniForwardsTheHelloAndHandsOver) {
+  const std::string hello = client_hello("api.example.com");
+  auto done = start_tls();
+  ASSERT_TRUE(send_all(client.far.get(), hello));
+  UniqueFd upstream = accept_upstream();
+  std::string got(hello.size(), '\0');
+  ASSERT_EQ(::recv(upstream.get(), got.data(), got.size(), MSG_WAITALL), static_cast<ssize_t>(hello.size()));
+  EXPECT_EQ(got, hello);
+  ASSERT_EQ(done.wait_for(kWait), std::future_status::ready);
+  InspectOutcome out = done.get();
+  ASSERT_TRUE(out.handover);
+  EXPECT_EQ(out.ending.reason, EndReason::unknown);
+  EXPECT_EQ(observer.up, hello.size());
+  std::lock_guard lock(observer.mu);
+  EXPECT_EQ(observer.sni, "api.example.com");
+  ASSERT_EQ(observer.decisions.size(), 1u);
+  EXPECT_EQ(observer.decisions[0].rule, "tls-in");
+  EXPECT_EQ(observer.decisions[0].verdict, policy::Verdict::allow);
+  io.run([&] { out.handover.reset(); });
+}
+
+TEST_F(InspectTest, TlsDeniedSniResetsTheClientAndNeverConnects) {
+  auto done = start_tls();
+  ASSERT_TRUE(send_all(client.far.get(), client_hello("evil.example.com")));
+  int error = 0;
+  EXPECT_EQ(read_to_end(client.far.get(), &error), "");
+  EXPECT_EQ(error, ECONNRESET);
+  ASSERT_EQ(done.wait_for(kWait), std::future_status::ready);
+  const InspectOutcome out = done.get();
+  EXPECT_FALSE(out.handover);
+  EXPECT_EQ(out.ending.reason, EndReason::policy_deny);
+  EXPECT_EQ(connector.calls, 0);
+  std::lock_guard lock(observer.mu);
+  EXPECT_EQ(observer.sni, "evil.example.com");
+  ASSERT_EQ(observer.decisions.size(), 1u);
+  EXPECT_EQ(observer.decisions[0].verdict, policy::Verdict::deny);
+}
+
+TEST_F(InspectTest, TlsNotAHelloIsABadRequest) {
+  auto done = start_tls();
+  ASSERT_TRUE(send_all(client.far.get(), "GET / HTTP/1.1\r\nHost: api\r\n\r\n"));
+  int error = 0;
+  read_to_end(client.far.get(), &error);
+  EXPECT_EQ(error, ECONNRESET);
+  ASSERT_EQ(done.wait_for(kWait), std::future_status::ready);
+  EXPECT_EQ(done.get().ending.reason, EndReason::bad_request);
+  EXPECT_EQ(connector.calls, 0);
+}
+
+TEST_F(InspectTest, TlsNoHelloInTimeIsARequestTimeout) {
+  auto done = start_tls();  // timeouts.header is 500 ms
+  int error = 0;
+  read_to_end(client.far.get(), &error);
+  EXPECT_EQ(error, ECONNRESET);
+  ASSERT_EQ(done.wait_for(kWait), std::future_status::ready);
+  EXPECT_EQ(done.get().ending.reason, EndReason::request_timeout);
+}
+
+TEST_F(InspectTest, TlsUpstreamRefusingResetsTheClient) {
+  connector.fail = true;
+  auto done = start_tls();
+  ASSERT_TRUE(send_all(client.far.get(), client_hello("api.example.com")));
+  int error = 0;
+  read_to_end(client.far.get(), &error);
+  EXPECT_EQ(error, ECONNRESET);
+  ASSERT_EQ(done.wait_for(kWait), std::future_status::ready);
+  const InspectOutcome out = done.get();
+  EXPECT_EQ(out.ending.reason, EndReason::upstream_connect_failed);
+  EXPECT_EQ(out.ending.error, "refused by the test");
+}
+
+TEST_F(InspectTest, TlsCancelWhileWaitingForTheHelloResets) {
+  auto done = start_tls();
+  ASSERT_TRUE(send_all(client.far.get(), client_hello("api.example.com").substr(0, 20)));  // a partial hello
+  io.run([&] { cancel.cancel(); });
+  int error = 0;
+  read_to_end(client.far.get(), &error);
+  EXPECT_EQ(error, ECONNRESET);
+  ASSERT_EQ(done.wait_for(kWait), std::future_status::ready);
+  const InspectOutcome out = done.get();
+  EXPECT_FALSE(out.handover);
+  EXPECT_EQ(out.ending.reason, EndReason::unknown);  // the canceller records why
+}
+
+}  // namespace
+}  // namespace shunt::proxy
