@@ -27,6 +27,15 @@
 #include <functional>
 #include <memory>
 
+// GCC 12 at -O2 sometimes inlines Asio's recycling frame allocator into a
+// coroutine's frame teardown and then reports the frame's operator delete
+// as not matching the ::operator new inside it (-Wmismatched-new-delete):
+// a false positive, both go through awaitable_frame_base's own pair. Put
+// these around the coroutine it names, never around a whole file.
+#define SHUNT_FRAME_ALLOC_WARNING_OFF \
+  _Pragma("GCC diagnostic push") _Pragma("GCC diagnostic ignored \"-Wmismatched-new-delete\"")
+#define SHUNT_FRAME_ALLOC_WARNING_ON _Pragma("GCC diagnostic pop")
+
 namespace shunt {
 
 enum class Failure { survivable, fatal };

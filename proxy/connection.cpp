@@ -192,12 +192,7 @@ void Connection::exchanged(const HttpExchange& x) {
   proxy_.access_log.write(r);
 }
 
-// GCC 12 at -O2 inlines Asio's recycling frame allocator into serve()'s
-// frame teardown and then reports the frame's operator delete as not
-// matching the ::operator new inside it (-Wmismatched-new-delete), a false
-// positive: both go through awaitable_frame_base's own pair.
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
+SHUNT_FRAME_ALLOC_WARNING_OFF  // common/async.h
 asio::awaitable<void> Connection::serve() {
   policy_ = proxy_.policy.current();
   info_ = std::make_shared<ConnectionInfo>();
@@ -260,21 +255,25 @@ asio::awaitable<void> Connection::serve() {
   inspected_ = true;
   boost::system::error_code ignored;
   client_.set_option(tcp::no_delay(true), ignored);
+  Inspection in{std::move(client_), *this,           proxy_.policy, flow, settings(), *this, cancel_,
+                info_->started,     proxy_.draining, *this};
+  InspectOutcome out;
   if (decision.inspect == policy::Inspect::tls) {
-    Inspection in{std::move(client_), *this,          proxy_.policy, flow, settings(), *this, cancel_,
-                  info_->started,     proxy_.draining};
-    InspectOutcome out = co_await inspect_tls(std::move(in));
-    settle(out.ending);
-    co_await forward(std::move(out.handover));
-    co_return;
+    out = co_await inspect_tls(std::move(in));
+  } else {
+    out = co_await inspect_http(std::move(in));
   }
-  if (co_await inspect_http(*this) && !aborted_) {
-    std::optional<SocketPair> pair(std::in_place, std::move(client_), std::move(upstream_));
-    co_await forward(std::move(pair));
+  settle(out.ending);
+  if (out.http2 && !aborted_) {
+    // HTTP/2 inspection still works on the connection's own sockets.
+    client_ = std::move(out.http2->client);
+    if (co_await inspect_h2(*this, std::move(out.http2->initial)) && !aborted_)
+      out.handover.emplace(SocketPair{std::move(client_), std::move(upstream_)});
   }
+  co_await forward(std::move(out.handover));
 }
 
-#pragma GCC diagnostic pop
+SHUNT_FRAME_ALLOC_WARNING_ON
 
 asio::awaitable<void> Connection::forward(std::optional<SocketPair> pair) {
   if (!pair) {

@@ -59,6 +59,7 @@ struct ListenerContext {
 class Connection : public std::enable_shared_from_this<Connection>,
                    public ConnectionObserver,
                    public UpstreamConnector,
+                   public QuietWatch,
                    private IdleSweep::Entry {
  public:
   using tcp = boost::asio::ip::tcp;
@@ -118,14 +119,10 @@ class Connection : public std::enable_shared_from_this<Connection>,
   // second is for a path that has recorded its reason itself.
   void abort(EndReason why);
   void abort();
-  // A coarse deadline for a long wait of an idle connection (the HTTP
-  // inspector's keep-alive), checked by the worker's IdleSweep instead of a
-  // timer of the connection's own: `on_due` runs on this connection's
-  // thread within one sweep tick (250 ms) after `at`, unless
-  // unwatch_quiet() came first. One at a time; `on_due` may watch again.
-  // Whoever watches unwatches before what `on_due` references goes away.
-  void watch_quiet(std::chrono::steady_clock::time_point at, std::function<void()> on_due);
-  void unwatch_quiet() { quiet_due_ = nullptr; }
+  // --- QuietWatch (inspector.h): checked by the worker's IdleSweep
+  // (250 ms ticks) instead of a timer of the connection's own ---
+  void watch_quiet(std::chrono::steady_clock::time_point at, std::function<void()> on_due) override;
+  void unwatch_quiet() override { quiet_due_ = nullptr; }
   // What abort() must also do while an inspector runs (empty: nothing).
   void set_abort_hook(std::function<void()> hook);
   void set_rule(const policy::Decision& decision) { decided(decision); }

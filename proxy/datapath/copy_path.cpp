@@ -20,8 +20,9 @@ using asio::ip::tcp;
 namespace {
 
 // `from_client`: which side `from` is, for the cause an end records.
-asio::awaitable<void> copy_direction(tcp::socket& from, tcp::socket& to, bool from_client, Direction direction,
-                                     DatapathSink& sink, CancelSlot& cancel, Ending& ending) {
+asio::awaitable<void> copy_direction(tcp::socket& from, tcp::socket& to, bool from_client,
+                                     Direction direction, DatapathSink& sink, CancelSlot& cancel,
+                                     Ending& ending) {
   boost::system::error_code ec;
   // Reads below never block: the wait for data is the async_wait.
   from.non_blocking(true, ec);

@@ -2,9 +2,9 @@
 // payload stays in kernel pages, driven by Asio readiness on both sockets.
 // Also the fallback when the sockmap refuses a socket.
 #include "common/error.h"
+#include "common/reset.h"
 #include "common/thread_recycler.h"
 #include "common/unique_fd.h"
-#include "common/reset.h"
 #include "proxy/datapath/datapath.h"
 #include "proxy/datapath/join.h"
 
@@ -57,8 +57,9 @@ Result<Pipe> take_pipe() {
 }
 
 // `from_client`: which side `from` is, for the cause an end records.
-asio::awaitable<void> splice_direction(tcp::socket& from, tcp::socket& to, bool from_client, Direction direction,
-                                       DatapathSink& sink, CancelSlot& cancel, Ending& ending) {
+asio::awaitable<void> splice_direction(tcp::socket& from, tcp::socket& to, bool from_client,
+                                       Direction direction, DatapathSink& sink, CancelSlot& cancel,
+                                       Ending& ending) {
   boost::system::error_code ec;
   from.native_non_blocking(true, ec);
   to.native_non_blocking(true, ec);

@@ -42,13 +42,10 @@
 #include "common/async.h"
 #include "common/http_status.h"
 #include "common/io_buffer.h"
-#include "proxy/access_log.h"
-#include "proxy/connection.h"
+#include "common/reset.h"
 #include "proxy/end_reason.h"
 #include "proxy/inspect/http_parser.h"
-#include "proxy/inspect/inspect.h"
-#include "proxy/metrics.h"
-#include "proxy/proxy_context.h"
+#include "proxy/inspect/inspector.h"
 
 #include <spdlog/spdlog.h>
 #include <boost/asio/co_spawn.hpp>
@@ -147,12 +144,39 @@ struct PendingRequest {
 // State shared by the request loop and the response pump. Both run on the
 // connection's executor (one thread), so plain fields are enough; `event`
 // wakes the request loop whenever the pump changes something it waits on.
+// The session owns both sockets; inspect_http returns only once every
+// coroutine it started has ended, so the references in `in` (observer,
+// connector, cancellation slot: the connection's) outlive every use.
 struct Session : std::enable_shared_from_this<Session> {
-  Session(Connection& c, const asio::any_io_executor& ex)
-      : conn(c), hold(c.shared_from_this()), event(ex, Clock::time_point::max()), read_deadline(ex) {}
+  Session(Inspection& inspection, const asio::any_io_executor& ex)
+      : in(inspection), upstream(ex), event(ex, Clock::time_point::max()), read_deadline(ex) {}
 
-  Connection& conn;
-  std::shared_ptr<Connection> hold;  // the pump may outlive the request loop by a few handlers
+  Inspection& in;
+  tcp::socket& client() { return in.client; }
+  tcp::socket upstream;  // connected at the first allowed request
+  Ending ending;         // the first cause this inspection met
+  [[nodiscard]] std::uint64_t id() const { return in.observer.id(); }
+  [[nodiscard]] const config::ProxySettings& settings() const { return in.settings; }
+
+  // Cancelled from outside (revoke, drain, idle) or ended from inside
+  // (abort): both sockets are reset and every wait ends.
+  [[nodiscard]] bool aborted() const { return self_aborted || in.cancel.cancelled(); }
+  bool self_aborted = false;
+  // Ends the connection from inside: a reset on one side (or a broken
+  // response) resets both; `why`, when given, is its cause.
+  void abort(std::optional<EndReason> why = std::nullopt) {
+    if (aborted()) return;
+    if (why) ending.note(*why);
+    self_aborted = true;
+    ending.aborted = true;
+    reset_both();
+  }
+  void reset_both() {
+    reset_socket(in.client);
+    reset_socket(upstream);
+    notify();
+  }
+
   http::ResponseParser responses;
   // Forwarded, final response not yet complete. A list, not a deque:
   // libstdc++'s deque allocates ~0.6 KB when constructed, for every idle
@@ -179,17 +203,16 @@ struct Session : std::enable_shared_from_this<Session> {
   bool draining_client = false;
   bool refusal_delivered = false;
 
+  // The connection opened with the HTTP/2 preface: every byte read so far,
+  // for the HTTP/2 inspector (InspectOutcome::http2).
+  std::optional<std::string> http2_initial;
+
   void notify() { event.cancel(); }
   asio::awaitable<void> wait() {
     boost::system::error_code ec;
     co_await event.async_wait(asio::redirect_error(use_awaitable, ec));
   }
 };
-
-policy::Flow flow_of(ConnectionInfo& info) {
-  std::lock_guard lock(info.mu);
-  return info.basis.flow;
-}
 
 // True when no request of this flow can be denied under `policy`, so the
 // rest of the connection may go to the kernel.
@@ -217,41 +240,32 @@ EndReason refusal_reason(int status) {
 }
 
 // One `http` access-log line. `status` 0: no response was seen (the field is
-// left out); `bytes_up`/`bytes_down` are this request's own (PendingRequest).
-void log_request(Connection& conn, const std::string& method, const std::string& path,
-                 const std::string& host, const std::string& rule, bool allowed, int status,
-                 Clock::time_point since, std::uint64_t bytes_up = 0, std::uint64_t bytes_down = 0) {
-  ConnectionInfo& info = conn.info();
-  AccessRecord r;
-  r.event = "http";
-  r.src = info.src;
-  r.dst = info.dst;
-  r.src_pod = info.src_pod;
-  r.dst_pod = info.dst_pod;
-  r.allowed = allowed;
-  r.rule = rule;
-  // The path this connection's bytes take now: copy while inspected (the
-  // inspector moves them), whatever proxy.datapath says.
-  r.datapath = std::string(config::to_string(info.datapath.load()));
-  r.bytes_up = bytes_up;
-  r.bytes_down = bytes_down;
-  r.duration = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - since);
-  r.method = method;
-  r.path = path;
-  r.host = host;
-  r.status = status;
-  r.protocol = "h1";
+// left out); `bytes_up`/`bytes_down` are this request's own (PendingRequest);
+// `error`: why a status shunt answered itself failed upstream (502/504).
+void log_request(Session& s, const std::string& method, const std::string& path, const std::string& host,
+                 const std::string& rule, bool allowed, int status, Clock::time_point since,
+                 std::uint64_t bytes_up = 0, std::uint64_t bytes_down = 0, const std::string& error = {}) {
+  HttpExchange x;
+  x.allowed = allowed;
+  x.rule = rule;
+  // The data path named is the connection's current one: copy while
+  // inspected (the inspector moves the bytes), whatever proxy.datapath says.
+  x.bytes_up = bytes_up;
+  x.bytes_down = bytes_down;
+  x.duration = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - since);
+  x.method = method;
+  x.path = path;
+  x.host = host;
+  x.status = status;
+  x.protocol = "h1";
   if (!allowed || status == 502 || status == 504) {
     // A status shunt answered itself (an upstream's own 502 is forwarded by
     // the response pump, never logged here with allowed=false, and gets no
     // reason: the connection went on).
-    r.reason = std::string(to_string(refusal_reason(status)));
-    if (allowed) {
-      std::lock_guard lock(info.mu);
-      r.error = info.end_error;
-    }
+    x.reason = std::string(to_string(refusal_reason(status)));
+    if (allowed) x.error = error;
   }
-  conn.proxy().access_log.write(r);
+  s.in.observer.exchanged(x);
 }
 
 // The access-log line of a forwarded request, once its final response status
@@ -259,7 +273,7 @@ void log_request(Connection& conn, const std::string& method, const std::string&
 void retire_request(Session& s, int status) {
   if (s.pending.empty()) return;
   const PendingRequest& p = s.pending.front();
-  log_request(s.conn, p.method, p.path, p.host, p.rule, true, status, p.decided, p.bytes_up, p.bytes_down);
+  log_request(s, p.method, p.path, p.host, p.rule, true, status, p.decided, p.bytes_up, p.bytes_down);
   s.pending.pop_front();
   if (s.pending.empty()) s.quiet_since = Clock::now();
 }
@@ -268,7 +282,7 @@ void retire_request(Session& s, int status) {
 // socket (the header deadline cancels the client read; Asio 1.74 can only
 // cancel every operation on a socket) aborts a write part-way, with the
 // count of bytes already written: carry on from there.
-asio::awaitable<bool> write_all(Connection& conn, tcp::socket& to, const char* data, std::size_t n) {
+asio::awaitable<bool> write_all(Session& s, tcp::socket& to, const char* data, std::size_t n) {
   while (n > 0) {
     boost::system::error_code ec;
     const std::size_t w =
@@ -276,7 +290,7 @@ asio::awaitable<bool> write_all(Connection& conn, tcp::socket& to, const char* d
     data += w;
     n -= w;
     if (!ec) continue;
-    if (ec == asio::error::operation_aborted && !conn.aborted() && to.is_open()) continue;
+    if (ec == asio::error::operation_aborted && !s.aborted() && to.is_open()) continue;
     co_return false;
   }
   co_return true;
@@ -299,21 +313,20 @@ bool switched_as_asked(const Session& s, const PendingRequest& opener) {
 
 asio::awaitable<void> pump_responses(std::shared_ptr<Session> self) {
   Session& s = *self;
-  Connection& conn = s.conn;
   try {
     std::vector<int> completed;
     boost::system::error_code ec;
-    conn.upstream().non_blocking(true, ec);  // the wait for data is the async_wait
+    s.upstream.non_blocking(true, ec);  // the wait for data is the async_wait
     for (;;) {
-      if (s.stop_pump || conn.aborted()) break;
+      if (s.stop_pump || s.aborted()) break;
       // Readable first, then a buffer: held until the bytes are written to
       // the client, none while the upstream is quiet.
-      co_await conn.upstream().async_wait(tcp::socket::wait_read, asio::redirect_error(use_awaitable, ec));
+      co_await s.upstream.async_wait(tcp::socket::wait_read, asio::redirect_error(use_awaitable, ec));
       std::optional<IoBuffer> buffer;
       std::size_t n = 0;
       if (!ec) {
         buffer.emplace();
-        n = conn.upstream().read_some(asio::buffer(buffer->data(), kReadChunk), ec);
+        n = s.upstream.read_some(asio::buffer(buffer->data(), kReadChunk), ec);
         if (ec == asio::error::would_block || ec == asio::error::try_again) continue;
       }
       completed.clear();
@@ -321,22 +334,22 @@ asio::awaitable<void> pump_responses(std::shared_ptr<Session> self) {
         const auto r = s.responses.finish(completed);
         for (const int status : completed) retire_request(s, status);
         if (r.event == http::ResponseEvent::error && !s.pending.empty()) {
-          spdlog::debug("connection {}: upstream closed mid-response ({})", conn.info().id, r.reason);
+          spdlog::debug("connection {}: upstream closed mid-response ({})", s.id(), r.reason);
         }
         s.upstream_ended = true;
         if (!s.client_write_reserved) {
           // Half-close passes through: the client sees the upstream's FIN.
           boost::system::error_code ignored;
-          conn.client().shutdown(tcp::socket::shutdown_send, ignored);
+          s.client().shutdown(tcp::socket::shutdown_send, ignored);
         }
         break;
       }
       if (ec) {
-        if (ec == asio::error::operation_aborted && s.stop_pump && !conn.aborted()) break;  // clean stop
-        if (!conn.aborted()) {
-          spdlog::debug("connection {}: upstream read failed: {}", conn.info().id, ec.message());
+        if (ec == asio::error::operation_aborted && s.stop_pump && !s.aborted()) break;  // clean stop
+        if (!s.aborted()) {
+          spdlog::debug("connection {}: upstream read failed: {}", s.id(), ec.message());
           s.upstream_ended = true;
-          conn.abort();  // a reset on one side resets the other
+          s.abort();  // a reset on one side resets the other
         }
         break;
       }
@@ -345,10 +358,9 @@ asio::awaitable<void> pump_responses(std::shared_ptr<Session> self) {
       if (r.event == http::ResponseEvent::error) {
         // Framing is lost: the deny path could no longer tell when earlier
         // responses are complete, nor a 101 from body bytes. Fail closed.
-        spdlog::warn("connection {}: malformed response from upstream ({}); resetting", conn.info().id,
-                     r.reason);
+        spdlog::warn("connection {}: malformed response from upstream ({}); resetting", s.id(), r.reason);
         s.upstream_ended = true;
-        conn.abort();
+        s.abort();
         break;
       }
       if (r.event == http::ResponseEvent::tunnel) {
@@ -364,19 +376,19 @@ asio::awaitable<void> pump_responses(std::shared_ptr<Session> self) {
         if (!opener || !opener->opens_tunnel || (!opener->connect && !switched_as_asked(s, *opener))) {
           spdlog::warn(
               "connection {}: upstream switched protocol without being asked for an allowed one; resetting",
-              conn.info().id);
+              s.id());
           s.upstream_ended = true;
-          conn.abort();
+          s.abort();
           break;
         }
       }
       // Every byte read is forwarded, including any bytes of the new
       // protocol that came with the 101: the handover needs nothing held.
-      if (!co_await write_all(conn, conn.client(), buffer->data(), n)) {
-        if (!conn.aborted()) conn.abort();
+      if (!co_await write_all(s, s.client(), buffer->data(), n)) {
+        s.abort();
         break;
       }
-      conn.info().bytes_down.fetch_add(n, std::memory_order_relaxed);
+      s.in.observer.moved(Direction::down, n);
       if (!s.pending.empty()) s.pending.front().bytes_down += n;
       for (const int status : completed) retire_request(s, status);
       if (r.event == http::ResponseEvent::tunnel) {
@@ -386,9 +398,9 @@ asio::awaitable<void> pump_responses(std::shared_ptr<Session> self) {
       s.notify();
     }
   } catch (const std::exception& e) {
-    spdlog::warn("connection {}: response pump: {}", conn.info().id, e.what());
+    spdlog::warn("connection {}: response pump: {}", s.id(), e.what());
     s.upstream_ended = true;
-    conn.abort();
+    s.abort();
   }
   s.pump_running = false;
   s.notify();
@@ -400,7 +412,7 @@ asio::awaitable<void> stop_pump(Session& s) {
   s.stop_pump = true;
   if (s.pump_running) {
     boost::system::error_code ignored;
-    s.conn.upstream().cancel(ignored);
+    s.upstream.cancel(ignored);
   }
   while (s.pump_running) co_await s.wait();
 }
@@ -410,7 +422,7 @@ asio::awaitable<void> stop_pump(Session& s) {
 // refuse() bounds it with timeouts.refuse; the other callers wait for
 // answers the client asked for, which timeouts.idle bounds.
 asio::awaitable<void> wait_for_responses(Session& s) {
-  while (s.pump_running && !s.pending.empty() && !s.conn.aborted()) co_await s.wait();
+  while (s.pump_running && !s.pending.empty() && !s.aborted()) co_await s.wait();
 }
 
 // ----------------------------------------------------------------- requests
@@ -441,23 +453,23 @@ void arm_read_deadline(const std::shared_ptr<Session>& self, Clock::time_point a
     if (!s.reading_client) return;
     s.read_timed_out = true;
     boost::system::error_code ignored;
-    s.conn.client().cancel(ignored);
+    s.client().cancel(ignored);
   });
 }
 
 // The keep-alive deadline: looks at `at` and re-arms until the connection
 // has really been quiet for timeouts.keepalive, then cancels the client
-// wait. Checked by the worker's idle sweep (Connection::watch_quiet), not a
+// wait. Checked by the worker's idle sweep (QuietWatch, inspector.h), not a
 // timer of the connection's own: it is armed on every idle keep-alive
 // connection, for seconds to minutes (issue 16), and 250 ms of slack is
 // nothing next to it. `s` is a plain pointer (no allocation for the
 // callback): wait_client, which holds the session, unwatches before it
 // returns.
 void arm_keepalive(Session& s, Clock::time_point at) {
-  s.conn.watch_quiet(at, [session = &s] {
+  s.in.quiet.watch_quiet(at, [session = &s] {
     Session& s = *session;
     if (!s.reading_client) return;
-    const auto period = s.conn.settings().timeouts.keepalive;
+    const auto period = s.settings().timeouts.keepalive;
     if (!s.pending.empty()) {
       arm_keepalive(s, Clock::now() + period);
       return;
@@ -468,7 +480,7 @@ void arm_keepalive(Session& s, Clock::time_point at) {
     }
     s.read_timed_out = true;
     boost::system::error_code ignored;
-    s.conn.client().cancel(ignored);
+    s.client().cancel(ignored);
   });
 }
 
@@ -489,14 +501,14 @@ asio::awaitable<ReadResult> wait_client(std::shared_ptr<Session> self, ReadLimit
     // The client has finished a request; if its answer is already out, the
     // quiet starts now, else when the answer completes (retire_request).
     if (s.pending.empty()) s.quiet_since = Clock::now();
-    arm_keepalive(s, Clock::now() + s.conn.settings().timeouts.keepalive);
+    arm_keepalive(s, Clock::now() + s.settings().timeouts.keepalive);
   }
   s.reading_client = true;
-  co_await s.conn.client().async_wait(tcp::socket::wait_read, asio::redirect_error(use_awaitable, r.ec));
+  co_await s.client().async_wait(tcp::socket::wait_read, asio::redirect_error(use_awaitable, r.ec));
   s.reading_client = false;
   s.read_deadline.disarm();
-  s.conn.unwatch_quiet();
-  r.timed_out = r.ec == asio::error::operation_aborted && s.read_timed_out && !s.conn.aborted();
+  s.in.quiet.unwatch_quiet();
+  r.timed_out = r.ec == asio::error::operation_aborted && s.read_timed_out && !s.aborted();
   co_return r;
 }
 
@@ -541,28 +553,27 @@ std::string status_response(int status) {
 // went out.
 asio::awaitable<void> drain_client(std::shared_ptr<Session> self) {
   Session& s = *self;
-  Connection& conn = s.conn;
   try {
     IoBuffer scratch;  // only for the few seconds a refusal lasts
     std::size_t after_status = 0;
     for (;;) {
       boost::system::error_code ec;
-      const std::size_t n = co_await conn.client().async_read_some(asio::buffer(scratch.data(), kReadChunk),
-                                                                   asio::redirect_error(use_awaitable, ec));
+      const std::size_t n = co_await s.client().async_read_some(asio::buffer(scratch.data(), kReadChunk),
+                                                                asio::redirect_error(use_awaitable, ec));
       if (ec == asio::error::eof) break;
       if (ec) {
-        if (ec == asio::error::operation_aborted && conn.client().is_open() && !conn.aborted()) continue;
-        if (ec != asio::error::operation_aborted && !conn.aborted()) {
-          spdlog::debug("connection {}: client gone during a refusal: {}", conn.info().id, ec.message());
-          conn.abort(EndReason::client_reset);
+        if (ec == asio::error::operation_aborted && s.client().is_open() && !s.aborted()) continue;
+        if (ec != asio::error::operation_aborted && !s.aborted()) {
+          spdlog::debug("connection {}: client gone during a refusal: {}", s.id(), ec.message());
+          s.abort(EndReason::client_reset);
         }
         break;
       }
       if (s.refusal_delivered && (after_status += n) >= kLingerBytes) break;
     }
   } catch (const std::exception& e) {
-    spdlog::warn("connection {}: refusal client reader: {}", conn.info().id, e.what());
-    conn.abort();
+    spdlog::warn("connection {}: refusal client reader: {}", s.id(), e.what());
+    s.abort();
   }
   s.draining_client = false;
   s.notify();
@@ -577,17 +588,16 @@ asio::awaitable<void> drain_client(std::shared_ptr<Session> self) {
 // the upstream connection at once.
 asio::awaitable<bool> refuse(std::shared_ptr<Session> self, int status) {
   Session& s = *self;
-  Connection& conn = s.conn;
   // The refusal's own reason is recorded once its status is out: until
   // then, a client reset or the deadline is why the connection ends.
   s.client_write_reserved = true;
 
   Deadline deadline(co_await asio::this_coro::executor);
-  deadline.arm_after(conn.settings().timeouts.refuse, [self] {
+  deadline.arm_after(s.settings().timeouts.refuse, [self] {
     Session& s = *self;
-    if (s.refusal_delivered || s.conn.aborted()) return;
-    spdlog::debug("connection {}: refusal not delivered within timeouts.refuse; resetting", s.conn.info().id);
-    s.conn.abort(EndReason::refuse_timeout);
+    if (s.refusal_delivered || s.aborted()) return;
+    spdlog::debug("connection {}: refusal not delivered within timeouts.refuse; resetting", s.id());
+    s.abort(EndReason::refuse_timeout);
   });
   s.draining_client = true;
   guarded_spawn(co_await asio::this_coro::executor, "refusal's client reader", drain_client(self),
@@ -598,13 +608,13 @@ asio::awaitable<bool> refuse(std::shared_ptr<Session> self, int status) {
   while (!s.pending.empty()) retire_request(s, 0);
 
   const std::string response = status_response(status);
-  if (!conn.aborted() && co_await write_all(conn, conn.client(), response.data(), response.size())) {
+  if (!s.aborted() && co_await write_all(s, s.client(), response.data(), response.size())) {
     s.refusal_delivered = true;
     deadline.disarm();
-    conn.info().note_end(refusal_reason(status));
+    s.ending.note(refusal_reason(status));
     boost::system::error_code ec;
-    conn.client().shutdown(tcp::socket::shutdown_send, ec);
-    if (conn.upstream().is_open()) conn.upstream().shutdown(tcp::socket::shutdown_send, ec);
+    s.client().shutdown(tcp::socket::shutdown_send, ec);
+    if (s.upstream.is_open()) s.upstream.shutdown(tcp::socket::shutdown_send, ec);
 
     // Lingering close: let the client's own close (it has been told
     // `Connection: close`) come before ours, so ours sends no reset that
@@ -612,16 +622,16 @@ asio::awaitable<bool> refuse(std::shared_ptr<Session> self, int status) {
     Deadline linger(co_await asio::this_coro::executor);
     linger.arm_after(kLingerTime, [self] { self->notify(); });
     const auto until = Clock::now() + kLingerTime;
-    while (s.draining_client && !conn.aborted() && Clock::now() < until) co_await s.wait();
-  } else if (!conn.aborted()) {
-    conn.info().note_end(EndReason::client_reset, "the refusal's status could not be written");
-    reset_socket(conn.client());
-    reset_socket(conn.upstream());
+    while (s.draining_client && !s.aborted() && Clock::now() < until) co_await s.wait();
+  } else if (!s.aborted()) {
+    s.ending.note(EndReason::client_reset, "the refusal's status could not be written");
+    reset_socket(s.client());
+    reset_socket(s.upstream);
   }
   deadline.disarm();
   // Ends drain_client if it still reads.
   boost::system::error_code ignored;
-  conn.client().close(ignored);
+  s.client().close(ignored);
   while (s.draining_client) co_await s.wait();
   co_return false;
 }
@@ -630,10 +640,10 @@ asio::awaitable<bool> refuse(std::shared_ptr<Session> self, int status) {
 // 431) are logged and counted like a denied request.
 asio::awaitable<bool> refuse_malformed(std::shared_ptr<Session> self, int status,
                                        const http::RequestHead* head) {
-  metrics().http_requests_denied.fetch_add(1, std::memory_order_relaxed);
+  self->in.observer.counted_request(false, false);
   static const std::string none;
-  log_request(self->conn, head ? head->method : none, head ? head->target : none, head ? head->host : none,
-              "", false, status, Clock::now(), 0, status_response(status).size());
+  log_request(*self, head ? head->method : none, head ? head->target : none, head ? head->host : none, "",
+              false, status, Clock::now(), 0, status_response(status).size());
   co_return co_await refuse(self, status);
 }
 
@@ -653,25 +663,23 @@ asio::awaitable<bool> finish_quietly(Session& s) {
 // race every keep-alive client already retries. Always returns false.
 asio::awaitable<bool> close_idle(std::shared_ptr<Session> self) {
   Session& s = *self;
-  Connection& conn = s.conn;
-  spdlog::debug("connection {}: no request for {} ms; closing", conn.info().id,
-                conn.settings().timeouts.keepalive.count());
-  conn.info().note_end(EndReason::keepalive_timeout);
+  spdlog::debug("connection {}: no request for {} ms; closing", s.id(),
+                s.settings().timeouts.keepalive.count());
+  s.ending.note(EndReason::keepalive_timeout);
   co_await stop_pump(s);
   boost::system::error_code ignored;
-  conn.client().shutdown(tcp::socket::shutdown_send, ignored);
-  if (conn.upstream().is_open()) conn.upstream().shutdown(tcp::socket::shutdown_send, ignored);
+  s.client().shutdown(tcp::socket::shutdown_send, ignored);
+  if (s.upstream.is_open()) s.upstream.shutdown(tcp::socket::shutdown_send, ignored);
   co_return false;
 }
 
 asio::awaitable<bool> run_requests(std::shared_ptr<Session> self) {
   Session& s = *self;
-  Connection& conn = s.conn;
-  ConnectionInfo& info = conn.info();
-  const config::ProxySettings& settings = conn.settings();
+  const std::uint64_t id = s.id();
+  const config::ProxySettings& settings = s.settings();
   const std::size_t max_head = settings.limits.max_header_bytes;
   const auto header_timeout = settings.timeouts.header;
-  const policy::Flow flow = flow_of(info);
+  const policy::Flow& flow = s.in.flow;
 
   // Holds at most one request head (max_head) plus one read: body bytes are
   // flushed as soon as they are parsed, so this is the whole per-connection
@@ -680,26 +688,26 @@ asio::awaitable<bool> run_requests(std::shared_ptr<Session> self) {
   RequestBuffer in;
   bool last_read_filled = false;
   boost::system::error_code nb;
-  conn.client().non_blocking(true, nb);  // the wait for data is wait_client's
-  std::size_t start = 0;                 // first byte not yet forwarded
-  std::size_t parsed = 0;                // first byte not yet parsed
-  std::size_t end = 0;                   // end of buffered bytes
+  s.client().non_blocking(true, nb);  // the wait for data is wait_client's
+  std::size_t start = 0;              // first byte not yet forwarded
+  std::size_t parsed = 0;             // first byte not yet parsed
+  std::size_t end = 0;                // end of buffered bytes
   http::RequestParser parser(settings.http);
   bool in_body = false;    // between an allowed head and its message end
   bool connected = false;  // upstream connected (lazily, at the first allowed request)
   // The first head must be complete within timeouts.header of the accept;
   // later ones within timeouts.header of their first byte (before that
   // byte, timeouts.keepalive applies).
-  std::optional<Clock::time_point> deadline = info.started + header_timeout;
+  std::optional<Clock::time_point> deadline = s.in.started + header_timeout;
 
   auto forward_bytes = [&](const char* data, std::size_t n) -> asio::awaitable<bool> {
     if (n == 0) co_return true;
-    if (!co_await write_all(conn, conn.upstream(), data, n)) {
-      spdlog::debug("connection {}: upstream write failed", info.id);
-      conn.abort();
+    if (!co_await write_all(s, s.upstream, data, n)) {
+      spdlog::debug("connection {}: upstream write failed", id);
+      s.abort();
       co_return false;
     }
-    info.bytes_up.fetch_add(n, std::memory_order_relaxed);
+    s.in.observer.moved(Direction::up, n);
     // The head just queued, or the body of the request being read.
     if (!s.pending.empty()) s.pending.back().bytes_up += n;
     co_return true;
@@ -712,7 +720,7 @@ asio::awaitable<bool> run_requests(std::shared_ptr<Session> self) {
   // Everything buffered goes upstream, the pump stops, the data path takes over.
   auto hand_over = [&]() -> asio::awaitable<bool> {
     co_await stop_pump(s);
-    if (conn.aborted()) co_return false;
+    if (s.aborted()) co_return false;
     if (!co_await forward(start, end)) co_return false;
     start = parsed = end;
     while (!s.pending.empty()) retire_request(s, 0);
@@ -720,7 +728,7 @@ asio::awaitable<bool> run_requests(std::shared_ptr<Session> self) {
   };
 
   for (;;) {
-    if (conn.aborted()) co_return false;
+    if (s.aborted()) co_return false;
     const auto r = parser.parse(std::string_view(in.data() + parsed, end - parsed));
     parsed += r.consumed;
 
@@ -738,47 +746,45 @@ asio::awaitable<bool> run_requests(std::shared_ptr<Session> self) {
         const http::RequestHead& head = parser.head();
         if (parsed - start > max_head) co_return co_await refuse_malformed(self, 431, &head);
         // Bound the pipelining queue before adding to it.
-        while (s.pump_running && s.pending.size() >= kMaxOutstanding && !conn.aborted()) co_await s.wait();
-        if (conn.aborted()) co_return false;
+        while (s.pump_running && s.pending.size() >= kMaxOutstanding && !s.aborted()) co_await s.wait();
+        if (s.aborted()) co_return false;
 
-        const auto policy = conn.proxy().policy.current();
+        const auto policy = s.in.policy.current();
         // The canonical form (parse_head) is decided on and forwarded.
         const policy::HttpRequest request{head.method, head.target, head.authority, head.headers};
         const policy::Decision decision = policy->decide_http(flow, request);
-        conn.set_rule(decision);
-        {
-          std::lock_guard lock(info.mu);
-          info.basis.last_request =
-              DecisionBasis::Request{head.method, head.target, head.authority, head.headers};
-        }
+        s.in.observer.decided(decision);
+        s.in.observer.saw_request(head.method, head.target, head.authority, head.headers);
         if (decision.verdict != policy::Verdict::allow) {
-          metrics().http_requests_denied.fetch_add(1, std::memory_order_relaxed);
-          spdlog::debug("connection {}: {} {} denied: {}", info.id, head.method, head.target,
-                        decision.reason);
-          log_request(conn, head.method, head.target, head.host, decision.rule, false, 403, Clock::now(), 0,
+          s.in.observer.counted_request(false, false);
+          spdlog::debug("connection {}: {} {} denied: {}", id, head.method, head.target, decision.reason);
+          log_request(s, head.method, head.target, head.host, decision.rule, false, 403, Clock::now(), 0,
                       status_response(403).size());
           co_return co_await refuse(self, 403);
         }
-        metrics().http_requests_allowed.fetch_add(1, std::memory_order_relaxed);
+        s.in.observer.counted_request(false, true);
 
         if (connected && !s.pump_running) {
           // The upstream has gone (closed after its last response): nothing
           // can answer this request. The client sees the close and retries,
           // as after any keep-alive race.
-          log_request(conn, head.method, head.target, head.host, decision.rule, true, 0, Clock::now());
+          log_request(s, head.method, head.target, head.host, decision.rule, true, 0, Clock::now());
           co_return co_await finish_quietly(s);
         }
         if (!connected) {
           // A failed connect is answered like a gateway would (502, or 504
           // when the upstream never answered), not with a reset the client
           // cannot tell from a policy deny.
-          if (!co_await conn.connect_upstream(/*keep_client=*/true)) {
-            if (conn.aborted()) co_return false;  // revoked or shut down meanwhile: reset already
-            const int status = conn.connect_failure() == UpstreamFailure::connect_timeout ? 504 : 502;
-            log_request(conn, head.method, head.target, head.host, decision.rule, true, status, Clock::now(),
-                        0, status_response(status).size());
+          UpstreamConnector::Connected up = co_await s.in.upstream.connect();
+          if (s.aborted()) co_return false;  // revoked or shut down meanwhile: reset already
+          if (!up.socket) {
+            s.ending.note(EndReason::upstream_connect_failed, up.error);
+            const int status = up.failure == UpstreamFailure::connect_timeout ? 504 : 502;
+            log_request(s, head.method, head.target, head.host, decision.rule, true, status, Clock::now(), 0,
+                        status_response(status).size(), up.error);
             co_return co_await refuse(self, status);
           }
+          s.upstream = std::move(*up.socket);
           connected = true;
         }
         // Only protocols in proxy.http.upgrade_protocols are forwarded in
@@ -796,10 +802,7 @@ asio::awaitable<bool> run_requests(std::shared_ptr<Session> self) {
         start = parsed;
         if (!head.upgrade && !head.connect && every_request_allowed(*policy, flow)) {
           // Nothing on this connection can be denied any more.
-          {
-            std::lock_guard lock(conn.info().mu);
-            conn.info().basis.requests_uninspected = true;
-          }
+          s.in.observer.requests_uninspected();
           co_return co_await hand_over();
         }
         if (!s.pump_running) {
@@ -826,7 +829,7 @@ asio::awaitable<bool> run_requests(std::shared_ptr<Session> self) {
         if (!co_await forward(start, parsed)) co_return false;
         start = parsed;
         co_await wait_for_responses(s);
-        if (conn.aborted()) co_return false;
+        if (s.aborted()) co_return false;
         if (s.tunnel) {
           while (s.pump_running) co_await s.wait();
           co_return co_await hand_over();
@@ -840,32 +843,33 @@ asio::awaitable<bool> run_requests(std::shared_ptr<Session> self) {
         if (!connected && s.pending.empty() && start == 0) {
           // Prior-knowledge HTTP/2 from the first byte: every stream is
           // decided by the HTTP/2 inspector, from the preface on.
-          co_return co_await inspect_h2(conn, std::string(in.data(), end));
+          s.http2_initial = std::string(in.data(), end);
+          co_return false;
         }
         spdlog::warn(
             "connection {}: HTTP/2 preface after HTTP/1.1 requests on the same connection; "
             "resetting",
-            info.id);
+            id);
         s.stop_pump = true;
-        reset_socket(conn.client());
-        reset_socket(conn.upstream());
+        reset_socket(s.client());
+        reset_socket(s.upstream);
         co_await stop_pump(s);
         co_return false;
 
       case http::RequestEvent::error:
         // llhttp's error, or a head it accepted that the strict reading
         // (http::parse_head) refuses.
-        spdlog::debug("connection {}: malformed request: {}", info.id, r.reason);
+        spdlog::debug("connection {}: malformed request: {}", id, r.reason);
         if (in_body) {
           // The body of a request already forwarded breaks its framing: the
           // upstream waits for bytes that can never complete it, and no
           // status can be sent in order. Both sides are reset, so nothing
           // after the break is read by the upstream as a request.
-          metrics().http_requests_denied.fetch_add(1, std::memory_order_relaxed);
-          conn.info().note_end(EndReason::bad_request, r.reason);
+          s.in.observer.counted_request(false, false);
+          s.ending.note(EndReason::bad_request, r.reason);
           s.stop_pump = true;
-          reset_socket(conn.client());
-          reset_socket(conn.upstream());
+          reset_socket(s.client());
+          reset_socket(s.upstream);
           co_await stop_pump(s);
           while (!s.pending.empty()) retire_request(s, 0);
           co_return false;
@@ -894,7 +898,7 @@ asio::awaitable<bool> run_requests(std::shared_ptr<Session> self) {
       if (got.ec || got.timed_out) break;
       in.make_room(end, buffer_limit, last_read_filled);
       const std::size_t room = in.capacity() - end;
-      got.n = conn.client().read_some(asio::buffer(in.data() + end, room), got.ec);
+      got.n = s.client().read_some(asio::buffer(in.data() + end, room), got.ec);
       last_read_filled = got.n == room;
       if (got.ec != asio::error::would_block && got.ec != asio::error::try_again) break;
     }
@@ -906,15 +910,15 @@ asio::awaitable<bool> run_requests(std::shared_ptr<Session> self) {
       // cut it. The upstream gets the FIN and answers what it was asked.
       if (connected) {
         boost::system::error_code ignored;
-        conn.upstream().shutdown(tcp::socket::shutdown_send, ignored);
+        s.upstream.shutdown(tcp::socket::shutdown_send, ignored);
         co_return co_await finish_quietly(s);
       }
       co_return false;
     }
     if (got.ec) {
-      if (!conn.aborted()) {
-        spdlog::debug("connection {}: client read failed: {}", info.id, got.ec.message());
-        conn.abort();
+      if (!s.aborted()) {
+        spdlog::debug("connection {}: client read failed: {}", id, got.ec.message());
+        s.abort();
       }
       co_await stop_pump(s);
       co_return false;
@@ -926,26 +930,48 @@ asio::awaitable<bool> run_requests(std::shared_ptr<Session> self) {
 
 }  // namespace
 
-asio::awaitable<bool> inspect_http(Connection& conn) {
-  std::shared_ptr<Session> session;
-  bool result = false;
+SHUNT_FRAME_ALLOC_WARNING_OFF  // common/async.h
+asio::awaitable<InspectOutcome> inspect_http(Inspection in) {
+  auto session = std::make_shared<Session>(in, co_await asio::this_coro::executor);
+  Session& s = *session;
+  // A cancel resets both sockets and wakes the request loop if it is
+  // waiting for the pump.
+  const auto on_cancel = in.cancel.install([&s] { s.reset_both(); });
+  bool hand_over = false;
   try {
-    session = std::make_shared<Session>(conn, co_await asio::this_coro::executor);
-    // A revoke resets both sockets; the hook also wakes the request loop if
-    // it is waiting for the pump.
-    conn.set_abort_hook([weak = std::weak_ptr<Session>(session)] {
-      if (auto s = weak.lock()) s->notify();
-    });
-    result = co_await run_requests(session);
+    hand_over = co_await run_requests(session);
   } catch (const std::exception& e) {
-    spdlog::warn("connection {}: HTTP inspection: {}", conn.info().id, e.what());
-    reset_socket(conn.client());
-    reset_socket(conn.upstream());
-    if (session) session->stop_pump = true;
-    result = false;
+    spdlog::warn("connection {}: HTTP inspection: {}", s.id(), e.what());
+    s.stop_pump = true;
+    reset_socket(s.client());
+    reset_socket(s.upstream);
   }
-  conn.set_abort_hook(nullptr);
-  co_return result && !conn.aborted();
+  // Nothing started here outlives this call: the pump and the refusal's
+  // client reader end (every way out above has stopped them, or reset the
+  // sockets they wait on); until then the session's references hold.
+  s.stop_pump = true;
+  {
+    boost::system::error_code ignored;
+    if (s.pump_running) s.upstream.cancel(ignored);
+  }
+  while (s.pump_running || s.draining_client) co_await s.wait();
+
+  InspectOutcome out;
+  out.ending = std::move(s.ending);
+  if (s.http2_initial) {
+    out.http2.emplace(Http2Start{std::move(in.client), std::move(*s.http2_initial)});
+  } else if (hand_over && !s.aborted()) {
+    out.handover.emplace(SocketPair{std::move(in.client), std::move(s.upstream)});
+  } else {
+    // Denied, finished or reset: whatever is still open closes here (a
+    // graceful end shut both write sides already).
+    boost::system::error_code ignored;
+    in.client.close(ignored);
+    s.upstream.close(ignored);
+  }
+  co_return out;
 }
+
+SHUNT_FRAME_ALLOC_WARNING_ON
 
 }  // namespace shunt::proxy

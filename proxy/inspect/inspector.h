@@ -23,6 +23,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <functional>
 #include <optional>
 #include <string>
 
@@ -44,6 +45,19 @@ class UpstreamConnector {
   virtual boost::asio::awaitable<Connected> connect() = 0;
 };
 
+// A coarse deadline for a long wait of an idle connection (the HTTP
+// keep-alive), run by the worker's idle sweep rather than a timer per
+// connection (proxy/idle_sweep.h): `on_due` runs on the connection's thread
+// within one sweep tick after `at`, unless unwatch_quiet() came first. One
+// at a time; `on_due` may watch again. Whoever watches unwatches before
+// what `on_due` references goes away.
+class QuietWatch {
+ public:
+  virtual ~QuietWatch() = default;
+  virtual void watch_quiet(std::chrono::steady_clock::time_point at, std::function<void()> on_due) = 0;
+  virtual void unwatch_quiet() = 0;
+};
+
 // Everything an inspector may use.
 struct Inspection {
   boost::asio::ip::tcp::socket client;
@@ -59,17 +73,33 @@ struct Inspection {
   std::chrono::steady_clock::time_point started;
   // Set while the process drains (HTTP/2 sends GOAWAY).
   const std::atomic<bool>& draining;
+  QuietWatch& quiet;
+};
+
+// The connection opened with the HTTP/2 preface: the HTTP/2 inspector takes
+// it from here (h2_inspector.cpp, inspect.h), with every byte read so far.
+struct Http2Start {
+  boost::asio::ip::tcp::socket client;
+  std::string initial;  // the preface first
 };
 
 struct InspectOutcome {
   // Both sockets, every byte read from either written to the other and no
-  // read pending: the data path takes over. Empty: the connection is over
-  // (denied, reset, or finished in userspace), both sockets closed.
+  // read pending: the data path takes over. Empty (and no `http2`): the
+  // connection is over (denied, reset, or finished in userspace), both
+  // sockets closed.
   std::optional<SocketPair> handover;
+  std::optional<Http2Start> http2;
   Ending ending;
 };
 
 // TLS: decides on the ClientHello's SNI (tls_inspector.cpp).
 boost::asio::awaitable<InspectOutcome> inspect_tls(Inspection in);
+
+// HTTP/1.1: decides every request head under the current snapshot,
+// forwards what is allowed, answers 403/400/408/431/502/504 itself, and
+// hands over once nothing on the connection can be denied any more
+// (http_inspector.cpp has the whole story).
+boost::asio::awaitable<InspectOutcome> inspect_http(Inspection in);
 
 }  // namespace shunt::proxy
