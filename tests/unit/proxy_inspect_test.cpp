@@ -23,6 +23,10 @@ policy:
   default: deny
   rules:
     - {name: tls-in, from: {pod: web}, to: {pod: api, ports: [8443]}, action: allow, tls: {sni: [api.example.com]}}
+    - {name: http-ok, from: {pod: web}, to: {pod: api, ports: [8080]}, action: allow, http: [{path: /ok}]}
+    # 8081: HTTP rules, but an L4 allow covers every request (handed over)
+    - {name: http-x, from: {pod: web}, to: {pod: api, ports: [8081]}, action: allow, http: [{path: /x}]}
+    - {name: l4-all, from: {pod: web}, to: {pod: api, ports: [8081]}, action: allow}
 )";
 
 // One inspection of a connection from pod web to api:8443, whose upstream
@@ -38,17 +42,30 @@ class InspectTest : public ::testing::Test {
     set_receive_timeout(client.far.get(), kWait);
   }
 
-  std::future<InspectOutcome> start_tls() {
-    Inspection in{std::move(client.near),
-                  connector,
-                  store,
-                  flow,
-                  policy->config().proxy,
-                  observer,
-                  cancel,
-                  started,
-                  draining};
-    return io.start(inspect_tls(std::move(in)));
+  std::future<InspectOutcome> start_tls() { return io.start(inspect_tls(inspection())); }
+  std::future<InspectOutcome> start_http(std::uint16_t port) {
+    flow.dst_port = port;
+    return io.start(inspect_http(inspection()));
+  }
+  Inspection inspection() {
+    return Inspection{std::move(client.near),
+                      connector,
+                      store,
+                      flow,
+                      policy->config().proxy,
+                      observer,
+                      cancel,
+                      started,
+                      draining};
+  }
+  // Reads one HTTP message head (up to the blank line) and `body` bytes more.
+  static std::string read_message(int fd, std::size_t body = 0) {
+    std::string out;
+    char c;
+    while (out.find("\r\n\r\n") == std::string::npos && ::recv(fd, &c, 1, 0) == 1) out += c;
+    std::string rest(body, '\0');
+    if (body && ::recv(fd, rest.data(), body, MSG_WAITALL) == static_cast<ssize_t>(body)) out += rest;
+    return out;
   }
   // The upstream side of the connector's connection.
   UniqueFd accept_upstream() {
@@ -72,7 +89,7 @@ class InspectTest : public ::testing::Test {
   UniqueFd listener{::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0)};
   FakeConnector connector{io.io, bound(listener.get())};
   LoopbackLink client{tcp::socket(io.io), UniqueFd()};
-  const policy::Flow flow{asio::ip::make_address("10.200.0.2"), asio::ip::make_address("10.200.0.3"), 8443};
+  policy::Flow flow{asio::ip::make_address("10.200.0.2"), asio::ip::make_address("10.200.0.3"), 8443};
   RecordingObserver observer;
   CancelSlot cancel;
   std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
@@ -161,6 +178,107 @@ TEST_F(InspectTest, TlsCancelWhileWaitingForTheHelloResets) {
   const InspectOutcome out = done.get();
   EXPECT_FALSE(out.handover);
   EXPECT_EQ(out.ending.reason, EndReason::unknown);  // the canceller records why
+}
+
+TEST_F(InspectTest, HttpAllowedRequestGoesThroughAndTheNextIsDenied) {
+  auto done = start_http(8080);
+  ASSERT_TRUE(send_all(client.far.get(), "GET /ok HTTP/1.1\r\nHost: api\r\n\r\n"));
+  UniqueFd upstream = accept_upstream();
+  const std::string head = read_message(upstream.get());
+  EXPECT_EQ(head.rfind("GET /ok HTTP/1.1\r\n", 0), 0u) << head;
+  ASSERT_TRUE(send_all(upstream.get(), "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi"));
+  const std::string response = read_message(client.far.get(), 2);
+  EXPECT_EQ(response.rfind("HTTP/1.1 200 OK\r\n", 0), 0u) << response;
+  EXPECT_EQ(response.substr(response.size() - 2), "hi");
+
+  // The next request on the connection is decided again, and denied.
+  ASSERT_TRUE(send_all(client.far.get(), "GET /admin HTTP/1.1\r\nHost: api\r\n\r\n"));
+  ::shutdown(client.far.get(), SHUT_WR);  // the client has nothing more to say
+  const std::string refusal = read_to_end(client.far.get());
+  EXPECT_EQ(refusal.rfind("HTTP/1.1 403 Forbidden\r\n", 0), 0u) << refusal;
+  EXPECT_NE(refusal.find("Connection: close\r\n"), std::string::npos) << refusal;
+  EXPECT_EQ(read_to_end(upstream.get()), "");  // /admin never reached it: a FIN after the first response
+
+  ASSERT_EQ(done.wait_for(kWait), std::future_status::ready);
+  const InspectOutcome out = done.get();
+  EXPECT_FALSE(out.handover);
+  EXPECT_EQ(out.ending.reason, EndReason::policy_deny);
+  EXPECT_EQ(connector.calls, 1);
+  EXPECT_EQ(observer.allowed_requests, 1);
+  EXPECT_EQ(observer.denied_requests, 1);
+  std::lock_guard lock(observer.mu);
+  ASSERT_EQ(observer.exchanges.size(), 2u);
+  EXPECT_EQ(observer.exchanges[0].status, 200);
+  EXPECT_TRUE(observer.exchanges[0].allowed);
+  EXPECT_EQ(observer.exchanges[1].path, "/admin");
+  EXPECT_EQ(observer.exchanges[1].status, 403);
+  EXPECT_FALSE(observer.exchanges[1].allowed);
+  EXPECT_EQ(observer.requests, (std::vector<std::string>{"GET /ok", "GET /admin"}));
+}
+
+TEST_F(InspectTest, HttpDeniedFirstRequestNeverConnects) {
+  auto done = start_http(8080);
+  ASSERT_TRUE(send_all(client.far.get(), "GET /secret HTTP/1.1\r\nHost: api\r\n\r\n"));
+  ::shutdown(client.far.get(), SHUT_WR);  // no linger: the refusal ends at the client's FIN
+  const std::string refusal = read_to_end(client.far.get());
+  EXPECT_EQ(refusal.rfind("HTTP/1.1 403 Forbidden\r\n", 0), 0u) << refusal;
+  ASSERT_EQ(done.wait_for(kWait), std::future_status::ready);
+  EXPECT_EQ(done.get().ending.reason, EndReason::policy_deny);
+  EXPECT_EQ(connector.calls, 0);
+}
+
+TEST_F(InspectTest, HttpMalformedRequestIsA400) {
+  auto done = start_http(8080);
+  ASSERT_TRUE(send_all(client.far.get(), "GET /ok HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"));
+  ::shutdown(client.far.get(), SHUT_WR);  // no linger: the refusal ends at the client's FIN  // two Hosts
+  const std::string refusal = read_to_end(client.far.get());
+  EXPECT_EQ(refusal.rfind("HTTP/1.1 400 Bad Request\r\n", 0), 0u) << refusal;
+  ASSERT_EQ(done.wait_for(kWait), std::future_status::ready);
+  EXPECT_EQ(done.get().ending.reason, EndReason::bad_request);
+  EXPECT_EQ(connector.calls, 0);
+  EXPECT_EQ(observer.denied_requests, 1);
+}
+
+TEST_F(InspectTest, HttpUpstreamRefusingIsA502) {
+  connector.fail = true;
+  auto done = start_http(8080);
+  ASSERT_TRUE(send_all(client.far.get(), "GET /ok HTTP/1.1\r\nHost: api\r\n\r\n"));
+  ::shutdown(client.far.get(), SHUT_WR);
+  const std::string refusal = read_to_end(client.far.get());
+  EXPECT_EQ(refusal.rfind("HTTP/1.1 502 Bad Gateway\r\n", 0), 0u) << refusal;
+  ASSERT_EQ(done.wait_for(kWait), std::future_status::ready);
+  const InspectOutcome out = done.get();
+  EXPECT_EQ(out.ending.reason, EndReason::upstream_connect_failed);
+  EXPECT_EQ(out.ending.error, "refused by the test");
+  std::lock_guard lock(observer.mu);
+  ASSERT_EQ(observer.exchanges.size(), 1u);
+  EXPECT_EQ(observer.exchanges[0].status, 502);
+  EXPECT_EQ(observer.exchanges[0].error, "refused by the test");
+}
+
+TEST_F(InspectTest, HttpEveryRequestAllowedHandsOver) {
+  auto done = start_http(8081);
+  ASSERT_TRUE(send_all(client.far.get(), "GET /any HTTP/1.1\r\nHost: api\r\n\r\n"));
+  UniqueFd upstream = accept_upstream();
+  EXPECT_EQ(read_message(upstream.get()).rfind("GET /any HTTP/1.1\r\n", 0), 0u);
+  ASSERT_EQ(done.wait_for(kWait), std::future_status::ready);
+  InspectOutcome out = done.get();
+  ASSERT_TRUE(out.handover);  // nothing on this flow can be denied: the data path takes it
+  EXPECT_TRUE(observer.uninspected);
+  EXPECT_EQ(out.ending.reason, EndReason::unknown);
+  io.run([&] { out.handover.reset(); });
+}
+
+TEST_F(InspectTest, HttpPrefaceIsHandedToTheHttp2Inspector) {
+  auto done = start_http(8080);
+  const std::string preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+  ASSERT_TRUE(send_all(client.far.get(), preface));
+  ASSERT_EQ(done.wait_for(kWait), std::future_status::ready);
+  InspectOutcome out = done.get();
+  ASSERT_TRUE(out.http2);
+  EXPECT_EQ(out.http2->initial, preface);
+  EXPECT_EQ(connector.calls, 0);
+  io.run([&] { out.http2.reset(); });
 }
 
 }  // namespace
