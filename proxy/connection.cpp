@@ -47,8 +47,7 @@ Connection::Connection(ProxyContext& proxy, WorkerContext& worker, const config:
     : proxy_(proxy),
       worker_(worker),
       listener_(listener),
-      client_(std::move(client)),
-      upstream_(worker.io),
+      sockets_{std::move(client), tcp::socket(worker.io)},
       peer_(peer),
       source_slot_(std::move(source_slot)) {}
 
@@ -58,8 +57,8 @@ asio::awaitable<void> Connection::run(std::shared_ptr<Connection> self) {
   } catch (const std::exception& e) {
     spdlog::warn("connection {}: {}", self->info_ ? self->info_->id : 0, e.what());
     if (self->info_) self->settle(Ending(EndReason::proxy_error, e.what()));
-    reset_socket(self->client_);
-    reset_socket(self->upstream_);
+    reset_socket(self->sockets_.client);
+    reset_socket(self->sockets_.upstream);
   }
   self->finish();
 }
@@ -85,8 +84,8 @@ void Connection::abort() {
   if (aborted_) return;
   aborted_ = true;
   allowed_ = false;
-  reset_socket(client_);
-  reset_socket(upstream_);
+  reset_socket(sockets_.client);
+  reset_socket(sockets_.upstream);
   cancel_.cancel();  // whoever holds the sockets now resets them
 }
 
@@ -206,11 +205,11 @@ asio::awaitable<void> Connection::serve() {
   } else {
     // Transparent listener: the socket was assigned (TPROXY / bpf_sk_assign)
     // with its original destination as local address.
-    info_->dst = client_.local_endpoint(ec);
+    info_->dst = sockets_.client.local_endpoint(ec);
     if (ec || info_->dst == listener_.listen) {
       // Connected to the listener itself: proxying would loop back to us.
       settle(Ending(EndReason::proxy_loop));
-      reset_socket(client_);
+      reset_socket(sockets_.client);
       co_return;
     }
   }
@@ -245,20 +244,33 @@ asio::awaitable<void> Connection::serve() {
     decided(decision.decision);
     if (!allowed_) {
       settle(Ending(EndReason::policy_deny));
-      reset_socket(client_);  // SPEC: L4 deny is a reset
+      reset_socket(sockets_.client);  // SPEC: L4 deny is a reset
       co_return;
     }
-    co_await forward(std::nullopt);
+    if (!co_await connect_upstream()) co_return;
+    co_await forward();
     co_return;
   }
 
   inspected_ = true;
   boost::system::error_code ignored;
-  client_.set_option(tcp::no_delay(true), ignored);
-  Inspection in{std::move(client_), *this,           proxy_.policy, flow, settings(), *this, cancel_,
-                info_->started,     proxy_.draining, *this};
+  sockets_.client.set_option(tcp::no_delay(true), ignored);
+  if (co_await inspect(decision.inspect, flow)) co_await forward();
+}
+
+asio::awaitable<bool> Connection::inspect(policy::Inspect kind, policy::Flow flow) {
+  Inspection in{std::move(sockets_.client),
+                *this,
+                proxy_.policy,
+                flow,
+                settings(),
+                *this,
+                cancel_,
+                info_->started,
+                proxy_.draining,
+                *this};
   InspectOutcome out;
-  if (decision.inspect == policy::Inspect::tls) {
+  if (kind == policy::Inspect::tls) {
     out = co_await inspect_tls(std::move(in));
   } else {
     out = co_await inspect_http(std::move(in));
@@ -266,44 +278,32 @@ asio::awaitable<void> Connection::serve() {
   settle(out.ending);
   if (out.http2 && !aborted_) {
     // HTTP/2 inspection still works on the connection's own sockets.
-    client_ = std::move(out.http2->client);
-    if (co_await inspect_h2(*this, std::move(out.http2->initial)) && !aborted_)
-      out.handover.emplace(SocketPair{std::move(client_), std::move(upstream_)});
+    sockets_.client = std::move(out.http2->client);
+    co_return co_await inspect_h2(*this, std::move(out.http2->initial)) && !aborted_;
   }
-  co_await forward(std::move(out.handover));
+  if (!out.handover) co_return false;
+  sockets_ = std::move(*out.handover);
+  co_return true;
 }
 
 SHUNT_FRAME_ALLOC_WARNING_ON
 
-asio::awaitable<void> Connection::forward(std::optional<SocketPair> pair) {
-  if (!pair) {
-    if (inspected_) co_return;  // the inspector ended the connection
-    // An L4 allow: connect, then the data path.
-    Connected upstream = co_await connect();
-    if (!upstream.socket) {
-      settle(Ending(EndReason::upstream_connect_failed, upstream.error));
-      reset_socket(client_);  // SPEC: an upstream refusing means the client sees a reset
-      co_return;
-    }
-    boost::system::error_code ignored;
-    client_.set_option(tcp::no_delay(true), ignored);
-    pair.emplace(SocketPair{std::move(client_), std::move(*upstream.socket)});
-  }
+asio::awaitable<void> Connection::forward() {
   Ending ending;
   switch (policy_->config().proxy.datapath) {
     case config::Datapath::sockmap: {
       const KernelSplice kernel{proxy_.bridge.get(), proxy_.bulk_grants.get(), &worker_.hangups,
                                 proxy_.shortcut.get(), info_->src_pod};
-      ending = co_await run_sockmap(std::move(*pair), *this, cancel_, kernel, inspected_);
+      ending = co_await run_sockmap(sockets_, *this, cancel_, kernel, inspected_);
       break;
     }
     case config::Datapath::splice:
       info_->datapath = config::Datapath::splice;
-      ending = co_await run_splice(std::move(*pair), *this, cancel_);
+      ending = co_await run_splice(sockets_, *this, cancel_);
       break;
     case config::Datapath::copy:
       info_->datapath = config::Datapath::copy;
-      ending = co_await run_copy(std::move(*pair), *this, cancel_);
+      ending = co_await run_copy(sockets_, *this, cancel_);
       break;
   }
   settle(ending);
@@ -387,11 +387,14 @@ asio::awaitable<bool> Connection::connect_upstream(bool keep_client) {
   Connected upstream = co_await connect();
   if (!upstream.socket) {
     connect_failure_ = upstream.failure;
-    info_->note_end(EndReason::upstream_connect_failed, upstream.error);
-    if (!keep_client) reset_socket(client_);  // SPEC: upstream refusing = the client sees a reset
+    settle(Ending(EndReason::upstream_connect_failed, upstream.error));
+    // SPEC: an upstream refusing means the client sees a reset.
+    if (!keep_client) reset_socket(sockets_.client);
     co_return false;
   }
-  upstream_ = std::move(*upstream.socket);
+  sockets_.upstream = std::move(*upstream.socket);
+  boost::system::error_code ignored;
+  sockets_.client.set_option(tcp::no_delay(true), ignored);
   co_return true;
 }
 

@@ -100,8 +100,8 @@ class Connection : public std::enable_shared_from_this<Connection>,
 
   // --- still used by the HTTP/1.1 and HTTP/2 inspectors (to move onto the
   // Inspection seam) ---
-  tcp::socket& client() { return client_; }
-  tcp::socket& upstream() { return upstream_; }
+  tcp::socket& client() { return sockets_.client; }
+  tcp::socket& upstream() { return sockets_.upstream; }
   ConnectionInfo& info() { return *info_; }
   ProxyContext& proxy() { return proxy_; }
   WorkerContext& worker() { return worker_; }
@@ -129,9 +129,13 @@ class Connection : public std::enable_shared_from_this<Connection>,
 
  private:
   boost::asio::awaitable<void> serve();
-  // The data path for `pair` (empty after an L4 allow: connects first;
-  // empty after inspection: the inspector ended the connection).
-  boost::asio::awaitable<void> forward(std::optional<SocketPair> pair);
+  // Runs the inspector `kind` asks for on the client socket; true when it
+  // handed both sockets back (sockets_) for the data path. Its own
+  // coroutine, so its frame (the Inspection, the outcome) is gone before
+  // the data path starts.
+  boost::asio::awaitable<bool> inspect(policy::Inspect kind, policy::Flow flow);
+  // The configured data path on sockets_, until the connection ends.
+  boost::asio::awaitable<void> forward();
   // The one place an inspector's, a data path's or the connection's own
   // ending is recorded: the first cause wins (ConnectionInfo::note_end), so
   // a revoke, drain or idle timeout that came first stays.
@@ -144,8 +148,11 @@ class Connection : public std::enable_shared_from_this<Connection>,
   ProxyContext& proxy_;
   WorkerContext& worker_;
   config::Listener listener_;
-  tcp::socket client_;
-  tcp::socket upstream_;
+  // The two sockets between owners: the accept's and the connect's, what an
+  // inspector hands back, what the data path runs on. Kept here rather than
+  // in coroutine frames, which live as long as the connection (an idle
+  // spliced connection's memory is mostly its frames).
+  SocketPair sockets_;
   tcp::endpoint peer_;
   std::shared_ptr<const policy::Policy> policy_;
   std::shared_ptr<ConnectionInfo> info_;

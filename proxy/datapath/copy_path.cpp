@@ -67,7 +67,7 @@ asio::awaitable<void> copy_direction(tcp::socket& from, tcp::socket& to, bool fr
 
 }  // namespace
 
-asio::awaitable<Ending> run_copy(SocketPair pair, DatapathSink& sink, CancelSlot& cancel) {
+asio::awaitable<Ending> run_copy(SocketPair& pair, DatapathSink& sink, CancelSlot& cancel) {
   co_return co_await run_both_directions(
       pair, cancel, [&](tcp::socket& from, tcp::socket& to, bool from_client, Direction d, Ending& ending) {
         return copy_direction(from, to, from_client, d, sink, cancel, ending);

@@ -1,7 +1,10 @@
 // The three ways bytes move once a connection's verdict is final. A data
 // path gets what it needs and nothing else:
 //
-//   - the socket pair, owned: it closes (or resets) both before it returns;
+//   - the socket pair, taken over: it closes (or resets) both before it
+//     returns (by reference, so the pair is not copied into every frame of
+//     a connection that may stay open for hours; the caller keeps the
+//     storage alive until the path returns);
 //   - a DatapathSink (proxy/observer.h) for bytes moved and its own events;
 //   - a CancelSlot (common/cancel_slot.h): the connection's owner cancels it
 //     (revoke, drain, idle timeout) and the path resets both sides at once;
@@ -44,11 +47,11 @@ struct SocketPair {
 
 // Asio async read/write through a 64 KiB buffer per direction, held only
 // while bytes are in flight (common/io_buffer.h).
-boost::asio::awaitable<Ending> run_copy(SocketPair pair, DatapathSink& sink, CancelSlot& cancel);
+boost::asio::awaitable<Ending> run_copy(SocketPair& pair, DatapathSink& sink, CancelSlot& cancel);
 
 // splice(2) through a pipe per direction, held only while bytes are in
 // flight, driven by Asio readiness.
-boost::asio::awaitable<Ending> run_splice(SocketPair pair, DatapathSink& sink, CancelSlot& cancel);
+boost::asio::awaitable<Ending> run_splice(SocketPair& pair, DatapathSink& sink, CancelSlot& cancel);
 
 // What the sockmap path needs from the process, injected by whoever wires
 // the connection (the server's ProxyContext and the worker's watcher).
@@ -66,7 +69,7 @@ struct KernelSplice {
 // run_splice when the kernel refuses them. `inspected`: inspection may have
 // read from or written to either socket (the handover then reads its
 // baselines from the kernel instead of assuming 0).
-boost::asio::awaitable<Ending> run_sockmap(SocketPair pair, DatapathSink& sink, CancelSlot& cancel,
+boost::asio::awaitable<Ending> run_sockmap(SocketPair& pair, DatapathSink& sink, CancelSlot& cancel,
                                            const KernelSplice& kernel, bool inspected);
 
 }  // namespace shunt::proxy

@@ -134,7 +134,7 @@ asio::awaitable<void> splice_direction(tcp::socket& from, tcp::socket& to, bool 
 
 }  // namespace
 
-asio::awaitable<Ending> run_splice(SocketPair pair, DatapathSink& sink, CancelSlot& cancel) {
+asio::awaitable<Ending> run_splice(SocketPair& pair, DatapathSink& sink, CancelSlot& cancel) {
   co_return co_await run_both_directions(
       pair, cancel, [&](tcp::socket& from, tcp::socket& to, bool from_client, Direction d, Ending& ending) {
         return splice_direction(from, to, from_client, d, sink, cancel, ending);

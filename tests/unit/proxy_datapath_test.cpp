@@ -48,15 +48,15 @@ class DatapathTest : public ::testing::TestWithParam<Path> {
 
   // Starts the data path under test on the io thread.
   std::future<Ending> start() {
-    SocketPair pair{std::move(client_link.near), std::move(upstream_link.near)};
+    pair.emplace(SocketPair{std::move(client_link.near), std::move(upstream_link.near)});
     switch (GetParam()) {
       case Path::copy:
-        return io.start(run_copy(std::move(pair), observer, cancel));
+        return io.start(run_copy(*pair, observer, cancel));
       case Path::splice:
-        return io.start(run_splice(std::move(pair), observer, cancel));
+        return io.start(run_splice(*pair, observer, cancel));
       case Path::sockmap:
         kernel = KernelSplice{bridge.get(), grants.get(), hangups.get()};
-        return io.start(run_sockmap(std::move(pair), observer, cancel, kernel, /*inspected=*/false));
+        return io.start(run_sockmap(*pair, observer, cancel, kernel, /*inspected=*/false));
     }
     return {};
   }
@@ -75,6 +75,7 @@ class DatapathTest : public ::testing::TestWithParam<Path> {
   std::unique_ptr<BulkGrants> grants;
   std::unique_ptr<HangupWatcher> hangups;
   KernelSplice kernel;
+  std::optional<SocketPair> pair;  // the path's, until it returns
 };
 
 constexpr auto kWait = std::chrono::seconds(10);
@@ -154,8 +155,8 @@ TEST(SockmapPath, WithoutTheBridgeFallsBackToSplice) {
   RecordingObserver observer;
   CancelSlot cancel;
   const KernelSplice none;
-  auto done = io.start(run_sockmap(SocketPair{std::move(client.near), std::move(upstream.near)}, observer,
-                                   cancel, none, false));
+  SocketPair pair{std::move(client.near), std::move(upstream.near)};
+  auto done = io.start(run_sockmap(pair, observer, cancel, none, false));
   ASSERT_TRUE(send_all(client.far.get(), "abc"));
   ::shutdown(client.far.get(), SHUT_WR);
   EXPECT_EQ(read_to_end(upstream.far.get()), "abc");
