@@ -22,6 +22,7 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
 
 #include <atomic>
 #include <cerrno>
@@ -228,6 +229,33 @@ class FakeConnector : public UpstreamConnector {
  private:
   asio::io_context& io_;
   tcp::endpoint to_;
+};
+
+// The keep-alive deadline on a timer of its own (the daemon uses the
+// worker's idle sweep).
+class TimerQuietWatch : public QuietWatch {
+ public:
+  explicit TimerQuietWatch(asio::io_context& io) : timer_(io) {}
+  void watch_quiet(std::chrono::steady_clock::time_point at, std::function<void()> on_due) override {
+    due_ = std::move(on_due);
+    timer_.expires_at(at);
+    timer_.async_wait([this, generation = ++generation_](boost::system::error_code ec) {
+      if (ec || generation != generation_ || !due_) return;
+      auto due = std::move(due_);
+      due_ = nullptr;
+      due();
+    });
+  }
+  void unwatch_quiet() override {
+    ++generation_;
+    due_ = nullptr;
+    timer_.cancel();
+  }
+
+ private:
+  asio::steady_timer timer_;
+  std::function<void()> due_;
+  std::uint64_t generation_ = 0;
 };
 
 // A compiled policy from the YAML of a `policy:` section (and pods).

@@ -56,7 +56,8 @@ class InspectTest : public ::testing::Test {
                       observer,
                       cancel,
                       started,
-                      draining};
+                      draining,
+                      quiet};
   }
   // Reads one HTTP message head (up to the blank line) and `body` bytes more.
   static std::string read_message(int fd, std::size_t body = 0) {
@@ -94,6 +95,7 @@ class InspectTest : public ::testing::Test {
   CancelSlot cancel;
   std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
   std::atomic<bool> draining{false};
+  TimerQuietWatch quiet{io.io};
 };
 
 TEST_F(InspectTest, TlsAllowedSniForwardsTheHelloAndHandsOver) {
