@@ -252,8 +252,8 @@ asio::awaitable<Ending> run_sockmap(SocketPair& pair, DatapathSink& sink, Cancel
   Clock::time_point capture_retry_at = Clock::time_point::max();
   auto try_capture = [&] {
     const bpf::CaptureOutcome outcome =
-        endpoint.capture(*kernel.shortcut, std::string(kernel.client_pod), client_fd, handover.cookies.a, handover.cookies.b,
-                         up.from_consumed_at_handover, up.to_written_at_handover);
+        endpoint.capture(*kernel.shortcut, std::string(kernel.client_pod), client_fd, handover.cookies.a,
+                         handover.cookies.b, up.from_consumed_at_handover, up.to_written_at_handover);
     capture_retry_at = Clock::time_point::max();
     if (outcome == bpf::CaptureOutcome::captured) return;
     if (outcome == bpf::CaptureOutcome::blocking && capture_attempt < std::size(kCaptureRetries)) {
@@ -352,8 +352,8 @@ asio::awaitable<Ending> run_sockmap(SocketPair& pair, DatapathSink& sink, Cancel
       spdlog::debug("connection {}: {} side reset; resetting the other", id,
                     client_failed ? "client" : "upstream");
       ending.note(client_failed ? EndReason::client_reset : EndReason::upstream_reset,
-                    consumed_error ? std::strerror(consumed_error)
-                                   : socket_error(client_failed ? client.get() : upstream.get()));
+                  consumed_error ? std::strerror(consumed_error)
+                                 : socket_error(client_failed ? client.get() : upstream.get()));
       reset_fd(client.get());
       reset_fd(upstream.get());
       break;
@@ -365,8 +365,8 @@ asio::awaitable<Ending> run_sockmap(SocketPair& pair, DatapathSink& sink, Cancel
       ending.note(d == &up ? EndReason::client_closed : EndReason::upstream_closed);
       if (drained(*d)) {
         if (spdlog::should_log(spdlog::level::debug))  // the byte count costs a map lookup
-          spdlog::debug("connection {}: FIN from {} forwarded after its bytes drained ({} redirected)",
-                        id, d == &up ? "client" : "upstream", bridge->redirected_bytes(d->from_cookie));
+          spdlog::debug("connection {}: FIN from {} forwarded after its bytes drained ({} redirected)", id,
+                        d == &up ? "client" : "upstream", bridge->redirected_bytes(d->from_cookie));
         ::shutdown(d->to, SHUT_WR);
         d->fin_forwarded = true;
         // The client can send no more: give its socket its own protocol ops
@@ -415,8 +415,8 @@ asio::awaitable<Ending> run_sockmap(SocketPair& pair, DatapathSink& sink, Cancel
   if (shortcut_stats.switches) {
     sink.kernel_path(Direction::up, KernelPath::sk_msg);
     spdlog::debug(
-        "connection {}: short-circuit moved {} byte(s) up, fence opened {} time(s), {} return(s) to TCP",
-        id, shortcut_stats.bytes, shortcut_stats.switches, shortcut_stats.fallbacks);
+        "connection {}: short-circuit moved {} byte(s) up, fence opened {} time(s), {} return(s) to TCP", id,
+        shortcut_stats.bytes, shortcut_stats.switches, shortcut_stats.fallbacks);
   }
   std::uint64_t dropped = 0;
   for (const SplicedDirection* d : {&up, &down}) {
