@@ -11,6 +11,7 @@ import shutil
 import signal
 import string
 import subprocess
+import sys
 import time
 import urllib.request
 
@@ -174,6 +175,52 @@ class Endpoints:
         self.client_ns = client_ns   # netns clients run in (None: host)
         self.server_ns = server_ns   # netns backends run in (None: host)
         self.proxy_ns = proxy_ns     # netns proxies run in (None: host)
+
+
+# ---------------------------------------------------------------- pods
+
+POD_CLIENT, POD_SERVER, POD_PROXY = "bench-cli", "bench-srv", "bench-px"
+POD_NET = "10.231.0"
+
+
+class PodTopology:
+    """Three lab pods made with `shunt pod add`: clients in one, backends in
+    another, and every proxy (shunt included, with a static listener) in a
+    third. Lab pods have no gateway address on the host side, so a proxy pod
+    is what gives each proxy an address the client pod can reach, and the
+    same one for all of them: client pod -> proxy pod -> server pod, while
+    direct is client pod -> server pod."""
+
+    PODS = ((POD_CLIENT, 2), (POD_SERVER, 3), (POD_PROXY, 4))
+
+    def __init__(self, shunt_bin):
+        self.shunt_bin, self.made = shunt_bin, []
+
+    def setup(self):
+        if not self.shunt_bin:
+            raise BenchError("pods topology needs the shunt binary (shunt pod add)")
+        for name, host in self.PODS:
+            subprocess.run([self.shunt_bin, "pod", "del", name], capture_output=True)  # leftovers
+            r = subprocess.run([self.shunt_bin, "pod", "add", name, "--ip", f"{POD_NET}.{host}/24"],
+                               capture_output=True, text=True)
+            if r.returncode != 0:
+                raise BenchError(f"shunt pod add {name} failed: {(r.stderr or r.stdout).strip()[-200:]}")
+            self.made.append(name)
+            print(f"  pod {name}: {(r.stdout or r.stderr).strip().splitlines()[-1:]}", file=sys.stderr)
+            # The connection-rate workload leaves tens of thousands of
+            # TIME_WAIT sockets, all towards one server address and port from
+            # the proxy pod. Loopback may reuse them (tcp_tw_reuse=2 means
+            # "loopback only"); in the pods' own namespaces allow the same,
+            # or whichever system runs late finds the port space full.
+            subprocess.run(["ip", "netns", "exec", name, "sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1"],
+                           capture_output=True)
+        return Endpoints(server_ip=f"{POD_NET}.3", proxy_ip=f"{POD_NET}.4",
+                         client_ns=POD_CLIENT, server_ns=POD_SERVER, proxy_ns=POD_PROXY)
+
+    def teardown(self):
+        for name in self.made:
+            subprocess.run([self.shunt_bin, "pod", "del", name], capture_output=True)
+        self.made = []
 
 
 # ---------------------------------------------------------------- systems
