@@ -1,5 +1,6 @@
 #include "bpf/sockmap.h"
 
+#include "bpf/loopback_pairs.h"
 #include "bpf/owned.h"
 #include "bpf/sockmap_shared.h"
 #include "common/sockopt.h"
@@ -224,23 +225,11 @@ void SockmapBridge::probe_queued_kick() {
   auto fail = [](const char* what) {
     spdlog::debug("sockmap kick probe: {}: {}", what, std::strerror(errno));
   };
-  UniqueFd listener(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof(addr);
-  if (!listener || ::bind(listener.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
-      ::listen(listener.get(), 4) != 0 ||
-      ::getsockname(listener.get(), reinterpret_cast<sockaddr*>(&addr), &len) != 0)
-    return fail("loopback listener");
-  auto connected_pair = [&](UniqueFd& out, UniqueFd& in) {
-    out = UniqueFd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
-    if (!out || ::connect(out.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) return false;
-    in = UniqueFd(::accept4(listener.get(), nullptr, nullptr, SOCK_CLOEXEC));
-    return static_cast<bool>(in);
-  };
-  UniqueFd a, b, c, d;
-  if (!connected_pair(a, b) || !connected_pair(c, d)) return fail("loopback connect");
+  LoopbackPairs pairs;
+  if (const char* failed = make_loopback_pairs(pairs)) return fail(failed);
+  UniqueFd& a = pairs.first_out;
+  UniqueFd& b = pairs.first_in;
+  UniqueFd& c = pairs.second_out;  // its peer (second_in) only has to exist
   pollfd readable{b.get(), POLLIN, 0};
   if (::send(a.get(), "x", 1, 0) != 1 || ::poll(&readable, 1, 1000) != 1) return fail("queue one byte");
 

@@ -1,5 +1,6 @@
 #include "bpf/sockmap_shortcut.h"
 
+#include "bpf/loopback_pairs.h"
 #include "bpf/owned.h"
 #include "bpf/sockmap.h"
 #include "bpf/sockmap_shared.h"
@@ -205,24 +206,13 @@ void EndpointShortcut::probe(const SockmapBridge& bridge) {
     probe_detail_ = std::string(what) + (errno ? std::string(": ") + std::strerror(errno) : std::string());
     works_ = false;
   };
-  UniqueFd listener(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof(addr);
-  if (!listener || ::bind(listener.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
-      ::listen(listener.get(), 4) != 0 ||
-      ::getsockname(listener.get(), reinterpret_cast<sockaddr*>(&addr), &len) != 0)
-    return fail("loopback listener");
-  auto connected_pair = [&](UniqueFd& out, UniqueFd& in) {
-    out = UniqueFd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
-    if (!out || ::connect(out.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) return false;
-    in = UniqueFd(::accept4(listener.get(), nullptr, nullptr, SOCK_CLOEXEC));
-    return static_cast<bool>(in);
-  };
-  UniqueFd e, f, g, h;
+  LoopbackPairs pairs;
   errno = 0;
-  if (!connected_pair(e, f) || !connected_pair(g, h)) return fail("loopback connect");
+  if (const char* failed = make_loopback_pairs(pairs)) return fail(failed);
+  UniqueFd& e = pairs.first_out;
+  UniqueFd& f = pairs.first_in;
+  UniqueFd& g = pairs.second_out;
+  UniqueFd& h = pairs.second_in;
   ::fcntl(e.get(), F_SETFL, ::fcntl(e.get(), F_GETFL) | O_NONBLOCK);
   int sndbuf = 256 << 10;  // as the sockmap path sets it on shunt's sockets
   ::setsockopt(g.get(), SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof(sndbuf));
