@@ -8,23 +8,7 @@
 
 #include "sockmap_shared.h"
 
-/* Sized at load time to 2 x max_connections. */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 1);
-	__type(key, __u64);
-	__type(value, struct shunt_sock_peer);
-} sock_peers SEC(".maps");
-
-/* Redirect targets. No program is attached to this map: a socket is put
- * here before its peer starts redirecting to it, because a redirect to a
- * socket that is in no map drops bytes the sender has already ACKed. */
-struct {
-	__uint(type, BPF_MAP_TYPE_SOCKHASH);
-	__uint(max_entries, 1);
-	__type(key, __u64);
-	__type(value, __u64);
-} redirect_targets SEC(".maps");
+#include "sockmap_maps.bpf.h"
 
 /* Sockets whose receive path runs redirect_to_peer (attached as
  * BPF_SK_SKB_VERDICT by the loader). */

@@ -32,19 +32,7 @@
 #define BPF_F_CURRENT_NETNS_ID (-1L)
 
 /* Shared with sockmap_redirect (bpf_map__reuse_fd; sized by the loader). */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 1);
-	__type(key, __u64);
-	__type(value, struct shunt_sock_peer);
-} sock_peers SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_SOCKHASH);
-	__uint(max_entries, 1);
-	__type(key, __u64);
-	__type(value, __u64);
-} redirect_targets SEC(".maps");
+#include "sockmap_maps.bpf.h"
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
