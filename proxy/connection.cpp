@@ -5,7 +5,6 @@
 #include "common/warn_limiter.h"
 #include "proxy/datapath/datapath.h"
 #include "proxy/datapath/hangup_watcher.h"
-#include "proxy/inspect/inspect.h"
 #include "proxy/inspect/inspector.h"
 #include "proxy/metrics.h"
 #include "proxy/proxy_context.h"
@@ -89,11 +88,6 @@ void Connection::abort() {
   cancel_.cancel();  // whoever holds the sockets now resets them
 }
 
-void Connection::set_abort_hook(std::function<void()> hook) {
-  abort_hook_.reset();
-  if (hook) abort_hook_.emplace(cancel_.install(std::move(hook)));
-}
-
 void Connection::settle(const Ending& ending) {
   if (ending.aborted) {
     // The runner reset both sides itself: counted like an abort.
@@ -159,6 +153,17 @@ void Connection::requests_uninspected() {
 }
 
 void Connection::speaks_http2() { info_->http2.store(true, std::memory_order_relaxed); }
+
+void Connection::rechecks_streams(std::function<void()> recheck) {
+  std::lock_guard lock(info_->mu);
+  info_->recheck_streams = std::move(recheck);
+}
+
+void Connection::http2_streams(int delta) {
+  metrics().http2_active_streams.fetch_add(delta, std::memory_order_relaxed);
+}
+
+void Connection::http2_goaway(std::string_view code) { metrics().http2_goaways.add(std::string(code)); }
 
 void Connection::counted_request(bool http2, bool allowed) {
   auto& m = metrics();
@@ -258,28 +263,33 @@ asio::awaitable<void> Connection::serve() {
   if (co_await inspect(decision.inspect, flow)) co_await forward();
 }
 
+Inspection Connection::inspection(tcp::socket client, const policy::Flow& flow) {
+  return Inspection{.client = std::move(client),
+                    .upstream = *this,
+                    .policy = proxy_.policy,
+                    .flow = flow,
+                    .settings = settings(),
+                    .observer = *this,
+                    .cancel = cancel_,
+                    .started = info_->started,
+                    .draining = proxy_.draining,
+                    .quiet = *this};
+}
+
 asio::awaitable<bool> Connection::inspect(policy::Inspect kind, policy::Flow flow) {
-  Inspection in{std::move(sockets_.client),
-                *this,
-                proxy_.policy,
-                flow,
-                settings(),
-                *this,
-                cancel_,
-                info_->started,
-                proxy_.draining,
-                *this};
   InspectOutcome out;
   if (kind == policy::Inspect::tls) {
-    out = co_await inspect_tls(std::move(in));
+    out = co_await inspect_tls(inspection(std::move(sockets_.client), flow));
   } else {
-    out = co_await inspect_http(std::move(in));
+    out = co_await inspect_http(inspection(std::move(sockets_.client), flow));
   }
   settle(out.ending);
-  if (out.http2 && !aborted_) {
-    // HTTP/2 inspection still works on the connection's own sockets.
-    sockets_.client = std::move(out.http2->client);
-    co_return co_await inspect_h2(*this, std::move(out.http2->initial)) && !aborted_;
+  if (out.http2) {
+    // Prior-knowledge HTTP/2: every stream is decided by the HTTP/2
+    // inspector, which finishes the connection itself (never a handover).
+    Http2Start h2 = std::move(*out.http2);
+    out = co_await inspect_h2(inspection(std::move(h2.client), flow), std::move(h2.initial));
+    settle(out.ending);
   }
   if (!out.handover) co_return false;
   sockets_ = std::move(*out.handover);
@@ -383,13 +393,12 @@ asio::awaitable<UpstreamConnector::Connected> Connection::connect() {
   co_return out;
 }
 
-asio::awaitable<bool> Connection::connect_upstream(bool keep_client) {
+asio::awaitable<bool> Connection::connect_upstream() {
   Connected upstream = co_await connect();
   if (!upstream.socket) {
-    connect_failure_ = upstream.failure;
     settle(Ending(EndReason::upstream_connect_failed, upstream.error));
     // SPEC: an upstream refusing means the client sees a reset.
-    if (!keep_client) reset_socket(sockets_.client);
+    reset_socket(sockets_.client);
     co_return false;
   }
   sockets_.upstream = std::move(*upstream.socket);

@@ -91,6 +91,9 @@ class Connection : public std::enable_shared_from_this<Connection>,
                    std::vector<std::pair<std::string, std::string>> headers) override;
   void requests_uninspected() override;
   void speaks_http2() override;
+  void rechecks_streams(std::function<void()> recheck) override;
+  void http2_streams(int delta) override;
+  void http2_goaway(std::string_view code) override;
   void counted_request(bool http2, bool allowed) override;
   void exchanged(const HttpExchange& exchange) override;
 
@@ -98,21 +101,6 @@ class Connection : public std::enable_shared_from_this<Connection>,
   // timeout; a failure is counted and warned about (rate-limited) ---
   boost::asio::awaitable<Connected> connect() override;
 
-  // --- still used by the HTTP/1.1 and HTTP/2 inspectors (to move onto the
-  // Inspection seam) ---
-  tcp::socket& client() { return sockets_.client; }
-  tcp::socket& upstream() { return sockets_.upstream; }
-  ConnectionInfo& info() { return *info_; }
-  ProxyContext& proxy() { return proxy_; }
-  WorkerContext& worker() { return worker_; }
-  const policy::Policy& policy() const { return *policy_; }
-  const config::ProxySettings& settings() const { return policy_->config().proxy; }
-  // connect() into upstream(). On failure: records the reason and error,
-  // resets the client unless `keep_client` (the HTTP inspector answers it
-  // with 502/504 instead; see connect_failure()) and returns false.
-  boost::asio::awaitable<bool> connect_upstream(bool keep_client = false);
-  [[nodiscard]] UpstreamFailure connect_failure() const { return connect_failure_; }
-  [[nodiscard]] bool aborted() const { return aborted_; }
   // Called (on this connection's thread) by revoke: resets both sides and
   // cancels whatever runs the sockets. The first form records `why` as the
   // reason the connection ended (unless one is recorded already); the
@@ -123,12 +111,15 @@ class Connection : public std::enable_shared_from_this<Connection>,
   // (250 ms ticks) instead of a timer of the connection's own ---
   void watch_quiet(std::chrono::steady_clock::time_point at, std::function<void()> on_due) override;
   void unwatch_quiet() override { quiet_due_ = nullptr; }
-  // What abort() must also do while an inspector runs (empty: nothing).
-  void set_abort_hook(std::function<void()> hook);
-  void set_rule(const policy::Decision& decision) { decided(decision); }
 
  private:
   boost::asio::awaitable<void> serve();
+  [[nodiscard]] const config::ProxySettings& settings() const { return policy_->config().proxy; }
+  // connect() into sockets_.upstream, for an L4 allow. On failure: records
+  // the reason and error, resets the client and returns false.
+  boost::asio::awaitable<bool> connect_upstream();
+  // The seam an inspector is run through, over `client`.
+  Inspection inspection(tcp::socket client, const policy::Flow& flow);
   // Runs the inspector `kind` asks for on the client socket; true when it
   // handed both sockets back (sockets_) for the data path. Its own
   // coroutine, so its frame (the Inspection, the outcome) is gone before
@@ -160,9 +151,7 @@ class Connection : public std::enable_shared_from_this<Connection>,
   bool aborted_ = false;
   bool finished_ = false;
   bool inspected_ = false;
-  UpstreamFailure connect_failure_ = UpstreamFailure::connect_error;
   CancelSlot cancel_;
-  std::optional<CancelSlot::Installed> abort_hook_;
   SourceLimiter::Lease source_slot_;
   // The idle check's state (check_idle): bytes at the last check and when
   // they last changed.

@@ -14,6 +14,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -105,6 +106,15 @@ class ConnectionObserver : public DatapathSink {
   virtual void requests_uninspected() = 0;
   // HTTP/2 inspection runs the connection (/connections `protocol`).
   virtual void speaks_http2() = 0;
+  // What a reload that keeps the connection calls, on the control thread,
+  // so that its HTTP/2 streams are each decided again now (empty: nothing
+  // any more). `recheck` must be safe to call from any thread, and after
+  // the inspection has ended.
+  virtual void rechecks_streams(std::function<void()> recheck) = 0;
+  // HTTP/2 streams opened (+1) or gone (-1): shunt_http2_active_streams.
+  virtual void http2_streams(int delta) = 0;
+  // A GOAWAY sent to the client: shunt_http2_goaways_total{code}.
+  virtual void http2_goaway(std::string_view code) = 0;
   // shunt_http_requests_total / shunt_http2_requests_total by verdict.
   virtual void counted_request(bool http2, bool allowed) = 0;
   // One `http` access-log line.

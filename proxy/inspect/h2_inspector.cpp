@@ -40,18 +40,23 @@
 // budget is in proxy.http2 (config.h, Http2Settings). A fatal error lingers
 // (linger()) so the GOAWAY reaches a client that is still sending.
 //
-// A reload re-checks open streams at once (ConnectionInfo::recheck_streams
-// pokes the tick; the 100 ms tick itself is the fallback): a stream no
-// longer allowed is ended, grpc-status 7 for gRPC, RST_STREAM(CANCEL)
-// otherwise. The tick also sends GOAWAY when the daemon drains.
+// A reload re-checks open streams at once (the observer's
+// rechecks_streams hook pokes the tick; the 100 ms tick itself is the
+// fallback): a stream no longer allowed is ended, grpc-status 7 for gRPC,
+// RST_STREAM(CANCEL) otherwise. The tick also sends GOAWAY when the daemon
+// drains.
+//
+// On the inspector seam (inspector.h) like the HTTP/1.1 and TLS
+// inspectors: it owns the client socket and the upstream one it connects,
+// reports through the observer (one `http` line per stream, counters), and
+// returns only once every coroutine it started has ended, so the
+// references in the Inspection outlive every use. It never hands over: an
+// HTTP/2 connection is finished in userspace.
 #include "common/async.h"
+#include "common/reset.h"
 #include "policy/canonical.h"
-#include "proxy/access_log.h"
-#include "proxy/connection.h"
 #include "proxy/end_reason.h"
-#include "proxy/inspect/inspect.h"
-#include "proxy/metrics.h"
-#include "proxy/proxy_context.h"
+#include "proxy/inspect/inspector.h"
 
 #include <nghttp2/nghttp2.h>
 #include <spdlog/spdlog.h>
@@ -111,12 +116,15 @@ class TokenBucket {
   Clock::time_point last_ = Clock::now();
 };
 
-// shunt_http2_active_streams counts every Stream object alive.
+// shunt_http2_active_streams counts every Stream object alive. Every
+// Stream is gone before inspect_h2 returns (H2Proxy::release), so the
+// observer outlives the count.
 struct ActiveStream {
-  ActiveStream() { metrics().http2_active_streams.fetch_add(1, std::memory_order_relaxed); }
-  ~ActiveStream() { metrics().http2_active_streams.fetch_sub(1, std::memory_order_relaxed); }
+  explicit ActiveStream(ConnectionObserver& o) : observer(o) { observer.http2_streams(+1); }
+  ~ActiveStream() { observer.http2_streams(-1); }
   ActiveStream(const ActiveStream&) = delete;
   ActiveStream& operator=(const ActiveStream&) = delete;
+  ConnectionObserver& observer;
 };
 
 std::string goaway_code_name(std::uint32_t code) {
@@ -158,6 +166,7 @@ struct Pipe {
 };
 
 struct Stream {
+  explicit Stream(ConnectionObserver& observer) : gauge(observer) {}
   std::int32_t id = 0;           // on the client connection
   std::int32_t upstream_id = 0;  // 0: not (yet) sent upstream
   Headers collecting;            // the header block being received (either side)
@@ -217,19 +226,21 @@ using SessionPtr = std::unique_ptr<nghttp2_session, SessionDeleter>;
 
 class H2Proxy : public std::enable_shared_from_this<H2Proxy> {
  public:
-  H2Proxy(Connection& conn, const asio::any_io_executor& ex)
-      : conn_(conn),
-        hold_(conn.shared_from_this()),
-        flow_(flow_of(conn.info())),
-        policy_(conn.proxy().policy.current()),
-        limits_(conn.settings().http2),
+  H2Proxy(Inspection& in, const asio::any_io_executor& ex)
+      : in_(in),
+        flow_(in.flow),
+        policy_(in.policy.current()),
+        limits_(in.settings.http2),
         control_frames_(limits_.control_frame_burst, limits_.control_frame_rate),
+        upstream_(ex),
         client_wake_(ex, Clock::time_point::max()),
         upstream_wake_(ex, Clock::time_point::max()),
         done_wake_(ex, Clock::time_point::max()),
         tick_(ex) {}
 
+  // Sets up both sessions and reads the client until it is done.
   asio::awaitable<void> run(std::string initial);
+  asio::awaitable<void> wind_down();
   void wake_all() {
     client_wake_.cancel();
     upstream_wake_.cancel();
@@ -237,13 +248,34 @@ class H2Proxy : public std::enable_shared_from_this<H2Proxy> {
   }
   // Runs the tick now: a reload re-checks streams without waiting for it.
   void poke() { tick_.cancel(); }
+  // Cancelled from outside (revoke, drain timeout, idle) or ended from
+  // inside (a task failed): both sockets are reset and every wait ends.
+  [[nodiscard]] bool aborted() const { return self_aborted_ || in_.cancel.cancelled(); }
+  void abort() {
+    if (aborted()) return;
+    self_aborted_ = true;
+    ending_.aborted = true;
+    reset_both();
+  }
+  void reset_both() {
+    reset_socket(in_.client);
+    reset_socket(upstream_);
+    tick_.cancel();
+    wake_all();
+  }
+  // After run(): the streams (their gauge reports to the observer) and the
+  // sessions go now, not whenever the last reference to this object does.
+  void release() {
+    by_upstream_.clear();
+    streams_.clear();
+    client_.reset();
+    server_.reset();
+  }
+  Ending take_ending() { return std::move(ending_); }
+  [[nodiscard]] tcp::socket& upstream() { return upstream_; }
+  [[nodiscard]] std::uint64_t id() const { return in_.observer.id(); }
 
  private:
-  static policy::Flow flow_of(ConnectionInfo& info) {
-    std::lock_guard lock(info.mu);
-    return info.basis.flow;
-  }
-
   bool setup();
   asio::awaitable<void> read_client(std::string initial);
   asio::awaitable<void> read_upstream();
@@ -290,15 +322,17 @@ class H2Proxy : public std::enable_shared_from_this<H2Proxy> {
   ssize_t pull(Pipe& pipe, nghttp2_session* session, std::int32_t stream_id, nghttp2_session* source,
                std::int32_t source_id, std::uint8_t* buf, std::size_t length, std::uint32_t* flags);
 
-  Connection& conn_;
-  std::shared_ptr<Connection> hold_;
+  Inspection& in_;  // inspect_h2's, which outlives every task (run() waits for them)
   const policy::Flow flow_;
   std::shared_ptr<const policy::Policy> policy_;             // the snapshot streams were last decided under
   const config::Http2Settings limits_;                       // from the snapshot the connection started under
   TokenBucket control_frames_;                               // SETTINGS and PING from the client
   std::optional<std::pair<EndReason, int>> connect_failed_;  // the last upstream connect failed: how
   SessionPtr server_;                                        // toward the client
-  SessionPtr client_;                                        // toward the upstream; null until connected
+  SessionPtr client_;                                        // toward the upstream
+  tcp::socket upstream_;                                     // connected at the first allowed stream
+  Ending ending_;                                            // the first cause this inspection met
+  bool self_aborted_ = false;
   std::map<std::int32_t, std::unique_ptr<Stream>> streams_;
   std::unordered_map<std::int32_t, std::int32_t> by_upstream_;
   std::vector<std::int32_t> waiting_;  // allowed, waiting for the upstream connection
@@ -345,7 +379,7 @@ bool H2Proxy::setup() {
   nghttp2_session_callbacks_del(cbs);
   if (rv != 0) return false;
 
-  const auto max_header = conn_.settings().limits.max_header_bytes;
+  const auto max_header = in_.settings.limits.max_header_bytes;
   const nghttp2_settings_entry server_settings[] = {
       {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, limits_.max_concurrent_streams},
       {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, limits_.stream_window},
@@ -385,7 +419,7 @@ void H2Proxy::spawn(asio::awaitable<void> a) {
         try {
           co_await std::move(body);
         } catch (...) {
-          self->conn_.abort();
+          self->abort();
           throw;
         }
       }(shared_from_this(), std::move(a)),
@@ -395,33 +429,32 @@ void H2Proxy::spawn(asio::awaitable<void> a) {
 // ------------------------------------------------------------------ streams
 
 void H2Proxy::log_stream(const Stream& s) {
-  ConnectionInfo& info = conn_.info();
-  AccessRecord r;
-  r.event = "http";
-  r.src = info.src;
-  r.dst = info.dst;
-  r.src_pod = info.src_pod;
-  r.dst_pod = info.dst_pod;
-  r.allowed = s.allowed && !s.revoked;
-  r.rule = s.rule;
-  r.datapath = std::string(config::to_string(conn_.settings().datapath));
-  r.duration = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - s.started);
-  r.method = s.method;
-  r.path = s.path;
-  r.host = s.host;
-  r.status = s.status;
-  r.bytes_up = s.bytes_up;
-  r.bytes_down = s.bytes_down;
-  r.protocol = "h2";
-  r.grpc_status = s.grpc_status;
+  std::string reason;
   if (s.failed)
-    r.reason = std::string(to_string(*s.failed));
+    reason = to_string(*s.failed);
   else if (s.revoked)
-    r.reason = std::string(to_string(EndReason::revoked));
+    reason = to_string(EndReason::revoked);
   else if (!s.allowed)
-    r.reason = std::string(
-        to_string(s.status == 403 || s.grpc_status == 7 ? EndReason::policy_deny : EndReason::bad_request));
-  conn_.proxy().access_log.write(r);
+    reason =
+        to_string(s.status == 403 || s.grpc_status == 7 ? EndReason::policy_deny : EndReason::bad_request);
+  in_.observer.exchanged(HttpExchange{
+      .method = s.method,
+      .path = s.path,
+      .host = s.host,
+      .rule = s.rule,
+      .allowed = s.allowed && !s.revoked,
+      .status = s.status,
+      .protocol = "h2",
+      .grpc_status = s.grpc_status,
+      .bytes_up = s.bytes_up,
+      .bytes_down = s.bytes_down,
+      .duration = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - s.started),
+      .reason = std::move(reason),
+      .error = {},
+      // The configured data path, as HTTP/2 lines have always named it
+      // (the bytes are moved here, in userspace, whatever it says).
+      .datapath = std::string(config::to_string(in_.settings.datapath)),
+  });
 }
 
 // A complete answer from shunt itself (403 deny, 400 bad request).
@@ -481,7 +514,7 @@ void H2Proxy::fail_upstream(Stream& s, EndReason why, int status) {
 
 void H2Proxy::decide(Stream& s) {
   s.decided = true;
-  const config::ProxySettings& settings = conn_.settings();
+  const config::ProxySettings& settings = in_.settings;
   const std::string* host_header = find_header(s.headers, "host");
   std::string_view reject;
   if (s.method == "CONNECT") reject = "CONNECT over HTTP/2 is not inspected";
@@ -502,8 +535,8 @@ void H2Proxy::decide(Stream& s) {
     reject = canonical.error;
   }
   if (!reject.empty()) {
-    spdlog::debug("connection {}: stream {} refused: {}", conn_.info().id, s.id, reject);
-    metrics().http2_requests_denied.fetch_add(1, std::memory_order_relaxed);
+    spdlog::debug("connection {}: stream {} refused: {}", id(), s.id, reject);
+    in_.observer.counted_request(true, false);
     answer(s, 400, "Bad Request\n", false);
     return;
   }
@@ -517,22 +550,21 @@ void H2Proxy::decide(Stream& s) {
 
   const policy::HttpRequest request{s.method, s.path, s.authority, s.headers};
   const policy::Decision decision = policy_->decide_http(flow_, request);
-  conn_.set_rule(decision);
+  in_.observer.decided(decision);
   s.rule = decision.rule;
   if (decision.verdict != policy::Verdict::allow) {
-    metrics().http2_requests_denied.fetch_add(1, std::memory_order_relaxed);
-    spdlog::debug("connection {}: stream {} {} {} denied: {}", conn_.info().id, s.id, s.method, s.path,
-                  decision.reason);
+    in_.observer.counted_request(true, false);
+    spdlog::debug("connection {}: stream {} {} {} denied: {}", id(), s.id, s.method, s.path, decision.reason);
     deny(s, "denied by shunt policy");
     return;
   }
-  metrics().http2_requests_allowed.fetch_add(1, std::memory_order_relaxed);
+  in_.observer.counted_request(true, true);
   s.allowed = true;
   if (upstream_dead_) {
     nghttp2_submit_rst_stream(server_.get(), NGHTTP2_FLAG_NONE, s.id, NGHTTP2_REFUSED_STREAM);
     return;
   }
-  if (conn_.upstream().is_open() && !connecting_) {
+  if (upstream_.is_open() && !connecting_) {
     submit_upstream(s);
     return;
   }
@@ -554,7 +586,7 @@ void H2Proxy::submit_upstream(Stream& s) {
   const std::int32_t id = nghttp2_submit_request(client_.get(), nullptr, nv.data(), nv.size(),
                                                  body ? &provider : nullptr, nullptr);
   if (id < 0) {
-    spdlog::debug("connection {}: stream {}: upstream refused a new stream: {}", conn_.info().id, s.id,
+    spdlog::debug("connection {}: stream {}: upstream refused a new stream: {}", in_.observer.id(), s.id,
                   nghttp2_strerror(id));
     nghttp2_submit_rst_stream(server_.get(), NGHTTP2_FLAG_NONE, s.id, NGHTTP2_REFUSED_STREAM);
     return;
@@ -603,7 +635,7 @@ void H2Proxy::recheck(const policy::Policy& policy) {
     const policy::HttpRequest request{s.method, s.path, s.authority, s.headers};
     const policy::Decision d = policy.decide_http(flow_, request);
     if (d.verdict == policy::Verdict::allow) continue;
-    spdlog::info("connection {}: stream {} {} {} no longer allowed ({}); ending it", conn_.info().id, id,
+    spdlog::info("connection {}: stream {} {} {} no longer allowed ({}); ending it", in_.observer.id(), id,
                  s.method, s.path, d.rule);
     s.revoked = true;
     s.rule = d.rule;
@@ -632,7 +664,7 @@ int H2Proxy::on_begin_headers(nghttp2_session* session, const nghttp2_frame* fra
   if (frame->hd.type != NGHTTP2_HEADERS) return 0;
   if (self.is_server(session)) {
     if (frame->headers.cat == NGHTTP2_HCAT_REQUEST) {
-      auto s = std::make_unique<Stream>();
+      auto s = std::make_unique<Stream>(self.in_.observer);
       s->id = frame->hd.stream_id;
       self.streams_[s->id] = std::move(s);
     } else if (Stream* s = self.stream(frame->hd.stream_id)) {
@@ -656,9 +688,8 @@ int H2Proxy::on_header(nghttp2_session* session, const nghttp2_frame* frame, con
   // RFC 9113 §6.5.2 size: name + value + 32 per field. Over the limit the
   // stream is reset (HPACK state stays in sync: nghttp2 keeps decoding).
   s->header_bytes += namelen + valuelen + 32;
-  if (s->header_bytes > self.conn_.settings().limits.max_header_bytes) {
-    spdlog::debug("connection {}: header list over limits.max_header_bytes; resetting stream",
-                  self.conn_.info().id);
+  if (s->header_bytes > self.in_.settings.limits.max_header_bytes) {
+    spdlog::debug("connection {}: header list over limits.max_header_bytes; resetting stream", self.id());
     return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
   }
   s->collecting.emplace_back(std::string(reinterpret_cast<const char*>(name), namelen),
@@ -669,7 +700,7 @@ int H2Proxy::on_header(nghttp2_session* session, const nghttp2_frame* frame, con
 int H2Proxy::on_frame_send(nghttp2_session* session, const nghttp2_frame* frame, void* user) {
   auto& self = *static_cast<H2Proxy*>(user);
   if (self.is_server(session) && frame->hd.type == NGHTTP2_GOAWAY)
-    metrics().http2_goaways.add(goaway_code_name(frame->goaway.error_code));
+    self.in_.observer.http2_goaway(goaway_code_name(frame->goaway.error_code));
   return 0;
 }
 
@@ -683,8 +714,8 @@ int H2Proxy::on_frame_recv(nghttp2_session* session, const nghttp2_frame* frame,
     if ((frame->hd.type == NGHTTP2_PING || frame->hd.type == NGHTTP2_SETTINGS) &&
         (frame->hd.flags & NGHTTP2_FLAG_ACK) == 0 && !self.control_frames_.take()) {
       spdlog::debug("connection {}: SETTINGS/PING over proxy.http2.control_frame_* budget; GOAWAY",
-                    self.conn_.info().id);
-      self.conn_.info().note_end(EndReason::bad_request, "SETTINGS/PING flood");
+                    self.id());
+      self.ending_.note(EndReason::bad_request, "SETTINGS/PING flood");
       nghttp2_session_terminate_session(session, NGHTTP2_ENHANCE_YOUR_CALM);
       return NGHTTP2_ERR_CALLBACK_FAILURE;
     }
@@ -777,7 +808,7 @@ int H2Proxy::on_data(nghttp2_session* session, std::uint8_t, std::int32_t stream
     s->bytes_up += len;
     if (s->upstream_id > 0) nghttp2_session_resume_data(self.client_.get(), s->upstream_id);
     self.upstream_wake_.cancel();
-    self.conn_.info().bytes_up.fetch_add(len, std::memory_order_relaxed);
+    self.in_.observer.moved(Direction::up, len);
     return 0;
   }
   Stream* s = self.upstream_stream(stream_id);
@@ -789,7 +820,7 @@ int H2Proxy::on_data(nghttp2_session* session, std::uint8_t, std::int32_t stream
   s->bytes_down += len;
   nghttp2_session_resume_data(self.server_.get(), s->id);
   self.client_wake_.cancel();
-  self.conn_.info().bytes_down.fetch_add(len, std::memory_order_relaxed);
+  self.in_.observer.moved(Direction::down, len);
   return 0;
 }
 
@@ -894,16 +925,18 @@ ssize_t H2Proxy::read_down(nghttp2_session* session, std::int32_t stream_id, std
 // ---------------------------------------------------------------------- I/O
 
 asio::awaitable<void> H2Proxy::connect_upstream() {
-  // keep_client: a failed connect answers the waiting streams, not the
-  // connection (connect_upstream counts, logs and closes the upstream socket).
-  const bool ok = co_await conn_.connect_upstream(/*keep_client=*/true);
+  // The connector counts and logs a failure; it answers the waiting
+  // streams, not the connection.
+  UpstreamConnector::Connected up = co_await in_.upstream.connect();
   connecting_ = false;
-  if (conn_.aborted()) {
+  if (aborted()) {
+    if (up.socket) reset_socket(*up.socket);
     closing_ = true;
     co_return;
   }
-  if (!ok) {
-    const int status = conn_.connect_failure() == UpstreamFailure::connect_timeout ? 504 : 502;
+  if (!up.socket) {
+    ending_.note(EndReason::upstream_connect_failed, up.error);
+    const int status = up.failure == UpstreamFailure::connect_timeout ? 504 : 502;
     for (std::int32_t id : std::exchange(waiting_, {})) {
       if (Stream* s = stream(id); s && !s->revoked && nghttp2_session_find_stream(server_.get(), id))
         fail_upstream(*s, EndReason::upstream_connect_failed, status);
@@ -912,6 +945,7 @@ asio::awaitable<void> H2Proxy::connect_upstream() {
     client_wake_.cancel();
     co_return;
   }
+  upstream_ = std::move(*up.socket);
   for (std::int32_t id : std::exchange(waiting_, {})) {
     if (Stream* s = stream(id); s && !s->revoked && nghttp2_session_find_stream(server_.get(), id))
       submit_upstream(*s);
@@ -930,12 +964,12 @@ asio::awaitable<void> H2Proxy::read_client(std::string initial) {
   std::memcpy(buf.data(), initial.data(), initial.size());
   std::size_t n = initial.size();
   for (bool first = true;; first = false) {
-    if (conn_.aborted() || closing_) co_return;
+    if (aborted() || closing_) co_return;
     if (!first) {
       boost::system::error_code ec;
-      n = co_await conn_.client().async_read_some(asio::buffer(buf), asio::redirect_error(use_awaitable, ec));
+      n = co_await in_.client.async_read_some(asio::buffer(buf), asio::redirect_error(use_awaitable, ec));
       if (ec) {
-        spdlog::debug("connection {}: client read: {}", conn_.info().id, ec.message());
+        spdlog::debug("connection {}: client read: {}", id(), ec.message());
         co_return;
       }
     }
@@ -945,9 +979,8 @@ asio::awaitable<void> H2Proxy::read_client(std::string initial) {
     if (rv < 0) {
       // Fatal for the session (bad preface, flood, callback failure):
       // nghttp2 has queued GOAWAY where one applies; the writer sends it and ends.
-      spdlog::debug("connection {}: HTTP/2 from client: {}", conn_.info().id,
-                    nghttp2_strerror(static_cast<int>(rv)));
-      conn_.info().note_end(EndReason::bad_request, nghttp2_strerror(static_cast<int>(rv)));
+      spdlog::debug("connection {}: HTTP/2 from client: {}", id(), nghttp2_strerror(static_cast<int>(rv)));
+      ending_.note(EndReason::bad_request, nghttp2_strerror(static_cast<int>(rv)));
       // The budgets nghttp2 enforces by failing mem_recv queue no GOAWAY of
       // their own (CONTINUATION count in Debian's 1.52 backport).
       if (rv == NGHTTP2_ERR_FLOODED || rv == NGHTTP2_ERR_TOO_MANY_CONTINUATIONS)
@@ -968,11 +1001,11 @@ asio::awaitable<void> H2Proxy::linger(std::vector<std::uint8_t>& buf) {
   Deadline deadline(tick_.get_executor());
   deadline.arm_after(kLinger, [this, hold = shared_from_this()] {
     boost::system::error_code ignored;
-    conn_.client().cancel(ignored);
+    in_.client.cancel(ignored);
   });
-  while (!deadline.expired() && !conn_.aborted()) {
+  while (!deadline.expired() && !aborted()) {
     boost::system::error_code ec;
-    co_await conn_.client().async_read_some(asio::buffer(buf), asio::redirect_error(use_awaitable, ec));
+    co_await in_.client.async_read_some(asio::buffer(buf), asio::redirect_error(use_awaitable, ec));
     // The writer cancels the client's read once GOAWAY is out: keep dropping.
     if (ec && ec != asio::error::operation_aborted) break;
   }
@@ -981,20 +1014,19 @@ asio::awaitable<void> H2Proxy::linger(std::vector<std::uint8_t>& buf) {
 asio::awaitable<void> H2Proxy::read_upstream() {
   std::vector<std::uint8_t> buf(kReadChunk);
   for (;;) {
-    if (conn_.aborted() || closing_) break;
+    if (aborted() || closing_) break;
     boost::system::error_code ec;
     const std::size_t n =
-        co_await conn_.upstream().async_read_some(asio::buffer(buf), asio::redirect_error(use_awaitable, ec));
+        co_await upstream_.async_read_some(asio::buffer(buf), asio::redirect_error(use_awaitable, ec));
     if (ec) {
-      spdlog::debug("connection {}: upstream read: {}", conn_.info().id, ec.message());
+      spdlog::debug("connection {}: upstream read: {}", id(), ec.message());
       break;
     }
     const ssize_t rv = nghttp2_session_mem_recv(client_.get(), buf.data(), n);
     client_wake_.cancel();
     upstream_wake_.cancel();
     if (rv < 0) {
-      spdlog::debug("connection {}: HTTP/2 from upstream: {}", conn_.info().id,
-                    nghttp2_strerror(static_cast<int>(rv)));
+      spdlog::debug("connection {}: HTTP/2 from upstream: {}", id(), nghttp2_strerror(static_cast<int>(rv)));
       break;
     }
   }
@@ -1007,18 +1039,17 @@ asio::awaitable<void> H2Proxy::read_upstream() {
 // keeps DATA (and so window consumption) tied to what the peer accepted.
 asio::awaitable<void> H2Proxy::write_frames(bool to_client) {
   nghttp2_session* session = to_client ? server_.get() : client_.get();
-  tcp::socket& socket = to_client ? conn_.client() : conn_.upstream();
+  tcp::socket& socket = to_client ? in_.client : upstream_;
   asio::steady_timer& wake = to_client ? client_wake_ : upstream_wake_;
   std::string out;
   for (;;) {
-    if (conn_.aborted()) co_return;
+    if (aborted()) co_return;
     out.clear();
     while (out.size() < kWriteBatch) {
       const std::uint8_t* data = nullptr;
       const ssize_t n = nghttp2_session_mem_send(session, &data);
       if (n < 0) {
-        spdlog::debug("connection {}: HTTP/2 send: {}", conn_.info().id,
-                      nghttp2_strerror(static_cast<int>(n)));
+        spdlog::debug("connection {}: HTTP/2 send: {}", id(), nghttp2_strerror(static_cast<int>(n)));
         co_return;
       }
       if (n == 0) break;
@@ -1033,8 +1064,7 @@ asio::awaitable<void> H2Proxy::write_frames(bool to_client) {
     if (!to_client && (upstream_dead_ || closing_)) co_return;
     const bool finished = nghttp2_session_want_read(session) == 0 && nghttp2_session_want_write(session) == 0;
     if (finished || (to_client && closing_)) {
-      spdlog::debug("connection {}: {} side of HTTP/2 done", conn_.info().id,
-                    to_client ? "client" : "upstream");
+      spdlog::debug("connection {}: {} side of HTTP/2 done", id(), to_client ? "client" : "upstream");
       boost::system::error_code ignored;
       socket.shutdown(tcp::socket::shutdown_send, ignored);
       if (to_client) closing_ = true;
@@ -1051,23 +1081,23 @@ asio::awaitable<void> H2Proxy::write_loop(bool to_client) {
     // Nothing more can reach the client: end the connection's client read.
     closing_ = true;
     boost::system::error_code ignored;
-    conn_.client().cancel(ignored);
+    in_.client.cancel(ignored);
   }
 }
 
 asio::awaitable<void> H2Proxy::tick() {
-  while (!closing_ && !conn_.aborted()) {
+  while (!closing_ && !aborted()) {
     tick_.expires_after(kTick);
     boost::system::error_code ignored;
     co_await tick_.async_wait(asio::redirect_error(use_awaitable, ignored));
-    if (closing_ || conn_.aborted()) break;
-    if (auto now = conn_.proxy().policy.current(); now != policy_) {
+    if (closing_ || aborted()) break;
+    if (auto now = in_.policy.current(); now != policy_) {
       policy_ = now;
       recheck(*now);
       client_wake_.cancel();
       upstream_wake_.cancel();
     }
-    if (conn_.proxy().draining.load() && !goaway_sent_) {
+    if (in_.draining.load() && !goaway_sent_) {
       // Drain: no new streams; in-flight ones finish (the daemon resets
       // what is left after timeouts.drain).
       goaway_sent_ = true;
@@ -1081,31 +1111,32 @@ asio::awaitable<void> H2Proxy::tick() {
 
 asio::awaitable<void> H2Proxy::run(std::string initial) {
   if (!setup()) {
-    spdlog::warn("connection {}: HTTP/2 session setup failed", conn_.info().id);
-    reset_socket(conn_.client());
+    spdlog::warn("connection {}: HTTP/2 session setup failed", id());
+    reset_socket(in_.client);
     co_return;
   }
-  conn_.info().http2.store(true, std::memory_order_relaxed);
-  {
-    // A reload re-checks this connection's streams at once (revoke_disallowed
-    // calls it on the control thread; the work is posted here).
-    std::lock_guard lock(conn_.info().mu);
-    conn_.info().recheck_streams = [weak = weak_from_this(), ex = tick_.get_executor()] {
-      asio::post(ex, [weak] {
-        if (auto self = weak.lock()) self->poke();
-      });
-    };
-  }
+  in_.observer.speaks_http2();
+  // A reload re-checks this connection's streams at once: the hook is
+  // called on the control thread and posts the work here. It may outlive
+  // this object (weak) and the inspection (cleared by inspect_h2).
+  in_.observer.rechecks_streams([weak = weak_from_this(), ex = tick_.get_executor()] {
+    asio::post(ex, [weak] {
+      if (auto self = weak.lock()) self->poke();
+    });
+  });
   spawn(write_loop(true));
   spawn(tick());
-  ++running_;
   co_await read_client(std::move(initial));
-  --running_;
-  // The client stopped sending (or the session finished): let the writers
-  // flush what is queued (GOAWAY, last frames), then close both sides.
+}
+
+// The client stopped sending (or the session finished, or run() failed):
+// lets the writers flush what is queued (GOAWAY, last frames), then closes
+// both sides. Every task has ended when this returns, aborted or not: they
+// use `in_`.
+asio::awaitable<void> H2Proxy::wind_down() {
   closing_ = true;
   wake_all();
-  while (running_ > 0 && !conn_.aborted()) {
+  while (running_ > 0) {
     done_wake_.expires_at(Clock::time_point::max());
     boost::system::error_code ignored;
     co_await done_wake_.async_wait(asio::redirect_error(use_awaitable, ignored));
@@ -1113,8 +1144,8 @@ asio::awaitable<void> H2Proxy::run(std::string initial) {
       // Something still waits on a socket: end the waits.
       tick_.cancel();
       boost::system::error_code ec;
-      if (conn_.upstream().is_open()) conn_.upstream().cancel(ec);
-      conn_.client().cancel(ec);
+      if (upstream_.is_open()) upstream_.cancel(ec);
+      in_.client.cancel(ec);
       upstream_wake_.cancel();
       client_wake_.cancel();
     }
@@ -1123,24 +1154,29 @@ asio::awaitable<void> H2Proxy::run(std::string initial) {
 
 }  // namespace
 
-asio::awaitable<bool> inspect_h2(Connection& conn, std::string initial) {
-  auto proxy = std::make_shared<H2Proxy>(conn, co_await asio::this_coro::executor);
-  conn.set_abort_hook([weak = std::weak_ptr<H2Proxy>(proxy)] {
-    if (auto p = weak.lock()) p->wake_all();
-  });
+SHUNT_FRAME_ALLOC_WARNING_OFF  // common/async.h
+asio::awaitable<InspectOutcome> inspect_h2(Inspection in, std::string initial) {
+  auto proxy = std::make_shared<H2Proxy>(in, co_await asio::this_coro::executor);
+  const auto on_cancel = in.cancel.install([&p = *proxy] { p.reset_both(); });
   try {
     co_await proxy->run(std::move(initial));
   } catch (const std::exception& e) {
-    spdlog::warn("connection {}: HTTP/2 inspection: {}", conn.info().id, e.what());
-    reset_socket(conn.client());
-    reset_socket(conn.upstream());
+    // The client side failed (the tasks catch their own): reset both, and
+    // wind_down() ends the tasks on their failing sockets.
+    spdlog::warn("connection {}: HTTP/2 inspection: {}", proxy->id(), e.what());
+    proxy->abort();
   }
-  {
-    std::lock_guard lock(conn.info().mu);
-    conn.info().recheck_streams = nullptr;
-  }
-  conn.set_abort_hook(nullptr);
-  co_return false;
+  co_await proxy->wind_down();
+  in.observer.rechecks_streams(nullptr);
+  proxy->release();
+  InspectOutcome out;
+  out.ending = proxy->take_ending();
+  // Finished (a graceful end shut both write sides already) or reset.
+  boost::system::error_code ignored;
+  in.client.close(ignored);
+  proxy->upstream().close(ignored);
+  co_return out;
 }
+SHUNT_FRAME_ALLOC_WARNING_ON
 
 }  // namespace shunt::proxy

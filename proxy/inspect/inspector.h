@@ -77,7 +77,7 @@ struct Inspection {
 };
 
 // The connection opened with the HTTP/2 preface: the HTTP/2 inspector takes
-// it from here (h2_inspector.cpp, inspect.h), with every byte read so far.
+// it from here (inspect_h2), with every byte read so far.
 struct Http2Start {
   boost::asio::ip::tcp::socket client;
   std::string initial;  // the preface first
@@ -101,5 +101,11 @@ boost::asio::awaitable<InspectOutcome> inspect_tls(Inspection in);
 // hands over once nothing on the connection can be denied any more
 // (http_inspector.cpp has the whole story).
 boost::asio::awaitable<InspectOutcome> inspect_http(Inspection in);
+
+// HTTP/2 with prior knowledge, entered when inspect_http's outcome is
+// `http2`; `initial` holds every byte read so far, preface first. Decides
+// every stream on its own and finishes the connection in userspace: the
+// outcome never hands over (h2_inspector.cpp has the whole story).
+boost::asio::awaitable<InspectOutcome> inspect_h2(Inspection in, std::string initial);
 
 }  // namespace shunt::proxy

@@ -14,6 +14,7 @@
 #include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <nghttp2/nghttp2.h>
 #include <openssl/bio.h>
 #include <openssl/ssl.h>
 #include <sys/socket.h>
@@ -27,9 +28,13 @@
 #include <atomic>
 #include <cerrno>
 #include <chrono>
+#include <cstring>
+#include <functional>
 #include <future>
 #include <map>
+#include <memory>
 #include <mutex>
+#include <optional>
 #include <random>
 #include <string>
 #include <thread>
@@ -183,6 +188,15 @@ class RecordingObserver : public ConnectionObserver {
   }
   void requests_uninspected() override { uninspected = true; }
   void speaks_http2() override { http2 = true; }
+  void rechecks_streams(std::function<void()> recheck) override {
+    std::lock_guard lock(mu);
+    recheck_streams = std::move(recheck);
+  }
+  void http2_streams(int delta) override { active_streams += delta; }
+  void http2_goaway(std::string_view code) override {
+    std::lock_guard lock(mu);
+    goaways.emplace_back(code);
+  }
   void counted_request(bool, bool allowed) override { (allowed ? allowed_requests : denied_requests) += 1; }
   void exchanged(const HttpExchange& x) override {
     std::lock_guard lock(mu);
@@ -190,7 +204,7 @@ class RecordingObserver : public ConnectionObserver {
   }
 
   std::atomic<std::uint64_t> up{0}, down{0}, kernel_up{0}, kernel_down{0}, dropped{0};
-  std::atomic<int> allowed_requests{0}, denied_requests{0};
+  std::atomic<int> allowed_requests{0}, denied_requests{0}, active_streams{0};
   std::atomic<bool> spliced{false}, uninspected{false}, http2{false};
   std::mutex mu;
   std::vector<config::Datapath> paths;
@@ -199,6 +213,8 @@ class RecordingObserver : public ConnectionObserver {
   std::optional<std::string> sni;
   std::vector<std::string> requests;
   std::vector<HttpExchange> exchanges;
+  std::vector<std::string> goaways;
+  std::function<void()> recheck_streams;
 };
 
 // Connects to a test-side listener, or fails as told; counts its calls.
@@ -256,6 +272,172 @@ class TimerQuietWatch : public QuietWatch {
   asio::steady_timer timer_;
   std::function<void()> due_;
   std::uint64_t generation_ = 0;
+};
+
+// One end of an HTTP/2 connection, played by the test with real nghttp2
+// frames over a blocking fd: a client that sends requests, or a server (the
+// upstream) that answers them with `respond`. Single-threaded, on the test
+// thread; pump() reads and writes until a condition holds or the peer
+// closes (the fd's receive timeout bounds each read).
+class H2Peer {
+ public:
+  struct Stream {
+    int status = 0;
+    std::vector<std::pair<std::string, std::string>> headers;  // request or response, pseudo-headers too
+    std::string body;
+    bool ended = false;  // END_STREAM received
+    bool closed = false;
+    std::uint32_t error = 0;  // RST_STREAM code (or NO_ERROR)
+  };
+  enum class Role { client, server };
+
+  H2Peer(Role role, int fd) : fd_(fd) {
+    nghttp2_session_callbacks* cbs = nullptr;
+    nghttp2_session_callbacks_new(&cbs);
+    nghttp2_session_callbacks_set_on_header_callback(cbs, on_header);
+    nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cbs, on_data);
+    nghttp2_session_callbacks_set_on_frame_recv_callback(cbs, on_frame);
+    nghttp2_session_callbacks_set_on_stream_close_callback(cbs, on_close);
+    nghttp2_session* s = nullptr;
+    if (role == Role::client)
+      nghttp2_session_client_new(&s, cbs, this);
+    else
+      nghttp2_session_server_new(&s, cbs, this);
+    nghttp2_session_callbacks_del(cbs);
+    session_.reset(s);
+    nghttp2_submit_settings(s, NGHTTP2_FLAG_NONE, nullptr, 0);
+  }
+  H2Peer(const H2Peer&) = delete;  // nghttp2 holds `this`
+  H2Peer& operator=(const H2Peer&) = delete;
+
+  // A request; returns its stream id.
+  std::int32_t request(const std::string& method, const std::string& path, const std::string& authority,
+                       const std::string& body = {}) {
+    const std::vector<std::pair<std::string, std::string>> h{
+        {":method", method}, {":scheme", "http"}, {":path", path}, {":authority", authority}};
+    const auto nv = to_nv(h);
+    const std::int32_t id = nghttp2_submit_request(session_.get(), nullptr, nv.data(), nv.size(),
+                                                   body.empty() ? nullptr : provide(body), nullptr);
+    streams[id];
+    return id;
+  }
+  // A server's response on stream `id` (sent at the next flush or pump).
+  void answer(std::int32_t id, int status, const std::string& body) {
+    const std::vector<std::pair<std::string, std::string>> h{{":status", std::to_string(status)}};
+    const auto nv = to_nv(h);
+    nghttp2_submit_response(session_.get(), id, nv.data(), nv.size(), provide(body));
+  }
+  // The server's answer to every complete request: status and body.
+  std::function<std::pair<int, std::string>(const Stream& request)> respond;
+
+  // Reads and writes until `done()` or the peer closes or a read times out;
+  // returns done().
+  bool pump(const std::function<bool()>& done) {
+    for (;;) {
+      if (!flush()) return done();
+      if (done()) return true;
+      char buf[16384];
+      const ssize_t n = ::recv(fd_, buf, sizeof(buf), 0);
+      if (n <= 0) {
+        eof = true;
+        return done();
+      }
+      if (nghttp2_session_mem_recv(session_.get(), reinterpret_cast<const std::uint8_t*>(buf),
+                                   static_cast<std::size_t>(n)) < 0)
+        return done();
+    }
+  }
+  bool flush() {
+    const std::uint8_t* data = nullptr;
+    ssize_t n;
+    while ((n = nghttp2_session_mem_send(session_.get(), &data)) > 0) {
+      if (!send_all(fd_, std::string_view(reinterpret_cast<const char*>(data), static_cast<std::size_t>(n))))
+        return false;
+    }
+    return n == 0;
+  }
+  bool closed(std::int32_t id) { return streams[id].closed; }
+
+  std::map<std::int32_t, Stream> streams;
+  bool goaway = false;
+  std::uint32_t goaway_code = 0;
+  std::int32_t goaway_last_stream = -1;
+  bool eof = false;
+
+ private:
+  struct Deleter {
+    void operator()(nghttp2_session* s) const { nghttp2_session_del(s); }
+  };
+  static std::vector<nghttp2_nv> to_nv(const std::vector<std::pair<std::string, std::string>>& h) {
+    std::vector<nghttp2_nv> nv;
+    for (const auto& [n, v] : h)
+      nv.push_back({reinterpret_cast<std::uint8_t*>(const_cast<char*>(n.data())),
+                    reinterpret_cast<std::uint8_t*>(const_cast<char*>(v.data())), n.size(), v.size(),
+                    NGHTTP2_NV_FLAG_NONE});
+    return nv;
+  }
+  // A body from `bodies_` (kept until the session is gone).
+  nghttp2_data_provider* provide(const std::string& body) {
+    bodies_.push_back(std::make_unique<Body>(Body{body, 0, {}}));
+    Body& b = *bodies_.back();
+    b.provider.source.ptr = &b;
+    b.provider.read_callback = [](nghttp2_session*, std::int32_t, std::uint8_t* buf, std::size_t len,
+                                  std::uint32_t* flags, nghttp2_data_source* src, void*) -> ssize_t {
+      auto& body = *static_cast<Body*>(src->ptr);
+      const std::size_t n = std::min(len, body.data.size() - body.off);
+      std::memcpy(buf, body.data.data() + body.off, n);
+      body.off += n;
+      if (body.off == body.data.size()) *flags |= NGHTTP2_DATA_FLAG_EOF;
+      return static_cast<ssize_t>(n);
+    };
+    return &b.provider;
+  }
+  static int on_header(nghttp2_session*, const nghttp2_frame* f, const std::uint8_t* name, std::size_t nlen,
+                       const std::uint8_t* value, std::size_t vlen, std::uint8_t, void* user) {
+    auto& st = static_cast<H2Peer*>(user)->streams[f->hd.stream_id];
+    std::string n(reinterpret_cast<const char*>(name), nlen), v(reinterpret_cast<const char*>(value), vlen);
+    if (n == ":status") st.status = std::stoi(v);
+    st.headers.emplace_back(std::move(n), std::move(v));
+    return 0;
+  }
+  static int on_data(nghttp2_session*, std::uint8_t, std::int32_t id, const std::uint8_t* data,
+                     std::size_t len, void* user) {
+    static_cast<H2Peer*>(user)->streams[id].body.append(reinterpret_cast<const char*>(data), len);
+    return 0;
+  }
+  static int on_frame(nghttp2_session* session, const nghttp2_frame* f, void* user) {
+    auto& self = *static_cast<H2Peer*>(user);
+    if (f->hd.type == NGHTTP2_GOAWAY) {
+      self.goaway = true;
+      self.goaway_code = f->goaway.error_code;
+      self.goaway_last_stream = f->goaway.last_stream_id;
+    }
+    if ((f->hd.type == NGHTTP2_HEADERS || f->hd.type == NGHTTP2_DATA) &&
+        (f->hd.flags & NGHTTP2_FLAG_END_STREAM)) {
+      auto& st = self.streams[f->hd.stream_id];
+      st.ended = true;
+      if (self.respond && nghttp2_session_check_server_session(session)) {
+        const auto [status, body] = self.respond(st);
+        self.answer(f->hd.stream_id, status, body);
+      }
+    }
+    return 0;
+  }
+  static int on_close(nghttp2_session*, std::int32_t id, std::uint32_t code, void* user) {
+    auto& st = static_cast<H2Peer*>(user)->streams[id];
+    st.closed = true;
+    st.error = code;
+    return 0;
+  }
+
+  struct Body {
+    std::string data;
+    std::size_t off;
+    nghttp2_data_provider provider;
+  };
+  int fd_;
+  std::vector<std::unique_ptr<Body>> bodies_;
+  std::unique_ptr<nghttp2_session, Deleter> session_;  // last: deleted before the bodies
 };
 
 // A compiled policy from the YAML of a `policy:` section (and pods).

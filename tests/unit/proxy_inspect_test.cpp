@@ -5,6 +5,8 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 namespace shunt::proxy {
 namespace {
 
@@ -43,6 +45,33 @@ class InspectTest : public ::testing::Test {
   }
 
   std::future<InspectOutcome> start_tls() { return io.start(inspect_tls(inspection())); }
+  // HTTP/2 from the first byte: what Connection::inspect runs when the
+  // HTTP/1.1 inspector's outcome is `http2` (here with nothing read yet).
+  std::future<InspectOutcome> start_h2(std::uint16_t port) {
+    flow.dst_port = port;
+    return io.start(inspect_h2(inspection(), std::string()));
+  }
+  // The test's HTTP/2 client (`h2`) sends GET `path`; the origin (`origin`,
+  // on the connector's upstream) has received it and not answered yet.
+  // Returns the client's stream id.
+  std::int32_t h2_request_at_origin(const std::string& path) {
+    h2.emplace(H2Peer::Role::client, client.far.get());
+    const std::int32_t id = h2->request("GET", path, "api");
+    EXPECT_TRUE(h2->flush());
+    upstream = accept_upstream();
+    origin.emplace(H2Peer::Role::server, upstream.get());
+    EXPECT_TRUE(origin->pump([&] { return origin->streams[1].ended; }));
+    return id;
+  }
+  // The client is done sending: the inspection winds down and ends.
+  InspectOutcome h2_finish(std::future<InspectOutcome>& done) {
+    ::shutdown(client.far.get(), SHUT_WR);
+    if (done.wait_for(kWait) != std::future_status::ready) {
+      ADD_FAILURE() << "the HTTP/2 inspection did not end";
+      return {};
+    }
+    return done.get();
+  }
   std::future<InspectOutcome> start_http(std::uint16_t port) {
     flow.dst_port = port;
     return io.start(inspect_http(inspection()));
@@ -96,6 +125,10 @@ class InspectTest : public ::testing::Test {
   std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
   std::atomic<bool> draining{false};
   TimerQuietWatch quiet{io.io};
+  // HTTP/2 tests: the test's client and origin peers.
+  std::optional<H2Peer> h2;
+  UniqueFd upstream;
+  std::optional<H2Peer> origin;
 };
 
 TEST_F(InspectTest, TlsAllowedSniForwardsTheHelloAndHandsOver) {
@@ -281,6 +314,170 @@ TEST_F(InspectTest, HttpPrefaceIsHandedToTheHttp2Inspector) {
   EXPECT_EQ(out.http2->initial, preface);
   EXPECT_EQ(connector.calls, 0);
   io.run([&] { out.http2.reset(); });
+}
+
+// --- HTTP/2: real nghttp2 frames from a test client and a test origin ---
+
+TEST_F(InspectTest, Http2AllowedStreamIsForwardedBothWays) {
+  auto done = start_h2(8080);
+  h2.emplace(H2Peer::Role::client, client.far.get());
+  const std::int32_t id = h2->request("POST", "/ok", "api", "ping");
+  ASSERT_TRUE(h2->flush());
+  upstream = accept_upstream();
+  origin.emplace(H2Peer::Role::server, upstream.get());
+  origin->respond = [](const H2Peer::Stream& request) { return std::pair{200, "pong:" + request.body}; };
+  ASSERT_TRUE(origin->pump([&] { return origin->streams[1].ended; }));
+  const auto& seen = origin->streams[1].headers;
+  EXPECT_NE(std::find(seen.begin(), seen.end(), std::pair<std::string, std::string>{":path", "/ok"}),
+            seen.end());
+  EXPECT_NE(std::find(seen.begin(), seen.end(), std::pair<std::string, std::string>{":authority", "api"}),
+            seen.end());
+  ASSERT_TRUE(h2->pump([&] { return h2->closed(id); }));
+  EXPECT_EQ(h2->streams[id].status, 200);
+  EXPECT_EQ(h2->streams[id].body, "pong:ping");
+
+  const InspectOutcome out = h2_finish(done);
+  EXPECT_FALSE(out.handover);  // HTTP/2 is finished in userspace
+  EXPECT_EQ(out.ending.reason, EndReason::unknown);
+  EXPECT_EQ(connector.calls, 1);
+  EXPECT_TRUE(observer.http2);
+  EXPECT_EQ(observer.allowed_requests, 1);
+  EXPECT_EQ(observer.up, 4u);    // DATA payload each way
+  EXPECT_EQ(observer.down, 9u);  // "pong:ping"
+  EXPECT_EQ(observer.active_streams, 0);
+  std::lock_guard lock(observer.mu);
+  EXPECT_FALSE(observer.recheck_streams);  // cleared when the inspection ended
+  ASSERT_EQ(observer.exchanges.size(), 1u);
+  const HttpExchange& x = observer.exchanges[0];
+  EXPECT_EQ(x.protocol, "h2");
+  EXPECT_EQ(x.method, "POST");
+  EXPECT_EQ(x.path, "/ok");
+  EXPECT_EQ(x.status, 200);
+  EXPECT_TRUE(x.allowed);
+  EXPECT_EQ(x.rule, "http-ok");
+  EXPECT_EQ(x.bytes_up, 4u);
+  EXPECT_EQ(x.bytes_down, 9u);
+  EXPECT_EQ(x.reason, "");
+}
+
+TEST_F(InspectTest, Http2DeniedStreamIs403AndTheConnectionStays) {
+  auto done = start_h2(8080);
+  h2.emplace(H2Peer::Role::client, client.far.get());
+  const std::int32_t denied = h2->request("GET", "/admin", "api");
+  ASSERT_TRUE(h2->pump([&] { return h2->closed(denied); }));
+  EXPECT_EQ(h2->streams[denied].status, 403);
+  EXPECT_EQ(h2->streams[denied].body, "Access denied\n");
+  // Denials answer on the stream only: the next stream is decided too.
+  const std::int32_t again = h2->request("GET", "/secret", "api");
+  ASSERT_TRUE(h2->pump([&] { return h2->closed(again); }));
+  EXPECT_EQ(h2->streams[again].status, 403);
+  EXPECT_FALSE(h2->goaway);
+
+  EXPECT_EQ(h2_finish(done).ending.reason, EndReason::unknown);
+  EXPECT_EQ(connector.calls, 0);  // a denied stream never reaches the upstream
+  EXPECT_EQ(observer.denied_requests, 2);
+  EXPECT_EQ(observer.active_streams, 0);
+  std::lock_guard lock(observer.mu);
+  ASSERT_EQ(observer.decisions.size(), 2u);
+  EXPECT_EQ(observer.decisions[0].verdict, policy::Verdict::deny);
+  ASSERT_EQ(observer.exchanges.size(), 2u);
+  EXPECT_EQ(observer.exchanges[0].path, "/admin");
+  EXPECT_EQ(observer.exchanges[0].status, 403);
+  EXPECT_FALSE(observer.exchanges[0].allowed);
+  EXPECT_EQ(observer.exchanges[0].reason, "policy_deny");
+}
+
+TEST_F(InspectTest, Http2DrainSendsGoawayAndTheOpenStreamFinishes) {
+  auto done = start_h2(8080);
+  const std::int32_t id = h2_request_at_origin("/ok");
+
+  draining = true;  // the daemon drains: the next tick sends GOAWAY
+  ASSERT_TRUE(h2->pump([&] { return h2->goaway; }));
+  EXPECT_EQ(h2->goaway_code, static_cast<std::uint32_t>(NGHTTP2_NO_ERROR));
+  EXPECT_EQ(h2->goaway_last_stream, id);  // the open stream may finish
+  EXPECT_FALSE(h2->closed(id));
+
+  origin->answer(1, 200, "late");
+  ASSERT_TRUE(origin->flush());
+  ASSERT_TRUE(h2->pump([&] { return h2->closed(id); }));
+  EXPECT_EQ(h2->streams[id].status, 200);
+  EXPECT_EQ(h2->streams[id].body, "late");
+
+  EXPECT_EQ(h2_finish(done).ending.reason, EndReason::unknown);
+  std::lock_guard lock(observer.mu);
+  EXPECT_EQ(observer.goaways, std::vector<std::string>{"no_error"});
+}
+
+TEST_F(InspectTest, Http2UpstreamRefusingIsA502OnTheStream) {
+  connector.fail = true;
+  auto done = start_h2(8080);
+  h2.emplace(H2Peer::Role::client, client.far.get());
+  const std::int32_t id = h2->request("GET", "/ok", "api");
+  ASSERT_TRUE(h2->pump([&] { return h2->closed(id); }));
+  EXPECT_EQ(h2->streams[id].status, 502);
+  EXPECT_EQ(h2->streams[id].body, "Bad Gateway\n");
+
+  const InspectOutcome out = h2_finish(done);
+  EXPECT_EQ(out.ending.reason, EndReason::upstream_connect_failed);
+  EXPECT_EQ(out.ending.error, "refused by the test");
+  std::lock_guard lock(observer.mu);
+  ASSERT_EQ(observer.exchanges.size(), 1u);
+  EXPECT_EQ(observer.exchanges[0].status, 502);
+  EXPECT_TRUE(observer.exchanges[0].allowed);  // the verdict stays allow
+  EXPECT_EQ(observer.exchanges[0].reason, "upstream_connect_failed");
+}
+
+TEST_F(InspectTest, Http2ReloadEndsAStreamNoLongerAllowed) {
+  auto done = start_h2(8080);
+  const std::int32_t id = h2_request_at_origin("/ok");
+
+  // A reload that denies /ok: the hook the connection keeps for it
+  // re-decides the open stream at once.
+  auto denying = compile(R"(
+proxy:
+  listeners: [{name: p, listen: 127.0.0.1:15001, transparent: true}]
+pods:
+  - {name: web, ip: 10.200.0.2}
+  - {name: api, ip: 10.200.0.3}
+policy:
+  default: deny
+  rules:
+    - {name: http-other, from: {pod: web}, to: {pod: api, ports: [8080]}, action: allow, http: [{path: /other}]}
+)");
+  ASSERT_TRUE(denying);
+  store.publish(denying);
+  std::function<void()> recheck;
+  {
+    std::lock_guard lock(observer.mu);
+    recheck = observer.recheck_streams;
+  }
+  ASSERT_TRUE(recheck);
+  recheck();
+  ASSERT_TRUE(h2->pump([&] { return h2->closed(id); }));
+  EXPECT_EQ(h2->streams[id].error, static_cast<std::uint32_t>(NGHTTP2_CANCEL));
+  EXPECT_EQ(h2->streams[id].status, 0);  // no response reached the client
+
+  h2_finish(done);
+  std::lock_guard lock(observer.mu);
+  ASSERT_EQ(observer.exchanges.size(), 1u);
+  EXPECT_EQ(observer.exchanges[0].reason, "revoked");
+  EXPECT_EQ(observer.exchanges[0].rule, "default");
+}
+
+TEST_F(InspectTest, Http2CancelResetsBothSides) {
+  auto done = start_h2(8080);
+  h2_request_at_origin("/ok");
+  io.run([&] { cancel.cancel(); });  // revoke, drain timeout, idle: whoever holds the sockets resets them
+  int error = 0;
+  read_to_end(client.far.get(), &error);
+  EXPECT_EQ(error, ECONNRESET);
+  read_to_end(upstream.get(), &error);
+  EXPECT_EQ(error, ECONNRESET);
+  ASSERT_EQ(done.wait_for(kWait), std::future_status::ready);
+  const InspectOutcome out = done.get();
+  EXPECT_FALSE(out.handover);
+  EXPECT_EQ(out.ending.reason, EndReason::unknown);  // the canceller records why
+  EXPECT_EQ(observer.active_streams, 0);
 }
 
 }  // namespace
