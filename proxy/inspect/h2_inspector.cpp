@@ -53,6 +53,7 @@
 // references in the Inspection outlive every use. It never hands over: an
 // HTTP/2 connection is finished in userspace.
 #include "common/async.h"
+#include "common/io_buffer.h"
 #include "common/reset.h"
 #include "policy/canonical.h"
 #include "proxy/end_reason.h"
@@ -86,8 +87,13 @@ using Clock = std::chrono::steady_clock;
 
 namespace {
 
-constexpr std::size_t kReadChunk = 64 * 1024;
-constexpr std::size_t kWriteBatch = 64 * 1024;
+// Reads and frame batches use pooled IoBuffers (common/io_buffer.h), taken
+// when a socket is readable or a session has frames to send and given back
+// once they are passed on: an idle connection holds no buffer (issue 16).
+// What an idle connection still holds is mostly nghttp2's: each session
+// keeps a frame buffer of ~16 KiB; the upstream session exists only once an
+// allowed stream has connected (docs/benchmarks.md, "Idle HTTP/2").
+constexpr std::size_t kReadChunk = IoBuffer::kBytes;
 // Windows, stream and flood limits come from proxy.http2 (config/config.h,
 // Http2Settings; docs/config.md). Rapid reset (CVE-2023-44487): nghttp2's
 // token bucket of stream resets ends the connection with
@@ -159,8 +165,10 @@ struct Pipe {
   bool eof = false;                 // END_STREAM received (or the answer is complete)
   std::optional<Headers> trailers;  // sent after the data, carrying END_STREAM
   [[nodiscard]] std::size_t size() const { return buf.size() - off; }
+  // Drained: the storage goes too, so a quiet stream (a gRPC stream
+  // between messages) holds none.
   void clear() {
-    buf.clear();
+    std::string().swap(buf);
     off = 0;
   }
 };
@@ -276,12 +284,21 @@ class H2Proxy : public std::enable_shared_from_this<H2Proxy> {
   [[nodiscard]] std::uint64_t id() const { return in_.observer.id(); }
 
  private:
-  bool setup();
+  // A session toward the client (server) or the upstream (client), with
+  // its callbacks, limits, SETTINGS and connection window; null on failure.
+  SessionPtr open_session(bool server);
+  // Feeds what `socket` has to `session`; false when the socket or the
+  // session failed (the error is in `ec` or `rv`). Waits for readability
+  // first and holds a buffer only for the read.
+  asio::awaitable<bool> receive(tcp::socket& socket, nghttp2_session* session, boost::system::error_code& ec,
+                                ssize_t& rv);
   asio::awaitable<void> read_client(std::string initial);
   asio::awaitable<void> read_upstream();
-  asio::awaitable<void> linger(std::vector<std::uint8_t>& buf);
+  asio::awaitable<void> linger();
   asio::awaitable<void> write_loop(bool to_client);
   asio::awaitable<void> write_frames(bool to_client);
+  enum class Sent { nothing, some, failed };
+  asio::awaitable<Sent> send_pending(nghttp2_session* session, tcp::socket& socket);
   asio::awaitable<void> tick();
   asio::awaitable<void> connect_upstream();
   void spawn(asio::awaitable<void> a);
@@ -324,14 +341,13 @@ class H2Proxy : public std::enable_shared_from_this<H2Proxy> {
 
   Inspection& in_;  // inspect_h2's, which outlives every task (run() waits for them)
   const policy::Flow flow_;
-  std::shared_ptr<const policy::Policy> policy_;             // the snapshot streams were last decided under
-  const config::Http2Settings limits_;                       // from the snapshot the connection started under
-  TokenBucket control_frames_;                               // SETTINGS and PING from the client
-  std::optional<std::pair<EndReason, int>> connect_failed_;  // the last upstream connect failed: how
-  SessionPtr server_;                                        // toward the client
-  SessionPtr client_;                                        // toward the upstream
-  tcp::socket upstream_;                                     // connected at the first allowed stream
-  Ending ending_;                                            // the first cause this inspection met
+  std::shared_ptr<const policy::Policy> policy_;  // the snapshot streams were last decided under
+  const config::Http2Settings limits_;            // from the snapshot the connection started under
+  TokenBucket control_frames_;                    // SETTINGS and PING from the client
+  SessionPtr server_;                             // toward the client
+  SessionPtr client_;     // toward the upstream; null until the first connect succeeded
+  tcp::socket upstream_;  // connected at the first allowed stream
+  Ending ending_;         // the first cause this inspection met
   bool self_aborted_ = false;
   std::map<std::int32_t, std::unique_ptr<Stream>> streams_;
   std::unordered_map<std::int32_t, std::int32_t> by_upstream_;
@@ -345,9 +361,9 @@ class H2Proxy : public std::enable_shared_from_this<H2Proxy> {
   asio::steady_timer tick_;
 };
 
-bool H2Proxy::setup() {
+SessionPtr H2Proxy::open_session(bool server) {
   nghttp2_session_callbacks* cbs = nullptr;
-  if (nghttp2_session_callbacks_new(&cbs) != 0) return false;
+  if (nghttp2_session_callbacks_new(&cbs) != 0) return nullptr;
   nghttp2_session_callbacks_set_on_begin_headers_callback(cbs, on_begin_headers);
   nghttp2_session_callbacks_set_on_header_callback(cbs, on_header);
   nghttp2_session_callbacks_set_on_frame_recv_callback(cbs, on_frame_recv);
@@ -357,7 +373,7 @@ bool H2Proxy::setup() {
   nghttp2_option* opt = nullptr;
   if (nghttp2_option_new(&opt) != 0) {
     nghttp2_session_callbacks_del(cbs);
-    return false;
+    return nullptr;
   }
   nghttp2_option_set_no_auto_window_update(opt, 1);
   nghttp2_option_set_stream_reset_rate_limit(opt, limits_.reset_burst, limits_.reset_rate);
@@ -368,16 +384,13 @@ bool H2Proxy::setup() {
   // the bucket in on_frame_recv first (and a clean GOAWAY); this cap is for
   // the one whose ACKs pile up unread.
   nghttp2_option_set_max_outbound_ack(opt, std::size_t{2} * limits_.control_frame_burst);
-  nghttp2_session* s = nullptr;
-  int rv = nghttp2_session_server_new2(&s, cbs, this, opt);
-  server_.reset(s);
-  if (rv == 0) {
-    rv = nghttp2_session_client_new2(&s, cbs, this, opt);
-    client_.reset(s);
-  }
+  nghttp2_session* raw = nullptr;
+  const int rv = server ? nghttp2_session_server_new2(&raw, cbs, this, opt)
+                        : nghttp2_session_client_new2(&raw, cbs, this, opt);
+  SessionPtr session(raw);
   nghttp2_option_del(opt);
   nghttp2_session_callbacks_del(cbs);
-  if (rv != 0) return false;
+  if (rv != 0) return nullptr;
 
   const auto max_header = in_.settings.limits.max_header_bytes;
   const nghttp2_settings_entry server_settings[] = {
@@ -390,16 +403,13 @@ bool H2Proxy::setup() {
       {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, limits_.stream_window},
       {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, max_header},
   };
-  const auto connection_window = static_cast<std::int32_t>(limits_.connection_window);
-  if (nghttp2_submit_settings(server_.get(), NGHTTP2_FLAG_NONE, server_settings,
-                              std::size(server_settings)) != 0 ||
-      nghttp2_submit_settings(client_.get(), NGHTTP2_FLAG_NONE, client_settings,
-                              std::size(client_settings)) != 0 ||
-      nghttp2_session_set_local_window_size(server_.get(), NGHTTP2_FLAG_NONE, 0, connection_window) != 0 ||
-      nghttp2_session_set_local_window_size(client_.get(), NGHTTP2_FLAG_NONE, 0, connection_window) != 0) {
-    return false;
+  const auto& settings = server ? server_settings : client_settings;
+  if (nghttp2_submit_settings(session.get(), NGHTTP2_FLAG_NONE, settings, std::size(settings)) != 0 ||
+      nghttp2_session_set_local_window_size(session.get(), NGHTTP2_FLAG_NONE, 0,
+                                            static_cast<std::int32_t>(limits_.connection_window)) != 0) {
+    return nullptr;
   }
-  return true;
+  return session;
 }
 
 void H2Proxy::spawn(asio::awaitable<void> a) {
@@ -946,6 +956,14 @@ asio::awaitable<void> H2Proxy::connect_upstream() {
     co_return;
   }
   upstream_ = std::move(*up.socket);
+  // The upstream session once there is an upstream: a connection whose
+  // streams are all denied never pays for one.
+  if (!client_ && !(client_ = open_session(false))) {
+    spdlog::warn("connection {}: HTTP/2 upstream session setup failed", id());
+    ending_.note(EndReason::proxy_error, "HTTP/2 upstream session setup failed");
+    abort();
+    co_return;
+  }
   for (std::int32_t id : std::exchange(waiting_, {})) {
     if (Stream* s = stream(id); s && !s->revoked && nghttp2_session_find_stream(server_.get(), id))
       submit_upstream(*s);
@@ -956,24 +974,40 @@ asio::awaitable<void> H2Proxy::connect_upstream() {
   client_wake_.cancel();
 }
 
+asio::awaitable<bool> H2Proxy::receive(tcp::socket& socket, nghttp2_session* session,
+                                       boost::system::error_code& ec, ssize_t& rv) {
+  rv = 0;
+  for (;;) {
+    co_await socket.async_wait(tcp::socket::wait_read, asio::redirect_error(use_awaitable, ec));
+    if (ec) co_return false;
+    const IoBuffer buffer;
+    const std::size_t n = socket.read_some(asio::buffer(buffer.data(), kReadChunk), ec);
+    if (ec == asio::error::would_block || ec == asio::error::try_again) continue;
+    if (ec) co_return false;
+    // nghttp2 takes all of it now (what it keeps, it copies: header
+    // fields, DATA into the stream's Pipe), so the buffer goes back here.
+    rv = nghttp2_session_mem_recv(session, reinterpret_cast<const std::uint8_t*>(buffer.data()), n);
+    co_return rv >= 0;
+  }
+}
+
 // `initial`: what the connection read before it knew this was HTTP/2 (the
 // preface and whatever followed), taken like any later read: a flood may
 // already be in it.
 asio::awaitable<void> H2Proxy::read_client(std::string initial) {
-  std::vector<std::uint8_t> buf(std::max(kReadChunk, initial.size()));
-  std::memcpy(buf.data(), initial.data(), initial.size());
-  std::size_t n = initial.size();
+  boost::system::error_code ec;
+  in_.client.non_blocking(true, ec);  // the wait for data is receive()'s async_wait
+  ssize_t rv = nghttp2_session_mem_recv(server_.get(), reinterpret_cast<const std::uint8_t*>(initial.data()),
+                                        initial.size());
+  std::string().swap(initial);  // the frame lives as long as the connection
   for (bool first = true;; first = false) {
-    if (aborted() || closing_) co_return;
     if (!first) {
-      boost::system::error_code ec;
-      n = co_await in_.client.async_read_some(asio::buffer(buf), asio::redirect_error(use_awaitable, ec));
-      if (ec) {
+      if (aborted() || closing_) co_return;
+      if (!co_await receive(in_.client, server_.get(), ec, rv) && rv == 0) {
         spdlog::debug("connection {}: client read: {}", id(), ec.message());
         co_return;
       }
     }
-    const ssize_t rv = nghttp2_session_mem_recv(server_.get(), buf.data(), n);
     client_wake_.cancel();
     upstream_wake_.cancel();
     if (rv < 0) {
@@ -986,7 +1020,7 @@ asio::awaitable<void> H2Proxy::read_client(std::string initial) {
       if (rv == NGHTTP2_ERR_FLOODED || rv == NGHTTP2_ERR_TOO_MANY_CONTINUATIONS)
         nghttp2_session_terminate_session(server_.get(), NGHTTP2_ENHANCE_YOUR_CALM);
       client_wake_.cancel();
-      co_await linger(buf);
+      co_await linger();
       co_return;
     }
   }
@@ -996,8 +1030,9 @@ asio::awaitable<void> H2Proxy::read_client(std::string initial) {
 // with its bytes unread makes the kernel answer with a reset, which can
 // overtake the GOAWAY on its way. So the input is read and dropped for at
 // most kLinger while the writer flushes GOAWAY and half-closes (nginx's
-// lingering close); the cost is bounded by that time.
-asio::awaitable<void> H2Proxy::linger(std::vector<std::uint8_t>& buf) {
+// lingering close); the cost is bounded by that time (one pooled buffer).
+asio::awaitable<void> H2Proxy::linger() {
+  const IoBuffer buf;
   Deadline deadline(tick_.get_executor());
   deadline.arm_after(kLinger, [this, hold = shared_from_this()] {
     boost::system::error_code ignored;
@@ -1005,33 +1040,69 @@ asio::awaitable<void> H2Proxy::linger(std::vector<std::uint8_t>& buf) {
   });
   while (!deadline.expired() && !aborted()) {
     boost::system::error_code ec;
-    co_await in_.client.async_read_some(asio::buffer(buf), asio::redirect_error(use_awaitable, ec));
+    co_await in_.client.async_wait(tcp::socket::wait_read, asio::redirect_error(use_awaitable, ec));
     // The writer cancels the client's read once GOAWAY is out: keep dropping.
-    if (ec && ec != asio::error::operation_aborted) break;
+    if (ec == asio::error::operation_aborted) continue;
+    if (!ec) in_.client.read_some(asio::buffer(buf.data(), kReadChunk), ec);
+    if (ec && ec != asio::error::would_block && ec != asio::error::try_again) break;
   }
 }
 
 asio::awaitable<void> H2Proxy::read_upstream() {
-  std::vector<std::uint8_t> buf(kReadChunk);
+  boost::system::error_code ec;
+  upstream_.non_blocking(true, ec);
   for (;;) {
     if (aborted() || closing_) break;
-    boost::system::error_code ec;
-    const std::size_t n =
-        co_await upstream_.async_read_some(asio::buffer(buf), asio::redirect_error(use_awaitable, ec));
-    if (ec) {
-      spdlog::debug("connection {}: upstream read: {}", id(), ec.message());
-      break;
-    }
-    const ssize_t rv = nghttp2_session_mem_recv(client_.get(), buf.data(), n);
+    ssize_t rv = 0;
+    const bool ok = co_await receive(upstream_, client_.get(), ec, rv);
     client_wake_.cancel();
     upstream_wake_.cancel();
-    if (rv < 0) {
-      spdlog::debug("connection {}: HTTP/2 from upstream: {}", id(), nghttp2_strerror(static_cast<int>(rv)));
+    if (!ok) {
+      if (rv < 0)
+        spdlog::debug("connection {}: HTTP/2 from upstream: {}", id(),
+                      nghttp2_strerror(static_cast<int>(rv)));
+      else
+        spdlog::debug("connection {}: upstream read: {}", id(), ec.message());
       break;
     }
   }
   // Only the upstream side ends here; the client side winds down on its own.
   upstream_gone();
+}
+
+// Generates what `session` has queued into a pooled buffer and writes it:
+// the buffer is held only while frames are in flight. A frame that does not
+// fit behind the batch goes out after it from a copy (nghttp2's pointer is
+// valid only until its next mem_send).
+asio::awaitable<H2Proxy::Sent> H2Proxy::send_pending(nghttp2_session* session, tcp::socket& socket) {
+  std::optional<IoBuffer> batch;
+  std::size_t used = 0;
+  std::string overflow;
+  for (;;) {
+    const std::uint8_t* data = nullptr;
+    const ssize_t n = nghttp2_session_mem_send(session, &data);
+    if (n < 0) {
+      spdlog::debug("connection {}: HTTP/2 send: {}", id(), nghttp2_strerror(static_cast<int>(n)));
+      co_return Sent::failed;
+    }
+    if (n == 0) break;
+    const auto size = static_cast<std::size_t>(n);
+    if (!batch) batch.emplace();
+    if (used + size > IoBuffer::size()) {
+      overflow.assign(reinterpret_cast<const char*>(data), size);
+      break;
+    }
+    std::memcpy(batch->data() + used, data, size);
+    used += size;
+  }
+  if (used == 0 && overflow.empty()) co_return Sent::nothing;
+  boost::system::error_code ec;
+  if (used > 0)
+    co_await asio::async_write(socket, asio::buffer(batch->data(), used),
+                               asio::redirect_error(use_awaitable, ec));
+  if (!ec && !overflow.empty())
+    co_await asio::async_write(socket, asio::buffer(overflow), asio::redirect_error(use_awaitable, ec));
+  co_return ec ? Sent::failed : Sent::some;
 }
 
 // One writer per socket: generates frames from its session and writes them.
@@ -1041,26 +1112,11 @@ asio::awaitable<void> H2Proxy::write_frames(bool to_client) {
   nghttp2_session* session = to_client ? server_.get() : client_.get();
   tcp::socket& socket = to_client ? in_.client : upstream_;
   asio::steady_timer& wake = to_client ? client_wake_ : upstream_wake_;
-  std::string out;
   for (;;) {
     if (aborted()) co_return;
-    out.clear();
-    while (out.size() < kWriteBatch) {
-      const std::uint8_t* data = nullptr;
-      const ssize_t n = nghttp2_session_mem_send(session, &data);
-      if (n < 0) {
-        spdlog::debug("connection {}: HTTP/2 send: {}", id(), nghttp2_strerror(static_cast<int>(n)));
-        co_return;
-      }
-      if (n == 0) break;
-      out.append(reinterpret_cast<const char*>(data), static_cast<std::size_t>(n));
-    }
-    if (!out.empty()) {
-      boost::system::error_code ec;
-      co_await asio::async_write(socket, asio::buffer(out), asio::redirect_error(use_awaitable, ec));
-      if (ec) co_return;
-      continue;
-    }
+    const Sent sent = co_await send_pending(session, socket);
+    if (sent == Sent::failed) co_return;
+    if (sent == Sent::some) continue;
     if (!to_client && (upstream_dead_ || closing_)) co_return;
     const bool finished = nghttp2_session_want_read(session) == 0 && nghttp2_session_want_write(session) == 0;
     if (finished || (to_client && closing_)) {
@@ -1110,7 +1166,7 @@ asio::awaitable<void> H2Proxy::tick() {
 }
 
 asio::awaitable<void> H2Proxy::run(std::string initial) {
-  if (!setup()) {
+  if (!(server_ = open_session(true))) {
     spdlog::warn("connection {}: HTTP/2 session setup failed", id());
     reset_socket(in_.client);
     co_return;
