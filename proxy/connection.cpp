@@ -59,7 +59,9 @@ asio::awaitable<void> Connection::run(std::shared_ptr<Connection> self) {
     reset_socket(self->sockets_.client);
     reset_socket(self->sockets_.upstream);
   }
-  self->finish();
+  // A pair the kernel carries on finishes the connection from its own
+  // callback (forward()); this frame is gone long before.
+  if (!self->kernel_owned_) self->finish();
 }
 
 void Connection::decided(const policy::Decision& decision) {
@@ -304,7 +306,20 @@ asio::awaitable<void> Connection::forward() {
     case config::Datapath::sockmap: {
       const KernelSplice kernel{proxy_.bridge.get(), proxy_.bulk_grants.get(), &worker_.hangups,
                                 proxy_.shortcut.get(), info_->src_pod};
-      ending = co_await run_sockmap(sockets_, *this, cancel_, kernel, inspected_);
+      // Once the kernel has the pair, no coroutine waits on it: the pair
+      // holds the connection and ends it through this callback. Named, not
+      // a temporary in the co_await (GCC 12 bug, see run_sockmap).
+      std::function<void(Ending)> on_end = [self = shared_from_this()](const Ending& e) {
+        self->settle(e);
+        self->finish();
+      };
+      std::optional<Ending> ended =
+          co_await start_sockmap(sockets_, *this, cancel_, kernel, inspected_, std::move(on_end));
+      if (!ended) {
+        kernel_owned_ = true;
+        co_return;
+      }
+      ending = std::move(*ended);
       break;
     }
     case config::Datapath::splice:

@@ -151,6 +151,9 @@ class Connection : public std::enable_shared_from_this<Connection>,
   bool aborted_ = false;
   bool finished_ = false;
   bool inspected_ = false;
+  // The sockmap pair runs without this connection's coroutine and calls
+  // finish() when it ends (forward()).
+  bool kernel_owned_ = false;
   CancelSlot cancel_;
   SourceLimiter::Lease source_slot_;
   // The idle check's state (check_idle): bytes at the last check and when

@@ -26,6 +26,8 @@
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/ip/tcp.hpp>
 
+#include <functional>
+#include <optional>
 #include <string_view>
 
 namespace shunt::bpf {
@@ -69,6 +71,22 @@ struct KernelSplice {
 // run_splice when the kernel refuses them. `inspected`: inspection may have
 // read from or written to either socket (the handover then reads its
 // baselines from the kernel instead of assuming 0).
+//
+// After the handover the pair needs no coroutine (an idle spliced
+// connection is a small record and two hang-up watches, issue 16), so this
+// returns as soon as the kernel has the pair: nothing, and `on_end` gets
+// the Ending later, exactly once, on this thread, from a handler of the
+// pair's own (the owner may go away in it). `sink`, `cancel` and
+// `kernel.client_pod` must stay alive until then. When the path ended
+// before that (a refusal, the splice fallback, a cancel), its Ending is
+// returned and `on_end` is never called.
+boost::asio::awaitable<std::optional<Ending>> start_sockmap(SocketPair& pair, DatapathSink& sink,
+                                                            CancelSlot& cancel, const KernelSplice& kernel,
+                                                            bool inspected,
+                                                            std::function<void(Ending)> on_end);
+
+// start_sockmap awaited to the pair's end (tests, and callers that keep a
+// coroutine anyway).
 boost::asio::awaitable<Ending> run_sockmap(SocketPair& pair, DatapathSink& sink, CancelSlot& cancel,
                                            const KernelSplice& kernel, bool inspected);
 

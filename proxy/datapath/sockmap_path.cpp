@@ -6,6 +6,8 @@
 //      sockets, then a data_ready kick for bytes already queued.
 //   4. Take both fds out of Asio's reactor: a spliced socket signals readable
 //      on every redirected segment; HangupWatcher asks for hang-ups only.
+//      From here the pair is a record driven by callbacks (SplicedPair), no
+//      coroutine waits on it.
 //   5. On EOF from one side (the kernel does not forward FIN), wait until
 //      every byte that side received has been through the verdict program
 //      and the peer has been written all of them, then shutdown(SHUT_WR)
@@ -17,6 +19,7 @@
 // back to splice and shunt_datapath_fallbacks_total{reason} counts it.
 #include "bpf/sockmap.h"
 #include "bpf/sockmap_shortcut.h"
+#include "common/async.h"
 #include "common/reset.h"
 #include "common/sockopt.h"
 #include "common/unique_fd.h"
@@ -31,13 +34,18 @@
 #include <sys/socket.h>
 #include <boost/asio/post.hpp>
 #include <boost/asio/redirect_error.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
 #include <netinet/in.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
+#include <functional>
+#include <memory>
+#include <optional>
 #include <string>
 
 namespace shunt::proxy {
@@ -164,10 +172,338 @@ class CapturedEndpoint {
   bpf::EndpointStats final_;
 };
 
+// A kernel-spliced pair after its handover, without a coroutine (issue
+// 16): the kernel moves the bytes, and what is left for userspace (pass
+// each FIN on once its bytes drained, pass a reset on, end when cancelled,
+// retry a blocking client's capture) is step(), run when the worker's
+// HangupWatcher reports either socket, when the connection's CancelSlot
+// fires, and, only while a FIN waits for its bytes or a capture retry is
+// due, from a timer taken for that wait. An idle pair is this record and
+// its two hang-up watches; it used to be five suspended coroutine frames
+// and a timer (~2.9 KB of the ~4.4 KB an idle spliced connection cost).
+//
+// It owns itself (keep_alive_) from start() until it ends, then gives its
+// Ending to `on_end` from a handler of its own, on its thread: never from
+// inside a call into it, so the owner may go away in `on_end`. An exception
+// in a step is logged and counted like a coroutine's (common/async.h) and
+// ends the pair with both sides reset.
+class SplicedPair : public std::enable_shared_from_this<SplicedPair> {
+ public:
+  using Clock = std::chrono::steady_clock;
+
+  SplicedPair(std::uint64_t id, UniqueFd client, UniqueFd upstream, SplicedDirection up,
+              SplicedDirection down, const bpf::HandoverResult& handover, DatapathSink& sink,
+              CancelSlot& cancel, const KernelSplice& kernel, asio::any_io_executor executor)
+      : id_(id),
+        client_(std::move(client)),
+        upstream_(std::move(upstream)),
+        up_(up),
+        down_(down),
+        consumed_error_a_(handover.consumed_error_a),
+        consumed_error_b_(handover.consumed_error_b),
+        bridge_(*kernel.bridge),
+        hangups_(*kernel.hangups),
+        budget_(kernel.bulk_grants->budget()),
+        sink_(sink),
+        cancel_(cancel),
+        executor_(std::move(executor)),
+        shortcut_(kernel.shortcut),
+        client_pod_(kernel.client_pod) {}
+
+  void start(std::function<void(Ending)> on_end, BulkGrants& grants) {
+    keep_alive_ = shared_from_this();
+    on_end_ = std::move(on_end);
+    // The client's own socket into the short-circuit, if it is local and
+    // can take it; its sk_msg program switches over when the fence allows.
+    // After the handover, so shunt's client-facing socket already counts
+    // what the verdict redirects and the upstream socket is already a
+    // target.
+    //
+    // A client still blocking at the handover is tried again a few times:
+    // many set O_NONBLOCK only after their first bytes (iperf3 writes its
+    // cookie first), and the fence makes a late capture as safe as an early
+    // one. Only the last refusal is counted.
+    if (shortcut_ && !consumed_error_a_ && !consumed_error_b_) {
+      endpoint_ = std::make_unique<CapturedEndpoint>();
+      try_capture();
+    }
+    // Raw `this` in the watches and the cancel hook: end() removes them
+    // before keep_alive_ lets go.
+    client_watch_ = hangups_.add(client_.get(), [this](std::uint32_t) { poke(); });
+    upstream_watch_ = hangups_.add(upstream_.get(), [this](std::uint32_t) { poke(); });
+    on_cancel_.emplace(cancel_.install([this] { poke(); }));
+    // The grant comes from the control thread (proxy/datapath/bulk_grants.h)
+    // and runs here while the pair is open (`open_` is cleared before
+    // on_end), so `sink_` is still alive then.
+    bulk_ =
+        grants.enroll(up_.from_cookie, down_.from_cookie, [self = shared_from_this()](std::uint64_t source) {
+          asio::post(self->executor_, [self, source] { self->grant_bulk(source); });
+        });
+    // The first look is posted too: on_end never runs before start_sockmap
+    // has returned.
+    poke();
+  }
+
+ private:
+  // Runs step() from a handler of its own, once however many events come
+  // before it.
+  void poke() {
+    if (step_posted_) return;
+    step_posted_ = true;
+    asio::post(executor_, [self = shared_from_this()] { self->step(); });
+  }
+
+  void step() {
+    step_posted_ = false;
+    if (!open_) return;
+    bool running = false;
+    try {
+      running = advance();
+    } catch (...) {
+      coroutine_failed("kernel-spliced pair", std::current_exception(), Failure::survivable);
+      ending_.note(EndReason::proxy_error, "internal error");
+      reset_fd(client_.get());
+      reset_fd(upstream_.get());
+    }
+    if (!running) end();
+  }
+
+  void grant_bulk(std::uint64_t source) {
+    if (!open_ || boosted_bytes_) return;
+    if (!budget_.try_acquire(BufferBudget::kBoostedBufferBytes)) {
+      sink_.buffer_boost(false);
+      return;
+    }
+    boosted_bytes_ = BufferBudget::kBoostedBufferBytes;
+    // Only the bulk direction's target needs room: the socket opposite the source.
+    const int target = source == up_.from_cookie ? upstream_.get() : client_.get();
+    set_send_buffer(target, static_cast<int>(BufferBudget::kBoostedBufferBytes), true);
+    sink_.buffer_boost(true);
+  }
+
+  void try_capture() {
+    const bpf::CaptureOutcome outcome =
+        endpoint_->capture(*shortcut_, std::string(client_pod_), client_.get(), up_.from_cookie,
+                           down_.from_cookie, up_.from_consumed_at_handover, up_.to_written_at_handover);
+    capture_retry_at_ = Clock::time_point::max();
+    if (outcome == bpf::CaptureOutcome::captured) return;
+    if (outcome == bpf::CaptureOutcome::blocking && capture_attempt_ < std::size(kCaptureRetries)) {
+      capture_retry_at_ = Clock::now() + kCaptureRetries[capture_attempt_++];
+      return;
+    }
+    sink_.fell_back(bpf::to_string(outcome));
+    spdlog::debug("connection {}: client stays on sk_skb ({})", id_, bpf::to_string(outcome));
+  }
+
+  [[nodiscard]] bpf::EndpointStats shortcut_stats() const {
+    return endpoint_ ? endpoint_->stats() : bpf::EndpointStats{};
+  }
+
+  // Only called once the source's FIN is visible. A direction may pass its
+  // FIN on once every byte its source received
+  // has been through the verdict program and written to the target. The
+  // first half matters: TCP makes the FIN visible (tcp_fin, RCV_SHUTDOWN)
+  // before the softirq that queued the last segment has run the verdict
+  // over it, so "written >= redirected" alone could pass for an instant
+  // with the tail not yet redirected, and the FIN would overtake it.
+  [[nodiscard]] bool drained(const SplicedDirection& d) const {
+    const std::uint64_t redirected = bridge_.redirected_bytes(d.from_cookie);
+    // tcpi_bytes_received counts the FIN's sequence number too.
+    const std::uint64_t received = tcp_bytes_received(d.from);
+    const std::uint64_t payload =
+        received > d.from_consumed_at_handover ? received - 1 - d.from_consumed_at_handover : 0;
+    if (payload > redirected) return false;
+    // The short-circuit's bytes were pushed into the target inside the
+    // client's sendmsg, before its FIN left; they count towards what the
+    // target must have been written, never towards what the source received.
+    const std::uint64_t short_circuited = &d == &up_ ? shortcut_stats().bytes : 0;
+    return tcp_bytes_written(d.to) - d.to_written_at_handover >= redirected + short_circuited;
+  }
+
+  // One look at the pair (what one turn of the old coroutine's loop did);
+  // false when it has ended, true when it waits for the next event.
+  bool advance() {
+    if (cancel_.cancelled()) {
+      reset_fd(client_.get());
+      reset_fd(upstream_.get());
+      return false;
+    }
+    // An error the handover's recv consumed (see SocketState) ends the pair.
+    const int consumed_error = consumed_error_a_ ? consumed_error_a_ : consumed_error_b_;
+    const SocketState client_state = socket_state(client_.get(), down_.fin_forwarded);
+    const SocketState upstream_state = socket_state(upstream_.get(), up_.fin_forwarded);
+    if (client_state.failed || upstream_state.failed || consumed_error) {
+      // RST (or error) on one side: reset the other, promptly.
+      const bool client_failed = consumed_error ? consumed_error_a_ != 0 : client_state.failed;
+      spdlog::debug("connection {}: {} side reset; resetting the other", id_,
+                    client_failed ? "client" : "upstream");
+      ending_.note(client_failed ? EndReason::client_reset : EndReason::upstream_reset,
+                   consumed_error ? std::strerror(consumed_error)
+                                  : socket_error(client_failed ? client_.get() : upstream_.get()));
+      reset_fd(client_.get());
+      reset_fd(upstream_.get());
+      return false;
+    }
+    bool waiting_for_drain = false;
+    for (auto* d : {&up_, &down_}) {
+      const bool source_closed = d == &up_ ? client_state.read_closed : upstream_state.read_closed;
+      if (!source_closed || d->fin_forwarded) continue;
+      ending_.note(d == &up_ ? EndReason::client_closed : EndReason::upstream_closed);
+      if (drained(*d)) {
+        if (spdlog::should_log(spdlog::level::debug))  // the byte count costs a map lookup
+          spdlog::debug("connection {}: FIN from {} forwarded after its bytes drained ({} redirected)", id_,
+                        d == &up_ ? "client" : "upstream", bridge_.redirected_bytes(d->from_cookie));
+        ::shutdown(d->to, SHUT_WR);
+        d->fin_forwarded = true;
+        // The client can send no more: give its socket its own protocol ops
+        // back now rather than at close.
+        if (d == &up_ && endpoint_) endpoint_->release();
+      } else {
+        waiting_for_drain = true;
+      }
+    }
+    if (up_.fin_forwarded && down_.fin_forwarded) return false;
+
+    // Retry a blocking client's capture while it can still send.
+    if (capture_retry_at_ != Clock::time_point::max() && !up_.fin_forwarded &&
+        Clock::now() >= capture_retry_at_)
+      try_capture();
+
+    Clock::time_point wake = Clock::time_point::max();
+    if (waiting_for_drain) {
+      // The peer's backlog drains at the receiver's pace: back off to 50 ms.
+      wake = Clock::now() + drain_poll_;
+      drain_poll_ = std::min(drain_poll_ * 2, milliseconds(50));
+    } else {
+      drain_poll_ = milliseconds(1);
+    }
+    wake_at(std::min(wake, capture_retry_at_));
+    return true;
+  }
+
+  // A timer only while something is due at a time (a drain poll, a capture
+  // retry); an idle pair holds none.
+  void wake_at(Clock::time_point at) {
+    ++timer_generation_;
+    if (at == Clock::time_point::max()) {
+      timer_.reset();  // its pending wait completes as aborted and is ignored
+      return;
+    }
+    if (!timer_) timer_ = std::make_unique<asio::steady_timer>(executor_);
+    timer_->expires_at(at);
+    timer_->async_wait([self = shared_from_this(), armed = timer_generation_](boost::system::error_code ec) {
+      if (!ec && armed == self->timer_generation_) self->step();
+    });
+  }
+
+  // Takes the pair out of every watch, folds the kernel's counters into the
+  // connection, closes both sockets and hands the Ending over.
+  void end() {
+    const std::shared_ptr<SplicedPair> self = std::move(keep_alive_);  // this goes with `self`
+    std::function<void(Ending)> on_end = std::move(on_end_);
+    open_ = false;
+    try {
+      tear_down();
+    } catch (...) {
+      coroutine_failed("kernel-spliced pair", std::current_exception(), Failure::survivable);
+      ending_.note(EndReason::proxy_error, "internal error");
+    }
+    try {
+      on_end(std::move(ending_));
+    } catch (...) {
+      coroutine_failed("kernel-spliced pair's owner", std::current_exception(), Failure::survivable);
+    }
+  }
+
+  void tear_down() {
+    hangups_.remove(client_watch_);
+    hangups_.remove(upstream_watch_);
+    on_cancel_.reset();
+    bulk_.reset();
+    ++timer_generation_;
+    timer_.reset();
+    if (boosted_bytes_) budget_.release(boosted_bytes_);
+
+    // Bytes the verdict program took from one socket that never reached the
+    // other's send queue: they sat in the target's psock backlog when the
+    // pair ended, and closing discards them. None when both FINs went through
+    // (the drain check waited for them); a reset may cut some. Counted so a
+    // loss is visible without a debugger.
+    if (endpoint_) endpoint_->release();
+    const bpf::EndpointStats shortcut_stats = this->shortcut_stats();
+    if (shortcut_stats.switches) {
+      sink_.kernel_path(Direction::up, KernelPath::sk_msg);
+      spdlog::debug(
+          "connection {}: short-circuit moved {} byte(s) up, fence opened {} time(s), {} return(s) to TCP",
+          id_, shortcut_stats.bytes, shortcut_stats.switches, shortcut_stats.fallbacks);
+    }
+    std::uint64_t dropped = 0;
+    for (const SplicedDirection* d : {&up_, &down_}) {
+      const std::uint64_t redirected =
+          bridge_.redirected_bytes(d->from_cookie) + (d == &up_ ? shortcut_stats.bytes : 0);
+      const std::uint64_t written = tcp_bytes_written(d->to) - d->to_written_at_handover;
+      if (redirected > written) dropped += redirected - written;
+    }
+    if (dropped) {
+      sink_.backlog_dropped(dropped);
+      // Both FINs passed on means the drain check held for both directions:
+      // a drop then is a bug. Any other end (a reset, even after a first FIN)
+      // may legitimately cut bytes in flight.
+      const bool clean = up_.fin_forwarded && down_.fin_forwarded;
+      spdlog::log(clean ? spdlog::level::err : spdlog::level::debug,
+                  "connection {}: {} redirected byte(s) never reached the peer socket ({})", id_, dropped,
+                  cancel_.cancelled() ? "cancelled" : to_string(ending_.reason));
+    }
+
+    // Fold the kernel's counters into the connection before the peer entries
+    // go, so the access log and metrics keep them.
+    sink_.kernel_released(bridge_.redirected_bytes(up_.from_cookie) + shortcut_stats.bytes,
+                          bridge_.redirected_bytes(down_.from_cookie));
+    client_.reset();
+    upstream_.reset();
+    bridge_.forget({up_.from_cookie, down_.from_cookie});
+  }
+
+  static constexpr milliseconds kCaptureRetries[] = {milliseconds(5), milliseconds(50), milliseconds(500)};
+
+  std::uint64_t id_;
+  UniqueFd client_;
+  UniqueFd upstream_;
+  SplicedDirection up_;
+  SplicedDirection down_;
+  int consumed_error_a_;
+  int consumed_error_b_;
+  bpf::SockmapBridge& bridge_;
+  HangupWatcher& hangups_;
+  BufferBudget& budget_;
+  DatapathSink& sink_;  // the owner's, alive until on_end
+  CancelSlot& cancel_;  // the owner's, alive until on_end
+  asio::any_io_executor executor_;
+  bpf::EndpointShortcut* shortcut_;
+  std::string_view client_pod_;                 // the owner's, alive until on_end
+  std::unique_ptr<CapturedEndpoint> endpoint_;  // with a short-circuit only
+  std::size_t capture_attempt_ = 0;
+  Clock::time_point capture_retry_at_ = Clock::time_point::max();
+  std::uint64_t client_watch_ = 0;
+  std::uint64_t upstream_watch_ = 0;
+  std::optional<CancelSlot::Installed> on_cancel_;
+  BulkGrants::Enrollment bulk_;
+  std::uint64_t boosted_bytes_ = 0;
+  std::unique_ptr<asio::steady_timer> timer_;
+  std::uint64_t timer_generation_ = 0;
+  milliseconds drain_poll_{1};
+  bool open_ = true;
+  bool step_posted_ = false;
+  Ending ending_;
+  std::function<void(Ending)> on_end_;
+  std::shared_ptr<SplicedPair> keep_alive_;
+};
+
 }  // namespace
 
-asio::awaitable<Ending> run_sockmap(SocketPair& pair, DatapathSink& sink, CancelSlot& cancel,
-                                    const KernelSplice& kernel, bool inspected) {
+asio::awaitable<std::optional<Ending>> start_sockmap(SocketPair& pair, DatapathSink& sink, CancelSlot& cancel,
+                                                     const KernelSplice& kernel, bool inspected,
+                                                     std::function<void(Ending)> on_end) {
   bpf::SockmapBridge* bridge = kernel.bridge;
   auto fall_back = [&](std::string_view reason) {
     sink.fell_back(reason);
@@ -236,214 +572,39 @@ asio::awaitable<Ending> run_sockmap(SocketPair& pair, DatapathSink& sink, Cancel
   sink.kernel_path(Direction::up, KernelPath::sk_skb);
   sink.kernel_path(Direction::down, KernelPath::sk_skb);
 
-  // The client's own socket into the short-circuit, if it is local and can
-  // take it; its sk_msg program switches over when the fence allows. After
-  // the handover, so shunt's client-facing socket already counts what the
-  // verdict redirects and the upstream socket is already a target.
-  //
-  // A client still blocking at the handover is tried again a few times:
-  // many set O_NONBLOCK only after their first bytes (iperf3 writes its
-  // cookie first), and the fence makes a late capture as safe as an early
-  // one. Only the last refusal is counted.
-  CapturedEndpoint endpoint;
-  using Clock = std::chrono::steady_clock;
-  constexpr milliseconds kCaptureRetries[] = {milliseconds(5), milliseconds(50), milliseconds(500)};
-  std::size_t capture_attempt = 0;
-  Clock::time_point capture_retry_at = Clock::time_point::max();
-  auto try_capture = [&] {
-    const bpf::CaptureOutcome outcome =
-        endpoint.capture(*kernel.shortcut, std::string(kernel.client_pod), client_fd, handover.cookies.a,
-                         handover.cookies.b, up.from_consumed_at_handover, up.to_written_at_handover);
-    capture_retry_at = Clock::time_point::max();
-    if (outcome == bpf::CaptureOutcome::captured) return;
-    if (outcome == bpf::CaptureOutcome::blocking && capture_attempt < std::size(kCaptureRetries)) {
-      capture_retry_at = Clock::now() + kCaptureRetries[capture_attempt++];
-      return;
-    }
-    sink.fell_back(bpf::to_string(outcome));
-    spdlog::debug("connection {}: client stays on sk_skb ({})", id, bpf::to_string(outcome));
-  };
-  if (kernel.shortcut && !handover.consumed_error_a && !handover.consumed_error_b) try_capture();
+  // From here on the fds are the pair's alone; Asio forgets them.
+  auto spliced = std::make_shared<SplicedPair>(id, UniqueFd(pair.client.release()),
+                                               UniqueFd(pair.upstream.release()), up, down, handover, sink,
+                                               cancel, kernel, co_await asio::this_coro::executor);
+  spliced->start(std::move(on_end), *kernel.bulk_grants);
+  co_return std::nullopt;
+}
 
-  // From here on the fds are ours alone; Asio forgets them. The pair is
-  // shared with bulk-buffer grants posted from the control thread
-  // (proxy/datapath/bulk_grants.h).
-  struct SplicedPair {
-    UniqueFd client;
-    UniqueFd upstream;
-    std::uint64_t boosted_bytes = 0;
-    bool open = true;
-  };
-  auto spliced = std::make_shared<SplicedPair>();
-  spliced->client = UniqueFd(pair.client.release());
-  spliced->upstream = UniqueFd(pair.upstream.release());
-  UniqueFd& client = spliced->client;
-  UniqueFd& upstream = spliced->upstream;
-
+asio::awaitable<Ending> run_sockmap(SocketPair& pair, DatapathSink& sink, CancelSlot& cancel,
+                                    const KernelSplice& kernel, bool inspected) {
   auto executor = co_await asio::this_coro::executor;
-  asio::steady_timer wake(executor);
-  bool poked = false;
-  auto poke = [&] {
-    poked = true;
-    wake.cancel();
+  // The pair's end, latched: the timer is only the wake-up.
+  struct Latch {
+    explicit Latch(const asio::any_io_executor& ex) : wake(ex, asio::steady_timer::time_point::max()) {}
+    asio::steady_timer wake;
+    std::optional<Ending> ending;
   };
-  HangupWatcher& hangups = *kernel.hangups;
-  const auto client_watch = hangups.add(client.get(), [&](std::uint32_t) { poke(); });
-  const auto upstream_watch = hangups.add(upstream.get(), [&](std::uint32_t) { poke(); });
-  CancelSlot::Installed on_cancel = cancel.install(poke);
-
-  BufferBudget& budget = kernel.bulk_grants->budget();
-  // The grant runs on this thread while the pair is open (`open` is
-  // cleared before this coroutine returns), so `sink` is still alive then.
-  BulkGrants::Enrollment bulk = kernel.bulk_grants->enroll(
-      handover.cookies.a, handover.cookies.b,
-      [executor, spliced, client_cookie = handover.cookies.a, &budget, &sink](std::uint64_t source) {
-        asio::post(executor, [spliced, source, client_cookie, &budget, &sink] {
-          if (!spliced->open || spliced->boosted_bytes) return;
-          if (!budget.try_acquire(BufferBudget::kBoostedBufferBytes)) {
-            sink.buffer_boost(false);
-            return;
-          }
-          spliced->boosted_bytes = BufferBudget::kBoostedBufferBytes;
-          // Only the bulk direction's target needs room: the socket opposite the source.
-          const int target = source == client_cookie ? spliced->upstream.get() : spliced->client.get();
-          set_send_buffer(target, static_cast<int>(BufferBudget::kBoostedBufferBytes), true);
-          sink.buffer_boost(true);
-        });
-      });
-
-  // Only called once the source's FIN is visible. A direction may pass its
-  // FIN on once every byte its source received
-  // has been through the verdict program and written to the target. The
-  // first half matters: TCP makes the FIN visible (tcp_fin, RCV_SHUTDOWN)
-  // before the softirq that queued the last segment has run the verdict
-  // over it, so "written >= redirected" alone could pass for an instant
-  // with the tail not yet redirected, and the FIN would overtake it.
-  auto drained = [&](const SplicedDirection& d) {
-    const std::uint64_t redirected = bridge->redirected_bytes(d.from_cookie);
-    // tcpi_bytes_received counts the FIN's sequence number too.
-    const std::uint64_t received = tcp_bytes_received(d.from);
-    const std::uint64_t payload =
-        received > d.from_consumed_at_handover ? received - 1 - d.from_consumed_at_handover : 0;
-    if (payload > redirected) return false;
-    // The short-circuit's bytes were pushed into the target inside the
-    // client's sendmsg, before its FIN left; they count towards what the
-    // target must have been written, never towards what the source received.
-    const std::uint64_t short_circuited = &d == &up ? endpoint.stats().bytes : 0;
-    return tcp_bytes_written(d.to) - d.to_written_at_handover >= redirected + short_circuited;
+  auto latch = std::make_shared<Latch>(executor);
+  // A named function, not a lambda inside the co_await: GCC 12 lost the
+  // capture of a lambda temporary in this co_await expression (the latch
+  // it set was not the one waited on).
+  std::function<void(Ending)> on_end = [latch](Ending e) {
+    latch->ending = std::move(e);
+    latch->wake.cancel();
   };
-
-  // An error the handover's recv consumed (see SocketState) ends the pair.
-  const int consumed_error =
-      handover.consumed_error_a ? handover.consumed_error_a : handover.consumed_error_b;
-  Ending ending;
-  milliseconds drain_poll{1};
-  for (;;) {
-    if (cancel.cancelled()) {
-      reset_fd(client.get());
-      reset_fd(upstream.get());
-      break;
-    }
-    const SocketState client_state = socket_state(client.get(), down.fin_forwarded);
-    const SocketState upstream_state = socket_state(upstream.get(), up.fin_forwarded);
-    if (client_state.failed || upstream_state.failed || consumed_error) {
-      // RST (or error) on one side: reset the other, promptly.
-      const bool client_failed = consumed_error ? handover.consumed_error_a != 0 : client_state.failed;
-      spdlog::debug("connection {}: {} side reset; resetting the other", id,
-                    client_failed ? "client" : "upstream");
-      ending.note(client_failed ? EndReason::client_reset : EndReason::upstream_reset,
-                  consumed_error ? std::strerror(consumed_error)
-                                 : socket_error(client_failed ? client.get() : upstream.get()));
-      reset_fd(client.get());
-      reset_fd(upstream.get());
-      break;
-    }
-    bool waiting_for_drain = false;
-    for (auto* d : {&up, &down}) {
-      const bool source_closed = d == &up ? client_state.read_closed : upstream_state.read_closed;
-      if (!source_closed || d->fin_forwarded) continue;
-      ending.note(d == &up ? EndReason::client_closed : EndReason::upstream_closed);
-      if (drained(*d)) {
-        if (spdlog::should_log(spdlog::level::debug))  // the byte count costs a map lookup
-          spdlog::debug("connection {}: FIN from {} forwarded after its bytes drained ({} redirected)", id,
-                        d == &up ? "client" : "upstream", bridge->redirected_bytes(d->from_cookie));
-        ::shutdown(d->to, SHUT_WR);
-        d->fin_forwarded = true;
-        // The client can send no more: give its socket its own protocol ops
-        // back now rather than at close.
-        if (d == &up) endpoint.release();
-      } else {
-        waiting_for_drain = true;
-      }
-    }
-    if (up.fin_forwarded && down.fin_forwarded) break;
-
-    // Retry a blocking client's capture while it can still send.
-    if (capture_retry_at != Clock::time_point::max() && !up.fin_forwarded && Clock::now() >= capture_retry_at)
-      try_capture();
-
-    poked = false;
-    if (waiting_for_drain) {
-      // The peer's backlog drains at the receiver's pace: back off to 50 ms.
-      wake.expires_after(drain_poll);
-      drain_poll = std::min(drain_poll * 2, milliseconds(50));
-    } else {
-      drain_poll = milliseconds(1);
-      wake.expires_at(asio::steady_timer::time_point::max());
-    }
-    if (capture_retry_at < wake.expiry()) wake.expires_at(capture_retry_at);
-    if (!poked) {
-      boost::system::error_code ec;
-      co_await wake.async_wait(asio::redirect_error(asio::use_awaitable, ec));
-    }
+  std::optional<Ending> ended =
+      co_await start_sockmap(pair, sink, cancel, kernel, inspected, std::move(on_end));
+  if (ended) co_return std::move(*ended);
+  while (!latch->ending) {
+    boost::system::error_code ec;
+    co_await latch->wake.async_wait(asio::redirect_error(asio::use_awaitable, ec));
   }
-
-  hangups.remove(client_watch);
-  hangups.remove(upstream_watch);
-  on_cancel.reset();
-  bulk.reset();
-  spliced->open = false;
-  if (spliced->boosted_bytes) budget.release(spliced->boosted_bytes);
-
-  // Bytes the verdict program took from one socket that never reached the
-  // other's send queue: they sat in the target's psock backlog when the
-  // pair ended, and closing discards them. None when both FINs went through
-  // (the drain check waited for them); a reset may cut some. Counted so a
-  // loss is visible without a debugger.
-  endpoint.release();
-  const bpf::EndpointStats shortcut_stats = endpoint.stats();
-  if (shortcut_stats.switches) {
-    sink.kernel_path(Direction::up, KernelPath::sk_msg);
-    spdlog::debug(
-        "connection {}: short-circuit moved {} byte(s) up, fence opened {} time(s), {} return(s) to TCP", id,
-        shortcut_stats.bytes, shortcut_stats.switches, shortcut_stats.fallbacks);
-  }
-  std::uint64_t dropped = 0;
-  for (const SplicedDirection* d : {&up, &down}) {
-    const std::uint64_t redirected =
-        bridge->redirected_bytes(d->from_cookie) + (d == &up ? shortcut_stats.bytes : 0);
-    const std::uint64_t written = tcp_bytes_written(d->to) - d->to_written_at_handover;
-    if (redirected > written) dropped += redirected - written;
-  }
-  if (dropped) {
-    sink.backlog_dropped(dropped);
-    // Both FINs passed on means the drain check held for both directions:
-    // a drop then is a bug. Any other end (a reset, even after a first FIN)
-    // may legitimately cut bytes in flight.
-    const bool clean = up.fin_forwarded && down.fin_forwarded;
-    spdlog::log(clean ? spdlog::level::err : spdlog::level::debug,
-                "connection {}: {} redirected byte(s) never reached the peer socket ({})", id, dropped,
-                cancel.cancelled() ? "cancelled" : to_string(ending.reason));
-  }
-
-  // Fold the kernel's counters into the connection before the peer entries
-  // go, so the access log and metrics keep them.
-  sink.kernel_released(bridge->redirected_bytes(handover.cookies.a) + shortcut_stats.bytes,
-                       bridge->redirected_bytes(handover.cookies.b));
-  client.reset();
-  upstream.reset();
-  bridge->forget(handover.cookies);
-  co_return ending;
+  co_return std::move(*latch->ending);
 }
 
 }  // namespace shunt::proxy
