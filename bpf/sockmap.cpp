@@ -89,8 +89,10 @@ Result<std::unique_ptr<SockmapBridge>> SockmapBridge::load(std::uint32_t max_con
       bpf_map__fd(skel->maps.bulk_events),
       [](void* ctx, void* data, size_t size) -> int {
         auto* self = static_cast<SockmapBridge*>(ctx);
-        if (size >= sizeof(shunt_bulk_event) && self->on_bulk_)
-          (*self->on_bulk_)(static_cast<const shunt_bulk_event*>(data)->cookie);
+        if (size < sizeof(shunt_bulk_event) || !self->on_bulk_) return 0;
+        const auto* ev = static_cast<const shunt_bulk_event*>(data);
+        (*self->on_bulk_)(
+            ev->cookie, ev->kind == SHUNT_EVENT_SHORTCUT_STUCK ? EventKind::shortcut_stuck : EventKind::bulk);
         return 0;
       },
       bridge.get(), nullptr));
@@ -292,8 +294,8 @@ SockmapBridge::SharedMaps SockmapBridge::shared_maps() const {
 
 int SockmapBridge::bulk_events_fd() const { return ring_buffer__epoll_fd(objects_->bulk_ring.get()); }
 
-void SockmapBridge::poll_bulk_events(const std::function<void(std::uint64_t)>& on_bulk) {
-  on_bulk_ = &on_bulk;
+void SockmapBridge::poll_bulk_events(const EventHandler& on_event) {
+  on_bulk_ = &on_event;
   ring_buffer__consume(objects_->bulk_ring.get());
   on_bulk_ = nullptr;
 }

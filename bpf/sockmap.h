@@ -87,11 +87,15 @@ class SockmapBridge {
   };
   [[nodiscard]] SharedMaps shared_maps() const;
 
-  // Bulk-transfer events (a socket crossed bulk_threshold). poll_bulk_events
-  // invokes `on_bulk(cookie)` for each pending event; call it when
+  // Events from the programs, one ring (`bulk_events`): a socket crossed
+  // bulk_threshold, or a short-circuited endpoint got stuck on TCP
+  // (bpf/sockmap_shortcut.bpf.c, pass_over_tcp). poll_bulk_events invokes
+  // `on_event(cookie, kind)` for each pending one; call it when
   // bulk_events_fd() is readable.
+  enum class EventKind { bulk, shortcut_stuck };
+  using EventHandler = std::function<void(std::uint64_t cookie, EventKind kind)>;
   [[nodiscard]] int bulk_events_fd() const;
-  void poll_bulk_events(const std::function<void(std::uint64_t cookie)>& on_bulk);
+  void poll_bulk_events(const EventHandler& on_event);
 
  private:
   // Runs the verdict over bytes queued on `fd` before it entered
@@ -109,7 +113,7 @@ class SockmapBridge {
   // that this header does not pull in the generated skeleton.
   struct Objects;
   std::unique_ptr<Objects> objects_;
-  std::function<void(std::uint64_t)> const* on_bulk_ = nullptr;
+  EventHandler const* on_bulk_ = nullptr;
   int peers_fd_ = -1;
   int targets_fd_ = -1;
   int verdict_fd_ = -1;

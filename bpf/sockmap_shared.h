@@ -16,10 +16,21 @@ struct shunt_sock_peer {
 	__u32 pad;
 };
 
-/* Ring buffer record: this socket has moved bulk data (crossed the
- * bulk_threshold), so userspace may grant its pair larger buffers. */
+/* Ring buffer record. SHUNT_EVENT_BULK (0, what sockmap_redirect sends):
+ * this socket has moved bulk data (crossed the bulk_threshold), so
+ * userspace may grant its pair larger buffers. SHUNT_EVENT_SHORTCUT_STUCK
+ * (sockmap_shortcut only): the endpoint facing socket `cookie` has sent
+ * shortcut_give_up bytes over TCP without the fence opening again, so
+ * userspace takes it out of the short-circuit (see endpoint_send). */
+enum shunt_event_kind {
+	SHUNT_EVENT_BULK = 0,
+	SHUNT_EVENT_SHORTCUT_STUCK = 1,
+};
+
 struct shunt_bulk_event {
 	__u64 cookie;
+	__u32 kind; /* enum shunt_event_kind; zero-initialised = bulk */
+	__u32 pad;
 };
 
 /* The endpoint short-circuit (sockmap_shortcut.bpf.c): a local client's own
@@ -51,8 +62,11 @@ struct shunt_endpoint {
 	__u64 bytes;	      /* bytes redirected by sk_msg */
 	__u64 switches;	      /* TCP -> redirect transitions (the fence opened) */
 	__u64 fallbacks;      /* redirect -> TCP transitions (target short of room) */
+	__u64 passed;	      /* bytes sent over TCP since the fence last opened (or the capture) */
 	__u32 state;	      /* enum shunt_endpoint_state */
 	__u32 bulk_reported;
+	__u32 stuck_reported; /* SHUNT_EVENT_SHORTCUT_STUCK sent */
+	__u32 pad;
 };
 
 /* Capture request: the input "packet" of capture_endpoint, run through

@@ -57,6 +57,15 @@ struct {
 } endpoints SEC(".maps");
 
 const volatile __u64 bulk_threshold = 4 << 20;
+/* Bytes an endpoint may send over TCP, without the fence opening once, before
+ * userspace is asked to take it out of the short-circuit. A sender that never
+ * pauses (bulk into a slower receiver: the target fills, the endpoint returns
+ * to TCP) never again shows the quiet point the fence needs, and on TCP a
+ * captured socket is dearer than a plain one: tcp_bpf_sendmsg copies every
+ * message into an sk_msg (fresh pages) and runs this program before pushing
+ * it. 64 MiB is tens of milliseconds of bulk; paced and request/response
+ * senders reopen the fence long before (docs/datapath.md, "Bulk senders"). */
+const volatile __u64 shortcut_give_up = 64 << 20;
 /* Room a message must find in the target's send buffer, beyond its own
  * size, to be redirected: skb overhead is charged on top of the payload
  * (truesize: about 1.3 KiB per skb of up to 64 KiB), and a push that does
@@ -142,6 +151,23 @@ static __always_inline void count_bulk(struct shunt_endpoint *e, __u32 size)
 	}
 }
 
+/* A message goes over TCP (SK_PASS). Past shortcut_give_up bytes without the
+ * fence opening, userspace is told once (it deletes the endpoint from
+ * endpoint_sockets, which gives the socket its own tcp_sendmsg back: safe, as
+ * nothing is ever queued in its psock). */
+static __always_inline int pass_over_tcp(struct shunt_endpoint *e, __u32 size)
+{
+	e->passed += size;
+	if (e->passed >= shortcut_give_up && !e->stuck_reported) {
+		struct shunt_bulk_event ev = { .cookie = e->proxy_cookie,
+					       .kind = SHUNT_EVENT_SHORTCUT_STUCK };
+
+		e->stuck_reported = 1;
+		bpf_ringbuf_output(&bulk_events, &ev, sizeof(ev), 0);
+	}
+	return SK_PASS;
+}
+
 /* sk_msg_md::remote_port holds the port in network byte order; this
  * kernel (6.18) hands it over in the upper 16 bits of the word (seen:
  * 0xE5B40000 for port 46309, 0xB4E5), others in the lower 16. Normalised to
@@ -192,13 +218,14 @@ int endpoint_send(struct sk_msg_md *msg)
 			e->state = SHUNT_ENDPOINT_TCP;
 			e->fallbacks++;
 		}
-		return SK_PASS;
+		return pass_over_tcp(e, size);
 	}
 	if (e->state != SHUNT_ENDPOINT_REDIRECT) {
 		if (!fence_open(msg, e, written))
-			return SK_PASS;
+			return pass_over_tcp(e, size);
 		e->state = SHUNT_ENDPOINT_REDIRECT;
 		e->switches++;
+		e->passed = 0;
 	}
 	/* A failed redirect (the target left the map: the pair is ending)
 	 * returns SK_DROP, which would fail the sender's write: pass instead. */

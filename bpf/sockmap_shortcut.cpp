@@ -43,6 +43,8 @@ std::string_view to_string(CaptureOutcome o) {
       return "shortcut_refused";
     case CaptureOutcome::error:
       return "shortcut_error";
+    case CaptureOutcome::stuck_on_tcp:
+      return "shortcut_stuck_on_tcp";
   }
   return "shortcut_error";
 }

@@ -33,14 +33,19 @@ enum class CaptureOutcome {
   foreign_psock,    // already in another sockmap
   refused,          // the kernel refused the map update
   error,            // BPF_PROG_TEST_RUN itself failed
+  // Not a capture outcome: captured, then taken out again because it sent
+  // shortcut_give_up bytes over TCP without the fence opening (a sender that
+  // never pauses; sockmap_shortcut.bpf.c, pass_over_tcp).
+  stuck_on_tcp,
 };
 std::string_view to_string(CaptureOutcome);
 // Every outcome but `captured`, for the metric's zero-initialised labels.
 inline constexpr CaptureOutcome kCaptureFallbacks[] = {
-    CaptureOutcome::not_local, CaptureOutcome::not_established,
-    CaptureOutcome::blocking,  CaptureOutcome::zerocopy,
-    CaptureOutcome::ulp,       CaptureOutcome::foreign_psock,
-    CaptureOutcome::refused,   CaptureOutcome::error};
+    CaptureOutcome::not_local,   CaptureOutcome::not_established,
+    CaptureOutcome::blocking,    CaptureOutcome::zerocopy,
+    CaptureOutcome::ulp,         CaptureOutcome::foreign_psock,
+    CaptureOutcome::refused,     CaptureOutcome::error,
+    CaptureOutcome::stuck_on_tcp};
 
 // One captured endpoint, as the short-circuit sees it.
 struct EndpointStats {

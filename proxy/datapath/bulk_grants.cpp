@@ -33,7 +33,7 @@ void BulkGrants::withdraw(std::uint64_t cookie_a, std::uint64_t cookie_b) {
 }
 
 void BulkGrants::poll() {
-  bridge_.poll_bulk_events([this](std::uint64_t cookie) {
+  bridge_.poll_bulk_events([this](std::uint64_t cookie, bpf::SockmapBridge::EventKind kind) {
     std::shared_ptr<const Grant> grant;
     {
       std::lock_guard lock(mu_);
@@ -41,7 +41,7 @@ void BulkGrants::poll() {
     }
     // Outside the lock: a grant withdrawn meanwhile still posts, and the
     // pair's own thread sees that it has ended.
-    if (grant) (*grant)(cookie);
+    if (grant) (*grant)(cookie, kind);
   });
 }
 

@@ -23,8 +23,9 @@ namespace shunt::proxy {
 class BulkGrants {
  public:
   // Called on the control thread with the cookie of the socket that went
-  // bulk; must only post (it runs under no lock, but on the control thread).
-  using Grant = std::function<void(std::uint64_t source_cookie)>;
+  // bulk (or whose short-circuited endpoint got stuck on TCP: `kind`); must
+  // only post (it runs under no lock, but on the control thread).
+  using Grant = std::function<void(std::uint64_t source_cookie, bpf::SockmapBridge::EventKind kind)>;
 
   explicit BulkGrants(bpf::SockmapBridge& bridge,
                       std::uint64_t budget_bytes = BufferBudget::kDefaultBudgetBytes)

@@ -236,9 +236,15 @@ class SplicedPair : public std::enable_shared_from_this<SplicedPair> {
     // and runs here while the pair is open (`open_` is cleared before
     // on_end), so `sink_` is still alive then.
     bulk_ =
-        grants.enroll(up_.from_cookie, down_.from_cookie, [self = shared_from_this()](std::uint64_t source) {
-          asio::post(self->executor_, [self, source] { self->grant_bulk(source); });
-        });
+        grants.enroll(up_.from_cookie, down_.from_cookie,
+                      [self = shared_from_this()](std::uint64_t source, bpf::SockmapBridge::EventKind kind) {
+                        asio::post(self->executor_, [self, source, kind] {
+                          if (kind == bpf::SockmapBridge::EventKind::shortcut_stuck)
+                            self->release_stuck_endpoint();
+                          else
+                            self->grant_bulk(source);
+                        });
+                      });
     // The first look is posted too: on_end never runs before start_sockmap
     // has returned.
     poke();
@@ -279,6 +285,15 @@ class SplicedPair : public std::enable_shared_from_this<SplicedPair> {
     const int target = source == up_.from_cookie ? upstream_.get() : client_.get();
     set_send_buffer(target, static_cast<int>(BufferBudget::kBoostedBufferBytes), true);
     sink_.buffer_boost(true);
+  }
+
+  // A client that never pauses cannot reopen the fence; on TCP its captured
+  // socket only costs (docs/datapath.md, "Bulk senders").
+  void release_stuck_endpoint() {
+    if (!open_ || !endpoint_) return;
+    spdlog::debug("connection {}: client stuck on TCP, out of the short-circuit", id_);
+    sink_.fell_back(bpf::to_string(bpf::CaptureOutcome::stuck_on_tcp));
+    endpoint_->release();
   }
 
   void try_capture() {

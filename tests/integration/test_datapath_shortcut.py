@@ -13,12 +13,18 @@ an sk_msg program once the fence allows.
 - a blocking client is left on sk_skb and counted
   (shunt_datapath_fallbacks_total{reason="shortcut_blocking_socket"}), and
   its blocking read after SHUT_WR gets the whole reply (no EAGAIN);
-- resets each way and revocation with the client captured.
+- resets each way and revocation with the client captured;
+- a sender that never pauses (bulk into a slower reader) is taken out of
+  the short-circuit once it has sent 64 MiB over TCP without the fence
+  opening (shunt_datapath_fallbacks_total{reason="shortcut_stuck_on_tcp"}),
+  every byte in place across the removal.
 Needs root (BPF)."""
 import array
 import json
+import os
 import socket
 import struct
+import subprocess
 import sys
 import threading
 import time
@@ -42,11 +48,20 @@ def block(mib):
     return STREAM[mib << 20:(mib + 1) << 20]
 
 
-def position_checker(total):
-    """Upstream handler: reads `total` bytes of position words and checks
-    each against its offset; returns (bytes, first bad offset or None)."""
+def expected_words(word, nbytes):
+    """Bytes of the position stream from word number `word` on."""
+    if (word * 8 + nbytes) <= len(STREAM):
+        return STREAM[word * 8:word * 8 + nbytes]
+    return array.array("Q", range(word, word + nbytes // 8)).tobytes()
+
+
+def position_checker(total, pause=0.0):
+    """Upstream handler: reads `total` bytes of position words (after
+    `pause` seconds of not reading) and checks each against its offset;
+    returns (bytes, first bad offset or None)."""
 
     def handler(conn):
+        time.sleep(pause)
         got = 0
         bad = None
         pending = b""
@@ -61,7 +76,7 @@ def position_checker(total):
                 for off in range(0, usable, 1 << 16):
                     piece = pending[off:min(off + (1 << 16), usable)]
                     word = start_word + off // 8
-                    expected = STREAM[word * 8:word * 8 + len(piece)]
+                    expected = expected_words(word, len(piece))
                     if piece != expected:
                         for k in range(0, len(piece), 8):
                             if piece[k:k + 8] != expected[k:k + 8]:
@@ -261,12 +276,43 @@ class ShortcutTest(unittest.TestCase):
                 time.sleep(0.1)
             self.assertEqual(fallbacks(self.admin).get("shortcut_blocking_socket", 0), before + 1)
 
+    def test_sender_that_never_pauses_leaves_the_shortcut(self):
+        """A separate process sends 320 MiB of position words in 256 KiB
+        writes as fast as it can; the reader does not read for the first
+        2.5 s: the target fills, the client returns to TCP and never shows
+        the quiet point the fence needs again (the sk_skb path behind it
+        holds what the reader has not taken), so after 64 MiB over TCP shunt
+        takes it out of the short-circuit. Every byte is checked in place."""
+        # More than the target's boosted send buffer (64 MiB, 128 MiB of
+        # queue) plus the 64 MiB the sender may pass over TCP.
+        total = 320 << 20
+        sender = ("import array, socket, sys\n"
+                  "c = socket.create_connection(('127.0.0.1', int(sys.argv[1])), timeout=60)\n"
+                  "for mib in range(%d):\n"
+                  "    data = array.array('Q', range(mib << 17, (mib + 1) << 17)).tobytes()\n"
+                  "    for off in range(0, len(data), 256 << 10):\n"
+                  "        c.sendall(data[off:off + (256 << 10)])\n"
+                  "assert c.recv(2) == b'ok'\n") % (total >> 20)
+        with ThreadedServer(position_checker(total, pause=2.5)) as server, self.start(server.port) as shunt:
+            before = fallbacks(self.admin).get("shortcut_stuck_on_tcp", 0)
+            proc = subprocess.run([sys.executable, "-c", sender, str(self.port)], capture_output=True, timeout=120)
+            self.assertEqual(proc.returncode, 0, proc.stderr)
+            got, bad = server.wait_results(1)[0]
+            self.assertEqual(got, total)
+            self.assertIsNone(bad, f"byte at offset {bad} out of place")
+            self.assertGreaterEqual(fallbacks(self.admin).get("shortcut_stuck_on_tcp", 0), before + 1)
+            time.sleep(0.3)
+            records = access_lines(shunt)
+            self.assertEqual(len(records), 1, records)
+            self.assertEqual(records[0]["bytes_up"], total, records[0])
+            self.assertEqual(shunt.stop(), 0, shunt.output())
+
     def test_known_fallback_reasons_exported_at_zero(self):
         with ThreadedServer(lambda conn: 0) as server, self.start(server.port):
             reasons = fallbacks(self.admin)
             for reason in ("shortcut_not_local", "shortcut_not_established", "shortcut_blocking_socket",
                            "shortcut_zerocopy", "shortcut_ulp", "shortcut_foreign_psock", "shortcut_refused",
-                           "shortcut_error"):
+                           "shortcut_error", "shortcut_stuck_on_tcp"):
                 self.assertIn(reason, reasons)
 
 
