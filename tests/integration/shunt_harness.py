@@ -4,7 +4,6 @@ Every test runs the real shunt binary (SHUNT_BIN) against real peers over
 loopback or in network namespaces it creates and removes itself. Tests need
 root (BPF, namespaces) and fail rather than skip without it.
 """
-import contextlib
 import hashlib
 import json
 import os
@@ -341,23 +340,103 @@ class ThreadedServer:
         self.close()
 
 
+def rule(name, ports, action="allow", **matches):
+    """One policy rule from loopback to loopback `ports` (a port or a list),
+    as YAML for proxy_config's `rules`. `matches`: http/grpc as a list of
+    YAML flow entries (one per line), or any key as YAML flow text, e.g.
+    tls="{sni: [api.example.com]}"."""
+    ports = ports if isinstance(ports, (list, tuple)) else [ports]
+    lines = [f"    - name: {name}",
+             "      from: {cidr: 127.0.0.0/8}",
+             f"      to: {{cidr: 127.0.0.1/32, ports: [{', '.join(str(p) for p in ports)}]}}",
+             f"      action: {action}"]
+    for key, value in matches.items():
+        if isinstance(value, (list, tuple)):
+            lines.append(f"      {key}:")
+            lines += [f"        - {entry}" for entry in value]
+        else:
+            lines.append(f"      {key}: {value}")
+    return "\n".join(lines)
+
+
+TIMEOUTS = {"connect": "2s", "header": "2s", "idle": "1h", "drain": "2s"}
+
+
+def proxy_config(listeners, rules=(), *, datapath="copy", default="deny", admin=None, timeouts=None, limits="",
+                 log=None, access="stdout", proxy_extra="", admin_extra="", extra=""):
+    """A config of static listeners on loopback. `listeners`: (name,
+    listen_port, forward_port) triples; `rules`: rule() texts (or raw YAML
+    list items); `timeouts`: what differs from TIMEOUTS; `limits`: the flow
+    map's inside, e.g. "max_connections: 1000"; `admin`: the admin port (a
+    free one by default); `log`: the level (SHUNT_TEST_LOG_LEVEL or info);
+    `proxy_extra`: more keys for the proxy section; `extra`: top-level YAML
+    appended."""
+    lines = ["", "proxy:", "  listeners:"]
+    lines += [f"    - {{name: {n}, listen: 127.0.0.1:{listen}, forward: 127.0.0.1:{forward}}}"
+              for n, listen, forward in listeners]
+    lines.append(f"  datapath: {datapath}")
+    t = {**TIMEOUTS, **(timeouts or {})}
+    lines.append("  timeouts: {" + ", ".join(f"{k}: {v}" for k, v in t.items()) + "}")
+    if limits:
+        lines.append(f"  limits: {{{limits}}}")
+    if proxy_extra:
+        lines.append(f"  {proxy_extra}")
+    lines.append(f"admin: {{listen: 127.0.0.1:{admin or free_port()}{admin_extra}}}")
+    lines.append(f"log: {{level: {log or os.environ.get('SHUNT_TEST_LOG_LEVEL', 'info')}, access: {access}}}")
+    lines += ["policy:", f"  default: {default}"]
+    lines += ["  rules:", *rules] if rules else ["  rules: []"]
+    return "\n".join(lines) + "\n" + extra
+
+
 def static_config(listen_port, forward_port, datapath, extra="", proxy_extra=""):
-    """`proxy_extra`: more keys for the proxy section, e.g. "endpoint_shortcut: true"."""
-    return f"""
-proxy:
-  listeners:
-    - name: test
-      listen: 127.0.0.1:{listen_port}
-      forward: 127.0.0.1:{forward_port}
-  datapath: {datapath}
-  {proxy_extra}
-  timeouts: {{connect: 2s, header: 2s, idle: 1h, drain: 5s}}
-admin: {{listen: 127.0.0.1:{free_port()}}}
-log: {{level: {os.environ.get("SHUNT_TEST_LOG_LEVEL", "info")}, access: stdout}}
-policy:
-  default: allow
-  rules: []
-{extra}"""
+    """One listener `test` forwarding to `forward_port`, everything allowed.
+    `proxy_extra`: more keys for the proxy section, e.g. "endpoint_shortcut: true"."""
+    return proxy_config([("test", listen_port, forward_port)], datapath=datapath, default="allow",
+                        timeouts={"drain": "5s"}, proxy_extra=proxy_extra, extra=extra)
+
+
+def start_nghttpd(owner, files):
+    """nghttpd (cleartext HTTP/2, prior knowledge) serving `files` (name ->
+    bytes) from a directory of its own, for as long as `owner` (a TestCase
+    class, or a test) runs; returns its port once it listens."""
+    docroot = closing(owner, tempfile.TemporaryDirectory(), close="cleanup")
+    for name, body in files.items():
+        with open(os.path.join(docroot.name, name), "wb") as f:
+            f.write(body)
+    port = free_port()
+    proc = subprocess.Popen(["nghttpd", "--no-tls", "-d", docroot.name, str(port)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    _cleanup(owner)(proc.wait)
+    _cleanup(owner)(proc.kill)
+    wait_for_port("127.0.0.1", port, proc=proc)
+    return port
+
+
+def per_datapath(base, suffix, datapaths=("sockmap", "splice", "copy"), others_run=None):
+    """One unittest.TestCase class per data path from a mixin whose tests
+    read `self.datapath`: SockmapX, SpliceX, CopyX for suffix X. With
+    `others_run` (test names), the data paths after the first run only
+    those: for tests that do not depend on the data path but end in it."""
+    classes = []
+    for i, datapath in enumerate(datapaths):
+        attrs = {"datapath": datapath, "__module__": base.__module__}
+        if i > 0 and others_run is not None:
+            attrs.update({name: None for name in dir(base) if name.startswith("test_") and name not in others_run})
+        classes.append(type(f"{datapath.capitalize()}{suffix}", (base, unittest.TestCase), attrs))
+    return classes
+
+
+def _cleanup(owner):
+    """addClassCleanup for a TestCase class (setUpClass), addCleanup for a test."""
+    return owner.addClassCleanup if isinstance(owner, type) else owner.addCleanup
+
+
+def closing(owner, resource, close="close"):
+    """`resource`, closed (its method `close`) when `owner` (a TestCase
+    class, or a test) is done: `cls.x = closing(cls, X())` for the shape
+    `cls.x = X(); cls.addClassCleanup(cls.x.close)`."""
+    _cleanup(owner)(getattr(resource, close))
+    return resource
 
 
 PY = "/usr/bin/python3"

@@ -13,8 +13,8 @@ import time
 import unittest
 
 from admin_helpers import admin_port_of, get_json, http_get, scrape, value, wait_ready
-from shunt_harness import (SHUNT_BIN, Shunt, ThreadedServer, free_port, is_listening, recv_exact, run_tests,
-                           static_config)
+from shunt_harness import (SHUNT_BIN, Shunt, ThreadedServer, free_port, is_listening, per_datapath, recv_exact,
+                           run_tests, static_config)
 
 UP = 6 * 1024 * 1024 + 123    # client -> server
 DOWN = 3 * 1024 * 1024 + 77   # server -> client
@@ -89,16 +89,7 @@ class ByteCounters:
                 self.assertEqual(shunt.stop(), 0, shunt.output())
 
 
-class SockmapCounters(ByteCounters, unittest.TestCase):
-    datapath = "sockmap"
-
-
-class SpliceCounters(ByteCounters, unittest.TestCase):
-    datapath = "splice"
-
-
-class CopyCounters(ByteCounters, unittest.TestCase):
-    datapath = "copy"
+SockmapCounters, SpliceCounters, CopyCounters = per_datapath(ByteCounters, "Counters")
 
 
 class AdminApi(unittest.TestCase):

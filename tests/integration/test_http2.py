@@ -22,45 +22,20 @@ import grpc
 
 from admin_helpers import get_json, scrape, value, wait_ready
 from h2_frames import frame, get_headers_block
-from shunt_harness import free_port, run_tests, start_class_shunt, wait_for_port
+from shunt_harness import closing, free_port, proxy_config, rule, run_tests, start_class_shunt, start_nghttpd
 
 MIB = 1024 * 1024
 
 
 def config(d):
-    return f"""
-proxy:
-  listeners:
-    - {{name: h2c, listen: 127.0.0.1:{d['listen']}, forward: 127.0.0.1:{d['nghttpd']}}}
-    - {{name: grpc, listen: 127.0.0.1:{d['listen_grpc']}, forward: 127.0.0.1:{d['grpc']}}}
-    - {{name: h1, listen: 127.0.0.1:{d['listen_h1']}, forward: 127.0.0.1:{d['h1']}}}
-  datapath: copy
-  timeouts: {{connect: 2s, header: 2s, idle: 1h, drain: 2s}}
-  limits: {{max_connections: 1000, max_header_bytes: 8192}}
-admin: {{listen: 127.0.0.1:{d['admin']}}}
-log: {{level: debug, access: stdout}}
-policy:
-  default: deny
-  rules:
-    - name: files
-      from: {{cidr: 127.0.0.0/8}}
-      to: {{cidr: 127.0.0.1/32, ports: [{d['nghttpd']}]}}
-      action: allow
-      http:
-        - {{method: GET, path_exact: /ok}}
-        - {{method: GET, path_exact: /big}}
-        - {{method: POST, path_exact: /ok}}
-    - name: grpc
-      from: {{cidr: 127.0.0.0/8}}
-      to: {{cidr: 127.0.0.1/32, ports: [{d['grpc']}]}}
-      action: allow
-      grpc: [test.Svc/Allowed, test.Svc/Bidi, test.Svc/Upload{d.get('extra', '')}]
-    - name: h1
-      from: {{cidr: 127.0.0.0/8}}
-      to: {{cidr: 127.0.0.1/32, ports: [{d['h1']}]}}
-      action: allow
-      http: [{{method: GET, path: /}}]
-"""
+    return proxy_config(
+        [("h2c", d["listen"], d["nghttpd"]), ("grpc", d["listen_grpc"], d["grpc"]), ("h1", d["listen_h1"], d["h1"])],
+        [rule("files", d["nghttpd"],
+              http=["{method: GET, path_exact: /ok}", "{method: GET, path_exact: /big}",
+                    "{method: POST, path_exact: /ok}"]),
+         rule("grpc", d["grpc"], grpc=f"[test.Svc/Allowed, test.Svc/Bidi, test.Svc/Upload{d.get('extra', '')}]"),
+         rule("h1", d["h1"], http=["{method: GET, path: /}"])],
+        limits="max_connections: 1000, max_header_bytes: 8192", admin=d["admin"], log="debug")
 
 
 def raw(b):
@@ -128,22 +103,10 @@ def h1_server(port, heads):
 class Http2Inspection(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        cls.tmp = tempfile.TemporaryDirectory()
-        cls.addClassCleanup(cls.tmp.cleanup)
-        www = cls.tmp.name
         cls.big = os.urandom(8 * MIB)
-        with open(os.path.join(www, "big"), "wb") as f:
-            f.write(cls.big)
-        for name, body in (("ok", b"hi\n"), ("secret", b"secret\n")):
-            with open(os.path.join(www, name), "wb") as f:
-                f.write(body)
-        cls.ports = dict(listen=free_port(), listen_grpc=free_port(), nghttpd=free_port(), grpc=free_port(),
-                         admin=free_port(), listen_h1=free_port(), h1=free_port())
-        cls.nghttpd = subprocess.Popen(["nghttpd", "--no-tls", "-d", www, str(cls.ports["nghttpd"])],
-                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        cls.addClassCleanup(cls.nghttpd.wait)
-        cls.addClassCleanup(cls.nghttpd.kill)
-        wait_for_port("127.0.0.1", cls.ports["nghttpd"], proc=cls.nghttpd)
+        cls.ports = dict(listen=free_port(), listen_grpc=free_port(), grpc=free_port(), admin=free_port(),
+                         listen_h1=free_port(), h1=free_port(),
+                         nghttpd=start_nghttpd(cls, {"big": cls.big, "ok": b"hi\n", "secret": b"secret\n"}))
         cls.stream_started = threading.Event()
         cls.grpc = grpc_server(cls.ports["grpc"], cls.stream_started)
         cls.addClassCleanup(cls.grpc.stop, None)
@@ -202,10 +165,10 @@ class Http2Inspection(unittest.TestCase):
             time.sleep(0.05)
 
     def test_big_upload_to_nghttpd(self):
-        path = os.path.join(self.tmp.name, "upload")
-        with open(path, "wb") as f:
-            f.write(self.big)
-        out = subprocess.run(["nghttp", "-d", path, self.url("/ok")], capture_output=True, timeout=60)
+        upload = closing(self, tempfile.NamedTemporaryFile(), close="close")
+        upload.write(self.big)
+        upload.flush()
+        out = subprocess.run(["nghttp", "-d", upload.name, self.url("/ok")], capture_output=True, timeout=60)
         self.assertEqual(out.returncode, 0, out.stderr)
         self.assertEqual(out.stdout, b"hi\n")
 

@@ -13,8 +13,6 @@ import json
 import os
 import re
 import struct
-import subprocess
-import tempfile
 import time
 import unittest
 from datetime import datetime
@@ -26,41 +24,20 @@ from h2_frames import (CONTINUATION, DATA, END_HEADERS, END_STREAM, GOAWAY, HEAD
                        Client, frame, goaways, settings, window_update)
 from h2_frames import (CANCEL, COMPRESSION_ERROR, ENHANCE_YOUR_CALM, FLOW_CONTROL_ERROR, FRAME_SIZE_ERROR,
                        INTERNAL_ERROR, NO_ERROR, PROTOCOL_ERROR, get_headers_block)
-from shunt_harness import Shunt, ThreadedServer, free_port, run_tests, start_class_shunt, wait_for_port
+from shunt_harness import (Shunt, ThreadedServer, closing, free_port, proxy_config, rule, run_tests,
+                           start_class_shunt, start_nghttpd)
 
 MIB = 1024 * 1024
 
 
 def config(d, big_allowed=True, drain="2s"):
-    big = "- {method: GET, path_exact: /big}" if big_allowed else ""
-    return f"""
-proxy:
-  listeners:
-    - {{name: h2c, listen: 127.0.0.1:{d['listen']}, forward: 127.0.0.1:{d['nghttpd']}}}
-    - {{name: dead, listen: 127.0.0.1:{d['listen_dead']}, forward: 127.0.0.1:{d['dead']}}}
-    - {{name: hangup, listen: 127.0.0.1:{d['listen_hangup']}, forward: 127.0.0.1:{d['hangup']}}}
-  datapath: copy
-  timeouts: {{connect: 2s, header: 2s, idle: 1h, drain: {drain}}}
-  limits: {{max_connections: 1000, max_header_bytes: 8192}}
-admin: {{listen: 127.0.0.1:{d['admin']}}}
-log: {{level: info, access: stdout}}
-policy:
-  default: deny
-  rules:
-    - name: files
-      from: {{cidr: 127.0.0.0/8}}
-      to: {{cidr: 127.0.0.1/32, ports: [{d['nghttpd']}]}}
-      action: allow
-      http:
-        - {{method: GET, path_exact: /ok}}
-        {big}
-    - name: dead
-      from: {{cidr: 127.0.0.0/8}}
-      to: {{cidr: 127.0.0.1/32, ports: [{d['dead']}, {d['hangup']}]}}
-      action: allow
-      http: [{{method: GET, path: /}}]
-      grpc: [test.Svc/*]
-"""
+    files = ["{method: GET, path_exact: /ok}"] + (["{method: GET, path_exact: /big}"] if big_allowed else [])
+    return proxy_config(
+        [("h2c", d["listen"], d["nghttpd"]), ("dead", d["listen_dead"], d["dead"]),
+         ("hangup", d["listen_hangup"], d["hangup"])],
+        [rule("files", d["nghttpd"], http=files),
+         rule("dead", [d["dead"], d["hangup"]], http=["{method: GET, path: /}"], grpc="[test.Svc/*]")],
+        timeouts={"drain": drain}, limits="max_connections: 1000, max_header_bytes: 8192", admin=d["admin"])
 
 
 def hang_up(conn):
@@ -85,23 +62,12 @@ def proc_cost(pid):
 class Http2Limits(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        cls.tmp = tempfile.TemporaryDirectory()
-        cls.addClassCleanup(cls.tmp.cleanup)
         cls.big = os.urandom(8 * MIB)
-        for name, body in (("ok", b"hi\n"), ("big", cls.big)):
-            with open(os.path.join(cls.tmp.name, name), "wb") as f:
-                f.write(body)
-        cls.ports = dict(listen=free_port(), nghttpd=free_port(), admin=free_port(), listen_dead=free_port(),
-                         dead=free_port(), listen_hangup=free_port(), hangup=free_port())
         # An upstream that accepts, reads the request and closes without a word.
-        cls.hangup = ThreadedServer(hang_up)
-        cls.addClassCleanup(cls.hangup.close)
-        cls.ports["hangup"] = cls.hangup.port
-        cls.nghttpd = subprocess.Popen(["nghttpd", "--no-tls", "-d", cls.tmp.name, str(cls.ports["nghttpd"])],
-                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        cls.addClassCleanup(cls.nghttpd.wait)
-        cls.addClassCleanup(cls.nghttpd.kill)
-        wait_for_port("127.0.0.1", cls.ports["nghttpd"], proc=cls.nghttpd)
+        cls.hangup = closing(cls, ThreadedServer(hang_up))
+        cls.ports = dict(listen=free_port(), admin=free_port(), listen_dead=free_port(), dead=free_port(),
+                         listen_hangup=free_port(), hangup=cls.hangup.port,
+                         nghttpd=start_nghttpd(cls, {"ok": b"hi\n", "big": cls.big}))
         cls.shunt = start_class_shunt(cls, config(cls.ports), cls.ports["listen"])
         wait_ready(cls.ports["admin"], proc=cls.shunt.proc)
 
@@ -351,35 +317,27 @@ class Http2Limits(unittest.TestCase):
 
 class Http2Drain(unittest.TestCase):
     def test_sigterm_sends_goaway_and_the_stream_in_flight_finishes(self):
-        with tempfile.TemporaryDirectory() as www:
-            big = os.urandom(8 * MIB)
-            with open(os.path.join(www, "big"), "wb") as f:
-                f.write(big)
-            ports = dict(listen=free_port(), nghttpd=free_port(), admin=free_port(), listen_dead=free_port(),
-                         dead=free_port(), listen_hangup=free_port(), hangup=free_port())
-            nghttpd = subprocess.Popen(["nghttpd", "--no-tls", "-d", www, str(ports["nghttpd"])],
-                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            self.addCleanup(nghttpd.wait)
-            self.addCleanup(nghttpd.kill)
-            wait_for_port("127.0.0.1", ports["nghttpd"], proc=nghttpd)
-            with Shunt(config(ports, drain="10s"), wait_port=ports["listen"]) as shunt:
-                wait_ready(ports["admin"], proc=shunt.proc)
-                c = Client(ports["listen"])
-                self.addCleanup(c.close)
-                c.request(1, "/big")  # in flight, held at its first 65535 bytes
-                frames = c.frames_until(lambda f: f.type == HEADERS and f.stream == 1, timeout=5)
-                shunt.proc.send_signal(15)
-                frames += c.frames_until(lambda f: f.type == GOAWAY, timeout=5)
-                self.assertEqual(goaways(frames), [(1, NO_ERROR)])
-                # The stream finishes: open its windows and read to its end.
-                c.send(window_update(0, 1 << 30) + window_update(1, 1 << 30))
-                frames += c.frames_until(lambda f: f.stream == 1 and f.flags & END_STREAM, timeout=30)
-                body = b"".join(f.payload for f in frames if f.type == DATA and f.stream == 1)
-                self.assertEqual(len(body), len(big))
-                self.assertEqual(hashlib.sha256(body).hexdigest(), hashlib.sha256(big).hexdigest())
-                self.assertTrue(any(f.type == HEADERS and f.headers.get(":status") == "200" for f in frames))
-                c.close()
-                self.assertEqual(shunt.proc.wait(timeout=15), 0)
+        big = os.urandom(8 * MIB)
+        ports = dict(listen=free_port(), admin=free_port(), listen_dead=free_port(), dead=free_port(),
+                     listen_hangup=free_port(), hangup=free_port(), nghttpd=start_nghttpd(self, {"big": big}))
+        with Shunt(config(ports, drain="10s"), wait_port=ports["listen"]) as shunt:
+            wait_ready(ports["admin"], proc=shunt.proc)
+            c = Client(ports["listen"])
+            self.addCleanup(c.close)
+            c.request(1, "/big")  # in flight, held at its first 65535 bytes
+            frames = c.frames_until(lambda f: f.type == HEADERS and f.stream == 1, timeout=5)
+            shunt.proc.send_signal(15)
+            frames += c.frames_until(lambda f: f.type == GOAWAY, timeout=5)
+            self.assertEqual(goaways(frames), [(1, NO_ERROR)])
+            # The stream finishes: open its windows and read to its end.
+            c.send(window_update(0, 1 << 30) + window_update(1, 1 << 30))
+            frames += c.frames_until(lambda f: f.stream == 1 and f.flags & END_STREAM, timeout=30)
+            body = b"".join(f.payload for f in frames if f.type == DATA and f.stream == 1)
+            self.assertEqual(len(body), len(big))
+            self.assertEqual(hashlib.sha256(body).hexdigest(), hashlib.sha256(big).hexdigest())
+            self.assertTrue(any(f.type == HEADERS and f.headers.get(":status") == "200" for f in frames))
+            c.close()
+            self.assertEqual(shunt.proc.wait(timeout=15), 0)
 
 
 if __name__ == "__main__":

@@ -13,64 +13,31 @@ import subprocess
 import tempfile
 import threading
 import time
-import unittest
 
 from admin_helpers import get_json, scrape
 from http_peers import Origin, read_response, request
-from shunt_harness import (Shunt, free_port, pattern, pattern_digest, recv_all_digest, run_tests, send_pattern,
-                           start_class_shunt)
+from shunt_harness import (Shunt, closing, free_port, pattern, pattern_digest, per_datapath, proxy_config,
+                           recv_all_digest, rule, run_tests, send_pattern, start_class_shunt)
 
 MIB = 1024 * 1024
 DENIED = b"Access denied\n"
 
 
 def config(d):
-    return f"""
-proxy:
-  listeners:
-    - {{name: inspected, listen: 127.0.0.1:{d['listen']}, forward: 127.0.0.1:{d['origin']}}}
-    - {{name: open, listen: 127.0.0.1:{d['listen_open']}, forward: 127.0.0.1:{d['origin_open']}}}
-  datapath: {d['datapath']}
-  timeouts: {{connect: 2s, header: 1s, idle: 1h, drain: 2s}}
-  limits: {{max_connections: 1000, max_header_bytes: 8192}}
-admin: {{listen: 127.0.0.1:{d['admin']}}}
-log: {{level: debug, access: stdout}}
-policy:
-  default: deny
-  rules:
-    - name: api
-      from: {{cidr: 127.0.0.0/8}}
-      to: {{cidr: 127.0.0.1/32, ports: [{d['origin']}]}}
-      action: allow
-      http:
-        - {{method: GET, path: /api/}}
-        - {{method: HEAD, path: /api/}}
-        - {{method: GET, path: /blob}}
-        - {{method: GET, path: /slow}}
-        - {{method: GET, path: /chunked-response}}
-        - {{method: POST, path_exact: /upload}}
-        - {{method: GET, path: /ws}}
-        - {{method: GET, path: /team, headers: {{x-team: blue}}}}
-        - {{method: GET, path: /close-me}}
-    - name: no-admin
-      from: {{cidr: 127.0.0.0/8}}
-      to: {{cidr: 127.0.0.1/32, ports: [{d['origin']}]}}
-      action: deny
-      http:
-        - {{path: /api/admin}}
-    # Every request of this flow is allowed (an L4 allow and no HTTP deny):
-    # after the first request the connection goes to the data path.
-    - name: open-l4
-      from: {{cidr: 127.0.0.0/8}}
-      to: {{cidr: 127.0.0.1/32, ports: [{d['origin_open']}]}}
-      action: allow
-    - name: open-http
-      from: {{cidr: 127.0.0.0/8}}
-      to: {{cidr: 127.0.0.1/32, ports: [{d['origin_open']}]}}
-      action: allow
-      http:
-        - {{path: /only-this}}
-"""
+    api = ["{method: GET, path: /api/}", "{method: HEAD, path: /api/}", "{method: GET, path: /blob}",
+           "{method: GET, path: /slow}", "{method: GET, path: /chunked-response}",
+           "{method: POST, path_exact: /upload}", "{method: GET, path: /ws}",
+           "{method: GET, path: /team, headers: {x-team: blue}}", "{method: GET, path: /close-me}"]
+    return proxy_config(
+        [("inspected", d["listen"], d["origin"]), ("open", d["listen_open"], d["origin_open"])],
+        [rule("api", d["origin"], http=api),
+         rule("no-admin", d["origin"], "deny", http=["{path: /api/admin}"]),
+         # Every request of this flow is allowed (an L4 allow and no HTTP
+         # deny): after the first request the connection goes to the data path.
+         rule("open-l4", d["origin_open"]),
+         rule("open-http", d["origin_open"], http=["{path: /only-this}"])],
+        datapath=d["datapath"], timeouts={"header": "1s"}, limits="max_connections: 1000, max_header_bytes: 8192",
+        admin=d["admin"], log="debug")
 
 
 def access_entries(shunt, event="http"):
@@ -95,10 +62,8 @@ class HttpInspection:
 
     @classmethod
     def setUpClass(cls):
-        cls.origin = Origin()
-        cls.addClassCleanup(cls.origin.close)
-        cls.origin_open = Origin()
-        cls.addClassCleanup(cls.origin_open.close)
+        cls.origin = closing(cls, Origin())
+        cls.origin_open = closing(cls, Origin())
         cls.ports = dict(listen=free_port(), listen_open=free_port(), origin=cls.origin.port,
                          origin_open=cls.origin_open.port, admin=free_port(), datapath=cls.datapath)
         cls.shunt = start_class_shunt(cls, config(cls.ports), cls.ports["listen"])
@@ -408,10 +373,10 @@ class HttpInspection:
             while True:
                 conns = [c for c in get_json(self.ports["admin"], "/connections")
                          if c["dst"].endswith(f":{self.ports['origin_open']}")]
-                if [c["datapath"] for c in conns] == [self.expected_datapath] or time.monotonic() > deadline:
+                if [c["datapath"] for c in conns] == [self.datapath] or time.monotonic() > deadline:
                     break
                 time.sleep(0.02)
-            self.assertEqual([c["datapath"] for c in conns], [self.expected_datapath], conns)
+            self.assertEqual([c["datapath"] for c in conns], [self.datapath], conns)
         time.sleep(0.2)
         logged = [e["path"] for e in access_entries(self.shunt) if e["host"] == "open.local"]
         self.assertEqual(logged, ["/first-open"])
@@ -457,30 +422,13 @@ class HttpInspection:
                                     metric(before, "shunt_http_requests_total", verdict=verdict, protocol="h1"), 1)
 
 
-class SockmapHttp(HttpInspection, unittest.TestCase):
-    datapath = "sockmap"
-    expected_datapath = "sockmap"
-
-
-class SpliceHttp(HttpInspection, unittest.TestCase):
-    datapath = "splice"
-    expected_datapath = "splice"
-
-
-class CopyHttp(HttpInspection, unittest.TestCase):
-    datapath = "copy"
-    expected_datapath = "copy"
-
-
 # Inspection itself does not depend on the data path; splice and copy run
 # the tests whose ending hands the connection over, plus a couple of others.
-for _cls in (SpliceHttp, CopyHttp):
-    for _name in [n for n in dir(HttpInspection) if n.startswith("test_")]:
-        if _name not in ("test_websocket_upgrade_then_bytes_both_ways", "test_all_requests_allowed_goes_to_the_data_path",
-                         "test_keepalive_second_request_denied", "test_64mib_bodies_both_ways",
-                         "test_allowed_get_is_byte_exact"):
-            setattr(_cls, _name, None)
-del _cls, _name  # a TestCase left in a module global would be collected twice
+SockmapHttp, SpliceHttp, CopyHttp = per_datapath(
+    HttpInspection, "Http",
+    others_run=("test_websocket_upgrade_then_bytes_both_ways", "test_all_requests_allowed_goes_to_the_data_path",
+                "test_keepalive_second_request_denied", "test_64mib_bodies_both_ways",
+                "test_allowed_get_is_byte_exact"))
 
 
 if __name__ == "__main__":

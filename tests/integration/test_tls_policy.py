@@ -12,10 +12,10 @@ import ssl
 import subprocess
 import tempfile
 import time
-import unittest
 
 from admin_helpers import get_json
-from shunt_harness import ThreadedServer, free_port, pattern, pattern_digest, run_tests, start_class_shunt
+from shunt_harness import (ThreadedServer, closing, free_port, pattern, pattern_digest, per_datapath, proxy_config,
+                           rule, run_tests, start_class_shunt)
 
 MIB = 1024 * 1024
 
@@ -62,28 +62,10 @@ class TlsEchoOrigin:
 
 
 def config(d):
-    return f"""
-proxy:
-  listeners:
-    - {{name: tls, listen: 127.0.0.1:{d['listen']}, forward: 127.0.0.1:{d['origin']}}}
-  datapath: {d['datapath']}
-  timeouts: {{connect: 2s, header: 1s, idle: 1h, drain: 2s}}
-admin: {{listen: 127.0.0.1:{d['admin']}}}
-log: {{level: debug, access: stdout}}
-policy:
-  default: deny
-  rules:
-    - name: tls-api
-      from: {{cidr: 127.0.0.0/8}}
-      to: {{cidr: 127.0.0.1/32, ports: [{d['origin']}]}}
-      action: allow
-      tls: {{sni: [api.example.com, "*.example.com"]}}
-    - name: tls-no-secret
-      from: {{cidr: 127.0.0.0/8}}
-      to: {{cidr: 127.0.0.1/32, ports: [{d['origin']}]}}
-      action: deny
-      tls: {{sni: [secret.example.com]}}
-"""
+    return proxy_config([("tls", d["listen"], d["origin"])],
+                        [rule("tls-api", d["origin"], tls='{sni: [api.example.com, "*.example.com"]}'),
+                         rule("tls-no-secret", d["origin"], "deny", tls="{sni: [secret.example.com]}")],
+                        datapath=d["datapath"], timeouts={"header": "1s"}, admin=d["admin"], log="debug")
 
 
 def client_context():
@@ -98,11 +80,9 @@ class TlsInspection:
 
     @classmethod
     def setUpClass(cls):
-        cls.tmp = tempfile.TemporaryDirectory()
-        cls.addClassCleanup(cls.tmp.cleanup)
+        cls.tmp = closing(cls, tempfile.TemporaryDirectory(), close="cleanup")
         cls.cert, cls.key = make_certificate(cls.tmp.name)
-        cls.origin = TlsEchoOrigin(cls.cert, cls.key)
-        cls.addClassCleanup(cls.origin.close)
+        cls.origin = closing(cls, TlsEchoOrigin(cls.cert, cls.key))
         cls.ports = dict(listen=free_port(), origin=cls.origin.port, admin=free_port(), datapath=cls.datapath)
         cls.shunt = start_class_shunt(cls, config(cls.ports), cls.ports["listen"])
 
@@ -239,24 +219,10 @@ class TlsInspection:
                 s.recv(10)
 
 
-class SockmapTls(TlsInspection, unittest.TestCase):
-    datapath = "sockmap"
-
-
-class SpliceTls(TlsInspection, unittest.TestCase):
-    datapath = "splice"
-
-
-class CopyTls(TlsInspection, unittest.TestCase):
-    datapath = "copy"
-
-
-for _cls in (SpliceTls, CopyTls):
-    for _name in [n for n in dir(TlsInspection) if n.startswith("test_")]:
-        if _name not in ("test_wildcard_sni_bulk_both_ways", "test_client_hello_split_across_segments",
-                         "test_s_client_allowed_sni"):
-            setattr(_cls, _name, None)
-del _cls, _name  # a TestCase left in a module global would be collected twice
+SockmapTls, SpliceTls, CopyTls = per_datapath(
+    TlsInspection, "Tls",
+    others_run=("test_wildcard_sni_bulk_both_ways", "test_client_hello_split_across_segments",
+                "test_s_client_allowed_sni"))
 
 
 if __name__ == "__main__":
