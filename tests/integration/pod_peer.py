@@ -1,19 +1,27 @@
-"""Bulk peers for lab pods (`ip netns exec POD python3 pod_peer.py ...`),
-IPv4 or IPv6 by the address given; the echo and HTTP peers are
-shunt_harness.POD_SERVER / POD_ECHO_CLIENT.
+"""Peers inside lab pods (`ip netns exec POD python3 pod_peer.py ...`), IPv4
+or IPv6 by the address given; shunt_harness names them (POD_SERVE,
+POD_ECHO, PodLab.serve/client).
 
-  serve HOST PORT bulk   prints "listening" once bound; per connection sends
-                         "peer=IP\\n", reads "UP DOWN\\n", sends DOWN pattern
-                         bytes (salt 2) while hashing the upload, and prints
-                         "upload peer=IP UP_BYTES UP_SHA256 SENT_DOWN_SHA256"
-                         on its stdout at EOF
+  serve HOST PORT [echo|http|bulk]
+                         prints "listening" once bound, then per connection:
+                         echo (the default): sends "peer=IP\\n", then echoes
+                         to EOF; http: answers each HTTP/1.1 request with
+                         "path=PATH peer=IP\\n"; bulk: sends "peer=IP\\n",
+                         reads "UP DOWN\\n", sends DOWN pattern bytes (salt 2)
+                         while hashing the upload, and prints "upload peer=IP
+                         UP_BYTES UP_SHA256 SENT_DOWN_SHA256" at EOF
+  client echo HOST PORT SIZE [TIMEOUT]
+                         against an echo server: sends SIZE random bytes,
+                         half-closes, prints "peer=IP SENT_SHA256 GOT_SHA256
+                         GOT_BYTES"
   client bulk HOST PORT UP DOWN TIMEOUT
                          sends UP pattern bytes (salt 1) while reading, prints
-                         "peer=IP DOWN_BYTES DOWN_SHA256 SENT_UP_SHA256", or
-                         "error <kind>"
-Each side hashes what it sent itself (the pattern's filler is random per
-process), so the test compares the sender's hash with the receiver's.
+                         "peer=IP DOWN_BYTES DOWN_SHA256 SENT_UP_SHA256"
+A client that fails prints "error <kind>" (reset, timeout, eof, or the
+OSError's class) instead. Each side hashes what it sent itself, so the test
+compares the sender's hash with the receiver's.
 """
+import hashlib
 import os
 import socket
 import sys
@@ -25,13 +33,35 @@ from shunt_harness import digest_to_eof, pattern_digest, send_pattern  # noqa: E
 UP_SALT, DOWN_SALT = 1, 2
 
 
-def serve(host, port):
+def serve(host, port, mode):
     s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     s.bind((host, port))
     s.listen(64)
     print("listening", flush=True)
     out = threading.Lock()
+
+    def echo(c, peer):
+        with c:
+            c.sendall(("peer=%s\n" % peer[0]).encode())
+            while True:
+                d = c.recv(1 << 16)
+                if not d:
+                    break
+                c.sendall(d)
+
+    def http(c, peer):
+        with c:
+            f = c.makefile("rb")
+            while True:
+                line = f.readline()
+                if not line:
+                    break
+                path = line.split()[1].decode()
+                while f.readline() not in (b"\r\n", b"\n", b""):
+                    pass
+                body = ("path=%s peer=%s\n" % (path, peer[0])).encode()
+                c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
 
     def bulk(c, peer):
         try:
@@ -49,12 +79,40 @@ def serve(host, port):
         except OSError:
             pass  # a reset the test provoked
 
+    handler = {"echo": echo, "http": http, "bulk": bulk}[mode]
     while True:
         c, a = s.accept()
-        threading.Thread(target=bulk, args=(c, a), daemon=True).start()
+        threading.Thread(target=handler, args=(c, a), daemon=True).start()
 
 
-def client(host, port, up, down, timeout):
+def echo_client(host, port, size, timeout=10.0):
+    s = socket.create_connection((host, port), timeout=timeout)
+    f = s.makefile("rb")
+    peer = f.readline().decode().strip()
+    if not peer:
+        return "error eof"
+    s.settimeout(60)
+    data = os.urandom(size)
+    got = hashlib.sha256()
+    n = [0]
+
+    def reader():
+        while True:
+            d = f.read1(1 << 16)
+            if not d:
+                break
+            got.update(d)
+            n[0] += len(d)
+
+    t = threading.Thread(target=reader)
+    t.start()
+    s.sendall(data)
+    s.shutdown(socket.SHUT_WR)
+    t.join(90)
+    return "%s %s %s %d" % (peer, hashlib.sha256(data).hexdigest(), got.hexdigest(), n[0])
+
+
+def bulk_client(host, port, up, down, timeout):
     s = socket.create_connection((host, port), timeout=timeout)
     f = s.makefile("rb")
     peer = f.readline().decode().strip()
@@ -72,14 +130,16 @@ def client(host, port, up, down, timeout):
 
 
 def main():
-    if sys.argv[1] == "serve":  # serve HOST PORT bulk
-        assert sys.argv[4] == "bulk", sys.argv[4]
-        serve(sys.argv[2], int(sys.argv[3]))
+    if sys.argv[1] == "serve":  # serve HOST PORT [MODE]
+        serve(sys.argv[2], int(sys.argv[3]), sys.argv[4] if len(sys.argv) > 4 else "echo")
         return
-    mode, host, port = sys.argv[2], sys.argv[3], int(sys.argv[4])  # client bulk HOST PORT UP DOWN TIMEOUT
-    assert mode == "bulk", mode
+    mode, host, port, args = sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5:]
     try:
-        print(client(host, port, int(sys.argv[5]), int(sys.argv[6]), float(sys.argv[7])))
+        if mode == "echo":  # client echo HOST PORT SIZE [TIMEOUT]
+            print(echo_client(host, port, int(args[0]), *(float(a) for a in args[1:2])))
+        else:  # client bulk HOST PORT UP DOWN TIMEOUT
+            assert mode == "bulk", mode
+            print(bulk_client(host, port, int(args[0]), int(args[1]), float(args[2])))
     except ConnectionResetError:
         print("error reset")
     except socket.timeout:

@@ -27,70 +27,13 @@ SOURCE_DIR = os.environ.get("SHUNT_SOURCE_DIR", os.path.abspath(os.path.join(os.
 CHUNK = 64 * 1024
 _BASE = os.urandom(CHUNK)
 
-# Run inside a pod (python3 -c POD_SERVER HOST PORT [echo|http]): an echo
-# server whose first line is the peer address it saw, or a minimal HTTP/1.1
-# responder that names the path and the peer. Prints "listening" when ready.
-POD_SERVER = r"""
-import socket, sys, threading
-host, port = sys.argv[1], int(sys.argv[2])
-mode = sys.argv[3] if len(sys.argv) > 3 else "echo"
-s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind((host, port)); s.listen(64)
-print("listening", flush=True)
-def echo(c, peer):
-    c.sendall(("peer=%s\n" % peer[0]).encode())
-    while True:
-        d = c.recv(1 << 16)
-        if not d: break
-        c.sendall(d)
-    c.close()
-def http(c, peer):
-    f = c.makefile("rb")
-    while True:
-        line = f.readline()
-        if not line: break
-        path = line.split()[1].decode()
-        while f.readline() not in (b"\r\n", b"\n", b""): pass
-        body = ("path=%s peer=%s\n" % (path, peer[0])).encode()
-        c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
-    c.close()
-while True:
-    c, a = s.accept()
-    threading.Thread(target=http if mode == "http" else echo, args=(c, a), daemon=True).start()
-"""
-
-# Run inside a pod (python3 -c POD_ECHO_CLIENT HOST PORT SIZE [TIMEOUT]) against
-# an echo server that first sends one "peer=IP" line: sends SIZE random bytes,
-# half-closes, and prints "peer=IP sent_sha got_sha bytes", or "error <kind>".
-POD_ECHO_CLIENT = r"""
-import hashlib, os, socket, sys, threading
-host, port, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-timeout = float(sys.argv[4]) if len(sys.argv) > 4 else 10.0
-try:
-    s = socket.create_connection((host, port), timeout=timeout)
-    f = s.makefile("rb")
-    peer = f.readline().decode().strip()
-    if not peer:
-        print("error eof"); sys.exit(0)
-    s.settimeout(60)
-    data = os.urandom(size)
-    got = hashlib.sha256(); n = [0]
-    def reader():
-        while True:
-            d = f.read1(1 << 16)
-            if not d: break
-            got.update(d); n[0] += len(d)
-    t = threading.Thread(target=reader); t.start()
-    s.sendall(data); s.shutdown(socket.SHUT_WR); t.join(90)
-    print(peer, hashlib.sha256(data).hexdigest(), got.hexdigest(), n[0])
-except ConnectionResetError:
-    print("error reset")
-except socket.timeout:
-    print("error timeout")
-except OSError as e:
-    print("error %s" % e.__class__.__name__)
-"""
+PY = "/usr/bin/python3"
+POD_PEER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pod_peer.py")
+# Peers run inside a pod (`ip netns exec POD ...`; pod_peer.py says what
+# each prints): a server, `*POD_SERVE HOST PORT [echo|http|bulk]`, and the
+# hashing echo client, `*POD_ECHO HOST PORT SIZE [TIMEOUT]`.
+POD_SERVE = [PY, POD_PEER, "serve"]
+POD_ECHO = [PY, POD_PEER, "client", "echo"]
 
 
 def require_root():
@@ -98,11 +41,21 @@ def require_root():
         raise SystemExit("this test needs root (BPF, network namespaces): run it as root")
 
 
+_ports_given = set()
+
+
 def free_port(host="127.0.0.1"):
+    """A port nothing listens on, and one this process has not been given
+    before: the kernel may hand the same free port to two binds in a row,
+    and a config with two listeners on one port does not load."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    while True:
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.bind((host, 0))
+            port = s.getsockname()[1]
+        if port not in _ports_given:
+            _ports_given.add(port)
+            return port
 
 
 def pattern(total, salt=0):
@@ -439,13 +392,22 @@ def closing(owner, resource, close="close"):
     return resource
 
 
-PY = "/usr/bin/python3"
-POD_PEER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pod_peer.py")
 # Steering's host-wide state (bpf/steering.h): the fwmark rule, its table,
 # and the pins fail_closed leaves behind.
 STEER_MARK = "0x200000"
 STEER_TABLE = "21320"
 STEER_PIN_ROOT = "/sys/fs/bpf/shunt/steering"
+
+
+def wait_until(predicate, timeout=10, step=0.02):
+    """Polls until predicate() is true; returns the seconds it took, or None
+    when `timeout` passed first."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if predicate():
+            return time.monotonic() - start
+        time.sleep(step)
+    return None
 
 
 def run(*args, timeout=60):
@@ -493,10 +455,8 @@ class PodLab:
         return run("ip", "netns", "exec", name, *cmd, timeout=timeout)
 
     def serve(self, name, host, port, mode):
-        """A server in pod `name`, up and bound: POD_SERVER (echo, http) or
-        pod_peer.py (bulk)."""
-        script = [POD_PEER, "serve"] if mode == "bulk" else ["-c", POD_SERVER]
-        p = subprocess.Popen(["ip", "netns", "exec", name, PY, *script, host, str(port), mode],
+        """A server in pod `name`, up and bound (pod_peer.py: echo, http or bulk)."""
+        p = subprocess.Popen(["ip", "netns", "exec", name, *POD_SERVE, host, str(port), mode],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.procs.append(p)
         lines = queue.Queue()
@@ -520,10 +480,9 @@ class PodLab:
         return self.lines[proc].get(timeout=timeout)
 
     def client(self, name, mode, host, port, *args, timeout=180):
-        """Runs a client in pod `name`: "echo" (POD_ECHO_CLIENT: SIZE TIMEOUT)
-        or "bulk" (pod_peer.py: UP DOWN TIMEOUT); returns its result line, split."""
-        script = ["-c", POD_ECHO_CLIENT] if mode == "echo" else [POD_PEER, "client", mode]
-        r = run("ip", "netns", "exec", name, PY, *script, host, port, *args, timeout=timeout)
+        """Runs a client in pod `name` (pod_peer.py): "echo" (SIZE TIMEOUT) or
+        "bulk" (UP DOWN TIMEOUT); returns its result line, split."""
+        r = run("ip", "netns", "exec", name, PY, POD_PEER, "client", mode, host, port, *args, timeout=timeout)
         if r.returncode != 0:
             raise AssertionError("client in %s failed: %s" % (name, r.stderr))
         return r.stdout.split()

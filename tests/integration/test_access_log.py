@@ -13,7 +13,8 @@ import time
 import unittest
 
 from admin_helpers import admin_port_of, http_get, scrape, value, wait_ready
-from shunt_harness import Shunt, ThreadedServer, echo_handler, free_port, recv_exact, run_tests, static_config
+from shunt_harness import (Shunt, ThreadedServer, closing, echo_handler, free_port, proxy_config, recv_exact, rule,
+                           run_tests, static_config)
 
 CONN_KEYS = ["ts", "event", "src", "dst", "src_pod", "dst_pod", "verdict", "rule", "datapath", "bytes_up",
              "bytes_down", "duration_ms"]
@@ -95,48 +96,23 @@ def parse(testcase, line):
 
 class AccessLogFile(unittest.TestCase):
     def setUp(self):
-        self.echo = ThreadedServer(echo_handler)
-        self.http = ThreadedServer(http_server)
-        self.addCleanup(self.echo.close)
-        self.addCleanup(self.http.close)
+        self.echo = closing(self, ThreadedServer(echo_handler))
+        self.http = closing(self, ThreadedServer(http_server))
         self.tcp_port, self.http_port, self.denied_port = free_port(), free_port(), free_port()
         self.admin = free_port()
         self.denied_upstream = free_port()
-        tmp = tempfile.TemporaryDirectory(prefix="shunt-access-")
-        self.addCleanup(tmp.cleanup)
-        self.dir = tmp.name
+        self.dir = closing(self, tempfile.TemporaryDirectory(prefix="shunt-access-"), close="cleanup").name
         self.log = os.path.join(self.dir, "access.log")
 
     def config(self, log, revoke_echo=False):
-        revoke = f"""
-    - name: echo-closed-now
-      from: {{cidr: 127.0.0.0/8}}
-      to: {{cidr: 127.0.0.1/32, ports: [{self.echo.port}]}}
-      action: deny""" if revoke_echo else ""
-        return f"""
-proxy:
-  listeners:
-    - {{name: tcp, listen: 127.0.0.1:{self.tcp_port}, forward: 127.0.0.1:{self.echo.port}}}
-    - {{name: http, listen: 127.0.0.1:{self.http_port}, forward: 127.0.0.1:{self.http.port}}}
-    - {{name: denied, listen: 127.0.0.1:{self.denied_port}, forward: 127.0.0.1:{self.denied_upstream}}}
-  datapath: sockmap
-  timeouts: {{connect: 2s, header: 2s, idle: 1h, drain: 2s}}
-admin: {{listen: 127.0.0.1:{self.admin}}}
-log: {{level: info, access: {log}}}
-policy:
-  default: allow
-  rules:
-    - name: no-admin-path
-      from: {{cidr: 127.0.0.0/8}}
-      to: {{cidr: 127.0.0.1/32, ports: [{self.http.port}]}}
-      action: deny
-      http:
-        - {{path: /admin}}
-    - name: closed-port
-      from: {{cidr: 127.0.0.0/8}}
-      to: {{cidr: 127.0.0.1/32, ports: [{self.denied_upstream}]}}
-      action: deny{revoke}
-"""
+        rules = [rule("no-admin-path", self.http.port, "deny", http=["{path: /admin}"]),
+                 rule("closed-port", self.denied_upstream, "deny")]
+        if revoke_echo:
+            rules.append(rule("echo-closed-now", self.echo.port, "deny"))
+        return proxy_config(
+            [("tcp", self.tcp_port, self.echo.port), ("http", self.http_port, self.http.port),
+             ("denied", self.denied_port, self.denied_upstream)],
+            rules, datapath="sockmap", default="allow", admin=self.admin, log="info", access=log)
 
     def test_lines_parse_with_spec_keys_and_values(self):
         with Shunt(self.config(self.log), wait_port=self.tcp_port) as shunt:

@@ -16,13 +16,12 @@ import socket
 import struct
 import subprocess
 import tempfile
-import threading
 import time
 import unittest
 
 from admin_helpers import get_json, scrape, value, wait_ready
 from http_peers import Origin, read_response, request
-from shunt_harness import Shunt, free_port, run_tests
+from shunt_harness import Shunt, free_port, proxy_config, rule, run_tests, wait_until
 
 HOLDER = "127.0.0.2"  # the client that hogs connections
 OTHER = "127.0.0.3"  # a well-behaved client
@@ -57,28 +56,16 @@ class CountingOrigin(Origin):
 
 
 def config(d):
-    return f"""
-proxy:
-  listeners:
-    - {{name: inspected, listen: 127.0.0.1:{d['listen']}, forward: 127.0.0.1:{d['origin']}}}
-  datapath: sockmap
-  timeouts: {{connect: 2s, header: 2s, idle: {d['idle']}, drain: 2s, keepalive: {d['keepalive']}, refuse: {d['refuse']}}}
-  limits: {{max_connections: {d['max_connections']}, max_connections_per_source: {d['per_source']}}}
-admin: {{listen: 127.0.0.1:{d['admin']}}}
-log: {{level: debug, access: {d['access']}}}
-policy:
-  default: allow
-  rules:
-    # An HTTP deny on the flow: every request is inspected, none is handed
-    # to the kernel, so the connections stay idle in userspace between
-    # requests, the case the keep-alive deadline is for.
-    - name: no-admin
-      from: {{cidr: 127.0.0.0/8}}
-      to: {{cidr: 127.0.0.1/32, ports: [{d['origin']}]}}
-      action: deny
-      http:
-        - {{path: /admin}}
-"""
+    return proxy_config(
+        [("inspected", d["listen"], d["origin"])],
+        # An HTTP deny on the flow: every request is inspected, none is
+        # handed to the kernel, so the connections stay idle in userspace
+        # between requests, the case the keep-alive deadline is for.
+        [rule("no-admin", d["origin"], "deny", http=["{path: /admin}"])],
+        datapath="sockmap", default="allow",
+        timeouts={"idle": d["idle"], "keepalive": d["keepalive"], "refuse": d["refuse"]},
+        limits=f"max_connections: {d['max_connections']}, max_connections_per_source: {d['per_source']}",
+        admin=d["admin"], log="debug", access=d["access"])
 
 
 def connect(port, source, timeout=10):
@@ -101,16 +88,6 @@ def refused(port, source, probe):
             return sock.recv(1024) == b""
     except (ConnectionResetError, BrokenPipeError):
         return True
-
-
-def wait_until(predicate, timeout, step=0.05):
-    """Polls until predicate() is true; returns the seconds it took, or None."""
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        if predicate():
-            return time.monotonic() - start
-        time.sleep(step)
-    return None
 
 
 def upstream_connections(origin_port):

@@ -20,7 +20,8 @@ import time
 import unittest
 import urllib.parse
 
-from shunt_harness import SHUNT_BIN, Shunt, free_port, run_tests, wait_for_port
+from shunt_harness import (SHUNT_BIN, closing, free_port, proxy_config, rule, run_tests, start_class_shunt,
+                           wait_for_port)
 
 DENIED_PREFIXES = ("/api/admin",)
 DENIED_EXACT = ("/api/secret", "/api/secret/")
@@ -190,39 +191,15 @@ class PyOrigin:
 
 
 def config(d, host_entry="'admin.local.'"):
-    rules = ""
+    rules = []
     for name, port in (("nginx", d["nginx"]), ("py", d["py"])):
-        rules += f"""
-    - name: {name}-api
-      from: {{cidr: 127.0.0.0/8}}
-      to: {{cidr: 127.0.0.1/32, ports: [{port}]}}
-      action: allow
-      http:
-        - {{path: /api/}}
-        - {{method: GET, path: /ws}}
-        - {{method: GET, path: /switch-anyway}}
-    - name: {name}-deny
-      from: {{cidr: 127.0.0.0/8}}
-      to: {{cidr: 127.0.0.1/32, ports: [{port}]}}
-      action: deny
-      http:
-        - {{path: /api/admin}}
-        - {{path_exact: /api/secret}}
-        - {{host: {host_entry}}}
-        - {{headers: {{x-role: admin}}}}
-"""
-    return f"""
-proxy:
-  listeners:
-    - {{name: to-nginx, listen: 127.0.0.1:{d['listen_nginx']}, forward: 127.0.0.1:{d['nginx']}}}
-    - {{name: to-py, listen: 127.0.0.1:{d['listen_py']}, forward: 127.0.0.1:{d['py']}}}
-  datapath: sockmap
-  timeouts: {{connect: 2s, header: 2s, idle: 1h, drain: 1s}}
-admin: {{listen: 127.0.0.1:{d['admin']}}}
-log: {{level: debug, access: stdout}}
-policy:
-  default: deny
-  rules:{rules}"""
+        rules += [rule(f"{name}-api", port,
+                       http=["{path: /api/}", "{method: GET, path: /ws}", "{method: GET, path: /switch-anyway}"]),
+                  rule(f"{name}-deny", port, "deny",
+                       http=["{path: /api/admin}", "{path_exact: /api/secret}", f"{{host: {host_entry}}}",
+                             "{headers: {x-role: admin}}"])]
+    return proxy_config([("to-nginx", d["listen_nginx"], d["nginx"]), ("to-py", d["listen_py"], d["py"])], rules,
+                        datapath="sockmap", timeouts={"drain": "1s"}, admin=d["admin"], log="debug")
 
 
 def exchange(port, payload, timeout=5):
@@ -336,15 +313,11 @@ ALLOWED = [
 class Bypass(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        cls.nginx = Nginx()
-        cls.addClassCleanup(cls.nginx.close)
-        cls.py = PyOrigin()
-        cls.addClassCleanup(cls.py.close)
+        cls.nginx = closing(cls, Nginx())
+        cls.py = closing(cls, PyOrigin())
         cls.ports = dict(listen_nginx=free_port(), listen_py=free_port(), nginx=cls.nginx.port, py=cls.py.port,
                          admin=free_port())
-        cls.shunt = Shunt(config(cls.ports), wait_port=cls.ports["listen_py"])
-        cls.shunt.__enter__()
-        cls.addClassCleanup(cls.shunt.__exit__, None, None, None)
+        cls.shunt = start_class_shunt(cls, config(cls.ports), cls.ports["listen_py"])
         wait_for_port("127.0.0.1", cls.ports["listen_nginx"])
 
     def last_nginx_entry(self, count):

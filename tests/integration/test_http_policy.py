@@ -14,7 +14,7 @@ import tempfile
 import threading
 import time
 
-from admin_helpers import get_json, scrape
+from admin_helpers import get_json, scrape, value
 from http_peers import Origin, read_response, request
 from shunt_harness import (Shunt, closing, free_port, pattern, pattern_digest, per_datapath, proxy_config,
                            recv_all_digest, rule, run_tests, send_pattern, start_class_shunt)
@@ -51,10 +51,6 @@ def access_entries(shunt, event="http"):
             if entry.get("event") == event:
                 out.append(entry)
     return out
-
-
-def metric(samples, name, **labels):
-    return samples.get((name, frozenset(labels.items())), 0)
 
 
 class HttpInspection:
@@ -391,8 +387,8 @@ class HttpInspection:
         requests = int(out.stdout.split(" requests in ")[0].split()[-1])
         self.assertGreater(requests, 100, out.stdout)
         after = scrape(self.ports["admin"])
-        allowed = metric(after, "shunt_http_requests_total", verdict="allow", protocol="h1") - \
-            metric(before, "shunt_http_requests_total", verdict="allow", protocol="h1")
+        allowed = value(after, "shunt_http_requests_total", verdict="allow", protocol="h1") - \
+            value(before, "shunt_http_requests_total", verdict="allow", protocol="h1")
         self.assertGreaterEqual(allowed, requests)
         print(f"wrk through {self.datapath}: {out.stdout.strip().splitlines()[-2]}")
 
@@ -418,8 +414,8 @@ class HttpInspection:
                           by_path["/api/logged-denied"]["method"]), ("deny", 403, "DELETE"))
         after = scrape(self.ports["admin"])
         for verdict in ("allow", "deny"):
-            self.assertGreaterEqual(metric(after, "shunt_http_requests_total", verdict=verdict, protocol="h1") -
-                                    metric(before, "shunt_http_requests_total", verdict=verdict, protocol="h1"), 1)
+            self.assertGreaterEqual(value(after, "shunt_http_requests_total", verdict=verdict, protocol="h1") -
+                                    value(before, "shunt_http_requests_total", verdict=verdict, protocol="h1"), 1)
 
 
 # Inspection itself does not depend on the data path; splice and copy run

@@ -14,9 +14,9 @@ import tempfile
 import time
 import unittest
 
-from admin_helpers import get_json, scrape
+from admin_helpers import get_json, scrape, value
 from http_peers import Origin, read_response, request
-from shunt_harness import Shunt, ThreadedServer, echo_handler, free_port, run_tests
+from shunt_harness import Shunt, ThreadedServer, echo_handler, free_port, proxy_config, rule, run_tests
 from test_tls_policy import TlsEchoOrigin, client_context, make_certificate
 
 # SPEC says 100 ms; the bound asserted here leaves room for a noisy 2-core
@@ -27,44 +27,15 @@ REVOKE_BOUND_S = 1.0
 def config(p, *, echo_rule=True, http=("{method: GET, path: /api/}",), sni=("api.example.com",)):
     rules = []
     if echo_rule:
-        rules.append(f"""
-    - name: echo-l4
-      from: {{cidr: 127.0.0.0/8}}
-      to: {{cidr: 127.0.0.1/32, ports: [{p['echo']}]}}
-      action: allow""")
+        rules.append(rule("echo-l4", p["echo"]))
     if http:
-        entries = "".join(f"\n        - {e}" for e in http)
-        rules.append(f"""
-    - name: api-http
-      from: {{cidr: 127.0.0.0/8}}
-      to: {{cidr: 127.0.0.1/32, ports: [{p['origin']}]}}
-      action: allow
-      http:{entries}""")
+        rules.append(rule("api-http", p["origin"], http=list(http)))
     if sni:
-        rules.append(f"""
-    - name: api-tls
-      from: {{cidr: 127.0.0.0/8}}
-      to: {{cidr: 127.0.0.1/32, ports: [{p['tls_origin']}]}}
-      action: allow
-      tls: {{sni: [{", ".join(sni)}]}}""")
-    return f"""
-proxy:
-  listeners:
-    - {{name: echo, listen: 127.0.0.1:{p['echo_listen']}, forward: 127.0.0.1:{p['echo']}}}
-    - {{name: http, listen: 127.0.0.1:{p['http_listen']}, forward: 127.0.0.1:{p['origin']}}}
-    - {{name: tls, listen: 127.0.0.1:{p['tls_listen']}, forward: 127.0.0.1:{p['tls_origin']}}}
-  datapath: sockmap
-  timeouts: {{connect: 2s, header: 5s, idle: 1h, drain: 2s}}
-admin: {{listen: 127.0.0.1:{p['admin']}}}
-log: {{level: info, access: off}}
-policy:
-  default: deny
-  rules:{"".join(rules) if rules else " []"}
-"""
-
-
-def metric(samples, name, **labels):
-    return samples.get((name, frozenset(labels.items())), 0)
+        rules.append(rule("api-tls", p["tls_origin"], tls=f"{{sni: [{', '.join(sni)}]}}"))
+    return proxy_config(
+        [("echo", p["echo_listen"], p["echo"]), ("http", p["http_listen"], p["origin"]),
+         ("tls", p["tls_listen"], p["tls_origin"])],
+        rules, datapath="sockmap", timeouts={"header": "5s"}, admin=p["admin"], access="off")
 
 
 class LiveReload(unittest.TestCase):
@@ -91,7 +62,7 @@ class LiveReload(unittest.TestCase):
         return Shunt(config(self.p, **kw), wait_port=self.p["echo_listen"])
 
     def generation(self):
-        return metric(scrape(self.p["admin"]), "shunt_config_generation")
+        return value(scrape(self.p["admin"]), "shunt_config_generation")
 
     def wait_generation(self, at_least, timeout=10):
         deadline = time.monotonic() + timeout
@@ -151,7 +122,7 @@ class LiveReload(unittest.TestCase):
         self.assertLess(max(latencies), REVOKE_BOUND_S, latencies)
 
     def reloads(self, result):
-        return metric(scrape(self.p["admin"]), "shunt_config_reloads_total", result=result)
+        return value(scrape(self.p["admin"]), "shunt_config_reloads_total", result=result)
 
     def test_one_reload_per_edit_however_announced(self):
         """inotify and SIGHUP for the same edit are one generation (or one
@@ -236,10 +207,10 @@ class LiveReload(unittest.TestCase):
                 f = h.makefile("rb")
                 h.sendall(request("GET", "/api/before"))
                 self.assertEqual(read_response(f).status, 200)
-                errors = metric(scrape(self.p["admin"]), "shunt_config_reloads_total", result="error")
+                errors = value(scrape(self.p["admin"]), "shunt_config_reloads_total", result="error")
                 shunt.write_config(config(self.p, echo_rule=False).replace("policy:\n", "policy: [unclosed\n"))
                 deadline = time.monotonic() + 10
-                while metric(scrape(self.p["admin"]), "shunt_config_reloads_total", result="error") == errors:
+                while value(scrape(self.p["admin"]), "shunt_config_reloads_total", result="error") == errors:
                     self.assertLess(time.monotonic(), deadline, "the broken edit was not noticed")
                     time.sleep(0.02)
                 self.assertEqual(self.generation(), 1)

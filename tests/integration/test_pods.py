@@ -8,16 +8,9 @@ import os
 import random
 import re
 import subprocess
-import sys
-import time
 import unittest
 
-from shunt_harness import POD_ECHO_CLIENT, POD_SERVER
-
-SHUNT_BIN = os.environ.get("SHUNT_BIN", os.path.join(os.path.dirname(__file__), "../../build/proxy/shunt"))
-PY = "/usr/bin/python3"
-
-
+from shunt_harness import POD_ECHO, POD_SERVE, SHUNT_BIN
 
 
 def run(*args, check=False, timeout=30):
@@ -58,11 +51,11 @@ class Pods:
         r = shunt("pod", "add", name, "--ip", "%s/24" % self.ip(host), *extra)
         return name, r
 
-    def spawn(self, name, script, *args):
-        p = subprocess.Popen(["ip", "netns", "exec", name, PY, "-c", script, *args],
+    def spawn(self, name, argv, *args):
+        p = subprocess.Popen(["ip", "netns", "exec", name, *argv, *args],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.procs.append(p)
-        if script is POD_SERVER:
+        if argv is POD_SERVE:
             line = p.stdout.readline()
             if "listening" not in line:
                 raise AssertionError("echo server in %s did not start: %s %s" % (name, line, p.stderr.read()))
@@ -135,8 +128,8 @@ class PodTests(unittest.TestCase):
         client, r1 = self.pods.add("c", 2)
         server, r2 = self.pods.add("s", 3)
         self.assertEqual((r1.returncode, r2.returncode), (0, 0), r1.stderr + r2.stderr)
-        self.pods.spawn(server, POD_SERVER, self.pods.ip(3), "9000")
-        out = self.pods.exec(client, PY, "-c", POD_ECHO_CLIENT, self.pods.ip(3), "9000", str(4 << 20))
+        self.pods.spawn(server, POD_SERVE, self.pods.ip(3), "9000")
+        out = self.pods.exec(client, *POD_ECHO, self.pods.ip(3), "9000", str(4 << 20))
         self.assertEqual(out.returncode, 0, out.stderr)
         peer, sent, got, n = out.stdout.split()
         self.assertEqual(peer, "peer=" + self.pods.ip(2))

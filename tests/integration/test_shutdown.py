@@ -10,12 +10,12 @@ import random
 import signal
 import socket
 import subprocess
-import threading
 import time
 import unittest
 
 from admin_helpers import http_get, wait_ready
-from shunt_harness import SHUNT_BIN, Shunt, ThreadedServer, echo_handler, free_port, recv_exact, run_tests
+from shunt_harness import (SHUNT_BIN, Shunt, ThreadedServer, echo_handler, free_port, proxy_config, recv_exact,
+                           run_tests, wait_until)
 
 STEER_MARK = "0x200000"
 STEER_TABLE = "21320"
@@ -55,18 +55,8 @@ def links_of(prog_ids):
 
 
 def config(listen_port, upstream_port, admin_port, drain, datapath="sockmap", extra=""):
-    return f"""
-proxy:
-  listeners:
-    - {{name: static, listen: 127.0.0.1:{listen_port}, forward: 127.0.0.1:{upstream_port}}}
-  datapath: {datapath}
-  timeouts: {{connect: 2s, header: 2s, idle: 1h, drain: {drain}}}
-admin: {{listen: 127.0.0.1:{admin_port}}}
-log: {{level: info, access: off}}
-policy:
-  default: allow
-  rules: []
-{extra}"""
+    return proxy_config([("static", listen_port, upstream_port)], datapath=datapath, default="allow",
+                        timeouts={"drain": drain}, admin=admin_port, access="off", extra=extra)
 
 
 def ping(sock, payload=b"ping"):
@@ -82,15 +72,6 @@ def refused(port):
         return True
 
 
-def wait_until(predicate, timeout=10):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
-
-
 class Drain(unittest.TestCase):
     def setUp(self):
         self.server = ThreadedServer(echo_handler)
@@ -102,15 +83,19 @@ class Drain(unittest.TestCase):
         wait_ready(self.admin, shunt.proc)
         return shunt
 
+    def drain(self, shunt):
+        """SIGTERM, and /readyz says so: shunt drains."""
+        shunt.proc.send_signal(signal.SIGTERM)
+        self.assertIsNotNone(wait_until(lambda: http_get(self.admin, "/readyz")[0] == 503))
+
     def test_open_connection_finishes_during_drain(self):
         with self.start("10s") as shunt:
             c = socket.create_connection(("127.0.0.1", self.port), timeout=10)
             self.assertEqual(ping(c), b"ping")
-            shunt.proc.send_signal(signal.SIGTERM)
-            self.assertTrue(wait_until(lambda: http_get(self.admin, "/readyz")[0] == 503))
+            self.drain(shunt)
             self.assertEqual(http_get(self.admin, "/readyz")[2], b"not ready: draining\n")
             self.assertEqual(http_get(self.admin, "/healthz")[0], 200)
-            self.assertTrue(wait_until(lambda: refused(self.port)), "still accepting while draining")
+            self.assertIsNotNone(wait_until(lambda: refused(self.port)), "still accepting while draining")
             # The open connection still works, on the kernel data path.
             self.assertEqual(ping(c, b"x" * 100_000), b"x" * 100_000)
             closed = time.monotonic()
@@ -141,8 +126,7 @@ class Drain(unittest.TestCase):
         with self.start("60s") as shunt:
             c = socket.create_connection(("127.0.0.1", self.port), timeout=10)
             self.assertEqual(ping(c), b"ping")
-            shunt.proc.send_signal(signal.SIGTERM)
-            self.assertTrue(wait_until(lambda: http_get(self.admin, "/readyz")[0] == 503))
+            self.drain(shunt)
             start = time.monotonic()
             shunt.proc.send_signal(signal.SIGINT)
             self.assertEqual(shunt.proc.wait(timeout=10), 0, shunt.output())

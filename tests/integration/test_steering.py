@@ -15,20 +15,14 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 import unittest
 import urllib.request
 
-from shunt_harness import POD_ECHO_CLIENT, POD_SERVER, free_port, run, steering_programs
-
-SHUNT_BIN = os.environ.get("SHUNT_BIN", os.path.join(os.path.dirname(__file__), "../../build/proxy/shunt"))
-PY = "/usr/bin/python3"
-STEER_MARK = "0x200000"
-STEER_TABLE = "21320"
-PIN_ROOT = "/sys/fs/bpf/shunt/steering"
+from shunt_harness import (POD_ECHO, POD_SERVE, PY, SHUNT_BIN, STEER_MARK, STEER_PIN_ROOT, STEER_TABLE, free_port,
+                           run, steering_programs)
 
 INTERCEPTED = 8080    # echo, proxied
 HTTP_PORT = 8081      # tiny HTTP server, proxied, /admin denied by an http rule
@@ -104,7 +98,7 @@ class SteeringTest(unittest.TestCase):
         self.procs = []
 
     def spawn_server(self, port, mode):
-        p = subprocess.Popen(["ip", "netns", "exec", self.server, PY, "-c", POD_SERVER, self.sip, str(port), mode],
+        p = subprocess.Popen(["ip", "netns", "exec", self.server, *POD_SERVE, self.sip, str(port), mode],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.procs.append(p)
         self.assertIn("listening", p.stdout.readline(), "server on port %d did not start" % port)
@@ -195,7 +189,7 @@ policy:
             self.assertEqual(rc, 0, "shunt did not exit 0 on SIGTERM")
 
     def echo(self, port, size=64 << 10, timeout=5.0):
-        r = run("ip", "netns", "exec", self.client, PY, "-c", POD_ECHO_CLIENT, self.sip, str(port), str(size), str(timeout),
+        r = run("ip", "netns", "exec", self.client, *POD_ECHO, self.sip, str(port), str(size), str(timeout),
                 timeout=180)
         self.assertEqual(r.returncode, 0, r.stderr)
         return r.stdout.split()
@@ -298,7 +292,7 @@ class ProxyDown(SteeringTest):
         self.stop_shunt()
         self.assertEqual(self.echo(INTERCEPTED, timeout=2), ["error", "timeout"])
         self.assert_echo_ok(DIRECT)
-        self.assertTrue(os.path.exists(os.path.join(PIN_ROOT, "sh-" + self.client, "tcx")))
+        self.assertTrue(os.path.exists(os.path.join(STEER_PIN_ROOT, "sh-" + self.client, "tcx")))
         # A new run adopts the pinned links and serves again.
         self.start_shunt("fail_closed")
         self.assert_echo_ok(INTERCEPTED)
@@ -311,7 +305,7 @@ class NothingLeftBehind(SteeringTest):
         self.assertEqual(run("ip", "route", "show", "table", STEER_TABLE).stdout.strip(), "")
         self.assert_programs_gone()
         for name in (self.client, self.server):
-            self.assertFalse(os.path.exists(os.path.join(PIN_ROOT, "sh-" + name)))
+            self.assertFalse(os.path.exists(os.path.join(STEER_PIN_ROOT, "sh-" + name)))
             self.assertNotIn(name, run("ip", "netns", "list").stdout)
             self.assertNotEqual(run("ip", "link", "show", "sh-" + name).returncode, 0)
             self.assertNotIn("sh-" + name, run("bpftool", "net").stdout)
@@ -357,7 +351,7 @@ class LegacyTc(SteeringTest):
         for name in (self.client, self.server):
             self.assertNotIn(self.PROG, self.tc_filters(name))
             self.assertFalse(self.has_clsact(name), "an empty clsact qdisc was left on sh-" + name)
-            self.assertFalse(os.path.exists(os.path.join(PIN_ROOT, "sh-" + name)))
+            self.assertFalse(os.path.exists(os.path.join(STEER_PIN_ROOT, "sh-" + name)))
 
     def test_pod_to_pod_through_clsact_filters(self):
         self.start_shunt("fail_open")
@@ -406,7 +400,7 @@ class LegacyTc(SteeringTest):
         for name in (self.client, self.server):
             r = run(SHUNT_BIN, "pod", "del", name)
             self.assertEqual(r.returncode, 0, r.stderr)
-            self.assertFalse(os.path.exists(os.path.join(PIN_ROOT, "sh-" + name)))
+            self.assertFalse(os.path.exists(os.path.join(STEER_PIN_ROOT, "sh-" + name)))
         self.kill_servers()
         self.assert_programs_gone()
 
@@ -414,7 +408,7 @@ class LegacyTc(SteeringTest):
         self.start_shunt("fail_closed", attach="tcx")
         self.stop_shunt()
         self.start_shunt("fail_closed", attach="tc")
-        self.assertFalse(os.path.exists(os.path.join(PIN_ROOT, "sh-" + self.client, "tcx")))
+        self.assertFalse(os.path.exists(os.path.join(STEER_PIN_ROOT, "sh-" + self.client, "tcx")))
         self.assertEqual(self.tc_filters(self.client).count(self.OURS), 1)
         self.assert_echo_ok(INTERCEPTED)
         self.stop_shunt()

@@ -30,7 +30,7 @@ import unittest
 from admin_helpers import scrape, value, wait_ready
 from http_peers import Origin, read_response, request
 from shunt_harness import (PY, SHUNT_BIN, PodLab, Shunt, ThreadedServer, echo_handler, free_port, pattern,
-                           pattern_digest, recv_exact, run_tests)
+                           pattern_digest, proxy_config, recv_exact, rule, run_tests)
 
 MAGIC = 0x4F544853
 HEADER = struct.Struct("<IHHI")
@@ -38,26 +38,11 @@ HELLO, WELCOME, REFUSE, LISTENERS, LISTENERS_END, READY, RELEASED, COMMIT = rang
 
 
 def config(d, datapath):
-    return f"""
-proxy:
-  listeners:
-    - {{name: bulk, listen: 127.0.0.1:{d['bulk']}, forward: 127.0.0.1:{d['bulk_up']}}}
-    - {{name: echo, listen: 127.0.0.1:{d['echo']}, forward: 127.0.0.1:{d['echo_up']}}}
-    - {{name: http, listen: 127.0.0.1:{d['http']}, forward: 127.0.0.1:{d['origin']}}}
-  datapath: {datapath}
-  timeouts: {{connect: 2s, header: 5s, idle: 1h, drain: 60s}}
-admin: {{listen: 127.0.0.1:{d['admin']}, control_socket: {d['control']}}}
-log: {{level: info, access: off}}
-policy:
-  default: allow
-  rules:
-    - name: api
-      from: {{cidr: 127.0.0.0/8}}
-      to: {{cidr: 127.0.0.1/32, ports: [{d['origin']}]}}
-      action: allow
-      http:
-        - {{method: GET, path: /api/}}
-"""
+    return proxy_config(
+        [("bulk", d["bulk"], d["bulk_up"]), ("echo", d["echo"], d["echo_up"]), ("http", d["http"], d["origin"])],
+        [rule("api", d["origin"], http=["{method: GET, path: /api/}"])],
+        datapath=datapath, default="allow", timeouts={"header": "5s", "drain": "60s"}, admin=d["admin"],
+        admin_extra=f", control_socket: {d['control']}", access="off")
 
 
 # In the client pod: new connections to the server pod for `seconds`, each

@@ -12,36 +12,17 @@ import time
 import unittest
 
 from admin_helpers import scrape, value, wait_ready
-from shunt_harness import Shunt, free_port, run_tests
+from shunt_harness import Shunt, free_port, proxy_config, rule, run_tests
 
 REASONS = ("connect_refused", "connect_timeout", "connect_unreachable", "connect_error")
 
 
 def config(p):
-    return f"""
-proxy:
-  listeners:
-    - {{name: http-refused, listen: 127.0.0.1:{p['http_refused']}, forward: 127.0.0.1:{p['closed']}}}
-    - {{name: http-timeout, listen: 127.0.0.1:{p['http_timeout']}, forward: 127.0.0.1:{p['full']}}}
-    - {{name: l4-refused, listen: 127.0.0.1:{p['l4_refused']}, forward: 127.0.0.1:{p['closed_l4']}}}
-  datapath: copy
-  timeouts: {{connect: 1s, header: 2s, idle: 1h, drain: 2s}}
-admin: {{listen: 127.0.0.1:{p['admin']}}}
-log: {{level: info, access: stdout}}
-policy:
-  default: deny
-  rules:
-    - name: web
-      from: {{cidr: 127.0.0.0/8}}
-      to: {{cidr: 127.0.0.1/32, ports: [{p['closed']}, {p['full']}]}}
-      action: allow
-      http:
-        - {{method: GET, path: /}}
-    - name: l4
-      from: {{cidr: 127.0.0.0/8}}
-      to: {{cidr: 127.0.0.1/32, ports: [{p['closed_l4']}]}}
-      action: allow
-"""
+    return proxy_config(
+        [("http-refused", p["http_refused"], p["closed"]), ("http-timeout", p["http_timeout"], p["full"]),
+         ("l4-refused", p["l4_refused"], p["closed_l4"])],
+        [rule("web", [p["closed"], p["full"]], http=["{method: GET, path: /}"]), rule("l4", p["closed_l4"])],
+        timeouts={"connect": "1s"}, admin=p["admin"])
 
 
 def http_exchange(port, timeout=10):
