@@ -252,6 +252,28 @@ static __always_inline unsigned long sock_flags(struct sock *s)
 	return BPF_CORE_READ(s, __sk_common.skc_flags);
 }
 
+/* Whether `ep` is the TCP peer of shunt's socket `px`, not merely a socket
+ * with the same 4-tuple (another netns can hold one: the loader searches
+ * several, and overlapping pod addresses exist). Each side's sequence space
+ * must hold the other's: ep.snd_una <= px.rcv_nxt <= ep.snd_nxt and
+ * px.snd_una <= ep.rcv_nxt <= px.snd_nxt. Read without the socket locks, in
+ * this order, so the true peer passes however the two move meanwhile
+ * (px can have received only what ep has sent, and ep's snd_una only moves
+ * up to what px has ACKed); a stranger passes only if both random initial
+ * sequence numbers line up within the bytes in flight. */
+static __always_inline int is_peer(struct tcp_sock *ep, struct tcp_sock *px)
+{
+	__u32 e_una = BPF_CORE_READ(ep, snd_una);
+	__u32 p_rcv = BPF_CORE_READ(px, rcv_nxt);
+	__u32 e_nxt = BPF_CORE_READ(ep, snd_nxt);
+	__u32 p_una = BPF_CORE_READ(px, snd_una);
+	__u32 e_rcv = BPF_CORE_READ(ep, rcv_nxt);
+	__u32 p_nxt = BPF_CORE_READ(px, snd_nxt);
+
+	return (__s32)(p_rcv - e_una) >= 0 && (__s32)(e_nxt - p_rcv) >= 0 &&
+	       (__s32)(e_rcv - p_una) >= 0 && (__s32)(p_nxt - e_rcv) >= 0;
+}
+
 /* Run by the loader with BPF_PROG_TEST_RUN; the "packet" is an Ethernet
  * header followed by struct shunt_capture_req. */
 SEC("tc")
@@ -260,8 +282,8 @@ int capture_endpoint(struct __sk_buff *skb)
 	struct shunt_capture_req req;
 	struct bpf_sock_tuple tuple = {};
 	struct shunt_endpoint e = {};
-	struct bpf_sock *sk, *t;
-	struct tcp_sock *tp;
+	struct bpf_sock *sk, *t, *p;
+	struct tcp_sock *tp, *ptp;
 	struct sock *s;
 	__u32 tuple_size;
 	int ret = SHUNT_CAPTURE_OK;
@@ -288,16 +310,30 @@ int capture_endpoint(struct __sk_buff *skb)
 	sk = bpf_sk_lookup_tcp(skb, &tuple, tuple_size, req.netns_id, 0);
 	if (!sk)
 		return SHUNT_CAPTURE_NOT_LOCAL;
-	if (sk->state != BPF_TCP_ESTABLISHED) {
-		ret = SHUNT_CAPTURE_NOT_ESTABLISHED;
-		goto out;
-	}
 	tp = bpf_skc_to_tcp_sock(sk);
 	if (!tp) {
 		ret = SHUNT_CAPTURE_NOT_LOCAL;
 		goto out;
 	}
 	s = (struct sock *)tp;
+	/* A socket with the right 4-tuple that is not the peer of shunt's
+	 * client-facing socket is someone else's: not ours to capture. */
+	p = bpf_map_lookup_elem(&redirect_targets, &req.proxy_cookie);
+	if (!p) {
+		ret = SHUNT_CAPTURE_BAD_REQUEST;
+		goto out;
+	}
+	ptp = bpf_skc_to_tcp_sock(p);
+	if (!ptp || !is_peer(tp, ptp)) {
+		bpf_sk_release(p);
+		ret = SHUNT_CAPTURE_NOT_LOCAL;
+		goto out;
+	}
+	bpf_sk_release(p);
+	if (sk->state != BPF_TCP_ESTABLISHED) {
+		ret = SHUNT_CAPTURE_NOT_ESTABLISHED;
+		goto out;
+	}
 	/* A blocking reader on a socket with a psock can get EAGAIN: the
 	 * tcp_bpf recvmsg waits once (tcp_msg_wait_data) and any wake-up
 	 * without data, such as the state change when its FIN is acknowledged,

@@ -160,12 +160,32 @@ CaptureOutcome EndpointShortcut::capture(const EndpointAddress& endpoint, std::i
   return outcome_of(opts.retval);
 }
 
+CaptureOutcome EndpointShortcut::capture_local(const EndpointAddress& endpoint, const std::string& pod,
+                                               std::uint64_t target_cookie, std::uint64_t proxy_cookie,
+                                               std::uint64_t proxy_consumed, std::uint64_t target_base) {
+  const std::int64_t first = netns_of(pod);
+  CaptureOutcome outcome = capture(endpoint, first, target_cookie, proxy_cookie, proxy_consumed, target_base);
+  for (const std::int32_t nsid : known_netns_) {
+    if (outcome != CaptureOutcome::not_local) break;
+    if (nsid == first) continue;
+    outcome = capture(endpoint, nsid, target_cookie, proxy_cookie, proxy_consumed, target_base);
+  }
+  return outcome;
+}
+
 void EndpointShortcut::learn_pods(const std::vector<std::pair<std::string, std::string>>& pod_devices) {
-  if (pod_devices.empty()) return;
   auto nl = pods::NetlinkSocket::open();
   if (!nl) {
     spdlog::warn("short-circuit: netlink: {}; pod clients stay on sk_skb", nl.error().message());
     return;
+  }
+  if (auto ids = pods::list_nsids(*nl); !ids) {
+    spdlog::info("short-circuit: {}; only clients in shunt's netns or a pod with `dev` are captured",
+                 ids.error().message());
+  } else {
+    known_netns_ = std::move(ids.value());
+    if (known_netns_.size() > kMaxSearchedNetns) known_netns_.resize(kMaxSearchedNetns);
+    spdlog::debug("short-circuit: {} other netns to search for clients", known_netns_.size());
   }
   for (const auto& [pod, dev] : pod_devices) {
     auto link = pods::get_link(*nl, dev);
@@ -224,8 +244,12 @@ void EndpointShortcut::probe(const SockmapBridge& bridge) {
   const SockmapBridge::SharedMaps shared = bridge.shared_maps();
   const shunt_sock_peer f_to_g{.peer_cookie = *cg, .bytes = 0, .bulk_reported = 0, .pad = 0};
   std::uint64_t g_fd = static_cast<std::uint64_t>(g.get());
+  // F too, as the handover puts shunt's client-facing socket there: the
+  // capture program checks E is F's TCP peer.
+  std::uint64_t f_fd = static_cast<std::uint64_t>(f.get());
   if (bpf_map_update_elem(shared.peers, &*cf, &f_to_g, BPF_NOEXIST) != 0 ||
-      bpf_map_update_elem(shared.targets, &*cg, &g_fd, BPF_NOEXIST) != 0)
+      bpf_map_update_elem(shared.targets, &*cg, &g_fd, BPF_NOEXIST) != 0 ||
+      bpf_map_update_elem(shared.targets, &*cf, &f_fd, BPF_NOEXIST) != 0)
     return fail("sockmap insert");
   EndpointAddress endpoint;
   socklen_t l = sizeof(endpoint.local), r = sizeof(endpoint.remote);

@@ -83,14 +83,26 @@ class EndpointShortcut {
   CaptureOutcome capture(const EndpointAddress& endpoint, std::int64_t netns_id, std::uint64_t target_cookie,
                          std::uint64_t proxy_cookie, std::uint64_t proxy_consumed, std::uint64_t target_base);
 
+  // capture() wherever the endpoint lives on this node: first in its pod's
+  // netns (learn_pods), or shunt's own when the pod is unknown; not found
+  // there, in each other netns shunt's netns has an id for (at most
+  // kMaxSearchedNetns of them). The capture program takes only a socket that
+  // is the TCP peer of `proxy_cookie`'s socket (sequence numbers), so a
+  // socket with the same 4-tuple in another netns is never captured. A
+  // client on another node costs one BPF_PROG_TEST_RUN per netns searched.
+  CaptureOutcome capture_local(const EndpointAddress& endpoint, const std::string& pod,
+                               std::uint64_t target_cookie, std::uint64_t proxy_cookie,
+                               std::uint64_t proxy_consumed, std::uint64_t target_base);
+  static constexpr std::size_t kMaxSearchedNetns = 64;
+
   [[nodiscard]] EndpointStats stats(const EndpointAddress& endpoint) const;
 
-  // Where a pod's sockets live, for capture(): the nsid (in shunt's netns)
-  // of the netns its host-side device's peer is in (IFLA_LINK_NETNSID).
-  // Learned once at start-up for each (pod name, host-side device); a pod
-  // without one is looked for in shunt's own netns and, not found there,
-  // stays on sk_skb (not_local). Not thread-safe: call before the workers
-  // run; netns_of() is read-only afterwards.
+  // Where sockets live, for capture_local(): for each (pod name, host-side
+  // device), the nsid (in shunt's netns) of the netns the device's peer is
+  // in (IFLA_LINK_NETNSID); and every nsid shunt's netns knows (RTM_GETNSID;
+  // a pod without `dev`, or shunt itself inside a pod, as in the bench's pods
+  // topology). Learned once at start-up. Not thread-safe: call before the
+  // workers run; read-only afterwards.
   void learn_pods(const std::vector<std::pair<std::string, std::string>>& pod_devices);
   [[nodiscard]] std::int64_t netns_of(const std::string& pod) const;
 
@@ -117,6 +129,7 @@ class EndpointShortcut {
   int endpoints_fd_ = -1;
   int sockets_fd_ = -1;
   std::map<std::string, std::int64_t, std::less<>> pod_netns_;
+  std::vector<std::int32_t> known_netns_;  // every nsid in shunt's netns, at start-up
   bool works_ = false;
   std::string probe_detail_;
 };

@@ -5,6 +5,7 @@
 #include <linux/if.h>
 #include <linux/if_addr.h>
 #include <linux/if_link.h>
+#include <linux/net_namespace.h>
 #include <linux/rtnetlink.h>
 #include <linux/veth.h>
 #include <net/if.h>
@@ -165,6 +166,26 @@ Status add_address(NetlinkSocket& nl, int ifindex, const IpAddress& address, uns
   msg.put(IFA_ADDRESS, b.data, b.len);
   if (flags != 0) msg.put_u32(IFA_FLAGS, flags);
   return nl.request(msg, "add address " + address.to_string() + "/" + std::to_string(prefix));
+}
+
+Result<std::vector<std::int32_t>> list_nsids(NetlinkSocket& nl) {
+  NlMessage msg(RTM_GETNSID, 0);
+  msg.header<rtgenmsg>()->rtgen_family = AF_UNSPEC;
+  std::vector<std::int32_t> out;
+  Status st = nl.dump(
+      msg,
+      [&](const nlmsghdr* nlh) {
+        if (nlh->nlmsg_type != RTM_NEWNSID) return;
+        for_each_attr(nlh, sizeof(rtgenmsg), [&](const nlattr* attr) {
+          if (mnl_attr_get_type(attr) == NETNSA_NSID && mnl_attr_get_payload_len(attr) == 4) {
+            const auto id = static_cast<std::int32_t>(mnl_attr_get_u32(attr));
+            if (id >= 0) out.push_back(id);
+          }
+        });
+      },
+      "list netns ids");
+  if (!st) return st.error();
+  return out;
 }
 
 Result<std::vector<AddressEntry>> list_addresses(NetlinkSocket& nl, int ifindex) {

@@ -33,6 +33,10 @@ struct LinkInfo {
 Result<std::optional<LinkInfo>> get_link(NetlinkSocket& nl, const std::string& name);
 Result<std::optional<LinkInfo>> get_link(NetlinkSocket& nl, int ifindex);
 
+// The ids this namespace has given other namespaces (RTM_GETNSID dump):
+// the nsids that BPF helpers such as bpf_sk_lookup_tcp take.
+Result<std::vector<std::int32_t>> list_nsids(NetlinkSocket& nl);
+
 // Creates HOST in the socket's namespace and its peer PEER inside the
 // namespace `peer_netns_fd`. netkit pairs are L3 mode with both default
 // policies "forward"; a kernel without netkit answers EOPNOTSUPP.

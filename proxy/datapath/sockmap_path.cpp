@@ -145,7 +145,7 @@ class CapturedEndpoint {
     // The client's own netns: its pod's (by nsid), or shunt's own for host
     // processes and loopback clients.
     const bpf::CaptureOutcome outcome =
-        shortcut.capture(address_, shortcut.netns_of(pod), upstream_cookie, client_cookie, consumed, written);
+        shortcut.capture_local(address_, pod, upstream_cookie, client_cookie, consumed, written);
     if (outcome == bpf::CaptureOutcome::captured) {
       shortcut_ = &shortcut;
       proxy_cookie_ = client_cookie;
