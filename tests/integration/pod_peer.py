@@ -85,43 +85,47 @@ def serve(host, port, mode):
         threading.Thread(target=handler, args=(c, a), daemon=True).start()
 
 
-def echo_client(host, port, size, timeout=10.0):
+def connect(host, port, timeout, io_timeout):
+    """A connection to a server that first names the peer it saw: (socket,
+    its reader, "peer=IP"), or None when it closed before saying so."""
     s = socket.create_connection((host, port), timeout=timeout)
     f = s.makefile("rb")
     peer = f.readline().decode().strip()
     if not peer:
-        return "error eof"
-    s.settimeout(60)
-    data = os.urandom(size)
-    got = hashlib.sha256()
-    n = [0]
-
-    def reader():
-        while True:
-            d = f.read1(1 << 16)
-            if not d:
-                break
-            got.update(d)
-            n[0] += len(d)
-
-    t = threading.Thread(target=reader)
-    t.start()
-    s.sendall(data)
-    s.shutdown(socket.SHUT_WR)
-    t.join(90)
-    return "%s %s %s %d" % (peer, hashlib.sha256(data).hexdigest(), got.hexdigest(), n[0])
+        return None
+    s.settimeout(io_timeout)
+    return s, f, peer
 
 
-def bulk_client(host, port, up, down, timeout):
-    s = socket.create_connection((host, port), timeout=timeout)
-    f = s.makefile("rb")
-    peer = f.readline().decode().strip()
-    if not peer:
-        return "error eof"
-    s.settimeout(90)
+def read_digest_aside(f):
+    """Starts reading `f` to EOF in a thread; returns the thread and the list
+    that gets (bytes, sha256) when it is done."""
     result = []
     reader = threading.Thread(target=lambda: result.extend(digest_to_eof(f.read1)))
     reader.start()
+    return reader, result
+
+
+def echo_client(host, port, size, timeout=10.0):
+    conn = connect(host, port, timeout, 60)
+    if conn is None:
+        return "error eof"
+    s, f, peer = conn
+    data = os.urandom(size)
+    reader, result = read_digest_aside(f)
+    s.sendall(data)
+    s.shutdown(socket.SHUT_WR)
+    reader.join(90)
+    n, sha = result or (0, "unfinished")
+    return "%s %s %s %d" % (peer, hashlib.sha256(data).hexdigest(), sha, n)
+
+
+def bulk_client(host, port, up, down, timeout):
+    conn = connect(host, port, timeout, 90)
+    if conn is None:
+        return "error eof"
+    s, f, peer = conn
+    reader, result = read_digest_aside(f)
     s.sendall(b"%d %d\n" % (up, down))
     send_pattern(s, up, UP_SALT)
     s.shutdown(socket.SHUT_WR)

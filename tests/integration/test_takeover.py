@@ -45,13 +45,16 @@ def config(d, datapath):
         admin_extra=f", control_socket: {d['control']}", access="off")
 
 
-# In the client pod: new connections to the server pod for `seconds`, each
-# echoing 64 bytes through the steered proxy; prints counts as JSON.
+# In the client pod: new connections to the server pod until stdin closes
+# (or `seconds` pass), each echoing 64 bytes through the steered proxy;
+# prints counts as JSON. Tied to stdin, not a fixed time: takeovers on a
+# loaded machine can take longer than any fixed time would allow.
 POD_LOOP = r"""
-import json, os, socket, sys, time
+import json, os, select, socket, sys, time
 host, port, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
 ok, errors, end = 0, [], time.monotonic() + seconds
-while time.monotonic() < end:
+# Until the test closes our stdin (its takeovers are done), at most `seconds`.
+while time.monotonic() < end and not select.select([sys.stdin], [], [], 0)[0]:
     try:
         with socket.create_connection((host, port), timeout=10) as s:
             f = s.makefile("rb")
@@ -92,6 +95,16 @@ def digest_exactly(sock, total):
         h.update(data)
         n += len(data)
     return n, h.hexdigest()
+
+
+def kill(proc):
+    """Ends `proc` unless it has ended already (a cleanup after a failure)."""
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
+    for pipe in (proc.stdin, proc.stdout, proc.stderr):
+        if pipe:
+            pipe.close()
 
 
 class BulkPeer:
@@ -268,9 +281,7 @@ class TakeoverTest(unittest.TestCase):
 
     def tearDown(self):
         for proc, _ in self.procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+            kill(proc)
         self.bulk_peer.server.close()
         self.echo.close()
         self.origin.close()
@@ -485,10 +496,14 @@ policy:
   rules: []
 """
         procs = []
+        # A failure part-way must not leave a takeover process running: it
+        # would keep steering's host-wide rule, and other tests would find it.
+        self.addCleanup(lambda: [kill(proc) for proc, _ in procs])
         with Shunt(text) as first:
             wait_ready(admin, first.proc)
-            loop = subprocess.Popen(["ip", "netns", "exec", client, PY, "-c", POD_LOOP, sip, str(self.PORT), "7"],
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            loop = subprocess.Popen(["ip", "netns", "exec", client, PY, "-c", POD_LOOP, sip, str(self.PORT), "60"],
+                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            self.addCleanup(kill, loop)
             time.sleep(1.0)
             for n in range(3):
                 log = os.path.join(first.dir.name, f"takeover-{n}.log")

@@ -63,6 +63,14 @@ class InspectTest : public ::testing::Test {
     EXPECT_TRUE(origin->pump([&] { return origin->streams[1].ended; }));
     return id;
   }
+  // GET `path` from the test's HTTP/2 client (made on first use), answered
+  // (by shunt or through it) before this returns; returns the stream id.
+  std::int32_t h2_get(const std::string& path) {
+    if (!h2) h2.emplace(H2Peer::Role::client, client.far.get());
+    const std::int32_t id = h2->request("GET", path, "api");
+    EXPECT_TRUE(h2->pump([&] { return h2->closed(id); }));
+    return id;
+  }
   // The client is done sending: the inspection winds down and ends.
   InspectOutcome h2_finish(std::future<InspectOutcome>& done) {
     ::shutdown(client.far.get(), SHUT_WR);
@@ -362,14 +370,11 @@ TEST_F(InspectTest, Http2AllowedStreamIsForwardedBothWays) {
 
 TEST_F(InspectTest, Http2DeniedStreamIs403AndTheConnectionStays) {
   auto done = start_h2(8080);
-  h2.emplace(H2Peer::Role::client, client.far.get());
-  const std::int32_t denied = h2->request("GET", "/admin", "api");
-  ASSERT_TRUE(h2->pump([&] { return h2->closed(denied); }));
+  const std::int32_t denied = h2_get("/admin");
   EXPECT_EQ(h2->streams[denied].status, 403);
   EXPECT_EQ(h2->streams[denied].body, "Access denied\n");
   // Denials answer on the stream only: the next stream is decided too.
-  const std::int32_t again = h2->request("GET", "/secret", "api");
-  ASSERT_TRUE(h2->pump([&] { return h2->closed(again); }));
+  const std::int32_t again = h2_get("/secret");
   EXPECT_EQ(h2->streams[again].status, 403);
   EXPECT_FALSE(h2->goaway);
 
@@ -411,9 +416,7 @@ TEST_F(InspectTest, Http2DrainSendsGoawayAndTheOpenStreamFinishes) {
 TEST_F(InspectTest, Http2UpstreamRefusingIsA502OnTheStream) {
   connector.fail = true;
   auto done = start_h2(8080);
-  h2.emplace(H2Peer::Role::client, client.far.get());
-  const std::int32_t id = h2->request("GET", "/ok", "api");
-  ASSERT_TRUE(h2->pump([&] { return h2->closed(id); }));
+  const std::int32_t id = h2_get("/ok");
   EXPECT_EQ(h2->streams[id].status, 502);
   EXPECT_EQ(h2->streams[id].body, "Bad Gateway\n");
 
