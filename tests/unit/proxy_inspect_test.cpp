@@ -14,13 +14,17 @@ using namespace shunt::proxy::testing;
 
 constexpr auto kWait = std::chrono::seconds(10);
 
-constexpr const char* kTlsPolicy = R"(
+// The listener and the two pods of every policy here.
+constexpr const char* kPods = R"(
 proxy:
   listeners: [{name: p, listen: 127.0.0.1:15001, transparent: true}]
   timeouts: {header: 500ms}
 pods:
   - {name: web, ip: 10.200.0.2}
   - {name: api, ip: 10.200.0.3}
+)";
+
+constexpr const char* kPolicy = R"(
 policy:
   default: deny
   rules:
@@ -36,7 +40,7 @@ policy:
 class InspectTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    policy = compile(kTlsPolicy);
+    policy = compile(std::string(kPods) + kPolicy);
     ASSERT_TRUE(policy);
     store.publish(policy);
     ASSERT_EQ(::listen(listener.get(), 8), 0);
@@ -436,12 +440,7 @@ TEST_F(InspectTest, Http2ReloadEndsAStreamNoLongerAllowed) {
 
   // A reload that denies /ok: the hook the connection keeps for it
   // re-decides the open stream at once.
-  auto denying = compile(R"(
-proxy:
-  listeners: [{name: p, listen: 127.0.0.1:15001, transparent: true}]
-pods:
-  - {name: web, ip: 10.200.0.2}
-  - {name: api, ip: 10.200.0.3}
+  auto denying = compile(std::string(kPods) + R"(
 policy:
   default: deny
   rules:
