@@ -256,6 +256,14 @@ std::string render_metrics(const ProxyContext& context, const bpf::PodSteering* 
   p.family("shunt_takeover_listeners_transferred_total", "counter",
            "Listening sockets handed on (old process) or received (new process) in takeovers.");
   p.sample("shunt_takeover_listeners_transferred_total", {}, m.takeover_listeners.load());
+  p.family("shunt_takeover_connections_transferred_total", "counter",
+           "Open connections handed on (old process) or adopted (new process) in takeovers, by data path; "
+           "the others drain in the old process.");
+  for (const config::Datapath d :
+       {config::Datapath::sockmap, config::Datapath::splice, config::Datapath::copy})
+    p.sample("shunt_takeover_connections_transferred_total",
+             {{"datapath", std::string(config::to_string(d))}},
+             m.takeover_connections[static_cast<std::size_t>(d)].load());
   p.family("shunt_takeover_duration_seconds", "gauge",
            "How long the last takeover took, from the new process's hello to the end (either side).");
   p.sample("shunt_takeover_duration_seconds", {},

@@ -55,8 +55,41 @@ struct SockmapBridge::Objects {
 SockmapBridge::SockmapBridge() : objects_(std::make_unique<Objects>()) {}
 SockmapBridge::~SockmapBridge() = default;
 
+namespace {
+
+// An inherited map this object can use in place of its own: same type, key
+// and value size. Its size (max_entries) is the old process's.
+std::string incompatible_map(const bpf_map* ours, int fd) {
+  bpf_map_info info{};
+  std::uint32_t len = sizeof(info);
+  if (fd < 0 || bpf_obj_get_info_by_fd(fd, &info, &len) != 0)
+    return std::string(bpf_map__name(ours)) + ": " + std::strerror(errno);
+  if (info.type != static_cast<std::uint32_t>(bpf_map__type(ours)) ||
+      info.key_size != bpf_map__key_size(ours) || info.value_size != bpf_map__value_size(ours))
+    return std::string(bpf_map__name(ours)) + ": another type, key or value size";
+  return {};
+}
+
+// Why the maps a takeover handed over cannot be shared, or "".
+std::string incompatible(const sockmap_redirect& skel, const KernelMaps& maps) {
+  if (maps.version != kKernelMapsVersion)
+    return "map version " + std::to_string(maps.version) + ", this build's is " +
+           std::to_string(kKernelMapsVersion);
+  if (maps.verdict.empty()) return "no verdict_sockets map";
+  for (const auto& [ours, fd] : {std::pair{skel.maps.sock_peers, maps.peers.get()},
+                                 std::pair{skel.maps.redirect_targets, maps.targets.get()},
+                                 std::pair{skel.maps.bulk_events, maps.bulk_events.get()}})
+    if (std::string why = incompatible_map(ours, fd); !why.empty()) return why;
+  for (const UniqueFd& fd : maps.verdict)
+    if (std::string why = incompatible_map(skel.maps.verdict_sockets, fd.get()); !why.empty()) return why;
+  return {};
+}
+
+}  // namespace
+
 Result<std::unique_ptr<SockmapBridge>> SockmapBridge::load(std::uint32_t max_connections,
-                                                           std::uint64_t bulk_threshold_bytes) {
+                                                           std::uint64_t bulk_threshold_bytes,
+                                                           KernelMaps* inherited) {
   std::unique_ptr<SockmapBridge> bridge(new SockmapBridge());
   auto& skel = bridge->objects_->skel;
   skel.reset(sockmap_redirect__open());
@@ -67,6 +100,24 @@ Result<std::unique_ptr<SockmapBridge>> SockmapBridge::load(std::uint32_t max_con
   bpf_map__set_max_entries(skel->maps.redirect_targets, sockets);
   bpf_map__set_max_entries(skel->maps.verdict_sockets, sockets);
   skel->rodata->bulk_threshold = bulk_threshold_bytes;
+
+  if (inherited) {
+    // Before load: libbpf then creates only verdict_sockets, and the
+    // program is verified against the inherited maps.
+    if (std::string why = incompatible(*skel, *inherited); !why.empty()) {
+      spdlog::warn(
+          "takeover: the running process's sockmap maps do not fit this build ({}); loading new ones, and "
+          "its "
+          "kernel-spliced connections stay with it",
+          why);
+    } else if (bpf_map__reuse_fd(skel->maps.sock_peers, inherited->peers.get()) != 0 ||
+               bpf_map__reuse_fd(skel->maps.redirect_targets, inherited->targets.get()) != 0 ||
+               bpf_map__reuse_fd(skel->maps.bulk_events, inherited->bulk_events.get()) != 0) {
+      return SysError::from_errno("reuse the sockmap maps of the process taken over");
+    } else {
+      bridge->inherited_verdict_ = std::move(inherited->verdict);
+    }
+  }
 
   if (int err = sockmap_redirect__load(skel.get()); err != 0)
     return SysError{-err, err == -EPERM || err == -EACCES
@@ -275,6 +326,21 @@ bool SockmapBridge::stranded(int fd, std::uint64_t cookie) const {
   if (!untouched()) return false;
   std::this_thread::sleep_for(std::chrono::microseconds(200));
   return untouched();
+}
+
+KernelMapFds SockmapBridge::kernel_maps() const {
+  KernelMapFds out;
+  out.peers = peers_fd_;
+  out.targets = targets_fd_;
+  out.bulk_events = bpf_map__fd(objects_->skel->maps.bulk_events);
+  // This process's own map always: a pair may enter it until the takeover
+  // pauses the acceptors, after this list is sent.
+  out.verdict.push_back(verdict_fd_);
+  for (const UniqueFd& fd : inherited_verdict_) {
+    std::uint64_t key = 0;
+    if (bpf_map_get_next_key(fd.get(), nullptr, &key) == 0) out.verdict.push_back(fd.get());
+  }
+  return out;
 }
 
 std::uint64_t SockmapBridge::redirected_bytes(std::uint64_t cookie) const {

@@ -11,6 +11,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 namespace shunt::bpf {
 
@@ -43,11 +44,53 @@ struct HandoverResult {
   int consumed_error_b = 0;
 };
 
+// The maps a takeover hands to the new process (docs/operating.md,
+// "Upgrades"), so that the pairs it moves keep running in the kernel
+// without a stall: the new process's program redirects through the same
+// sock_peers (counters included) and redirect_targets, and it holds the old
+// process's verdict_sockets, with those pairs in it and the verdict
+// program each of their sockets carries, for as long as it runs. Its own
+// new pairs go into a verdict_sockets of its own: the old process's
+// attachment is never touched, so a new process that fails changes nothing.
+//
+// kKernelMapsVersion names the layout and meaning of the shared maps; bump
+// it with any change to them (sockmap_shared.h, sockmap_maps.bpf.h). A new
+// process that finds another version (or other key or value sizes) loads
+// maps of its own and leaves the open pairs with the old process.
+inline constexpr std::uint32_t kKernelMapsVersion = 1;
+
+struct KernelMaps {
+  std::uint32_t version = kKernelMapsVersion;
+  UniqueFd peers;
+  UniqueFd targets;
+  UniqueFd bulk_events;
+  std::vector<UniqueFd> verdict;  // every verdict_sockets that may hold pairs
+};
+
+// The same, borrowed, for sending.
+struct KernelMapFds {
+  std::uint32_t version = kKernelMapsVersion;
+  int peers = -1;
+  int targets = -1;
+  int bulk_events = -1;
+  std::vector<int> verdict;
+};
+
 class SockmapBridge {
  public:
   // Loads and attaches the verdict program; sized for max_connections pairs.
+  // With `inherited` (a takeover), the shared maps are those of the process
+  // taken over when they are compatible (inherited_maps() says whether).
   static Result<std::unique_ptr<SockmapBridge>> load(std::uint32_t max_connections,
-                                                     std::uint64_t bulk_threshold_bytes);
+                                                     std::uint64_t bulk_threshold_bytes,
+                                                     KernelMaps* inherited = nullptr);
+
+  // True when load() took over the maps it was given: pairs the old
+  // process hands on can run here.
+  [[nodiscard]] bool inherited_maps() const { return !inherited_verdict_.empty(); }
+  // What a takeover hands on: the shared maps, this process's
+  // verdict_sockets and each inherited one that still holds a socket.
+  [[nodiscard]] KernelMapFds kernel_maps() const;
   ~SockmapBridge();
   SockmapBridge(const SockmapBridge&) = delete;
   SockmapBridge& operator=(const SockmapBridge&) = delete;
@@ -118,6 +161,10 @@ class SockmapBridge {
   int targets_fd_ = -1;
   int verdict_fd_ = -1;
   bool recv_runs_verdict_ = false;
+  // verdict_sockets maps of the processes taken over, kept open while
+  // this one runs: closing the last reference would free a map and take
+  // the pairs in it out of the kernel path.
+  std::vector<UniqueFd> inherited_verdict_;
 };
 
 // Socket cookie (SO_COOKIE), stable for the socket's lifetime.

@@ -77,7 +77,7 @@ class Control {
         tried_text_(std::move(loaded_text)),
         signals_(io_, SIGHUP, SIGTERM, SIGINT),
         usr1_(io_, SIGUSR1),
-        handover_(io_, std::move(control_socket), server, admin, [this] { handed_over(); }) {}
+        handover_(io_, std::move(control_socket), context, server, admin, [this] { handed_over(); }) {}
 
   int run() {
     handover_.start();
@@ -401,7 +401,11 @@ int run_proxy(const RunOptions& options) {
     // nothing is loaded (and libbpf has nothing to say).
     config::Datapath datapath = cfg.proxy.datapath;
     if (datapath == config::Datapath::sockmap) {
-      auto bridge = bpf::SockmapBridge::load(cfg.proxy.limits.max_connections, kBulkThresholdBytes);
+      // In a takeover, with the running process's maps: the pairs it hands
+      // on keep their counters and targets (bpf/sockmap.h, KernelMaps).
+      auto bridge =
+          bpf::SockmapBridge::load(cfg.proxy.limits.max_connections, kBulkThresholdBytes,
+                                   takeover && takeover->kernel_maps ? &*takeover->kernel_maps : nullptr);
       if (bridge) {
         context.bridge = std::move(bridge.value());
         context.bulk_grants = std::make_unique<BulkGrants>(*context.bridge);
@@ -462,7 +466,7 @@ int run_proxy(const RunOptions& options) {
     // the old one has stopped accepting; a first one binds it now.
     takeover::ControlListener control_socket;
     if (takeover) {
-      control_socket = finish_takeover(*takeover, cfg);
+      control_socket = finish_takeover(*takeover, cfg, context, server);
     } else {
       // Traffic first: a proxy that cannot be taken over still serves (an
       // upgrade then means a restart), so this is an error line, not an exit.

@@ -2,7 +2,9 @@
 
 #include "common/async.h"
 #include "common/error.h"
+#include "daemon/transfer_codec.h"
 #include "proxy/metrics.h"
+#include "proxy/policy_recheck.h"
 #include "takeover/handover.h"
 
 #include <spdlog/spdlog.h>
@@ -23,6 +25,52 @@ void record(std::string_view result, std::chrono::steady_clock::time_point began
   const auto us =
       std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - began);
   m.takeover_last_duration_us.store(static_cast<std::uint64_t>(us.count()), std::memory_order_relaxed);
+}
+
+// The names kernel_maps messages give the sockmap's maps.
+constexpr std::string_view kMapPeers = "sock_peers";
+constexpr std::string_view kMapTargets = "redirect_targets";
+constexpr std::string_view kMapBulkEvents = "bulk_events";
+constexpr std::string_view kMapVerdict = "verdict_sockets";  // one or more
+
+bpf::KernelMaps to_kernel_maps(takeover::InheritedMaps maps) {
+  bpf::KernelMaps out;
+  out.version = maps.version;
+  for (auto& [name, fd] : maps.maps) {
+    if (name == kMapPeers)
+      out.peers = std::move(fd);
+    else if (name == kMapTargets)
+      out.targets = std::move(fd);
+    else if (name == kMapBulkEvents)
+      out.bulk_events = std::move(fd);
+    else if (name == kMapVerdict)
+      out.verdict.push_back(std::move(fd));
+  }
+  return out;
+}
+
+void count_pairs(std::size_t n) {
+  metrics().takeover_connections[static_cast<std::size_t>(config::Datapath::sockmap)].fetch_add(
+      n, std::memory_order_relaxed);
+}
+
+// The pairs as received, checked and decoded. Any that does not decode or
+// whose sockets are not the ones its state names fails the takeover as a
+// whole: the old process would otherwise let go of a pair nobody runs.
+Result<std::vector<AdoptedConnection>> decode_pairs(std::vector<takeover::InheritedPair> pairs) {
+  std::vector<AdoptedConnection> out;
+  out.reserve(pairs.size());
+  for (auto& p : pairs) {
+    auto t = decode_connection(p.state);
+    if (!t) return SysError{EBADMSG, "a kernel-spliced pair's state does not decode"};
+    auto client = bpf::socket_cookie(p.client.get());
+    auto upstream = bpf::socket_cookie(p.upstream.get());
+    if (!client || !upstream || *client != t->state.client_cookie || *upstream != t->state.upstream_cookie)
+      return SysError{EBADMSG,
+                      "connection " + std::to_string(t->id) + ": its sockets are not the ones it names"};
+    out.push_back({std::move(*t), std::move(p.client), std::move(p.upstream)});
+  }
+  return out;
 }
 
 }  // namespace
@@ -47,7 +95,7 @@ std::optional<TakeoverStart> begin_takeover(const config::Config& config) {
     metrics().count_takeover(e.code == ETIMEDOUT ? "timeout" : "failed");
     throw StartupError(kExitEnvironment, "--takeover: " + e.message() + "; the running shunt keeps serving");
   }
-  std::optional<TakeoverStart> out(TakeoverStart{std::move(*successor), {}, {}, began});
+  std::optional<TakeoverStart> out(TakeoverStart{std::move(*successor), {}, {}, {}, began});
   TakeoverStart& start = *out;
   const std::string admin_endpoint = config::to_string(config.admin.listen);
   std::size_t count = 0;
@@ -63,16 +111,26 @@ std::optional<TakeoverStart> begin_takeover(const config::Config& config) {
     start.listeners[l.entry.endpoint].push_back(std::move(l.fd));
   }
   metrics().takeover_listeners.fetch_add(count, std::memory_order_relaxed);
+  if (auto maps = start.successor.take_kernel_maps()) start.kernel_maps = to_kernel_maps(std::move(*maps));
   spdlog::info(
-      "takeover: taking over from shunt {} (pid {}), protocol version {}: {} listening socket(s) received",
-      start.successor.peer_binary(), start.successor.peer_pid(), start.successor.version(), count);
+      "takeover: taking over from shunt {} (pid {}), protocol version {}: {} listening socket(s){} received",
+      start.successor.peer_binary(), start.successor.peer_pid(), start.successor.version(), count,
+      start.kernel_maps ? " and the sockmap's maps" : "");
   return out;
 }
 
-takeover::ControlListener finish_takeover(TakeoverStart& start, const config::Config& config) {
+takeover::ControlListener finish_takeover(TakeoverStart& start, const config::Config& config,
+                                          ProxyContext& context, Server& server) {
   const std::uint32_t old_pid = start.successor.peer_pid();
   bool alone = false;
-  if (Status st = start.successor.ready(); !st) {
+  // Pairs move only into a bridge that shares the old process's maps.
+  const bool takes_pairs = context.bridge && context.bridge->inherited_maps();
+  if (start.kernel_maps && !takes_pairs)
+    spdlog::info(
+        "takeover: this process does not share pid {}'s sockmap; its kernel-spliced connections stay "
+        "with it and drain there",
+        old_pid);
+  if (Status st = start.successor.ready(takes_pairs); !st) {
     if (st.error().code != ECONNRESET) {
       start.successor.abort("no answer to ready: " + st.error().message());
       record(st.error().code == ETIMEDOUT ? "timeout" : "failed", start.began);
@@ -82,6 +140,29 @@ takeover::ControlListener finish_takeover(TakeoverStart& start, const config::Co
     }
     spdlog::warn("takeover: pid {} went away before it stopped accepting; carrying on alone", old_pid);
     alone = true;
+  }
+  // Each pair stays frozen (no FIN passed on, no reset) until the commit
+  // reached the old process: until then it may take them back.
+  std::size_t adopted = 0;
+  if (!alone && start.successor.moves_pairs()) {
+    const auto received_at = std::chrono::steady_clock::now();
+    auto pairs = start.successor.receive_pairs();
+    Result<std::vector<AdoptedConnection>> decoded =
+        pairs ? decode_pairs(std::move(*pairs)) : Result<std::vector<AdoptedConnection>>(pairs.error());
+    if (!decoded) {
+      start.successor.abort("kernel-spliced pairs: " + decoded.error().message());
+      record(decoded.error().code == ETIMEDOUT ? "timeout" : "failed", start.began);
+      throw StartupError(kExitEnvironment, "--takeover: kernel-spliced pairs: " + decoded.error().message() +
+                                               "; pid " + std::to_string(old_pid) +
+                                               " takes everything back and keeps serving");
+    }
+    adopted = decoded->size();
+    server.adopt(std::move(*decoded));
+    spdlog::info(
+        "takeover: {} kernel-spliced connection(s) received and adopted in {} ms (frozen until the commit)",
+        adopted,
+        std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - received_at)
+            .count());
   }
   auto listener = takeover::ControlListener::bind(config.admin.control_socket);
   if (!listener) {
@@ -95,19 +176,34 @@ takeover::ControlListener finish_takeover(TakeoverStart& start, const config::Co
       spdlog::warn(
           "takeover: pid {} did not hear the commit ({}); it exits or takes back what it still holds",
           old_pid, st.error().message());
+  if (adopted) {
+    server.thaw_frozen();
+    count_pairs(adopted);
+  }
   record("ok", start.began);
   spdlog::info(
-      "takeover: complete in {} ms; pid {} drains its open connections and exits",
+      "takeover: complete in {} ms: {} kernel-spliced connection(s) moved; pid {} drains the rest of its "
+      "open "
+      "connections and exits",
       std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - start.began)
           .count(),
-      old_pid);
+      adopted, old_pid);
+  // Policy on arrival: this process's config decides every connection it
+  // now holds, exactly as a reload would.
+  if (adopted) {
+    const std::size_t revoked = revoke_disallowed(*context.policy.current(), context.registry);
+    spdlog::info("takeover: the {} adopted connection(s) re-checked against this configuration: {} revoked",
+                 adopted, revoked);
+  }
   return std::move(*listener);
 }
 
-HandoverService::HandoverService(asio::io_context& io, takeover::ControlListener listener, Server& server,
-                                 AdminServer& admin, std::function<void()> handed_over)
+HandoverService::HandoverService(asio::io_context& io, takeover::ControlListener listener,
+                                 ProxyContext& context, Server& server, AdminServer& admin,
+                                 std::function<void()> handed_over)
     : io_(io),
       listener_(std::move(listener)),
+      context_(context),
       server_(server),
       admin_(admin),
       handed_over_(std::move(handed_over)) {}
@@ -164,6 +260,36 @@ asio::awaitable<void> HandoverService::serve() {
     };
     hooks.pause = [this] { server_.pause_accepting(); };
     hooks.resume = [this] { server_.resume_accepting(); };
+    if (context_.bridge) {
+      hooks.kernel_maps = [this]() -> std::optional<takeover::HandedMaps> {
+        const bpf::KernelMapFds maps = context_.bridge->kernel_maps();
+        takeover::HandedMaps out;
+        out.set.version = maps.version;
+        out.set.names = {std::string(kMapPeers), std::string(kMapTargets), std::string(kMapBulkEvents)};
+        out.fds = {maps.peers, maps.targets, maps.bulk_events};
+        for (int fd : maps.verdict) {
+          out.set.names.emplace_back(kMapVerdict);
+          out.fds.push_back(fd);
+        }
+        return out;
+      };
+      hooks.freeze_pairs = [this] {
+        const auto frozen_at = std::chrono::steady_clock::now();
+        std::vector<takeover::HandedPair> out;
+        for (const ExportedConnection& e : server_.freeze_kernel_pairs())
+          out.push_back({encode(e.connection), e.client_fd, e.upstream_fd});
+        spdlog::info("takeover: {} kernel-spliced connection(s) frozen in {} ms; sending them", out.size(),
+                     std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() -
+                                                                           frozen_at)
+                         .count());
+        return out;
+      };
+      hooks.let_go_pairs = [this] { server_.let_go_frozen(); };
+      hooks.thaw_pairs = [this] {
+        spdlog::info("takeover: taking the kernel-spliced connections back");
+        server_.thaw_frozen();
+      };
+    }
     const takeover::HandoverResult r = co_await takeover::hand_over(peer, hooks, takeover::Timeouts{});
     if (r.outcome == takeover::Outcome::probe) continue;
     record(takeover::to_string(r.outcome), began);
@@ -173,15 +299,17 @@ asio::awaitable<void> HandoverService::serve() {
       continue;
     }
     metrics().takeover_listeners.fetch_add(r.listeners, std::memory_order_relaxed);
+    count_pairs(r.pairs);
     // The new process has every socket and the path: close our copies.
     server_.release_paused();
     admin_.stop();
     listener_.abandon();
     acceptor_->close(ec);
     spdlog::info(
-        "takeover: shunt {} (pid {}) took over {} listening socket(s) in {} ms; this process stopped "
-        "accepting",
-        r.peer_binary, r.peer_pid, r.listeners,
+        "takeover: shunt {} (pid {}) took over {} listening socket(s) and {} kernel-spliced connection(s) in "
+        "{} "
+        "ms (protocol version {}); this process stopped accepting",
+        r.peer_binary, r.peer_pid, r.listeners, r.pairs, r.version,
         std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - began)
             .count());
     handed_over_();

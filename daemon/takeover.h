@@ -29,6 +29,9 @@ struct TakeoverStart {
   takeover::Successor successor;
   InheritedSockets listeners;  // by endpoint, for the Server
   UniqueFd admin;              // admin.listen's socket, when it did not move
+  // The sockmap's maps, for SockmapBridge::load (version 2, when the old
+  // process has a sockmap).
+  std::optional<bpf::KernelMaps> kernel_maps;
   std::chrono::steady_clock::time_point began;
 };
 
@@ -41,11 +44,14 @@ struct TakeoverStart {
 std::optional<TakeoverStart> begin_takeover(const config::Config& config);
 
 // Once this process accepts on every listener: waits for the old one to
-// stop accepting, takes the control socket path and lets the old one go.
-// Throws StartupError when the old process is still there but the step
-// failed (it takes everything back); an old process that vanished is
-// logged and this one carries on alone.
-takeover::ControlListener finish_takeover(TakeoverStart& start, const config::Config& config);
+// stop accepting, adopts its kernel-spliced pairs when its bridge shares
+// the old one's maps, takes the control socket path and lets the old one
+// go; then re-checks every connection against this process's policy, as a
+// reload would. Throws StartupError when the old process is still there
+// but a step failed (it takes everything back); an old process that
+// vanished is logged and this one carries on alone.
+takeover::ControlListener finish_takeover(TakeoverStart& start, const config::Config& config,
+                                          ProxyContext& context, Server& server);
 
 // The control thread's side: accepts on the control socket and hands this
 // process over to one new process at a time. `handed_over` runs once a
@@ -53,8 +59,8 @@ takeover::ControlListener finish_takeover(TakeoverStart& start, const config::Co
 // the caller then drains what it still holds and exits.
 class HandoverService {
  public:
-  HandoverService(boost::asio::io_context& io, takeover::ControlListener listener, Server& server,
-                  AdminServer& admin, std::function<void()> handed_over);
+  HandoverService(boost::asio::io_context& io, takeover::ControlListener listener, ProxyContext& context,
+                  Server& server, AdminServer& admin, std::function<void()> handed_over);
   void start();
   void stop();
 
@@ -62,6 +68,7 @@ class HandoverService {
   boost::asio::awaitable<void> serve();
   boost::asio::io_context& io_;
   takeover::ControlListener listener_;
+  ProxyContext& context_;
   Server& server_;
   AdminServer& admin_;
   std::function<void()> handed_over_;

@@ -50,6 +50,39 @@ Connection::Connection(ProxyContext& proxy, WorkerContext& worker, const config:
       peer_(peer),
       source_slot_(std::move(source_slot)) {}
 
+void Connection::adopt(ProxyContext& proxy, WorkerContext& worker, const config::Listener& listener,
+                       AdoptedConnection adopted, SourceLimiter::Lease source_slot) {
+  const TransferredConnection& t = adopted.connection;
+  auto self = std::make_shared<Connection>(proxy, worker, listener, tcp::socket(worker.io), t.src,
+                                           std::move(source_slot));
+  self->policy_ = proxy.policy.current();
+  auto info = std::make_shared<ConnectionInfo>();
+  info->id = proxy.registry.next_id();
+  info->listener = t.listener;
+  info->src = t.src;
+  info->dst = t.dst;
+  info->src_pod = t.src_pod;
+  info->dst_pod = t.dst_pod;
+  info->started = t.started;
+  info->started_wall = t.started_wall;
+  info->datapath = config::Datapath::sockmap;
+  info->path_up = t.path_up;
+  info->path_down = t.path_down;
+  info->bytes_up = t.bytes_up;
+  info->bytes_down = t.bytes_down;
+  info->rule = t.rule;
+  info->basis = t.basis;
+  info->basis.flow = policy::Flow{t.src.address(), t.dst.address(), t.dst.port()};
+  self->info_ = std::move(info);
+  self->allowed_ = true;
+  self->inspected_ = t.basis.inspect != policy::Inspect::none;
+  self->kernel_owned_ = true;
+  self->register_open();
+  spdlog::debug("connection {}: adopted (connection {} of the process taken over)", self->info_->id, t.id);
+  start_sockmap_adopted(std::move(adopted.client), std::move(adopted.upstream), t.state, *self, self->cancel_,
+                        self->kernel_splice(), worker.io.get_executor(), self->finish_on_end());
+}
+
 asio::awaitable<void> Connection::run(std::shared_ptr<Connection> self) {
   try {
     co_await self->serve();
@@ -198,6 +231,38 @@ void Connection::exchanged(const HttpExchange& x) {
   proxy_.access_log.write(r);
 }
 
+void Connection::register_open() {
+  std::weak_ptr<Connection> weak = shared_from_this();
+  info_->revoke = [weak, executor = worker_.io.get_executor()](EndReason why) {
+    asio::post(executor, [weak, why] {
+      if (auto self = weak.lock()) self->abort(why);
+    });
+  };
+  proxy_.registry.add(info_);
+  // Checked a few times per idle period (IdleSweep): bytes are read from
+  // the kernel's counters for spliced pairs, so no data path has to report
+  // activity.
+  idle_timeout_ = policy_->config().proxy.timeouts.idle;
+  idle_bytes_ = proxy_.registry.bytes(*info_);
+  idle_since_ = IdleSweep::Clock::now();
+  const auto idle_period =
+      std::max<std::chrono::milliseconds>(idle_timeout_ / 4, std::chrono::milliseconds(50));
+  idle_next_ = idle_since_ + idle_period;
+  worker_.idle.add(*this, idle_period);
+}
+
+std::function<void(Ending)> Connection::finish_on_end() {
+  return [self = shared_from_this()](const Ending& e) {
+    self->settle(e);
+    self->finish();
+  };
+}
+
+KernelSplice Connection::kernel_splice() const {
+  return KernelSplice{proxy_.bridge.get(),   proxy_.bulk_grants.get(), &worker_.hangups,
+                      proxy_.shortcut.get(), info_->src_pod,           &worker_.handoff};
+}
+
 SHUNT_FRAME_ALLOC_WARNING_OFF  // common/async.h
 asio::awaitable<void> Connection::serve() {
   policy_ = proxy_.policy.current();
@@ -228,24 +293,7 @@ asio::awaitable<void> Connection::serve() {
   info_->basis.flow = flow;
   info_->basis.inspect = decision.inspect;
 
-  std::weak_ptr<Connection> weak = shared_from_this();
-  auto executor = co_await asio::this_coro::executor;
-  info_->revoke = [weak, executor](EndReason why) {
-    asio::post(executor, [weak, why] {
-      if (auto self = weak.lock()) self->abort(why);
-    });
-  };
-  proxy_.registry.add(info_);
-  // Checked a few times per idle period (IdleSweep): bytes are read from
-  // the kernel's counters for spliced pairs, so no data path has to report
-  // activity.
-  idle_timeout_ = policy_->config().proxy.timeouts.idle;
-  idle_bytes_ = proxy_.registry.bytes(*info_);
-  idle_since_ = IdleSweep::Clock::now();
-  const auto idle_period =
-      std::max<std::chrono::milliseconds>(idle_timeout_ / 4, std::chrono::milliseconds(50));
-  idle_next_ = idle_since_ + idle_period;
-  worker_.idle.add(*this, idle_period);
+  register_open();
 
   if (decision.inspect == policy::Inspect::none) {
     decided(decision.decision);
@@ -304,15 +352,11 @@ asio::awaitable<void> Connection::forward() {
   Ending ending;
   switch (policy_->config().proxy.datapath) {
     case config::Datapath::sockmap: {
-      const KernelSplice kernel{proxy_.bridge.get(), proxy_.bulk_grants.get(), &worker_.hangups,
-                                proxy_.shortcut.get(), info_->src_pod};
+      const KernelSplice kernel = kernel_splice();
       // Once the kernel has the pair, no coroutine waits on it: the pair
       // holds the connection and ends it through this callback. Named, not
       // a temporary in the co_await (GCC 12 bug, see run_sockmap).
-      std::function<void(Ending)> on_end = [self = shared_from_this()](const Ending& e) {
-        self->settle(e);
-        self->finish();
-      };
+      std::function<void(Ending)> on_end = finish_on_end();
       std::optional<Ending> ended =
           co_await start_sockmap(sockets_, *this, cancel_, kernel, inspected_, std::move(on_end));
       if (!ended) {
@@ -465,6 +509,8 @@ void Connection::finish() {
   const EndReason end = info_->end.load(std::memory_order_relaxed);
   if (end != EndReason::unknown)
     m.connection_ends[static_cast<std::size_t>(end)].fetch_add(1, std::memory_order_relaxed);
+  // Its one line comes from the process it moved to, when it ends there.
+  if (end == EndReason::taken_over) return;
   if (!proxy_.access_log.enabled()) return;
 
   AccessRecord record;

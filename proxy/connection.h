@@ -25,6 +25,7 @@
 #include "config/config.h"
 #include "policy/policy.h"
 #include "proxy/connection_registry.h"
+#include "proxy/connection_transfer.h"
 #include "proxy/datapath/datapath.h"
 #include "proxy/idle_sweep.h"
 #include "proxy/inspect/inspector.h"
@@ -49,7 +50,8 @@ class HangupWatcher;
 struct WorkerContext {
   boost::asio::io_context& io;
   HangupWatcher& hangups;
-  IdleSweep& idle;  // timeouts.idle for every connection of the thread
+  IdleSweep& idle;       // timeouts.idle for every connection of the thread
+  PairHandoff& handoff;  // the thread's kernel-spliced pairs, as a takeover moves them
 };
 
 struct ListenerContext {
@@ -74,6 +76,14 @@ class Connection : public std::enable_shared_from_this<Connection>,
   // pointer by value so the coroutine frame keeps the connection alive (a
   // member coroutine would only hold `this`, and Asio starts it lazily).
   static boost::asio::awaitable<void> run(std::shared_ptr<Connection> self);
+
+  // A kernel-spliced connection the process this one took over handed on
+  // (takeover): registered under a new id with what the old process
+  // recorded; its pair starts frozen (PairHandoff) until the takeover
+  // commits. On the worker's thread; returns once the pair is registered.
+  // `listener` is the one it came through.
+  static void adopt(ProxyContext& proxy, WorkerContext& worker, const config::Listener& listener,
+                    AdoptedConnection adopted, SourceLimiter::Lease source_slot);
 
   // --- ConnectionObserver: what inspectors and data paths report ---
   [[nodiscard]] std::uint64_t id() const override { return info_ ? info_->id : 0; }
@@ -120,6 +130,11 @@ class Connection : public std::enable_shared_from_this<Connection>,
   boost::asio::awaitable<bool> connect_upstream();
   // The seam an inspector is run through, over `client`.
   Inspection inspection(tcp::socket client, const policy::Flow& flow);
+  // Lists the connection (registry, revoke) and starts its idle check.
+  void register_open();
+  [[nodiscard]] KernelSplice kernel_splice() const;
+  // What the sockmap pair calls when it ends (it holds the connection).
+  [[nodiscard]] std::function<void(Ending)> finish_on_end();
   // Runs the inspector `kind` asks for on the client socket; true when it
   // handed both sockets back (sockets_) for the data path. Its own
   // coroutine, so its frame (the Inspection, the outcome) is gone before

@@ -34,6 +34,12 @@ std::vector<std::shared_ptr<ConnectionInfo>> ConnectionRegistry::snapshot() cons
   return out;
 }
 
+std::shared_ptr<ConnectionInfo> ConnectionRegistry::find(std::uint64_t id) const {
+  std::lock_guard lock(mu_);
+  auto it = connections_.find(id);
+  return it == connections_.end() ? nullptr : it->second;
+}
+
 std::size_t ConnectionRegistry::size() const { return open_.load(std::memory_order_relaxed); }
 
 ConnectionBytes ConnectionRegistry::bytes(const ConnectionInfo& info) const {

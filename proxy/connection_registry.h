@@ -141,6 +141,8 @@ class ConnectionRegistry {
   [[nodiscard]] std::vector<std::shared_ptr<ConnectionInfo>> snapshot() const;
   [[nodiscard]] RegistrySnapshot snapshot_with_totals() const;
   [[nodiscard]] std::size_t size() const;
+  // The open connection with this id, or null.
+  [[nodiscard]] std::shared_ptr<ConnectionInfo> find(std::uint64_t id) const;
   // Bytes the kernel moved from the socket with this cookie (the sockmap
   // bridge's counter); read for connections whose pair is kernel-spliced.
   // Set once, before the workers start.

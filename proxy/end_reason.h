@@ -29,6 +29,7 @@ enum class EndReason : std::uint8_t {
   shutdown,           // drain at SIGTERM ran out
   proxy_error,        // an unexpected error inside shunt (logged at warn)
   proxy_loop,         // a transparent connection addressed to shunt's own listener
+  taken_over,         // a takeover moved it to the new process, which logs its end (no line here)
 };
 
 inline constexpr std::array kEndReasons{
@@ -37,9 +38,9 @@ inline constexpr std::array kEndReasons{
     EndReason::request_timeout, EndReason::revoked,           EndReason::upstream_connect_failed,
     EndReason::idle_timeout,    EndReason::keepalive_timeout, EndReason::refuse_timeout,
     EndReason::handover_failed, EndReason::shutdown,          EndReason::proxy_error,
-    EndReason::proxy_loop,
+    EndReason::proxy_loop,      EndReason::taken_over,
 };
-inline constexpr std::size_t kEndReasonSlots = static_cast<std::size_t>(EndReason::proxy_loop) + 1;
+inline constexpr std::size_t kEndReasonSlots = static_cast<std::size_t>(EndReason::taken_over) + 1;
 
 constexpr std::string_view to_string(EndReason r) {
   switch (r) {
@@ -77,6 +78,8 @@ constexpr std::string_view to_string(EndReason r) {
       return "proxy_error";
     case EndReason::proxy_loop:
       return "proxy_loop";
+    case EndReason::taken_over:
+      return "taken_over";
   }
   return "unknown";
 }

@@ -113,7 +113,10 @@ struct Metrics {
   std::array<std::atomic<std::uint64_t>, kAcceptRefusalNames.size()> accept_refusals{};
   std::array<std::atomic<std::uint64_t>, kUpstreamFailureNames.size()> upstream_failures{};
   std::array<std::atomic<std::uint64_t>, kTakeoverResultNames.size()> takeovers{};
-  std::atomic<std::uint64_t> takeover_listeners{0};         // listening sockets handed on or received
+  std::atomic<std::uint64_t> takeover_listeners{0};  // listening sockets handed on or received
+  // Open connections handed on or adopted in takeovers, by data path
+  // (config::Datapath; only sockmap pairs move so far).
+  std::array<std::atomic<std::uint64_t>, 3> takeover_connections{};
   std::atomic<std::uint64_t> takeover_last_duration_us{0};  // hello to commit, of the last one that ended
 
   void count_takeover(std::string_view result) {

@@ -17,6 +17,7 @@
 #include <boost/asio/use_awaitable.hpp>
 
 #include <array>
+#include <future>
 #include <optional>
 
 namespace shunt::proxy {
@@ -27,7 +28,7 @@ using asio::ip::tcp;
 Worker::Worker()
     : hangups(std::make_unique<HangupWatcher>(io)),
       idle(std::make_unique<IdleSweep>(io)),
-      context{io, *hangups, *idle} {}
+      context{io, *hangups, *idle, handoff} {}
 Worker::~Worker() {
   if (thread.joinable()) thread.join();
 }
@@ -318,6 +319,70 @@ void Server::resume_accepting() {
 
 void Server::release_paused() {
   for (auto& worker : workers_) asio::post(worker->io, [w = worker.get()] { w->paused.clear(); });
+}
+
+namespace {
+
+// Runs `job(worker, index)` on every worker's thread and returns once all
+// have run it.
+template <typename Job>
+void on_every_worker(std::vector<std::unique_ptr<Worker>>& workers, Job job) {
+  std::vector<std::future<void>> done;
+  for (std::size_t i = 0; i < workers.size(); ++i) {
+    auto finished = std::make_shared<std::promise<void>>();
+    done.push_back(finished->get_future());
+    asio::post(workers[i]->io, [w = workers[i].get(), i, finished, &job] {
+      job(*w, i);
+      finished->set_value();
+    });
+  }
+  for (auto& f : done) f.wait();
+}
+
+}  // namespace
+
+std::vector<ExportedConnection> Server::freeze_kernel_pairs() {
+  std::mutex mu;
+  std::vector<ExportedConnection> out;
+  on_every_worker(workers_, [&](Worker& w, std::size_t) {
+    std::vector<ExportedConnection> mine;
+    for (const PairHandoff::Exported& e : w.handoff.freeze_all()) {
+      auto info = context_.registry.find(e.connection_id);
+      if (!info) continue;  // registered before any pair runs; never the case
+      mine.push_back({describe(*info, e.state), e.client_fd, e.upstream_fd});
+    }
+    std::lock_guard lock(mu);
+    std::move(mine.begin(), mine.end(), std::back_inserter(out));
+  });
+  return out;
+}
+
+void Server::let_go_frozen() {
+  for (auto& worker : workers_) asio::post(worker->io, [w = worker.get()] { w->handoff.let_go_frozen(); });
+}
+
+void Server::thaw_frozen() {
+  for (auto& worker : workers_) asio::post(worker->io, [w = worker.get()] { w->handoff.thaw_frozen(); });
+}
+
+void Server::adopt(std::vector<AdoptedConnection> connections) {
+  if (workers_.empty() || connections.empty()) return;
+  std::vector<std::vector<AdoptedConnection>> share(workers_.size());
+  for (std::size_t i = 0; i < connections.size(); ++i)
+    share[i % workers_.size()].push_back(std::move(connections[i]));
+  on_every_worker(workers_, [&](Worker& w, std::size_t index) {
+    for (AdoptedConnection& a : share[index]) {
+      auto listener = std::find_if(listeners_.begin(), listeners_.end(), [&](const config::Listener& l) {
+        return l.name == a.connection.listener;
+      });
+      config::Listener named;
+      named.name = a.connection.listener;
+      // Beyond the per-source cap if need be: the connection is open already.
+      SourceLimiter::Lease slot = context_.sources.acquire(a.connection.src.address(), UINT32_MAX);
+      Connection::adopt(context_, w.context, listener != listeners_.end() ? *listener : named, std::move(a),
+                        std::move(slot));
+    }
+  });
 }
 
 void Server::stop() {

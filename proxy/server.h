@@ -31,6 +31,7 @@ struct Worker {
   boost::asio::io_context io{1};
   std::unique_ptr<HangupWatcher> hangups;
   std::unique_ptr<IdleSweep> idle;
+  PairHandoff handoff;
   WorkerContext context;  // what connections on this thread reference
   // One per listener; null where another worker's acceptor serves this one.
   std::vector<std::unique_ptr<boost::asio::ip::tcp::acceptor>> acceptors;
@@ -85,6 +86,17 @@ class Server {
   void pause_accepting();
   void resume_accepting();
   void release_paused();
+
+  // Takeover of kernel-spliced pairs (proxy/datapath/pair_handoff.h). The
+  // old process: freeze_kernel_pairs() (returns once every worker froze its
+  // pairs: a few microseconds a pair), then let_go_frozen() once the new
+  // process holds them, or thaw_frozen() when it failed. The new process:
+  // adopt() (returns once every pair is registered, frozen), then
+  // thaw_frozen() once the takeover committed. Control thread only.
+  [[nodiscard]] std::vector<ExportedConnection> freeze_kernel_pairs();
+  void let_go_frozen();
+  void thaw_frozen();
+  void adopt(std::vector<AdoptedConnection> connections);
 
  private:
   void accept_loop(Worker& worker, std::size_t listener_index, boost::asio::ip::tcp::acceptor* acceptor);

@@ -60,6 +60,36 @@ Result<Message> expect(Result<Message> got, MessageType type) {
   return takeover::expect(std::move(got), type, "the new process gave up");
 }
 
+// Batches of at most kMaxPairsPerMessage pairs and kMaxPayloadBytes, then
+// pairs_end with the count.
+Status send_pairs(Socket& peer, std::uint16_t version, const std::vector<HandedPair>& pairs,
+                  const Timeouts& t) {
+  std::vector<std::string_view> states;
+  std::vector<int> fds;
+  std::size_t payload = 4;
+  auto flush = [&]() -> Status {
+    if (states.empty()) return ok_status();
+    Status st = send(peer, version, MessageType::pairs, encode_pairs(states), fds, t);
+    states.clear();
+    fds.clear();
+    payload = 4;
+    return st;
+  };
+  for (const HandedPair& p : pairs) {
+    const std::size_t size = pair_payload_size(p.state);
+    if (4 + size > kMaxPayloadBytes) return SysError{EMSGSIZE, "a pair's state does not fit a message"};
+    if (states.size() == kMaxPairsPerMessage || payload + size > kMaxPayloadBytes)
+      if (Status st = flush(); !st) return st;
+    states.push_back(p.state);
+    fds.push_back(p.client_fd);
+    fds.push_back(p.upstream_fd);
+    payload += size;
+  }
+  if (Status st = flush(); !st) return st;
+  return send(peer, version, MessageType::pairs_end,
+              Writer().u32(static_cast<std::uint32_t>(pairs.size())).take(), {}, t);
+}
+
 }  // namespace
 
 asio::awaitable<HandoverResult> hand_over(Socket& peer, const HandoverHooks& hooks,
@@ -102,6 +132,14 @@ asio::awaitable<HandoverResult> hand_over(Socket& peer, const HandoverHooks& hoo
       co_return fail(r, st.error());
   }
   r.listeners = listeners.size();
+  r.version = *version;
+  if (*version >= kProtocolPairs && hooks.kernel_maps) {
+    if (const std::optional<HandedMaps> maps = hooks.kernel_maps()) {
+      if (Status st = send(peer, *version, MessageType::kernel_maps, encode(maps->set), maps->fds, timeouts);
+          !st)
+        co_return fail(r, st.error());
+    }
+  }
   if (Status st = send(peer, *version, MessageType::listeners_end,
                        Writer().u32(static_cast<std::uint32_t>(listeners.size())).take(), {}, timeouts);
       !st)
@@ -111,17 +149,38 @@ asio::awaitable<HandoverResult> hand_over(Socket& peer, const HandoverHooks& hoo
   // has been given up yet, so a failure here needs no taking back.
   auto ready = expect(co_await receive(peer, timeouts.start), MessageType::ready);
   if (!ready) co_return fail(r, ready.error());
+  // Version 2: whether the new process shares our maps and takes pairs.
+  const bool takes_pairs =
+      *version >= kProtocolPairs && hooks.freeze_pairs && Reader(ready->payload).u8() == 1;
 
   hooks.pause();
-  if (Status st = send(peer, *version, MessageType::released, {}, {}, timeouts); !st) {
+  bool frozen = false;
+  // Taking back: the pairs first (they act on their sockets again), then
+  // the listeners.
+  auto take_back = [&] {
+    if (frozen) hooks.thaw_pairs();
     hooks.resume();
+  };
+  if (Status st = send(peer, *version, MessageType::released, {}, {}, timeouts); !st) {
+    take_back();
     co_return fail(r, st.error());
   }
+  if (takes_pairs) {
+    frozen = true;
+    const std::vector<HandedPair> pairs = hooks.freeze_pairs();
+    if (Status st = send_pairs(peer, *version, pairs, timeouts); !st) {
+      take_back();
+      co_return fail(r, st.error());
+    }
+    r.pairs = pairs.size();
+  }
+  // The new process adopts the pairs before it commits.
   auto commit = expect(co_await receive(peer, timeouts.step), MessageType::commit);
   if (!commit) {
-    hooks.resume();
+    take_back();
     co_return fail(r, commit.error());
   }
+  if (frozen) hooks.let_go_pairs();
   r.outcome = Outcome::ok;
   co_return r;
 }

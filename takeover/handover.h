@@ -13,6 +13,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -23,6 +24,20 @@ struct HandedListener {
   int fd = -1;  // borrowed: stays open in the old process until its hooks release it
 };
 
+// Version 2: the sockmap's maps, borrowed like the listeners.
+struct HandedMaps {
+  KernelMapSet set;
+  std::vector<int> fds;  // one per name
+};
+
+// Version 2: one kernel-spliced pair, frozen (its state encoded by the
+// proxy); the fds stay open in the old process until let_go_pairs.
+struct HandedPair {
+  std::string state;
+  int client_fd = -1;
+  int upstream_fd = -1;
+};
+
 // What the daemon does at each step; all run on the caller's executor.
 struct HandoverHooks {
   std::function<std::vector<HandedListener>()> listeners;
@@ -31,6 +46,18 @@ struct HandoverHooks {
   std::function<void()> pause;
   // Take back: accept again (the new process failed after pause).
   std::function<void()> resume;
+
+  // Version 2, all optional (empty: this process has no sockmap pairs).
+  // The maps the new process shares with this one, sent with the listeners.
+  std::function<std::optional<HandedMaps>()> kernel_maps;
+  // After pause, when the new process said it takes pairs: every pair,
+  // frozen (neither process acts on its sockets; the kernel moves its
+  // bytes). Then either let_go_pairs (the new process committed: close
+  // this process's fds, which are not the sockets' last ones) or
+  // thaw_pairs (it failed: carry on as before).
+  std::function<std::vector<HandedPair>()> freeze_pairs;
+  std::function<void()> let_go_pairs;
+  std::function<void()> thaw_pairs;
 };
 
 enum class Outcome {
@@ -48,6 +75,8 @@ struct HandoverResult {
   std::uint32_t peer_pid = 0;
   std::string peer_binary;
   std::size_t listeners = 0;  // sockets sent
+  std::size_t pairs = 0;      // kernel-spliced pairs handed on (version 2)
+  std::uint16_t version = 0;
 };
 
 // `peer`: a connection accepted on the control socket (SOCK_SEQPACKET),

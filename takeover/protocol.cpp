@@ -67,6 +67,42 @@ std::optional<std::vector<ListenerEntry>> decode_listeners(std::string_view payl
   return out;
 }
 
+std::string encode(const KernelMapSet& maps) {
+  Writer w;
+  w.u32(maps.version).u32(static_cast<std::uint32_t>(maps.names.size()));
+  for (const auto& n : maps.names) w.str(n);
+  return w.take();
+}
+
+std::optional<KernelMapSet> decode_kernel_maps(std::string_view payload) {
+  Reader r(payload);
+  KernelMapSet m;
+  m.version = r.u32();
+  const std::uint32_t n = r.u32();
+  if (!r.ok() || n > kMaxFdsPerMessage) return std::nullopt;
+  m.names.resize(n);
+  for (auto& name : m.names) name = r.str();
+  if (!r.complete()) return std::nullopt;
+  return m;
+}
+
+std::string encode_pairs(const std::vector<std::string_view>& states) {
+  Writer w;
+  w.u32(static_cast<std::uint32_t>(states.size()));
+  for (auto st : states) w.str(st);
+  return w.take();
+}
+
+std::optional<std::vector<std::string>> decode_pairs(std::string_view payload) {
+  Reader r(payload);
+  const std::uint32_t n = r.u32();
+  if (!r.ok() || n > kMaxPairsPerMessage) return std::nullopt;
+  std::vector<std::string> out(n);
+  for (auto& st : out) st = r.str();
+  if (!r.complete()) return std::nullopt;
+  return out;
+}
+
 Result<Message> expect(Result<Message> got, MessageType type, std::string_view refused) {
   if (!got) return got;
   if (got->type == MessageType::refuse)

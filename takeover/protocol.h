@@ -17,8 +17,12 @@ namespace shunt::takeover {
 
 // The versions this build speaks. Version 1: listeners (proxy and admin)
 // move; open connections stay with the old process, which drains them.
+// Version 2 adds the sockmap's maps (kernel_maps) and the kernel-spliced
+// pairs (pairs, pairs_end; `ready` says whether the new process takes
+// them); other open connections still drain in the old process.
 inline constexpr std::uint16_t kProtocolMin = 1;
-inline constexpr std::uint16_t kProtocolMax = 1;
+inline constexpr std::uint16_t kProtocolMax = 2;
+inline constexpr std::uint16_t kProtocolPairs = 2;  // the first version that moves pairs
 
 // Every step is bounded: a peer that stalls longer is treated as gone and
 // the old process keeps (or takes back) everything.
@@ -63,6 +67,23 @@ struct ListenerEntry {
 // A batch: entries in order, one fd per entry in the same order.
 std::string encode(const std::vector<ListenerEntry>& batch);
 std::optional<std::vector<ListenerEntry>> decode_listeners(std::string_view payload);
+
+// The sockmap's maps (version 2): a layout version the data path defines
+// and the maps' names, one fd per name in the same order.
+struct KernelMapSet {
+  std::uint32_t version = 0;
+  std::vector<std::string> names;
+};
+std::string encode(const KernelMapSet& maps);
+std::optional<KernelMapSet> decode_kernel_maps(std::string_view payload);
+
+// A batch of kernel-spliced pairs (version 2): each an opaque state the
+// proxy encodes, with two fds per pair in the same order (client, upstream).
+inline constexpr std::size_t kMaxPairsPerMessage = kMaxFdsPerMessage / 2;
+std::string encode_pairs(const std::vector<std::string_view>& states);
+std::optional<std::vector<std::string>> decode_pairs(std::string_view payload);
+// The payload bytes one more state adds to a batch.
+inline std::size_t pair_payload_size(std::string_view state) { return 4 + state.size(); }
 
 // `got` if it is a message of `type`. A refusal becomes EPROTO with the
 // peer's reason after `refused` ("the running shunt refused"); any other

@@ -45,6 +45,16 @@ Result<Successor> Successor::begin(const std::string& control_socket, const Time
                                      std::to_string(s.listeners_.size()) + " arrived"};
       return s;
     }
+    if (m->type == MessageType::kernel_maps && s.version_ >= kProtocolPairs) {
+      auto set = decode_kernel_maps(m->payload);
+      if (!set || set->names.size() != m->fds.size())
+        return SysError{EBADMSG, "a kernel_maps message whose names and file descriptors disagree"};
+      InheritedMaps maps{set->version, {}};
+      for (std::size_t i = 0; i < set->names.size(); ++i)
+        maps.maps.emplace_back(std::move(set->names[i]), std::move(m->fds[i]));
+      s.maps_ = std::move(maps);
+      continue;
+    }
     if (m->type != MessageType::listeners)
       return SysError{EPROTO, "expected listeners, got " + std::string(to_string(m->type))};
     auto batch = decode_listeners(m->payload);
@@ -55,14 +65,42 @@ Result<Successor> Successor::begin(const std::string& control_socket, const Time
   }
 }
 
-Status Successor::ready() {
+Status Successor::ready(bool takes_pairs) {
+  takes_pairs_ = takes_pairs && version_ >= kProtocolPairs;
+  const std::string payload = version_ >= kProtocolPairs ? Writer().u8(takes_pairs_ ? 1 : 0).take() : "";
   if (Status st =
-          send_message(sock_.get(), version_, MessageType::ready, {}, {}, Clock::now() + timeouts_.step);
+          send_message(sock_.get(), version_, MessageType::ready, payload, {}, Clock::now() + timeouts_.step);
       !st)
     return st;
   auto released = expect(MessageType::released, timeouts_.step);
   if (!released) return released.error();
   return ok_status();
+}
+
+Result<std::vector<InheritedPair>> Successor::receive_pairs() {
+  std::vector<InheritedPair> pairs;
+  if (!takes_pairs_) return pairs;
+  for (;;) {
+    auto m = recv_message(sock_.get(), Clock::now() + timeouts_.step);
+    if (!m) return m.error();
+    if (m->type == MessageType::pairs_end) {
+      Reader r(m->payload);
+      const std::uint32_t total = r.u32();
+      if (!r.complete() || total != pairs.size())
+        return SysError{EBADMSG, "pairs_end says " + std::to_string(total) + " pairs, " +
+                                     std::to_string(pairs.size()) + " arrived"};
+      return pairs;
+    }
+    if (m->type == MessageType::refuse)
+      return SysError{EPROTO, "the running shunt refused: " + Reader(m->payload).str()};
+    if (m->type != MessageType::pairs)
+      return SysError{EPROTO, "expected pairs, got " + std::string(to_string(m->type))};
+    auto states = decode_pairs(m->payload);
+    if (!states || 2 * states->size() != m->fds.size())
+      return SysError{EBADMSG, "a pairs batch whose states and file descriptors disagree"};
+    for (std::size_t i = 0; i < states->size(); ++i)
+      pairs.push_back({std::move((*states)[i]), std::move(m->fds[2 * i]), std::move(m->fds[2 * i + 1])});
+  }
 }
 
 Status Successor::commit() {

@@ -10,7 +10,9 @@
 #include "takeover/protocol.h"
 
 #include <cstdint>
+#include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace shunt::takeover {
@@ -18,6 +20,19 @@ namespace shunt::takeover {
 struct InheritedListener {
   ListenerEntry entry;
   UniqueFd fd;
+};
+
+// Version 2: the sockmap's maps the old process shares, by name.
+struct InheritedMaps {
+  std::uint32_t version = 0;
+  std::vector<std::pair<std::string, UniqueFd>> maps;
+};
+
+// Version 2: one kernel-spliced pair, its state as the proxy encoded it.
+struct InheritedPair {
+  std::string state;
+  UniqueFd client;
+  UniqueFd upstream;
 };
 
 class Successor {
@@ -28,12 +43,20 @@ class Successor {
   static Result<Successor> begin(const std::string& control_socket, const Timeouts& timeouts);
 
   [[nodiscard]] std::vector<InheritedListener> take_listeners() { return std::move(listeners_); }
+  // Empty unless the old process sent them (version 2, and it has a sockmap).
+  [[nodiscard]] std::optional<InheritedMaps> take_kernel_maps() { return std::exchange(maps_, std::nullopt); }
   [[nodiscard]] std::uint32_t peer_pid() const { return peer_pid_; }
   [[nodiscard]] const std::string& peer_binary() const { return peer_binary_; }
   [[nodiscard]] std::uint16_t version() const { return version_; }
 
   // Accepting on every listener: wait until the old process stopped.
-  Status ready();
+  // `takes_pairs` (version 2): this process shares the old one's maps and
+  // takes its kernel-spliced pairs, which receive_pairs() then returns.
+  Status ready(bool takes_pairs);
+  [[nodiscard]] bool moves_pairs() const { return takes_pairs_; }
+  // After ready(true): every pair the old process froze for this one. It
+  // keeps its own fds until commit(), so dying before that loses nothing.
+  Result<std::vector<InheritedPair>> receive_pairs();
   // The control socket path is ours: the old process closes its copies.
   Status commit();
   // Tells the old process this one gives up (it keeps everything).
@@ -47,6 +70,8 @@ class Successor {
   std::uint32_t peer_pid_ = 0;
   std::string peer_binary_;
   std::vector<InheritedListener> listeners_;
+  std::optional<InheritedMaps> maps_;
+  bool takes_pairs_ = false;
 };
 
 }  // namespace shunt::takeover

@@ -48,6 +48,12 @@ std::string_view to_string(MessageType type) {
       return "released";
     case MessageType::commit:
       return "commit";
+    case MessageType::kernel_maps:
+      return "kernel_maps";
+    case MessageType::pairs:
+      return "pairs";
+    case MessageType::pairs_end:
+      return "pairs_end";
   }
   return "unknown";
 }

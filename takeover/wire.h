@@ -37,6 +37,10 @@ enum class MessageType : std::uint16_t {
   ready = 6,          // new -> old: accepting on every listener it was given
   released = 7,       // old -> new: the old one stopped accepting
   commit = 8,         // new -> old: the control socket is the new one's; old may let go
+  // Version 2:
+  kernel_maps = 9,  // old -> new, before listeners_end: the sockmap's maps, one fd each
+  pairs = 10,       // old -> new, after released: a batch of kernel-spliced pairs, two fds each
+  pairs_end = 11,   // old -> new: how many pairs were sent in all
 };
 
 std::string_view to_string(MessageType type);

@@ -20,6 +20,8 @@
 #include <utility>  // before Asio: Boost 1.74 awaitable.hpp uses std::exchange unincluded
 
 #include "common/cancel_slot.h"
+#include "common/unique_fd.h"
+#include "proxy/datapath/pair_handoff.h"
 #include "proxy/end_reason.h"
 #include "proxy/observer.h"
 
@@ -65,6 +67,8 @@ struct KernelSplice {
   // client's pod, whose netns holds the client's own socket.
   bpf::EndpointShortcut* shortcut = nullptr;
   std::string_view client_pod;
+  // This thread's pairs as a takeover moves them (null: never moved).
+  PairHandoff* handoff = nullptr;
 };
 
 // Hands both sockets to the BPF sockmap (sockmap_path.cpp); falls back to
@@ -89,5 +93,13 @@ boost::asio::awaitable<std::optional<Ending>> start_sockmap(SocketPair& pair, Da
 // coroutine anyway).
 boost::asio::awaitable<Ending> run_sockmap(SocketPair& pair, DatapathSink& sink, CancelSlot& cancel,
                                            const KernelSplice& kernel, bool inspected);
+
+// A pair another process handed over in a takeover: both sockets already in
+// the sockmap, `state` as that process left it. It starts frozen
+// (kernel.handoff, required) and acts on its sockets once thawed; `on_end`
+// as for start_sockmap.
+void start_sockmap_adopted(UniqueFd client, UniqueFd upstream, const SplicedPairState& state,
+                           DatapathSink& sink, CancelSlot& cancel, const KernelSplice& kernel,
+                           boost::asio::any_io_executor executor, std::function<void(Ending)> on_end);
 
 }  // namespace shunt::proxy

@@ -187,13 +187,25 @@ class CapturedEndpoint {
 // inside a call into it, so the owner may go away in `on_end`. An exception
 // in a step is logged and counted like a coroutine's (common/async.h) and
 // ends the pair with both sides reset.
-class SplicedPair : public std::enable_shared_from_this<SplicedPair> {
+//
+// A takeover (pair_handoff.h) freezes it: while frozen it does nothing to
+// its sockets (hang-ups and a cancel wait), and once let go it ends without
+// touching them, the new process holding them.
+class SplicedPair final : public std::enable_shared_from_this<SplicedPair>, public PairHandoff::Pair {
  public:
   using Clock = std::chrono::steady_clock;
 
+  // `adopted`: handed over by the process this one took over, with what
+  // its endpoint short-circuit moved already; it starts frozen.
+  struct Adopted {
+    std::uint64_t short_circuited = 0;
+    bool boosted = false;
+  };
+
   SplicedPair(std::uint64_t id, UniqueFd client, UniqueFd upstream, SplicedDirection up,
               SplicedDirection down, const bpf::HandoverResult& handover, DatapathSink& sink,
-              CancelSlot& cancel, const KernelSplice& kernel, asio::any_io_executor executor)
+              CancelSlot& cancel, const KernelSplice& kernel, asio::any_io_executor executor,
+              std::optional<Adopted> adopted = std::nullopt)
       : id_(id),
         client_(std::move(client)),
         upstream_(std::move(upstream)),
@@ -201,6 +213,8 @@ class SplicedPair : public std::enable_shared_from_this<SplicedPair> {
         down_(down),
         consumed_error_a_(handover.consumed_error_a),
         consumed_error_b_(handover.consumed_error_b),
+        adopted_(adopted),
+        handoff_(kernel.handoff),
         bridge_(*kernel.bridge),
         hangups_(*kernel.hangups),
         budget_(kernel.bulk_grants->budget()),
@@ -223,10 +237,25 @@ class SplicedPair : public std::enable_shared_from_this<SplicedPair> {
     // many set O_NONBLOCK only after their first bytes (iperf3 writes its
     // cookie first), and the fence makes a late capture as safe as an early
     // one. Only the last refusal is counted.
-    if (shortcut_ && !consumed_error_a_ && !consumed_error_b_) {
+    //
+    // An adopted pair is not captured again: the old process released its
+    // capture when it froze the pair (its bytes are in adopted_).
+    if (shortcut_ && !adopted_ && !consumed_error_a_ && !consumed_error_b_) {
       endpoint_ = std::make_unique<CapturedEndpoint>();
       try_capture();
     }
+    if (handoff_) {
+      if (adopted_) {
+        hold_ = Hold::frozen;
+        handoff_->adopt_frozen(*this);
+      } else {
+        handoff_->add(*this);
+      }
+    }
+    // It keeps the larger buffer it was granted in the old process if this
+    // one's budget has room for it too.
+    if (adopted_ && adopted_->boosted && budget_.try_acquire(BufferBudget::kBoostedBufferBytes))
+      boosted_bytes_ = BufferBudget::kBoostedBufferBytes;
     // Raw `this` in the watches and the cancel hook: end() removes them
     // before keep_alive_ lets go.
     client_watch_ = hangups_.add(client_.get(), [this](std::uint32_t) { poke(); });
@@ -247,6 +276,33 @@ class SplicedPair : public std::enable_shared_from_this<SplicedPair> {
                       });
     // The first look is posted too: on_end never runs before start_sockmap
     // has returned.
+    poke();
+  }
+
+  // --- PairHandoff::Pair, on this thread ---
+  PairHandoff::Exported freeze() override {
+    hold_ = Hold::frozen;
+    capture_retry_at_ = Clock::time_point::max();
+    if (endpoint_) endpoint_->release();  // the new process does not inherit this one's shortcut maps
+    SplicedPairState state;
+    state.client_cookie = up_.from_cookie;
+    state.upstream_cookie = down_.from_cookie;
+    state.client_consumed = up_.from_consumed_at_handover;
+    state.upstream_consumed = down_.from_consumed_at_handover;
+    state.client_written = down_.to_written_at_handover;
+    state.upstream_written = up_.to_written_at_handover;
+    state.short_circuited = short_circuited();
+    state.client_fin_forwarded = up_.fin_forwarded;
+    state.upstream_fin_forwarded = down_.fin_forwarded;
+    state.boosted = boosted_bytes_ != 0;
+    return {id_, state, client_.get(), upstream_.get()};
+  }
+  void thaw() override {
+    hold_ = Hold::running;
+    poke();
+  }
+  void let_go() override {
+    hold_ = Hold::gone;
     poke();
   }
 
@@ -313,6 +369,11 @@ class SplicedPair : public std::enable_shared_from_this<SplicedPair> {
   [[nodiscard]] bpf::EndpointStats shortcut_stats() const {
     return endpoint_ ? endpoint_->stats() : bpf::EndpointStats{};
   }
+  // Client -> upstream bytes the short-circuit moved, in this process and
+  // (adopted) before.
+  [[nodiscard]] std::uint64_t short_circuited() const {
+    return (adopted_ ? adopted_->short_circuited : 0) + shortcut_stats().bytes;
+  }
 
   // Only called once the source's FIN is visible. A direction may pass its
   // FIN on once every byte its source received
@@ -331,13 +392,18 @@ class SplicedPair : public std::enable_shared_from_this<SplicedPair> {
     // The short-circuit's bytes were pushed into the target inside the
     // client's sendmsg, before its FIN left; they count towards what the
     // target must have been written, never towards what the source received.
-    const std::uint64_t short_circuited = &d == &up_ ? shortcut_stats().bytes : 0;
-    return tcp_bytes_written(d.to) - d.to_written_at_handover >= redirected + short_circuited;
+    const std::uint64_t shortcut_bytes = &d == &up_ ? short_circuited() : 0;
+    return tcp_bytes_written(d.to) - d.to_written_at_handover >= redirected + shortcut_bytes;
   }
 
   // One look at the pair (what one turn of the old coroutine's loop did);
   // false when it has ended, true when it waits for the next event.
   bool advance() {
+    if (hold_ == Hold::gone) return false;
+    if (hold_ == Hold::frozen) {
+      wake_at(Clock::time_point::max());
+      return true;
+    }
     if (cancel_.cancelled()) {
       reset_fd(client_.get());
       reset_fd(upstream_.get());
@@ -431,6 +497,7 @@ class SplicedPair : public std::enable_shared_from_this<SplicedPair> {
   }
 
   void tear_down() {
+    if (handoff_) handoff_->remove(*this);
     hangups_.remove(client_watch_);
     hangups_.remove(upstream_watch_);
     on_cancel_.reset();
@@ -438,6 +505,17 @@ class SplicedPair : public std::enable_shared_from_this<SplicedPair> {
     ++timer_generation_;
     timer_.reset();
     if (boosted_bytes_) budget_.release(boosted_bytes_);
+    if (hold_ == Hold::gone) {
+      // The new process holds both sockets through descriptors of its own:
+      // closing ours is not their last close, so they stay in the sockmaps
+      // (a last close would take them out, and their queues with them), and
+      // their sock_peers entries stay for the new process's FIN rule.
+      spdlog::debug("connection {}: handed to the new process", id_);
+      ending_ = Ending(EndReason::taken_over);
+      client_.reset();
+      upstream_.reset();
+      return;
+    }
 
     // Bytes the verdict program took from one socket that never reached the
     // other's send queue: they sat in the target's psock backlog when the
@@ -455,7 +533,7 @@ class SplicedPair : public std::enable_shared_from_this<SplicedPair> {
     std::uint64_t dropped = 0;
     for (const SplicedDirection* d : {&up_, &down_}) {
       const std::uint64_t redirected =
-          bridge_.redirected_bytes(d->from_cookie) + (d == &up_ ? shortcut_stats.bytes : 0);
+          bridge_.redirected_bytes(d->from_cookie) + (d == &up_ ? short_circuited() : 0);
       const std::uint64_t written = tcp_bytes_written(d->to) - d->to_written_at_handover;
       if (redirected > written) dropped += redirected - written;
     }
@@ -472,7 +550,7 @@ class SplicedPair : public std::enable_shared_from_this<SplicedPair> {
 
     // Fold the kernel's counters into the connection before the peer entries
     // go, so the access log and metrics keep them.
-    sink_.kernel_released(bridge_.redirected_bytes(up_.from_cookie) + shortcut_stats.bytes,
+    sink_.kernel_released(bridge_.redirected_bytes(up_.from_cookie) + short_circuited(),
                           bridge_.redirected_bytes(down_.from_cookie));
     client_.reset();
     upstream_.reset();
@@ -488,6 +566,10 @@ class SplicedPair : public std::enable_shared_from_this<SplicedPair> {
   SplicedDirection down_;
   int consumed_error_a_;
   int consumed_error_b_;
+  std::optional<Adopted> adopted_;
+  PairHandoff* handoff_;  // null: never moved
+  enum class Hold { running, frozen, gone };
+  Hold hold_ = Hold::running;
   bpf::SockmapBridge& bridge_;
   HangupWatcher& hangups_;
   BufferBudget& budget_;
@@ -593,6 +675,27 @@ asio::awaitable<std::optional<Ending>> start_sockmap(SocketPair& pair, DatapathS
                                                cancel, kernel, co_await asio::this_coro::executor);
   spliced->start(std::move(on_end), *kernel.bulk_grants);
   co_return std::nullopt;
+}
+
+void start_sockmap_adopted(UniqueFd client, UniqueFd upstream, const SplicedPairState& state,
+                           DatapathSink& sink, CancelSlot& cancel, const KernelSplice& kernel,
+                           asio::any_io_executor executor, std::function<void(Ending)> on_end) {
+  const int client_fd = client.get(), upstream_fd = upstream.get();
+  const SplicedDirection up{client_fd,
+                            upstream_fd,
+                            state.client_cookie,
+                            state.client_consumed,
+                            state.upstream_written,
+                            state.client_fin_forwarded};
+  const SplicedDirection down{upstream_fd,           client_fd,
+                              state.upstream_cookie, state.upstream_consumed,
+                              state.client_written,  state.upstream_fin_forwarded};
+  sink.carried_by(config::Datapath::sockmap);
+  sink.kernel_spliced(state.client_cookie, state.upstream_cookie);
+  auto spliced = std::make_shared<SplicedPair>(
+      sink.id(), std::move(client), std::move(upstream), up, down, bpf::HandoverResult{}, sink, cancel,
+      kernel, std::move(executor), SplicedPair::Adopted{state.short_circuited, state.boosted});
+  spliced->start(std::move(on_end), *kernel.bulk_grants);
 }
 
 asio::awaitable<Ending> run_sockmap(SocketPair& pair, DatapathSink& sink, CancelSlot& cancel,

@@ -34,7 +34,8 @@ from shunt_harness import (PY, SHUNT_BIN, PodLab, Shunt, ThreadedServer, echo_ha
 
 MAGIC = 0x4F544853
 HEADER = struct.Struct("<IHHI")
-HELLO, WELCOME, REFUSE, LISTENERS, LISTENERS_END, READY, RELEASED, COMMIT = range(1, 9)
+HELLO, WELCOME, REFUSE, LISTENERS, LISTENERS_END, READY, RELEASED, COMMIT, KERNEL_MAPS, PAIRS, PAIRS_END = \
+    range(1, 12)
 
 
 def config(d, datapath):
@@ -253,17 +254,36 @@ class Fake:
         self.send(HELLO, struct.pack("<HHI", low, high, len(binary)) + binary + struct.pack("<I", os.getpid()),
                   version=low)
 
-    def until_ready(self):
-        """hello .. listeners_end, then ready; returns once `released`."""
-        self.hello()
-        assert self.recv()[0] == WELCOME
+    def until_ready(self, version=1):
+        """hello .. listeners_end, then ready; returns once `released`.
+        Version 2: the old process also sends its sockmap's maps, and
+        `ready` asks for its kernel-spliced pairs."""
+        self.hello(high=version)
+        mtype, payload = self.recv()
+        assert mtype == WELCOME and struct.unpack_from("<H", payload)[0] == version, (mtype, payload)
+        maps = 0
         while True:
             mtype, _ = self.recv()
             if mtype == LISTENERS_END:
                 break
+            if mtype == KERNEL_MAPS:
+                maps += 1
+                continue
             assert mtype == LISTENERS, mtype
-        self.send(READY)
+        assert maps == (1 if version >= 2 else 0), maps
+        self.send(READY, b"\x01" if version >= 2 else b"", version=version)
         assert self.recv()[0] == RELEASED
+
+    def receive_pairs(self):
+        """After until_ready(2): the frozen pairs' count (two fds each)."""
+        pairs = 0
+        while True:
+            mtype, payload = self.recv()
+            if mtype == PAIRS_END:
+                assert struct.unpack("<I", payload)[0] == pairs
+                return pairs
+            assert mtype == PAIRS, mtype
+            pairs += struct.unpack_from("<I", payload)[0]
 
     def close(self):
         self.sock.close()
@@ -319,6 +339,15 @@ class TakeoverTest(unittest.TestCase):
             self.assertEqual(value(samples, "shunt_takeovers_total", result="ok"), 1)
             self.assertGreater(value(samples, "shunt_takeover_listeners_transferred_total"), 3)
             self.assertEqual(value(samples, "shunt_takeovers_total", result="failed"), 0)
+            if datapath == "sockmap":
+                # The two transfers run through every takeover: each moved
+                # to the new process as a kernel-spliced pair (the keep-alive
+                # session is inspected, so it drains in the old process).
+                self.assertGreaterEqual(
+                    value(samples, "shunt_takeover_connections_transferred_total", datapath="sockmap"), 2)
+                for n, (_, log) in enumerate(self.procs):
+                    self.assertRegex(read_text(log), r"takeover: complete in \d+ ms: [2-9]\d* kernel-spliced",
+                                     f"takeover {n}")
             traffic.finish()
             self.assertEqual(traffic.errors, [])
             self.assertEqual(traffic.transfers_ok, 2)
@@ -365,6 +394,21 @@ class TakeoverTest(unittest.TestCase):
         d = self.ports(tmp.name)
         with Shunt(config(d, "sockmap"), wait_port=d["echo"]) as old:
             wait_ready(d["admin"], old.proc)
+            # Kernel-spliced pairs open through every failure below: each
+            # attempt freezes them and they must come back (or move) intact.
+            pairs = [socket.create_connection(("127.0.0.1", d["echo"]), timeout=10) for _ in range(3)]
+            for p in pairs:
+                self.addCleanup(p.close)
+            echoed = [0]
+
+            def echo_all(tag):
+                for i, p in enumerate(pairs):
+                    msg = struct.pack("!QQ", echoed[0], i) + tag
+                    p.sendall(msg)
+                    self.assertEqual(recv_exact(p, len(msg)), msg, tag)
+                echoed[0] += 1
+
+            echo_all(b"before")
             traffic = Traffic(d, self.bulk_peer, 4 << 20, rate=4 << 20)
             traffic.start()
 
@@ -392,6 +436,17 @@ class TakeoverTest(unittest.TestCase):
             before = traffic.connections
             time.sleep(0.5)
             self.assertGreater(traffic.connections, before, "not accepting again after the new process vanished")
+
+            # Version 2: the pairs are frozen and sent; the kernel keeps
+            # moving their bytes meanwhile. Gone before committing: the old
+            # process takes them back and acts on them again (FINs below).
+            fake = Fake(d["control"])
+            fake.until_ready(version=2)
+            self.assertGreaterEqual(fake.receive_pairs(), 3)  # and the transfers still running
+            echo_all(b"frozen")
+            fake.close()
+            time.sleep(0.3)
+            echo_all(b"taken back")
 
             # Stalled after the old one stopped accepting: the 5 s step
             # timeout, then taken back. SYNs meanwhile wait in the backlog.
@@ -431,19 +486,26 @@ class TakeoverTest(unittest.TestCase):
                     stages.append("completed")
                     current, current_log = proc, log
                     continue
-                stages.append("received listeners" if "listening socket(s) received" in text else "connecting")
+                stages.append("adopted pairs" if "kernel-spliced connection(s) received and adopted" in text else
+                              "received listeners" if "listening socket(s)" in text else "connecting")
                 proc.send_signal(signal.SIGKILL)
                 proc.wait()
                 self.assertIsNone(current.poll(), old.output()[-2000:])
                 before = traffic.connections
                 time.sleep(0.3)
                 self.assertGreater(traffic.connections, before, f"not accepting after a kill at {stages[-1]}")
+                echo_all(b"after a kill at " + stages[-1].encode())
             print("killed at:", ", ".join(stages))
             self.assertIn("received listeners", stages, "no kill landed mid-takeover; adjust the delays")
 
             # And whoever serves now can still be taken over for real; every
             # process before it drains and exits 0.
             newest = self.take_over(old, 99)
+            echo_all(b"moved")
+            # The FIN rule runs in whichever process holds a pair now.
+            for p in pairs:
+                p.shutdown(socket.SHUT_WR)
+                self.assertEqual(p.recv(1), b"", "no FIN passed on after the takeovers")
             traffic.finish()
             self.assertEqual(traffic.errors, [])
             self.assertEqual(traffic.transfers_ok, 2)

@@ -137,11 +137,16 @@ struct OldSide {
   ControlListener listener;
   std::vector<UniqueFd> sockets;
   std::atomic<int> paused{0}, resumed{0};
+  // Version 2: pairs (two sockets each) the hooks freeze, let go or thaw.
+  std::vector<UniqueFd> pair_sockets;
+  std::atomic<int> frozen{0}, let_go{0}, thawed{0};
   HandoverResult result;
   std::thread thread;
   Timeouts timeouts{200ms, 200ms};
 
-  explicit OldSide(std::size_t n_sockets) {
+  explicit OldSide(std::size_t n_sockets, std::size_t n_pairs = 0) {
+    for (std::size_t i = 0; i < 2 * n_pairs; ++i)
+      pair_sockets.emplace_back(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
     auto l = ControlListener::bind(path);
     EXPECT_TRUE(l);
     listener = std::move(*l);
@@ -168,6 +173,21 @@ struct OldSide {
     };
     hooks.pause = [this] { ++paused; };
     hooks.resume = [this] { ++resumed; };
+    if (!pair_sockets.empty()) {
+      hooks.kernel_maps = [this] {
+        return std::optional<HandedMaps>(HandedMaps{{7, {"m"}}, {pair_sockets[0].get()}});
+      };
+      hooks.freeze_pairs = [this] {
+        ++frozen;
+        std::vector<HandedPair> out;
+        for (std::size_t i = 0; i < pair_sockets.size(); i += 2)
+          out.push_back({"pair " + std::to_string(i / 2) + std::string(400, '.'), pair_sockets[i].get(),
+                         pair_sockets[i + 1].get()});
+        return out;
+      };
+      hooks.let_go_pairs = [this] { ++let_go; };
+      hooks.thaw_pairs = [this] { ++thawed; };
+    }
     boost::asio::co_spawn(
         io, [&]() -> boost::asio::awaitable<void> { result = co_await hand_over(peer, hooks, timeouts); },
         boost::asio::detached);
@@ -187,7 +207,7 @@ TEST(TakeoverHandover, CompletesWithBatchesBeyondScmMaxFd) {
   ASSERT_EQ(got.size(), 300u);
   EXPECT_EQ(got[299].entry.endpoint, "127.0.0.1:299");
   EXPECT_EQ(inode(got[299].fd.get()), inode(old.sockets[299].get()));
-  ASSERT_TRUE(s->ready());
+  ASSERT_TRUE(s->ready(false));
   ASSERT_TRUE(s->commit());
   const auto r = old.finish();
   EXPECT_EQ(r.outcome, Outcome::ok) << r.detail;
@@ -196,12 +216,74 @@ TEST(TakeoverHandover, CompletesWithBatchesBeyondScmMaxFd) {
   EXPECT_EQ(old.resumed, 0);
 }
 
+// Version 2: the maps with the listeners; 300 pairs in batches bounded by
+// both SCM_MAX_FD (126 pairs) and the payload (~400 bytes a state), each
+// with its two sockets; the old side lets go only after the commit.
+TEST(TakeoverHandover, PairsMoveInBatchesAndAreLetGoAfterCommit) {
+  OldSide old(2, 300);
+  auto s = Successor::begin(old.path, Timeouts{1s, 1s});
+  ASSERT_TRUE(s) << s.error().message();
+  EXPECT_EQ(s->version(), 2);
+  auto maps = s->take_kernel_maps();
+  ASSERT_TRUE(maps);
+  EXPECT_EQ(maps->version, 7u);
+  ASSERT_EQ(maps->maps.size(), 1u);
+  EXPECT_EQ(inode(maps->maps[0].second.get()), inode(old.pair_sockets[0].get()));
+  ASSERT_TRUE(s->ready(true));
+  auto pairs = s->receive_pairs();
+  ASSERT_TRUE(pairs) << pairs.error().message();
+  ASSERT_EQ(pairs->size(), 300u);
+  EXPECT_EQ((*pairs)[299].state.substr(0, 8), "pair 299");
+  EXPECT_EQ(inode((*pairs)[299].upstream.get()), inode(old.pair_sockets[599].get()));
+  EXPECT_EQ(old.let_go, 0);
+  ASSERT_TRUE(s->commit());
+  const auto r = old.finish();
+  EXPECT_EQ(r.outcome, Outcome::ok) << r.detail;
+  EXPECT_EQ(r.pairs, 300u);
+  EXPECT_EQ(old.frozen, 1);
+  EXPECT_EQ(old.let_go, 1);
+  EXPECT_EQ(old.thawed, 0);
+}
+
+TEST(TakeoverHandover, NewProcessGoneAfterThePairsIsTakenBack) {
+  OldSide old(2, 3);
+  {
+    auto s = Successor::begin(old.path, Timeouts{1s, 1s});
+    ASSERT_TRUE(s) << s.error().message();
+    ASSERT_TRUE(s->ready(true));
+    auto pairs = s->receive_pairs();
+    ASSERT_TRUE(pairs);
+    EXPECT_EQ(pairs->size(), 3u);
+  }  // gone without commit
+  const auto r = old.finish();
+  EXPECT_EQ(r.outcome, Outcome::failed);
+  EXPECT_EQ(old.let_go, 0);
+  EXPECT_EQ(old.thawed, 1);
+  EXPECT_EQ(old.resumed, 1);
+}
+
+// A new process that does not share the maps (ready(false)) gets no pairs.
+TEST(TakeoverHandover, PairsStayWhenTheNewProcessDoesNotTakeThem) {
+  OldSide old(2, 3);
+  auto s = Successor::begin(old.path, Timeouts{1s, 1s});
+  ASSERT_TRUE(s) << s.error().message();
+  ASSERT_TRUE(s->ready(false));
+  auto pairs = s->receive_pairs();
+  ASSERT_TRUE(pairs);
+  EXPECT_TRUE(pairs->empty());
+  ASSERT_TRUE(s->commit());
+  const auto r = old.finish();
+  EXPECT_EQ(r.outcome, Outcome::ok) << r.detail;
+  EXPECT_EQ(old.frozen, 0);
+  EXPECT_EQ(r.pairs, 0u);
+}
+
 TEST(TakeoverHandover, NewProcessGoneAfterReadyIsTakenBack) {
   OldSide old(2);
   {
     auto s = Successor::begin(old.path, Timeouts{1s, 1s});
     ASSERT_TRUE(s) << s.error().message();
-    ASSERT_TRUE(s->ready());
+    ASSERT_TRUE(s->ready(false));
   }  // gone without commit
   const auto r = old.finish();
   EXPECT_EQ(r.outcome, Outcome::failed);

@@ -1,0 +1,105 @@
+// Kernel-spliced pairs as a takeover moves them to a new process
+// (docs/operating.md, "Upgrades"; the protocol is takeover/). Once a pair
+// is in the sockmap its bytes need no userspace: what moves is the two
+// sockets and the few numbers the sockmap path's FIN rule needs
+// (SplicedPairState). One PairHandoff per worker thread, touched only on
+// that thread.
+//
+// The sequence, on both sides:
+//   old: freeze_all() -> (the new process holds the sockets) -> let_go_frozen()
+//        or, when the new process fails, thaw_frozen();
+//   new: each adopted pair starts frozen (adopt_frozen) -> commit -> thaw_frozen().
+// While frozen a pair does nothing to its sockets (no FIN forwarded, no
+// reset, a cancel deferred), so whichever process ends up holding it finds
+// it as the other left it. The kernel moves its bytes all along.
+#pragma once
+
+#include <cstdint>
+#include <unordered_set>
+#include <vector>
+
+namespace shunt::proxy {
+
+// What the sockmap path's loop knows about a pair beyond its sockets. The
+// cookies identify the sockets (SO_COOKIE is per socket, not per fd, so it
+// is the same in both processes) and key the shared sock_peers counters.
+struct SplicedPairState {
+  std::uint64_t client_cookie = 0;
+  std::uint64_t upstream_cookie = 0;
+  // Drain baselines (sockmap_path.cpp, `drained`): what userspace read from
+  // each socket and wrote to it before the pair entered the sockmap.
+  std::uint64_t client_consumed = 0;
+  std::uint64_t upstream_consumed = 0;
+  std::uint64_t client_written = 0;
+  std::uint64_t upstream_written = 0;
+  // Client -> upstream bytes the endpoint short-circuit moved. The capture
+  // is released when a pair freezes (a new process does not inherit the
+  // old one's shortcut maps), so this is final from then on.
+  std::uint64_t short_circuited = 0;
+  bool client_fin_forwarded = false;    // the client's FIN passed to the upstream
+  bool upstream_fin_forwarded = false;  // the upstream's FIN passed to the client
+  bool boosted = false;                 // holds a bulk send buffer (BufferBudget)
+};
+
+class PairHandoff {
+ public:
+  struct Exported {
+    std::uint64_t connection_id = 0;
+    SplicedPairState state;
+    int client_fd = -1;  // borrowed: open until let_go_frozen() or the pair ends
+    int upstream_fd = -1;
+  };
+
+  // Implemented by the sockmap path's loop for the pair it runs.
+  class Pair {
+   public:
+    // Stop acting on the sockets; the state as it stands.
+    virtual Exported freeze() = 0;
+    // Act again (and check the sockets at once: a FIN or reset may have
+    // come meanwhile).
+    virtual void thaw() = 0;
+    // Another process holds the sockets: close this process's descriptors
+    // without touching the connection and end.
+    virtual void let_go() = 0;
+
+   protected:
+    ~Pair() = default;
+  };
+
+  void add(Pair& pair) { pairs_.insert(&pair); }
+  // A pair received from the old process: frozen until thaw_frozen().
+  void adopt_frozen(Pair& pair) {
+    pairs_.insert(&pair);
+    frozen_.insert(&pair);
+  }
+  void remove(Pair& pair) {
+    pairs_.erase(&pair);
+    frozen_.erase(&pair);
+  }
+
+  std::vector<Exported> freeze_all() {
+    std::vector<Exported> out;
+    out.reserve(pairs_.size());
+    for (Pair* p : pairs_)
+      if (frozen_.insert(p).second) out.push_back(p->freeze());
+    return out;
+  }
+  void let_go_frozen() {
+    // let_go() ends the pair, which removes it: iterate over a copy.
+    const std::vector<Pair*> frozen(frozen_.begin(), frozen_.end());
+    frozen_.clear();
+    for (Pair* p : frozen) p->let_go();
+  }
+  void thaw_frozen() {
+    const std::vector<Pair*> frozen(frozen_.begin(), frozen_.end());
+    frozen_.clear();
+    for (Pair* p : frozen) p->thaw();
+  }
+  [[nodiscard]] std::size_t size() const { return pairs_.size(); }
+
+ private:
+  std::unordered_set<Pair*> pairs_;
+  std::unordered_set<Pair*> frozen_;
+};
+
+}  // namespace shunt::proxy

@@ -1,0 +1,87 @@
+// A kernel-spliced connection's state on the takeover wire
+// (daemon/transfer_codec.h): every field survives the trip, and damaged
+// bytes are refused rather than half-read.
+#include "daemon/transfer_codec.h"
+
+#include <gtest/gtest.h>
+
+namespace shunt::proxy {
+namespace {
+
+TransferredConnection sample() {
+  TransferredConnection t;
+  t.id = 42;
+  t.listener = "pods";
+  t.src = config::Endpoint(boost::asio::ip::make_address("10.200.0.2"), 40123);
+  t.dst = config::Endpoint(boost::asio::ip::make_address("fd00::3"), 8080);
+  t.src_pod = "web";
+  t.dst_pod = "api";
+  t.rule = "api-get";
+  t.started = std::chrono::steady_clock::now();
+  t.started_wall = std::chrono::system_clock::now();
+  t.bytes_up = 123;
+  t.bytes_down = 456;
+  t.path_up = KernelPath::sk_msg;
+  t.basis.inspect = policy::Inspect::http;
+  t.basis.requests_uninspected = true;
+  t.basis.sni = "api.example";
+  t.basis.last_request = DecisionBasis::Request{"GET", "/api/x", "api", {{"x-a", "1"}, {"x-b", ""}}};
+  t.state = SplicedPairState{1, 2, 3, 4, 5, 6, 7, true, false, true};
+  return t;
+}
+
+TEST(TakeoverTransfer, RoundTrip) {
+  const TransferredConnection t = sample();
+  const auto back = decode_connection(encode(t));
+  ASSERT_TRUE(back);
+  EXPECT_EQ(back->id, 42u);
+  EXPECT_EQ(back->listener, "pods");
+  EXPECT_EQ(back->src, t.src);
+  EXPECT_EQ(back->dst, t.dst);
+  EXPECT_EQ(back->src_pod, "web");
+  EXPECT_EQ(back->dst_pod, "api");
+  EXPECT_EQ(back->rule, "api-get");
+  EXPECT_EQ(back->started, t.started);
+  EXPECT_EQ(std::chrono::duration_cast<std::chrono::nanoseconds>(back->started_wall - t.started_wall).count(),
+            0);
+  EXPECT_EQ(back->bytes_up, 123u);
+  EXPECT_EQ(back->bytes_down, 456u);
+  EXPECT_EQ(back->path_up, KernelPath::sk_msg);
+  EXPECT_EQ(back->path_down, KernelPath::sk_skb);
+  EXPECT_EQ(back->basis.inspect, policy::Inspect::http);
+  EXPECT_TRUE(back->basis.requests_uninspected);
+  EXPECT_EQ(back->basis.sni, "api.example");
+  ASSERT_TRUE(back->basis.last_request);
+  EXPECT_EQ(back->basis.last_request->path, "/api/x");
+  ASSERT_EQ(back->basis.last_request->headers.size(), 2u);
+  EXPECT_EQ(back->basis.last_request->headers[0].first, "x-a");
+  EXPECT_EQ(back->basis.last_request->headers[0].second, "1");
+  const SplicedPairState& s = back->state;
+  EXPECT_EQ(s.client_cookie, 1u);
+  EXPECT_EQ(s.upstream_cookie, 2u);
+  EXPECT_EQ(s.client_consumed, 3u);
+  EXPECT_EQ(s.upstream_consumed, 4u);
+  EXPECT_EQ(s.client_written, 5u);
+  EXPECT_EQ(s.upstream_written, 6u);
+  EXPECT_EQ(s.short_circuited, 7u);
+  EXPECT_TRUE(s.client_fin_forwarded);
+  EXPECT_FALSE(s.upstream_fin_forwarded);
+  EXPECT_TRUE(s.boosted);
+}
+
+TEST(TakeoverTransfer, DamagedBytesAreRefused) {
+  const std::string bytes = encode(sample());
+  EXPECT_FALSE(decode_connection(bytes.substr(0, bytes.size() - 1)));
+  EXPECT_FALSE(decode_connection(bytes + "x"));
+  EXPECT_FALSE(decode_connection(""));
+  TransferredConnection no_request = sample();
+  no_request.basis.last_request.reset();
+  no_request.basis.sni.reset();
+  const auto back = decode_connection(encode(no_request));
+  ASSERT_TRUE(back);
+  EXPECT_FALSE(back->basis.sni);
+  EXPECT_FALSE(back->basis.last_request);
+}
+
+}  // namespace
+}  // namespace shunt::proxy
