@@ -56,6 +56,22 @@ void guarded_spawn(Where&& where, const char* what, boost::asio::awaitable<void>
                         });
 }
 
+// Runs `f`, a callback that serves a connection outside any coroutine (a
+// parked keep-alive connection's wake, a kernel-spliced pair's step),
+// under the same policy as a survivable coroutine: an exception is logged
+// with `what` and counted, never thrown into the io_context. True when `f`
+// returned normally.
+template <typename F>
+bool guarded_call(const char* what, F&& f) noexcept {
+  try {
+    std::forward<F>(f)();
+    return true;
+  } catch (...) {
+    coroutine_failed(what, std::current_exception(), Failure::survivable);
+    return false;
+  }
+}
+
 // A one-shot time limit on one thread's executor: arm() schedules
 // `on_expiry` at a time point, disarm() (or destruction) takes it back.
 // Once disarm() has returned, `on_expiry` does not run, even if the timer

@@ -84,17 +84,24 @@ void Connection::adopt(ProxyContext& proxy, WorkerContext& worker, const config:
 }
 
 asio::awaitable<void> Connection::run(std::shared_ptr<Connection> self) {
+  Connection& c = *self;
+  return drive(std::move(self), c.serve());
+}
+
+asio::awaitable<void> Connection::drive(std::shared_ptr<Connection> self, asio::awaitable<void> body) {
+  self->detached_ = false;
   try {
-    co_await self->serve();
+    co_await std::move(body);
   } catch (const std::exception& e) {
     spdlog::warn("connection {}: {}", self->info_ ? self->info_->id : 0, e.what());
     if (self->info_) self->settle(Ending(EndReason::proxy_error, e.what()));
     reset_socket(self->sockets_.client);
     reset_socket(self->sockets_.upstream);
+    self->detached_ = false;
   }
-  // A pair the kernel carries on finishes the connection from its own
-  // callback (forward()); this frame is gone long before.
-  if (!self->kernel_owned_) self->finish();
+  // A pair the kernel carries on, or a parked keep-alive connection, is
+  // finished from its own callback (forward(), park()).
+  if (!self->detached_) self->finish();
 }
 
 void Connection::decided(const policy::Decision& decision) {
@@ -331,9 +338,18 @@ asio::awaitable<bool> Connection::inspect(policy::Inspect kind, policy::Flow flo
   if (kind == policy::Inspect::tls) {
     out = co_await inspect_tls(inspection(std::move(sockets_.client), flow));
   } else {
-    out = co_await inspect_http(inspection(std::move(sockets_.client), flow));
+    // A parked connection comes back with its upstream (resume_http).
+    HttpResume resume{.may_park = true, .upstream = std::nullopt};
+    if (sockets_.upstream.is_open()) resume.upstream.emplace(std::move(sockets_.upstream));
+    Inspection in = inspection(std::move(sockets_.client), flow);
+    out = co_await inspect_http(std::move(in), std::move(resume));
   }
   settle(out.ending);
+  if (out.parked) {
+    sockets_ = std::move(*out.parked);
+    park();
+    co_return false;
+  }
   if (out.http2) {
     // Prior-knowledge HTTP/2: every stream is decided by the HTTP/2
     // inspector, which finishes the connection itself (never a handover).
@@ -360,7 +376,7 @@ asio::awaitable<void> Connection::forward() {
       std::optional<Ending> ended =
           co_await start_sockmap(sockets_, *this, cancel_, kernel, inspected_, std::move(on_end));
       if (!ended) {
-        kernel_owned_ = true;
+        detached_ = true;
         co_return;
       }
       ending = std::move(*ended);
@@ -464,6 +480,75 @@ asio::awaitable<bool> Connection::connect_upstream() {
   boost::system::error_code ignored;
   sockets_.client.set_option(tcp::no_delay(true), ignored);
   co_return true;
+}
+
+asio::awaitable<void> Connection::resume_http() {
+  policy::Flow flow;
+  {
+    std::lock_guard lock(info_->mu);
+    flow = info_->basis.flow;
+  }
+  if (co_await inspect(policy::Inspect::http, flow)) co_await forward();
+}
+
+void Connection::park() {
+  parked_ = true;
+  detached_ = true;
+  const std::uint32_t generation = ++park_generation_;
+  // Each wait holds the connection; whichever ends first resumes it (or
+  // finishes it) and cancels the other, whose late completion the
+  // generation turns away.
+  auto self = shared_from_this();
+  sockets_.client.async_wait(tcp::socket::wait_read, [self, generation](const boost::system::error_code& ec) {
+    self->unpark(generation, ec);
+  });
+  sockets_.upstream.async_wait(tcp::socket::wait_read,
+                               [self = std::move(self), generation](const boost::system::error_code& ec) {
+                                 self->unpark(generation, ec);
+                               });
+  // A plain pointer: unpark() unwatches before the waits let go of the
+  // connection.
+  watch_quiet(std::chrono::steady_clock::now() + settings().timeouts.keepalive, [this] { close_parked(); });
+}
+
+void Connection::unpark(std::uint32_t generation, const boost::system::error_code& ec) {
+  if (!parked_ || generation != park_generation_) return;
+  parked_ = false;
+  const bool resumed = guarded_call("parked connection", [&] {
+    unwatch_quiet();
+    boost::system::error_code ignored;
+    sockets_.client.cancel(ignored);  // the other wait
+    sockets_.upstream.cancel(ignored);
+    if (ec || aborted_ || finished_ || !sockets_.client.is_open() || !sockets_.upstream.is_open()) {
+      // Closed or reset under the park (keep-alive expiry, revoke, idle
+      // timeout, shutdown): the cause is recorded already.
+      sockets_.client.close(ignored);
+      sockets_.upstream.close(ignored);
+      finish();
+      return;
+    }
+    guarded_spawn(worker_.io, "connection", drive(shared_from_this(), resume_http()), Failure::survivable);
+  });
+  if (!resumed) {
+    guarded_call("parked connection", [&] {
+      settle(Ending(EndReason::proxy_error, "parked connection failed"));
+      reset_socket(sockets_.client);
+      reset_socket(sockets_.upstream);
+      finish();
+    });
+  }
+}
+
+void Connection::close_parked() {
+  if (!parked_) return;
+  spdlog::debug("connection {}: no request for {} ms; closing", info_->id,
+                settings().timeouts.keepalive.count());
+  settle(Ending(EndReason::keepalive_timeout));
+  boost::system::error_code ignored;
+  sockets_.client.shutdown(tcp::socket::shutdown_send, ignored);
+  sockets_.upstream.shutdown(tcp::socket::shutdown_send, ignored);
+  sockets_.client.close(ignored);
+  sockets_.upstream.close(ignored);
 }
 
 void Connection::watch_quiet(std::chrono::steady_clock::time_point at, std::function<void()> on_due) {

@@ -123,7 +123,25 @@ class Connection : public std::enable_shared_from_this<Connection>,
   void unwatch_quiet() override { quiet_due_ = nullptr; }
 
  private:
+  // Runs `body` (serve, or a parked connection's resumption) under the
+  // connection's error policy, then finishes the connection unless it was
+  // left detached_ (its frame holds `self` until then).
+  static boost::asio::awaitable<void> drive(std::shared_ptr<Connection> self,
+                                            boost::asio::awaitable<void> body);
   boost::asio::awaitable<void> serve();
+  // A parked keep-alive connection whose client (or upstream) has bytes or
+  // an end again: HTTP inspection goes on, between requests.
+  boost::asio::awaitable<void> resume_http();
+  // Holds an idle keep-alive connection (InspectOutcome::parked) as this
+  // record and a readiness wait on each socket: no coroutine frame, no
+  // buffer, no parser (issue 16). timeouts.keepalive runs through the
+  // idle sweep (QuietWatch); revoke, idle timeout and shutdown reset the
+  // sockets, which ends both waits.
+  void park();
+  void unpark(std::uint32_t generation, const boost::system::error_code& ec);
+  // The keep-alive expired while parked: FIN both ways (nothing is owed)
+  // and close; the park's waits end and finish the connection.
+  void close_parked();
   [[nodiscard]] const config::ProxySettings& settings() const { return policy_->config().proxy; }
   // connect() into sockets_.upstream, for an L4 allow. On failure: records
   // the reason and error, resets the client and returns false.
@@ -166,9 +184,14 @@ class Connection : public std::enable_shared_from_this<Connection>,
   bool aborted_ = false;
   bool finished_ = false;
   bool inspected_ = false;
-  // The sockmap pair runs without this connection's coroutine and calls
-  // finish() when it ends (forward()).
-  bool kernel_owned_ = false;
+  // No coroutine of this connection runs, and something else finishes it:
+  // the kernel-spliced pair's callback (forward()) or the park's wake
+  // (park()).
+  bool detached_ = false;
+  // HTTP keep-alive between requests with no coroutine (park()); the
+  // generation tells a park's waits from a later park's.
+  bool parked_ = false;
+  std::uint32_t park_generation_ = 0;
   CancelSlot cancel_;
   SourceLimiter::Lease source_slot_;
   // The idle check's state (check_idle): bytes at the last check and when

@@ -39,6 +39,20 @@
 // Between requests (a response delivered, no byte of the next request)
 // timeouts.keepalive applies; it is much shorter than timeouts.idle, so
 // idle keep-alive connections do not pile up.
+//
+// Parking (HttpResume::may_park, issue 16): most of a node's connections
+// are idle keep-alive ones, and a suspended inspection costs its coroutine
+// frames, parser and session (~9 KB). So once every answer is delivered,
+// nothing is buffered, both parsers are between messages and neither side
+// said `Connection: close`, the request loop stops the pump and returns
+// the pair as InspectOutcome::parked. The caller (Connection::park) holds
+// it with a readiness wait per socket and runs timeouts.keepalive through
+// the idle sweep; when either side has bytes (or ends) it calls
+// inspect_http again with the upstream, and a fresh session and parsers
+// read what follows exactly as the old ones would have (that is what the
+// conditions guarantee). The last answer usually completes while the
+// request loop already waits for the client: retire_request then cancels
+// that wait (Session::park_wake) so the loop parks.
 #include "common/async.h"
 #include "common/http_status.h"
 #include "common/io_buffer.h"
@@ -207,6 +221,17 @@ struct Session : std::enable_shared_from_this<Session> {
   // for the HTTP/2 inspector (InspectOutcome::http2).
   std::optional<std::string> http2_initial;
 
+  // HttpResume: the caller can hold a parked connection; this inspection
+  // continues one (its upstream was connected before).
+  bool may_park = false;
+  bool resumed = false;
+  bool parked = false;  // run_requests stopped to park (InspectOutcome::parked)
+  // The request loop waits for the client between requests (the
+  // keep-alive wait); park_wake: retire_request cancelled that wait so the
+  // loop parks.
+  bool keepalive_wait = false;
+  bool park_wake = false;
+
   void notify() { event.cancel(); }
   asio::awaitable<void> wait() {
     boost::system::error_code ec;
@@ -275,7 +300,15 @@ void retire_request(Session& s, int status) {
   const PendingRequest& p = s.pending.front();
   log_request(s, p.method, p.path, p.host, p.rule, true, status, p.decided, p.bytes_up, p.bytes_down);
   s.pending.pop_front();
-  if (s.pending.empty()) s.quiet_since = Clock::now();
+  if (!s.pending.empty()) return;
+  s.quiet_since = Clock::now();
+  if (s.may_park && s.keepalive_wait) {
+    // The last answer is out while the request loop waits for the client
+    // between requests: wake it to park (run_requests).
+    s.park_wake = true;
+    boost::system::error_code ignored;
+    s.client().cancel(ignored);
+  }
 }
 
 // Writes all of `data`. A cancel() aimed at the other operation on the same
@@ -431,6 +464,7 @@ struct ReadResult {
   std::size_t n = 0;
   boost::system::error_code ec;
   bool timed_out = false;
+  bool park = false;  // woken to park (Session::park_wake)
 };
 
 // How long a client read may wait: no limit (inside a body: the upstream
@@ -504,11 +538,16 @@ asio::awaitable<ReadResult> wait_client(std::shared_ptr<Session> self, ReadLimit
     arm_keepalive(s, Clock::now() + s.settings().timeouts.keepalive);
   }
   s.reading_client = true;
+  s.keepalive_wait = limit.keepalive;
+  s.park_wake = false;
   co_await s.client().async_wait(tcp::socket::wait_read, asio::redirect_error(use_awaitable, r.ec));
   s.reading_client = false;
+  s.keepalive_wait = false;
   s.read_deadline.disarm();
   s.in.quiet.unwatch_quiet();
   r.timed_out = r.ec == asio::error::operation_aborted && s.read_timed_out && !s.aborted();
+  r.park = r.ec == asio::error::operation_aborted && s.park_wake && !r.timed_out && !s.aborted();
+  s.park_wake = false;
   co_return r;
 }
 
@@ -693,12 +732,25 @@ asio::awaitable<bool> run_requests(std::shared_ptr<Session> self) {
   std::size_t parsed = 0;             // first byte not yet parsed
   std::size_t end = 0;                // end of buffered bytes
   http::RequestParser parser(settings.http);
-  bool in_body = false;    // between an allowed head and its message end
-  bool connected = false;  // upstream connected (lazily, at the first allowed request)
+  bool in_body = false;  // between an allowed head and its message end
+  // Upstream connected (lazily, at the first allowed request; before a
+  // parked connection was resumed).
+  bool connected = s.upstream.is_open();
   // The first head must be complete within timeouts.header of the accept;
   // later ones within timeouts.header of their first byte (before that
-  // byte, timeouts.keepalive applies).
-  std::optional<Clock::time_point> deadline = s.in.started + header_timeout;
+  // byte, timeouts.keepalive applies). A resumed connection is between
+  // requests.
+  std::optional<Clock::time_point> deadline;
+  if (!s.resumed) deadline = s.in.started + header_timeout;
+  // A resumed connection was woken by bytes (or an end) on one side: it
+  // parks again only after it has read from the client.
+  bool read_since_resume = !s.resumed;
+  if (connected) {
+    // Resumed: the pump watches the upstream again (its FIN, a late byte).
+    s.pump_running = true;
+    guarded_spawn(co_await asio::this_coro::executor, "HTTP response pump", pump_responses(self),
+                  Failure::survivable);
+  }
 
   auto forward_bytes = [&](const char* data, std::size_t n) -> asio::awaitable<bool> {
     if (n == 0) co_return true;
@@ -889,19 +941,34 @@ asio::awaitable<bool> run_requests(std::shared_ptr<Session> self) {
     // Between requests: a request has ended and no byte of the next one has
     // come (else `deadline` runs). The keep-alive deadline applies.
     const bool between_requests = !in_body && !deadline;
+    // Park: nothing owed either way and both parsers between messages of a
+    // connection that stays open, so a fresh session reads what comes next
+    // exactly as this one would. The pump is stopped first (no read
+    // pending); an upstream that ended meanwhile keeps the connection here,
+    // where the next request finds it gone.
+    if (between_requests && end == 0 && s.may_park && read_since_resume && connected && s.pump_running &&
+        s.pending.empty() && parser.idle_keep_alive() && s.responses.idle_keep_alive()) {
+      co_await stop_pump(s);
+      if (s.aborted()) co_return false;
+      if (!s.upstream_ended && s.pending.empty()) {
+        s.parked = true;
+        co_return false;
+      }
+    }
     const ReadLimit limit = in_body            ? ReadLimit{}
                             : between_requests ? ReadLimit{std::nullopt, true}
                                                : ReadLimit{deadline, false};
     ReadResult got;
     for (;;) {
       got = co_await wait_client(self, limit);
-      if (got.ec || got.timed_out) break;
+      if (got.park || got.ec || got.timed_out) break;
       in.make_room(end, buffer_limit, last_read_filled);
       const std::size_t room = in.capacity() - end;
       got.n = s.client().read_some(asio::buffer(in.data() + end, room), got.ec);
       last_read_filled = got.n == room;
       if (got.ec != asio::error::would_block && got.ec != asio::error::try_again) break;
     }
+    if (got.park) continue;  // the last answer went out: park now (above)
     if (got.timed_out && between_requests) co_return co_await close_idle(self);
     if (got.timed_out) co_return co_await refuse_malformed(self, 408, nullptr);
     if (got.ec == asio::error::eof) {
@@ -925,15 +992,21 @@ asio::awaitable<bool> run_requests(std::shared_ptr<Session> self) {
     }
     if (!in_body && !deadline) deadline = Clock::now() + header_timeout;
     end += got.n;
+    read_since_resume = true;
   }
 }
 
 }  // namespace
 
 SHUNT_FRAME_ALLOC_WARNING_OFF  // common/async.h
-asio::awaitable<InspectOutcome> inspect_http(Inspection in) {
+asio::awaitable<InspectOutcome> inspect_http(Inspection in, HttpResume resume) {
   auto session = std::make_shared<Session>(in, co_await asio::this_coro::executor);
   Session& s = *session;
+  s.may_park = resume.may_park;
+  if (resume.upstream) {
+    s.upstream = std::move(*resume.upstream);
+    s.resumed = true;
+  }
   // A cancel resets both sockets and wakes the request loop if it is
   // waiting for the pump.
   const auto on_cancel = in.cancel.install([&s] { s.reset_both(); });
@@ -960,6 +1033,8 @@ asio::awaitable<InspectOutcome> inspect_http(Inspection in) {
   out.ending = std::move(s.ending);
   if (s.http2_initial) {
     out.http2.emplace(Http2Start{std::move(in.client), std::move(*s.http2_initial)});
+  } else if (s.parked && !s.aborted()) {
+    out.parked.emplace(SocketPair{std::move(in.client), std::move(s.upstream)});
   } else if (hand_over && !s.aborted()) {
     out.handover.emplace(SocketPair{std::move(in.client), std::move(s.upstream)});
   } else {

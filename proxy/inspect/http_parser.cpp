@@ -350,7 +350,10 @@ int RequestParser::on_headers_complete(llhttp_t* p) {
 }
 
 int RequestParser::on_message_complete(llhttp_t* p) {
-  static_cast<RequestParser*>(p->data)->in_message_ = false;
+  auto* self = static_cast<RequestParser*>(p->data);
+  self->in_message_ = false;
+  // Read here: llhttp clears the flags it answers from once this returns.
+  self->keep_alive_ = llhttp_should_keep_alive(p) != 0;
   // Stop at the boundary so the caller can flush this request's bytes
   // before looking at the next head.
   return HPE_PAUSED;
@@ -453,8 +456,15 @@ ResponseParser::ResponseParser() {
   parser_.data = this;
 }
 
+bool RequestParser::idle_keep_alive() const {
+  return !in_message_ && collecting_ && head_bytes_.empty() && !upgrade_pending_ && !chunked_ && keep_alive_;
+}
+
+bool ResponseParser::idle_keep_alive() const { return expected_.empty() && !in_message_ && keep_alive_; }
+
 int ResponseParser::on_message_begin(llhttp_t* p) {
   auto* self = static_cast<ResponseParser*>(p->data);
+  self->in_message_ = true;
   self->field_.clear();
   self->value_.clear();
   self->switched_to_.clear();
@@ -505,6 +515,9 @@ int ResponseParser::on_headers_complete(llhttp_t* p) {
 
 int ResponseParser::on_message_complete(llhttp_t* p) {
   auto* self = static_cast<ResponseParser*>(p->data);
+  self->in_message_ = false;
+  // Read here: llhttp clears the flags it answers from once this returns.
+  self->keep_alive_ = llhttp_should_keep_alive(p) != 0;
   const int status = p->status_code;
   if (status / 100 == 1 && status != 101) return 0;  // interim: the final response is still to come
   if (!self->expected_.empty()) self->expected_.pop_front();

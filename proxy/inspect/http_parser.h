@@ -141,6 +141,11 @@ class RequestParser {
   [[nodiscard]] const RequestHead& head() const { return head_; }
   // True between a request's first byte and its message_end.
   [[nodiscard]] bool in_message() const { return in_message_; }
+  // Between requests, no upgrade pending, and the last request left the
+  // connection open for more (no `Connection: close`): a fresh parser reads
+  // what follows exactly as this one would. A parked keep-alive connection
+  // keeps no parser (proxy/inspect/http_inspector.cpp).
+  [[nodiscard]] bool idle_keep_alive() const;
 
  private:
   static int on_message_begin(llhttp_t* p);
@@ -157,6 +162,7 @@ class RequestParser {
   std::optional<ChunkedFraming> chunked_;  // while in a chunked body
   bool in_message_ = false;
   bool upgrade_pending_ = false;  // llhttp said PAUSED_UPGRADE; the caller has not resumed
+  bool keep_alive_ = false;       // the last request left the connection open
 };
 
 // What the inspector tells the response side about each forwarded request.
@@ -180,6 +186,9 @@ class ResponseParser {
   // Announces a forwarded request, in order.
   void expect(ResponseExpectation e) { expected_.push_back(e); }
   [[nodiscard]] std::size_t outstanding() const { return expected_.size(); }
+  // No response expected or under way, and the last one kept the
+  // connection open: a fresh parser frames what follows the same way.
+  [[nodiscard]] bool idle_keep_alive() const;
 
   struct Result {
     ResponseEvent event = ResponseEvent::need_more;
@@ -217,6 +226,8 @@ class ResponseParser {
   std::string field_;
   std::string value_;
   std::string switched_to_;
+  bool in_message_ = false;
+  bool keep_alive_ = false;  // the last response left the connection open
 };
 
 }  // namespace shunt::proxy::http

@@ -90,7 +90,26 @@ struct InspectOutcome {
   // sockets closed.
   std::optional<SocketPair> handover;
   std::optional<Http2Start> http2;
+  // HTTP/1.1 keep-alive between requests (only when the caller offered to
+  // hold it, HttpResume::may_park): every response delivered, nothing
+  // buffered either way, no read pending, both sockets open. The caller
+  // holds the pair with no coroutine and no buffer (an idle keep-alive
+  // connection is most of a node's, issue 16), closes it after
+  // timeouts.keepalive, and calls inspect_http again with the upstream in
+  // HttpResume once either socket is readable.
+  std::optional<SocketPair> parked;
   Ending ending;
+};
+
+// What inspect_http continues from.
+struct HttpResume {
+  // The caller can hold a parked connection (InspectOutcome::parked);
+  // without it the inspector waits between requests itself.
+  bool may_park = false;
+  // A parked connection's upstream, connected: the inspection goes on
+  // between requests (the next head is due timeouts.header after its first
+  // byte, as on any keep-alive connection). Empty: a new connection.
+  std::optional<boost::asio::ip::tcp::socket> upstream;
 };
 
 // TLS: decides on the ClientHello's SNI (tls_inspector.cpp).
@@ -100,7 +119,7 @@ boost::asio::awaitable<InspectOutcome> inspect_tls(Inspection in);
 // forwards what is allowed, answers 403/400/408/431/502/504 itself, and
 // hands over once nothing on the connection can be denied any more
 // (http_inspector.cpp has the whole story).
-boost::asio::awaitable<InspectOutcome> inspect_http(Inspection in);
+boost::asio::awaitable<InspectOutcome> inspect_http(Inspection in, HttpResume resume = {});
 
 // HTTP/2 with prior knowledge, entered when inspect_http's outcome is
 // `http2`; `initial` holds every byte read so far, preface first. Decides

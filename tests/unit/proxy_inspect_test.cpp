@@ -263,6 +263,61 @@ TEST_F(InspectTest, HttpAllowedRequestGoesThroughAndTheNextIsDenied) {
   EXPECT_EQ(observer.requests, (std::vector<std::string>{"GET /ok", "GET /admin"}));
 }
 
+// Between requests, with the caller able to hold it, the connection comes
+// back parked (both sockets, nothing owed); a second inspection resumed
+// with its upstream decides the next request as the first one would have.
+TEST_F(InspectTest, HttpIdleKeepAliveParksAndResumes) {
+  flow.dst_port = 8080;
+  auto done = io.start(inspect_http(inspection(), HttpResume{.may_park = true, .upstream = std::nullopt}));
+  ASSERT_TRUE(send_all(client.far.get(), "GET /ok HTTP/1.1\r\nHost: api\r\n\r\n"));
+  UniqueFd upstream = accept_upstream();
+  EXPECT_EQ(read_message(upstream.get()).rfind("GET /ok HTTP/1.1\r\n", 0), 0u);
+  ASSERT_TRUE(send_all(upstream.get(), "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi"));
+  EXPECT_EQ(read_message(client.far.get(), 2).rfind("HTTP/1.1 200 OK\r\n", 0), 0u);
+  ASSERT_EQ(done.wait_for(kWait), std::future_status::ready);
+  InspectOutcome out = done.get();
+  ASSERT_TRUE(out.parked);
+  EXPECT_FALSE(out.handover);
+  EXPECT_EQ(out.ending.reason, EndReason::unknown);
+  EXPECT_TRUE(out.parked->client.is_open());
+  EXPECT_TRUE(out.parked->upstream.is_open());
+
+  // Resumed: the next request is decided (denied here) under the policy.
+  client.near = std::move(out.parked->client);
+  auto again = io.start(
+      inspect_http(inspection(), HttpResume{.may_park = true, .upstream = std::move(out.parked->upstream)}));
+  ASSERT_TRUE(send_all(client.far.get(), "GET /admin HTTP/1.1\r\nHost: api\r\n\r\n"));
+  ::shutdown(client.far.get(), SHUT_WR);
+  const std::string refusal = read_to_end(client.far.get());
+  EXPECT_EQ(refusal.rfind("HTTP/1.1 403 Forbidden\r\n", 0), 0u) << refusal;
+  EXPECT_EQ(read_to_end(upstream.get()), "");  // /admin never reached it
+  ASSERT_EQ(again.wait_for(kWait), std::future_status::ready);
+  const InspectOutcome second = again.get();
+  EXPECT_FALSE(second.parked);
+  EXPECT_EQ(second.ending.reason, EndReason::policy_deny);
+  EXPECT_EQ(connector.calls, 1);  // the resumed inspection kept the upstream
+  EXPECT_EQ(observer.allowed_requests, 1);
+  EXPECT_EQ(observer.denied_requests, 1);
+}
+
+// A request that closes the connection (or a response that does) leaves
+// nothing to park: the inspection waits for the end as before.
+TEST_F(InspectTest, HttpConnectionCloseDoesNotPark) {
+  flow.dst_port = 8080;
+  auto done = io.start(inspect_http(inspection(), HttpResume{.may_park = true, .upstream = std::nullopt}));
+  ASSERT_TRUE(send_all(client.far.get(), "GET /ok HTTP/1.1\r\nHost: api\r\nConnection: close\r\n\r\n"));
+  UniqueFd upstream = accept_upstream();
+  read_message(upstream.get());
+  ASSERT_TRUE(
+      send_all(upstream.get(), "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi"));
+  EXPECT_EQ(read_message(client.far.get(), 2).rfind("HTTP/1.1 200 OK\r\n", 0), 0u);
+  EXPECT_EQ(done.wait_for(std::chrono::milliseconds(300)), std::future_status::timeout);  // not parked
+  upstream.reset();  // the upstream closes as it said
+  ::shutdown(client.far.get(), SHUT_WR);
+  ASSERT_EQ(done.wait_for(kWait), std::future_status::ready);
+  EXPECT_FALSE(done.get().parked);
+}
+
 TEST_F(InspectTest, HttpDeniedFirstRequestNeverConnects) {
   auto done = start_http(8080);
   ASSERT_TRUE(send_all(client.far.get(), "GET /secret HTTP/1.1\r\nHost: api\r\n\r\n"));
