@@ -8,11 +8,19 @@ Reports the takeover's duration (as the new process logs it, and from its
 exec to that line), the longest gap any sampled open connection saw
 between echoes (its bytes not moving) beside the same figure for the second before the
 takeover (what this machine's scheduling alone causes), and the slowest new
-connection (connect + echo) during the takeover. Protocol version 1 leaves open
-connections in the old process, so their stall measures only that the
-takeover does not disturb them.
+connection (connect + echo) during the takeover. Protocol version 2 moves
+every open kernel-spliced connection to the new process (the old one
+freezes them, sends both sockets and their state, lets go after the commit;
+the kernel moves their bytes throughout), so the gap is what a moved
+connection sees; the row also says how many moved and the old process's
+freeze and the new one's adopt times from their log lines.
 
-    bench/takeover.py [--connections 1000 10000] [--out bench/results/takeover-DATE.json]
+    bench/takeover.py [--connections 1000 10000] [--realtime] [--out bench/results/takeover-DATE.json]
+
+--realtime runs the measuring side (pinger, prober, echo upstream) under
+SCHED_FIFO and both shunts under SCHED_OTHER: on a 2-CPU machine the two
+shunts' takeover work otherwise starves the Python peers, and their gap is
+then the scheduler's rather than the kernel path's. Run both ways to tell.
 Needs root (sockmap), SHUNT_BIN or build/proxy/shunt.
 """
 import argparse
@@ -40,9 +48,29 @@ def free_port():
         return s.getsockname()[1]
 
 
-def echo_process(conn):
+REALTIME = False
+
+
+def measuring_side():
+    """--realtime: the calling process (and threads it starts) under SCHED_FIFO."""
+    if REALTIME:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))
+
+
+def shunt_side():
+    """A shunt's preexec: back to SCHED_OTHER, all the descriptors it may have."""
+    if REALTIME:
+        os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def echo_process(conn, realtime):
     """The upstream in a process of its own (its fds do not count against
     the client's limit); sends its port, serves until killed."""
+    global REALTIME
+    REALTIME = realtime
+    measuring_side()
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     server = EchoServer()
@@ -118,7 +146,7 @@ def probe_loop(port, stop, worst):
 
 def measure(n, tmp):
     parent, child = multiprocessing.Pipe()
-    echo_proc = multiprocessing.Process(target=echo_process, args=(child,), daemon=True)
+    echo_proc = multiprocessing.Process(target=echo_process, args=(child, REALTIME), daemon=True)
     echo_proc.start()
     echo_port = parent.recv()
     listen, admin = free_port(), free_port()
@@ -133,11 +161,9 @@ admin: {{listen: 127.0.0.1:{admin}, control_socket: {tmp}/control-{n}.sock}}
 log: {{level: info, access: off}}
 policy: {{default: allow, rules: []}}
 """)
-    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-    raise_fds = lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     logs = [os.path.join(tmp, f"old-{n}.log"), os.path.join(tmp, f"new-{n}.log")]
     old = subprocess.Popen([SHUNT, "run", "-c", cfg], stdout=open(logs[0], "wb"), stderr=subprocess.STDOUT,
-                           preexec_fn=raise_fds)
+                           preexec_fn=shunt_side)
     procs = [old]
     try:
         deadline = time.monotonic() + 30
@@ -162,11 +188,11 @@ policy: {{default: allow, rules: []}}
         time.sleep(1.0)
         started = time.monotonic()
         new = subprocess.Popen([SHUNT, "run", "-c", cfg, "--takeover"], stdout=open(logs[1], "wb"),
-                               stderr=subprocess.STDOUT, preexec_fn=raise_fds)
+                               stderr=subprocess.STDOUT, preexec_fn=shunt_side)
         procs.append(new)
         while True:
             text = open(logs[1]).read()
-            m = re.search(r"takeover: complete in (\d+) ms", text)
+            m = re.search(r"takeover: complete in (\d+) ms: (\d+) kernel-spliced", text)
             if m:
                 break
             if new.poll() is not None or time.monotonic() - started > 60:
@@ -181,9 +207,14 @@ policy: {{default: allow, rules: []}}
         for c in conns:
             c.close()
         old.wait(timeout=60)
+        adopted = re.search(r"(\d+) kernel-spliced connection\(s\) received and adopted in (\d+) ms", text)
+        frozen = re.search(r"(\d+) kernel-spliced connection\(s\) frozen in (\d+) ms", open(logs[0]).read())
         before = [g for t, g in gaps if t < started]
         during = [g for t, g in gaps if started <= t <= completed + 0.2]
         return {"connections": n, "takeover_ms_logged": int(m.group(1)), "exec_to_complete_ms": round(wall * 1000),
+                "kernel_spliced_moved": int(m.group(2)),
+                "old_freeze_ms": int(frozen.group(2)) if frozen else None,
+                "new_receive_and_adopt_ms": int(adopted.group(2)) if adopted else None,
                 "longest_open_connection_gap_ms": round(max(during) * 1000, 1),
                 "same_before_takeover_ms": round(max(before) * 1000, 1), "sampled_connections": len(sample),
                 "slowest_new_connection_ms": round(worst_new[0] * 1000, 1), "old_exit_code": old.returncode}
@@ -199,12 +230,16 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--connections", type=int, nargs="+", default=[1000, 10000])
     ap.add_argument("--out")
+    ap.add_argument("--realtime", action="store_true", help="peers under SCHED_FIFO, shunts under SCHED_OTHER")
     args = ap.parse_args()
+    global REALTIME
+    REALTIME = args.realtime
+    measuring_side()
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     with tempfile.TemporaryDirectory(prefix="shunt-bench-takeover-") as tmp:
         rows = [measure(n, tmp) for n in args.connections]
-    result = {"date": datetime.datetime.utcnow().strftime("%Y-%m-%d %H:%M UTC"), "protocol_version": 1,
+    result = {"date": datetime.datetime.utcnow().strftime("%Y-%m-%d %H:%M UTC"), "protocol_version": 2, "realtime_peers": REALTIME,
               "machine": f"{os.cpu_count()} CPUs, {os.uname().release}", "rows": rows}
     text = json.dumps(result, indent=2)
     print(text)

@@ -311,11 +311,11 @@ class TakeoverTest(unittest.TestCase):
                     bulk_up=self.bulk_peer.server.port, echo_up=self.echo.port, origin=self.origin.port,
                     control=os.path.join(shunt_dir, "control.sock"))
 
-    def take_over(self, shunt, n):
+    def take_over(self, shunt, n, config_path=None):
         log = os.path.join(shunt.dir.name, f"takeover-{n}.log")
         with open(log, "wb") as out:
-            proc = subprocess.Popen([SHUNT_BIN, "run", "-c", shunt.config_path, "--takeover"], stdout=out,
-                                    stderr=subprocess.STDOUT)
+            proc = subprocess.Popen([SHUNT_BIN, "run", "-c", config_path or shunt.config_path, "--takeover"],
+                                    stdout=out, stderr=subprocess.STDOUT)
         self.procs.append((proc, log))
         wait_log(log, r"takeover: complete in \d+ ms", proc)
         return proc
@@ -374,6 +374,57 @@ class TakeoverTest(unittest.TestCase):
 
     def test_copy(self):
         self.run_takeovers("copy", takeovers=2, transfer_bytes=12 << 20)
+
+    def test_policy_on_arrival(self):
+        """The new process brings a config that denies the echo upstream:
+        the pairs it adopted to it are revoked (reset) at once, as a reload
+        would; the others moved and go on."""
+        tmp = tempfile.TemporaryDirectory(prefix="shunt-takeover-")
+        self.addCleanup(tmp.cleanup)
+        d = self.ports(tmp.name)
+        with Shunt(config(d, "sockmap"), wait_port=d["echo"]) as old:
+            wait_ready(d["admin"], old.proc)
+            echo = [socket.create_connection(("127.0.0.1", d["echo"]), timeout=10) for _ in range(3)]
+            bulk = socket.create_connection(("127.0.0.1", d["bulk"]), timeout=10)
+            for s in echo + [bulk]:
+                self.addCleanup(s.close)
+            for s in echo:
+                s.sendall(b"ping")
+                self.assertEqual(recv_exact(s, 4), b"ping")
+            size = 1 << 20
+            bulk.sendall(struct.pack("!QQ", size, 7))
+            stricter = os.path.join(tmp.name, "stricter.yaml")
+            with open(stricter, "w") as f:
+                f.write(config(d, "sockmap").replace("  rules:\n", f"""  rules:
+    - name: no-echo
+      from: {{cidr: 127.0.0.0/8}}
+      to: {{cidr: 127.0.0.1/32, ports: [{d['echo_up']}]}}
+      action: deny
+""", 1))
+            new = self.take_over(old, 0, config_path=stricter)
+            log = wait_log(self.procs[-1][1], r"adopted connection\(s\) re-checked against this configuration: 3 "
+                           r"revoked", new)
+            self.assertRegex(log, r"complete in \d+ ms: 4 kernel-spliced connection\(s\) moved")
+            for s in echo:
+                try:
+                    s.sendall(b"again")
+                    got = s.recv(16)
+                except (ConnectionResetError, BrokenPipeError):
+                    got = b""
+                self.assertEqual(got, b"", "a connection the new config denies still echoes")
+            # The allowed pair moved and carries on, hashed both ways.
+            sender = threading.Thread(target=throttled_send, args=(bulk, size, 7, 8 << 20))
+            sender.start()
+            self.assertEqual(digest_exactly(bulk, size), (size, pattern_digest(size, 8)))
+            sender.join()
+            bulk.shutdown(socket.SHUT_WR)
+            self.assertEqual(bulk.recv(1), b"")
+            self.assertEqual(old.proc.wait(timeout=20), 0, old.output()[-2000:])
+            samples = scrape(d["admin"])
+            self.assertEqual(value(samples, "shunt_connections_revoked_total"), 3)
+            self.assertEqual(value(samples, "shunt_takeover_connections_transferred_total", datapath="sockmap"), 4)
+            new.send_signal(signal.SIGTERM)
+            self.assertEqual(new.wait(timeout=20), 0)
 
     def test_no_control_socket_still_serves(self):
         tmp = tempfile.TemporaryDirectory(prefix="shunt-takeover-")
