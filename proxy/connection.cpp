@@ -76,7 +76,7 @@ void Connection::adopt(ProxyContext& proxy, WorkerContext& worker, const config:
   self->info_ = std::move(info);
   self->allowed_ = true;
   self->inspected_ = t.basis.inspect != policy::Inspect::none;
-  self->kernel_owned_ = true;
+  self->detached_ = true;
   self->register_open();
   spdlog::debug("connection {}: adopted (connection {} of the process taken over)", self->info_->id, t.id);
   start_sockmap_adopted(std::move(adopted.client), std::move(adopted.upstream), t.state, *self, self->cancel_,
