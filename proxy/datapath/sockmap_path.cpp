@@ -154,6 +154,8 @@ class CapturedEndpoint {
   }
 
   [[nodiscard]] bool captured() const { return shortcut_ != nullptr || final_.switches || final_.bytes; }
+  // Still in the short-circuit (captured and not released).
+  [[nodiscard]] bool live() const { return shortcut_ != nullptr; }
 
   // What the short-circuit moved, live or as it was at release.
   [[nodiscard]] bpf::EndpointStats stats() const { return shortcut_ ? shortcut_->stats(address_) : final_; }
@@ -346,7 +348,9 @@ class SplicedPair final : public std::enable_shared_from_this<SplicedPair>, publ
   // A client that never pauses cannot reopen the fence; on TCP its captured
   // socket only costs (docs/datapath.md, "Bulk senders").
   void release_stuck_endpoint() {
-    if (!open_ || !endpoint_) return;
+    // Not live any more: released meanwhile (its FIN, or a takeover froze
+    // the pair); nothing to take out, nothing to count.
+    if (!open_ || !endpoint_ || !endpoint_->live()) return;
     spdlog::debug("connection {}: client stuck on TCP, out of the short-circuit", id_);
     sink_.fell_back(bpf::to_string(bpf::CaptureOutcome::stuck_on_tcp));
     endpoint_->release();
