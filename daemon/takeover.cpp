@@ -49,10 +49,22 @@ bpf::KernelMaps to_kernel_maps(takeover::InheritedMaps maps) {
   return out;
 }
 
-void count_pairs(std::size_t n) {
-  metrics().takeover_connections[static_cast<std::size_t>(config::Datapath::sockmap)].fetch_add(
-      n, std::memory_order_relaxed);
-}
+// How many of each kind moved, for the metrics and the log lines.
+struct Moved {
+  std::array<std::size_t, 3> by_datapath{};  // config::Datapath
+  std::size_t kernel_spliced = 0;
+  std::size_t parked_http = 0;
+
+  void add(const TransferredConnection& t) {
+    ++by_datapath[static_cast<std::size_t>(t.datapath)];
+    ++(t.parked_http ? parked_http : kernel_spliced);
+  }
+  [[nodiscard]] std::size_t total() const { return kernel_spliced + parked_http; }
+  void count() const {
+    for (std::size_t i = 0; i < by_datapath.size(); ++i)
+      metrics().takeover_connections[i].fetch_add(by_datapath[i], std::memory_order_relaxed);
+  }
+};
 
 // The pairs as received, checked and decoded. Any that does not decode or
 // whose sockets are not the ones its state names fails the takeover as a
@@ -123,14 +135,17 @@ takeover::ControlListener finish_takeover(TakeoverStart& start, const config::Co
                                           ProxyContext& context, Server& server) {
   const std::uint32_t old_pid = start.successor.peer_pid();
   bool alone = false;
-  // Pairs move only into a bridge that shares the old process's maps.
-  const bool takes_pairs = context.bridge && context.bridge->inherited_maps();
-  if (start.kernel_maps && !takes_pairs)
+  // Kernel-spliced pairs move only into a bridge that shares the old
+  // process's maps; HTTP/1.1 connections parked between requests always.
+  const bool takes_kernel_pairs = context.bridge && context.bridge->inherited_maps();
+  if (start.kernel_maps && !takes_kernel_pairs)
     spdlog::info(
         "takeover: this process does not share pid {}'s sockmap; its kernel-spliced connections stay "
         "with it and drain there",
         old_pid);
-  if (Status st = start.successor.ready(takes_pairs); !st) {
+  const std::uint8_t takes =
+      takeover::kReadyParkedHttp | (takes_kernel_pairs ? takeover::kReadyKernelPairs : 0);
+  if (Status st = start.successor.ready(takes); !st) {
     if (st.error().code != ECONNRESET) {
       start.successor.abort("no answer to ready: " + st.error().message());
       record(st.error().code == ETIMEDOUT ? "timeout" : "failed", start.began);
@@ -143,26 +158,28 @@ takeover::ControlListener finish_takeover(TakeoverStart& start, const config::Co
   }
   // Each pair stays frozen (no FIN passed on, no reset) until the commit
   // reached the old process: until then it may take them back.
-  std::size_t adopted = 0;
+  Moved moved;
   if (!alone && start.successor.moves_pairs()) {
     const auto received_at = std::chrono::steady_clock::now();
     auto pairs = start.successor.receive_pairs();
     Result<std::vector<AdoptedConnection>> decoded =
         pairs ? decode_pairs(std::move(*pairs)) : Result<std::vector<AdoptedConnection>>(pairs.error());
     if (!decoded) {
-      start.successor.abort("kernel-spliced pairs: " + decoded.error().message());
+      start.successor.abort("open connections: " + decoded.error().message());
       record(decoded.error().code == ETIMEDOUT ? "timeout" : "failed", start.began);
-      throw StartupError(kExitEnvironment, "--takeover: kernel-spliced pairs: " + decoded.error().message() +
+      throw StartupError(kExitEnvironment, "--takeover: open connections: " + decoded.error().message() +
                                                "; pid " + std::to_string(old_pid) +
                                                " takes everything back and keeps serving");
     }
-    adopted = decoded->size();
+    for (const AdoptedConnection& a : *decoded) moved.add(a.connection);
     server.adopt(std::move(*decoded));
     spdlog::info(
-        "takeover: {} kernel-spliced connection(s) received and adopted in {} ms (frozen until the commit)",
-        adopted,
+        "takeover: {} kernel-spliced connection(s) received and adopted in {} ms, and {} HTTP/1.1 "
+        "connection(s) between requests (frozen until the commit)",
+        moved.kernel_spliced,
         std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - received_at)
-            .count());
+            .count(),
+        moved.parked_http);
   }
   auto listener = takeover::ControlListener::bind(config.admin.control_socket);
   if (!listener) {
@@ -176,24 +193,23 @@ takeover::ControlListener finish_takeover(TakeoverStart& start, const config::Co
       spdlog::warn(
           "takeover: pid {} did not hear the commit ({}); it exits or takes back what it still holds",
           old_pid, st.error().message());
-  if (adopted) {
+  if (moved.total()) {
     server.thaw_frozen();
-    count_pairs(adopted);
+    moved.count();
   }
   record("ok", start.began);
   spdlog::info(
-      "takeover: complete in {} ms: {} kernel-spliced connection(s) moved; pid {} drains the rest of its "
-      "open "
-      "connections and exits",
+      "takeover: complete in {} ms: {} kernel-spliced connection(s) and {} HTTP/1.1 connection(s) between "
+      "requests moved; pid {} drains the rest of its open connections and exits",
       std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - start.began)
           .count(),
-      adopted, old_pid);
+      moved.kernel_spliced, moved.parked_http, old_pid);
   // Policy on arrival: this process's config decides every connection it
   // now holds, exactly as a reload would.
-  if (adopted) {
+  if (moved.total()) {
     const std::size_t revoked = revoke_disallowed(*context.policy.current(), context.registry);
     spdlog::info("takeover: the {} adopted connection(s) re-checked against this configuration: {} revoked",
-                 adopted, revoked);
+                 moved.total(), revoked);
   }
   return std::move(*listener);
 }
@@ -273,23 +289,32 @@ asio::awaitable<void> HandoverService::serve() {
         }
         return out;
       };
-      hooks.freeze_pairs = [this] {
-        const auto frozen_at = std::chrono::steady_clock::now();
-        std::vector<takeover::HandedPair> out;
-        for (const ExportedConnection& e : server_.freeze_kernel_pairs())
-          out.push_back({encode(e.connection), e.client_fd, e.upstream_fd});
-        spdlog::info("takeover: {} kernel-spliced connection(s) frozen in {} ms; sending them", out.size(),
-                     std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() -
-                                                                           frozen_at)
-                         .count());
-        return out;
-      };
-      hooks.let_go_pairs = [this] { server_.let_go_frozen(); };
-      hooks.thaw_pairs = [this] {
-        spdlog::info("takeover: taking the kernel-spliced connections back");
-        server_.thaw_frozen();
-      };
     }
+    // Kernel-spliced pairs (when the new process shares the maps) and
+    // HTTP/1.1 connections parked between requests.
+    Moved moved;
+    hooks.freeze_pairs = [this, &moved](const takeover::PairKinds& kinds) {
+      const auto frozen_at = std::chrono::steady_clock::now();
+      std::vector<takeover::HandedPair> out;
+      for (const ExportedConnection& e :
+           server_.freeze_pairs(kinds.kernel_spliced && context_.bridge, kinds.parked_http)) {
+        moved.add(e.connection);
+        out.push_back({encode(e.connection), e.client_fd, e.upstream_fd});
+      }
+      spdlog::info(
+          "takeover: {} kernel-spliced connection(s) frozen in {} ms, and {} HTTP/1.1 connection(s) between "
+          "requests; sending them",
+          moved.kernel_spliced,
+          std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - frozen_at)
+              .count(),
+          moved.parked_http);
+      return out;
+    };
+    hooks.let_go_pairs = [this] { server_.let_go_frozen(); };
+    hooks.thaw_pairs = [this] {
+      spdlog::info("takeover: taking the frozen connections back");
+      server_.thaw_frozen();
+    };
     const takeover::HandoverResult r = co_await takeover::hand_over(peer, hooks, takeover::Timeouts{});
     if (r.outcome == takeover::Outcome::probe) continue;
     record(takeover::to_string(r.outcome), began);
@@ -299,19 +324,21 @@ asio::awaitable<void> HandoverService::serve() {
       continue;
     }
     metrics().takeover_listeners.fetch_add(r.listeners, std::memory_order_relaxed);
-    count_pairs(r.pairs);
+    moved.count();
     // The new process has every socket and the path: close our copies.
     server_.release_paused();
     admin_.stop();
     listener_.abandon();
     acceptor_->close(ec);
     spdlog::info(
-        "takeover: shunt {} (pid {}) took over {} listening socket(s) and {} kernel-spliced connection(s) in "
+        "takeover: shunt {} (pid {}) took over {} listening socket(s), {} kernel-spliced connection(s) and "
         "{} "
-        "ms (protocol version {}); this process stopped accepting",
-        r.peer_binary, r.peer_pid, r.listeners, r.pairs, r.version,
+        "HTTP/1.1 connection(s) between requests in {} ms (protocol version {}); this process stopped "
+        "accepting",
+        r.peer_binary, r.peer_pid, r.listeners, moved.kernel_spliced, moved.parked_http,
         std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - began)
-            .count());
+            .count(),
+        r.version);
     handed_over_();
     co_return;
   }

@@ -12,6 +12,8 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <spdlog/spdlog.h>
+#include <sys/socket.h>
+#include <unistd.h>
 #include <boost/asio/post.hpp>
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/this_coro.hpp>
@@ -79,6 +81,24 @@ void Connection::adopt(ProxyContext& proxy, WorkerContext& worker, const config:
   self->detached_ = true;
   self->register_open();
   spdlog::debug("connection {}: adopted (connection {} of the process taken over)", self->info_->id, t.id);
+  if (t.parked_http) {
+    // Between requests: parked, frozen until the takeover commits (thaw()).
+    self->info_->datapath = t.datapath;
+    auto assign = [](tcp::socket& socket, UniqueFd fd) {
+      sockaddr_storage local{};
+      socklen_t len = sizeof(local);
+      ::getsockname(fd.get(), reinterpret_cast<sockaddr*>(&local), &len);
+      boost::system::error_code ec;
+      socket.assign(local.ss_family == AF_INET6 ? tcp::v6() : tcp::v4(), fd.get(), ec);
+      if (!ec) (void)fd.release();
+    };
+    assign(self->sockets_.client, std::move(adopted.client));
+    assign(self->sockets_.upstream, std::move(adopted.upstream));
+    self->parked_ = true;
+    self->frozen_self_ = self;
+    worker.handoff.adopt_frozen(*self);
+    return;
+  }
   start_sockmap_adopted(std::move(adopted.client), std::move(adopted.upstream), t.state, *self, self->cancel_,
                         self->kernel_splice(), worker.io.get_executor(), self->finish_on_end());
 }
@@ -509,11 +529,53 @@ void Connection::park() {
   // A plain pointer: unpark() unwatches before the waits let go of the
   // connection.
   watch_quiet(std::chrono::steady_clock::now() + settings().timeouts.keepalive, [this] { close_parked(); });
+  worker_.handoff.add(*this);
+}
+
+PairHandoff::Exported Connection::freeze() {
+  frozen_self_ = shared_from_this();
+  ++park_generation_;  // the waits' completions (cancelled now) are turned away
+  unwatch_quiet();
+  boost::system::error_code ignored;
+  sockets_.client.cancel(ignored);
+  sockets_.upstream.cancel(ignored);
+  PairHandoff::Exported e;
+  e.connection_id = info_->id;
+  e.client_fd = sockets_.client.native_handle();
+  e.upstream_fd = sockets_.upstream.native_handle();
+  e.parked_http = true;
+  // The cookies name the sockets, which the new process checks.
+  auto client = bpf::socket_cookie(e.client_fd);
+  auto upstream = bpf::socket_cookie(e.upstream_fd);
+  e.state.client_cookie = client ? *client : 0;
+  e.state.upstream_cookie = upstream ? *upstream : 0;
+  return e;
+}
+
+void Connection::thaw() {
+  const auto self = std::move(frozen_self_);  // park()'s waits hold it from here
+  park();
+}
+
+void Connection::let_go() {
+  const auto self = std::move(frozen_self_);
+  worker_.handoff.remove(*this);
+  parked_ = false;
+  // release(): out of this process's epoll; the close is not the sockets'
+  // last (the new process holds them), so neither peer sees anything.
+  for (tcp::socket* s : {&sockets_.client, &sockets_.upstream}) {
+    boost::system::error_code ec;
+    const int fd = s->release(ec);
+    if (!ec && fd >= 0) ::close(fd);
+  }
+  settle(Ending(EndReason::taken_over));
+  finish();
 }
 
 void Connection::unpark(std::uint32_t generation, const boost::system::error_code& ec) {
   if (!parked_ || generation != park_generation_) return;
   parked_ = false;
+  worker_.handoff.remove(*this);
   const bool resumed = guarded_call("parked connection", [&] {
     unwatch_quiet();
     boost::system::error_code ignored;
@@ -585,6 +647,7 @@ void Connection::finish() {
   if (finished_ || !info_) return;
   finished_ = true;
   worker_.idle.remove(*this);
+  worker_.handoff.remove(*this);
   source_slot_.release();  // the pod may open another one now
   const ConnectionBytes bytes = proxy_.registry.bytes(*info_);
   proxy_.registry.retire(info_->id, info_->datapath.load(), bytes);

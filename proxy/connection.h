@@ -62,7 +62,8 @@ class Connection : public std::enable_shared_from_this<Connection>,
                    public ConnectionObserver,
                    public UpstreamConnector,
                    public QuietWatch,
-                   private IdleSweep::Entry {
+                   private IdleSweep::Entry,
+                   private PairHandoff::Pair {
  public:
   using tcp = boost::asio::ip::tcp;
 
@@ -142,6 +143,14 @@ class Connection : public std::enable_shared_from_this<Connection>,
   // The keep-alive expired while parked: FIN both ways (nothing is owed)
   // and close; the park's waits end and finish the connection.
   void close_parked();
+  // --- PairHandoff::Pair, while parked (a takeover moves the connection
+  // between requests): freeze stops the park's waits and keep-alive timer,
+  // thaw parks again, let_go closes this process's descriptors (not the
+  // sockets' last) and finishes as taken over ---
+  PairHandoff::Exported freeze() override;
+  [[nodiscard]] bool parked_http() const override { return true; }
+  void thaw() override;
+  void let_go() override;
   [[nodiscard]] const config::ProxySettings& settings() const { return policy_->config().proxy; }
   // connect() into sockets_.upstream, for an L4 allow. On failure: records
   // the reason and error, resets the client and returns false.
@@ -192,6 +201,9 @@ class Connection : public std::enable_shared_from_this<Connection>,
   // generation tells a park's waits from a later park's.
   bool parked_ = false;
   std::uint32_t park_generation_ = 0;
+  // Frozen by a takeover while parked: nothing waits on the sockets, so
+  // the connection holds itself until thawed or let go.
+  std::shared_ptr<Connection> frozen_self_;
   CancelSlot cancel_;
   SourceLimiter::Lease source_slot_;
   // The idle check's state (check_idle): bytes at the last check and when

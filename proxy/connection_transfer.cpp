@@ -16,6 +16,7 @@ TransferredConnection describe(const ConnectionInfo& info, const SplicedPairStat
   t.bytes_down = info.bytes_down.load(std::memory_order_relaxed);
   t.path_up = info.path_up.load(std::memory_order_relaxed);
   t.path_down = info.path_down.load(std::memory_order_relaxed);
+  t.datapath = info.datapath.load(std::memory_order_relaxed);
   {
     std::lock_guard lock(info.mu);
     t.rule = info.rule;

@@ -33,6 +33,11 @@ struct TransferredConnection {
   std::uint64_t bytes_down = 0;
   KernelPath path_up = KernelPath::sk_skb;
   KernelPath path_down = KernelPath::sk_skb;
+  config::Datapath datapath = config::Datapath::sockmap;
+  // An HTTP/1.1 connection parked between requests (its inspection goes on
+  // in the new process at the next request); otherwise a kernel-spliced
+  // pair, `state` its data path's.
+  bool parked_http = false;
   DecisionBasis basis;  // basis.flow is rebuilt from src and dst
   SplicedPairState state;
 };

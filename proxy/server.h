@@ -87,13 +87,14 @@ class Server {
   void resume_accepting();
   void release_paused();
 
-  // Takeover of kernel-spliced pairs (proxy/datapath/pair_handoff.h). The
+  // Takeover of kernel-spliced pairs and of HTTP/1.1 connections parked
+  // between requests (proxy/datapath/pair_handoff.h). The
   // old process: freeze_kernel_pairs() (returns once every worker froze its
   // pairs: a few microseconds a pair), then let_go_frozen() once the new
   // process holds them, or thaw_frozen() when it failed. The new process:
   // adopt() (returns once every pair is registered, frozen), then
   // thaw_frozen() once the takeover committed. Control thread only.
-  [[nodiscard]] std::vector<ExportedConnection> freeze_kernel_pairs();
+  [[nodiscard]] std::vector<ExportedConnection> freeze_pairs(bool kernel_spliced, bool parked_http);
   void let_go_frozen();
   void thaw_frozen();
   void adopt(std::vector<AdoptedConnection> connections);

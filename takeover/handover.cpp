@@ -150,8 +150,10 @@ asio::awaitable<HandoverResult> hand_over(Socket& peer, const HandoverHooks& hoo
   auto ready = expect(co_await receive(peer, timeouts.start), MessageType::ready);
   if (!ready) co_return fail(r, ready.error());
   // Version 2: whether the new process shares our maps and takes pairs.
-  const bool takes_pairs =
-      *version >= kProtocolPairs && hooks.freeze_pairs && Reader(ready->payload).u8() == 1;
+  // Version 2: which pairs the new process takes.
+  const std::uint8_t flags = *version >= kProtocolPairs ? Reader(ready->payload).u8() : 0;
+  const PairKinds kinds{(flags & kReadyKernelPairs) != 0, (flags & kReadyParkedHttp) != 0};
+  const bool takes_pairs = hooks.freeze_pairs && (kinds.kernel_spliced || kinds.parked_http);
 
   hooks.pause();
   bool frozen = false;
@@ -167,7 +169,7 @@ asio::awaitable<HandoverResult> hand_over(Socket& peer, const HandoverHooks& hoo
   }
   if (takes_pairs) {
     frozen = true;
-    const std::vector<HandedPair> pairs = hooks.freeze_pairs();
+    const std::vector<HandedPair> pairs = hooks.freeze_pairs(kinds);
     if (Status st = send_pairs(peer, *version, pairs, timeouts); !st) {
       take_back();
       co_return fail(r, st.error());

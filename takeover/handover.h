@@ -30,7 +30,13 @@ struct HandedMaps {
   std::vector<int> fds;  // one per name
 };
 
-// Version 2: one kernel-spliced pair, frozen (its state encoded by the
+// Version 2: which pairs the new process takes (its `ready` says).
+struct PairKinds {
+  bool kernel_spliced = false;  // it shares the sockmap's maps
+  bool parked_http = false;     // HTTP/1.1 connections between requests
+};
+
+// Version 2: one kernel-spliced pair (or parked HTTP/1.1 connection), frozen (its state encoded by the
 // proxy); the fds stay open in the old process until let_go_pairs.
 struct HandedPair {
   std::string state;
@@ -55,7 +61,7 @@ struct HandoverHooks {
   // bytes). Then either let_go_pairs (the new process committed: close
   // this process's fds, which are not the sockets' last ones) or
   // thaw_pairs (it failed: carry on as before).
-  std::function<std::vector<HandedPair>()> freeze_pairs;
+  std::function<std::vector<HandedPair>(const PairKinds& kinds)> freeze_pairs;
   std::function<void()> let_go_pairs;
   std::function<void()> thaw_pairs;
 };

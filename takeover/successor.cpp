@@ -65,9 +65,9 @@ Result<Successor> Successor::begin(const std::string& control_socket, const Time
   }
 }
 
-Status Successor::ready(bool takes_pairs) {
-  takes_pairs_ = takes_pairs && version_ >= kProtocolPairs;
-  const std::string payload = version_ >= kProtocolPairs ? Writer().u8(takes_pairs_ ? 1 : 0).take() : "";
+Status Successor::ready(std::uint8_t takes) {
+  takes_pairs_ = takes != 0 && version_ >= kProtocolPairs;
+  const std::string payload = version_ >= kProtocolPairs ? Writer().u8(takes).take() : "";
   if (Status st =
           send_message(sock_.get(), version_, MessageType::ready, payload, {}, Clock::now() + timeouts_.step);
       !st)

@@ -50,9 +50,10 @@ class Successor {
   [[nodiscard]] std::uint16_t version() const { return version_; }
 
   // Accepting on every listener: wait until the old process stopped.
-  // `takes_pairs` (version 2): this process shares the old one's maps and
-  // takes its kernel-spliced pairs, which receive_pairs() then returns.
-  Status ready(bool takes_pairs);
+  // `takes` (version 2): the pairs this process takes (kernel-spliced ones
+  // when it shares the old one's maps, parked HTTP/1.1 connections), which
+  // receive_pairs() then returns.
+  Status ready(std::uint8_t takes);  // kReadyKernelPairs | kReadyParkedHttp, or 0
   [[nodiscard]] bool moves_pairs() const { return takes_pairs_; }
   // After ready(true): every pair the old process froze for this one. It
   // keeps its own fds until commit(), so dying before that loses nothing.

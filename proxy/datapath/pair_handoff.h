@@ -1,4 +1,5 @@
-// Kernel-spliced pairs as a takeover moves them to a new process
+// Kernel-spliced pairs (and HTTP/1.1 connections parked between requests,
+// proxy/connection.h) as a takeover moves them to a new process
 // (docs/operating.md, "Upgrades"; the protocol is takeover/). Once a pair
 // is in the sockmap its bytes need no userspace: what moves is the two
 // sockets and the few numbers the sockmap path's FIN rule needs
@@ -48,13 +49,21 @@ class PairHandoff {
     SplicedPairState state;
     int client_fd = -1;  // borrowed: open until let_go_frozen() or the pair ends
     int upstream_fd = -1;
+    // An HTTP/1.1 keep-alive connection parked between requests (nothing
+    // buffered, no read pending) rather than a kernel-spliced pair; `state`
+    // is then unused.
+    bool parked_http = false;
   };
 
-  // Implemented by the sockmap path's loop for the pair it runs.
+  // Implemented by the sockmap path's pair, and by a Connection while it
+  // is parked between HTTP/1.1 requests.
   class Pair {
    public:
     // Stop acting on the sockets; the state as it stands.
     virtual Exported freeze() = 0;
+    // A parked HTTP/1.1 connection (Exported::parked_http) rather than a
+    // kernel-spliced pair.
+    [[nodiscard]] virtual bool parked_http() const = 0;
     // Act again (and check the sockets at once: a FIN or reset may have
     // come meanwhile).
     virtual void thaw() = 0;
@@ -77,11 +86,13 @@ class PairHandoff {
     frozen_.erase(&pair);
   }
 
-  std::vector<Exported> freeze_all() {
+  // Freezes every pair of the kinds asked for.
+  std::vector<Exported> freeze_all(bool kernel_spliced, bool parked_http) {
     std::vector<Exported> out;
     out.reserve(pairs_.size());
     for (Pair* p : pairs_)
-      if (frozen_.insert(p).second) out.push_back(p->freeze());
+      if ((p->parked_http() ? parked_http : kernel_spliced) && frozen_.insert(p).second)
+        out.push_back(p->freeze());
     return out;
   }
   void let_go_frozen() {

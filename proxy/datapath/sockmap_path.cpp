@@ -299,6 +299,7 @@ class SplicedPair final : public std::enable_shared_from_this<SplicedPair>, publ
     state.boosted = boosted_bytes_ != 0;
     return {id_, state, client_.get(), upstream_.get()};
   }
+  [[nodiscard]] bool parked_http() const override { return false; }
   void thaw() override {
     hold_ = Hold::running;
     poke();

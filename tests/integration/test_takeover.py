@@ -378,7 +378,8 @@ class TakeoverTest(unittest.TestCase):
     def test_policy_on_arrival(self):
         """The new process brings a config that denies the echo upstream:
         the pairs it adopted to it are revoked (reset) at once, as a reload
-        would; the others moved and go on."""
+        would; the others moved and go on, an HTTP/1.1 keep-alive
+        connection between requests included."""
         tmp = tempfile.TemporaryDirectory(prefix="shunt-takeover-")
         self.addCleanup(tmp.cleanup)
         d = self.ports(tmp.name)
@@ -386,8 +387,12 @@ class TakeoverTest(unittest.TestCase):
             wait_ready(d["admin"], old.proc)
             echo = [socket.create_connection(("127.0.0.1", d["echo"]), timeout=10) for _ in range(3)]
             bulk = socket.create_connection(("127.0.0.1", d["bulk"]), timeout=10)
-            for s in echo + [bulk]:
+            http = socket.create_connection(("127.0.0.1", d["http"]), timeout=10)
+            for s in echo + [bulk, http]:
                 self.addCleanup(s.close)
+            http_in = http.makefile("rb")
+            http.sendall(request("GET", "/api/before"))
+            self.assertEqual(read_response(http_in).status, 200)
             for s in echo:
                 s.sendall(b"ping")
                 self.assertEqual(recv_exact(s, 4), b"ping")
@@ -404,7 +409,14 @@ class TakeoverTest(unittest.TestCase):
             new = self.take_over(old, 0, config_path=stricter)
             log = wait_log(self.procs[-1][1], r"adopted connection\(s\) re-checked against this configuration: 3 "
                            r"revoked", new)
-            self.assertRegex(log, r"complete in \d+ ms: 4 kernel-spliced connection\(s\) moved")
+            self.assertRegex(log, r"complete in \d+ ms: 4 kernel-spliced connection\(s\) and 1 HTTP/1.1 "
+                             r"connection\(s\) between requests moved")
+            # The keep-alive connection's next request is inspected by the
+            # new process (the old one holds nothing and exits below).
+            http.sendall(request("GET", "/api/after"))
+            self.assertEqual(read_response(http_in).status, 200)
+            http.sendall(request("GET", "/api/again"))
+            self.assertEqual(read_response(http_in).status, 200)
             for s in echo:
                 try:
                     s.sendall(b"again")
@@ -423,6 +435,11 @@ class TakeoverTest(unittest.TestCase):
             samples = scrape(d["admin"])
             self.assertEqual(value(samples, "shunt_connections_revoked_total"), 3)
             self.assertEqual(value(samples, "shunt_takeover_connections_transferred_total", datapath="sockmap"), 4)
+            self.assertEqual(value(samples, "shunt_takeover_connections_transferred_total", datapath="copy"), 1)
+            # Counted from 0 in the new process: it decided both.
+            self.assertEqual(value(samples, "shunt_http_requests_total", verdict="allow", protocol="h1"), 2)
+            http_in.close()
+            http.close()  # else SIGTERM's drain waits out its keep-alive
             new.send_signal(signal.SIGTERM)
             self.assertEqual(new.wait(timeout=20), 0)
 

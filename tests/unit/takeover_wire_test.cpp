@@ -177,7 +177,7 @@ struct OldSide {
       hooks.kernel_maps = [this] {
         return std::optional<HandedMaps>(HandedMaps{{7, {"m"}}, {pair_sockets[0].get()}});
       };
-      hooks.freeze_pairs = [this] {
+      hooks.freeze_pairs = [this](const PairKinds&) {
         ++frozen;
         std::vector<HandedPair> out;
         for (std::size_t i = 0; i < pair_sockets.size(); i += 2)
@@ -207,7 +207,7 @@ TEST(TakeoverHandover, CompletesWithBatchesBeyondScmMaxFd) {
   ASSERT_EQ(got.size(), 300u);
   EXPECT_EQ(got[299].entry.endpoint, "127.0.0.1:299");
   EXPECT_EQ(inode(got[299].fd.get()), inode(old.sockets[299].get()));
-  ASSERT_TRUE(s->ready(false));
+  ASSERT_TRUE(s->ready(0));
   ASSERT_TRUE(s->commit());
   const auto r = old.finish();
   EXPECT_EQ(r.outcome, Outcome::ok) << r.detail;
@@ -229,7 +229,7 @@ TEST(TakeoverHandover, PairsMoveInBatchesAndAreLetGoAfterCommit) {
   EXPECT_EQ(maps->version, 7u);
   ASSERT_EQ(maps->maps.size(), 1u);
   EXPECT_EQ(inode(maps->maps[0].second.get()), inode(old.pair_sockets[0].get()));
-  ASSERT_TRUE(s->ready(true));
+  ASSERT_TRUE(s->ready(kReadyKernelPairs));
   auto pairs = s->receive_pairs();
   ASSERT_TRUE(pairs) << pairs.error().message();
   ASSERT_EQ(pairs->size(), 300u);
@@ -250,7 +250,7 @@ TEST(TakeoverHandover, NewProcessGoneAfterThePairsIsTakenBack) {
   {
     auto s = Successor::begin(old.path, Timeouts{1s, 1s});
     ASSERT_TRUE(s) << s.error().message();
-    ASSERT_TRUE(s->ready(true));
+    ASSERT_TRUE(s->ready(kReadyKernelPairs));
     auto pairs = s->receive_pairs();
     ASSERT_TRUE(pairs);
     EXPECT_EQ(pairs->size(), 3u);
@@ -262,12 +262,12 @@ TEST(TakeoverHandover, NewProcessGoneAfterThePairsIsTakenBack) {
   EXPECT_EQ(old.resumed, 1);
 }
 
-// A new process that does not share the maps (ready(false)) gets no pairs.
+// A new process that takes no pairs (ready(0)) gets none.
 TEST(TakeoverHandover, PairsStayWhenTheNewProcessDoesNotTakeThem) {
   OldSide old(2, 3);
   auto s = Successor::begin(old.path, Timeouts{1s, 1s});
   ASSERT_TRUE(s) << s.error().message();
-  ASSERT_TRUE(s->ready(false));
+  ASSERT_TRUE(s->ready(0));
   auto pairs = s->receive_pairs();
   ASSERT_TRUE(pairs);
   EXPECT_TRUE(pairs->empty());
@@ -283,7 +283,7 @@ TEST(TakeoverHandover, NewProcessGoneAfterReadyIsTakenBack) {
   {
     auto s = Successor::begin(old.path, Timeouts{1s, 1s});
     ASSERT_TRUE(s) << s.error().message();
-    ASSERT_TRUE(s->ready(false));
+    ASSERT_TRUE(s->ready(0));
   }  // gone without commit
   const auto r = old.finish();
   EXPECT_EQ(r.outcome, Outcome::failed);
