@@ -28,9 +28,10 @@ import time
 import unittest
 
 from admin_helpers import scrape, value, wait_ready
+from h2_frames import DATA, END_STREAM, GOAWAY, HEADERS, NO_ERROR, Client, goaways, window_update
 from http_peers import Origin, read_response, request
 from shunt_harness import (PY, SHUNT_BIN, PodLab, Shunt, ThreadedServer, echo_handler, free_port, pattern,
-                           pattern_digest, proxy_config, recv_exact, rule, run_tests)
+                           pattern_digest, proxy_config, recv_exact, rule, run_tests, start_nghttpd)
 
 MAGIC = 0x4F544853
 HEADER = struct.Struct("<IHHI")
@@ -440,6 +441,41 @@ class TakeoverTest(unittest.TestCase):
             self.assertEqual(value(samples, "shunt_http_requests_total", verdict="allow", protocol="h1"), 2)
             http_in.close()
             http.close()  # else SIGTERM's drain waits out its keep-alive
+            new.send_signal(signal.SIGTERM)
+            self.assertEqual(new.wait(timeout=20), 0)
+
+    def test_http2_drained_with_goaway(self):
+        """An HTTP/2 connection stays with the old process, which says
+        GOAWAY(NO_ERROR) at once and lets the stream in flight finish
+        (8 MiB, hashed); the client's next connection reaches the new one."""
+        big = os.urandom(8 << 20)
+        listen, admin = free_port(), free_port()
+        origin = start_nghttpd(self, {"big": big, "ok": b"ok"})
+        text = proxy_config([("h2c", listen, origin)],
+                            [rule("files", origin, http=["{method: GET, path_exact: /big}",
+                                                         "{method: GET, path_exact: /ok}"])],
+                            datapath="sockmap", admin=admin, timeouts={"drain": "20s"}, access="off")
+        with Shunt(text, wait_port=listen) as old:
+            wait_ready(admin, old.proc)
+            c = Client(listen)
+            self.addCleanup(c.close)
+            c.request(1, "/big")  # in flight, held at its first 65535 bytes
+            frames = c.frames_until(lambda f: f.type == HEADERS and f.stream == 1, timeout=5)
+            new = self.take_over(old, 0)
+            frames += c.frames_until(lambda f: f.type == GOAWAY, timeout=5)
+            self.assertEqual(goaways(frames), [(1, NO_ERROR)])
+            c.send(window_update(0, 1 << 30) + window_update(1, 1 << 30))
+            frames += c.frames_until(lambda f: f.stream == 1 and f.flags & END_STREAM, timeout=30)
+            body = b"".join(f.payload for f in frames if f.type == DATA and f.stream == 1)
+            self.assertEqual(hashlib.sha256(body).hexdigest(), hashlib.sha256(big).hexdigest())
+            c.close()
+            self.assertEqual(old.proc.wait(timeout=15), 0, old.output()[-2000:])
+            c2 = Client(listen)
+            self.addCleanup(c2.close)
+            c2.request(1, "/ok")
+            status, got, _ = c2.response(1)
+            self.assertEqual((status, got), (200, b"ok"))
+            c2.close()
             new.send_signal(signal.SIGTERM)
             self.assertEqual(new.wait(timeout=20), 0)
 
