@@ -159,6 +159,7 @@ class Control {
   asio::awaitable<void> drain() {
     const auto drain_for = context_.policy.current()->config().proxy.timeouts.drain;
     context_.draining = true;
+    poke_http2(context_.registry);  // GOAWAY now, from every HTTP/2 connection
     server_.stop_accepting();
     const auto deadline = std::chrono::steady_clock::now() + drain_for;
     asio::steady_timer tick(io_);

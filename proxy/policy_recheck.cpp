@@ -41,18 +41,30 @@ policy::Decision recheck(const policy::Policy& policy, const ConnectionInfo& inf
           "the new policy inspects this flow, but the connection was admitted without inspection"};
 }
 
+namespace {
+
+void poke(ConnectionInfo& info) {
+  std::function<void()> streams;
+  {
+    std::lock_guard lock(info.mu);
+    streams = info.recheck_streams;
+  }
+  if (streams) streams();
+}
+
+}  // namespace
+
+void poke_http2(ConnectionRegistry& registry) {
+  for (const auto& info : registry.snapshot()) poke(*info);
+}
+
 std::size_t revoke_disallowed(const policy::Policy& policy, ConnectionRegistry& registry) {
   std::size_t revoked = 0;
   for (const auto& info : registry.snapshot()) {
     const policy::Decision d = recheck(policy, *info);
     if (d.verdict == policy::Verdict::allow) {
       // The connection stays; its HTTP/2 streams are each decided again.
-      std::function<void()> streams;
-      {
-        std::lock_guard lock(info->mu);
-        streams = info->recheck_streams;
-      }
-      if (streams) streams();
+      poke(*info);
       continue;
     }
     spdlog::info("connection {} {} -> {} no longer allowed ({}: {}); resetting", info->id,

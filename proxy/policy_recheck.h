@@ -17,4 +17,10 @@ policy::Decision recheck(const policy::Policy& policy, const ConnectionInfo& inf
 // Returns how many were revoked.
 std::size_t revoke_disallowed(const policy::Policy& policy, ConnectionRegistry& registry);
 
+// Asks every connection that HTTP/2 inspection runs to look at the drain
+// flag (and the policy) again now: the drain calls it once the flag is set,
+// so each sends its GOAWAY at once, and an idle one needs no timer to
+// notice (ConnectionInfo::recheck_streams).
+void poke_http2(ConnectionRegistry& registry);
+
 }  // namespace shunt::proxy

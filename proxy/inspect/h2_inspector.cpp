@@ -41,10 +41,11 @@
 // (linger()) so the GOAWAY reaches a client that is still sending.
 //
 // A reload re-checks open streams at once (the observer's
-// rechecks_streams hook pokes the tick; the 100 ms tick itself is the
-// fallback): a stream no longer allowed is ended, grpc-status 7 for gRPC,
-// RST_STREAM(CANCEL) otherwise. The tick also sends GOAWAY when the daemon
-// drains.
+// rechecks_streams hook, called by the reload for every connection it
+// keeps, pokes the tick): a stream no longer allowed is ended, grpc-status
+// 7 for gRPC, RST_STREAM(CANCEL) otherwise. The drain pokes it too, and the
+// tick sends GOAWAY. The tick runs only when poked: an idle connection has
+// no timer that fires.
 //
 // On the inspector seam (inspector.h) like the HTTP/1.1 and TLS
 // inspectors: it owns the client socket and the upstream one it connects,
@@ -98,9 +99,6 @@ constexpr std::size_t kReadChunk = IoBuffer::kBytes;
 // Http2Settings; docs/config.md). Rapid reset (CVE-2023-44487): nghttp2's
 // token bucket of stream resets ends the connection with
 // GOAWAY(INTERNAL_ERROR) past it, as nghttp2 1.57+ does by default.
-// The tick re-checks streams after a reload a policy_changed hook missed
-// (the hook normally wakes it at once) and notices a drain.
-constexpr auto kTick = std::chrono::milliseconds(100);
 // How long input is read and dropped after a fatal client error (linger()).
 constexpr auto kLinger = std::chrono::seconds(1);
 
@@ -254,7 +252,7 @@ class H2Proxy : public std::enable_shared_from_this<H2Proxy> {
     upstream_wake_.cancel();
     done_wake_.cancel();
   }
-  // Runs the tick now: a reload re-checks streams without waiting for it.
+  // Runs the tick: a reload re-checks the streams, a drain sends GOAWAY.
   void poke() { tick_.cancel(); }
   // Cancelled from outside (revoke, drain timeout, idle) or ended from
   // inside (a task failed): both sockets are reset and every wait ends.
@@ -1141,12 +1139,14 @@ asio::awaitable<void> H2Proxy::write_loop(bool to_client) {
   }
 }
 
+// Wakes only when poked (a reload, the drain: poke(), posted here by the
+// rechecks_streams hook) or when the connection ends. It looks before it
+// waits, so a poke that came before its first wait, when no wait was there
+// to cancel, is not lost: the reload had published, the drain had set the
+// flag, before poking.
 asio::awaitable<void> H2Proxy::tick() {
-  while (!closing_ && !aborted()) {
-    tick_.expires_after(kTick);
-    boost::system::error_code ignored;
-    co_await tick_.async_wait(asio::redirect_error(use_awaitable, ignored));
-    if (closing_ || aborted()) break;
+  for (;;) {
+    if (closing_ || aborted()) co_return;
     if (auto now = in_.policy.current(); now != policy_) {
       policy_ = now;
       recheck(*now);
@@ -1162,6 +1162,9 @@ asio::awaitable<void> H2Proxy::tick() {
                             0);
       client_wake_.cancel();
     }
+    tick_.expires_at(Clock::time_point::max());
+    boost::system::error_code ignored;
+    co_await tick_.async_wait(asio::redirect_error(use_awaitable, ignored));
   }
 }
 
@@ -1192,6 +1195,7 @@ asio::awaitable<void> H2Proxy::run(std::string initial) {
 asio::awaitable<void> H2Proxy::wind_down() {
   closing_ = true;
   wake_all();
+  tick_.cancel();  // it waits for nothing but a poke
   while (running_ > 0) {
     done_wake_.expires_at(Clock::time_point::max());
     boost::system::error_code ignored;

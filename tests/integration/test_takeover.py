@@ -140,8 +140,11 @@ class Traffic:
         self.requests = 0
         self.connections = 0
         self.transfers_ok = 0
-        self.threads = [threading.Thread(target=self.transfer, args=(salt,)) for salt in (11, 23)]
-        self.threads += [threading.Thread(target=self.keep_alive), threading.Thread(target=self.new_connections)]
+        # Daemon threads: a test that fails before finish() must not keep
+        # the process alive (its cleanup calls finish() too).
+        self.threads = [threading.Thread(target=self.transfer, args=(salt,), daemon=True) for salt in (11, 23)]
+        self.threads += [threading.Thread(target=self.keep_alive, daemon=True),
+                         threading.Thread(target=self.new_connections, daemon=True)]
 
     def error(self, what, e):
         with self.lock:
@@ -329,6 +332,7 @@ class TakeoverTest(unittest.TestCase):
             wait_ready(d["admin"], first.proc)
             traffic = Traffic(d, self.bulk_peer, transfer_bytes, rate=3 << 20)
             traffic.start()
+            self.addCleanup(traffic.finish, 5)
             time.sleep(1.0)
             for n in range(takeovers):
                 before = traffic.connections
@@ -515,6 +519,7 @@ class TakeoverTest(unittest.TestCase):
             echo_all(b"before")
             traffic = Traffic(d, self.bulk_peer, 4 << 20, rate=4 << 20)
             traffic.start()
+            self.addCleanup(traffic.finish, 5)
 
             # Without --takeover: one clear line, exit 2, nothing touched.
             plain = subprocess.run([SHUNT_BIN, "run", "-c", old.config_path], capture_output=True, text=True,

@@ -455,7 +455,16 @@ TEST_F(InspectTest, Http2DrainSendsGoawayAndTheOpenStreamFinishes) {
   auto done = start_h2(8080);
   const std::int32_t id = h2_request_at_origin("/ok");
 
-  draining = true;  // the daemon drains: the next tick sends GOAWAY
+  // The daemon drains: it sets the flag, then pokes every HTTP/2
+  // connection (poke_http2), which sends GOAWAY at once.
+  draining = true;
+  std::function<void()> poke;
+  {
+    std::lock_guard lock(observer.mu);
+    poke = observer.recheck_streams;
+  }
+  ASSERT_TRUE(poke);
+  poke();
   ASSERT_TRUE(h2->pump([&] { return h2->goaway; }));
   EXPECT_EQ(h2->goaway_code, static_cast<std::uint32_t>(NGHTTP2_NO_ERROR));
   EXPECT_EQ(h2->goaway_last_stream, id);  // the open stream may finish
