@@ -93,9 +93,10 @@ struct ConnectionInfo {
   // executor), recording `why` (revoked, shutdown).
   std::function<void(EndReason why)> revoke;
   // Set (under mu) while the HTTP/2 inspector runs the connection: asks it,
-  // from any thread, to re-decide its open streams under the current policy
-  // now rather than at its next tick. Called after each reload that keeps
-  // the connection itself.
+  // from any thread, to look at the policy and the drain flag again now
+  // (re-deciding its open streams, sending GOAWAY). Called after each
+  // reload that keeps the connection itself, and when the drain starts
+  // (poke_http2); the inspector has no timer of its own for either.
   std::function<void()> recheck_streams;
 
   // What /connections shows: h2, http/1.1 (HTTP-inspected), tls (SNI) or tcp.

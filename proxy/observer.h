@@ -106,10 +106,10 @@ class ConnectionObserver : public DatapathSink {
   virtual void requests_uninspected() = 0;
   // HTTP/2 inspection runs the connection (/connections `protocol`).
   virtual void speaks_http2() = 0;
-  // What a reload that keeps the connection calls, on the control thread,
-  // so that its HTTP/2 streams are each decided again now (empty: nothing
-  // any more). `recheck` must be safe to call from any thread, and after
-  // the inspection has ended.
+  // What a reload that keeps the connection, and the drain, call on the
+  // control thread, so that its HTTP/2 streams are each decided again and
+  // a drain's GOAWAY goes out now (empty: nothing any more). `recheck` must
+  // be safe to call from any thread, and after the inspection has ended.
   virtual void rechecks_streams(std::function<void()> recheck) = 0;
   // HTTP/2 streams opened (+1) or gone (-1): shunt_http2_active_streams.
   virtual void http2_streams(int delta) = 0;
