@@ -204,6 +204,7 @@ class Connection : public std::enable_shared_from_this<Connection>,
   // Frozen by a takeover while parked: nothing waits on the sockets, so
   // the connection holds itself until thawed or let go.
   std::shared_ptr<Connection> frozen_self_;
+  std::chrono::steady_clock::time_point parked_at_{};  // the last park()
   CancelSlot cancel_;
   SourceLimiter::Lease source_slot_;
   // The idle check's state (check_idle): bytes at the last check and when

@@ -52,7 +52,10 @@
 // read what follows exactly as the old ones would have (that is what the
 // conditions guarantee). The last answer usually completes while the
 // request loop already waits for the client: retire_request then cancels
-// that wait (Session::park_wake) so the loop parks.
+// that wait (Session::park_wake) so the loop parks. A park and a resume
+// cost a session, parsers and frames each time, so a busy connection
+// (HttpResume::park_after, the caller's call) parks only after a quiet
+// spell, found by the keep-alive watch.
 #include "common/async.h"
 #include "common/http_status.h"
 #include "common/io_buffer.h"
@@ -224,6 +227,7 @@ struct Session : std::enable_shared_from_this<Session> {
   // HttpResume: the caller can hold a parked connection; this inspection
   // continues one (its upstream was connected before).
   bool may_park = false;
+  std::chrono::milliseconds park_after{0};  // HttpResume::park_after
   bool resumed = false;
   bool parked = false;  // run_requests stopped to park (InspectOutcome::parked)
   // The request loop waits for the client between requests (the
@@ -302,7 +306,7 @@ void retire_request(Session& s, int status) {
   s.pending.pop_front();
   if (!s.pending.empty()) return;
   s.quiet_since = Clock::now();
-  if (s.may_park && s.keepalive_wait) {
+  if (s.may_park && s.park_after.count() == 0 && s.keepalive_wait) {
     // The last answer is out while the request loop waits for the client
     // between requests: wake it to park (run_requests).
     s.park_wake = true;
@@ -499,17 +503,29 @@ void arm_read_deadline(const std::shared_ptr<Session>& self, Clock::time_point a
 // nothing next to it. `s` is a plain pointer (no allocation for the
 // callback): wait_client, which holds the session, unwatches before it
 // returns.
+//
+// The same watch parks a connection that may park only after a quiet spell
+// (Session::park_after, a busy one): quiet for park_after, the wait is
+// cancelled with park_wake instead.
 void arm_keepalive(Session& s, Clock::time_point at) {
   s.in.quiet.watch_quiet(at, [session = &s] {
     Session& s = *session;
     if (!s.reading_client) return;
     const auto period = s.settings().timeouts.keepalive;
+    const bool deferred_park = s.may_park && s.park_after.count() > 0;
+    const auto now = Clock::now();
     if (!s.pending.empty()) {
-      arm_keepalive(s, Clock::now() + period);
+      arm_keepalive(s, now + (deferred_park ? std::min<Clock::duration>(period, s.park_after) : period));
       return;
     }
-    if (const auto due = s.quiet_since + period; Clock::now() < due) {
-      arm_keepalive(s, due);
+    if (deferred_park && now >= s.quiet_since + s.park_after) {
+      s.park_wake = true;
+      boost::system::error_code ignored;
+      s.client().cancel(ignored);
+      return;
+    }
+    if (const auto due = s.quiet_since + period; now < due) {
+      arm_keepalive(s, deferred_park ? std::min(due, s.quiet_since + s.park_after) : due);
       return;
     }
     s.read_timed_out = true;
@@ -535,7 +551,10 @@ asio::awaitable<ReadResult> wait_client(std::shared_ptr<Session> self, ReadLimit
     // The client has finished a request; if its answer is already out, the
     // quiet starts now, else when the answer completes (retire_request).
     if (s.pending.empty()) s.quiet_since = Clock::now();
-    arm_keepalive(s, Clock::now() + s.settings().timeouts.keepalive);
+    Clock::duration first_check = s.settings().timeouts.keepalive;
+    if (s.may_park && s.park_after.count() > 0)
+      first_check = std::min<Clock::duration>(first_check, s.park_after);
+    arm_keepalive(s, Clock::now() + first_check);
   }
   s.reading_client = true;
   s.keepalive_wait = limit.keepalive;
@@ -745,6 +764,7 @@ asio::awaitable<bool> run_requests(std::shared_ptr<Session> self) {
   // A resumed connection was woken by bytes (or an end) on one side: it
   // parks again only after it has read from the client.
   bool read_since_resume = !s.resumed;
+  bool park_requested = false;  // the last client wait ended to park (ReadResult::park)
   if (connected) {
     // Resumed: the pump watches the upstream again (its FIN, a late byte).
     s.pump_running = true;
@@ -946,8 +966,11 @@ asio::awaitable<bool> run_requests(std::shared_ptr<Session> self) {
     // exactly as this one would. The pump is stopped first (no read
     // pending); an upstream that ended meanwhile keeps the connection here,
     // where the next request finds it gone.
-    if (between_requests && end == 0 && s.may_park && read_since_resume && connected && s.pump_running &&
-        s.pending.empty() && parser.idle_keep_alive() && s.responses.idle_keep_alive()) {
+    // A busy connection (park_after) parks only once the keep-alive watch
+    // woke it for a quiet spell (park_requested).
+    if (between_requests && end == 0 && s.may_park && (s.park_after.count() == 0 || park_requested) &&
+        read_since_resume && connected && s.pump_running && s.pending.empty() && parser.idle_keep_alive() &&
+        s.responses.idle_keep_alive()) {
       co_await stop_pump(s);
       if (s.aborted()) co_return false;
       if (!s.upstream_ended && s.pending.empty()) {
@@ -968,7 +991,8 @@ asio::awaitable<bool> run_requests(std::shared_ptr<Session> self) {
       last_read_filled = got.n == room;
       if (got.ec != asio::error::would_block && got.ec != asio::error::try_again) break;
     }
-    if (got.park) continue;  // the last answer went out: park now (above)
+    park_requested = got.park;
+    if (got.park) continue;  // the last answer went out, or a quiet spell: park now (above)
     if (got.timed_out && between_requests) co_return co_await close_idle(self);
     if (got.timed_out) co_return co_await refuse_malformed(self, 408, nullptr);
     if (got.ec == asio::error::eof) {
@@ -1003,6 +1027,7 @@ asio::awaitable<InspectOutcome> inspect_http(Inspection in, HttpResume resume) {
   auto session = std::make_shared<Session>(in, co_await asio::this_coro::executor);
   Session& s = *session;
   s.may_park = resume.may_park;
+  s.park_after = resume.park_after;
   if (resume.upstream) {
     s.upstream = std::move(*resume.upstream);
     s.resumed = true;

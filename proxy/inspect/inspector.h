@@ -106,6 +106,12 @@ struct HttpResume {
   // The caller can hold a parked connection (InspectOutcome::parked);
   // without it the inspector waits between requests itself.
   bool may_park = false;
+  // How long the connection must be quiet between requests before it
+  // parks: 0 parks as soon as the last answer is out (an idle connection
+  // holds no session at all); a busy one (the caller's judgement) waits,
+  // so a stream of keep-alive requests does not pay a park and a resume
+  // each (checked on the keep-alive watch, so up to one sweep tick late).
+  std::chrono::milliseconds park_after{0};
   // A parked connection's upstream, connected: the inspection goes on
   // between requests (the next head is due timeouts.header after its first
   // byte, as on any keep-alive connection). Empty: a new connection.

@@ -300,6 +300,29 @@ TEST_F(InspectTest, HttpIdleKeepAliveParksAndResumes) {
   EXPECT_EQ(observer.denied_requests, 1);
 }
 
+// A busy connection (park_after) stays in the inspector between requests
+// and parks only after that long without one.
+TEST_F(InspectTest, HttpBusyConnectionParksAfterAQuietSpell) {
+  flow.dst_port = 8080;
+  auto done = io.start(inspect_http(
+      inspection(),
+      HttpResume{.may_park = true, .park_after = std::chrono::milliseconds(400), .upstream = std::nullopt}));
+  UniqueFd upstream;
+  for (int i = 0; i < 2; ++i) {
+    ASSERT_TRUE(send_all(client.far.get(), "GET /ok HTTP/1.1\r\nHost: api\r\n\r\n"));
+    if (i == 0) upstream = accept_upstream();
+    read_message(upstream.get());
+    ASSERT_TRUE(send_all(upstream.get(), "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi"));
+    EXPECT_EQ(read_message(client.far.get(), 2).rfind("HTTP/1.1 200 OK\r\n", 0), 0u);
+    EXPECT_EQ(done.wait_for(std::chrono::milliseconds(150)), std::future_status::timeout);  // not yet
+  }
+  ASSERT_EQ(done.wait_for(kWait), std::future_status::ready);
+  InspectOutcome out = done.get();
+  ASSERT_TRUE(out.parked);
+  EXPECT_EQ(connector.calls, 1);
+  io.run([&] { out.parked.reset(); });
+}
+
 // A request that closes the connection (or a response that does) leaves
 // nothing to park: the inspection waits for the end as before.
 TEST_F(InspectTest, HttpConnectionCloseDoesNotPark) {
