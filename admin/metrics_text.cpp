@@ -286,6 +286,15 @@ std::string render_metrics(const ProxyContext& context, const bpf::PodSteering* 
            "(a reset cut them; never expected after a clean close).");
   p.sample("shunt_sockmap_backlog_dropped_bytes_total", {}, m.sockmap_backlog_dropped_bytes.load());
 
+  p.family("shunt_sockmap_holds_total", "counter",
+           "Times a sockmap pair's verdict held bytes on the source socket because the target's backlog "
+           "was over its limit (a receiver slower than its sender; docs/datapath.md, \"Memory bound\").");
+  p.sample("shunt_sockmap_holds_total", {}, m.sockmap_holds.load());
+  p.family("shunt_sockmap_held_bytes_total", "counter",
+           "Bytes a holding sockmap verdict kept on the source socket, which shunt then wrote to the target "
+           "itself.");
+  p.sample("shunt_sockmap_held_bytes_total", {}, m.sockmap_held_bytes.load());
+
   p.family("shunt_connections_revoked_total", "counter",
            "Open connections reset because a reload disallowed them.");
   p.sample("shunt_connections_revoked_total", {}, m.connections_revoked.load());

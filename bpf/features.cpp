@@ -108,7 +108,7 @@ Feature probe_sk_assign_reuseport() {
 // captured, has its byte redirected (EndpointShortcut's own start-up check).
 Feature probe_sk_msg_shortcut() {
   const char* name = "sk_msg short-circuit";
-  auto bridge = SockmapBridge::load(1, 4 << 20);
+  auto bridge = SockmapBridge::load(1, 4 << 20, 1 << 20);
   if (!bridge) return {name, false, bridge.error().message()};
   auto shortcut = EndpointShortcut::load(*bridge.value(), 1, 4 << 20);
   if (!shortcut) return {name, false, shortcut.error().message()};

@@ -78,7 +78,8 @@ std::string incompatible(const sockmap_redirect& skel, const KernelMaps& maps) {
   if (maps.verdict.empty()) return "no verdict_sockets map";
   for (const auto& [ours, fd] : {std::pair{skel.maps.sock_peers, maps.peers.get()},
                                  std::pair{skel.maps.redirect_targets, maps.targets.get()},
-                                 std::pair{skel.maps.bulk_events, maps.bulk_events.get()}})
+                                 std::pair{skel.maps.bulk_events, maps.bulk_events.get()},
+                                 std::pair{skel.maps.hold_forwarded, maps.forwarded.get()}})
     if (std::string why = incompatible_map(ours, fd); !why.empty()) return why;
   for (const UniqueFd& fd : maps.verdict)
     if (std::string why = incompatible_map(skel.maps.verdict_sockets, fd.get()); !why.empty()) return why;
@@ -89,6 +90,7 @@ std::string incompatible(const sockmap_redirect& skel, const KernelMaps& maps) {
 
 Result<std::unique_ptr<SockmapBridge>> SockmapBridge::load(std::uint32_t max_connections,
                                                            std::uint64_t bulk_threshold_bytes,
+                                                           std::uint64_t backlog_limit_bytes,
                                                            KernelMaps* inherited) {
   std::unique_ptr<SockmapBridge> bridge(new SockmapBridge());
   auto& skel = bridge->objects_->skel;
@@ -99,7 +101,9 @@ Result<std::unique_ptr<SockmapBridge>> SockmapBridge::load(std::uint32_t max_con
   bpf_map__set_max_entries(skel->maps.sock_peers, sockets);
   bpf_map__set_max_entries(skel->maps.redirect_targets, sockets);
   bpf_map__set_max_entries(skel->maps.verdict_sockets, sockets);
+  bpf_map__set_max_entries(skel->maps.hold_forwarded, sockets);
   skel->rodata->bulk_threshold = bulk_threshold_bytes;
+  skel->rodata->backlog_limit = backlog_limit_bytes;
 
   if (inherited) {
     // Before load: libbpf then creates only verdict_sockets, and the
@@ -112,7 +116,8 @@ Result<std::unique_ptr<SockmapBridge>> SockmapBridge::load(std::uint32_t max_con
           why);
     } else if (bpf_map__reuse_fd(skel->maps.sock_peers, inherited->peers.get()) != 0 ||
                bpf_map__reuse_fd(skel->maps.redirect_targets, inherited->targets.get()) != 0 ||
-               bpf_map__reuse_fd(skel->maps.bulk_events, inherited->bulk_events.get()) != 0) {
+               bpf_map__reuse_fd(skel->maps.bulk_events, inherited->bulk_events.get()) != 0 ||
+               bpf_map__reuse_fd(skel->maps.hold_forwarded, inherited->forwarded.get()) != 0) {
       return SysError::from_errno("reuse the sockmap maps of the process taken over");
     } else {
       bridge->inherited_verdict_ = std::move(inherited->verdict);
@@ -128,6 +133,7 @@ Result<std::unique_ptr<SockmapBridge>> SockmapBridge::load(std::uint32_t max_con
   bridge->peers_fd_ = bpf_map__fd(skel->maps.sock_peers);
   bridge->targets_fd_ = bpf_map__fd(skel->maps.redirect_targets);
   bridge->verdict_fd_ = bpf_map__fd(skel->maps.verdict_sockets);
+  bridge->forwarded_fd_ = bpf_map__fd(skel->maps.hold_forwarded);
 
   // BPF_SK_SKB_VERDICT (not STREAM_VERDICT): no strparser, one verdict per
   // skb as tcp_read_skb hands it over; see docs/datapath.md.
@@ -142,8 +148,9 @@ Result<std::unique_ptr<SockmapBridge>> SockmapBridge::load(std::uint32_t max_con
         auto* self = static_cast<SockmapBridge*>(ctx);
         if (size < sizeof(shunt_bulk_event) || !self->on_bulk_) return 0;
         const auto* ev = static_cast<const shunt_bulk_event*>(data);
-        (*self->on_bulk_)(
-            ev->cookie, ev->kind == SHUNT_EVENT_SHORTCUT_STUCK ? EventKind::shortcut_stuck : EventKind::bulk);
+        (*self->on_bulk_)(ev->cookie, ev->kind == SHUNT_EVENT_SHORTCUT_STUCK ? EventKind::shortcut_stuck
+                                      : ev->kind == SHUNT_EVENT_HOLD         ? EventKind::hold
+                                                                             : EventKind::bulk);
         return 0;
       },
       bridge.get(), nullptr));
@@ -172,9 +179,12 @@ static HandoverFailure classify(int err) {
   }
 }
 
-void SockmapBridge::erase_peer(std::uint64_t cookie) { bpf_map_delete_elem(peers_fd_, &cookie); }
+void SockmapBridge::erase_peer(std::uint64_t cookie) {
+  bpf_map_delete_elem(peers_fd_, &cookie);
+  bpf_map_delete_elem(forwarded_fd_, &cookie);  // ENOENT unless it ever held
+}
 
-HandoverResult SockmapBridge::handover(int fd_a, int fd_b) {
+HandoverResult SockmapBridge::handover(int fd_a, int fd_b, std::uint64_t written_a, std::uint64_t written_b) {
   HandoverResult result;
   auto fail = [&](const char* what) {
     result.error = SysError::from_errno(what);
@@ -188,8 +198,13 @@ HandoverResult SockmapBridge::handover(int fd_a, int fd_b) {
   result.cookies = {*cookie_a, *cookie_b};
   const std::uint64_t a = *cookie_a, b = *cookie_b;
 
-  const shunt_sock_peer peer_of_a{.peer_cookie = b, .bytes = 0, .bulk_reported = 0, .pad = 0};
-  const shunt_sock_peer peer_of_b{.peer_cookie = a, .bytes = 0, .bulk_reported = 0, .pad = 0};
+  // Each entry carries what its target (the other socket) had been written
+  // before the handover: the base of the verdict's backlog bound.
+  shunt_sock_peer peer_of_a{}, peer_of_b{};
+  peer_of_a.peer_cookie = b;
+  peer_of_a.peer_written_base = written_b;
+  peer_of_b.peer_cookie = a;
+  peer_of_b.peer_written_base = written_a;
   if (bpf_map_update_elem(peers_fd_, &a, &peer_of_a, BPF_NOEXIST) != 0) return fail("sock_peers insert");
   if (bpf_map_update_elem(peers_fd_, &b, &peer_of_b, BPF_NOEXIST) != 0) {
     fail("sock_peers insert");
@@ -289,7 +304,8 @@ void SockmapBridge::probe_queued_kick() {
   auto cb = socket_cookie(b.get());
   auto cc = socket_cookie(c.get());
   if (!cb || !cc) return fail("cookies");
-  const shunt_sock_peer to_c{.peer_cookie = *cc, .bytes = 0, .bulk_reported = 0, .pad = 0};
+  shunt_sock_peer to_c{};
+  to_c.peer_cookie = *cc;
   std::uint64_t fd_value = static_cast<std::uint64_t>(c.get());
   bool inserted = bpf_map_update_elem(peers_fd_, &*cb, &to_c, BPF_NOEXIST) == 0 &&
                   bpf_map_update_elem(targets_fd_, &*cc, &fd_value, BPF_NOEXIST) == 0;
@@ -333,6 +349,7 @@ KernelMapFds SockmapBridge::kernel_maps() const {
   out.peers = peers_fd_;
   out.targets = targets_fd_;
   out.bulk_events = bpf_map__fd(objects_->skel->maps.bulk_events);
+  out.forwarded = forwarded_fd_;
   // This process's own map always: a pair may enter it until the takeover
   // pauses the acceptors, after this list is sent.
   out.verdict.push_back(verdict_fd_);
@@ -347,6 +364,24 @@ std::uint64_t SockmapBridge::redirected_bytes(std::uint64_t cookie) const {
   shunt_sock_peer entry{};
   if (bpf_map_lookup_elem(peers_fd_, &cookie, &entry) != 0) return 0;
   return entry.bytes;
+}
+
+HoldState SockmapBridge::hold_state(std::uint64_t cookie) const {
+  shunt_sock_peer entry{};
+  if (bpf_map_lookup_elem(peers_fd_, &cookie, &entry) != 0) return {};
+  return {.bytes = entry.bytes, .held = entry.held, .holding = entry.holding != 0};
+}
+
+std::uint64_t SockmapBridge::forwarded(std::uint64_t cookie) const {
+  std::uint64_t value = 0;
+  if (bpf_map_lookup_elem(forwarded_fd_, &cookie, &value) != 0) return 0;  // never held
+  return value;
+}
+
+Status SockmapBridge::set_forwarded(std::uint64_t cookie, std::uint64_t forwarded) {
+  if (bpf_map_update_elem(forwarded_fd_, &cookie, &forwarded, BPF_ANY) != 0)
+    return SysError::from_errno("hold_forwarded update");
+  return ok_status();
 }
 
 void SockmapBridge::forget(const SocketCookies& cookies) {

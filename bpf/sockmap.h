@@ -57,13 +57,17 @@ struct HandoverResult {
 // it with any change to them (sockmap_shared.h, sockmap_maps.bpf.h). A new
 // process that finds another version (or other key or value sizes) loads
 // maps of its own and leaves the open pairs with the old process.
-inline constexpr std::uint32_t kKernelMapsVersion = 1;
+//
+// 2: sock_peers gained the hold (held bytes, holding, the peer's written
+// base) and hold_forwarded joined the shared maps.
+inline constexpr std::uint32_t kKernelMapsVersion = 2;
 
 struct KernelMaps {
   std::uint32_t version = kKernelMapsVersion;
   UniqueFd peers;
   UniqueFd targets;
   UniqueFd bulk_events;
+  UniqueFd forwarded;             // hold_forwarded
   std::vector<UniqueFd> verdict;  // every verdict_sockets that may hold pairs
 };
 
@@ -73,7 +77,16 @@ struct KernelMapFds {
   int peers = -1;
   int targets = -1;
   int bulk_events = -1;
+  int forwarded = -1;
   std::vector<int> verdict;
+};
+
+// What the verdict program has done with one socket's bytes
+// (docs/datapath.md, "Memory bound").
+struct HoldState {
+  std::uint64_t bytes = 0;  // payload through the verdict: redirected + held
+  std::uint64_t held = 0;   // of which kept on the socket (its psock's ingress queue)
+  bool holding = false;     // still holding: nothing is redirected
 };
 
 class SockmapBridge {
@@ -81,8 +94,12 @@ class SockmapBridge {
   // Loads and attaches the verdict program; sized for max_connections pairs.
   // With `inherited` (a takeover), the shared maps are those of the process
   // taken over when they are compatible (inherited_maps() says whether).
+  // `backlog_limit_bytes`: most one direction may have redirected and not
+  // yet in its target's send queue before the verdict holds
+  // (docs/datapath.md, "Memory bound").
   static Result<std::unique_ptr<SockmapBridge>> load(std::uint32_t max_connections,
                                                      std::uint64_t bulk_threshold_bytes,
+                                                     std::uint64_t backlog_limit_bytes,
                                                      KernelMaps* inherited = nullptr);
 
   // True when load() took over the maps it was given: pairs the old
@@ -106,8 +123,10 @@ class SockmapBridge {
   //     lock (kick_queued(); docs/datapath.md, "Bytes queued before the
   //     handover").
   // The caller must have written every byte it read from either socket
-  // before calling, or the kernel path overtakes them.
-  HandoverResult handover(int fd_a, int fd_b);
+  // before calling, or the kernel path overtakes them. `written_a`/`_b`:
+  // the bytes written to each socket so far (tcp_bytes_written()), the base
+  // of the verdict's backlog bound.
+  HandoverResult handover(int fd_a, int fd_b, std::uint64_t written_a, std::uint64_t written_b);
 
   // True when recv() on a verdict socket runs the verdict over bytes queued
   // before the socket entered the map (probed at load; Linux 6.4+ and the
@@ -115,8 +134,18 @@ class SockmapBridge {
   // the SO_RCVLOWAT kick, which is not serialised with the softirq.
   [[nodiscard]] bool recv_runs_verdict() const { return recv_runs_verdict_; }
 
-  // Payload the verdict program redirected from this socket to its peer.
+  // Payload the verdict program took from this socket for its peer:
+  // redirected, or held for userspace to forward (HoldState::bytes).
   [[nodiscard]] std::uint64_t redirected_bytes(std::uint64_t cookie) const;
+
+  // The socket's hold; zeros once forgotten.
+  [[nodiscard]] HoldState hold_state(std::uint64_t cookie) const;
+  // Held bytes of this socket userspace has written to its peer (a running
+  // total, in hold_forwarded so that a takeover's new process carries on
+  // from it); the verdict resumes redirecting once it equals
+  // HoldState::held.
+  [[nodiscard]] std::uint64_t forwarded(std::uint64_t cookie) const;
+  Status set_forwarded(std::uint64_t cookie, std::uint64_t forwarded);
 
   // Drops the peer entries once both sockets are closed (closing a socket
   // removes it from the sockhashes by itself).
@@ -132,10 +161,11 @@ class SockmapBridge {
 
   // Events from the programs, one ring (`bulk_events`): a socket crossed
   // bulk_threshold, or a short-circuited endpoint got stuck on TCP
-  // (bpf/sockmap_shortcut.bpf.c, pass_over_tcp). poll_bulk_events invokes
+  // (bpf/sockmap_shortcut.bpf.c, pass_over_tcp), or a verdict started
+  // holding (docs/datapath.md, "Memory bound"). poll_bulk_events invokes
   // `on_event(cookie, kind)` for each pending one; call it when
   // bulk_events_fd() is readable.
-  enum class EventKind { bulk, shortcut_stuck };
+  enum class EventKind { bulk, shortcut_stuck, hold };
   using EventHandler = std::function<void(std::uint64_t cookie, EventKind kind)>;
   [[nodiscard]] int bulk_events_fd() const;
   void poll_bulk_events(const EventHandler& on_event);
@@ -160,6 +190,7 @@ class SockmapBridge {
   int peers_fd_ = -1;
   int targets_fd_ = -1;
   int verdict_fd_ = -1;
+  int forwarded_fd_ = -1;  // hold_forwarded
   bool recv_runs_verdict_ = false;
   // verdict_sockets maps of the processes taken over, kept open while
   // this one runs: closing the last reference would free a map and take

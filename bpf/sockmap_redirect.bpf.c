@@ -24,15 +24,80 @@ struct {
 	__uint(max_entries, 64 * 1024);
 } bulk_events SEC(".maps");
 
+/* Held bytes userspace has written to the peer, by the holding socket's
+ * cookie; written only by userspace (docs/datapath.md, "Memory bound").
+ * Entries exist only while a socket holds or has held. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u64);
+	__type(value, __u64);
+} hold_forwarded SEC(".maps");
+
 /* Bytes a socket must move before userspace hears about it (see
  * docs/datapath.md, "Buffer sizing"). */
 const volatile __u64 bulk_threshold = 4 << 20;
+
+/* Most a pair direction may have redirected and not yet in its target's
+ * send queue (the target psock's backlog, which nothing charges or
+ * bounds). Above it the verdict holds. */
+const volatile __u64 backlog_limit = 1 << 20;
+
+static __always_inline long report(__u64 cookie, __u32 kind)
+{
+	struct shunt_bulk_event ev = { .cookie = cookie, .kind = kind };
+
+	return bpf_ringbuf_output(&bulk_events, &ev, sizeof(ev), 0);
+}
+
+/* Whether the peer's psock backlog (bytes redirected to it and not yet in
+ * its send queue) is under backlog_limit. "Written" is what userspace's
+ * tcp_bytes_written() reads through TCP_INFO: bytes sent, less
+ * retransmissions, plus bytes queued and not sent. The caller only asks
+ * when every held byte has been forwarded, so everything through the
+ * verdict (`bytes`) is what the peer must have been written. The endpoint
+ * short-circuit writes into the same peer without counting here: that can
+ * only make the backlog look smaller, never hold without cause. */
+static __always_inline int peer_has_room(struct shunt_sock_peer *peer)
+{
+	struct bpf_sock *sk = bpf_map_lookup_elem(&redirect_targets, &peer->peer_cookie);
+	struct tcp_sock *tp;
+	int room = 1;
+
+	if (!sk)
+		return 1; /* gone: the redirect fails and says so */
+	tp = bpf_skc_to_tcp_sock(sk);
+	if (tp) {
+		__u64 written =
+		    tp->bytes_sent - tp->bytes_retrans + (__u32)(tp->write_seq - tp->snd_nxt);
+		__s64 backlog = (__s64)(peer->bytes - (written - peer->peer_written_base));
+
+		room = backlog < (__s64)backlog_limit;
+	}
+	bpf_sk_release(sk);
+	return room;
+}
+
+/* Keeps the skb on this socket: SK_PASS queues it on the socket's own
+ * psock (ingress_msg), charged to its receive buffer, so its receive window
+ * closes and the sender is slowed as by a slow reader. Every later skb is
+ * held too, in order, until userspace has written all of them to the peer
+ * (hold_forwarded) and the peer's backlog is under the limit again; then
+ * redirecting resumes behind them. */
+static __always_inline int hold(struct shunt_sock_peer *peer, __u32 len)
+{
+	__sync_fetch_and_add(&peer->bytes, len);
+	__sync_fetch_and_add(&peer->held, len);
+	return SK_PASS;
+}
 
 SEC("sk_skb")
 int redirect_to_peer(struct __sk_buff *skb)
 {
 	__u64 cookie = bpf_get_socket_cookie(skb);
 	struct shunt_sock_peer *peer = bpf_map_lookup_elem(&sock_peers, &cookie);
+	__u32 len = skb->len;
 
 	/* Not ours (or being torn down): leave the bytes on the socket. */
 	if (!peer)
@@ -43,15 +108,29 @@ int redirect_to_peer(struct __sk_buff *skb)
 	 * peer's write side (the byte counts say "drained"), and the worker's
 	 * send would fail with EPIPE and report an error on the peer. The FIN
 	 * itself is already known to TCP; the empty skb carries nothing. */
-	if (skb->len == 0)
+	if (len == 0)
 		return SK_DROP;
 
-	__u64 before = __sync_fetch_and_add(&peer->bytes, skb->len);
-	if (before < bulk_threshold && before + skb->len >= bulk_threshold &&
-	    !peer->bulk_reported) {
+	if (peer->holding) {
+		__u64 *forwarded = bpf_map_lookup_elem(&hold_forwarded, &cookie);
+
+		if (!forwarded || *forwarded != peer->held || !peer_has_room(peer))
+			return hold(peer, len);
+		/* Every held byte is in the peer's send queue: this one may
+		 * follow them through the backlog. */
+		peer->holding = 0;
+	} else if (!peer_has_room(peer) && report(cookie, SHUNT_EVENT_HOLD) == 0) {
+		/* Only with the event delivered: held bytes wait for userspace,
+		 * and a hold nobody hears of would stall the direction. A full
+		 * ring (the control thread not reading) redirects as before. */
+		peer->holding = 1;
+		return hold(peer, len);
+	}
+
+	__u64 before = __sync_fetch_and_add(&peer->bytes, len);
+	if (before < bulk_threshold && before + len >= bulk_threshold && !peer->bulk_reported) {
 		peer->bulk_reported = 1;
-		struct shunt_bulk_event ev = { .cookie = cookie };
-		bpf_ringbuf_output(&bulk_events, &ev, sizeof(ev), 0);
+		report(cookie, SHUNT_EVENT_BULK);
 	}
 	return bpf_sk_redirect_hash(skb, &redirect_targets, &peer->peer_cookie, 0);
 }

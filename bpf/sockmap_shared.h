@@ -7,13 +7,18 @@
 #endif
 
 /* One entry per socket handed to the kernel, keyed by its socket cookie.
- * Written by userspace before the socket enters any sockmap; `bytes` is
- * updated by the verdict program for every skb it redirects. */
+ * Written by userspace before the socket enters any sockmap, then only by
+ * the verdict program (one run at a time per socket: it runs under the
+ * socket's lock). Userspace's side of a hold is in `hold_forwarded`, a map
+ * of its own, because a userspace update replaces the whole value and would
+ * lose the program's concurrent increments. */
 struct shunt_sock_peer {
-	__u64 peer_cookie;   /* where this socket's bytes go */
-	__u64 bytes;	     /* payload redirected from this socket to its peer */
-	__u32 bulk_reported; /* set once the bulk-transfer event has been sent */
-	__u32 pad;
+	__u64 peer_cookie;	 /* where this socket's bytes go */
+	__u64 bytes;		 /* payload through the verdict: redirected + held */
+	__u64 held;		 /* of `bytes`, passed to this socket's own queue */
+	__u64 peer_written_base; /* bytes written to the peer before the handover */
+	__u32 bulk_reported;	 /* set once the bulk-transfer event has been sent */
+	__u32 holding;		 /* the peer's backlog is over the limit: hold, do not redirect */
 };
 
 /* Ring buffer record. SHUNT_EVENT_BULK (0, what sockmap_redirect sends):
@@ -21,10 +26,14 @@ struct shunt_sock_peer {
  * userspace may grant its pair larger buffers. SHUNT_EVENT_SHORTCUT_STUCK
  * (sockmap_shortcut only): the endpoint facing socket `cookie` has sent
  * shortcut_give_up bytes over TCP without the fence opening again, so
- * userspace takes it out of the short-circuit (see endpoint_send). */
+ * userspace takes it out of the short-circuit (see endpoint_send).
+ * SHUNT_EVENT_HOLD (sockmap_redirect): socket `cookie`'s peer backlog
+ * crossed backlog_limit and the verdict holds its bytes; userspace forwards
+ * them (docs/datapath.md, "Memory bound"). */
 enum shunt_event_kind {
 	SHUNT_EVENT_BULK = 0,
 	SHUNT_EVENT_SHORTCUT_STUCK = 1,
+	SHUNT_EVENT_HOLD = 2,
 };
 
 struct shunt_bulk_event {

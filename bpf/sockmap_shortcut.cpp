@@ -242,7 +242,8 @@ void EndpointShortcut::probe(const SockmapBridge& bridge) {
   auto cg = socket_cookie(g.get());
   if (!cf || !cg) return fail("cookies");
   const SockmapBridge::SharedMaps shared = bridge.shared_maps();
-  const shunt_sock_peer f_to_g{.peer_cookie = *cg, .bytes = 0, .bulk_reported = 0, .pad = 0};
+  shunt_sock_peer f_to_g{};
+  f_to_g.peer_cookie = *cg;
   std::uint64_t g_fd = static_cast<std::uint64_t>(g.get());
   // F too, as the handover puts shunt's client-facing socket there: the
   // capture program checks E is F's TCP peer.

@@ -328,8 +328,16 @@ class Control {
 
   asio::awaitable<void> handle_bulk_events() {
     bulk_ = std::make_unique<asio::posix::stream_descriptor>(io_, context_.bulk_grants->events_fd());
+    asio::steady_timer paused(io_);
     for (;;) {
       boost::system::error_code ec;
+      if (context_.bulk_grants->paused()) {
+        // Handed its pairs to a new process, which reads the shared ring
+        // now (BulkGrants::pause); the fd would stay readable.
+        paused.expires_after(std::chrono::milliseconds(100));
+        co_await paused.async_wait(asio::redirect_error(use_awaitable, ec));
+        continue;
+      }
       co_await bulk_->async_wait(asio::posix::descriptor_base::wait_read,
                                  asio::redirect_error(use_awaitable, ec));
       if (ec) co_return;
@@ -404,9 +412,9 @@ int run_proxy(const RunOptions& options) {
     if (datapath == config::Datapath::sockmap) {
       // In a takeover, with the running process's maps: the pairs it hands
       // on keep their counters and targets (bpf/sockmap.h, KernelMaps).
-      auto bridge =
-          bpf::SockmapBridge::load(cfg.proxy.limits.max_connections, kBulkThresholdBytes,
-                                   takeover && takeover->kernel_maps ? &*takeover->kernel_maps : nullptr);
+      auto bridge = bpf::SockmapBridge::load(
+          cfg.proxy.limits.max_connections, kBulkThresholdBytes, BufferBudget::kBacklogLimitBytes,
+          takeover && takeover->kernel_maps ? &*takeover->kernel_maps : nullptr);
       if (bridge) {
         context.bridge = std::move(bridge.value());
         context.bulk_grants = std::make_unique<BulkGrants>(*context.bridge);

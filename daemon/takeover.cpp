@@ -31,6 +31,7 @@ void record(std::string_view result, std::chrono::steady_clock::time_point began
 constexpr std::string_view kMapPeers = "sock_peers";
 constexpr std::string_view kMapTargets = "redirect_targets";
 constexpr std::string_view kMapBulkEvents = "bulk_events";
+constexpr std::string_view kMapForwarded = "hold_forwarded";
 constexpr std::string_view kMapVerdict = "verdict_sockets";  // one or more
 
 bpf::KernelMaps to_kernel_maps(takeover::InheritedMaps maps) {
@@ -43,6 +44,8 @@ bpf::KernelMaps to_kernel_maps(takeover::InheritedMaps maps) {
       out.targets = std::move(fd);
     else if (name == kMapBulkEvents)
       out.bulk_events = std::move(fd);
+    else if (name == kMapForwarded)
+      out.forwarded = std::move(fd);
     else if (name == kMapVerdict)
       out.verdict.push_back(std::move(fd));
   }
@@ -281,8 +284,9 @@ asio::awaitable<void> HandoverService::serve() {
         const bpf::KernelMapFds maps = context_.bridge->kernel_maps();
         takeover::HandedMaps out;
         out.set.version = maps.version;
-        out.set.names = {std::string(kMapPeers), std::string(kMapTargets), std::string(kMapBulkEvents)};
-        out.fds = {maps.peers, maps.targets, maps.bulk_events};
+        out.set.names = {std::string(kMapPeers), std::string(kMapTargets), std::string(kMapBulkEvents),
+                         std::string(kMapForwarded)};
+        out.fds = {maps.peers, maps.targets, maps.bulk_events, maps.forwarded};
         for (int fd : maps.verdict) {
           out.set.names.emplace_back(kMapVerdict);
           out.fds.push_back(fd);
@@ -295,6 +299,8 @@ asio::awaitable<void> HandoverService::serve() {
     Moved moved;
     hooks.freeze_pairs = [this, &moved](const takeover::PairKinds& kinds) {
       const auto frozen_at = std::chrono::steady_clock::now();
+      // The new process reads the shared event ring from here on.
+      if (context_.bulk_grants && kinds.kernel_spliced) context_.bulk_grants->pause();
       std::vector<takeover::HandedPair> out;
       for (const ExportedConnection& e :
            server_.freeze_pairs(kinds.kernel_spliced && context_.bridge, kinds.parked_http)) {
@@ -313,6 +319,7 @@ asio::awaitable<void> HandoverService::serve() {
     hooks.let_go_pairs = [this] { server_.let_go_frozen(); };
     hooks.thaw_pairs = [this] {
       spdlog::info("takeover: taking the frozen connections back");
+      if (context_.bulk_grants) context_.bulk_grants->resume();
       server_.thaw_frozen();
     };
     const takeover::HandoverResult r = co_await takeover::hand_over(peer, hooks, takeover::Timeouts{});

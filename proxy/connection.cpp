@@ -197,6 +197,11 @@ void Connection::backlog_dropped(std::uint64_t bytes) {
   metrics().sockmap_backlog_dropped_bytes.fetch_add(bytes, std::memory_order_relaxed);
 }
 
+void Connection::held(std::uint64_t holds, std::uint64_t bytes) {
+  metrics().sockmap_holds.fetch_add(holds, std::memory_order_relaxed);
+  metrics().sockmap_held_bytes.fetch_add(bytes, std::memory_order_relaxed);
+}
+
 void Connection::saw_sni(std::string sni) {
   std::lock_guard lock(info_->mu);
   info_->basis.sni = std::move(sni);

@@ -108,6 +108,9 @@ struct Metrics {
   // Redirected by the sockmap verdict but still in the target's backlog
   // when the pair ended (proxy/datapath/sockmap_path.cpp).
   std::atomic<std::uint64_t> sockmap_backlog_dropped_bytes{0};
+  // Holds of the sockmap verdict and the bytes held (sockmap_hold.h).
+  std::atomic<std::uint64_t> sockmap_holds{0};
+  std::atomic<std::uint64_t> sockmap_held_bytes{0};
   // shunt_connection_ends_total{reason}, indexed by EndReason.
   std::array<std::atomic<std::uint64_t>, kEndReasonSlots> connection_ends{};
   std::array<std::atomic<std::uint64_t>, kAcceptRefusalNames.size()> accept_refusals{};

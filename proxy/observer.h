@@ -72,6 +72,10 @@ class DatapathSink {
   // Bytes the kernel redirected that never reached the peer socket before
   // the pair closed (shunt_sockmap_backlog_dropped_bytes_total).
   virtual void backlog_dropped(std::uint64_t bytes) = 0;
+  // The verdict held this pair's bytes `holds` times (its target's backlog
+  // was over the limit) and userspace forwarded `bytes` of them
+  // (shunt_sockmap_holds_total, shunt_sockmap_held_bytes_total).
+  virtual void held(std::uint64_t holds, std::uint64_t bytes) = 0;
 };
 
 // One inspected HTTP request (HTTP/1.1 request or HTTP/2 stream) for its

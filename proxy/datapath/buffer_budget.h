@@ -23,6 +23,12 @@ class BufferBudget {
   static constexpr int kSplicedSendBufferBytes = 256 << 10;
   static constexpr std::uint64_t kBoostedBufferBytes = 64ull << 20;
   static constexpr std::uint64_t kDefaultBudgetBytes = 1ull << 30;
+  // Most one direction of a pair may have redirected and not yet in its
+  // target's send queue: the target psock's backlog, which the kernel
+  // neither charges nor bounds. Above it the verdict holds the source's
+  // bytes on the source socket, whose receive window then closes
+  // (docs/datapath.md, "Memory bound").
+  static constexpr std::uint64_t kBacklogLimitBytes = 1ull << 20;
 
   explicit BufferBudget(std::uint64_t budget_bytes = kDefaultBudgetBytes) : available_(budget_bytes) {}
 

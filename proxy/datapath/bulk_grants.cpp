@@ -33,6 +33,7 @@ void BulkGrants::withdraw(std::uint64_t cookie_a, std::uint64_t cookie_b) {
 }
 
 void BulkGrants::poll() {
+  if (paused()) return;
   bridge_.poll_bulk_events([this](std::uint64_t cookie, bpf::SockmapBridge::EventKind kind) {
     std::shared_ptr<const Grant> grant;
     {

@@ -12,6 +12,7 @@
 #include "bpf/sockmap.h"
 #include "proxy/datapath/buffer_budget.h"
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -51,8 +52,18 @@ class BulkGrants {
   [[nodiscard]] Enrollment enroll(std::uint64_t cookie_a, std::uint64_t cookie_b, Grant grant);
 
   // Control thread, when events_fd() is readable: calls the grants of the
-  // pairs reported since the last poll.
+  // pairs reported since the last poll. Does nothing while paused.
   void poll();
+
+  // A takeover's old process stops reading events once it has frozen its
+  // pairs: the ring is shared with the new process (bpf/sockmap.h,
+  // KernelMaps), and an event read here for a pair the new process now runs
+  // would be lost to it (a hold event, which starts a pump, must not be).
+  // Resumed when the pairs are taken back; the caller waits on something
+  // other than events_fd() meanwhile, which stays readable.
+  void pause() { paused_.store(true, std::memory_order_relaxed); }
+  void resume() { paused_.store(false, std::memory_order_relaxed); }
+  [[nodiscard]] bool paused() const { return paused_.load(std::memory_order_relaxed); }
   [[nodiscard]] int events_fd() const { return bridge_.bulk_events_fd(); }
 
   BufferBudget& budget() { return budget_; }
@@ -62,6 +73,7 @@ class BulkGrants {
 
   bpf::SockmapBridge& bridge_;
   BufferBudget budget_;
+  std::atomic<bool> paused_{false};
   std::mutex mu_;  // the map: enroll/withdraw on workers, lookups on the control thread
   std::unordered_map<std::uint64_t, std::shared_ptr<const Grant>> by_cookie_;
 };

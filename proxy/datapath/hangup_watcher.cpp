@@ -45,6 +45,19 @@ std::uint64_t HangupWatcher::add(int fd, Callback on_event) {
   return token;
 }
 
+void HangupWatcher::set_extra_events(std::uint64_t token, std::uint32_t events) {
+  auto it = watches_.find(token);
+  if (it == watches_.end() || it->second.extra == events) return;
+  epoll_event ev{};
+  ev.events = EPOLLRDHUP | EPOLLET | events;
+  ev.data.u64 = token;
+  if (::epoll_ctl(epoll_fd_, EPOLL_CTL_MOD, it->second.fd, &ev) != 0) {
+    spdlog::warn("hang-up watcher: epoll_ctl mod fd {}: {}", it->second.fd, std::strerror(errno));
+    return;
+  }
+  it->second.extra = events;
+}
+
 void HangupWatcher::remove(std::uint64_t token) {
   auto it = watches_.find(token);
   if (it == watches_.end()) return;

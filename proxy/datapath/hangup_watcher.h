@@ -31,6 +31,10 @@ class HangupWatcher {
   // or errors. Returns a token for remove(); must be removed before fd closes.
   std::uint64_t add(int fd, Callback on_event);
   void remove(std::uint64_t token);
+  // Also wakes for `events` (EPOLLIN, EPOLLOUT) from now on, 0 for hang-ups
+  // only again. Costly on a redirecting socket (a wake per segment): only
+  // for a pair whose verdict holds (docs/datapath.md, "Memory bound").
+  void set_extra_events(std::uint64_t token, std::uint32_t events);
 
  private:
   boost::asio::awaitable<void> dispatch_loop();
@@ -38,6 +42,7 @@ class HangupWatcher {
   struct Watch {
     int fd;
     Callback callback;
+    std::uint32_t extra = 0;
   };
   int epoll_fd_ = -1;
   boost::asio::posix::stream_descriptor epoll_desc_;

@@ -26,11 +26,13 @@
 #include "proxy/datapath/bulk_grants.h"
 #include "proxy/datapath/datapath.h"
 #include "proxy/datapath/hangup_watcher.h"
+#include "proxy/datapath/sockmap_hold.h"
 #include "proxy/datapath/tcp_counters.h"
 #include "proxy/metrics.h"  // the fallback reasons (names only)
 
 #include <poll.h>
 #include <spdlog/spdlog.h>
+#include <sys/epoll.h>
 #include <sys/socket.h>
 #include <boost/asio/post.hpp>
 #include <boost/asio/redirect_error.hpp>
@@ -92,6 +94,8 @@ struct SplicedDirection {
   std::uint64_t from_consumed_at_handover = 0;  // read by userspace before the handover
   std::uint64_t to_written_at_handover = 0;
   bool fin_forwarded = false;
+  HeldBytes hold{};  // what the verdict kept on `from` (docs/datapath.md, "Memory bound")
+  HeldBytes::Wait hold_wait = HeldBytes::Wait::nothing;
 };
 
 // Sets a socket's send buffer (SO_SNDBUFFORCE: beyond wmem_max, needs
@@ -272,10 +276,15 @@ class SplicedPair final : public std::enable_shared_from_this<SplicedPair>, publ
                         asio::post(self->executor_, [self, source, kind] {
                           if (kind == bpf::SockmapBridge::EventKind::shortcut_stuck)
                             self->release_stuck_endpoint();
+                          else if (kind == bpf::SockmapBridge::EventKind::hold)
+                            self->start_hold(source);
                           else
                             self->grant_bulk(source);
                         });
                       });
+    // A hold that began before this enrollment had its event dropped (no
+    // pair known for the cookie yet), and an adopted pair may be holding.
+    start_pending_holds();
     // The first look is posted too: on_end never runs before start_sockmap
     // has returned.
     poke();
@@ -302,6 +311,8 @@ class SplicedPair final : public std::enable_shared_from_this<SplicedPair>, publ
   [[nodiscard]] bool parked_http() const override { return false; }
   void thaw() override {
     hold_ = Hold::running;
+    // Hold events while frozen went to the other process (or nowhere).
+    start_pending_holds();
     poke();
   }
   void let_go() override {
@@ -331,6 +342,49 @@ class SplicedPair final : public std::enable_shared_from_this<SplicedPair>, publ
       reset_fd(upstream_.get());
     }
     if (!running) end();
+  }
+
+  // Starts the pump of a direction with held bytes not yet forwarded.
+  void start_pending_holds() {
+    for (SplicedDirection* d : {&up_, &down_})
+      if (bridge_.hold_state(d->from_cookie).held != bridge_.forwarded(d->from_cookie)) d->hold.start();
+  }
+
+  void start_hold(std::uint64_t source) {
+    if (!open_) return;
+    (source == up_.from_cookie ? up_ : down_).hold.start();
+    poke();
+  }
+
+  // Moves held bytes (sockmap_hold.h) and watches for readiness only while
+  // a direction holds: on a redirecting socket every segment would wake
+  // the worker. False when a socket failed (both were reset).
+  bool pump_held(bool& waiting_for_backlog) {
+    for (SplicedDirection* d : {&up_, &down_}) {
+      if (d->fin_forwarded) continue;
+      const HeldBytes::Step step = d->hold.pump(bridge_, d->from, d->to, d->from_cookie,
+                                                d->to_written_at_handover, d == &up_ ? short_circuited() : 0);
+      d->hold_wait = step.wait;
+      waiting_for_backlog = waiting_for_backlog || step.wait == HeldBytes::Wait::backlog;
+      if (step.failed_fd >= 0) {
+        const bool client_failed = step.failed_fd == client_.get();
+        spdlog::debug("connection {}: {} side failed while shunt forwarded held bytes; resetting both", id_,
+                      client_failed ? "client" : "upstream");
+        ending_.note(client_failed ? EndReason::client_reset : EndReason::upstream_reset,
+                     std::strerror(step.error));
+        reset_fd(client_.get());
+        reset_fd(upstream_.get());
+        return false;
+      }
+    }
+    auto wants = [](const SplicedDirection& d, HeldBytes::Wait which, std::uint32_t event) {
+      return d.hold_wait == which ? event : 0u;
+    };
+    hangups_.set_extra_events(client_watch_, wants(up_, HeldBytes::Wait::readable, EPOLLIN) |
+                                                 wants(down_, HeldBytes::Wait::writable, EPOLLOUT));
+    hangups_.set_extra_events(upstream_watch_, wants(down_, HeldBytes::Wait::readable, EPOLLIN) |
+                                                   wants(up_, HeldBytes::Wait::writable, EPOLLOUT));
+    return true;
   }
 
   void grant_bulk(std::uint64_t source) {
@@ -387,8 +441,13 @@ class SplicedPair final : public std::enable_shared_from_this<SplicedPair>, publ
   // before the softirq that queued the last segment has run the verdict
   // over it, so "written >= redirected" alone could pass for an instant
   // with the tail not yet redirected, and the FIN would overtake it.
+  //
+  // Held bytes (sockmap_hold.h) count as taken by the verdict and must all
+  // have been forwarded too.
   [[nodiscard]] bool drained(const SplicedDirection& d) const {
-    const std::uint64_t redirected = bridge_.redirected_bytes(d.from_cookie);
+    const bpf::HoldState hold = bridge_.hold_state(d.from_cookie);
+    if (hold.held != bridge_.forwarded(d.from_cookie)) return false;
+    const std::uint64_t redirected = hold.bytes;
     // tcpi_bytes_received counts the FIN's sequence number too.
     const std::uint64_t received = tcp_bytes_received(d.from);
     const std::uint64_t payload =
@@ -430,6 +489,10 @@ class SplicedPair final : public std::enable_shared_from_this<SplicedPair>, publ
       reset_fd(upstream_.get());
       return false;
     }
+    // Held bytes move first: a FIN waits for them as for the backlog.
+    bool waiting_for_backlog = false;
+    if (!pump_held(waiting_for_backlog)) return false;
+
     bool waiting_for_drain = false;
     for (auto* d : {&up_, &down_}) {
       const bool source_closed = d == &up_ ? client_state.read_closed : upstream_state.read_closed;
@@ -456,10 +519,14 @@ class SplicedPair final : public std::enable_shared_from_this<SplicedPair>, publ
       try_capture();
 
     Clock::time_point wake = Clock::time_point::max();
-    if (waiting_for_drain) {
-      // The peer's backlog drains at the receiver's pace: back off to 50 ms.
+    if (waiting_for_drain || waiting_for_backlog) {
+      // The peer's backlog drains at the receiver's pace: back off to 50 ms,
+      // or to 4 ms while held bytes wait behind it (their sender is
+      // stopped meanwhile).
+      const milliseconds cap = waiting_for_backlog ? milliseconds(4) : milliseconds(50);
+      drain_poll_ = std::min(drain_poll_, cap);
       wake = Clock::now() + drain_poll_;
-      drain_poll_ = std::min(drain_poll_ * 2, milliseconds(50));
+      drain_poll_ = std::min(drain_poll_ * 2, cap);
     } else {
       drain_poll_ = milliseconds(1);
     }
@@ -534,6 +601,12 @@ class SplicedPair final : public std::enable_shared_from_this<SplicedPair>, publ
       spdlog::debug(
           "connection {}: short-circuit moved {} byte(s) up, fence opened {} time(s), {} return(s) to TCP",
           id_, shortcut_stats.bytes, shortcut_stats.switches, shortcut_stats.fallbacks);
+    }
+    if (const std::uint64_t holds = up_.hold.holds() + down_.hold.holds()) {
+      const std::uint64_t forwarded = up_.hold.forwarded_here() + down_.hold.forwarded_here();
+      sink_.held(holds, forwarded);
+      spdlog::debug("connection {}: held {} time(s) for a slow receiver, {} byte(s) forwarded by shunt", id_,
+                    holds, forwarded);
     }
     std::uint64_t dropped = 0;
     for (const SplicedDirection* d : {&up_, &down_}) {
@@ -653,7 +726,8 @@ asio::awaitable<std::optional<Ending>> start_sockmap(SocketPair& pair, DatapathS
   set_send_buffer(client_fd, BufferBudget::kSplicedSendBufferBytes, false);
   set_send_buffer(upstream_fd, BufferBudget::kSplicedSendBufferBytes, false);
 
-  const bpf::HandoverResult handover = bridge->handover(client_fd, upstream_fd);
+  const bpf::HandoverResult handover =
+      bridge->handover(client_fd, upstream_fd, client_written, upstream_written);
   if (handover.failure != bpf::HandoverFailure::none) {
     spdlog::debug("connection {}: sockmap refused the pair ({}), {}", id, handover.error.message(),
                   handover.partial ? "resetting" : "splicing instead");

@@ -9,6 +9,10 @@
 #include "tests/unit/proxy_fakes.h"
 
 #include <gtest/gtest.h>
+#include <poll.h>
+
+#include <atomic>
+#include <thread>
 
 namespace shunt::proxy {
 namespace {
@@ -35,14 +39,24 @@ class DatapathTest : public ::testing::TestWithParam<Path> {
     client_link = loopback_link(io.io);
     upstream_link = loopback_link(io.io);
     if (GetParam() == Path::sockmap) {
-      auto loaded = bpf::SockmapBridge::load(64, 1u << 30);
+      auto loaded = bpf::SockmapBridge::load(64, 1u << 30, BufferBudget::kBacklogLimitBytes);
       if (!loaded) GTEST_SKIP() << "sockmap unavailable here: " << loaded.error().message();
       bridge = std::move(loaded.value());
       grants = std::make_unique<BulkGrants>(*bridge);
       io.run([&] { hangups = std::make_unique<HangupWatcher>(io.io); });
+      // The daemon's control thread reads the event ring (bulk grants, and
+      // the hold events a slow reader causes, which start the pump).
+      events = std::thread([this] {
+        pollfd p{grants->events_fd(), POLLIN, 0};
+        while (!stop_events) {
+          if (::poll(&p, 1, 10) > 0) grants->poll();
+        }
+      });
     }
   }
   void TearDown() override {
+    stop_events = true;
+    if (events.joinable()) events.join();
     if (hangups) io.run([&] { hangups.reset(); });
   }
 
@@ -74,6 +88,8 @@ class DatapathTest : public ::testing::TestWithParam<Path> {
   std::unique_ptr<bpf::SockmapBridge> bridge;
   std::unique_ptr<BulkGrants> grants;
   std::unique_ptr<HangupWatcher> hangups;
+  std::atomic<bool> stop_events{false};
+  std::thread events;
   KernelSplice kernel;
   std::optional<SocketPair> pair;  // the path's, until it returns
 };

@@ -173,6 +173,10 @@ class RecordingObserver : public ConnectionObserver {
   void kernel_path(Direction, KernelPath) override {}
   void buffer_boost(bool) override {}
   void backlog_dropped(std::uint64_t n) override { dropped += n; }
+  void held(std::uint64_t h, std::uint64_t b) override {
+    holds += h;
+    held_bytes += b;
+  }
   void decided(const policy::Decision& d) override {
     std::lock_guard lock(mu);
     decisions.push_back(d);
@@ -203,7 +207,8 @@ class RecordingObserver : public ConnectionObserver {
     exchanges.push_back(x);
   }
 
-  std::atomic<std::uint64_t> up{0}, down{0}, kernel_up{0}, kernel_down{0}, dropped{0};
+  std::atomic<std::uint64_t> up{0}, down{0}, kernel_up{0}, kernel_down{0}, dropped{0}, holds{0},
+      held_bytes{0};
   std::atomic<int> allowed_requests{0}, denied_requests{0}, active_streams{0};
   std::atomic<bool> spliced{false}, uninspected{false}, http2{false};
   std::mutex mu;

@@ -1,0 +1,79 @@
+#include "proxy/datapath/sockmap_hold.h"
+
+#include "common/io_buffer.h"
+#include "proxy/datapath/tcp_counters.h"
+
+#include <spdlog/spdlog.h>
+#include <sys/socket.h>
+
+#include <cerrno>
+
+namespace shunt::proxy {
+
+namespace {
+
+ssize_t retry_eintr(auto call) {
+  ssize_t n;
+  do n = call();
+  while (n < 0 && errno == EINTR);
+  return n;
+}
+
+bool would_block() { return errno == EAGAIN || errno == EWOULDBLOCK; }
+
+}  // namespace
+
+HeldBytes::Step HeldBytes::pump(bpf::SockmapBridge& bridge, int from, int to, std::uint64_t from_cookie,
+                                std::uint64_t written_base, std::uint64_t others) {
+  if (!active_) return {};
+  std::uint64_t forwarded = bridge.forwarded(from_cookie);
+  for (;;) {
+    // Step 1: everything redirected before the hold is in the target once
+    // the target has been written it, plus what was forwarded here and
+    // what the short-circuit wrote.
+    const bpf::HoldState state = bridge.hold_state(from_cookie);
+    if (tcp_bytes_written(to) - written_base < state.bytes - state.held + forwarded + others)
+      return {.wait = Wait::backlog};
+    if (state.held == forwarded && !state.holding) {
+      active_ = false;  // the verdict redirects again
+      return {};
+    }
+    // Step 2: peek, send what the target takes, consume exactly that.
+    IoBuffer buffer;
+    const ssize_t peeked =
+        retry_eintr([&] { return ::recv(from, buffer.data(), IoBuffer::size(), MSG_PEEK | MSG_DONTWAIT); });
+    if (peeked < 0 && !would_block()) return {.failed_fd = from, .error = errno};
+    if (peeked <= 0) {
+      // Nothing held waits: every held byte is through, but the verdict
+      // clears its flag only at the next skb; or EOF. Idle until readable.
+      if (peeked == 0 || state.held == forwarded) {
+        if (peeked == 0) active_ = false;
+        return {.wait = peeked == 0 ? Wait::nothing : Wait::readable};
+      }
+      return {.wait = Wait::readable};
+    }
+    const ssize_t sent = retry_eintr(
+        [&] { return ::send(to, buffer.data(), static_cast<std::size_t>(peeked), MSG_DONTWAIT | MSG_NOSIGNAL); });
+    if (sent < 0) {
+      if (would_block()) return {.wait = Wait::writable};
+      return {.failed_fd = to, .error = errno};
+    }
+    const ssize_t consumed =
+        retry_eintr([&] { return ::recv(from, buffer.data(), static_cast<std::size_t>(sent), MSG_DONTWAIT); });
+    if (consumed != sent) {
+      // The peeked bytes are gone or short: the stream can no longer be
+      // kept exact, so the pair ends with both sides reset.
+      spdlog::error("sockmap hold: consumed {} of {} held byte(s) just written", consumed, sent);
+      return {.failed_fd = from, .error = consumed < 0 ? errno : EIO};
+    }
+    forwarded += static_cast<std::uint64_t>(sent);
+    forwarded_here_ += static_cast<std::uint64_t>(sent);
+    // Published as it goes: the verdict compares it with what it held.
+    if (Status st = bridge.set_forwarded(from_cookie, forwarded); !st) {
+      spdlog::error("sockmap hold: {}", st.error().message());
+      return {.failed_fd = from, .error = st.error().code};
+    }
+  }
+}
+
+}  // namespace shunt::proxy
