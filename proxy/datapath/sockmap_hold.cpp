@@ -52,14 +52,15 @@ HeldBytes::Step HeldBytes::pump(bpf::SockmapBridge& bridge, int from, int to, st
       }
       return {.wait = Wait::readable};
     }
-    const ssize_t sent = retry_eintr(
-        [&] { return ::send(to, buffer.data(), static_cast<std::size_t>(peeked), MSG_DONTWAIT | MSG_NOSIGNAL); });
+    const ssize_t sent = retry_eintr([&] {
+      return ::send(to, buffer.data(), static_cast<std::size_t>(peeked), MSG_DONTWAIT | MSG_NOSIGNAL);
+    });
     if (sent < 0) {
       if (would_block()) return {.wait = Wait::writable};
       return {.failed_fd = to, .error = errno};
     }
-    const ssize_t consumed =
-        retry_eintr([&] { return ::recv(from, buffer.data(), static_cast<std::size_t>(sent), MSG_DONTWAIT); });
+    const ssize_t consumed = retry_eintr(
+        [&] { return ::recv(from, buffer.data(), static_cast<std::size_t>(sent), MSG_DONTWAIT); });
     if (consumed != sent) {
       // The peeked bytes are gone or short: the stream can no longer be
       // kept exact, so the pair ends with both sides reset.
