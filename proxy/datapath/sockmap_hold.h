@@ -35,7 +35,7 @@ namespace shunt::proxy {
 class HeldBytes {
  public:
   // What the pump waits for before it can move on.
-  enum class Wait {
+  enum class Wait : std::uint8_t {
     nothing,   // nothing held: idle until the next hold event
     readable,  // the source, for more held bytes (or the verdict to resume)
     writable,  // the target, for room
@@ -61,12 +61,13 @@ class HeldBytes {
             std::uint64_t written_base, std::uint64_t others);
 
   // Holds this pump served, and the bytes it forwarded.
-  [[nodiscard]] std::uint64_t holds() const { return holds_; }
+  [[nodiscard]] std::uint32_t holds() const { return holds_; }
   [[nodiscard]] std::uint64_t forwarded_here() const { return forwarded_here_; }
 
  private:
+  // 16 bytes: every kernel-spliced pair carries two (issue 16's budget).
   bool active_ = false;
-  std::uint64_t holds_ = 0;
+  std::uint32_t holds_ = 0;
   std::uint64_t forwarded_here_ = 0;
 };
 
