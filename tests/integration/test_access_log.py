@@ -24,7 +24,7 @@ HTTP_KEYS = CONN_KEYS + ["method", "path", "host", "status"]
 OPTIONAL_KEYS = ["reason", "error", "path_up", "path_down", "grpc_status"]
 REASONS = {"client_closed", "upstream_closed", "client_reset", "upstream_reset", "policy_deny", "bad_request",
            "request_timeout", "revoked", "upstream_connect_failed", "idle_timeout", "keepalive_timeout",
-           "refuse_timeout", "handover_failed", "shutdown", "proxy_error", "proxy_loop"}
+           "refuse_timeout", "handover_failed", "shutdown", "proxy_error", "proxy_loop", "taken_over"}
 TS_RE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)$")
 
 
