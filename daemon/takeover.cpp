@@ -56,13 +56,35 @@ bpf::KernelMaps to_kernel_maps(takeover::InheritedMaps maps) {
 struct Moved {
   std::array<std::size_t, 3> by_datapath{};  // config::Datapath
   std::size_t kernel_spliced = 0;
+  std::size_t userspace = 0;
   std::size_t parked_http = 0;
 
   void add(const TransferredConnection& t) {
     ++by_datapath[static_cast<std::size_t>(t.datapath)];
-    ++(t.parked_http ? parked_http : kernel_spliced);
+    switch (t.kind) {
+      case PairKind::kernel_spliced:
+        ++kernel_spliced;
+        break;
+      case PairKind::userspace:
+        ++userspace;
+        break;
+      case PairKind::parked_http:
+        ++parked_http;
+        break;
+    }
   }
-  [[nodiscard]] std::size_t total() const { return kernel_spliced + parked_http; }
+  [[nodiscard]] std::size_t total() const { return kernel_spliced + userspace + parked_http; }
+  // "K kernel-spliced connection(s), U copy/splice ... and H HTTP/1.1 ...".
+  [[nodiscard]] std::string text() const {
+    return fmt::format(
+        "{} kernel-spliced connection(s), {} copy/splice connection(s) between reads and {} HTTP/1.1 "
+        "connection(s) between requests",
+        kernel_spliced, userspace, parked_http);
+  }
+  // What follows "K kernel-spliced connection(s) ... in T ms" in the log.
+  [[nodiscard]] std::string others() const {
+    return fmt::format("{} copy/splice between reads, {} HTTP/1.1 between requests", userspace, parked_http);
+  }
   void count() const {
     for (std::size_t i = 0; i < by_datapath.size(); ++i)
       metrics().takeover_connections[i].fetch_add(by_datapath[i], std::memory_order_relaxed);
@@ -146,8 +168,8 @@ takeover::ControlListener finish_takeover(TakeoverStart& start, const config::Co
         "takeover: this process does not share pid {}'s sockmap; its kernel-spliced connections stay "
         "with it and drain there",
         old_pid);
-  const std::uint8_t takes =
-      takeover::kReadyParkedHttp | (takes_kernel_pairs ? takeover::kReadyKernelPairs : 0);
+  const std::uint8_t takes = takeover::kReadyParkedHttp | takeover::kReadyUserspace |
+                             (takes_kernel_pairs ? takeover::kReadyKernelPairs : 0);
   if (Status st = start.successor.ready(takes); !st) {
     if (st.error().code != ECONNRESET) {
       start.successor.abort("no answer to ready: " + st.error().message());
@@ -177,12 +199,12 @@ takeover::ControlListener finish_takeover(TakeoverStart& start, const config::Co
     for (const AdoptedConnection& a : *decoded) moved.add(a.connection);
     server.adopt(std::move(*decoded));
     spdlog::info(
-        "takeover: {} kernel-spliced connection(s) received and adopted in {} ms, and {} HTTP/1.1 "
-        "connection(s) between requests (frozen until the commit)",
+        "takeover: {} kernel-spliced connection(s) received and adopted in {} ms ({}); frozen until "
+        "the commit",
         moved.kernel_spliced,
         std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - received_at)
             .count(),
-        moved.parked_http);
+        moved.others());
   }
   auto listener = takeover::ControlListener::bind(config.admin.control_socket);
   if (!listener) {
@@ -202,11 +224,10 @@ takeover::ControlListener finish_takeover(TakeoverStart& start, const config::Co
   }
   record("ok", start.began);
   spdlog::info(
-      "takeover: complete in {} ms: {} kernel-spliced connection(s) and {} HTTP/1.1 connection(s) between "
-      "requests moved; pid {} drains the rest of its open connections and exits",
+      "takeover: complete in {} ms: {} moved; pid {} drains the rest of its open connections and exits",
       std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - start.began)
           .count(),
-      moved.kernel_spliced, moved.parked_http, old_pid);
+      moved.text(), old_pid);
   // Policy on arrival: this process's config decides every connection it
   // now holds, exactly as a reload would.
   if (moved.total()) {
@@ -294,26 +315,36 @@ asio::awaitable<void> HandoverService::serve() {
         return out;
       };
     }
-    // Kernel-spliced pairs (when the new process shares the maps) and
-    // HTTP/1.1 connections parked between requests.
+    // Kernel-spliced pairs (when the new process shares the maps), copy
+    // and splice pairs between reads, HTTP/1.1 connections parked between
+    // requests.
     Moved moved;
     hooks.freeze_pairs = [this, &moved](const takeover::PairKinds& kinds) {
       const auto frozen_at = std::chrono::steady_clock::now();
       // The new process reads the shared event ring from here on.
       if (context_.bulk_grants && kinds.kernel_spliced) context_.bulk_grants->pause();
       std::vector<takeover::HandedPair> out;
-      for (const ExportedConnection& e :
-           server_.freeze_pairs(kinds.kernel_spliced && context_.bridge, kinds.parked_http)) {
+      const auto take = [&kinds](PairKind kind) {
+        switch (kind) {
+          case PairKind::kernel_spliced:
+            return kinds.kernel_spliced;
+          case PairKind::parked_http:
+            return kinds.parked_http;
+          case PairKind::userspace:
+            return kinds.userspace;
+        }
+        return false;
+      };
+      for (const ExportedConnection& e : server_.freeze_pairs(take)) {
         moved.add(e.connection);
         out.push_back({encode(e.connection), e.client_fd, e.upstream_fd});
       }
       spdlog::info(
-          "takeover: {} kernel-spliced connection(s) frozen in {} ms, and {} HTTP/1.1 connection(s) between "
-          "requests; sending them",
+          "takeover: {} kernel-spliced connection(s) frozen in {} ms ({}); sending them",
           moved.kernel_spliced,
           std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - frozen_at)
               .count(),
-          moved.parked_http);
+          moved.others());
       return out;
     };
     hooks.let_go_pairs = [this] { server_.let_go_frozen(); };
@@ -338,11 +369,9 @@ asio::awaitable<void> HandoverService::serve() {
     listener_.abandon();
     acceptor_->close(ec);
     spdlog::info(
-        "takeover: shunt {} (pid {}) took over {} listening socket(s), {} kernel-spliced connection(s) and "
-        "{} "
-        "HTTP/1.1 connection(s) between requests in {} ms (protocol version {}); this process stopped "
-        "accepting",
-        r.peer_binary, r.peer_pid, r.listeners, moved.kernel_spliced, moved.parked_http,
+        "takeover: shunt {} (pid {}) took over {} listening socket(s) and {} in {} ms (protocol version {}); "
+        "this process stopped accepting",
+        r.peer_binary, r.peer_pid, r.listeners, moved.text(),
         std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - began)
             .count(),
         r.version);

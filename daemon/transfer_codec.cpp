@@ -44,7 +44,7 @@ std::string encode(const TransferredConnection& t) {
   w.u64(ticks<std::chrono::steady_clock>(t.started)).u64(ticks<std::chrono::system_clock>(t.started_wall));
   w.u64(t.bytes_up).u64(t.bytes_down);
   w.u8(static_cast<std::uint8_t>(t.path_up)).u8(static_cast<std::uint8_t>(t.path_down));
-  w.u8(static_cast<std::uint8_t>(t.datapath)).u8(t.parked_http ? 1 : 0);
+  w.u8(static_cast<std::uint8_t>(t.datapath)).u8(static_cast<std::uint8_t>(t.kind));
   // What the verdict rests on (DecisionBasis; its flow is src and dst).
   const DecisionBasis& b = t.basis;
   w.u8(static_cast<std::uint8_t>(b.inspect)).u8(b.requests_uninspected ? 1 : 0);
@@ -85,7 +85,9 @@ std::optional<TransferredConnection> decode_connection(std::string_view state) {
   const std::uint8_t datapath = r.u8();
   if (datapath > static_cast<std::uint8_t>(config::Datapath::copy)) return std::nullopt;
   t.datapath = static_cast<config::Datapath>(datapath);
-  t.parked_http = r.u8() != 0;
+  const std::uint8_t kind = r.u8();
+  if (kind > static_cast<std::uint8_t>(PairKind::userspace)) return std::nullopt;
+  t.kind = static_cast<PairKind>(kind);
   DecisionBasis& b = t.basis;
   const std::uint8_t inspect = r.u8();
   if (inspect > static_cast<std::uint8_t>(policy::Inspect::tls)) return std::nullopt;

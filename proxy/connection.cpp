@@ -81,8 +81,9 @@ void Connection::adopt(ProxyContext& proxy, WorkerContext& worker, const config:
   self->detached_ = true;
   self->register_open();
   spdlog::debug("connection {}: adopted (connection {} of the process taken over)", self->info_->id, t.id);
-  if (t.parked_http) {
-    // Between requests: parked, frozen until the takeover commits (thaw()).
+  if (t.kind != PairKind::kernel_spliced) {
+    // Between requests (parked) or between reads (copy, splice): frozen
+    // until the takeover commits (thaw()).
     self->info_->datapath = t.datapath;
     auto assign = [](tcp::socket& socket, UniqueFd fd) {
       sockaddr_storage local{};
@@ -94,7 +95,11 @@ void Connection::adopt(ProxyContext& proxy, WorkerContext& worker, const config:
     };
     assign(self->sockets_.client, std::move(adopted.client));
     assign(self->sockets_.upstream, std::move(adopted.upstream));
-    self->parked_ = true;
+    self->parked_ = t.kind == PairKind::parked_http;
+    self->adopted_pending_forward_ = t.kind == PairKind::userspace;
+    // The data path reads its baselines from the kernel, as after an
+    // inspection (should it hand the pair to the sockmap).
+    if (self->adopted_pending_forward_) self->inspected_ = true;
     self->frozen_self_ = self;
     worker.handoff.adopt_frozen(*self);
     return;
@@ -145,6 +150,10 @@ void Connection::abort() {
   if (aborted_) return;
   aborted_ = true;
   allowed_ = false;
+  // Frozen by a takeover, the sockets may be the other process's by now
+  // (a new process that fails stops with everything it adopted, which the
+  // old one takes back): thaw() resets them if this one keeps them.
+  if (frozen_self_) return;
   reset_socket(sockets_.client);
   reset_socket(sockets_.upstream);
   cancel_.cancel();  // whoever holds the sockets now resets them
@@ -418,11 +427,11 @@ asio::awaitable<void> Connection::forward() {
     }
     case config::Datapath::splice:
       info_->datapath = config::Datapath::splice;
-      ending = co_await run_splice(sockets_, *this, cancel_);
+      ending = co_await run_splice(sockets_, *this, cancel_, &worker_.handoff);
       break;
     case config::Datapath::copy:
       info_->datapath = config::Datapath::copy;
-      ending = co_await run_copy(sockets_, *this, cancel_);
+      ending = co_await run_copy(sockets_, *this, cancel_, &worker_.handoff);
       break;
   }
   settle(ending);
@@ -558,7 +567,7 @@ PairHandoff::Exported Connection::freeze() {
   e.connection_id = info_->id;
   e.client_fd = sockets_.client.native_handle();
   e.upstream_fd = sockets_.upstream.native_handle();
-  e.parked_http = true;
+  e.kind = PairKind::parked_http;
   // The cookies name the sockets, which the new process checks.
   auto client = bpf::socket_cookie(e.client_fd);
   auto upstream = bpf::socket_cookie(e.upstream_fd);
@@ -568,7 +577,25 @@ PairHandoff::Exported Connection::freeze() {
 }
 
 void Connection::thaw() {
-  const auto self = std::move(frozen_self_);  // park()'s waits hold it from here
+  const auto self = std::move(frozen_self_);  // park()'s waits (or forward()'s frame) hold it from here
+  if (aborted_) {
+    // Revoked, timed out or shut down while frozen (abort()).
+    parked_ = false;
+    adopted_pending_forward_ = false;
+    reset_socket(sockets_.client);
+    reset_socket(sockets_.upstream);
+    cancel_.cancel();
+    finish();
+    return;
+  }
+  if (adopted_pending_forward_) {
+    // Its data path registers the pair itself from here (join.h).
+    worker_.handoff.remove(*this);
+    adopted_pending_forward_ = false;
+    detached_ = false;
+    guarded_spawn(worker_.io, "connection", drive(self, forward()), Failure::survivable);
+    return;
+  }
   park();
 }
 

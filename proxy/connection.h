@@ -149,7 +149,14 @@ class Connection : public std::enable_shared_from_this<Connection>,
   // thaw parks again, let_go closes this process's descriptors (not the
   // sockets' last) and finishes as taken over ---
   PairHandoff::Exported freeze() override;
-  [[nodiscard]] bool parked_http() const override { return true; }
+  // Parked, or (adopted) a copy/splice pair waiting to start.
+  [[nodiscard]] PairKind kind() const override {
+    return parked_ ? PairKind::parked_http : PairKind::userspace;
+  }
+  // Only while parked: an adopted copy/splice pair is frozen from its
+  // adoption until thaw() hands it to its data path, which registers the
+  // pair itself.
+  [[nodiscard]] bool can_freeze() const override { return parked_; }
   void thaw() override;
   void let_go() override;
   [[nodiscard]] const config::ProxySettings& settings() const { return policy_->config().proxy; }
@@ -206,6 +213,9 @@ class Connection : public std::enable_shared_from_this<Connection>,
   // the connection holds itself until thawed or let go.
   std::shared_ptr<Connection> frozen_self_;
   std::chrono::steady_clock::time_point parked_at_{};  // the last park()
+  // Adopted between reads of its copy or splice data path: thaw() runs
+  // forward() on its sockets.
+  bool adopted_pending_forward_ = false;
   CancelSlot cancel_;
   SourceLimiter::Lease source_slot_;
   // The idle check's state (check_idle): bytes at the last check and when

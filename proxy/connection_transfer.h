@@ -34,10 +34,9 @@ struct TransferredConnection {
   KernelPath path_up = KernelPath::sk_skb;
   KernelPath path_down = KernelPath::sk_skb;
   config::Datapath datapath = config::Datapath::sockmap;
-  // An HTTP/1.1 connection parked between requests (its inspection goes on
-  // in the new process at the next request); otherwise a kernel-spliced
-  // pair, `state` its data path's.
-  bool parked_http = false;
+  // What the new process does with it (pair_handoff.h); `state` is a
+  // kernel-spliced pair's.
+  PairKind kind = PairKind::kernel_spliced;
   DecisionBasis basis;  // basis.flow is rebuilt from src and dst
   SplicedPairState state;
 };

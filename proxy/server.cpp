@@ -341,16 +341,16 @@ void on_every_worker(std::vector<std::unique_ptr<Worker>>& workers, Job job) {
 
 }  // namespace
 
-std::vector<ExportedConnection> Server::freeze_pairs(bool kernel_spliced, bool parked_http) {
+std::vector<ExportedConnection> Server::freeze_pairs(const std::function<bool(PairKind)>& take) {
   std::mutex mu;
   std::vector<ExportedConnection> out;
   on_every_worker(workers_, [&](Worker& w, std::size_t) {
     std::vector<ExportedConnection> mine;
-    for (const PairHandoff::Exported& e : w.handoff.freeze_all(kernel_spliced, parked_http)) {
+    for (const PairHandoff::Exported& e : w.handoff.freeze_all(take)) {
       auto info = context_.registry.find(e.connection_id);
       if (!info) continue;  // registered before any pair runs; never the case
       TransferredConnection t = describe(*info, e.state);
-      t.parked_http = e.parked_http;
+      t.kind = e.kind;
       mine.push_back({std::move(t), e.client_fd, e.upstream_fd});
     }
     std::lock_guard lock(mu);

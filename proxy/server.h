@@ -94,7 +94,8 @@ class Server {
   // process holds them, or thaw_frozen() when it failed. The new process:
   // adopt() (returns once every pair is registered, frozen), then
   // thaw_frozen() once the takeover committed. Control thread only.
-  [[nodiscard]] std::vector<ExportedConnection> freeze_pairs(bool kernel_spliced, bool parked_http);
+  // `take`: which kinds the new process takes.
+  [[nodiscard]] std::vector<ExportedConnection> freeze_pairs(const std::function<bool(PairKind)>& take);
   void let_go_frozen();
   void thaw_frozen();
   void adopt(std::vector<AdoptedConnection> connections);

@@ -152,8 +152,10 @@ asio::awaitable<HandoverResult> hand_over(Socket& peer, const HandoverHooks& hoo
   // Version 2: whether the new process shares our maps and takes pairs.
   // Version 2: which pairs the new process takes.
   const std::uint8_t flags = *version >= kProtocolPairs ? Reader(ready->payload).u8() : 0;
-  const PairKinds kinds{(flags & kReadyKernelPairs) != 0, (flags & kReadyParkedHttp) != 0};
-  const bool takes_pairs = hooks.freeze_pairs && (kinds.kernel_spliced || kinds.parked_http);
+  const PairKinds kinds{(flags & kReadyKernelPairs) != 0, (flags & kReadyParkedHttp) != 0,
+                        (flags & kReadyUserspace) != 0};
+  const bool takes_pairs =
+      hooks.freeze_pairs && (kinds.kernel_spliced || kinds.parked_http || kinds.userspace);
 
   hooks.pause();
   bool frozen = false;

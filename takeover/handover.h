@@ -34,6 +34,7 @@ struct HandedMaps {
 struct PairKinds {
   bool kernel_spliced = false;  // it shares the sockmap's maps
   bool parked_http = false;     // HTTP/1.1 connections between requests
+  bool userspace = false;       // copy and splice pairs between reads
 };
 
 // Version 2: one kernel-spliced pair (or parked HTTP/1.1 connection), frozen (its state encoded by the

@@ -26,6 +26,7 @@ inline constexpr std::uint16_t kProtocolPairs = 2;  // the first version that mo
 // `ready`'s flags (version 2): the pairs the new process takes.
 inline constexpr std::uint8_t kReadyKernelPairs = 1;  // kernel-spliced (it shares the maps)
 inline constexpr std::uint8_t kReadyParkedHttp = 2;   // HTTP/1.1 connections between requests
+inline constexpr std::uint8_t kReadyUserspace = 4;    // copy and splice pairs between reads
 
 // Every step is bounded: a peer that stalls longer is treated as gone and
 // the old process keeps (or takes back) everything.

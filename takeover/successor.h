@@ -53,7 +53,7 @@ class Successor {
   // `takes` (version 2): the pairs this process takes (kernel-spliced ones
   // when it shares the old one's maps, parked HTTP/1.1 connections), which
   // receive_pairs() then returns.
-  Status ready(std::uint8_t takes);  // kReadyKernelPairs | kReadyParkedHttp, or 0
+  Status ready(std::uint8_t takes);  // kReady* flags, or 0
   [[nodiscard]] bool moves_pairs() const { return takes_pairs_; }
   // After ready(true): every pair the old process froze for this one. It
   // keeps its own fds until commit(), so dying before that loses nothing.

@@ -22,14 +22,14 @@ namespace {
 // `from_client`: which side `from` is, for the cause an end records.
 asio::awaitable<void> copy_direction(tcp::socket& from, tcp::socket& to, bool from_client,
                                      Direction direction, DatapathSink& sink, CancelSlot& cancel,
-                                     Ending& ending) {
+                                     Ending& ending, UserspaceHold& hold) {
   boost::system::error_code ec;
   // Reads below never block: the wait for data is the async_wait.
   from.non_blocking(true, ec);
   for (;;) {
     // Readable first, then a buffer (common/io_buffer.h): an idle direction
     // holds none, a busy one only until its bytes are written on.
-    co_await from.async_wait(tcp::socket::wait_read, asio::redirect_error(asio::use_awaitable, ec));
+    if (!co_await hold.wait_readable(from, ec)) co_return;  // taken over
     std::optional<IoBuffer> buffer;
     std::size_t n = 0;
     if (!ec) {
@@ -67,11 +67,14 @@ asio::awaitable<void> copy_direction(tcp::socket& from, tcp::socket& to, bool fr
 
 }  // namespace
 
-asio::awaitable<Ending> run_copy(SocketPair& pair, DatapathSink& sink, CancelSlot& cancel) {
-  co_return co_await run_both_directions(
-      pair, cancel, [&](tcp::socket& from, tcp::socket& to, bool from_client, Direction d, Ending& ending) {
-        return copy_direction(from, to, from_client, d, sink, cancel, ending);
-      });
+asio::awaitable<Ending> run_copy(SocketPair& pair, DatapathSink& sink, CancelSlot& cancel,
+                                 PairHandoff* handoff) {
+  co_return co_await run_both_directions(pair, cancel, handoff, sink.id(),
+                                         [&](tcp::socket& from, tcp::socket& to, bool from_client,
+                                             Direction d, Ending& ending, UserspaceHold& hold) {
+                                           return copy_direction(from, to, from_client, d, sink, cancel,
+                                                                 ending, hold);
+                                         });
 }
 
 }  // namespace shunt::proxy

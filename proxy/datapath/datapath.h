@@ -51,11 +51,15 @@ struct SocketPair {
 
 // Asio async read/write through a 64 KiB buffer per direction, held only
 // while bytes are in flight (common/io_buffer.h).
-boost::asio::awaitable<Ending> run_copy(SocketPair& pair, DatapathSink& sink, CancelSlot& cancel);
+// `handoff`: this thread's, through which a takeover may move the pair
+// between reads (join.h, UserspaceHold); null: it never moves.
+boost::asio::awaitable<Ending> run_copy(SocketPair& pair, DatapathSink& sink, CancelSlot& cancel,
+                                        PairHandoff* handoff = nullptr);
 
 // splice(2) through a pipe per direction, held only while bytes are in
 // flight, driven by Asio readiness.
-boost::asio::awaitable<Ending> run_splice(SocketPair& pair, DatapathSink& sink, CancelSlot& cancel);
+boost::asio::awaitable<Ending> run_splice(SocketPair& pair, DatapathSink& sink, CancelSlot& cancel,
+                                          PairHandoff* handoff = nullptr);
 
 // What the sockmap path needs from the process, injected by whoever wires
 // the connection (the server's ProxyContext and the worker's watcher).

@@ -9,6 +9,7 @@
 #include "common/cancel_slot.h"
 #include "common/reset.h"
 #include "proxy/datapath/datapath.h"
+#include "proxy/datapath/pair_handoff.h"
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/redirect_error.hpp>
@@ -16,6 +17,8 @@
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
+#include <sys/socket.h>
+#include <unistd.h>
 #include <exception>
 #include <memory>
 
@@ -48,25 +51,140 @@ inline boost::asio::awaitable<void> join_both(boost::asio::awaitable<void> first
   if (state->error) std::rethrow_exception(state->error);
 }
 
+// A copy or splice pair as a takeover moves it (pair_handoff.h). Between
+// reads nothing of it is in userspace (copy holds no buffer, splice's pipe
+// is empty), so once both directions wait for their source to be readable
+// it is only its two sockets: it can be frozen then (the waits are
+// cancelled and the directions wait for thaw or let-go instead), and the
+// new process starts its data path on them again. A pair with a direction
+// mid-write, or one already ended (half-closed), cannot: it stays and
+// drains here.
+class UserspaceHold final : public PairHandoff::Pair {
+ public:
+  UserspaceHold(PairHandoff* handoff, SocketPair& pair, CancelSlot& cancel, std::uint64_t id,
+                const boost::asio::any_io_executor& ex)
+      : handoff_(handoff),
+        pair_(pair),
+        cancel_(cancel),
+        id_(id),
+        thawed_(ex, boost::asio::steady_timer::time_point::max()) {
+    if (handoff_) handoff_->add(*this);
+  }
+  UserspaceHold(const UserspaceHold&) = delete;
+  UserspaceHold& operator=(const UserspaceHold&) = delete;
+  ~UserspaceHold() {
+    if (handoff_) handoff_->remove(*this);
+  }
+
+  // A direction's wait for `from` to be readable (its result in `ec`);
+  // false once the pair was let go: the direction ends without touching
+  // the sockets.
+  boost::asio::awaitable<bool> wait_readable(boost::asio::ip::tcp::socket& from,
+                                             boost::system::error_code& ec) {
+    namespace asio = boost::asio;
+    for (;;) {
+      if (state_ == State::running) {
+        ++waiting_;
+        co_await from.async_wait(asio::ip::tcp::socket::wait_read,
+                                 asio::redirect_error(asio::use_awaitable, ec));
+        --waiting_;
+        if (state_ == State::running) co_return true;
+      }
+      if (state_ == State::gone) co_return false;
+      boost::system::error_code ignored;  // frozen: until thaw() or let_go()
+      co_await thawed_.async_wait(asio::redirect_error(asio::use_awaitable, ignored));
+    }
+  }
+  [[nodiscard]] bool gone() const { return state_ == State::gone; }
+
+  [[nodiscard]] PairKind kind() const override { return PairKind::userspace; }
+  [[nodiscard]] bool can_freeze() const override { return state_ == State::running && waiting_ == 2; }
+  PairHandoff::Exported freeze() override {
+    state_ = State::frozen;
+    boost::system::error_code ignored;
+    pair_.client.cancel(ignored);  // both waits end; wait_readable waits for thawed_
+    pair_.upstream.cancel(ignored);
+    PairHandoff::Exported e;
+    e.connection_id = id_;
+    e.kind = PairKind::userspace;
+    e.client_fd = pair_.client.native_handle();
+    e.upstream_fd = pair_.upstream.native_handle();
+    // The cookies name the sockets, which the new process checks.
+    e.state.client_cookie = cookie(e.client_fd);
+    e.state.upstream_cookie = cookie(e.upstream_fd);
+    return e;
+  }
+  void thaw() override {
+    state_ = State::running;
+    thawed_.cancel();
+    // A cancel while frozen left the sockets alone (run_both_directions).
+    if (cancel_.cancelled()) {
+      reset_socket(pair_.client);
+      reset_socket(pair_.upstream);
+    }
+  }
+  [[nodiscard]] bool frozen() const { return state_ != State::running; }
+  void let_go() override {
+    state_ = State::gone;
+    thawed_.cancel();
+  }
+
+  // After both directions ended on let_go(): this process's descriptors
+  // out of its epoll and closed, not the sockets' last (the new process
+  // holds them), so neither peer sees anything.
+  void close_quietly() {
+    for (boost::asio::ip::tcp::socket* s : {&pair_.client, &pair_.upstream}) {
+      boost::system::error_code ec;
+      const int fd = s->release(ec);
+      if (!ec && fd >= 0) ::close(fd);
+    }
+  }
+
+ private:
+  static std::uint64_t cookie(int fd) {
+    std::uint64_t c = 0;
+    socklen_t len = sizeof(c);
+    return ::getsockopt(fd, SOL_SOCKET, SO_COOKIE, &c, &len) == 0 ? c : 0;
+  }
+  enum class State { running, frozen, gone };
+  PairHandoff* handoff_;
+  SocketPair& pair_;
+  CancelSlot& cancel_;
+  std::uint64_t id_;
+  boost::asio::steady_timer thawed_;
+  State state_ = State::running;
+  int waiting_ = 0;  // directions waiting for their source
+};
+
 // A userspace data path (copy, splice): both directions of `pair` at once,
-// `direction(from, to, from_client, Direction, ending)` making each one's
-// coroutine. A cancel resets both sockets, which ends both directions; so
-// does an exception, before it goes on to the connection's guard.
+// `direction(from, to, from_client, Direction, ending, hold)` making each
+// one's coroutine, which waits for its source through hold.wait_readable().
+// A cancel resets both sockets, which ends both directions; so does an
+// exception, before it goes on to the connection's guard. `handoff`: this
+// thread's (null: the pair never moves).
 template <typename MakeDirection>
-boost::asio::awaitable<Ending> run_both_directions(SocketPair& pair, CancelSlot& cancel,
-                                                   MakeDirection direction) {
-  const auto on_cancel = cancel.install([&pair] {
+boost::asio::awaitable<Ending> run_both_directions(SocketPair& pair, CancelSlot& cancel, PairHandoff* handoff,
+                                                   std::uint64_t id, MakeDirection direction) {
+  UserspaceHold hold(handoff, pair, cancel, id, co_await boost::asio::this_coro::executor);
+  const auto on_cancel = cancel.install([&pair, &hold] {
+    // Frozen, the sockets may be another process's now: thaw() resets
+    // them if this one keeps them.
+    if (hold.frozen()) return;
     reset_socket(pair.client);
     reset_socket(pair.upstream);
   });
   Ending ending;
   try {
-    co_await join_both(direction(pair.client, pair.upstream, true, Direction::up, ending),
-                       direction(pair.upstream, pair.client, false, Direction::down, ending));
+    co_await join_both(direction(pair.client, pair.upstream, true, Direction::up, ending, hold),
+                       direction(pair.upstream, pair.client, false, Direction::down, ending, hold));
   } catch (...) {
     reset_socket(pair.client);
     reset_socket(pair.upstream);
     throw;
+  }
+  if (hold.gone()) {
+    hold.close_quietly();
+    co_return Ending(EndReason::taken_over);
   }
   co_return ending;
 }

@@ -42,6 +42,14 @@ struct SplicedPairState {
   bool boosted = false;                 // holds a bulk send buffer (BufferBudget)
 };
 
+// What moves: the kinds differ in what the new process does with the two
+// sockets once the takeover commits.
+enum class PairKind : std::uint8_t {
+  kernel_spliced,  // in the sockmap: its FIN rule runs on (SplicedPairState)
+  parked_http,     // HTTP/1.1 between requests: parked, the next request inspected
+  userspace,       // copy or splice between reads (nothing buffered): its data path starts again
+};
+
 class PairHandoff {
  public:
   struct Exported {
@@ -49,21 +57,23 @@ class PairHandoff {
     SplicedPairState state;
     int client_fd = -1;  // borrowed: open until let_go_frozen() or the pair ends
     int upstream_fd = -1;
-    // An HTTP/1.1 keep-alive connection parked between requests (nothing
-    // buffered, no read pending) rather than a kernel-spliced pair; `state`
-    // is then unused.
-    bool parked_http = false;
+    // `state` is a kernel-spliced pair's; for the others only its cookies
+    // (which name the sockets) are set.
+    PairKind kind = PairKind::kernel_spliced;
   };
 
-  // Implemented by the sockmap path's pair, and by a Connection while it
-  // is parked between HTTP/1.1 requests.
+  // Implemented by the sockmap path's pair, by a Connection while it is
+  // parked between HTTP/1.1 requests, and by a copy or splice pair
+  // (join.h).
   class Pair {
    public:
     // Stop acting on the sockets; the state as it stands.
     virtual Exported freeze() = 0;
-    // A parked HTTP/1.1 connection (Exported::parked_http) rather than a
-    // kernel-spliced pair.
-    [[nodiscard]] virtual bool parked_http() const = 0;
+    [[nodiscard]] virtual PairKind kind() const = 0;
+    // Whether it can be frozen now: a copy or splice pair only between
+    // reads in both directions (its bytes flushed); one that cannot stays
+    // with this process and drains here.
+    [[nodiscard]] virtual bool can_freeze() const { return true; }
     // Act again (and check the sockets at once: a FIN or reset may have
     // come meanwhile).
     virtual void thaw() = 0;
@@ -86,13 +96,13 @@ class PairHandoff {
     frozen_.erase(&pair);
   }
 
-  // Freezes every pair of the kinds asked for.
-  std::vector<Exported> freeze_all(bool kernel_spliced, bool parked_http) {
+  // Freezes every pair of the kinds `take(kind)` accepts that can be.
+  template <typename Take>
+  std::vector<Exported> freeze_all(Take take) {
     std::vector<Exported> out;
     out.reserve(pairs_.size());
     for (Pair* p : pairs_)
-      if ((p->parked_http() ? parked_http : kernel_spliced) && frozen_.insert(p).second)
-        out.push_back(p->freeze());
+      if (take(p->kind()) && p->can_freeze() && frozen_.insert(p).second) out.push_back(p->freeze());
     return out;
   }
   void let_go_frozen() {

@@ -308,7 +308,7 @@ class SplicedPair final : public std::enable_shared_from_this<SplicedPair>, publ
     state.boosted = boosted_bytes_ != 0;
     return {id_, state, client_.get(), upstream_.get()};
   }
-  [[nodiscard]] bool parked_http() const override { return false; }
+  [[nodiscard]] PairKind kind() const override { return PairKind::kernel_spliced; }
   void thaw() override {
     hold_ = Hold::running;
     // Hold events while frozen went to the other process (or nowhere).

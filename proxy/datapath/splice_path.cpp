@@ -59,7 +59,7 @@ Result<Pipe> take_pipe() {
 // `from_client`: which side `from` is, for the cause an end records.
 asio::awaitable<void> splice_direction(tcp::socket& from, tcp::socket& to, bool from_client,
                                        Direction direction, DatapathSink& sink, CancelSlot& cancel,
-                                       Ending& ending) {
+                                       Ending& ending, UserspaceHold& hold) {
   boost::system::error_code ec;
   from.native_non_blocking(true, ec);
   to.native_non_blocking(true, ec);
@@ -78,7 +78,7 @@ asio::awaitable<void> splice_direction(tcp::socket& from, tcp::socket& to, bool 
   for (;;) {
     // Readable first, then a pipe: an idle direction holds none (issue 16);
     // the pipe goes back, empty, once the source has nothing more for now.
-    co_await from.async_wait(tcp::socket::wait_read, asio::redirect_error(asio::use_awaitable, ec));
+    if (!co_await hold.wait_readable(from, ec)) co_return;  // taken over
     if (ec) {
       fail(true, ec.message());
       co_return;
@@ -134,11 +134,14 @@ asio::awaitable<void> splice_direction(tcp::socket& from, tcp::socket& to, bool 
 
 }  // namespace
 
-asio::awaitable<Ending> run_splice(SocketPair& pair, DatapathSink& sink, CancelSlot& cancel) {
-  co_return co_await run_both_directions(
-      pair, cancel, [&](tcp::socket& from, tcp::socket& to, bool from_client, Direction d, Ending& ending) {
-        return splice_direction(from, to, from_client, d, sink, cancel, ending);
-      });
+asio::awaitable<Ending> run_splice(SocketPair& pair, DatapathSink& sink, CancelSlot& cancel,
+                                   PairHandoff* handoff) {
+  co_return co_await run_both_directions(pair, cancel, handoff, sink.id(),
+                                         [&](tcp::socket& from, tcp::socket& to, bool from_client,
+                                             Direction d, Ending& ending, UserspaceHold& hold) {
+                                           return splice_direction(from, to, from_client, d, sink, cancel,
+                                                                   ending, hold);
+                                         });
 }
 
 }  // namespace shunt::proxy

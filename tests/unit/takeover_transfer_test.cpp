@@ -23,7 +23,7 @@ TransferredConnection sample() {
   t.bytes_down = 456;
   t.path_up = KernelPath::sk_msg;
   t.datapath = config::Datapath::copy;
-  t.parked_http = true;
+  t.kind = PairKind::userspace;
   t.basis.inspect = policy::Inspect::http;
   t.basis.requests_uninspected = true;
   t.basis.sni = "api.example";
@@ -51,7 +51,7 @@ TEST(TakeoverTransfer, RoundTrip) {
   EXPECT_EQ(back->path_up, KernelPath::sk_msg);
   EXPECT_EQ(back->path_down, KernelPath::sk_skb);
   EXPECT_EQ(back->datapath, config::Datapath::copy);
-  EXPECT_TRUE(back->parked_http);
+  EXPECT_EQ(back->kind, PairKind::userspace);
   EXPECT_EQ(back->basis.inspect, policy::Inspect::http);
   EXPECT_TRUE(back->basis.requests_uninspected);
   EXPECT_EQ(back->basis.sni, "api.example");
