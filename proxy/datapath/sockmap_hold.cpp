@@ -55,11 +55,15 @@ HeldBytes::Step HeldBytes::pump(bpf::SockmapBridge& bridge, int from, int to, st
         retry_eintr([&] { return ::recv(from, buffer, kPumpBytes, MSG_PEEK | MSG_DONTWAIT); });
     if (peeked < 0 && !would_block()) return {.failed_fd = from, .error = errno};
     if (peeked <= 0) {
-      // Nothing held waits: every held byte is through, but the verdict
-      // clears its flag only at the next skb; or EOF. Idle until readable.
-      if (peeked == 0 || state.held == forwarded) {
-        if (peeked == 0) active_ = false;
-        return {.wait = peeked == 0 ? Wait::nothing : Wait::readable};
+      // Nothing to read yet. Held bytes may still be on their way to the
+      // psock's readable queue: a held skb queues behind the skbs the other
+      // direction redirected to this same socket (its psock backlog), and
+      // recv() reports EOF as soon as the FIN is in while that queue is
+      // empty. The socket signals readable when they arrive. All forwarded
+      // and EOF: nothing more can be held.
+      if (peeked == 0 && state.held == forwarded) {
+        active_ = false;
+        return {};
       }
       return {.wait = Wait::readable};
     }

@@ -512,6 +512,9 @@ class SplicedPair final : public std::enable_shared_from_this<SplicedPair>, publ
       }
     }
     if (up_.fin_forwarded && down_.fin_forwarded) return false;
+    // A FIN waiting on held bytes that no pump moves: start it (the drain
+    // poll below comes back here).
+    if (waiting_for_drain) start_pending_holds();
 
     // Retry a blocking client's capture while it can still send.
     if (capture_retry_at_ != Clock::time_point::max() && !up_.fin_forwarded &&
