@@ -38,7 +38,23 @@ HeldBytes::Step HeldBytes::pump(bpf::SockmapBridge& bridge, int from, int to, st
                                 std::uint64_t written_base, std::uint64_t others) {
   if (!active_) return {};
   std::uint64_t forwarded = bridge.forwarded(from_cookie);
+  char* buffer = pump_buffer();
   for (;;) {
+    // Bytes already written to the target are taken off the source before
+    // anything is peeked again (a second peek would see them again).
+    if (owed_ > 0) {
+      const ssize_t consumed = retry_eintr([&] { return ::recv(from, buffer, owed_, MSG_DONTWAIT); });
+      if (consumed > 0) {
+        owed_ -= static_cast<std::uint32_t>(consumed);
+        continue;
+      }
+      // Not now (recv() declines while segments wait in the receive queue
+      // behind the verdict): again at the next poll.
+      if (consumed < 0 && would_block()) return {.wait = Wait::backlog};
+      spdlog::debug("sockmap hold: {} byte(s) written to the peer could not be taken off the source: {}",
+                    owed_, consumed == 0 ? "EOF" : std::strerror(errno));
+      return {.failed_fd = from, .error = consumed == 0 ? EIO : errno};
+    }
     // Step 1: everything redirected before the hold is in the target once
     // the target has been written it, plus what was forwarded here and
     // what the short-circuit wrote.
@@ -50,7 +66,6 @@ HeldBytes::Step HeldBytes::pump(bpf::SockmapBridge& bridge, int from, int to, st
       return {};
     }
     // Step 2: peek, send what the target takes, consume exactly that.
-    char* buffer = pump_buffer();
     const ssize_t peeked =
         retry_eintr([&] { return ::recv(from, buffer, kPumpBytes, MSG_PEEK | MSG_DONTWAIT); });
     if (peeked < 0 && !would_block()) return {.failed_fd = from, .error = errno};
@@ -73,14 +88,8 @@ HeldBytes::Step HeldBytes::pump(bpf::SockmapBridge& bridge, int from, int to, st
       if (would_block()) return {.wait = Wait::writable};
       return {.failed_fd = to, .error = errno};
     }
-    const ssize_t consumed =
-        retry_eintr([&] { return ::recv(from, buffer, static_cast<std::size_t>(sent), MSG_DONTWAIT); });
-    if (consumed != sent) {
-      // The peeked bytes are gone or short: the stream can no longer be
-      // kept exact, so the pair ends with both sides reset.
-      spdlog::error("sockmap hold: consumed {} of {} held byte(s) just written", consumed, sent);
-      return {.failed_fd = from, .error = consumed < 0 ? errno : EIO};
-    }
+    // In the target now: owed to the source, taken off at the loop's top.
+    owed_ = static_cast<std::uint32_t>(sent);
     forwarded += static_cast<std::uint64_t>(sent);
     forwarded_here_ += static_cast<std::uint64_t>(sent);
     // Published as it goes: the verdict compares it with what it held.
@@ -89,6 +98,20 @@ HeldBytes::Step HeldBytes::pump(bpf::SockmapBridge& bridge, int from, int to, st
       return {.failed_fd = from, .error = st.error().code};
     }
   }
+}
+
+bool HeldBytes::settle_owed(int from) {
+  char* buffer = pump_buffer();
+  // No sleeping on a worker thread: a few immediate tries (the decline is
+  // momentary), then the caller says so.
+  for (int attempt = 0; owed_ > 0 && attempt < 8; ++attempt) {
+    const ssize_t consumed = retry_eintr([&] { return ::recv(from, buffer, owed_, MSG_DONTWAIT); });
+    if (consumed > 0)
+      owed_ -= static_cast<std::uint32_t>(consumed);
+    else if (consumed == 0 || !would_block())
+      break;
+  }
+  return owed_ == 0;
 }
 
 }  // namespace shunt::proxy

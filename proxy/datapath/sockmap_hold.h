@@ -12,10 +12,13 @@
 //   1. it waits until the target has been written everything redirected
 //      before the hold (its backlog is empty), so that held bytes cannot
 //      overtake it;
-//   2. it peeks at the held bytes, sends what the target takes, consumes
-//      exactly that much from the source and adds it to the running total
-//      in `hold_forwarded`. Nothing read waits in userspace between two
-//      calls, so a takeover hands on a holding pair by its maps alone;
+//   2. it peeks at the held bytes, sends what the target takes, adds it to
+//      the running total in `hold_forwarded` and consumes exactly that much
+//      from the source (at once, or at the next call when recv() declines
+//      for the moment). Nothing read waits in userspace between two calls,
+//      so a takeover hands on a holding pair by its maps alone once the
+//      bytes owed to the source are taken off (settle_owed(), at the
+//      freeze);
 //   3. the verdict redirects again once that total equals what it held and
 //      the backlog is under the limit: the next skb then follows the held
 //      bytes through the backlog.
@@ -60,14 +63,20 @@ class HeldBytes {
   Step pump(bpf::SockmapBridge& bridge, int from, int to, std::uint64_t from_cookie,
             std::uint64_t written_base, std::uint64_t others);
 
+  // Takes off the source what was written to the target and not yet
+  // consumed (a few immediate tries); before a takeover hands the pair on,
+  // as the new process knows nothing of it. False if some remain.
+  bool settle_owed(int from);
+
   // Holds this pump served, and the bytes it forwarded.
   [[nodiscard]] std::uint32_t holds() const { return holds_; }
   [[nodiscard]] std::uint64_t forwarded_here() const { return forwarded_here_; }
 
  private:
-  // 16 bytes: every kernel-spliced pair carries two (issue 16's budget).
+  // 24 bytes: every kernel-spliced pair carries two (issue 16's budget).
   bool active_ = false;
   std::uint32_t holds_ = 0;
+  std::uint32_t owed_ = 0;  // written to the target, not yet taken off the source (<= 1 MiB)
   std::uint64_t forwarded_here_ = 0;
 };
 

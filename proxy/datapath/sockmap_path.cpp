@@ -293,6 +293,14 @@ class SplicedPair final : public std::enable_shared_from_this<SplicedPair>, publ
   // --- PairHandoff::Pair, on this thread ---
   PairHandoff::Exported freeze() override {
     hold_ = Hold::frozen;
+    // Held bytes already in the target but not yet taken off the source
+    // would be forwarded again by the new process.
+    for (SplicedDirection* d : {&up_, &down_})
+      if (!d->hold.settle_owed(d->from))
+        spdlog::error(
+            "connection {}: held bytes written to the peer are still on the source at the takeover; "
+            "the new process may forward them again",
+            id_);
     capture_retry_at_ = Clock::time_point::max();
     if (endpoint_) endpoint_->release();  // the new process does not inherit this one's shortcut maps
     SplicedPairState state;
