@@ -34,7 +34,7 @@ import time
 import unittest
 
 from admin_helpers import get_json, http_get, parse_metrics
-from shunt_harness import PodLab, ThreadedServer, Shunt, echo_handler, free_port, recv_exact, run_tests, run, static_config
+from shunt_harness import PodLab, ThreadedServer, Shunt, free_port, recv_exact, run_tests, run, static_config
 
 WORDS_PER_MIB = (1 << 20) // 8
 STREAM_MIB = 24
@@ -169,7 +169,16 @@ class ShortcutTest(unittest.TestCase):
         client goes quiet between rounds, so the fence opens; the access log
         and /connections name the path per direction."""
 
-        with ThreadedServer(echo_handler) as server, self.start(server.port) as shunt:
+        def echo_rounds(conn):
+            n = 0
+            while True:
+                data = conn.recv(65536)
+                if not data:
+                    return n
+                n += len(data)
+                conn.sendall(data)
+
+        with ThreadedServer(echo_rounds) as server, self.start(server.port) as shunt:
             with socket.create_connection(("127.0.0.1", self.port), timeout=10) as c:
                 for i in range(50):
                     message = struct.pack("<Q", i) * 64
@@ -195,7 +204,16 @@ class ShortcutTest(unittest.TestCase):
         """iperf3's way: blocking connect and first bytes, then O_NONBLOCK.
         A capture retry takes it; the echo checks every byte and order."""
 
-        with ThreadedServer(echo_handler) as server, self.start(server.port) as shunt:
+        def echo(conn):
+            n = 0
+            while True:
+                data = conn.recv(65536)
+                if not data:
+                    return n
+                n += len(data)
+                conn.sendall(data)
+
+        with ThreadedServer(echo) as server, self.start(server.port) as shunt:
             c = socket.socket()
             c.connect(("127.0.0.1", self.port))
             try:
