@@ -58,17 +58,23 @@ def expected_words(word, nbytes):
     return array.array("Q", range(word, word + nbytes // 8)).tobytes()
 
 
-def position_checker(total, pause=0.0):
+def position_checker(total, pause=0.0, rate=None):
     """Upstream handler: reads `total` bytes of position words (after
-    `pause` seconds of not reading) and checks each against its offset;
-    returns (bytes, first bad offset or None)."""
+    `pause` seconds of not reading; then at most `rate` bytes per second
+    if given) and checks each against its offset; returns (bytes, first bad
+    offset or None)."""
 
     def handler(conn):
         time.sleep(pause)
+        start = time.monotonic()
         got = 0
         bad = None
         pending = b""
         while got < total:
+            if rate:
+                ahead = (got + len(pending)) / rate - (time.monotonic() - start)
+                if ahead > 0:
+                    time.sleep(ahead)
             data = conn.recv(1 << 20)
             if not data:
                 break
@@ -280,31 +286,39 @@ class ShortcutTest(unittest.TestCase):
             self.assertEqual(fallbacks(self.admin).get("shortcut_blocking_socket", 0), before + 1)
 
     def test_sender_that_never_pauses_leaves_the_shortcut(self):
-        """A separate process sends 320 MiB of position words in 256 KiB
-        writes as fast as it can; the reader does not read for the first
-        2.5 s: the target fills, the client returns to TCP and never shows
-        the quiet point the fence needs again (the sk_skb path behind it
-        holds what the reader has not taken), so after 64 MiB over TCP shunt
-        takes it out of the short-circuit. Every byte is checked in place."""
+        """A separate process sends 320 MiB of position words, built before
+        it connects, in 256 KiB writes with no pause; the reader does not
+        read for the first second, then reads at 96 MiB/s, far below what
+        the sender could send: the target fills, the client returns to TCP
+        and never shows the quiet point the fence needs again (its own
+        unacknowledged bytes, and those the sk_skb path holds for the
+        reader), so after 64 MiB over TCP shunt takes it out of the
+        short-circuit. Every byte is checked in place.
+
+        Both halves matter. A sender that pauses (one that built each MiB
+        as it went did, for milliseconds) lets the fence reopen whenever the
+        reader catches up, and that is the short-circuit working, not a
+        stuck sender; since the sk_skb path holds at most 1 MiB for a slow
+        reader, a fast reader catches up within milliseconds."""
         # More than the target's boosted send buffer (64 MiB, 128 MiB of
         # queue) plus the 64 MiB the sender may pass over TCP.
         total = 320 << 20
         sender = ("import array, socket, sys\n"
+                  "data = memoryview(array.array('Q', range(%d))).cast('B')\n"
                   "c = socket.create_connection(('127.0.0.1', int(sys.argv[1])), timeout=60)\n"
-                  "for mib in range(%d):\n"
-                  "    data = array.array('Q', range(mib << 17, (mib + 1) << 17)).tobytes()\n"
-                  "    for off in range(0, len(data), 256 << 10):\n"
-                  "        c.sendall(data[off:off + (256 << 10)])\n"
-                  "assert c.recv(2) == b'ok'\n") % (total >> 20)
-        with ThreadedServer(position_checker(total, pause=2.5)) as server, self.start(server.port) as shunt:
+                  "for off in range(0, len(data), 256 << 10):\n"
+                  "    c.sendall(data[off:off + (256 << 10)])\n"
+                  "assert c.recv(2) == b'ok'\n") % (total >> 3)
+        checker = position_checker(total, pause=1.0, rate=96 << 20)
+        with ThreadedServer(checker) as server, self.start(server.port) as shunt:
             before = fallbacks(self.admin).get("shortcut_stuck_on_tcp", 0)
             proc = subprocess.run([sys.executable, "-c", sender, str(self.port)], capture_output=True, timeout=120)
             self.assertEqual(proc.returncode, 0, proc.stderr)
             got, bad = server.wait_results(1)[0]
             self.assertEqual(got, total)
             self.assertIsNone(bad, f"byte at offset {bad} out of place")
-            self.assertGreaterEqual(fallbacks(self.admin).get("shortcut_stuck_on_tcp", 0), before + 1)
             time.sleep(0.3)
+            self.assertGreaterEqual(fallbacks(self.admin).get("shortcut_stuck_on_tcp", 0), before + 1)
             records = access_lines(shunt)
             self.assertEqual(len(records), 1, records)
             self.assertEqual(records[0]["bytes_up"], total, records[0])
