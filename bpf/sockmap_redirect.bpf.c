@@ -41,7 +41,15 @@ const volatile __u64 bulk_threshold = 4 << 20;
 
 /* Most a pair direction may have redirected and not yet in its target's
  * send queue (the target psock's backlog, which nothing charges or
- * bounds). Above it the verdict holds. */
+ * bounds) while the target's send queue is nearly full, i.e. the receiver
+ * is the bottleneck. Above it the verdict holds. A backlog behind a target
+ * with room is the backlog worker lagging a burst (it runs after the
+ * softirq that redirected, and on loopback bursts of 64 KiB skbs outrun it
+ * by over a MiB now and then): that one drains by itself, and holding for
+ * it turned fast streams into userspace copies (a held direction resumes
+ * only once the pump empties the source's queue, which a sender that
+ * never pauses refills as fast). It is still bounded, at eight times the
+ * limit, in case the worker falls behind for good. */
 const volatile __u64 backlog_limit = 1 << 20;
 
 static __always_inline long report(__u64 cookie, __u32 kind)
@@ -72,8 +80,14 @@ static __always_inline int peer_has_room(struct shunt_sock_peer *peer)
 		__u64 written =
 		    tp->bytes_sent - tp->bytes_retrans + (__u32)(tp->write_seq - tp->snd_nxt);
 		__s64 backlog = (__s64)(peer->bytes - (written - peer->peer_written_base));
+		/* Three quarters full: tcp_sendmsg, and so the backlog worker,
+		 * waits for memory at full. */
+		__u32 sndbuf = (__u32)tp->inet_conn.icsk_inet.sk.sk_sndbuf;
+		__u32 queued = (__u32)tp->inet_conn.icsk_inet.sk.sk_wmem_queued;
+		int congested = queued >= sndbuf - (sndbuf >> 2);
 
-		room = backlog < (__s64)backlog_limit;
+		room = backlog < (__s64)backlog_limit ||
+		       (!congested && backlog < (__s64)(backlog_limit << 3));
 	}
 	bpf_sk_release(sk);
 	return room;
