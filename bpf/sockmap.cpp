@@ -57,6 +57,27 @@ SockmapBridge::~SockmapBridge() = default;
 
 namespace {
 
+SockmapBridge::EventKind event_kind(const shunt_bulk_event& ev) {
+  using Kind = SockmapBridge::EventKind;
+  switch (ev.kind) {
+    case SHUNT_EVENT_HOLD:
+      return Kind::hold;
+    case SHUNT_EVENT_SHORTCUT_RELEASE:
+      switch (ev.reason) {
+        case SHUNT_RELEASE_ZEROCOPY:
+          return Kind::shortcut_zerocopy;
+        case SHUNT_RELEASE_ULP:
+          return Kind::shortcut_ulp;
+        case SHUNT_RELEASE_BLOCKING:
+          return Kind::shortcut_blocking;
+        default:
+          return Kind::shortcut_stuck;
+      }
+    default:
+      return Kind::bulk;
+  }
+}
+
 // An inherited map this object can use in place of its own: same type, key
 // and value size. Its size (max_entries) is the old process's.
 std::string incompatible_map(const bpf_map* ours, int fd) {
@@ -148,9 +169,7 @@ Result<std::unique_ptr<SockmapBridge>> SockmapBridge::load(std::uint32_t max_con
         auto* self = static_cast<SockmapBridge*>(ctx);
         if (size < sizeof(shunt_bulk_event) || !self->on_bulk_) return 0;
         const auto* ev = static_cast<const shunt_bulk_event*>(data);
-        (*self->on_bulk_)(ev->cookie, ev->kind == SHUNT_EVENT_SHORTCUT_STUCK ? EventKind::shortcut_stuck
-                                      : ev->kind == SHUNT_EVENT_HOLD         ? EventKind::hold
-                                                                             : EventKind::bulk);
+        (*self->on_bulk_)(ev->cookie, event_kind(*ev));
         return 0;
       },
       bridge.get(), nullptr));

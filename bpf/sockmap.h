@@ -160,12 +160,20 @@ class SockmapBridge {
   [[nodiscard]] SharedMaps shared_maps() const;
 
   // Events from the programs, one ring (`bulk_events`): a socket crossed
-  // bulk_threshold, or a short-circuited endpoint got stuck on TCP
-  // (bpf/sockmap_shortcut.bpf.c, pass_over_tcp), or a verdict started
+  // bulk_threshold, or a short-circuited endpoint is to be released (stuck
+  // on TCP, or its application made the socket unsafe to short-circuit:
+  // bpf/sockmap_shortcut.bpf.c, endpoint_send), or a verdict started
   // holding (docs/datapath.md, "Memory bound"). poll_bulk_events invokes
   // `on_event(cookie, kind)` for each pending one; call it when
   // bulk_events_fd() is readable.
-  enum class EventKind { bulk, shortcut_stuck, hold };
+  enum class EventKind {
+    bulk,
+    hold,
+    shortcut_stuck,     // released: a sender that never pauses
+    shortcut_zerocopy,  // released: SO_ZEROCOPY set after the capture
+    shortcut_ulp,       // released: a ULP (kTLS) set after the capture
+    shortcut_blocking,  // released: the file made blocking after the capture
+  };
   using EventHandler = std::function<void(std::uint64_t cookie, EventKind kind)>;
   [[nodiscard]] int bulk_events_fd() const;
   void poll_bulk_events(const EventHandler& on_event);

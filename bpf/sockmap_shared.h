@@ -23,23 +23,34 @@ struct shunt_sock_peer {
 
 /* Ring buffer record. SHUNT_EVENT_BULK (0, what sockmap_redirect sends):
  * this socket has moved bulk data (crossed the bulk_threshold), so
- * userspace may grant its pair larger buffers. SHUNT_EVENT_SHORTCUT_STUCK
- * (sockmap_shortcut only): the endpoint facing socket `cookie` has sent
- * shortcut_give_up bytes over TCP without the fence opening again, so
- * userspace takes it out of the short-circuit (see endpoint_send).
+ * userspace may grant its pair larger buffers. SHUNT_EVENT_SHORTCUT_RELEASE
+ * (sockmap_shortcut only): userspace takes the endpoint facing socket
+ * `cookie` out of the short-circuit, for `reason` (see endpoint_send).
  * SHUNT_EVENT_HOLD (sockmap_redirect): socket `cookie`'s peer backlog
  * crossed backlog_limit and the verdict holds its bytes; userspace forwards
  * them (docs/datapath.md, "Memory bound"). */
 enum shunt_event_kind {
 	SHUNT_EVENT_BULK = 0,
-	SHUNT_EVENT_SHORTCUT_STUCK = 1,
+	SHUNT_EVENT_SHORTCUT_RELEASE = 1,
 	SHUNT_EVENT_HOLD = 2,
+};
+
+/* Why a captured endpoint is released (SHUNT_EVENT_SHORTCUT_RELEASE). */
+enum shunt_release_reason {
+	/* shortcut_give_up bytes sent over TCP without the fence opening: a
+	 * sender that never pauses */
+	SHUNT_RELEASE_STUCK = 0,
+	/* the application changed its socket since the capture into one the
+	 * capture refuses (SO_ZEROCOPY, a ULP, blocking): seen at its next send */
+	SHUNT_RELEASE_ZEROCOPY = 1,
+	SHUNT_RELEASE_ULP = 2,
+	SHUNT_RELEASE_BLOCKING = 3,
 };
 
 struct shunt_bulk_event {
 	__u64 cookie;
-	__u32 kind; /* enum shunt_event_kind; zero-initialised = bulk */
-	__u32 pad;
+	__u32 kind;   /* enum shunt_event_kind; zero-initialised = bulk */
+	__u32 reason; /* enum shunt_release_reason, for SHUNT_EVENT_SHORTCUT_RELEASE */
 };
 
 /* The endpoint short-circuit (sockmap_shortcut.bpf.c): a local client's own
@@ -74,7 +85,7 @@ struct shunt_endpoint {
 	__u64 passed;	      /* bytes sent over TCP since the fence last opened (or the capture) */
 	__u32 state;	      /* enum shunt_endpoint_state */
 	__u32 bulk_reported;
-	__u32 stuck_reported; /* SHUNT_EVENT_SHORTCUT_STUCK sent */
+	__u32 release_reported; /* SHUNT_EVENT_SHORTCUT_RELEASE sent */
 	__u32 pad;
 };
 

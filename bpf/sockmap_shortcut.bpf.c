@@ -138,6 +138,57 @@ static __always_inline int fence_open(struct sk_msg_md *msg, struct shunt_endpoi
 	return written - e->target_base >= proxy->bytes + e->bytes;
 }
 
+/* sk_flags moved into sock_common (skc_flags) in Linux 6.16; 6.1 and 6.12
+ * have it in struct sock. */
+struct sock___pre_6_16 {
+	unsigned long sk_flags;
+} __attribute__((preserve_access_index));
+
+static __always_inline unsigned long sock_flags(struct sock *s)
+{
+	struct sock___pre_6_16 *old = (void *)s;
+
+	if (bpf_core_field_exists(old->sk_flags))
+		return BPF_CORE_READ(old, sk_flags);
+	return BPF_CORE_READ(s, __sk_common.skc_flags);
+}
+
+/* Why the endpoint's socket must not be short-circuited, as a capture
+ * refusal (SHUNT_CAPTURE_*), or SHUNT_CAPTURE_OK. The capture checks it, and
+ * every send checks it again: an application may turn any of these on
+ * after the capture. */
+static __always_inline int unsafe_socket(struct tcp_sock *tp)
+{
+	struct sock *s = (struct sock *)tp;
+
+	/* A blocking reader on a socket with a psock can get EAGAIN: the
+	 * tcp_bpf recvmsg waits once (tcp_msg_wait_data) and any wake-up
+	 * without data, such as the state change when its FIN is acknowledged,
+	 * ends the wait with -EAGAIN. Only non-blocking sockets, whose readers
+	 * expect EAGAIN, are captured. */
+	if (!(BPF_CORE_READ(s, sk_socket, file, f_flags) & O_NONBLOCK))
+		return SHUNT_CAPTURE_BLOCKING;
+	/* A redirected MSG_ZEROCOPY send is never notified on the error queue:
+	 * an application waiting for its completions would wait forever. */
+	if (sock_flags(s) & (1UL << SOCK_ZEROCOPY))
+		return SHUNT_CAPTURE_ZEROCOPY;
+	if (BPF_CORE_READ(tp, inet_conn.icsk_ulp_ops))
+		return SHUNT_CAPTURE_ULP;
+	return SHUNT_CAPTURE_OK;
+}
+
+static __always_inline void report_release(struct shunt_endpoint *e, __u32 reason)
+{
+	struct shunt_bulk_event ev = { .cookie = e->proxy_cookie,
+				       .kind = SHUNT_EVENT_SHORTCUT_RELEASE,
+				       .reason = reason };
+
+	if (e->release_reported)
+		return;
+	e->release_reported = 1;
+	bpf_ringbuf_output(&bulk_events, &ev, sizeof(ev), 0);
+}
+
 static __always_inline void count_bulk(struct shunt_endpoint *e, __u32 size)
 {
 	__u64 before = __sync_fetch_and_add(&e->bytes, size);
@@ -158,13 +209,8 @@ static __always_inline void count_bulk(struct shunt_endpoint *e, __u32 size)
 static __always_inline int pass_over_tcp(struct shunt_endpoint *e, __u32 size)
 {
 	e->passed += size;
-	if (e->passed >= shortcut_give_up && !e->stuck_reported) {
-		struct shunt_bulk_event ev = { .cookie = e->proxy_cookie,
-					       .kind = SHUNT_EVENT_SHORTCUT_STUCK };
-
-		e->stuck_reported = 1;
-		bpf_ringbuf_output(&bulk_events, &ev, sizeof(ev), 0);
-	}
+	if (e->passed >= shortcut_give_up)
+		report_release(e, SHUNT_RELEASE_STUCK);
 	return SK_PASS;
 }
 
@@ -207,6 +253,35 @@ int endpoint_send(struct sk_msg_md *msg)
 	if (!e || size == 0)
 		return SK_PASS;
 
+	/* Changed since the capture into a socket the capture would refuse:
+	 * over TCP from this message on (redirect -> TCP needs no fence), and
+	 * userspace takes it out, which gives the socket its own protocol
+	 * operations back. Until then its sends go through tcp_bpf's push:
+	 * MSG_ZEROCOPY ones are notified, with ids that count pushes. */
+	if (msg->sk) {
+		struct tcp_sock *tp = bpf_skc_to_tcp_sock(msg->sk);
+		__u32 why = 0;
+
+		if (tp) {
+			switch (unsafe_socket(tp)) {
+			case SHUNT_CAPTURE_BLOCKING:
+				why = SHUNT_RELEASE_BLOCKING;
+				break;
+			case SHUNT_CAPTURE_ZEROCOPY:
+				why = SHUNT_RELEASE_ZEROCOPY;
+				break;
+			case SHUNT_CAPTURE_ULP:
+				why = SHUNT_RELEASE_ULP;
+				break;
+			}
+		}
+		if (why) {
+			e->state = SHUNT_ENDPOINT_TCP;
+			report_release(e, why);
+			return SK_PASS;
+		}
+	}
+
 	/* Short of room in the target: over TCP, where the endpoint's own send
 	 * buffer and the window give the application the back-pressure and
 	 * the wake-ups it expects. A redirect that cannot push would either
@@ -235,21 +310,6 @@ int endpoint_send(struct sk_msg_md *msg)
 	}
 	count_bulk(e, size);
 	return SK_PASS;
-}
-
-/* sk_flags moved into sock_common (skc_flags) in Linux 6.16; 6.1 and 6.12
- * have it in struct sock. */
-struct sock___pre_6_16 {
-	unsigned long sk_flags;
-} __attribute__((preserve_access_index));
-
-static __always_inline unsigned long sock_flags(struct sock *s)
-{
-	struct sock___pre_6_16 *old = (void *)s;
-
-	if (bpf_core_field_exists(old->sk_flags))
-		return BPF_CORE_READ(old, sk_flags);
-	return BPF_CORE_READ(s, __sk_common.skc_flags);
 }
 
 /* Whether `ep` is the TCP peer of shunt's socket `px`, not merely a socket
@@ -334,23 +394,9 @@ int capture_endpoint(struct __sk_buff *skb)
 		ret = SHUNT_CAPTURE_NOT_ESTABLISHED;
 		goto out;
 	}
-	/* A blocking reader on a socket with a psock can get EAGAIN: the
-	 * tcp_bpf recvmsg waits once (tcp_msg_wait_data) and any wake-up
-	 * without data, such as the state change when its FIN is acknowledged,
-	 * ends the wait with -EAGAIN. Only non-blocking sockets, whose readers
-	 * expect EAGAIN, are captured. */
-	if (!(BPF_CORE_READ(s, sk_socket, file, f_flags) & O_NONBLOCK)) {
-		ret = SHUNT_CAPTURE_BLOCKING;
+	ret = unsafe_socket(tp);
+	if (ret != SHUNT_CAPTURE_OK)
 		goto out;
-	}
-	if (sock_flags(s) & (1UL << SOCK_ZEROCOPY)) {
-		ret = SHUNT_CAPTURE_ZEROCOPY;
-		goto out;
-	}
-	if (BPF_CORE_READ(tp, inet_conn.icsk_ulp_ops)) {
-		ret = SHUNT_CAPTURE_ULP;
-		goto out;
-	}
 	if (BPF_CORE_READ(s, sk_user_data)) {
 		ret = SHUNT_CAPTURE_PSOCK;
 		goto out;

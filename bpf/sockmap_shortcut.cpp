@@ -49,6 +49,23 @@ std::string_view to_string(CaptureOutcome o) {
   return "shortcut_error";
 }
 
+std::optional<CaptureOutcome> released_for(SockmapBridge::EventKind kind) {
+  switch (kind) {
+    case SockmapBridge::EventKind::shortcut_stuck:
+      return CaptureOutcome::stuck_on_tcp;
+    case SockmapBridge::EventKind::shortcut_zerocopy:
+      return CaptureOutcome::zerocopy;
+    case SockmapBridge::EventKind::shortcut_ulp:
+      return CaptureOutcome::ulp;
+    case SockmapBridge::EventKind::shortcut_blocking:
+      return CaptureOutcome::blocking;
+    case SockmapBridge::EventKind::bulk:
+    case SockmapBridge::EventKind::hold:
+      break;
+  }
+  return std::nullopt;
+}
+
 namespace {
 
 // sk_msg_md's view of the endpoint's 4-tuple (see shunt_endpoint_key).

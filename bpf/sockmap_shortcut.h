@@ -5,6 +5,7 @@
 // pairs SockmapBridge has already handed to the kernel.
 #pragma once
 
+#include "bpf/sockmap.h"
 #include "common/error.h"
 
 #include <sys/socket.h>
@@ -12,14 +13,13 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <utility>
 #include <vector>
 
 namespace shunt::bpf {
-
-class SockmapBridge;
 
 // Why an endpoint was not captured; also the
 // shunt_datapath_fallbacks_total{reason} label (to_string).
@@ -35,10 +35,15 @@ enum class CaptureOutcome {
   error,            // BPF_PROG_TEST_RUN itself failed
   // Not a capture outcome: captured, then taken out again because it sent
   // shortcut_give_up bytes over TCP without the fence opening (a sender that
-  // never pauses; sockmap_shortcut.bpf.c, pass_over_tcp).
+  // never pauses; sockmap_shortcut.bpf.c, pass_over_tcp). An endpoint whose
+  // application turns blocking, SO_ZEROCOPY or a ULP on after the capture
+  // is taken out too, counted as `blocking`, `zerocopy` or `ulp`.
   stuck_on_tcp,
 };
 std::string_view to_string(CaptureOutcome);
+// Why a ring event asks to release a captured endpoint, as the fallback
+// it counts; nullopt for events that are not releases.
+std::optional<CaptureOutcome> released_for(SockmapBridge::EventKind kind);
 // Every outcome but `captured`, for the metric's zero-initialised labels.
 inline constexpr CaptureOutcome kCaptureFallbacks[] = {
     CaptureOutcome::not_local,   CaptureOutcome::not_established,

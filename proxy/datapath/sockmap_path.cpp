@@ -274,8 +274,8 @@ class SplicedPair final : public std::enable_shared_from_this<SplicedPair>, publ
         grants.enroll(up_.from_cookie, down_.from_cookie,
                       [self = shared_from_this()](std::uint64_t source, bpf::SockmapBridge::EventKind kind) {
                         asio::post(self->executor_, [self, source, kind] {
-                          if (kind == bpf::SockmapBridge::EventKind::shortcut_stuck)
-                            self->release_stuck_endpoint();
+                          if (const auto why = bpf::released_for(kind))
+                            self->release_endpoint(*why);
                           else if (kind == bpf::SockmapBridge::EventKind::hold)
                             self->start_hold(source);
                           else
@@ -408,14 +408,17 @@ class SplicedPair final : public std::enable_shared_from_this<SplicedPair>, publ
     sink_.buffer_boost(true);
   }
 
-  // A client that never pauses cannot reopen the fence; on TCP its captured
-  // socket only costs (docs/datapath.md, "Bulk senders").
-  void release_stuck_endpoint() {
+  // The sk_msg program asks: a client that never pauses cannot reopen the
+  // fence, and on TCP its captured socket only costs (docs/datapath.md,
+  // "Bulk senders"); or the application made its socket one the capture
+  // would refuse (blocking, SO_ZEROCOPY, a ULP), which its own protocol
+  // operations must serve.
+  void release_endpoint(bpf::CaptureOutcome why) {
     // Not live any more: released meanwhile (its FIN, or a takeover froze
     // the pair); nothing to take out, nothing to count.
     if (!open_ || !endpoint_ || !endpoint_->live()) return;
-    spdlog::debug("connection {}: client stuck on TCP, out of the short-circuit", id_);
-    sink_.fell_back(bpf::to_string(bpf::CaptureOutcome::stuck_on_tcp));
+    spdlog::debug("connection {}: client out of the short-circuit: {}", id_, bpf::to_string(why));
+    sink_.fell_back(bpf::to_string(why));
     endpoint_->release();
   }
 

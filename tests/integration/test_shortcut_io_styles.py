@@ -36,9 +36,10 @@ UP_SALT, DOWN_SALT = 12, 21
 CAPTURE_WAIT = 0.4
 
 
-def answer_after_eof(conn):
-    """Upstream: hashes what it receives until EOF, then sends SIZE bytes of
-    the down pattern and closes; returns (bytes, digest)."""
+def answer_after_eof(conn, delay=0.0):
+    """Upstream: hashes what it receives until EOF, then (after `delay`
+    seconds) sends SIZE bytes of the down pattern and closes; returns
+    (bytes, digest)."""
     h = hashlib.sha256()
     n = 0
     while True:
@@ -47,6 +48,7 @@ def answer_after_eof(conn):
             break
         h.update(data)
         n += len(data)
+    time.sleep(delay)
     for chunk in pattern(SIZE, DOWN_SALT):
         conn.sendall(chunk)
     return n, h.hexdigest()
@@ -223,14 +225,16 @@ MSG_ZEROCOPY = 0x4000000
 SO_EE_ORIGIN_ZEROCOPY = 5
 
 
-def zerocopy_send(sock):
-    """MSG_ZEROCOPY sends, then waits for the kernel's completion
-    notifications covering all of them (an application may not reuse its
-    buffers before): a socket that never notifies hangs the application."""
-    data = memoryview(up_bytes())  # pinned by the kernel until notified: slices, not copies
+def zerocopy_send(sock, data=None):
+    """MSG_ZEROCOPY sends of `data` (default: the whole up pattern), then
+    waits for the kernel's completion notifications covering all of them
+    (an application may not reuse its buffers before): a socket that never
+    notifies hangs the application."""
+    if data is None:
+        data = memoryview(up_bytes())  # pinned by the kernel until notified: slices, not copies
     sends = 0
     off = 0
-    while off < SIZE:
+    while off < len(data):
         try:
             off += sock.send(data[off:off + (128 << 10)], MSG_ZEROCOPY)
             sends += 1
@@ -263,8 +267,9 @@ def zerocopy_send(sock):
 class IoStylesTest(unittest.TestCase):
     start = shortcut.ShortcutTest.start
 
-    def transfer(self, send, read, before_connect=None, expect_path="sk_msg", fallback=None):
-        with ThreadedServer(answer_after_eof) as server, self.start(server.port) as shunt:
+    def transfer(self, send, read, before_connect=None, expect_path="sk_msg", fallback=None, delay=0.0):
+        with ThreadedServer(lambda conn: answer_after_eof(conn, delay)) as server, \
+                self.start(server.port) as shunt:
             with socket.socket() as c:
                 if before_connect:
                     before_connect(c)
@@ -305,6 +310,42 @@ class IoStylesTest(unittest.TestCase):
     def test_zerocopy_set_before_connect_is_not_captured(self):
         self.transfer(zerocopy_send, read_recv, expect_path="sk_skb", fallback="shortcut_zerocopy",
                       before_connect=lambda c: c.setsockopt(socket.SOL_SOCKET, SO_ZEROCOPY, 1))
+
+
+    def test_zerocopy_set_after_capture_releases_the_client(self):
+        """Captured, 4 MiB redirected, then SO_ZEROCOPY and MSG_ZEROCOPY
+        sends: a redirected zerocopy send is never notified, so the sk_msg
+        program sends this one over TCP (notified) and has shunt release
+        the socket, counted as shortcut_zerocopy; every send is notified
+        and every byte arrives."""
+
+        def send(c):
+            data = memoryview(up_bytes())
+            head = 4 << 20
+            for off in range(0, head, 128 << 10):
+                c.sendall(data[off:off + (128 << 10)])
+            c.setsockopt(socket.SOL_SOCKET, SO_ZEROCOPY, 1)
+            zerocopy_send(c, data[head:])
+
+        self.transfer(send, read_recv, fallback="shortcut_zerocopy")
+
+    def test_client_turning_blocking_after_capture_is_released(self):
+        """Captured, 4 MiB redirected, then the client makes its socket
+        blocking, sends the rest, shuts its write side and blocks in read()
+        for a reply that comes 300 ms later: tcp_bpf's recvmsg could return
+        EAGAIN to it there, so its first blocking send has shunt release the
+        socket (counted as shortcut_blocking_socket) and the read gets the
+        whole reply."""
+
+        def send(c):
+            data = memoryview(up_bytes())
+            head = 4 << 20
+            for off in range(0, head, 128 << 10):
+                c.sendall(data[off:off + (128 << 10)])
+            c.setblocking(True)
+            c.sendall(data[head:])
+
+        self.transfer(send, read_recv, fallback="shortcut_blocking_socket", delay=0.3)
 
 
 if __name__ == "__main__":
