@@ -4,6 +4,7 @@
 
 #include <spdlog/spdlog.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <memory>
@@ -102,9 +103,14 @@ HeldBytes::Step HeldBytes::pump(bpf::SockmapBridge& bridge, int from, int to, st
 
 bool HeldBytes::settle_owed(int from) {
   char* buffer = pump_buffer();
-  // No sleeping on a worker thread: a few immediate tries (the decline is
-  // momentary), then the caller says so.
-  for (int attempt = 0; owed_ > 0 && attempt < 8; ++attempt) {
+  // The decline is momentary (segments behind the verdict), and bytes left
+  // owed here would be forwarded twice by the new process, so this waits:
+  // a few immediate tries, then 1 ms naps for at most 50 ms. It runs only
+  // when a takeover freezes a holding pair with owed bytes (the last recv
+  // declined), on the worker thread that is freezing all its pairs for the
+  // takeover: its other connections wait that long at most.
+  for (int attempt = 0; owed_ > 0 && attempt < 58; ++attempt) {
+    if (attempt >= 8) ::usleep(1000);
     const ssize_t consumed = retry_eintr([&] { return ::recv(from, buffer, owed_, MSG_DONTWAIT); });
     if (consumed > 0)
       owed_ -= static_cast<std::uint32_t>(consumed);

@@ -64,8 +64,8 @@ class HeldBytes {
             std::uint64_t written_base, std::uint64_t others);
 
   // Takes off the source what was written to the target and not yet
-  // consumed (a few immediate tries); before a takeover hands the pair on,
-  // as the new process knows nothing of it. False if some remain.
+  // consumed (waiting up to 50 ms); before a takeover hands the pair on, as
+  // the new process knows nothing of it. False if some remain.
   bool settle_owed(int from);
 
   // Holds this pump served, and the bytes it forwarded.
