@@ -28,7 +28,7 @@ import time
 import unittest
 
 import test_datapath_shortcut as shortcut
-from shunt_harness import ThreadedServer, pattern, pattern_digest, run_tests
+from shunt_harness import ThreadedServer, digest_to_eof, pattern, pattern_digest, run_tests
 
 SIZE = 16 << 20
 UP_SALT, DOWN_SALT = 12, 21
@@ -124,14 +124,7 @@ def send_sendmsg_vectors(sock):
 
 
 def read_recv(sock):
-    h = hashlib.sha256()
-    n = 0
-    while True:
-        data = sock.recv(1 << 20)
-        if not data:
-            return n, h.hexdigest()
-        h.update(data)
-        n += len(data)
+    return digest_to_eof(sock.recv)
 
 
 def read_splice(sock):
