@@ -1,23 +1,31 @@
-"""`shunt run --takeover` while traffic flows (issue 14, protocol version 1:
-listening sockets and the admin socket move; open connections stay with the
-old process, which drains them and exits 0).
+"""`shunt run --takeover` while traffic flows (issue 14): listening sockets,
+the admin socket and the sockmap's maps move to the new process, and so do
+open connections (kernel-spliced pairs, copy and splice pairs between reads,
+HTTP/1.1 connections between requests); what cannot move drains in the old
+process, which then exits 0.
 
-For each data path, takeovers in a row while these run through the proxy:
-throttled transfers both ways (hash-checked at both ends), an HTTP/1.1
-keep-alive session under a per-request rule sending a request every 10 ms,
-and a loop opening new connections at a few hundred per second. Nothing may
-be refused or reset, every byte must arrive intact and every request be
-answered. Then the failure cases: a new process SIGKILLed at several points
-of its start, and a scripted new process (this file speaks the protocol)
-that offers an incompatible version, goes away after `ready`, or stalls
-after the old one stopped accepting: the old process keeps serving or takes
-its listeners back.
+For each data path, five takeovers in a row while these run through the
+proxy: two throttled transfers of 100 MiB each way (hash-checked at both
+ends), an HTTP/1.1 keep-alive session under a per-request rule sending a
+request every 10 ms, a TLS session passed through on its SNI to an
+`openssl s_server` upstream (hash-checked both ways), and a loop opening new
+connections at a few hundred per second. Every one of them must move bytes
+across every takeover; nothing may be refused or reset, every byte must
+arrive intact and every request be answered. Then the failure cases: a new
+process SIGKILLed at several points of its takeover (before and after the
+old one froze its pairs), and a scripted new process (this file speaks the
+protocol) that offers an incompatible version, goes away after `ready`, or
+stalls after the old one stopped accepting: the old process keeps serving
+or takes its listeners and pairs back. Last, steered lab pods (veth + tcx):
+a long pod-to-pod stream and a loop of new pod-to-pod connections through
+five takeovers.
 """
 import hashlib
 import json
 import os
 import random
 import re
+import select
 import signal
 import socket
 import struct
@@ -27,22 +35,33 @@ import threading
 import time
 import unittest
 
-from admin_helpers import scrape, value, wait_ready
+from admin_helpers import get_json, scrape, value, wait_ready
 from h2_frames import DATA, END_STREAM, GOAWAY, HEADERS, NO_ERROR, Client, goaways, window_update
 from http_peers import Origin, read_response, request
-from shunt_harness import (PY, SHUNT_BIN, PodLab, Shunt, ThreadedServer, echo_handler, free_port, pattern,
-                           pattern_digest, proxy_config, recv_exact, rule, run_tests, start_nghttpd)
+from shunt_harness import (PY, SHUNT_BIN, PodLab, Shunt, ThreadedServer, echo_handler, free_port, is_listening,
+                           pattern, pattern_digest, proxy_config, recv_exact, rule, run_tests, start_nghttpd,
+                           wait_until)
+from test_tls_policy import client_context, make_certificate
 
 MAGIC = 0x4F544853
 HEADER = struct.Struct("<IHHI")
 HELLO, WELCOME, REFUSE, LISTENERS, LISTENERS_END, READY, RELEASED, COMMIT, KERNEL_MAPS, PAIRS, PAIRS_END = \
     range(1, 12)
 
+TAKEOVERS = 5
+TRANSFER_BYTES = 100 << 20
+# Each way, per transfer: 100 MiB last ~12 s, longer than five takeovers
+# (each waited for, then 0.8 s of traffic) take on a loaded machine.
+TRANSFER_RATE = 8 << 20
+SNI = "api.example.com"
+
 
 def config(d, datapath):
     return proxy_config(
-        [("bulk", d["bulk"], d["bulk_up"]), ("echo", d["echo"], d["echo_up"]), ("http", d["http"], d["origin"])],
-        [rule("api", d["origin"], http=["{method: GET, path: /api/}"])],
+        [("bulk", d["bulk"], d["bulk_up"]), ("echo", d["echo"], d["echo_up"]), ("http", d["http"], d["origin"]),
+         ("tls", d["tls"], d["tls_up"])],
+        [rule("api", d["origin"], http=["{method: GET, path: /api/}"]),
+         rule("tls-api", d["tls_up"], tls=f"{{sni: [{SNI}]}}")],
         datapath=datapath, default="allow", timeouts={"header": "5s", "drain": "60s"}, admin=d["admin"],
         admin_extra=f", control_socket: {d['control']}", access="off")
 
@@ -74,20 +93,75 @@ while time.monotonic() < end and not select.select([sys.stdin], [], [], 0)[0]:
 print(json.dumps({"ok": ok, "errors": errors[:10], "failed": len(errors)}))
 """
 
+# In the client pod: one connection to the server pod's echo server that
+# sends numbered 16 KiB chunks at RATE bytes/s until stdin closes (or
+# `seconds` pass), then half-closes and reads the echo to EOF. Prints JSON:
+# bytes sent and echoed, whether their hashes match, and the longest time no
+# echoed byte arrived while it was sending (a stall a takeover caused).
+POD_STREAM = r"""
+import hashlib, json, select, socket, struct, sys, threading, time
+host, port, rate, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
+CHUNK = 16 << 10
+out = {"sent": 0, "echoed": 0, "max_gap_s": 0.0}
+try:
+    s = socket.create_connection((host, port), timeout=30)
+    while not s.recv(1) == b"\n":  # the server's view of the peer
+        pass
+    sent, got = hashlib.sha256(), hashlib.sha256()
+    sending = threading.Event()
+    sending.set()
 
-def throttled_send(sock, total, salt, rate):
-    """pattern(total, salt) at about `rate` bytes per second."""
+    def read():
+        last = time.monotonic()
+        while True:
+            data = s.recv(1 << 16)
+            if not data:
+                return
+            now = time.monotonic()
+            if sending.is_set():
+                out["max_gap_s"] = max(out["max_gap_s"], now - last)
+            last = now
+            got.update(data)
+            out["echoed"] += len(data)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    start, end, i = time.monotonic(), time.monotonic() + seconds, 0
+    while time.monotonic() < end and not select.select([sys.stdin], [], [], 0)[0]:
+        chunk = struct.pack("!QQ", i, 0x5EED) + bytes(CHUNK - 16)
+        s.sendall(chunk)
+        sent.update(chunk)
+        out["sent"] += CHUNK
+        i += 1
+        ahead = out["sent"] / rate - (time.monotonic() - start)
+        if ahead > 0:
+            time.sleep(ahead)
+    sending.clear()
+    s.shutdown(socket.SHUT_WR)
+    reader.join(60)
+    out["match"] = out["echoed"] == out["sent"] and got.hexdigest() == sent.hexdigest()
+except Exception as e:
+    out["error"] = repr(e)
+print(json.dumps(out))
+"""
+
+
+def throttled_send(sock, total, salt, rate, progress=None):
+    """pattern(total, salt) at about `rate` bytes per second; progress(n)
+    after each chunk."""
     start = time.monotonic()
     sent = 0
     for chunk in pattern(total, salt):
         sock.sendall(chunk)
         sent += len(chunk)
+        if progress:
+            progress(len(chunk))
         ahead = sent / rate - (time.monotonic() - start)
         if ahead > 0:
             time.sleep(ahead)
 
 
-def digest_exactly(sock, total):
+def digest_exactly(sock, total, progress=None):
     h = hashlib.sha256()
     n = 0
     while n < total:
@@ -96,6 +170,8 @@ def digest_exactly(sock, total):
             break
         h.update(data)
         n += len(data)
+        if progress:
+            progress(len(data))
     return n, h.hexdigest()
 
 
@@ -109,42 +185,149 @@ def kill(proc):
             pipe.close()
 
 
+class Progress:
+    """Byte and event counters by name, shared by the traffic threads and
+    the test, which compares snapshots taken around each takeover."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.counts = {}
+
+    def add(self, name, n=1):
+        with self.lock:
+            self.counts[name] = self.counts.get(name, 0) + n
+
+    def adder(self, name):
+        return lambda n=1: self.add(name, n)
+
+    def snapshot(self):
+        with self.lock:
+            return dict(self.counts)
+
+
 class BulkPeer:
     """Upstream of the transfers: reads `size, salt`, then sends
-    pattern(size, salt + 1) throttled while hashing what it receives."""
+    pattern(size, salt + 1) throttled while hashing what it receives
+    (counted as "transfer SALT up, received")."""
 
-    def __init__(self, rate):
-        self.rate = rate
+    def __init__(self, rate, progress):
+        self.rate, self.progress = rate, progress
         self.server = ThreadedServer(self.handle)
 
     def handle(self, conn):
         size, salt = struct.unpack("!QQ", recv_exact(conn, 16))
         sender = threading.Thread(target=throttled_send, args=(conn, size, salt + 1, self.rate))
         sender.start()
-        got = digest_exactly(conn, size)
+        got = digest_exactly(conn, size, self.progress.adder(f"transfer {salt} up, received"))
         sender.join()
         conn.shutdown(socket.SHUT_WR)
         return got == (size, pattern_digest(size, salt))
 
 
+TLS_CHUNK = 16 << 10
+
+
+def tls_chunk(index, salt):
+    return struct.pack("!QQ", index, salt) + bytes(TLS_CHUNK - 16)
+
+
+class TlsSession:
+    """A TLS session through the proxy's `tls` listener, passed through on
+    its SNI to `openssl s_server` (one connection, its stdout = what it
+    received). Each way, a numbered 16 KiB chunk every 10 ms until stopped:
+    the client sends its chunks, the test writes the others to s_server's
+    stdin. Both ends' hashes are compared with what was sent."""
+
+    def __init__(self, cert, key, directory):
+        self.port = free_port()
+        self.received_path = os.path.join(directory, "s_server.out")
+        with open(self.received_path, "wb") as out:
+            self.server = subprocess.Popen(
+                ["openssl", "s_server", "-quiet", "-naccept", "1", "-accept", f"127.0.0.1:{self.port}", "-cert",
+                 cert, "-key", key], stdin=subprocess.PIPE, stdout=out, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 10
+        while not is_listening(self.port):
+            if self.server.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"openssl s_server did not start: {self.server.stderr.read()!r}")
+            time.sleep(0.05)
+
+    def close(self):
+        kill(self.server)
+
+    def received_up(self):
+        """Bytes s_server received so far (it writes them unbuffered)."""
+        return os.path.getsize(self.received_path)
+
+    def run(self, listen_port, stop, progress):
+        """Until `stop`; raises on any failure."""
+        raw = socket.create_connection(("127.0.0.1", listen_port), timeout=20)
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # One thread drives the TLS object (OpenSSL's are not for
+        # concurrent use): each tick sends a chunk and reads what is there.
+        with client_context().wrap_socket(raw, server_hostname=SNI) as tls:
+            sent_up, sent_down, got_down = hashlib.sha256(), hashlib.sha256(), hashlib.sha256()
+            up = down = received = 0
+
+            def read(block):
+                nonlocal received
+                while block or tls.pending() or select.select([tls], [], [], 0)[0]:
+                    data = tls.recv(1 << 16)
+                    if not data:
+                        raise AssertionError(f"EOF from the TLS upstream after {received} bytes")
+                    got_down.update(data)
+                    received += len(data)
+                    progress.add("tls down, received", len(data))
+                    block = False
+
+            while not stop.is_set():
+                chunk = tls_chunk(up // TLS_CHUNK, 1)
+                tls.sendall(chunk)
+                sent_up.update(chunk)
+                up += len(chunk)
+                chunk = tls_chunk(down // TLS_CHUNK, 2)
+                self.server.stdin.write(chunk)
+                self.server.stdin.flush()
+                sent_down.update(chunk)
+                down += len(chunk)
+                read(False)
+                time.sleep(0.01)
+            deadline = time.monotonic() + 30
+            while received < down and time.monotonic() < deadline:
+                read(True)
+            if (received, got_down.hexdigest()) != (down, sent_down.hexdigest()):
+                raise AssertionError(f"downstream: {received} of {down} bytes, or they differ")
+            tls.unwrap()  # close_notify both ways: s_server then exits
+        self.server.stdin.close()
+        self.server.wait(timeout=20)
+        with open(self.received_path, "rb") as f:
+            got_up = hashlib.sha256(f.read()).hexdigest()
+        if (self.received_up(), got_up) != (up, sent_up.hexdigest()):
+            raise AssertionError(f"upstream: s_server received {self.received_up()} of {up} bytes, or they differ")
+
+
 class Traffic:
     """Everything that must not notice a takeover, each in its threads;
-    failures are collected, never raised in a thread."""
+    failures are collected, never raised in a thread. `progress` counts what
+    each one moved, as seen by the receiving end."""
 
-    def __init__(self, d, bulk_peer, transfer_bytes, rate):
-        self.d, self.bulk_peer = d, bulk_peer
+    def __init__(self, d, transfer_bytes, rate, progress, tls=None):
+        self.d, self.tls = d, tls
         self.transfer_bytes, self.rate = transfer_bytes, rate
+        self.progress = progress
         self.stop = threading.Event()
         self.lock = threading.Lock()
         self.errors = []
         self.requests = 0
         self.connections = 0
         self.transfers_ok = 0
+        self.tls_ok = False
         # Daemon threads: a test that fails before finish() must not keep
         # the process alive (its cleanup calls finish() too).
         self.threads = [threading.Thread(target=self.transfer, args=(salt,), daemon=True) for salt in (11, 23)]
         self.threads += [threading.Thread(target=self.keep_alive, daemon=True),
                          threading.Thread(target=self.new_connections, daemon=True)]
+        if tls:
+            self.threads.append(threading.Thread(target=self.tls_session, daemon=True))
 
     def error(self, what, e):
         with self.lock:
@@ -159,13 +342,25 @@ class Traffic:
         for t in self.threads:
             t.join(timeout)
 
+    def flowing(self):
+        """The counters that must grow across every takeover."""
+        names = [f"transfer {salt} {way}" for salt in (11, 23) for way in ("up, received", "down, received")]
+        names += ["keep-alive requests", "new connections"]
+        if self.tls:
+            names += ["tls up, received", "tls down, received"]
+        snapshot = self.progress.snapshot()
+        if self.tls:
+            snapshot["tls up, received"] = self.tls.received_up()
+        return {name: snapshot.get(name, 0) for name in names}
+
     def transfer(self, salt):
         try:
             with socket.create_connection(("127.0.0.1", self.d["bulk"]), timeout=20) as s:
                 s.sendall(struct.pack("!QQ", self.transfer_bytes, salt))
                 result = {}
+                down = self.progress.adder(f"transfer {salt} down, received")
                 reader = threading.Thread(
-                    target=lambda: result.update(got=digest_exactly(s, self.transfer_bytes)))
+                    target=lambda: result.update(got=digest_exactly(s, self.transfer_bytes, down)))
                 reader.start()
                 throttled_send(s, self.transfer_bytes, salt, self.rate)
                 s.shutdown(socket.SHUT_WR)
@@ -194,6 +389,7 @@ class Traffic:
                     n += 1
                     with self.lock:
                         self.requests = n
+                    self.progress.add("keep-alive requests")
                     time.sleep(0.01)
         except Exception as e:
             self.error("keep-alive session", e)
@@ -210,10 +406,18 @@ class Traffic:
                         raise AssertionError("echo differs")
                 with self.lock:
                     self.connections += 1
+                self.progress.add("new connections")
             except Exception as e:
                 self.error(f"new connection {n}", e)
             n += 1
             time.sleep(0.003)
+
+    def tls_session(self):
+        try:
+            self.tls.run(self.d["tls"], self.stop, self.progress)
+            self.tls_ok = True
+        except Exception as e:
+            self.error("TLS session", e)
 
 
 def read_text(path):
@@ -221,7 +425,7 @@ def read_text(path):
         return f.read()
 
 
-def wait_log(path, pattern_text, proc, timeout=30):
+def wait_log(path, pattern_text, proc, timeout=30, step=0.05):
     deadline = time.monotonic() + timeout
     rx = re.compile(pattern_text)
     while time.monotonic() < deadline:
@@ -230,7 +434,7 @@ def wait_log(path, pattern_text, proc, timeout=30):
             return text
         if proc.poll() is not None:
             raise AssertionError(f"exited {proc.returncode} before /{pattern_text}/:\n{text[-3000:]}")
-        time.sleep(0.05)
+        time.sleep(step)
     raise TimeoutError(f"no /{pattern_text}/ in {path}")
 
 
@@ -297,8 +501,18 @@ class Fake:
 
 
 class TakeoverTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.TemporaryDirectory(prefix="shunt-takeover-tls-")
+        cls.cert, cls.key = make_certificate(cls.tmp.name)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.tmp.cleanup()
+
     def setUp(self):
-        self.bulk_peer = BulkPeer(rate=3 << 20)
+        self.progress = Progress()
+        self.bulk_peer = BulkPeer(TRANSFER_RATE, self.progress)
         self.echo = ThreadedServer(echo_handler)
         self.origin = Origin()
         self.procs = []  # every shunt this test started, oldest first: (proc, log path)
@@ -310,10 +524,11 @@ class TakeoverTest(unittest.TestCase):
         self.echo.close()
         self.origin.close()
 
-    def ports(self, shunt_dir):
-        return dict(bulk=free_port(), echo=free_port(), http=free_port(), admin=free_port(),
+    def ports(self, shunt_dir, tls_up=None):
+        """`tls_up`: the TLS session's upstream (a free port otherwise)."""
+        return dict(bulk=free_port(), echo=free_port(), http=free_port(), tls=free_port(), admin=free_port(),
                     bulk_up=self.bulk_peer.server.port, echo_up=self.echo.port, origin=self.origin.port,
-                    control=os.path.join(shunt_dir, "control.sock"))
+                    tls_up=tls_up or free_port(), control=os.path.join(shunt_dir, "control.sock"))
 
     def take_over(self, shunt, n, config_path=None):
         log = os.path.join(shunt.dir.name, f"takeover-{n}.log")
@@ -324,44 +539,55 @@ class TakeoverTest(unittest.TestCase):
         wait_log(log, r"takeover: complete in \d+ ms", proc)
         return proc
 
-    def run_takeovers(self, datapath, takeovers, transfer_bytes):
+    def run_takeovers(self, datapath):
         tmp = tempfile.TemporaryDirectory(prefix="shunt-takeover-")
         self.addCleanup(tmp.cleanup)
-        d = self.ports(tmp.name)
+        tls = TlsSession(self.cert, self.key, tmp.name)
+        self.addCleanup(tls.close)
+        d = self.ports(tmp.name, tls_up=tls.port)
         with Shunt(config(d, datapath), wait_port=d["echo"]) as first:
             wait_ready(d["admin"], first.proc)
-            traffic = Traffic(d, self.bulk_peer, transfer_bytes, rate=3 << 20)
+            traffic = Traffic(d, TRANSFER_BYTES, TRANSFER_RATE, self.progress, tls)
             traffic.start()
             self.addCleanup(traffic.finish, 5)
             time.sleep(1.0)
-            for n in range(takeovers):
-                before = traffic.connections
+            for n in range(TAKEOVERS):
                 self.take_over(first, n)
+                # Every stream that was open before this takeover moves on
+                # after it, the transfers unfinished included (none is done
+                # before the last takeover: they are throttled for that).
+                done = traffic.flowing()
                 time.sleep(0.8)
-                self.assertGreater(traffic.connections, before, "no new connection since the takeover")
+                after = traffic.flowing()
+                self.assertEqual([name for name in done if after[name] <= done[name]], [],
+                                 f"not moving after takeover {n}: {after}; errors: {traffic.errors}")
             # The admin socket moved with the listeners: the newest process answers.
             samples = scrape(d["admin"])
             self.assertEqual(value(samples, "shunt_takeovers_total", result="ok"), 1)
-            self.assertGreater(value(samples, "shunt_takeover_listeners_transferred_total"), 3)
+            self.assertGreater(value(samples, "shunt_takeover_listeners_transferred_total"), 4)
             self.assertEqual(value(samples, "shunt_takeovers_total", result="failed"), 0)
+            # The TLS session was decided on its SNI, and by now it is in the
+            # newest process (it moved with every takeover).
+            tls_conns = [c for c in get_json(d["admin"], "/connections") if c["rule"] == "tls-api"]
+            self.assertEqual(len(tls_conns), 1, tls_conns)
+            counts = [re.search(r"complete in \d+ ms: (\d+) kernel-spliced connection\(s\), (\d+) copy/splice",
+                                read_text(log)) for _, log in self.procs]
+            counts = [(int(m.group(1)), int(m.group(2))) for m in counts]
             if datapath == "sockmap":
-                # The two transfers run through every takeover: each moved
-                # to the new process as a kernel-spliced pair (the keep-alive
-                # session is inspected, so it drains in the old process).
+                # The two transfers and the TLS session run through every
+                # takeover: each moved to the new process as a kernel-spliced
+                # pair (the keep-alive session moves between requests).
                 self.assertGreaterEqual(
-                    value(samples, "shunt_takeover_connections_transferred_total", datapath="sockmap"), 2)
-                for n, (_, log) in enumerate(self.procs):
-                    self.assertRegex(read_text(log), r"takeover: complete in \d+ ms: [2-9]\d* kernel-spliced",
-                                     f"takeover {n}")
+                    value(samples, "shunt_takeover_connections_transferred_total", datapath="sockmap"), 3)
+                self.assertEqual([n for n, _ in counts if n < 3], [], counts)
             else:
                 # Copy and splice pairs move between reads (a pair caught
                 # mid-write stays and drains in the old process).
-                moved = [int(re.search(r"complete in \d+ ms: 0 kernel-spliced connection\(s\), (\d+) copy/splice",
-                                       read_text(log)).group(1)) for _, log in self.procs]
-                self.assertGreaterEqual(sum(moved), 2, moved)
-            traffic.finish()
+                self.assertGreaterEqual(sum(moved for _, moved in counts), 3, counts)
+            traffic.finish(timeout=120)
             self.assertEqual(traffic.errors, [])
             self.assertEqual(traffic.transfers_ok, 2)
+            self.assertTrue(traffic.tls_ok)
             self.assertGreater(traffic.requests, 100)
             # Every process but the newest held nothing more and exited 0.
             everyone = [(first.proc, first.log_path)] + self.procs
@@ -374,17 +600,20 @@ class TakeoverTest(unittest.TestCase):
             self.assertIsNone(newest.poll())
             newest.send_signal(signal.SIGTERM)
             self.assertEqual(newest.wait(timeout=20), 0)
-            print(f"{datapath}: {takeovers} takeovers, {traffic.connections} new connections, "
-                  f"{traffic.requests} keep-alive requests, 2 transfers of {transfer_bytes >> 20} MiB each way")
+            moved = self.progress.snapshot()
+            print(f"{datapath}: {TAKEOVERS} takeovers (kernel-spliced, copy/splice moved: {counts}), "
+                  f"{traffic.connections} new connections, {traffic.requests} keep-alive requests, "
+                  f"2 transfers of {TRANSFER_BYTES >> 20} MiB each way, TLS session "
+                  f"{moved['tls down, received'] >> 10} KiB down, {tls.received_up() >> 10} KiB up")
 
     def test_sockmap(self):
-        self.run_takeovers("sockmap", takeovers=3, transfer_bytes=24 << 20)
+        self.run_takeovers("sockmap")
 
     def test_splice(self):
-        self.run_takeovers("splice", takeovers=2, transfer_bytes=12 << 20)
+        self.run_takeovers("splice")
 
     def test_copy(self):
-        self.run_takeovers("copy", takeovers=2, transfer_bytes=12 << 20)
+        self.run_takeovers("copy")
 
     def test_policy_on_arrival(self):
         """The new process brings a config that denies the echo upstream:
@@ -523,7 +752,7 @@ class TakeoverTest(unittest.TestCase):
                 echoed[0] += 1
 
             echo_all(b"before")
-            traffic = Traffic(d, self.bulk_peer, 4 << 20, rate=4 << 20)
+            traffic = Traffic(d, 4 << 20, 4 << 20, self.progress)
             traffic.start()
             self.addCleanup(traffic.finish, 5)
 
@@ -579,39 +808,70 @@ class TakeoverTest(unittest.TestCase):
             self.assertGreaterEqual(value(samples, "shunt_takeovers_total", result="failed"), 1)
             self.assertEqual(value(samples, "shunt_takeovers_total", result="ok"), 0)
 
-            # A new process SIGKILLed at several points of its start. It is
-            # stopped first (SIGSTOP) so its log tells where it was: one that
-            # already completed is a real takeover and carries on instead.
+            # A new process SIGKILLed at several points of its takeover. It
+            # is stopped first (SIGSTOP) so the logs tell where it was: its
+            # own says whether it had the listeners yet (and adopted pairs),
+            # the serving process's whether it had frozen its pairs and sent
+            # them (then it must take them back). One that already completed
+            # is a real takeover and carries on instead. Stopped a fixed time
+            # after its start, or as soon as a log line says a point was
+            # reached: its own "received" (it sends `ready` next) or the
+            # serving one's "frozen" (the pairs are on their way to it).
             current, current_log = old.proc, old.log_path
+            triggers = [0.0, 0.005, 0.01, "received", 0.02, 0.03, "frozen", 0.05, "received", "frozen"]
             stages = []
-            for n, delay in enumerate((0.0, 0.005, 0.01, 0.015, 0.02, 0.03, 0.05)):
-                log = os.path.join(old.dir.name, f"killed-{n}.log")
+            hit = []  # "trigger -> stage", for the output
+
+            def after_freeze():
+                return bool({"pairs frozen", "adopted pairs"} & set(stages))
+
+            # The window after the freeze is a few ms wide: about half the
+            # "frozen" stops land in it, the others after the commit. More
+            # tries at the point still missing, at most 20 in all.
+            while triggers or (len(stages) < 20 and not ("received listeners" in stages and after_freeze())):
+                trigger = triggers.pop(0) if triggers else "received" if after_freeze() else "frozen"
+                hit.append(str(trigger))
+                log = os.path.join(old.dir.name, f"killed-{len(stages)}.log")
+                serving_before = len(read_text(current_log))
                 with open(log, "wb") as out:
                     proc = subprocess.Popen([SHUNT_BIN, "run", "-c", old.config_path, "--takeover"], stdout=out,
                                             stderr=subprocess.STDOUT)
-                time.sleep(delay)
+                if trigger == "received":
+                    wait_log(log, r"listening socket\(s\).* received", proc, step=0.0005)
+                elif trigger == "frozen":
+                    self.assertIsNotNone(
+                        wait_until(lambda: "frozen in" in read_text(current_log)[serving_before:], 30, 0.0005),
+                        "the serving process never froze its pairs")
+                else:
+                    time.sleep(trigger)
                 proc.send_signal(signal.SIGSTOP)
                 # A commit already sent reaches the serving process within
                 # milliseconds; then this one is the server and must live.
                 time.sleep(0.2)
                 text = read_text(log)
-                if f"(pid {proc.pid}) took over" in read_text(current_log):
+                serving = read_text(current_log)[serving_before:]
+                if f"(pid {proc.pid}) took over" in serving:
                     proc.send_signal(signal.SIGCONT)
                     self.procs.append((proc, log))
                     stages.append("completed")
                     current, current_log = proc, log
                     continue
-                stages.append("adopted pairs" if "kernel-spliced connection(s) received and adopted" in text else
+                froze = "kernel-spliced connection(s) frozen" in serving
+                stages.append("adopted pairs" if "received and adopted" in text else
+                              "pairs frozen" if froze else
                               "received listeners" if "listening socket(s)" in text else "connecting")
                 proc.send_signal(signal.SIGKILL)
                 proc.wait()
-                self.assertIsNone(current.poll(), old.output()[-2000:])
+                self.assertIsNone(current.poll(), read_text(current_log)[-2000:])
                 before = traffic.connections
                 time.sleep(0.3)
                 self.assertGreater(traffic.connections, before, f"not accepting after a kill at {stages[-1]}")
+                if froze:
+                    self.assertIn("taking the frozen connections back", read_text(current_log)[serving_before:])
                 echo_all(b"after a kill at " + stages[-1].encode())
-            print("killed at:", ", ".join(stages))
-            self.assertIn("received listeners", stages, "no kill landed mid-takeover; adjust the delays")
+            print("killed at:", ", ".join(f"{t} -> {s}" for t, s in zip(hit, stages)))
+            self.assertIn("received listeners", stages)
+            self.assertTrue(after_freeze(), f"no kill after the serving process froze its pairs: {stages}")
 
             # And whoever serves now can still be taken over for real; every
             # process before it drains and exits 0.
@@ -636,9 +896,11 @@ class TakeoverTest(unittest.TestCase):
 class SteeredPodsTest(unittest.TestCase):
     """Pod-to-pod connections steered by BPF (veth + tcx here) through each
     process in turn: the steering programs assign SYNs to the listening
-    sockets both processes share, so a takeover is invisible to the pods."""
+    sockets both processes share, so a takeover is invisible to the pods.
+    A pod-to-pod stream (echoed, hashed) moves with every takeover."""
 
     PORT = 7411
+    STREAM_RATE = 2 << 20
 
     def run_case(self, on_proxy_down):
         lab = PodLab("k")
@@ -678,33 +940,51 @@ policy:
         self.addCleanup(lambda: [kill(proc) for proc, _ in procs])
         with Shunt(text) as first:
             wait_ready(admin, first.proc)
-            loop = subprocess.Popen(["ip", "netns", "exec", client, PY, "-c", POD_LOOP, sip, str(self.PORT), "60"],
-                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            self.addCleanup(kill, loop)
+            # Both run until the test closes their stdin (its takeovers are done).
+            peers = {name: subprocess.Popen(["ip", "netns", "exec", client, PY, "-c", script, sip, str(self.PORT),
+                                             *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                            stderr=subprocess.PIPE, text=True)
+                     for name, script, args in (("loop", POD_LOOP, ["90"]),
+                                                ("stream", POD_STREAM, [str(self.STREAM_RATE), "90"]))}
+            for peer in peers.values():
+                self.addCleanup(kill, peer)
             time.sleep(1.0)
-            for n in range(3):
+            for n in range(TAKEOVERS):
                 log = os.path.join(first.dir.name, f"takeover-{n}.log")
                 with open(log, "wb") as out:
                     proc = subprocess.Popen([SHUNT_BIN, "run", "-c", first.config_path, "--takeover"], stdout=out,
                                             stderr=subprocess.STDOUT)
                 procs.append((proc, log))
-                wait_log(log, r"takeover: complete in \d+ ms", proc)
+                # The stream moved as a kernel-spliced pair.
+                self.assertRegex(wait_log(log, r"takeover: complete in \d+ ms", proc),
+                                 r"complete in \d+ ms: [1-9]\d* kernel-spliced", f"takeover {n}")
                 before = value(scrape(admin), "shunt_connections_total", verdict="allow")
                 time.sleep(1.0)
                 # Through the newest process, not around it (fail_open would
                 # let a pod reach the server directly).
                 self.assertGreater(value(scrape(admin), "shunt_connections_total", verdict="allow"), before,
                                    f"takeover {n}: the pods' connections do not reach the new process")
-            out, err = loop.communicate(timeout=30)
-            result = json.loads(out)
-            self.assertEqual(result["failed"], 0, result)
-            self.assertGreater(result["ok"], 100, result)
+            results = {}
+            for name, peer in peers.items():
+                out, err = peer.communicate(timeout=90)
+                self.assertEqual(peer.returncode, 0, err)
+                results[name] = json.loads(out)
+            loop, stream = results["loop"], results["stream"]
+            self.assertEqual(loop["failed"], 0, loop)
+            self.assertGreater(loop["ok"], 100, loop)
+            self.assertNotIn("error", stream)
+            self.assertTrue(stream["match"], stream)
+            self.assertGreater(stream["sent"], TAKEOVERS * self.STREAM_RATE, stream)
+            # Kernel-spliced bytes keep moving while the pair changes hands:
+            # a gap this long is a stall, not scheduling noise.
+            self.assertLess(stream["max_gap_s"], 1.0, stream)
             for proc, log in [(first.proc, first.log_path)] + procs[:-1]:
                 self.assertEqual(proc.wait(timeout=40), 0, read_text(log)[-2000:])
             newest = procs[-1][0]
             newest.send_signal(signal.SIGTERM)
             self.assertEqual(newest.wait(timeout=20), 0, read_text(procs[-1][1])[-2000:])
-            print(f"{on_proxy_down}: {result['ok']} pod-to-pod connections over 3 takeovers, none failed")
+            print(f"{on_proxy_down}: {loop['ok']} pod-to-pod connections over {TAKEOVERS} takeovers, none failed; "
+                  f"a stream of {stream['sent'] >> 20} MiB echoed intact, longest gap {stream['max_gap_s']:.3f} s")
 
     def test_fail_open(self):
         self.run_case("fail_open")
