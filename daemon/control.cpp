@@ -470,7 +470,9 @@ int run_proxy(const RunOptions& options) {
       spdlog::info("capabilities: none held (an unprivileged run: no BPF data path or steering)");
     else
       spdlog::info("capabilities reduced to {}", fmt::join(held, ", "));
-    server.start();
+    // A new process accepts once the old one let go (finish_takeover):
+    // until then the old one serves, and SYNs wait in the shared backlogs.
+    server.start(!takeover);
     // Serving from here. A new process takes the control socket only once
     // the old one has stopped accepting; a first one binds it now.
     takeover::ControlListener control_socket;

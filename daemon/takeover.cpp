@@ -218,6 +218,10 @@ takeover::ControlListener finish_takeover(TakeoverStart& start, const config::Co
       spdlog::warn(
           "takeover: pid {} did not hear the commit ({}); it exits or takes back what it still holds",
           old_pid, st.error().message());
+  // Only now: a connection accepted before the commit would die with this
+  // process if it died before it, while the old one, taking its listeners
+  // back, finds every SYN it has not accepted still in the shared backlogs.
+  server.start_accepting();
   if (moved.total()) {
     server.thaw_frozen();
     moved.count();
@@ -260,6 +264,27 @@ void HandoverService::stop() {
   if (!acceptor_) return;
   boost::system::error_code ec;
   acceptor_->close(ec);
+}
+
+// A failed new process may have renamed its control socket over the path
+// already (it does so before its commit, so that the path never answers
+// nothing): this process would serve on but could not be taken over again,
+// and a plain `shunt run` would find a stale socket and start beside it.
+// Called between two accepts, so replacing the acceptor is safe.
+void HandoverService::reclaim_path() {
+  if (listener_.owns_path()) return;
+  const std::string path = listener_.path();
+  auto bound = takeover::ControlListener::bind(path);
+  if (!bound) {
+    spdlog::error(
+        "takeover: cannot take the control socket {} back: {}; this process can no longer be taken over",
+        path, bound.error().message());
+    return;
+  }
+  acceptor_ = std::make_unique<Descriptor>(io_, bound->take_fd().release());
+  listener_ = std::move(*bound);
+  spdlog::info("takeover: the failed process had taken the control socket {}; it is this process's again",
+               path);
 }
 
 asio::awaitable<void> HandoverService::serve() {
@@ -359,6 +384,7 @@ asio::awaitable<void> HandoverService::serve() {
     if (r.outcome != takeover::Outcome::ok) {
       spdlog::warn("takeover by shunt {} (pid {}) failed: {} ({}); this process keeps serving", r.peer_binary,
                    r.peer_pid, r.detail, takeover::to_string(r.outcome));
+      reclaim_path();
       continue;
     }
     metrics().takeover_listeners.fetch_add(r.listeners, std::memory_order_relaxed);

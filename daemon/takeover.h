@@ -43,11 +43,11 @@ struct TakeoverStart {
 // in time (it keeps serving, unchanged).
 std::optional<TakeoverStart> begin_takeover(const config::Config& config);
 
-// Once this process accepts on every listener: waits for the old one to
-// stop accepting, adopts its kernel-spliced pairs when its bridge shares
-// the old one's maps, takes the control socket path and lets the old one
-// go; then re-checks every connection against this process's policy, as a
-// reload would. Throws StartupError when the old process is still there
+// Once this process is set up on every listener (not accepting yet): waits
+// for the old one to stop accepting, adopts its kernel-spliced pairs when
+// its bridge shares the old one's maps, takes the control socket path, lets
+// the old one go and starts accepting; then re-checks every connection
+// against this process's policy, as a reload would. Throws StartupError when the old process is still there
 // but a step failed (it takes everything back); an old process that
 // vanished is logged and this one carries on alone.
 takeover::ControlListener finish_takeover(TakeoverStart& start, const config::Config& config,
@@ -66,6 +66,7 @@ class HandoverService {
 
  private:
   boost::asio::awaitable<void> serve();
+  void reclaim_path();
   boost::asio::io_context& io_;
   takeover::ControlListener listener_;
   ProxyContext& context_;

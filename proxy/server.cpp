@@ -147,21 +147,30 @@ Server::Server(ProxyContext& context, const config::Config& config, unsigned thr
 
 Server::~Server() { stop(); }
 
-void Server::start() {
+void Server::start(bool accept) {
   for (auto& worker : workers_) {
-    for (std::size_t i = 0; i < listeners_.size(); ++i)
-      if (worker->acceptors[i]) accept_loop(*worker, i, worker->acceptors[i].get());
-    for (auto& [i, acceptor] : worker->extra_acceptors) accept_loop(*worker, i, acceptor.get());
     worker->thread = std::thread([w = worker.get()] {
       auto guard = asio::make_work_guard(w->io);
       w->io.run();
     });
   }
-  listening_ = true;
+  if (accept) start_accepting();
   for (const auto& l : listeners_) {
-    spdlog::info("listener {} on {} ({})", l.name, config::to_string(l.listen),
-                 l.forward ? "forward to " + config::to_string(*l.forward) : std::string("transparent"));
+    spdlog::info("listener {} on {} ({}){}", l.name, config::to_string(l.listen),
+                 l.forward ? "forward to " + config::to_string(*l.forward) : std::string("transparent"),
+                 accept ? "" : ": accepting once the takeover committed");
   }
+}
+
+void Server::start_accepting() {
+  for (auto& worker : workers_) {
+    asio::post(worker->io, [this, w = worker.get()] {
+      for (std::size_t i = 0; i < listeners_.size(); ++i)
+        if (w->acceptors[i]) accept_loop(*w, i, w->acceptors[i].get());
+      for (auto& [i, acceptor] : w->extra_acceptors) accept_loop(*w, i, acceptor.get());
+    });
+  }
+  listening_ = true;
 }
 
 void Server::accept_loop(Worker& worker, std::size_t listener_index, tcp::acceptor* acceptor) {

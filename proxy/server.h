@@ -68,7 +68,13 @@ class Server {
          InheritedSockets inherited = {});
   ~Server();
 
-  void start();
+  // Runs the workers and, with `accept`, the accept loops. A new process in
+  // a takeover starts without and calls start_accepting() once the old one
+  // let go (the commit): a connection it accepted before that would die
+  // with it if it died, while the old process keeps every SYN it has not
+  // accepted (in the shared backlog) and serves on.
+  void start(bool accept = true);
+  void start_accepting();
   // Stops accepting; open connections continue.
   void stop_accepting();
   // Revokes every open connection (reset) and stops the workers.

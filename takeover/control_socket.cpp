@@ -90,11 +90,15 @@ void ControlListener::abandon() {
   path_.clear();
 }
 
+bool ControlListener::owns_path() const {
+  struct stat st {};
+  return !path_.empty() && ::stat(path_.c_str(), &st) == 0 && st.st_ino == inode_ && st.st_dev == device_;
+}
+
 void ControlListener::remove_if_ours() {
   if (path_.empty()) return;
-  struct stat st {};
   // Another process may have renamed its socket over the path since.
-  if (::stat(path_.c_str(), &st) == 0 && st.st_ino == inode_ && st.st_dev == device_) ::unlink(path_.c_str());
+  if (owns_path()) ::unlink(path_.c_str());
   path_.clear();
   fd_.reset();
 }

@@ -45,6 +45,10 @@ class ControlListener {
   // Gives up the listening socket without touching the path (the new
   // process owns it now).
   void abandon();
+  // True while the path is still this listener's socket. A new process
+  // renames its own over it before its commit; one that dies or stalls
+  // after that leaves the path on a socket nobody accepts on.
+  [[nodiscard]] bool owns_path() const;
 
  private:
   void remove_if_ours();

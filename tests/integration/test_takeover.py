@@ -782,15 +782,24 @@ class TakeoverTest(unittest.TestCase):
             self.assertGreater(traffic.connections, before, "not accepting again after the new process vanished")
 
             # Version 2: the pairs are frozen and sent; the kernel keeps
-            # moving their bytes meanwhile. Gone before committing: the old
-            # process takes them back and acts on them again (FINs below).
+            # moving their bytes meanwhile. Gone before committing, with the
+            # control socket path already renamed to its own socket (as a
+            # new process does before its commit): the old process takes the
+            # pairs back and acts on them again (FINs below), and the path.
             fake = Fake(d["control"])
             fake.until_ready(version=2)
             self.assertGreaterEqual(fake.receive_pairs(), 3)  # and the transfers still running
             echo_all(b"frozen")
+            with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as taken:
+                taken.bind(d["control"] + ".fake")
+                taken.listen(1)
+                os.rename(d["control"] + ".fake", d["control"])
             fake.close()
             time.sleep(0.3)
             echo_all(b"taken back")
+            with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as probe:
+                probe.connect(d["control"])  # the old process's again
+            self.assertIn("it is this process's again", old.output())
 
             # Stalled after the old one stopped accepting: the 5 s step
             # timeout, then taken back. SYNs meanwhile wait in the backlog.
@@ -866,6 +875,10 @@ class TakeoverTest(unittest.TestCase):
                 before = traffic.connections
                 time.sleep(0.3)
                 self.assertGreater(traffic.connections, before, f"not accepting after a kill at {stages[-1]}")
+                # Still the one a next takeover reaches (the killed process
+                # may have renamed its control socket over the path already).
+                with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as probe:
+                    probe.connect(d["control"])
                 if froze:
                     self.assertIn("taking the frozen connections back", read_text(current_log)[serving_before:])
                 echo_all(b"after a kill at " + stages[-1].encode())

@@ -332,6 +332,8 @@ TEST(TakeoverControlSocket, ProbeAndOwnership) {
     // removes it when it goes.
     auto second = ControlListener::bind(path);
     ASSERT_TRUE(second);
+    EXPECT_FALSE(first->owns_path());
+    EXPECT_TRUE(second->owns_path());
     { auto gone = std::move(*first); }
     EXPECT_EQ(probe_control_socket(path), ControlState::live);
   }
