@@ -4,7 +4,8 @@
 # tcx, "legacy" (Linux 6.1) veth pods and legacy clsact filters. Creates two
 # pods with the real `shunt pod add`, runs `shunt run` with steering, checks
 # pod-to-pod traffic through the proxy and without it, fail_closed with the
-# proxy stopped, and that `pod del` + proxy exit leave nothing behind. Then
+# proxy stopped, and that `pod del` + proxy exit leave nothing behind; on
+# netkit, a `shunt run --takeover` with pod-to-pod traffic flowing. Then
 # the sockmap burst stress of issue 15 on a static listener (burst_stress).
 # Every check prints one "SHUNT-VM: RESULT <name> PASS|FAIL <detail>" line on
 # the serial console; run_vm.py asserts on them.
@@ -64,6 +65,10 @@ finish() {
 	# The console is printed when a check fails: the proxy's log explains most.
 	echo "---- shunt.log ----"
 	cat /tmp/shunt.log 2>/dev/null
+	if [ -f /tmp/shunt-takeover.log ]; then
+		echo "---- shunt-takeover.log (the process that took over) ----"
+		cat /tmp/shunt-takeover.log
+	fi
 	echo "SHUNT-VM: DONE"
 	poweroff -f
 	sleep 5
@@ -150,8 +155,72 @@ grep -q "\"dst\":\"$SERVER:8080\"" /tmp/shunt.log; result proxied_8080 $? "acces
 grep -q "\"dst\":\"$SERVER:9090\"" /tmp/shunt.log; [ $? != 0 ]; result not_proxied_9090 $? "no 9090 in the access log"
 grep -q "\"dst\":\"\[$SERVER6\]:8080\"" /tmp/shunt.log; result proxied_8080_v6 $? "access log has the IPv6 8080 connections"
 
+# ---- takeover (issue 14), netkit profile ---------------------------------
+# `shunt run --takeover` while pod-to-pod traffic flows through the proxy:
+# a download (/cgi-bin/paced) and an upload (to /cgi-bin/sum) of /www/blob,
+# each sent in 16 KiB pieces 0.1 s apart until the takeover is done (then at
+# once), checked by hash; and a loop of new pod-to-pod connections. The two
+# transfers must still run when the new process completes (their pairs move
+# to it, kernel-spliced), every new connection must be answered, the old
+# process must exit 0. From here on SHUNT_PID is the new process: the checks
+# below (fail_closed, rules removed on exit) are then about it.
+# paced-blob (run_vm.py) writes /www/blob paced that way.
+takeover_check() {
+	rm -f /tmp/takeover.done
+	(http_get in_client $SERVER 8080 /cgi-bin/paced | tail -c "$BLOB_SIZE" | sha256sum | cut -d' ' -f1) \
+		>/tmp/takeover-down.out &
+	down_pid=$!
+	(
+		{
+			printf 'POST /cgi-bin/sum HTTP/1.0\r\nHost: %s\r\nContent-Length: %s\r\n\r\n' $SERVER "$BLOB_SIZE"
+			paced-blob
+		} | in_client timeout 90 nc -w 5 $SERVER 8080 2>&1 | body
+	) >/tmp/takeover-up.out &
+	up_pid=$!
+	(
+		ok=0
+		failed=0
+		while [ ! -f /tmp/takeover.done ]; do
+			out=$(http_get in_client $SERVER 8080 /cgi-bin/peer | body)
+			if [ "$out" = "peer=$CLIENT" ]; then ok=$((ok + 1)); else failed=$((failed + 1)); fi
+		done
+		echo "$ok $failed"
+	) >/tmp/takeover-loop.out &
+	loop_pid=$!
+	sleep 2
+	shunt run -c /tmp/shunt.yaml --takeover >/tmp/shunt-takeover.log 2>&1 &
+	NEW_PID=$!
+	line=""
+	for i in $(seq 1 300); do
+		line=$(grep "takeover: complete in" /tmp/shunt-takeover.log)
+		[ -n "$line" ] && break
+		kill -0 $NEW_PID 2>/dev/null || break
+		sleep 0.2
+	done
+	running=0
+	kill -0 $down_pid 2>/dev/null && kill -0 $up_pid 2>/dev/null && running=1
+	[ -n "$line" ]; result takeover_complete $? "$line"
+	echo "$line" | grep -q "ms: [1-9][0-9]* kernel-spliced" && [ $running = 1 ]
+	result takeover_during_transfers $? "transfers running at completion: $running; $line"
+	sleep 1
+	touch /tmp/takeover.done
+	wait $down_pid $up_pid $loop_pid
+	out=$(cat /tmp/takeover-down.out)
+	[ "$out" = "$BLOB_SUM" ]; result takeover_download_hash $? "$out"
+	out=$(cat /tmp/takeover-up.out)
+	[ "$out" = "$BLOB_SUM" ]; result takeover_upload_hash $? "$out"
+	read ok failed </tmp/takeover-loop.out
+	[ "${ok:-0}" -gt 0 ] && [ "$failed" = 0 ]
+	result takeover_new_connections $? "$ok answered, $failed failed"
+	wait $SHUNT_PID
+	rc=$?
+	[ $rc = 0 ]; result takeover_old_exited $? "pid $SHUNT_PID exit $rc"
+	SHUNT_PID=$NEW_PID
+}
+[ "$PROFILE" = netkit ] && takeover_check
+
 # For the console: which data paths served, and why any fell back.
-http_get "" 127.0.0.1 15000 /metrics | grep -E "^shunt_(datapath_fallbacks|connections_total)"
+http_get "" 127.0.0.1 15000 /metrics | grep -E "^shunt_(datapath_fallbacks|connections_total|takeover)"
 kill -TERM $SHUNT_PID
 for i in $(seq 1 100); do kill -0 $SHUNT_PID 2>/dev/null || break; sleep 0.1; done
 kill -0 $SHUNT_PID 2>/dev/null; [ $? != 0 ]; result shunt_exited $? "pid $SHUNT_PID"

@@ -48,6 +48,9 @@ COMMON_CHECKS = [
     "fail_closed_blocks_v6", "fail_closed_other_ports_flow", "rules_removed_on_exit", "pod_del", "nothing_left",
     "burst_stress", "reset_propagation",
 ]
+# init.sh's takeover step (issue 14), run on the netkit profile.
+TAKEOVER_CHECKS = ["takeover_complete", "takeover_during_transfers", "takeover_download_hash", "takeover_upload_hash",
+                   "takeover_new_connections", "takeover_old_exited"]
 # Reported and shown, but not (yet) required: name -> why. A failing one prints
 # the console like a failed check does, and the test still passes.
 ADVISORY_CHECKS = {}
@@ -69,7 +72,7 @@ PROFILES = {
     "netkit": Profile(
         "netkit", "linux-image-6.12.", r"^linux-image-6\.12\.[0-9]+\+deb12-cloud-amd64$", "linux-image-6.12.*-cloud-amd64_*.deb",
         lambda n: int(n.split(".")[2].split("+")[0]), ["CONFIG_NETKIT=y"], ["veth"],
-        ["pod_add_client_netkit", "pod_add_server_netkit", *COMMON_CHECKS]),
+        ["pod_add_client_netkit", "pod_add_server_netkit", *COMMON_CHECKS, *TAKEOVER_CHECKS]),
     "legacy": Profile(
         "legacy", "linux-image-6.1.0-", r"^linux-image-6\.1\.0-[0-9]+-cloud-amd64$", "linux-image-6.1.0-*-cloud-amd64_*.deb",
         lambda n: int(n.split("-")[3]), ["CONFIG_NET_CLS_BPF=", "CONFIG_NET_SCH_INGRESS="],
@@ -182,7 +185,17 @@ def build_initramfs(workdir, modules):
     with open(os.path.join(root, "www/cgi-bin/sum"), "w") as f:
         f.write('#!/bin/sh\nprintf "Content-Type: text/plain\\r\\n\\r\\n"\n'
                 'head -c "$CONTENT_LENGTH" | sha256sum | cut -d" " -f1 | tr -d "\\n"\n')
-    for cgi in ("peer", "sum"):
+    # init.sh's takeover step: /www/blob in 16 KiB pieces 0.1 s apart until
+    # /tmp/takeover.done exists, then at once; uploaded by init.sh and
+    # downloaded from /cgi-bin/paced.
+    with open(os.path.join(root, "bin/paced-blob"), "w") as f:
+        f.write('#!/bin/sh\nn=$(($(stat -c %s /www/blob) / 16384))\ni=0\nwhile [ $i -lt $n ]; do\n'
+                '\tdd if=/www/blob bs=16384 skip=$i count=1 2>/dev/null\n'
+                '\t[ -f /tmp/takeover.done ] || sleep 0.1\n\ti=$((i + 1))\ndone\n')
+    os.chmod(os.path.join(root, "bin/paced-blob"), 0o755)
+    with open(os.path.join(root, "www/cgi-bin/paced"), "w") as f:
+        f.write('#!/bin/sh\nprintf "Content-Type: application/octet-stream\\r\\n\\r\\n"\nexec /bin/paced-blob\n')
+    for cgi in ("peer", "sum", "paced"):
         os.chmod(os.path.join(root, "www/cgi-bin", cgi), 0o755)
     image = os.path.join(workdir, "initramfs.cpio")
     files = subprocess.run(["find", "."], cwd=root, capture_output=True, check=True).stdout
