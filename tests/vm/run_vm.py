@@ -185,13 +185,13 @@ def build_initramfs(workdir, modules):
     with open(os.path.join(root, "www/cgi-bin/sum"), "w") as f:
         f.write('#!/bin/sh\nprintf "Content-Type: text/plain\\r\\n\\r\\n"\n'
                 'head -c "$CONTENT_LENGTH" | sha256sum | cut -d" " -f1 | tr -d "\\n"\n')
-    # init.sh's takeover step: /www/blob in 16 KiB pieces 0.1 s apart until
+    # init.sh's takeover step: /www/blob in 16 KiB pieces 0.2 s apart until
     # /tmp/takeover.done exists, then at once; uploaded by init.sh and
     # downloaded from /cgi-bin/paced.
     with open(os.path.join(root, "bin/paced-blob"), "w") as f:
         f.write('#!/bin/sh\nn=$(($(stat -c %s /www/blob) / 16384))\ni=0\nwhile [ $i -lt $n ]; do\n'
                 '\tdd if=/www/blob bs=16384 skip=$i count=1 2>/dev/null\n'
-                '\t[ -f /tmp/takeover.done ] || sleep 0.1\n\ti=$((i + 1))\ndone\n')
+                '\t[ -f /tmp/takeover.done ] || sleep 0.2\n\ti=$((i + 1))\ndone\n')
     os.chmod(os.path.join(root, "bin/paced-blob"), 0o755)
     with open(os.path.join(root, "www/cgi-bin/paced"), "w") as f:
         f.write('#!/bin/sh\nprintf "Content-Type: application/octet-stream\\r\\n\\r\\n"\nexec /bin/paced-blob\n')
