@@ -161,9 +161,10 @@ grep -q "\"dst\":\"\[$SERVER6\]:8080\"" /tmp/shunt.log; result proxied_8080_v6 $
 # each sent in 16 KiB pieces 0.2 s apart until the takeover is done (then at
 # once: 51 s at most; takeovers under emulation took 8.7 and 16 s, most of
 # it attaching steering), checked by
-# hash; and a loop of new pod-to-pod connections. The two
-# transfers must still run when the new process completes (their pairs move
-# to it, kernel-spliced), every new connection must be answered, the old
+# hash; and a loop of new pod-to-pod connections. The two transfers must
+# still run when the new process completes and at least one kernel-spliced
+# pair must move to it (a transfer that fell back to splice may stay and
+# drain in the old process), every new connection must be answered, the old
 # process must exit 0. From here on SHUNT_PID is the new process: the checks
 # below (fail_closed, rules removed on exit) are then about it.
 # paced-blob (run_vm.py) writes /www/blob paced that way.
