@@ -264,6 +264,10 @@ std::string render_metrics(const ProxyContext& context, const bpf::PodSteering* 
     p.sample("shunt_takeover_connections_transferred_total",
              {{"datapath", std::string(config::to_string(d))}},
              m.takeover_connections[static_cast<std::size_t>(d)].load());
+  p.family("shunt_takeover_connections_stayed_total", "counter",
+           "Open connections the old process still held when a takeover stopped moving them (its boundary "
+           "window closed); they drain in the old process.");
+  p.sample("shunt_takeover_connections_stayed_total", {}, m.takeover_connections_stayed.load());
   p.family("shunt_takeover_duration_seconds", "gauge",
            "How long the last takeover took, from the new process's hello to the end (either side).");
   p.sample("shunt_takeover_duration_seconds", {},

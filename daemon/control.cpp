@@ -79,6 +79,8 @@ class Control {
         usr1_(io_, SIGUSR1),
         handover_(io_, std::move(control_socket), context, server, admin, [this] { handed_over(); }) {}
 
+  asio::io_context& io() { return io_; }
+
   int run() {
     handover_.start();
     // Fatal: without it SIGTERM no longer drains and SIGHUP no longer
@@ -163,7 +165,10 @@ class Control {
     server_.stop_accepting();
     const auto deadline = std::chrono::steady_clock::now() + drain_for;
     asio::steady_timer tick(io_);
-    while (context_.registry.size() > 0 && std::chrono::steady_clock::now() < deadline && !finished_) {
+    // A takeover's boundary window still hands connections on: the drain
+    // ends after it (it is shorter than any sensible timeouts.drain).
+    while ((context_.registry.size() > 0 || handover_.handing_over()) &&
+           std::chrono::steady_clock::now() < deadline && !finished_) {
       tick.expires_after(std::chrono::milliseconds(50));
       boost::system::error_code ec;
       co_await tick.async_wait(asio::redirect_error(use_awaitable, ec));
@@ -494,6 +499,7 @@ int run_proxy(const RunOptions& options) {
                  cfg.admin.control_socket);
 
     Control control(context, server, admin, std::move(control_socket), options, loaded_text);
+    if (takeover) receive_late_arrivals(control.io(), *takeover, context, server);
     const int rc = control.run();
     // The admin thread reads steering counters and the registry: stop it first.
     admin.stop();

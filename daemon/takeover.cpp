@@ -6,6 +6,7 @@
 #include "proxy/metrics.h"
 #include "proxy/policy_recheck.h"
 #include "takeover/handover.h"
+#include "takeover/late.h"
 
 #include <spdlog/spdlog.h>
 #include <sys/socket.h>
@@ -58,6 +59,7 @@ struct Moved {
   std::size_t kernel_spliced = 0;
   std::size_t userspace = 0;
   std::size_t parked_http = 0;
+  std::size_t tls_hello = 0;
 
   void add(const TransferredConnection& t) {
     ++by_datapath[static_cast<std::size_t>(t.datapath)];
@@ -71,9 +73,26 @@ struct Moved {
       case PairKind::parked_http:
         ++parked_http;
         break;
+      case PairKind::tls_hello:
+        ++tls_hello;
+        break;
     }
   }
-  [[nodiscard]] std::size_t total() const { return kernel_spliced + userspace + parked_http; }
+  [[nodiscard]] std::size_t total() const { return kernel_spliced + userspace + parked_http + tls_hello; }
+  void merge(const Moved& o) {
+    for (std::size_t i = 0; i < by_datapath.size(); ++i) by_datapath[i] += o.by_datapath[i];
+    kernel_spliced += o.kernel_spliced;
+    userspace += o.userspace;
+    parked_http += o.parked_http;
+    tls_hello += o.tls_hello;
+  }
+  // The boundary window's line (version 3).
+  [[nodiscard]] std::string at_boundary() const {
+    return fmt::format(
+        "{} HTTP/1.1 after their request, {} TLS before their ClientHello, {} copy/splice once flushed or "
+        "half-closed, {} kernel-spliced",
+        parked_http, tls_hello, userspace, kernel_spliced);
+  }
   // "K kernel-spliced connection(s), U copy/splice ... and H HTTP/1.1 ...".
   [[nodiscard]] std::string text() const {
     return fmt::format(
@@ -94,15 +113,25 @@ struct Moved {
 // The pairs as received, checked and decoded. Any that does not decode or
 // whose sockets are not the ones its state names fails the takeover as a
 // whole: the old process would otherwise let go of a pair nobody runs.
-Result<std::vector<AdoptedConnection>> decode_pairs(std::vector<takeover::InheritedPair> pairs) {
+Result<std::vector<AdoptedConnection>> decode_pairs(std::vector<takeover::InheritedPair> pairs,
+                                                    std::uint16_t version) {
   std::vector<AdoptedConnection> out;
   out.reserve(pairs.size());
   for (auto& p : pairs) {
-    auto t = decode_connection(p.state);
-    if (!t) return SysError{EBADMSG, "a kernel-spliced pair's state does not decode"};
+    auto t = decode_connection(p.state, version);
+    if (!t) return SysError{EBADMSG, "a transferred connection's state does not decode"};
+    // A TLS connection waiting for its ClientHello has no upstream yet;
+    // every other kind is a pair.
+    const bool single = t->kind == PairKind::tls_hello;
+    if (single != !p.upstream)
+      return SysError{EBADMSG,
+                      "connection " + std::to_string(t->id) + ": its sockets are not the ones it names"};
     auto client = bpf::socket_cookie(p.client.get());
-    auto upstream = bpf::socket_cookie(p.upstream.get());
-    if (!client || !upstream || *client != t->state.client_cookie || *upstream != t->state.upstream_cookie)
+    const bool upstream_ok = single || [&] {
+      auto upstream = bpf::socket_cookie(p.upstream.get());
+      return upstream && *upstream == t->state.upstream_cookie;
+    }();
+    if (!client || *client != t->state.client_cookie || !upstream_ok)
       return SysError{EBADMSG,
                       "connection " + std::to_string(t->id) + ": its sockets are not the ones it names"};
     out.push_back({std::move(*t), std::move(p.client), std::move(p.upstream)});
@@ -168,7 +197,9 @@ takeover::ControlListener finish_takeover(TakeoverStart& start, const config::Co
         "takeover: this process does not share pid {}'s sockmap; its kernel-spliced connections stay "
         "with it and drain there",
         old_pid);
+  // And (version 3) whatever reaches a boundary after the commit.
   const std::uint8_t takes = takeover::kReadyParkedHttp | takeover::kReadyUserspace |
+                             takeover::kReadyBoundary |
                              (takes_kernel_pairs ? takeover::kReadyKernelPairs : 0);
   if (Status st = start.successor.ready(takes); !st) {
     if (st.error().code != ECONNRESET) {
@@ -188,7 +219,8 @@ takeover::ControlListener finish_takeover(TakeoverStart& start, const config::Co
     const auto received_at = std::chrono::steady_clock::now();
     auto pairs = start.successor.receive_pairs();
     Result<std::vector<AdoptedConnection>> decoded =
-        pairs ? decode_pairs(std::move(*pairs)) : Result<std::vector<AdoptedConnection>>(pairs.error());
+        pairs ? decode_pairs(std::move(*pairs), start.successor.version())
+              : Result<std::vector<AdoptedConnection>>(pairs.error());
     if (!decoded) {
       start.successor.abort("open connections: " + decoded.error().message());
       record(decoded.error().code == ETIMEDOUT ? "timeout" : "failed", start.began);
@@ -239,7 +271,63 @@ takeover::ControlListener finish_takeover(TakeoverStart& start, const config::Co
     spdlog::info("takeover: the {} adopted connection(s) re-checked against this configuration: {} revoked",
                  moved.total(), revoked);
   }
+  if (!alone && start.successor.boundary_window())
+    spdlog::info(
+        "takeover: pid {} hands on the rest of its connections as they reach a boundary, for up to {} ms",
+        old_pid, takeover::Timeouts{}.boundary.count());
   return std::move(*listener);
+}
+
+void receive_late_arrivals(asio::io_context& io, TakeoverStart& start, ProxyContext& context,
+                           Server& server) {
+  if (!start.successor.boundary_window()) return;
+  UniqueFd fd = start.successor.take_socket();
+  if (!fd) return;
+  const std::uint16_t version = start.successor.version();
+  const std::uint32_t old_pid = start.successor.peer_pid();
+  auto peer = std::make_shared<Descriptor>(io, fd.release());
+  // Survivable: a failure leaves what did not arrive with the old process,
+  // which drains it.
+  guarded_spawn(
+      io, "takeover arrivals",
+      [](std::shared_ptr<Descriptor> peer, std::uint16_t version, std::uint32_t old_pid,
+         ProxyContext& context, Server& server) -> asio::awaitable<void> {
+        Moved moved;
+        takeover::ArrivalHooks hooks;
+        std::vector<TransferredConnection> batch_kinds;
+        hooks.adopt = [&](std::vector<takeover::InheritedPair> pairs) -> Status {
+          auto decoded = decode_pairs(std::move(pairs), version);
+          if (!decoded) return decoded.error();
+          batch_kinds.clear();
+          for (const AdoptedConnection& a : *decoded) batch_kinds.push_back(a.connection);
+          server.adopt(std::move(*decoded));
+          return ok_status();
+        };
+        hooks.thaw = [&] {
+          server.thaw_frozen();
+          Moved batch;
+          for (const TransferredConnection& t : batch_kinds) {
+            batch.add(t);
+            moved.add(t);
+          }
+          batch.count();
+          spdlog::debug("takeover: {} connection(s) arrived at a boundary ({})", batch.total(),
+                        batch.at_boundary());
+          // Policy on arrival, as for the others.
+          const std::size_t revoked = revoke_disallowed(*context.policy.current(), context.registry);
+          if (revoked)
+            spdlog::info("takeover: {} connection(s) arrived and revoked by this configuration", revoked);
+        };
+        hooks.let_go = [&] { server.let_go_frozen(); };
+        const takeover::ArrivalResult r =
+            co_await takeover::receive_late(*peer, version, hooks, takeover::Timeouts{});
+        boost::system::error_code ignored;
+        peer->close(ignored);
+        spdlog::info("takeover: {} connection(s) arrived from pid {} as they reached a boundary ({}){}",
+                     moved.total(), old_pid, moved.at_boundary(),
+                     r.failed ? "; then the window ended early: " + r.detail : "");
+      }(peer, version, old_pid, context, server),
+      Failure::survivable);
 }
 
 HandoverService::HandoverService(asio::io_context& io, takeover::ControlListener listener,
@@ -344,7 +432,7 @@ asio::awaitable<void> HandoverService::serve() {
     // and splice pairs between reads, HTTP/1.1 connections parked between
     // requests.
     Moved moved;
-    hooks.freeze_pairs = [this, &moved](const takeover::PairKinds& kinds) {
+    hooks.freeze_pairs = [this, &moved](const takeover::PairKinds& kinds, std::uint16_t version) {
       const auto frozen_at = std::chrono::steady_clock::now();
       // The new process reads the shared event ring from here on.
       if (context_.bulk_grants && kinds.kernel_spliced) context_.bulk_grants->pause();
@@ -357,12 +445,14 @@ asio::awaitable<void> HandoverService::serve() {
             return kinds.parked_http;
           case PairKind::userspace:
             return kinds.userspace;
+          case PairKind::tls_hello:  // exist only in the boundary window
+            return false;
         }
         return false;
       };
       for (const ExportedConnection& e : server_.freeze_pairs(take)) {
         moved.add(e.connection);
-        out.push_back({encode(e.connection), e.client_fd, e.upstream_fd});
+        out.push_back({encode(e.connection, version), e.client_fd, e.upstream_fd});
       }
       spdlog::info(
           "takeover: {} kernel-spliced connection(s) frozen in {} ms ({}); sending them",
@@ -402,8 +492,58 @@ asio::awaitable<void> HandoverService::serve() {
             .count(),
         r.version);
     handed_over_();
+    if (r.boundary_window) {
+      handing_over_ = true;
+      co_await hand_over_at_boundaries(peer, r);
+      handing_over_ = false;
+    } else {
+      metrics().takeover_connections_stayed.fetch_add(context_.registry.size(), std::memory_order_relaxed);
+    }
     co_return;
   }
+}
+
+asio::awaitable<void> HandoverService::hand_over_at_boundaries(Descriptor& peer,
+                                                               const takeover::HandoverResult& handover) {
+  PairKindSet kinds = kind_bit(PairKind::tls_hello);
+  if (handover.kinds.parked_http) kinds |= kind_bit(PairKind::parked_http);
+  if (handover.kinds.userspace) kinds |= kind_bit(PairKind::userspace);
+  if (handover.kinds.kernel_spliced) kinds |= kind_bit(PairKind::kernel_spliced);
+  Moved moved;  // adopted by the new process
+  Moved batch;  // the batch in flight
+  takeover::LateHooks hooks;
+  hooks.window = [this, kinds](bool on) { server_.set_boundary_window(on ? kinds : 0); };
+  hooks.collect = [this, kinds, &batch, version = handover.version] {
+    batch = Moved{};
+    std::vector<takeover::HandedPair> out;
+    for (const ExportedConnection& e :
+         server_.freeze_pairs([kinds](PairKind k) { return (kinds & kind_bit(k)) != 0; })) {
+      batch.add(e.connection);
+      out.push_back({encode(e.connection, version), e.client_fd, e.upstream_fd});
+    }
+    return out;
+  };
+  hooks.let_go = [this, &moved, &batch] {
+    server_.let_go_frozen();
+    batch.count();
+    moved.merge(batch);
+  };
+  hooks.thaw = [this] { server_.thaw_frozen(); };
+  hooks.candidates = [this] { return server_.boundary_candidates(); };
+  const takeover::LateResult r =
+      co_await takeover::hand_over_late(peer, handover.version, hooks, takeover::Timeouts{});
+  if (r.failed)
+    spdlog::warn("takeover: the boundary window ended early ({}); what this process holds stays here",
+                 r.detail);
+  // Runs on every worker after the let-go and thaw posted there: the
+  // registry no longer lists what moved.
+  (void)server_.boundary_candidates();
+  const std::size_t stayed = context_.registry.size();
+  metrics().takeover_connections_stayed.fetch_add(stayed, std::memory_order_relaxed);
+  spdlog::info(
+      "takeover: boundary window closed after {} ms: {} connection(s) moved as they reached a boundary ({}); "
+      "{} still open here drain as before",
+      r.took.count(), moved.total(), moved.at_boundary(), stayed);
 }
 
 }  // namespace shunt::proxy

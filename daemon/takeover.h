@@ -7,6 +7,7 @@
 #include "config/config.h"
 #include "proxy/server.h"
 #include "takeover/control_socket.h"
+#include "takeover/handover.h"
 #include "takeover/successor.h"
 
 #include <boost/asio/awaitable.hpp>
@@ -53,6 +54,13 @@ std::optional<TakeoverStart> begin_takeover(const config::Config& config);
 takeover::ControlListener finish_takeover(TakeoverStart& start, const config::Config& config,
                                           ProxyContext& context, Server& server);
 
+// The new process, protocol version 3: after finish_takeover, receives on
+// the control thread's `io` the connections the old process hands on as
+// they reach a boundary (takeover/late.h), adopts them and re-checks them
+// against this configuration. Nothing when the old process does not.
+void receive_late_arrivals(boost::asio::io_context& io, TakeoverStart& start, ProxyContext& context,
+                           Server& server);
+
 // The control thread's side: accepts on the control socket and hands this
 // process over to one new process at a time. `handed_over` runs once a
 // takeover completed (the listeners and the path are the new process's);
@@ -63,10 +71,17 @@ class HandoverService {
                   Server& server, AdminServer& admin, std::function<void()> handed_over);
   void start();
   void stop();
+  // In the boundary window after a takeover (version 3): the drain waits
+  // for it, so the control connection ends with the window, not mid-batch.
+  [[nodiscard]] bool handing_over() const { return handing_over_; }
 
  private:
   boost::asio::awaitable<void> serve();
   void reclaim_path();
+  // Protocol version 3, after the commit: the boundary window
+  // (takeover/late.h), while this process drains.
+  boost::asio::awaitable<void> hand_over_at_boundaries(boost::asio::posix::stream_descriptor& peer,
+                                                       const takeover::HandoverResult& handover);
   boost::asio::io_context& io_;
   takeover::ControlListener listener_;
   ProxyContext& context_;
@@ -76,6 +91,7 @@ class HandoverService {
   // The listening control socket, wrapped only to wait on it (Asio 1.74
   // has no SOCK_SEQPACKET Unix protocol): accept4() does the rest.
   std::unique_ptr<boost::asio::posix::stream_descriptor> acceptor_;
+  bool handing_over_ = false;
 };
 
 }  // namespace shunt::proxy

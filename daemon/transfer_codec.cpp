@@ -1,6 +1,6 @@
 #include "daemon/transfer_codec.h"
 
-#include "takeover/wire.h"
+#include "takeover/protocol.h"
 
 namespace shunt::proxy {
 
@@ -35,7 +35,7 @@ typename Clock::time_point from_ticks(std::uint64_t ns) {
 
 }  // namespace
 
-std::string encode(const TransferredConnection& t) {
+std::string encode(const TransferredConnection& t, std::uint16_t version) {
   Writer w;
   w.u64(t.id).str(t.listener);
   put(w, t.src);
@@ -60,10 +60,11 @@ std::string encode(const TransferredConnection& t) {
   w.u64(s.client_consumed).u64(s.upstream_consumed).u64(s.client_written).u64(s.upstream_written);
   w.u64(s.short_circuited);
   w.u8(s.client_fin_forwarded ? 1 : 0).u8(s.upstream_fin_forwarded ? 1 : 0).u8(s.boosted ? 1 : 0);
+  if (version >= takeover::kProtocolBoundary) w.str(t.pending);
   return w.take();
 }
 
-std::optional<TransferredConnection> decode_connection(std::string_view state) {
+std::optional<TransferredConnection> decode_connection(std::string_view state, std::uint16_t version) {
   Reader r(state);
   TransferredConnection t;
   t.id = r.u64();
@@ -86,7 +87,8 @@ std::optional<TransferredConnection> decode_connection(std::string_view state) {
   if (datapath > static_cast<std::uint8_t>(config::Datapath::copy)) return std::nullopt;
   t.datapath = static_cast<config::Datapath>(datapath);
   const std::uint8_t kind = r.u8();
-  if (kind > static_cast<std::uint8_t>(PairKind::userspace)) return std::nullopt;
+  const PairKind last = version >= takeover::kProtocolBoundary ? PairKind::tls_hello : PairKind::userspace;
+  if (kind > static_cast<std::uint8_t>(last)) return std::nullopt;
   t.kind = static_cast<PairKind>(kind);
   DecisionBasis& b = t.basis;
   const std::uint8_t inspect = r.u8();
@@ -119,6 +121,7 @@ std::optional<TransferredConnection> decode_connection(std::string_view state) {
   s.client_fin_forwarded = r.u8() != 0;
   s.upstream_fin_forwarded = r.u8() != 0;
   s.boosted = r.u8() != 0;
+  if (version >= takeover::kProtocolBoundary) t.pending = r.str();
   if (!r.complete()) return std::nullopt;
   return t;
 }

@@ -6,14 +6,19 @@
 
 #include "proxy/connection_transfer.h"
 
+#include <cstdint>
 #include <optional>
 #include <string>
 #include <string_view>
 
 namespace shunt::proxy {
 
-std::string encode(const TransferredConnection& connection);
-// Nothing when the bytes are short, padded or name an address that is not one.
-std::optional<TransferredConnection> decode_connection(std::string_view state);
+// `version`: the takeover protocol's. Version 3 appends the bytes an
+// inspector had read (TransferredConnection::pending) and knows
+// PairKind::tls_hello; version 2's layout is what it was.
+std::string encode(const TransferredConnection& connection, std::uint16_t version);
+// Nothing when the bytes are short, padded, name an address that is not
+// one or a kind the version does not know.
+std::optional<TransferredConnection> decode_connection(std::string_view state, std::uint16_t version);
 
 }  // namespace shunt::proxy

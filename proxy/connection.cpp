@@ -82,10 +82,12 @@ void Connection::adopt(ProxyContext& proxy, WorkerContext& worker, const config:
   self->register_open();
   spdlog::debug("connection {}: adopted (connection {} of the process taken over)", self->info_->id, t.id);
   if (t.kind != PairKind::kernel_spliced) {
-    // Between requests (parked) or between reads (copy, splice): frozen
-    // until the takeover commits (thaw()).
+    // Between requests (parked), between reads (copy, splice) or waiting
+    // for its ClientHello (TLS, client socket only): frozen until the
+    // takeover commits (thaw()).
     self->info_->datapath = t.datapath;
     auto assign = [](tcp::socket& socket, UniqueFd fd) {
+      if (!fd) return;
       sockaddr_storage local{};
       socklen_t len = sizeof(local);
       ::getsockname(fd.get(), reinterpret_cast<sockaddr*>(&local), &len);
@@ -97,6 +99,9 @@ void Connection::adopt(ProxyContext& proxy, WorkerContext& worker, const config:
     assign(self->sockets_.upstream, std::move(adopted.upstream));
     self->parked_ = t.kind == PairKind::parked_http;
     self->adopted_pending_forward_ = t.kind == PairKind::userspace;
+    self->adopted_closed_ = HalfClosed{t.state.client_fin_forwarded, t.state.upstream_fin_forwarded};
+    self->hello_pending_ = t.kind == PairKind::tls_hello;
+    self->hello_read_ = t.pending;
     // The data path reads its baselines from the kernel, as after an
     // inspection (should it hand the pair to the sockmap).
     if (self->adopted_pending_forward_) self->inspected_ = true;
@@ -364,13 +369,44 @@ Inspection Connection::inspection(tcp::socket client, const policy::Flow& flow) 
                     .cancel = cancel_,
                     .started = info_->started,
                     .draining = proxy_.draining,
-                    .quiet = *this};
+                    .quiet = *this,
+                    .boundary = &boundary_};
 }
 
 asio::awaitable<bool> Connection::inspect(policy::Inspect kind, policy::Flow flow) {
+  // While an inspector runs, a takeover's boundary window reaches it
+  // (nudge()); it stops being asked once it returns.
+  struct Inflight {
+    Connection& c;
+    explicit Inflight(Connection& connection) : c(connection) { c.worker_.handoff.add_inflight(c); }
+    ~Inflight() {
+      c.worker_.handoff.remove_inflight(c);
+      c.boundary_.set(false);
+    }
+  };
   InspectOutcome out;
   if (kind == policy::Inspect::tls) {
-    out = co_await inspect_tls(inspection(std::move(sockets_.client), flow));
+    for (;;) {
+      {
+        const Inflight inflight(*this);
+        out = co_await inspect_tls(inspection(std::move(sockets_.client), flow),
+                                   std::exchange(hello_read_, {}));
+      }
+      if (!out.hello_pending) break;
+      // Handed back in a boundary window before its ClientHello was
+      // complete: frozen here until the takeover collects it, or (the
+      // window closed meanwhile) inspected again from the same bytes.
+      settle(out.ending);
+      sockets_.client = std::move(out.hello_pending->client);
+      hello_read_ = std::move(out.hello_pending->read);
+      if (worker_.handoff.takes_now(PairKind::tls_hello)) {
+        hello_pending_ = true;
+        detached_ = true;
+        worker_.handoff.add(*this);
+        worker_.handoff.freeze_now(*this);
+        co_return false;
+      }
+    }
   } else {
     // A parked connection comes back with its upstream (resume_http).
     HttpResume resume{.may_park = true, .upstream = std::nullopt};
@@ -384,6 +420,7 @@ asio::awaitable<bool> Connection::inspect(policy::Inspect kind, policy::Flow flo
       if (std::chrono::steady_clock::now() - parked_at_ < std::chrono::seconds(1))
         resume.park_after = std::chrono::seconds(1);
     }
+    const Inflight inflight(*this);
     Inspection in = inspection(std::move(sockets_.client), flow);
     out = co_await inspect_http(std::move(in), std::move(resume));
   }
@@ -409,7 +446,12 @@ SHUNT_FRAME_ALLOC_WARNING_ON
 
 asio::awaitable<void> Connection::forward() {
   Ending ending;
-  switch (policy_->config().proxy.datapath) {
+  const HalfClosed closed = std::exchange(adopted_closed_, HalfClosed{});
+  config::Datapath path = policy_->config().proxy.datapath;
+  // A half-closed pair a takeover moved continues in userspace: the
+  // sockmap path's FIN rule starts from two open directions.
+  if (path == config::Datapath::sockmap && (closed.up || closed.down)) path = config::Datapath::splice;
+  switch (path) {
     case config::Datapath::sockmap: {
       const KernelSplice kernel = kernel_splice();
       // Once the kernel has the pair, no coroutine waits on it: the pair
@@ -427,11 +469,11 @@ asio::awaitable<void> Connection::forward() {
     }
     case config::Datapath::splice:
       info_->datapath = config::Datapath::splice;
-      ending = co_await run_splice(sockets_, *this, cancel_, &worker_.handoff);
+      ending = co_await run_splice(sockets_, *this, cancel_, &worker_.handoff, closed);
       break;
     case config::Datapath::copy:
       info_->datapath = config::Datapath::copy;
-      ending = co_await run_copy(sockets_, *this, cancel_, &worker_.handoff);
+      ending = co_await run_copy(sockets_, *this, cancel_, &worker_.handoff, closed);
       break;
   }
   settle(ending);
@@ -534,10 +576,28 @@ asio::awaitable<void> Connection::resume_http() {
   if (co_await inspect(policy::Inspect::http, flow)) co_await forward();
 }
 
+asio::awaitable<void> Connection::resume_tls() {
+  policy::Flow flow;
+  {
+    std::lock_guard lock(info_->mu);
+    flow = info_->basis.flow;
+  }
+  if (co_await inspect(policy::Inspect::tls, flow)) co_await forward();
+}
+
 void Connection::park() {
   parked_ = true;
   detached_ = true;
   parked_at_ = std::chrono::steady_clock::now();
+  if (worker_.handoff.takes_now(PairKind::parked_http)) {
+    // A takeover's boundary window is open: the connection moves from
+    // this boundary (its request in flight has been answered), frozen
+    // until the takeover collects it, rather than waiting for its next
+    // request here.
+    worker_.handoff.add(*this);
+    worker_.handoff.freeze_now(*this);
+    return;
+  }
   const std::uint32_t generation = ++park_generation_;
   // Each wait holds the connection; whichever ends first resumes it (or
   // finishes it) and cancels the other, whose late completion the
@@ -567,12 +627,13 @@ PairHandoff::Exported Connection::freeze() {
   e.connection_id = info_->id;
   e.client_fd = sockets_.client.native_handle();
   e.upstream_fd = sockets_.upstream.native_handle();
-  e.kind = PairKind::parked_http;
+  e.kind = kind();
+  e.pending = hello_read_;  // a TLS connection's hello bytes (no upstream: fd -1)
   // The cookies name the sockets, which the new process checks.
   auto client = bpf::socket_cookie(e.client_fd);
-  auto upstream = bpf::socket_cookie(e.upstream_fd);
   e.state.client_cookie = client ? *client : 0;
-  e.state.upstream_cookie = upstream ? *upstream : 0;
+  if (e.upstream_fd >= 0)
+    if (auto upstream = bpf::socket_cookie(e.upstream_fd)) e.state.upstream_cookie = *upstream;
   return e;
 }
 
@@ -582,6 +643,7 @@ void Connection::thaw() {
     // Revoked, timed out or shut down while frozen (abort()).
     parked_ = false;
     adopted_pending_forward_ = false;
+    hello_pending_ = false;
     reset_socket(sockets_.client);
     reset_socket(sockets_.upstream);
     cancel_.cancel();
@@ -596,6 +658,15 @@ void Connection::thaw() {
     guarded_spawn(worker_.io, "connection", drive(self, forward()), Failure::survivable);
     return;
   }
+  if (hello_pending_) {
+    // The ClientHello is decided here (the new process) or again here (a
+    // takeover that failed), from the bytes read so far.
+    worker_.handoff.remove(*this);
+    hello_pending_ = false;
+    detached_ = false;
+    guarded_spawn(worker_.io, "connection", drive(self, resume_tls()), Failure::survivable);
+    return;
+  }
   park();
 }
 
@@ -603,6 +674,7 @@ void Connection::let_go() {
   const auto self = std::move(frozen_self_);
   worker_.handoff.remove(*this);
   parked_ = false;
+  hello_pending_ = false;
   // release(): out of this process's epoll; the close is not the sockets'
   // last (the new process holds them), so neither peer sees anything.
   for (tcp::socket* s : {&sockets_.client, &sockets_.upstream}) {

@@ -63,7 +63,8 @@ class Connection : public std::enable_shared_from_this<Connection>,
                    public UpstreamConnector,
                    public QuietWatch,
                    private IdleSweep::Entry,
-                   private PairHandoff::Pair {
+                   private PairHandoff::Pair,
+                   private PairHandoff::Inflight {
  public:
   using tcp = boost::asio::ip::tcp;
 
@@ -149,14 +150,22 @@ class Connection : public std::enable_shared_from_this<Connection>,
   // thaw parks again, let_go closes this process's descriptors (not the
   // sockets' last) and finishes as taken over ---
   PairHandoff::Exported freeze() override;
-  // Parked, or (adopted) a copy/splice pair waiting to start.
+  // Parked, a TLS connection handed back before its ClientHello was
+  // complete, or (adopted) a copy/splice pair waiting to start.
   [[nodiscard]] PairKind kind() const override {
-    return parked_ ? PairKind::parked_http : PairKind::userspace;
+    return parked_ ? PairKind::parked_http : hello_pending_ ? PairKind::tls_hello : PairKind::userspace;
   }
-  // Only while parked: an adopted copy/splice pair is frozen from its
-  // adoption until thaw() hands it to its data path, which registers the
-  // pair itself.
-  [[nodiscard]] bool can_freeze() const override { return parked_; }
+  // Only while parked or holding a pending hello: an adopted copy/splice
+  // pair is frozen from its adoption until thaw() hands it to its data
+  // path, which registers the pair itself.
+  [[nodiscard]] bool can_freeze() const override { return parked_ || hello_pending_; }
+  // PairHandoff::Inflight: a takeover's boundary window opened (or closed)
+  // while an inspector runs (BoundaryRequest).
+  void nudge(bool on) override { boundary_.set(on); }
+  // A TLS connection handed back by its inspector (HelloPending) in a
+  // boundary window: frozen at once for the takeover, or inspected again
+  // should the window have closed meanwhile.
+  boost::asio::awaitable<void> resume_tls();
   void thaw() override;
   void let_go() override;
   [[nodiscard]] const config::ProxySettings& settings() const { return policy_->config().proxy; }
@@ -214,8 +223,15 @@ class Connection : public std::enable_shared_from_this<Connection>,
   std::shared_ptr<Connection> frozen_self_;
   std::chrono::steady_clock::time_point parked_at_{};  // the last park()
   // Adopted between reads of its copy or splice data path: thaw() runs
-  // forward() on its sockets.
+  // forward() on its sockets, with the directions closed before closed.
   bool adopted_pending_forward_ = false;
+  HalfClosed adopted_closed_;
+  // A TLS connection's ClientHello bytes read but not yet decided on
+  // (HelloPending): only the client socket is open; inspect_tls continues
+  // from these bytes.
+  bool hello_pending_ = false;
+  std::string hello_read_;
+  BoundaryRequest boundary_;
   CancelSlot cancel_;
   SourceLimiter::Lease source_slot_;
   // The idle check's state (check_idle): bytes at the last check and when

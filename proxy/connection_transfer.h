@@ -38,21 +38,25 @@ struct TransferredConnection {
   // kernel-spliced pair's.
   PairKind kind = PairKind::kernel_spliced;
   DecisionBasis basis;  // basis.flow is rebuilt from src and dst
+  // A kernel-spliced pair's; a copy or splice pair's cookies and closed
+  // directions (its FIN flags); the others' cookies.
   SplicedPairState state;
+  // tls_hello: the ClientHello bytes read so far (none forwarded).
+  std::string pending;
 };
 
 // The old process's side: the sockets stay its own until it lets go.
 struct ExportedConnection {
   TransferredConnection connection;
-  int client_fd = -1;  // borrowed
-  int upstream_fd = -1;
+  int client_fd = -1;    // borrowed
+  int upstream_fd = -1;  // -1: none yet (tls_hello)
 };
 
 // The new process's side: received over SCM_RIGHTS.
 struct AdoptedConnection {
   TransferredConnection connection;
   UniqueFd client;
-  UniqueFd upstream;
+  UniqueFd upstream;  // empty: none yet (tls_hello)
 };
 
 // What a connection's ConnectionInfo contributes (under its lock).

@@ -120,6 +120,10 @@ struct Metrics {
   // Open connections handed on or adopted in takeovers, by data path
   // (config::Datapath; only sockmap pairs move so far).
   std::array<std::atomic<std::uint64_t>, 3> takeover_connections{};
+  // Open connections the old process still held when a takeover's part of
+  // moving them ended (its boundary window closed, or at the commit before
+  // protocol version 3): they drain in the old process.
+  std::atomic<std::uint64_t> takeover_connections_stayed{0};
   std::atomic<std::uint64_t> takeover_last_duration_us{0};  // hello to commit, of the last one that ended
 
   void count_takeover(std::string_view result) {

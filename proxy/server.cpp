@@ -17,6 +17,7 @@
 #include <boost/asio/use_awaitable.hpp>
 
 #include <array>
+#include <atomic>
 #include <future>
 #include <optional>
 
@@ -360,12 +361,23 @@ std::vector<ExportedConnection> Server::freeze_pairs(const std::function<bool(Pa
       if (!info) continue;  // registered before any pair runs; never the case
       TransferredConnection t = describe(*info, e.state);
       t.kind = e.kind;
+      t.pending = e.pending;
       mine.push_back({std::move(t), e.client_fd, e.upstream_fd});
     }
     std::lock_guard lock(mu);
     std::move(mine.begin(), mine.end(), std::back_inserter(out));
   });
   return out;
+}
+
+void Server::set_boundary_window(PairKindSet kinds) {
+  on_every_worker(workers_, [kinds](Worker& w, std::size_t) { w.handoff.set_window(kinds); });
+}
+
+std::size_t Server::boundary_candidates() {
+  std::atomic<std::size_t> n{0};
+  on_every_worker(workers_, [&n](Worker& w, std::size_t) { n += w.handoff.candidates(); });
+  return n;
 }
 
 void Server::let_go_frozen() {

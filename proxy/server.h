@@ -105,6 +105,12 @@ class Server {
   void let_go_frozen();
   void thaw_frozen();
   void adopt(std::vector<AdoptedConnection> connections);
+  // The old process, after the commit (protocol version 3,
+  // takeover/late.h): opens the boundary window for `kinds` (0 closes it):
+  // connections freeze as they reach a boundary and freeze_pairs collects
+  // them. What could still move (inflight inspectors, pairs not frozen).
+  void set_boundary_window(PairKindSet kinds);
+  [[nodiscard]] std::size_t boundary_candidates();
 
  private:
   void accept_loop(Worker& worker, std::size_t listener_index, boost::asio::ip::tcp::acceptor* acceptor);

@@ -27,8 +27,6 @@ std::string_view to_string(Outcome outcome) {
   return "failed";
 }
 
-namespace {
-
 // One message, waited for without blocking the control thread: signals and
 // reloads go on while a new process takes its time.
 asio::awaitable<Result<Message>> receive(Socket& peer, std::chrono::milliseconds within) {
@@ -45,6 +43,8 @@ asio::awaitable<Result<Message>> receive(Socket& peer, std::chrono::milliseconds
   co_return recv_message(peer.native_handle(), Clock::now());
 }
 
+namespace {
+
 Status send(Socket& peer, std::uint16_t version, MessageType type, std::string_view payload,
             std::span<const int> fds, const Timeouts& t) {
   return send_message(peer.native_handle(), version, type, payload, fds, Clock::now() + t.step);
@@ -60,37 +60,50 @@ Result<Message> expect(Result<Message> got, MessageType type) {
   return takeover::expect(std::move(got), type, "the new process gave up");
 }
 
+}  // namespace
+
 // Batches of at most kMaxPairsPerMessage pairs and kMaxPayloadBytes, then
-// pairs_end with the count.
+// pairs_end with the count. Version 3 names each entry's fd count.
 Status send_pairs(Socket& peer, std::uint16_t version, const std::vector<HandedPair>& pairs,
                   const Timeouts& t) {
-  std::vector<std::string_view> states;
+  std::vector<std::pair<std::string_view, std::uint8_t>> entries;
   std::vector<int> fds;
   std::size_t payload = 4;
   auto flush = [&]() -> Status {
-    if (states.empty()) return ok_status();
-    Status st = send(peer, version, MessageType::pairs, encode_pairs(states), fds, t);
-    states.clear();
+    if (entries.empty()) return ok_status();
+    std::string encoded;
+    if (version >= kProtocolBoundary) {
+      encoded = encode_pairs(entries);
+    } else {
+      std::vector<std::string_view> states;
+      for (const auto& e : entries) states.push_back(e.first);
+      encoded = encode_pairs(states);
+    }
+    Status st = send(peer, version, MessageType::pairs, encoded, fds, t);
+    entries.clear();
     fds.clear();
     payload = 4;
     return st;
   };
   for (const HandedPair& p : pairs) {
+    // Before version 3 every entry is a pair; the caller offers singles
+    // only to a process that takes them.
+    if (p.upstream_fd < 0 && version < kProtocolBoundary)
+      return SysError{EPROTO,
+                      "a connection with no upstream for a version " + std::to_string(version) + " peer"};
     const std::size_t size = pair_payload_size(p.state);
     if (4 + size > kMaxPayloadBytes) return SysError{EMSGSIZE, "a pair's state does not fit a message"};
-    if (states.size() == kMaxPairsPerMessage || payload + size > kMaxPayloadBytes)
+    if (entries.size() == kMaxPairsPerMessage || payload + size > kMaxPayloadBytes)
       if (Status st = flush(); !st) return st;
-    states.push_back(p.state);
+    entries.emplace_back(p.state, p.upstream_fd < 0 ? 1 : 2);
     fds.push_back(p.client_fd);
-    fds.push_back(p.upstream_fd);
+    if (p.upstream_fd >= 0) fds.push_back(p.upstream_fd);
     payload += size;
   }
   if (Status st = flush(); !st) return st;
   return send(peer, version, MessageType::pairs_end,
               Writer().u32(static_cast<std::uint32_t>(pairs.size())).take(), {}, t);
 }
-
-}  // namespace
 
 asio::awaitable<HandoverResult> hand_over(Socket& peer, const HandoverHooks& hooks,
                                           const Timeouts& timeouts) {
@@ -154,6 +167,8 @@ asio::awaitable<HandoverResult> hand_over(Socket& peer, const HandoverHooks& hoo
   const std::uint8_t flags = *version >= kProtocolPairs ? Reader(ready->payload).u8() : 0;
   const PairKinds kinds{(flags & kReadyKernelPairs) != 0, (flags & kReadyParkedHttp) != 0,
                         (flags & kReadyUserspace) != 0};
+  r.kinds = kinds;
+  r.boundary_window = *version >= kProtocolBoundary && (flags & kReadyBoundary) != 0;
   const bool takes_pairs =
       hooks.freeze_pairs && (kinds.kernel_spliced || kinds.parked_http || kinds.userspace);
 
@@ -171,7 +186,7 @@ asio::awaitable<HandoverResult> hand_over(Socket& peer, const HandoverHooks& hoo
   }
   if (takes_pairs) {
     frozen = true;
-    const std::vector<HandedPair> pairs = hooks.freeze_pairs(kinds);
+    const std::vector<HandedPair> pairs = hooks.freeze_pairs(kinds, *version);
     if (Status st = send_pairs(peer, *version, pairs, timeouts); !st) {
       take_back();
       co_return fail(r, st.error());

@@ -42,7 +42,7 @@ struct PairKinds {
 struct HandedPair {
   std::string state;
   int client_fd = -1;
-  int upstream_fd = -1;
+  int upstream_fd = -1;  // -1: a connection with no upstream yet (version 3 only)
 };
 
 // What the daemon does at each step; all run on the caller's executor.
@@ -59,10 +59,10 @@ struct HandoverHooks {
   std::function<std::optional<HandedMaps>()> kernel_maps;
   // After pause, when the new process said it takes pairs: every pair,
   // frozen (neither process acts on its sockets; the kernel moves its
-  // bytes). Then either let_go_pairs (the new process committed: close
+  // bytes), each state in `version`'s layout. Then either let_go_pairs (the new process committed: close
   // this process's fds, which are not the sockets' last ones) or
   // thaw_pairs (it failed: carry on as before).
-  std::function<std::vector<HandedPair>(const PairKinds& kinds)> freeze_pairs;
+  std::function<std::vector<HandedPair>(const PairKinds& kinds, std::uint16_t version)> freeze_pairs;
   std::function<void()> let_go_pairs;
   std::function<void()> thaw_pairs;
 };
@@ -84,10 +84,19 @@ struct HandoverResult {
   std::size_t listeners = 0;  // sockets sent
   std::size_t pairs = 0;      // kernel-spliced pairs handed on (version 2)
   std::uint16_t version = 0;
+  PairKinds kinds;               // what the new process takes
+  bool boundary_window = false;  // version 3: it asked for the window after the commit (late.h)
 };
 
 // `peer`: a connection accepted on the control socket (SOCK_SEQPACKET),
 // wrapped only to wait for it without blocking the caller's thread.
+// Shared with late.cpp: one message within `within`, waited for on the
+// caller's executor; a batch of pairs in the version's layout.
+boost::asio::awaitable<Result<Message>> receive(boost::asio::posix::stream_descriptor& peer,
+                                                std::chrono::milliseconds within);
+Status send_pairs(boost::asio::posix::stream_descriptor& peer, std::uint16_t version,
+                  const std::vector<HandedPair>& pairs, const Timeouts& t);
+
 boost::asio::awaitable<HandoverResult> hand_over(boost::asio::posix::stream_descriptor& peer,
                                                  const HandoverHooks& hooks, const Timeouts& timeouts);
 

@@ -103,6 +103,63 @@ std::optional<std::vector<std::string>> decode_pairs(std::string_view payload) {
   return out;
 }
 
+std::string encode_pairs(const std::vector<std::pair<std::string_view, std::uint8_t>>& entries) {
+  Writer w;
+  w.u32(static_cast<std::uint32_t>(entries.size()));
+  for (const auto& [state, fds] : entries) w.u8(fds).str(state);
+  return w.take();
+}
+
+std::optional<std::vector<PairEntry>> decode_pair_entries(std::string_view payload) {
+  Reader r(payload);
+  const std::uint32_t n = r.u32();
+  if (!r.ok() || n > kMaxPairsPerMessage) return std::nullopt;
+  std::vector<PairEntry> out(n);
+  for (auto& e : out) {
+    e.fds = r.u8();
+    if (e.fds != 1 && e.fds != 2) return std::nullopt;
+    e.state = r.str();
+  }
+  if (!r.complete()) return std::nullopt;
+  return out;
+}
+
+Result<bool> PairCollector::feed(Message m) {
+  if (m.type == MessageType::pairs_end) {
+    Reader r(m.payload);
+    const std::uint32_t total = r.u32();
+    if (!r.complete() || total != pairs_.size())
+      return SysError{EBADMSG, "pairs_end says " + std::to_string(total) + " pairs, " +
+                                   std::to_string(pairs_.size()) + " arrived"};
+    return true;
+  }
+  if (m.type == MessageType::refuse)
+    return SysError{EPROTO, "the running shunt refused: " + Reader(m.payload).str()};
+  if (m.type != MessageType::pairs)
+    return SysError{EPROTO, "expected pairs, got " + std::string(to_string(m.type))};
+  if (version_ < kProtocolBoundary) {
+    auto states = decode_pairs(m.payload);
+    if (!states || 2 * states->size() != m.fds.size())
+      return SysError{EBADMSG, "a pairs batch whose states and file descriptors disagree"};
+    for (std::size_t i = 0; i < states->size(); ++i)
+      pairs_.push_back({std::move((*states)[i]), std::move(m.fds[2 * i]), std::move(m.fds[2 * i + 1])});
+    return false;
+  }
+  auto entries = decode_pair_entries(m.payload);
+  std::size_t fds = 0;
+  if (entries)
+    for (const PairEntry& e : *entries) fds += e.fds;
+  if (!entries || fds != m.fds.size())
+    return SysError{EBADMSG, "a pairs batch whose states and file descriptors disagree"};
+  std::size_t next = 0;
+  for (PairEntry& e : *entries) {
+    InheritedPair p{std::move(e.state), std::move(m.fds[next++]), {}};
+    if (e.fds == 2) p.upstream = std::move(m.fds[next++]);
+    pairs_.push_back(std::move(p));
+  }
+  return false;
+}
+
 Result<Message> expect(Result<Message> got, MessageType type, std::string_view refused) {
   if (!got) return got;
   if (got->type == MessageType::refuse)

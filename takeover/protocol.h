@@ -20,13 +20,25 @@ namespace shunt::takeover {
 // Version 2 adds the sockmap's maps (kernel_maps) and the kernel-spliced
 // pairs (pairs, pairs_end; `ready` says whether the new process takes
 // them); other open connections still drain in the old process.
+// Version 3 adds the boundary window after the commit (late.h): the old
+// process keeps the control connection open and hands on, batch by batch,
+// every connection that reaches a boundary within Timeouts::boundary
+// (HTTP/1.1 once its request in flight is answered, TLS connections
+// waiting for their ClientHello with the bytes read so far, copy and
+// splice pairs once flushed or half-closed); `pairs` entries then say how
+// many fds each carries (one for a connection with no upstream yet), and
+// a connection's state carries the bytes an inspector had read and the
+// directions already closed.
 inline constexpr std::uint16_t kProtocolMin = 1;
-inline constexpr std::uint16_t kProtocolMax = 2;
-inline constexpr std::uint16_t kProtocolPairs = 2;  // the first version that moves pairs
+inline constexpr std::uint16_t kProtocolMax = 3;
+inline constexpr std::uint16_t kProtocolPairs = 2;     // the first version that moves pairs
+inline constexpr std::uint16_t kProtocolBoundary = 3;  // the first with the boundary window
 // `ready`'s flags (version 2): the pairs the new process takes.
 inline constexpr std::uint8_t kReadyKernelPairs = 1;  // kernel-spliced (it shares the maps)
 inline constexpr std::uint8_t kReadyParkedHttp = 2;   // HTTP/1.1 connections between requests
 inline constexpr std::uint8_t kReadyUserspace = 4;    // copy and splice pairs between reads
+// Version 3: connections that reach a boundary after the commit (late.h).
+inline constexpr std::uint8_t kReadyBoundary = 8;
 
 // Every step is bounded: a peer that stalls longer is treated as gone and
 // the old process keeps (or takes back) everything.
@@ -35,6 +47,10 @@ struct Timeouts {
   // From the listeners sent to `ready`: the new process loads BPF, binds
   // what is new and attaches steering in between.
   std::chrono::milliseconds start{20'000};
+  // Version 3: how long after the commit the old process keeps handing on
+  // connections as they reach a boundary; what has not by then drains in
+  // the old process.
+  std::chrono::milliseconds boundary{10'000};
 };
 
 struct Hello {  // layout frozen for every version (wire.h)
@@ -81,13 +97,44 @@ struct KernelMapSet {
 std::string encode(const KernelMapSet& maps);
 std::optional<KernelMapSet> decode_kernel_maps(std::string_view payload);
 
-// A batch of kernel-spliced pairs (version 2): each an opaque state the
-// proxy encodes, with two fds per pair in the same order (client, upstream).
+// A batch of pairs: each an opaque state the proxy encodes, with its fds in
+// the same order (client, then upstream). Version 2: two fds each. Version
+// 3: each entry says how many (1: a connection with no upstream yet, such
+// as a TLS one waiting for its ClientHello; 2: a pair).
 inline constexpr std::size_t kMaxPairsPerMessage = kMaxFdsPerMessage / 2;
-std::string encode_pairs(const std::vector<std::string_view>& states);
+struct PairEntry {
+  std::string state;
+  std::uint8_t fds = 2;
+};
+std::string encode_pairs(const std::vector<std::string_view>& states);  // version 2
 std::optional<std::vector<std::string>> decode_pairs(std::string_view payload);
-// The payload bytes one more state adds to a batch.
-inline std::size_t pair_payload_size(std::string_view state) { return 4 + state.size(); }
+std::string encode_pairs(const std::vector<std::pair<std::string_view, std::uint8_t>>& entries);  // version 3
+std::optional<std::vector<PairEntry>> decode_pair_entries(std::string_view payload);
+// The payload bytes one more state adds to a batch (either version).
+inline std::size_t pair_payload_size(std::string_view state) { return 5 + state.size(); }
+
+// One pair (or single connection) as received: its state, its client
+// socket and, for a pair, its upstream.
+struct InheritedPair {
+  std::string state;
+  UniqueFd client;
+  UniqueFd upstream;  // empty: a connection with no upstream yet (version 3)
+};
+
+// Collects a batch: `pairs` messages until `pairs_end`, in either
+// version's layout.
+class PairCollector {
+ public:
+  explicit PairCollector(std::uint16_t version) : version_(version) {}
+  // True once pairs_end came and its count agrees; an error for a refusal,
+  // another type, or states and fds that disagree.
+  Result<bool> feed(Message m);
+  [[nodiscard]] std::vector<InheritedPair> take() { return std::move(pairs_); }
+
+ private:
+  std::uint16_t version_;
+  std::vector<InheritedPair> pairs_;
+};
 
 // `got` if it is a message of `type`. A refusal becomes EPROTO with the
 // peer's reason after `refused` ("the running shunt refused"); any other

@@ -66,7 +66,9 @@ Result<Successor> Successor::begin(const std::string& control_socket, const Time
 }
 
 Status Successor::ready(std::uint8_t takes) {
-  takes_pairs_ = takes != 0 && version_ >= kProtocolPairs;
+  if (version_ < kProtocolBoundary) takes &= static_cast<std::uint8_t>(~kReadyBoundary);
+  takes_pairs_ = (takes & ~kReadyBoundary) != 0 && version_ >= kProtocolPairs;
+  boundary_ = (takes & kReadyBoundary) != 0;
   const std::string payload = version_ >= kProtocolPairs ? Writer().u8(takes).take() : "";
   if (Status st =
           send_message(sock_.get(), version_, MessageType::ready, payload, {}, Clock::now() + timeouts_.step);
@@ -78,28 +80,14 @@ Status Successor::ready(std::uint8_t takes) {
 }
 
 Result<std::vector<InheritedPair>> Successor::receive_pairs() {
-  std::vector<InheritedPair> pairs;
-  if (!takes_pairs_) return pairs;
+  if (!takes_pairs_) return std::vector<InheritedPair>{};
+  PairCollector batch(version_);
   for (;;) {
     auto m = recv_message(sock_.get(), Clock::now() + timeouts_.step);
     if (!m) return m.error();
-    if (m->type == MessageType::pairs_end) {
-      Reader r(m->payload);
-      const std::uint32_t total = r.u32();
-      if (!r.complete() || total != pairs.size())
-        return SysError{EBADMSG, "pairs_end says " + std::to_string(total) + " pairs, " +
-                                     std::to_string(pairs.size()) + " arrived"};
-      return pairs;
-    }
-    if (m->type == MessageType::refuse)
-      return SysError{EPROTO, "the running shunt refused: " + Reader(m->payload).str()};
-    if (m->type != MessageType::pairs)
-      return SysError{EPROTO, "expected pairs, got " + std::string(to_string(m->type))};
-    auto states = decode_pairs(m->payload);
-    if (!states || 2 * states->size() != m->fds.size())
-      return SysError{EBADMSG, "a pairs batch whose states and file descriptors disagree"};
-    for (std::size_t i = 0; i < states->size(); ++i)
-      pairs.push_back({std::move((*states)[i]), std::move(m->fds[2 * i]), std::move(m->fds[2 * i + 1])});
+    auto done = batch.feed(std::move(*m));
+    if (!done) return done.error();
+    if (*done) return batch.take();
   }
 }
 

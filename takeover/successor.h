@@ -28,13 +28,6 @@ struct InheritedMaps {
   std::vector<std::pair<std::string, UniqueFd>> maps;
 };
 
-// Version 2: one kernel-spliced pair, its state as the proxy encoded it.
-struct InheritedPair {
-  std::string state;
-  UniqueFd client;
-  UniqueFd upstream;
-};
-
 class Successor {
  public:
   // Errors: ECONNREFUSED/ENOENT (nobody to take over from), EPROTO with the
@@ -62,6 +55,11 @@ class Successor {
   Status commit();
   // Tells the old process this one gives up (it keeps everything).
   void abort(const std::string& why);
+  // Version 3, after commit(): whether the old process goes on into the
+  // boundary window (this process asked for it in ready()), and the
+  // control connection for it (late.h).
+  [[nodiscard]] bool boundary_window() const { return boundary_; }
+  [[nodiscard]] UniqueFd take_socket() { return std::move(sock_); }
 
  private:
   Result<Message> expect(MessageType type, std::chrono::milliseconds within);
@@ -73,6 +71,7 @@ class Successor {
   std::vector<InheritedListener> listeners_;
   std::optional<InheritedMaps> maps_;
   bool takes_pairs_ = false;
+  bool boundary_ = false;
 };
 
 }  // namespace shunt::takeover

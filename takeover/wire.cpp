@@ -54,6 +54,12 @@ std::string_view to_string(MessageType type) {
       return "pairs";
     case MessageType::pairs_end:
       return "pairs_end";
+    case MessageType::adopted:
+      return "adopted";
+    case MessageType::handed:
+      return "handed";
+    case MessageType::late_end:
+      return "late_end";
   }
   return "unknown";
 }

@@ -41,6 +41,10 @@ enum class MessageType : std::uint16_t {
   kernel_maps = 9,  // old -> new, before listeners_end: the sockmap's maps, one fd each
   pairs = 10,       // old -> new, after released: a batch of kernel-spliced pairs, two fds each
   pairs_end = 11,   // old -> new: how many pairs were sent in all
+  // Version 3, the boundary window after the commit (late.h):
+  adopted = 12,   // new -> old: the last batch (pairs .. pairs_end) is adopted, frozen
+  handed = 13,    // old -> new: the old process closed its fds of that batch; act on it
+  late_end = 14,  // old -> new: the window is over (moved and stayed counts)
 };
 
 std::string_view to_string(MessageType type);

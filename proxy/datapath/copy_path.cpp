@@ -41,6 +41,7 @@ asio::awaitable<void> copy_direction(tcp::socket& from, tcp::socket& to, bool fr
       ending.note(from_client ? EndReason::client_closed : EndReason::upstream_closed);
       // Half-close: pass the FIN on and keep the other direction running.
       to.shutdown(tcp::socket::shutdown_send, ec);
+      hold.closed(direction);  // the pair stays movable with this direction closed
       co_return;
     }
     if (ec) {
@@ -68,13 +69,14 @@ asio::awaitable<void> copy_direction(tcp::socket& from, tcp::socket& to, bool fr
 }  // namespace
 
 asio::awaitable<Ending> run_copy(SocketPair& pair, DatapathSink& sink, CancelSlot& cancel,
-                                 PairHandoff* handoff) {
-  co_return co_await run_both_directions(pair, cancel, handoff, sink.id(),
-                                         [&](tcp::socket& from, tcp::socket& to, bool from_client,
-                                             Direction d, Ending& ending, UserspaceHold& hold) {
-                                           return copy_direction(from, to, from_client, d, sink, cancel,
-                                                                 ending, hold);
-                                         });
+                                 PairHandoff* handoff, HalfClosed closed) {
+  co_return co_await run_both_directions(
+      pair, cancel, handoff, sink.id(),
+      [&](tcp::socket& from, tcp::socket& to, bool from_client, Direction d, Ending& ending,
+          UserspaceHold& hold) {
+        return copy_direction(from, to, from_client, d, sink, cancel, ending, hold);
+      },
+      closed);
 }
 
 }  // namespace shunt::proxy

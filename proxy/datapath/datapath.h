@@ -49,17 +49,24 @@ struct SocketPair {
   boost::asio::ip::tcp::socket upstream;
 };
 
+// Directions of a pair that ended before the data path started (FIN passed
+// on): a half-closed pair a takeover moved (join.h).
+struct HalfClosed {
+  bool up = false;    // client -> upstream
+  bool down = false;  // upstream -> client
+};
+
 // Asio async read/write through a 64 KiB buffer per direction, held only
 // while bytes are in flight (common/io_buffer.h).
 // `handoff`: this thread's, through which a takeover may move the pair
 // between reads (join.h, UserspaceHold); null: it never moves.
 boost::asio::awaitable<Ending> run_copy(SocketPair& pair, DatapathSink& sink, CancelSlot& cancel,
-                                        PairHandoff* handoff = nullptr);
+                                        PairHandoff* handoff = nullptr, HalfClosed closed = {});
 
 // splice(2) through a pipe per direction, held only while bytes are in
 // flight, driven by Asio readiness.
 boost::asio::awaitable<Ending> run_splice(SocketPair& pair, DatapathSink& sink, CancelSlot& cancel,
-                                          PairHandoff* handoff = nullptr);
+                                          PairHandoff* handoff = nullptr, HalfClosed closed = {});
 
 // What the sockmap path needs from the process, injected by whoever wires
 // the connection (the server's ProxyContext and the worker's watcher).

@@ -53,21 +53,26 @@ inline boost::asio::awaitable<void> join_both(boost::asio::awaitable<void> first
 
 // A copy or splice pair as a takeover moves it (pair_handoff.h). Between
 // reads nothing of it is in userspace (copy holds no buffer, splice's pipe
-// is empty), so once both directions wait for their source to be readable
-// it is only its two sockets: it can be frozen then (the waits are
-// cancelled and the directions wait for thaw or let-go instead), and the
-// new process starts its data path on them again. A pair with a direction
-// mid-write, or one already ended (half-closed), cannot: it stays and
-// drains here.
+// is empty), so once every direction still open waits for its source to be
+// readable it is only its two sockets and which directions are closed (a
+// direction ends after passing its FIN on, so a half-closed pair is
+// movable too): it can be frozen then (the waits are cancelled and the
+// directions wait for thaw or let-go instead), and the new process starts
+// its data path on them again, with the closed directions closed. A pair
+// with a direction mid-write is not movable at that moment; during a
+// takeover's boundary window (takeover/late.h) it freezes itself as soon
+// as that write is done and the direction comes back to wait (freeze_now),
+// so it moves then.
 class UserspaceHold final : public PairHandoff::Pair {
  public:
   UserspaceHold(PairHandoff* handoff, SocketPair& pair, CancelSlot& cancel, std::uint64_t id,
-                const boost::asio::any_io_executor& ex)
+                const boost::asio::any_io_executor& ex, HalfClosed closed = {})
       : handoff_(handoff),
         pair_(pair),
         cancel_(cancel),
         id_(id),
-        thawed_(ex, boost::asio::steady_timer::time_point::max()) {
+        thawed_(ex, boost::asio::steady_timer::time_point::max()),
+        closed_(closed) {
     if (handoff_) handoff_->add(*this);
   }
   UserspaceHold(const UserspaceHold&) = delete;
@@ -85,8 +90,12 @@ class UserspaceHold final : public PairHandoff::Pair {
     for (;;) {
       if (state_ == State::running) {
         ++waiting_;
-        co_await from.async_wait(asio::ip::tcp::socket::wait_read,
-                                 asio::redirect_error(asio::use_awaitable, ec));
+        // The last direction back from a write while a boundary window
+        // is open: the pair is movable now, so it freezes here.
+        if (can_freeze() && handoff_ && handoff_->takes_now(PairKind::userspace)) handoff_->freeze_now(*this);
+        if (state_ == State::running)
+          co_await from.async_wait(asio::ip::tcp::socket::wait_read,
+                                   asio::redirect_error(asio::use_awaitable, ec));
         --waiting_;
         if (state_ == State::running) co_return true;
       }
@@ -96,9 +105,13 @@ class UserspaceHold final : public PairHandoff::Pair {
     }
   }
   [[nodiscard]] bool gone() const { return state_ == State::gone; }
+  // A direction passed its FIN on and ended (not a reset: that ends the pair).
+  void closed(Direction d) { (d == Direction::up ? closed_.up : closed_.down) = true; }
 
   [[nodiscard]] PairKind kind() const override { return PairKind::userspace; }
-  [[nodiscard]] bool can_freeze() const override { return state_ == State::running && waiting_ == 2; }
+  [[nodiscard]] bool can_freeze() const override {
+    return state_ == State::running && waiting_ > 0 && waiting_ == 2 - int(closed_.up) - int(closed_.down);
+  }
   PairHandoff::Exported freeze() override {
     state_ = State::frozen;
     boost::system::error_code ignored;
@@ -112,6 +125,8 @@ class UserspaceHold final : public PairHandoff::Pair {
     // The cookies name the sockets, which the new process checks.
     e.state.client_cookie = cookie(e.client_fd);
     e.state.upstream_cookie = cookie(e.upstream_fd);
+    e.state.client_fin_forwarded = closed_.up;
+    e.state.upstream_fin_forwarded = closed_.down;
     return e;
   }
   void thaw() override {
@@ -154,6 +169,7 @@ class UserspaceHold final : public PairHandoff::Pair {
   boost::asio::steady_timer thawed_;
   State state_ = State::running;
   int waiting_ = 0;  // directions waiting for their source
+  HalfClosed closed_;
 };
 
 // A userspace data path (copy, splice): both directions of `pair` at once,
@@ -162,10 +178,21 @@ class UserspaceHold final : public PairHandoff::Pair {
 // A cancel resets both sockets, which ends both directions; so does an
 // exception, before it goes on to the connection's guard. `handoff`: this
 // thread's (null: the pair never moves).
+//
+// `closed`: directions that ended before (a half-closed pair a takeover
+// moved): they do not run. Their coroutine is made and dropped unstarted
+// here rather than chosen with a conditional inside the co_await, which
+// GCC 12 miscompiles (it destroyed a frame that was never made).
+inline boost::asio::awaitable<void> unless_closed(bool closed, boost::asio::awaitable<void> run) {
+  if (closed) co_return;
+  co_await std::move(run);
+}
+
 template <typename MakeDirection>
 boost::asio::awaitable<Ending> run_both_directions(SocketPair& pair, CancelSlot& cancel, PairHandoff* handoff,
-                                                   std::uint64_t id, MakeDirection direction) {
-  UserspaceHold hold(handoff, pair, cancel, id, co_await boost::asio::this_coro::executor);
+                                                   std::uint64_t id, MakeDirection direction,
+                                                   HalfClosed closed = {}) {
+  UserspaceHold hold(handoff, pair, cancel, id, co_await boost::asio::this_coro::executor, closed);
   const auto on_cancel = cancel.install([&pair, &hold] {
     // Frozen, the sockets may be another process's now: thaw() resets
     // them if this one keeps them.
@@ -175,8 +202,10 @@ boost::asio::awaitable<Ending> run_both_directions(SocketPair& pair, CancelSlot&
   });
   Ending ending;
   try {
-    co_await join_both(direction(pair.client, pair.upstream, true, Direction::up, ending, hold),
-                       direction(pair.upstream, pair.client, false, Direction::down, ending, hold));
+    co_await join_both(
+        unless_closed(closed.up, direction(pair.client, pair.upstream, true, Direction::up, ending, hold)),
+        unless_closed(closed.down,
+                      direction(pair.upstream, pair.client, false, Direction::down, ending, hold)));
   } catch (...) {
     reset_socket(pair.client);
     reset_socket(pair.upstream);

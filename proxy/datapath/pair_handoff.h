@@ -15,8 +15,11 @@
 // it as the other left it. The kernel moves its bytes all along.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
+#include <string>
 #include <unordered_set>
+#include <utility>
 #include <vector>
 
 namespace shunt::proxy {
@@ -48,7 +51,16 @@ enum class PairKind : std::uint8_t {
   kernel_spliced,  // in the sockmap: its FIN rule runs on (SplicedPairState)
   parked_http,     // HTTP/1.1 between requests: parked, the next request inspected
   userspace,       // copy or splice between reads (nothing buffered): its data path starts again
+  // Version 3 (takeover/late.h): a TLS connection waiting for its
+  // ClientHello, with only its client socket and the bytes read so far; the
+  // new process resumes the SNI decision with those bytes first.
+  tls_hello,
 };
+// A set of kinds, for what the new process takes.
+using PairKindSet = std::uint8_t;
+constexpr PairKindSet kind_bit(PairKind kind) {
+  return static_cast<PairKindSet>(1u << static_cast<unsigned>(kind));
+}
 
 class PairHandoff {
  public:
@@ -58,8 +70,11 @@ class PairHandoff {
     int client_fd = -1;  // borrowed: open until let_go_frozen() or the pair ends
     int upstream_fd = -1;
     // `state` is a kernel-spliced pair's; for the others only its cookies
-    // (which name the sockets) are set.
+    // (which name the sockets) are set, and for a copy or splice pair the
+    // directions already closed (its FIN flags).
     PairKind kind = PairKind::kernel_spliced;
+    // tls_hello: the bytes read from the client, none forwarded (upstream_fd -1).
+    std::string pending;
   };
 
   // Implemented by the sockmap path's pair, by a Connection while it is
@@ -85,6 +100,40 @@ class PairHandoff {
     ~Pair() = default;
   };
 
+  // A connection whose inspector could stop at its next boundary (an
+  // HTTP/1.1 request in flight, a TLS connection waiting for its
+  // ClientHello): nudged while a takeover's boundary window is open
+  // (takeover/late.h), so that it hands itself back there.
+  class Inflight {
+   public:
+    virtual void nudge(bool on) = 0;
+
+   protected:
+    ~Inflight() = default;
+  };
+  void add_inflight(Inflight& c) {
+    inflight_.insert(&c);
+    if (window_) c.nudge(true);
+  }
+  void remove_inflight(Inflight& c) { inflight_.erase(&c); }
+
+  // The boundary window (takeover/late.h): `kinds` the new process takes
+  // (0 closes it). While open, a pair of such a kind that reaches a
+  // boundary freezes at once (freeze_now) and waits for the next
+  // freeze_all, and every inflight connection is nudged.
+  void set_window(PairKindSet kinds) {
+    const bool was = window_ != 0;
+    window_ = kinds;
+    if (was != (kinds != 0))
+      for (Inflight* c : std::vector<Inflight*>(inflight_.begin(), inflight_.end())) c->nudge(kinds != 0);
+  }
+  [[nodiscard]] bool takes_now(PairKind kind) const { return (window_ & kind_bit(kind)) != 0; }
+  void freeze_now(Pair& pair) {
+    if (pairs_.count(&pair) && frozen_.insert(&pair).second) ready_.emplace_back(&pair, pair.freeze());
+  }
+  // What could still move in a window: inflight connections and pairs not frozen.
+  [[nodiscard]] std::size_t candidates() const { return inflight_.size() + pairs_.size() - frozen_.size(); }
+
   void add(Pair& pair) { pairs_.insert(&pair); }
   // A pair received from the old process: frozen until thaw_frozen().
   void adopt_frozen(Pair& pair) {
@@ -94,6 +143,7 @@ class PairHandoff {
   void remove(Pair& pair) {
     pairs_.erase(&pair);
     frozen_.erase(&pair);
+    std::erase_if(ready_, [&pair](const auto& r) { return r.first == &pair; });
   }
 
   // Freezes every pair of the kinds `take(kind)` accepts that can be.
@@ -101,6 +151,7 @@ class PairHandoff {
   std::vector<Exported> freeze_all(Take take) {
     std::vector<Exported> out;
     out.reserve(pairs_.size());
+    for (auto& [pair, exported] : std::exchange(ready_, {})) out.push_back(std::move(exported));
     for (Pair* p : pairs_)
       if (take(p->kind()) && p->can_freeze() && frozen_.insert(p).second) out.push_back(p->freeze());
     return out;
@@ -109,11 +160,13 @@ class PairHandoff {
     // let_go() ends the pair, which removes it: iterate over a copy.
     const std::vector<Pair*> frozen(frozen_.begin(), frozen_.end());
     frozen_.clear();
+    ready_.clear();
     for (Pair* p : frozen) p->let_go();
   }
   void thaw_frozen() {
     const std::vector<Pair*> frozen(frozen_.begin(), frozen_.end());
     frozen_.clear();
+    ready_.clear();
     for (Pair* p : frozen) p->thaw();
   }
   [[nodiscard]] std::size_t size() const { return pairs_.size(); }
@@ -121,6 +174,10 @@ class PairHandoff {
  private:
   std::unordered_set<Pair*> pairs_;
   std::unordered_set<Pair*> frozen_;
+  std::unordered_set<Inflight*> inflight_;
+  // Frozen by freeze_now, not yet collected by freeze_all.
+  std::vector<std::pair<Pair*, Exported>> ready_;
+  PairKindSet window_ = 0;
 };
 
 }  // namespace shunt::proxy

@@ -314,7 +314,7 @@ class SplicedPair final : public std::enable_shared_from_this<SplicedPair>, publ
     state.client_fin_forwarded = up_.fin_forwarded;
     state.upstream_fin_forwarded = down_.fin_forwarded;
     state.boosted = boosted_bytes_ != 0;
-    return {id_, state, client_.get(), upstream_.get()};
+    return {id_, state, client_.get(), upstream_.get(), PairKind::kernel_spliced, {}};
   }
   [[nodiscard]] PairKind kind() const override { return PairKind::kernel_spliced; }
   void thaw() override {

@@ -103,6 +103,7 @@ asio::awaitable<void> splice_direction(tcp::socket& from, tcp::socket& to, bool 
       if (in == 0) {
         ending.note(from_client ? EndReason::client_closed : EndReason::upstream_closed);
         to.shutdown(tcp::socket::shutdown_send, ec);
+        hold.closed(direction);  // the pair stays movable with this direction closed
         // Everything read was drained below before reading again: the pipe is empty.
         PipeRecycler::give(std::move(*pipe));
         co_return;
@@ -135,13 +136,14 @@ asio::awaitable<void> splice_direction(tcp::socket& from, tcp::socket& to, bool 
 }  // namespace
 
 asio::awaitable<Ending> run_splice(SocketPair& pair, DatapathSink& sink, CancelSlot& cancel,
-                                   PairHandoff* handoff) {
-  co_return co_await run_both_directions(pair, cancel, handoff, sink.id(),
-                                         [&](tcp::socket& from, tcp::socket& to, bool from_client,
-                                             Direction d, Ending& ending, UserspaceHold& hold) {
-                                           return splice_direction(from, to, from_client, d, sink, cancel,
-                                                                   ending, hold);
-                                         });
+                                   PairHandoff* handoff, HalfClosed closed) {
+  co_return co_await run_both_directions(
+      pair, cancel, handoff, sink.id(),
+      [&](tcp::socket& from, tcp::socket& to, bool from_client, Direction d, Ending& ending,
+          UserspaceHold& hold) {
+        return splice_direction(from, to, from_client, d, sink, cancel, ending, hold);
+      },
+      closed);
 }
 
 }  // namespace shunt::proxy

@@ -55,7 +55,11 @@
 // that wait (Session::park_wake) so the loop parks. A park and a resume
 // cost a session, parsers and frames each time, so a busy connection
 // (HttpResume::park_after, the caller's call) parks only after a quiet
-// spell, found by the keep-alive watch.
+// spell, found by the keep-alive watch. In a takeover's boundary window
+// (BoundaryRequest, takeover/late.h) every connection parks at its next
+// boundary, busy or not, so that it moves to the new process there: a
+// request in flight finishes first (its response delivered), then the
+// connection parks and is handed on.
 #include "common/async.h"
 #include "common/http_status.h"
 #include "common/io_buffer.h"
@@ -236,6 +240,9 @@ struct Session : std::enable_shared_from_this<Session> {
   bool keepalive_wait = false;
   bool park_wake = false;
 
+  // A takeover's boundary window is open: park at the next boundary.
+  [[nodiscard]] bool boundary_requested() const { return in.boundary && in.boundary->requested(); }
+
   void notify() { event.cancel(); }
   asio::awaitable<void> wait() {
     boost::system::error_code ec;
@@ -306,7 +313,7 @@ void retire_request(Session& s, int status) {
   s.pending.pop_front();
   if (!s.pending.empty()) return;
   s.quiet_since = Clock::now();
-  if (s.may_park && s.park_after.count() == 0 && s.keepalive_wait) {
+  if (s.may_park && (s.park_after.count() == 0 || s.boundary_requested()) && s.keepalive_wait) {
     // The last answer is out while the request loop waits for the client
     // between requests: wake it to park (run_requests).
     s.park_wake = true;
@@ -968,8 +975,9 @@ asio::awaitable<bool> run_requests(std::shared_ptr<Session> self) {
     // where the next request finds it gone.
     // A busy connection (park_after) parks only once the keep-alive watch
     // woke it for a quiet spell (park_requested).
-    if (between_requests && end == 0 && s.may_park && (s.park_after.count() == 0 || park_requested) &&
-        read_since_resume && connected && s.pump_running && s.pending.empty() && parser.idle_keep_alive() &&
+    if (between_requests && end == 0 && s.may_park &&
+        (s.park_after.count() == 0 || park_requested || s.boundary_requested()) && read_since_resume &&
+        connected && s.pump_running && s.pending.empty() && parser.idle_keep_alive() &&
         s.responses.idle_keep_alive()) {
       co_await stop_pump(s);
       if (s.aborted()) co_return false;
@@ -1035,6 +1043,15 @@ asio::awaitable<InspectOutcome> inspect_http(Inspection in, HttpResume resume) {
   // A cancel resets both sockets and wakes the request loop if it is
   // waiting for the pump.
   const auto on_cancel = in.cancel.install([&s] { s.reset_both(); });
+  // A boundary window opened while the loop waits between requests with
+  // every answer out: wake it to park (as retire_request does). Mid-request
+  // the loop finds the request at its next boundary by itself.
+  const auto poke = BoundaryRequest::install(in.boundary, [&s] {
+    if (!s.may_park || !s.keepalive_wait || !s.pending.empty()) return;
+    s.park_wake = true;
+    boost::system::error_code ignored;
+    s.client().cancel(ignored);
+  });
   bool hand_over = false;
   try {
     hand_over = co_await run_requests(session);

@@ -58,6 +58,44 @@ class QuietWatch {
   virtual void unwatch_quiet() = 0;
 };
 
+// A takeover's boundary window (takeover/late.h), as an inspector sees it:
+// while requested, the inspector hands the connection back at its next
+// boundary instead of waiting there (HTTP/1.1: parked once the request in
+// flight is answered; TLS: hello_pending while its ClientHello is
+// incomplete), so that it can move to the new process. `poke`, installed
+// by the inspector while it waits at a boundary, gets it out of that wait.
+// One inspector at a time; on the connection's thread.
+class BoundaryRequest {
+ public:
+  [[nodiscard]] bool requested() const { return requested_; }
+  void set(bool on) {
+    requested_ = on;
+    if (on && poke_) poke_();
+  }
+  // While the returned guard lives, set(true) runs `poke` (nothing when
+  // `request` is null: the connection never moves).
+  class Poke {
+   public:
+    explicit Poke(BoundaryRequest* request) : request_(request) {}
+    Poke(const Poke&) = delete;
+    Poke& operator=(const Poke&) = delete;
+    ~Poke() {
+      if (request_) request_->poke_ = nullptr;
+    }
+
+   private:
+    BoundaryRequest* request_;
+  };
+  [[nodiscard]] static Poke install(BoundaryRequest* request, std::function<void()> poke) {
+    if (request) request->poke_ = std::move(poke);
+    return Poke(request);
+  }
+
+ private:
+  bool requested_ = false;
+  std::function<void()> poke_;
+};
+
 // Everything an inspector may use.
 struct Inspection {
   boost::asio::ip::tcp::socket client;
@@ -74,6 +112,17 @@ struct Inspection {
   // Set while the process drains (HTTP/2 sends GOAWAY).
   const std::atomic<bool>& draining;
   QuietWatch& quiet;
+  // Null: the connection never moves in a takeover's boundary window.
+  BoundaryRequest* boundary = nullptr;
+};
+
+// A TLS connection handed back before its ClientHello was complete (a
+// boundary window, BoundaryRequest): the client socket, no read pending,
+// and every byte read from it, none forwarded. inspect_tls continues from
+// these bytes (here or in the new process).
+struct HelloPending {
+  boost::asio::ip::tcp::socket client;
+  std::string read;
 };
 
 // The connection opened with the HTTP/2 preface: the HTTP/2 inspector takes
@@ -98,6 +147,7 @@ struct InspectOutcome {
   // timeouts.keepalive, and calls inspect_http again with the upstream in
   // HttpResume once either socket is readable.
   std::optional<SocketPair> parked;
+  std::optional<HelloPending> hello_pending;
   Ending ending;
 };
 
@@ -118,8 +168,9 @@ struct HttpResume {
   std::optional<boost::asio::ip::tcp::socket> upstream;
 };
 
-// TLS: decides on the ClientHello's SNI (tls_inspector.cpp).
-boost::asio::awaitable<InspectOutcome> inspect_tls(Inspection in);
+// TLS: decides on the ClientHello's SNI (tls_inspector.cpp). `initial`:
+// bytes of the hello read before (HelloPending), fed first.
+boost::asio::awaitable<InspectOutcome> inspect_tls(Inspection in, std::string initial = {});
 
 // HTTP/1.1: decides every request head under the current snapshot,
 // forwards what is allowed, answers 403/400/408/431/502/504 itself, and

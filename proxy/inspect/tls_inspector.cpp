@@ -3,6 +3,12 @@
 // the upstream is connected after the verdict, so a denied hello never
 // reaches it. Deny, a non-TLS first flight, an oversized hello, or no
 // complete hello within timeouts.header: reset (SPEC.md "Deny").
+//
+// In a takeover's boundary window (BoundaryRequest, takeover/late.h) a
+// connection whose hello is incomplete is handed back (HelloPending) with
+// the bytes read, at the moment it waits for more; the new process (or
+// this one, should the takeover fail) runs inspect_tls again from them, so
+// the decision is made on exactly the bytes the client sent, once.
 #include "common/async.h"
 #include "common/reset.h"
 #include "proxy/inspect/client_hello.h"
@@ -13,6 +19,7 @@
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
 
+#include <cstring>
 #include <memory>
 #include <vector>
 
@@ -26,7 +33,8 @@ namespace {
 
 // Reads the ClientHello and decides; the first half of inspect_tls, which
 // owns the sockets and resets them on every way out but the handover.
-asio::awaitable<InspectOutcome> read_and_decide(Inspection& in, std::optional<tcp::socket>& upstream) {
+asio::awaitable<InspectOutcome> read_and_decide(Inspection& in, std::optional<tcp::socket>& upstream,
+                                                std::string& initial) {
   InspectOutcome out;
   const std::uint64_t id = in.observer.id();
   const std::size_t max_bytes = in.settings.limits.max_header_bytes;
@@ -47,16 +55,40 @@ asio::awaitable<InspectOutcome> read_and_decide(Inspection& in, std::optional<tc
   });
 
   tls::ClientHelloReader::State state = tls::ClientHelloReader::State::need_more;
+  if (!initial.empty()) {
+    // Read before a takeover's hand-back (HelloPending): fed as if just read.
+    hello.resize(max_bytes + 1);
+    have = std::min(initial.size(), hello.size());
+    std::memcpy(hello.data(), initial.data(), have);
+    state = reader.feed(hello.data(), have);
+    initial.clear();
+  }
+  // Handed back at the wait for more bytes (BoundaryRequest): the wait is
+  // cancelled by the poke, no read is pending.
+  bool yielded = false;
+  const auto poke = BoundaryRequest::install(in.boundary, [&client = in.client, &yielded] {
+    yielded = true;
+    boost::system::error_code ignored;
+    client.cancel(ignored);
+  });
+  boost::system::error_code nb;
+  in.client.non_blocking(true, nb);  // the wait for data is the async_wait
   while (state == tls::ClientHelloReader::State::need_more && (hello.empty() || have < hello.size())) {
     boost::system::error_code ec;
-    if (hello.empty()) {
+    if (in.boundary && in.boundary->requested()) yielded = true;
+    if (!yielded)
       co_await in.client.async_wait(tcp::socket::wait_read, asio::redirect_error(use_awaitable, ec));
-      if (!ec) hello.resize(max_bytes + 1);
+    if (yielded && !in.cancel.cancelled() && !deadline.expired()) {
+      deadline.disarm();
+      out.hello_pending.emplace(HelloPending{std::move(in.client), std::string(hello.data(), have)});
+      co_return out;
     }
     std::size_t n = 0;
-    if (!ec)
-      n = co_await in.client.async_read_some(asio::buffer(hello.data() + have, hello.size() - have),
-                                             asio::redirect_error(use_awaitable, ec));
+    if (!ec) {
+      if (hello.empty()) hello.resize(max_bytes + 1);
+      n = in.client.read_some(asio::buffer(hello.data() + have, hello.size() - have), ec);
+      if (ec == asio::error::would_block || ec == asio::error::try_again) continue;
+    }
     if (ec) {
       deadline.disarm();
       if (in.cancel.cancelled()) co_return out;
@@ -122,7 +154,7 @@ asio::awaitable<InspectOutcome> read_and_decide(Inspection& in, std::optional<tc
 
 }  // namespace
 
-asio::awaitable<InspectOutcome> inspect_tls(Inspection in) {
+asio::awaitable<InspectOutcome> inspect_tls(Inspection in, std::string initial) {
   std::optional<tcp::socket> upstream;
   // A cancel resets both sides; the pending read or write then ends.
   const auto on_cancel = in.cancel.install([&] {
@@ -131,11 +163,11 @@ asio::awaitable<InspectOutcome> inspect_tls(Inspection in) {
   });
   InspectOutcome out;
   try {
-    out = co_await read_and_decide(in, upstream);
+    out = co_await read_and_decide(in, upstream, initial);
   } catch (const std::exception& e) {
     spdlog::warn("connection {}: TLS inspection: {}", in.observer.id(), e.what());
   }
-  if (!out.handover) {
+  if (!out.handover && !out.hello_pending) {
     reset_socket(in.client);
     if (upstream) reset_socket(*upstream);
   }

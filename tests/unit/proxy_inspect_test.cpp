@@ -98,7 +98,8 @@ class InspectTest : public ::testing::Test {
                       cancel,
                       started,
                       draining,
-                      quiet};
+                      quiet,
+                      nullptr};
   }
   // Reads one HTTP message head (up to the blank line) and `body` bytes more.
   static std::string read_message(int fd, std::size_t body = 0) {

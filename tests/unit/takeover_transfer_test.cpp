@@ -3,10 +3,15 @@
 // bytes are refused rather than half-read.
 #include "daemon/transfer_codec.h"
 
+#include "takeover/protocol.h"
+
 #include <gtest/gtest.h>
 
 namespace shunt::proxy {
 namespace {
+
+constexpr std::uint16_t kV2 = 2;
+constexpr std::uint16_t kV3 = takeover::kProtocolBoundary;
 
 TransferredConnection sample() {
   TransferredConnection t;
@@ -34,7 +39,7 @@ TransferredConnection sample() {
 
 TEST(TakeoverTransfer, RoundTrip) {
   const TransferredConnection t = sample();
-  const auto back = decode_connection(encode(t));
+  const auto back = decode_connection(encode(t, kV2), kV2);
   ASSERT_TRUE(back);
   EXPECT_EQ(back->id, 42u);
   EXPECT_EQ(back->listener, "pods");
@@ -74,17 +79,56 @@ TEST(TakeoverTransfer, RoundTrip) {
 }
 
 TEST(TakeoverTransfer, DamagedBytesAreRefused) {
-  const std::string bytes = encode(sample());
-  EXPECT_FALSE(decode_connection(bytes.substr(0, bytes.size() - 1)));
-  EXPECT_FALSE(decode_connection(bytes + "x"));
-  EXPECT_FALSE(decode_connection(""));
+  const std::string bytes = encode(sample(), kV2);
+  EXPECT_FALSE(decode_connection(bytes.substr(0, bytes.size() - 1), kV2));
+  EXPECT_FALSE(decode_connection(bytes + "x", kV2));
+  EXPECT_FALSE(decode_connection("", kV2));
   TransferredConnection no_request = sample();
   no_request.basis.last_request.reset();
   no_request.basis.sni.reset();
-  const auto back = decode_connection(encode(no_request));
+  const auto back = decode_connection(encode(no_request, kV2), kV2);
   ASSERT_TRUE(back);
   EXPECT_FALSE(back->basis.sni);
   EXPECT_FALSE(back->basis.last_request);
+}
+
+// Version 3: a TLS connection waiting for its ClientHello carries the bytes
+// read so far (binary, NULs included) and its kind; version 2 knows
+// neither, and the two layouts are not each other's.
+TEST(TakeoverTransfer, Version3CarriesAPendingHello) {
+  TransferredConnection t = sample();
+  t.kind = PairKind::tls_hello;
+  t.basis.inspect = policy::Inspect::tls;
+  t.pending = std::string("\x16\x03\x01\x00\x05\0hel", 9);
+  const auto back = decode_connection(encode(t, kV3), kV3);
+  ASSERT_TRUE(back);
+  EXPECT_EQ(back->kind, PairKind::tls_hello);
+  EXPECT_EQ(back->pending, t.pending);
+  EXPECT_EQ(back->src, t.src);
+  // A version 2 peer never receives one, and could not read it.
+  EXPECT_FALSE(decode_connection(encode(t, kV3), kV2));
+  EXPECT_FALSE(decode_connection(encode(t, kV2), kV2));  // tls_hello is no version 2 kind
+  // Version 3 without pending bytes is still one field longer than version 2.
+  const TransferredConnection plain = sample();
+  EXPECT_EQ(encode(plain, kV3).size(), encode(plain, kV2).size() + 4);
+  EXPECT_FALSE(decode_connection(encode(plain, kV2), kV3));
+  const std::string bytes = encode(t, kV3);
+  EXPECT_FALSE(decode_connection(bytes.substr(0, bytes.size() - 1), kV3));
+}
+
+// A copy or splice pair's closed directions ride in its FIN flags.
+TEST(TakeoverTransfer, HalfClosedUserspacePair) {
+  TransferredConnection t = sample();
+  t.kind = PairKind::userspace;
+  t.state = SplicedPairState{};
+  t.state.client_cookie = 11;
+  t.state.upstream_cookie = 12;
+  t.state.client_fin_forwarded = true;
+  const auto back = decode_connection(encode(t, kV3), kV3);
+  ASSERT_TRUE(back);
+  EXPECT_TRUE(back->state.client_fin_forwarded);
+  EXPECT_FALSE(back->state.upstream_fin_forwarded);
+  EXPECT_EQ(back->state.upstream_cookie, 12u);
 }
 
 }  // namespace

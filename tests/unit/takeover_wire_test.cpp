@@ -3,6 +3,7 @@
 // new side.
 #include "takeover/control_socket.h"
 #include "takeover/handover.h"
+#include "takeover/late.h"
 #include "takeover/protocol.h"
 #include "takeover/successor.h"
 #include "takeover/wire.h"
@@ -177,7 +178,7 @@ struct OldSide {
       hooks.kernel_maps = [this] {
         return std::optional<HandedMaps>(HandedMaps{{7, {"m"}}, {pair_sockets[0].get()}});
       };
-      hooks.freeze_pairs = [this](const PairKinds&) {
+      hooks.freeze_pairs = [this](const PairKinds&, std::uint16_t) {
         ++frozen;
         std::vector<HandedPair> out;
         for (std::size_t i = 0; i < pair_sockets.size(); i += 2)
@@ -223,7 +224,7 @@ TEST(TakeoverHandover, PairsMoveInBatchesAndAreLetGoAfterCommit) {
   OldSide old(2, 300);
   auto s = Successor::begin(old.path, Timeouts{1s, 1s});
   ASSERT_TRUE(s) << s.error().message();
-  EXPECT_EQ(s->version(), 2);
+  EXPECT_EQ(s->version(), kProtocolMax);
   auto maps = s->take_kernel_maps();
   ASSERT_TRUE(maps);
   EXPECT_EQ(maps->version, 7u);
@@ -315,6 +316,187 @@ TEST(TakeoverHandover, IncompatibleVersionIsRefusedWithItsReason) {
   const auto r = old.finish();
   EXPECT_EQ(r.outcome, Outcome::incompatible);
   EXPECT_EQ(old.paused, 0);
+}
+
+// Version 3 `pairs`: each entry names its fd count (a TLS connection
+// waiting for its ClientHello has only its client socket); the collector
+// checks states against fds and pairs_end's count, in both layouts.
+TEST(TakeoverProtocol, Version3PairEntriesAndCollector) {
+  const std::vector<std::pair<std::string_view, std::uint8_t>> entries{{"a", 2}, {"tls", 1}, {"b", 2}};
+  const std::string payload = encode_pairs(entries);
+  auto back = decode_pair_entries(payload);
+  ASSERT_TRUE(back);
+  ASSERT_EQ(back->size(), 3u);
+  EXPECT_EQ((*back)[1].state, "tls");
+  EXPECT_EQ((*back)[1].fds, 1);
+  EXPECT_FALSE(decode_pair_entries(payload + "x"));
+  EXPECT_FALSE(decode_pair_entries(
+      encode_pairs(std::vector<std::pair<std::string_view, std::uint8_t>>{{"a", 3}})));  // 1 or 2 fds
+
+  auto message = [](MessageType type, std::string payload, std::size_t fds) {
+    Message m;
+    m.version = kProtocolBoundary;
+    m.type = type;
+    m.payload = std::move(payload);
+    for (std::size_t i = 0; i < fds; ++i)
+      m.fds.emplace_back(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    return m;
+  };
+  PairCollector v3(kProtocolBoundary);
+  auto more = v3.feed(message(MessageType::pairs, payload, 5));
+  ASSERT_TRUE(more);
+  EXPECT_FALSE(*more);
+  auto done = v3.feed(message(MessageType::pairs_end, Writer().u32(3).take(), 0));
+  ASSERT_TRUE(done);
+  EXPECT_TRUE(*done);
+  auto pairs = v3.take();
+  ASSERT_EQ(pairs.size(), 3u);
+  EXPECT_TRUE(pairs[0].upstream);
+  EXPECT_FALSE(pairs[1].upstream);
+  EXPECT_TRUE(pairs[2].upstream);
+
+  PairCollector wrong(kProtocolBoundary);
+  EXPECT_FALSE(wrong.feed(message(MessageType::pairs, payload, 4)));  // fds disagree
+  PairCollector count(kProtocolBoundary);
+  ASSERT_TRUE(count.feed(message(MessageType::pairs, payload, 5)));
+  EXPECT_FALSE(count.feed(message(MessageType::pairs_end, Writer().u32(2).take(), 0)));
+  // Version 2's layout: two fds each, no counts.
+  PairCollector v2(2);
+  ASSERT_TRUE(v2.feed(message(MessageType::pairs, encode_pairs(std::vector<std::string_view>{"x"}), 2)));
+  auto v2_done = v2.feed(message(MessageType::pairs_end, Writer().u32(1).take(), 0));
+  ASSERT_TRUE(v2_done);
+  EXPECT_TRUE(*v2_done);
+}
+
+// The boundary window (late.h) between two real ends over a socketpair:
+// batches with one and two fds each move, each let go by the old side
+// only after `adopted` and acted on by the new side only after `handed`;
+// the window ends early once nothing could move any more.
+TEST(TakeoverLate, BatchesMoveThenTheWindowCloses) {
+  Pair control;
+  std::vector<UniqueFd> sockets;
+  for (int i = 0; i < 3; ++i) sockets.emplace_back(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  std::atomic<int> windows_open{0}, windows_closed{0}, let_go{0}, old_thawed{0};
+  std::atomic<int> adopted{0}, thawed{0}, new_let_go{0};
+  std::atomic<int> collected{0};
+  LateResult old_result;
+  ArrivalResult new_result;
+  Timeouts t{1s, 1s, 2s};
+  std::thread old_side([&] {
+    boost::asio::io_context io;
+    boost::asio::posix::stream_descriptor peer(io, control.a.release());
+    LateHooks hooks;
+    hooks.window = [&](bool on) { ++(on ? windows_open : windows_closed); };
+    hooks.collect = [&] {
+      std::vector<HandedPair> out;
+      const int n = collected++;
+      if (n == 0) out.push_back({"pair", sockets[0].get(), sockets[1].get()});
+      if (n == 2) out.push_back({"tls", sockets[2].get(), -1});
+      return out;
+    };
+    hooks.let_go = [&] { ++let_go; };
+    hooks.thaw = [&] { ++old_thawed; };
+    hooks.candidates = [&] { return collected < 4 ? std::size_t{1} : std::size_t{0}; };
+    boost::asio::co_spawn(
+        io,
+        [&]() -> boost::asio::awaitable<void> {
+          old_result = co_await hand_over_late(peer, kProtocolBoundary, hooks, t);
+        },
+        boost::asio::detached);
+    io.run();
+  });
+  std::vector<std::size_t> batch_sizes;
+  std::vector<bool> has_upstream;
+  {
+    boost::asio::io_context io;
+    boost::asio::posix::stream_descriptor peer(io, control.b.release());
+    ArrivalHooks hooks;
+    hooks.adopt = [&](std::vector<InheritedPair> pairs) -> Status {
+      ++adopted;
+      // The old side holds on until `adopted`.
+      EXPECT_EQ(let_go.load(), static_cast<int>(batch_sizes.size()));
+      batch_sizes.push_back(pairs.size());
+      for (const auto& p : pairs) has_upstream.push_back(static_cast<bool>(p.upstream));
+      return ok_status();
+    };
+    hooks.thaw = [&] { ++thawed; };
+    hooks.let_go = [&] { ++new_let_go; };
+    boost::asio::co_spawn(
+        io,
+        [&]() -> boost::asio::awaitable<void> {
+          new_result = co_await receive_late(peer, kProtocolBoundary, hooks, t);
+        },
+        boost::asio::detached);
+    io.run();
+  }
+  old_side.join();
+  EXPECT_FALSE(old_result.failed) << old_result.detail;
+  EXPECT_FALSE(new_result.failed) << new_result.detail;
+  EXPECT_EQ(old_result.moved, 2u);
+  EXPECT_EQ(new_result.moved, 2u);
+  EXPECT_EQ(batch_sizes, (std::vector<std::size_t>{1, 1}));
+  EXPECT_EQ(has_upstream, (std::vector<bool>{true, false}));
+  EXPECT_EQ(let_go, 2);
+  EXPECT_EQ(thawed, 2);
+  EXPECT_EQ(new_let_go, 0);
+  EXPECT_EQ(windows_open, 1);
+  EXPECT_EQ(windows_closed, 1);
+  EXPECT_LT(old_result.took, 1s);  // closed early: nothing left to move
+}
+
+// The new process refuses a batch (or is gone): the old one takes it back
+// and closes the window; nothing was let go.
+TEST(TakeoverLate, RefusedBatchIsTakenBack) {
+  Pair control;
+  UniqueFd a(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0)),
+      b(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  std::atomic<int> let_go{0}, thawed{0}, closed{0}, new_let_go{0}, new_thawed{0};
+  LateResult old_result;
+  Timeouts t{1s, 1s, 2s};
+  std::thread old_side([&] {
+    boost::asio::io_context io;
+    boost::asio::posix::stream_descriptor peer(io, control.a.release());
+    LateHooks hooks;
+    hooks.window = [&](bool on) {
+      if (!on) ++closed;
+    };
+    hooks.collect = [&] { return std::vector<HandedPair>{{"pair", a.get(), b.get()}}; };
+    hooks.let_go = [&] { ++let_go; };
+    hooks.thaw = [&] { ++thawed; };
+    hooks.candidates = [] { return std::size_t{1}; };
+    boost::asio::co_spawn(
+        io,
+        [&]() -> boost::asio::awaitable<void> {
+          old_result = co_await hand_over_late(peer, kProtocolBoundary, hooks, t);
+        },
+        boost::asio::detached);
+    io.run();
+  });
+  ArrivalResult new_result;
+  {
+    boost::asio::io_context io;
+    boost::asio::posix::stream_descriptor peer(io, control.b.release());
+    ArrivalHooks hooks;
+    hooks.adopt = [](std::vector<InheritedPair>) -> Status { return SysError{EBADMSG, "no"}; };
+    hooks.thaw = [&] { ++new_thawed; };
+    hooks.let_go = [&] { ++new_let_go; };
+    boost::asio::co_spawn(
+        io,
+        [&]() -> boost::asio::awaitable<void> {
+          new_result = co_await receive_late(peer, kProtocolBoundary, hooks, t);
+        },
+        boost::asio::detached);
+    io.run();
+  }
+  old_side.join();
+  EXPECT_TRUE(old_result.failed);
+  EXPECT_NE(old_result.detail.find("no"), std::string::npos) << old_result.detail;
+  EXPECT_EQ(old_result.moved, 0u);
+  EXPECT_EQ(let_go, 0);
+  EXPECT_EQ(thawed, 1);
+  EXPECT_EQ(closed, 1);
+  EXPECT_TRUE(new_result.failed);
+  EXPECT_EQ(new_thawed, 0);
 }
 
 TEST(TakeoverControlSocket, ProbeAndOwnership) {

@@ -1,0 +1,266 @@
+"""`shunt run --takeover`, protocol version 3: connections that were not
+movable at the moment of the takeover move once they reach a boundary, in
+the window the old process keeps open after the commit (takeover/late.h,
+docs/operating.md "Upgrades"):
+
+- an HTTP/1.1 connection with a request in flight (a slow upload): the
+  request finishes through the old process, then the connection, at its
+  request boundary, moves; its next request is decided by the new process,
+  on the same client and upstream connections;
+- a TLS connection whose ClientHello is half there: handed on with the
+  bytes read, the new process completes the SNI decision with the rest;
+- a half-closed copy (and splice) pair: the open direction keeps delivering
+  after the takeover, from the new process.
+
+Each checks the bytes on both sides (what the upstream received too) and
+that the connection moved (the new process's log and metrics, and the old
+process exiting while the connection is still open).
+"""
+import hashlib
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import tempfile
+import threading
+import time
+import unittest
+
+from admin_helpers import scrape, value, wait_ready
+from http_peers import Origin, read_response, request
+from shunt_harness import (SHUNT_BIN, Shunt, ThreadedServer, echo_handler, free_port, pattern, pattern_digest,
+                           proxy_config, recv_exact, rule, run_tests)
+from test_takeover import kill, read_text, wait_log
+
+
+def digest(data):
+    return hashlib.sha256(data).hexdigest()
+
+
+class InspectedTakeoverTest(unittest.TestCase):
+    def setUp(self):
+        self.tmp = tempfile.TemporaryDirectory(prefix="shunt-takeover-inspected-")
+        self.addCleanup(self.tmp.cleanup)
+        self.control = os.path.join(self.tmp.name, "control.sock")
+        self.admin = free_port()
+        self.new_procs = []
+        self.addCleanup(self.stop_new)
+
+    def stop_new(self):
+        for proc, log in self.new_procs:
+            kill(proc)
+            if os.environ.get("SHUNT_TEST_KEEP_LOGS"):
+                print(f"---- {log} ----\n" + read_text(log)[-4000:])
+
+    def config(self, listeners, rules, datapath="copy", timeouts=None):
+        return proxy_config(listeners, rules, datapath=datapath, default="deny", admin=self.admin,
+                            timeouts={"drain": "30s", **(timeouts or {})},
+                            admin_extra=f", control_socket: {self.control}", access="off")
+
+    def take_over(self, old):
+        log = os.path.join(self.tmp.name, f"new-{len(self.new_procs)}.log")
+        with open(log, "wb") as out:
+            proc = subprocess.Popen([SHUNT_BIN, "run", "-c", old.config_path, "--takeover"], stdout=out,
+                                    stderr=subprocess.STDOUT)
+        self.new_procs.append((proc, log))
+        wait_log(log, r"takeover: complete in \d+ ms", proc)
+        return proc, log
+
+    def finish(self, old, new):
+        """The old process held nothing more and exited 0; the new one stops cleanly."""
+        try:
+            self.assertEqual(old.proc.wait(timeout=20), 0, old.output()[-3000:])
+        except subprocess.TimeoutExpired:
+            self.fail("the old process still runs: " + old.output()[-3000:])
+        new.send_signal(signal.SIGTERM)
+        self.assertEqual(new.wait(timeout=20), 0)
+
+    def test_http_request_in_flight_moves_at_its_boundary(self):
+        """A POST whose body is still coming at the takeover completes (the
+        origin hashes the body it got), then the connection moves: the next
+        request is decided by the new process and reaches the origin on the
+        same upstream connection."""
+        origin = Origin()
+        self.addCleanup(origin.close)
+        listen = free_port()
+        text = self.config([("http", listen, origin.port)],
+                           [rule("api", origin.port, http=["{method: GET, path: /api/}",
+                                                           "{method: POST, path: /api/}"])],
+                           timeouts={"header": "10s"})
+        with Shunt(text, wait_port=listen) as old:
+            wait_ready(self.admin, old.proc)
+            c = socket.create_connection(("127.0.0.1", listen), timeout=15)
+            self.addCleanup(c.close)
+            f = c.makefile("rb")
+            c.sendall(request("GET", "/api/first"))
+            self.assertEqual(read_response(f).status, 200)
+            body = os.urandom(256 << 10)
+            c.sendall(request("POST", "/api/upload", headers=[("Content-Length", str(len(body)))])
+                      + body[:100 << 10])
+            time.sleep(0.3)  # the head is decided and forwarded; the body is in flight
+            new, new_log = self.take_over(old)
+            # The rest of the body, slowly, after the commit.
+            for i in range(100 << 10, len(body), 39 << 10):
+                c.sendall(body[i:i + (39 << 10)])
+                time.sleep(0.1)
+            r = read_response(f)
+            self.assertEqual(r.status, 200)
+            self.assertEqual(r.body.decode().split()[2:], [str(len(body)), digest(body)])
+            # At its boundary the connection moved: the old process lets go
+            # of it (and exits, holding nothing), the new one adopted it.
+            wait_log(new_log, r"takeover: 1 connection\(s\) arrived from pid \d+ as they reached a boundary "
+                              r"\(1 HTTP/1.1 after their request", new, timeout=15)
+            self.assertEqual(old.proc.wait(timeout=20), 0, old.output()[-3000:])
+            self.assertRegex(old.output(), r"boundary window closed after \d+ ms: 1 connection\(s\) moved as "
+                                           r"they reached a boundary \(1 HTTP/1.1 after their request.*\); "
+                                           r"0 still open here")
+            c.sendall(request("GET", "/api/after"))
+            r = read_response(f)
+            self.assertEqual(r.status, 200)
+            self.assertEqual(r.body.decode().split()[:2], ["GET", "/api/after"])
+            c.sendall(request("GET", "/private"))  # decided by the new process too: denied
+            self.assertEqual(read_response(f).status, 403)
+            # One upstream connection carried all three allowed requests.
+            self.assertEqual(origin.seen, [(0, "GET", "/api/first"), (0, "POST", "/api/upload"),
+                                           (0, "GET", "/api/after")])
+            samples = scrape(self.admin)
+            # The new process decided the last two requests only.
+            self.assertEqual(value(samples, "shunt_http_requests_total", verdict="allow", protocol="h1"), 1)
+            self.assertEqual(value(samples, "shunt_http_requests_total", verdict="deny", protocol="h1"), 1)
+            self.assertEqual(value(samples, "shunt_takeover_connections_transferred_total", datapath="copy"), 1)
+            f.close()
+            c.close()
+            self.finish(old, new)
+
+    def test_tls_half_hello_decided_by_the_new_process(self):
+        """Half a ClientHello before the takeover, the rest after: the SNI
+        is decided by the new process, and the upstream receives the hello
+        and what follows intact (it echoes them back, hashed)."""
+        upstream = ThreadedServer(echo_handler)
+        self.addCleanup(upstream.close)
+        listen = free_port()
+        text = self.config([("tls", listen, upstream.port)],
+                           [rule("tls-api", upstream.port, tls="{sni: [api.example.com]}")],
+                           timeouts={"header": "20s"})
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        outgoing = ssl.MemoryBIO()
+        tls = ctx.wrap_bio(ssl.MemoryBIO(), outgoing, server_hostname="api.example.com")
+        with self.assertRaises(ssl.SSLWantReadError):
+            tls.do_handshake()
+        hello = outgoing.read()  # a real ClientHello naming api.example.com
+        self.assertIn(b"api.example.com", hello)
+        after = os.urandom(64 << 10)
+        with Shunt(text, wait_port=listen) as old:
+            wait_ready(self.admin, old.proc)
+            c = socket.create_connection(("127.0.0.1", listen), timeout=15)
+            self.addCleanup(c.close)
+            c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            half = len(hello) // 2
+            c.sendall(hello[:half])
+            time.sleep(0.3)  # read by the old process's inspector
+            new, new_log = self.take_over(old)
+            wait_log(new_log, r"takeover: 1 connection\(s\) arrived from pid \d+ as they reached a boundary "
+                              r"\(0 HTTP/1.1 after their request, 1 TLS before their ClientHello", new, timeout=15)
+            self.assertEqual(old.proc.wait(timeout=20), 0, old.output()[-3000:])
+            c.sendall(hello[half:])
+            time.sleep(0.2)  # a client waits for the ServerHello; the hello is decided alone
+            c.sendall(after)
+            sent = hello + after
+            got = recv_exact(c, len(sent))
+            self.assertEqual(digest(got), digest(sent))
+            c.shutdown(socket.SHUT_WR)
+            self.assertEqual(c.recv(1), b"")
+            self.assertEqual(upstream.wait_results(1, timeout=10), [len(sent)])
+            samples = scrape(self.admin)
+            self.assertEqual(value(samples, "shunt_policy_decisions_total", rule="tls-api", verdict="allow"), 1)
+            self.assertEqual(value(samples, "shunt_takeover_connections_transferred_total", datapath="copy"), 1)
+            c.close()
+            self.finish(old, new)
+
+    def half_closed_pair(self, datapath):
+        """The client sends its bytes and half-closes; the upstream reads to
+        EOF, then streams back slowly. A takeover during that stream moves
+        the half-closed pair: the old process exits while the stream goes
+        on, and the client gets every byte (hashed) and the FIN."""
+        size = 3 << 20
+        received = {}
+
+        def stream_back(conn):
+            h = hashlib.sha256()
+            n = 0
+            while True:
+                data = conn.recv(1 << 16)
+                if not data:
+                    break
+                h.update(data)
+                n += len(data)
+            received["up"] = (n, h.hexdigest())
+            start = time.monotonic()
+            sent = 0
+            for chunk in pattern(size, 9):
+                conn.sendall(chunk)
+                sent += len(chunk)
+                ahead = sent / (1 << 20) - (time.monotonic() - start)  # 1 MiB/s
+                if ahead > 0:
+                    time.sleep(ahead)
+            return sent
+
+        upstream = ThreadedServer(stream_back)
+        self.addCleanup(upstream.close)
+        listen = free_port()
+        text = self.config([("bulk", listen, upstream.port)], [rule("bulk", upstream.port)], datapath=datapath)
+        with Shunt(text, wait_port=listen) as old:
+            wait_ready(self.admin, old.proc)
+            c = socket.create_connection(("127.0.0.1", listen), timeout=15)
+            self.addCleanup(c.close)
+            up = os.urandom(200 << 10)
+            c.sendall(up)
+            c.shutdown(socket.SHUT_WR)
+            h = hashlib.sha256()
+            n = 0
+
+            def read_some(limit):
+                nonlocal n
+                while n < limit:
+                    data = c.recv(min(1 << 16, limit - n))
+                    if not data:
+                        return
+                    h.update(data)
+                    n += len(data)
+
+            read_some(256 << 10)  # the stream back has begun: the pair is half-closed
+            reader = threading.Thread(target=read_some, args=(size,))
+            reader.start()
+            new, new_log = self.take_over(old)
+            # Moved at the commit or in the window just after it.
+            wait_log(new_log, r"arrived from pid \d+ as they reached a boundary", new, timeout=15)
+            text_new = read_text(new_log)
+            moved = ("0 kernel-spliced connection(s), 1 copy/splice" in text_new
+                     or "1 copy/splice once flushed or half-closed" in text_new)
+            self.assertTrue(moved, text_new[-3000:])
+            # The old process holds nothing more while the stream goes on.
+            self.assertEqual(old.proc.wait(timeout=20), 0, old.output()[-3000:])
+            self.assertTrue(reader.is_alive(), "the old process exited only once the stream had ended")
+            reader.join(timeout=30)
+            self.assertFalse(reader.is_alive())
+            self.assertEqual((n, h.hexdigest()), (size, pattern_digest(size, 9)))
+            self.assertEqual(c.recv(1), b"")  # the upstream's FIN, passed on by the new process
+            self.assertEqual(received["up"], (len(up), digest(up)))
+            self.assertEqual(upstream.wait_results(1, timeout=10), [size])
+            samples = scrape(self.admin)
+            self.assertEqual(value(samples, "shunt_takeover_connections_transferred_total", datapath=datapath), 1)
+            c.close()
+            self.finish(old, new)
+
+    def test_half_closed_copy_pair(self):
+        self.half_closed_pair("copy")
+
+    def test_half_closed_splice_pair(self):
+        self.half_closed_pair("splice")
+
+
+if __name__ == "__main__":
+    run_tests()
