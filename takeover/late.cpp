@@ -46,9 +46,9 @@ asio::awaitable<Status> receive_batch(Socket& peer, std::uint16_t version, Messa
                        Writer().str(st.error().message()).take(), {}, Clock::now() + timeouts.step);
     co_return st;
   }
-  if (Status st = send_message(peer.native_handle(), version, MessageType::adopted,
-                               Writer().u32(static_cast<std::uint32_t>(n)).take(), {},
-                               Clock::now() + timeouts.step);
+  if (Status st =
+          send_message(peer.native_handle(), version, MessageType::adopted,
+                       Writer().u32(static_cast<std::uint32_t>(n)).take(), {}, Clock::now() + timeouts.step);
       !st) {
     hooks.let_go();
     co_return st;

@@ -133,6 +133,44 @@ class InspectedTakeoverTest(unittest.TestCase):
             c.close()
             self.finish(old, new)
 
+    def test_new_process_stalled_in_the_window_the_old_keeps_the_connection(self):
+        """The new process stops answering after the commit (SIGSTOP, then
+        SIGKILL): the connection that reaches its boundary in the window is
+        not adopted in time, so the old process takes it back and serves it
+        on, the same upstream connection included."""
+        origin = Origin()
+        self.addCleanup(origin.close)
+        listen = free_port()
+        text = self.config([("http", listen, origin.port)],
+                           [rule("api", origin.port, http=["{method: GET, path: /api/}",
+                                                           "{method: POST, path: /api/}"])],
+                           timeouts={"header": "20s"})
+        with Shunt(text, wait_port=listen) as old:
+            wait_ready(self.admin, old.proc)
+            c = socket.create_connection(("127.0.0.1", listen), timeout=20)
+            self.addCleanup(c.close)
+            f = c.makefile("rb")
+            body = os.urandom(64 << 10)
+            c.sendall(request("POST", "/api/upload", headers=[("Content-Length", str(len(body)))]) + body[:1000])
+            time.sleep(0.3)
+            new, _ = self.take_over(old)
+            new.send_signal(signal.SIGSTOP)
+            c.sendall(body[1000:])  # the request completes: the connection reaches its boundary
+            r = read_response(f)
+            self.assertEqual(r.body.decode().split()[2:], [str(len(body)), digest(body)])
+            wait_log(old.log_path, r"boundary window ended early", old.proc, timeout=20)
+            new.send_signal(signal.SIGKILL)
+            new.wait()
+            c.sendall(request("GET", "/api/still-here"))
+            r = read_response(f)
+            self.assertEqual((r.status, r.body.decode().split()[:2]), (200, ["GET", "/api/still-here"]))
+            self.assertEqual(origin.seen, [(0, "POST", "/api/upload"), (0, "GET", "/api/still-here")])
+            self.assertRegex(old.output(), r"boundary window closed after \d+ ms: 0 connection\(s\) moved .*; "
+                                           r"1 still open here")
+            f.close()
+            c.close()
+            self.assertEqual(old.proc.wait(timeout=20), 0, old.output()[-3000:])
+
     def test_tls_half_hello_decided_by_the_new_process(self):
         """Half a ClientHello before the takeover, the rest after: the SNI
         is decided by the new process, and the upstream receives the hello
@@ -254,6 +292,59 @@ class InspectedTakeoverTest(unittest.TestCase):
             self.assertEqual(value(samples, "shunt_takeover_connections_transferred_total", datapath=datapath), 1)
             c.close()
             self.finish(old, new)
+
+    def mid_write_pair(self, datapath):
+        """At the commit the pair is mid-write (its client does not read,
+        so the upstream's bytes wait in the proxy's write): not movable
+        then. Once the client reads, the write completes and the pair
+        freezes at its next read, in the window, and moves: the new process
+        delivers the rest, every byte in order (hashed)."""
+        size = 24 << 20
+        got_up = {}
+
+        def blast(conn):
+            got_up["bytes"] = conn.recv(16)
+            for chunk in pattern(size, 4):
+                conn.sendall(chunk)
+            return size
+
+        upstream = ThreadedServer(blast)
+        self.addCleanup(upstream.close)
+        listen = free_port()
+        text = self.config([("bulk", listen, upstream.port)], [rule("bulk", upstream.port)], datapath=datapath)
+        with Shunt(text, wait_port=listen) as old:
+            wait_ready(self.admin, old.proc)
+            c = socket.create_connection(("127.0.0.1", listen), timeout=15)
+            self.addCleanup(c.close)
+            c.sendall(b"go")
+            time.sleep(0.5)  # every buffer on the way fills: the proxy's write waits
+            new, new_log = self.take_over(old)
+            self.assertRegex(read_text(new_log), r"complete in \d+ ms: 0 kernel-spliced connection\(s\), 0 copy/splice")
+            h = hashlib.sha256()
+            n = 0
+            while n < size:
+                data = c.recv(1 << 16)
+                if not data:
+                    break
+                h.update(data)
+                n += len(data)
+            self.assertEqual((n, h.hexdigest()), (size, pattern_digest(size, 4)))
+            wait_log(new_log, r"1 connection\(s\) arrived from pid \d+ as they reached a boundary \(0 HTTP/1.1 "
+                              r"after their request, 0 TLS before their ClientHello, 1 copy/splice", new, timeout=15)
+            self.assertEqual(got_up["bytes"], b"go")
+            self.assertEqual(old.proc.wait(timeout=20), 0, old.output()[-3000:])
+            samples = scrape(self.admin)
+            self.assertEqual(value(samples, "shunt_takeover_connections_transferred_total", datapath=datapath), 1)
+            c.shutdown(socket.SHUT_WR)
+            self.assertEqual(c.recv(1), b"")  # the upstream's FIN, from the new process
+            c.close()
+            self.finish(old, new)
+
+    def test_mid_write_copy_pair(self):
+        self.mid_write_pair("copy")
+
+    def test_mid_write_splice_pair(self):
+        self.mid_write_pair("splice")
 
     def test_half_closed_copy_pair(self):
         self.half_closed_pair("copy")

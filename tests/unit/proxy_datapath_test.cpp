@@ -185,5 +185,103 @@ TEST(SockmapPath, WithoutTheBridgeFallsBackToSplice) {
   EXPECT_EQ(observer.paths, std::vector<config::Datapath>{config::Datapath::splice});
 }
 
+// Copy and splice pairs as a takeover moves them (join.h, UserspaceHold):
+// in a boundary window a pair freezes itself once every open direction
+// waits for its source, nothing moves while it is frozen, and thawing it
+// resumes; a half-closed one is movable, its closed direction named in its
+// state, and a pair started half-closed (as the new process starts a moved
+// one) runs only its open direction.
+class UserspaceHandoffTest : public ::testing::TestWithParam<Path> {
+ protected:
+  std::future<Ending> start(HalfClosed closed = {}) {
+    pair.emplace(SocketPair{std::move(client_link.near), std::move(upstream_link.near)});
+    return GetParam() == Path::copy ? io.start(run_copy(*pair, observer, cancel, &handoff, closed))
+                                    : io.start(run_splice(*pair, observer, cancel, &handoff, closed));
+  }
+  std::vector<PairHandoff::Exported> collect() {
+    std::vector<PairHandoff::Exported> out;
+    io.run([&] { out = handoff.freeze_all([](PairKind k) { return k == PairKind::userspace; }); });
+    return out;
+  }
+  IoThread io;
+  LoopbackLink client_link = loopback_link(io.io);
+  LoopbackLink upstream_link = loopback_link(io.io);
+  std::optional<SocketPair> pair;
+  RecordingObserver observer;
+  CancelSlot cancel;
+  PairHandoff handoff;  // touched on the io thread only
+};
+
+TEST_P(UserspaceHandoffTest, FreezesItselfInAWindowAndThawsWhereItWas) {
+  const int client = client_link.far.get(), server = upstream_link.far.get();
+  set_receive_timeout(server, kWait);
+  auto done = start();
+  ASSERT_TRUE(send_all(client, "before"));
+  char buf[6];
+  ASSERT_EQ(::recv(server, buf, sizeof(buf), MSG_WAITALL), 6);
+  io.run([&] { handoff.set_window(kind_bit(PairKind::userspace)); });
+  // Both directions are back at their reads: frozen, waiting to be collected.
+  std::vector<PairHandoff::Exported> frozen;
+  for (int i = 0; i < 100 && frozen.empty(); ++i) {
+    frozen = collect();
+    if (frozen.empty()) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ASSERT_EQ(frozen.size(), 1u);
+  EXPECT_EQ(frozen[0].kind, PairKind::userspace);
+  EXPECT_FALSE(frozen[0].state.client_fin_forwarded);
+  ASSERT_TRUE(send_all(client, "while"));
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  EXPECT_EQ(observer.up, 6u);  // nothing moved while frozen
+  io.run([&] {
+    handoff.set_window(0);
+    handoff.thaw_frozen();
+  });
+  ASSERT_EQ(::recv(server, buf, 5, MSG_WAITALL), 5);
+  EXPECT_EQ(std::string(buf, 5), "while");
+  ::shutdown(client, SHUT_WR);
+  ::shutdown(server, SHUT_WR);
+  ASSERT_EQ(done.wait_for(kWait), std::future_status::ready);
+  EXPECT_FALSE(done.get().aborted);
+}
+
+TEST_P(UserspaceHandoffTest, HalfClosedPairIsMovableWithItsClosedDirection) {
+  const int client = client_link.far.get(), server = upstream_link.far.get();
+  auto done = start();
+  ASSERT_TRUE(send_all(client, "up"));
+  ::shutdown(client, SHUT_WR);
+  EXPECT_EQ(read_to_end(server), "up");  // with the FIN passed on
+  io.run([&] { handoff.set_window(kind_bit(PairKind::userspace)); });
+  std::vector<PairHandoff::Exported> frozen;
+  for (int i = 0; i < 100 && frozen.empty(); ++i) {
+    frozen = collect();
+    if (frozen.empty()) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ASSERT_EQ(frozen.size(), 1u);
+  EXPECT_TRUE(frozen[0].state.client_fin_forwarded);
+  EXPECT_FALSE(frozen[0].state.upstream_fin_forwarded);
+  // Let go (another process holds the sockets): the path ends quietly.
+  io.run([&] { handoff.let_go_frozen(); });
+  ASSERT_EQ(done.wait_for(kWait), std::future_status::ready);
+  EXPECT_EQ(done.get().reason, EndReason::taken_over);
+}
+
+TEST_P(UserspaceHandoffTest, StartedHalfClosedRunsOnlyTheOpenDirection) {
+  const int client = client_link.far.get(), server = upstream_link.far.get();
+  auto done = start(HalfClosed{.up = true, .down = false});
+  const std::string down = random_bytes(1 << 20, 3);
+  std::thread server_side([&] {
+    EXPECT_TRUE(send_all(server, down));
+    ::shutdown(server, SHUT_WR);
+  });
+  EXPECT_TRUE(read_to_end(client) == down);
+  server_side.join();
+  ASSERT_EQ(done.wait_for(kWait), std::future_status::ready);
+  EXPECT_EQ(done.get().reason, EndReason::upstream_closed);
+  EXPECT_EQ(observer.up, 0u);
+  EXPECT_EQ(observer.down, down.size());
+}
+
+INSTANTIATE_TEST_SUITE_P(Paths, UserspaceHandoffTest, ::testing::Values(Path::copy, Path::splice), name);
+
 }  // namespace
 }  // namespace shunt::proxy

@@ -99,7 +99,7 @@ class InspectTest : public ::testing::Test {
                       started,
                       draining,
                       quiet,
-                      nullptr};
+                      &boundary};
   }
   // Reads one HTTP message head (up to the blank line) and `body` bytes more.
   static std::string read_message(int fd, std::size_t body = 0) {
@@ -138,6 +138,7 @@ class InspectTest : public ::testing::Test {
   std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
   std::atomic<bool> draining{false};
   TimerQuietWatch quiet{io.io};
+  BoundaryRequest boundary;  // a takeover's boundary window (set on the io thread)
   // HTTP/2 tests: the test's client and origin peers.
   std::optional<H2Peer> h2;
   UniqueFd upstream;
@@ -321,6 +322,69 @@ TEST_F(InspectTest, HttpBusyConnectionParksAfterAQuietSpell) {
   InspectOutcome out = done.get();
   ASSERT_TRUE(out.parked);
   EXPECT_EQ(connector.calls, 1);
+  io.run([&] { out.parked.reset(); });
+}
+
+// A takeover's boundary window: a TLS connection waiting for the rest of
+// its ClientHello is handed back with the bytes read (none forwarded, no
+// upstream), and an inspection resumed from them (as the new process runs
+// it) decides on the whole hello and forwards it intact.
+TEST_F(InspectTest, TlsBoundaryHandsBackThePartialHelloAndResumesFromIt) {
+  const std::string hello = client_hello("api.example.com");
+  auto first = start_tls();
+  ASSERT_TRUE(send_all(client.far.get(), hello.substr(0, 40)));
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));  // read, waiting for more
+  io.run([&] { boundary.set(true); });
+  ASSERT_EQ(first.wait_for(kWait), std::future_status::ready);
+  InspectOutcome out = first.get();
+  ASSERT_TRUE(out.hello_pending);
+  EXPECT_FALSE(out.handover);
+  EXPECT_EQ(out.hello_pending->read, hello.substr(0, 40));
+  EXPECT_EQ(connector.calls, 0);
+  EXPECT_EQ(observer.up, 0u);
+  {
+    std::lock_guard lock(observer.mu);
+    EXPECT_TRUE(observer.decisions.empty());
+  }
+  io.run([&] {
+    boundary.set(false);
+    client.near = std::move(out.hello_pending->client);
+  });
+  auto resumed = io.start(inspect_tls(inspection(), out.hello_pending->read));
+  ASSERT_TRUE(send_all(client.far.get(), hello.substr(40)));
+  UniqueFd upstream = accept_upstream();
+  std::string got(hello.size(), '\0');
+  ASSERT_EQ(::recv(upstream.get(), got.data(), got.size(), MSG_WAITALL), static_cast<ssize_t>(hello.size()));
+  EXPECT_EQ(got, hello);
+  ASSERT_EQ(resumed.wait_for(kWait), std::future_status::ready);
+  InspectOutcome done = resumed.get();
+  ASSERT_TRUE(done.handover);
+  std::lock_guard lock(observer.mu);
+  EXPECT_EQ(observer.sni, "api.example.com");
+  ASSERT_EQ(observer.decisions.size(), 1u);
+  EXPECT_EQ(observer.decisions[0].verdict, policy::Verdict::allow);
+  io.run([&] { done.handover.reset(); });
+}
+
+// In a boundary window a busy connection (which would otherwise park only
+// after a quiet spell) parks at its next request boundary: the request in
+// flight when the window opens is answered first.
+TEST_F(InspectTest, HttpBoundaryWindowParksAfterTheRequestInFlight) {
+  flow.dst_port = 8080;
+  auto done = io.start(inspect_http(
+      inspection(),
+      HttpResume{.may_park = true, .park_after = std::chrono::seconds(30), .upstream = std::nullopt}));
+  ASSERT_TRUE(send_all(client.far.get(), "GET /ok HTTP/1.1\r\nHost: api\r\n\r\n"));
+  UniqueFd upstream = accept_upstream();
+  read_message(upstream.get());
+  io.run([&] { boundary.set(true); });  // the request is in flight
+  EXPECT_EQ(done.wait_for(std::chrono::milliseconds(150)), std::future_status::timeout);
+  ASSERT_TRUE(send_all(upstream.get(), "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi"));
+  EXPECT_EQ(read_message(client.far.get(), 2), "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi");
+  ASSERT_EQ(done.wait_for(std::chrono::seconds(2)), std::future_status::ready);  // not park_after's 30 s
+  InspectOutcome out = done.get();
+  ASSERT_TRUE(out.parked);
+  EXPECT_EQ(observer.allowed_requests, 1);
   io.run([&] { out.parked.reset(); });
 }
 
