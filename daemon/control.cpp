@@ -79,7 +79,8 @@ class Control {
         usr1_(io_, SIGUSR1),
         handover_(io_, std::move(control_socket), context, server, admin, [this] { handed_over(); }) {}
 
-  asio::io_context& io() { return io_; }
+  // The new process's side of a takeover's boundary window.
+  void receive_arrivals(TakeoverStart& start) { handover_.receive_arrivals(start); }
 
   int run() {
     handover_.start();
@@ -499,7 +500,7 @@ int run_proxy(const RunOptions& options) {
                  cfg.admin.control_socket);
 
     Control control(context, server, admin, std::move(control_socket), options, loaded_text);
-    if (takeover) receive_late_arrivals(control.io(), *takeover, context, server);
+    if (takeover) control.receive_arrivals(*takeover);
     const int rc = control.run();
     // The admin thread reads steering counters and the registry: stop it first.
     admin.stop();

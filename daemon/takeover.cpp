@@ -278,58 +278,6 @@ takeover::ControlListener finish_takeover(TakeoverStart& start, const config::Co
   return std::move(*listener);
 }
 
-void receive_late_arrivals(asio::io_context& io, TakeoverStart& start, ProxyContext& context,
-                           Server& server) {
-  if (!start.successor.boundary_window()) return;
-  UniqueFd fd = start.successor.take_socket();
-  if (!fd) return;
-  const std::uint16_t version = start.successor.version();
-  const std::uint32_t old_pid = start.successor.peer_pid();
-  auto peer = std::make_shared<Descriptor>(io, fd.release());
-  // Survivable: a failure leaves what did not arrive with the old process,
-  // which drains it.
-  guarded_spawn(
-      io, "takeover arrivals",
-      [](std::shared_ptr<Descriptor> peer, std::uint16_t version, std::uint32_t old_pid,
-         ProxyContext& context, Server& server) -> asio::awaitable<void> {
-        Moved moved;
-        takeover::ArrivalHooks hooks;
-        std::vector<TransferredConnection> batch_kinds;
-        hooks.adopt = [&](std::vector<takeover::InheritedPair> pairs) -> Status {
-          auto decoded = decode_pairs(std::move(pairs), version);
-          if (!decoded) return decoded.error();
-          batch_kinds.clear();
-          for (const AdoptedConnection& a : *decoded) batch_kinds.push_back(a.connection);
-          server.adopt(std::move(*decoded));
-          return ok_status();
-        };
-        hooks.thaw = [&] {
-          server.thaw_frozen();
-          Moved batch;
-          for (const TransferredConnection& t : batch_kinds) {
-            batch.add(t);
-            moved.add(t);
-          }
-          batch.count();
-          spdlog::debug("takeover: {} connection(s) arrived at a boundary ({})", batch.total(),
-                        batch.at_boundary());
-          // Policy on arrival, as for the others.
-          const std::size_t revoked = revoke_disallowed(*context.policy.current(), context.registry);
-          if (revoked)
-            spdlog::info("takeover: {} connection(s) arrived and revoked by this configuration", revoked);
-        };
-        hooks.let_go = [&] { server.let_go_frozen(); };
-        const takeover::ArrivalResult r =
-            co_await takeover::receive_late(*peer, version, hooks, takeover::Timeouts{});
-        boost::system::error_code ignored;
-        peer->close(ignored);
-        spdlog::info("takeover: {} connection(s) arrived from pid {} as they reached a boundary ({}){}",
-                     moved.total(), old_pid, moved.at_boundary(),
-                     r.failed ? "; then the window ended early: " + r.detail : "");
-      }(peer, version, old_pid, context, server),
-      Failure::survivable);
-}
-
 HandoverService::HandoverService(asio::io_context& io, takeover::ControlListener listener,
                                  ProxyContext& context, Server& server, AdminServer& admin,
                                  std::function<void()> handed_over)
@@ -375,6 +323,58 @@ void HandoverService::reclaim_path() {
                path);
 }
 
+void HandoverService::receive_arrivals(TakeoverStart& start) {
+  if (!start.successor.boundary_window()) return;
+  UniqueFd fd = start.successor.take_socket();
+  if (!fd) return;
+  arriving_ = true;
+  // Survivable: a failure leaves what did not arrive with the old process,
+  // which drains it.
+  guarded_spawn(io_, "takeover arrivals",
+                arrivals(std::make_shared<Descriptor>(io_, fd.release()), start.successor.version(),
+                         start.successor.peer_pid()),
+                Failure::survivable);
+}
+
+asio::awaitable<void> HandoverService::arrivals(std::shared_ptr<Descriptor> peer, std::uint16_t version,
+                                                std::uint32_t old_pid) {
+  Moved moved;
+  takeover::ArrivalHooks hooks;
+  std::vector<TransferredConnection> batch_kinds;
+  hooks.adopt = [&](std::vector<takeover::InheritedPair> pairs) -> Status {
+    auto decoded = decode_pairs(std::move(pairs), version);
+    if (!decoded) return decoded.error();
+    batch_kinds.clear();
+    for (const AdoptedConnection& a : *decoded) batch_kinds.push_back(a.connection);
+    server_.adopt(std::move(*decoded));
+    return ok_status();
+  };
+  hooks.thaw = [&] {
+    server_.thaw_frozen();
+    Moved batch;
+    for (const TransferredConnection& t : batch_kinds) {
+      batch.add(t);
+      moved.add(t);
+    }
+    batch.count();
+    spdlog::debug("takeover: {} connection(s) arrived at a boundary ({})", batch.total(),
+                  batch.at_boundary());
+    // Policy on arrival, as for those adopted at the commit.
+    const std::size_t revoked = revoke_disallowed(*context_.policy.current(), context_.registry);
+    if (revoked)
+      spdlog::info("takeover: {} connection(s) arrived and revoked by this configuration", revoked);
+  };
+  hooks.let_go = [&] { server_.let_go_frozen(); };
+  const takeover::ArrivalResult r =
+      co_await takeover::receive_late(*peer, version, hooks, takeover::Timeouts{});
+  boost::system::error_code ignored;
+  peer->close(ignored);
+  arriving_ = false;
+  spdlog::info("takeover: {} connection(s) arrived from pid {} as they reached a boundary ({}){}",
+               moved.total(), old_pid, moved.at_boundary(),
+               r.failed ? "; then the window ended early: " + r.detail : "");
+}
+
 asio::awaitable<void> HandoverService::serve() {
   const std::string path = listener_.path();
   for (;;) {
@@ -392,11 +392,16 @@ asio::awaitable<void> HandoverService::serve() {
       spdlog::warn("takeover: refused a connection on {} from another user", path);
       continue;
     }
-    if (!server_.listening()) {
-      // Its listening sockets are closed or paused: none to hand on.
+    if (!server_.listening() || arriving_) {
+      // Its listening sockets are closed or paused: none to hand on. Or it
+      // still adopts connections from the process it took over from: a
+      // second takeover now would freeze and thaw the same pairs as that
+      // window does (PairHandoff has one set of frozen pairs per worker).
+      const std::string why = arriving_ ? "this process is still receiving connections from the previous "
+                                          "takeover (for up to 15 s); try again"
+                                        : "this process is shutting down";
       (void)takeover::send_message(peer.native_handle(), takeover::kProtocolMin,
-                                   takeover::MessageType::refuse,
-                                   takeover::Writer().str("this process is shutting down").take(), {},
+                                   takeover::MessageType::refuse, takeover::Writer().str(why).take(), {},
                                    takeover::Clock::now() + std::chrono::seconds(1));
       continue;
     }
@@ -497,6 +502,7 @@ asio::awaitable<void> HandoverService::serve() {
       co_await hand_over_at_boundaries(peer, r);
       handing_over_ = false;
     } else {
+      (void)server_.boundary_candidates();  // runs after the let-go posted to every worker
       metrics().takeover_connections_stayed.fetch_add(context_.registry.size(), std::memory_order_relaxed);
     }
     co_return;

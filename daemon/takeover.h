@@ -54,13 +54,6 @@ std::optional<TakeoverStart> begin_takeover(const config::Config& config);
 takeover::ControlListener finish_takeover(TakeoverStart& start, const config::Config& config,
                                           ProxyContext& context, Server& server);
 
-// The new process, protocol version 3: after finish_takeover, receives on
-// the control thread's `io` the connections the old process hands on as
-// they reach a boundary (takeover/late.h), adopts them and re-checks them
-// against this configuration. Nothing when the old process does not.
-void receive_late_arrivals(boost::asio::io_context& io, TakeoverStart& start, ProxyContext& context,
-                           Server& server);
-
 // The control thread's side: accepts on the control socket and hands this
 // process over to one new process at a time. `handed_over` runs once a
 // takeover completed (the listeners and the path are the new process's);
@@ -74,10 +67,18 @@ class HandoverService {
   // In the boundary window after a takeover (version 3): the drain waits
   // for it, so the control connection ends with the window, not mid-batch.
   [[nodiscard]] bool handing_over() const { return handing_over_; }
+  // The new process, version 3: after finish_takeover, receives the
+  // connections the old process hands on as they reach a boundary
+  // (takeover/late.h), adopts them and re-checks them against this
+  // configuration. Nothing when the old process does not. A takeover of
+  // this process is refused until the window is over.
+  void receive_arrivals(TakeoverStart& start);
 
  private:
   boost::asio::awaitable<void> serve();
   void reclaim_path();
+  boost::asio::awaitable<void> arrivals(std::shared_ptr<boost::asio::posix::stream_descriptor> peer,
+                                        std::uint16_t version, std::uint32_t old_pid);
   // Protocol version 3, after the commit: the boundary window
   // (takeover/late.h), while this process drains.
   boost::asio::awaitable<void> hand_over_at_boundaries(boost::asio::posix::stream_descriptor& peer,
@@ -92,6 +93,7 @@ class HandoverService {
   // has no SOCK_SEQPACKET Unix protocol): accept4() does the rest.
   std::unique_ptr<boost::asio::posix::stream_descriptor> acceptor_;
   bool handing_over_ = false;
+  bool arriving_ = false;
 };
 
 }  // namespace shunt::proxy
