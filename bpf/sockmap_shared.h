@@ -16,7 +16,8 @@ struct shunt_sock_peer {
 	__u64 peer_cookie;	 /* where this socket's bytes go */
 	__u64 bytes;		 /* payload through the verdict: redirected + held */
 	__u64 held;		 /* of `bytes`, passed to this socket's own queue */
-	__u64 peer_written_base; /* bytes written to the peer before the handover */
+	__u64 peer_written_base; /* bytes written to the peer before the handover, plus
+				  * what the endpoint short-circuit wrote to it since */
 	__u32 bulk_reported;	 /* set once the bulk-transfer event has been sent */
 	__u32 holding;		 /* the peer's backlog is over the limit: hold, do not redirect */
 };
