@@ -299,6 +299,17 @@ std::string render_metrics(const ProxyContext& context, const bpf::PodSteering* 
            "itself.");
   p.sample("shunt_sockmap_held_bytes_total", {}, m.sockmap_held_bytes.load());
 
+  p.family("shunt_shortcut_bytes_total", "counter",
+           "Client -> upstream bytes the endpoint short-circuit moved by sk_msg, counted when the pair ends "
+           "(the rest of a kernel-spliced direction took sk_skb; docs/datapath.md).");
+  p.sample("shunt_shortcut_bytes_total", {}, m.shortcut_bytes.load());
+  p.family("shunt_shortcut_switches_total", "counter",
+           "Times the short-circuit's fence opened: a captured client switched from TCP to sk_msg.");
+  p.sample("shunt_shortcut_switches_total", {}, m.shortcut_switches.load());
+  p.family("shunt_shortcut_returns_to_tcp_total", "counter",
+           "Times a short-circuited client returned to TCP because the upstream socket was short of room.");
+  p.sample("shunt_shortcut_returns_to_tcp_total", {}, m.shortcut_returns.load());
+
   p.family("shunt_connections_revoked_total", "counter",
            "Open connections reset because a reload disallowed them.");
   p.sample("shunt_connections_revoked_total", {}, m.connections_revoked.load());

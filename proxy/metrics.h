@@ -111,6 +111,10 @@ struct Metrics {
   // Holds of the sockmap verdict and the bytes held (sockmap_hold.h).
   std::atomic<std::uint64_t> sockmap_holds{0};
   std::atomic<std::uint64_t> sockmap_held_bytes{0};
+  // The endpoint short-circuit, folded in when a pair ends.
+  std::atomic<std::uint64_t> shortcut_bytes{0};
+  std::atomic<std::uint64_t> shortcut_switches{0};
+  std::atomic<std::uint64_t> shortcut_returns{0};
   // shunt_connection_ends_total{reason}, indexed by EndReason.
   std::array<std::atomic<std::uint64_t>, kEndReasonSlots> connection_ends{};
   std::array<std::atomic<std::uint64_t>, kAcceptRefusalNames.size()> accept_refusals{};

@@ -76,6 +76,11 @@ class DatapathSink {
   // was over the limit) and userspace forwarded `bytes` of them
   // (shunt_sockmap_holds_total, shunt_sockmap_held_bytes_total).
   virtual void held(std::uint64_t holds, std::uint64_t bytes) = 0;
+  // The endpoint short-circuit moved `bytes` client -> upstream by sk_msg;
+  // its fence opened `switches` times and the client returned to TCP
+  // `returns` times (shunt_shortcut_bytes_total, _switches_total,
+  // _returns_to_tcp_total).
+  virtual void short_circuited(std::uint64_t bytes, std::uint64_t switches, std::uint64_t returns) = 0;
 };
 
 // One inspected HTTP request (HTTP/1.1 request or HTTP/2 stream) for its

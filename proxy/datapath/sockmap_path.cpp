@@ -406,6 +406,8 @@ class SplicedPair final : public std::enable_shared_from_this<SplicedPair>, publ
     const int target = source == up_.from_cookie ? upstream_.get() : client_.get();
     set_send_buffer(target, static_cast<int>(BufferBudget::kBoostedBufferBytes), true);
     sink_.buffer_boost(true);
+    spdlog::debug("connection {}: bulk, {} send buffer boosted", id_,
+                  source == up_.from_cookie ? "upstream" : "client");
   }
 
   // The sk_msg program asks: a client that never pauses cannot reopen the
@@ -427,7 +429,11 @@ class SplicedPair final : public std::enable_shared_from_this<SplicedPair>, publ
         endpoint_->capture(*shortcut_, std::string(client_pod_), client_.get(), up_.from_cookie,
                            down_.from_cookie, up_.from_consumed_at_handover, up_.to_written_at_handover);
     capture_retry_at_ = Clock::time_point::max();
-    if (outcome == bpf::CaptureOutcome::captured) return;
+    if (outcome == bpf::CaptureOutcome::captured) {
+      spdlog::debug("connection {}: client captured for the short-circuit ({} retries)", id_,
+                    capture_attempt_);
+      return;
+    }
     if (outcome == bpf::CaptureOutcome::blocking && capture_attempt_ < std::size(kCaptureRetries)) {
       capture_retry_at_ = Clock::now() + kCaptureRetries[capture_attempt_++];
       return;
@@ -610,6 +616,8 @@ class SplicedPair final : public std::enable_shared_from_this<SplicedPair>, publ
     // loss is visible without a debugger.
     if (endpoint_) endpoint_->release();
     const bpf::EndpointStats shortcut_stats = this->shortcut_stats();
+    if (endpoint_ && endpoint_->captured())
+      sink_.short_circuited(shortcut_stats.bytes, shortcut_stats.switches, shortcut_stats.fallbacks);
     if (shortcut_stats.switches) {
       sink_.kernel_path(Direction::up, KernelPath::sk_msg);
       spdlog::debug(
