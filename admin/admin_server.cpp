@@ -105,6 +105,13 @@ void AdminServer::stop() {
   steering_.store(nullptr, std::memory_order_release);
 }
 
+void AdminServer::stop_accepting() {
+  asio::post(io_, [this] {
+    boost::system::error_code ec;
+    acceptor_.close(ec);
+  });
+}
+
 asio::awaitable<void> AdminServer::accept_loop() {
   for (;;) {
     boost::system::error_code ec;

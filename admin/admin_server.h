@@ -53,6 +53,10 @@ class AdminServer {
   // Stops serving and joins the thread. Call before the context's steering
   // or bridge go away.
   void stop();
+  // Closes this process's copy of the listening socket (after a takeover
+  // the new process accepts from its own) and lets the requests it is
+  // serving finish: stop() would cut them off.
+  void stop_accepting();
   // The listening socket, for a takeover to hand on (borrowed).
   [[nodiscard]] int listening_fd() { return acceptor_.native_handle(); }
   [[nodiscard]] const config::Endpoint& endpoint() const { return listen_; }

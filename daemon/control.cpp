@@ -407,10 +407,14 @@ int run_proxy(const RunOptions& options) {
     // CAP_SYS_RESOURCE.
     apply_fd_budget(context, cfg.proxy.limits.max_connections);
     metrics().config_generation = 1;
-    // Up from here so probes get an answer (503) while BPF loads and
-    // listeners bind; ready once the workers accept.
+    // A first process answers from here, so probes get an answer (503)
+    // while BPF loads and listeners bind; ready once the workers accept. A
+    // new process in a takeover shares the admin socket with the old one,
+    // which answers (ready) until the commit: this one starts answering
+    // after it, ready (its 503s meanwhile would reach the old one's probes,
+    // and a request it held would die with it if it failed).
     AdminServer admin(context, cfg.admin.listen, takeover ? std::move(takeover->admin) : UniqueFd{});
-    admin.start();
+    if (!takeover) admin.start();
 
     // Only the sockmap data path needs its BPF object: with copy or splice
     // nothing is loaded (and libbpf has nothing to say).
@@ -494,6 +498,7 @@ int run_proxy(const RunOptions& options) {
                       bound.error().message());
     }
     admin.set_ready(context.steering.get());
+    if (takeover) admin.start();
     spdlog::info("shunt {} running: datapath {}{}, {} worker thread(s), config {}, control socket {}",
                  SHUNT_VERSION, config::to_string(datapath),
                  datapath == cfg.proxy.datapath ? "" : " (sockmap unavailable)", threads, cfg.source,

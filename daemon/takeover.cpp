@@ -484,9 +484,10 @@ asio::awaitable<void> HandoverService::serve() {
     }
     metrics().takeover_listeners.fetch_add(r.listeners, std::memory_order_relaxed);
     moved.count();
-    // The new process has every socket and the path: close our copies.
+    // The new process has every socket and the path: close our copies
+    // (admin requests being served finish: their clients would see resets).
     server_.release_paused();
-    admin_.stop();
+    admin_.stop_accepting();
     listener_.abandon();
     acceptor_->close(ec);
     spdlog::info(

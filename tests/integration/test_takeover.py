@@ -9,7 +9,8 @@ proxy: two throttled transfers of 100 MiB each way (hash-checked at both
 ends), an HTTP/1.1 keep-alive session under a per-request rule sending a
 request every 10 ms, a TLS session passed through on its SNI to an
 `openssl s_server` upstream (hash-checked both ways), and a loop opening new
-connections at a few hundred per second. Every one of them must move bytes
+connections at a few hundred per second, and readiness probes on the admin
+API (it moves too) every 10 ms. Every one of them must move bytes
 across every takeover; nothing may be refused or reset, every byte must
 arrive intact and every request be answered. Then the failure cases: a new
 process SIGKILLed at several points of its takeover (before and after the
@@ -35,7 +36,7 @@ import threading
 import time
 import unittest
 
-from admin_helpers import get_json, scrape, value, wait_ready
+from admin_helpers import get_json, http_get, scrape, value, wait_ready
 from h2_frames import DATA, END_STREAM, GOAWAY, HEADERS, NO_ERROR, Client, goaways, window_update
 from http_peers import Origin, read_response, request
 from shunt_harness import (PY, SHUNT_BIN, PodLab, Shunt, ThreadedServer, echo_handler, free_port, is_listening,
@@ -325,7 +326,8 @@ class Traffic:
         # the process alive (its cleanup calls finish() too).
         self.threads = [threading.Thread(target=self.transfer, args=(salt,), daemon=True) for salt in (11, 23)]
         self.threads += [threading.Thread(target=self.keep_alive, daemon=True),
-                         threading.Thread(target=self.new_connections, daemon=True)]
+                         threading.Thread(target=self.new_connections, daemon=True),
+                         threading.Thread(target=self.probes, daemon=True)]
         if tls:
             self.threads.append(threading.Thread(target=self.tls_session, daemon=True))
 
@@ -345,7 +347,7 @@ class Traffic:
     def flowing(self):
         """The counters that must grow across every takeover."""
         names = [f"transfer {salt} {way}" for salt in (11, 23) for way in ("up, received", "down, received")]
-        names += ["keep-alive requests", "new connections"]
+        names += ["keep-alive requests", "new connections", "readiness probes"]
         if self.tls:
             names += ["tls up, received", "tls down, received"]
         snapshot = self.progress.snapshot()
@@ -411,6 +413,19 @@ class Traffic:
                 self.error(f"new connection {n}", e)
             n += 1
             time.sleep(0.003)
+
+    def probes(self):
+        """/readyz every 10 ms, as a kubelet would (only much more often):
+        the admin socket moves too, and whoever answers must say ready."""
+        while not self.stop.is_set():
+            try:
+                status, _, body = http_get(self.d["admin"], "/readyz", timeout=10)
+                if status != 200:
+                    raise AssertionError(f"{status} {body!r}")
+                self.progress.add("readiness probes")
+            except Exception as e:
+                self.error("readiness probe", e)
+            time.sleep(0.01)
 
     def tls_session(self):
         try:
