@@ -317,6 +317,28 @@ class Shunt(System):
         wait_listening(procs, self.proc, self.listen_ports())
 
 
+    # Kernel-path counters read around each workload (bench/run), so a
+    # figure says how its bytes moved: by the endpoint short-circuit, held
+    # and forwarded by shunt, or (the rest) by the sk_skb verdict.
+    COUNTERS = {"sk_msg_gb": "shunt_shortcut_bytes_total", "held_gb": "shunt_sockmap_held_bytes_total"}
+
+    def counters(self):
+        if self.proc is None or self.datapath != "sockmap":
+            return {}
+        url = f"http://127.0.0.1:{self.ports.admin(self.index)}/metrics"
+        argv = ["curl", "-s", "--max-time", "5", url]
+        if self.ep.proxy_ns:
+            argv = ["ip", "netns", "exec", self.ep.proxy_ns] + argv
+        r = subprocess.run(argv, capture_output=True, text=True)
+        values = {}
+        for line in r.stdout.splitlines():
+            name, _, value = line.partition(" ")
+            for key, metric in self.COUNTERS.items():
+                if name == metric:
+                    values[key] = float(value) / 1e9
+        return values
+
+
 class ShuntHttp(Shunt):
     """shunt with a per-request HTTP rule in front of the nginx origin."""
 
