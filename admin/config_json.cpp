@@ -116,6 +116,7 @@ std::string config_to_json(const config::Config& c, std::uint64_t generation) {
   w.key("http").begin_object();
   w.field("encoded_slash", config::to_string(c.proxy.http.encoded_slash));
   w.field("invalid_escape", config::to_string(c.proxy.http.invalid_escape));
+  w.field("unexpected_body", config::to_string(c.proxy.http.unexpected_body));
   w.key("upgrade_protocols").begin_array();
   for (const auto& p : c.proxy.http.upgrade_protocols) w.value(p);
   w.end_array();

@@ -90,6 +90,8 @@ std::string_view to_string(EncodedSlash e) {
 
 std::string_view to_string(InvalidEscape e) { return e == InvalidEscape::keep ? "keep" : "reject"; }
 
+std::string_view to_string(UnexpectedBody e) { return e == UnexpectedBody::forward ? "forward" : "reject"; }
+
 std::string Diagnostic::to_string() const {
   std::string out = file;
   if (line > 0) {

@@ -48,6 +48,13 @@ enum class InvalidEscape {
   reject,  // %00, or '%' not followed by two hex digits: 400
   keep,    // %00 kept encoded; a stray '%' is forwarded as %25
 };
+// A body on GET, HEAD, DELETE, OPTIONS or TRACE (RFC 9110: no defined
+// semantics). Servers whose handlers never read one (Python's http.server,
+// CGI-style frameworks) read it as the next request, which policy never saw.
+enum class UnexpectedBody {
+  reject,   // Content-Length other than 0, or Transfer-Encoding: 400
+  forward,  // framed by its headers and forwarded, like any other body
+};
 
 std::string_view to_string(Datapath);
 std::string_view to_string(UpstreamSource);
@@ -57,6 +64,7 @@ std::string_view to_string(Action);
 std::string_view to_string(DefaultAction);
 std::string_view to_string(EncodedSlash);
 std::string_view to_string(InvalidEscape);
+std::string_view to_string(UnexpectedBody);
 
 struct Listener {
   std::string name;
@@ -92,6 +100,7 @@ struct Limits {
 struct HttpSettings {
   EncodedSlash encoded_slash = EncodedSlash::reject;
   InvalidEscape invalid_escape = InvalidEscape::reject;
+  UnexpectedBody unexpected_body = UnexpectedBody::reject;
   // Upgrade protocols (lower-case names, version ignored) that may take a
   // connection out of inspection after a 101. Other Upgrade values are
   // dropped from the forwarded request, so the connection stays HTTP.

@@ -582,6 +582,12 @@ void Loader::load_http_settings(const Field& f, HttpSettings& http) {
       http.invalid_escape = *e;
     }
   }
+  if (const Field* v = fields.get("unexpected_body")) {
+    if (auto e = choice<UnexpectedBody>(
+            *v, {{"reject", UnexpectedBody::reject}, {"forward", UnexpectedBody::forward}})) {
+      http.unexpected_body = *e;
+    }
+  }
   if (const Field* v = fields.get("upgrade_protocols")) {
     // An empty list is meaningful: no upgrade ever leaves inspection.
     http.upgrade_protocols.clear();

@@ -21,7 +21,7 @@ inline constexpr std::array<std::string_view, 6> kTimeouts{"connect", "header", 
                                                            "drain",   "keepalive", "refuse"};
 inline constexpr std::array<std::string_view, 3> kLimits{"max_connections", "max_connections_per_source",
                                                          "max_header_bytes"};
-inline constexpr std::array<std::string_view, 3> kHttp{"encoded_slash", "invalid_escape",
+inline constexpr std::array<std::string_view, 4> kHttp{"encoded_slash", "invalid_escape", "unexpected_body",
                                                        "upgrade_protocols"};
 inline constexpr std::array<std::string_view, 8> kHttp2{
     "max_concurrent_streams", "stream_window",     "connection_window",

@@ -76,6 +76,13 @@ bool take_line(std::string_view& rest, std::string_view& line) {
   return true;
 }
 
+// RFC 9110 §9.3: content on these has no generally defined semantics
+// (TRACE: must not be sent), so handlers commonly leave it unread.
+bool body_without_semantics(std::string_view method) {
+  return method == "GET" || method == "HEAD" || method == "DELETE" || method == "OPTIONS" ||
+         method == "TRACE";
+}
+
 }  // namespace
 
 void RequestHead::clear() {
@@ -126,6 +133,7 @@ std::string_view parse_head(std::string_view bytes, const config::HttpSettings& 
   bool host_seen = false;
   bool content_length = false;
   bool transfer_encoding = false;
+  bool has_body = false;  // Content-Length other than 0, or Transfer-Encoding
   for (;;) {
     if (!take_line(rest, line)) return "header line not ended by CRLF, or a bare CR or LF in it";
     if (line.empty()) break;
@@ -156,6 +164,7 @@ std::string_view parse_head(std::string_view bytes, const config::HttpSettings& 
           value.find_first_not_of("0123456789") != std::string_view::npos) {
         return "invalid Content-Length";
       }
+      has_body = value.find_first_not_of('0') != std::string_view::npos;
     } else if (lname == "transfer-encoding") {
       // Only plain `chunked`: anything else (a list, `identity`, a second
       // header) leaves some server guessing where the body ends.
@@ -163,6 +172,7 @@ std::string_view parse_head(std::string_view bytes, const config::HttpSettings& 
       transfer_encoding = true;
       if (!iequals(value, "chunked")) return "Transfer-Encoding other than chunked";
       out.chunked = true;
+      has_body = true;
     } else if (lname == "upgrade") {
       const bool ok = for_each_element(value, [&](std::string_view item) {
         const auto slash = item.find('/');
@@ -182,6 +192,13 @@ std::string_view parse_head(std::string_view bytes, const config::HttpSettings& 
   if (!rest.empty()) return "bytes after the end of the head";
   if (content_length && transfer_encoding) return "both Content-Length and Transfer-Encoding";
   if (transfer_encoding && out.http_minor == 0) return "Transfer-Encoding in an HTTP/1.0 request";
+  // CL.0 smuggling: a server whose handler never reads the body of a GET
+  // (Python's http.server, CGI-style frameworks) reads it as its next
+  // request, one policy never saw. RFC 9110 §9.3.1 names the hazard.
+  if (has_body && options.unexpected_body == config::UnexpectedBody::reject &&
+      body_without_semantics(method)) {
+    return "a body on a method whose body has no defined semantics (GET, HEAD, DELETE, OPTIONS, TRACE)";
+  }
   if (out.http_minor == 1 && !host_seen) return "HTTP/1.1 request without Host";
 
   canonical::Request c = canonical::request(method, target, host, options);

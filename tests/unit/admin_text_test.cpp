@@ -61,7 +61,7 @@ proxy:
   upstream_source: node
   timeouts: {connect: 250ms, header: 10s, idle: 1h, drain: 2m}
   limits: {max_connections: 10, max_header_bytes: 1024}
-  http: {encoded_slash: decode, invalid_escape: keep, upgrade_protocols: [WebSocket, foo]}
+  http: {encoded_slash: decode, invalid_escape: keep, unexpected_body: forward, upgrade_protocols: [WebSocket, foo]}
 steering: {intercept_ports: [80, 443], on_proxy_down: fail_open}
 admin: {listen: 127.0.0.1:15000}
 log: {level: debug, access: off}
@@ -91,7 +91,8 @@ policy:
       R"("datapath":"splice","upstream_source":"node","timeouts":{"connect":"250ms","header":"10s","idle":"1h","drain":"2m",)"
       R"("keepalive":"15s","refuse":"5s"},"limits":{"max_connections":10,"max_connections_per_source":10,)"
       R"("max_header_bytes":1024},)"
-      R"("http":{"encoded_slash":"decode","invalid_escape":"keep","upgrade_protocols":["websocket","foo"]},)"
+      R"("http":{"encoded_slash":"decode","invalid_escape":"keep","unexpected_body":"forward",)"
+      R"("upgrade_protocols":["websocket","foo"]},)"
       R"("http2":{"max_concurrent_streams":100,"stream_window":262144,"connection_window":4194304,)"
       R"("max_continuations":8,"reset_burst":1000,"reset_rate":33,"control_frame_burst":1000,)"
       R"("control_frame_rate":100}},"steering":{"intercept_ports":[80,443],"on_proxy_down":"fail_open","attach":"auto"},)"

@@ -328,6 +328,8 @@ TEST(ConfigValidation, ProxyHttpSettings) {
               HasSubstr("'encoded_slash' must be one of reject | keep | decode, got 'allow'"));
   EXPECT_THAT(error(with("{invalid_escape: decode}")),
               HasSubstr("'invalid_escape' must be one of reject | keep"));
+  EXPECT_THAT(error(with("{unexpected_body: allow}")),
+              HasSubstr("'unexpected_body' must be one of reject | forward"));
   EXPECT_THAT(error(with("{upgrade_protocols: [h2c]}")), HasSubstr("'h2c' cannot be allowed"));
   EXPECT_THAT(error(with("{upgrade_protocols: [\"web socket\"]}")), HasSubstr("is not an HTTP token"));
   EXPECT_THAT(error(with("{encoded_slashes: keep}")), HasSubstr("did you mean 'encoded_slash'?"));
@@ -336,9 +338,12 @@ TEST(ConfigValidation, ProxyHttpSettings) {
   ASSERT_TRUE(defaults.config);
   EXPECT_EQ(defaults.config->proxy.http.encoded_slash, EncodedSlash::reject);
   EXPECT_EQ(defaults.config->proxy.http.invalid_escape, InvalidEscape::reject);
+  EXPECT_EQ(defaults.config->proxy.http.unexpected_body, UnexpectedBody::reject);
   EXPECT_EQ(defaults.config->proxy.http.upgrade_protocols, std::vector<std::string>{"websocket"});
-  const LoadResult set = parse_config(with("{encoded_slash: decode, upgrade_protocols: []}"), "t.yaml");
+  const LoadResult set = parse_config(
+      with("{encoded_slash: decode, unexpected_body: forward, upgrade_protocols: []}"), "t.yaml");
   ASSERT_TRUE(set.config);
+  EXPECT_EQ(set.config->proxy.http.unexpected_body, UnexpectedBody::forward);
   EXPECT_EQ(set.config->proxy.http.encoded_slash, EncodedSlash::decode);
   EXPECT_TRUE(set.config->proxy.http.upgrade_protocols.empty());
 }

@@ -236,6 +236,13 @@ TEST(HttpRequestParser, StrictHeadRefusesAmbiguity) {
       "GET /api\\admin HTTP/1.1\r\nHost: h\r\n\r\n",
       // Upgrade values that are not tokens
       "GET / HTTP/1.1\r\nHost: h\r\nUpgrade: web socket\r\n\r\n",
+      // a body where handlers do not read one (proxy.http.unexpected_body)
+      "GET / HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello",
+      "HEAD / HTTP/1.1\r\nHost: h\r\nContent-Length: 05\r\n\r\nhello",
+      "DELETE / HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello",
+      "OPTIONS / HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello",
+      "TRACE / HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello",
+      "GET / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
   };
   for (const std::string& input : bad) {
     RequestParser parser;
@@ -244,6 +251,40 @@ TEST(HttpRequestParser, StrictHeadRefusesAmbiguity) {
     ASSERT_FALSE(events.empty()) << input;
     EXPECT_EQ(events.back().kind, RequestEvent::error) << input;
     EXPECT_TRUE(heads.empty()) << input;  // no head is ever reported for these
+  }
+}
+
+TEST(HttpRequestParser, UnexpectedBodyPerOption) {
+  // CL.0: Python's http.server reads an unread GET body as the next request.
+  const std::string get =
+      "GET /a HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhelloGET /b HTTP/1.1\r\nHost: h\r\n\r\n";
+  {
+    RequestParser parser;
+    const auto events = events_of(parser, get);
+    ASSERT_EQ(events.size(), 1u);
+    EXPECT_EQ(events[0].kind, RequestEvent::error);
+  }
+  {
+    config::HttpSettings forward;
+    forward.unexpected_body = config::UnexpectedBody::forward;
+    RequestParser parser(forward);
+    const auto events = events_of(parser, get);
+    const std::vector<Event> want = {{RequestEvent::head, 47},
+                                     {RequestEvent::message_end, 52},
+                                     {RequestEvent::head, 80},
+                                     {RequestEvent::message_end, 80}};
+    EXPECT_EQ(events, want);
+  }
+  // An empty body says nothing ambiguous; POST and PUT bodies are theirs.
+  for (const std::string input :
+       {"GET / HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n",
+        "DELETE / HTTP/1.1\r\nHost: h\r\nContent-Length: 000\r\n\r\n",
+        "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello",
+        "PUT / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"}) {
+    RequestParser parser;
+    const auto events = events_of(parser, input);
+    ASSERT_EQ(events.size(), 2u) << input;
+    EXPECT_EQ(events[1].kind, RequestEvent::message_end) << input;
   }
 }
 
