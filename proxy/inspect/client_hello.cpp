@@ -8,6 +8,9 @@
 #include <openssl/ssl.h>
 #include <openssl/tls1.h>
 
+#include <algorithm>
+#include <string_view>
+
 namespace shunt::proxy::tls {
 
 namespace {
@@ -30,23 +33,33 @@ SSL_CTX* hello_context() {
 
 // server_name extension body (RFC 6066 3): ServerNameList
 //   uint16 list length, then entries { uint8 type; uint16 length; bytes }.
-// OpenSSL has located the extension; this only walks its list for the
-// host_name entry.
+// OpenSSL has located the extension; this reads its list, which must be
+// exactly one host_name entry filling it, naming a DNS host (letters,
+// digits, '-', '_', '.'; one trailing dot allowed). Anything else is
+// nullopt, and the hello is refused (feed: not_tls): servers disagree on
+// it (with two names OpenSSL and Go refuse the hello, others take the
+// first or the last; a NUL ends the name in C), so the name shunt decides
+// on might not be the one the server routes by.
 std::optional<std::string> host_name_of(const unsigned char* p, std::size_t len) {
-  if (len < 2) return std::nullopt;
-  std::size_t list = (std::size_t{p[0]} << 8) | p[1];
-  p += 2;
-  len -= 2;
-  if (list > len) return std::nullopt;
-  while (list >= 3) {
-    const unsigned type = p[0];
-    const std::size_t n = (std::size_t{p[1]} << 8) | p[2];
-    if (n > list - 3) return std::nullopt;
-    if (type == TLSEXT_NAMETYPE_host_name) return std::string(reinterpret_cast<const char*>(p + 3), n);
-    p += 3 + n;
-    list -= 3 + n;
+  if (len < 5) return std::nullopt;
+  const std::size_t list = (std::size_t{p[0]} << 8) | p[1];
+  const unsigned type = p[2];
+  const std::size_t n = (std::size_t{p[3]} << 8) | p[4];
+  if (list != len - 2 || type != TLSEXT_NAMETYPE_host_name || n != list - 3 || n == 0 || n > 254)
+    return std::nullopt;
+  std::string name(reinterpret_cast<const char*>(p + 5), n);
+  const bool chars = std::all_of(name.begin(), name.end(), [](char ch) {
+    const auto c = static_cast<unsigned char>(ch);
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' ||
+           c == '_' || c == '.';
+  });
+  std::string_view labels(name);
+  if (labels.back() == '.') labels.remove_suffix(1);
+  if (!chars || labels.empty() || labels.front() == '.' || labels.back() == '.' ||
+      labels.find("..") != std::string_view::npos) {
+    return std::nullopt;
   }
-  return std::nullopt;
+  return name;
 }
 
 }  // namespace
@@ -81,6 +94,7 @@ int ClientHelloReader::on_client_hello(SSL* ssl, int* alert, void*) {
   std::size_t ext_len = 0;
   if (SSL_client_hello_get0_ext(ssl, TLSEXT_TYPE_server_name, &ext, &ext_len) == 1) {
     self->sni_ = host_name_of(ext, ext_len);
+    self->bad_sni_ = !self->sni_;
   }
   self->hello_seen_ = true;
   // Suspend here: nothing past the ClientHello is wanted, and suspending
@@ -99,7 +113,7 @@ ClientHelloReader::State ClientHelloReader::feed(const char* data, std::size_t n
   ERR_clear_error();
   const int rc = SSL_do_handshake(ssl_);
   if (hello_seen_) {
-    state_ = State::done;
+    state_ = bad_sni_ ? State::not_tls : State::done;
   } else if (rc <= 0 && SSL_get_error(ssl_, rc) == SSL_ERROR_WANT_READ) {
     state_ = State::need_more;
   } else {

@@ -18,7 +18,7 @@ class ClientHelloReader {
   enum class State {
     need_more,  // the ClientHello is not complete yet
     done,       // the callback fired: sni() is final
-    not_tls,    // the bytes are not a TLS ClientHello
+    not_tls,    // the bytes are not a TLS ClientHello, or its server_name is not one host name
     too_large,  // more than max_bytes fed without a complete ClientHello
   };
 
@@ -43,6 +43,7 @@ class ClientHelloReader {
   ssl_st* ssl_ = nullptr;
   State state_ = State::need_more;
   bool hello_seen_ = false;
+  bool bad_sni_ = false;  // a server_name that is not one well-formed host name: refused
   std::optional<std::string> sni_;
 };
 

@@ -111,7 +111,7 @@ asio::awaitable<InspectOutcome> read_and_decide(Inspection& in, std::optional<tc
   if (state != tls::ClientHelloReader::State::done) {
     spdlog::info("connection {}: {}; resetting", id,
                  state == tls::ClientHelloReader::State::not_tls
-                     ? "first bytes are not a TLS ClientHello"
+                     ? "first bytes are not a TLS ClientHello with one well-formed server name"
                      : "ClientHello larger than limits.max_header_bytes");
     in.observer.decided(policy::Decision{policy::Verdict::deny, "", "no usable ClientHello"});
     out.ending.note(EndReason::bad_request);

@@ -62,14 +62,15 @@ http {{
 
 class Nginx:
     """nginx on loopback; `entries()` reads its access log back as
-    (server_name, host, request_uri, uri, x_role) tuples."""
+    (server_name, host, request_uri, uri, x_role) tuples (the fields of
+    `conf`'s log format, NGINX_CONF's by default)."""
 
-    def __init__(self):
+    def __init__(self, conf_text=NGINX_CONF):
         self.dir = tempfile.mkdtemp(prefix="shunt-nginx-")
         self.port = free_port()
         conf = os.path.join(self.dir, "nginx.conf")
         with open(conf, "w") as f:
-            f.write(NGINX_CONF.format(dir=self.dir, port=self.port))
+            f.write(conf_text.format(dir=self.dir, port=self.port))
         self.proc = subprocess.Popen(["nginx", "-c", conf, "-p", self.dir], stdout=subprocess.DEVNULL,
                                      stderr=subprocess.STDOUT)
         wait_for_port("127.0.0.1", self.port, proc=self.proc)

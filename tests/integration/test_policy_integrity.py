@@ -8,12 +8,23 @@ next request. docs/policy.md ("Framing", "What an adversarial review
 probed") lists every class tried.
 """
 import http.server
+import socket
+import ssl
 import threading
 import time
 import unittest
 
-from shunt_harness import closing, free_port, proxy_config, rule, run_tests, start_class_shunt, wait_for_port
-from test_http_bypass import Nginx, exchange, statuses
+import h2_frames as h2
+from shunt_harness import (ThreadedServer, closing, free_port, proxy_config, rule, run_tests, start_class_shunt,
+                           wait_for_port)
+from test_http_bypass import NGINX_CONF, Nginx, exchange, statuses
+
+# The same two virtual hosts, spoken as prior-knowledge HTTP/2; the log
+# says which method each request was served as.
+NGINX_H2_CONF = (NGINX_CONF.replace("default_server;", "http2 default_server;")
+                 .replace("listen 127.0.0.1:{port};", "listen 127.0.0.1:{port} http2;")
+                 .replace("'$server_name|$host|$request_uri|$uri|$http_x_role'",
+                          "'$server_name|$host|$request_uri|$uri|$request_method'"))
 
 SMUGGLED = b"GET /api/admin/keys HTTP/1.1\r\nHost: api.local\r\n\r\n"
 
@@ -78,11 +89,36 @@ class PlainOrigin:
 
 def config(p):
     rules = []
-    for name, port in (("nginx", p["nginx"]), ("py", p["py"])):
+    for name, port in (("nginx", p["nginx"]), ("py", p["py"]), ("h2", p["h2"])):
         rules += [rule(f"{name}-api", port, http=["{path: /api/}"]),
-                  rule(f"{name}-deny", port, "deny", http=["{path: /api/admin}"])]
-    return proxy_config([("to-nginx", p["listen_nginx"], p["nginx"]), ("to-py", p["listen_py"], p["py"])], rules,
-                        datapath="sockmap", timeouts={"drain": "1s"}, admin=p["admin"], log="debug")
+                  rule(f"{name}-deny", port, "deny", http=["{path: /api/admin}", "{method: DELETE}"])]
+    rules.append(rule("tls", p["tls"], tls='{sni: ["*.example.com"]}'))
+    listeners = [("to-nginx", p["listen_nginx"], p["nginx"]), ("to-py", p["listen_py"], p["py"]),
+                 ("to-h2", p["listen_h2"], p["h2"]), ("to-tls", p["listen_tls"], p["tls"])]
+    return proxy_config(listeners, rules, datapath="sockmap", timeouts={"drain": "1s", "header": "2s"},
+                        admin=p["admin"], log="debug")
+
+
+def client_hello(server_name):
+    """The first flight of Python's TLS client naming `server_name`."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    try:
+        ctx.wrap_bio(incoming, outgoing, server_hostname=server_name).do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    return outgoing.read()
+
+
+def first_bytes(conn):
+    """A passthrough upstream: what reached it first."""
+    conn.settimeout(5)
+    try:
+        return conn.recv(65536)
+    except OSError:
+        return b""
 
 
 class PolicyIntegrity(unittest.TestCase):
@@ -90,7 +126,10 @@ class PolicyIntegrity(unittest.TestCase):
     def setUpClass(cls):
         cls.nginx = closing(cls, Nginx())
         cls.py = closing(cls, PlainOrigin())
+        cls.h2 = closing(cls, Nginx(NGINX_H2_CONF))
+        cls.tls = closing(cls, ThreadedServer(first_bytes))
         cls.ports = dict(listen_nginx=free_port(), listen_py=free_port(), nginx=cls.nginx.port, py=cls.py.port,
+                         listen_h2=free_port(), h2=cls.h2.port, listen_tls=free_port(), tls=cls.tls.port,
                          admin=free_port())
         cls.shunt = start_class_shunt(cls, config(cls.ports), cls.ports["listen_py"])
         wait_for_port("127.0.0.1", cls.ports["listen_nginx"])
@@ -112,6 +151,9 @@ class PolicyIntegrity(unittest.TestCase):
             self.assertFalse(entry[3].startswith("/api/admin"), entry)
         for line in py:
             self.assertNotIn("/api/admin", line)
+        for entry in self.h2.entries():
+            self.assertFalse(entry[3].startswith("/api/admin"), entry)
+            self.assertNotEqual(entry[4].upper(), "DELETE", entry)
 
     def test_body_where_handlers_read_none_is_refused(self):
         """CL.0: a body on GET (HEAD, DELETE, OPTIONS, TRACE) is the next
@@ -138,6 +180,40 @@ class PolicyIntegrity(unittest.TestCase):
                     self.assertEqual(statuses(answer), [200], answer[:200])
                     if name == "py":
                         self.assertTrue(self.settled()[1][-1].startswith(want))
+
+
+    def hello_reaches_upstream(self, hello):
+        """Sends `hello` to the TLS listener: whether the passthrough upstream got it."""
+        before = len(self.tls.results)
+        with socket.create_connection(("127.0.0.1", self.ports["listen_tls"]), timeout=5) as s:
+            s.sendall(hello)
+            try:
+                while s.recv(65536):
+                    pass
+            except OSError:
+                pass  # refused: reset
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline and len(self.tls.results) == before:
+            time.sleep(0.02)
+        with self.tls.lock:
+            return hello in self.tls.results[before:]
+
+    def test_server_name_other_than_one_host_name_is_refused(self):
+        """A server_name list with two names (shunt decided on the first;
+        servers pick one or refuse), or a name with a NUL, is reset before
+        the upstream is connected. The 25 bytes of a 20-byte name's list are
+        overwritten in place, so every length around them stays right."""
+        name = b"api0123.example.com."
+        hello = client_hello(name.decode())
+        at = hello.index(name) - 5
+        self.assertEqual(hello[at:at + 5], b"\x00\x17\x00\x00\x14")
+        self.assertTrue(self.hello_reaches_upstream(hello))
+        for server_names in (b"\x00\x17" + b"\x00\x00\x0e" + b"aa.example.com" + b"\x00\x00\x03" + b"adm",
+                             b"\x00\x17\x00\x00\x14" + b"admin\x00xy.example.com"):
+            with self.subTest(server_names=server_names):
+                patched = hello[:at] + server_names + hello[at + 25:]
+                self.assertEqual(len(patched), len(hello))
+                self.assertFalse(self.hello_reaches_upstream(patched))
 
 
 if __name__ == "__main__":

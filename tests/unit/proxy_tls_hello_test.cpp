@@ -56,6 +56,66 @@ TEST(ClientHelloReader, NoServerName) {
   EXPECT_FALSE(reader.sni().has_value());
 }
 
+// A real hello whose server_name list (25 bytes for a 20-byte name) is
+// overwritten with `list`, same length: servers disagree on such lists, so
+// none of them is decided on.
+TEST(ClientHelloReader, ServerNameOtherThanOneHostNameIsRefused) {
+  const std::string name = "api0123.example.com.";
+  ASSERT_EQ(name.size(), 20u);
+  const std::string hello = client_hello(name.c_str());
+  const std::size_t at = hello.find(name);
+  ASSERT_NE(at, std::string::npos);
+  ASSERT_EQ(hello.substr(at - 5, 5), std::string("\x00\x17\x00\x00\x14", 5));
+  {
+    ClientHelloReader reader(65536);
+    EXPECT_EQ(reader.feed(hello.data(), hello.size()), ClientHelloReader::State::done);
+    EXPECT_EQ(reader.sni().value_or(""), name);  // one trailing dot is a host name (policy drops it)
+  }
+  const std::string bad[] = {
+      // two host_name entries: OpenSSL and Go refuse, other servers pick one
+      std::string("\x00\x17\x00\x00\x0b"
+                  "api.example"
+                  "\x00\x00\x06"
+                  "admin.",
+                  25),
+      // another type first, then a host name
+      std::string("\x00\x17\x01\x00\x03"
+                  "xyz"
+                  "\x00\x00\x0e"
+                  "admin.example.",
+                  25),
+      // a NUL, a space, a slash, an empty label, a leading dot
+      std::string("\x00\x17\x00\x00\x14"
+                  "api.example.com\0evil",
+                  25),
+      std::string("\x00\x17\x00\x00\x14"
+                  "api.example.com evil",
+                  25),
+      std::string("\x00\x17\x00\x00\x14"
+                  "api.example.com/evil",
+                  25),
+      std::string("\x00\x17\x00\x00\x14"
+                  "api..example.com.xyz",
+                  25),
+      std::string("\x00\x17\x00\x00\x14"
+                  ".api.example.com.xyz",
+                  25),
+      // an entry shorter than the list: the rest is junk another reader may take
+      std::string("\x00\x17\x00\x00\x0b"
+                  "api.example"
+                  "\xff\xff\xff\xff\xff\xff\xff\xff\xff",
+                  25),
+  };
+  for (const std::string& list : bad) {
+    std::string patched = hello;
+    patched.replace(at - 5, 25, list);
+    ClientHelloReader reader(65536);
+    EXPECT_EQ(reader.feed(patched.data(), patched.size()), ClientHelloReader::State::not_tls)
+        << ::testing::PrintToString(list);
+    EXPECT_FALSE(reader.sni().has_value());
+  }
+}
+
 TEST(ClientHelloReader, NotTls) {
   ClientHelloReader reader(65536);
   const std::string http = "GET / HTTP/1.1\r\nHost: x\r\n\r\n";
