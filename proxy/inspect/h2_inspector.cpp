@@ -526,6 +526,12 @@ void H2Proxy::decide(Stream& s) {
   const std::string* host_header = find_header(s.headers, "host");
   std::string_view reject;
   if (s.method == "CONNECT") reject = "CONNECT over HTTP/2 is not inspected";
+  // Methods are case-sensitive and `{method: DELETE}` matches only that
+  // spelling, but some upstreams fold case (Werkzeug upper-cases the
+  // method): `delete` would pass the deny and be served as DELETE. HTTP/1.1
+  // never gets here with one (llhttp knows upper-case methods only).
+  else if (std::any_of(s.method.begin(), s.method.end(), [](char c) { return c >= 'a' && c <= 'z'; }))
+    reject = ":method with lower-case letters";
   // :authority and Host naming different hosts is ambiguous (RFC 9113 §8.3.1
   // says to prefer :authority; shunt refuses instead of choosing).
   else if (host_header && !s.authority.empty() && *host_header != s.authority)

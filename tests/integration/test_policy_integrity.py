@@ -182,6 +182,33 @@ class PolicyIntegrity(unittest.TestCase):
                         self.assertTrue(self.settled()[1][-1].startswith(want))
 
 
+    def h2_status(self, method, path="/api/ok"):
+        """(status, body) of one HTTP/2 stream through shunt."""
+        c = h2.Client(self.ports["listen_h2"], timeout=5)
+        try:
+            block = c.encoder.encode([(":method", method), (":scheme", "http"), (":path", path),
+                                      (":authority", "api.local")])
+            c.send(h2.frame(h2.HEADERS, h2.END_HEADERS | h2.END_STREAM, 1, block))
+            status, body, _ = c.response(1, timeout=5)
+            return status, body
+        finally:
+            c.close()
+
+    def test_h2_method_case_is_not_a_way_around_a_method_deny(self):
+        """`{method: DELETE}` is a deny; `delete` over HTTP/2 missed it and
+        was forwarded (an upstream that folds case, as Werkzeug does, serves
+        it as DELETE). HTTP/1.1 refuses such methods in llhttp already."""
+        self.assertEqual(self.h2_status("GET"), (200, b"api /api/ok\n"))
+        self.assertEqual(self.h2_status("DELETE")[0], 403)
+        for method in ("delete", "Delete", "get"):
+            with self.subTest(method=method):
+                before = len(self.h2.entries())
+                self.assertEqual(self.h2_status(method), (400, b"Bad Request\n"))
+                time.sleep(0.1)
+                self.assertEqual(len(self.h2.entries()), before, "the upstream received the stream")
+        answer = exchange(self.ports["listen_nginx"], b"delete /api/ok HTTP/1.1\r\nHost: api.local\r\n\r\n")
+        self.assertEqual(statuses(answer), [400], answer)
+
     def hello_reaches_upstream(self, hello):
         """Sends `hello` to the TLS listener: whether the passthrough upstream got it."""
         before = len(self.tls.results)
