@@ -173,6 +173,15 @@ std::string_view parse_head(std::string_view bytes, const config::HttpSettings& 
       if (!iequals(value, "chunked")) return "Transfer-Encoding other than chunked";
       out.chunked = true;
       has_body = true;
+    } else if (lname == "connection") {
+      // A hop-by-hop proxy behind shunt drops the fields Connection names:
+      // `Connection: Content-Length` leaves the body unframed there, to be
+      // read as the next request; `Connection: Host` routes it elsewhere.
+      const bool ok = for_each_element(value, [](std::string_view item) {
+        return !iequals(item, "content-length") && !iequals(item, "transfer-encoding") &&
+               !iequals(item, "host");
+      });
+      if (!ok) return "Connection names Content-Length, Transfer-Encoding or Host";
     } else if (lname == "upgrade") {
       const bool ok = for_each_element(value, [&](std::string_view item) {
         const auto slash = item.find('/');

@@ -170,6 +170,19 @@ class PolicyIntegrity(unittest.TestCase):
                         self.assertEqual(statuses(answer), [400], answer[:200])
                         self.assertEqual(self.settled(), before, "the upstream received the request")
 
+    def test_connection_naming_framing_or_host_is_refused(self):
+        """A hop-by-hop proxy behind shunt drops what Connection names: the
+        body below would be the next request there."""
+        for option in (b"Content-Length", b"transfer-encoding", b"keep-alive, Host"):
+            payload = (b"POST /api/ok HTTP/1.1\r\nHost: api.local\r\nConnection: " + option +
+                       b"\r\nContent-Length: %d\r\n\r\n%s" % (len(SMUGGLED), SMUGGLED))
+            for name in ("nginx", "py"):
+                with self.subTest(option=option, upstream=name):
+                    before = self.settled()
+                    answer = exchange(self.ports["listen_" + name], payload)
+                    self.assertEqual(statuses(answer), [400], answer[:200])
+                    self.assertEqual(self.settled(), before, "the upstream received the request")
+
     def test_empty_bodies_and_post_bodies_still_pass(self):
         for payload, want in (
                 (b"GET /api/ok HTTP/1.1\r\nHost: api.local\r\nContent-Length: 0\r\n\r\n", "GET /api/ok"),

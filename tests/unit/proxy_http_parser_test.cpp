@@ -243,6 +243,12 @@ TEST(HttpRequestParser, StrictHeadRefusesAmbiguity) {
       "OPTIONS / HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello",
       "TRACE / HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello",
       "GET / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+      // Connection naming framing or routing fields: a hop-by-hop proxy upstream drops them
+      "POST / HTTP/1.1\r\nHost: h\r\nConnection: keep-alive, Content-Length\r\nContent-Length: "
+      "5\r\n\r\nhello",
+      "POST / HTTP/1.1\r\nHost: h\r\nConnection: transfer-encoding\r\nTransfer-Encoding: "
+      "chunked\r\n\r\n0\r\n\r\n",
+      "GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\nConnection: HOST\r\n\r\n",
   };
   for (const std::string& input : bad) {
     RequestParser parser;
