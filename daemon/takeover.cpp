@@ -60,6 +60,7 @@ struct Moved {
   std::size_t userspace = 0;
   std::size_t parked_http = 0;
   std::size_t tls_hello = 0;
+  std::size_t http_first = 0;
 
   void add(const TransferredConnection& t) {
     ++by_datapath[static_cast<std::size_t>(t.datapath)];
@@ -76,22 +77,28 @@ struct Moved {
       case PairKind::tls_hello:
         ++tls_hello;
         break;
+      case PairKind::http_first:
+        ++http_first;
+        break;
     }
   }
-  [[nodiscard]] std::size_t total() const { return kernel_spliced + userspace + parked_http + tls_hello; }
+  [[nodiscard]] std::size_t total() const {
+    return kernel_spliced + userspace + parked_http + tls_hello + http_first;
+  }
   void merge(const Moved& o) {
     for (std::size_t i = 0; i < by_datapath.size(); ++i) by_datapath[i] += o.by_datapath[i];
     kernel_spliced += o.kernel_spliced;
     userspace += o.userspace;
     parked_http += o.parked_http;
     tls_hello += o.tls_hello;
+    http_first += o.http_first;
   }
   // The boundary window's line (version 3).
   [[nodiscard]] std::string at_boundary() const {
     return fmt::format(
-        "{} HTTP/1.1 after their request, {} TLS before their ClientHello, {} copy/splice once flushed or "
-        "half-closed, {} kernel-spliced",
-        parked_http, tls_hello, userspace, kernel_spliced);
+        "{} HTTP/1.1 after their request, {} TLS before their ClientHello, {} HTTP/1.1 before their first "
+        "request, {} copy/splice once flushed or half-closed, {} kernel-spliced",
+        parked_http, tls_hello, http_first, userspace, kernel_spliced);
   }
   // "K kernel-spliced connection(s), U copy/splice ... and H HTTP/1.1 ...".
   [[nodiscard]] std::string text() const {
@@ -120,9 +127,10 @@ Result<std::vector<AdoptedConnection>> decode_pairs(std::vector<takeover::Inheri
   for (auto& p : pairs) {
     auto t = decode_connection(p.state, version);
     if (!t) return SysError{EBADMSG, "a transferred connection's state does not decode"};
-    // A TLS connection waiting for its ClientHello has no upstream yet;
+    // A connection waiting for its ClientHello or first request head has
+    // no upstream yet;
     // every other kind is a pair.
-    const bool single = t->kind == PairKind::tls_hello;
+    const bool single = t->kind == PairKind::tls_hello || t->kind == PairKind::http_first;
     if (single != !p.upstream)
       return SysError{EBADMSG,
                       "connection " + std::to_string(t->id) + ": its sockets are not the ones it names"};
@@ -451,6 +459,7 @@ asio::awaitable<void> HandoverService::serve() {
           case PairKind::userspace:
             return kinds.userspace;
           case PairKind::tls_hello:  // exist only in the boundary window
+          case PairKind::http_first:
             return false;
         }
         return false;
@@ -512,7 +521,7 @@ asio::awaitable<void> HandoverService::serve() {
 
 asio::awaitable<void> HandoverService::hand_over_at_boundaries(Descriptor& peer,
                                                                const takeover::HandoverResult& handover) {
-  PairKindSet kinds = kind_bit(PairKind::tls_hello);
+  PairKindSet kinds = kind_bit(PairKind::tls_hello) | kind_bit(PairKind::http_first);
   if (handover.kinds.parked_http) kinds |= kind_bit(PairKind::parked_http);
   if (handover.kinds.userspace) kinds |= kind_bit(PairKind::userspace);
   if (handover.kinds.kernel_spliced) kinds |= kind_bit(PairKind::kernel_spliced);

@@ -87,7 +87,7 @@ std::optional<TransferredConnection> decode_connection(std::string_view state, s
   if (datapath > static_cast<std::uint8_t>(config::Datapath::copy)) return std::nullopt;
   t.datapath = static_cast<config::Datapath>(datapath);
   const std::uint8_t kind = r.u8();
-  const PairKind last = version >= takeover::kProtocolBoundary ? PairKind::tls_hello : PairKind::userspace;
+  const PairKind last = version >= takeover::kProtocolBoundary ? PairKind::http_first : PairKind::userspace;
   if (kind > static_cast<std::uint8_t>(last)) return std::nullopt;
   t.kind = static_cast<PairKind>(kind);
   DecisionBasis& b = t.basis;

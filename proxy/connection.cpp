@@ -100,8 +100,8 @@ void Connection::adopt(ProxyContext& proxy, WorkerContext& worker, const config:
     self->parked_ = t.kind == PairKind::parked_http;
     self->adopted_pending_forward_ = t.kind == PairKind::userspace;
     self->adopted_closed_ = HalfClosed{t.state.client_fin_forwarded, t.state.upstream_fin_forwarded};
-    self->hello_pending_ = t.kind == PairKind::tls_hello;
-    self->hello_read_ = t.pending;
+    self->client_pending_ = t.kind == PairKind::tls_hello || t.kind == PairKind::http_first;
+    self->client_read_ = t.pending;
     // The data path reads its baselines from the kernel, as after an
     // inspection (should it hand the pair to the sockmap).
     if (self->adopted_pending_forward_) self->inspected_ = true;
@@ -391,44 +391,46 @@ asio::awaitable<bool> Connection::inspect(policy::Inspect kind, policy::Flow flo
     }
   };
   InspectOutcome out;
-  if (kind == policy::Inspect::tls) {
-    for (;;) {
-      {
-        const Inflight inflight(*this);
+  for (;;) {
+    {
+      const Inflight inflight(*this);
+      if (kind == policy::Inspect::tls) {
         out = co_await inspect_tls(inspection(std::move(sockets_.client), flow),
-                                   std::exchange(hello_read_, {}));
-      }
-      if (!out.hello_pending) break;
-      // Handed back in a boundary window before its ClientHello was
-      // complete: frozen here until the takeover collects it, or (the
-      // window closed meanwhile) inspected again from the same bytes.
-      settle(out.ending);
-      sockets_.client = std::move(out.hello_pending->client);
-      hello_read_ = std::move(out.hello_pending->read);
-      if (worker_.handoff.takes_now(PairKind::tls_hello)) {
-        hello_pending_ = true;
-        detached_ = true;
-        worker_.handoff.add(*this);
-        worker_.handoff.freeze_now(*this);
-        co_return false;
+                                   std::exchange(client_read_, {}));
+      } else {
+        // A parked connection comes back with its upstream (resume_http).
+        HttpResume resume{
+            .may_park = true, .upstream = std::nullopt, .initial = std::exchange(client_read_, {})};
+        if (sockets_.upstream.is_open()) {
+          resume.upstream.emplace(std::move(sockets_.upstream));
+          // Woken within a second of parking: a busy keep-alive client.
+          // It parks again only after a second of quiet, so a stream of
+          // requests does not pay a park and a resume each
+          // (bench/http_park_ab: ~1.5x the proxy CPU per request when
+          // every request did); an idle one parks at once.
+          if (std::chrono::steady_clock::now() - parked_at_ < std::chrono::seconds(1))
+            resume.park_after = std::chrono::seconds(1);
+        }
+        Inspection in = inspection(std::move(sockets_.client), flow);
+        out = co_await inspect_http(std::move(in), std::move(resume));
       }
     }
-  } else {
-    // A parked connection comes back with its upstream (resume_http).
-    HttpResume resume{.may_park = true, .upstream = std::nullopt};
-    if (sockets_.upstream.is_open()) {
-      resume.upstream.emplace(std::move(sockets_.upstream));
-      // Woken within a second of parking: a busy keep-alive client. It
-      // parks again only after a second of quiet, so a stream of requests
-      // does not pay a park and a resume each (bench/http_park_ab: ~1.5x
-      // the proxy CPU per request when every request did); an idle one
-      // parks at once.
-      if (std::chrono::steady_clock::now() - parked_at_ < std::chrono::seconds(1))
-        resume.park_after = std::chrono::seconds(1);
+    if (!out.client_pending) break;
+    // Handed back in a boundary window before its first decision (a TLS
+    // ClientHello or an HTTP/1.1 first head incomplete): frozen here until
+    // the takeover collects it, or (the window closed meanwhile) inspected
+    // again from the same bytes.
+    settle(out.ending);
+    sockets_.client = std::move(out.client_pending->client);
+    client_read_ = std::move(out.client_pending->read);
+    if (worker_.handoff.takes_now(kind == policy::Inspect::tls ? PairKind::tls_hello
+                                                               : PairKind::http_first)) {
+      client_pending_ = true;
+      detached_ = true;
+      worker_.handoff.add(*this);
+      worker_.handoff.freeze_now(*this);
+      co_return false;
     }
-    const Inflight inflight(*this);
-    Inspection in = inspection(std::move(sockets_.client), flow);
-    out = co_await inspect_http(std::move(in), std::move(resume));
   }
   settle(out.ending);
   if (out.parked) {
@@ -582,13 +584,15 @@ asio::awaitable<void> Connection::resume_http() {
   if (co_await inspect(policy::Inspect::http, flow)) co_await forward();
 }
 
-asio::awaitable<void> Connection::resume_tls() {
+asio::awaitable<void> Connection::resume_pending() {
   policy::Flow flow;
+  policy::Inspect kind;
   {
     std::lock_guard lock(info_->mu);
     flow = info_->basis.flow;
+    kind = info_->basis.inspect;
   }
-  if (co_await inspect(policy::Inspect::tls, flow)) co_await forward();
+  if (co_await inspect(kind, flow)) co_await forward();
 }
 
 void Connection::park() {
@@ -634,7 +638,7 @@ PairHandoff::Exported Connection::freeze() {
   e.client_fd = sockets_.client.native_handle();
   e.upstream_fd = sockets_.upstream.native_handle();
   e.kind = kind();
-  e.pending = hello_read_;  // a TLS connection's hello bytes (no upstream: fd -1)
+  e.pending = client_read_;  // a connection's first bytes before its decision (no upstream: fd -1)
   // The cookies name the sockets, which the new process checks.
   auto client = bpf::socket_cookie(e.client_fd);
   e.state.client_cookie = client ? *client : 0;
@@ -649,7 +653,7 @@ void Connection::thaw() {
     // Revoked, timed out or shut down while frozen (abort()).
     parked_ = false;
     adopted_pending_forward_ = false;
-    hello_pending_ = false;
+    client_pending_ = false;
     reset_socket(sockets_.client);
     reset_socket(sockets_.upstream);
     cancel_.cancel();
@@ -664,13 +668,13 @@ void Connection::thaw() {
     guarded_spawn(worker_.io, "connection", drive(self, forward()), Failure::survivable);
     return;
   }
-  if (hello_pending_) {
-    // The ClientHello is decided here (the new process) or again here (a
-    // takeover that failed), from the bytes read so far.
+  if (client_pending_) {
+    // The ClientHello or first request is decided here (the new process)
+    // or again here (a takeover that failed), from the bytes read so far.
     worker_.handoff.remove(*this);
-    hello_pending_ = false;
+    client_pending_ = false;
     detached_ = false;
-    guarded_spawn(worker_.io, "connection", drive(self, resume_tls()), Failure::survivable);
+    guarded_spawn(worker_.io, "connection", drive(self, resume_pending()), Failure::survivable);
     return;
   }
   park();
@@ -680,7 +684,7 @@ void Connection::let_go() {
   const auto self = std::move(frozen_self_);
   worker_.handoff.remove(*this);
   parked_ = false;
-  hello_pending_ = false;
+  client_pending_ = false;
   // release(): out of this process's epoll; the close is not the sockets'
   // last (the new process holds them), so neither peer sees anything.
   for (tcp::socket* s : {&sockets_.client, &sockets_.upstream}) {

@@ -151,22 +151,24 @@ class Connection : public std::enable_shared_from_this<Connection>,
   // thaw parks again, let_go closes this process's descriptors (not the
   // sockets' last) and finishes as taken over ---
   PairHandoff::Exported freeze() override;
-  // Parked, a TLS connection handed back before its ClientHello was
-  // complete, or (adopted) a copy/splice pair waiting to start.
+  // Parked, handed back before its first decision (TLS ClientHello,
+  // HTTP/1.1 first head), or (adopted) a copy/splice pair waiting to start.
   [[nodiscard]] PairKind kind() const override {
-    return parked_ ? PairKind::parked_http : hello_pending_ ? PairKind::tls_hello : PairKind::userspace;
+    if (parked_) return PairKind::parked_http;
+    if (!client_pending_) return PairKind::userspace;
+    return info_->basis.inspect == policy::Inspect::tls ? PairKind::tls_hello : PairKind::http_first;
   }
   // Only while parked or holding a pending hello: an adopted copy/splice
   // pair is frozen from its adoption until thaw() hands it to its data
   // path, which registers the pair itself.
-  [[nodiscard]] bool can_freeze() const override { return parked_ || hello_pending_; }
+  [[nodiscard]] bool can_freeze() const override { return parked_ || client_pending_; }
   // PairHandoff::Inflight: a takeover's boundary window opened (or closed)
   // while an inspector runs (BoundaryRequest).
   void nudge(bool on) override { boundary_.set(on); }
-  // A TLS connection handed back by its inspector (HelloPending) in a
-  // boundary window: frozen at once for the takeover, or inspected again
-  // should the window have closed meanwhile.
-  boost::asio::awaitable<void> resume_tls();
+  // A connection handed back by its inspector before its first decision
+  // (ClientPending) in a boundary window, thawed: inspected again from the
+  // bytes read (in the new process, or here when the takeover failed).
+  boost::asio::awaitable<void> resume_pending();
   void thaw() override;
   void let_go() override;
   [[nodiscard]] const config::ProxySettings& settings() const { return policy_->config().proxy; }
@@ -227,11 +229,11 @@ class Connection : public std::enable_shared_from_this<Connection>,
   // forward() on its sockets, with the directions closed before closed.
   bool adopted_pending_forward_ = false;
   HalfClosed adopted_closed_;
-  // A TLS connection's ClientHello bytes read but not yet decided on
-  // (HelloPending): only the client socket is open; inspect_tls continues
-  // from these bytes.
-  bool hello_pending_ = false;
-  std::string hello_read_;
+  // A connection's first bytes read but not yet decided on (ClientPending:
+  // a TLS ClientHello, an HTTP/1.1 first head): only the client socket is
+  // open; the inspector continues from these bytes.
+  bool client_pending_ = false;
+  std::string client_read_;
   BoundaryRequest boundary_;
   CancelSlot cancel_;
   SourceLimiter::Lease source_slot_;

@@ -41,7 +41,7 @@ struct TransferredConnection {
   // A kernel-spliced pair's; a copy or splice pair's cookies and closed
   // directions (its FIN flags); the others' cookies.
   SplicedPairState state;
-  // tls_hello: the ClientHello bytes read so far (none forwarded).
+  // tls_hello, http_first: the bytes read so far (none forwarded).
   std::string pending;
 };
 
@@ -49,14 +49,14 @@ struct TransferredConnection {
 struct ExportedConnection {
   TransferredConnection connection;
   int client_fd = -1;    // borrowed
-  int upstream_fd = -1;  // -1: none yet (tls_hello)
+  int upstream_fd = -1;  // -1: none yet (tls_hello, http_first)
 };
 
 // The new process's side: received over SCM_RIGHTS.
 struct AdoptedConnection {
   TransferredConnection connection;
   UniqueFd client;
-  UniqueFd upstream;  // empty: none yet (tls_hello)
+  UniqueFd upstream;  // empty: none yet (tls_hello, http_first)
 };
 
 // What a connection's ConnectionInfo contributes (under its lock).

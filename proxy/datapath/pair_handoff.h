@@ -55,6 +55,9 @@ enum class PairKind : std::uint8_t {
   // ClientHello, with only its client socket and the bytes read so far; the
   // new process resumes the SNI decision with those bytes first.
   tls_hello,
+  // Version 3 likewise: an HTTP/1.1 connection whose first request head
+  // has not come whole (no upstream yet), with the bytes read so far.
+  http_first,
 };
 // A set of kinds, for what the new process takes.
 using PairKindSet = std::uint8_t;
@@ -73,7 +76,8 @@ class PairHandoff {
     // (which name the sockets) are set, and for a copy or splice pair the
     // directions already closed (its FIN flags).
     PairKind kind = PairKind::kernel_spliced;
-    // tls_hello: the bytes read from the client, none forwarded (upstream_fd -1).
+    // tls_hello, http_first: the bytes read from the client, none
+    // forwarded (upstream_fd -1).
     std::string pending;
   };
 

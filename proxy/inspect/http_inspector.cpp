@@ -77,6 +77,7 @@
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <iterator>
@@ -239,6 +240,12 @@ struct Session : std::enable_shared_from_this<Session> {
   // loop parks.
   bool keepalive_wait = false;
   bool park_wake = false;
+  // A boundary window's poke cancelled the wait for the first head
+  // (ReadResult::yield); first_pending: the bytes read then, handed back
+  // (InspectOutcome::client_pending). `initial`: HttpResume::initial.
+  bool first_yield = false;
+  std::optional<std::string> first_pending;
+  std::string initial;
 
   // A takeover's boundary window is open: park at the next boundary.
   [[nodiscard]] bool boundary_requested() const { return in.boundary && in.boundary->requested(); }
@@ -475,7 +482,8 @@ struct ReadResult {
   std::size_t n = 0;
   boost::system::error_code ec;
   bool timed_out = false;
-  bool park = false;  // woken to park (Session::park_wake)
+  bool park = false;   // woken to park (Session::park_wake)
+  bool yield = false;  // woken to hand the connection back (Session::first_yield)
 };
 
 // How long a client read may wait: no limit (inside a body: the upstream
@@ -573,7 +581,9 @@ asio::awaitable<ReadResult> wait_client(std::shared_ptr<Session> self, ReadLimit
   s.in.quiet.unwatch_quiet();
   r.timed_out = r.ec == asio::error::operation_aborted && s.read_timed_out && !s.aborted();
   r.park = r.ec == asio::error::operation_aborted && s.park_wake && !r.timed_out && !s.aborted();
+  r.yield = r.ec == asio::error::operation_aborted && s.first_yield && !r.timed_out && !s.aborted();
   s.park_wake = false;
+  s.first_yield = false;
   co_return r;
 }
 
@@ -757,6 +767,16 @@ asio::awaitable<bool> run_requests(std::shared_ptr<Session> self) {
   std::size_t start = 0;              // first byte not yet forwarded
   std::size_t parsed = 0;             // first byte not yet parsed
   std::size_t end = 0;                // end of buffered bytes
+  if (!s.initial.empty()) {
+    // Read before a takeover's hand-back (ClientPending): parsed as if just
+    // read (room for them even if this process's limit is smaller).
+    const std::size_t limit = std::max(buffer_limit, s.initial.size() + kReadChunk);
+    in.make_room(0, limit, false);
+    while (in.capacity() < s.initial.size()) in.make_room(in.capacity(), limit, true);
+    std::memcpy(in.data(), s.initial.data(), s.initial.size());
+    end = s.initial.size();
+    s.initial.clear();
+  }
   http::RequestParser parser(settings.http);
   bool in_body = false;  // between an allowed head and its message end
   // Upstream connected (lazily, at the first allowed request; before a
@@ -986,13 +1006,20 @@ asio::awaitable<bool> run_requests(std::shared_ptr<Session> self) {
         co_return false;
       }
     }
+    // A boundary window while the first head is incomplete (nothing
+    // forwarded, no upstream): the connection goes back to its owner with
+    // the bytes read, to move to the new process (ClientPending).
+    if (!connected && !s.resumed && s.pending.empty() && start == 0 && !in_body && s.boundary_requested()) {
+      s.first_pending.emplace(in.data() ? std::string(in.data(), end) : std::string());
+      co_return false;
+    }
     const ReadLimit limit = in_body            ? ReadLimit{}
                             : between_requests ? ReadLimit{std::nullopt, true}
                                                : ReadLimit{deadline, false};
     ReadResult got;
     for (;;) {
       got = co_await wait_client(self, limit);
-      if (got.park || got.ec || got.timed_out) break;
+      if (got.park || got.yield || got.ec || got.timed_out) break;
       in.make_room(end, buffer_limit, last_read_filled);
       const std::size_t room = in.capacity() - end;
       got.n = s.client().read_some(asio::buffer(in.data() + end, room), got.ec);
@@ -1000,7 +1027,8 @@ asio::awaitable<bool> run_requests(std::shared_ptr<Session> self) {
       if (got.ec != asio::error::would_block && got.ec != asio::error::try_again) break;
     }
     park_requested = got.park;
-    if (got.park) continue;  // the last answer went out, or a quiet spell: park now (above)
+    if (got.park) continue;   // the last answer went out, or a quiet spell: park now (above)
+    if (got.yield) continue;  // a boundary window: hand back (above)
     if (got.timed_out && between_requests) co_return co_await close_idle(self);
     if (got.timed_out) co_return co_await refuse_malformed(self, 408, nullptr);
     if (got.ec == asio::error::eof) {
@@ -1036,6 +1064,7 @@ asio::awaitable<InspectOutcome> inspect_http(Inspection in, HttpResume resume) {
   Session& s = *session;
   s.may_park = resume.may_park;
   s.park_after = resume.park_after;
+  s.initial = std::move(resume.initial);
   if (resume.upstream) {
     s.upstream = std::move(*resume.upstream);
     s.resumed = true;
@@ -1046,10 +1075,17 @@ asio::awaitable<InspectOutcome> inspect_http(Inspection in, HttpResume resume) {
   // A boundary window opened while the loop waits between requests with
   // every answer out: wake it to park (as retire_request does). Mid-request
   // the loop finds the request at its next boundary by itself.
+  // Before the first head is whole (no upstream yet), wake the wait for
+  // it so the loop hands the connection back.
   const auto poke = BoundaryRequest::install(in.boundary, [&s] {
+    boost::system::error_code ignored;
+    if (s.reading_client && !s.upstream.is_open() && !s.resumed && s.pending.empty()) {
+      s.first_yield = true;
+      s.client().cancel(ignored);
+      return;
+    }
     if (!s.may_park || !s.keepalive_wait || !s.pending.empty()) return;
     s.park_wake = true;
-    boost::system::error_code ignored;
     s.client().cancel(ignored);
   });
   bool hand_over = false;
@@ -1075,6 +1111,8 @@ asio::awaitable<InspectOutcome> inspect_http(Inspection in, HttpResume resume) {
   out.ending = std::move(s.ending);
   if (s.http2_initial) {
     out.http2.emplace(Http2Start{std::move(in.client), std::move(*s.http2_initial)});
+  } else if (s.first_pending && !s.aborted()) {
+    out.client_pending.emplace(ClientPending{std::move(in.client), std::move(*s.first_pending)});
   } else if (s.parked && !s.aborted()) {
     out.parked.emplace(SocketPair{std::move(in.client), std::move(s.upstream)});
   } else if (hand_over && !s.aborted()) {

@@ -61,7 +61,7 @@ class QuietWatch {
 // A takeover's boundary window (takeover/late.h), as an inspector sees it:
 // while requested, the inspector hands the connection back at its next
 // boundary instead of waiting there (HTTP/1.1: parked once the request in
-// flight is answered; TLS: hello_pending while its ClientHello is
+// flight is answered; TLS: client_pending while its ClientHello is
 // incomplete), so that it can move to the new process. `poke`, installed
 // by the inspector while it waits at a boundary, gets it out of that wait.
 // One inspector at a time; on the connection's thread.
@@ -116,11 +116,13 @@ struct Inspection {
   BoundaryRequest* boundary = nullptr;
 };
 
-// A TLS connection handed back before its ClientHello was complete (a
-// boundary window, BoundaryRequest): the client socket, no read pending,
-// and every byte read from it, none forwarded. inspect_tls continues from
-// these bytes (here or in the new process).
-struct HelloPending {
+// A connection handed back before its first decision (a boundary window,
+// BoundaryRequest): a TLS one whose ClientHello is incomplete, an HTTP/1.1
+// one whose first request head is (no upstream yet). The client socket, no
+// read pending, and every byte read from it, none forwarded: inspect_tls
+// (or inspect_http, HttpResume::initial) continues from these bytes, here
+// or in the new process.
+struct ClientPending {
   boost::asio::ip::tcp::socket client;
   std::string read;
 };
@@ -147,7 +149,7 @@ struct InspectOutcome {
   // timeouts.keepalive, and calls inspect_http again with the upstream in
   // HttpResume once either socket is readable.
   std::optional<SocketPair> parked;
-  std::optional<HelloPending> hello_pending;
+  std::optional<ClientPending> client_pending;
   Ending ending;
 };
 
@@ -166,10 +168,14 @@ struct HttpResume {
   // between requests (the next head is due timeouts.header after its first
   // byte, as on any keep-alive connection). Empty: a new connection.
   std::optional<boost::asio::ip::tcp::socket> upstream;
+  // A new connection handed back before its first head (ClientPending):
+  // the bytes read then, parsed first (timeouts.header still counts from
+  // the accept).
+  std::string initial;
 };
 
 // TLS: decides on the ClientHello's SNI (tls_inspector.cpp). `initial`:
-// bytes of the hello read before (HelloPending), fed first.
+// bytes of the hello read before (ClientPending), fed first.
 boost::asio::awaitable<InspectOutcome> inspect_tls(Inspection in, std::string initial = {});
 
 // HTTP/1.1: decides every request head under the current snapshot,

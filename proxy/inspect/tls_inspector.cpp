@@ -5,7 +5,7 @@
 // complete hello within timeouts.header: reset (SPEC.md "Deny").
 //
 // In a takeover's boundary window (BoundaryRequest, takeover/late.h) a
-// connection whose hello is incomplete is handed back (HelloPending) with
+// connection whose hello is incomplete is handed back (ClientPending) with
 // the bytes read, at the moment it waits for more; the new process (or
 // this one, should the takeover fail) runs inspect_tls again from them, so
 // the decision is made on exactly the bytes the client sent, once.
@@ -56,7 +56,7 @@ asio::awaitable<InspectOutcome> read_and_decide(Inspection& in, std::optional<tc
 
   tls::ClientHelloReader::State state = tls::ClientHelloReader::State::need_more;
   if (!initial.empty()) {
-    // Read before a takeover's hand-back (HelloPending): fed as if just read.
+    // Read before a takeover's hand-back (ClientPending): fed as if just read.
     hello.resize(max_bytes + 1);
     have = std::min(initial.size(), hello.size());
     std::memcpy(hello.data(), initial.data(), have);
@@ -80,7 +80,7 @@ asio::awaitable<InspectOutcome> read_and_decide(Inspection& in, std::optional<tc
       co_await in.client.async_wait(tcp::socket::wait_read, asio::redirect_error(use_awaitable, ec));
     if (yielded && !in.cancel.cancelled() && !deadline.expired()) {
       deadline.disarm();
-      out.hello_pending.emplace(HelloPending{std::move(in.client), std::string(hello.data(), have)});
+      out.client_pending.emplace(ClientPending{std::move(in.client), std::string(hello.data(), have)});
       co_return out;
     }
     std::size_t n = 0;
@@ -167,7 +167,7 @@ asio::awaitable<InspectOutcome> inspect_tls(Inspection in, std::string initial) 
   } catch (const std::exception& e) {
     spdlog::warn("connection {}: TLS inspection: {}", in.observer.id(), e.what());
   }
-  if (!out.handover && !out.hello_pending) {
+  if (!out.handover && !out.client_pending) {
     reset_socket(in.client);
     if (upstream) reset_socket(*upstream);
   }

@@ -171,6 +171,44 @@ class InspectedTakeoverTest(unittest.TestCase):
             c.close()
             self.assertEqual(old.proc.wait(timeout=20), 0, old.output()[-3000:])
 
+    def test_http_half_first_head_decided_by_the_new_process(self):
+        """Half of the first request head before the takeover (no upstream
+        yet), the rest after: the new process decides the whole head and
+        forwards it (the origin sees one request, on its first connection);
+        the old process never connected upstream."""
+        origin = Origin()
+        self.addCleanup(origin.close)
+        listen = free_port()
+        text = self.config([("http", listen, origin.port)],
+                           [rule("api", origin.port, http=["{method: GET, path: /api/}"])],
+                           timeouts={"header": "20s"})
+        head = request("GET", "/api/first-after", headers=[("X-Padding", "p" * 200)])
+        with Shunt(text, wait_port=listen) as old:
+            wait_ready(self.admin, old.proc)
+            c = socket.create_connection(("127.0.0.1", listen), timeout=15)
+            self.addCleanup(c.close)
+            f = c.makefile("rb")
+            c.sendall(head[:40])
+            time.sleep(0.3)  # read by the old process's inspector
+            new, new_log = self.take_over(old)
+            wait_log(new_log, r"takeover: 1 connection\(s\) arrived from pid \d+ as they reached a boundary "
+                              r"\(0 HTTP/1.1 after their request, 0 TLS before their ClientHello, 1 HTTP/1.1 "
+                              r"before their first request", new, timeout=15)
+            self.assertEqual(old.proc.wait(timeout=20), 0, old.output()[-3000:])
+            self.assertEqual(origin.connections, 0)
+            c.sendall(head[40:])
+            r = read_response(f)
+            self.assertEqual((r.status, r.body.decode().split()[:2]), (200, ["GET", "/api/first-after"]))
+            c.sendall(request("GET", "/api/second"))
+            self.assertEqual(read_response(f).status, 200)
+            self.assertEqual(origin.seen, [(0, "GET", "/api/first-after"), (0, "GET", "/api/second")])
+            samples = scrape(self.admin)
+            self.assertEqual(value(samples, "shunt_http_requests_total", verdict="allow", protocol="h1"), 2)
+            self.assertEqual(value(samples, "shunt_takeover_connections_transferred_total", datapath="copy"), 1)
+            f.close()
+            c.close()
+            self.finish(old, new)
+
     def test_tls_half_hello_decided_by_the_new_process(self):
         """Half a ClientHello before the takeover, the rest after: the SNI
         is decided by the new process, and the upstream receives the hello
@@ -330,7 +368,8 @@ class InspectedTakeoverTest(unittest.TestCase):
                 n += len(data)
             self.assertEqual((n, h.hexdigest()), (size, pattern_digest(size, 4)))
             wait_log(new_log, r"1 connection\(s\) arrived from pid \d+ as they reached a boundary \(0 HTTP/1.1 "
-                              r"after their request, 0 TLS before their ClientHello, 1 copy/splice", new, timeout=15)
+                              r"after their request, 0 TLS before their ClientHello, 0 HTTP/1.1 before their first "
+                              r"request, 1 copy/splice", new, timeout=15)
             self.assertEqual(got_up["bytes"], b"go")
             self.assertEqual(old.proc.wait(timeout=20), 0, old.output()[-3000:])
             samples = scrape(self.admin)

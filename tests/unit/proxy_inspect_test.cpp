@@ -270,7 +270,8 @@ TEST_F(InspectTest, HttpAllowedRequestGoesThroughAndTheNextIsDenied) {
 // with its upstream decides the next request as the first one would have.
 TEST_F(InspectTest, HttpIdleKeepAliveParksAndResumes) {
   flow.dst_port = 8080;
-  auto done = io.start(inspect_http(inspection(), HttpResume{.may_park = true, .upstream = std::nullopt}));
+  auto done = io.start(
+      inspect_http(inspection(), HttpResume{.may_park = true, .upstream = std::nullopt, .initial = {}}));
   ASSERT_TRUE(send_all(client.far.get(), "GET /ok HTTP/1.1\r\nHost: api\r\n\r\n"));
   UniqueFd upstream = accept_upstream();
   EXPECT_EQ(read_message(upstream.get()).rfind("GET /ok HTTP/1.1\r\n", 0), 0u);
@@ -287,7 +288,8 @@ TEST_F(InspectTest, HttpIdleKeepAliveParksAndResumes) {
   // Resumed: the next request is decided (denied here) under the policy.
   client.near = std::move(out.parked->client);
   auto again = io.start(
-      inspect_http(inspection(), HttpResume{.may_park = true, .upstream = std::move(out.parked->upstream)}));
+      inspect_http(inspection(),
+                   HttpResume{.may_park = true, .upstream = std::move(out.parked->upstream), .initial = {}}));
   ASSERT_TRUE(send_all(client.far.get(), "GET /admin HTTP/1.1\r\nHost: api\r\n\r\n"));
   ::shutdown(client.far.get(), SHUT_WR);
   const std::string refusal = read_to_end(client.far.get());
@@ -306,9 +308,10 @@ TEST_F(InspectTest, HttpIdleKeepAliveParksAndResumes) {
 // and parks only after that long without one.
 TEST_F(InspectTest, HttpBusyConnectionParksAfterAQuietSpell) {
   flow.dst_port = 8080;
-  auto done = io.start(inspect_http(
-      inspection(),
-      HttpResume{.may_park = true, .park_after = std::chrono::milliseconds(400), .upstream = std::nullopt}));
+  auto done = io.start(inspect_http(inspection(), HttpResume{.may_park = true,
+                                                             .park_after = std::chrono::milliseconds(400),
+                                                             .upstream = std::nullopt,
+                                                             .initial = {}}));
   UniqueFd upstream;
   for (int i = 0; i < 2; ++i) {
     ASSERT_TRUE(send_all(client.far.get(), "GET /ok HTTP/1.1\r\nHost: api\r\n\r\n"));
@@ -337,9 +340,9 @@ TEST_F(InspectTest, TlsBoundaryHandsBackThePartialHelloAndResumesFromIt) {
   io.run([&] { boundary.set(true); });
   ASSERT_EQ(first.wait_for(kWait), std::future_status::ready);
   InspectOutcome out = first.get();
-  ASSERT_TRUE(out.hello_pending);
+  ASSERT_TRUE(out.client_pending);
   EXPECT_FALSE(out.handover);
-  EXPECT_EQ(out.hello_pending->read, hello.substr(0, 40));
+  EXPECT_EQ(out.client_pending->read, hello.substr(0, 40));
   EXPECT_EQ(connector.calls, 0);
   EXPECT_EQ(observer.up, 0u);
   {
@@ -348,9 +351,9 @@ TEST_F(InspectTest, TlsBoundaryHandsBackThePartialHelloAndResumesFromIt) {
   }
   io.run([&] {
     boundary.set(false);
-    client.near = std::move(out.hello_pending->client);
+    client.near = std::move(out.client_pending->client);
   });
-  auto resumed = io.start(inspect_tls(inspection(), out.hello_pending->read));
+  auto resumed = io.start(inspect_tls(inspection(), out.client_pending->read));
   ASSERT_TRUE(send_all(client.far.get(), hello.substr(40)));
   UniqueFd upstream = accept_upstream();
   std::string got(hello.size(), '\0');
@@ -366,14 +369,53 @@ TEST_F(InspectTest, TlsBoundaryHandsBackThePartialHelloAndResumesFromIt) {
   io.run([&] { done.handover.reset(); });
 }
 
+// A boundary window before the first request head is whole: the HTTP/1.1
+// inspector hands the connection back with the bytes read (no upstream was
+// connected, nothing forwarded), and an inspection resumed from them
+// decides the whole head and forwards it as one request.
+TEST_F(InspectTest, HttpBoundaryHandsBackAnIncompleteFirstHeadAndResumesFromIt) {
+  flow.dst_port = 8080;
+  const std::string head = "GET /ok HTTP/1.1\r\nHost: api\r\n\r\n";
+  auto first = io.start(
+      inspect_http(inspection(), HttpResume{.may_park = true, .upstream = std::nullopt, .initial = {}}));
+  ASSERT_TRUE(send_all(client.far.get(), head.substr(0, 12)));
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));  // read, waiting for more
+  io.run([&] { boundary.set(true); });
+  ASSERT_EQ(first.wait_for(kWait), std::future_status::ready);
+  InspectOutcome out = first.get();
+  ASSERT_TRUE(out.client_pending);
+  EXPECT_FALSE(out.handover || out.parked);
+  EXPECT_EQ(out.client_pending->read, head.substr(0, 12));
+  EXPECT_EQ(connector.calls, 0);
+  io.run([&] {
+    boundary.set(false);
+    client.near = std::move(out.client_pending->client);
+  });
+  auto resumed = io.start(inspect_http(
+      inspection(),
+      HttpResume{.may_park = true, .upstream = std::nullopt, .initial = out.client_pending->read}));
+  ASSERT_TRUE(send_all(client.far.get(), head.substr(12)));
+  UniqueFd upstream = accept_upstream();
+  EXPECT_EQ(read_message(upstream.get()).rfind("GET /ok HTTP/1.1\r\n", 0), 0u);
+  ASSERT_TRUE(send_all(upstream.get(), "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi"));
+  EXPECT_EQ(read_message(client.far.get(), 2), "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi");
+  ASSERT_EQ(resumed.wait_for(kWait), std::future_status::ready);
+  InspectOutcome done = resumed.get();
+  ASSERT_TRUE(done.parked);
+  EXPECT_EQ(observer.allowed_requests, 1);
+  EXPECT_EQ(connector.calls, 1);
+  io.run([&] { done.parked.reset(); });
+}
+
 // In a boundary window a busy connection (which would otherwise park only
 // after a quiet spell) parks at its next request boundary: the request in
 // flight when the window opens is answered first.
 TEST_F(InspectTest, HttpBoundaryWindowParksAfterTheRequestInFlight) {
   flow.dst_port = 8080;
-  auto done = io.start(inspect_http(
-      inspection(),
-      HttpResume{.may_park = true, .park_after = std::chrono::seconds(30), .upstream = std::nullopt}));
+  auto done = io.start(inspect_http(inspection(), HttpResume{.may_park = true,
+                                                             .park_after = std::chrono::seconds(30),
+                                                             .upstream = std::nullopt,
+                                                             .initial = {}}));
   ASSERT_TRUE(send_all(client.far.get(), "GET /ok HTTP/1.1\r\nHost: api\r\n\r\n"));
   UniqueFd upstream = accept_upstream();
   read_message(upstream.get());
@@ -392,7 +434,8 @@ TEST_F(InspectTest, HttpBoundaryWindowParksAfterTheRequestInFlight) {
 // nothing to park: the inspection waits for the end as before.
 TEST_F(InspectTest, HttpConnectionCloseDoesNotPark) {
   flow.dst_port = 8080;
-  auto done = io.start(inspect_http(inspection(), HttpResume{.may_park = true, .upstream = std::nullopt}));
+  auto done = io.start(
+      inspect_http(inspection(), HttpResume{.may_park = true, .upstream = std::nullopt, .initial = {}}));
   ASSERT_TRUE(send_all(client.far.get(), "GET /ok HTTP/1.1\r\nHost: api\r\nConnection: close\r\n\r\n"));
   UniqueFd upstream = accept_upstream();
   read_message(upstream.get());

@@ -108,6 +108,13 @@ TEST(TakeoverTransfer, Version3CarriesAPendingHello) {
   // A version 2 peer never receives one, and could not read it.
   EXPECT_FALSE(decode_connection(encode(t, kV3), kV2));
   EXPECT_FALSE(decode_connection(encode(t, kV2), kV2));  // tls_hello is no version 2 kind
+  t.kind = PairKind::http_first;
+  t.basis.inspect = policy::Inspect::http;
+  t.pending = "GET /api/x HT";
+  const auto http = decode_connection(encode(t, kV3), kV3);
+  ASSERT_TRUE(http);
+  EXPECT_EQ(http->kind, PairKind::http_first);
+  EXPECT_EQ(http->pending, "GET /api/x HT");
   // Version 3 without pending bytes is still one field longer than version 2.
   const TransferredConnection plain = sample();
   EXPECT_EQ(encode(plain, kV3).size(), encode(plain, kV2).size() + 4);
