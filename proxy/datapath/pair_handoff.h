@@ -10,6 +10,10 @@
 //   old: freeze_all() -> (the new process holds the sockets) -> let_go_frozen()
 //        or, when the new process fails, thaw_frozen();
 //   new: each adopted pair starts frozen (adopt_frozen) -> commit -> thaw_frozen().
+// Then (protocol version 3, takeover/late.h) the boundary window, batch by
+// batch: old: set_window(kinds) -> pairs freeze as they reach a boundary
+// (freeze_now) and inflight inspectors are nudged -> freeze_all collects
+// them -> let_go_frozen() or thaw_frozen() as above -> set_window(0).
 // While frozen a pair does nothing to its sockets (no FIN forwarded, no
 // reset, a cancel deferred), so whichever process ends up holding it finds
 // it as the other left it. The kernel moves its bytes all along.
