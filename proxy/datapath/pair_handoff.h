@@ -139,8 +139,11 @@ class PairHandoff {
   void freeze_now(Pair& pair) {
     if (pairs_.count(&pair) && frozen_.insert(&pair).second) ready_.emplace_back(&pair, pair.freeze());
   }
-  // What could still move in a window: inflight connections and pairs not frozen.
-  [[nodiscard]] std::size_t candidates() const { return inflight_.size() + pairs_.size() - frozen_.size(); }
+  // What could still move in a window: inflight connections, pairs not
+  // frozen, and those frozen at a boundary but not collected yet.
+  [[nodiscard]] std::size_t candidates() const {
+    return inflight_.size() + pairs_.size() - frozen_.size() + ready_.size();
+  }
 
   void add(Pair& pair) { pairs_.insert(&pair); }
   // A pair received from the old process: frozen until thaw_frozen().
