@@ -82,7 +82,9 @@ class Client:
         self.send(frame(HEADERS, END_HEADERS | (END_STREAM if end_stream else 0), stream, block))
 
     def next_frame(self, deadline=None):
-        """The next frame, or None at EOF/reset/timeout."""
+        """The next frame, or None at EOF/reset/timeout. `closed` says
+        which: set at EOF or reset only, so that a later call can still
+        read what a slow peer sends after a timeout."""
         while True:
             if len(self.buf) >= 9:
                 length = int.from_bytes(self.buf[:3], "big")
@@ -100,7 +102,9 @@ class Client:
                 self.sock.settimeout(left)
             try:
                 chunk = self.sock.recv(1 << 20)
-            except (socket.timeout, OSError):
+            except socket.timeout:
+                return None
+            except OSError:
                 chunk = b""
             if not chunk:
                 self.closed = True
