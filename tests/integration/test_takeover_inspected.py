@@ -27,7 +27,7 @@ import threading
 import time
 import unittest
 
-from admin_helpers import scrape, value, wait_ready
+from admin_helpers import get_json, scrape, value, wait_ready
 from http_peers import Origin, read_response, request
 from shunt_harness import (SHUNT_BIN, Shunt, ThreadedServer, echo_handler, free_port, pattern, pattern_digest,
                            proxy_config, recv_exact, rule, run_tests)
@@ -210,15 +210,22 @@ class InspectedTakeoverTest(unittest.TestCase):
             self.finish(old, new)
 
     def test_tls_half_hello_decided_by_the_new_process(self):
+        self.tls_half_hello("copy")
+
+    def test_tls_half_hello_then_kernel_spliced_by_the_new_process(self):
+        self.tls_half_hello("sockmap")
+
+    def tls_half_hello(self, datapath):
         """Half a ClientHello before the takeover, the rest after: the SNI
-        is decided by the new process, and the upstream receives the hello
-        and what follows intact (it echoes them back, hashed)."""
+        is decided by the new process, which then runs the configured data
+        path (the kernel's with sockmap), and the upstream receives the
+        hello and what follows intact (it echoes them back, hashed)."""
         upstream = ThreadedServer(echo_handler)
         self.addCleanup(upstream.close)
         listen = free_port()
         text = self.config([("tls", listen, upstream.port)],
                            [rule("tls-api", upstream.port, tls="{sni: [api.example.com]}")],
-                           timeouts={"header": "20s"})
+                           datapath=datapath, timeouts={"header": "20s"})
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
@@ -247,6 +254,9 @@ class InspectedTakeoverTest(unittest.TestCase):
             sent = hello + after
             got = recv_exact(c, len(sent))
             self.assertEqual(digest(got), digest(sent))
+            # The new process carries it on the configured data path.
+            conns = get_json(self.admin, "/connections")
+            self.assertEqual([(x["rule"], x["datapath"]) for x in conns], [("tls-api", datapath)], conns)
             c.shutdown(socket.SHUT_WR)
             self.assertEqual(c.recv(1), b"")
             self.assertEqual(upstream.wait_results(1, timeout=10), [len(sent)])
