@@ -546,8 +546,12 @@ asio::awaitable<void> HandoverService::hand_over_at_boundaries(Descriptor& peer,
   };
   hooks.thaw = [this] { server_.thaw_frozen(); };
   hooks.candidates = [this] { return server_.boundary_candidates(); };
-  const takeover::LateResult r =
-      co_await takeover::hand_over_late(peer, handover.version, hooks, takeover::Timeouts{});
+  // At most half of timeouts.drain: the drain runs meanwhile, and what
+  // does not move must still have time to finish here.
+  takeover::Timeouts timeouts;
+  timeouts.boundary =
+      std::min(timeouts.boundary, context_.policy.current()->config().proxy.timeouts.drain / 2);
+  const takeover::LateResult r = co_await takeover::hand_over_late(peer, handover.version, hooks, timeouts);
   if (r.failed)
     spdlog::warn("takeover: the boundary window ended early ({}); what this process holds stays here",
                  r.detail);

@@ -171,6 +171,41 @@ class InspectedTakeoverTest(unittest.TestCase):
             c.close()
             self.assertEqual(old.proc.wait(timeout=20), 0, old.output()[-3000:])
 
+    def test_request_outlasting_the_window_drains_in_the_old_process(self):
+        """A request still in flight when the window closes (at most half of
+        timeouts.drain: 4 s here) stays: the old process says so and counts
+        it, then serves it to its end and the connection's next request too,
+        on the same upstream connection."""
+        origin = Origin()
+        self.addCleanup(origin.close)
+        listen = free_port()
+        text = self.config([("http", listen, origin.port)],
+                           [rule("api", origin.port, http=["{method: GET, path: /api/}",
+                                                           "{method: POST, path: /api/}"])],
+                           timeouts={"header": "20s", "drain": "8s"})
+        with Shunt(text, wait_port=listen) as old:
+            wait_ready(self.admin, old.proc)
+            c = socket.create_connection(("127.0.0.1", listen), timeout=15)
+            self.addCleanup(c.close)
+            f = c.makefile("rb")
+            body = os.urandom(32 << 10)
+            c.sendall(request("POST", "/api/slow-upload", headers=[("Content-Length", str(len(body)))])
+                      + body[:100])
+            time.sleep(0.3)
+            new, new_log = self.take_over(old)
+            wait_log(old.log_path, r"boundary window closed after (39|40|41)\d\d ms: 0 connection\(s\) moved .*; "
+                                   r"1 still open here drain as before", old.proc, timeout=10)
+            c.sendall(body[100:])
+            r = read_response(f)
+            self.assertEqual(r.body.decode().split()[2:], [str(len(body)), digest(body)])
+            c.sendall(request("GET", "/api/next"))
+            self.assertEqual(read_response(f).status, 200)
+            self.assertEqual(origin.seen, [(0, "POST", "/api/slow-upload"), (0, "GET", "/api/next")])
+            self.assertRegex(read_text(new_log), r"0 connection\(s\) arrived from pid")
+            f.close()
+            c.close()
+            self.finish(old, new)
+
     def test_http_half_first_head_decided_by_the_new_process(self):
         """Half of the first request head before the takeover (no upstream
         yet), the rest after: the new process decides the whole head and
