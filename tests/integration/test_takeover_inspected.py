@@ -31,7 +31,7 @@ from admin_helpers import get_json, scrape, value, wait_ready
 from http_peers import Origin, read_response, request
 from shunt_harness import (SHUNT_BIN, Shunt, ThreadedServer, echo_handler, free_port, pattern, pattern_digest,
                            proxy_config, recv_exact, rule, run_tests)
-from test_takeover import kill, read_text, wait_log
+from test_takeover import kill, read_text, throttled_send, wait_log
 
 
 def digest(data):
@@ -76,23 +76,42 @@ class InspectedTakeoverTest(unittest.TestCase):
         new.send_signal(signal.SIGTERM)
         self.assertEqual(new.wait(timeout=20), 0)
 
-    def test_http_request_in_flight_moves_at_its_boundary(self):
-        """A POST whose body is still coming at the takeover completes (the
-        origin hashes the body it got), then the connection moves: the next
-        request is decided by the new process and reaches the origin on the
-        same upstream connection."""
+    def http_config(self, **timeouts):
+        """An origin behind a per-request rule (GET and POST under /api/):
+        (origin, listen port, config text)."""
         origin = Origin()
         self.addCleanup(origin.close)
         listen = free_port()
         text = self.config([("http", listen, origin.port)],
                            [rule("api", origin.port, http=["{method: GET, path: /api/}",
                                                            "{method: POST, path: /api/}"])],
-                           timeouts={"header": "10s"})
+                           timeouts={"header": "20s", **timeouts})
+        return origin, listen, text
+
+    def bulk_config(self, handler, datapath):
+        """An upstream running `handler` behind an L4 allow: (upstream,
+        listen port, config text)."""
+        upstream = ThreadedServer(handler)
+        self.addCleanup(upstream.close)
+        listen = free_port()
+        return upstream, listen, self.config([("bulk", listen, upstream.port)], [rule("bulk", upstream.port)],
+                                             datapath=datapath)
+
+    def client(self, listen):
+        """A client connection and its reader."""
+        c = socket.create_connection(("127.0.0.1", listen), timeout=20)
+        self.addCleanup(c.close)
+        return c, c.makefile("rb")
+
+    def test_http_request_in_flight_moves_at_its_boundary(self):
+        """A POST whose body is still coming at the takeover completes (the
+        origin hashes the body it got), then the connection moves: the next
+        request is decided by the new process and reaches the origin on the
+        same upstream connection."""
+        origin, listen, text = self.http_config()
         with Shunt(text, wait_port=listen) as old:
             wait_ready(self.admin, old.proc)
-            c = socket.create_connection(("127.0.0.1", listen), timeout=15)
-            self.addCleanup(c.close)
-            f = c.makefile("rb")
+            c, f = self.client(listen)
             c.sendall(request("GET", "/api/first"))
             self.assertEqual(read_response(f).status, 200)
             body = os.urandom(256 << 10)
@@ -138,18 +157,10 @@ class InspectedTakeoverTest(unittest.TestCase):
         SIGKILL): the connection that reaches its boundary in the window is
         not adopted in time, so the old process takes it back and serves it
         on, the same upstream connection included."""
-        origin = Origin()
-        self.addCleanup(origin.close)
-        listen = free_port()
-        text = self.config([("http", listen, origin.port)],
-                           [rule("api", origin.port, http=["{method: GET, path: /api/}",
-                                                           "{method: POST, path: /api/}"])],
-                           timeouts={"header": "20s"})
+        origin, listen, text = self.http_config()
         with Shunt(text, wait_port=listen) as old:
             wait_ready(self.admin, old.proc)
-            c = socket.create_connection(("127.0.0.1", listen), timeout=20)
-            self.addCleanup(c.close)
-            f = c.makefile("rb")
+            c, f = self.client(listen)
             body = os.urandom(64 << 10)
             c.sendall(request("POST", "/api/upload", headers=[("Content-Length", str(len(body)))]) + body[:1000])
             time.sleep(0.3)
@@ -176,18 +187,10 @@ class InspectedTakeoverTest(unittest.TestCase):
         timeouts.drain: 4 s here) stays: the old process says so and counts
         it, then serves it to its end and the connection's next request too,
         on the same upstream connection."""
-        origin = Origin()
-        self.addCleanup(origin.close)
-        listen = free_port()
-        text = self.config([("http", listen, origin.port)],
-                           [rule("api", origin.port, http=["{method: GET, path: /api/}",
-                                                           "{method: POST, path: /api/}"])],
-                           timeouts={"header": "20s", "drain": "8s"})
+        origin, listen, text = self.http_config(drain="8s")
         with Shunt(text, wait_port=listen) as old:
             wait_ready(self.admin, old.proc)
-            c = socket.create_connection(("127.0.0.1", listen), timeout=15)
-            self.addCleanup(c.close)
-            f = c.makefile("rb")
+            c, f = self.client(listen)
             body = os.urandom(32 << 10)
             c.sendall(request("POST", "/api/slow-upload", headers=[("Content-Length", str(len(body)))])
                       + body[:100])
@@ -211,18 +214,11 @@ class InspectedTakeoverTest(unittest.TestCase):
         yet), the rest after: the new process decides the whole head and
         forwards it (the origin sees one request, on its first connection);
         the old process never connected upstream."""
-        origin = Origin()
-        self.addCleanup(origin.close)
-        listen = free_port()
-        text = self.config([("http", listen, origin.port)],
-                           [rule("api", origin.port, http=["{method: GET, path: /api/}"])],
-                           timeouts={"header": "20s"})
+        origin, listen, text = self.http_config()
         head = request("GET", "/api/first-after", headers=[("X-Padding", "p" * 200)])
         with Shunt(text, wait_port=listen) as old:
             wait_ready(self.admin, old.proc)
-            c = socket.create_connection(("127.0.0.1", listen), timeout=15)
-            self.addCleanup(c.close)
-            f = c.makefile("rb")
+            c, f = self.client(listen)
             c.sendall(head[:40])
             time.sleep(0.3)  # read by the old process's inspector
             new, new_log = self.take_over(old)
@@ -319,24 +315,13 @@ class InspectedTakeoverTest(unittest.TestCase):
                 h.update(data)
                 n += len(data)
             received["up"] = (n, h.hexdigest())
-            start = time.monotonic()
-            sent = 0
-            for chunk in pattern(size, 9):
-                conn.sendall(chunk)
-                sent += len(chunk)
-                ahead = sent / (1 << 20) - (time.monotonic() - start)  # 1 MiB/s
-                if ahead > 0:
-                    time.sleep(ahead)
-            return sent
+            throttled_send(conn, size, 9, 1 << 20)  # 1 MiB/s
+            return size
 
-        upstream = ThreadedServer(stream_back)
-        self.addCleanup(upstream.close)
-        listen = free_port()
-        text = self.config([("bulk", listen, upstream.port)], [rule("bulk", upstream.port)], datapath=datapath)
+        upstream, listen, text = self.bulk_config(stream_back, datapath)
         with Shunt(text, wait_port=listen) as old:
             wait_ready(self.admin, old.proc)
-            c = socket.create_connection(("127.0.0.1", listen), timeout=15)
-            self.addCleanup(c.close)
+            c, _ = self.client(listen)
             up = os.urandom(200 << 10)
             c.sendall(up)
             c.shutdown(socket.SHUT_WR)
@@ -391,14 +376,10 @@ class InspectedTakeoverTest(unittest.TestCase):
                 conn.sendall(chunk)
             return size
 
-        upstream = ThreadedServer(blast)
-        self.addCleanup(upstream.close)
-        listen = free_port()
-        text = self.config([("bulk", listen, upstream.port)], [rule("bulk", upstream.port)], datapath=datapath)
+        upstream, listen, text = self.bulk_config(blast, datapath)
         with Shunt(text, wait_port=listen) as old:
             wait_ready(self.admin, old.proc)
-            c = socket.create_connection(("127.0.0.1", listen), timeout=15)
-            self.addCleanup(c.close)
+            c, _ = self.client(listen)
             c.sendall(b"go")
             time.sleep(0.5)  # every buffer on the way fills: the proxy's write waits
             new, new_log = self.take_over(old)

@@ -198,9 +198,13 @@ class UserspaceHandoffTest : public ::testing::TestWithParam<Path> {
     return GetParam() == Path::copy ? io.start(run_copy(*pair, observer, cancel, &handoff, closed))
                                     : io.start(run_splice(*pair, observer, cancel, &handoff, closed));
   }
-  std::vector<PairHandoff::Exported> collect() {
+  // What froze (collected as the boundary window's poll does), within a second.
+  std::vector<PairHandoff::Exported> wait_frozen() {
     std::vector<PairHandoff::Exported> out;
-    io.run([&] { out = handoff.freeze_all([](PairKind k) { return k == PairKind::userspace; }); });
+    for (int i = 0; i < 100 && out.empty(); ++i) {
+      io.run([&] { out = handoff.freeze_all([](PairKind k) { return k == PairKind::userspace; }); });
+      if (out.empty()) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
     return out;
   }
   IoThread io;
@@ -221,11 +225,7 @@ TEST_P(UserspaceHandoffTest, FreezesItselfInAWindowAndThawsWhereItWas) {
   ASSERT_EQ(::recv(server, buf, sizeof(buf), MSG_WAITALL), 6);
   io.run([&] { handoff.set_window(kind_bit(PairKind::userspace)); });
   // Both directions are back at their reads: frozen, waiting to be collected.
-  std::vector<PairHandoff::Exported> frozen;
-  for (int i = 0; i < 100 && frozen.empty(); ++i) {
-    frozen = collect();
-    if (frozen.empty()) std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
+  const std::vector<PairHandoff::Exported> frozen = wait_frozen();
   ASSERT_EQ(frozen.size(), 1u);
   EXPECT_EQ(frozen[0].kind, PairKind::userspace);
   EXPECT_FALSE(frozen[0].state.client_fin_forwarded);
@@ -251,11 +251,7 @@ TEST_P(UserspaceHandoffTest, HalfClosedPairIsMovableWithItsClosedDirection) {
   ::shutdown(client, SHUT_WR);
   EXPECT_EQ(read_to_end(server), "up");  // with the FIN passed on
   io.run([&] { handoff.set_window(kind_bit(PairKind::userspace)); });
-  std::vector<PairHandoff::Exported> frozen;
-  for (int i = 0; i < 100 && frozen.empty(); ++i) {
-    frozen = collect();
-    if (frozen.empty()) std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
+  const std::vector<PairHandoff::Exported> frozen = wait_frozen();
   ASSERT_EQ(frozen.size(), 1u);
   EXPECT_TRUE(frozen[0].state.client_fin_forwarded);
   EXPECT_FALSE(frozen[0].state.upstream_fin_forwarded);

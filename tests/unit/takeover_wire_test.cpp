@@ -368,6 +368,36 @@ TEST(TakeoverProtocol, Version3PairEntriesAndCollector) {
   EXPECT_TRUE(*v2_done);
 }
 
+// The two ends of a boundary window (late.h) over a socketpair: the old
+// side's window on a thread of its own, the new side's on the caller's.
+std::thread old_window(UniqueFd fd, const LateHooks& hooks, const Timeouts& t, LateResult& result) {
+  return std::thread([fd = std::move(fd), &hooks, t, &result]() mutable {
+    boost::asio::io_context io;
+    boost::asio::posix::stream_descriptor peer(io, fd.release());
+    boost::asio::co_spawn(
+        io,
+        [&]() -> boost::asio::awaitable<void> {
+          result = co_await hand_over_late(peer, kProtocolBoundary, hooks, t);
+        },
+        boost::asio::detached);
+    io.run();
+  });
+}
+
+ArrivalResult new_window(UniqueFd fd, const ArrivalHooks& hooks, const Timeouts& t) {
+  ArrivalResult result;
+  boost::asio::io_context io;
+  boost::asio::posix::stream_descriptor peer(io, fd.release());
+  boost::asio::co_spawn(
+      io,
+      [&]() -> boost::asio::awaitable<void> {
+        result = co_await receive_late(peer, kProtocolBoundary, hooks, t);
+      },
+      boost::asio::detached);
+  io.run();
+  return result;
+}
+
 // The boundary window (late.h) between two real ends over a socketpair:
 // batches with one and two fds each move, each let go by the old side
 // only after `adopted` and acted on by the new side only after `handed`;
@@ -382,53 +412,33 @@ TEST(TakeoverLate, BatchesMoveThenTheWindowCloses) {
   LateResult old_result;
   ArrivalResult new_result;
   Timeouts t{1s, 1s, 2s};
-  std::thread old_side([&] {
-    boost::asio::io_context io;
-    boost::asio::posix::stream_descriptor peer(io, control.a.release());
-    LateHooks hooks;
-    hooks.window = [&](bool on) { ++(on ? windows_open : windows_closed); };
-    hooks.collect = [&] {
-      std::vector<HandedPair> out;
-      const int n = collected++;
-      if (n == 0) out.push_back({"pair", sockets[0].get(), sockets[1].get()});
-      if (n == 2) out.push_back({"tls", sockets[2].get(), -1});
-      return out;
-    };
-    hooks.let_go = [&] { ++let_go; };
-    hooks.thaw = [&] { ++old_thawed; };
-    hooks.candidates = [&] { return collected < 4 ? std::size_t{1} : std::size_t{0}; };
-    boost::asio::co_spawn(
-        io,
-        [&]() -> boost::asio::awaitable<void> {
-          old_result = co_await hand_over_late(peer, kProtocolBoundary, hooks, t);
-        },
-        boost::asio::detached);
-    io.run();
-  });
+  LateHooks hooks;
+  hooks.window = [&](bool on) { ++(on ? windows_open : windows_closed); };
+  hooks.collect = [&] {
+    std::vector<HandedPair> out;
+    const int n = collected++;
+    if (n == 0) out.push_back({"pair", sockets[0].get(), sockets[1].get()});
+    if (n == 2) out.push_back({"tls", sockets[2].get(), -1});
+    return out;
+  };
+  hooks.let_go = [&] { ++let_go; };
+  hooks.thaw = [&] { ++old_thawed; };
+  hooks.candidates = [&] { return collected < 4 ? std::size_t{1} : std::size_t{0}; };
+  std::thread old_side = old_window(std::move(control.a), hooks, t, old_result);
   std::vector<std::size_t> batch_sizes;
   std::vector<bool> has_upstream;
-  {
-    boost::asio::io_context io;
-    boost::asio::posix::stream_descriptor peer(io, control.b.release());
-    ArrivalHooks hooks;
-    hooks.adopt = [&](std::vector<InheritedPair> pairs) -> Status {
-      ++adopted;
-      // The old side holds on until `adopted`.
-      EXPECT_EQ(let_go.load(), static_cast<int>(batch_sizes.size()));
-      batch_sizes.push_back(pairs.size());
-      for (const auto& p : pairs) has_upstream.push_back(static_cast<bool>(p.upstream));
-      return ok_status();
-    };
-    hooks.thaw = [&] { ++thawed; };
-    hooks.let_go = [&] { ++new_let_go; };
-    boost::asio::co_spawn(
-        io,
-        [&]() -> boost::asio::awaitable<void> {
-          new_result = co_await receive_late(peer, kProtocolBoundary, hooks, t);
-        },
-        boost::asio::detached);
-    io.run();
-  }
+  ArrivalHooks arrivals;
+  arrivals.adopt = [&](std::vector<InheritedPair> pairs) -> Status {
+    ++adopted;
+    // The old side holds on until `adopted`.
+    EXPECT_EQ(let_go.load(), static_cast<int>(batch_sizes.size()));
+    batch_sizes.push_back(pairs.size());
+    for (const auto& p : pairs) has_upstream.push_back(static_cast<bool>(p.upstream));
+    return ok_status();
+  };
+  arrivals.thaw = [&] { ++thawed; };
+  arrivals.let_go = [&] { ++new_let_go; };
+  new_result = new_window(std::move(control.b), arrivals, t);
   old_side.join();
   EXPECT_FALSE(old_result.failed) << old_result.detail;
   EXPECT_FALSE(new_result.failed) << new_result.detail;
@@ -453,41 +463,21 @@ TEST(TakeoverLate, RefusedBatchIsTakenBack) {
   std::atomic<int> let_go{0}, thawed{0}, closed{0}, new_let_go{0}, new_thawed{0};
   LateResult old_result;
   Timeouts t{1s, 1s, 2s};
-  std::thread old_side([&] {
-    boost::asio::io_context io;
-    boost::asio::posix::stream_descriptor peer(io, control.a.release());
-    LateHooks hooks;
-    hooks.window = [&](bool on) {
-      if (!on) ++closed;
-    };
-    hooks.collect = [&] { return std::vector<HandedPair>{{"pair", a.get(), b.get()}}; };
-    hooks.let_go = [&] { ++let_go; };
-    hooks.thaw = [&] { ++thawed; };
-    hooks.candidates = [] { return std::size_t{1}; };
-    boost::asio::co_spawn(
-        io,
-        [&]() -> boost::asio::awaitable<void> {
-          old_result = co_await hand_over_late(peer, kProtocolBoundary, hooks, t);
-        },
-        boost::asio::detached);
-    io.run();
-  });
+  LateHooks hooks;
+  hooks.window = [&](bool on) {
+    if (!on) ++closed;
+  };
+  hooks.collect = [&] { return std::vector<HandedPair>{{"pair", a.get(), b.get()}}; };
+  hooks.let_go = [&] { ++let_go; };
+  hooks.thaw = [&] { ++thawed; };
+  hooks.candidates = [] { return std::size_t{1}; };
+  std::thread old_side = old_window(std::move(control.a), hooks, t, old_result);
   ArrivalResult new_result;
-  {
-    boost::asio::io_context io;
-    boost::asio::posix::stream_descriptor peer(io, control.b.release());
-    ArrivalHooks hooks;
-    hooks.adopt = [](std::vector<InheritedPair>) -> Status { return SysError{EBADMSG, "no"}; };
-    hooks.thaw = [&] { ++new_thawed; };
-    hooks.let_go = [&] { ++new_let_go; };
-    boost::asio::co_spawn(
-        io,
-        [&]() -> boost::asio::awaitable<void> {
-          new_result = co_await receive_late(peer, kProtocolBoundary, hooks, t);
-        },
-        boost::asio::detached);
-    io.run();
-  }
+  ArrivalHooks arrivals;
+  arrivals.adopt = [](std::vector<InheritedPair>) -> Status { return SysError{EBADMSG, "no"}; };
+  arrivals.thaw = [&] { ++new_thawed; };
+  arrivals.let_go = [&] { ++new_let_go; };
+  new_result = new_window(std::move(control.b), arrivals, t);
   old_side.join();
   EXPECT_TRUE(old_result.failed);
   EXPECT_NE(old_result.detail.find("no"), std::string::npos) << old_result.detail;
