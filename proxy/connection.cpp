@@ -101,7 +101,7 @@ void Connection::adopt(ProxyContext& proxy, WorkerContext& worker, const config:
     self->adopted_pending_forward_ = t.kind == PairKind::userspace;
     self->adopted_closed_ = HalfClosed{t.state.client_fin_forwarded, t.state.upstream_fin_forwarded};
     self->client_pending_ = t.kind == PairKind::tls_hello || t.kind == PairKind::http_first;
-    self->client_read_ = t.pending;
+    if (!t.pending.empty()) self->client_read_ = std::make_unique<std::string>(t.pending);
     // The data path reads its baselines from the kernel, as after an
     // inspection (should it hand the pair to the sockmap).
     if (self->adopted_pending_forward_) self->inspected_ = true;
@@ -395,12 +395,10 @@ asio::awaitable<bool> Connection::inspect(policy::Inspect kind, policy::Flow flo
     {
       const Inflight inflight(*this);
       if (kind == policy::Inspect::tls) {
-        out = co_await inspect_tls(inspection(std::move(sockets_.client), flow),
-                                   std::exchange(client_read_, {}));
+        out = co_await inspect_tls(inspection(std::move(sockets_.client), flow), take_client_read());
       } else {
         // A parked connection comes back with its upstream (resume_http).
-        HttpResume resume{
-            .may_park = true, .upstream = std::nullopt, .initial = std::exchange(client_read_, {})};
+        HttpResume resume{.may_park = true, .upstream = std::nullopt, .initial = take_client_read()};
         if (sockets_.upstream.is_open()) {
           resume.upstream.emplace(std::move(sockets_.upstream));
           // Woken within a second of parking: a busy keep-alive client.
@@ -422,7 +420,7 @@ asio::awaitable<bool> Connection::inspect(policy::Inspect kind, policy::Flow flo
     // again from the same bytes.
     settle(out.ending);
     sockets_.client = std::move(out.client_pending->client);
-    client_read_ = std::move(out.client_pending->read);
+    client_read_ = std::make_unique<std::string>(std::move(out.client_pending->read));
     if (worker_.handoff.takes_now(kind == policy::Inspect::tls ? PairKind::tls_hello
                                                                : PairKind::http_first)) {
       client_pending_ = true;
@@ -638,7 +636,8 @@ PairHandoff::Exported Connection::freeze() {
   e.client_fd = sockets_.client.native_handle();
   e.upstream_fd = sockets_.upstream.native_handle();
   e.kind = kind();
-  e.pending = client_read_;  // a connection's first bytes before its decision (no upstream: fd -1)
+  // A connection's first bytes before its decision (its upstream_fd is -1).
+  if (client_read_) e.pending = *client_read_;
   // The cookies name the sockets, which the new process checks.
   auto client = bpf::socket_cookie(e.client_fd);
   e.state.client_cookie = client ? *client : 0;

@@ -220,20 +220,27 @@ class Connection : public std::enable_shared_from_this<Connection>,
   // HTTP keep-alive between requests with no coroutine (park()); the
   // generation tells a park's waits from a later park's.
   bool parked_ = false;
+  // Adopted between reads of its copy or splice data path: thaw() runs
+  // forward() on its sockets, with the directions closed before closed.
+  bool adopted_pending_forward_ = false;
+  // Handed back before its first decision (ClientPending: a TLS
+  // ClientHello, an HTTP/1.1 first head): only the client socket is open;
+  // the inspector continues from client_read_.
+  bool client_pending_ = false;
   std::uint32_t park_generation_ = 0;
+  HalfClosed adopted_closed_;
   // Frozen by a takeover while parked: nothing waits on the sockets, so
   // the connection holds itself until thawed or let go.
   std::shared_ptr<Connection> frozen_self_;
   std::chrono::steady_clock::time_point parked_at_{};  // the last park()
-  // Adopted between reads of its copy or splice data path: thaw() runs
-  // forward() on its sockets, with the directions closed before closed.
-  bool adopted_pending_forward_ = false;
-  HalfClosed adopted_closed_;
-  // A connection's first bytes read but not yet decided on (ClientPending:
-  // a TLS ClientHello, an HTTP/1.1 first head): only the client socket is
-  // open; the inspector continues from these bytes.
-  bool client_pending_ = false;
-  std::string client_read_;
+  // The bytes read before such a hand-back (on the heap: most connections
+  // never have any, and each connection's size counts, issue 16).
+  std::unique_ptr<std::string> client_read_;
+  [[nodiscard]] std::string take_client_read() {
+    std::string out = client_read_ ? std::move(*client_read_) : std::string();
+    client_read_.reset();
+    return out;
+  }
   BoundaryRequest boundary_;
   CancelSlot cancel_;
   SourceLimiter::Lease source_slot_;

@@ -1077,7 +1077,7 @@ asio::awaitable<InspectOutcome> inspect_http(Inspection in, HttpResume resume) {
   // the loop finds the request at its next boundary by itself.
   // Before the first head is whole (no upstream yet), wake the wait for
   // it so the loop hands the connection back.
-  const auto poke = BoundaryRequest::install(in.boundary, [&s] {
+  BoundaryRequest::PokeFn wake([&s] {
     boost::system::error_code ignored;
     if (s.reading_client && !s.upstream.is_open() && !s.resumed && s.pending.empty()) {
       s.first_yield = true;
@@ -1088,6 +1088,7 @@ asio::awaitable<InspectOutcome> inspect_http(Inspection in, HttpResume resume) {
     s.park_wake = true;
     s.client().cancel(ignored);
   });
+  const auto poke = BoundaryRequest::install(in.boundary, wake);
   bool hand_over = false;
   try {
     hand_over = co_await run_requests(session);

@@ -67,33 +67,53 @@ class QuietWatch {
 // One inspector at a time; on the connection's thread.
 class BoundaryRequest {
  public:
+  // What an inspector does when the window opens while it waits.
+  class Poke {
+   public:
+    virtual void poke() = 0;
+
+   protected:
+    ~Poke() = default;
+  };
+  // A Poke from a callable (kept in the inspector's frame).
+  template <typename F>
+  class PokeFn final : public Poke {
+   public:
+    explicit PokeFn(F f) : f_(std::move(f)) {}
+    void poke() override { f_(); }
+
+   private:
+    F f_;
+  };
+
   [[nodiscard]] bool requested() const { return requested_; }
   void set(bool on) {
     requested_ = on;
-    if (on && poke_) poke_();
+    if (on && poke_) poke_->poke();
   }
-  // While the returned guard lives, set(true) runs `poke` (nothing when
-  // `request` is null: the connection never moves).
-  class Poke {
+  // While the returned guard lives, set(true) pokes `poke` (nothing when
+  // `request` is null: the connection never moves). A plain pointer, not
+  // a std::function: it is a member of every connection (issue 16).
+  class Installed {
    public:
-    explicit Poke(BoundaryRequest* request) : request_(request) {}
-    Poke(const Poke&) = delete;
-    Poke& operator=(const Poke&) = delete;
-    ~Poke() {
+    explicit Installed(BoundaryRequest* request) : request_(request) {}
+    Installed(const Installed&) = delete;
+    Installed& operator=(const Installed&) = delete;
+    ~Installed() {
       if (request_) request_->poke_ = nullptr;
     }
 
    private:
     BoundaryRequest* request_;
   };
-  [[nodiscard]] static Poke install(BoundaryRequest* request, std::function<void()> poke) {
-    if (request) request->poke_ = std::move(poke);
-    return Poke(request);
+  [[nodiscard]] static Installed install(BoundaryRequest* request, Poke& poke) {
+    if (request) request->poke_ = &poke;
+    return Installed(request);
   }
 
  private:
+  Poke* poke_ = nullptr;
   bool requested_ = false;
-  std::function<void()> poke_;
 };
 
 // Everything an inspector may use.

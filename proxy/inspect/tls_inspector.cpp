@@ -66,11 +66,12 @@ asio::awaitable<InspectOutcome> read_and_decide(Inspection& in, std::optional<tc
   // Handed back at the wait for more bytes (BoundaryRequest): the wait is
   // cancelled by the poke, no read is pending.
   bool yielded = false;
-  const auto poke = BoundaryRequest::install(in.boundary, [&client = in.client, &yielded] {
+  BoundaryRequest::PokeFn wake([&client = in.client, &yielded] {
     yielded = true;
     boost::system::error_code ignored;
     client.cancel(ignored);
   });
+  const auto poke = BoundaryRequest::install(in.boundary, wake);
   boost::system::error_code nb;
   in.client.non_blocking(true, nb);  // the wait for data is the async_wait
   while (state == tls::ClientHelloReader::State::need_more && (hello.empty() || have < hello.size())) {
