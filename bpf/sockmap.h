@@ -60,7 +60,9 @@ struct HandoverResult {
 //
 // 2: sock_peers gained the hold (held bytes, holding, the peer's written
 // base) and hold_forwarded joined the shared maps.
-inline constexpr std::uint32_t kKernelMapsVersion = 2;
+// 3: sock_peers gained the verdict's stream position and the repeated bytes
+// it cut (redirect_to_peer, cut_repeated).
+inline constexpr std::uint32_t kKernelMapsVersion = 3;
 
 struct KernelMaps {
   std::uint32_t version = kKernelMapsVersion;
@@ -137,6 +139,9 @@ class SockmapBridge {
   // Payload the verdict program took from this socket for its peer:
   // redirected, or held for userspace to forward (HoldState::bytes).
   [[nodiscard]] std::uint64_t redirected_bytes(std::uint64_t cookie) const;
+  // Bytes the verdict cut from segments that repeated bytes it had already
+  // taken (a partly overlapping retransmission; redirect_to_peer).
+  [[nodiscard]] std::uint64_t repeated_bytes(std::uint64_t cookie) const;
 
   // The socket's hold; zeros once forgotten.
   [[nodiscard]] HoldState hold_state(std::uint64_t cookie) const;

@@ -122,6 +122,64 @@ static __always_inline int hold(__u64 cookie, struct shunt_sock_peer *peer, __u3
 	return SK_PASS;
 }
 
+/* Cuts from `skb` the bytes this socket's verdict has already taken.
+ *
+ * tcp_read_skb hands the verdict whole skbs, without the offset
+ * tcp_recvmsg and tcp_read_sock take from copied_seq, and TCP queues a
+ * segment that partly overlaps bytes already received as it came
+ * (tcp_data_queue, "partial packet": only a D-SACK is noted). A
+ * retransmission that the sender collapsed with new bytes, after an ACK it
+ * had not seen yet, is such a segment: its head would be redirected a
+ * second time. The duplication seen under load (one whole 65,483-byte
+ * segment delivered twice in a 1 GiB stream, docs/datapath.md) fits this;
+ * that it was this is not confirmed.
+ *
+ * The segment's sequence number is the first word of skb->cb (struct
+ * tcp_skb_cb, `seq`), which an sk_skb program reads as __sk_buff cb[0]
+ * (struct sk_skb_cb's data starts the same control block). The position
+ * starts at copied_seq the first time: what userspace read before the
+ * handover, which a queued skb may also overlap. Returns the bytes left,
+ * 0 when the whole skb repeats, or -1 when it could not be cut. */
+static __always_inline int cut_repeated(struct __sk_buff *skb, struct shunt_sock_peer *peer,
+					__u32 len)
+{
+	__u32 seq = skb->cb[0];
+	__s32 repeat;
+
+	if (!peer->seq_known) {
+		struct bpf_sock *sk = skb->sk;
+		struct tcp_sock *tp = sk ? bpf_skc_to_tcp_sock(sk) : 0;
+
+		if (!tp)
+			return len;
+		peer->next_seq = tp->copied_seq;
+		peer->seq_known = 1;
+	}
+	repeat = (__s32)(peer->next_seq - seq);
+	if (repeat <= 0) {
+		peer->next_seq = seq + len;
+		return len;
+	}
+	if ((__u32)repeat >= len) {
+		peer->repeated += len;
+		return 0;
+	}
+	/* bpf_skb_adjust_room shrinks by at most 4095 bytes a call. */
+	__u32 left = repeat;
+	for (int i = 0; i < 17 && left > 0; i++) {
+		__u32 step = left > 4095 ? 4095 : left;
+
+		if (bpf_skb_adjust_room(skb, -(__s32)step, 0, 0))
+			return -1;
+		left -= step;
+	}
+	if (left)
+		return -1;
+	peer->repeated += repeat;
+	peer->next_seq = seq + len;
+	return len - repeat;
+}
+
 SEC("sk_skb")
 int redirect_to_peer(struct __sk_buff *skb)
 {
@@ -140,6 +198,14 @@ int redirect_to_peer(struct __sk_buff *skb)
 	 * itself is already known to TCP; the empty skb carries nothing. */
 	if (len == 0)
 		return SK_DROP;
+
+	int left = cut_repeated(skb, peer, len);
+	if (left == 0)
+		return SK_DROP;
+	/* Could not cut (no memory to pull the head): pass it on whole, as
+	 * before; `repeated` does not count it. */
+	if (left > 0)
+		len = left;
 
 	if (peer->holding) {
 		__u64 *forwarded = bpf_map_lookup_elem(&hold_forwarded, &cookie);

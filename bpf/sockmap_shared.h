@@ -20,6 +20,12 @@ struct shunt_sock_peer {
 				  * what the endpoint short-circuit wrote to it since */
 	__u32 bulk_reported;	 /* set once the bulk-transfer event has been sent */
 	__u32 holding;		 /* the peer's backlog is over the limit: hold, do not redirect */
+	/* The stream position the verdict has taken bytes up to (TCP sequence
+	 * number), once `seq_known`: a segment that starts before it repeats
+	 * bytes already taken (see redirect_to_peer). */
+	__u32 next_seq;
+	__u32 seq_known;
+	__u64 repeated; /* bytes cut because they were taken before */
 };
 
 /* Ring buffer record. SHUNT_EVENT_BULK (0, what sockmap_redirect sends):

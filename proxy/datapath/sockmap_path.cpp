@@ -630,6 +630,10 @@ class SplicedPair final : public std::enable_shared_from_this<SplicedPair>, publ
       spdlog::debug("connection {}: held {} time(s) for a slow receiver, {} byte(s) forwarded by shunt", id_,
                     holds, forwarded);
     }
+    if (const std::uint64_t repeated =
+            bridge_.repeated_bytes(up_.from_cookie) + bridge_.repeated_bytes(down_.from_cookie))
+      spdlog::debug("connection {}: the verdict cut {} byte(s) that retransmitted segments repeated", id_,
+                    repeated);
     std::uint64_t dropped = 0;
     for (const SplicedDirection* d : {&up_, &down_}) {
       const std::uint64_t redirected =
