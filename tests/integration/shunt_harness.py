@@ -111,21 +111,22 @@ def recv_exact(sock, n):
     return bytes(buf)
 
 
-def is_listening(port, netns=None):
+def is_listening(port, netns=None, family=None):
     """True when some socket listens on TCP `port` (checked with ss, so no
-    probe connection reaches the upstream behind a proxy)."""
-    cmd = ["ss", "-Hltn", f"sport = :{port}"]
+    probe connection reaches the upstream behind a proxy); `family` "-4" or
+    "-6" counts only that family's sockets."""
+    cmd = ["ss", "-Hltn", *([family] if family else []), f"sport = :{port}"]
     if netns:
         cmd = ["ip", "netns", "exec", netns, *cmd]
     return bool(subprocess.run(cmd, capture_output=True, text=True).stdout.strip())
 
 
-def wait_for_port(host, port, timeout=10.0, proc=None, netns=None):
+def wait_for_port(host, port, timeout=10.0, proc=None, netns=None, family=None):
     deadline = time.time() + timeout
     while time.time() < deadline:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"shunt exited with {proc.returncode} before listening")
-        if is_listening(port, netns):
+        if is_listening(port, netns, family):
             return
         time.sleep(0.05)
     raise TimeoutError(f"{host}:{port} not listening after {timeout}s")
@@ -361,7 +362,10 @@ def start_nghttpd(owner, files):
                             stderr=subprocess.DEVNULL)
     _cleanup(owner)(proc.wait)
     _cleanup(owner)(proc.kill)
-    wait_for_port("127.0.0.1", port, proc=proc)
+    # nghttpd binds [::] and 0.0.0.0 one after the other: waiting for any
+    # listener let a test connect to 127.0.0.1 in between and be refused
+    # (seen: test_takeover's HTTP/2 case got a 502 body, 12 bytes).
+    wait_for_port("127.0.0.1", port, proc=proc, family="-4")
     return port
 
 
