@@ -28,7 +28,7 @@ import time
 import unittest
 
 import test_datapath_shortcut as shortcut
-from shunt_harness import ThreadedServer, digest_to_eof, pattern, pattern_digest, run_tests
+from shunt_harness import ThreadedServer, digest_to_eof, pattern, pattern_digest, recv_all_digest, run_tests
 
 SIZE = 16 << 20
 UP_SALT, DOWN_SALT = 12, 21
@@ -40,18 +40,11 @@ def answer_after_eof(conn, delay=0.0):
     """Upstream: hashes what it receives until EOF, then (after `delay`
     seconds) sends SIZE bytes of the down pattern and closes; returns
     (bytes, digest)."""
-    h = hashlib.sha256()
-    n = 0
-    while True:
-        data = conn.recv(1 << 20)
-        if not data:
-            break
-        h.update(data)
-        n += len(data)
+    got = recv_all_digest(conn)
     time.sleep(delay)
     for chunk in pattern(SIZE, DOWN_SALT):
         conn.sendall(chunk)
-    return n, h.hexdigest()
+    return got
 
 
 def wait_for(sock_or_fd, events, timeout=20):

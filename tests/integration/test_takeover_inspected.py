@@ -30,7 +30,7 @@ import unittest
 from admin_helpers import get_json, scrape, value, wait_ready
 from http_peers import Origin, read_response, request
 from shunt_harness import (SHUNT_BIN, Shunt, ThreadedServer, echo_handler, free_port, pattern, pattern_digest,
-                           proxy_config, recv_exact, rule, run_tests)
+                           proxy_config, recv_all_digest, recv_exact, rule, run_tests)
 from test_takeover import kill, read_text, throttled_send, wait_log
 
 
@@ -306,15 +306,7 @@ class InspectedTakeoverTest(unittest.TestCase):
         received = {}
 
         def stream_back(conn):
-            h = hashlib.sha256()
-            n = 0
-            while True:
-                data = conn.recv(1 << 16)
-                if not data:
-                    break
-                h.update(data)
-                n += len(data)
-            received["up"] = (n, h.hexdigest())
+            received["up"] = recv_all_digest(conn)
             throttled_send(conn, size, 9, 1 << 20)  # 1 MiB/s
             return size
 
