@@ -260,10 +260,13 @@ HandoverResult SockmapBridge::handover(int fd_a, int fd_b, std::uint64_t written
   }
   fd_value = static_cast<std::uint64_t>(fd_b);
   if (bpf_map_update_elem(verdict_fd_, &b, &fd_value, BPF_NOEXIST) != 0) {
-    // a already redirects into b: b's direction cannot go back to userspace
+    // a already redirects into b: a's direction cannot go back to userspace
     // without reordering, and deleting a would purge what the kernel queued.
+    // What a queued before its insert still needs the verdict run over it,
+    // whatever the caller does with b's direction.
     fail("verdict_sockets insert");
     result.partial = true;
+    result.consumed_error_a = kick_queued(fd_a, a);
     return result;
   }
 

@@ -31,8 +31,10 @@ std::string_view to_string(HandoverFailure);
 
 struct HandoverResult {
   HandoverFailure failure = HandoverFailure::none;
-  // When true, one socket already redirects to the other and the pair can
-  // neither be spliced nor left half-handed: the caller must reset both.
+  // When true, `a` is in the verdict map and already redirects into `b`,
+  // but `b` was refused: the pair cannot be spliced, and `b`'s direction
+  // can only be finished by userspace (when `b` is half-closed: everything
+  // it will receive is queued) or both reset.
   bool partial = false;
   SysError error;
   SocketCookies cookies;

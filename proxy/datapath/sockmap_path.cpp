@@ -20,6 +20,7 @@
 #include "bpf/sockmap.h"
 #include "bpf/sockmap_shortcut.h"
 #include "common/async.h"
+#include "common/io_buffer.h"
 #include "common/reset.h"
 #include "common/sockopt.h"
 #include "common/unique_fd.h"
@@ -39,6 +40,7 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/write.hpp>
 
 #include <netinet/in.h>
 
@@ -53,6 +55,7 @@
 namespace shunt::proxy {
 
 namespace asio = boost::asio;
+using asio::ip::tcp;
 using std::chrono::milliseconds;
 
 namespace {
@@ -700,6 +703,50 @@ class SplicedPair final : public std::enable_shared_from_this<SplicedPair>, publ
   std::shared_ptr<SplicedPair> keep_alive_;
 };
 
+// The upstream's FIN arrived between the pair's two verdict inserts, so the
+// kernel refused the upstream socket (sock_map takes ESTABLISHED sockets
+// only) after the client's had started redirecting into it: the pair can go
+// neither back to userspace (the client's bytes are already in the
+// upstream's egress) nor whole into the kernel. But a half-closed upstream
+// will send nothing beyond what is queued now, so userspace copies that to
+// the client and passes the FIN on; the client's direction stays with the
+// kernel. The bytes copied, or nothing when the copy failed (a reset, a
+// cancel): the caller resets both.
+asio::awaitable<std::optional<std::uint64_t>> finish_half_closed_upstream(tcp::socket& upstream,
+                                                                          tcp::socket& client,
+                                                                          DatapathSink& sink,
+                                                                          CancelSlot& cancel) {
+  auto on_cancel = cancel.install([&] {
+    boost::system::error_code ignored;
+    upstream.cancel(ignored);
+    client.cancel(ignored);
+  });
+  boost::system::error_code ec;
+  upstream.non_blocking(true, ec);
+  std::uint64_t copied = 0;
+  IoBuffer buffer;
+  for (;;) {
+    if (cancel.cancelled()) co_return std::nullopt;
+    const std::size_t n = upstream.read_some(asio::buffer(buffer.data(), IoBuffer::size()), ec);
+    if (ec == asio::error::eof) break;
+    if (ec == asio::error::would_block || ec == asio::error::try_again) {
+      // Not expected once the FIN is in; waited for all the same.
+      co_await upstream.async_wait(tcp::socket::wait_read, asio::redirect_error(asio::use_awaitable, ec));
+      if (ec) co_return std::nullopt;
+      continue;
+    }
+    if (ec) co_return std::nullopt;
+    co_await asio::async_write(client, asio::buffer(buffer.data(), n),
+                               asio::redirect_error(asio::use_awaitable, ec));
+    if (ec) co_return std::nullopt;
+    sink.moved(Direction::down, n);
+    copied += n;
+  }
+  client.shutdown(tcp::socket::shutdown_send, ec);
+  if (ec) co_return std::nullopt;
+  co_return copied;
+}
+
 }  // namespace
 
 asio::awaitable<std::optional<Ending>> start_sockmap(SocketPair& pair, DatapathSink& sink, CancelSlot& cancel,
@@ -756,23 +803,35 @@ asio::awaitable<std::optional<Ending>> start_sockmap(SocketPair& pair, DatapathS
       bridge->handover(client_fd, upstream_fd, client_written, upstream_written);
   if (handover.failure != bpf::HandoverFailure::none) {
     spdlog::debug("connection {}: sockmap refused the pair ({}), {}", id, handover.error.message(),
-                  handover.partial ? "resetting" : "splicing instead");
-    if (handover.partial) {
-      sink.fell_back(kFallbackPartialHandover);
+                  handover.partial ? "after the client's socket entered it" : "splicing instead");
+    if (!handover.partial) {
+      fall_back(bpf::to_string(handover.failure));
+      co_return co_await run_splice(pair, sink, cancel);
+    }
+    sink.fell_back(kFallbackPartialHandover);
+    std::optional<std::uint64_t> finished;
+    if (handover.failure == bpf::HandoverFailure::socket_state && handover.consumed_error_a == 0 &&
+        tcp_peer_half_closed(upstream_fd))
+      finished = co_await finish_half_closed_upstream(pair.upstream, pair.client, sink, cancel);
+    if (!finished) {
       bridge->forget(handover.cookies);
       reset_socket(pair.client);
       reset_socket(pair.upstream);
       co_return Ending(EndReason::handover_failed, handover.error.message(), /*reset_both=*/true);
     }
-    fall_back(bpf::to_string(handover.failure));
-    co_return co_await run_splice(pair, sink, cancel);
+    spdlog::debug(
+        "connection {}: upstream half-closed during the handover; its last {} byte(s) copied, "
+        "the client's direction stays with the kernel",
+        id, *finished);
+    down.to_written_at_handover += *finished;
+    down.fin_forwarded = true;
   }
   up.from_cookie = handover.cookies.a;
   down.from_cookie = handover.cookies.b;
   sink.carried_by(config::Datapath::sockmap);
   sink.kernel_spliced(handover.cookies.a, handover.cookies.b);
   sink.kernel_path(Direction::up, KernelPath::sk_skb);
-  sink.kernel_path(Direction::down, KernelPath::sk_skb);
+  if (!handover.partial) sink.kernel_path(Direction::down, KernelPath::sk_skb);
 
   // From here on the fds are the pair's alone; Asio forgets them.
   auto spliced = std::make_shared<SplicedPair>(id, UniqueFd(pair.client.release()),

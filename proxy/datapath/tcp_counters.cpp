@@ -35,6 +35,12 @@ bool tcp_closed(int fd) {
   return read_tcp_info(fd, ti) && ti.tcpi_state == kTcpClose;
 }
 
+bool tcp_peer_half_closed(int fd) {
+  tcp_info ti{};
+  constexpr std::uint8_t kTcpCloseWait = 8;  // TCP_CLOSE_WAIT, include/net/tcp_states.h
+  return read_tcp_info(fd, ti) && ti.tcpi_state == kTcpCloseWait;
+}
+
 std::optional<std::uint64_t> tcp_bytes_consumed(int fd) {
   // received - queued, with `received` unchanged across the SIOCINQ call: a
   // segment arriving in between would otherwise count as consumed. Nobody

@@ -22,6 +22,10 @@ std::uint64_t tcp_bytes_received(int fd);
 // True when the socket is in TCP_CLOSE (reset, or both FINs exchanged).
 bool tcp_closed(int fd);
 
+// True when the socket is in TCP_CLOSE_WAIT: the peer's FIN is in (so every
+// byte the peer will ever send is already queued) and nothing was reset.
+bool tcp_peer_half_closed(int fd);
+
 // Bytes userspace has consumed from the socket (received minus still
 // queued), read so that no segment lands between the two readings. For a
 // socket not yet in a sockmap. Empty on error, or when segments kept

@@ -107,6 +107,33 @@ class DatapathTests:
                 c.shutdown(socket.SHUT_WR)
             self.assertEqual(server.wait_results(1)[0], (2 * 1024 * 1024, pattern_digest(2 * 1024 * 1024, 9)))
 
+    def test_upstream_half_closes_at_once(self):
+        """The upstream sends its bytes and its FIN as soon as it accepts, so
+        the FIN lands before, during or after the handover (on sockmap: a
+        socket in CLOSE_WAIT is refused by the map, and between the pair's
+        two inserts that leaves the client's socket already redirecting;
+        shunt then copies the upstream's last bytes itself). Every
+        connection keeps every byte both ways."""
+        greeting = os.urandom(300_000)
+
+        def handler(conn):
+            conn.sendall(greeting)
+            conn.shutdown(socket.SHUT_WR)
+            return recv_all_digest(conn)
+
+        rounds = 60
+        with ThreadedServer(handler) as server, self.start(server.port):
+            for i in range(rounds):
+                with socket.create_connection(("127.0.0.1", self.port), timeout=30) as c:
+                    send_pattern(c, 128 * 1024, i)
+                    c.shutdown(socket.SHUT_WR)
+                    self.assertEqual(hashlib.sha256(recv_exact(c, len(greeting))).digest(),
+                                     hashlib.sha256(greeting).digest(), f"connection {i}")
+                    self.assertEqual(c.recv(10), b"", f"connection {i}: the upstream's FIN")
+            results = server.wait_results(rounds)
+            self.assertEqual(sorted(results), sorted((128 * 1024, pattern_digest(128 * 1024, i))
+                                                     for i in range(rounds)))
+
     def test_server_speaks_first(self):
         """A server-first protocol: upstream's greeting arrives before the
         client sends anything (and before or during the handover)."""
