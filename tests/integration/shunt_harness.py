@@ -364,12 +364,12 @@ def start_nghttpd(owner, files):
     _cleanup(owner)(proc.kill)
     # nghttpd binds [::] and 0.0.0.0 one after the other: waiting for any
     # listener let a test connect to 127.0.0.1 in between and be refused
-    # (seen: test_takeover's HTTP/2 case got a 502 body, 12 bytes). Where
-    # [::] is dual-stack (net.ipv6.bindv6only=0 and no IPV6_V6ONLY) the
-    # 0.0.0.0 bind fails and IPv4 is served by the [::] socket, which `ss -4`
-    # does not list (a clean-clone CI machine timed out that way). So the
-    # wait is a connection to 127.0.0.1, the address the tests use; nghttpd
-    # is the origin itself, so the probe reaches no proxy, and it closes a
+    # (seen: test_takeover's HTTP/2 case got a 502 body, 12 bytes). Waiting
+    # for an IPv4 listener in `ss -4` instead timed out on a clean-clone CI
+    # machine (a dual-stack [::] socket serving IPv4 is one way `ss -4` lists
+    # nothing; which one it was there is not known). So the wait is a
+    # connection to 127.0.0.1, the address the tests use: nghttpd is the
+    # origin itself, so the probe reaches no proxy, and it closes a
     # connection that sends no preface.
     deadline = time.time() + 10
     while True:
