@@ -4,11 +4,46 @@ Content-Length and chunked bodies, streams large bodies both ways and
 switches to a raw echo after a WebSocket-style 101; and a small client-side
 response reader for raw sockets."""
 import hashlib
+import http.server
 import socket
 import threading
 import time
 
 from shunt_harness import ThreadedServer, pattern
+
+
+class QuietHandler(http.server.BaseHTTPRequestHandler):
+    """http.server's handler as the stdlib origins of the policy tests use
+    it: HTTP/1.1 keep-alive, no log lines, and a connection shunt resets
+    (it resets both sides when a request breaks its framing) ends quietly."""
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    def handle(self):
+        try:
+            super().handle()
+        except (ConnectionResetError, BrokenPipeError):
+            pass
+
+
+class StdlibOrigin:
+    """Serves a QuietHandler subclass from a ThreadingHTTPServer on
+    127.0.0.1 (`port`) until close(): an upstream that parses requests the
+    way Python applications do."""
+
+    def _serve(self, handler):
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(10)
 
 
 class Origin:

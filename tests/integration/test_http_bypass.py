@@ -7,7 +7,6 @@ refused by shunt (403, 400 or a reset) AND the upstream's own log must show
 it never received the denied resource; the allowed spellings still pass, and
 reach the upstream in the canonical form shunt decided on (docs/policy.md).
 """
-import http.server
 import os
 import posixpath
 import re
@@ -20,6 +19,7 @@ import time
 import unittest
 import urllib.parse
 
+from http_peers import QuietHandler, StdlibOrigin
 from shunt_harness import (SHUNT_BIN, closing, free_port, proxy_config, rule, run_tests, start_class_shunt,
                            wait_for_port)
 
@@ -93,7 +93,7 @@ class Nginx:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-class PyOrigin:
+class PyOrigin(StdlibOrigin):
     """Python's http.server (BaseHTTPRequestHandler, HTTP/1.1). Every request
     it parses is recorded as (method, raw path, resource, host, upgrade,
     x-role), where resource is the path as SimpleHTTPRequestHandler would map
@@ -107,18 +107,7 @@ class PyOrigin:
         self.tunnel = []
         origin = self
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):
-                pass
-
-            def handle(self):
-                try:
-                    super().handle()
-                except (ConnectionResetError, BrokenPipeError):
-                    pass  # shunt resets both sides when a body breaks its framing
-
+        class Handler(QuietHandler):
             def parse_request(self):
                 ok = super().parse_request()
                 if ok:
@@ -179,16 +168,8 @@ class PyOrigin:
 
             do_GET = do_POST = do_HEAD = do_OPTIONS = do_CONNECT = reply
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
+        self._serve(Handler)
 
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(10)
 
 
 def config(d, host_entry="'admin.local.'"):

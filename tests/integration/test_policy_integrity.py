@@ -7,7 +7,6 @@ body, as SimpleHTTPRequestHandler does: such a server reads that body as its
 next request. docs/policy.md ("Framing", "What an adversarial review
 probed") lists every class tried.
 """
-import http.server
 import socket
 import ssl
 import threading
@@ -15,6 +14,7 @@ import time
 import unittest
 
 import h2_frames as h2
+from http_peers import QuietHandler, StdlibOrigin
 from shunt_harness import (ThreadedServer, closing, free_port, proxy_config, rule, run_tests, start_class_shunt,
                            wait_for_port)
 from test_http_bypass import NGINX_CONF, Nginx, exchange, statuses
@@ -29,7 +29,7 @@ NGINX_H2_CONF = (NGINX_CONF.replace("default_server;", "http2 default_server;")
 SMUGGLED = b"GET /api/admin/keys HTTP/1.1\r\nHost: api.local\r\n\r\n"
 
 
-class PlainOrigin:
+class PlainOrigin(StdlibOrigin):
     """http.server (HTTP/1.1, keep-alive) as applications write it: GET,
     HEAD, DELETE and OPTIONS never read a body, POST does. `seen` holds every
     request line it parsed."""
@@ -39,18 +39,7 @@ class PlainOrigin:
         self.seen = []
         origin = self
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):
-                pass
-
-            def handle(self):
-                try:
-                    super().handle()
-                except (ConnectionResetError, BrokenPipeError):
-                    pass
-
+        class Handler(QuietHandler):
             def parse_request(self):
                 ok = super().parse_request()
                 with origin.lock:
@@ -71,20 +60,12 @@ class PlainOrigin:
                 self.rfile.read(int(self.headers.get("Content-Length", "0") or 0))
                 self.do_GET()
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
+        self._serve(Handler)
 
     def lines(self):
         with self.lock:
             return list(self.seen)
 
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(10)
 
 
 def config(p):
