@@ -207,6 +207,18 @@ takeover_check() {
 	[ -n "$line" ]; result takeover_complete $? "$line"
 	echo "$line" | grep -q "ms: [1-9][0-9]* kernel-spliced" && [ $running = 1 ]
 	result takeover_during_transfers $? "transfers running at completion: $running; $line"
+	if [ -z "$line" ]; then
+		# Not taken over: show why now (the console is cut off if the VM
+		# times out later), stop the new process; the old one carries on.
+		echo "---- shunt-takeover.log (no takeover) ----"
+		cat /tmp/shunt-takeover.log
+		echo "---- shunt.log (last 40 lines) ----"
+		tail -n 40 /tmp/shunt.log
+		kill -KILL $NEW_PID 2>/dev/null
+		touch /tmp/takeover.done
+		wait $down_pid $up_pid $loop_pid
+		return
+	fi
 	sleep 1
 	touch /tmp/takeover.done
 	wait $down_pid $up_pid $loop_pid
