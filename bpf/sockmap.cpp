@@ -62,6 +62,8 @@ SockmapBridge::EventKind event_kind(const shunt_bulk_event& ev) {
   switch (ev.kind) {
     case SHUNT_EVENT_HOLD:
       return Kind::hold;
+    case SHUNT_EVENT_BROKEN:
+      return Kind::broken;
     case SHUNT_EVENT_SHORTCUT_RELEASE:
       switch (ev.reason) {
         case SHUNT_RELEASE_ZEROCOPY:
@@ -397,7 +399,10 @@ std::uint64_t SockmapBridge::repeated_bytes(std::uint64_t cookie) const {
 HoldState SockmapBridge::hold_state(std::uint64_t cookie) const {
   shunt_sock_peer entry{};
   if (bpf_map_lookup_elem(peers_fd_, &cookie, &entry) != 0) return {};
-  return {.bytes = entry.bytes, .held = entry.held, .holding = entry.holding != 0};
+  return {.bytes = entry.bytes,
+          .held = entry.held,
+          .holding = entry.holding != 0,
+          .broken = entry.cut_failed != 0};
 }
 
 std::uint64_t SockmapBridge::forwarded(std::uint64_t cookie) const {

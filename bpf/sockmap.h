@@ -64,7 +64,9 @@ struct HandoverResult {
 // base) and hold_forwarded joined the shared maps.
 // 3: sock_peers gained the verdict's stream position and the repeated bytes
 // it cut (redirect_to_peer, cut_repeated).
-inline constexpr std::uint32_t kKernelMapsVersion = 3;
+// 4: sock_peers gained cut_failed, and the ring SHUNT_EVENT_BROKEN (a
+// repeat the verdict could not cut: the pair must be reset).
+inline constexpr std::uint32_t kKernelMapsVersion = 4;
 
 struct KernelMaps {
   std::uint32_t version = kKernelMapsVersion;
@@ -91,6 +93,7 @@ struct HoldState {
   std::uint64_t bytes = 0;  // payload through the verdict: redirected + held
   std::uint64_t held = 0;   // of which kept on the socket (its psock's ingress queue)
   bool holding = false;     // still holding: nothing is redirected
+  bool broken = false;      // the verdict dropped a segment it could not cut: reset the pair
 };
 
 class SockmapBridge {
@@ -180,6 +183,7 @@ class SockmapBridge {
     shortcut_zerocopy,  // released: SO_ZEROCOPY set after the capture
     shortcut_ulp,       // released: a ULP (kTLS) set after the capture
     shortcut_blocking,  // released: the file made blocking after the capture
+    broken,             // the verdict dropped a segment whose repeat it could not cut: reset the pair
   };
   using EventHandler = std::function<void(std::uint64_t cookie, EventKind kind)>;
   [[nodiscard]] int bulk_events_fd() const;

@@ -122,24 +122,55 @@ static __always_inline int hold(__u64 cookie, struct shunt_sock_peer *peer, __u3
 	return SK_PASS;
 }
 
+/* bpf_skb_adjust_room removes at most 4095 bytes from an sk_skb per call.
+ * CUT_MAX_STEPS calls cover any repeat shorter than 1 MiB: more than any
+ * skb a TCP receive queue holds (a coalesced skb carries at most
+ * MAX_SKB_FRAGS page fragments; the largest seen repeating was 327,415
+ * bytes, five loopback segments, 296,148 of them repeated). */
+#define CUT_STEP 4095
+#define CUT_MAX_STEPS 256
+
+/* Removes the first `n` bytes of `skb` (n < 1 MiB); -1 when it could not
+ * (no memory to pull the head; the skb may then be cut in part). Whole
+ * steps first, then the rest: one exit per step keeps the verifier's walk
+ * linear in CUT_MAX_STEPS. */
+static __always_inline int cut_head(struct __sk_buff *skb, __u32 n)
+{
+	__u32 steps = n / CUT_STEP;
+	__u32 rest = n % CUT_STEP;
+
+	if (steps > CUT_MAX_STEPS)
+		return -1;
+	for (__u32 i = 0; i < CUT_MAX_STEPS; i++) {
+		if (i >= steps)
+			break;
+		if (bpf_skb_adjust_room(skb, -CUT_STEP, 0, 0))
+			return -1;
+	}
+	if (rest && bpf_skb_adjust_room(skb, -(__s32)rest, 0, 0))
+		return -1;
+	return 0;
+}
+
 /* Cuts from `skb` the bytes this socket's verdict has already taken.
  *
  * tcp_read_skb hands the verdict whole skbs, without the offset
  * tcp_recvmsg and tcp_read_sock take from copied_seq, and TCP queues a
  * segment that partly overlaps bytes already received as it came
- * (tcp_data_queue, "partial packet": only a D-SACK is noted). A
- * retransmission that the sender collapsed with new bytes, after an ACK it
- * had not seen yet, is such a segment: its head would be redirected a
- * second time. The duplication seen under load (one whole 65,483-byte
- * segment delivered twice in a 1 GiB stream, docs/datapath.md) fits this;
- * that it was this is not confirmed.
+ * (tcp_data_queue, "partial packet"; tcp_ofo_queue moves an out-of-order
+ * skb that the in-order bytes have partly caught up with whole, and that
+ * queue coalesces segments into skbs of several hundred KB). Redirected
+ * whole, its head would reach the peer a second time: the intermittent
+ * duplication of docs/datapath.md, "Repeated bytes in a retransmitted
+ * segment".
  *
  * The segment's sequence number is the first word of skb->cb (struct
  * tcp_skb_cb, `seq`), which an sk_skb program reads as __sk_buff cb[0]
  * (struct sk_skb_cb's data starts the same control block). The position
  * starts at copied_seq the first time: what userspace read before the
  * handover, which a queued skb may also overlap. Returns the bytes left,
- * 0 when the whole skb repeats, or -1 when it could not be cut. */
+ * 0 when the whole skb repeats (drop it), or -1 when the repeat could not
+ * be cut. */
 static __always_inline int cut_repeated(struct __sk_buff *skb, struct shunt_sock_peer *peer,
 					__u32 len)
 {
@@ -161,22 +192,23 @@ static __always_inline int cut_repeated(struct __sk_buff *skb, struct shunt_sock
 		return len;
 	}
 	if ((__u32)repeat >= len) {
+		/* Dropped, it would still move copied_seq on by its length
+		 * (tcp_eat_skb), past bytes that socket has not been handed
+		 * yet, and tcp_data_ready runs the verdict only while rcv_nxt
+		 * is ahead of copied_seq: the last segments of a stream could
+		 * wait in the receive queue for good. Emptied first, it moves
+		 * nothing; if the cut fails, it is dropped all the same (its
+		 * bytes were all taken). */
+		cut_head(skb, len);
 		peer->repeated += len;
 		return 0;
 	}
-	/* bpf_skb_adjust_room shrinks by at most 4095 bytes a call. */
-	__u32 left = repeat;
-	for (int i = 0; i < 17 && left > 0; i++) {
-		__u32 step = left > 4095 ? 4095 : left;
-
-		if (bpf_skb_adjust_room(skb, -(__s32)step, 0, 0))
-			return -1;
-		left -= step;
-	}
-	if (left)
+	/* Past here the skb ends beyond what was taken: whatever happens to
+	 * it, the stream position is its end. */
+	peer->next_seq = seq + len;
+	if (cut_head(skb, (__u32)repeat))
 		return -1;
 	peer->repeated += repeat;
-	peer->next_seq = seq + len;
 	return len - repeat;
 }
 
@@ -202,10 +234,20 @@ int redirect_to_peer(struct __sk_buff *skb)
 	int left = cut_repeated(skb, peer, len);
 	if (left == 0)
 		return SK_DROP;
-	/* Could not cut (no memory to pull the head): pass it on whole, as
-	 * before; `repeated` does not count it. */
-	if (left > 0)
-		len = left;
+	if (left < 0) {
+		/* Repeated bytes that could not be cut (no memory to pull the
+		 * head): passed on, they would corrupt the stream, and dropped,
+		 * the new bytes behind them are lost (TCP has acknowledged
+		 * them). Neither is a stream the peer may see: drop it and have
+		 * userspace reset the pair. Until 2026-11-30 the verdict passed
+		 * such an skb on whole and counted its length from before the
+		 * cut, so the peer got the repeat and the FIN rule waited for
+		 * bytes that never came. */
+		peer->cut_failed = 1;
+		report(cookie, SHUNT_EVENT_BROKEN);
+		return SK_DROP;
+	}
+	len = left;
 
 	if (peer->holding) {
 		__u64 *forwarded = bpf_map_lookup_elem(&hold_forwarded, &cookie);

@@ -25,7 +25,9 @@ struct shunt_sock_peer {
 	 * bytes already taken (see redirect_to_peer). */
 	__u32 next_seq;
 	__u32 seq_known;
-	__u64 repeated; /* bytes cut because they were taken before */
+	__u64 repeated;	  /* bytes cut because they were taken before */
+	__u32 cut_failed; /* a repeat could not be cut: the stream is broken, reset the pair */
+	__u32 pad;
 };
 
 /* Ring buffer record. SHUNT_EVENT_BULK (0, what sockmap_redirect sends):
@@ -35,11 +37,15 @@ struct shunt_sock_peer {
  * `cookie` out of the short-circuit, for `reason` (see endpoint_send).
  * SHUNT_EVENT_HOLD (sockmap_redirect): socket `cookie`'s peer backlog
  * crossed backlog_limit and the verdict holds its bytes; userspace forwards
- * them (docs/datapath.md, "Memory bound"). */
+ * them (docs/datapath.md, "Memory bound"). SHUNT_EVENT_BROKEN
+ * (sockmap_redirect): socket `cookie` received a segment repeating bytes
+ * already taken that the verdict could not cut; it dropped the segment, so
+ * userspace must reset the pair. */
 enum shunt_event_kind {
 	SHUNT_EVENT_BULK = 0,
 	SHUNT_EVENT_SHORTCUT_RELEASE = 1,
 	SHUNT_EVENT_HOLD = 2,
+	SHUNT_EVENT_BROKEN = 3,
 };
 
 /* Why a captured endpoint is released (SHUNT_EVENT_SHORTCUT_RELEASE). */

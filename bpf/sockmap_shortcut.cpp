@@ -61,6 +61,7 @@ std::optional<CaptureOutcome> released_for(SockmapBridge::EventKind kind) {
       return CaptureOutcome::blocking;
     case SockmapBridge::EventKind::bulk:
     case SockmapBridge::EventKind::hold:
+    case SockmapBridge::EventKind::broken:
       break;
   }
   return std::nullopt;

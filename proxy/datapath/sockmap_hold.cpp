@@ -60,6 +60,9 @@ HeldBytes::Step HeldBytes::pump(bpf::SockmapBridge& bridge, int from, int to, st
     // the target has been written it, plus what was forwarded here and
     // what the short-circuit wrote.
     const bpf::HoldState state = bridge.hold_state(from_cookie);
+    // The verdict dropped a segment it could not cut (its ring event may
+    // have been lost): the stream is broken, reset the pair.
+    if (state.broken) return {.failed_fd = from, .error = EPROTO};
     if (tcp_bytes_written(to) - written_base < state.bytes - state.held + forwarded + others)
       return {.wait = Wait::backlog};
     if (state.held == forwarded && !state.holding) {

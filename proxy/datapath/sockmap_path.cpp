@@ -281,6 +281,8 @@ class SplicedPair final : public std::enable_shared_from_this<SplicedPair>, publ
                             self->release_endpoint(*why);
                           else if (kind == bpf::SockmapBridge::EventKind::hold)
                             self->start_hold(source);
+                          else if (kind == bpf::SockmapBridge::EventKind::broken)
+                            self->stream_broken(source);
                           else
                             self->grant_bulk(source);
                         });
@@ -359,6 +361,19 @@ class SplicedPair final : public std::enable_shared_from_this<SplicedPair>, publ
   void start_pending_holds() {
     for (SplicedDirection* d : {&up_, &down_})
       if (bridge_.hold_state(d->from_cookie).held != bridge_.forwarded(d->from_cookie)) d->hold.start();
+  }
+
+  // The verdict dropped a segment repeating bytes it had taken, because it
+  // could not cut the repeat (bpf/sockmap_redirect.bpf.c, cut_repeated):
+  // the bytes behind the repeat are lost, so the stream cannot go on.
+  void stream_broken(std::uint64_t source) {
+    if (!open_) return;
+    broken_ = true;
+    spdlog::error(
+        "connection {}: the {} socket received a retransmitted segment whose repeated bytes the "
+        "kernel could not cut; resetting both sides rather than deliver a corrupt stream",
+        id_, source == up_.from_cookie ? "client" : "upstream");
+    poke();
   }
 
   void start_hold(std::uint64_t source) {
@@ -489,6 +504,12 @@ class SplicedPair final : public std::enable_shared_from_this<SplicedPair>, publ
       return true;
     }
     if (cancel_.cancelled()) {
+      reset_fd(client_.get());
+      reset_fd(upstream_.get());
+      return false;
+    }
+    if (broken_) {
+      ending_.note(EndReason::proxy_error, "a repeated segment could not be cut");
       reset_fd(client_.get());
       reset_fd(upstream_.get());
       return false;
@@ -698,6 +719,7 @@ class SplicedPair final : public std::enable_shared_from_this<SplicedPair>, publ
   milliseconds drain_poll_{1};
   bool open_ = true;
   bool step_posted_ = false;
+  bool broken_ = false;  // stream_broken(): reset at the next look
   Ending ending_;
   std::function<void(Ending)> on_end_;
   std::shared_ptr<SplicedPair> keep_alive_;

@@ -1,12 +1,16 @@
 // SPDX-License-Identifier: GPL-2.0
-/* A diagnostic for the sk_skb data path (docs/datapath.md, "Open: an
- * intermittent 64 KiB duplication"): at every sk_data_ready of a socket
+/* A diagnostic for the sk_skb data path (docs/datapath.md, "Repeated bytes
+ * in a retransmitted segment"): at every sk_data_ready of a socket
  * whose data_ready is the verdict's (sk_psock_verdict_data_ready), walks its
  * receive queue and reports an skb that starts before the socket's
  * copied_seq or before the end of the skb ahead of it. tcp_read_skb hands
  * whole skbs to the verdict, so such an overlap would be redirected twice.
  * Also counts TCP retransmissions. Tracepoints only (tp_btf): this kernel
- * has no kprobes or fentry. Not part of shunt; built and run by run.sh. */
+ * has no kprobes or fentry. Not part of shunt; built and run by run.sh.
+ * It never saw the overlaps that were there: the skb ahead has usually been
+ * taken by the verdict already, and copied_seq lags by the bytes a hold
+ * keeps unread, so neither comparison sees it. The verdict's own position
+ * (sock_peers.next_seq, `repeated`) is the reliable witness. */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
