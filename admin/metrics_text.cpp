@@ -298,6 +298,10 @@ std::string render_metrics(const ProxyContext& context, const bpf::PodSteering* 
            "Bytes a holding sockmap verdict kept on the source socket, which shunt then wrote to the target "
            "itself.");
   p.sample("shunt_sockmap_held_bytes_total", {}, m.sockmap_held_bytes.load());
+  p.family("shunt_sockmap_repeated_bytes_total", "counter",
+           "Bytes the sockmap verdict cut from retransmitted segments because its socket had received them "
+           "already (docs/datapath.md, \"Repeated bytes in a retransmitted segment\").");
+  p.sample("shunt_sockmap_repeated_bytes_total", {}, m.sockmap_repeated_bytes.load());
 
   p.family("shunt_shortcut_bytes_total", "counter",
            "Client -> upstream bytes the endpoint short-circuit moved by sk_msg, counted when the pair ends "

@@ -216,6 +216,10 @@ void Connection::held(std::uint64_t holds, std::uint64_t bytes) {
   metrics().sockmap_held_bytes.fetch_add(bytes, std::memory_order_relaxed);
 }
 
+void Connection::repeated(std::uint64_t bytes) {
+  metrics().sockmap_repeated_bytes.fetch_add(bytes, std::memory_order_relaxed);
+}
+
 void Connection::short_circuited(std::uint64_t bytes, std::uint64_t switches, std::uint64_t returns) {
   metrics().shortcut_bytes.fetch_add(bytes, std::memory_order_relaxed);
   metrics().shortcut_switches.fetch_add(switches, std::memory_order_relaxed);

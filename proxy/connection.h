@@ -98,6 +98,7 @@ class Connection : public std::enable_shared_from_this<Connection>,
   void buffer_boost(bool granted) override;
   void backlog_dropped(std::uint64_t bytes) override;
   void held(std::uint64_t holds, std::uint64_t bytes) override;
+  void repeated(std::uint64_t bytes) override;
   void short_circuited(std::uint64_t bytes, std::uint64_t switches, std::uint64_t returns) override;
   void decided(const policy::Decision& decision) override;
   void saw_sni(std::string sni) override;

@@ -111,6 +111,8 @@ struct Metrics {
   // Holds of the sockmap verdict and the bytes held (sockmap_hold.h).
   std::atomic<std::uint64_t> sockmap_holds{0};
   std::atomic<std::uint64_t> sockmap_held_bytes{0};
+  // Bytes the sockmap verdict cut because a segment repeated them.
+  std::atomic<std::uint64_t> sockmap_repeated_bytes{0};
   // The endpoint short-circuit, folded in when a pair ends.
   std::atomic<std::uint64_t> shortcut_bytes{0};
   std::atomic<std::uint64_t> shortcut_switches{0};

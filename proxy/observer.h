@@ -76,6 +76,10 @@ class DatapathSink {
   // was over the limit) and userspace forwarded `bytes` of them
   // (shunt_sockmap_holds_total, shunt_sockmap_held_bytes_total).
   virtual void held(std::uint64_t holds, std::uint64_t bytes) = 0;
+  // The verdict cut `bytes` that retransmitted segments repeated (bytes this
+  // pair's sockets had received before; shunt_sockmap_repeated_bytes_total,
+  // docs/datapath.md, "Repeated bytes in a retransmitted segment").
+  virtual void repeated(std::uint64_t bytes) = 0;
   // The endpoint short-circuit moved `bytes` client -> upstream by sk_msg;
   // its fence opened `switches` times and the client returned to TCP
   // `returns` times (shunt_shortcut_bytes_total, _switches_total,

@@ -655,9 +655,11 @@ class SplicedPair final : public std::enable_shared_from_this<SplicedPair>, publ
                     holds, forwarded);
     }
     if (const std::uint64_t repeated =
-            bridge_.repeated_bytes(up_.from_cookie) + bridge_.repeated_bytes(down_.from_cookie))
+            bridge_.repeated_bytes(up_.from_cookie) + bridge_.repeated_bytes(down_.from_cookie)) {
+      sink_.repeated(repeated);
       spdlog::debug("connection {}: the verdict cut {} byte(s) that retransmitted segments repeated", id_,
                     repeated);
+    }
     std::uint64_t dropped = 0;
     for (const SplicedDirection* d : {&up_, &down_}) {
       const std::uint64_t redirected =

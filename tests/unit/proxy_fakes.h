@@ -177,6 +177,7 @@ class RecordingObserver : public ConnectionObserver {
     holds += h;
     held_bytes += b;
   }
+  void repeated(std::uint64_t) override {}
   void short_circuited(std::uint64_t, std::uint64_t, std::uint64_t) override {}
   void decided(const policy::Decision& d) override {
     std::lock_guard lock(mu);
