@@ -136,8 +136,8 @@ class Checker {
 
   void finish() {
     if (diagnosing_) {
-      std::printf("MISMATCH role=%s at=%" PRIu64 " (stream ended within %zu bytes of it)\n", role_, diag_start_,
-                  diag_.size());
+      std::printf("MISMATCH role=%s at=%" PRIu64 " (stream ended within %zu bytes of it)\n", role_,
+                  diag_start_, diag_.size());
       ++changes_;
     }
   }
@@ -161,11 +161,10 @@ class Checker {
       const std::uint64_t offset = w & kOffsetMask;
       if ((tag != kUpTag && tag != kDownTag) || (offset & 7) || next != w + 8) continue;
       const std::uint64_t src = offset - k;
-      std::printf(
-          "MISMATCH role=%s t=%.6f at=%" PRIu64 " expected_src=%" PRIu64 " found_tag=%c found_src=%" PRIu64
-          " shift=%" PRId64 " (found_src - expected_src)\n",
-          role_, now_s(), diag_start_, diag_start_ + delta_, tag, src,
-          static_cast<std::int64_t>(src - (diag_start_ + delta_)));
+      std::printf("MISMATCH role=%s t=%.6f at=%" PRIu64 " expected_src=%" PRIu64
+                  " found_tag=%c found_src=%" PRIu64 " shift=%" PRId64 " (found_src - expected_src)\n",
+                  role_, now_s(), diag_start_, diag_start_ + delta_, tag, src,
+                  static_cast<std::int64_t>(src - (diag_start_ + delta_)));
       std::fflush(stdout);
       if (tag != tag_) {
         // Another stream's bytes: no mapping to follow; count the rest.
@@ -236,8 +235,8 @@ bool receive_stream(int fd, Checker& checker, const Pacing& pacing, std::uint64_
 }
 
 // One connection: send `total` of `send_tag`, check `recv_tag` to EOF.
-bool run_connection(int fd, const char* role, std::uint8_t send_tag, std::uint8_t recv_tag, std::uint64_t total,
-                    const Pacing& pacing) {
+bool run_connection(int fd, const char* role, std::uint8_t send_tag, std::uint8_t recv_tag,
+                    std::uint64_t total, const Pacing& pacing) {
   ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) | O_NONBLOCK);
   std::uint64_t sent = 0;
   std::atomic<bool> send_ok{false};
@@ -247,8 +246,8 @@ bool run_connection(int fd, const char* role, std::uint8_t send_tag, std::uint8_
   const bool recv_ok = receive_stream(fd, checker, pacing, received);
   sender.join();
   const bool ok = recv_ok && send_ok && checker.changes() == 0;
-  std::printf("RESULT role=%s received=%" PRIu64 " sent=%" PRIu64 " changes=%d %s\n", role,
-              received, sent, checker.changes(), ok ? "ok" : "BAD");
+  std::printf("RESULT role=%s received=%" PRIu64 " sent=%" PRIu64 " changes=%d %s\n", role, received, sent,
+              checker.changes(), ok ? "ok" : "BAD");
   std::fflush(stdout);
   return ok;
 }
