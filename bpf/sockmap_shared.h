@@ -92,14 +92,22 @@ struct shunt_endpoint {
 	__u64 proxy_cookie;   /* shunt's socket facing the endpoint (its TCP peer) */
 	__u64 proxy_consumed; /* bytes userspace read from proxy_cookie before the handover */
 	__u64 target_base;    /* bytes written to target_cookie before the handover */
-	__u64 bytes;	      /* bytes redirected by sk_msg */
+	__u64 bytes;	      /* bytes redirected by sk_msg: settled, plus `unsettled` */
 	__u64 switches;	      /* TCP -> redirect transitions (the fence opened) */
 	__u64 fallbacks;      /* redirect -> TCP transitions (target short of room) */
 	__u64 passed;	      /* bytes sent over TCP since the fence last opened (or the capture) */
 	__u32 state;	      /* enum shunt_endpoint_state */
 	__u32 bulk_reported;
 	__u32 release_reported; /* SHUNT_EVENT_SHORTCUT_RELEASE sent */
-	__u32 pad;
+	/* Settling (endpoint_send, settle_pushed): a redirect is counted when
+	 * it is decided, and its push into the target can fall short; the next
+	 * message settles it against the target's write_seq. */
+	__u32 push_seq;	     /* the target's write_seq before the unsettled push(es) */
+	__u64 push_task;     /* pid_tgid of the thread that made them; ~0: several threads */
+	__u64 unsettled;     /* of `bytes`, counted for them, not yet settled */
+	__u64 short_bytes;   /* counted, then found never pushed (short pushes) */
+	__u64 short_pushes;  /* pushes that fell short */
+	__u64 foreign_bytes; /* written to the target during a push by someone else */
 };
 
 /* Capture request: the input "packet" of capture_endpoint, run through

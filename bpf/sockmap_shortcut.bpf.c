@@ -213,6 +213,74 @@ static __always_inline void count_redirected(struct shunt_endpoint *e, __u32 siz
 	}
 }
 
+/* The target's write_seq: advanced only by what is appended to its send
+ * queue (tcp_sendmsg_locked, under its lock) and by its FIN, never by
+ * transmission or ACKs, so the difference between two readings is exactly
+ * what was written in between. (The `written` formula in target_room,
+ * bytes_sent - bytes_retrans + write_seq - snd_nxt, is not: read without
+ * the target's lock while a segment is being transmitted, bytes_sent has
+ * moved and snd_nxt not yet, and it is one segment high.) */
+static __always_inline __u32 target_write_seq(struct shunt_endpoint *e)
+{
+	struct tcp_sock *tp = (void *)e->target_sk;
+
+	return tp ? BPF_CORE_READ(tp, write_seq) : 0;
+}
+
+/* A redirect is counted when it is decided, but the push that follows
+ * (tcp_bpf_sendmsg_redir -> tcp_bpf_push -> tcp_sendmsg_locked, with the
+ * sender's flags, so MSG_DONTWAIT for a non-blocking client) can fall short:
+ * the target's send buffer or the protocol's memory runs out after the room
+ * check (which reads the target without its lock), the push returns
+ * -EAGAIN, tcp_bpf frees what is left and sendmsg returns less; the
+ * application sends those bytes again and they would be counted twice. A
+ * count above what reached the target makes the FIN rule, the hold's pump
+ * and the verdict's backlog bound wait for bytes that never come.
+ *
+ * So the next message on this endpoint, before it goes anywhere, settles
+ * the last push against the target's write_seq: while a redirect is
+ * unsettled nothing else writes to the target (the fence opened only once
+ * the TCP path had delivered everything, and no byte goes over TCP while
+ * redirecting), and this program runs under the endpoint's socket lock.
+ * What the target was not written comes off `bytes` and off the verdict's
+ * peer_written_base, where count_redirected put it. More written than
+ * pushed means another writer (the fence opened early): counted in
+ * foreign_bytes, not corrected.
+ *
+ * The push runs after this program has returned and with the endpoint's
+ * lock released (tcp_bpf_send_verdict), so only the thread that made it
+ * knows it is over: its next message comes after its sendmsg went on. A
+ * message from another thread may find it still under way, and settling
+ * then would take off bytes that are yet to be written, a count below what
+ * the target gets (the fence would open early, the FIN pass too soon). So
+ * only the same thread settles; another one adds its redirect to the
+ * unsettled ones (push_task ~0), which stay counted in full from then on:
+ * never low, at worst waited for in vain, as before settling existed.
+ *
+ * The last message before the FIN stays unsettled; userspace's FIN rule
+ * takes of it what the target shows beyond everything else (it was pushed,
+ * or fell short, inside a sendmsg that returned before the FIN left). */
+static __always_inline void settle_pushed(struct shunt_endpoint *e, __u32 write_seq, __u64 task)
+{
+	__u64 pushed = (__u32)(write_seq - e->push_seq);
+	__u64 counted = e->unsettled;
+	struct shunt_sock_peer *proxy;
+
+	if (!counted || e->push_task != task)
+		return;
+	e->unsettled = 0;
+	if (pushed >= counted) {
+		e->foreign_bytes += pushed - counted;
+		return;
+	}
+	e->short_pushes++;
+	e->short_bytes += counted - pushed;
+	__sync_fetch_and_add(&e->bytes, -(counted - pushed));
+	proxy = bpf_map_lookup_elem(&sock_peers, &e->proxy_cookie);
+	if (proxy)
+		__sync_fetch_and_add(&proxy->peer_written_base, -(counted - pushed));
+}
+
 /* A message goes over TCP (SK_PASS). Past shortcut_give_up bytes without the
  * fence opening, userspace is told once (it deletes the endpoint from
  * endpoint_sockets, which gives the socket its own tcp_sendmsg back: safe, as
@@ -243,6 +311,8 @@ int endpoint_send(struct sk_msg_md *msg)
 	struct shunt_endpoint *e;
 	__u64 written = 0;
 	__u32 size = msg->size;
+	__u32 write_seq;
+	__u64 task;
 
 	key.family = msg->family;
 	key.local_port = msg->local_port;
@@ -263,6 +333,10 @@ int endpoint_send(struct sk_msg_md *msg)
 	e = bpf_map_lookup_elem(&endpoints, &key);
 	if (!e || size == 0)
 		return SK_PASS;
+	/* Before this message goes anywhere: this thread's last push is over. */
+	write_seq = target_write_seq(e);
+	task = bpf_get_current_pid_tgid();
+	settle_pushed(e, write_seq, task);
 
 	/* Changed since the capture into a socket the capture would refuse:
 	 * over TCP from this message on (redirect -> TCP needs no fence), and
@@ -320,6 +394,14 @@ int endpoint_send(struct sk_msg_md *msg)
 		return SK_PASS;
 	}
 	count_redirected(e, size);
+	if (e->unsettled) {
+		/* Another thread's push, perhaps still under way. */
+		e->push_task = ~0ULL;
+	} else {
+		e->push_seq = write_seq;
+		e->push_task = task;
+	}
+	e->unsettled += size;
 	return SK_PASS;
 }
 

@@ -226,7 +226,14 @@ EndpointStats EndpointShortcut::stats(const EndpointAddress& endpoint) const {
   const shunt_endpoint_key key = key_of(endpoint);
   shunt_endpoint e{};
   if (bpf_map_lookup_elem(endpoints_fd_, &key, &e) != 0) return {};
-  return {e.bytes, e.switches, e.fallbacks, e.state == SHUNT_ENDPOINT_REDIRECT};
+  return {.bytes = e.bytes,
+          .switches = e.switches,
+          .fallbacks = e.fallbacks,
+          .unsettled = e.unsettled,
+          .short_pushes = e.short_pushes,
+          .short_bytes = e.short_bytes,
+          .foreign_bytes = e.foreign_bytes,
+          .redirecting = e.state == SHUNT_ENDPOINT_REDIRECT};
 }
 
 void EndpointShortcut::release(const EndpointAddress& endpoint, std::uint64_t proxy_cookie) {

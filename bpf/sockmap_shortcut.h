@@ -54,9 +54,16 @@ inline constexpr CaptureOutcome kCaptureFallbacks[] = {
 
 // One captured endpoint, as the short-circuit sees it.
 struct EndpointStats {
-  std::uint64_t bytes = 0;      // redirected by sk_msg
+  std::uint64_t bytes = 0;      // redirected by sk_msg: settled, plus `unsettled`
   std::uint64_t switches = 0;   // times the fence opened (TCP -> redirect)
   std::uint64_t fallbacks = 0;  // times the target was short of room (redirect -> TCP)
+  // Of `bytes`, counted for the last redirect, whose push the next message
+  // settles (sockmap_shortcut.bpf.c, settle_pushed); nonzero at the end when
+  // the last message before the FIN was redirected.
+  std::uint64_t unsettled = 0;
+  std::uint64_t short_pushes = 0;   // pushes found short, and the bytes they
+  std::uint64_t short_bytes = 0;    // did not write (taken off `bytes`)
+  std::uint64_t foreign_bytes = 0;  // written to the target by another writer during a push
   bool redirecting = false;
 };
 

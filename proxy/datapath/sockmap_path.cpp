@@ -464,9 +464,27 @@ class SplicedPair final : public std::enable_shared_from_this<SplicedPair>, publ
     return endpoint_ ? endpoint_->stats() : bpf::EndpointStats{};
   }
   // Client -> upstream bytes the short-circuit moved, in this process and
-  // (adopted) before.
+  // (adopted) before, as counted: the last redirect's push is counted
+  // before it is settled and may have fallen short (never low, so a wait on
+  // it can only be too long: the hold's pump, and a takeover's figure).
   [[nodiscard]] std::uint64_t short_circuited() const {
     return (adopted_ ? adopted_->short_circuited : 0) + shortcut_stats().bytes;
+  }
+  // The same, as written to the upstream socket, for when the client can
+  // send no more (its FIN is in, or the pair ends): settled pushes, and of
+  // the last, unsettled ones what the upstream socket shows beyond the
+  // verdict's bytes and the settled ones. Only while the client is still
+  // redirecting: then nothing but those pushes wrote there since they began
+  // (the fence had opened; sockmap_shortcut.bpf.c, settle_pushed). Back on
+  // TCP, unsettled bytes (several threads' pushes) count in full.
+  // `redirected`: the client-facing socket's verdict bytes.
+  [[nodiscard]] std::uint64_t short_circuited_written(std::uint64_t redirected) const {
+    const bpf::EndpointStats stats = shortcut_stats();
+    if (!stats.redirecting) return short_circuited();
+    const std::uint64_t settled = (adopted_ ? adopted_->short_circuited : 0) + stats.bytes - stats.unsettled;
+    const std::uint64_t written = tcp_bytes_written(up_.to) - up_.to_written_at_handover;
+    const std::uint64_t beyond = written > redirected + settled ? written - redirected - settled : 0;
+    return settled + std::min(stats.unsettled, beyond);
   }
 
   // Only called once the source's FIN is visible. A direction may pass its
@@ -491,7 +509,10 @@ class SplicedPair final : public std::enable_shared_from_this<SplicedPair>, publ
     // The short-circuit's bytes were pushed into the target inside the
     // client's sendmsg, before its FIN left; they count towards what the
     // target must have been written, never towards what the source received.
-    const std::uint64_t shortcut_bytes = &d == &up_ ? short_circuited() : 0;
+    // As written, not as counted: a last push that fell short would
+    // otherwise be waited for until the drain timeout (the client sent
+    // those bytes again, or gave up on them).
+    const std::uint64_t shortcut_bytes = &d == &up_ ? short_circuited_written(redirected) : 0;
     return tcp_bytes_written(d.to) - d.to_written_at_handover >= redirected + shortcut_bytes;
   }
 
@@ -640,13 +661,18 @@ class SplicedPair final : public std::enable_shared_from_this<SplicedPair>, publ
     // loss is visible without a debugger.
     if (endpoint_) endpoint_->release();
     const bpf::EndpointStats shortcut_stats = this->shortcut_stats();
+    const std::uint64_t up_redirected = bridge_.redirected_bytes(up_.from_cookie);
+    const std::uint64_t up_short_circuited = short_circuited_written(up_redirected);
     if (endpoint_ && endpoint_->captured())
-      sink_.short_circuited(shortcut_stats.bytes, shortcut_stats.switches, shortcut_stats.fallbacks);
+      sink_.short_circuited(up_short_circuited - (adopted_ ? adopted_->short_circuited : 0),
+                            shortcut_stats.switches, shortcut_stats.fallbacks);
     if (shortcut_stats.switches) {
       sink_.kernel_path(Direction::up, KernelPath::sk_msg);
       spdlog::debug(
-          "connection {}: short-circuit moved {} byte(s) up, fence opened {} time(s), {} return(s) to TCP",
-          id_, shortcut_stats.bytes, shortcut_stats.switches, shortcut_stats.fallbacks);
+          "connection {}: short-circuit moved {} byte(s) up, fence opened {} time(s), {} return(s) to TCP, "
+          "{} push(es) short by {} byte(s), {} byte(s) written by others during a push",
+          id_, up_short_circuited, shortcut_stats.switches, shortcut_stats.fallbacks,
+          shortcut_stats.short_pushes, shortcut_stats.short_bytes, shortcut_stats.foreign_bytes);
     }
     if (const std::uint64_t holds = up_.hold.holds() + down_.hold.holds()) {
       const std::uint64_t forwarded = up_.hold.forwarded_here() + down_.hold.forwarded_here();
@@ -663,7 +689,7 @@ class SplicedPair final : public std::enable_shared_from_this<SplicedPair>, publ
     std::uint64_t dropped = 0;
     for (const SplicedDirection* d : {&up_, &down_}) {
       const std::uint64_t redirected =
-          bridge_.redirected_bytes(d->from_cookie) + (d == &up_ ? short_circuited() : 0);
+          d == &up_ ? up_redirected + up_short_circuited : bridge_.redirected_bytes(d->from_cookie);
       const std::uint64_t written = tcp_bytes_written(d->to) - d->to_written_at_handover;
       if (redirected > written) dropped += redirected - written;
     }
@@ -680,8 +706,7 @@ class SplicedPair final : public std::enable_shared_from_this<SplicedPair>, publ
 
     // Fold the kernel's counters into the connection before the peer entries
     // go, so the access log and metrics keep them.
-    sink_.kernel_released(bridge_.redirected_bytes(up_.from_cookie) + short_circuited(),
-                          bridge_.redirected_bytes(down_.from_cookie));
+    sink_.kernel_released(up_redirected + up_short_circuited, bridge_.redirected_bytes(down_.from_cookie));
     client_.reset();
     upstream_.reset();
     bridge_.forget({up_.from_cookie, down_.from_cookie});
