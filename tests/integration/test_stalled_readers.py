@@ -13,9 +13,11 @@ import socket
 import time
 import unittest
 
+from admin_helpers import scrape, value
 from shunt_harness import Shunt, free_port, pattern, pattern_digest, run_tests, static_config
 
-CONNECTIONS = 1000
+# STALLED_CONNECTIONS: fewer, for a quick look by hand (the bounds scale with it).
+CONNECTIONS = int(os.environ.get("STALLED_CONNECTIONS", 1000))
 PER_CONNECTION = 4 * 1024 * 1024
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -145,6 +147,104 @@ class StalledReaders(unittest.TestCase):
 
         intact = asyncio.run(scenario())
         self.assertEqual(intact, CONNECTIONS, f"{CONNECTIONS - intact} connections lost or corrupted bytes")
+
+    def test_1000_stalled_upstreams_with_the_short_circuit(self):
+        """The other direction with the endpoint short-circuit on (issue 12,
+        "Memory stays bounded"): 1,000 clients send while their upstreams
+        stop reading. Client sockets are captured, so their bytes are pushed
+        by sk_msg straight into shunt's upstream sockets; that push goes only
+        where the upstream socket has room, so the same bound holds, and
+        every byte arrives once the upstreams read again."""
+        port, admin = free_port(), free_port()
+        reading = asyncio.Event()
+        digests = {}
+
+        async def sink(reader, writer):
+            # Upstream: take the salt, stall until told, then read to EOF.
+            try:
+                salt = int((await reader.readexactly(8)).decode())
+                writer.transport.pause_reading()
+                await reading.wait()
+                writer.transport.resume_reading()
+                h = hashlib.sha256()
+                n = 0
+                while data := await reader.read(1 << 16):
+                    h.update(data)
+                    n += len(data)
+                digests[salt] = (n, h.hexdigest())
+            except (ConnectionError, asyncio.IncompleteReadError):
+                pass
+            writer.close()
+
+        async def scenario():
+            server = await asyncio.start_server(sink, "127.0.0.1", 0, backlog=4096, limit=1 << 16)
+            server_port = server.sockets[0].getsockname()[1]
+            config = re.sub(r"admin: \{listen: 127\.0\.0\.1:\d+\}", f"admin: {{listen: 127.0.0.1:{admin}}}",
+                            static_config(port, server_port, "sockmap", proxy_extra="endpoint_shortcut: true"))
+            with Shunt(config, wait_port=port) as shunt:
+                baseline = tcp_mem_pages()
+                sem = asyncio.Semaphore(200)
+
+                async def send_one(i):
+                    async with sem:
+                        r, w = await asyncio.open_connection("127.0.0.1", port, limit=1 << 16)
+                    w.write(f"{i:08d}".encode())
+                    await w.drain()
+                    # A pause after the first bytes lets the fence open (they
+                    # are through and nothing is in flight): what follows is
+                    # pushed by sk_msg while the upstream socket has room.
+                    await asyncio.sleep(0.2)
+                    for chunk in pattern(PER_CONNECTION, i):
+                        w.write(chunk)
+                        await w.drain()
+                    w.write_eof()
+                    await r.read()
+                    w.close()
+
+                senders = asyncio.gather(*(send_one(i) for i in range(CONNECTIONS)))
+                # Clients keep sending until every queue on the way is full.
+                peak = 0
+                stable_since = time.time()
+                deadline = time.time() + 60
+                while time.time() < deadline:
+                    await asyncio.sleep(0.5)
+                    now = tcp_mem_pages()
+                    if now > peak * 1.01:
+                        peak = now
+                        stable_since = time.time()
+                    elif time.time() - stable_since > 3:
+                        break
+                used = (peak - baseline) * PAGE
+                proxy_bytes = proxy_socket_memory(port, server_port)
+                print(f"stalled upstreams: shunt's sockets hold {proxy_bytes / 2**20:.0f} MiB, "
+                      f"bound {shunt_bound_bytes(CONNECTIONS) / 2**20:.0f} MiB; machine TCP memory "
+                      f"{used / 2**20:.0f} MiB, bound {machine_bound_bytes(CONNECTIONS) / 2**20:.0f} MiB")
+                self.assertLess(proxy_bytes, shunt_bound_bytes(CONNECTIONS))
+                self.assertLess(used, machine_bound_bytes(CONNECTIONS))
+                self.assertEqual(shunt.proc.poll(), None)
+
+                reading.set()
+                try:
+                    await asyncio.wait_for(senders, 300)
+                except asyncio.TimeoutError:
+                    self.fail(f"{len(digests)} of {CONNECTIONS} upstreams saw EOF in 300 s after the stall; "
+                              f"short-circuit {value(scrape(admin), 'shunt_shortcut_bytes_total')} bytes\n"
+                              + shunt.output()[-6000:])
+                server.close()
+                # Counted as each pair ends.
+                for _ in range(50):
+                    samples = scrape(admin)
+                    if value(samples, "shunt_connections_active", datapath="sockmap") == 0:
+                        break
+                    await asyncio.sleep(0.1)
+                return value(samples, "shunt_shortcut_bytes_total")
+
+        short_circuited = asyncio.run(scenario())
+        expected = {i: (PER_CONNECTION, pattern_digest(PER_CONNECTION, i)) for i in range(CONNECTIONS)}
+        wrong = [i for i in range(CONNECTIONS) if digests.get(i) != expected[i]]
+        self.assertEqual(wrong, [], f"{len(wrong)} connections lost or corrupted bytes")
+        print(f"stalled upstreams: {short_circuited / 2**20:.0f} MiB went by sk_msg")
+        self.assertGreater(short_circuited, 0, "no client was short-circuited")
 
 
 if __name__ == "__main__":
