@@ -90,6 +90,16 @@ HeldBytes::Step HeldBytes::pump(bpf::SockmapBridge& bridge, int from, int to, st
         [&] { return ::send(to, buffer, static_cast<std::size_t>(peeked), MSG_DONTWAIT | MSG_NOSIGNAL); });
     if (sent < 0) {
       if (would_block()) return {.wait = Wait::writable};
+      // EFAULT from our own valid buffer is the kernel's, and nothing was
+      // sent: tcp_wmem_schedule() returns min(copy, sk_forward_alloc),
+      // which is negative while the target's forward allocation is (a
+      // socket that holds charges its held skbs to the same account,
+      // skb_set_owner_r without scheduling), and tcp_sendmsg_locked then
+      // copies a negative length (WARN in check_copy_size, Linux 6.18) and
+      // fails. Seen as pairs reset with "Bad address" under load
+      // (docs/datapath.md). The account recovers as memory is freed: try
+      // again at the next poll.
+      if (errno == EFAULT) return {.wait = Wait::backlog};
       return {.failed_fd = to, .error = errno};
     }
     // In the target now: owed to the source, taken off at the loop's top.
