@@ -28,6 +28,10 @@ bool would_block() { return errno == EAGAIN || errno == EWOULDBLOCK; }
 // closing window only slows: each 1 MiB costs three syscalls (peek, send,
 // consume) where 64 KiB chunks cost sixteen times that.
 constexpr std::size_t kPumpBytes = 1 << 20;
+
+// Sends failed with EFAULT in a row before the pair is given up: about
+// five seconds at the backlog's 4 ms poll.
+constexpr std::uint16_t kFaultedSendRetries = 1250;
 char* pump_buffer() {
   thread_local std::unique_ptr<char[]> buffer(new char[kPumpBytes]);
   return buffer.get();
@@ -98,10 +102,16 @@ HeldBytes::Step HeldBytes::pump(bpf::SockmapBridge& bridge, int from, int to, st
       // copies a negative length (WARN in check_copy_size, Linux 6.18) and
       // fails. Seen as pairs reset with "Bad address" under load
       // (docs/datapath.md). The account recovers as memory is freed: try
-      // again at the next poll.
-      if (errno == EFAULT) return {.wait = Wait::backlog};
+      // again at the next poll; a few seconds of it in a row give the pair
+      // up rather than stall it for good.
+      if (errno == EFAULT && faulted_sends_ < kFaultedSendRetries) {
+        if (faulted_sends_++ == 0)
+          spdlog::warn("sockmap hold: the kernel failed a send into the peer socket with EFAULT; retrying");
+        return {.wait = Wait::backlog};
+      }
       return {.failed_fd = to, .error = errno};
     }
+    faulted_sends_ = 0;
     // In the target now: owed to the source, taken off at the loop's top.
     owed_ = static_cast<std::uint32_t>(sent);
     forwarded += static_cast<std::uint64_t>(sent);

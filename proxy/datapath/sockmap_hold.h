@@ -75,9 +75,11 @@ class HeldBytes {
  private:
   // 24 bytes: every kernel-spliced pair carries two (issue 16's budget).
   bool active_ = false;
+  std::uint16_t faulted_sends_ = 0;  // send()s in a row that failed with EFAULT (see pump)
   std::uint32_t holds_ = 0;
   std::uint32_t owed_ = 0;  // written to the target, not yet taken off the source (<= 1 MiB)
   std::uint64_t forwarded_here_ = 0;
 };
+static_assert(sizeof(HeldBytes) == 24, "two per kernel-spliced pair: keep it small (issue 16)");
 
 }  // namespace shunt::proxy
