@@ -4,8 +4,8 @@
 # tcx, "legacy" (Linux 6.1) veth pods and legacy clsact filters. Creates two
 # pods with the real `shunt pod add`, runs `shunt run` with steering, checks
 # pod-to-pod traffic through the proxy and without it, fail_closed with the
-# proxy stopped, and that `pod del` + proxy exit leave nothing behind; on
-# netkit, a `shunt run --takeover` with pod-to-pod traffic flowing. Then
+# proxy stopped, and that `pod del` + proxy exit leave nothing behind; a
+# `shunt run --takeover` with pod-to-pod traffic flowing (both profiles). Then
 # the sockmap burst stress of issue 15 on a static listener (burst_stress).
 # Every check prints one "SHUNT-VM: RESULT <name> PASS|FAIL <detail>" line on
 # the serial console; run_vm.py asserts on them.
@@ -155,7 +155,7 @@ grep -q "\"dst\":\"$SERVER:8080\"" /tmp/shunt.log; result proxied_8080 $? "acces
 grep -q "\"dst\":\"$SERVER:9090\"" /tmp/shunt.log; [ $? != 0 ]; result not_proxied_9090 $? "no 9090 in the access log"
 grep -q "\"dst\":\"\[$SERVER6\]:8080\"" /tmp/shunt.log; result proxied_8080_v6 $? "access log has the IPv6 8080 connections"
 
-# ---- takeover (issue 14), netkit profile ---------------------------------
+# ---- takeover (issue 14), both profiles -----------------------------------
 # `shunt run --takeover` while pod-to-pod traffic flows through the proxy:
 # a download (/cgi-bin/paced) and an upload (to /cgi-bin/sum) of /www/blob,
 # each sent in 16 KiB pieces 0.2 s apart until the takeover is done (then at
@@ -234,7 +234,7 @@ takeover_check() {
 	[ $rc = 0 ]; result takeover_old_exited $? "pid $SHUNT_PID exit $rc"
 	SHUNT_PID=$NEW_PID
 }
-[ "$PROFILE" = netkit ] && takeover_check
+takeover_check
 
 # For the console: which data paths served, and why any fell back.
 http_get "" 127.0.0.1 15000 /metrics | grep -E "^shunt_(datapath_fallbacks|connections_total|takeover)"

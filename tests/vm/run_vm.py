@@ -48,7 +48,7 @@ COMMON_CHECKS = [
     "fail_closed_blocks_v6", "fail_closed_other_ports_flow", "rules_removed_on_exit", "pod_del", "nothing_left",
     "burst_stress", "reset_propagation",
 ]
-# init.sh's takeover step (issue 14), run on the netkit profile.
+# init.sh's takeover step (issue 14), run on both profiles.
 TAKEOVER_CHECKS = ["takeover_complete", "takeover_during_transfers", "takeover_download_hash", "takeover_upload_hash",
                    "takeover_new_connections", "takeover_old_exited"]
 # Reported and shown, but not (yet) required: name -> why. A failing one prints
@@ -77,7 +77,7 @@ PROFILES = {
         "legacy", "linux-image-6.1.0-", r"^linux-image-6\.1\.0-[0-9]+-cloud-amd64$", "linux-image-6.1.0-*-cloud-amd64_*.deb",
         lambda n: int(n.split("-")[3]), ["CONFIG_NET_CLS_BPF=", "CONFIG_NET_SCH_INGRESS="],
         ["veth", "sch_ingress", "cls_bpf"],
-        ["pod_add_client_veth", "pod_add_server_veth", *COMMON_CHECKS, "steering_legacy_tc"]),
+        ["pod_add_client_veth", "pod_add_server_veth", *COMMON_CHECKS, *TAKEOVER_CHECKS, "steering_legacy_tc"]),
 }
 
 
