@@ -70,6 +70,33 @@ def machine_bound_bytes(connections):
 
 
 class StalledReaders(unittest.TestCase):
+    async def assert_bounded_once_full(self, label, baseline, port, server_port, shunt):
+        """Waits until the machine's TCP memory stops growing (every queue on
+        the way is full, at most 60 s), then asserts shunt's sockets and the
+        machine are under their bounds and shunt is still running."""
+        peak = 0
+        stable_since = time.time()
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            await asyncio.sleep(0.5)
+            now = tcp_mem_pages()
+            if now > peak * 1.01:
+                peak = now
+                stable_since = time.time()
+            elif time.time() - stable_since > 3:
+                break
+        used = (peak - baseline) * PAGE
+        proxy_bytes = proxy_socket_memory(port, server_port)
+        print(f"{label}: shunt's sockets hold {proxy_bytes / 2**20:.0f} MiB "
+              f"({proxy_bytes / CONNECTIONS / 1024:.0f} KiB per connection), "
+              f"bound {shunt_bound_bytes(CONNECTIONS) / 2**20:.0f} MiB")
+        print(f"{label}: machine TCP memory {used / 2**20:.0f} MiB "
+              f"({used / CONNECTIONS / 1024:.0f} KiB per connection), "
+              f"bound {machine_bound_bytes(CONNECTIONS) / 2**20:.0f} MiB")
+        self.assertLess(proxy_bytes, shunt_bound_bytes(CONNECTIONS))
+        self.assertLess(used, machine_bound_bytes(CONNECTIONS))
+        self.assertEqual(shunt.proc.poll(), None)
+
     def test_1000_stalled_sockmap_connections_stay_bounded(self):
         port = free_port()
 
@@ -105,28 +132,7 @@ class StalledReaders(unittest.TestCase):
 
                 await asyncio.gather(*(open_one(i) for i in range(CONNECTIONS)))
                 # Upstream keeps sending until every queue on the way is full.
-                peak = 0
-                stable_since = time.time()
-                deadline = time.time() + 60
-                while time.time() < deadline:
-                    await asyncio.sleep(0.5)
-                    now = tcp_mem_pages()
-                    if now > peak * 1.01:
-                        peak = now
-                        stable_since = time.time()
-                    elif time.time() - stable_since > 3:
-                        break
-                used = (peak - baseline) * PAGE
-                proxy_bytes = proxy_socket_memory(port, server_port)
-                print(f"stalled: shunt's sockets hold {proxy_bytes / 2**20:.0f} MiB "
-                      f"({proxy_bytes / CONNECTIONS / 1024:.0f} KiB per connection), "
-                      f"bound {shunt_bound_bytes(CONNECTIONS) / 2**20:.0f} MiB")
-                print(f"stalled: machine TCP memory {used / 2**20:.0f} MiB "
-                      f"({used / CONNECTIONS / 1024:.0f} KiB per connection), "
-                      f"bound {machine_bound_bytes(CONNECTIONS) / 2**20:.0f} MiB")
-                self.assertLess(proxy_bytes, shunt_bound_bytes(CONNECTIONS))
-                self.assertLess(used, machine_bound_bytes(CONNECTIONS))
-                self.assertEqual(shunt.proc.poll(), None)
+                await self.assert_bounded_once_full("stalled", baseline, port, server_port, shunt)
 
                 # Resume every reader: all bytes arrive, in order.
                 async def drain_one(i, r, w):
@@ -203,25 +209,7 @@ class StalledReaders(unittest.TestCase):
 
                 senders = asyncio.gather(*(send_one(i) for i in range(CONNECTIONS)))
                 # Clients keep sending until every queue on the way is full.
-                peak = 0
-                stable_since = time.time()
-                deadline = time.time() + 60
-                while time.time() < deadline:
-                    await asyncio.sleep(0.5)
-                    now = tcp_mem_pages()
-                    if now > peak * 1.01:
-                        peak = now
-                        stable_since = time.time()
-                    elif time.time() - stable_since > 3:
-                        break
-                used = (peak - baseline) * PAGE
-                proxy_bytes = proxy_socket_memory(port, server_port)
-                print(f"stalled upstreams: shunt's sockets hold {proxy_bytes / 2**20:.0f} MiB, "
-                      f"bound {shunt_bound_bytes(CONNECTIONS) / 2**20:.0f} MiB; machine TCP memory "
-                      f"{used / 2**20:.0f} MiB, bound {machine_bound_bytes(CONNECTIONS) / 2**20:.0f} MiB")
-                self.assertLess(proxy_bytes, shunt_bound_bytes(CONNECTIONS))
-                self.assertLess(used, machine_bound_bytes(CONNECTIONS))
-                self.assertEqual(shunt.proc.poll(), None)
+                await self.assert_bounded_once_full("stalled upstreams", baseline, port, server_port, shunt)
 
                 reading.set()
                 try:
