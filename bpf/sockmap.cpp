@@ -157,6 +157,7 @@ Result<std::unique_ptr<SockmapBridge>> SockmapBridge::load(std::uint32_t max_con
   bridge->targets_fd_ = bpf_map__fd(skel->maps.redirect_targets);
   bridge->verdict_fd_ = bpf_map__fd(skel->maps.verdict_sockets);
   bridge->forwarded_fd_ = bpf_map__fd(skel->maps.hold_forwarded);
+  bridge->read_seqs_fd_ = bpf_program__fd(skel->progs.read_write_seqs);
 
   // BPF_SK_SKB_VERDICT (not STREAM_VERDICT): no strparser, one verdict per
   // skb as tcp_read_skb hands it over; see docs/datapath.md.
@@ -205,7 +206,8 @@ void SockmapBridge::erase_peer(std::uint64_t cookie) {
   bpf_map_delete_elem(forwarded_fd_, &cookie);  // ENOENT unless it ever held
 }
 
-HandoverResult SockmapBridge::handover(int fd_a, int fd_b, std::uint64_t written_a, std::uint64_t written_b) {
+HandoverResult SockmapBridge::handover(int fd_a, int fd_b, std::uint64_t written_a, std::uint64_t written_b,
+                                       WriteSeqs seqs) {
   HandoverResult result;
   auto fail = [&](const char* what) {
     result.error = SysError::from_errno(what);
@@ -254,6 +256,10 @@ HandoverResult SockmapBridge::handover(int fd_a, int fd_b, std::uint64_t written
     return result;
   }
 
+  // Both are targets and neither redirects yet: only userspace has written
+  // them, and it is done.
+  if (seqs == WriteSeqs::read) result.write_seqs = write_seqs(result.cookies);
+
   fd_value = static_cast<std::uint64_t>(fd_a);
   if (bpf_map_update_elem(verdict_fd_, &a, &fd_value, BPF_NOEXIST) != 0) {
     fail("verdict_sockets insert");
@@ -275,6 +281,26 @@ HandoverResult SockmapBridge::handover(int fd_a, int fd_b, std::uint64_t written
   result.consumed_error_a = kick_queued(fd_a, a);
   result.consumed_error_b = kick_queued(fd_b, b);
   return result;
+}
+
+std::optional<std::pair<std::uint32_t, std::uint32_t>> SockmapBridge::write_seqs(
+    const SocketCookies& cookies) const {
+  struct {
+    unsigned char eth[14];
+    shunt_write_seqs req;
+  } __attribute__((packed)) in{}, out{};
+  in.req.cookie[0] = cookies.a;
+  in.req.cookie[1] = cookies.b;
+  LIBBPF_OPTS(bpf_test_run_opts, opts, .data_in = &in, .data_out = &out, .data_size_in = sizeof(in),
+              .data_size_out = sizeof(out));
+  if (bpf_prog_test_run_opts(read_seqs_fd_, &opts) != 0 || opts.retval != 0 ||
+      opts.data_size_out != sizeof(out)) {
+    spdlog::debug("sockmap: write_seq of {} and {} not read: {}", cookies.a, cookies.b,
+                  opts.retval ? "not in redirect_targets" : std::strerror(errno));
+    return std::nullopt;
+  }
+  const std::uint32_t seq_a = out.req.write_seq[0], seq_b = out.req.write_seq[1];
+  return std::pair{seq_a, seq_b};
 }
 
 // Bytes queued before the verdict program was attached stay in the receive

@@ -10,7 +10,9 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace shunt::bpf {
@@ -44,6 +46,9 @@ struct HandoverResult {
   // reset. 0 when none.
   int consumed_error_a = 0;
   int consumed_error_b = 0;
+  // Each socket's write_seq before anything but userspace wrote it, when the
+  // caller asked (WriteSeqs::read) and the reading worked; see write_seqs().
+  std::optional<std::pair<std::uint32_t, std::uint32_t>> write_seqs;
 };
 
 // The maps a takeover hands to the new process (docs/operating.md,
@@ -132,8 +137,20 @@ class SockmapBridge {
   // The caller must have written every byte it read from either socket
   // before calling, or the kernel path overtakes them. `written_a`/`_b`:
   // the bytes written to each socket so far (tcp_bytes_written()), the base
-  // of the verdict's backlog bound.
-  HandoverResult handover(int fd_a, int fd_b, std::uint64_t written_a, std::uint64_t written_b);
+  // of the verdict's backlog bound. With WriteSeqs::read, each socket's
+  // write_seq is read between steps 2 and 3 (write_seqs()), when nothing
+  // can write either socket: the short-circuit's base.
+  enum class WriteSeqs { skip, read };
+  HandoverResult handover(int fd_a, int fd_b, std::uint64_t written_a, std::uint64_t written_b,
+                          WriteSeqs seqs = WriteSeqs::skip);
+
+  // The write_seq (sequence number of the next byte appended) of sockets in
+  // redirect_targets, by cookie (0: not read, left 0); nullopt when one is
+  // not there or the kernel refused the run. Exact, unlike byte counts read
+  // without the socket's lock, but only meaningful as a base while nothing
+  // else writes the socket (bpf/sockmap_redirect.bpf.c, read_write_seqs).
+  [[nodiscard]] std::optional<std::pair<std::uint32_t, std::uint32_t>> write_seqs(
+      const SocketCookies& cookies) const;
 
   // True when recv() on a verdict socket runs the verdict over bytes queued
   // before the socket entered the map (probed at load; Linux 6.4+ and the
@@ -210,6 +227,7 @@ class SockmapBridge {
   int targets_fd_ = -1;
   int verdict_fd_ = -1;
   int forwarded_fd_ = -1;  // hold_forwarded
+  int read_seqs_fd_ = -1;  // the read_write_seqs program
   bool recv_runs_verdict_ = false;
   // verdict_sockets maps of the processes taken over, kept open while
   // this one runs: closing the last reference would free a map and take

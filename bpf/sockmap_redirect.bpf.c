@@ -269,4 +269,47 @@ int redirect_to_peer(struct __sk_buff *skb)
 	return bpf_sk_redirect_hash(skb, &redirect_targets, &peer->peer_cookie, 0);
 }
 
+/* Run by the loader with BPF_PROG_TEST_RUN, never attached
+ * (SockmapBridge::write_seqs): each socket's write_seq, the sequence number
+ * its next appended byte gets. Userspace has no way to read it (TCP_INFO
+ * gives counts, not sequence numbers; TCP_QUEUE_SEQ needs repair mode).
+ * Read at the handover while nothing can write the sockets (the verdict
+ * does not run on either yet, and shunt has written what it read), it is
+ * the base the short-circuit's fence measures the target's writes from:
+ * write_seq moves only when bytes are appended to the send queue, under
+ * the socket's lock, so "write_seq - base" counts exactly what was
+ * appended, where the byte counts of TCP_INFO read without the lock run a
+ * segment ahead while it is being transmitted (sockmap_shortcut.bpf.c,
+ * fence_open). The "packet" is an Ethernet header and struct
+ * shunt_write_seqs; returns 0, or 1 when a socket is not in
+ * redirect_targets (or not TCP). */
+SEC("tc")
+int read_write_seqs(struct __sk_buff *skb)
+{
+	struct shunt_write_seqs req;
+	int i;
+
+	if (bpf_skb_load_bytes(skb, 14, &req, sizeof(req)))
+		return 1;
+	for (i = 0; i < 2; i++) {
+		struct bpf_sock *sk;
+		struct tcp_sock *tp;
+
+		if (!req.cookie[i])
+			continue;
+		sk = bpf_map_lookup_elem(&redirect_targets, &req.cookie[i]);
+		if (!sk)
+			return 1;
+		tp = bpf_skc_to_tcp_sock(sk);
+		if (tp)
+			req.write_seq[i] = tp->write_seq;
+		bpf_sk_release(sk);
+		if (!tp)
+			return 1;
+	}
+	if (bpf_skb_store_bytes(skb, 14, &req, sizeof(req), 0))
+		return 1;
+	return 0;
+}
+
 char LICENSE[] SEC("license") = "GPL";

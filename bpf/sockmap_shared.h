@@ -91,12 +91,13 @@ struct shunt_endpoint {
 	__u64 target_sk;      /* its struct sock, for bpf_probe_read_kernel */
 	__u64 proxy_cookie;   /* shunt's socket facing the endpoint (its TCP peer) */
 	__u64 proxy_consumed; /* bytes userspace read from proxy_cookie before the handover */
-	__u64 target_base;    /* bytes written to target_cookie before the handover */
-	__u64 bytes;	      /* bytes redirected by sk_msg: settled, plus `unsettled` */
-	__u64 switches;	      /* TCP -> redirect transitions (the fence opened) */
-	__u64 fallbacks;      /* redirect -> TCP transitions (target short of room) */
-	__u64 passed;	      /* bytes sent over TCP since the fence last opened (or the capture) */
-	__u32 state;	      /* enum shunt_endpoint_state */
+	__u32 target_seq;     /* target's write_seq at the handover (SockmapBridge::write_seqs) */
+	__u32 target_seq_pad;
+	__u64 bytes;	 /* bytes redirected by sk_msg: settled, plus `unsettled` */
+	__u64 switches;	 /* TCP -> redirect transitions (the fence opened) */
+	__u64 fallbacks; /* redirect -> TCP transitions (target short of room) */
+	__u64 passed;	 /* bytes sent over TCP since the fence last opened (or the capture) */
+	__u32 state;	 /* enum shunt_endpoint_state */
 	__u32 bulk_reported;
 	__u32 release_reported; /* SHUNT_EVENT_SHORTCUT_RELEASE sent */
 	/* Settling (endpoint_send, settle_pushed): a redirect is counted when
@@ -118,7 +119,16 @@ struct shunt_capture_req {
 	__u64 target_cookie;
 	__u64 proxy_cookie;
 	__u64 proxy_consumed;
-	__u64 target_base;
+	__u32 target_seq;
+	__u32 target_seq_pad;
+};
+
+/* Input and output "packet" of read_write_seqs (sockmap_redirect.bpf.c),
+ * after a 14-byte Ethernet header: two sockets in redirect_targets by
+ * cookie (0: skip), their write_seq written back. */
+struct shunt_write_seqs {
+	__u64 cookie[2];
+	__u32 write_seq[2];
 };
 
 /* capture_endpoint's return value. */

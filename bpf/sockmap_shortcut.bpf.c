@@ -74,8 +74,7 @@ const volatile __u64 shortcut_give_up = 64 << 20;
 static __always_inline __s64 needed_room(__u32 size) { return (__s64)size + size / 8 + 4096; }
 
 /* Whether the target can take `size` more bytes without its push waiting
- * for memory; also returns the payload written to it, the same reading as
- * userspace's tcp_bytes_written (bytes sent once plus not yet sent).
+ * for memory.
  *
  * sk_msg programs cannot release a socket reference, so they cannot look
  * the target up in a sockhash; the capture program stored its address
@@ -83,18 +82,13 @@ static __always_inline __s64 needed_room(__u32 size) { return (__s64)size + size
  * entry: shunt takes the endpoint out before it closes its sockets. Should
  * a read race a close anyway, the worst it can cause is a redirect that
  * finds no target, which passes. */
-static __always_inline int target_room(struct shunt_endpoint *e, __u32 size, __u64 *written)
+static __always_inline int target_room(struct shunt_endpoint *e, __u32 size)
 {
-	struct tcp_sock *tp = (void *)e->target_sk;
 	struct sock *sk = (void *)e->target_sk;
-	__u32 notsent;
 	__s64 free_bytes;
 
-	if (!tp)
+	if (!sk)
 		return 0;
-	notsent = BPF_CORE_READ(tp, write_seq) - BPF_CORE_READ(tp, snd_nxt);
-	*written = BPF_CORE_READ(tp, bytes_sent) - BPF_CORE_READ(tp, bytes_retrans) +
-		   ((__s32)notsent > 0 ? notsent : 0);
 	free_bytes = (__s64)BPF_CORE_READ(sk, sk_sndbuf) - BPF_CORE_READ(sk, sk_wmem_queued);
 	return free_bytes > needed_room(size);
 }
@@ -114,12 +108,20 @@ static __always_inline int target_room(struct shunt_endpoint *e, __u32 size, __u
  *  3. the target has been written all of that plus every byte redirected
  *     here before (its psock backlog is empty of this direction's bytes;
  *     after a return to TCP, earlier redirected bytes in the target must
- *     not be mistaken for the verdict's).
+ *     not be mistaken for the verdict's). Measured on the target's
+ *     write_seq from its value at the handover (target_seq): write_seq
+ *     moves only when bytes are appended to the send queue, so this reads
+ *     exactly, without the target's lock. (Until 2026-12-01 it read
+ *     bytes_sent - bytes_retrans + write_seq - snd_nxt, which runs one
+ *     segment ahead while a segment is being transmitted: bytes_sent has
+ *     moved, snd_nxt not yet; the fence could have opened that early.)
+ *     The comparison is modular: the two differ by at most the bytes in
+ *     flight on this path, far below 2^31.
  * The reverse switch, redirect -> TCP, needs no fence: redirected bytes are
  * in the target's queue before sendmsg returns, so bytes sent over TCP
  * afterwards reach the target behind them. */
 static __always_inline int fence_open(struct sk_msg_md *msg, struct shunt_endpoint *e,
-				      __u64 written)
+				      __u32 target_write_seq)
 {
 	struct bpf_sock *sk = msg->sk;
 	struct shunt_sock_peer *proxy;
@@ -135,7 +137,7 @@ static __always_inline int fence_open(struct sk_msg_md *msg, struct shunt_endpoi
 		return 0;
 	if (proxy->bytes + e->proxy_consumed != tp->bytes_acked - 1)
 		return 0;
-	return written - e->target_base >= proxy->bytes + e->bytes;
+	return (__s32)(target_write_seq - e->target_seq - (__u32)(proxy->bytes + e->bytes)) >= 0;
 }
 
 /* sk_flags moved into sock_common (skc_flags) in Linux 6.16; 6.1 and 6.12
@@ -216,9 +218,9 @@ static __always_inline void count_redirected(struct shunt_endpoint *e, __u32 siz
 /* The target's write_seq: advanced only by what is appended to its send
  * queue (tcp_sendmsg_locked, under its lock) and by its FIN, never by
  * transmission or ACKs, so the difference between two readings is exactly
- * what was written in between. (The `written` formula in target_room,
- * bytes_sent - bytes_retrans + write_seq - snd_nxt, is not: read without
- * the target's lock while a segment is being transmitted, bytes_sent has
+ * what was written in between, without the target's lock. (A byte count
+ * such as bytes_sent - bytes_retrans + write_seq - snd_nxt is not: read
+ * without the lock while a segment is being transmitted, bytes_sent has
  * moved and snd_nxt not yet, and it is one segment high.) */
 static __always_inline __u32 target_write_seq(struct shunt_endpoint *e)
 {
@@ -309,7 +311,6 @@ int endpoint_send(struct sk_msg_md *msg)
 {
 	struct shunt_endpoint_key key = {};
 	struct shunt_endpoint *e;
-	__u64 written = 0;
 	__u32 size = msg->size;
 	__u32 write_seq;
 	__u64 task;
@@ -373,7 +374,7 @@ int endpoint_send(struct sk_msg_md *msg)
 	 * block a non-blocking sender inside sendmsg or fail it with EAGAIN
 	 * while its own socket stays writable, so an edge-triggered writer
 	 * would never hear about room again. */
-	if (!target_room(e, size, &written)) {
+	if (!target_room(e, size)) {
 		if (e->state == SHUNT_ENDPOINT_REDIRECT) {
 			e->state = SHUNT_ENDPOINT_TCP;
 			e->fallbacks++;
@@ -381,7 +382,7 @@ int endpoint_send(struct sk_msg_md *msg)
 		return pass_over_tcp(e, size);
 	}
 	if (e->state != SHUNT_ENDPOINT_REDIRECT) {
-		if (!fence_open(msg, e, written))
+		if (!fence_open(msg, e, write_seq))
 			return pass_over_tcp(e, size);
 		e->state = SHUNT_ENDPOINT_REDIRECT;
 		e->switches++;
@@ -511,7 +512,7 @@ int capture_endpoint(struct __sk_buff *skb)
 	e.target_cookie = req.target_cookie;
 	e.proxy_cookie = req.proxy_cookie;
 	e.proxy_consumed = req.proxy_consumed;
-	e.target_base = req.target_base;
+	e.target_seq = req.target_seq;
 	e.state = SHUNT_ENDPOINT_TCP;
 	/* The entry first: the sk_msg program passes whatever finds none. */
 	if (bpf_map_update_elem(&endpoints, &req.key, &e, BPF_NOEXIST)) {

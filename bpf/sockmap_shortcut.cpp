@@ -159,7 +159,7 @@ Result<std::unique_ptr<EndpointShortcut>> EndpointShortcut::load(const SockmapBr
 
 CaptureOutcome EndpointShortcut::capture(const EndpointAddress& endpoint, std::int64_t netns_id,
                                          std::uint64_t target_cookie, std::uint64_t proxy_cookie,
-                                         std::uint64_t proxy_consumed, std::uint64_t target_base) {
+                                         std::uint64_t proxy_consumed, std::uint32_t target_seq) {
   struct {
     unsigned char eth[14];
     shunt_capture_req req;
@@ -169,7 +169,7 @@ CaptureOutcome EndpointShortcut::capture(const EndpointAddress& endpoint, std::i
   packet.req.target_cookie = target_cookie;
   packet.req.proxy_cookie = proxy_cookie;
   packet.req.proxy_consumed = proxy_consumed;
-  packet.req.target_base = target_base;
+  packet.req.target_seq = target_seq;
   LIBBPF_OPTS(bpf_test_run_opts, opts, .data_in = &packet, .data_size_in = sizeof(packet));
   if (bpf_prog_test_run_opts(capture_fd_, &opts) != 0) {
     spdlog::debug("short-circuit capture: BPF_PROG_TEST_RUN: {}", std::strerror(errno));
@@ -180,13 +180,13 @@ CaptureOutcome EndpointShortcut::capture(const EndpointAddress& endpoint, std::i
 
 CaptureOutcome EndpointShortcut::capture_local(const EndpointAddress& endpoint, const std::string& pod,
                                                std::uint64_t target_cookie, std::uint64_t proxy_cookie,
-                                               std::uint64_t proxy_consumed, std::uint64_t target_base) {
+                                               std::uint64_t proxy_consumed, std::uint32_t target_seq) {
   const std::int64_t first = netns_of(pod);
-  CaptureOutcome outcome = capture(endpoint, first, target_cookie, proxy_cookie, proxy_consumed, target_base);
+  CaptureOutcome outcome = capture(endpoint, first, target_cookie, proxy_cookie, proxy_consumed, target_seq);
   for (const std::int32_t nsid : known_netns_) {
     if (outcome != CaptureOutcome::not_local) break;
     if (nsid == first) continue;
-    outcome = capture(endpoint, nsid, target_cookie, proxy_cookie, proxy_consumed, target_base);
+    outcome = capture(endpoint, nsid, target_cookie, proxy_cookie, proxy_consumed, target_seq);
   }
   return outcome;
 }
@@ -281,7 +281,9 @@ void EndpointShortcut::probe(const SockmapBridge& bridge) {
   socklen_t l = sizeof(endpoint.local), r = sizeof(endpoint.remote);
   ::getsockname(e.get(), reinterpret_cast<sockaddr*>(&endpoint.local), &l);
   ::getpeername(e.get(), reinterpret_cast<sockaddr*>(&endpoint.remote), &r);
-  const CaptureOutcome captured = capture(endpoint, -1, *cg, *cf, 0, 0);
+  const auto seqs = bridge.write_seqs({.a = *cg, .b = 0});
+  if (!seqs) return fail("read the target's write_seq");
+  const CaptureOutcome captured = capture(endpoint, -1, *cg, *cf, 0, seqs->first);
   const char* wrong = nullptr;
   if (captured == CaptureOutcome::captured) {
     pollfd p{h.get(), POLLIN, 0};

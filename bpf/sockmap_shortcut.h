@@ -90,10 +90,11 @@ class EndpointShortcut {
   // from its next sendmsg on, the fence decides when its bytes start to go
   // straight to `target_cookie`. `proxy_cookie` is shunt's socket facing the
   // endpoint (already in the sockmap); `proxy_consumed` what userspace read
-  // from it and `target_base` what it wrote to the target before the
-  // handover.
+  // from it before the handover, and `target_seq` the target's write_seq at
+  // the handover (SockmapBridge::HandoverResult::write_seqs), which the
+  // fence measures the target's writes from.
   CaptureOutcome capture(const EndpointAddress& endpoint, std::int64_t netns_id, std::uint64_t target_cookie,
-                         std::uint64_t proxy_cookie, std::uint64_t proxy_consumed, std::uint64_t target_base);
+                         std::uint64_t proxy_cookie, std::uint64_t proxy_consumed, std::uint32_t target_seq);
 
   // capture() wherever the endpoint lives on this node: first in its pod's
   // netns (learn_pods), or shunt's own when the pod is unknown; not found
@@ -104,7 +105,7 @@ class EndpointShortcut {
   // client on another node costs one BPF_PROG_TEST_RUN per netns searched.
   CaptureOutcome capture_local(const EndpointAddress& endpoint, const std::string& pod,
                                std::uint64_t target_cookie, std::uint64_t proxy_cookie,
-                               std::uint64_t proxy_consumed, std::uint64_t target_base);
+                               std::uint64_t proxy_consumed, std::uint32_t target_seq);
   static constexpr std::size_t kMaxSearchedNetns = 64;
 
   [[nodiscard]] EndpointStats stats(const EndpointAddress& endpoint) const;

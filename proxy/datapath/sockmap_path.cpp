@@ -97,6 +97,9 @@ struct SplicedDirection {
   std::uint64_t from_consumed_at_handover = 0;  // read by userspace before the handover
   std::uint64_t to_written_at_handover = 0;
   bool fin_forwarded = false;
+  // `to`'s write_seq at the handover, read only for a pair the short-circuit
+  // may capture (the fence's base: sockmap_shortcut.bpf.c, fence_open).
+  std::optional<std::uint32_t> to_seq_at_handover{};
   HeldBytes hold{};  // what the verdict kept on `from` (docs/datapath.md, "Memory bound")
   HeldBytes::Wait hold_wait = HeldBytes::Wait::nothing;
 };
@@ -142,7 +145,7 @@ class CapturedEndpoint {
   // sk_skb.
   bpf::CaptureOutcome capture(bpf::EndpointShortcut& shortcut, const std::string& pod, int client_fd,
                               std::uint64_t client_cookie, std::uint64_t upstream_cookie,
-                              std::uint64_t consumed, std::uint64_t written) {
+                              std::uint64_t consumed, std::uint32_t upstream_seq) {
     socklen_t l = sizeof(address_.local), r = sizeof(address_.remote);
     if (::getpeername(client_fd, reinterpret_cast<sockaddr*>(&address_.local), &l) != 0 ||
         ::getsockname(client_fd, reinterpret_cast<sockaddr*>(&address_.remote), &r) != 0)
@@ -152,7 +155,7 @@ class CapturedEndpoint {
     // The client's own netns: its pod's (by nsid), or shunt's own for host
     // processes and loopback clients.
     const bpf::CaptureOutcome outcome =
-        shortcut.capture_local(address_, pod, upstream_cookie, client_cookie, consumed, written);
+        shortcut.capture_local(address_, pod, upstream_cookie, client_cookie, consumed, upstream_seq);
     if (outcome == bpf::CaptureOutcome::captured) {
       shortcut_ = &shortcut;
       proxy_cookie_ = client_cookie;
@@ -443,9 +446,12 @@ class SplicedPair final : public std::enable_shared_from_this<SplicedPair>, publ
   }
 
   void try_capture() {
+    // No base for the fence (the kernel refused the reading): never opened.
     const bpf::CaptureOutcome outcome =
-        endpoint_->capture(*shortcut_, std::string(client_pod_), client_.get(), up_.from_cookie,
-                           down_.from_cookie, up_.from_consumed_at_handover, up_.to_written_at_handover);
+        up_.to_seq_at_handover
+            ? endpoint_->capture(*shortcut_, std::string(client_pod_), client_.get(), up_.from_cookie,
+                                 down_.from_cookie, up_.from_consumed_at_handover, *up_.to_seq_at_handover)
+            : bpf::CaptureOutcome::error;
     capture_retry_at_ = Clock::time_point::max();
     if (outcome == bpf::CaptureOutcome::captured) {
       spdlog::debug("connection {}: client captured for the short-circuit ({} retries)", id_,
@@ -848,8 +854,13 @@ asio::awaitable<std::optional<Ending>> start_sockmap(SocketPair& pair, DatapathS
   set_send_buffer(client_fd, BufferBudget::kSplicedSendBufferBytes, false);
   set_send_buffer(upstream_fd, BufferBudget::kSplicedSendBufferBytes, false);
 
-  const bpf::HandoverResult handover =
-      bridge->handover(client_fd, upstream_fd, client_written, upstream_written);
+  const bpf::HandoverResult handover = bridge->handover(
+      client_fd, upstream_fd, client_written, upstream_written,
+      kernel.shortcut ? bpf::SockmapBridge::WriteSeqs::read : bpf::SockmapBridge::WriteSeqs::skip);
+  if (handover.write_seqs) {
+    up.to_seq_at_handover = handover.write_seqs->second;
+    down.to_seq_at_handover = handover.write_seqs->first;
+  }
   if (handover.failure != bpf::HandoverFailure::none) {
     spdlog::debug("connection {}: sockmap refused the pair ({}), {}", id, handover.error.message(),
                   handover.partial ? "after the client's socket entered it" : "splicing instead");
@@ -873,6 +884,7 @@ asio::awaitable<std::optional<Ending>> start_sockmap(SocketPair& pair, DatapathS
         "the client's direction stays with the kernel",
         id, *finished);
     down.to_written_at_handover += *finished;
+    if (down.to_seq_at_handover) *down.to_seq_at_handover += static_cast<std::uint32_t>(*finished);
     down.fin_forwarded = true;
   }
   up.from_cookie = handover.cookies.a;

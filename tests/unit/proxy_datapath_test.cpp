@@ -2,6 +2,7 @@
 // daemon: loopback pairs, bytes both ways compared end to end, byte counts,
 // FIN and RST passed on, cancellation; the sockmap handover when BPF is
 // there.
+#include "bpf/loopback_pairs.h"
 #include "bpf/sockmap.h"
 #include "proxy/datapath/bulk_grants.h"
 #include "proxy/datapath/datapath.h"
@@ -183,6 +184,45 @@ TEST(SockmapPath, WithoutTheBridgeFallsBackToSplice) {
   std::lock_guard lock(observer.mu);
   EXPECT_EQ(observer.fallbacks, std::vector<std::string>{"sockmap_unavailable"});
   EXPECT_EQ(observer.paths, std::vector<config::Datapath>{config::Datapath::splice});
+}
+
+// The short-circuit's fence measures what the kernel path appended to a
+// target from the target's write_seq at the handover
+// (SockmapBridge::write_seqs). Checked here against bytes counted by hand:
+// what shunt wrote before the handover is before the base, every byte the
+// verdict redirects after it is counted once, and a socket not in the maps
+// has no reading.
+TEST(SockmapBridge, WriteSeqBaseCountsExactlyWhatTheKernelPathAppends) {
+  auto loaded = bpf::SockmapBridge::load(64, 1u << 30, BufferBudget::kBacklogLimitBytes);
+  if (!loaded) GTEST_SKIP() << "sockmap unavailable here: " << loaded.error().message();
+  bpf::SockmapBridge& bridge = *loaded.value();
+  bpf::LoopbackPairs pairs;
+  ASSERT_EQ(bpf::make_loopback_pairs(pairs), nullptr) << std::strerror(errno);
+  // client -> a (shunt's client-facing socket); b (shunt's upstream socket) -> server.
+  const int client = pairs.first_out.get(), a = pairs.first_in.get();
+  const int b = pairs.second_out.get(), server = pairs.second_in.get();
+  const std::string before(1000, 'p'), after(70000, 'k');
+  ASSERT_TRUE(send_all(b, before));  // userspace's bytes, before the handover
+  ASSERT_EQ(read_exactly(server, before.size()), before);
+
+  const bpf::HandoverResult handover =
+      bridge.handover(a, b, 0, before.size(), bpf::SockmapBridge::WriteSeqs::read);
+  ASSERT_EQ(handover.failure, bpf::HandoverFailure::none) << handover.error.message();
+  ASSERT_TRUE(handover.write_seqs.has_value());
+  const std::uint32_t base = handover.write_seqs->second;
+
+  ASSERT_TRUE(send_all(client, after));
+  EXPECT_EQ(read_exactly(server, after.size()), after);
+  const auto now = bridge.write_seqs({.a = 0, .b = handover.cookies.b});
+  ASSERT_TRUE(now.has_value());
+  EXPECT_EQ(static_cast<std::uint32_t>(now->second - base), after.size());
+  EXPECT_EQ(now->first, 0u);  // cookie 0: not read
+
+  // Not a target (never handed over): no reading rather than a wrong one.
+  auto stranger = bpf::socket_cookie(server);
+  ASSERT_TRUE(stranger);
+  EXPECT_FALSE(bridge.write_seqs({.a = *stranger, .b = 0}).has_value());
+  bridge.forget(handover.cookies);
 }
 
 // Copy and splice pairs as a takeover moves them (join.h, UserspaceHold):

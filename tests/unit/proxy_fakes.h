@@ -17,6 +17,7 @@
 #include <nghttp2/nghttp2.h>
 #include <openssl/bio.h>
 #include <openssl/ssl.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/executor_work_guard.hpp>
@@ -25,6 +26,7 @@
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <chrono>
@@ -138,6 +140,20 @@ inline std::string read_to_end(int fd, int* error = nullptr) {
     if (error) *error = n < 0 ? errno : 0;
     return out;
   }
+}
+
+// Reads exactly `n` bytes, or fewer at EOF, an error or a 10 s silence.
+inline std::string read_exactly(int fd, std::size_t n) {
+  std::string out;
+  char buf[65536];
+  while (out.size() < n) {
+    pollfd p{fd, POLLIN, 0};
+    if (::poll(&p, 1, 10000) != 1) break;
+    const ssize_t got = ::recv(fd, buf, std::min(sizeof(buf), n - out.size()), 0);
+    if (got <= 0) break;
+    out.append(buf, static_cast<std::size_t>(got));
+  }
+  return out;
 }
 
 inline void set_receive_timeout(int fd, std::chrono::milliseconds t) {
