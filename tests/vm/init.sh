@@ -5,8 +5,12 @@
 # pods with the real `shunt pod add`, runs `shunt run` with steering, checks
 # pod-to-pod traffic through the proxy and without it, fail_closed with the
 # proxy stopped, and that `pod del` + proxy exit leave nothing behind; a
-# `shunt run --takeover` with pod-to-pod traffic flowing (both profiles). Then
-# the sockmap burst stress of issue 15 on a static listener (burst_stress).
+# `shunt run --takeover` with pod-to-pod traffic flowing (both profiles); the
+# sk_msg endpoint short-circuit of issue 12 pod-to-pod with real data
+# (stream_positions: position-checked both ways on non-blocking clients, FIN,
+# resets each way, a blocking client refused; the fallback instead where the
+# kernel's probe says no). Then the sockmap burst stress of issue 15 on a
+# static listener (burst_stress).
 # Every check prints one "SHUNT-VM: RESULT <name> PASS|FAIL <detail>" line on
 # the serial console; run_vm.py asserts on them.
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin
@@ -65,6 +69,10 @@ finish() {
 	# The console is printed when a check fails: the proxy's log explains most.
 	echo "---- shunt.log ----"
 	cat /tmp/shunt.log 2>/dev/null
+	if [ -f /tmp/shunt-shortcut.log ]; then
+		echo "---- shunt-shortcut.log (the endpoint short-circuit step) ----"
+		cat /tmp/shunt-shortcut.log
+	fi
 	if [ -f /tmp/shunt-takeover.log ]; then
 		echo "---- shunt-takeover.log (the process that took over) ----"
 		cat /tmp/shunt-takeover.log
@@ -100,15 +108,18 @@ out=$(http_get in_client $SERVER 9090 /cgi-bin/peer | body)
 out=$(http_get in_client $SERVER6 9090 /cgi-bin/peer | body)
 [ "$out" = "peer=[$CLIENT6]" ]; result direct_without_shunt_v6 $? "$out"
 
-cat >/tmp/shunt.yaml <<YAML
+# pods_config INTERCEPT_PORTS [PROXY_KEY]: the steering config, on stdout.
+pods_config() {
+	cat <<YAML
 proxy:
   listeners:
     - {name: pods, listen: 127.0.0.1:15001, transparent: true}
     - {name: pods6, listen: "[::1]:15001", transparent: true}
   datapath: sockmap
   upstream_source: client
+  ${2:-}
 steering:
-  intercept_ports: [8080]
+  intercept_ports: [$1]
   on_proxy_down: fail_closed
 admin: {listen: 127.0.0.1:15000}
 log: {level: info, access: stdout}
@@ -118,6 +129,8 @@ pods:
 policy:
   default: allow
 YAML
+}
+pods_config 8080 >/tmp/shunt.yaml
 # The sk_msg endpoint short-circuit (proxy.endpoint_shortcut, off by
 # default): `shunt version` runs its start-up check. Passes when the probe
 # answers, yes or a clean no with its reason (this kernel then keeps the
@@ -248,6 +261,144 @@ out=$(http_get in_client $SERVER6 8080 /cgi-bin/peer | body)
 out=$(http_get in_client $SERVER 9090 /cgi-bin/peer | body)
 [ "$out" = "peer=$CLIENT" ]; result fail_closed_other_ports_flow $? "$out"
 ip rule | grep -q fwmark; [ $? != 0 ]; result rules_removed_on_exit $? "$(ip rule | tr '\n' ' ')"
+
+# ---- endpoint short-circuit (issue 12), both profiles ---------------------
+# A shunt with proxy.endpoint_shortcut: true on the same pods and steering,
+# intercepting 8180-8183, where stream_positions (tests/tools) servers listen
+# in the server pod. Its clients in the client pod are non-blocking from
+# socket() on, so the capture takes them (busybox nc is blocking and would
+# only be refused). Every 8-byte word names its stream offset and the
+# receiving end checks each one, both directions.
+#   8180: SC_CONNS connections at once, SC_BYTES each way; the client pauses
+#         50 ms before every 256 KiB, where the fence (client quiet, TCP
+#         path drained) can open; the server 50 ms before every MiB.
+#         shortcut_positions: every byte in place both ways; shortcut_fin:
+#         both ends read to EOF (each FIN passed after every byte);
+#         shortcut_access_log: SC_CONNS lines, bytes_up and bytes_down
+#         exact; shortcut_path_up: path_up sk_msg on at least one;
+#         shortcut_bytes_metric: shunt_shortcut_bytes_total > 0.
+#   8181: the server resets after 1 MiB up while the captured client sends
+#         8 MiB: the client must see the reset (shortcut_reset_from_server).
+#   8182: the client resets after 1 MiB down while sending: the server must
+#         see it (shortcut_reset_from_client).
+#   8183: a blocking client and server, both quiet for 1 s (past the
+#         capture's retries at 5, 55 and 555 ms), then 1 MiB each way: not
+#         captured, counted once as shortcut_blocking_socket, every byte in
+#         place, no EAGAIN (shortcut_blocking_refused).
+# Where sk_msg_probe said no, shunt runs without the short-circuit (its log
+# says why): the same transfers must pass, path_up sk_skb everywhere, the
+# metric and the blocking count 0.
+SC_CONNS=4
+SC_BYTES=4194304
+SC_LOG=/tmp/shunt-shortcut.log
+SC_OUT=/tmp/sc
+mkdir -p $SC_OUT
+SC_YES=0
+echo "$shortcut_line" | grep -q "short-circuit *yes" && SC_YES=1
+pods_config "8180, 8181, 8182, 8183" "endpoint_shortcut: true" >/tmp/shortcut.yaml
+sc_started=$(cut -d' ' -f1 /proc/uptime)
+# Simple commands, not functions: nsenter execs the tool, so $! is its pid.
+SC_SERVER="nsenter --net=/run/netns/server -- stream_positions server"
+SC_CLIENT="nsenter --net=/run/netns/client -- stream_positions client"
+$SC_SERVER $SERVER:8180 $SC_BYTES --send-chunk 65536 --send-pause-every 1048576 \
+	--send-pause-ms 50 --timeout-s 30 >$SC_OUT/server-8180 2>&1 &
+sc_servers=$!
+$SC_SERVER $SERVER:8181 1048576 --reset-after 1048576 --send-chunk 65536 \
+	--send-pause-every 262144 --send-pause-ms 20 --timeout-s 30 >$SC_OUT/server-8181 2>&1 &
+sc_servers="$sc_servers $!"
+$SC_SERVER $SERVER:8182 $SC_BYTES --expect-reset --send-chunk 65536 \
+	--send-pause-every 262144 --send-pause-ms 50 --timeout-s 30 >$SC_OUT/server-8182 2>&1 &
+sc_servers="$sc_servers $!"
+$SC_SERVER $SERVER:8183 1048576 --blocking --send-pause-ms 1000 --timeout-s 30 \
+	>$SC_OUT/server-8183 2>&1 &
+sc_servers="$sc_servers $!"
+shunt run -c /tmp/shortcut.yaml >$SC_LOG 2>&1 &
+SC_PID=$!
+wait_ready 15000 $SC_PID
+ready=$?
+listening=$(cat $SC_OUT/server-* | grep -c LISTENING)
+unavailable=$(grep "endpoint short-circuit" $SC_LOG)
+if [ $SC_YES = 1 ]; then
+	[ $ready = 0 ] && [ "$listening" = 4 ] && [ -z "$unavailable" ]
+else
+	[ $ready = 0 ] && [ "$listening" = 4 ] && [ -n "$unavailable" ]
+fi
+result shortcut_ready $? "probe yes=$SC_YES, $listening servers listening; ${unavailable:-short-circuit loaded}"
+sc_metric() { http_get "" 127.0.0.1 15000 /metrics | tr -d '\r' | grep "^$1" | awk '{ s += $2 } END { print s + 0 }'; }
+blocking_before=$(sc_metric 'shunt_datapath_fallbacks_total{reason="shortcut_blocking_socket"}')
+$SC_CLIENT $SERVER:8180 $SC_BYTES --connections $SC_CONNS --send-chunk 65536 \
+	--send-pause-every 262144 --send-pause-ms 50 --timeout-s 30 >$SC_OUT/client-8180 2>&1 &
+sc_clients=$!
+$SC_CLIENT $SERVER:8181 8388608 --expect-reset --send-chunk 65536 \
+	--send-pause-every 262144 --send-pause-ms 20 --timeout-s 30 >$SC_OUT/client-8181 2>&1 &
+sc_clients="$sc_clients $!"
+$SC_CLIENT $SERVER:8182 $SC_BYTES --reset-after 1048576 --send-chunk 65536 \
+	--send-pause-every 65536 --send-pause-ms 20 --timeout-s 30 >$SC_OUT/client-8182 2>&1 &
+sc_clients="$sc_clients $!"
+$SC_CLIENT $SERVER:8183 1048576 --blocking --send-pause-ms 1000 --timeout-s 30 \
+	>$SC_OUT/client-8183 2>&1 &
+sc_clients="$sc_clients $!"
+# The clients' own timeouts (30 s without progress) bound this wait.
+wait $sc_clients
+# A server prints its line once its connection is over: give the last ones
+# a moment, and the access log its lines.
+for i in $(seq 1 50); do
+	[ "$(cat $SC_OUT/server-* | grep -c RESULT)" -ge $((SC_CONNS + 3)) ] && break
+	sleep 0.2
+done
+sleep 0.5
+for f in $SC_OUT/*; do echo "== $f"; cat $f; done
+# sc_count FILE PATTERN: lines of FILE matching PATTERN.
+sc_count() { grep -c -- "$2" $1; }
+ok_client=$(sc_count $SC_OUT/client-8180 "received=$SC_BYTES sent=$SC_BYTES changes=0 ok")
+ok_server=$(sc_count $SC_OUT/server-8180 "received=$SC_BYTES sent=$SC_BYTES changes=0 ok")
+moved=$(cat $SC_OUT/client-8180 $SC_OUT/server-8180 | grep -c "^RESULT .* changes=[1-9]")
+[ "$ok_client" = $SC_CONNS ] && [ "$ok_server" = $SC_CONNS ] && [ $moved = 0 ]
+result shortcut_positions $? "$SC_CONNS x $SC_BYTES B each way: $ok_client clients and $ok_server servers got every byte in place, $moved connection(s) with bytes out of place"
+eof_client=$(sc_count $SC_OUT/client-8180 "received=$SC_BYTES .* ok ")
+eof_server=$(sc_count $SC_OUT/server-8180 "received=$SC_BYTES .* ok ")
+[ "$eof_client" = $SC_CONNS ] && [ "$eof_server" = $SC_CONNS ]
+result shortcut_fin $? "read to EOF after all $SC_BYTES B: $eof_server of $SC_CONNS servers (client FIN), $eof_client clients (server FIN)"
+grep "\"dst\":\"$SERVER:8180\"" $SC_LOG >$SC_OUT/access-8180
+lines=$(wc -l <$SC_OUT/access-8180)
+exact=$(sc_count $SC_OUT/access-8180 "\"bytes_up\":$SC_BYTES,\"bytes_down\":$SC_BYTES,")
+[ "$lines" = $SC_CONNS ] && [ "$exact" = $SC_CONNS ]
+result shortcut_access_log $? "$lines lines for 8180, $exact with bytes_up and bytes_down $SC_BYTES"
+switched=$(sc_count $SC_OUT/access-8180 '"path_up":"sk_msg"')
+sc_bytes=$(sc_metric shunt_shortcut_bytes_total)
+if [ $SC_YES = 1 ]; then
+	[ "$switched" -ge 1 ]
+	result shortcut_path_up $? "$switched of $lines connections took sk_msg up"
+	[ "$sc_bytes" -gt 0 ]
+	result shortcut_bytes_metric $? "shunt_shortcut_bytes_total $sc_bytes"
+else
+	[ "$switched" = 0 ] && [ "$(sc_count $SC_OUT/access-8180 '"path_up":"sk_skb"')" = "$lines" ]
+	result shortcut_path_up $? "probe said no: $switched of $lines connections took sk_msg up (want 0)"
+	[ "$sc_bytes" = 0 ]
+	result shortcut_bytes_metric $? "probe said no: shunt_shortcut_bytes_total $sc_bytes (want 0)"
+fi
+# path_up of a reset connection's access log line, for the detail.
+sc_path() { grep "\"dst\":\"$SERVER:$1\"" $SC_LOG | sed -n 's/.*"path_up":"\([a-z_]*\)".*/\1/p' | head -n 1; }
+grep -q "changes=0 ok reset=seen" $SC_OUT/client-8181 && grep -q "changes=0 ok reset=sent" $SC_OUT/server-8181
+result shortcut_reset_from_server $? "client (path_up $(sc_path 8181)): $(grep RESULT $SC_OUT/client-8181 | cut -d' ' -f2-7); server: $(grep RESULT $SC_OUT/server-8181 | cut -d' ' -f2-7)"
+grep -q "changes=0 ok reset=seen" $SC_OUT/server-8182 && grep -q "changes=0 ok reset=sent" $SC_OUT/client-8182
+result shortcut_reset_from_client $? "server: $(grep RESULT $SC_OUT/server-8182 | cut -d' ' -f2-7); client (path_up $(sc_path 8182)): $(grep RESULT $SC_OUT/client-8182 | cut -d' ' -f2-7)"
+blocking=$(($(sc_metric 'shunt_datapath_fallbacks_total{reason="shortcut_blocking_socket"}') - blocking_before))
+want=$SC_YES
+grep -q "received=1048576 sent=1048576 changes=0 ok" $SC_OUT/client-8183 &&
+	grep -q "received=1048576 sent=1048576 changes=0 ok" $SC_OUT/server-8183 &&
+	[ "$blocking" = $want ] && [ "$(sc_path 8183)" = sk_skb ]
+result shortcut_blocking_refused $? "shortcut_blocking_socket +$blocking (want $want), path_up $(sc_path 8183); client: $(grep RESULT $SC_OUT/client-8183 | cut -d' ' -f2-7 | tr '\n' ' ')"
+http_get "" 127.0.0.1 15000 /metrics | grep -E "^shunt_(datapath_fallbacks|shortcut)"
+kill $sc_servers 2>/dev/null
+wait $sc_servers 2>/dev/null
+kill -TERM $SC_PID
+for i in $(seq 1 100); do kill -0 $SC_PID 2>/dev/null || break; sleep 0.1; done
+wait $SC_PID
+rc=$?
+secs=$(awk -v a="$sc_started" -v b="$(cut -d' ' -f1 /proc/uptime)" 'BEGIN { printf "%.0f", b - a }')
+rules=$(ip rule | grep fwmark)
+[ $rc = 0 ] && [ -z "$rules" ]; result shortcut_exited $? "exit $rc, fwmark rules left: ${rules:-none}; the step took ${secs}s"
 
 killall httpd 2>/dev/null
 shunt pod del client && shunt pod del server

@@ -11,8 +11,8 @@ Profiles (one ctest each):
 
 Boots the kernel under qemu-system-x86_64 -cpu max with software emulation,
 from an initramfs holding busybox-static, the shunt binary, the burst_peer
-test tool (tests/tools, for the burst_stress check) and their shared
-libraries, the kernel modules the profile needs, and tests/vm/init.sh as
+and stream_positions test tools (tests/tools, for the burst_stress and the
+short-circuit checks) and their shared libraries, the kernel modules the profile needs, and tests/vm/init.sh as
 /init. The kernel package is fetched once with `apt-get download` into the
 cache dir (SHUNT_VM_CACHE, default /var/cache/shunt-vm) and reused.
 
@@ -32,6 +32,9 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 SHUNT_BIN = os.environ.get("SHUNT_BIN", os.path.join(HERE, "../../build/proxy/shunt"))
 BURST_PEER = os.environ.get("BURST_PEER", os.path.join(HERE, "../../build/tests/tools/burst_peer"))
+# The short-circuit step's peer; next to burst_peer when only that is given.
+STREAM_POSITIONS = os.environ.get("STREAM_POSITIONS", os.path.join(
+    os.environ.get("SHUNT_BUILD_DIR", os.path.join(HERE, "../../build")), "tests/tools/stream_positions"))
 CACHE = os.environ.get("SHUNT_VM_CACHE", "/var/cache/shunt-vm")
 BOOT_TIMEOUT_S = int(os.environ.get("SHUNT_VM_TIMEOUT", "420"))
 # SHUNT_VM_VERBOSE=1 prints the VM's console (and shunt's log) on success too.
@@ -51,6 +54,11 @@ COMMON_CHECKS = [
 # init.sh's takeover step (issue 14), run on both profiles.
 TAKEOVER_CHECKS = ["takeover_complete", "takeover_during_transfers", "takeover_download_hash", "takeover_upload_hash",
                    "takeover_new_connections", "takeover_old_exited"]
+# init.sh's endpoint short-circuit step (issue 12), run on both profiles; where
+# the kernel's probe says no, the same checks assert the fallback.
+SHORTCUT_CHECKS = ["shortcut_ready", "shortcut_positions", "shortcut_fin", "shortcut_access_log", "shortcut_path_up",
+                   "shortcut_bytes_metric", "shortcut_reset_from_server", "shortcut_reset_from_client",
+                   "shortcut_blocking_refused", "shortcut_exited"]
 # Reported and shown, but not (yet) required: name -> why. A failing one prints
 # the console like a failed check does, and the test still passes.
 ADVISORY_CHECKS = {}
@@ -72,12 +80,13 @@ PROFILES = {
     "netkit": Profile(
         "netkit", "linux-image-6.12.", r"^linux-image-6\.12\.[0-9]+\+deb12-cloud-amd64$", "linux-image-6.12.*-cloud-amd64_*.deb",
         lambda n: int(n.split(".")[2].split("+")[0]), ["CONFIG_NETKIT=y"], ["veth"],
-        ["pod_add_client_netkit", "pod_add_server_netkit", *COMMON_CHECKS, *TAKEOVER_CHECKS]),
+        ["pod_add_client_netkit", "pod_add_server_netkit", *COMMON_CHECKS, *TAKEOVER_CHECKS, *SHORTCUT_CHECKS]),
     "legacy": Profile(
         "legacy", "linux-image-6.1.0-", r"^linux-image-6\.1\.0-[0-9]+-cloud-amd64$", "linux-image-6.1.0-*-cloud-amd64_*.deb",
         lambda n: int(n.split("-")[3]), ["CONFIG_NET_CLS_BPF=", "CONFIG_NET_SCH_INGRESS="],
         ["veth", "sch_ingress", "cls_bpf"],
-        ["pod_add_client_veth", "pod_add_server_veth", *COMMON_CHECKS, *TAKEOVER_CHECKS, "steering_legacy_tc"]),
+        ["pod_add_client_veth", "pod_add_server_veth", *COMMON_CHECKS, *TAKEOVER_CHECKS, *SHORTCUT_CHECKS,
+         "steering_legacy_tc"]),
 }
 
 
@@ -164,7 +173,7 @@ def build_initramfs(workdir, modules):
     for d in ("bin", "lib/shunt-modules", "www/cgi-bin", "etc", "sys/fs/bpf", "run/netns"):
         os.makedirs(os.path.join(root, d), exist_ok=True)
     shutil.copy(shutil.which("busybox") or "/bin/busybox", os.path.join(root, "bin/busybox"))
-    for binary, name in ((SHUNT_BIN, "shunt"), (BURST_PEER, "burst_peer")):
+    for binary, name in ((SHUNT_BIN, "shunt"), (BURST_PEER, "burst_peer"), (STREAM_POSITIONS, "stream_positions")):
         install_binary(root, binary, name)
     # Numbered so init.sh loads them in the profile's order.
     for i, ko in enumerate(modules):
@@ -226,7 +235,7 @@ def main():
     if len(sys.argv) != 2 or sys.argv[1] not in PROFILES:
         raise SystemExit(f"usage: {sys.argv[0]} {'|'.join(PROFILES)}")
     profile = PROFILES[sys.argv[1]]
-    for path, var in ((SHUNT_BIN, "SHUNT_BIN"), (BURST_PEER, "BURST_PEER")):
+    for path, var in ((SHUNT_BIN, "SHUNT_BIN"), (BURST_PEER, "BURST_PEER"), (STREAM_POSITIONS, "STREAM_POSITIONS")):
         if not os.path.exists(path):
             raise SystemExit(f"{os.path.basename(path)} not found at {path} (build it, or set {var})")
     deb = kernel_package(profile)
