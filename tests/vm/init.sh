@@ -281,8 +281,10 @@ ip rule | grep -q fwmark; [ $? != 0 ]; result rules_removed_on_exit $? "$(ip rul
 #         8 MiB: the client must see the reset (shortcut_reset_from_server).
 #   8182: the client resets after 1 MiB down while sending: the server must
 #         see it (shortcut_reset_from_client).
-#   8183: a blocking client and server, both quiet for 1 s (past the
-#         capture's retries at 5, 55 and 555 ms), then 1 MiB each way: not
+#   8183: a blocking client and server, both quiet for 1.5 s (past the
+#         capture's retries 5, 55 and 555 ms after the handover; a retry
+#         that finds the client past ESTABLISHED counts
+#         shortcut_not_established instead), then 1 MiB each way: not
 #         captured, counted once as shortcut_blocking_socket, every byte in
 #         place, no EAGAIN (shortcut_blocking_refused).
 # Where sk_msg_probe said no, shunt runs without the short-circuit (its log
@@ -309,7 +311,7 @@ sc_servers="$sc_servers $!"
 $SC_SERVER $SERVER:8182 $SC_BYTES --expect-reset --send-chunk 65536 \
 	--send-pause-every 262144 --send-pause-ms 50 --timeout-s 30 >$SC_OUT/server-8182 2>&1 &
 sc_servers="$sc_servers $!"
-$SC_SERVER $SERVER:8183 1048576 --blocking --send-pause-ms 1000 --timeout-s 30 \
+$SC_SERVER $SERVER:8183 1048576 --blocking --send-pause-ms 1500 --timeout-s 30 \
 	>$SC_OUT/server-8183 2>&1 &
 sc_servers="$sc_servers $!"
 shunt run -c /tmp/shortcut.yaml >$SC_LOG 2>&1 &
@@ -335,7 +337,7 @@ sc_clients="$sc_clients $!"
 $SC_CLIENT $SERVER:8182 $SC_BYTES --reset-after 1048576 --send-chunk 65536 \
 	--send-pause-every 65536 --send-pause-ms 20 --timeout-s 30 >$SC_OUT/client-8182 2>&1 &
 sc_clients="$sc_clients $!"
-$SC_CLIENT $SERVER:8183 1048576 --blocking --send-pause-ms 1000 --timeout-s 30 \
+$SC_CLIENT $SERVER:8183 1048576 --blocking --send-pause-ms 1500 --timeout-s 30 \
 	>$SC_OUT/client-8183 2>&1 &
 sc_clients="$sc_clients $!"
 # The clients' own timeouts (30 s without progress) bound this wait.
