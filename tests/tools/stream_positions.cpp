@@ -380,8 +380,8 @@ bool run_connection(int fd, const char* role, std::uint8_t send_tag, std::uint8_
     if (c.reset_seen) c.fail("reset");
   }
   ::close(fd);
-  std::printf("RESULT role=%s received=%" PRIu64 " sent=%" PRIu64 " changes=%d %s%s local=%s peer=%s%s%s\n", role,
-              received, sent, checker.changes(), ok ? "ok" : "BAD", reset, local.c_str(), peer.c_str(),
+  std::printf("RESULT role=%s received=%" PRIu64 " sent=%" PRIu64 " changes=%d %s%s local=%s peer=%s%s%s\n",
+              role, received, sent, checker.changes(), ok ? "ok" : "BAD", reset, local.c_str(), peer.c_str(),
               c.error.empty() ? "" : " error=", c.error.c_str());
   std::fflush(stdout);
   return ok;
