@@ -273,10 +273,17 @@ std::string render_metrics(const ProxyContext& context, const bpf::PodSteering* 
   p.sample("shunt_takeover_duration_seconds", {},
            static_cast<double>(m.takeover_last_duration_us.load()) / 1e6);
 
-  p.family("shunt_datapath_fallbacks_total", "counter",
-           "Connections the kernel refused for the sockmap, by reason; they continue on splice.");
+  p.family(
+      "shunt_datapath_fallbacks_total", "counter",
+      "Connections the kernel refused for the sockmap, by reason (they continue on splice); and, with "
+      "a direction, senders left on the sk_skb path rather than the endpoint short-circuit (shortcut_*; "
+      "direction=\"down\" is a server's, which is on another node for most traffic: shortcut_not_local).");
   for (const auto& [reason, n] : m.datapath_fallbacks.snapshot())
     p.sample("shunt_datapath_fallbacks_total", {{"reason", reason}}, n);
+  for (std::size_t dir = 0; dir < m.shortcut_fallbacks.size(); ++dir)
+    for (const auto& [reason, n] : m.shortcut_fallbacks[dir].snapshot())
+      p.sample("shunt_datapath_fallbacks_total",
+               {{"reason", reason}, {"direction", dir == 0 ? "up" : "down"}}, n);
 
   p.family("shunt_connection_ends_total", "counter",
            "Closed connections by why they ended (the access log's `reason`): which side closed or "
@@ -303,16 +310,34 @@ std::string render_metrics(const ProxyContext& context, const bpf::PodSteering* 
            "already (docs/datapath.md, \"Repeated bytes in a retransmitted segment\").");
   p.sample("shunt_sockmap_repeated_bytes_total", {}, m.sockmap_repeated_bytes.load());
 
-  p.family("shunt_shortcut_bytes_total", "counter",
-           "Client -> upstream bytes the endpoint short-circuit moved by sk_msg, counted when the pair ends "
-           "(the rest of a kernel-spliced direction took sk_skb; docs/datapath.md).");
-  p.sample("shunt_shortcut_bytes_total", {}, m.shortcut_bytes.load());
-  p.family("shunt_shortcut_switches_total", "counter",
-           "Times the short-circuit's fence opened: a captured client switched from TCP to sk_msg.");
-  p.sample("shunt_shortcut_switches_total", {}, m.shortcut_switches.load());
-  p.family("shunt_shortcut_returns_to_tcp_total", "counter",
-           "Times a short-circuited client returned to TCP because the upstream socket was short of room.");
-  p.sample("shunt_shortcut_returns_to_tcp_total", {}, m.shortcut_returns.load());
+  // The endpoint short-circuit's counters, each by direction (up: from a
+  // local client, down: from a local server), counted when the pair ends.
+  struct ShortcutFamily {
+    const char* name;
+    const char* help;
+    std::atomic<std::uint64_t> Metrics::Shortcut::*counter;
+  };
+  for (const ShortcutFamily& f : {
+           ShortcutFamily{
+               "shunt_shortcut_bytes_total",
+               "Bytes the endpoint short-circuit moved by sk_msg, by direction (up: from a local client, "
+               "down: from a local server), counted when the pair ends (the rest of a kernel-spliced "
+               "direction took sk_skb; docs/datapath.md).",
+               &Metrics::Shortcut::bytes},
+           ShortcutFamily{
+               "shunt_shortcut_switches_total",
+               "Times the short-circuit's fence opened: a captured sender switched from TCP to sk_msg, "
+               "by direction.",
+               &Metrics::Shortcut::switches},
+           ShortcutFamily{"shunt_shortcut_returns_to_tcp_total",
+                          "Times a short-circuited sender returned to TCP because its target (shunt's socket "
+                          "towards the other endpoint) was short of room, by direction.",
+                          &Metrics::Shortcut::returns},
+       }) {
+    p.family(f.name, "counter", f.help);
+    for (std::size_t dir = 0; dir < m.shortcut.size(); ++dir)
+      p.sample(f.name, {{"direction", dir == 0 ? "up" : "down"}}, (m.shortcut[dir].*f.counter).load());
+  }
 
   p.family("shunt_connections_revoked_total", "counter",
            "Open connections reset because a reload disallowed them.");

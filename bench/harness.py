@@ -333,9 +333,12 @@ class Shunt(System):
         values = {}
         for line in r.stdout.splitlines():
             name, _, value = line.partition(" ")
+            # Summed over label sets (shunt_shortcut_bytes_total has one per
+            # direction).
+            name = name.partition("{")[0]
             for key, metric in self.COUNTERS.items():
                 if name == metric:
-                    values[key] = float(value) / 1e9
+                    values[key] = values.get(key, 0.0) + float(value) / 1e9
         return values
 
 

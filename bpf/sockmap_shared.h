@@ -92,7 +92,11 @@ struct shunt_endpoint {
 	__u64 proxy_cookie;   /* shunt's socket facing the endpoint (its TCP peer) */
 	__u64 proxy_consumed; /* bytes userspace read from proxy_cookie before the handover */
 	__u32 target_seq;     /* target's write_seq at the handover (SockmapBridge::write_seqs) */
-	__u32 target_seq_pad;
+	/* The endpoint's bytes_acked with no payload acknowledged yet: 1 for a
+	 * socket that connected (a client: its SYN counts), 0 for an accepted
+	 * one (a server: the child socket starts past its SYN-ACK, which
+	 * tcp_ack never counts). */
+	__u32 acked_base;
 	__u64 bytes;	 /* bytes redirected by sk_msg: settled, plus `unsettled` */
 	__u64 switches;	 /* TCP -> redirect transitions (the fence opened) */
 	__u64 fallbacks; /* redirect -> TCP transitions (target short of room) */
@@ -119,8 +123,8 @@ struct shunt_capture_req {
 	__u64 target_cookie;
 	__u64 proxy_cookie;
 	__u64 proxy_consumed;
-	__u32 target_seq;
-	__u32 target_seq_pad;
+	__u32 target_seq; /* as in shunt_endpoint */
+	__u32 acked_base; /* as in shunt_endpoint */
 };
 
 /* Input and output "packet" of read_write_seqs (sockmap_redirect.bpf.c),

@@ -101,7 +101,8 @@ static __always_inline int target_room(struct shunt_endpoint *e, __u32 size)
  *  1. nothing unacknowledged or unsent on the endpoint (snd_una ==
  *     write_seq): all it sent has reached shunt's socket facing it;
  *  2. shunt's verdict program has redirected all of it: the endpoint's
- *     acknowledged payload (bytes_acked counts the SYN too) equals what
+ *     acknowledged payload (bytes_acked less acked_base: a client's counts
+ *     its SYN, an accepted socket's does not count its SYN-ACK) equals what
  *     that socket's verdict counted plus what userspace read before the
  *     handover; the counter moves in the same softirq pass that queues
  *     the segment, before the ACK is sent;
@@ -130,12 +131,12 @@ static __always_inline int fence_open(struct sk_msg_md *msg, struct shunt_endpoi
 	if (!sk)
 		return 0;
 	tp = bpf_skc_to_tcp_sock(sk);
-	if (!tp || tp->write_seq != tp->snd_una || tp->bytes_acked < 1)
+	if (!tp || tp->write_seq != tp->snd_una || tp->bytes_acked < e->acked_base)
 		return 0;
 	proxy = bpf_map_lookup_elem(&sock_peers, &e->proxy_cookie);
 	if (!proxy)
 		return 0;
-	if (proxy->bytes + e->proxy_consumed != tp->bytes_acked - 1)
+	if (proxy->bytes + e->proxy_consumed != tp->bytes_acked - e->acked_base)
 		return 0;
 	return (__s32)(target_write_seq - e->target_seq - (__u32)(proxy->bytes + e->bytes)) >= 0;
 }
@@ -513,6 +514,7 @@ int capture_endpoint(struct __sk_buff *skb)
 	e.proxy_cookie = req.proxy_cookie;
 	e.proxy_consumed = req.proxy_consumed;
 	e.target_seq = req.target_seq;
+	e.acked_base = req.acked_base;
 	e.state = SHUNT_ENDPOINT_TCP;
 	/* The entry first: the sk_msg program passes whatever finds none. */
 	if (bpf_map_update_elem(&endpoints, &req.key, &e, BPF_NOEXIST)) {

@@ -158,18 +158,18 @@ Result<std::unique_ptr<EndpointShortcut>> EndpointShortcut::load(const SockmapBr
 }
 
 CaptureOutcome EndpointShortcut::capture(const EndpointAddress& endpoint, std::int64_t netns_id,
-                                         std::uint64_t target_cookie, std::uint64_t proxy_cookie,
-                                         std::uint64_t proxy_consumed, std::uint32_t target_seq) {
+                                         const CaptureRequest& request) {
   struct {
     unsigned char eth[14];
     shunt_capture_req req;
   } __attribute__((packed)) packet{};
   packet.req.key = key_of(endpoint);
   packet.req.netns_id = static_cast<std::uint64_t>(netns_id);
-  packet.req.target_cookie = target_cookie;
-  packet.req.proxy_cookie = proxy_cookie;
-  packet.req.proxy_consumed = proxy_consumed;
-  packet.req.target_seq = target_seq;
+  packet.req.target_cookie = request.target_cookie;
+  packet.req.proxy_cookie = request.proxy_cookie;
+  packet.req.proxy_consumed = request.proxy_consumed;
+  packet.req.target_seq = request.target_seq;
+  packet.req.acked_base = request.accepted ? 0 : 1;
   LIBBPF_OPTS(bpf_test_run_opts, opts, .data_in = &packet, .data_size_in = sizeof(packet));
   if (bpf_prog_test_run_opts(capture_fd_, &opts) != 0) {
     spdlog::debug("short-circuit capture: BPF_PROG_TEST_RUN: {}", std::strerror(errno));
@@ -179,14 +179,13 @@ CaptureOutcome EndpointShortcut::capture(const EndpointAddress& endpoint, std::i
 }
 
 CaptureOutcome EndpointShortcut::capture_local(const EndpointAddress& endpoint, const std::string& pod,
-                                               std::uint64_t target_cookie, std::uint64_t proxy_cookie,
-                                               std::uint64_t proxy_consumed, std::uint32_t target_seq) {
+                                               const CaptureRequest& request) {
   const std::int64_t first = netns_of(pod);
-  CaptureOutcome outcome = capture(endpoint, first, target_cookie, proxy_cookie, proxy_consumed, target_seq);
+  CaptureOutcome outcome = capture(endpoint, first, request);
   for (const std::int32_t nsid : known_netns_) {
     if (outcome != CaptureOutcome::not_local) break;
     if (nsid == first) continue;
-    outcome = capture(endpoint, nsid, target_cookie, proxy_cookie, proxy_consumed, target_seq);
+    outcome = capture(endpoint, nsid, request);
   }
   return outcome;
 }
@@ -283,7 +282,8 @@ void EndpointShortcut::probe(const SockmapBridge& bridge) {
   ::getpeername(e.get(), reinterpret_cast<sockaddr*>(&endpoint.remote), &r);
   const auto seqs = bridge.write_seqs({.a = *cg, .b = 0});
   if (!seqs) return fail("read the target's write_seq");
-  const CaptureOutcome captured = capture(endpoint, -1, *cg, *cf, 0, seqs->first);
+  const CaptureOutcome captured =
+      capture(endpoint, -1, {.target_cookie = *cg, .proxy_cookie = *cf, .target_seq = seqs->first});
   const char* wrong = nullptr;
   if (captured == CaptureOutcome::captured) {
     pollfd p{h.get(), POLLIN, 0};

@@ -67,11 +67,28 @@ struct EndpointStats {
   bool redirecting = false;
 };
 
-// The endpoint's 4-tuple as its own socket sees it: shunt's client-facing
-// socket's peer (local) and name (remote).
+// The endpoint's 4-tuple as its own socket sees it: the peer (local) and
+// name (remote) of shunt's socket facing it.
 struct EndpointAddress {
   sockaddr_storage local{};
   sockaddr_storage remote{};
+};
+
+// What a capture puts in the endpoint's entry besides its address: the
+// same for either direction, client -> upstream (the client's socket, with
+// shunt's upstream socket as target) or upstream -> client (a local
+// server's accepted socket, with shunt's client-facing socket as target).
+struct CaptureRequest {
+  std::uint64_t target_cookie = 0;   // where the endpoint's bytes go: shunt's other socket
+  std::uint64_t proxy_cookie = 0;    // shunt's socket facing the endpoint (already in the sockmap)
+  std::uint64_t proxy_consumed = 0;  // what userspace read from it before the handover
+  // The target's write_seq at the handover (SockmapBridge::HandoverResult::
+  // write_seqs), which the fence measures the target's writes from.
+  std::uint32_t target_seq = 0;
+  // The endpoint's socket was accepted (a server), not connected (a
+  // client): its bytes_acked does not count the handshake (the fence's
+  // second condition, sockmap_shared.h `acked_base`).
+  bool accepted = false;
 };
 
 class EndpointShortcut {
@@ -88,24 +105,20 @@ class EndpointShortcut {
   // Finds the endpoint socket in the caller's network namespace (`netns_id`
   // -1) or in the one with that nsid, and puts it in the short-circuit:
   // from its next sendmsg on, the fence decides when its bytes start to go
-  // straight to `target_cookie`. `proxy_cookie` is shunt's socket facing the
-  // endpoint (already in the sockmap); `proxy_consumed` what userspace read
-  // from it before the handover, and `target_seq` the target's write_seq at
-  // the handover (SockmapBridge::HandoverResult::write_seqs), which the
-  // fence measures the target's writes from.
-  CaptureOutcome capture(const EndpointAddress& endpoint, std::int64_t netns_id, std::uint64_t target_cookie,
-                         std::uint64_t proxy_cookie, std::uint64_t proxy_consumed, std::uint32_t target_seq);
+  // straight to `request.target_cookie`.
+  CaptureOutcome capture(const EndpointAddress& endpoint, std::int64_t netns_id,
+                         const CaptureRequest& request);
 
   // capture() wherever the endpoint lives on this node: first in its pod's
   // netns (learn_pods), or shunt's own when the pod is unknown; not found
   // there, in each other netns shunt's netns has an id for (at most
   // kMaxSearchedNetns of them). The capture program takes only a socket that
   // is the TCP peer of `proxy_cookie`'s socket (sequence numbers), so a
-  // socket with the same 4-tuple in another netns is never captured. A
-  // client on another node costs one BPF_PROG_TEST_RUN per netns searched.
+  // socket with the same 4-tuple in another netns is never captured. An
+  // endpoint on another node (most servers) costs one BPF_PROG_TEST_RUN per
+  // netns searched.
   CaptureOutcome capture_local(const EndpointAddress& endpoint, const std::string& pod,
-                               std::uint64_t target_cookie, std::uint64_t proxy_cookie,
-                               std::uint64_t proxy_consumed, std::uint32_t target_seq);
+                               const CaptureRequest& request);
   static constexpr std::size_t kMaxSearchedNetns = 64;
 
   [[nodiscard]] EndpointStats stats(const EndpointAddress& endpoint) const;

@@ -56,9 +56,19 @@ std::string encode(const TransferredConnection& t, std::uint16_t version) {
     for (const auto& [name, value] : b.last_request->headers) w.str(name).str(value);
   }
   const SplicedPairState& s = t.state;
+  // Before version 4 the state has no upstream -> client short-circuit
+  // figure. Those bytes were written to the client socket by something
+  // other than the verdict, exactly as bytes written before the handover
+  // were, so the baseline carries them: the FIN rule (written - baseline >=
+  // redirected + short-circuited) and the hold's pump read the same. Only
+  // shunt_shortcut_bytes_total in the new process misses them, and those
+  // bytes were counted nowhere else either.
+  const bool down_figure = version >= takeover::kProtocolShortcutDown;
+  const std::uint64_t client_written = s.client_written + (down_figure ? 0 : s.short_circuited_down);
   w.u64(s.client_cookie).u64(s.upstream_cookie);
-  w.u64(s.client_consumed).u64(s.upstream_consumed).u64(s.client_written).u64(s.upstream_written);
+  w.u64(s.client_consumed).u64(s.upstream_consumed).u64(client_written).u64(s.upstream_written);
   w.u64(s.short_circuited);
+  if (down_figure) w.u64(s.short_circuited_down);
   w.u8(s.client_fin_forwarded ? 1 : 0).u8(s.upstream_fin_forwarded ? 1 : 0).u8(s.boosted ? 1 : 0);
   if (version >= takeover::kProtocolBoundary) w.str(t.pending);
   return w.take();
@@ -118,6 +128,7 @@ std::optional<TransferredConnection> decode_connection(std::string_view state, s
   s.client_written = r.u64();
   s.upstream_written = r.u64();
   s.short_circuited = r.u64();
+  if (version >= takeover::kProtocolShortcutDown) s.short_circuited_down = r.u64();
   s.client_fin_forwarded = r.u8() != 0;
   s.upstream_fin_forwarded = r.u8() != 0;
   s.boosted = r.u8() != 0;

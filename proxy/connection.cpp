@@ -182,6 +182,10 @@ void Connection::carried_by(config::Datapath path) { info_->datapath = path; }
 
 void Connection::fell_back(std::string_view reason) { metrics().datapath_fallbacks.add(std::string(reason)); }
 
+void Connection::shortcut_fell_back(Direction direction, std::string_view reason) {
+  metrics().shortcut_fallbacks[direction == Direction::up ? 0 : 1].add(std::string(reason));
+}
+
 void Connection::kernel_spliced(std::uint64_t client_cookie, std::uint64_t upstream_cookie) {
   info_->client_cookie = client_cookie;
   info_->upstream_cookie = upstream_cookie;
@@ -220,10 +224,12 @@ void Connection::repeated(std::uint64_t bytes) {
   metrics().sockmap_repeated_bytes.fetch_add(bytes, std::memory_order_relaxed);
 }
 
-void Connection::short_circuited(std::uint64_t bytes, std::uint64_t switches, std::uint64_t returns) {
-  metrics().shortcut_bytes.fetch_add(bytes, std::memory_order_relaxed);
-  metrics().shortcut_switches.fetch_add(switches, std::memory_order_relaxed);
-  metrics().shortcut_returns.fetch_add(returns, std::memory_order_relaxed);
+void Connection::short_circuited(Direction direction, std::uint64_t bytes, std::uint64_t switches,
+                                 std::uint64_t returns) {
+  Metrics::Shortcut& m = metrics().shortcut[direction == Direction::up ? 0 : 1];
+  m.bytes.fetch_add(bytes, std::memory_order_relaxed);
+  m.switches.fetch_add(switches, std::memory_order_relaxed);
+  m.returns.fetch_add(returns, std::memory_order_relaxed);
 }
 
 void Connection::saw_sni(std::string sni) {
@@ -315,8 +321,8 @@ std::function<void(Ending)> Connection::finish_on_end() {
 }
 
 KernelSplice Connection::kernel_splice() const {
-  return KernelSplice{proxy_.bridge.get(),   proxy_.bulk_grants.get(), &worker_.hangups,
-                      proxy_.shortcut.get(), info_->src_pod,           &worker_.handoff};
+  return KernelSplice{proxy_.bridge.get(), proxy_.bulk_grants.get(), &worker_.hangups, proxy_.shortcut.get(),
+                      info_->src_pod,      info_->dst_pod,           &worker_.handoff};
 }
 
 SHUNT_FRAME_ALLOC_WARNING_OFF  // common/async.h

@@ -92,6 +92,7 @@ class Connection : public std::enable_shared_from_this<Connection>,
   void moved(Direction direction, std::uint64_t bytes) override;
   void carried_by(config::Datapath path) override;
   void fell_back(std::string_view reason) override;
+  void shortcut_fell_back(Direction direction, std::string_view reason) override;
   void kernel_spliced(std::uint64_t client_cookie, std::uint64_t upstream_cookie) override;
   void kernel_released(std::uint64_t bytes_up, std::uint64_t bytes_down) override;
   void kernel_path(Direction direction, KernelPath path) override;
@@ -99,7 +100,8 @@ class Connection : public std::enable_shared_from_this<Connection>,
   void backlog_dropped(std::uint64_t bytes) override;
   void held(std::uint64_t holds, std::uint64_t bytes) override;
   void repeated(std::uint64_t bytes) override;
-  void short_circuited(std::uint64_t bytes, std::uint64_t switches, std::uint64_t returns) override;
+  void short_circuited(Direction direction, std::uint64_t bytes, std::uint64_t switches,
+                       std::uint64_t returns) override;
   void decided(const policy::Decision& decision) override;
   void saw_sni(std::string sni) override;
   void saw_request(std::string method, std::string path, std::string host,

@@ -17,8 +17,10 @@ Metrics& seeded(Metrics& m) {
     m.datapath_fallbacks.slot(std::string(bpf::to_string(f)));
   for (const char* reason : {kFallbackSockmapUnavailable, kFallbackPartialHandover})
     m.datapath_fallbacks.slot(reason);
-  // The endpoint short-circuit's reasons for leaving a client on sk_skb.
-  for (const auto o : bpf::kCaptureFallbacks) m.datapath_fallbacks.slot(std::string(bpf::to_string(o)));
+  // The endpoint short-circuit's reasons for leaving a sender on sk_skb,
+  // both directions.
+  for (LabeledCounter& direction : m.shortcut_fallbacks)
+    for (const auto o : bpf::kCaptureFallbacks) direction.slot(std::string(bpf::to_string(o)));
   return m;
 }
 

@@ -102,6 +102,12 @@ struct Metrics {
   std::atomic<std::uint64_t> config_reloads_ok{0};
   std::atomic<std::uint64_t> config_reloads_error{0};
   LabeledCounter datapath_fallbacks;  // label: reason
+  // The endpoint short-circuit's reasons for leaving a direction's sender
+  // on sk_skb (bpf::CaptureOutcome names), per direction (0 up, 1 down):
+  // exported under shunt_datapath_fallbacks_total with a `direction` label,
+  // since what they mean differs by side (a server on another node is the
+  // common case, a client on another node is not).
+  std::array<LabeledCounter, 2> shortcut_fallbacks;
   std::atomic<std::uint64_t> connections_revoked{0};
   std::atomic<std::uint64_t> buffer_boosts{0};
   std::atomic<std::uint64_t> buffer_boosts_refused{0};
@@ -113,10 +119,14 @@ struct Metrics {
   std::atomic<std::uint64_t> sockmap_held_bytes{0};
   // Bytes the sockmap verdict cut because a segment repeated them.
   std::atomic<std::uint64_t> sockmap_repeated_bytes{0};
-  // The endpoint short-circuit, folded in when a pair ends.
-  std::atomic<std::uint64_t> shortcut_bytes{0};
-  std::atomic<std::uint64_t> shortcut_switches{0};
-  std::atomic<std::uint64_t> shortcut_returns{0};
+  // The endpoint short-circuit, per direction (0 up, 1 down), folded in
+  // when a pair ends.
+  struct Shortcut {
+    std::atomic<std::uint64_t> bytes{0};
+    std::atomic<std::uint64_t> switches{0};
+    std::atomic<std::uint64_t> returns{0};
+  };
+  std::array<Shortcut, 2> shortcut{};
   // shunt_connection_ends_total{reason}, indexed by EndReason.
   std::array<std::atomic<std::uint64_t>, kEndReasonSlots> connection_ends{};
   std::array<std::atomic<std::uint64_t>, kAcceptRefusalNames.size()> accept_refusals{};

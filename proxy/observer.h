@@ -28,9 +28,11 @@ enum class Direction : std::uint8_t {
   down,  // upstream -> client
 };
 
+inline std::string_view to_string(Direction d) { return d == Direction::up ? "up" : "down"; }
+
 // How the kernel moves a direction of a sockmap pair: the sk_skb verdict on
-// shunt's socket, or (client -> upstream only) the sk_msg short-circuit in
-// the client's own socket for at least part of the bytes.
+// shunt's socket, or the sk_msg short-circuit in the sender's own socket
+// (the client's, or a local server's) for at least part of the bytes.
 enum class KernelPath : std::uint8_t { none, sk_skb, sk_msg };
 inline std::string_view to_string(KernelPath p) {
   switch (p) {
@@ -59,6 +61,11 @@ class DatapathSink {
   // The configured path could not run and another took over:
   // shunt_datapath_fallbacks_total{reason}.
   virtual void fell_back(std::string_view reason) = 0;
+  // The sender of `direction` stays on (or went back to) the sk_skb path
+  // rather than the endpoint short-circuit, for `reason` (a
+  // bpf::CaptureOutcome name): shunt_datapath_fallbacks_total{reason,
+  // direction}.
+  virtual void shortcut_fell_back(Direction direction, std::string_view reason) = 0;
   // The kernel moves the pair's bytes from now on: its counters are read
   // through the sockets' cookies until kernel_released() folds in the final
   // counts (bytes the kernel moved from each socket).
@@ -80,11 +87,12 @@ class DatapathSink {
   // pair's sockets had received before; shunt_sockmap_repeated_bytes_total,
   // docs/datapath.md, "Repeated bytes in a retransmitted segment").
   virtual void repeated(std::uint64_t bytes) = 0;
-  // The endpoint short-circuit moved `bytes` client -> upstream by sk_msg;
-  // its fence opened `switches` times and the client returned to TCP
-  // `returns` times (shunt_shortcut_bytes_total, _switches_total,
-  // _returns_to_tcp_total).
-  virtual void short_circuited(std::uint64_t bytes, std::uint64_t switches, std::uint64_t returns) = 0;
+  // The endpoint short-circuit moved `bytes` of `direction` by sk_msg; its
+  // fence opened `switches` times and the sender returned to TCP `returns`
+  // times (shunt_shortcut_bytes_total, _switches_total,
+  // _returns_to_tcp_total, each by direction).
+  virtual void short_circuited(Direction direction, std::uint64_t bytes, std::uint64_t switches,
+                               std::uint64_t returns) = 0;
 };
 
 // One inspected HTTP request (HTTP/1.1 request or HTTP/2 stream) for its

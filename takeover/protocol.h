@@ -29,10 +29,16 @@ namespace shunt::takeover {
 // many fds each carries (one for a connection with no upstream yet), and
 // a connection's state carries the bytes an inspector had read and the
 // directions already closed.
+// Version 4: a kernel-spliced pair's state carries a second short-circuit
+// figure, the upstream -> client bytes a local server's sk_msg moved (the
+// proxy's SplicedPairState::short_circuited_down); at version 3 the old
+// process folds it into the client socket's written baseline, which the
+// FIN rule reads the same way.
 inline constexpr std::uint16_t kProtocolMin = 1;
-inline constexpr std::uint16_t kProtocolMax = 3;
-inline constexpr std::uint16_t kProtocolPairs = 2;     // the first version that moves pairs
-inline constexpr std::uint16_t kProtocolBoundary = 3;  // the first with the boundary window
+inline constexpr std::uint16_t kProtocolMax = 4;
+inline constexpr std::uint16_t kProtocolPairs = 2;         // the first version that moves pairs
+inline constexpr std::uint16_t kProtocolBoundary = 3;      // the first with the boundary window
+inline constexpr std::uint16_t kProtocolShortcutDown = 4;  // the first with short_circuited_down
 // `ready`'s flags (version 2): the pairs the new process takes.
 inline constexpr std::uint8_t kReadyKernelPairs = 1;  // kernel-spliced (it shares the maps)
 inline constexpr std::uint8_t kReadyParkedHttp = 2;   // HTTP/1.1 connections between requests

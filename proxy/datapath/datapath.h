@@ -75,9 +75,11 @@ struct KernelSplice {
   BulkGrants* bulk_grants = nullptr;     // with the bridge
   HangupWatcher* hangups = nullptr;      // this thread's; with the bridge
   // The endpoint short-circuit (proxy.endpoint_shortcut; null: off) and the
-  // client's pod, whose netns holds the client's own socket.
+  // client's and the server's pods, whose netns hold the endpoints' own
+  // sockets (empty: not a known pod; searched for).
   bpf::EndpointShortcut* shortcut = nullptr;
   std::string_view client_pod;
+  std::string_view server_pod;
   // This thread's pairs as a takeover moves them (null: never moved).
   PairHandoff* handoff = nullptr;
 };
@@ -91,8 +93,8 @@ struct KernelSplice {
 // connection is a small record and two hang-up watches, issue 16), so this
 // returns as soon as the kernel has the pair: nothing, and `on_end` gets
 // the Ending later, exactly once, on this thread, from a handler of the
-// pair's own (the owner may go away in it). `sink`, `cancel` and
-// `kernel.client_pod` must stay alive until then. When the path ended
+// pair's own (the owner may go away in it). `sink`, `cancel`,
+// `kernel.client_pod` and `kernel.server_pod` must stay alive until then. When the path ended
 // before that (a refusal, the splice fallback, a cancel), its Ending is
 // returned and `on_end` is never called.
 boost::asio::awaitable<std::optional<Ending>> start_sockmap(SocketPair& pair, DatapathSink& sink,

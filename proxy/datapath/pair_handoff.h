@@ -40,10 +40,12 @@ struct SplicedPairState {
   std::uint64_t upstream_consumed = 0;
   std::uint64_t client_written = 0;
   std::uint64_t upstream_written = 0;
-  // Client -> upstream bytes the endpoint short-circuit moved. The capture
-  // is released when a pair freezes (a new process does not inherit the
-  // old one's shortcut maps), so this is final from then on.
+  // Client -> upstream and (protocol version 4) upstream -> client bytes
+  // the endpoint short-circuit moved. The captures are released when a pair
+  // freezes (a new process does not inherit the old one's shortcut maps),
+  // so these are final from then on.
   std::uint64_t short_circuited = 0;
+  std::uint64_t short_circuited_down = 0;
   bool client_fin_forwarded = false;    // the client's FIN passed to the upstream
   bool upstream_fin_forwarded = false;  // the upstream's FIN passed to the client
   bool boosted = false;                 // holds a bulk send buffer (BufferBudget)

@@ -89,21 +89,6 @@ std::string socket_error(int fd) {
   return std::strerror(err);
 }
 
-// One direction of a kernel-spliced pair.
-struct SplicedDirection {
-  int from = -1;
-  int to = -1;
-  std::uint64_t from_cookie = 0;
-  std::uint64_t from_consumed_at_handover = 0;  // read by userspace before the handover
-  std::uint64_t to_written_at_handover = 0;
-  bool fin_forwarded = false;
-  // `to`'s write_seq at the handover, read only for a pair the short-circuit
-  // may capture (the fence's base: sockmap_shortcut.bpf.c, fence_open).
-  std::optional<std::uint32_t> to_seq_at_handover{};
-  HeldBytes hold{};  // what the verdict kept on `from` (docs/datapath.md, "Memory bound")
-  HeldBytes::Wait hold_wait = HeldBytes::Wait::nothing;
-};
-
 // Sets a socket's send buffer (SO_SNDBUFFORCE: beyond wmem_max, needs
 // CAP_NET_ADMIN; plain SO_SNDBUF otherwise). A failure keeps the buffer the
 // socket has, which costs throughput or memory bound, never correctness:
@@ -129,39 +114,54 @@ void unmap_v4(sockaddr_storage& a) {
   std::memcpy(&a, &v4, sizeof(v4));
 }
 
-// The client's own socket in the endpoint short-circuit (docs/datapath.md,
-// "The endpoint short-circuit"), taken out again when the client can send
-// no more or the pair ends. Not captured: `shortcut` is null.
+// One endpoint's own socket in the short-circuit (docs/datapath.md, "The
+// endpoint short-circuit"): the client's for client -> upstream, the local
+// server's for upstream -> client. Taken out again when the endpoint can
+// send no more (its FIN is in) or the pair ends. Not captured: `shortcut_`
+// is null.
 class CapturedEndpoint {
  public:
+  using Clock = std::chrono::steady_clock;
+
   CapturedEndpoint() = default;
   CapturedEndpoint(const CapturedEndpoint&) = delete;
   CapturedEndpoint& operator=(const CapturedEndpoint&) = delete;
   ~CapturedEndpoint() { release(); }
 
-  // Captures the endpoint behind `client_fd` (shunt's client-facing socket,
-  // already handed over) with `upstream_cookie` as its target. The outcome
-  // other than `captured` is counted as the reason the client stays on
-  // sk_skb.
-  bpf::CaptureOutcome capture(bpf::EndpointShortcut& shortcut, const std::string& pod, int client_fd,
-                              std::uint64_t client_cookie, std::uint64_t upstream_cookie,
-                              std::uint64_t consumed, std::uint32_t upstream_seq) {
+  // Captures the endpoint behind `facing_fd` (shunt's socket facing it,
+  // already handed over: `request.proxy_cookie`). An outcome other than
+  // `captured` is the reason the endpoint stays on sk_skb.
+  bpf::CaptureOutcome capture(bpf::EndpointShortcut& shortcut, const std::string& pod, int facing_fd,
+                              const bpf::CaptureRequest& request) {
+    retry_at_ = Clock::time_point::max();
     socklen_t l = sizeof(address_.local), r = sizeof(address_.remote);
-    if (::getpeername(client_fd, reinterpret_cast<sockaddr*>(&address_.local), &l) != 0 ||
-        ::getsockname(client_fd, reinterpret_cast<sockaddr*>(&address_.remote), &r) != 0)
+    if (::getpeername(facing_fd, reinterpret_cast<sockaddr*>(&address_.local), &l) != 0 ||
+        ::getsockname(facing_fd, reinterpret_cast<sockaddr*>(&address_.remote), &r) != 0)
       return bpf::CaptureOutcome::error;
     unmap_v4(address_.local);
     unmap_v4(address_.remote);
-    // The client's own netns: its pod's (by nsid), or shunt's own for host
-    // processes and loopback clients.
-    const bpf::CaptureOutcome outcome =
-        shortcut.capture_local(address_, pod, upstream_cookie, client_cookie, consumed, upstream_seq);
+    // The endpoint's own netns: its pod's (by nsid), or shunt's own for host
+    // processes and loopback peers, then every other one shunt knows.
+    const bpf::CaptureOutcome outcome = shortcut.capture_local(address_, pod, request);
     if (outcome == bpf::CaptureOutcome::captured) {
       shortcut_ = &shortcut;
-      proxy_cookie_ = client_cookie;
+      proxy_cookie_ = request.proxy_cookie;
     }
     return outcome;
   }
+
+  // A blocking endpoint is tried again a few times (kCaptureRetries): many
+  // set O_NONBLOCK only after their first bytes (iperf3 writes its cookie
+  // first; a server sets it after accept(), which may come after the
+  // handover), and the fence makes a late capture as safe as an early one.
+  // False when the retries are used up.
+  bool retry_later() {
+    if (attempts_ >= std::size(kCaptureRetries)) return false;
+    retry_at_ = Clock::now() + kCaptureRetries[attempts_++];
+    return true;
+  }
+  [[nodiscard]] Clock::time_point retry_at() const { return retry_at_; }
+  [[nodiscard]] std::size_t attempts() const { return attempts_; }
 
   [[nodiscard]] bool captured() const { return shortcut_ != nullptr || final_.switches || final_.bytes; }
   // Still in the short-circuit (captured and not released).
@@ -170,7 +170,9 @@ class CapturedEndpoint {
   // What the short-circuit moved, live or as it was at release.
   [[nodiscard]] bpf::EndpointStats stats() const { return shortcut_ ? shortcut_->stats(address_) : final_; }
 
+  // Out of the short-circuit, and no retry from now on.
   void release() {
+    retry_at_ = Clock::time_point::max();
     if (!shortcut_) return;
     final_ = shortcut_->stats(address_);
     shortcut_->release(address_, proxy_cookie_);
@@ -178,10 +180,35 @@ class CapturedEndpoint {
   }
 
  private:
+  static constexpr std::chrono::milliseconds kCaptureRetries[] = {
+      std::chrono::milliseconds(5), std::chrono::milliseconds(50), std::chrono::milliseconds(500)};
+
   bpf::EndpointShortcut* shortcut_ = nullptr;
   bpf::EndpointAddress address_;
   std::uint64_t proxy_cookie_ = 0;
   bpf::EndpointStats final_;
+  std::size_t attempts_ = 0;
+  Clock::time_point retry_at_ = Clock::time_point::max();
+};
+
+// One direction of a kernel-spliced pair.
+struct SplicedDirection {
+  int from = -1;
+  int to = -1;
+  std::uint64_t from_cookie = 0;
+  std::uint64_t from_consumed_at_handover = 0;  // read by userspace before the handover
+  std::uint64_t to_written_at_handover = 0;
+  bool fin_forwarded = false;
+  // `to`'s write_seq at the handover, read only for a pair the short-circuit
+  // may capture (the fence's base: sockmap_shortcut.bpf.c, fence_open).
+  std::optional<std::uint32_t> to_seq_at_handover{};
+  HeldBytes hold{};  // what the verdict kept on `from` (docs/datapath.md, "Memory bound")
+  HeldBytes::Wait hold_wait = HeldBytes::Wait::nothing;
+  // The short-circuit of this direction's sender (`from`'s peer), with the
+  // short-circuit on only; and what it moved in the process this pair was
+  // adopted from (released there at the freeze, never captured again).
+  std::unique_ptr<CapturedEndpoint> endpoint{};
+  std::uint64_t short_circuited_before = 0;
 };
 
 // A kernel-spliced pair after its handover, without a coroutine (issue
@@ -207,10 +234,10 @@ class SplicedPair final : public std::enable_shared_from_this<SplicedPair>, publ
  public:
   using Clock = std::chrono::steady_clock;
 
-  // `adopted`: handed over by the process this one took over, with what
-  // its endpoint short-circuit moved already; it starts frozen.
+  // `adopted`: handed over by the process this one took over (what its
+  // endpoint short-circuit moved already is in each direction's
+  // short_circuited_before); it starts frozen.
   struct Adopted {
-    std::uint64_t short_circuited = 0;
     bool boosted = false;
   };
 
@@ -221,8 +248,8 @@ class SplicedPair final : public std::enable_shared_from_this<SplicedPair>, publ
       : id_(id),
         client_(std::move(client)),
         upstream_(std::move(upstream)),
-        up_(up),
-        down_(down),
+        up_(std::move(up)),
+        down_(std::move(down)),
         consumed_error_a_(handover.consumed_error_a),
         consumed_error_b_(handover.consumed_error_b),
         adopted_(adopted),
@@ -234,28 +261,32 @@ class SplicedPair final : public std::enable_shared_from_this<SplicedPair>, publ
         cancel_(cancel),
         executor_(std::move(executor)),
         shortcut_(kernel.shortcut),
-        client_pod_(kernel.client_pod) {}
+        client_pod_(kernel.client_pod),
+        server_pod_(kernel.server_pod) {}
 
   void start(std::function<void(Ending)> on_end, BulkGrants& grants) {
     keep_alive_ = shared_from_this();
     on_end_ = std::move(on_end);
-    // The client's own socket into the short-circuit, if it is local and
-    // can take it; its sk_msg program switches over when the fence allows.
-    // After the handover, so shunt's client-facing socket already counts
-    // what the verdict redirects and the upstream socket is already a
-    // target.
+    // Each endpoint's own socket (the client's, and the server's where it
+    // is local too) into the short-circuit, if it can take it; its sk_msg
+    // program switches over when the fence allows. After the handover, so
+    // shunt's socket facing the endpoint already counts what the verdict
+    // redirects and shunt's other socket is already a target. A direction
+    // whose FIN is already through (an upstream that half-closed during
+    // the handover) has nothing left to send.
     //
-    // A client still blocking at the handover is tried again a few times:
-    // many set O_NONBLOCK only after their first bytes (iperf3 writes its
-    // cookie first), and the fence makes a late capture as safe as an early
-    // one. Only the last refusal is counted.
+    // A blocking endpoint is retried (CapturedEndpoint::retry_later); only
+    // the last refusal is counted.
     //
     // An adopted pair is not captured again: the old process released its
-    // capture when it froze the pair (its bytes are in adopted_).
-    if (shortcut_ && !adopted_ && !consumed_error_a_ && !consumed_error_b_) {
-      endpoint_ = std::make_unique<CapturedEndpoint>();
-      try_capture();
-    }
+    // captures when it froze the pair (their bytes are in
+    // short_circuited_before).
+    if (shortcut_ && !adopted_ && !consumed_error_a_ && !consumed_error_b_)
+      for (SplicedDirection* d : {&up_, &down_}) {
+        if (d->fin_forwarded) continue;
+        d->endpoint = std::make_unique<CapturedEndpoint>();
+        try_capture(*d);
+      }
     if (handoff_) {
       if (adopted_) {
         hold_ = Hold::frozen;
@@ -281,7 +312,7 @@ class SplicedPair final : public std::enable_shared_from_this<SplicedPair>, publ
                       [self = shared_from_this()](std::uint64_t source, bpf::SockmapBridge::EventKind kind) {
                         asio::post(self->executor_, [self, source, kind] {
                           if (const auto why = bpf::released_for(kind))
-                            self->release_endpoint(*why);
+                            self->release_endpoint(source, *why);
                           else if (kind == bpf::SockmapBridge::EventKind::hold)
                             self->start_hold(source);
                           else if (kind == bpf::SockmapBridge::EventKind::broken)
@@ -309,8 +340,9 @@ class SplicedPair final : public std::enable_shared_from_this<SplicedPair>, publ
             "connection {}: held bytes written to the peer are still on the source at the takeover; "
             "the new process may forward them again",
             id_);
-    capture_retry_at_ = Clock::time_point::max();
-    if (endpoint_) endpoint_->release();  // the new process does not inherit this one's shortcut maps
+    // The new process does not inherit this one's shortcut maps.
+    for (SplicedDirection* d : {&up_, &down_})
+      if (d->endpoint) d->endpoint->release();
     SplicedPairState state;
     state.client_cookie = up_.from_cookie;
     state.upstream_cookie = down_.from_cookie;
@@ -318,7 +350,11 @@ class SplicedPair final : public std::enable_shared_from_this<SplicedPair>, publ
     state.upstream_consumed = down_.from_consumed_at_handover;
     state.client_written = down_.to_written_at_handover;
     state.upstream_written = up_.to_written_at_handover;
-    state.short_circuited = short_circuited();
+    state.short_circuited = short_circuited(up_);
+    state.short_circuited_down = short_circuited(down_);
+    if (state.short_circuited || state.short_circuited_down)
+      spdlog::debug("connection {}: frozen for a takeover; the short-circuit moved {} byte(s) up, {} down",
+                    id_, state.short_circuited, state.short_circuited_down);
     state.client_fin_forwarded = up_.fin_forwarded;
     state.upstream_fin_forwarded = down_.fin_forwarded;
     state.boosted = boosted_bytes_ != 0;
@@ -392,7 +428,7 @@ class SplicedPair final : public std::enable_shared_from_this<SplicedPair>, publ
     for (SplicedDirection* d : {&up_, &down_}) {
       if (d->fin_forwarded) continue;
       const HeldBytes::Step step = d->hold.pump(bridge_, d->from, d->to, d->from_cookie,
-                                                d->to_written_at_handover, d == &up_ ? short_circuited() : 0);
+                                                d->to_written_at_handover, short_circuited(*d));
       d->hold_wait = step.wait;
       waiting_for_backlog = waiting_for_backlog || step.wait == HeldBytes::Wait::backlog;
       if (step.failed_fd >= 0) {
@@ -431,64 +467,78 @@ class SplicedPair final : public std::enable_shared_from_this<SplicedPair>, publ
                   source == up_.from_cookie ? "upstream" : "client");
   }
 
-  // The sk_msg program asks: a client that never pauses cannot reopen the
-  // fence, and on TCP its captured socket only costs (docs/datapath.md,
-  // "Bulk senders"); or the application made its socket one the capture
-  // would refuse (blocking, SO_ZEROCOPY, a ULP), which its own protocol
-  // operations must serve.
-  void release_endpoint(bpf::CaptureOutcome why) {
+  // The sk_msg program of the endpoint facing `source` asks: a sender that
+  // never pauses cannot reopen the fence, and on TCP its captured socket
+  // only costs (docs/datapath.md, "Bulk senders"); or the application made
+  // its socket one the capture would refuse (blocking, SO_ZEROCOPY, a ULP),
+  // which its own protocol operations must serve.
+  void release_endpoint(std::uint64_t source, bpf::CaptureOutcome why) {
+    SplicedDirection& d = source == up_.from_cookie ? up_ : down_;
     // Not live any more: released meanwhile (its FIN, or a takeover froze
     // the pair); nothing to take out, nothing to count.
-    if (!open_ || !endpoint_ || !endpoint_->live()) return;
-    spdlog::debug("connection {}: client out of the short-circuit: {}", id_, bpf::to_string(why));
-    sink_.fell_back(bpf::to_string(why));
-    endpoint_->release();
+    if (!open_ || !d.endpoint || !d.endpoint->live()) return;
+    spdlog::debug("connection {}: {} out of the short-circuit: {}", id_, sender_name(d), bpf::to_string(why));
+    sink_.shortcut_fell_back(direction_of(d), bpf::to_string(why));
+    d.endpoint->release();
   }
 
-  void try_capture() {
+  [[nodiscard]] Direction direction_of(const SplicedDirection& d) const {
+    return &d == &up_ ? Direction::up : Direction::down;
+  }
+  // Who sends in `d`, for log lines.
+  [[nodiscard]] const char* sender_name(const SplicedDirection& d) const {
+    return &d == &up_ ? "client" : "server";
+  }
+
+  // Captures `d`'s sender: shunt's socket facing it is `d.from`, its target
+  // `d.to` (whose cookie is the other direction's source), its pod the
+  // client's or the server's, and the server's socket is the accepted one.
+  void try_capture(SplicedDirection& d) {
+    const bool up = &d == &up_;
     // No base for the fence (the kernel refused the reading): never opened.
     const bpf::CaptureOutcome outcome =
-        up_.to_seq_at_handover
-            ? endpoint_->capture(*shortcut_, std::string(client_pod_), client_.get(), up_.from_cookie,
-                                 down_.from_cookie, up_.from_consumed_at_handover, *up_.to_seq_at_handover)
+        d.to_seq_at_handover
+            ? d.endpoint->capture(*shortcut_, std::string(up ? client_pod_ : server_pod_), d.from,
+                                  {.target_cookie = (up ? down_ : up_).from_cookie,
+                                   .proxy_cookie = d.from_cookie,
+                                   .proxy_consumed = d.from_consumed_at_handover,
+                                   .target_seq = *d.to_seq_at_handover,
+                                   .accepted = !up})
             : bpf::CaptureOutcome::error;
-    capture_retry_at_ = Clock::time_point::max();
     if (outcome == bpf::CaptureOutcome::captured) {
-      spdlog::debug("connection {}: client captured for the short-circuit ({} retries)", id_,
-                    capture_attempt_);
+      spdlog::debug("connection {}: {} captured for the short-circuit ({} retries)", id_, sender_name(d),
+                    d.endpoint->attempts());
       return;
     }
-    if (outcome == bpf::CaptureOutcome::blocking && capture_attempt_ < std::size(kCaptureRetries)) {
-      capture_retry_at_ = Clock::now() + kCaptureRetries[capture_attempt_++];
-      return;
-    }
-    sink_.fell_back(bpf::to_string(outcome));
-    spdlog::debug("connection {}: client stays on sk_skb ({})", id_, bpf::to_string(outcome));
+    if (outcome == bpf::CaptureOutcome::blocking && d.endpoint->retry_later()) return;
+    sink_.shortcut_fell_back(direction_of(d), bpf::to_string(outcome));
+    spdlog::debug("connection {}: {} stays on sk_skb ({})", id_, sender_name(d), bpf::to_string(outcome));
   }
 
-  [[nodiscard]] bpf::EndpointStats shortcut_stats() const {
-    return endpoint_ ? endpoint_->stats() : bpf::EndpointStats{};
+  [[nodiscard]] static bpf::EndpointStats shortcut_stats(const SplicedDirection& d) {
+    return d.endpoint ? d.endpoint->stats() : bpf::EndpointStats{};
   }
-  // Client -> upstream bytes the short-circuit moved, in this process and
-  // (adopted) before, as counted: the last redirect's push is counted
-  // before it is settled and may have fallen short (never low, so a wait on
-  // it can only be too long: the hold's pump, and a takeover's figure).
-  [[nodiscard]] std::uint64_t short_circuited() const {
-    return (adopted_ ? adopted_->short_circuited : 0) + shortcut_stats().bytes;
+  // Bytes `d`'s sender's short-circuit moved, in this process and (adopted)
+  // before, as counted: the last redirect's push is counted before it is
+  // settled and may have fallen short (never low, so a wait on it can only
+  // be too long: the hold's pump, and a takeover's figure).
+  [[nodiscard]] static std::uint64_t short_circuited(const SplicedDirection& d) {
+    return d.short_circuited_before + shortcut_stats(d).bytes;
   }
-  // The same, as written to the upstream socket, for when the client can
-  // send no more (its FIN is in, or the pair ends): settled pushes, and of
-  // the last, unsettled ones what the upstream socket shows beyond the
-  // verdict's bytes and the settled ones. Only while the client is still
-  // redirecting: then nothing but those pushes wrote there since they began
-  // (the fence had opened; sockmap_shortcut.bpf.c, settle_pushed). Back on
-  // TCP, unsettled bytes (several threads' pushes) count in full.
-  // `redirected`: the client-facing socket's verdict bytes.
-  [[nodiscard]] std::uint64_t short_circuited_written(std::uint64_t redirected) const {
-    const bpf::EndpointStats stats = shortcut_stats();
-    if (!stats.redirecting) return short_circuited();
-    const std::uint64_t settled = (adopted_ ? adopted_->short_circuited : 0) + stats.bytes - stats.unsettled;
-    const std::uint64_t written = tcp_bytes_written(up_.to) - up_.to_written_at_handover;
+  // The same, as written to `d.to`, for when the sender can send no more
+  // (its FIN is in, or the pair ends): settled pushes, and of the last,
+  // unsettled ones what `d.to` shows beyond the verdict's bytes and the
+  // settled ones. Only while the sender is still redirecting: then nothing
+  // but those pushes wrote there since they began (the fence had opened;
+  // sockmap_shortcut.bpf.c, settle_pushed). Back on TCP, unsettled bytes
+  // (several threads' pushes) count in full. `redirected`: the verdict's
+  // bytes from `d.from`.
+  [[nodiscard]] static std::uint64_t short_circuited_written(const SplicedDirection& d,
+                                                             std::uint64_t redirected) {
+    const bpf::EndpointStats stats = shortcut_stats(d);
+    if (!stats.redirecting) return short_circuited(d);
+    const std::uint64_t settled = d.short_circuited_before + stats.bytes - stats.unsettled;
+    const std::uint64_t written = tcp_bytes_written(d.to) - d.to_written_at_handover;
     const std::uint64_t beyond = written > redirected + settled ? written - redirected - settled : 0;
     return settled + std::min(stats.unsettled, beyond);
   }
@@ -513,12 +563,12 @@ class SplicedPair final : public std::enable_shared_from_this<SplicedPair>, publ
         received > d.from_consumed_at_handover ? received - 1 - d.from_consumed_at_handover : 0;
     if (payload > redirected) return false;
     // The short-circuit's bytes were pushed into the target inside the
-    // client's sendmsg, before its FIN left; they count towards what the
+    // sender's sendmsg, before its FIN left; they count towards what the
     // target must have been written, never towards what the source received.
     // As written, not as counted: a last push that fell short would
-    // otherwise be waited for until the drain timeout (the client sent
+    // otherwise be waited for until the drain timeout (the sender sent
     // those bytes again, or gave up on them).
-    const std::uint64_t shortcut_bytes = &d == &up_ ? short_circuited_written(redirected) : 0;
+    const std::uint64_t shortcut_bytes = short_circuited_written(d, redirected);
     return tcp_bytes_written(d.to) - d.to_written_at_handover >= redirected + shortcut_bytes;
   }
 
@@ -572,9 +622,9 @@ class SplicedPair final : public std::enable_shared_from_this<SplicedPair>, publ
                         d == &up_ ? "client" : "upstream", bridge_.redirected_bytes(d->from_cookie));
         ::shutdown(d->to, SHUT_WR);
         d->fin_forwarded = true;
-        // The client can send no more: give its socket its own protocol ops
-        // back now rather than at close.
-        if (d == &up_ && endpoint_) endpoint_->release();
+        // The sender can send no more: give its socket its own protocol
+        // ops back now rather than at close.
+        if (d->endpoint) d->endpoint->release();
       } else {
         waiting_for_drain = true;
       }
@@ -584,10 +634,14 @@ class SplicedPair final : public std::enable_shared_from_this<SplicedPair>, publ
     // poll below comes back here).
     if (waiting_for_drain) start_pending_holds();
 
-    // Retry a blocking client's capture while it can still send.
-    if (capture_retry_at_ != Clock::time_point::max() && !up_.fin_forwarded &&
-        Clock::now() >= capture_retry_at_)
-      try_capture();
+    // Retry a blocking endpoint's capture while it can still send (its FIN
+    // passed on released it, which ends its retries).
+    Clock::time_point retry_at = Clock::time_point::max();
+    for (SplicedDirection* d : {&up_, &down_}) {
+      if (!d->endpoint) continue;
+      if (Clock::now() >= d->endpoint->retry_at()) try_capture(*d);
+      retry_at = std::min(retry_at, d->endpoint->retry_at());
+    }
 
     Clock::time_point wake = Clock::time_point::max();
     if (waiting_for_drain || waiting_for_backlog) {
@@ -601,7 +655,7 @@ class SplicedPair final : public std::enable_shared_from_this<SplicedPair>, publ
     } else {
       drain_poll_ = milliseconds(1);
     }
-    wake_at(std::min(wake, capture_retry_at_));
+    wake_at(std::min(wake, retry_at));
     return true;
   }
 
@@ -665,20 +719,27 @@ class SplicedPair final : public std::enable_shared_from_this<SplicedPair>, publ
     // pair ended, and closing discards them. None when both FINs went through
     // (the drain check waited for them); a reset may cut some. Counted so a
     // loss is visible without a debugger.
-    if (endpoint_) endpoint_->release();
-    const bpf::EndpointStats shortcut_stats = this->shortcut_stats();
-    const std::uint64_t up_redirected = bridge_.redirected_bytes(up_.from_cookie);
-    const std::uint64_t up_short_circuited = short_circuited_written(up_redirected);
-    if (endpoint_ && endpoint_->captured())
-      sink_.short_circuited(up_short_circuited - (adopted_ ? adopted_->short_circuited : 0),
-                            shortcut_stats.switches, shortcut_stats.fallbacks);
-    if (shortcut_stats.switches) {
-      sink_.kernel_path(Direction::up, KernelPath::sk_msg);
+    //
+    // Each direction's total: the verdict's bytes and, as written, what the
+    // sender's short-circuit moved (tear_down's figures are final: the
+    // endpoints are released first).
+    std::uint64_t moved[2] = {0, 0};
+    for (SplicedDirection* d : {&up_, &down_}) {
+      if (d->endpoint) d->endpoint->release();
+      const std::uint64_t redirected = bridge_.redirected_bytes(d->from_cookie);
+      const std::uint64_t short_circuited = short_circuited_written(*d, redirected);
+      moved[d == &up_ ? 0 : 1] = redirected + short_circuited;
+      if (!d->endpoint || !d->endpoint->captured()) continue;
+      const bpf::EndpointStats stats = d->endpoint->stats();
+      sink_.short_circuited(direction_of(*d), short_circuited - d->short_circuited_before, stats.switches,
+                            stats.fallbacks);
+      if (!stats.switches) continue;
+      sink_.kernel_path(direction_of(*d), KernelPath::sk_msg);
       spdlog::debug(
-          "connection {}: short-circuit moved {} byte(s) up, fence opened {} time(s), {} return(s) to TCP, "
+          "connection {}: short-circuit moved {} byte(s) {}, fence opened {} time(s), {} return(s) to TCP, "
           "{} push(es) short by {} byte(s), {} byte(s) written by others during a push",
-          id_, up_short_circuited, shortcut_stats.switches, shortcut_stats.fallbacks,
-          shortcut_stats.short_pushes, shortcut_stats.short_bytes, shortcut_stats.foreign_bytes);
+          id_, short_circuited, d == &up_ ? "up" : "down", stats.switches, stats.fallbacks,
+          stats.short_pushes, stats.short_bytes, stats.foreign_bytes);
     }
     if (const std::uint64_t holds = up_.hold.holds() + down_.hold.holds()) {
       const std::uint64_t forwarded = up_.hold.forwarded_here() + down_.hold.forwarded_here();
@@ -694,8 +755,7 @@ class SplicedPair final : public std::enable_shared_from_this<SplicedPair>, publ
     }
     std::uint64_t dropped = 0;
     for (const SplicedDirection* d : {&up_, &down_}) {
-      const std::uint64_t redirected =
-          d == &up_ ? up_redirected + up_short_circuited : bridge_.redirected_bytes(d->from_cookie);
+      const std::uint64_t redirected = moved[d == &up_ ? 0 : 1];
       const std::uint64_t written = tcp_bytes_written(d->to) - d->to_written_at_handover;
       if (redirected > written) dropped += redirected - written;
     }
@@ -712,13 +772,11 @@ class SplicedPair final : public std::enable_shared_from_this<SplicedPair>, publ
 
     // Fold the kernel's counters into the connection before the peer entries
     // go, so the access log and metrics keep them.
-    sink_.kernel_released(up_redirected + up_short_circuited, bridge_.redirected_bytes(down_.from_cookie));
+    sink_.kernel_released(moved[0], moved[1]);
     client_.reset();
     upstream_.reset();
     bridge_.forget({up_.from_cookie, down_.from_cookie});
   }
-
-  static constexpr milliseconds kCaptureRetries[] = {milliseconds(5), milliseconds(50), milliseconds(500)};
 
   std::uint64_t id_;
   UniqueFd client_;
@@ -738,10 +796,8 @@ class SplicedPair final : public std::enable_shared_from_this<SplicedPair>, publ
   CancelSlot& cancel_;  // the owner's, alive until on_end
   asio::any_io_executor executor_;
   bpf::EndpointShortcut* shortcut_;
-  std::string_view client_pod_;                 // the owner's, alive until on_end
-  std::unique_ptr<CapturedEndpoint> endpoint_;  // with a short-circuit only
-  std::size_t capture_attempt_ = 0;
-  Clock::time_point capture_retry_at_ = Clock::time_point::max();
+  std::string_view client_pod_;  // the owner's, alive until on_end
+  std::string_view server_pod_;  // likewise
   std::uint64_t client_watch_ = 0;
   std::uint64_t upstream_watch_ = 0;
   std::optional<CancelSlot::Installed> on_cancel_;
@@ -895,9 +951,9 @@ asio::awaitable<std::optional<Ending>> start_sockmap(SocketPair& pair, DatapathS
   if (!handover.partial) sink.kernel_path(Direction::down, KernelPath::sk_skb);
 
   // From here on the fds are the pair's alone; Asio forgets them.
-  auto spliced = std::make_shared<SplicedPair>(id, UniqueFd(pair.client.release()),
-                                               UniqueFd(pair.upstream.release()), up, down, handover, sink,
-                                               cancel, kernel, co_await asio::this_coro::executor);
+  auto spliced = std::make_shared<SplicedPair>(
+      id, UniqueFd(pair.client.release()), UniqueFd(pair.upstream.release()), std::move(up), std::move(down),
+      handover, sink, cancel, kernel, co_await asio::this_coro::executor);
   spliced->start(std::move(on_end), *kernel.bulk_grants);
   co_return std::nullopt;
 }
@@ -906,20 +962,22 @@ void start_sockmap_adopted(UniqueFd client, UniqueFd upstream, const SplicedPair
                            DatapathSink& sink, CancelSlot& cancel, const KernelSplice& kernel,
                            asio::any_io_executor executor, std::function<void(Ending)> on_end) {
   const int client_fd = client.get(), upstream_fd = upstream.get();
-  const SplicedDirection up{client_fd,
-                            upstream_fd,
-                            state.client_cookie,
-                            state.client_consumed,
-                            state.upstream_written,
-                            state.client_fin_forwarded};
-  const SplicedDirection down{upstream_fd,           client_fd,
-                              state.upstream_cookie, state.upstream_consumed,
-                              state.client_written,  state.upstream_fin_forwarded};
+  SplicedDirection up{client_fd,
+                      upstream_fd,
+                      state.client_cookie,
+                      state.client_consumed,
+                      state.upstream_written,
+                      state.client_fin_forwarded};
+  SplicedDirection down{upstream_fd,           client_fd,
+                        state.upstream_cookie, state.upstream_consumed,
+                        state.client_written,  state.upstream_fin_forwarded};
+  up.short_circuited_before = state.short_circuited;
+  down.short_circuited_before = state.short_circuited_down;
   sink.carried_by(config::Datapath::sockmap);
   sink.kernel_spliced(state.client_cookie, state.upstream_cookie);
   auto spliced = std::make_shared<SplicedPair>(
-      sink.id(), std::move(client), std::move(upstream), up, down, bpf::HandoverResult{}, sink, cancel,
-      kernel, std::move(executor), SplicedPair::Adopted{state.short_circuited, state.boosted});
+      sink.id(), std::move(client), std::move(upstream), std::move(up), std::move(down),
+      bpf::HandoverResult{}, sink, cancel, kernel, std::move(executor), SplicedPair::Adopted{state.boosted});
   spliced->start(std::move(on_end), *kernel.bulk_grants);
 }
 

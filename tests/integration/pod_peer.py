@@ -2,8 +2,10 @@
 or IPv6 by the address given; shunt_harness names them (POD_SERVE,
 POD_ECHO, PodLab.serve/client).
 
-  serve HOST PORT [echo|http|bulk]
-                         prints "listening" once bound, then per connection:
+  serve HOST PORT [echo|http|bulk][-nonblocking]
+                         prints "listening" once bound, then per connection
+                         (its socket O_NONBLOCK with -nonblocking, through a
+                         timeout, as an event-loop server's is):
                          echo (the default): sends "peer=IP\\n", then echoes
                          to EOF; http: answers each HTTP/1.1 request with
                          "path=PATH peer=IP\\n"; bulk: sends "peer=IP\\n",
@@ -14,7 +16,8 @@ POD_ECHO, PodLab.serve/client).
                          against an echo server: sends SIZE random bytes,
                          half-closes, prints "peer=IP SENT_SHA256 GOT_SHA256
                          GOT_BYTES"
-  client bulk HOST PORT UP DOWN TIMEOUT
+  client bulk HOST PORT UP DOWN TIMEOUT [PAUSE]
+                         (after PAUSE seconds, once the server has greeted)
                          sends UP pattern bytes (salt 1) while reading, prints
                          "peer=IP DOWN_BYTES DOWN_SHA256 SENT_UP_SHA256"
 A client that fails prints "error <kind>" (reset, timeout, eof, or the
@@ -26,6 +29,7 @@ import os
 import socket
 import sys
 import threading
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from shunt_harness import digest_to_eof, pattern_digest, send_pattern  # noqa: E402
@@ -79,9 +83,12 @@ def serve(host, port, mode):
         except OSError:
             pass  # a reset the test provoked
 
-    handler = {"echo": echo, "http": http, "bulk": bulk}[mode]
+    nonblocking = mode.endswith("-nonblocking")
+    handler = {"echo": echo, "http": http, "bulk": bulk}[mode.removesuffix("-nonblocking")]
     while True:
         c, a = s.accept()
+        if nonblocking:
+            c.settimeout(120)
         threading.Thread(target=handler, args=(c, a), daemon=True).start()
 
 
@@ -120,12 +127,13 @@ def echo_client(host, port, size, timeout=10.0):
     return "%s %s %s %d" % (peer, hashlib.sha256(data).hexdigest(), sha, n)
 
 
-def bulk_client(host, port, up, down, timeout):
+def bulk_client(host, port, up, down, timeout, pause=0.0):
     conn = connect(host, port, timeout, 90)
     if conn is None:
         return "error eof"
     s, f, peer = conn
     reader, result = read_digest_aside(f)
+    time.sleep(pause)
     s.sendall(b"%d %d\n" % (up, down))
     send_pattern(s, up, UP_SALT)
     s.shutdown(socket.SHUT_WR)
@@ -141,9 +149,9 @@ def main():
     try:
         if mode == "echo":  # client echo HOST PORT SIZE [TIMEOUT]
             print(echo_client(host, port, int(args[0]), *(float(a) for a in args[1:2])))
-        else:  # client bulk HOST PORT UP DOWN TIMEOUT
+        else:  # client bulk HOST PORT UP DOWN TIMEOUT [PAUSE]
             assert mode == "bulk", mode
-            print(bulk_client(host, port, int(args[0]), int(args[1]), float(args[2])))
+            print(bulk_client(host, port, int(args[0]), int(args[1]), *(float(a) for a in args[2:4])))
     except ConnectionResetError:
         print("error reset")
     except socket.timeout:

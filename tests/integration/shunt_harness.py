@@ -232,9 +232,13 @@ def echo_handler(conn):
 
 class ThreadedServer:
     """A TCP server on loopback running `handler(conn)` per connection in a
-    thread; results handlers return are collected in `results`."""
+    thread; results handlers return are collected in `results`.
+    `timeout`: set on every accepted socket before the handler runs, which
+    makes its file O_NONBLOCK underneath (as an event-loop server's is; the
+    endpoint short-circuit captures only such sockets); None leaves it
+    blocking."""
 
-    def __init__(self, handler, host="127.0.0.1", backlog=1024):
+    def __init__(self, handler, host="127.0.0.1", backlog=1024, timeout=None):
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.sock = socket.socket(family, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -242,6 +246,7 @@ class ThreadedServer:
         self.sock.listen(backlog)
         self.port = self.sock.getsockname()[1]
         self.handler = handler
+        self.timeout = timeout
         self.results = []
         self.errors = []
         self.lock = threading.Lock()
@@ -255,6 +260,8 @@ class ThreadedServer:
                 conn, _ = self.sock.accept()
             except OSError:
                 return
+            if self.timeout is not None:
+                conn.settimeout(self.timeout)
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
     def _serve(self, conn):

@@ -1,6 +1,7 @@
 """The endpoint short-circuit (proxy.endpoint_shortcut, docs/datapath.md):
 a local client's own socket sends straight into shunt's upstream socket with
-an sk_msg program once the fence allows.
+an sk_msg program once the fence allows, and a local server's into shunt's
+client-facing socket.
 
 - ordering at the switch under load: clients send at once and without a
   pause that the test arranges; every 8-byte word carries its own offset and
@@ -23,7 +24,14 @@ an sk_msg program once the fence allows.
 - a sender that never pauses (bulk into a slower reader) is taken out of
   the short-circuit once it has sent 64 MiB over TCP without the fence
   opening (shunt_datapath_fallbacks_total{reason="shortcut_stuck_on_tcp"}),
-  every byte in place across the removal.
+  every byte in place across the removal;
+- upstream -> client (ServerShortcutTest): a local server's own accepted
+  socket, non-blocking, captured too: ordering under load with positions
+  checked at the clients, request/response with half-close both ways,
+  resets each way and revocation; a blocking server is refused and counted
+  as direction="down" only; a server in another pod the proxy pod has an
+  nsid for is captured, one it has none for is counted
+  shortcut_not_local{direction="down"} and stays on sk_skb.
 Needs root (BPF)."""
 import array
 import json
@@ -38,7 +46,8 @@ import time
 import unittest
 
 from admin_helpers import get_json, http_get, parse_metrics
-from shunt_harness import PodLab, ThreadedServer, Shunt, free_port, recv_exact, run_tests, run, static_config
+from shunt_harness import (SHUNT_BIN, PodLab, ThreadedServer, Shunt, echo_handler, free_port, recv_exact, run_tests,
+                           run, static_config)
 
 WORDS_PER_MIB = (1 << 20) // 8
 STREAM_MIB = 24
@@ -62,51 +71,78 @@ def expected_words(word, nbytes):
     return array.array("Q", range(word, word + nbytes // 8)).tobytes()
 
 
+def read_positions(conn, total, pause=0.0, rate=None):
+    """Reads `total` bytes of position words (after `pause` seconds of not
+    reading; then at most `rate` bytes per second if given) and checks each
+    against its offset; returns (bytes, first bad offset or None)."""
+    time.sleep(pause)
+    start = time.monotonic()
+    got = 0
+    bad = None
+    pending = b""
+    while got < total:
+        if rate:
+            ahead = (got + len(pending)) / rate - (time.monotonic() - start)
+            if ahead > 0:
+                time.sleep(ahead)
+        data = conn.recv(1 << 20)
+        if not data:
+            break
+        pending += data
+        usable = len(pending) - len(pending) % 8
+        if bad is None and usable:
+            start_word = got // 8
+            for off in range(0, usable, 1 << 16):
+                piece = pending[off:min(off + (1 << 16), usable)]
+                word = start_word + off // 8
+                expected = expected_words(word, len(piece))
+                if piece != expected:
+                    for k in range(0, len(piece), 8):
+                        if piece[k:k + 8] != expected[k:k + 8]:
+                            bad = got + off + k
+                            break
+                    break
+        got += usable
+        pending = pending[usable:]
+    return got, bad
+
+
 def position_checker(total, pause=0.0, rate=None):
-    """Upstream handler: reads `total` bytes of position words (after
-    `pause` seconds of not reading; then at most `rate` bytes per second
-    if given) and checks each against its offset; returns (bytes, first bad
-    offset or None)."""
+    """Upstream handler: read_positions, then "ok" to the client; returns
+    (bytes, first bad offset or None)."""
 
     def handler(conn):
-        time.sleep(pause)
-        start = time.monotonic()
-        got = 0
-        bad = None
-        pending = b""
-        while got < total:
-            if rate:
-                ahead = (got + len(pending)) / rate - (time.monotonic() - start)
-                if ahead > 0:
-                    time.sleep(ahead)
-            data = conn.recv(1 << 20)
-            if not data:
-                break
-            pending += data
-            usable = len(pending) - len(pending) % 8
-            if bad is None and usable:
-                start_word = got // 8
-                for off in range(0, usable, 1 << 16):
-                    piece = pending[off:min(off + (1 << 16), usable)]
-                    word = start_word + off // 8
-                    expected = expected_words(word, len(piece))
-                    if piece != expected:
-                        for k in range(0, len(piece), 8):
-                            if piece[k:k + 8] != expected[k:k + 8]:
-                                bad = got + off + k
-                                break
-                        break
-            got += usable
-            pending = pending[usable:]
+        result = read_positions(conn, total, pause, rate)
         conn.sendall(b"ok")
-        return got, bad
+        return result
 
     return handler
 
 
+def send_positions(conn, total, piece=256 << 10):
+    """Sends the first `total` bytes of the position stream in `piece`-byte
+    writes, with no pause."""
+    mib = 0
+    while (mib << 20) < total:
+        data = block(mib)[:total - (mib << 20)]
+        for off in range(0, len(data), piece):
+            conn.sendall(data[off:off + piece])
+        mib += 1
+
+
 def access_lines(shunt):
+    return conn_records(shunt.output())
+
+
+def read_text(path):
+    with open(path, errors="replace") as f:
+        return f.read()
+
+
+def conn_records(output):
+    """The access log's `conn` records in a process's output."""
     lines = []
-    for line in shunt.output().splitlines():
+    for line in output.splitlines():
         if line.startswith("{"):
             try:
                 record = json.loads(line)
@@ -117,25 +153,68 @@ def access_lines(shunt):
     return lines
 
 
-def fallbacks(admin_port):
+def fallbacks(admin_port, direction="up"):
+    """shunt_datapath_fallbacks_total by reason: the handover's reasons and
+    the short-circuit's for `direction`'s sender (up: the client, down: the
+    server)."""
     _, _, body = http_get(admin_port, "/metrics")
     return {dict(labels).get("reason"): value
             for (name, labels), value in parse_metrics(body.decode()).items()
-            if name == "shunt_datapath_fallbacks_total"}
+            if name == "shunt_datapath_fallbacks_total" and dict(labels).get("direction", direction) == direction}
 
 
-def shortcut_metric(admin_port, name):
+def shortcut_metric(admin_port, name, direction=None):
+    """A shunt_shortcut_* counter: one direction's, or both summed."""
     _, _, body = http_get(admin_port, "/metrics")
-    return sum(value for (n, _), value in parse_metrics(body.decode()).items() if n == name)
+    return sum(value for (n, labels), value in parse_metrics(body.decode()).items()
+               if n == name and direction in (None, dict(labels).get("direction")))
+
+
+def in_threads(n, body):
+    """Runs body(i) for i in range(n), all at once, one thread each; returns
+    what failed, as "client i: error" strings."""
+    errors = []
+
+    def run_one(i):
+        try:
+            body(i)
+        except Exception as e:  # reported to the caller, with the others
+            errors.append(f"client {i}: {e!r}")
+
+    threads = [threading.Thread(target=run_one, args=(i, )) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    return errors
+
+
+def in_place_and_switched(test, results, total, shunt, path):
+    """Every (bytes, first bad offset) in `results` is whole and in place,
+    and at least one connection's `path` ("path_up", "path_down") says
+    sk_msg (or the fence was never exercised); returns the access log's
+    conn records."""
+    for got, bad in results:
+        test.assertEqual(got, total)
+        test.assertIsNone(bad, f"byte at offset {bad} out of place")
+    time.sleep(0.5)
+    records = access_lines(shunt)
+    switched = sum(1 for r in records if r.get(path) == "sk_msg")
+    print(f"{path}: {switched} of {len(records)} connections switched to sk_msg mid-stream")
+    test.assertGreater(switched, 0, "no connection switched: the fence was never exercised")
+    return records
 
 
 class ShortcutTest(unittest.TestCase):
-    def start(self, server_port, extra=""):
+    def start(self, server_port, extra="", log_level=None):
         self.port = free_port()
         self.admin = free_port()
         config = static_config(self.port, server_port, "sockmap", proxy_extra="endpoint_shortcut: true")
         config = config.replace("admin: {listen: 127.0.0.1:", f"admin: {{listen: 127.0.0.1:{self.admin}}}\n#")
-        return Shunt(config + extra, wait_port=self.port)
+        if log_level:
+            config = re.sub(r"log: \{level: \w+", "log: {level: " + log_level, config)
+        self.config = config + extra
+        return Shunt(self.config, wait_port=self.port)
 
     def test_ordering_under_load_at_the_switch(self):
         """16 clients x 24 MiB, sent right after connect, in 256 KiB writes
@@ -143,38 +222,14 @@ class ShortcutTest(unittest.TestCase):
         total = STREAM_MIB << 20
         clients = 16
         with ThreadedServer(position_checker(total)) as server, self.start(server.port) as shunt:
-            errors = []
 
             def client(i):
-                try:
-                    with socket.create_connection(("127.0.0.1", self.port), timeout=60) as c:
-                        sent = 0
-                        mib = 0
-                        while sent < total:
-                            data = block(mib)
-                            for off in range(0, len(data), 256 << 10):
-                                c.sendall(data[off:off + (256 << 10)])
-                            sent += len(data)
-                            mib += 1
-                        self.assertEqual(recv_exact(c, 2), b"ok")
-                except Exception as e:  # reported below, with the others
-                    errors.append(f"client {i}: {e!r}")
+                with socket.create_connection(("127.0.0.1", self.port), timeout=60) as c:
+                    send_positions(c, total)
+                    self.assertEqual(recv_exact(c, 2), b"ok")
 
-            threads = [threading.Thread(target=client, args=(i, )) for i in range(clients)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join(300)
-            self.assertEqual(errors, [])
-            results = server.wait_results(clients)
-            for got, bad in results:
-                self.assertEqual(got, total)
-                self.assertIsNone(bad, f"byte at offset {bad} out of place")
-            time.sleep(0.5)
-            records = access_lines(shunt)
-            switched = sum(1 for r in records if r.get("path_up") == "sk_msg")
-            print(f"ordering: {switched} of {len(records)} connections switched to sk_msg mid-stream")
-            self.assertGreater(switched, 0, "no connection switched: the fence was never exercised")
+            self.assertEqual(in_threads(clients, client), [])
+            records = in_place_and_switched(self, server.wait_results(clients), total, shunt, "path_up")
             for r in records:
                 self.assertEqual(r["bytes_up"], total, r)
             self.assertEqual(shunt.stop(), 0, shunt.output())
@@ -184,16 +239,7 @@ class ShortcutTest(unittest.TestCase):
         client goes quiet between rounds, so the fence opens; the access log
         and /connections name the path per direction."""
 
-        def echo_rounds(conn):
-            n = 0
-            while True:
-                data = conn.recv(65536)
-                if not data:
-                    return n
-                n += len(data)
-                conn.sendall(data)
-
-        with ThreadedServer(echo_rounds) as server, self.start(server.port) as shunt:
+        with ThreadedServer(echo_handler) as server, self.start(server.port) as shunt:
             with socket.create_connection(("127.0.0.1", self.port), timeout=10) as c:
                 for i in range(50):
                     message = struct.pack("<Q", i) * 64
@@ -219,16 +265,7 @@ class ShortcutTest(unittest.TestCase):
         """iperf3's way: blocking connect and first bytes, then O_NONBLOCK.
         A capture retry takes it; the echo checks every byte and order."""
 
-        def echo(conn):
-            n = 0
-            while True:
-                data = conn.recv(65536)
-                if not data:
-                    return n
-                n += len(data)
-                conn.sendall(data)
-
-        with ThreadedServer(echo) as server, self.start(server.port) as shunt:
+        with ThreadedServer(echo_handler) as server, self.start(server.port) as shunt:
             c = socket.socket()
             c.connect(("127.0.0.1", self.port))
             try:
@@ -351,33 +388,283 @@ class ShortcutTest(unittest.TestCase):
 
     def test_known_fallback_reasons_exported_at_zero(self):
         with ThreadedServer(lambda conn: 0) as server, self.start(server.port):
-            reasons = fallbacks(self.admin)
-            for reason in ("shortcut_not_local", "shortcut_not_established", "shortcut_blocking_socket",
-                           "shortcut_zerocopy", "shortcut_ulp", "shortcut_foreign_psock", "shortcut_refused",
-                           "shortcut_error", "shortcut_stuck_on_tcp"):
-                self.assertIn(reason, reasons)
+            for direction in ("up", "down"):
+                reasons = fallbacks(self.admin, direction)
+                for reason in ("shortcut_not_local", "shortcut_not_established", "shortcut_blocking_socket",
+                               "shortcut_zerocopy", "shortcut_ulp", "shortcut_foreign_psock", "shortcut_refused",
+                               "shortcut_error", "shortcut_stuck_on_tcp"):
+                    self.assertEqual(reasons.get(reason), 0, (direction, reason))
+            for name in ("shunt_shortcut_bytes_total", "shunt_shortcut_switches_total",
+                         "shunt_shortcut_returns_to_tcp_total"):
+                for direction in ("up", "down"):
+                    _, _, body = http_get(self.admin, "/metrics")
+                    self.assertIn((name, frozenset({("direction", direction)})), parse_metrics(body.decode()))
+
+
+class ServerShortcutTest(unittest.TestCase):
+    """Upstream -> client: a local server's own accepted socket in the
+    short-circuit, sending straight into shunt's client-facing socket. The
+    servers here are loopback sockets in shunt's netns whose accepted
+    sockets are O_NONBLOCK (ThreadedServer's `timeout`) unless a test says
+    otherwise; every byte the client gets is checked at its position."""
+    start = ShortcutTest.start
+    ROUNDS = 50
+
+    def rounds(self, c):
+        # The handover's capture can come before the server's accept(), when
+        # its socket has no file yet and counts as blocking; the retries (5,
+        # 50 ms) take it. 50 rounds on loopback take a few ms: wait for them.
+        time.sleep(0.1)
+        for i in range(self.ROUNDS):
+            message = struct.pack("<Q", i) * 64
+            c.sendall(message)
+            self.assertEqual(recv_exact(c, len(message)), message)
+
+    def test_ordering_under_load_at_the_switch(self):
+        """16 servers x 24 MiB, sent right after accept() in 256 KiB writes
+        with no pause; positions checked word by word at the clients."""
+        total = STREAM_MIB << 20
+        clients = 16
+
+        def handler(conn):
+            send_positions(conn, total)
+            return recv_exact(conn, 2)
+
+        with ThreadedServer(handler, timeout=120) as server, self.start(server.port) as shunt:
+            results = [None] * clients
+
+            def client(i):
+                with socket.create_connection(("127.0.0.1", self.port), timeout=120) as c:
+                    results[i] = read_positions(c, total)
+                    c.sendall(b"ok")
+                    self.assertEqual(c.recv(1), b"")
+
+            self.assertEqual(in_threads(clients, client), [])
+            self.assertEqual(server.wait_results(clients), [b"ok"] * clients)
+            records = in_place_and_switched(self, results, total, shunt, "path_down")
+            for r in records:
+                self.assertEqual((r["bytes_up"], r["bytes_down"]), (2, total), r)
+            self.assertGreater(shortcut_metric(self.admin, "shunt_shortcut_bytes_total", "down"), 0)
+            self.assertEqual(shunt.stop(), 0, shunt.output())
+
+    def test_request_response_and_half_close_both_ways(self):
+        """Request/response rounds (both senders go quiet between them, so
+        both fences open), then the client half-closes and the server,
+        having read its EOF, sends 4 MiB more and half-closes too: the
+        tail arrives in place and before the FIN, the access log and
+        /connections name sk_msg for both directions."""
+        tail = 4 << 20
+
+        def handler(conn):
+            n = echo_handler(conn)
+            send_positions(conn, tail)
+            conn.shutdown(socket.SHUT_WR)
+            return n
+
+        with ThreadedServer(handler, timeout=60) as server, self.start(server.port) as shunt:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=60) as c:
+                self.rounds(c)
+                live = [x for x in get_json(self.admin, "/connections") if x.get("datapath") == "sockmap"]
+                self.assertEqual(len(live), 1, live)
+                self.assertEqual(live[0]["path_down"], "sk_skb")  # decided when the pair ends
+                c.shutdown(socket.SHUT_WR)
+                got, bad = read_positions(c, tail)
+                self.assertEqual(got, tail)
+                self.assertIsNone(bad, f"byte at offset {bad} out of place")
+                self.assertEqual(c.recv(1), b"")
+            self.assertEqual(server.wait_results(1)[0], self.ROUNDS * 512)
+            time.sleep(0.3)
+            records = access_lines(shunt)
+            self.assertEqual(len(records), 1, records)
+            self.assertEqual((records[0]["path_up"], records[0]["path_down"]), ("sk_msg", "sk_msg"), records[0])
+            self.assertEqual(records[0]["bytes_up"], self.ROUNDS * 512)
+            self.assertEqual(records[0]["bytes_down"], self.ROUNDS * 512 + tail)
+            self.assertGreater(shortcut_metric(self.admin, "shunt_shortcut_switches_total", "down"), 0)
+            self.assertEqual(shunt.stop(), 0, shunt.output())
+
+    def test_takeover_carries_both_directions(self):
+        """Rounds with both endpoints captured, then a takeover (`shunt run
+        --takeover`): the old process releases both captures and hands on
+        what each short-circuited (protocol version 4), the new process
+        runs the pair's FIN rule with both figures. More rounds over TCP,
+        then the half-closes with a 4 MiB tail from the server: in place,
+        its FIN within 2 s (a figure too high would hold it until the 5 s
+        drain timeout; too low could let it overtake the tail), and the new
+        process's access log counts every byte each way."""
+        tail = 4 << 20
+
+        def handler(conn):
+            n = echo_handler(conn)
+            send_positions(conn, tail)
+            conn.shutdown(socket.SHUT_WR)
+            return n
+
+        with ThreadedServer(handler, timeout=60) as server, self.start(server.port, log_level="debug") as old:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=60) as c:
+                self.rounds(c)
+                log = os.path.join(old.dir.name, "new.log")
+                with open(log, "wb") as out:
+                    new = subprocess.Popen([SHUNT_BIN, "run", "-c", old.config_path, "--takeover"], stdout=out,
+                                           stderr=subprocess.STDOUT)
+                self.addCleanup(new.wait)
+                self.addCleanup(new.terminate)
+                deadline = time.monotonic() + 60
+                while "takeover: complete" not in read_text(log):
+                    self.assertIsNone(new.poll(), read_text(log))
+                    self.assertLess(time.monotonic(), deadline, read_text(log))
+                    time.sleep(0.05)
+                self.assertIn("1 kernel-spliced connection(s)", read_text(log))
+                self.rounds(c)
+                c.shutdown(socket.SHUT_WR)
+                started = time.monotonic()
+                got, bad = read_positions(c, tail)
+                self.assertEqual(got, tail)
+                self.assertIsNone(bad, f"byte at offset {bad} out of place")
+                self.assertEqual(c.recv(1), b"")
+                self.assertLess(time.monotonic() - started, 2.0)
+            self.assertEqual(server.wait_results(1)[0], 2 * self.ROUNDS * 512)
+            self.assertIn("protocol version 4", old.output())
+            # Both senders had switched before the freeze, or the figures
+            # carried nothing.
+            moved = re.search(r"short-circuit moved (\d+) byte\(s\) up, (\d+) down", old.output())
+            self.assertIsNotNone(moved, old.output())
+            self.assertGreater(int(moved.group(1)), 0)
+            self.assertGreater(int(moved.group(2)), 0)
+            deadline = time.monotonic() + 5
+            while not [r for r in conn_records(read_text(log)) if r.get("reason") != "taken_over"]:
+                self.assertLess(time.monotonic(), deadline, read_text(log))
+                time.sleep(0.1)
+            records = conn_records(read_text(log))
+            self.assertEqual(len(records), 1, records)
+            self.assertEqual((records[0]["bytes_up"], records[0]["bytes_down"]),
+                             (2 * self.ROUNDS * 512, 2 * self.ROUNDS * 512 + tail), records[0])
+            new.terminate()
+            self.assertEqual(new.wait(15), 0)
+
+    def test_blocking_server_stays_on_sk_skb(self):
+        """A server whose accepted socket stays blocking is not captured
+        (tcp_bpf's recvmsg could hand it EAGAIN), counted under
+        direction="down" only; its bytes arrive in place all the same."""
+        total = 4 << 20
+
+        def handler(conn):  # blocking: no timeout
+            self.assertEqual(recv_exact(conn, 2), b"go")
+            send_positions(conn, total)
+            conn.shutdown(socket.SHUT_WR)
+            return recv_exact(conn, 2)
+
+        with ThreadedServer(handler) as server, self.start(server.port) as shunt:
+            before_down = fallbacks(self.admin, "down").get("shortcut_blocking_socket", 0)
+            before_up = fallbacks(self.admin, "up").get("shortcut_blocking_socket", 0)
+            with socket.create_connection(("127.0.0.1", self.port), timeout=30) as c:
+                time.sleep(0.7)  # open through every capture retry (5, 50, 500 ms)
+                c.sendall(b"go")
+                got, bad = read_positions(c, total)
+                self.assertEqual(got, total)
+                self.assertIsNone(bad, f"byte at offset {bad} out of place")
+                self.assertEqual(c.recv(1), b"")
+                c.sendall(b"ok")
+            self.assertEqual(server.wait_results(1)[0], b"ok")
+            deadline = time.time() + 3
+            while fallbacks(self.admin, "down").get("shortcut_blocking_socket", 0) < before_down + 1 \
+                    and time.time() < deadline:
+                time.sleep(0.1)
+            self.assertEqual(fallbacks(self.admin, "down").get("shortcut_blocking_socket", 0), before_down + 1)
+            self.assertEqual(fallbacks(self.admin, "up").get("shortcut_blocking_socket", 0), before_up)
+            time.sleep(0.3)
+            records = access_lines(shunt)
+            self.assertEqual(len(records), 1, records)
+            self.assertEqual(records[0]["path_down"], "sk_skb", records[0])
+            self.assertEqual(records[0]["bytes_down"], total, records[0])
+            self.assertEqual(shunt.stop(), 0, shunt.output())
+
+    def reset_after_rounds(self, end, client_resets):
+        """Rounds with both endpoints captured, then `end(shunt, c)`: the
+        other side must see a reset within 1 s. `client_resets`: the client
+        resets and the server must see it; otherwise the client must."""
+        seen = {}
+
+        def handler(conn):
+            try:
+                n = echo_handler(conn)
+                if n == self.ROUNDS * 512 + 4:  # the "RST!" request: reset from the server
+                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    return "reset sent"
+                return f"eof after {n}"
+            except ConnectionResetError:
+                seen["server"] = time.monotonic()
+                return "reset seen"
+
+        with ThreadedServer(handler, timeout=10) as server, self.start(server.port) as shunt:
+            c = socket.create_connection(("127.0.0.1", self.port), timeout=10)
+            try:
+                self.rounds(c)
+                started = time.monotonic()
+                end(shunt, c)
+                if client_resets:
+                    self.assertEqual(server.wait_results(1, timeout=5), ["reset seen"])
+                    latency = seen["server"] - started
+                else:
+                    with self.assertRaises(ConnectionResetError):
+                        while c.recv(65536):
+                            pass
+                    latency = time.monotonic() - started
+            finally:
+                c.close()
+            self.assertLess(latency, 1.0)
+            time.sleep(0.3)
+            records = access_lines(shunt)
+            self.assertEqual(len(records), 1, records)
+            self.assertEqual(records[0]["path_down"], "sk_msg", records[0])
+            return records[0]
+
+    def test_server_reset_reaches_client(self):
+        def server_resets(shunt, c):
+            c.sendall(b"RST!")  # echoed, then the server resets
+            c.shutdown(socket.SHUT_WR)
+
+        self.reset_after_rounds(server_resets, client_resets=False)
+
+    def test_client_reset_reaches_server(self):
+        def client_resets(shunt, c):
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            c.close()
+
+        self.reset_after_rounds(client_resets, client_resets=True)
+
+    def test_revocation_resets_both(self):
+        def revoke(shunt, c):
+            shunt.write_config(self.config.replace("default: allow", "default: deny"))
+
+        record = self.reset_after_rounds(revoke, client_resets=False)
+        self.assertEqual(record["reason"], "revoked", record)
 
 
 class PodShortcutTest(unittest.TestCase):
-    def through_pods(self, net, up, down, check=None, proxy_sysctl=None, log_level=None):
+    def through_pods(self, net, up, down, check=None, proxy_sysctl=None, log_level=None, server_local=False):
         """Client pod -> shunt in a proxy pod (static listener, no pods[])
         -> bulk server pod, on 10.233.NET.0/24. The proxy pod has an nsid
         for the client pod, so the capture finds the client there. `up` and
         `down` bytes are checked by hash, the access log must say sk_msg and
         count exactly what was sent; then check(shunt), before shunt stops.
-        `proxy_sysctl`: one "key=value" for the proxy pod's netns."""
+        `proxy_sysctl`: one "key=value" for the proxy pod's netns.
+        `server_local`: the proxy pod has an nsid for the server pod too and
+        the server's accepted sockets are non-blocking, so the server is
+        captured as well (path_down sk_msg); otherwise it is not found there,
+        as a server on another node is not."""
         lab = PodLab(f"k{net}")
         try:
             names = {}
             for role, host in (("c", 2), ("s", 3), ("p", 4)):
                 names[role], r = lab.add(role, f"10.233.{net}.{host}/24")
                 self.assertEqual(r.returncode, 0, r.stderr)
-            r = lab.exec(names["p"], "ip", "netns", "set", names["c"], "auto")
-            self.assertEqual(r.returncode, 0, r.stderr)
+            for pod in ("c", "s") if server_local else ("c", ):
+                r = lab.exec(names["p"], "ip", "netns", "set", names[pod], "auto")
+                self.assertEqual(r.returncode, 0, r.stderr)
             if proxy_sysctl:
                 r = lab.exec(names["p"], "sysctl", "-qw", proxy_sysctl)
                 self.assertEqual(r.returncode, 0, r.stderr)
-            server = lab.serve(names["s"], f"10.233.{net}.3", 5201, "bulk")
+            server = lab.serve(names["s"], f"10.233.{net}.3", 5201, "bulk-nonblocking" if server_local else "bulk")
             self.assertIsNotNone(server)
             port = 7000 + net
             config = static_config(port, 5201, "sockmap", proxy_extra="endpoint_shortcut: true")
@@ -386,8 +673,12 @@ class PodShortcutTest(unittest.TestCase):
             if log_level:
                 config = re.sub(r"log: \{level: \w+", "log: {level: " + log_level, config)
             with Shunt(config, wait_port=port, wait_host=f"10.233.{net}.4", netns=names["p"]) as shunt:
+                # A local server is captured once it has accepted (the capture
+                # retries 5 and 50 ms after the handover): its bulk waits past
+                # that, or it may never be quiet enough for the fence.
                 _, got_down, down_sha, sent_up_sha = lab.client(names["c"], "bulk", f"10.233.{net}.4", str(port),
-                                                                str(up), str(down), "60")
+                                                                str(up), str(down), "60",
+                                                                "0.1" if server_local else "0")
                 line = lab.server_line(server).split()
                 self.assertEqual(int(got_down), down)
                 self.assertEqual(line[2], str(up), line)
@@ -398,6 +689,20 @@ class PodShortcutTest(unittest.TestCase):
                 self.assertEqual(len(records), 1, records)
                 self.assertEqual(records[0]["path_up"], "sk_msg", records[0])
                 self.assertEqual(records[0]["bytes_up"], up + len("%d %d\n" % (up, down)), records[0])
+                # Without server_local the server pod has no nsid in the proxy
+                # pod: not found, as a server on another node is not. Counted
+                # as the server's (direction="down"), never as a client's.
+                admin = re.search(r"admin: \{listen: 127\.0\.0\.1:(\d+)", config).group(1)
+                r = lab.exec(names["p"], sys.executable, "-c",
+                             "import urllib.request; print(urllib.request.urlopen("
+                             f"'http://127.0.0.1:{admin}/metrics', timeout=10).read().decode())")
+                self.assertEqual(r.returncode, 0, r.stderr)
+                not_local = {dict(labels).get("direction"): value
+                             for (name, labels), value in parse_metrics(r.stdout.strip()).items()
+                             if name == "shunt_datapath_fallbacks_total"
+                             and dict(labels).get("reason") == "shortcut_not_local"}
+                self.assertEqual(not_local, {"up": 0, "down": 0 if server_local else 1})
+                self.assertEqual(records[0]["path_down"], "sk_msg" if server_local else "sk_skb", records[0])
                 if check:
                     check(shunt)
                 self.assertEqual(shunt.stop(), 0, shunt.output())
@@ -407,6 +712,12 @@ class PodShortcutTest(unittest.TestCase):
     def test_client_in_another_pod_is_captured(self):
         """32 MiB up and 8 MiB down through pods (through_pods)."""
         self.through_pods(12, 32 << 20, 8 << 20)
+
+    def test_server_in_another_pod_is_captured_too(self):
+        """8 MiB up and 32 MiB down through pods, the server pod's
+        accepted sockets non-blocking and reachable by nsid from the proxy
+        pod: both directions go by sk_msg, bytes hashed both ways."""
+        self.through_pods(14, 8 << 20, 32 << 20, server_local=True)
 
     def test_pushes_that_fall_short_are_counted_as_written(self):
         """A push into the upstream socket that falls short part-way must

@@ -31,9 +31,15 @@ def bidirectional_handler(conn):
 class DatapathTests:
     datapath = None
     proxy_extra = ""
+    # Set on the servers' accepted sockets (ThreadedServer's `timeout`):
+    # a number makes them O_NONBLOCK, so a local server is captured too.
+    server_timeout = None
 
     def setUp(self):
         self.port = free_port()
+
+    def server(self, handler):
+        return ThreadedServer(handler, timeout=self.server_timeout)
 
     def start(self, server_port, **kw):
         return Shunt(static_config(self.port, server_port, self.datapath, proxy_extra=self.proxy_extra),
@@ -57,7 +63,7 @@ class DatapathTests:
             return received["v"]
 
     def check_sizes(self, sizes):
-        with ThreadedServer(bidirectional_handler) as server, self.start(server.port) as shunt:
+        with self.server(bidirectional_handler) as server, self.start(server.port) as shunt:
             for i, size in enumerate(sizes):
                 got = self.transfer(size, size, salt=i * 10)
                 self.assertEqual(got, (size, pattern_digest(size, i * 10 + 1)), f"client side, {size} bytes")
@@ -80,7 +86,7 @@ class DatapathTests:
             conn.sendall(response)
             return n, digest
 
-        with ThreadedServer(handler) as server, self.start(server.port):
+        with self.server(handler) as server, self.start(server.port):
             with socket.create_connection(("127.0.0.1", self.port), timeout=30) as c:
                 send_pattern(c, 3 * 1024 * 1024, 5)
                 c.shutdown(socket.SHUT_WR)
@@ -99,7 +105,7 @@ class DatapathTests:
             got = recv_all_digest(conn)
             return got
 
-        with ThreadedServer(handler) as server, self.start(server.port):
+        with self.server(handler) as server, self.start(server.port):
             with socket.create_connection(("127.0.0.1", self.port), timeout=30) as c:
                 self.assertEqual(recv_exact(c, 6), b"ready\n")
                 self.assertEqual(c.recv(10), b"", "FIN from upstream reaches the client")
@@ -122,7 +128,7 @@ class DatapathTests:
             return recv_all_digest(conn)
 
         rounds = 60
-        with ThreadedServer(handler) as server, self.start(server.port):
+        with self.server(handler) as server, self.start(server.port):
             for i in range(rounds):
                 with socket.create_connection(("127.0.0.1", self.port), timeout=30) as c:
                     send_pattern(c, 128 * 1024, i)
@@ -146,7 +152,7 @@ class DatapathTests:
             conn.shutdown(socket.SHUT_WR)
             return line
 
-        with ThreadedServer(handler) as server, self.start(server.port):
+        with self.server(handler) as server, self.start(server.port):
             for _ in range(5):
                 with socket.create_connection(("127.0.0.1", self.port), timeout=30) as c:
                     self.assertEqual(hashlib.sha256(recv_exact(c, len(greeting))).digest(),
@@ -160,7 +166,7 @@ class DatapathTests:
             conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             return "reset"
 
-        with ThreadedServer(handler) as server, self.start(server.port):
+        with self.server(handler) as server, self.start(server.port):
             with socket.create_connection(("127.0.0.1", self.port), timeout=5) as c:
                 c.sendall(b"hello")
                 start = time.time()
@@ -184,7 +190,7 @@ class DatapathTests:
             seen["after"] = time.time() - start
             return seen["how"]
 
-        with ThreadedServer(handler) as server, self.start(server.port):
+        with self.server(handler) as server, self.start(server.port):
             c = socket.create_connection(("127.0.0.1", self.port), timeout=5)
             self.assertEqual(recv_exact(c, 1), b"x")
             c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -300,12 +306,14 @@ class SockmapTest(DatapathTests, unittest.TestCase):
 
 
 class SockmapShortcutTest(DatapathTests, unittest.TestCase):
-    """The same suite with the client's own socket in the sk_msg
-    short-circuit: these clients are loopback sockets in shunt's netns, and
-    Python's sockets with a timeout are O_NONBLOCK underneath, so they are
-    captured (docs/datapath.md, "The endpoint short-circuit")."""
+    """The same suite with both endpoints' own sockets in the sk_msg
+    short-circuit: clients and servers are loopback sockets in shunt's
+    netns, and Python's sockets with a timeout are O_NONBLOCK underneath, so
+    both are captured (docs/datapath.md, "The endpoint short-circuit"); the
+    1,000-connection test's asyncio server is non-blocking anyway."""
     datapath = "sockmap"
     proxy_extra = "endpoint_shortcut: true"
+    server_timeout = 120
 
 
 class SpliceTest(DatapathTests, unittest.TestCase):

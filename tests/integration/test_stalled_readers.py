@@ -216,7 +216,7 @@ class StalledReaders(unittest.TestCase):
                     await asyncio.wait_for(senders, 300)
                 except asyncio.TimeoutError:
                     self.fail(f"{len(digests)} of {CONNECTIONS} upstreams saw EOF in 300 s after the stall; "
-                              f"short-circuit {value(scrape(admin), 'shunt_shortcut_bytes_total')} bytes\n"
+                              f"short-circuit {value(scrape(admin), 'shunt_shortcut_bytes_total', direction='up')} bytes\n"
                               + shunt.output()[-6000:])
                 server.close()
                 # Counted as each pair ends.
@@ -225,7 +225,7 @@ class StalledReaders(unittest.TestCase):
                     if value(samples, "shunt_connections_active", datapath="sockmap") == 0:
                         break
                     await asyncio.sleep(0.1)
-                return value(samples, "shunt_shortcut_bytes_total")
+                return value(samples, "shunt_shortcut_bytes_total", direction="up")
 
         short_circuited = asyncio.run(scenario())
         expected = {i: (PER_CONNECTION, pattern_digest(PER_CONNECTION, i)) for i in range(CONNECTIONS)}

@@ -70,7 +70,7 @@ class DatapathTest : public ::testing::TestWithParam<Path> {
       case Path::splice:
         return io.start(run_splice(*pair, observer, cancel));
       case Path::sockmap:
-        kernel = KernelSplice{bridge.get(), grants.get(), hangups.get(), nullptr, ""};
+        kernel = KernelSplice{bridge.get(), grants.get(), hangups.get(), nullptr, "", ""};
         return io.start(run_sockmap(*pair, observer, cancel, kernel, /*inspected=*/false));
     }
     return {};

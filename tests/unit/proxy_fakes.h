@@ -181,6 +181,7 @@ class RecordingObserver : public ConnectionObserver {
     std::lock_guard lock(mu);
     fallbacks.emplace_back(reason);
   }
+  void shortcut_fell_back(Direction, std::string_view reason) override { fell_back(reason); }
   void kernel_spliced(std::uint64_t, std::uint64_t) override { spliced = true; }
   void kernel_released(std::uint64_t u, std::uint64_t d) override {
     kernel_up += u;
@@ -194,7 +195,7 @@ class RecordingObserver : public ConnectionObserver {
     held_bytes += b;
   }
   void repeated(std::uint64_t) override {}
-  void short_circuited(std::uint64_t, std::uint64_t, std::uint64_t) override {}
+  void short_circuited(Direction, std::uint64_t, std::uint64_t, std::uint64_t) override {}
   void decided(const policy::Decision& d) override {
     std::lock_guard lock(mu);
     decisions.push_back(d);

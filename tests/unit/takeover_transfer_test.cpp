@@ -12,6 +12,7 @@ namespace {
 
 constexpr std::uint16_t kV2 = 2;
 constexpr std::uint16_t kV3 = takeover::kProtocolBoundary;
+constexpr std::uint16_t kV4 = takeover::kProtocolShortcutDown;
 
 TransferredConnection sample() {
   TransferredConnection t;
@@ -33,7 +34,7 @@ TransferredConnection sample() {
   t.basis.requests_uninspected = true;
   t.basis.sni = "api.example";
   t.basis.last_request = DecisionBasis::Request{"GET", "/api/x", "api", {{"x-a", "1"}, {"x-b", ""}}};
-  t.state = SplicedPairState{1, 2, 3, 4, 5, 6, 7, true, false, true};
+  t.state = SplicedPairState{1, 2, 3, 4, 5, 6, 7, 8, true, false, true};
   return t;
 }
 
@@ -70,9 +71,12 @@ TEST(TakeoverTransfer, RoundTrip) {
   EXPECT_EQ(s.upstream_cookie, 2u);
   EXPECT_EQ(s.client_consumed, 3u);
   EXPECT_EQ(s.upstream_consumed, 4u);
-  EXPECT_EQ(s.client_written, 5u);
+  EXPECT_EQ(s.client_written, 13u);
   EXPECT_EQ(s.upstream_written, 6u);
   EXPECT_EQ(s.short_circuited, 7u);
+  // Version 2 has no upstream -> client figure: it rides in the client
+  // socket's written baseline (5 + 8), which the FIN rule reads the same.
+  EXPECT_EQ(s.short_circuited_down, 0u);
   EXPECT_TRUE(s.client_fin_forwarded);
   EXPECT_FALSE(s.upstream_fin_forwarded);
   EXPECT_TRUE(s.boosted);
@@ -121,6 +125,22 @@ TEST(TakeoverTransfer, Version3CarriesAPendingHello) {
   EXPECT_FALSE(decode_connection(encode(plain, kV2), kV3));
   const std::string bytes = encode(t, kV3);
   EXPECT_FALSE(decode_connection(bytes.substr(0, bytes.size() - 1), kV3));
+}
+
+// Version 4 carries the upstream -> client short-circuit figure as its own
+// field (and the client's written baseline as it was); a version 3 peer
+// could not read it.
+TEST(TakeoverTransfer, Version4CarriesTheDownShortCircuit) {
+  const TransferredConnection t = sample();
+  const auto back = decode_connection(encode(t, kV4), kV4);
+  ASSERT_TRUE(back);
+  EXPECT_EQ(back->state.short_circuited, 7u);
+  EXPECT_EQ(back->state.short_circuited_down, 8u);
+  EXPECT_EQ(back->state.client_written, 5u);
+  EXPECT_TRUE(back->state.boosted);
+  EXPECT_EQ(encode(t, kV4).size(), encode(t, kV3).size() + 8);
+  EXPECT_FALSE(decode_connection(encode(t, kV4), kV3));
+  EXPECT_FALSE(decode_connection(encode(t, kV3), kV4));
 }
 
 // A copy or splice pair's closed directions ride in its FIN flags.

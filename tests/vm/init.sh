@@ -327,7 +327,7 @@ else
 fi
 result shortcut_ready $? "probe yes=$SC_YES, $listening servers listening; ${unavailable:-short-circuit loaded}"
 sc_metric() { http_get "" 127.0.0.1 15000 /metrics | tr -d '\r' | grep "^$1" | awk '{ s += $2 } END { print s + 0 }'; }
-blocking_before=$(sc_metric 'shunt_datapath_fallbacks_total{reason="shortcut_blocking_socket"}')
+blocking_before=$(sc_metric 'shunt_datapath_fallbacks_total{reason="shortcut_blocking_socket",direction="up"}')
 $SC_CLIENT $SERVER:8180 $SC_BYTES --connections $SC_CONNS --send-chunk 65536 \
 	--send-pause-every 262144 --send-pause-ms 50 --timeout-s 30 >$SC_OUT/client-8180 2>&1 &
 sc_clients=$!
@@ -385,7 +385,7 @@ grep -q "changes=0 ok reset=seen" $SC_OUT/client-8181 && grep -q "changes=0 ok r
 result shortcut_reset_from_server $? "client (path_up $(sc_path 8181)): $(grep RESULT $SC_OUT/client-8181 | cut -d' ' -f2-7); server: $(grep RESULT $SC_OUT/server-8181 | cut -d' ' -f2-7)"
 grep -q "changes=0 ok reset=seen" $SC_OUT/server-8182 && grep -q "changes=0 ok reset=sent" $SC_OUT/client-8182
 result shortcut_reset_from_client $? "server: $(grep RESULT $SC_OUT/server-8182 | cut -d' ' -f2-7); client (path_up $(sc_path 8182)): $(grep RESULT $SC_OUT/client-8182 | cut -d' ' -f2-7)"
-blocking=$(($(sc_metric 'shunt_datapath_fallbacks_total{reason="shortcut_blocking_socket"}') - blocking_before))
+blocking=$(($(sc_metric 'shunt_datapath_fallbacks_total{reason="shortcut_blocking_socket",direction="up"}') - blocking_before))
 want=$SC_YES
 grep -q "received=1048576 sent=1048576 changes=0 ok" $SC_OUT/client-8183 &&
 	grep -q "received=1048576 sent=1048576 changes=0 ok" $SC_OUT/server-8183 &&
