@@ -416,6 +416,12 @@ std::uint64_t SockmapBridge::redirected_bytes(std::uint64_t cookie) const {
   return entry.bytes;
 }
 
+std::uint64_t SockmapBridge::moved_bytes(std::uint64_t cookie) const {
+  shunt_sock_peer entry{};
+  if (bpf_map_lookup_elem(peers_fd_, &cookie, &entry) != 0) return 0;
+  return entry.bytes + entry.short_circuited;
+}
+
 std::uint64_t SockmapBridge::repeated_bytes(std::uint64_t cookie) const {
   shunt_sock_peer entry{};
   if (bpf_map_lookup_elem(peers_fd_, &cookie, &entry) != 0) return 0;

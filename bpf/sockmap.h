@@ -71,7 +71,9 @@ struct HandoverResult {
 // it cut (redirect_to_peer, cut_repeated).
 // 4: sock_peers gained cut_failed, and the ring SHUNT_EVENT_BROKEN (a
 // repeat the verdict could not cut: the pair must be reset).
-inline constexpr std::uint32_t kKernelMapsVersion = 4;
+// 5: sock_peers gained short_circuited (the short-circuit's bytes, for the
+// live count).
+inline constexpr std::uint32_t kKernelMapsVersion = 5;
 
 struct KernelMaps {
   std::uint32_t version = kKernelMapsVersion;
@@ -161,6 +163,11 @@ class SockmapBridge {
   // Payload the verdict program took from this socket for its peer:
   // redirected, or held for userspace to forward (HoldState::bytes).
   [[nodiscard]] std::uint64_t redirected_bytes(std::uint64_t cookie) const;
+  // Everything the kernel moved in this socket's direction so far: the
+  // verdict's bytes plus what the endpoint short-circuit sent past it (for
+  // the live byte counts of /connections; the drain checks keep the two
+  // apart).
+  [[nodiscard]] std::uint64_t moved_bytes(std::uint64_t cookie) const;
   // Bytes the verdict cut from segments that repeated bytes it had already
   // taken (a partly overlapping retransmission; redirect_to_peer).
   [[nodiscard]] std::uint64_t repeated_bytes(std::uint64_t cookie) const;

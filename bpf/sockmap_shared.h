@@ -28,6 +28,11 @@ struct shunt_sock_peer {
 	__u64 repeated;	  /* bytes cut because they were taken before */
 	__u32 cut_failed; /* a repeat could not be cut: the stream is broken, reset the pair */
 	__u32 pad;
+	/* Bytes the endpoint short-circuit moved in this socket's direction
+	 * past it (the endpoint this socket faces sent them by sk_msg, settled
+	 * as shunt_endpoint.bytes is), for the live byte count; written by
+	 * sockmap_shortcut.bpf.c only. */
+	__u64 short_circuited;
 };
 
 /* Ring buffer record. SHUNT_EVENT_BULK (0, what sockmap_redirect sends):

@@ -204,8 +204,10 @@ static __always_inline void count_redirected(struct shunt_endpoint *e, __u32 siz
 	 * Without it the bound was loose by everything short-circuited so far,
 	 * and after a return to TCP the backlog grew to hundreds of MB before
 	 * the verdict held (measured through pods, 2026-11-30). */
-	if (proxy)
+	if (proxy) {
 		__sync_fetch_and_add(&proxy->peer_written_base, size);
+		__sync_fetch_and_add(&proxy->short_circuited, size);
+	}
 
 	if (before < bulk_threshold && before + size >= bulk_threshold && !e->bulk_reported) {
 		/* The grant goes to the socket opposite the source: the target. */
@@ -280,8 +282,10 @@ static __always_inline void settle_pushed(struct shunt_endpoint *e, __u32 write_
 	e->short_bytes += counted - pushed;
 	__sync_fetch_and_add(&e->bytes, -(counted - pushed));
 	proxy = bpf_map_lookup_elem(&sock_peers, &e->proxy_cookie);
-	if (proxy)
+	if (proxy) {
 		__sync_fetch_and_add(&proxy->peer_written_base, -(counted - pushed));
+		__sync_fetch_and_add(&proxy->short_circuited, -(counted - pushed));
+	}
 }
 
 /* A message goes over TCP (SK_PASS). Past shortcut_give_up bytes without the

@@ -182,11 +182,18 @@ CaptureOutcome EndpointShortcut::capture_local(const EndpointAddress& endpoint, 
                                                const CaptureRequest& request) {
   const std::int64_t first = netns_of(pod);
   CaptureOutcome outcome = capture(endpoint, first, request);
+  std::size_t searched = 1;
+  std::int64_t where = first;
   for (const std::int32_t nsid : known_netns_) {
     if (outcome != CaptureOutcome::not_local) break;
     if (nsid == first) continue;
     outcome = capture(endpoint, nsid, request);
+    ++searched;
+    where = nsid;
   }
+  if (searched > 1)
+    spdlog::debug("short-circuit: {} after {} netns searched (last nsid {})", to_string(outcome), searched,
+                  where);
   return outcome;
 }
 

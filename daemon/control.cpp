@@ -428,9 +428,8 @@ int run_proxy(const RunOptions& options) {
       if (bridge) {
         context.bridge = std::move(bridge.value());
         context.bulk_grants = std::make_unique<BulkGrants>(*context.bridge);
-        context.registry.set_kernel_counter([bridge = context.bridge.get()](std::uint64_t cookie) {
-          return bridge->redirected_bytes(cookie);
-        });
+        context.registry.set_kernel_counter(
+            [bridge = context.bridge.get()](std::uint64_t cookie) { return bridge->moved_bytes(cookie); });
         if (cfg.proxy.endpoint_shortcut) {
           auto shortcut = bpf::EndpointShortcut::load(*context.bridge, cfg.proxy.limits.max_connections,
                                                       kBulkThresholdBytes);

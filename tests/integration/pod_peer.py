@@ -16,10 +16,18 @@ POD_ECHO, PodLab.serve/client).
                          against an echo server: sends SIZE random bytes,
                          half-closes, prints "peer=IP SENT_SHA256 GOT_SHA256
                          GOT_BYTES"
-  client bulk HOST PORT UP DOWN TIMEOUT [PAUSE]
-                         (after PAUSE seconds, once the server has greeted)
+  client bulk HOST PORT UP DOWN TIMEOUT [PAUSE [SOURCE_PORT]]
+                         (after PAUSE seconds, once the server has greeted;
+                         from SOURCE_PORT)
                          sends UP pattern bytes (salt 1) while reading, prints
                          "peer=IP DOWN_BYTES DOWN_SHA256 SENT_UP_SHA256"
+  decoy LOCAL REMOTE PORT SOURCE_PORT BYTES
+                         a connection inside this netns with the 4-tuple a
+                         client LOCAL:SOURCE_PORT -> REMOTE:PORT elsewhere has
+                         (both addresses must be local here): prints "ready",
+                         waits for a line on stdin, sends BYTES pattern bytes
+                         (salt 1) from the connecting socket, prints "decoy
+                         GOT_BYTES GOT_SHA256 SENT_SHA256" as its peer saw them
 A client that fails prints "error <kind>" (reset, timeout, eof, or the
 OSError's class) instead. Each side hashes what it sent itself, so the test
 compares the sender's hash with the receiver's.
@@ -92,10 +100,11 @@ def serve(host, port, mode):
         threading.Thread(target=handler, args=(c, a), daemon=True).start()
 
 
-def connect(host, port, timeout, io_timeout):
+def connect(host, port, timeout, io_timeout, source_port=0):
     """A connection to a server that first names the peer it saw: (socket,
     its reader, "peer=IP"), or None when it closed before saying so."""
-    s = socket.create_connection((host, port), timeout=timeout)
+    s = socket.create_connection((host, port), timeout=timeout,
+                                 source_address=("", source_port) if source_port else None)
     f = s.makefile("rb")
     peer = f.readline().decode().strip()
     if not peer:
@@ -127,8 +136,8 @@ def echo_client(host, port, size, timeout=10.0):
     return "%s %s %s %d" % (peer, hashlib.sha256(data).hexdigest(), sha, n)
 
 
-def bulk_client(host, port, up, down, timeout, pause=0.0):
-    conn = connect(host, port, timeout, 90)
+def bulk_client(host, port, up, down, timeout, pause=0.0, source_port=0):
+    conn = connect(host, port, timeout, 90, source_port)
     if conn is None:
         return "error eof"
     s, f, peer = conn
@@ -141,17 +150,38 @@ def bulk_client(host, port, up, down, timeout, pause=0.0):
     return "%s %d %s %s" % (peer, result[0], result[1], pattern_digest(up, UP_SALT))
 
 
+def decoy(local, remote, port, source_port, size):
+    listener = socket.create_server((remote, port))
+    # A timeout makes the socket non-blocking, as a capturable client's is.
+    s = socket.create_connection((remote, port), timeout=30, source_address=(local, source_port))
+    peer, _ = listener.accept()
+    print("ready", flush=True)
+    sys.stdin.readline()
+    result = []
+    reader = threading.Thread(target=lambda: result.extend(digest_to_eof(peer.recv)))
+    reader.start()
+    send_pattern(s, size, UP_SALT)
+    s.shutdown(socket.SHUT_WR)
+    reader.join(60)
+    n, sha = result or (0, "unfinished")
+    print("decoy %d %s %s" % (n, sha, pattern_digest(size, UP_SALT)), flush=True)
+
+
 def main():
     if sys.argv[1] == "serve":  # serve HOST PORT [MODE]
         serve(sys.argv[2], int(sys.argv[3]), sys.argv[4] if len(sys.argv) > 4 else "echo")
+        return
+    if sys.argv[1] == "decoy":  # decoy LOCAL REMOTE PORT SOURCE_PORT BYTES
+        decoy(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6]))
         return
     mode, host, port, args = sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5:]
     try:
         if mode == "echo":  # client echo HOST PORT SIZE [TIMEOUT]
             print(echo_client(host, port, int(args[0]), *(float(a) for a in args[1:2])))
-        else:  # client bulk HOST PORT UP DOWN TIMEOUT [PAUSE]
+        else:  # client bulk HOST PORT UP DOWN TIMEOUT [PAUSE [SOURCE_PORT]]
             assert mode == "bulk", mode
-            print(bulk_client(host, port, int(args[0]), int(args[1]), *(float(a) for a in args[2:4])))
+            print(bulk_client(host, port, int(args[0]), int(args[1]), *(float(a) for a in args[2:4]),
+                              *(int(a) for a in args[4:5])))
     except ConnectionResetError:
         print("error reset")
     except socket.timeout:

@@ -49,6 +49,7 @@ from admin_helpers import get_json, http_get, parse_metrics
 from shunt_harness import (SHUNT_BIN, PodLab, ThreadedServer, Shunt, echo_handler, free_port, recv_exact, run_tests,
                            run, static_config)
 
+HERE = os.path.dirname(os.path.abspath(__file__))
 WORDS_PER_MIB = (1 << 20) // 8
 STREAM_MIB = 24
 # The position stream: word i (8 bytes, little-endian) is i. Built once
@@ -641,7 +642,8 @@ class ServerShortcutTest(unittest.TestCase):
 
 
 class PodShortcutTest(unittest.TestCase):
-    def through_pods(self, net, up, down, check=None, proxy_sysctl=None, log_level=None, server_local=False):
+    def through_pods(self, net, up, down, check=None, proxy_sysctl=None, log_level=None, server_local=False,
+                     decoy=None):
         """Client pod -> shunt in a proxy pod (static listener, no pods[])
         -> bulk server pod, on 10.233.NET.0/24. The proxy pod has an nsid
         for the client pod, so the capture finds the client there. `up` and
@@ -651,22 +653,43 @@ class PodShortcutTest(unittest.TestCase):
         `server_local`: the proxy pod has an nsid for the server pod too and
         the server's accepted sockets are non-blocking, so the server is
         captured as well (path_down sk_msg); otherwise it is not found there,
-        as a server on another node is not."""
+        as a server on another node is not.
+        `decoy`: that many bytes sent, after the client's transfer, over a
+        connection in a fourth pod with the client's very 4-tuple (its
+        addresses on that pod's lo, the client bound to the same source
+        port), whose netns the proxy pod has a lower nsid for than the
+        client's, so the capture's search looks there first; the decoy's
+        bytes must reach its own peer whole."""
         lab = PodLab(f"k{net}")
+        decoy_proc = None
         try:
             names = {}
-            for role, host in (("c", 2), ("s", 3), ("p", 4)):
+            for role, host in (("c", 2), ("s", 3), ("p", 4)) + ((("d", 5),) if decoy else ()):
                 names[role], r = lab.add(role, f"10.233.{net}.{host}/24")
                 self.assertEqual(r.returncode, 0, r.stderr)
+            port = 7000 + net
+            client_args = ()
+            if decoy:
+                source_port = 40000 + net
+                client_args = (str(source_port),)
+                for host in (2, 4):
+                    r = lab.exec(names["d"], "ip", "addr", "add", f"10.233.{net}.{host}/32", "dev", "lo")
+                    self.assertEqual(r.returncode, 0, r.stderr)
+                r = lab.exec(names["p"], "ip", "netns", "set", names["d"], "1")
+                self.assertEqual(r.returncode, 0, r.stderr)
+                decoy_proc = subprocess.Popen(
+                    ["ip", "netns", "exec", names["d"], sys.executable, os.path.join(HERE, "pod_peer.py"), "decoy",
+                     f"10.233.{net}.2", f"10.233.{net}.4", str(port), str(source_port), str(decoy)],
+                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                self.assertEqual(decoy_proc.stdout.readline().strip(), "ready")
             for pod in ("c", "s") if server_local else ("c", ):
-                r = lab.exec(names["p"], "ip", "netns", "set", names[pod], "auto")
+                r = lab.exec(names["p"], "ip", "netns", "set", names[pod], "2" if decoy and pod == "c" else "auto")
                 self.assertEqual(r.returncode, 0, r.stderr)
             if proxy_sysctl:
                 r = lab.exec(names["p"], "sysctl", "-qw", proxy_sysctl)
                 self.assertEqual(r.returncode, 0, r.stderr)
             server = lab.serve(names["s"], f"10.233.{net}.3", 5201, "bulk-nonblocking" if server_local else "bulk")
             self.assertIsNotNone(server)
-            port = 7000 + net
             config = static_config(port, 5201, "sockmap", proxy_extra="endpoint_shortcut: true")
             config = config.replace("listen: 127.0.0.1:", f"listen: 10.233.{net}.4:", 1)
             config = config.replace("forward: 127.0.0.1:", f"forward: 10.233.{net}.3:", 1)
@@ -678,7 +701,7 @@ class PodShortcutTest(unittest.TestCase):
                 # that, or it may never be quiet enough for the fence.
                 _, got_down, down_sha, sent_up_sha = lab.client(names["c"], "bulk", f"10.233.{net}.4", str(port),
                                                                 str(up), str(down), "60",
-                                                                "0.1" if server_local else "0")
+                                                                "0.1" if server_local else "0", *client_args)
                 line = lab.server_line(server).split()
                 self.assertEqual(int(got_down), down)
                 self.assertEqual(line[2], str(up), line)
@@ -703,10 +726,29 @@ class PodShortcutTest(unittest.TestCase):
                              and dict(labels).get("reason") == "shortcut_not_local"}
                 self.assertEqual(not_local, {"up": 0, "down": 0 if server_local else 1})
                 self.assertEqual(records[0]["path_down"], "sk_msg" if server_local else "sk_skb", records[0])
+                if decoy:
+                    # Searched: shunt's own netns, then every nsid up to the
+                    # client's (2) in order, the decoy's (1) among them.
+                    r = lab.exec(names["p"], "ip", "netns", "list-id")
+                    ids = [int(i) for i in re.findall(r"nsid (\d+)", r.stdout)]
+                    self.assertIn(1, ids, r.stdout)
+                    found = re.search(r"short-circuit: captured after (\d+) netns searched \(last nsid (\d+)\)",
+                                      shunt.output())
+                    self.assertIsNotNone(found, shunt.output())
+                    self.assertEqual(found.group(2), "2", "captured in another netns than the client pod's")
+                    self.assertEqual(int(found.group(1)), 1 + len([i for i in ids if i <= 2]), r.stdout)
+                    decoy_proc.stdin.write("go\n")
+                    decoy_proc.stdin.flush()
+                    got = decoy_proc.stdout.readline().split()
+                    self.assertEqual(got[:2], ["decoy", str(decoy)], got)
+                    self.assertEqual(got[2], got[3], "the decoy's bytes arrived altered")
                 if check:
                     check(shunt)
                 self.assertEqual(shunt.stop(), 0, shunt.output())
         finally:
+            if decoy_proc:
+                decoy_proc.kill()
+                decoy_proc.wait()
             lab.cleanup()
 
     def test_client_in_another_pod_is_captured(self):
@@ -718,6 +760,17 @@ class PodShortcutTest(unittest.TestCase):
         accepted sockets non-blocking and reachable by nsid from the proxy
         pod: both directions go by sk_msg, bytes hashed both ways."""
         self.through_pods(14, 8 << 20, 32 << 20, server_local=True)
+
+    def test_same_four_tuple_in_another_netns_is_not_captured(self):
+        """Only sockets of shunt's own flows are captured: a socket with the
+        client's exact 4-tuple in another pod, searched first, is not the
+        TCP peer of shunt's socket (sequence numbers) and is passed over.
+        The real client is captured (one endpoint per 4-tuple, so a wrongly
+        captured decoy would have kept it out: path_up sk_msg says it did
+        not), the debug line says the search went past the decoy's netns,
+        and the decoy's own bytes reach its own peer whole afterwards."""
+
+        self.through_pods(15, 8 << 20, 1 << 20, log_level="debug", decoy=4 << 20)
 
     def test_pushes_that_fall_short_are_counted_as_written(self):
         """A push into the upstream socket that falls short part-way must
