@@ -238,7 +238,8 @@ class ShortcutTest(unittest.TestCase):
     def test_request_response_paths_reported(self):
         """Small request/response rounds on one captured connection: the
         client goes quiet between rounds, so the fence opens; the access log
-        and /connections name the path per direction."""
+        and /connections name the path per direction, and /connections
+        counts the sk_msg bytes while the connection is open."""
 
         with ThreadedServer(echo_handler) as server, self.start(server.port) as shunt:
             with socket.create_connection(("127.0.0.1", self.port), timeout=10) as c:
@@ -250,6 +251,9 @@ class ShortcutTest(unittest.TestCase):
                 self.assertEqual(len(live), 1, live)
                 self.assertEqual(live[0]["path_up"], "sk_skb")  # decided when the pair ends
                 self.assertEqual(live[0]["path_down"], "sk_skb")
+                # While open, the live count has every byte, whichever path
+                # took it (it used to miss the sk_msg ones).
+                self.assertEqual((live[0]["bytes_up"], live[0]["bytes_down"]), (50 * 512, 50 * 512), live[0])
                 c.shutdown(socket.SHUT_WR)
                 self.assertEqual(c.recv(1), b"")
             self.assertEqual(server.wait_results(1)[0], 50 * 512)
