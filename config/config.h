@@ -134,7 +134,7 @@ struct ProxySettings {
   // With datapath sockmap: a local client's own socket sends straight into
   // the upstream socket (sk_msg) once the fence allows; docs/datapath.md,
   // "The endpoint short-circuit". Read at start-up only.
-  bool endpoint_shortcut = false;
+  bool endpoint_shortcut = true;
   UpstreamSource upstream_source = UpstreamSource::client;
   Timeouts timeouts;
   Limits limits;

@@ -302,7 +302,9 @@ class DatapathTests:
 
 
 class SockmapTest(DatapathTests, unittest.TestCase):
+    """The sk_skb path alone: the short-circuit (on by default) turned off."""
     datapath = "sockmap"
+    proxy_extra = "endpoint_shortcut: false"
 
 
 class SockmapShortcutTest(DatapathTests, unittest.TestCase):

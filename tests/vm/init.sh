@@ -131,8 +131,9 @@ policy:
 YAML
 }
 pods_config 8080 >/tmp/shunt.yaml
-# The sk_msg endpoint short-circuit (proxy.endpoint_shortcut, off by
-# default): `shunt version` runs its start-up check. Passes when the probe
+# The sk_msg endpoint short-circuit (proxy.endpoint_shortcut, on by
+# default, so the checks below run with it): `shunt version` runs its
+# start-up check. Passes when the probe
 # answers, yes or a clean no with its reason (this kernel then keeps the
 # sk_skb path); the line says which.
 shortcut_line=$(shunt version 2>&1 | grep "sk_msg short-circuit")
