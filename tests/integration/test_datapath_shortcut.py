@@ -131,6 +131,19 @@ def send_positions(conn, total, piece=256 << 10):
         mib += 1
 
 
+def echo_then_tail(tail):
+    """Upstream handler: echoes to the client's EOF, then sends `tail` bytes
+    of the position stream and half-closes; returns the bytes echoed."""
+
+    def handler(conn):
+        n = echo_handler(conn)
+        send_positions(conn, tail)
+        conn.shutdown(socket.SHUT_WR)
+        return n
+
+    return handler
+
+
 def access_lines(shunt):
     return conn_records(shunt.output())
 
@@ -459,12 +472,7 @@ class ServerShortcutTest(unittest.TestCase):
         tail arrives in place and before the FIN, the access log and
         /connections name sk_msg for both directions."""
         tail = 4 << 20
-
-        def handler(conn):
-            n = echo_handler(conn)
-            send_positions(conn, tail)
-            conn.shutdown(socket.SHUT_WR)
-            return n
+        handler = echo_then_tail(tail)
 
         with ThreadedServer(handler, timeout=60) as server, self.start(server.port) as shunt:
             with socket.create_connection(("127.0.0.1", self.port), timeout=60) as c:
@@ -497,12 +505,7 @@ class ServerShortcutTest(unittest.TestCase):
         drain timeout; too low could let it overtake the tail), and the new
         process's access log counts every byte each way."""
         tail = 4 << 20
-
-        def handler(conn):
-            n = echo_handler(conn)
-            send_positions(conn, tail)
-            conn.shutdown(socket.SHUT_WR)
-            return n
+        handler = echo_then_tail(tail)
 
         with ThreadedServer(handler, timeout=60) as server, self.start(server.port, log_level="debug") as old:
             with socket.create_connection(("127.0.0.1", self.port), timeout=60) as c:
