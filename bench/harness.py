@@ -214,17 +214,19 @@ class PodTopology:
             # or whichever system runs late finds the port space full.
             subprocess.run(["ip", "netns", "exec", name, "sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1"],
                            capture_output=True)
-        # An id for the client pod's netns inside the proxy pod's: on a node,
-        # shunt runs in the host netns, where every pod's netns has one
-        # (given when its veth was made), and the short-circuit finds a
-        # pod's client sockets through it (bpf_sk_lookup_tcp takes an nsid).
-        # Here shunt runs in a pod of its own, which has ids only for the
-        # host, so the bench gives it one; without it the sockmap+sk_msg
-        # column captures no client (docs/datapath.md).
-        r = subprocess.run(["ip", "netns", "exec", POD_PROXY, "ip", "netns", "set", POD_CLIENT, "auto"],
-                           capture_output=True, text=True)
-        if r.returncode != 0:
-            raise BenchError(f"netns id for {POD_CLIENT} in {POD_PROXY}: {(r.stderr or r.stdout).strip()[-200:]}")
+        # Ids for the client and server pods' netns inside the proxy pod's:
+        # on a node, shunt runs in the host netns, where every pod's netns
+        # has one (given when its veth was made), and the short-circuit
+        # finds a pod's sockets through it (bpf_sk_lookup_tcp takes an
+        # nsid): the client's for the upload direction, a local server's for
+        # the responses. Here shunt runs in a pod of its own, which has ids
+        # only for the host, so the bench gives it them; without them the
+        # sockmap+sk_msg column captures nothing (docs/datapath.md).
+        for pod in (POD_CLIENT, POD_SERVER):
+            r = subprocess.run(["ip", "netns", "exec", POD_PROXY, "ip", "netns", "set", pod, "auto"],
+                               capture_output=True, text=True)
+            if r.returncode != 0:
+                raise BenchError(f"netns id for {pod} in {POD_PROXY}: {(r.stderr or r.stdout).strip()[-200:]}")
         return Endpoints(server_ip=f"{POD_NET}.3", proxy_ip=f"{POD_NET}.4",
                          client_ns=POD_CLIENT, server_ns=POD_SERVER, proxy_ns=POD_PROXY)
 
