@@ -17,7 +17,9 @@ SO_RCVLOWAT with poll, edge-triggered epoll; and MSG_ZEROCOPY with
 SO_ZEROCOPY set before the connection: not captured, counted, and every send
 completed and notified on the error queue. (SO_ZEROCOPY set after the
 capture is a documented hazard, not tested: a redirected send is never
-notified; docs/datapath.md.) Needs root (BPF)."""
+notified; docs/datapath.md.) And a real server as the local sender:
+nginx serving a file with sendfile and tcp_nopush behind shunt with the
+default configuration, its own socket captured. Needs root (BPF)."""
 import errno
 import hashlib
 import os
@@ -28,9 +30,36 @@ import time
 import unittest
 
 import test_datapath_shortcut as shortcut
-from shunt_harness import ThreadedServer, digest_to_eof, pattern, pattern_digest, recv_all_digest, run_tests
+from shunt_harness import (Shunt, ThreadedServer, digest_to_eof, free_port, pattern, pattern_digest, recv_all_digest,
+                           run_tests, static_config)
+from test_http_bypass import Nginx
 
 SIZE = 16 << 20
+# nginx as the local server, sending a static file with sendfile(2): the
+# server's own socket is captured (it is non-blocking and in shunt's netns)
+# and its sendfile goes through tcp_bpf's sendmsg.
+NGINX_SENDFILE_CONF = """
+user root;
+worker_processes 1;
+daemon off;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    client_body_temp_path {dir}/body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    server {{
+        listen 127.0.0.1:{port};
+        root {dir};
+    }}
+}}
+"""
 UP_SALT, DOWN_SALT = 12, 21
 # Long enough for the pair's handover and the capture that follows it.
 CAPTURE_WAIT = 0.4
@@ -332,6 +361,59 @@ class IoStylesTest(unittest.TestCase):
             c.sendall(data[head:])
 
         self.transfer(send, read_recv, fallback="shortcut_blocking_socket", delay=0.3)
+
+
+class NginxSendfileTest(unittest.TestCase):
+    def test_nginx_sendfile_server_with_the_default_config(self):
+        """shunt with the default `proxy` keys (the short-circuit is on by
+        default) in front of nginx serving a 32 MiB file with sendfile and
+        tcp_nopush: three GETs on one keep-alive connection, each body
+        hashed against the file; nginx's socket is captured (path_down
+        sk_msg), and the access log counts the bytes each way exactly."""
+        size = 32 << 20
+        nginx = Nginx(NGINX_SENDFILE_CONF)
+        try:
+            with open(os.path.join(nginx.dir, "blob"), "wb") as f:
+                for chunk in pattern(size, DOWN_SALT):
+                    f.write(chunk)
+            port, admin = free_port(), free_port()
+            config = static_config(port, nginx.port, "sockmap")
+            self.assertNotIn("endpoint_shortcut", config)
+            config = config.replace("admin: {listen: 127.0.0.1:", f"admin: {{listen: 127.0.0.1:{admin}}}\n#")
+            with Shunt(config, wait_port=port) as shunt:
+                request = b"GET /blob HTTP/1.1\r\nHost: files\r\n\r\n"
+                sent = received = 0
+                # The reader is closed with the socket: an open makefile()
+                # keeps the fd, and the client's FIN, from going.
+                with socket.create_connection(("127.0.0.1", port), timeout=20) as c, c.makefile("rb") as f:
+                    time.sleep(CAPTURE_WAIT)  # nginx has accepted; the capture's retries have run
+                    for _ in range(3):
+                        c.sendall(request)
+                        sent += len(request)
+                        head = b""
+                        while not head.endswith(b"\r\n\r\n"):
+                            line = f.readline()
+                            self.assertTrue(line, "connection closed in the response head")
+                            head += line
+                        self.assertTrue(head.startswith(b"HTTP/1.1 200"), head)
+                        self.assertIn(b"content-length: %d\r\n" % size, head.lower())
+                        body = hashlib.sha256()
+                        left = size
+                        while left:
+                            piece = f.read1(min(left, 1 << 20))
+                            self.assertTrue(piece, f"body ended {left} bytes short")
+                            body.update(piece)
+                            left -= len(piece)
+                        self.assertEqual(body.hexdigest(), pattern_digest(size, DOWN_SALT))
+                        received += len(head) + size
+                time.sleep(0.3)
+                records = shortcut.access_lines(shunt)
+                self.assertEqual(len(records), 1, records)
+                self.assertEqual(records[0]["path_down"], "sk_msg", records[0])
+                self.assertEqual((records[0]["bytes_up"], records[0]["bytes_down"]), (sent, received), records[0])
+                self.assertEqual(shunt.stop(), 0, shunt.output())
+        finally:
+            nginx.close()
 
 
 if __name__ == "__main__":
