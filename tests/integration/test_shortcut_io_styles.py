@@ -15,9 +15,10 @@ Styles: sendall, sendfile(2), splice(2) from a pipe, sendmsg with many
 buffers; recv, splice(2) into a pipe, MSG_PEEK before every read,
 SO_RCVLOWAT with poll, edge-triggered epoll; and MSG_ZEROCOPY with
 SO_ZEROCOPY set before the connection: not captured, counted, and every send
-completed and notified on the error queue. (SO_ZEROCOPY set after the
-capture is a documented hazard, not tested: a redirected send is never
-notified; docs/datapath.md.) And a real server as the local sender:
+completed and notified on the error queue; SO_ZEROCOPY set, or the file
+made blocking, after the capture: the client is released (counted) at its
+next send, every send notified, its blocking read gets the whole late
+reply (docs/datapath.md). And a real server as the local sender:
 nginx serving a file with sendfile and tcp_nopush behind shunt with the
 default configuration, its own socket captured. Needs root (BPF)."""
 import errno
