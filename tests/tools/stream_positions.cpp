@@ -19,6 +19,9 @@
 //                                         first time before its first byte (so a proxy can hand
 //                                         the connection over, and a fence that needs the sender
 //                                         quiet can open);
+//   --send-at-once BYTES                  ... except that the first BYTES go out right after
+//                                         connect, with no pause before them (bytes a proxy
+//                                         receives before it can switch paths);
 //   --reset-after BYTES                   once this end has received BYTES, it stops sending and
 //                                         resets (SO_LINGER {1,0}), without a FIN before;
 //   --expect-reset                        the connection passes only if it ends in a reset
@@ -73,6 +76,7 @@ struct Options {
   // Sender.
   std::uint64_t send_chunk = 1 << 20;
   std::uint64_t send_pause_every = 0;
+  std::uint64_t send_at_once = 0;  // sent before the first pause
   int send_pause_ms = 0;
   // Resets, blocking, connections.
   std::uint64_t reset_after = 0;  // 0: never
@@ -144,7 +148,7 @@ void sleep_ms(Conn& c, int ms) {
 bool send_stream(Conn& c, std::uint8_t tag, std::uint64_t total, std::uint64_t& sent) {
   const Options& o = c.opt;
   std::vector<std::uint64_t> buffer(o.send_chunk / 8 + 2);
-  std::uint64_t next_pause = o.send_pause_ms ? 0 : UINT64_MAX;
+  std::uint64_t next_pause = o.send_pause_ms ? o.send_at_once : UINT64_MAX;
   sent = 0;
   while (sent < total && !c.stop_sending) {
     if (sent >= next_pause) {
@@ -435,6 +439,8 @@ Options parse_options(int argc, char** argv, int first) {
       o.jitter_ms = static_cast<int>(value);
     else if (key == "--send-chunk")
       o.send_chunk = std::max<std::uint64_t>(value, 8);
+    else if (key == "--send-at-once")
+      o.send_at_once = value;
     else if (key == "--send-pause-every")
       o.send_pause_every = value;
     else if (key == "--send-pause-ms")

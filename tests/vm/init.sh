@@ -270,9 +270,13 @@ ip rule | grep -q fwmark; [ $? != 0 ]; result rules_removed_on_exit $? "$(ip rul
 # socket() on, so the capture takes them (busybox nc is blocking and would
 # only be refused). Every 8-byte word names its stream offset and the
 # receiving end checks each one, both directions.
-#   8180: SC_CONNS connections at once, SC_BYTES each way; the client pauses
-#         50 ms before every 256 KiB, where the fence (client quiet, TCP
-#         path drained) can open; the server 50 ms before every MiB.
+#   8180: SC_CONNS connections at once, SC_BYTES each way; the clients
+#         pause 50 ms before every 256 KiB, where the fence (client quiet,
+#         TCP path drained) can open, half of them first, so they can be
+#         captured before their first byte, the other half only after
+#         SC_BYTES / 4 sent at once (in flight and queued over TCP when the
+#         capture comes: the fence must let them through before any
+#         redirected byte); the server pauses 50 ms before every MiB.
 #         shortcut_positions: every byte in place both ways; shortcut_fin:
 #         both ends read to EOF (each FIN passed after every byte);
 #         shortcut_access_log: SC_CONNS lines, bytes_up and bytes_down
@@ -291,8 +295,11 @@ ip rule | grep -q fwmark; [ $? != 0 ]; result rules_removed_on_exit $? "$(ip rul
 # Where sk_msg_probe said no, shunt runs without the short-circuit (its log
 # says why): the same transfers must pass, path_up sk_skb everywhere, the
 # metric and the blocking count 0.
-SC_CONNS=4
-SC_BYTES=4194304
+# Sizes from the kernel command line (run_vm.py: SHUNT_VM_SHORTCUT).
+SC_CONNS=$(sed -n 's/.*shunt\.shortcut_connections=\([0-9]*\).*/\1/p' /proc/cmdline)
+SC_BYTES=$(sed -n 's/.*shunt\.shortcut_bytes=\([0-9]*\).*/\1/p' /proc/cmdline)
+SC_CONNS=${SC_CONNS:-4}
+SC_BYTES=${SC_BYTES:-4194304}
 SC_LOG=/tmp/shunt-shortcut.log
 SC_OUT=/tmp/sc
 mkdir -p $SC_OUT
@@ -329,9 +336,13 @@ fi
 result shortcut_ready $? "probe yes=$SC_YES, $listening servers listening; ${unavailable:-short-circuit loaded}"
 sc_metric() { http_get "" 127.0.0.1 15000 /metrics | tr -d '\r' | grep "^$1" | awk '{ s += $2 } END { print s + 0 }'; }
 blocking_before=$(sc_metric 'shunt_datapath_fallbacks_total{reason="shortcut_blocking_socket",direction="up"}')
-$SC_CLIENT $SERVER:8180 $SC_BYTES --connections $SC_CONNS --send-chunk 65536 \
-	--send-pause-every 262144 --send-pause-ms 50 --timeout-s 30 >$SC_OUT/client-8180 2>&1 &
+$SC_CLIENT $SERVER:8180 $SC_BYTES --connections $((SC_CONNS / 2)) --send-chunk 65536 \
+	--send-pause-every 262144 --send-pause-ms 50 --timeout-s 30 >$SC_OUT/client-8180-paused 2>&1 &
 sc_clients=$!
+$SC_CLIENT $SERVER:8180 $SC_BYTES --connections $((SC_CONNS - SC_CONNS / 2)) --send-chunk 65536 \
+	--send-at-once $((SC_BYTES / 4)) --send-pause-every 262144 --send-pause-ms 50 --timeout-s 30 \
+	>$SC_OUT/client-8180-at-once 2>&1 &
+sc_clients="$sc_clients $!"
 $SC_CLIENT $SERVER:8181 8388608 --expect-reset --send-chunk 65536 \
 	--send-pause-every 262144 --send-pause-ms 20 --timeout-s 30 >$SC_OUT/client-8181 2>&1 &
 sc_clients="$sc_clients $!"
@@ -343,6 +354,7 @@ $SC_CLIENT $SERVER:8183 1048576 --blocking --send-pause-ms 1500 --timeout-s 30 \
 sc_clients="$sc_clients $!"
 # The clients' own timeouts (30 s without progress) bound this wait.
 wait $sc_clients
+cat $SC_OUT/client-8180-paused $SC_OUT/client-8180-at-once >$SC_OUT/client-8180
 # A server prints its line once its connection is over: give the last ones
 # a moment, and the access log its lines.
 for i in $(seq 1 50); do
@@ -350,7 +362,7 @@ for i in $(seq 1 50); do
 	sleep 0.2
 done
 sleep 0.5
-for f in $SC_OUT/*; do echo "== $f"; cat $f; done
+for f in $SC_OUT/client-8180 $SC_OUT/client-818[1-3] $SC_OUT/server-*; do echo "== $f"; cat $f; done
 # sc_count FILE PATTERN: lines of FILE matching PATTERN.
 sc_count() { grep -c -- "$2" $1; }
 ok_client=$(sc_count $SC_OUT/client-8180 "received=$SC_BYTES sent=$SC_BYTES changes=0 ok")

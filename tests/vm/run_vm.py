@@ -43,6 +43,9 @@ BOOT_TIMEOUT_S = int(os.environ.get("SHUNT_VM_TIMEOUT", "420"))
 # each. The default keeps the check near a minute under emulation; a soak
 # raises it (and SHUNT_VM_TIMEOUT).
 BURST_ITERATIONS, BURST_CLIENTS = (int(v) for v in os.environ.get("SHUNT_VM_BURST", "10,50").split(","))
+# The short-circuit step's size, "CONNECTIONS,BYTES" (each way, per
+# connection): the default keeps the step near 15 s under emulation.
+SHORTCUT_CONNECTIONS, SHORTCUT_BYTES = (int(v) for v in os.environ.get("SHUNT_VM_SHORTCUT", "4,4194304").split(","))
 
 COMMON_CHECKS = [
     "sk_msg_probe", "direct_without_shunt", "direct_without_shunt_v6", "shunt_ready", "source_preserved", "download_hash",
@@ -217,7 +220,8 @@ def boot(vmlinuz, initramfs, profile):
     cmd = ["qemu-system-x86_64", "-cpu", "max", "-m", "1024", "-smp", "2", "-nographic", "-no-reboot",
            "-nic", "none", "-kernel", vmlinuz, "-initrd", initramfs,
            "-append", f"console=ttyS0 panic=-1 quiet loglevel=3 rdinit=/init shunt.profile={profile.name} "
-           f"shunt.burst_iterations={BURST_ITERATIONS} shunt.burst_clients={BURST_CLIENTS}"]
+           f"shunt.burst_iterations={BURST_ITERATIONS} shunt.burst_clients={BURST_CLIENTS} "
+           f"shunt.shortcut_connections={SHORTCUT_CONNECTIONS} shunt.shortcut_bytes={SHORTCUT_BYTES}"]
     log(" ".join(cmd))
     start = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
