@@ -280,21 +280,23 @@ ip rule | grep -q fwmark; [ $? != 0 ]; result rules_removed_on_exit $? "$(ip rul
 #         shortcut_positions: every byte in place both ways; shortcut_fin:
 #         both ends read to EOF (each FIN passed after every byte);
 #         shortcut_access_log: SC_CONNS lines, bytes_up and bytes_down
-#         exact; shortcut_path_up: path_up sk_msg on at least one;
-#         shortcut_bytes_metric: shunt_shortcut_bytes_total > 0.
+#         exact; shortcut_path_up, shortcut_path_down: sk_msg on at least
+#         one each way (the servers' sockets are local and non-blocking,
+#         so they are captured too); shortcut_bytes_metric:
+#         shunt_shortcut_bytes_total > 0 each way.
 #   8181: the server resets after 1 MiB up while the captured client sends
 #         8 MiB: the client must see the reset (shortcut_reset_from_server).
 #   8182: the client resets after 1 MiB down while sending: the server must
 #         see it (shortcut_reset_from_client).
 #   8183: a blocking client and server, both quiet for 1.5 s (past the
 #         capture's retries 5, 55 and 555 ms after the handover; a retry
-#         that finds the client past ESTABLISHED counts
-#         shortcut_not_established instead), then 1 MiB each way: not
-#         captured, counted once as shortcut_blocking_socket, every byte in
-#         place, no EAGAIN (shortcut_blocking_refused).
+#         that finds the socket past ESTABLISHED counts
+#         shortcut_not_established instead), then 1 MiB each way: neither
+#         captured, shortcut_blocking_socket counted once each way, every
+#         byte in place, no EAGAIN (shortcut_blocking_refused).
 # Where sk_msg_probe said no, shunt runs without the short-circuit (its log
 # says why): the same transfers must pass, path_up sk_skb everywhere, the
-# metric and the blocking count 0.
+# metric and the blocking counts 0.
 # Sizes from the kernel command line (run_vm.py: SHUNT_VM_SHORTCUT).
 SC_CONNS=$(sed -n 's/.*shunt\.shortcut_connections=\([0-9]*\).*/\1/p' /proc/cmdline)
 SC_BYTES=$(sed -n 's/.*shunt\.shortcut_bytes=\([0-9]*\).*/\1/p' /proc/cmdline)
@@ -336,6 +338,7 @@ fi
 result shortcut_ready $? "probe yes=$SC_YES, $listening servers listening; ${unavailable:-short-circuit loaded}"
 sc_metric() { http_get "" 127.0.0.1 15000 /metrics | tr -d '\r' | grep "^$1" | awk '{ s += $2 } END { print s + 0 }'; }
 blocking_before=$(sc_metric 'shunt_datapath_fallbacks_total{reason="shortcut_blocking_socket",direction="up"}')
+blocking_down_before=$(sc_metric 'shunt_datapath_fallbacks_total{reason="shortcut_blocking_socket",direction="down"}')
 $SC_CLIENT $SERVER:8180 $SC_BYTES --connections $((SC_CONNS / 2)) --send-chunk 65536 \
 	--send-pause-every 262144 --send-pause-ms 50 --timeout-s 30 >$SC_OUT/client-8180-paused 2>&1 &
 sc_clients=$!
@@ -380,30 +383,38 @@ exact=$(sc_count $SC_OUT/access-8180 "\"bytes_up\":$SC_BYTES,\"bytes_down\":$SC_
 [ "$lines" = $SC_CONNS ] && [ "$exact" = $SC_CONNS ]
 result shortcut_access_log $? "$lines lines for 8180, $exact with bytes_up and bytes_down $SC_BYTES"
 switched=$(sc_count $SC_OUT/access-8180 '"path_up":"sk_msg"')
-sc_bytes=$(sc_metric shunt_shortcut_bytes_total)
+switched_down=$(sc_count $SC_OUT/access-8180 '"path_down":"sk_msg"')
+sc_up=$(sc_metric 'shunt_shortcut_bytes_total{direction="up"}')
+sc_down=$(sc_metric 'shunt_shortcut_bytes_total{direction="down"}')
 if [ $SC_YES = 1 ]; then
 	[ "$switched" -ge 1 ]
 	result shortcut_path_up $? "$switched of $lines connections took sk_msg up"
-	[ "$sc_bytes" -gt 0 ]
-	result shortcut_bytes_metric $? "shunt_shortcut_bytes_total $sc_bytes"
+	[ "$switched_down" -ge 1 ]
+	result shortcut_path_down $? "$switched_down of $lines connections took sk_msg down (the server pod's socket)"
+	[ "$sc_up" -gt 0 ] && [ "$sc_down" -gt 0 ]
+	result shortcut_bytes_metric $? "shunt_shortcut_bytes_total up $sc_up, down $sc_down"
 else
 	[ "$switched" = 0 ] && [ "$(sc_count $SC_OUT/access-8180 '"path_up":"sk_skb"')" = "$lines" ]
 	result shortcut_path_up $? "probe said no: $switched of $lines connections took sk_msg up (want 0)"
-	[ "$sc_bytes" = 0 ]
-	result shortcut_bytes_metric $? "probe said no: shunt_shortcut_bytes_total $sc_bytes (want 0)"
+	[ "$switched_down" = 0 ] && [ "$(sc_count $SC_OUT/access-8180 '"path_down":"sk_skb"')" = "$lines" ]
+	result shortcut_path_down $? "probe said no: $switched_down of $lines connections took sk_msg down (want 0)"
+	[ "$sc_up" = 0 ] && [ "$sc_down" = 0 ]
+	result shortcut_bytes_metric $? "probe said no: shunt_shortcut_bytes_total up $sc_up, down $sc_down (want 0)"
 fi
-# path_up of a reset connection's access log line, for the detail.
-sc_path() { grep "\"dst\":\"$SERVER:$1\"" $SC_LOG | sed -n 's/.*"path_up":"\([a-z_]*\)".*/\1/p' | head -n 1; }
+# sc_path PORT [FIELD]: path_up (or FIELD) of the connection to PORT.
+sc_path() { grep "\"dst\":\"$SERVER:$1\"" $SC_LOG | sed -n "s/.*\"${2:-path_up}\":\"\([a-z_]*\)\".*/\1/p" | head -n 1; }
 grep -q "changes=0 ok reset=seen" $SC_OUT/client-8181 && grep -q "changes=0 ok reset=sent" $SC_OUT/server-8181
 result shortcut_reset_from_server $? "client (path_up $(sc_path 8181)): $(grep RESULT $SC_OUT/client-8181 | cut -d' ' -f2-7); server: $(grep RESULT $SC_OUT/server-8181 | cut -d' ' -f2-7)"
 grep -q "changes=0 ok reset=seen" $SC_OUT/server-8182 && grep -q "changes=0 ok reset=sent" $SC_OUT/client-8182
 result shortcut_reset_from_client $? "server: $(grep RESULT $SC_OUT/server-8182 | cut -d' ' -f2-7); client (path_up $(sc_path 8182)): $(grep RESULT $SC_OUT/client-8182 | cut -d' ' -f2-7)"
 blocking=$(($(sc_metric 'shunt_datapath_fallbacks_total{reason="shortcut_blocking_socket",direction="up"}') - blocking_before))
+blocking_down=$(($(sc_metric 'shunt_datapath_fallbacks_total{reason="shortcut_blocking_socket",direction="down"}') - blocking_down_before))
 want=$SC_YES
 grep -q "received=1048576 sent=1048576 changes=0 ok" $SC_OUT/client-8183 &&
 	grep -q "received=1048576 sent=1048576 changes=0 ok" $SC_OUT/server-8183 &&
-	[ "$blocking" = $want ] && [ "$(sc_path 8183)" = sk_skb ]
-result shortcut_blocking_refused $? "shortcut_blocking_socket +$blocking (want $want), path_up $(sc_path 8183); client: $(grep RESULT $SC_OUT/client-8183 | cut -d' ' -f2-7 | tr '\n' ' ')"
+	[ "$blocking" = $want ] && [ "$blocking_down" = $want ] && [ "$(sc_path 8183)" = sk_skb ] &&
+	[ "$(sc_path 8183 path_down)" = sk_skb ]
+result shortcut_blocking_refused $? "shortcut_blocking_socket up +$blocking, down +$blocking_down (want $want each), path_up $(sc_path 8183), path_down $(sc_path 8183 path_down); client: $(grep RESULT $SC_OUT/client-8183 | cut -d' ' -f2-7 | tr '\n' ' ')"
 http_get "" 127.0.0.1 15000 /metrics | grep -E "^shunt_(datapath_fallbacks|shortcut)"
 kill $sc_servers 2>/dev/null
 wait $sc_servers 2>/dev/null

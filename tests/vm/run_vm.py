@@ -60,8 +60,8 @@ TAKEOVER_CHECKS = ["takeover_complete", "takeover_during_transfers", "takeover_d
 # init.sh's endpoint short-circuit step (issue 12), run on both profiles; where
 # the kernel's probe says no, the same checks assert the fallback.
 SHORTCUT_CHECKS = ["shortcut_ready", "shortcut_positions", "shortcut_fin", "shortcut_access_log", "shortcut_path_up",
-                   "shortcut_bytes_metric", "shortcut_reset_from_server", "shortcut_reset_from_client",
-                   "shortcut_blocking_refused", "shortcut_exited"]
+                   "shortcut_path_down", "shortcut_bytes_metric", "shortcut_reset_from_server",
+                   "shortcut_reset_from_client", "shortcut_blocking_refused", "shortcut_exited"]
 # Reported and shown, but not (yet) required: name -> why. A failing one prints
 # the console like a failed check does, and the test still passes.
 ADVISORY_CHECKS = {}
