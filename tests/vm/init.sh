@@ -331,7 +331,8 @@ ready=$?
 listening=$(cat $SC_OUT/server-* | grep -c LISTENING)
 unavailable=$(grep "endpoint short-circuit" $SC_LOG)
 if [ $SC_YES = 1 ]; then
-	[ $ready = 0 ] && [ "$listening" = 4 ] && [ -z "$unavailable" ]
+	[ $ready = 0 ] && [ "$listening" = 4 ] && [ -z "$unavailable" ] &&
+		grep -q "endpoint_shortcut: true" /tmp/shortcut.yaml
 else
 	[ $ready = 0 ] && [ "$listening" = 4 ] && [ -n "$unavailable" ]
 fi
