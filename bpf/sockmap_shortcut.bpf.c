@@ -74,7 +74,17 @@ const volatile __u64 shortcut_give_up = 64 << 20;
 static __always_inline __s64 needed_room(__u32 size) { return (__s64)size + size / 8 + 4096; }
 
 /* Whether the target can take `size` more bytes without its push waiting
- * for memory.
+ * for memory, or failing.
+ *
+ * Failing: a target that holds (the verdict's SK_PASS charges each held skb
+ * with skb_set_owner_r, which does not schedule memory) can have a negative
+ * sk_forward_alloc, and under protocol memory pressure tcp_wmem_schedule()
+ * then returns min(copy, sk_forward_alloc) < 0. On Debian's 6.1 (6.1.192)
+ * tcp_bpf_push sends with MSG_SPLICE_PAGES through a tcp_sendmsg_locked that
+ * does not know that flag, so the push takes the copy path, the negative
+ * length fails the copy, and the endpoint's own sendmsg returns EFAULT to
+ * the application (the 6.1 VM leg at soak size; docs/datapath.md, "A push
+ * into a target in memory debt"). Such a target gets the message over TCP.
  *
  * sk_msg programs cannot release a socket reference, so they cannot look
  * the target up in a sockhash; the capture program stored its address
@@ -88,6 +98,8 @@ static __always_inline int target_room(struct shunt_endpoint *e, __u32 size)
 	__s64 free_bytes;
 
 	if (!sk)
+		return 0;
+	if (BPF_CORE_READ(sk, sk_forward_alloc) < 0)
 		return 0;
 	free_bytes = (__s64)BPF_CORE_READ(sk, sk_sndbuf) - BPF_CORE_READ(sk, sk_wmem_queued);
 	return free_bytes > needed_room(size);

@@ -288,10 +288,11 @@ ip rule | grep -q fwmark; [ $? != 0 ]; result rules_removed_on_exit $? "$(ip rul
 #         8 MiB: the client must see the reset (shortcut_reset_from_server).
 #   8182: the client resets after 1 MiB down while sending: the server must
 #         see it (shortcut_reset_from_client).
-#   8183: a blocking client and server, both quiet for 1.5 s (past the
-#         capture's retries 5, 55 and 555 ms after the handover; a retry
-#         that finds the socket past ESTABLISHED counts
-#         shortcut_not_established instead), then 1 MiB each way: neither
+#   8183: a blocking client and server, both quiet for 3 s (past the
+#         capture's retries 5, 55 and 555 ms after the handover, even when
+#         a loaded shunt hands over late: a FIN passed on ends the retries
+#         uncounted, and a retry that finds the socket past ESTABLISHED
+#         counts shortcut_not_established), then 1 MiB each way: neither
 #         captured, shortcut_blocking_socket counted once each way, every
 #         byte in place, no EAGAIN (shortcut_blocking_refused).
 # Where sk_msg_probe said no, shunt runs without the short-circuit (its log
@@ -321,7 +322,7 @@ sc_servers="$sc_servers $!"
 $SC_SERVER $SERVER:8182 $SC_BYTES --expect-reset --send-chunk 65536 \
 	--send-pause-every 262144 --send-pause-ms 50 --timeout-s 30 >$SC_OUT/server-8182 2>&1 &
 sc_servers="$sc_servers $!"
-$SC_SERVER $SERVER:8183 1048576 --blocking --send-pause-ms 1500 --timeout-s 30 \
+$SC_SERVER $SERVER:8183 1048576 --blocking --send-pause-ms 3000 --timeout-s 30 \
 	>$SC_OUT/server-8183 2>&1 &
 sc_servers="$sc_servers $!"
 shunt run -c /tmp/shortcut.yaml >$SC_LOG 2>&1 &
@@ -353,7 +354,7 @@ sc_clients="$sc_clients $!"
 $SC_CLIENT $SERVER:8182 $SC_BYTES --reset-after 1048576 --send-chunk 65536 \
 	--send-pause-every 65536 --send-pause-ms 20 --timeout-s 30 >$SC_OUT/client-8182 2>&1 &
 sc_clients="$sc_clients $!"
-$SC_CLIENT $SERVER:8183 1048576 --blocking --send-pause-ms 1500 --timeout-s 30 \
+$SC_CLIENT $SERVER:8183 1048576 --blocking --send-pause-ms 3000 --timeout-s 30 \
 	>$SC_OUT/client-8183 2>&1 &
 sc_clients="$sc_clients $!"
 # The clients' own timeouts (30 s without progress) bound this wait.
