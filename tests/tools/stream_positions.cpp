@@ -30,8 +30,8 @@
 //                                         failure (shunt's endpoint short-circuit must refuse
 //                                         such a socket, docs/datapath.md "Blocking readers");
 //                                         without it the client's socket is O_NONBLOCK from
-//                                         creation (connect included) and every socket is
-//                                         non-blocking before its first byte;
+//                                         creation (connect included), the server's from
+//                                         accept;
 //   --connections N                       client: N connections at once, one thread each;
 //   --timeout-s S                         no progress for S seconds fails (default 120).
 // Both ends send their share and read the other's to EOF at once. Each
@@ -515,7 +515,10 @@ int main(int argc, char** argv) {
   std::printf("LISTENING\n");
   std::fflush(stdout);
   for (;;) {
-    const int fd = ::accept(listener, nullptr, nullptr);
+    // Non-blocking from accept on (unless --blocking): a proxy that
+    // captures the server's socket may look at it before this
+    // connection's thread runs.
+    const int fd = ::accept4(listener, nullptr, nullptr, opt.blocking ? 0 : SOCK_NONBLOCK);
     if (fd < 0) {
       if (errno == EINTR) continue;
       std::perror("accept");
