@@ -26,10 +26,10 @@
 //                                         resets (SO_LINGER {1,0}), without a FIN before;
 //   --expect-reset                        the connection passes only if it ends in a reset
 //                                         (ECONNRESET or EPIPE on either direction);
-//   --blocking                            a blocking socket: EAGAIN from send() or recv() is a
-//                                         failure (shunt's endpoint short-circuit must refuse
-//                                         such a socket, docs/datapath.md "Blocking readers");
-//                                         without it the client's socket is O_NONBLOCK from
+//   --blocking                            a blocking socket (its calls bounded by --timeout-s):
+//                                         EAGAIN from send() or recv() is a failure (shunt's endpoint
+//                                         short-circuit must refuse such a socket, docs/datapath.md "Blocking
+//                                         readers"); without it the client's socket is O_NONBLOCK from
 //                                         creation (connect included), the server's from
 //                                         accept;
 //   --connections N                       client: N connections at once, one thread each;
@@ -45,6 +45,7 @@
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -161,12 +162,15 @@ bool send_stream(Conn& c, std::uint8_t tag, std::uint64_t total, std::uint64_t& 
     const std::size_t words = static_cast<std::size_t>((sent - base + len + 7) / 8);
     for (std::size_t i = 0; i < words; ++i) buffer[i] = word_at(tag, base + 8 * i);
     const auto* bytes = reinterpret_cast<const char*>(buffer.data()) + (sent - base);
+    const double started = now_s();
     const ssize_t n = ::send(c.fd, bytes, static_cast<std::size_t>(len), MSG_NOSIGNAL);
     if (n > 0) {
       sent += static_cast<std::uint64_t>(n);
     } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
       if (o.blocking) {
-        c.fail("send: EAGAIN on a blocking socket");
+        c.fail(now_s() - started >= o.timeout_s - 1
+                   ? "send: no room for " + std::to_string(o.timeout_s) + " s"
+                   : std::string("send: EAGAIN on a blocking socket"));
         return false;
       }
       if (!wait_for(c, POLLOUT) && !c.stop_sending) {
@@ -297,13 +301,17 @@ ReceiveEnd receive_stream(Conn& c, Checker& checker, std::uint64_t& total) {
   bool stalled = false;
   ReceiveEnd end = ReceiveEnd::eof;
   for (;;) {
+    const double started = now_s();
     const ssize_t n = ::recv(c.fd, buffer.data(), buffer.size(), 0);
     if (n == 0) break;
     if (n < 0) {
       if (errno == EINTR) continue;
       if (errno == EAGAIN || errno == EWOULDBLOCK) {
         if (o.blocking) {
-          c.fail("recv: EAGAIN on a blocking socket after " + std::to_string(total));
+          c.fail((now_s() - started >= o.timeout_s - 1
+                      ? "recv: no bytes for " + std::to_string(o.timeout_s) + " s"
+                      : std::string("recv: EAGAIN on a blocking socket")) +
+                 " after " + std::to_string(total));
           end = ReceiveEnd::failed;
           break;
         }
@@ -356,7 +364,16 @@ std::string address_of(int fd, bool peer) {
 // to the reset asked for); then, with --reset-after, reset it. Closes fd.
 bool run_connection(int fd, const char* role, std::uint8_t send_tag, std::uint8_t recv_tag,
                     std::uint64_t total, const Options& opt) {
-  if (!opt.blocking) ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) | O_NONBLOCK);
+  if (!opt.blocking) {
+    ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) | O_NONBLOCK);
+  } else {
+    // A blocking call on a stalled path would wait forever: bounded by the
+    // timeout, after which it fails with EAGAIN (told apart below by the
+    // time it took).
+    const timeval limit{opt.timeout_s, 0};
+    ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &limit, sizeof limit);
+    ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &limit, sizeof limit);
+  }
   const std::string local = address_of(fd, false), peer = address_of(fd, true);
   Conn c(fd, opt);
   std::uint64_t sent = 0;

@@ -310,9 +310,13 @@ SC_YES=0
 echo "$shortcut_line" | grep -q "short-circuit *yes" && SC_YES=1
 pods_config "8180, 8181, 8182, 8183" "endpoint_shortcut: true" >/tmp/shortcut.yaml
 sc_started=$(cut -d' ' -f1 /proc/uptime)
-# Simple commands, not functions: nsenter execs the tool, so $! is its pid.
+# Simple commands, not functions: $! is the tool's (or its timeout's) pid.
 SC_SERVER="nsenter --net=/run/netns/server -- stream_positions server"
-SC_CLIENT="nsenter --net=/run/netns/client -- stream_positions client"
+# Each client is bounded twice: its own --timeout-s (no progress for 30 s
+# fails a connection) and a cap on the whole run, so that a path that
+# crawls cannot hold the VM until run_vm.py gives up on it.
+SC_CAP=$((60 + SC_BYTES / 262144))
+SC_CLIENT="timeout $SC_CAP nsenter --net=/run/netns/client -- stream_positions client"
 $SC_SERVER $SERVER:8180 $SC_BYTES --send-chunk 65536 --send-pause-every 1048576 \
 	--send-pause-ms 50 --timeout-s 30 >$SC_OUT/server-8180 2>&1 &
 sc_servers=$!
@@ -357,7 +361,7 @@ sc_clients="$sc_clients $!"
 $SC_CLIENT $SERVER:8183 1048576 --blocking --send-pause-ms 3000 --timeout-s 30 \
 	>$SC_OUT/client-8183 2>&1 &
 sc_clients="$sc_clients $!"
-# The clients' own timeouts (30 s without progress) bound this wait.
+# The clients' timeouts (--timeout-s, SC_CAP) bound this wait.
 wait $sc_clients
 cat $SC_OUT/client-8180-paused $SC_OUT/client-8180-at-once >$SC_OUT/client-8180
 # A server prints its line once its connection is over: give the last ones
