@@ -1,5 +1,6 @@
 #include "bpf/sockmap_shortcut.h"
 
+#include "bpf/features.h"
 #include "bpf/loopback_pairs.h"
 #include "bpf/owned.h"
 #include "bpf/sockmap.h"
@@ -259,6 +260,23 @@ void EndpointShortcut::probe(const SockmapBridge& bridge) {
     probe_detail_ = std::string(what) + (errno ? std::string(": ") + std::strerror(errno) : std::string());
     works_ = false;
   };
+  // Before 6.5, tcp_sendmsg_locked has no MSG_SPLICE_PAGES path: a stable
+  // kernel whose tcp_bpf push sends with that flag (Debian's 6.1.192) takes
+  // the copy path, and into a socket whose memory account is in debt (one
+  // that holds: docs/datapath.md, "A push into a target in memory debt")
+  // the copy fails with a negative length and the endpoint's own send()
+  // returns EFAULT to the application. endpoint_send declines a target
+  // already in debt, but a debt that begins between its check and the push
+  // cannot be seen from BPF. A proxy must not fail an application's send(),
+  // so these kernels keep the sk_skb path. Decided from the release: the
+  // failure needs memory pressure to show.
+  if (!kernel_at_least(6, 5)) {
+    probe_detail_ =
+        "Linux < 6.5: a redirected push can fail the endpoint's own send() with EFAULT (docs/datapath.md, "
+        "\"A push into a target in memory debt\"); the sk_skb path carries every connection";
+    works_ = false;
+    return;
+  }
   LoopbackPairs pairs;
   errno = 0;
   if (const char* failed = make_loopback_pairs(pairs)) return fail(failed);
