@@ -364,11 +364,6 @@ def start_nghttpd(owner, files):
     for name, body in files.items():
         with open(os.path.join(docroot.name, name), "wb") as f:
             f.write(body)
-    port = free_port()
-    proc = subprocess.Popen(["nghttpd", "--no-tls", "-d", docroot.name, str(port)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    _cleanup(owner)(proc.wait)
-    _cleanup(owner)(proc.kill)
     # nghttpd binds [::] and 0.0.0.0 one after the other: waiting for any
     # listener let a test connect to 127.0.0.1 in between and be refused
     # (seen: test_takeover's HTTP/2 case got a 502 body, 12 bytes). Waiting
@@ -378,17 +373,33 @@ def start_nghttpd(owner, files):
     # connection to 127.0.0.1, the address the tests use: nghttpd is the
     # origin itself, so the probe reaches no proxy, and it closes a
     # connection that sends no preface.
-    deadline = time.time() + 10
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"nghttpd exited with {proc.returncode} before listening")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return port
-        except OSError:
-            if time.time() > deadline:
-                raise TimeoutError(f"nghttpd: 127.0.0.1:{port} not accepting after 10s")
-            time.sleep(0.05)
+    #
+    # Another hazard, seen on a clean-clone CI run (2026-12-01): nghttpd
+    # alive, 127.0.0.1 refused for 10 s. free_port()'s port is free when it
+    # is picked, but it is in the ephemeral range: a connection made meanwhile
+    # (test_takeover makes thousands) can take it as its local port, and then
+    # nghttpd's 0.0.0.0 bind fails while its [::] one (IPv6 only) works, and
+    # nghttpd carries on. So an nghttpd that does not accept on 127.0.0.1
+    # within 3 s is replaced by one on another port, three times at most.
+    for attempt in range(3):
+        port = free_port()
+        proc = subprocess.Popen(["nghttpd", "--no-tls", "-d", docroot.name, str(port)], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        _cleanup(owner)(proc.wait)
+        _cleanup(owner)(proc.kill)
+        deadline = time.time() + 3
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"nghttpd exited with {proc.returncode} before listening")
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                return port
+            except OSError:
+                if time.time() > deadline:
+                    break
+                time.sleep(0.05)
+        proc.kill()
+    raise TimeoutError(f"nghttpd: not accepting on 127.0.0.1 on any of three ports (last {port}, 3 s each)")
 
 
 def per_datapath(base, suffix, datapaths=("sockmap", "splice", "copy"), others_run=None):
