@@ -2,6 +2,7 @@
 
 #include "common/async.h"
 #include "proxy/metrics.h"
+#include "proxy/observer.h"
 #include "proxy/proxy_context.h"
 
 #include <dirent.h>
@@ -191,8 +192,10 @@ std::string render_metrics(const ProxyContext& context, const bpf::PodSteering* 
            "read from BPF counters.");
   for (std::size_t dir = 0; dir < 2; ++dir) {
     for (std::size_t d = 0; d < kDatapathCount; ++d) {
-      p.sample("shunt_bytes_total", {{"direction", dir == 0 ? "up" : "down"}, {"datapath", kDatapaths[d]}},
-               registry.closed_bytes[dir][d] + live[dir][d]);
+      p.sample(
+          "shunt_bytes_total",
+          {{"direction", std::string(to_string(static_cast<Direction>(dir)))}, {"datapath", kDatapaths[d]}},
+          registry.closed_bytes[dir][d] + live[dir][d]);
     }
   }
 
@@ -283,7 +286,7 @@ std::string render_metrics(const ProxyContext& context, const bpf::PodSteering* 
   for (std::size_t dir = 0; dir < m.shortcut_fallbacks.size(); ++dir)
     for (const auto& [reason, n] : m.shortcut_fallbacks[dir].snapshot())
       p.sample("shunt_datapath_fallbacks_total",
-               {{"reason", reason}, {"direction", dir == 0 ? "up" : "down"}}, n);
+               {{"reason", reason}, {"direction", std::string(to_string(static_cast<Direction>(dir)))}}, n);
 
   p.family("shunt_connection_ends_total", "counter",
            "Closed connections by why they ended (the access log's `reason`): which side closed or "
@@ -336,7 +339,8 @@ std::string render_metrics(const ProxyContext& context, const bpf::PodSteering* 
        }) {
     p.family(f.name, "counter", f.help);
     for (std::size_t dir = 0; dir < m.shortcut.size(); ++dir)
-      p.sample(f.name, {{"direction", dir == 0 ? "up" : "down"}}, (m.shortcut[dir].*f.counter).load());
+      p.sample(f.name, {{"direction", std::string(to_string(static_cast<Direction>(dir)))}},
+               (m.shortcut[dir].*f.counter).load());
   }
 
   p.family("shunt_connections_revoked_total", "counter",

@@ -183,7 +183,7 @@ void Connection::carried_by(config::Datapath path) { info_->datapath = path; }
 void Connection::fell_back(std::string_view reason) { metrics().datapath_fallbacks.add(std::string(reason)); }
 
 void Connection::shortcut_fell_back(Direction direction, std::string_view reason) {
-  metrics().shortcut_fallbacks[direction == Direction::up ? 0 : 1].add(std::string(reason));
+  metrics().shortcut_fallbacks[index_of(direction)].add(std::string(reason));
 }
 
 void Connection::kernel_spliced(std::uint64_t client_cookie, std::uint64_t upstream_cookie) {
@@ -226,7 +226,7 @@ void Connection::repeated(std::uint64_t bytes) {
 
 void Connection::short_circuited(Direction direction, std::uint64_t bytes, std::uint64_t switches,
                                  std::uint64_t returns) {
-  Metrics::Shortcut& m = metrics().shortcut[direction == Direction::up ? 0 : 1];
+  Metrics::Shortcut& m = metrics().shortcut[index_of(direction)];
   m.bytes.fetch_add(bytes, std::memory_order_relaxed);
   m.switches.fetch_add(switches, std::memory_order_relaxed);
   m.returns.fetch_add(returns, std::memory_order_relaxed);

@@ -13,6 +13,7 @@
 #include "policy/policy.h"
 
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <optional>
@@ -29,6 +30,8 @@ enum class Direction : std::uint8_t {
 };
 
 inline std::string_view to_string(Direction d) { return d == Direction::up ? "up" : "down"; }
+// The slot of a per-direction counter (Metrics' arrays: up, then down).
+constexpr std::size_t index_of(Direction d) { return static_cast<std::size_t>(d); }
 
 // How the kernel moves a direction of a sockmap pair: the sk_skb verdict on
 // shunt's socket, or the sk_msg short-circuit in the sender's own socket

@@ -27,7 +27,10 @@ DENIED_PREFIXES = ("/api/admin",)
 DENIED_EXACT = ("/api/secret", "/api/secret/")
 DENIED_HOST = "admin.local"
 
-NGINX_CONF = """
+# The start of every nginx.conf template the tests use (Nginx fills in {dir}
+# and {port}): one foreground worker, every file under {dir}, and the http
+# block opened; a template adds its own http lines and closes it.
+NGINX_HEAD = """
 user root;
 worker_processes 1;
 daemon off;
@@ -35,13 +38,16 @@ pid {dir}/nginx.pid;
 error_log {dir}/error.log warn;
 events {{ worker_connections 256; }}
 http {{
-    log_format t '$server_name|$host|$request_uri|$uri|$http_x_role';
-    access_log {dir}/access.log t;
     client_body_temp_path {dir}/body;
     proxy_temp_path {dir}/proxy;
     fastcgi_temp_path {dir}/fastcgi;
     uwsgi_temp_path {dir}/uwsgi;
     scgi_temp_path {dir}/scgi;
+"""
+
+NGINX_CONF = NGINX_HEAD + """
+    log_format t '$server_name|$host|$request_uri|$uri|$http_x_role';
+    access_log {dir}/access.log t;
     default_type text/plain;
     server {{
         listen 127.0.0.1:{port} default_server;

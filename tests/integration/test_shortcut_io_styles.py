@@ -33,28 +33,16 @@ import unittest
 import test_datapath_shortcut as shortcut
 from shunt_harness import (Shunt, ThreadedServer, digest_to_eof, free_port, pattern, pattern_digest, recv_all_digest,
                            run_tests, static_config)
-from test_http_bypass import Nginx
+from test_http_bypass import NGINX_HEAD, Nginx
 
 SIZE = 16 << 20
 # nginx as the local server, sending a static file with sendfile(2): the
 # server's own socket is captured (it is non-blocking and in shunt's netns)
 # and its sendfile goes through tcp_bpf's sendmsg.
-NGINX_SENDFILE_CONF = """
-user root;
-worker_processes 1;
-daemon off;
-pid {dir}/nginx.pid;
-error_log {dir}/error.log warn;
-events {{ worker_connections 64; }}
-http {{
+NGINX_SENDFILE_CONF = NGINX_HEAD + """
     access_log off;
     sendfile on;
     tcp_nopush on;
-    client_body_temp_path {dir}/body;
-    proxy_temp_path {dir}/proxy;
-    fastcgi_temp_path {dir}/fastcgi;
-    uwsgi_temp_path {dir}/uwsgi;
-    scgi_temp_path {dir}/scgi;
     server {{
         listen 127.0.0.1:{port};
         root {dir};

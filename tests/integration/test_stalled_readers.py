@@ -22,6 +22,16 @@ PER_CONNECTION = 4 * 1024 * 1024
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
+async def digest_to_eof_async(reader):
+    """Reads an asyncio stream to EOF: (byte count, sha256 hex)."""
+    h = hashlib.sha256()
+    n = 0
+    while data := await reader.read(1 << 16):
+        h.update(data)
+        n += len(data)
+    return n, h.hexdigest()
+
+
 def tcp_mem_pages():
     with open("/proc/net/sockstat") as f:
         for line in f:
@@ -137,13 +147,9 @@ class StalledReaders(unittest.TestCase):
                 # Resume every reader: all bytes arrive, in order.
                 async def drain_one(i, r, w):
                     w.transport.resume_reading()
-                    h = hashlib.sha256()
-                    n = 0
-                    while data := await r.read(1 << 16):
-                        h.update(data)
-                        n += len(data)
+                    got = await digest_to_eof_async(r)
                     w.close()
-                    return n == PER_CONNECTION and h.hexdigest() == expected[i]
+                    return got == (PER_CONNECTION, expected[i])
 
                 expected = {i: pattern_digest(PER_CONNECTION, i) for i in range(CONNECTIONS)}
                 results = await asyncio.wait_for(
@@ -172,12 +178,7 @@ class StalledReaders(unittest.TestCase):
                 writer.transport.pause_reading()
                 await reading.wait()
                 writer.transport.resume_reading()
-                h = hashlib.sha256()
-                n = 0
-                while data := await reader.read(1 << 16):
-                    h.update(data)
-                    n += len(data)
-                digests[salt] = (n, h.hexdigest())
+                digests[salt] = await digest_to_eof_async(reader)
             except (ConnectionError, asyncio.IncompleteReadError):
                 pass
             writer.close()
