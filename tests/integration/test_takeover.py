@@ -868,9 +868,12 @@ class TakeoverTest(unittest.TestCase):
                 if trigger == "received":
                     wait_log(log, r"listening socket\(s\).* received", proc, step=0.0005)
                 elif trigger == "frozen":
+                    # Both logs in the message: seen once in CI (2026-12-01),
+                    # right after a stopped process's takeover had completed.
                     self.assertIsNotNone(
                         wait_until(lambda: "frozen in" in read_text(current_log)[serving_before:], 30, 0.0005),
-                        "the serving process never froze its pairs")
+                        "the serving process never froze its pairs; serving log:\n"
+                        + read_text(current_log)[-3000:] + "\nnew process's log:\n" + read_text(log)[-2000:])
                 else:
                     time.sleep(trigger)
                 proc.send_signal(signal.SIGSTOP)
