@@ -294,7 +294,8 @@ HandoverService::HandoverService(asio::io_context& io, takeover::ControlListener
       context_(context),
       server_(server),
       admin_(admin),
-      handed_over_(std::move(handed_over)) {}
+      handed_over_(std::move(handed_over)),
+      arrivals_over_(io) {}
 
 void HandoverService::start() {
   if (listener_.fd() < 0) return;  // no control socket (logged at start-up)
@@ -305,6 +306,7 @@ void HandoverService::start() {
 }
 
 void HandoverService::stop() {
+  arrivals_over_.cancel();  // a takeover waiting for the window is refused
   if (!acceptor_) return;
   boost::system::error_code ec;
   acceptor_->close(ec);
@@ -378,9 +380,19 @@ asio::awaitable<void> HandoverService::arrivals(std::shared_ptr<Descriptor> peer
   boost::system::error_code ignored;
   peer->close(ignored);
   arriving_ = false;
+  arrivals_over_.cancel();
   spdlog::info("takeover: {} connection(s) arrived from pid {} as they reached a boundary ({}){}",
                moved.total(), old_pid, moved.at_boundary(),
                r.failed ? "; then the window ended early: " + r.detail : "");
+}
+
+asio::awaitable<void> HandoverService::refuse(Descriptor& peer, const std::string& why) {
+  // The hello first: closing a Unix socket with a message unread resets
+  // the peer, whose next read then returns ECONNRESET, not this reason.
+  (void)co_await takeover::receive(peer, takeover::Timeouts{}.step);
+  (void)takeover::send_message(peer.native_handle(), takeover::kProtocolMin, takeover::MessageType::refuse,
+                               takeover::Writer().str(why).take(), {},
+                               takeover::Clock::now() + std::chrono::seconds(1));
 }
 
 asio::awaitable<void> HandoverService::serve() {
@@ -400,17 +412,28 @@ asio::awaitable<void> HandoverService::serve() {
       spdlog::warn("takeover: refused a connection on {} from another user", path);
       continue;
     }
-    if (!server_.listening() || arriving_) {
-      // Its listening sockets are closed or paused: none to hand on. Or it
-      // still adopts connections from the process it took over from: a
-      // second takeover now would freeze and thaw the same pairs as that
-      // window does (PairHandoff has one set of frozen pairs per worker).
-      const std::string why = arriving_ ? "this process is still receiving connections from the previous "
-                                          "takeover (for up to 15 s); try again"
-                                        : "this process is shutting down";
-      (void)takeover::send_message(peer.native_handle(), takeover::kProtocolMin,
-                                   takeover::MessageType::refuse, takeover::Writer().str(why).take(), {},
-                                   takeover::Clock::now() + std::chrono::seconds(1));
+    if (arriving_) {
+      // A second takeover now would freeze and thaw the same pairs as the
+      // window does (PairHandoff has one set of frozen pairs per worker),
+      // so it waits for the window, which the old process ends within
+      // Timeouts::boundary; the new process waits for its welcome that
+      // long (takeover/successor.cpp). Refusing instead failed an upgrade
+      // started right after the previous one.
+      spdlog::info(
+          "takeover: a new process asks to take over while connections still arrive from the previous "
+          "takeover; it waits until they have (up to {} ms)",
+          takeover::Timeouts{}.boundary.count());
+      arrivals_over_.expires_after(takeover::Timeouts{}.boundary + takeover::Timeouts{}.step);
+      co_await arrivals_over_.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+      if (arriving_) {
+        co_await refuse(peer,
+                        "this process is still receiving connections from the previous takeover; try again");
+        continue;
+      }
+    }
+    if (!server_.listening()) {
+      // Its listening sockets are closed or paused: none to hand on.
+      co_await refuse(peer, "this process is shutting down");
       continue;
     }
     const auto began = std::chrono::steady_clock::now();

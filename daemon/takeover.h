@@ -13,6 +13,7 @@
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/posix/stream_descriptor.hpp>
+#include <boost/asio/steady_timer.hpp>
 
 #include <chrono>
 #include <functional>
@@ -71,11 +72,13 @@ class HandoverService {
   // connections the old process hands on as they reach a boundary
   // (takeover/late.h), adopts them and re-checks them against this
   // configuration. Nothing when the old process does not. A takeover of
-  // this process is refused until the window is over.
+  // this process asked for meanwhile waits until the window is over.
   void receive_arrivals(TakeoverStart& start);
 
  private:
   boost::asio::awaitable<void> serve();
+  // Answers a connection on the control socket with `refuse` and `why`.
+  boost::asio::awaitable<void> refuse(boost::asio::posix::stream_descriptor& peer, const std::string& why);
   void reclaim_path();
   boost::asio::awaitable<void> arrivals(std::shared_ptr<boost::asio::posix::stream_descriptor> peer,
                                         std::uint16_t version, std::uint32_t old_pid);
@@ -94,6 +97,9 @@ class HandoverService {
   std::unique_ptr<boost::asio::posix::stream_descriptor> acceptor_;
   bool handing_over_ = false;
   bool arriving_ = false;
+  // Cancelled when arriving_ turns false: a takeover asked for in the
+  // window waits on it (both on the control thread, so no wake-up is lost).
+  boost::asio::steady_timer arrivals_over_;
 };
 
 }  // namespace shunt::proxy

@@ -25,7 +25,9 @@ Result<Successor> Successor::begin(const std::string& control_socket, const Time
                                Clock::now() + timeouts.step);
       !st)
     return st.error();
-  auto welcome_msg = s.expect(MessageType::welcome, timeouts.step);
+  // A process still receiving connections from its own takeover answers
+  // once that window is over (daemon/takeover.cpp, HandoverService::serve).
+  auto welcome_msg = s.expect(MessageType::welcome, timeouts.step + timeouts.boundary);
   if (!welcome_msg) return welcome_msg.error();
   const auto welcome = decode_welcome(welcome_msg->payload);
   if (!welcome || welcome->version < kProtocolMin || welcome->version > kProtocolMax)

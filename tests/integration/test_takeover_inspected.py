@@ -152,6 +152,55 @@ class InspectedTakeoverTest(unittest.TestCase):
             c.close()
             self.finish(old, new)
 
+    def test_second_takeover_in_the_window_waits_for_it(self):
+        """Two upgrades back to back: a third process asks to take over the
+        second while a request in flight still holds the second's window
+        open. It waits (it used to be refused and exit 2), then completes
+        once the connection arrived; the connection moves on to it and
+        its next requests are decided there, on the same upstream
+        connection."""
+        origin, listen, text = self.http_config()
+        with Shunt(text, wait_port=listen) as old:
+            wait_ready(self.admin, old.proc)
+            c, f = self.client(listen)
+            body = os.urandom(256 << 10)
+            c.sendall(request("POST", "/api/upload", headers=[("Content-Length", str(len(body)))])
+                      + body[:100 << 10])
+            time.sleep(0.3)  # the head is decided and forwarded; the body is in flight
+            second, second_log = self.take_over(old)
+            third_log = os.path.join(self.tmp.name, "third.log")
+            with open(third_log, "wb") as out:
+                third = subprocess.Popen([SHUNT_BIN, "run", "-c", old.config_path, "--takeover"], stdout=out,
+                                         stderr=subprocess.STDOUT)
+            self.new_procs.append((third, third_log))
+            wait_log(second_log, r"takeover: a new process asks to take over while connections still arrive "
+                                 r"from the previous takeover; it waits", second, timeout=15)
+            self.assertNotIn("took over", read_text(second_log))
+            for i in range(100 << 10, len(body), 39 << 10):
+                c.sendall(body[i:i + (39 << 10)])
+                time.sleep(0.1)
+            r = read_response(f)
+            self.assertEqual(r.status, 200)
+            self.assertEqual(r.body.decode().split()[2:], [str(len(body)), digest(body)])
+            wait_log(third_log, r"takeover: complete in \d+ ms", third, timeout=20)
+            self.assertRegex(read_text(second_log), rf"\(pid {third.pid}\) took over")
+            self.assertEqual(old.proc.wait(timeout=20), 0, old.output()[-3000:])
+            self.assertEqual(second.wait(timeout=20), 0, read_text(second_log)[-3000:])
+            c.sendall(request("GET", "/api/after"))
+            r = read_response(f)
+            self.assertEqual(r.status, 200)
+            self.assertEqual(r.body.decode().split()[:2], ["GET", "/api/after"])
+            c.sendall(request("GET", "/private"))
+            self.assertEqual(read_response(f).status, 403)
+            self.assertEqual(origin.seen, [(0, "POST", "/api/upload"), (0, "GET", "/api/after")])
+            samples = scrape(self.admin)  # the third process's
+            self.assertEqual(value(samples, "shunt_http_requests_total", verdict="allow", protocol="h1"), 1)
+            self.assertEqual(value(samples, "shunt_http_requests_total", verdict="deny", protocol="h1"), 1)
+            f.close()
+            c.close()
+            third.send_signal(signal.SIGTERM)
+            self.assertEqual(third.wait(timeout=20), 0)
+
     def test_new_process_stalled_in_the_window_the_old_keeps_the_connection(self):
         """The new process stops answering after the commit (SIGSTOP, then
         SIGKILL): the connection that reaches its boundary in the window is
