@@ -326,16 +326,19 @@ TIMEOUTS = {"connect": "2s", "header": "2s", "idle": "1h", "drain": "2s"}
 def proxy_config(listeners, rules=(), *, datapath="copy", default="deny", admin=None, timeouts=None, limits="",
                  log=None, access="stdout", proxy_extra="", admin_extra="", extra=""):
     """A config of static listeners on loopback. `listeners`: (name,
-    listen_port, forward_port) triples (listen_port may be "ADDR:PORT" for
-    another address); `rules`: rule() texts (or raw YAML
+    listen_port, forward_port) triples (either port may be "ADDR:PORT" for an
+    address other than 127.0.0.1); `rules`: rule() texts (or raw YAML
     list items); `timeouts`: what differs from TIMEOUTS; `limits`: the flow
     map's inside, e.g. "max_connections: 1000"; `admin`: the admin port (a
     free one by default); `log`: the level (SHUNT_TEST_LOG_LEVEL or info);
     `proxy_extra`: more keys for the proxy section; `extra`: top-level YAML
     appended."""
+    def where(port):
+        return port if isinstance(port, str) else f"127.0.0.1:{port}"
+
     lines = ["", "proxy:", "  listeners:"]
-    lines += [f"    - {{name: {n}, listen: {listen if isinstance(listen, str) else f'127.0.0.1:{listen}'}, "
-              f"forward: 127.0.0.1:{forward}}}" for n, listen, forward in listeners]
+    lines += [f"    - {{name: {n}, listen: {where(listen)}, forward: {where(forward)}}}"
+              for n, listen, forward in listeners]
     lines.append(f"  datapath: {datapath}")
     t = {**TIMEOUTS, **(timeouts or {})}
     lines.append("  timeouts: {" + ", ".join(f"{k}: {v}" for k, v in t.items()) + "}")
