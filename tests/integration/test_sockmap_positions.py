@@ -11,7 +11,8 @@ peer got the repeat twice, and the verdict's count ran over what the peer
 was written, so the FIN waited for bytes that never came. The pausing
 readers make the hold run and the receive queues fill, which is when such
 segments come (a few in a hundred 256 MiB transfers on a loaded 2-core
-machine); the test cannot make one on demand, so a pass here is no proof,
+machine); the test cannot make one on demand (test_sockmap_repeat_cut.py
+does, with hand-made TCP peers), so a pass here is no proof,
 but a failure names the mechanism: the received offset, the offset the
 bytes there came from, and shunt's counts. SHUNT_POSITIONS_ROUNDS runs more
 rounds (the chase that found it ran ~300). Needs root (BPF sockmap)."""
