@@ -34,22 +34,23 @@ socket in shunt, DownRepeatCutTest on shunt's upstream socket.
 
 Kernel facts the constructions rest on (Linux 6.18, net/ipv4/tcp_input.c):
 - tcp_sequence accepts a segment that starts below rcv_nxt and ends past
-  it; tcp_data_queue queues it whole ("partial packet"). A segment must end
-  within the advertised window (6.17 and later drop one that ends past it
-  while the receive queue holds anything), so each step is checked against
-  the last window shunt's socket advertised before it is sent; the
-  namespace's tcp_rmem default of 1 MiB makes that window several hundred
-  KB from the start.
+  it; tcp_data_queue queues it whole ("partial packet"). A segment that
+  ends past the advertised window is dropped unless the receive queue is
+  empty (tcp_sequence), so each step is checked against the last window
+  shunt's socket advertised before it is sent; the namespace's tcp_rmem
+  default of 1 MiB makes that window several hundred KB from the start.
 - tcp_data_queue_ofo coalesces an out-of-order segment into the skb it
-  continues (tcp_ooo_try_coalesce) only as page fragments or into tailroom.
-  A plain IFF_TUN write becomes one linear kmalloc'd skb, whose head cannot
-  become a fragment, so the device is opened with IFF_VNET_HDR and every
-  write says hdr_len 40: the IPv4 and TCP headers are the linear part, the
-  payload goes into page fragments, and once TCP has pulled its header the
-  skb has no linear payload and coalesces. That it did shows in the
-  repeated bytes: one coalesced skb repeats from its first byte, separate
-  ones only from the segment the in-order bytes end in (tcp_ofo_queue drops
-  the ones they cover whole).
+  continues (tcp_ooo_try_coalesce, skb_try_coalesce) only as page
+  fragments or into tailroom. A plain IFF_TUN write becomes one linear
+  kmalloc'd skb (tun_alloc_skb), whose head cannot become a fragment: with
+  it the out-of-order cases below came out uncoalesced (measured: 8,000
+  and 122,000 bytes cut). So the device is opened with IFF_VNET_HDR and
+  every write says hdr_len 40: the IPv4 and TCP headers are the linear
+  part, the payload goes into page fragments, and once TCP has pulled its
+  header the skb has no linear payload and coalesces. (A write under a
+  page is linear either way; every out-of-order segment here is longer.)
+  The cases with coalescing say what the verdict would cut without it,
+  and fail saying so (`apart`).
 - tcp_ofo_queue moves an out-of-order skb whose start the in-order bytes
   have passed to the receive queue whole (no trim), behind the in-order
   segment, and tcp_data_ready then runs the verdict on both, in order.
@@ -340,10 +341,12 @@ class RepeatCuts:
     socket) or "down" (the server's, cut on its upstream socket). Offsets
     are those of the cutting end's stream; every case starts where the
     first piece ended (A). A step's segments go out back to back, then TCP
-    must acknowledge the offset given: what it took in order."""
+    must acknowledge the offset given: what it took in order. `apart`: what
+    the verdict would cut had TCP not coalesced the case's out-of-order
+    segments."""
     direction = None
 
-    def run_case(self, steps, total, repeated):
+    def run_case(self, steps, total, repeated, apart=None):
         name = f"{self.direction}: {self.id().rsplit('.', 1)[-1]}"
         before = value(scrape(ADMIN), "shunt_sockmap_repeated_bytes_total")
         client = HandTcp.connect(WIRE, WIRE.proxy_port)
@@ -403,6 +406,9 @@ class RepeatCuts:
             return value(scrape(ADMIN), "shunt_sockmap_repeated_bytes_total") - before
 
         wait_until(lambda: cut() >= repeated, 5)
+        if apart is not None and cut() == apart:
+            self.fail(f"{name}: the verdict cut {apart} bytes, as it would if TCP had not coalesced the "
+                      "out-of-order segments: the construction failed, not (necessarily) the cut")
         self.assertEqual(cut(), repeated, f"{name}: bytes the verdict cut")
 
     def test_in_order_partial_overlap(self):
@@ -429,7 +435,7 @@ class RepeatCuts:
         coalesced, the first two would be dropped whole and only 8,000
         bytes of the third would repeat)."""
         self.run_case([([(A + 2_000, A + 12_000), (A + 12_000, A + 42_000), (A + 42_000, A + 72_000)], A),
-                       ([(A, A + 50_000)], A + 72_000)], A + 72_000, repeated=48_000)
+                       ([(A, A + 50_000)], A + 72_000)], A + 72_000, repeated=48_000, apart=8_000)
 
     def test_repeat_beyond_the_old_limit(self):
         """One skb repeating 121,000 bytes: over the 69,615 the cut gave up
@@ -440,11 +446,15 @@ class RepeatCuts:
         coalesces into S even where T already covers it (the queue looks
         for overlaps only when it does not coalesce), one at T's end into
         T, so S grows to A + 131,000 inside T's range and T to A + 190,000.
-        Then 2,000 bytes in order: tcp_ofo_queue moves S (1,000 repeated)
-        and T behind it, of which the first 121,000 bytes are S's."""
+        Then 12,000 bytes in order: tcp_ofo_queue moves S (11,000 repeated)
+        and T behind it, of which the first 121,000 bytes are S's. Had the
+        segments stayed apart, S's first one would be dropped whole (the
+        in-order bytes cover it) and the six would repeat 122,000 in all,
+        none more than 59,000: the count tells the two apart."""
         ofo = [(A + 1_000, A + 11_000), (A + 10_000, A + 70_000), (A + 11_000, A + 71_000),
                (A + 70_000, A + 130_000), (A + 71_000, A + 131_000), (A + 130_000, A + 190_000)]
-        self.run_case([(ofo, A), ([(A, A + 2_000)], A + 190_000)], A + 190_000, repeated=1_000 + 121_000)
+        self.run_case([(ofo, A), ([(A, A + 12_000)], A + 190_000)], A + 190_000, repeated=11_000 + 121_000,
+                      apart=122_000)
 
 
 class UpRepeatCutTest(RepeatCuts, unittest.TestCase):
