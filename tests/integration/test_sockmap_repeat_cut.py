@@ -26,13 +26,15 @@ each step the ACK that says TCP took them as planned; the other end sends
 its stream in order; FIN both ways. Every byte is checked at the receiving
 end against the stream position it should hold (each aligned 8-byte word
 names its own offset, as in tests/tools/stream_positions): a repeat reads as
-"first wrong byte at offset P, the word there names offset P - N". The
+"first wrong byte at offset P: the stream's bytes from offset P - N there
+(N bytes repeated)". The
 access log must count exactly the two streams, and
 shunt_sockmap_repeated_bytes_total must grow by exactly the bytes the case
 repeats. The cases run in both directions: UpRepeatCutTest on the client's
 socket in shunt, DownRepeatCutTest on shunt's upstream socket.
 
-Kernel facts the constructions rest on (Linux 6.18, net/ipv4/tcp_input.c):
+Kernel facts the constructions rest on (Linux 6.18: net/ipv4/tcp_input.c,
+drivers/net/tun.c, net/core/skbuff.c):
 - tcp_sequence accepts a segment that starts below rcv_nxt and ends past
   it; tcp_data_queue queues it whole ("partial packet"). A segment that
   ends past the advertised window is dropped unless the receive queue is
