@@ -151,6 +151,7 @@ enum shunt_capture_result {
 	SHUNT_CAPTURE_PSOCK = 6,	   /* already in someone's sockmap */
 	SHUNT_CAPTURE_REFUSED = 7,	   /* the sockhash update failed */
 	SHUNT_CAPTURE_BAD_REQUEST = 8,
+	SHUNT_CAPTURE_NOT_ACCEPTED = 9, /* a server's socket before its accept() */
 };
 
 #endif

@@ -511,6 +511,14 @@ int capture_endpoint(struct __sk_buff *skb)
 		ret = SHUNT_CAPTURE_NOT_ESTABLISHED;
 		goto out;
 	}
+	/* A server's accepted socket before its accept(): no struct socket
+	 * yet (sock_graft sets it), so no file flags to judge. Not blocking:
+	 * it may be a non-blocking server that is slow to accept, and is tried
+	 * again for longer (sockmap_path.cpp, CapturedEndpoint). */
+	if (!BPF_CORE_READ(s, sk_socket, file)) {
+		ret = SHUNT_CAPTURE_NOT_ACCEPTED;
+		goto out;
+	}
 	ret = unsafe_socket(tp);
 	if (ret != SHUNT_CAPTURE_OK)
 		goto out;

@@ -34,6 +34,8 @@ std::string_view to_string(CaptureOutcome o) {
       return "shortcut_not_established";
     case CaptureOutcome::blocking:
       return "shortcut_blocking_socket";
+    case CaptureOutcome::not_accepted:
+      return "shortcut_not_accepted";
     case CaptureOutcome::zerocopy:
       return "shortcut_zerocopy";
     case CaptureOutcome::ulp:
@@ -102,6 +104,8 @@ CaptureOutcome outcome_of(std::uint32_t ret) {
       return CaptureOutcome::not_established;
     case SHUNT_CAPTURE_BLOCKING:
       return CaptureOutcome::blocking;
+    case SHUNT_CAPTURE_NOT_ACCEPTED:
+      return CaptureOutcome::not_accepted;
     case SHUNT_CAPTURE_ZEROCOPY:
       return CaptureOutcome::zerocopy;
     case SHUNT_CAPTURE_ULP:

@@ -28,6 +28,7 @@ enum class CaptureOutcome {
   not_local,        // no socket with that 4-tuple in the endpoint's netns (a remote client)
   not_established,  // the endpoint already sent its FIN
   blocking,         // blocking socket: tcp_bpf's recvmsg can return EAGAIN to it
+  not_accepted,     // a server's socket its application has not accept()ed yet
   zerocopy,         // SO_ZEROCOPY: tcp_bpf's sendmsg sends no completions
   ulp,              // kTLS (or another ULP) already on the socket
   foreign_psock,    // already in another sockmap
@@ -46,10 +47,9 @@ std::string_view to_string(CaptureOutcome);
 std::optional<CaptureOutcome> released_for(SockmapBridge::EventKind kind);
 // Every outcome but `captured`, for the metric's zero-initialised labels.
 inline constexpr CaptureOutcome kCaptureFallbacks[] = {
-    CaptureOutcome::not_local,   CaptureOutcome::not_established,
-    CaptureOutcome::blocking,    CaptureOutcome::zerocopy,
-    CaptureOutcome::ulp,         CaptureOutcome::foreign_psock,
-    CaptureOutcome::refused,     CaptureOutcome::error,
+    CaptureOutcome::not_local,     CaptureOutcome::not_established, CaptureOutcome::blocking,
+    CaptureOutcome::not_accepted,  CaptureOutcome::zerocopy,        CaptureOutcome::ulp,
+    CaptureOutcome::foreign_psock, CaptureOutcome::refused,         CaptureOutcome::error,
     CaptureOutcome::stuck_on_tcp};
 
 // One captured endpoint, as the short-circuit sees it.

@@ -50,6 +50,7 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 
 namespace shunt::proxy {
@@ -150,18 +151,26 @@ class CapturedEndpoint {
     return outcome;
   }
 
-  // A blocking endpoint is tried again a few times (kCaptureRetries): many
-  // set O_NONBLOCK only after their first bytes (iperf3 writes its cookie
-  // first; a server sets it after accept(), which may come after the
-  // handover), and the fence makes a late capture as safe as an early one.
-  // False when the retries are used up.
-  bool retry_later() {
-    if (attempts_ >= std::size(kCaptureRetries)) return false;
-    retry_at_ = Clock::now() + kCaptureRetries[attempts_++];
+  // An endpoint that could not be captured yet is tried again, and the
+  // fence makes a late capture as safe as an early one. A blocking one a
+  // few times (kCaptureRetries): many set O_NONBLOCK only after their first
+  // bytes (iperf3 writes its cookie first; a server sets it right after
+  // accept()). A server that has not accept()ed its socket yet for longer
+  // (kAcceptRetries, about 9 s in all), counting none of the blocking ones:
+  // a busy server accepts late, and its socket is only judged once it has
+  // a file. False when the outcome's retries are used up.
+  bool retry_later(bpf::CaptureOutcome outcome) {
+    const bool accepting = outcome == bpf::CaptureOutcome::not_accepted;
+    std::size_t& used = accepting ? accept_waits_ : attempts_;
+    const std::span<const std::chrono::milliseconds> schedule =
+        accepting ? std::span<const std::chrono::milliseconds>(kAcceptRetries)
+                  : std::span<const std::chrono::milliseconds>(kCaptureRetries);
+    if (used >= schedule.size()) return false;
+    retry_at_ = Clock::now() + schedule[used++];
     return true;
   }
   [[nodiscard]] Clock::time_point retry_at() const { return retry_at_; }
-  [[nodiscard]] std::size_t attempts() const { return attempts_; }
+  [[nodiscard]] std::size_t attempts() const { return attempts_ + accept_waits_; }
 
   [[nodiscard]] bool captured() const { return shortcut_ != nullptr || final_.switches || final_.bytes; }
   // Still in the short-circuit (captured and not released).
@@ -182,12 +191,17 @@ class CapturedEndpoint {
  private:
   static constexpr std::chrono::milliseconds kCaptureRetries[] = {
       std::chrono::milliseconds(5), std::chrono::milliseconds(50), std::chrono::milliseconds(500)};
+  static constexpr std::chrono::milliseconds kAcceptRetries[] = {
+      std::chrono::milliseconds(5),    std::chrono::milliseconds(20),   std::chrono::milliseconds(50),
+      std::chrono::milliseconds(100),  std::chrono::milliseconds(200),  std::chrono::milliseconds(500),
+      std::chrono::milliseconds(1000), std::chrono::milliseconds(2000), std::chrono::milliseconds(5000)};
 
   bpf::EndpointShortcut* shortcut_ = nullptr;
   bpf::EndpointAddress address_;
   std::uint64_t proxy_cookie_ = 0;
   bpf::EndpointStats final_;
-  std::size_t attempts_ = 0;
+  std::size_t attempts_ = 0;      // retries while blocking
+  std::size_t accept_waits_ = 0;  // retries while not accept()ed
   Clock::time_point retry_at_ = Clock::time_point::max();
 };
 
@@ -510,7 +524,9 @@ class SplicedPair final : public std::enable_shared_from_this<SplicedPair>, publ
                     d.endpoint->attempts());
       return;
     }
-    if (outcome == bpf::CaptureOutcome::blocking && d.endpoint->retry_later()) return;
+    if ((outcome == bpf::CaptureOutcome::blocking || outcome == bpf::CaptureOutcome::not_accepted) &&
+        d.endpoint->retry_later(outcome))
+      return;
     sink_.shortcut_fell_back(direction_of(d), bpf::to_string(outcome));
     spdlog::debug("connection {}: {} stays on sk_skb ({})", id_, sender_name(d), bpf::to_string(outcome));
   }

@@ -409,8 +409,9 @@ class ShortcutTest(unittest.TestCase):
             for direction in ("up", "down"):
                 reasons = fallbacks(self.admin, direction)
                 for reason in ("shortcut_not_local", "shortcut_not_established", "shortcut_blocking_socket",
-                               "shortcut_zerocopy", "shortcut_ulp", "shortcut_foreign_psock", "shortcut_refused",
-                               "shortcut_error", "shortcut_stuck_on_tcp"):
+                               "shortcut_not_accepted", "shortcut_zerocopy", "shortcut_ulp",
+                               "shortcut_foreign_psock", "shortcut_refused", "shortcut_error",
+                               "shortcut_stuck_on_tcp"):
                     self.assertEqual(reasons.get(reason), 0, (direction, reason))
             for name in ("shunt_shortcut_bytes_total", "shunt_shortcut_switches_total",
                          "shunt_shortcut_returns_to_tcp_total"):
@@ -548,6 +549,47 @@ class ServerShortcutTest(unittest.TestCase):
                              (2 * self.ROUNDS * 512, 2 * self.ROUNDS * 512 + tail), records[0])
             new.terminate()
             self.assertEqual(new.wait(15), 0)
+
+    def test_server_accepting_late_is_captured_once_it_has(self):
+        """A non-blocking server that accept()s its connection 1.5 s after
+        shunt connected, past the blocking retries (5, 50, 500 ms): its
+        socket had no file until then, which is not a blocking socket. It
+        is captured once accepted (path_down sk_msg), nothing is counted as
+        blocking, and every byte it sends arrives in place. Until
+        2026-12-01 such a socket counted as blocking and stayed on sk_skb."""
+        total = 8 << 20
+        listener = socket.create_server(("127.0.0.1", 0), backlog=4)
+        self.addCleanup(listener.close)
+        with self.start(listener.getsockname()[1]) as shunt:
+            before = {d: fallbacks(self.admin, d) for d in ("up", "down")}
+            with socket.create_connection(("127.0.0.1", self.port), timeout=30) as c:
+                time.sleep(1.5)
+                conn, _ = listener.accept()
+                with conn:
+                    conn.settimeout(30)  # non-blocking, as a capturable server's is
+                    c.sendall(b"go")
+                    self.assertEqual(recv_exact(conn, 2), b"go")
+                    # The retries while not accepted come 5, 25, 75, 175, 375,
+                    # 875 and 1,875 ms after the handover: the next one after
+                    # the accept takes it; the bulk starts after that.
+                    time.sleep(0.6)
+                    sender = threading.Thread(target=lambda: (send_positions(conn, total),
+                                                              conn.shutdown(socket.SHUT_WR)))
+                    sender.start()
+                    got, bad = read_positions(c, total)
+                    sender.join()
+                    self.assertEqual(got, total)
+                    self.assertIsNone(bad, f"byte at offset {bad} out of place")
+                    self.assertEqual(c.recv(1), b"")
+            time.sleep(0.3)
+            records = access_lines(shunt)
+            self.assertEqual(len(records), 1, records)
+            self.assertEqual(records[0]["path_down"], "sk_msg", records[0])
+            self.assertEqual(records[0]["bytes_down"], total, records[0])
+            after = {d: fallbacks(self.admin, d) for d in ("up", "down")}
+            for d in ("up", "down"):
+                for reason in ("shortcut_blocking_socket", "shortcut_not_accepted"):
+                    self.assertEqual(after[d].get(reason), before[d].get(reason), (d, reason))
 
     def test_blocking_server_stays_on_sk_skb(self):
         """A server whose accepted socket stays blocking is not captured
@@ -704,11 +746,12 @@ class PodShortcutTest(unittest.TestCase):
                 config = re.sub(r"log: \{level: \w+", "log: {level: " + log_level, config)
             with Shunt(config, wait_port=port, wait_host=f"10.233.{net}.4", netns=names["p"]) as shunt:
                 # A local server is captured once it has accepted (the capture
-                # retries 5, 50 and 500 ms after the handover): its bulk waits
-                # past the last, or it may never be quiet enough for the fence.
-                # A 0.1 s wait missed it once in CI (2026-12-01, path_down
-                # sk_skb): the server's Python thread accepted more than 50 ms
-                # after the handover on a loaded machine.
+                # is retried 5, 25, 75, 175, 375, 875 ms ... after the handover
+                # until it has): its bulk waits for the retry after the accept,
+                # or it may never be quiet enough for the fence. A 0.1 s wait
+                # missed it once (2026-12-01, path_down sk_skb, when the retries
+                # were 5, 50 and 500 ms): the server's Python thread accepted
+                # more than 50 ms after the handover on a loaded machine.
                 _, got_down, down_sha, sent_up_sha = lab.client(names["c"], "bulk", f"10.233.{net}.4", str(port),
                                                                 str(up), str(down), "60",
                                                                 "0.7" if server_local else "0", *client_args)
