@@ -425,13 +425,13 @@ asio::awaitable<void> HandoverService::serve() {
           takeover::Timeouts{}.boundary.count());
       arrivals_over_.expires_after(takeover::Timeouts{}.boundary + takeover::Timeouts{}.step);
       co_await arrivals_over_.async_wait(asio::redirect_error(asio::use_awaitable, ec));
-      if (arriving_) {
+      if (arriving_ && acceptor_->is_open()) {
         co_await refuse(peer,
                         "this process is still receiving connections from the previous takeover; try again");
         continue;
       }
     }
-    if (!server_.listening()) {
+    if (!server_.listening() || !acceptor_->is_open()) {
       // Its listening sockets are closed or paused: none to hand on.
       co_await refuse(peer, "this process is shutting down");
       continue;
