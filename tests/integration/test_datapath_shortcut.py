@@ -748,10 +748,7 @@ class PodShortcutTest(unittest.TestCase):
                 # A local server is captured once it has accepted (the capture
                 # is retried 5, 25, 75, 175, 375, 875 ms ... after the handover
                 # until it has): its bulk waits for the retry after the accept,
-                # or it may never be quiet enough for the fence. A 0.1 s wait
-                # missed it once (2026-12-01, path_down sk_skb, when the retries
-                # were 5, 50 and 500 ms): the server's Python thread accepted
-                # more than 50 ms after the handover on a loaded machine.
+                # or it may never be quiet enough for the fence.
                 _, got_down, down_sha, sent_up_sha = lab.client(names["c"], "bulk", f"10.233.{net}.4", str(port),
                                                                 str(up), str(down), "60",
                                                                 "0.7" if server_local else "0", *client_args)
@@ -778,9 +775,9 @@ class PodShortcutTest(unittest.TestCase):
                              if name == "shunt_datapath_fallbacks_total"
                              and dict(labels).get("reason") == "shortcut_not_local"}
                 self.assertEqual(not_local, {"up": 0, "down": 0 if server_local else 1})
-                # With the short-circuit's fallback counts: the reason a server
-                # stayed on sk_skb (seen twice in repeated suite runs on a
-                # loaded machine before "not_accepted" had retries of its own).
+                # With the short-circuit's fallback counts: why a server stayed
+                # on sk_skb (seen in repeated suite runs, not diagnosed:
+                # docs/datapath.md, "Open (2026-12-01)").
                 self.assertEqual(records[0]["path_down"], "sk_msg" if server_local else "sk_skb",
                                  f"{records[0]}\n" + "\n".join(
                                      line for line in r.stdout.splitlines() if line.startswith("shunt_shortcut")
