@@ -103,6 +103,16 @@ class InspectedTakeoverTest(unittest.TestCase):
         self.addCleanup(c.close)
         return c, c.makefile("rb")
 
+    def finish_upload(self, c, f, body):
+        """The POST's body from 100 KiB on, slowly; the origin's answer
+        names the body's length and hash."""
+        for i in range(100 << 10, len(body), 39 << 10):
+            c.sendall(body[i:i + (39 << 10)])
+            time.sleep(0.1)
+        r = read_response(f)
+        self.assertEqual(r.status, 200)
+        self.assertEqual(r.body.decode().split()[2:], [str(len(body)), digest(body)])
+
     def test_http_request_in_flight_moves_at_its_boundary(self):
         """A POST whose body is still coming at the takeover completes (the
         origin hashes the body it got), then the connection moves: the next
@@ -120,12 +130,7 @@ class InspectedTakeoverTest(unittest.TestCase):
             time.sleep(0.3)  # the head is decided and forwarded; the body is in flight
             new, new_log = self.take_over(old)
             # The rest of the body, slowly, after the commit.
-            for i in range(100 << 10, len(body), 39 << 10):
-                c.sendall(body[i:i + (39 << 10)])
-                time.sleep(0.1)
-            r = read_response(f)
-            self.assertEqual(r.status, 200)
-            self.assertEqual(r.body.decode().split()[2:], [str(len(body)), digest(body)])
+            self.finish_upload(c, f, body)
             # At its boundary the connection moved: the old process lets go
             # of it (and exits, holding nothing), the new one adopted it.
             wait_log(new_log, r"takeover: 1 connection\(s\) arrived from pid \d+ as they reached a boundary "
@@ -176,12 +181,7 @@ class InspectedTakeoverTest(unittest.TestCase):
             wait_log(second_log, r"takeover: a new process asks to take over while connections still arrive "
                                  r"from the previous takeover; it waits", second, timeout=15)
             self.assertNotIn("took over", read_text(second_log))
-            for i in range(100 << 10, len(body), 39 << 10):
-                c.sendall(body[i:i + (39 << 10)])
-                time.sleep(0.1)
-            r = read_response(f)
-            self.assertEqual(r.status, 200)
-            self.assertEqual(r.body.decode().split()[2:], [str(len(body)), digest(body)])
+            self.finish_upload(c, f, body)
             wait_log(third_log, r"takeover: complete in \d+ ms", third, timeout=20)
             self.assertRegex(read_text(second_log), rf"\(pid {third.pid}\) took over")
             self.assertEqual(old.proc.wait(timeout=20), 0, old.output()[-3000:])
